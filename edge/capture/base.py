@@ -1,0 +1,47 @@
+"""The interface every video source implements.
+
+Threading: a source is driven by exactly one thread (the daemon's capture thread). ``read``
+blocks until the next frame is due or available; sources that pace themselves (synthetic,
+files) sleep until the frame's time. Nothing here is shared between threads.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from ..frames import Frame
+
+
+class FrameSource(abc.ABC):
+    """A camera or stand-in producing I420 frames of a fixed size."""
+
+    #: Human description for logs and diagnostics (never contains credentials).
+    description: str
+
+    def __init__(self, width: int, height: int, fps: float) -> None:
+        self.width = width
+        self.height = height
+        self.fps = fps
+
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Start the source. Raises :class:`edge.errors.CaptureError` on failure."""
+
+    @abc.abstractmethod
+    def read(self) -> Frame | None:
+        """Return the next frame, or ``None`` at the end of a finite source.
+
+        Raises :class:`edge.errors.CaptureError` when the source fails; ``transient=True`` means
+        the caller may :meth:`close` and :meth:`open` again after a back-off.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the source; safe to call twice and after a failed :meth:`open`."""
+
+    def __enter__(self) -> FrameSource:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

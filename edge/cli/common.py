@@ -1,0 +1,30 @@
+"""Arguments shared by several ``edgectl`` sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import config as config_mod
+
+
+def add_config_args(parser: argparse.ArgumentParser, *, data_dir: bool = True) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="configuration file (default /etc/edge/edge.toml, else the embedded demo default)",
+    )
+    if data_dir:
+        parser.add_argument(
+            "--data-dir", type=Path, default=None, help="data directory (overrides unit.data_dir)"
+        )
+
+
+def load_config(args: argparse.Namespace) -> config_mod.EdgeConfig:
+    """The configuration named by ``--config`` with ``--data-dir`` applied."""
+    cfg, _origin = config_mod.load(args.config)
+    data_dir: Path | None = getattr(args, "data_dir", None)
+    if data_dir is not None:
+        cfg = config_mod.with_data_dir(cfg, data_dir)
+    return cfg

@@ -1,0 +1,47 @@
+"""``edgectl config check FILE`` and ``edgectl config show``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .. import config as config_mod
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "config", help="check or show the configuration"
+    )
+    csub = parser.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = csub.add_parser("check", help="validate a configuration file without starting anything")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=_check)
+    show = csub.add_parser("show", help="print the effective configuration as JSON")
+    show.add_argument("--config", type=Path, default=None)
+    show.set_defaults(func=_show)
+
+
+def _check(args: argparse.Namespace) -> int:
+    path: Path = args.file
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"{path}: cannot read: {exc}", file=sys.stderr)
+        return 2
+    problems = config_mod.all_problems(text, path=str(path))
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"{path}: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{path}: OK")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    cfg, origin = config_mod.load(args.config)
+    print(json.dumps({"origin": origin, "config": cfg.model_dump(mode="json")}, indent=2))
+    return 0

@@ -1,0 +1,46 @@
+"""``edgectl``: the on-box command line for installers and maintenance staff.
+
+Each sub-command lives in its own module under :mod:`edge.cli` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` to a callable taking the
+parsed arguments and returning the process exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import EdgeError
+
+#: Sub-command modules, in the order ``edgectl --help`` lists them.
+COMMAND_MODULES = ["config_cmd", "bench"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgectl", description="Diagnose, enrol and maintain a video-protection edge unit."
+    )
+    parser.add_argument("--version", action="version", version=f"edgectl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__package__}.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except EdgeError as exc:
+        print(f"edgectl: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""Configuration: a TOML file validated against a typed schema.
+
+Every field has a type, bounds, a default and a one-line description. Unknown keys are errors.
+A validation error names the file, the dotted key path and, where it can be found, the line.
+With no file at all, :func:`load` returns :data:`DEMO_CONFIG`, the embedded demo default
+(synthetic camera, one privacy mask, data in ``./edge-data``).
+
+Sections owned by later subsystems (vault, uplink, 802.1X, analytics) add their own models here.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/edge/edge.toml")
+
+Identifier = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
+        description="lower-case letters, digits and dashes, at most 63 characters",
+    ),
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class UnitConfig(_Section):
+    id: Identifier = "demo-unit"
+    """Unit identity: appears in segment headers, certificates and CSU paths."""
+    data_dir: Path = Path("./edge-data")
+    """Directory for recordings and state (``/var/lib/edge`` on a unit)."""
+
+
+class MaskFill(StrEnum):
+    SOLID = "solid"
+    PIXELATE = "pixelate"
+
+
+Point = tuple[Annotated[float, Field(ge=-1.0, le=2.0)], Annotated[float, Field(ge=-1.0, le=2.0)]]
+
+
+class PrivacyMaskConfig(_Section):
+    name: str = Field(default="mask", min_length=1, max_length=64)
+    """Human name of the masked area (e.g. "window 3rd floor")."""
+    points: list[Point] = Field(min_length=3, max_length=256)
+    """Polygon vertices [x, y], normalised to the frame (0..1; may overshoot the border)."""
+    fill: MaskFill = MaskFill.SOLID
+    """How the area is hidden: solid grey (default) or coarse pixelation."""
+    pixel_size: int = Field(default=32, ge=8, le=256)
+    """Block size in pixels when fill is "pixelate"."""
+
+
+class EncoderCodec(StrEnum):
+    LIBX264 = "libx264"
+    V4L2M2M = "h264_v4l2m2m"
+
+
+class EncoderConfig(_Section):
+    codec: EncoderCodec = EncoderCodec.LIBX264
+    """H.264 encoder: libx264 (software) or h264_v4l2m2m (Raspberry Pi 4 hardware)."""
+    preset: str = Field(
+        default="veryfast", pattern=r"^(ultrafast|superfast|veryfast|faster|fast|medium)$"
+    )
+    """libx264 speed preset."""
+    bitrate_kbps: int = Field(default=2000, ge=100, le=50_000)
+    """Target bit rate in kbit/s."""
+    segment_seconds: float = Field(default=2.0, ge=0.5, le=10.0)
+    """Duration of one media segment; every segment starts on an IDR frame."""
+
+
+class SyntheticSceneConfig(_Section):
+    seed: int = Field(default=1, ge=0)
+    """Seed of the deterministic scene."""
+    pedestrians: int = Field(default=4, ge=0, le=64)
+    """Number of pedestrian-like objects walking across the scene."""
+    vehicles: int = Field(default=2, ge=0, le=32)
+    """Number of vehicle-like objects driving across the scene."""
+    masked_intruder: bool = True
+    """Move a bright object inside the first privacy mask (leak tests)."""
+
+
+_SOURCE_RE = re.compile(r"^(synthetic|picamera2|file:.+|rtsps?://.+|v4l2:/dev/.+)$")
+
+
+class CameraConfig(_Section):
+    id: Identifier = "cam1"
+    """Camera identity within the unit."""
+    source: str = "synthetic"
+    """Video source: "synthetic", "picamera2", "file:PATH", "rtsp://…", or "v4l2:/dev/videoN"."""
+    width: int = Field(default=1280, ge=64, le=7680, multiple_of=2)
+    """Frame width in pixels (even)."""
+    height: int = Field(default=720, ge=64, le=4320, multiple_of=2)
+    """Frame height in pixels (even)."""
+    fps: float = Field(default=25.0, gt=0, le=120)
+    """Frames per second requested from the source and written to the recording."""
+    loop: bool = False
+    """For file sources: start again at the end instead of reporting end of stream."""
+    privacy_masks: list[PrivacyMaskConfig] = Field(default_factory=list, max_length=64)
+    """Areas hidden before any pixel is stored, sent or analysed."""
+    encoder: EncoderConfig = EncoderConfig()
+    """Encoding and segmenting settings."""
+    synthetic: SyntheticSceneConfig = SyntheticSceneConfig()
+    """Scene settings when source is "synthetic"."""
+
+    @field_validator("source")
+    @classmethod
+    def _source_form(cls, value: str) -> str:
+        if not _SOURCE_RE.match(value):
+            raise ValueError(
+                'must be "synthetic", "picamera2", "file:PATH", "rtsp://HOST/…" '
+                'or "v4l2:/dev/videoN"'
+            )
+        return value
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class LoggingConfig(_Section):
+    level: LogLevel = LogLevel.INFO
+    """Minimum level written to the journal (or stderr outside systemd)."""
+
+
+class EdgeConfig(_Section):
+    unit: UnitConfig = UnitConfig()
+    """The unit as a whole."""
+    cameras: list[CameraConfig] = Field(
+        default_factory=lambda: [CameraConfig()], min_length=1, max_length=8
+    )
+    """Cameras attached to this unit."""
+    logging: LoggingConfig = LoggingConfig()
+    """Logging settings."""
+
+    @model_validator(mode="after")
+    def _unique_camera_ids(self) -> EdgeConfig:
+        seen: set[str] = set()
+        for cam in self.cameras:
+            if cam.id in seen:
+                raise ValueError(f"camera id {cam.id!r} is used twice")
+            seen.add(cam.id)
+        return self
+
+
+DEMO_CONFIG_TOML = """\
+# Embedded demo default: a synthetic street scene, one privacy mask, data in ./edge-data.
+[unit]
+id = "demo-unit"
+data_dir = "./edge-data"
+
+[[cameras]]
+id = "cam1"
+source = "synthetic"
+width = 1280
+height = 720
+fps = 25
+
+[[cameras.privacy_masks]]
+name = "ground-floor windows"
+points = [[0.62, 0.18], [0.92, 0.14], [0.95, 0.48], [0.64, 0.52]]
+"""
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+_HEADER_RE = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY_RE = re.compile(r"^\s*([A-Za-z0-9_\-\.\"' ]+?)\s*=")
+
+
+def _split_dotted(key: str) -> list[str]:
+    return [p.strip().strip("\"'") for p in key.split(".")]
+
+
+def locate_line(text: str, loc: tuple[int | str, ...]) -> int | None:
+    """Best-effort line (1-based) of the key at ``loc`` in TOML ``text``.
+
+    Tracks table headers (``[a.b]``) and arrays of tables (``[[a.b]]``, counting entries) so
+    ``("cameras", 1, "fps")`` finds the ``fps`` line in the second ``[[cameras]]`` block. Falls
+    back to the line of the longest prefix of ``loc`` that can be found.
+    """
+    counts: dict[tuple[str, ...], int] = {}
+    table: tuple[int | str, ...] = ()
+    best: tuple[int, int] | None = None  # (matched length, line)
+
+    def consider(path: tuple[int | str, ...], lineno: int) -> None:
+        nonlocal best
+        n = 0
+        for a, b in zip(path, loc, strict=False):
+            if a != b:
+                break
+            n += 1
+        if n == len(path) and n > 0 and (best is None or n > best[0]):
+            best = (n, lineno)
+
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0] if '"' not in raw and "'" not in raw else raw
+        header = _HEADER_RE.match(line)
+        if header:
+            names = _split_dotted(header.group(2))
+            path: list[int | str] = []
+            # Resolve each prefix that is an array of tables to its current entry.
+            for i, name in enumerate(names):
+                path.append(name)
+                key = tuple(str(p) for p in names[: i + 1])
+                if header.group(1) == "[[" and i == len(names) - 1:
+                    counts[key] = counts.get(key, -1) + 1
+                    path.append(counts[key])
+                elif key in counts:
+                    path.append(counts[key])
+            table = tuple(path)
+            consider(table, lineno)
+            continue
+        keym = _KEY_RE.match(line)
+        if keym:
+            consider(table + tuple(_split_dotted(keym.group(1))), lineno)
+    return best[1] if best else None
+
+
+def _syntax_error(exc: tomllib.TOMLDecodeError, text: str, path: str) -> ConfigError:
+    m = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+    if m:
+        line: int | None = int(m.group(1))
+    elif "end of document" in str(exc):
+        line = max(1, len(text.splitlines()))
+    else:
+        line = None
+    return ConfigError(f"not valid TOML: {exc}", path=path, line=line)
+
+
+def parse(text: str, *, path: str = "<config>") -> EdgeConfig:
+    """Validate TOML text; raise :class:`ConfigError` naming file, key and line of a problem."""
+    try:
+        raw: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _syntax_error(exc, text, path) from None
+    try:
+        return EdgeConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = tuple(err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+        raise ConfigError(
+            msg + more, path=path, key=_format_loc(loc) or None, line=locate_line(text, loc)
+        ) from None
+
+
+def all_problems(text: str, *, path: str = "<config>") -> list[ConfigError]:
+    """Every problem in a config text as :class:`ConfigError` (for ``edgectl config check``)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        return [_syntax_error(exc, text, path)]
+    try:
+        EdgeConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            loc = tuple(err["loc"])
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(
+                ConfigError(
+                    msg, path=path, key=_format_loc(loc) or None, line=locate_line(text, loc)
+                )
+            )
+        return problems
+    return []
+
+
+DEMO_CONFIG = parse(DEMO_CONFIG_TOML, path="<embedded demo config>")
+
+
+def load(path: Path | None) -> tuple[EdgeConfig, str]:
+    """Load the configuration; returns it with a description of where it came from.
+
+    ``path=None`` means the default location if it exists, else the embedded demo default.
+    An explicitly given path that does not exist is an error, never a silent fallback.
+    """
+    if path is None:
+        if not DEFAULT_CONFIG_PATH.exists():
+            return DEMO_CONFIG, "embedded demo default"
+        path = DEFAULT_CONFIG_PATH
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", path=str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not UTF-8 text", path=str(path)) from None
+    return parse(text, path=str(path)), str(path)
+
+
+def with_data_dir(cfg: EdgeConfig, data_dir: Path) -> EdgeConfig:
+    """A copy of ``cfg`` whose data directory is ``data_dir`` (the ``--data-dir`` flag)."""
+    return cfg.model_copy(update={"unit": cfg.unit.model_copy(update={"data_dir": data_dir})})

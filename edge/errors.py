@@ -1,0 +1,90 @@
+"""One exception hierarchy for the whole firmware.
+
+Every error the firmware raises on purpose derives from :class:`EdgeError` and, where one fits,
+from the matching built-in, so callers may catch either. Errors from foreign libraries (FFmpeg
+through PyAV, OpenSSL, wpa_supplicant) are translated into this hierarchy in one place each:
+:func:`from_av` here for FFmpeg. Code raises *or* logs an error, never both with the same words.
+"""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """Base of every error the firmware raises on purpose."""
+
+
+class ConfigError(EdgeError, ValueError):
+    """A configuration file or value is invalid.
+
+    ``path`` is the file, ``key`` the dotted key path (``cameras[0].privacy_masks[1].points``),
+    ``line`` the 1-based line in the file where the key stands, when it could be found.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        key: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        self.path = path
+        self.key = key
+        self.line = line
+        self.reason = message
+        where = path or "<config>"
+        if line is not None:
+            where = f"{where}:{line}"
+        prefix = f"{where}: " if path or line is not None else ""
+        keypart = f"{key}: " if key else ""
+        super().__init__(f"{prefix}{keypart}{message}")
+
+
+class CaptureError(EdgeError, RuntimeError):
+    """A video source failed; :attr:`transient` tells whether a retry may succeed."""
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class MaskError(EdgeError, ValueError):
+    """A privacy mask cannot be applied (bad geometry, frame of the wrong size)."""
+
+
+class EncodeError(EdgeError, RuntimeError):
+    """The encoder or the segmenter failed."""
+
+
+class VaultError(EdgeError, RuntimeError):
+    """The recording store failed."""
+
+
+class IntegrityError(VaultError):
+    """Stored or received data fails verification (signature, digest, chain, format)."""
+
+
+class UplinkError(EdgeError, ConnectionError):
+    """The link to the supervision centre failed."""
+
+
+def from_av(exc: BaseException, context: str) -> EdgeError:
+    """Translate an error raised by PyAV/FFmpeg into the firmware's hierarchy.
+
+    ``context`` says what we were doing ("opening rtsp://cam/stream", "encoding frame 12").
+    Input/output and network failures of a source are transient (a camera reboots, a link
+    flaps); anything else is reported as it is.
+    """
+    import av  # local: keep importing this module cheap
+
+    transient_types: tuple[type[BaseException], ...] = (
+        OSError,
+        av.error.EOFError,
+        av.error.ExitError,
+    )
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, av.error.FFmpegError):
+        detail = f"{exc.strerror or detail} (FFmpeg error {exc.errno})"
+    if "encod" in context:
+        return EncodeError(f"{context}: {detail}")
+    return CaptureError(f"{context}: {detail}", transient=isinstance(exc, transient_types))

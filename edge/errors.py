@@ -68,6 +68,18 @@ class UplinkError(EdgeError, ConnectionError):
     """The link to the supervision centre failed."""
 
 
+class Dot1xError(EdgeError, RuntimeError):
+    """802.1X port authentication: the supplicant is unreachable, misconfigured or refused."""
+
+
+class EnrolmentError(EdgeError, ValueError):
+    """Unit enrolment failed: keys, certificate request or the certificate being installed."""
+
+
+class CaError(EdgeError, ValueError):
+    """The small video CA refused an operation (bad request, unknown serial, no CA there)."""
+
+
 def from_av(exc: BaseException, context: str) -> EdgeError:
     """Translate an error raised by PyAV/FFmpeg into the firmware's hierarchy.
 

@@ -136,6 +136,50 @@ class LoggingConfig(_Section):
     """Minimum level written to the journal (or stderr outside systemd)."""
 
 
+class Dot1xConfig(_Section):
+    enabled: bool = False
+    """Authenticate the wired uplink port with 802.1X EAP-TLS; the CSU link waits for it."""
+    interface: str = Field(default="eth0", pattern=r"^[A-Za-z0-9_.:-]{1,15}$")
+    """Wired network interface facing the switch port."""
+    identity: str | None = Field(default=None, min_length=1, max_length=253)
+    """EAP identity sent to the RADIUS server; default: the unit id."""
+    client_cert: Path | None = None
+    """Unit certificate (PEM); default: <data_dir>/keys/unit-tls.crt."""
+    client_key: Path | None = None
+    """Unit TLS/EAP private key (PEM); default: <data_dir>/keys/unit-tls.key."""
+    server_ca: Path | None = None
+    """CA chain the RADIUS server's certificate must chain to; default: <data_dir>/keys/ca.pem."""
+    server_domain_match: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9.-]{1,253}(;[A-Za-z0-9.-]{1,253})*$"
+    )
+    """Exact DNS name(s) of the RADIUS server certificate, ";"-separated (domain_match)."""
+    server_domain_suffix_match: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9.-]{1,253}(;[A-Za-z0-9.-]{1,253})*$"
+    )
+    """DNS suffix the RADIUS server certificate must be under, ";"-separated."""
+    ctrl_dir: Path = Path("/run/wpa_supplicant")
+    """wpa_supplicant's control socket directory (the socket is <ctrl_dir>/<interface>)."""
+    supplicant_conf: Path | None = None
+    """Rendered supplicant file; default: /etc/wpa_supplicant/wpa_supplicant-wired-<if>.conf."""
+    status_interval_s: float = Field(default=2.0, ge=0.1, le=60.0)
+    """Period of the STATUS poll that confirms the port state and detects a dead supplicant."""
+    reply_timeout_s: float = Field(default=2.0, ge=0.1, le=30.0)
+    """How long the supplicant may take to answer a control request before it counts as lost."""
+    expiry_warning_days: int = Field(default=30, ge=1, le=365)
+    """Diagnostics warn this many days before the unit certificate expires."""
+
+    @model_validator(mode="after")
+    def _server_name_constrained(self) -> Dot1xConfig:
+        # Any certificate of the CA would otherwise be accepted as the RADIUS server, including
+        # another unit's: an impostor port could then harvest the unit's EAP exchange.
+        if self.enabled and not (self.server_domain_match or self.server_domain_suffix_match):
+            raise ValueError(
+                "802.1X needs server_domain_match or server_domain_suffix_match: "
+                "the RADIUS server's name must be checked, never any server accepted"
+            )
+        return self
+
+
 class EdgeConfig(_Section):
     unit: UnitConfig = UnitConfig()
     """The unit as a whole."""
@@ -145,6 +189,8 @@ class EdgeConfig(_Section):
     """Cameras attached to this unit."""
     logging: LoggingConfig = LoggingConfig()
     """Logging settings."""
+    dot1x: Dot1xConfig = Dot1xConfig()
+    """802.1X EAP-TLS authentication of the wired uplink port."""
 
     @model_validator(mode="after")
     def _unique_camera_ids(self) -> EdgeConfig:

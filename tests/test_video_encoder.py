@@ -1,0 +1,178 @@
+"""SegmentEncoder: H.264 CMAF segments judged by ffprobe and an independent NAL-level check."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from edge.config import EncoderCodec, EncoderConfig
+from edge.errors import EncodeError
+from edge.frames import Frame
+from edge.video.base import MediaSegment
+from edge.video.cmaf import box_types
+from edge.video.encoder import SegmentEncoder
+
+from .video_support import (
+    WALL0,
+    first_packet_nal_types,
+    moving_frames,
+    probe_packets,
+    probe_stream,
+)
+
+IDR = 5
+
+
+def record(
+    width: int,
+    height: int,
+    fps: float,
+    count: int,
+    cfg: EncoderConfig,
+    *,
+    first_index: int = 0,
+    skip: frozenset[int] = frozenset(),
+) -> list[MediaSegment]:
+    encoder = SegmentEncoder("cam1", width, height, fps, cfg)
+    segments: list[MediaSegment] = []
+    for frame in moving_frames(width, height, count, fps, first_index=first_index, skip=skip):
+        segments += encoder.encode(frame)
+    segments += encoder.flush()
+    return segments
+
+
+CASES = [
+    # width, height, fps, segment_seconds, frames
+    (320, 240, 25.0, 2.0, 130),
+    (640, 360, 25.0, 1.0, 60),
+    (98, 66, 12.5, 1.0, 40),  # odd settings: tiny, not a multiple of 16, fractional fps
+]
+
+
+@pytest.mark.parametrize(("width", "height", "fps", "seconds", "count"), CASES)
+def test_segments_are_valid_cmaf(
+    tmp_path: Path, width: int, height: int, fps: float, seconds: float, count: int
+) -> None:
+    segments = record(width, height, fps, count, EncoderConfig(segment_seconds=seconds))
+    frame_s = 1 / fps
+
+    # One init segment for the whole session, media segments of moof/mdat only.
+    assert len({s.init for s in segments}) == 1
+    assert box_types(segments[0].init) == ["ftyp", "moov"]
+    assert [s.sequence for s in segments] == list(range(len(segments)))
+    assert sum(s.frame_count for s in segments) == count
+
+    # The whole recording: ffprobe accepts it with the right codec, size, rate and frame count.
+    whole = tmp_path / "whole.mp4"
+    whole.write_bytes(segments[0].init + b"".join(s.media for s in segments))
+    stream = probe_stream(whole)
+    assert stream["codec_name"] == "h264"
+    assert (stream["width"], stream["height"]) == (width, height)
+    assert Fraction(stream["r_frame_rate"]) == Fraction(fps)
+    assert int(stream["nb_read_frames"]) == count
+    keyframes = [p for p in probe_packets(whole) if "K" in p["flags"]]
+    assert len(keyframes) == len(segments), "exactly one keyframe per segment"
+
+    expected_index = 0
+    for seg in segments:
+        assert box_types(seg.media)[:2] == ["moof", "mdat"]
+        single = tmp_path / f"seg{seg.sequence}.mp4"
+        single.write_bytes(seg.init + seg.media)
+        info = probe_stream(single)
+        assert int(info["nb_read_frames"]) == seg.frame_count
+        packets = probe_packets(single)
+        assert len(packets) == seg.frame_count
+        assert "K" in packets[0]["flags"], f"segment {seg.sequence} starts on a non-keyframe"
+        assert all("K" not in p["flags"] for p in packets[1:])
+        assert IDR in first_packet_nal_types(single), "segment must start with an IDR picture"
+        # Media time of the first frame sits on the segment grid.
+        first_t = float(packets[0]["pts_time"])
+        assert abs(first_t - seg.sequence * seconds) <= frame_s / 2 + 1e-6
+        # Wall-clock: the frames' own times.
+        assert seg.first_frame_index == expected_index
+        assert seg.start_wall_ns == WALL0 + round(expected_index * 1e9 / fps)
+        last = expected_index + seg.frame_count - 1
+        assert seg.end_wall_ns == WALL0 + round(last * 1e9 / fps) + round(1e9 / fps)
+        expected_index += seg.frame_count
+
+    # Durations: every full segment within one frame of the target, the last one partial.
+    for seg in segments[:-1]:
+        assert abs(seg.frame_count / fps - seconds) <= frame_s + 1e-9
+        assert abs(seg.duration_s - seconds) <= frame_s + 1e-6
+    assert segments[-1].frame_count / fps <= seconds + frame_s
+    # Consecutive segments leave no hole in wall-clock time (frames are regular here).
+    for a, b in itertools.pairwise(segments):
+        assert abs(b.start_wall_ns - a.end_wall_ns) <= 1
+
+
+def test_flush_returns_the_partial_last_segment() -> None:
+    encoder = SegmentEncoder("cam1", 160, 120, 25, EncoderConfig(segment_seconds=1.0))
+    segments: list[MediaSegment] = []
+    for frame in moving_frames(160, 120, 35, 25):
+        segments += encoder.encode(frame)
+    assert [s.frame_count for s in segments] == [25], "first second closed when 26th frame came"
+    last = encoder.flush()
+    assert [(s.sequence, s.frame_count, s.first_frame_index) for s in last] == [(1, 10, 25)]
+    assert encoder.flush() == []
+    with pytest.raises(EncodeError, match="after flush"):
+        encoder.encode(Frame.blank(160, 120, index=99))
+
+
+def test_flush_without_frames_gives_nothing() -> None:
+    encoder = SegmentEncoder("cam1", 160, 120, 25, EncoderConfig())
+    assert encoder.flush() == []
+
+
+def test_dropped_frames_keep_real_time_and_segment_grid(tmp_path: Path) -> None:
+    fps = 25.0
+    dropped = frozenset({*range(20, 30), 47, 48, *range(55, 80)})  # 80..: one whole second gone
+    segments = record(
+        320, 240, fps, 125, EncoderConfig(segment_seconds=1.0), first_index=1000, skip=dropped
+    )
+    assert sum(s.frame_count for s in segments) == 125 - len(dropped)
+    assert [s.sequence for s in segments] == list(range(len(segments)))
+    whole = tmp_path / "whole.mp4"
+    whole.write_bytes(segments[0].init + b"".join(s.media for s in segments))
+    packets = probe_packets(whole)
+    times = [round(float(p["pts_time"]) * fps) for p in packets]
+    assert times == [i for i in range(125) if i not in dropped], "gaps keep their length"
+    starts = [round(float(p["pts_time"]) * fps) for p in packets if "K" in p["flags"]]
+    assert starts == [0, 30, 50, 80, 100], "first frame past each grid line opens a segment"
+    assert [s.first_frame_index - 1000 for s in segments] == starts
+
+
+def test_x264_settings_follow_the_configuration(tmp_path: Path) -> None:
+    # x264 writes its settings into the stream (an SEI message): read them from the output.
+    cfg = EncoderConfig(preset="ultrafast", bitrate_kbps=700, segment_seconds=1.5)
+    segments = record(320, 240, 20, 10, cfg)
+    sei = re.search(rb"options: ([^\x00]+)", segments[0].media)
+    assert sei is not None
+    opts = dict(o.split("=", 1) for o in sei.group(1).decode().split() if "=" in o)
+    assert opts["bframes"] == "0"
+    assert opts["scenecut"] == "0"
+    assert opts["keyint"] == "60"  # twice the 30-frame segment: only forced IDRs start one
+    assert opts["bitrate"] == "700"
+    assert opts["cabac"] == "0"  # ultrafast
+
+
+def test_wrong_frame_size_is_refused() -> None:
+    encoder = SegmentEncoder("cam1", 160, 120, 25, EncoderConfig())
+    with pytest.raises(EncodeError, match="320x240"):
+        encoder.encode(Frame.blank(320, 240))
+    encoder.close()
+
+
+def test_v4l2m2m_is_chosen_from_config_and_fails_clearly_here() -> None:
+    if list(Path("/dev").glob("video*")):
+        pytest.skip("this machine has V4L2 devices; hw-tests/test_encoder_hw.py covers them")
+    cfg = EncoderConfig(codec=EncoderCodec.V4L2M2M)
+    with pytest.raises(EncodeError) as info:
+        SegmentEncoder("cam1", 320, 240, 25, cfg)
+    message = str(info.value)
+    assert "h264_v4l2m2m" in message
+    assert "no /dev/video*" in message
+    assert "libx264" in message  # tells the user what to configure instead

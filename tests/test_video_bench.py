@@ -1,0 +1,36 @@
+"""``edgectl bench encode|pipeline --json`` run end to end on small inputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from .conftest import REPO, tool
+
+
+def bench(*args: str) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-m", "edge.cli.main", "bench", *args, "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1, "one JSON object on one line"
+    result: dict[str, object] = json.loads(lines[0])
+    return result
+
+
+def test_bench_encode_reports_ratio_against_ffmpeg() -> None:
+    tool("ffmpeg")
+    result = bench("encode", "--width", "320", "--height", "240", "--frames", "30")
+    assert result["benchmark"] == "encode"
+    assert result["frames"] == 30
+    assert result["segments"] == 1
+    for key in ("encoder_fps", "ffmpeg_fps", "encode_vs_ffmpeg_fps", "encode_vs_ffmpeg_cpu"):
+        value = result[key]
+        assert isinstance(value, float) and value > 0, key
+    assert str(result["ffmpeg_cli"]).startswith("ffmpeg version")

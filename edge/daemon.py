@@ -1,0 +1,318 @@
+"""``edged``: wiring and supervision of the unit's pipelines.
+
+The main thread owns the daemon: it starts one :class:`edge.pipeline.CameraPipeline` per
+camera, tells systemd when recording runs (``READY=1``), pets the watchdog only while every
+recording thread is alive and making progress, publishes ``STATUS=``, and handles signals:
+
+- SIGTERM / SIGINT: stop capture, finish the segment being written, exit 0;
+- SIGHUP: re-read the configuration; an invalid one is logged and the old one kept; new privacy
+  masks apply from the next frame; a changed camera is restarted; changes that need a restart
+  of the daemon (unit identity, data directory) are logged and not applied.
+
+Signal handlers only set flags; the work happens in the main loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from . import __version__, control, metrics
+from . import config as config_mod
+from .config import CameraConfig, EdgeConfig
+from .errors import ConfigError, EdgeError
+from .health import system as system_health
+from .pipeline import CameraPipeline
+from .process import setup_process
+from .video.base import SegmentSink
+from .video.dirsink import DirectorySink
+
+log = logging.getLogger("edged")
+
+
+def make_sink(cfg: EdgeConfig) -> SegmentSink:
+    """Where recorded segments go."""
+    return DirectorySink(cfg.unit.data_dir / "segments")
+
+
+def _notify(message: str) -> None:
+    """sd_notify through systemd-python; a no-op outside systemd (no NOTIFY_SOCKET)."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return
+    from systemd import daemon as sd_daemon
+
+    sd_daemon.notify(message)
+
+
+def _watchdog_interval() -> float | None:
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and int(pid) != os.getpid()):
+        return None
+    return int(usec) / 2e6  # pet twice per period
+
+
+class Daemon:
+    def __init__(self, cfg: EdgeConfig, origin: str, config_path: Path | None) -> None:
+        self.cfg = cfg
+        self.origin = origin
+        self.config_path = config_path
+        self.data_dir_override: Path | None = None
+        self.started_wall = time.time()
+        self.started_mono = time.monotonic()
+        self.pipelines: dict[str, CameraPipeline] = {}
+        self.sink: SegmentSink | None = None
+        self.control: control.ControlServer | None = None
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+
+    # --- signals -----------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        def on_stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s: stopping after the current segment", signal.Signals(signum).name)
+            self._stop.set()
+
+        def on_hup(_signum: int, _frame: FrameType | None) -> None:
+            self._reload.set()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.cfg.unit.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.sink = make_sink(self.cfg)
+        for cam in self.cfg.cameras:
+            self._start_camera(cam)
+        self._start_control()
+
+    def _start_control(self) -> None:
+        ctl = self.cfg.control
+        methods = {
+            "status": control.Method(control.Role.MAINT, lambda _c, _p: self.snapshot()),
+            "preview": control.Method(control.Role.INSTALL, self._preview, audited=True),
+        }
+        try:
+            self.control = control.ControlServer(
+                ctl.socket,
+                methods,
+                maint_group=ctl.maint_group,
+                install_group=ctl.install_group,
+                audit=self._audit,
+            )
+        except OSError as exc:
+            log.error(
+                "control socket %s unavailable, edgectl cannot reach edged: %s", ctl.socket, exc
+            )
+            return
+        self.control.start()
+
+    def _audit(self, caller: control.Caller, method: str, params: dict[str, Any]) -> None:
+        log.warning("audit: %s called %s %s", caller.describe(), method, json.dumps(params))
+
+    def _preview(self, _caller: control.Caller, params: dict[str, Any]) -> dict[str, Any]:
+        """The latest *masked* frame of a camera as PNG with the mask outlines (installers)."""
+        from .privacy.preview import render_preview
+
+        cam_id = params.get("camera") or next(iter(self.pipelines))
+        pipeline = self.pipelines.get(str(cam_id))
+        if pipeline is None:
+            raise EdgeError(f"no camera {cam_id!r}")
+        frame = pipeline.last_frame
+        if frame is None:
+            raise EdgeError(f"camera {cam_id} has delivered no frame yet")
+        image = render_preview(frame.copy(), pipeline.cam.privacy_masks)
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return {"camera": cam_id, "png_base64": base64.b64encode(buf.getvalue()).decode()}
+
+    def _start_camera(self, cam: CameraConfig) -> None:
+        assert self.sink is not None
+        pipeline = CameraPipeline(cam, self.sink)
+        self.pipelines[cam.id] = pipeline
+        pipeline.start()
+
+    def run(self, run_for: float | None = None) -> int:
+        deadline = None if run_for is None else time.monotonic() + run_for
+        self.start()
+        _notify("READY=1")
+        log.info(
+            "edged %s recording %d camera(s) into %s (config: %s)",
+            __version__,
+            len(self.pipelines),
+            self.cfg.unit.data_dir,
+            self.origin,
+        )
+        watchdog = _watchdog_interval()
+        next_pet = time.monotonic()
+        next_status = time.monotonic()
+        next_metrics = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                log.info("--run-for elapsed: stopping")
+                break
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            if all(p.finished() for p in self.pipelines.values()):
+                log.info("every source has ended: stopping")
+                break
+            if watchdog is not None and now >= next_pet:
+                if all(p.alive() or p.finished() for p in self.pipelines.values()):
+                    _notify("WATCHDOG=1")
+                else:
+                    log.error("a recording thread is stuck or dead: not petting the watchdog")
+                next_pet = now + watchdog
+            if now >= next_status:
+                _notify("STATUS=" + self.status_line())
+                next_status = now + 5.0
+            if self.cfg.control.metrics_file is not None and now >= next_metrics:
+                self._write_metrics(self.cfg.control.metrics_file)
+                next_metrics = now + self.cfg.control.metrics_interval_s
+            self._stop.wait(0.2)
+        return self.shutdown()
+
+    def shutdown(self) -> int:
+        _notify("STOPPING=1")
+        if self.control is not None:
+            self.control.close()
+        for pipeline in self.pipelines.values():
+            pipeline.stop()
+        if self.sink is not None:
+            self.sink.close()
+        total = sum(p.segments_written for p in self.pipelines.values())
+        log.info("stopped: %d segment(s) written", total)
+        return 0
+
+    # --- reload ------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Apply a new configuration (SIGHUP); keep the old one if the new one is invalid."""
+        try:
+            new, origin = config_mod.load(self.config_path)
+        except ConfigError as exc:
+            log.error("configuration not reloaded, keeping the running one: %s", exc)
+            return
+        if self.data_dir_override is not None:
+            new = config_mod.with_data_dir(new, self.data_dir_override)
+        if new.unit != self.cfg.unit:
+            log.warning(
+                "unit identity or data directory changed in %s: restart edged to apply", origin
+            )
+            new = new.model_copy(update={"unit": self.cfg.unit})
+        old_cams = {c.id: c for c in self.cfg.cameras}
+        new_cams = {c.id: c for c in new.cameras}
+        for cam_id in old_cams.keys() - new_cams.keys():
+            log.info("[%s] camera removed from the configuration: stopping it", cam_id)
+            self.pipelines.pop(cam_id).stop()
+        for cam_id, cam in new_cams.items():
+            old = old_cams.get(cam_id)
+            if old is None:
+                log.info("[%s] camera added to the configuration: starting it", cam_id)
+                self._start_camera(cam)
+            elif _without_masks(old) != _without_masks(cam):
+                log.info("[%s] camera settings changed: restarting its pipeline", cam_id)
+                self.pipelines.pop(cam_id).stop()
+                self._start_camera(cam)
+            elif old.privacy_masks != cam.privacy_masks:
+                self.pipelines[cam_id].set_masks(cam.privacy_masks)
+        logging.getLogger().setLevel(new.logging.level.upper())
+        self.cfg = new
+        log.info("configuration reloaded from %s", origin)
+
+    # --- diagnostics -------------------------------------------------------------------------
+
+    def _write_metrics(self, path: Path) -> None:
+        status = {
+            "daemon": self.snapshot(),
+            "system": system_health.snapshot(self.cfg.unit.data_dir),
+        }
+        try:
+            metrics.write_textfile(path, status)
+        except OSError as exc:
+            log.warning("cannot write metrics to %s: %s", path, exc)
+
+    def status_line(self) -> str:
+        parts = []
+        for cam_id, p in self.pipelines.items():
+            parts.append(
+                f"{cam_id}: {p.frames_in} frames, {p.frames_dropped} dropped, "
+                f"{p.segments_written} segments"
+            )
+        return "; ".join(parts)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "unit_id": self.cfg.unit.id,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started_mono, 1),
+            "config_origin": self.origin,
+            "data_dir": str(self.cfg.unit.data_dir),
+            "cameras": [p.snapshot() for p in self.pipelines.values()],
+        }
+
+
+def _without_masks(cam: CameraConfig) -> CameraConfig:
+    return cam.model_copy(update={"privacy_masks": []})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edged", description="Video-protection edge daemon: masked capture and recording."
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="configuration file (default /etc/edge/edge.toml if present, else the embedded demo)",
+    )
+    parser.add_argument("--data-dir", type=Path, default=None, help="override unit.data_dir")
+    parser.add_argument(
+        "--run-for", type=float, default=None, metavar="SECONDS", help="stop after SECONDS"
+    )
+    parser.add_argument("--version", action="version", version=f"edged {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_process("edged")
+    try:
+        cfg, origin = config_mod.load(args.config)
+    except ConfigError as exc:
+        log.error("cannot start: %s", exc)
+        return 78  # EX_CONFIG: systemd shows it as "configuration error"
+    if args.data_dir is not None:
+        cfg = config_mod.with_data_dir(cfg, args.data_dir)
+    logging.getLogger().setLevel(cfg.logging.level.upper())
+    daemon = Daemon(cfg, origin, args.config)
+    daemon.data_dir_override = args.data_dir
+    daemon.install_signal_handlers()
+    try:
+        return daemon.run(args.run_for)
+    except EdgeError as exc:
+        log.error("fatal: %s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,428 @@
+"""What a status means: turns the daemon's and the machine's figures into findings.
+
+Pure policy over plain data (the dict ``edgectl status --json`` prints), so every verdict, its
+likely cause and the next step are unit-tested without a daemon. ``edgectl status`` shows one
+line per section; ``edgectl diag`` prints each problem with its cause and what to do; the exit
+code of both is the worst level (0 healthy, 1 degraded, 2 failing).
+
+A section whose subsystem is not part of this build or not running says so (level ``n/a``); it
+never shows an invented value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+
+class Level(IntEnum):
+    OK = 0
+    DEGRADED = 1
+    FAILING = 2
+    NA = -1
+
+    @property
+    def label(self) -> str:
+        return {0: "OK", 1: "WARN", 2: "FAIL", -1: "n/a"}[self.value]
+
+
+@dataclass(frozen=True)
+class Finding:
+    section: str
+    level: Level
+    summary: str
+    """One line for the status screen (≤ 60 characters where possible)."""
+    cause: str = ""
+    """For problems: the likely cause."""
+    action: str = ""
+    """For problems: the next step for the technician."""
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}min ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+def camera_findings(cam: dict[str, Any]) -> list[Finding]:
+    cid = cam.get("id", "?")
+    capture = cam.get("capture") or {}
+    state = str(capture.get("state", "?")).upper()
+    fps_in = cam.get("fps_in", 0.0)
+    age = cam.get("last_frame_age_s")
+    line = (
+        f"{cid} {cam.get('width')}x{cam.get('height')} {state.lower()} "
+        f"{fps_in:.1f}/{cam.get('fps_configured', 0):g} fps drop {cam.get('frames_dropped', 0)} "
+        f"frame {_age(age)}"
+    )
+    out: list[Finding] = []
+    if state in ("BACKOFF", "FAILED", "ENDED", "STARTING") and (age is None or age > 5):
+        reason = capture.get("reason") or "no frames"
+        out.append(
+            Finding(
+                "camera",
+                Level.FAILING,
+                line,
+                f"camera {cid} delivers no frames ({state.lower()}: {reason})",
+                "check the camera's power and cable (or the RTSP address and credentials); "
+                "capture resumes by itself once frames come back",
+            )
+        )
+    elif age is not None and age > 5:
+        out.append(
+            Finding(
+                "camera",
+                Level.FAILING,
+                line,
+                f"camera {cid}: last frame {age:.0f}s ago",
+                "check the camera; run `edgectl logs` for capture errors",
+            )
+        )
+    elif cam.get("frames_dropped", 0) > 0:
+        out.append(
+            Finding(
+                "camera",
+                Level.DEGRADED,
+                line,
+                f"camera {cid}: {cam['frames_dropped']} frame(s) dropped by the recording path",
+                "the unit is overloaded: check `edgectl status` load and temperature; lower the "
+                "resolution, frame rate or analytics rate",
+            )
+        )
+    else:
+        out.append(Finding("camera", Level.OK, line))
+    if not cam.get("recorder_alive", True) and cam.get("recorder_error"):
+        out.append(
+            Finding(
+                "record",
+                Level.FAILING,
+                f"{cid} recording stopped",
+                f"recording thread of {cid} stopped: {cam['recorder_error']}",
+                "restart edged (`systemctl restart edged`); if it persists, run "
+                "`edgectl selftest` and send `edgectl logs` to support",
+            )
+        )
+    masks = cam.get("masks", 0)
+    out.append(
+        Finding(
+            "masks",
+            Level.OK,
+            f"{cid}: {masks} mask(s), {cam.get('mask_coverage_percent', 0):.1f} % of the picture",
+        )
+    )
+    return out
+
+
+def recording_findings(daemon: dict[str, Any]) -> list[Finding]:
+    cams = daemon.get("cameras", [])
+    written = sum(c.get("segments_written", 0) for c in cams)
+    ages = [c.get("last_write_age_s") for c in cams]
+    errors = sum(c.get("sink_errors", 0) for c in cams)
+    vault = daemon.get("vault")
+    newest = min((a for a in ages if a is not None), default=None)
+    summary = f"{written} segments this run, last write {_age(newest)}"
+    if isinstance(vault, dict):
+        summary += (
+            f", {_gb(vault.get('bytes_used', 0))}, {vault.get('retention_days', '?')} d retention"
+        )
+    out: list[Finding] = []
+    stale = [c["id"] for c, a in zip(cams, ages, strict=True) if a is not None and a > 15]
+    if errors:
+        out.append(
+            Finding(
+                "record",
+                Level.FAILING,
+                summary,
+                f"{errors} segment(s) could not be written",
+                "check storage below and `edgectl logs`; run `edgectl selftest`",
+            )
+        )
+    elif stale:
+        out.append(
+            Finding(
+                "record",
+                Level.FAILING,
+                summary,
+                f"no segment written for over 15 s on {', '.join(stale)}",
+                "check the camera section and `edgectl logs`",
+            )
+        )
+    else:
+        out.append(Finding("record", Level.OK, summary))
+    if isinstance(vault, dict) and vault.get("chain_ok") is False:
+        out.append(
+            Finding(
+                "record",
+                Level.FAILING,
+                "recording chain does not verify",
+                str(vault.get("chain_error", "integrity check failed")),
+                "run `edgectl verify` for details; preserve the unit for investigation",
+            )
+        )
+    return out
+
+
+def _optional(daemon: dict[str, Any], key: str, section: str) -> Finding | None:
+    value = daemon.get(key)
+    if value is None:
+        return Finding(section, Level.NA, f"{key} not enabled in this configuration")
+    return None
+
+
+def uplink_findings(daemon: dict[str, Any]) -> list[Finding]:
+    out: list[Finding] = []
+    dot1x = daemon.get("dot1x")
+    if isinstance(dot1x, dict):
+        state = str(dot1x.get("state", "?")).upper()
+        line = f"802.1X {state}"
+        if state in ("AUTHENTICATED", "DISABLED"):
+            out.append(Finding("8021x", Level.OK, line))
+        else:
+            reason = dot1x.get("reason") or "not authorised"
+            expiry = dot1x.get("cert_not_after")
+            cause = f"uplink blocked: 802.1X {state} — {reason}"
+            action = "check the switch port and the RADIUS log for this unit's identity"
+            if dot1x.get("cert_expired"):
+                cause = f"uplink blocked: 802.1X {state} — client certificate expired {expiry}"
+                action = (
+                    "run `edgectl enroll --renew` and have the CSR signed by the city's video CA"
+                )
+            out.append(Finding("8021x", Level.FAILING, line, cause, action))
+        days = dot1x.get("cert_days_left")
+        if isinstance(days, int | float) and 0 <= days <= 30:
+            out.append(
+                Finding(
+                    "8021x",
+                    Level.DEGRADED,
+                    f"certificate expires in {days:.0f} days",
+                    f"the unit's certificate expires on {dot1x.get('cert_not_after')}",
+                    "run `edgectl enroll --renew` before it expires",
+                )
+            )
+    uplink = daemon.get("uplink")
+    if not isinstance(uplink, dict):
+        na = _optional(daemon, "uplink", "uplink")
+        if na:
+            out.append(na)
+        return out
+    state = str(uplink.get("state", "?")).upper()
+    backlog = uplink.get("backlog_s") or 0.0
+    ack = _age(uplink.get("last_ack_age_s"))
+    line = f"{state} {uplink.get('csu', '')} backlog {backlog:.0f}s ack {ack}"
+    if state in ("CONNECTED", "IDLE", "SENDING"):
+        level = Level.DEGRADED if backlog > 300 else Level.OK
+        out.append(
+            Finding(
+                "uplink",
+                level,
+                line,
+                f"{backlog:.0f}s of recording waiting for the CSU" if level else "",
+                "backfill is running; check the uplink bandwidth budget" if level else "",
+            )
+        )
+    else:
+        out.append(
+            Finding(
+                "uplink",
+                Level.DEGRADED,
+                line,
+                f"CSU not reachable ({state.lower()}: {uplink.get('reason', 'unknown')}); "
+                "recording continues locally",
+                "check the wired link, 802.1X state and the CSU address; segments are sent "
+                "when the link returns",
+            )
+        )
+    return out
+
+
+def analytics_findings(daemon: dict[str, Any]) -> list[Finding]:
+    an = daemon.get("analytics")
+    if not isinstance(an, dict):
+        na = _optional(daemon, "analytics", "analytics")
+        return [na] if na else []
+    alerts = an.get("recent_alerts") or []
+    line = (
+        f"{an.get('fps', 0):.1f} fps {an.get('inference_ms', 0):.0f} ms/inference "
+        f"drops {an.get('drops', 0)} alerts {len(alerts)}"
+    )
+    if not an.get("alive", True):
+        return [
+            Finding(
+                "analytics",
+                Level.DEGRADED,
+                line,
+                "the analytics process is not running (recording is unaffected)",
+                "see `edgectl logs`; edged restarts it",
+            )
+        ]
+    return [Finding("analytics", Level.OK, line)]
+
+
+def time_findings(system: dict[str, Any]) -> list[Finding]:
+    t = system.get("time") or {}
+    offset = t.get("offset_s")
+    line = f"{t.get('source', '?')} " + (
+        f"offset {offset * 1000:+.1f} ms " if offset is not None else ""
+    )
+    line += "synchronised" if t.get("synchronised") else "NOT synchronised"
+    if t.get("synchronised"):
+        if offset is not None and abs(offset) > 1.0:
+            return [
+                Finding(
+                    "time",
+                    Level.DEGRADED,
+                    line,
+                    f"clock offset {offset:+.2f}s: evidence timestamps are off",
+                    "check the NTP/NTS servers (chronyc sources)",
+                )
+            ]
+        return [Finding("time", Level.OK, line)]
+    return [
+        Finding(
+            "time",
+            Level.DEGRADED,
+            line,
+            f"clock not synchronised ({t.get('detail', '')}): "
+            "evidence timestamps cannot be trusted",
+            "check that the NTP/NTS servers are reachable through the firewall (chronyc sources)",
+        )
+    ]
+
+
+def health_findings(system: dict[str, Any]) -> list[Finding]:
+    out: list[Finding] = []
+    soc = system.get("soc_celsius")
+    mem = system.get("memory") or {}
+    load = system.get("load") or [0.0]
+    parts = [f"SoC {soc:.1f}°C" if soc is not None else "SoC temp n/a"]
+    throttling = system.get("throttling")
+    if throttling:
+        parts.append("throttled")
+    parts.append(f"load {load[0]:.2f}")
+    if mem:
+        parts.append(
+            f"mem {mem.get('available_bytes', 0) // 2**20}/"
+            f"{mem.get('total_bytes', 0) // 2**20} MB free"
+        )
+    line = " ".join(parts)
+    if soc is not None and soc >= 80:
+        out.append(
+            Finding(
+                "health",
+                Level.DEGRADED,
+                line,
+                f"SoC at {soc:.0f}°C: the unit throttles and may drop frames",
+                "check the cabinet ventilation and the heat sink",
+            )
+        )
+    elif throttling and any("now" in t for t in throttling):
+        out.append(
+            Finding(
+                "health",
+                Level.DEGRADED,
+                line,
+                "the unit is throttled now: " + ", ".join(throttling),
+                "under-voltage: check the power supply; temperature: check ventilation",
+            )
+        )
+    else:
+        out.append(Finding("health", Level.OK, line))
+    st = system.get("storage") or {}
+    if st:
+        sline = f"free {_gb(st.get('free_bytes', 0))} ({st.get('free_percent', 0):.0f} %)"
+        if st.get("fs_errors"):
+            out.append(
+                Finding(
+                    "storage",
+                    Level.FAILING,
+                    sline + f" errors {st['fs_errors']}",
+                    f"the data file system reports {st['fs_errors']} error(s)",
+                    "replace the storage medium at the next visit; export any evidence first",
+                )
+            )
+        elif st.get("free_percent", 100) < 5:
+            out.append(
+                Finding(
+                    "storage",
+                    Level.DEGRADED,
+                    sline,
+                    "storage almost full: the oldest recordings are being purged early",
+                    "check max_bytes/min_free_percent in edge.toml or fit larger storage",
+                )
+            )
+        else:
+            out.append(Finding("storage", Level.OK, sline))
+    return out
+
+
+def cabinet_findings(daemon: dict[str, Any]) -> list[Finding]:
+    out: list[Finding] = []
+    door = daemon.get("door")
+    if isinstance(door, dict):
+        if door.get("open"):
+            out.append(
+                Finding(
+                    "cabinet",
+                    Level.DEGRADED,
+                    "door OPEN",
+                    "the cabinet door is open (alarm raised to the CSU)",
+                    "close the door when the intervention is over",
+                )
+            )
+        else:
+            out.append(Finding("cabinet", Level.OK, "door closed"))
+    else:
+        out.append(Finding("cabinet", Level.NA, "no door switch configured"))
+    tamper = daemon.get("tamper")
+    if isinstance(tamper, dict) and tamper.get("active"):
+        out.append(
+            Finding(
+                "cabinet",
+                Level.FAILING,
+                "tamper: " + ", ".join(tamper["active"]),
+                "camera tampering detected: " + ", ".join(tamper["active"]),
+                "inspect the camera (lens covered or sprayed, moved, defocused)",
+            )
+        )
+    return out
+
+
+def evaluate(status: dict[str, Any]) -> list[Finding]:
+    """Every finding for a full status dict (``{"daemon": …, "daemon_error": …, "system": …}``)."""
+    out: list[Finding] = []
+    daemon = status.get("daemon")
+    if not isinstance(daemon, dict):
+        out.append(
+            Finding(
+                "edged",
+                Level.FAILING,
+                "edged not running",
+                status.get("daemon_error") or "edged is not running",
+                "run `systemctl status edged` and `edgectl logs`; start it with "
+                "`systemctl start edged`",
+            )
+        )
+    else:
+        for cam in daemon.get("cameras", []):
+            out.extend(camera_findings(cam))
+        out.extend(recording_findings(daemon))
+        out.extend(uplink_findings(daemon))
+        out.extend(analytics_findings(daemon))
+        out.extend(cabinet_findings(daemon))
+    system = status.get("system") or {}
+    out.extend(time_findings(system))
+    out.extend(health_findings(system))
+    return out
+
+
+def worst(findings: list[Finding]) -> Level:
+    return max((f.level for f in findings if f.level is not Level.NA), default=Level.OK)

@@ -1,0 +1,114 @@
+"""Metrics for the city's monitoring, as an OpenMetrics text file for node_exporter's textfile
+collector: no listening port (ANSSI R51). The figures are those of ``edgectl status``.
+
+:func:`registry_from_status` is pure (status dict in, registry out); :func:`write_textfile`
+writes atomically (temp file, rename), as node_exporter requires.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.openmetrics.exposition import generate_latest
+
+from .diagnostics import Level, evaluate, worst
+
+
+def registry_from_status(status: dict[str, Any]) -> CollectorRegistry:
+    reg = CollectorRegistry()
+    daemon = status.get("daemon") or {}
+    system = status.get("system") or {}
+    unit = str(daemon.get("unit_id", "unknown"))
+
+    up = Gauge("edge_up", "1 when edged answers", ["unit"], registry=reg)
+    up.labels(unit).set(1 if daemon else 0)
+    health = Gauge(
+        "edge_health_level",
+        "Worst finding: 0 healthy, 1 degraded, 2 failing",
+        ["unit"],
+        registry=reg,
+    )
+    health.labels(unit).set(int(worst(evaluate(status))))
+    problems = Gauge("edge_problems", "Findings at each level", ["unit", "level"], registry=reg)
+    findings = evaluate(status)
+    for level in (Level.DEGRADED, Level.FAILING):
+        problems.labels(unit, level.label).set(sum(1 for f in findings if f.level is level))
+    if daemon:
+        Gauge("edge_uptime_seconds", "Seconds since edged started", ["unit"], registry=reg).labels(
+            unit
+        ).set(daemon.get("uptime_s", 0))
+
+    cam_gauges = {
+        "frames_in": ("edge_camera_frames_total", "Frames captured since start"),
+        "frames_dropped": ("edge_camera_frames_dropped_total", "Frames the recording path dropped"),
+        "fps_in": ("edge_camera_fps", "Measured capture frame rate"),
+        "last_frame_age_s": ("edge_camera_last_frame_age_seconds", "Age of the newest frame"),
+        "mask_coverage_percent": (
+            "edge_camera_mask_coverage_percent",
+            "Share of the picture masked",
+        ),
+        "segments_written": ("edge_recording_segments_total", "Segments recorded since start"),
+        "bytes_written": ("edge_recording_bytes_total", "Bytes recorded since start"),
+        "sink_errors": ("edge_recording_errors_total", "Segments that could not be recorded"),
+        "last_write_age_s": ("edge_recording_last_write_age_seconds", "Age of the newest segment"),
+    }
+    gauges = {
+        key: Gauge(name, doc, ["unit", "camera"], registry=reg)
+        for key, (name, doc) in cam_gauges.items()
+    }
+    for cam in daemon.get("cameras", []):
+        for key, gauge in gauges.items():
+            value = cam.get(key)
+            if isinstance(value, int | float):
+                gauge.labels(unit, cam.get("id", "?")).set(value)
+
+    for section, key, name, doc in (
+        ("uplink", "backlog_s", "edge_uplink_backlog_seconds", "Recording not yet at the CSU"),
+        ("uplink", "backlog_bytes", "edge_uplink_backlog_bytes", "Bytes not yet at the CSU"),
+        ("analytics", "fps", "edge_analytics_fps", "Frames analysed per second"),
+        ("analytics", "inference_ms", "edge_analytics_inference_ms", "Inference time"),
+        ("analytics", "drops", "edge_analytics_dropped_total", "Frames analytics skipped"),
+        ("vault", "bytes_used", "edge_vault_bytes", "Bytes held by the vault"),
+    ):
+        part = daemon.get(section)
+        if isinstance(part, dict) and isinstance(part.get(key), int | float):
+            Gauge(name, doc, ["unit"], registry=reg).labels(unit).set(part[key])
+
+    soc = system.get("soc_celsius")
+    if isinstance(soc, int | float):
+        Gauge("edge_soc_celsius", "SoC temperature", ["unit"], registry=reg).labels(unit).set(soc)
+    storage = system.get("storage") or {}
+    if storage:
+        Gauge(
+            "edge_storage_free_bytes", "Free bytes on the data file system", ["unit"], registry=reg
+        ).labels(unit).set(storage.get("free_bytes", 0))
+    t = system.get("time") or {}
+    if t:
+        Gauge(
+            "edge_time_synchronised", "1 when the clock is synchronised", ["unit"], registry=reg
+        ).labels(unit).set(1 if t.get("synchronised") else 0)
+    return reg
+
+
+def render(status: dict[str, Any]) -> bytes:
+    data: bytes = generate_latest(registry_from_status(status))  # type: ignore[no-untyped-call]
+    return data
+
+
+def write_textfile(path: Path, status: dict[str, Any]) -> None:
+    """Replace ``path`` atomically so the collector never reads half a file."""
+    data = render(status)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".edge-metrics.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

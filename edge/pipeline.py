@@ -1,0 +1,244 @@
+"""The recording path of one camera: capture → privacy mask (in place, first) → encode → sink.
+
+Threads and what they touch:
+
+- the **capture thread** (owned by :class:`edge.capture.loop.CaptureLoop`) calls
+  :meth:`CameraPipeline._on_frame` for every frame. It masks the frame in place *before anything
+  else sees it*, offers the masked frame to the frame observers (analytics; they must not block),
+  then puts it on the bounded recording queue. A full queue means the recording thread is late:
+  the frame is dropped and counted, so capture never waits for recording.
+- the **recording thread** takes frames off the queue, encodes them and writes finished segments
+  to the sink. It never waits for analytics or the network; a sink error is logged and counted,
+  and recording goes on with the next segment.
+- any thread may call :meth:`snapshot` (diagnostics) and :meth:`set_masks` (SIGHUP reload).
+
+``self._masker`` is replaced whole on reload; reading an attribute is atomic in CPython, so the
+capture thread uses either the old or the new masker for a given frame, never a mix.
+Counters are only written by the one thread named next to them; readers may see a value one
+frame old, which diagnostics accept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .capture import open_source
+from .capture.loop import CaptureLoop
+from .config import CameraConfig, PrivacyMaskConfig
+from .errors import EdgeError
+from .frames import Frame
+from .privacy.masker import PrivacyMasker
+from .video.base import MediaSegment, SegmentSink
+from .video.encoder import SegmentEncoder
+
+log = logging.getLogger(__name__)
+
+#: Called in the capture thread with each *masked* frame; must return quickly and never block.
+FrameObserver = Callable[[Frame], object]
+
+_STOP = object()
+
+
+class CameraPipeline:
+    """Capture, mask, encode and record one camera until :meth:`stop`."""
+
+    def __init__(
+        self,
+        cam: CameraConfig,
+        sink: SegmentSink,
+        *,
+        observers: Sequence[FrameObserver] = (),
+        queue_seconds: float = 2.0,
+    ) -> None:
+        self.cam = cam
+        self._sink = sink
+        self._observers = list(observers)
+        self._masker = PrivacyMasker(cam.privacy_masks, cam.width, cam.height)
+        self._queue: queue.Queue[Frame | object] = queue.Queue(
+            maxsize=max(2, int(cam.fps * queue_seconds))
+        )
+        self._source = open_source(cam)
+        self._capture = CaptureLoop(self._source, self._on_frame, name=cam.id)
+        self._recorder = threading.Thread(target=self._record, name=f"record-{cam.id}", daemon=True)
+        self.started_mono = time.monotonic()
+        # Written by the capture thread:
+        self.frames_in = 0
+        self.frames_dropped = 0
+        self.last_frame_mono: float | None = None
+        self.last_frame: Frame | None = None
+        # Written by the recording thread:
+        self.frames_encoded = 0
+        self.segments_written = 0
+        self.bytes_written = 0
+        self.sink_errors = 0
+        self.last_segment: MediaSegment | None = None
+        self.last_write_mono: float | None = None
+        self.heartbeat_mono = time.monotonic()
+        self.recorder_error: str | None = None
+
+    # --- control -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        log.info(
+            "[%s] starting: %s, %dx%d @ %.2f fps, %d privacy mask(s) covering %.1f %%",
+            self.cam.id,
+            self._source.description,
+            self.cam.width,
+            self.cam.height,
+            self.cam.fps,
+            len(self.cam.privacy_masks),
+            100.0 * self._masker.coverage,
+        )
+        self._recorder.start()
+        self._capture.start()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop capture, finish the segment being recorded, and wait for both threads."""
+        self._capture.stop()
+        self._capture.join(timeout)
+        self._queue.put(_STOP)  # blocks only while the recorder drains a full queue
+        self._recorder.join(timeout)
+        if self._recorder.is_alive():
+            log.error("[%s] recording thread did not finish within %.0f s", self.cam.id, timeout)
+
+    def set_masks(self, masks: Sequence[PrivacyMaskConfig]) -> None:
+        """Replace the privacy masks (SIGHUP); the next captured frame uses the new ones."""
+        masker = PrivacyMasker(masks, self.cam.width, self.cam.height)
+        self._masker = masker
+        self.cam = self.cam.model_copy(update={"privacy_masks": list(masks)})
+        log.info(
+            "[%s] privacy masks reloaded: %d mask(s) covering %.1f %%",
+            self.cam.id,
+            len(masks),
+            100.0 * masker.coverage,
+        )
+
+    def add_observer(self, observer: FrameObserver) -> None:
+        self._observers.append(observer)
+
+    @property
+    def masker(self) -> PrivacyMasker:
+        return self._masker
+
+    def alive(self) -> bool:
+        """True while the recording thread runs and has looked at its queue recently."""
+        return self._recorder.is_alive() and time.monotonic() - self.heartbeat_mono < 10.0
+
+    def finished(self) -> bool:
+        """True once a finite source has ended and everything it gave is recorded."""
+        return not self._recorder.is_alive() and self._capture.join(0)
+
+    # --- capture thread ----------------------------------------------------------------------
+
+    def _on_frame(self, frame: Frame) -> None:
+        # Mask first: nothing upstream of this line may keep, send or analyse the frame.
+        self._masker.apply(frame)
+        self.frames_in += 1
+        self.last_frame_mono = time.monotonic()
+        self.last_frame = frame  # masked: the only picture the installer preview may show
+        for observer in self._observers:
+            try:
+                observer(frame)
+            except Exception:  # an observer must never stop recording
+                log.exception("[%s] frame observer failed", self.cam.id)
+        try:
+            self._queue.put_nowait(frame)
+        except queue.Full:
+            self.frames_dropped += 1
+            if self.frames_dropped in (1, 10, 100) or self.frames_dropped % 1000 == 0:
+                log.warning(
+                    "[%s] recording is late: %d frame(s) dropped so far",
+                    self.cam.id,
+                    self.frames_dropped,
+                )
+
+    # --- recording thread --------------------------------------------------------------------
+
+    def _record(self) -> None:
+        try:
+            encoder = SegmentEncoder(
+                self.cam.id, self.cam.width, self.cam.height, self.cam.fps, self.cam.encoder
+            )
+        except EdgeError as exc:
+            self.recorder_error = str(exc)
+            log.error("[%s] cannot start the encoder: %s", self.cam.id, exc)
+            return
+        while True:
+            self.heartbeat_mono = time.monotonic()
+            try:
+                item = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                if self._capture.join(0) and self._queue.empty():
+                    item = _STOP  # a finite source ended: record what is left
+                else:
+                    continue
+            if item is _STOP:
+                break
+            assert isinstance(item, Frame)
+            try:
+                segments = encoder.encode(item)
+            except EdgeError as exc:
+                self.recorder_error = str(exc)
+                log.error("[%s] encoding failed, recording stops: %s", self.cam.id, exc)
+                return
+            self.frames_encoded += 1
+            self._write(segments)
+        try:
+            self._write(encoder.flush())
+        except EdgeError as exc:
+            log.error("[%s] could not finish the last segment: %s", self.cam.id, exc)
+        finally:
+            encoder.close()
+
+    def _write(self, segments: list[MediaSegment]) -> None:
+        for segment in segments:
+            try:
+                self._sink.write(segment)
+            except EdgeError as exc:
+                self.sink_errors += 1
+                log.error("[%s] segment %d not recorded: %s", self.cam.id, segment.sequence, exc)
+                continue
+            self.segments_written += 1
+            self.bytes_written += len(segment.media)
+            self.last_segment = segment
+            self.last_write_mono = time.monotonic()
+
+    # --- diagnostics -------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        capture = self._capture.stats()
+        last = self.last_segment
+        uptime = max(now - self.started_mono, 1e-9)
+        return {
+            "id": self.cam.id,
+            "source": self._source.description,
+            "width": self.cam.width,
+            "height": self.cam.height,
+            "fps_configured": self.cam.fps,
+            "capture": dataclasses.asdict(capture),
+            "frames_in": self.frames_in,
+            "frames_dropped": self.frames_dropped,
+            "frames_encoded": self.frames_encoded,
+            "fps_in": round(self.frames_in / uptime, 2),
+            "last_frame_age_s": None
+            if self.last_frame_mono is None
+            else round(now - self.last_frame_mono, 3),
+            "masks": len(self.cam.privacy_masks),
+            "mask_coverage_percent": round(100.0 * self._masker.coverage, 2),
+            "segments_written": self.segments_written,
+            "bytes_written": self.bytes_written,
+            "sink_errors": self.sink_errors,
+            "last_segment_sequence": None if last is None else last.sequence,
+            "last_write_age_s": None
+            if self.last_write_mono is None
+            else round(now - self.last_write_mono, 3),
+            "recorder_alive": self.alive(),
+            "recorder_error": self.recorder_error,
+        }

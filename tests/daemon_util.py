@@ -1,0 +1,106 @@
+"""Start a real ``edged`` process and listen to what it tells systemd."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class NotifyListener:
+    """An ``sd_notify`` socket as systemd provides one (``NOTIFY_SOCKET``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[str] = []
+
+    def wait_for(self, needle: str, timeout: float) -> str:
+        """Return the first message containing ``needle`` (old or new); fail after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for msg in self.messages:
+                if needle in msg:
+                    return msg
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {needle!r} from edged in {timeout}s: {self.messages}")
+            self.sock.settimeout(remaining)
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            self.messages.extend(data.decode().splitlines())
+
+    def drain(self) -> None:
+        self.sock.setblocking(False)
+        try:
+            while True:
+                self.messages.extend(self.sock.recv(4096).decode().splitlines())
+        except BlockingIOError:
+            pass
+        finally:
+            self.sock.setblocking(True)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def write_config(path: Path, data_dir: Path, *, extra: str = "", camera: str = "") -> Path:
+    """A small, fast configuration: one synthetic 320x240 camera, 1 s segments."""
+    path.write_text(
+        f"""\
+[unit]
+id = "test-unit"
+data_dir = "{data_dir}"
+
+[[cameras]]
+id = "cam1"
+source = "synthetic"
+width = 320
+height = 240
+fps = 10
+{camera}
+[cameras.encoder]
+segment_seconds = 1.0
+preset = "ultrafast"
+
+[[cameras.privacy_masks]]
+name = "window"
+points = [[0.55, 0.15], [0.9, 0.12], [0.92, 0.5], [0.57, 0.55]]
+{extra}"""
+    )
+    return path
+
+
+@contextmanager
+def running_edged(
+    config: Path, tmp: Path, *args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], NotifyListener]]:
+    listener = NotifyListener(tmp / "notify.sock")
+    full_env = {**os.environ, "NOTIFY_SOCKET": str(listener.path), **(env or {})}
+    full_env.pop("JOURNAL_STREAM", None)
+    full_env.pop("INVOCATION_ID", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge.daemon", "--config", str(config), *args],
+        env=full_env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        yield proc, listener
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+        listener.close()

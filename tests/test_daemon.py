@@ -1,0 +1,123 @@
+"""A real edged process: systemd notification, signals, reload, run-for, bad configuration."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .conftest import tool
+from .daemon_util import running_edged, write_config
+
+
+def _segments(data_dir: Path) -> list[Path]:
+    return sorted(data_dir.glob("segments/cam1/**/seg-*.m4s"))
+
+
+def _probe_frames(init: Path, segments: list[Path], out: Path) -> int:
+    out.write_bytes(init.read_bytes() + b"".join(s.read_bytes() for s in segments))
+    result = subprocess.run(
+        [
+            tool("ffprobe"),
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames,codec_name,width,height",
+            "-of",
+            "json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stream = json.loads(result.stdout)["streams"][0]
+    assert stream["codec_name"] == "h264"
+    assert (stream["width"], stream["height"]) == (320, 240)
+    return int(stream["nb_read_frames"])
+
+
+def test_ready_watchdog_and_sigterm_finishes_segment(tmp_path: Path, data_dir: Path) -> None:
+    config = write_config(tmp_path / "edge.toml", data_dir)
+    with running_edged(config, tmp_path, env={"WATCHDOG_USEC": "1000000"}) as (proc, notify):
+        notify.wait_for("READY=1", timeout=30)
+        notify.wait_for("WATCHDOG=1", timeout=10)
+        deadline = time.monotonic() + 30
+        while len(_segments(data_dir)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(_segments(data_dir)) >= 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        notify.drain()
+        assert "STOPPING=1" in notify.messages
+        assert proc.stderr is not None
+        log = proc.stderr.read()
+    assert "stopped:" in log
+    segments = _segments(data_dir)
+    # Every segment, the last (finished on SIGTERM) included, decodes.
+    frames = _probe_frames(data_dir / "segments/cam1/init.mp4", segments, tmp_path / "all.mp4")
+    assert frames >= 10 * len(segments) - 10
+    assert not list(data_dir.rglob("*.tmp*")), "temporary files left behind"
+
+
+def test_run_for_exits_zero_and_reports(tmp_path: Path, data_dir: Path) -> None:
+    config = write_config(tmp_path / "edge.toml", data_dir)
+    with running_edged(config, tmp_path, "--run-for", "3") as (proc, notify):
+        assert proc.wait(timeout=60) == 0
+        notify.drain()
+    assert any(m.startswith("READY=1") for m in notify.messages)
+    assert _segments(data_dir)
+
+
+def test_data_dir_flag_overrides_config(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "edge.toml", tmp_path / "from-config")
+    elsewhere = tmp_path / "from-flag"
+    with running_edged(config, tmp_path, "--run-for", "2", "--data-dir", str(elsewhere)) as (
+        proc,
+        _notify,
+    ):
+        assert proc.wait(timeout=60) == 0
+    assert _segments(elsewhere)
+    assert not (tmp_path / "from-config").exists()
+
+
+def test_sighup_reloads_masks_and_keeps_config_when_invalid(tmp_path: Path, data_dir: Path) -> None:
+    config = write_config(tmp_path / "edge.toml", data_dir)
+    with running_edged(config, tmp_path) as (proc, notify):
+        notify.wait_for("READY=1", timeout=30)
+        original = config.read_text()
+        config.write_text(original + "\nbogus_key = 1\n")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.5)
+        config.write_text(original.replace("[0.55, 0.15]", "[0.05, 0.05]"))
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.5)
+        assert proc.poll() is None, "edged died on reload"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert proc.stderr is not None
+        log = proc.stderr.read()
+    assert f"configuration not reloaded, keeping the running one: {config}:" in log
+    assert "bogus_key: unknown key" in log
+    assert "privacy masks reloaded: 1 mask(s)" in log
+
+
+def test_bad_config_refused_with_location(tmp_path: Path, data_dir: Path) -> None:
+    config = write_config(tmp_path / "edge.toml", data_dir)
+    config.write_text(config.read_text().replace("fps = 10", "fps = 0"))
+    result = subprocess.run(
+        [sys.executable, "-m", "edge.daemon", "--config", str(config), "--run-for", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 78
+    assert f"{config}:10: cameras[0].fps: Input should be greater than 0" in result.stderr
+    assert not _segments(data_dir)

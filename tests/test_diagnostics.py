@@ -1,0 +1,171 @@
+"""Verdicts, causes and next steps of the diagnostics policy, and the metrics built from them."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+from edge import metrics
+from edge.cli.status import render
+from edge.diagnostics import Level, evaluate, worst
+
+
+def healthy() -> dict[str, Any]:
+    return {
+        "daemon": {
+            "unit_id": "cab-0042",
+            "version": "0.1.0",
+            "uptime_s": 3725.0,
+            "cameras": [
+                {
+                    "id": "cam1",
+                    "width": 1280,
+                    "height": 720,
+                    "fps_configured": 25,
+                    "fps_in": 25.0,
+                    "capture": {"state": "running", "reason": "frames flowing"},
+                    "frames_in": 1000,
+                    "frames_dropped": 0,
+                    "last_frame_age_s": 0.04,
+                    "masks": 2,
+                    "mask_coverage_percent": 12.5,
+                    "segments_written": 20,
+                    "bytes_written": 5_000_000,
+                    "sink_errors": 0,
+                    "last_write_age_s": 1.0,
+                    "recorder_alive": True,
+                    "recorder_error": None,
+                }
+            ],
+        },
+        "system": {
+            "time": {
+                "synchronised": True,
+                "source": "chrony ntp1",
+                "offset_s": 0.0002,
+                "detail": "",
+            },
+            "soc_celsius": 54.0,
+            "throttling": [],
+            "load": [0.5, 0.4, 0.3],
+            "memory": {"total_bytes": 4 << 30, "available_bytes": 3 << 30},
+            "storage": {"free_bytes": 50e9, "free_percent": 60.0, "fs_errors": 0},
+        },
+    }
+
+
+def problems(status: dict[str, Any]) -> list[tuple[str, Level, str, str]]:
+    return [
+        (f.section, f.level, f.cause, f.action)
+        for f in evaluate(status)
+        if f.level in (Level.DEGRADED, Level.FAILING)
+    ]
+
+
+def test_healthy_unit_has_no_problem() -> None:
+    status = healthy()
+    assert problems(status) == []
+    assert worst(evaluate(status)) is Level.OK
+
+
+def test_daemon_down_is_failing_with_next_step() -> None:
+    status = healthy()
+    status["daemon"] = None
+    status["daemon_error"] = "edged is not running (no control socket at /run/edge/control.sock)"
+    [(section, level, cause, action)] = problems(status)
+    assert (section, level) == ("edged", Level.FAILING)
+    assert "no control socket" in cause
+    assert "systemctl" in action
+
+
+def test_camera_lost_is_failing() -> None:
+    status = healthy()
+    cam = status["daemon"]["cameras"][0]
+    cam["capture"] = {"state": "backoff", "reason": "cannot open file:/srv/cam.mp4: No such file"}
+    cam["last_frame_age_s"] = 42.0
+    [first, *_] = problems(status)
+    assert first[:2] == ("camera", Level.FAILING)
+    assert "No such file" in first[2]
+    assert "resumes by itself" in first[3]
+
+
+def test_dropped_frames_degrade() -> None:
+    status = healthy()
+    status["daemon"]["cameras"][0]["frames_dropped"] = 7
+    [(section, level, cause, _)] = problems(status)
+    assert (section, level) == ("camera", Level.DEGRADED)
+    assert "7 frame(s) dropped" in cause
+
+
+def test_expired_certificate_names_renewal() -> None:
+    status = healthy()
+    status["daemon"]["dot1x"] = {
+        "state": "held",
+        "reason": "EAP failure",
+        "cert_expired": True,
+        "cert_not_after": "2026-10-01",
+    }
+    [(section, level, cause, action)] = problems(status)
+    assert (section, level) == ("8021x", Level.FAILING)
+    assert cause == "uplink blocked: 802.1X HELD — client certificate expired 2026-10-01"
+    assert "edgectl enroll --renew" in action
+
+
+def test_uplink_down_degrades_but_recording_goes_on() -> None:
+    status = healthy()
+    status["daemon"]["uplink"] = {
+        "state": "backoff",
+        "reason": "connection refused",
+        "backlog_s": 60,
+    }
+    [(section, level, cause, _)] = problems(status)
+    assert (section, level) == ("uplink", Level.DEGRADED)
+    assert "recording continues locally" in cause
+
+
+def test_clock_and_heat_and_storage() -> None:
+    status = healthy()
+    status["system"]["time"] = {"synchronised": False, "source": "timedatectl", "detail": "NTP=no"}
+    status["system"]["soc_celsius"] = 85.0
+    status["system"]["storage"]["fs_errors"] = 3
+    found = {(s, lvl) for s, lvl, _, _ in problems(status)}
+    assert found == {
+        ("time", Level.DEGRADED),
+        ("health", Level.DEGRADED),
+        ("storage", Level.FAILING),
+    }
+    assert worst(evaluate(status)) is Level.FAILING
+
+
+def test_missing_subsystems_say_so_and_never_fake() -> None:
+    findings = evaluate(healthy())
+    na = {f.section: f.summary for f in findings if f.level is Level.NA}
+    assert "uplink" in na and "not enabled" in na["uplink"]
+    assert "cabinet" in na
+
+
+def test_status_screen_fits_80x24() -> None:
+    status = healthy()
+    status["daemon"]["cameras"].append(
+        copy.deepcopy(status["daemon"]["cameras"][0]) | {"id": "cam2"}
+    )
+    screen = render(status, evaluate(status), colour=False)
+    lines = screen.splitlines()
+    assert len(lines) <= 24
+    assert all(len(line) <= 80 for line in lines)
+    assert "HEALTHY" in lines[0] and "cab-0042" in lines[0]
+
+
+def test_metrics_parse_as_openmetrics(tmp_path: Path) -> None:
+    status = healthy()
+    status["daemon"]["cameras"][0]["frames_dropped"] = 3
+    path = tmp_path / "edge.prom"
+    metrics.write_textfile(path, status)
+    families = {f.name: f for f in text_string_to_metric_families(path.read_text())}  # type: ignore[no-untyped-call]
+    dropped = families["edge_camera_frames_dropped_total"].samples[0]
+    assert dropped.value == 3 and dropped.labels == {"unit": "cab-0042", "camera": "cam1"}
+    assert families["edge_health_level"].samples[0].value == 1
+    assert families["edge_time_synchronised"].samples[0].value == 1

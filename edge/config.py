@@ -180,6 +180,42 @@ class Dot1xConfig(_Section):
         return self
 
 
+class RecipientKem(StrEnum):
+    X25519 = "x25519"
+    MLKEM768_X25519 = "mlkem768-x25519"
+
+
+class VaultConfig(_Section):
+    retention_days: int = Field(default=30, ge=1)
+    """Days a recording is kept before automatic destruction (1-30, the legal maximum)."""
+    max_bytes: int = Field(default=0, ge=0, le=2**50)
+    """Upper bound of the vault's size in bytes; 0 means bounded only by min_free_percent."""
+    min_free_percent: float = Field(default=10.0, ge=0.0, le=90.0)
+    """Free space kept on the data file system; the oldest segments go first to keep it."""
+    epoch_seconds: int = Field(default=600, ge=10, le=86_400)
+    """Lifetime of an epoch data key; a new key is also drawn at every start."""
+    kem: RecipientKem = RecipientKem.MLKEM768_X25519
+    """HPKE KEM the recipient keys must use: post-quantum hybrid (default) or X25519."""
+    csu_public_key: Path | None = None
+    """Recipient public key of the CSU (from ``edge-csu keygen``); required on a real unit."""
+    escrow_public_key: Path | None = None
+    """Optional second recipient (judicial escrow) able to open every epoch on its own."""
+    demo_recipient: bool = False
+    """Demo only: create a CSU key pair inside the data dir, so the unit can read itself."""
+    purge_interval_s: float = Field(default=60.0, ge=1.0, le=3600.0)
+    """How often retention runs (it also runs at once when the disk is full)."""
+
+    @field_validator("retention_days")
+    @classmethod
+    def _legal_limit(cls, value: int) -> int:
+        if value > 30:
+            raise ValueError(
+                f"{value} days exceeds the legal limit: recordings may be kept at most one "
+                "month (Code de la sécurité intérieure L252-5, CNIL); use 1 to 30"
+            )
+        return value
+
+
 class EdgeConfig(_Section):
     unit: UnitConfig = UnitConfig()
     """The unit as a whole."""
@@ -189,6 +225,8 @@ class EdgeConfig(_Section):
     """Cameras attached to this unit."""
     logging: LoggingConfig = LoggingConfig()
     """Logging settings."""
+    vault: VaultConfig = VaultConfig()
+    """Sealed recording store: retention, recipients of the epoch keys."""
     dot1x: Dot1xConfig = Dot1xConfig()
     """802.1X EAP-TLS authentication of the wired uplink port."""
 
@@ -218,6 +256,10 @@ fps = 25
 [[cameras.privacy_masks]]
 name = "ground-floor windows"
 points = [[0.62, 0.18], [0.92, 0.14], [0.95, 0.48], [0.64, 0.52]]
+
+[vault]
+# Demo only: no CSU key exists, so a demo recipient key is created in the data dir.
+demo_recipient = true
 """
 
 

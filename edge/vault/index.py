@@ -1,0 +1,319 @@
+"""The vault's index: SQLite in WAL mode, a cache of what the files say.
+
+Why SQLite (WAL) rather than an append-only journal: range look-ups by time over 1.3 million
+rows must take milliseconds (a B-tree does that; a journal must be loaded or scanned), the
+outbox needs a "not yet delivered" view and updates in place, and WAL gives atomic commits
+that survive ``kill -9``. The known weakness (corruption after power loss on bad media) is
+contained: the sealed files are the truth, every file is self-describing and signed, and an
+index that fails to open or check is rebuilt from the files alone (:meth:`Vault.rebuild_index`).
+``synchronous=NORMAL``: a power cut may lose the last commits, never consistency; recovery
+re-adds segments found on disk past the index's tail, and a lost "delivered" mark only means
+the uplink sends that segment again (the CSU deduplicates by camera and sequence).
+
+Threading: one connection shared by the vault's threads; every use holds :attr:`lock`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import IntegrityError, VaultError
+from .retention import SegmentInfo
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS segments (
+    camera TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    start_ns INTEGER NOT NULL,
+    end_ns INTEGER NOT NULL,
+    frames INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    epoch BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (camera, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS segments_by_time ON segments (start_ns);
+CREATE INDEX IF NOT EXISTS segments_pending ON segments (start_ns) WHERE delivered = 0;
+CREATE TABLE IF NOT EXISTS epochs (
+    camera TEXT NOT NULL,
+    epoch BLOB NOT NULL,
+    created_ns INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (camera, epoch)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class IndexRow:
+    camera_id: str
+    sequence: int
+    start_wall_ns: int
+    end_wall_ns: int
+    frame_count: int
+    size: int
+    epoch_id: bytes
+    chain_hash: bytes
+    delivered: bool = False
+
+    # Interpolated into SQL: a constant, never user data.
+    COLUMNS = "camera, seq, start_ns, end_ns, frames, size, epoch, hash, delivered"
+
+    @classmethod
+    def from_sql(cls, row: tuple[object, ...]) -> IndexRow:
+        """Check and convert one row; :class:`IntegrityError` for anything malformed."""
+        if len(row) != 9:
+            raise IntegrityError(f"index row has {len(row)} columns, expected 9")
+        camera, seq, start, end, frames, size, epoch, digest, delivered = row
+        if not isinstance(camera, str) or not camera:
+            raise IntegrityError("index row: bad camera")
+        ints = (seq, start, end, frames, size, delivered)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):
+            raise IntegrityError("index row: non-integer field")
+        assert isinstance(seq, int) and isinstance(start, int) and isinstance(end, int)
+        assert isinstance(frames, int) and isinstance(size, int) and isinstance(delivered, int)
+        if seq < 0 or size <= 0 or frames < 0 or end < start:
+            raise IntegrityError("index row: value out of range")
+        if not (isinstance(epoch, bytes) and len(epoch) == 16):
+            raise IntegrityError("index row: bad epoch id")
+        if not (isinstance(digest, bytes) and len(digest) == 32):
+            raise IntegrityError("index row: bad hash")
+        return cls(camera, seq, start, end, frames, size, epoch, digest, bool(delivered))
+
+    def info(self) -> SegmentInfo:
+        return SegmentInfo(
+            self.camera_id, self.sequence, self.start_wall_ns, self.end_wall_ns, self.size
+        )
+
+
+class Index:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # Protects the connection: the recording threads (insert), the purge thread (delete),
+        # the uplink (outbox reads, delivered marks) all go through it, briefly.
+        self.lock = threading.Lock()
+        try:
+            self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+            self.db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+            )
+        except sqlite3.DatabaseError as exc:
+            raise VaultError(f"{path}: index unusable: {exc}") from None
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+    def quick_check(self) -> bool:
+        with self.lock:
+            try:
+                row = self.db.execute("PRAGMA quick_check").fetchone()
+            except sqlite3.DatabaseError:
+                return False
+        return bool(row) and row[0] == "ok"
+
+    def insert(self, row: IndexRow) -> None:
+        with self.lock:
+            self.db.execute(
+                f"INSERT OR REPLACE INTO segments ({IndexRow.COLUMNS}) "  # noqa: S608 - constant column list
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    row.camera_id,
+                    row.sequence,
+                    row.start_wall_ns,
+                    row.end_wall_ns,
+                    row.frame_count,
+                    row.size,
+                    row.epoch_id,
+                    row.chain_hash,
+                    int(row.delivered),
+                ),
+            )
+
+    def insert_many(self, rows: list[IndexRow]) -> None:
+        with self.lock:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                f"INSERT OR REPLACE INTO segments ({IndexRow.COLUMNS}) "  # noqa: S608 - constant column list
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.camera_id,
+                        r.sequence,
+                        r.start_wall_ns,
+                        r.end_wall_ns,
+                        r.frame_count,
+                        r.size,
+                        r.epoch_id,
+                        r.chain_hash,
+                        int(r.delivered),
+                    )
+                    for r in rows
+                ],
+            )
+            self.db.execute("COMMIT")
+
+    def add_epoch(self, camera: str, epoch_id: bytes, created_ns: int, size: int) -> None:
+        with self.lock:
+            self.db.execute(
+                "INSERT OR IGNORE INTO epochs VALUES (?, ?, ?, ?, 0)",
+                (camera, epoch_id, created_ns, size),
+            )
+
+    def cameras(self) -> list[str]:
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT DISTINCT camera FROM segments UNION SELECT DISTINCT camera FROM epochs"
+            ).fetchall()
+        return sorted(str(r[0]) for r in rows)
+
+    def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[IndexRow]:
+        with self.lock:
+            raw = self.db.execute(sql, args).fetchall()
+        return [IndexRow.from_sql(tuple(r)) for r in raw]
+
+    def last(self, camera: str, count: int = 1) -> list[IndexRow]:
+        """The newest ``count`` rows of a camera, newest first."""
+        return self._rows(
+            f"SELECT {IndexRow.COLUMNS} FROM segments WHERE camera = ? ORDER BY seq DESC LIMIT ?",  # noqa: S608 - constant column list
+            (camera, count),
+        )
+
+    def first(self, camera: str) -> IndexRow | None:
+        rows = self._rows(
+            f"SELECT {IndexRow.COLUMNS} FROM segments WHERE camera = ? ORDER BY seq LIMIT 1",  # noqa: S608 - constant column list
+            (camera,),
+        )
+        return rows[0] if rows else None
+
+    def get(self, camera: str, seq: int) -> IndexRow | None:
+        rows = self._rows(
+            f"SELECT {IndexRow.COLUMNS} FROM segments WHERE camera = ? AND seq = ?",  # noqa: S608
+            (camera, seq),
+        )
+        return rows[0] if rows else None
+
+    def range(self, start_ns: int, end_ns: int, camera: str | None = None) -> list[IndexRow]:
+        """Segments overlapping [start_ns, end_ns), by camera then sequence."""
+        # Segments last at most 10 s, so "start < end_ns and start > start_ns - 1 min" lets the
+        # time index bound the scan; end_ns filters exactly.
+        sql = (
+            f"SELECT {IndexRow.COLUMNS} FROM segments WHERE start_ns < ? AND start_ns > ? "  # noqa: S608 - constant column list
+            "AND end_ns > ?"
+        )
+        args: tuple[object, ...] = (end_ns, start_ns - 60_000_000_000, start_ns)
+        if camera is not None:
+            sql += " AND camera = ?"
+            args += (camera,)
+        return self._rows(sql + " ORDER BY camera, seq", args)
+
+    def oldest_first(self, batch: int = 512) -> Iterator[SegmentInfo]:
+        """Every segment by start time, fetched in batches (the purge planner stops early)."""
+        after: tuple[int, str, int] = (-(2**63), "", -1)
+        while True:
+            with self.lock:
+                raw = self.db.execute(
+                    "SELECT camera, seq, start_ns, end_ns, size FROM segments "
+                    "WHERE (start_ns, camera, seq) > (?, ?, ?) "
+                    "ORDER BY start_ns, camera, seq LIMIT ?",
+                    (after[0], after[1], after[2], batch),
+                ).fetchall()
+            if not raw:
+                return
+            for camera, seq, start, end, size in raw:
+                yield SegmentInfo(str(camera), int(seq), int(start), int(end), int(size))
+            last = raw[-1]
+            after = (int(last[2]), str(last[0]), int(last[1]))
+
+    def delete_through(self, camera: str, seq: int) -> list[IndexRow]:
+        """Remove and return the rows of ``camera`` up to ``seq``."""
+        with self.lock:
+            raw = self.db.execute(
+                f"SELECT {IndexRow.COLUMNS} FROM segments WHERE camera = ? AND seq <= ?",  # noqa: S608 - constant column list
+                (camera, seq),
+            ).fetchall()
+            self.db.execute("DELETE FROM segments WHERE camera = ? AND seq <= ?", (camera, seq))
+        return [IndexRow.from_sql(tuple(r)) for r in raw]
+
+    def delete(self, camera: str, seq: int) -> None:
+        with self.lock:
+            self.db.execute("DELETE FROM segments WHERE camera = ? AND seq = ?", (camera, seq))
+
+    def unused_epochs(self, camera: str, keep: bytes | None) -> list[tuple[bytes, int]]:
+        """Epochs of ``camera`` no remaining segment uses (except ``keep``, the live one)."""
+        with self.lock:
+            raw = self.db.execute(
+                "SELECT epoch, created_ns FROM epochs e WHERE camera = ? AND NOT EXISTS "
+                "(SELECT 1 FROM segments s WHERE s.camera = e.camera AND s.epoch = e.epoch)",
+                (camera,),
+            ).fetchall()
+        return [(bytes(e), int(c)) for e, c in raw if bytes(e) != keep]
+
+    def delete_epoch(self, camera: str, epoch_id: bytes) -> None:
+        with self.lock:
+            self.db.execute("DELETE FROM epochs WHERE camera = ? AND epoch = ?", (camera, epoch_id))
+
+    def epoch_created(self, camera: str, epoch_id: bytes) -> int | None:
+        with self.lock:
+            row = self.db.execute(
+                "SELECT created_ns FROM epochs WHERE camera = ? AND epoch = ?", (camera, epoch_id)
+            ).fetchone()
+        return int(row[0]) if row else None
+
+    def pending(self, limit: int) -> list[IndexRow]:
+        return self._rows(
+            f"SELECT {IndexRow.COLUMNS} FROM segments WHERE delivered = 0 "  # noqa: S608 - constant column list
+            "ORDER BY start_ns, camera, seq LIMIT ?",
+            (limit,),
+        )
+
+    def pending_epochs(self) -> set[tuple[str, bytes]]:
+        with self.lock:
+            raw = self.db.execute("SELECT camera, epoch FROM epochs WHERE delivered = 0").fetchall()
+        return {(str(c), bytes(e)) for c, e in raw}
+
+    def mark_delivered(self, camera: str, seq: int) -> bool:
+        with self.lock:
+            cur = self.db.execute(
+                "UPDATE segments SET delivered = 1 WHERE camera = ? AND seq = ?", (camera, seq)
+            )
+        return cur.rowcount > 0
+
+    def mark_epoch_delivered(self, camera: str, epoch_id: bytes) -> bool:
+        with self.lock:
+            cur = self.db.execute(
+                "UPDATE epochs SET delivered = 1 WHERE camera = ? AND epoch = ?", (camera, epoch_id)
+            )
+        return cur.rowcount > 0
+
+    def backlog(self) -> tuple[int, int, int]:
+        """(segments, nanoseconds of video, bytes) not yet delivered."""
+        with self.lock:
+            row = self.db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(end_ns - start_ns), 0), COALESCE(SUM(size), 0) "
+                "FROM segments WHERE delivered = 0"
+            ).fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def total_bytes(self) -> int:
+        with self.lock:
+            row = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM segments").fetchone()
+            erow = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM epochs").fetchone()
+        return int(row[0]) + int(erow[0])
+
+    def clear(self) -> None:
+        with self.lock:
+            self.db.execute("DELETE FROM segments")
+            self.db.execute("DELETE FROM epochs")

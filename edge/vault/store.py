@@ -1,0 +1,473 @@
+"""The vault: an encrypted, signed, hash-chained ring buffer of sealed segments on disk.
+
+Threading (several cameras write at once, retention runs from its own thread, the uplink
+reads the outbox from another):
+
+* each camera has a :class:`_Lane` whose ``lock`` is held by that camera's recording thread
+  for the whole of :meth:`Vault.write` (sequence, chain hash and epoch key are per camera, so
+  cameras never wait for each other);
+* ``_purge_lock`` lets one purge run at a time; a purge never takes a lane lock (a writer
+  that hits a full disk purges while holding its own lane lock, so that would deadlock) and
+  only removes the *head* of each chain, while writers only append to the *tail*;
+* ``_live_lock`` is held while a lane switches epoch (envelope written and indexed, key
+  swapped) and while a purge decides which envelopes are unused, so a purge never removes
+  the envelope of a live epoch; no other lock is taken while it is held;
+* the index has its own lock (see :mod:`edge.vault.index`).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from ..config import EdgeConfig
+from ..errors import ConfigError, VaultError
+from ..unitkeys import fsync_dir, keys_dir_of, load_or_create_signing_key
+from ..video.base import MediaSegment, SegmentSink
+from . import format as fmt
+from . import layout
+from .audit import AuditLog
+from .base import Backlog, Outbox, OutboxItem, OutboxKind
+from .index import Index, IndexRow
+from .keys import EpochKey, RecipientPublic, load_public, write_keypair
+from .retention import DiskUsage, PurgePlan, RetentionPolicy, bytes_to_free, plan_purge
+
+log = logging.getLogger(__name__)
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@dataclass
+class _Lane:
+    camera_id: str
+    next_seq: int = 0
+    last_hash: bytes = fmt.ZERO_HASH
+    epoch: EpochKey | None = None
+    epoch_started: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def resolve_recipients(cfg: EdgeConfig) -> list[RecipientPublic]:
+    """The recipients of the epoch keys; never none (the vault never records in clear)."""
+    v = cfg.vault
+    if v.csu_public_key is None:
+        if not v.demo_recipient:
+            raise ConfigError(
+                "required: the CSU recipient public key (edge-csu keygen); the unit never "
+                "records unencrypted",
+                key="vault.csu_public_key",
+            )
+        demo = cfg.unit.data_dir / "demo-csu"
+        if not (demo / "csu.pub.json").exists():
+            write_keypair(demo, v.kem)
+        log.warning(
+            "DEMO ONLY: recordings are sealed to the demo key in %s, so THIS UNIT CAN READ ITS "
+            "OWN RECORDINGS. Never use this on a real unit: set vault.csu_public_key.",
+            demo,
+        )
+        recipients = [load_public(demo / "csu.pub.json")]
+    else:
+        if v.demo_recipient:
+            raise ConfigError(
+                "demo_recipient cannot be combined with csu_public_key", key="vault.demo_recipient"
+            )
+        recipients = [load_public(v.csu_public_key)]
+    if v.escrow_public_key is not None:
+        recipients.append(load_public(v.escrow_public_key))
+    for r in recipients:
+        if r.kem is not v.kem:
+            raise ConfigError(
+                f"{r.origin} is a {r.kem.value} key but vault.kem is {v.kem.value}",
+                key="vault.kem",
+            )
+    return recipients
+
+
+class Vault(SegmentSink, Outbox):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        device_id: str,
+        signing_key: ed25519.Ed25519PrivateKey,
+        recipients: list[RecipientPublic],
+        policy: RetentionPolicy,
+        epoch_seconds: float = 600.0,
+        clock: Callable[[], int] = time.time_ns,
+        disk_usage: Callable[[], tuple[int, int]] | None = None,
+        purge_interval_s: float | None = None,
+    ) -> None:
+        if not recipients:
+            raise VaultError("no recipient key: refusing to record")
+        self.root = root
+        self.device_id = device_id
+        self._key = signing_key
+        self.public_key = signing_key.public_key()
+        self.recipients = recipients
+        self.policy = policy
+        self.epoch_seconds = epoch_seconds
+        self.clock = clock
+        self._disk_usage = disk_usage or self._statvfs
+        self._lanes: dict[str, _Lane] = {}
+        self._lanes_lock = threading.Lock()  # protects the dict, not the lanes
+        self._purge_lock = threading.Lock()
+        self._live_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        for sub in ("tmp", "segments", "epochs", "checkpoints", "quarantine"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        self.audit = AuditLog(root / "audit.log", device_id, signing_key)
+        self.index = Index(root / "index.sqlite")
+        from .recovery import recover  # local: recovery uses this module's types
+
+        self.recovery = recover(self)
+        self._vault_bytes = self.index.total_bytes()
+        if purge_interval_s is not None:
+            self._thread = threading.Thread(
+                target=self._retention_loop, args=(purge_interval_s,), name="vault-retention"
+            )
+            self._thread.daemon = True
+            self._thread.start()
+
+    @classmethod
+    def from_config(cls, cfg: EdgeConfig, *, background: bool = True) -> Vault:
+        data = cfg.unit.data_dir
+        recipients = resolve_recipients(cfg)
+        v = cfg.vault
+        return cls(
+            layout.vault_dir(data),
+            device_id=cfg.unit.id,
+            signing_key=load_or_create_signing_key(keys_dir_of(data)),
+            recipients=recipients,
+            policy=RetentionPolicy(v.retention_days, v.max_bytes, v.min_free_percent),
+            epoch_seconds=v.epoch_seconds,
+            purge_interval_s=v.purge_interval_s if background else None,
+        )
+
+    # --- lanes ---------------------------------------------------------------------------------
+
+    def lane(self, camera_id: str) -> _Lane:
+        with self._lanes_lock:
+            lane = self._lanes.get(camera_id)
+            if lane is None:
+                lane = self._lanes[camera_id] = _Lane(camera_id)
+            return lane
+
+    def _rotate(self, lane: _Lane) -> None:
+        """Draw a new epoch key, seal it to the recipients, forget the old one."""
+        key = EpochKey()
+        now = self.clock()
+        env = fmt.EpochEnvelope(
+            self.device_id,
+            lane.camera_id,
+            key.epoch_id,
+            now,
+            tuple(
+                key.seal_to(
+                    self.recipients, fmt.hpke_info(self.device_id, lane.camera_id, key.epoch_id)
+                )
+            ),
+        )
+        raw = fmt.sign_envelope(env, self._key)
+        path = layout.envelope_path(self.root, lane.camera_id, now, key.epoch_id)
+        with self._live_lock:
+            self._write_file(path, raw)
+            self.index.add_epoch(lane.camera_id, key.epoch_id, now, len(raw))
+            old, lane.epoch = lane.epoch, key
+        lane.epoch_started = time.monotonic()
+        self._vault_bytes += len(raw)
+        if old is not None:
+            old.wipe()
+        log.info("%s: new epoch %s", lane.camera_id, key.epoch_id.hex()[:8])
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def write(self, segment: MediaSegment) -> None:
+        lane = self.lane(segment.camera_id)
+        with lane.lock:
+            if lane.epoch is None or time.monotonic() - lane.epoch_started >= self.epoch_seconds:
+                self._with_space(lambda: self._rotate(lane), 4096)
+            epoch = lane.epoch
+            assert epoch is not None
+            payload = segment.init + segment.media
+            nonce = epoch.next_nonce()
+            header = fmt.SegmentHeader(
+                device_id=self.device_id,
+                camera_id=segment.camera_id,
+                sequence=lane.next_seq,
+                start_wall_ns=segment.start_wall_ns,
+                end_wall_ns=max(segment.end_wall_ns, segment.start_wall_ns),
+                frame_count=segment.frame_count,
+                first_frame_index=segment.first_frame_index,
+                epoch_id=epoch.epoch_id,
+                nonce=nonce,
+                prev_hash=lane.last_hash,
+                init_len=len(segment.init),
+                ciphertext_len=len(payload) + fmt.TAG_LEN,
+            )
+            ciphertext = epoch.encrypt(nonce, payload, header.pack())
+            raw = fmt.sign_segment(header, ciphertext, self._key)
+            path = layout.segment_path(
+                self.root, segment.camera_id, header.start_wall_ns, header.sequence
+            )
+            self._with_space(lambda: self._write_file(path, raw), len(raw))
+            digest = fmt.sha256(raw)
+            self.index.insert(
+                IndexRow(
+                    segment.camera_id,
+                    header.sequence,
+                    header.start_wall_ns,
+                    header.end_wall_ns,
+                    header.frame_count,
+                    len(raw),
+                    epoch.epoch_id,
+                    digest,
+                )
+            )
+            lane.next_seq += 1
+            lane.last_hash = digest
+            self._vault_bytes += len(raw)
+        if bytes_to_free(self.policy, self.usage()) > 0:
+            self.purge(reason="space")
+
+    def _with_space(self, action: Callable[[], None], size: int) -> None:
+        """Run a write; on a full disk purge the oldest recordings and try again."""
+        for _attempt in range(4):
+            try:
+                action()
+                return
+            except OSError as exc:
+                if exc.errno not in _FULL:
+                    raise VaultError(f"vault write failed: {exc}") from None
+            plan = self.purge(reason="disk full", extra_needed=2 * size + (1 << 20))
+            if plan.count == 0:
+                break
+        raise VaultError("disk full and nothing left to purge: segment lost")
+
+    def _write_file(self, final: Path, data: bytes) -> None:
+        """Temporary file in tmp/, fsync, rename into place, fsync the directory."""
+        tmp = self.root / "tmp" / f"{final.name}.{threading.get_ident()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._makedirs(final.parent)
+            tmp.rename(final)
+            fsync_dir(final.parent)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _makedirs(self, path: Path) -> None:
+        if path.is_dir():
+            return
+        self._makedirs(path.parent)
+        try:
+            path.mkdir()
+        except FileExistsError:
+            return
+        fsync_dir(path.parent)
+
+    # --- retention -----------------------------------------------------------------------------
+
+    def _statvfs(self) -> tuple[int, int]:
+        st = os.statvfs(self.root)
+        return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+
+    def usage(self) -> DiskUsage:
+        total, free = self._disk_usage()
+        return DiskUsage(total, free, self._vault_bytes)
+
+    def purge(self, *, reason: str = "periodic", extra_needed: int = 0) -> PurgePlan:
+        """Apply retention now: by age, then by space, oldest first. Returns what was done."""
+        with self._purge_lock:
+            now = self.clock()
+            plan = plan_purge(
+                self.index.oldest_first(), self.policy, self.usage(), now, extra_needed=extra_needed
+            )
+            done: dict[str, Any] = {}
+            for camera, through in sorted(plan.cutoffs.items()):
+                done[camera] = self._purge_camera(camera, through, now)
+            purged_epochs = self._purge_epochs()
+            if plan.count:
+                self.audit.append(
+                    "purge",
+                    {
+                        "reason": reason,
+                        "by_age": plan.by_age,
+                        "by_space": plan.by_space,
+                        "bytes": plan.bytes,
+                        "epochs": purged_epochs,
+                        "retention_days": self.policy.retention_days,
+                        "cameras": done,
+                    },
+                    actor="edged",
+                )
+                log.info(
+                    "retention (%s): purged %d segment(s) (%d by age, %d by space), %d bytes",
+                    reason,
+                    plan.count,
+                    plan.by_age,
+                    plan.by_space,
+                    plan.bytes,
+                )
+            return plan
+
+    def _purge_camera(self, camera: str, through: int, now: int) -> dict[str, int]:
+        """Checkpoint first, then files, then rows: a crash anywhere is finished by recovery."""
+        last = self.index.get(camera, through)
+        if last is None:
+            return {"through": through, "count": 0}
+        prev_ckp = self.load_checkpoint(camera)
+        ckp = fmt.Checkpoint(
+            self.device_id,
+            camera,
+            now,
+            through,
+            last.chain_hash,
+            (prev_ckp.purged_count if prev_ckp else 0)
+            + through
+            - (prev_ckp.purged_through if prev_ckp else -1),
+            fmt.sha256(prev_ckp.raw) if prev_ckp else fmt.ZERO_HASH,
+        )
+        self._write_file(
+            layout.checkpoint_path(self.root, camera), fmt.sign_checkpoint(ckp, self._key)
+        )
+        rows = self.index.delete_through(camera, through)
+        for row in rows:
+            self._unlink(layout.segment_path(self.root, camera, row.start_wall_ns, row.sequence))
+            self._vault_bytes -= row.size
+        return {"through": through, "count": len(rows)}
+
+    def _purge_epochs(self) -> int:
+        count = 0
+        with self._live_lock:
+            live = {lane.epoch.epoch_id for lane in list(self._lanes.values()) if lane.epoch}
+            for camera in self.index.cameras():
+                for epoch_id, created in self.index.unused_epochs(camera, None):
+                    if epoch_id in live:
+                        continue
+                    path = layout.envelope_path(self.root, camera, created, epoch_id)
+                    size = path.stat().st_size if path.exists() else 0
+                    self._unlink(path)
+                    self.index.delete_epoch(camera, epoch_id)
+                    self._vault_bytes -= size
+                    count += 1
+        return count
+
+    @staticmethod
+    def _unlink(path: Path) -> None:
+        path.unlink(missing_ok=True)
+        # Empty hour/day directories go too, so `ls` shows only what is kept.
+        for parent in (path.parent, path.parent.parent):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+
+    def load_checkpoint(self, camera: str) -> fmt.Checkpoint | None:
+        path = layout.checkpoint_path(self.root, camera)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return fmt.verify_checkpoint(raw, self.public_key)
+
+    def _retention_loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.purge()
+            except Exception:  # the thread must survive anything; the next cycle retries
+                log.exception("retention cycle failed")
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def find(self, start_ns: int, end_ns: int, camera: str | None = None) -> list[IndexRow]:
+        return self.index.range(start_ns, end_ns, camera)
+
+    def path_of(self, row: IndexRow) -> Path:
+        return layout.segment_path(self.root, row.camera_id, row.start_wall_ns, row.sequence)
+
+    def outbox(self, limit: int = 100) -> list[OutboxItem]:
+        rows = self.index.pending(limit)
+        pending_epochs = self.index.pending_epochs()
+        items: list[OutboxItem] = []
+        for row in rows:
+            key = (row.camera_id, row.epoch_id)
+            if key in pending_epochs:
+                pending_epochs.discard(key)
+                created = self.index.epoch_created(*key) or row.start_wall_ns
+                path = layout.envelope_path(self.root, row.camera_id, created, row.epoch_id)
+                items.append(
+                    OutboxItem(
+                        OutboxKind.ENVELOPE,
+                        row.camera_id,
+                        -1,
+                        row.epoch_id,
+                        created,
+                        created,
+                        path.stat().st_size if path.exists() else 0,
+                        path,
+                    )
+                )
+            items.append(
+                OutboxItem(
+                    OutboxKind.SEGMENT,
+                    row.camera_id,
+                    row.sequence,
+                    row.epoch_id,
+                    row.start_wall_ns,
+                    row.end_wall_ns,
+                    row.size,
+                    self.path_of(row),
+                )
+            )
+        return items
+
+    def mark_delivered(self, camera_id: str, sequence: int) -> None:
+        self.index.mark_delivered(camera_id, sequence)
+
+    def mark_envelope_delivered(self, camera_id: str, epoch_id: bytes) -> None:
+        self.index.mark_epoch_delivered(camera_id, epoch_id)
+
+    def backlog(self) -> Backlog:
+        count, ns, size = self.index.backlog()
+        return Backlog(count, ns / 1e9, size)
+
+    # --- life cycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        with self._lanes_lock:
+            lanes = list(self._lanes.values())
+        for lane in lanes:
+            with lane.lock:
+                if lane.epoch is not None:
+                    lane.epoch.wipe()
+                    lane.epoch = None
+        self.index.close()
+
+    def quarantine(self, path: Path, reason: str) -> None:
+        dest = self.root / "quarantine" / f"{time.time_ns()}-{path.name}"
+        log.error("%s: %s; moved to %s", path, reason, dest)
+        try:
+            shutil.move(str(path), dest)
+        except OSError as exc:
+            log.error("%s: cannot quarantine: %s", path, exc)

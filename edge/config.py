@@ -216,6 +216,37 @@ class VaultConfig(_Section):
         return value
 
 
+class UplinkConfig(_Section):
+    enabled: bool = False
+    """Send sealed segments and events to the CSU (store-and-forward from the vault's outbox)."""
+    csu_url: str = Field(
+        default="https://csu.invalid:8443", pattern=r"^https://[A-Za-z0-9.\-\[\]:]+(:\d+)?/?$"
+    )
+    """Base URL of the CSU receiver; TLS 1.3 with client certificates, nothing else."""
+    server_name: str | None = Field(default=None, min_length=1, max_length=253)
+    """Name the CSU certificate must carry, when it differs from the URL's host."""
+    ca_file: Path | None = None
+    """CA chain pinned for the CSU's certificate (default ``<data_dir>/keys/ca.pem``)."""
+    cert_file: Path | None = None
+    """Unit client certificate (default ``<data_dir>/keys/unit-tls.crt``)."""
+    key_file: Path | None = None
+    """Unit client private key (default ``<data_dir>/keys/unit-tls.key``)."""
+    bandwidth_kbps: int = Field(default=8000, ge=64, le=10_000_000)
+    """Upload budget in kbit/s for segments and events together."""
+    backfill_share: float = Field(default=0.5, gt=0.0, le=1.0)
+    """Share of the budget the backlog may use while live segments keep priority."""
+    live_window_s: float = Field(default=10.0, ge=1.0, le=600.0)
+    """A segment closed less than this long ago is live; older pending ones are backfill."""
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """Time allowed to connect and finish the TLS handshake."""
+    request_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    """Time allowed for one request and its answer."""
+    backoff_initial_s: float = Field(default=1.0, gt=0, le=60)
+    """First reconnection delay; doubles after each failure (with jitter)."""
+    backoff_max_s: float = Field(default=60.0, gt=0, le=3600)
+    """Longest reconnection delay."""
+
+
 class EdgeConfig(_Section):
     unit: UnitConfig = UnitConfig()
     """The unit as a whole."""
@@ -225,6 +256,8 @@ class EdgeConfig(_Section):
     """Cameras attached to this unit."""
     logging: LoggingConfig = LoggingConfig()
     """Logging settings."""
+    uplink: UplinkConfig = UplinkConfig()
+    """Link to the supervision centre (CSU)."""
     vault: VaultConfig = VaultConfig()
     """Sealed recording store: retention, recipients of the epoch keys."""
     dot1x: Dot1xConfig = Dot1xConfig()

@@ -1,0 +1,265 @@
+"""Operators' video: live and recorded HLS (fMP4) per camera, decrypted in memory.
+
+Operators authenticate with a bearer token (``Authorization: Bearer …``; only its SHA-256 is
+in the configuration); a token fits every HLS player and ``ffprobe -headers``, where client
+certificates would not. Every playlist opened, segment served and export made is written to
+the audit log before the bytes leave. Sealed segments are opened with the authority's HPKE key
+(the epoch envelope gives the data key); plaintext never touches the disk.
+
+Routes (operator listener)::
+
+    GET /v1/view/{unit}/{camera}/live.m3u8
+    GET /v1/view/{unit}/{camera}/recorded.m3u8?from=UNIX_S&to=UNIX_S
+    GET /v1/view/{unit}/{camera}/init/{sequence}.mp4
+    GET /v1/view/{unit}/{camera}/media/{sequence}.m4s
+    GET /v1/export/{unit}/{camera}.mp4?from=UNIX_S&to=UNIX_S&case=REF
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ..errors import EdgeError
+from ..vault import format as sealed
+from ..vault import keys as vault_keys
+from .store import StoredSegment
+
+if TYPE_CHECKING:
+    from .server import Handler, Receiver
+
+_ID = r"[a-z0-9][a-z0-9-]{0,62}"
+MAX_EXPORT_SEGMENTS = 1800  # one hour of 2 s segments per request
+
+
+def continues(prev: StoredSegment, seg: StoredSegment) -> bool:
+    """Whether ``seg`` plays on from ``prev`` without a discontinuity (same recording run)."""
+    return (
+        seg.sequence == prev.sequence + 1
+        and seg.first_frame_index == prev.first_frame_index + prev.frame_count
+    )
+
+
+def playlist(segments: Sequence[StoredSegment], *, live: bool) -> str:
+    """An HLS media playlist (version 7, fMP4) over stored segments sorted by sequence."""
+    longest = max((s.end_wall_ns - s.start_wall_ns for s in segments), default=2_000_000_000)
+    lines = [
+        "#EXTM3U",
+        "#EXT-X-VERSION:7",
+        f"#EXT-X-TARGETDURATION:{max(1, math.ceil(longest / 1e9))}",
+        f"#EXT-X-MEDIA-SEQUENCE:{segments[0].sequence if segments else 0}",
+    ]
+    if not live:
+        lines.append("#EXT-X-PLAYLIST-TYPE:VOD")
+    prev: StoredSegment | None = None
+    for seg in segments:
+        if prev is None or not continues(prev, seg):
+            if prev is not None:
+                lines.append("#EXT-X-DISCONTINUITY")
+            lines.append(f'#EXT-X-MAP:URI="init/{seg.sequence}.mp4"')
+        duration = max(0.001, (seg.end_wall_ns - seg.start_wall_ns) / 1e9)
+        lines.append(f"#EXTINF:{duration:.3f},")
+        lines.append(f"media/{seg.sequence}.m4s")
+        prev = seg
+    if not live:
+        lines.append("#EXT-X-ENDLIST")
+    return "\n".join(lines) + "\n"
+
+
+def select_live(segments: dict[int, StoredSegment], count: int) -> list[StoredSegment]:
+    return [segments[s] for s in sorted(segments)[-count:]]
+
+
+def select_range(
+    segments: dict[int, StoredSegment], from_ns: int, to_ns: int
+) -> list[StoredSegment]:
+    return [
+        segments[s]
+        for s in sorted(segments)
+        if segments[s].end_wall_ns > from_ns and segments[s].start_wall_ns < to_ns
+    ]
+
+
+class Viewer:
+    """Opens stored sealed segments with the authority key. Thread-safe (pool threads).
+
+    The lock protects the caches: data keys per epoch and the last decrypted segments (live
+    viewers fetch the same few segments).
+    """
+
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+        path = receiver.cfg.authority_key_file
+        self.private = vault_keys.load_private(path) if path is not None else None
+        self._lock = threading.Lock()
+        self._data_keys: dict[tuple[str, str, str], bytes] = {}
+        self._plain: OrderedDict[tuple[str, str, int], tuple[bytes, bytes]] = OrderedDict()
+
+    def open(self, unit: str, camera: str, sequence: int) -> tuple[bytes, bytes]:
+        """(init, media) of a stored segment, after verifying it again."""
+        cache_key = (unit, camera, sequence)
+        with self._lock:
+            hit = self._plain.get(cache_key)
+            if hit is not None:
+                return hit
+        if self.private is None:
+            raise web.HTTPServiceUnavailable(text="no authority key configured for viewing")
+        unit_key = self.receiver.registry.signing_key(unit)
+        if unit_key is None:
+            raise web.HTTPNotFound(text="unit not enrolled")
+        try:
+            raw = self.receiver.store.read_segment(unit, camera, sequence)
+        except FileNotFoundError:
+            raise web.HTTPNotFound(text=f"{unit}/{camera}#{sequence} not stored") from None
+        try:
+            seg = sealed.verify_segment(raw, unit_key, device_id=unit)
+            epoch = seg.header.epoch_id.hex()
+            with self._lock:
+                data_key = self._data_keys.get((unit, camera, epoch))
+            if data_key is None:
+                env_raw = self.receiver.store.read_envelope(unit, camera, epoch)
+                if env_raw is None:
+                    raise web.HTTPNotFound(text=f"epoch {epoch} envelope not received yet")
+                env = sealed.verify_envelope(env_raw, unit_key)
+                data_key = vault_keys.open_envelope(env, self.private)
+                with self._lock:
+                    self._data_keys[(unit, camera, epoch)] = data_key
+            init, media = vault_keys.decrypt_segment(seg, data_key)
+        except EdgeError as exc:
+            raise web.HTTPUnprocessableEntity(text=f"cannot open segment: {exc}") from None
+        with self._lock:
+            self._plain[cache_key] = (init, media)
+            while len(self._plain) > 32:
+                self._plain.popitem(last=False)
+        return init, media
+
+
+def _token_of(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        return auth[7:].strip()
+    return None
+
+
+def _time_arg(request: web.Request, name: str) -> int:
+    try:
+        return int(float(request.query[name]) * 1e9)
+    except (KeyError, ValueError):
+        raise web.HTTPBadRequest(text=f"query parameter {name}=UNIX_SECONDS required") from None
+
+
+def operators_app(receiver: Receiver) -> web.Application:
+    viewer = Viewer(receiver)
+    audit = receiver.audit
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        token = _token_of(request)
+        who = receiver.cfg.operator_for_token(token) if token else None
+        if who is None:
+            return web.Response(
+                status=401, text="operator token required", headers={"WWW-Authenticate": "Bearer"}
+            )
+        request["operator"] = who
+        return await handler(request)
+
+    def _where(request: web.Request) -> dict[str, Any]:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        return {
+            "unit": request.match_info["unit"],
+            "camera": request.match_info["camera"],
+            "remote": str(peer[0]) if peer else None,
+        }
+
+    async def live(request: web.Request) -> web.Response:
+        where = _where(request)
+        index = receiver.store.camera(where["unit"], where["camera"])
+        segs = select_live(index.segments, receiver.cfg.live_segments)
+        if not segs:
+            raise web.HTTPNotFound(text="no segment received for this camera yet")
+        await receiver.run_blocking(lambda: audit.record(request["operator"], "view-live", **where))
+        return web.Response(
+            text=playlist(segs, live=True), content_type="application/vnd.apple.mpegurl"
+        )
+
+    async def recorded(request: web.Request) -> web.Response:
+        where = _where(request)
+        start, end = _time_arg(request, "from"), _time_arg(request, "to")
+        index = receiver.store.camera(where["unit"], where["camera"])
+        segs = select_range(index.segments, start, end)
+        if not segs:
+            raise web.HTTPNotFound(text="nothing recorded in that range")
+        await receiver.run_blocking(
+            lambda: audit.record(
+                request["operator"], "view-recorded", from_ns=start, to_ns=end, **where
+            )
+        )
+        return web.Response(
+            text=playlist(segs, live=False), content_type="application/vnd.apple.mpegurl"
+        )
+
+    async def part(request: web.Request) -> web.Response:
+        where = _where(request)
+        sequence = int(request.match_info["sequence"])
+        kind = request.match_info["kind"]
+
+        def work() -> bytes:
+            init, media = viewer.open(where["unit"], where["camera"], sequence)
+            audit.record(request["operator"], f"view-{kind}", sequence=sequence, **where)
+            return init if kind == "init" else media
+
+        body = await receiver.run_blocking(work)
+        return web.Response(body=body, content_type="video/mp4")
+
+    async def export(request: web.Request) -> web.Response:
+        where = _where(request)
+        start, end = _time_arg(request, "from"), _time_arg(request, "to")
+        case = request.query.get("case", "")
+        index = receiver.store.camera(where["unit"], where["camera"])
+        segs = select_range(index.segments, start, end)[:MAX_EXPORT_SEGMENTS]
+        if not segs:
+            raise web.HTTPNotFound(text="nothing recorded in that range")
+
+        def work() -> bytes:
+            # One fMP4: the first init, then each media segment (one recording run per export;
+            # a discontinuity ends the export there, and the audit entry says where).
+            out = bytearray()
+            last = segs[0]
+            count = 0
+            for seg in segs:
+                if count and not continues(last, seg):
+                    break
+                init, media = viewer.open(where["unit"], where["camera"], seg.sequence)
+                if not out:
+                    out += init
+                out += media
+                last, count = seg, count + 1
+            audit.record(
+                request["operator"],
+                "export",
+                case=case,
+                first=segs[0].sequence,
+                last=last.sequence,
+                from_ns=start,
+                to_ns=end,
+                **where,
+            )
+            return bytes(out)
+
+        body = await receiver.run_blocking(work)
+        return web.Response(body=body, content_type="video/mp4")
+
+    app = web.Application(middlewares=[auth])
+    base = f"/v1/view/{{unit:{_ID}}}/{{camera:{_ID}}}"
+    app.router.add_get(f"{base}/live.m3u8", live)
+    app.router.add_get(f"{base}/recorded.m3u8", recorded)
+    app.router.add_get(
+        f"{base}/{{kind:init|media}}/{{sequence:[0-9]{{1,18}}}}.{{ext:mp4|m4s}}", part
+    )
+    app.router.add_get(f"/v1/export/{{unit:{_ID}}}/{{camera:{_ID}}}.mp4", export)
+    return app

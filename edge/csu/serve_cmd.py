@@ -1,0 +1,109 @@
+"""``edge-csu serve --config FILE``: run the receiver; ``edge-csu units``: what it holds."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import serve_config
+from .registry import UnitRegistry
+from .store import SegmentStore
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any) -> None:
+    serve: argparse.ArgumentParser = sub.add_parser(
+        "serve", help="receive sealed segments and events from units (mutual TLS 1.3)"
+    )
+    serve.add_argument("--config", type=Path, required=True, help="receiver configuration (TOML)")
+    serve.add_argument(
+        "--ports-file", type=Path, default=None, help="write the bound ports here as JSON"
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve.set_defaults(func=_serve)
+    units: argparse.ArgumentParser = sub.add_parser(
+        "units", help="list units: last contact, backlog, chain status per camera"
+    )
+    units.add_argument("--config", type=Path, required=True, help="receiver configuration (TOML)")
+    units.add_argument("--json", action="store_true", help="print JSON")
+    units.set_defaults(func=_units)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ..process import setup_logging
+    from .server import serve
+
+    setup_logging("edge-csu", args.log_level)
+    cfg = serve_config.load(args.config)
+
+    def ready(units_port: int, operators_port: int) -> None:
+        ports = {"units": units_port, "operators": operators_port}
+        if args.ports_file is not None:
+            tmp = args.ports_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(ports))
+            tmp.replace(args.ports_file)
+        print(json.dumps({"listening": ports}), flush=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(cfg, stop, ready)
+
+    asyncio.run(main())
+    return 0
+
+
+def unit_rows(cfg: serve_config.ServeConfig) -> list[dict[str, Any]]:
+    registry = UnitRegistry(cfg.registry_dir)
+    store = SegmentStore(cfg.storage_dir)
+    rows = []
+    for unit in sorted(set(registry.unit_ids()) | set(_stored_units(cfg.storage_dir))):
+        status = store.read_status(unit)
+        cams = {cam: store.camera(unit, cam).status() for cam in store.cameras_of(unit)}
+        rows.append(
+            {
+                "unit": unit,
+                "enrolled": registry.signing_key(unit) is not None,
+                "last_contact_ns": status.get("last_contact_ns"),
+                "peer": status.get("peer"),
+                "backlog": status.get("backlog"),
+                "cameras": cams,
+            }
+        )
+    return rows
+
+
+def _stored_units(root: Path) -> list[str]:
+    return [p.name for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+
+
+def _units(args: argparse.Namespace) -> int:
+    cfg = serve_config.load(args.config)
+    rows = unit_rows(cfg)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    print(f"{'UNIT':24} {'ENROLLED':8} {'LAST CONTACT':>12} {'BACKLOG':>14}  CAMERAS")
+    now = time.time_ns()
+    for row in rows:
+        last = row["last_contact_ns"]
+        ago = f"{(now - last) / 1e9:.0f}s ago" if last else "never"
+        backlog = row["backlog"] or {}
+        bl = f"{backlog.get('items', '?')} / {backlog.get('seconds', '?')}s" if backlog else "-"
+        cams = ", ".join(
+            f"{cam}: {st['count']} seg, #{st['first']}..#{st['last']}, chain {st['chain']}"
+            for cam, st in row["cameras"].items()
+        )
+        print(f"{row['unit']:24} {'yes' if row['enrolled'] else 'NO':8} {ago:>12} {bl:>14}  {cams}")
+    return 0

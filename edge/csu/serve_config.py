@@ -1,0 +1,153 @@
+"""Configuration of the CSU receiver (``edge-csu serve --config FILE``): its own small schema.
+
+Same rules as the unit's (:mod:`edge.config`): every field typed, bounded, defaulted and
+described; unknown keys are errors naming the file, the dotted key and the line. Relative paths
+are resolved against the directory of the configuration file, so a CSU directory can be moved
+as a whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..config import locate_line
+from ..errors import ConfigError
+from ..uplink.protocol import DEFAULT_MAX_SEGMENT_BYTES
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class ListenConfig(_Section):
+    host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
+    """Address the listener binds to."""
+    port: int = Field(default=8443, ge=0, le=65535)
+    """TCP port (0 picks a free one, written to ``<storage>/ports.json``)."""
+
+
+class TlsConfig(_Section):
+    cert_file: Path = Path("keys/csu-tls.crt")
+    """Certificate the receiver presents (and its chain), PEM."""
+    key_file: Path = Path("keys/csu-tls.key")
+    """Private key of that certificate, PEM."""
+    client_ca_file: Path = Path("keys/ca.pem")
+    """CA certificate(s) unit certificates must chain to; no other CA is trusted."""
+    crl_file: Path | None = None
+    """CRL of that CA (PEM); revoked units are refused at the handshake and per request."""
+
+
+class OperatorConfig(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9._@-]{1,64}$")
+    """Who the operator is, as the audit log names them."""
+    token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """SHA-256 (hex) of the operator's bearer token; the token itself is never stored."""
+
+
+class MqttConfig(_Section):
+    enabled: bool = False
+    """Publish verified events to an MQTT broker."""
+    host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
+    """Broker address."""
+    port: int = Field(default=1883, ge=1, le=65535)
+    """Broker port."""
+    topic_prefix: str = Field(default="edge", pattern=r"^[A-Za-z0-9/_-]{1,64}$")
+    """Events go to ``<prefix>/<unit>/<camera>/events``."""
+    qos: int = Field(default=1, ge=0, le=2)
+    """MQTT quality of service of event messages."""
+
+
+class ServeConfig(_Section):
+    storage_dir: Path = Path("storage")
+    """Where received sealed segments and events are stored (per unit / camera / sequence)."""
+    registry_dir: Path = Path("units")
+    """Enrolled units: one ``<unit-id>.pem`` per unit holding its Ed25519 signing public key."""
+    audit_log: Path = Path("audit.jsonl")
+    """Append-only log of every viewing and export (who, what, when)."""
+    authority_key_file: Path | None = None
+    """Recipient private key that opens sealed segments for viewing (HLS); none disables it."""
+    max_segment_bytes: int = Field(default=DEFAULT_MAX_SEGMENT_BYTES, ge=1024, le=1 << 30)
+    """Largest sealed segment accepted; larger bodies are refused with 413."""
+    live_segments: int = Field(default=6, ge=2, le=100)
+    """Segments listed in a live HLS playlist."""
+    units: ListenConfig = ListenConfig()
+    """Listener for units (TLS 1.3, client certificate required)."""
+    operators_listen: ListenConfig = ListenConfig(port=8444)
+    """Listener for operators' video (TLS 1.3, bearer token)."""
+    tls: TlsConfig = TlsConfig()
+    """Certificates and trust anchors."""
+    operators: list[OperatorConfig] = Field(default_factory=list, max_length=1000)
+    """Operators authorised to view and export video."""
+    mqtt: MqttConfig = MqttConfig()
+    """Event publishing."""
+
+    def resolved(self, base: Path) -> ServeConfig:
+        """A copy with every relative path made relative to ``base``."""
+
+        def fix(p: Path | None) -> Path | None:
+            return None if p is None else (p if p.is_absolute() else base / p)
+
+        tls = self.tls.model_copy(
+            update={
+                "cert_file": fix(self.tls.cert_file),
+                "key_file": fix(self.tls.key_file),
+                "client_ca_file": fix(self.tls.client_ca_file),
+                "crl_file": fix(self.tls.crl_file),
+            }
+        )
+        return self.model_copy(
+            update={
+                "storage_dir": fix(self.storage_dir),
+                "registry_dir": fix(self.registry_dir),
+                "audit_log": fix(self.audit_log),
+                "authority_key_file": fix(self.authority_key_file),
+                "tls": tls,
+            }
+        )
+
+    def operator_for_token(self, token: str) -> str | None:
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        for op in self.operators:
+            if op.token_sha256 == digest:
+                return op.name
+        return None
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def parse(text: str, *, path: str = "<csu config>", base: Path | None = None) -> ServeConfig:
+    """Validate TOML text; :class:`ConfigError` names file, key and line of the first problem."""
+    try:
+        raw: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", path=path) from None
+    try:
+        cfg = ServeConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = tuple(err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ConfigError(
+            msg, path=path, key=_format_loc(loc) or None, line=locate_line(text, loc)
+        ) from None
+    return cfg.resolved(base) if base is not None else cfg
+
+
+def load(path: Path) -> ServeConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", path=str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not UTF-8 text", path=str(path)) from None
+    return parse(text, path=str(path), base=path.resolve().parent)

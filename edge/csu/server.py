@@ -1,0 +1,281 @@
+"""The CSU receiver: an aiohttp application serving units over mutual TLS 1.3.
+
+Requests are authenticated three times (see :mod:`edge.csu.registry`): the handshake, the
+certificate's unit against the registry and the current CRL, the segment's signature. The
+event loop only parses HTTP; verification, hashing and the fsync'd writes run in a thread pool
+so one slow disk does not stall other units' connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from ..errors import EdgeError, IntegrityError
+from ..uplink import events as wire_events
+from ..uplink.protocol import (
+    API_PREFIX,
+    DIGEST_HEADER,
+    EVENT_CONTENT_TYPE,
+    MAX_EVENT_BYTES,
+    SEGMENT_CONTENT_TYPE,
+)
+from .audit import AuditLog
+from .mqtt import EventPublisher
+from .registry import RevocationList, UnitRegistry, server_context, unit_id_of
+from .serve_config import ServeConfig
+from .store import Refusal, SegmentStore
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_ID = r"[a-z0-9][a-z0-9-]{0,62}"
+BACKLOG_HEADER = "X-Edge-Backlog"
+UNIT_KEY = web.AppKey("receiver", object)
+
+
+def refuse(status: int, reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status)
+
+
+class Receiver:
+    """Everything one ``edge-csu serve`` process holds. Runs on one asyncio loop.
+
+    ``contacts`` is only touched from the loop thread; the store, registry, CRL and audit log
+    are thread-safe and used from the pool.
+    """
+
+    def __init__(self, cfg: ServeConfig, *, workers: int = 4) -> None:
+        self.cfg = cfg
+        self.store = SegmentStore(cfg.storage_dir)
+        self.registry = UnitRegistry(cfg.registry_dir)
+        self.crl = RevocationList(cfg.tls.crl_file, cfg.tls.client_ca_file)
+        self.audit = AuditLog(cfg.audit_log)
+        self.publisher = EventPublisher(cfg.mqtt) if cfg.mqtt.enabled else None
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="csu-store")
+        self.contacts: dict[str, dict[str, Any]] = {}
+        self._status_flushed: dict[str, float] = {}
+        self._unit_of_cert: dict[bytes, str] = {}
+        self.counters = {"stored": 0, "duplicates": 0, "refused": 0, "events": 0}
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    # --- authentication -------------------------------------------------------------------------
+
+    def _peer_unit(self, request: web.Request) -> str:
+        transport = request.transport
+        ssl_obj = transport.get_extra_info("ssl_object") if transport is not None else None
+        der: bytes | None = ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None
+        if not der:
+            raise Refusal(403, "no client certificate")
+        unit = self._unit_of_cert.get(der)
+        if unit is None:
+            try:
+                unit = unit_id_of(der)
+            except (EdgeError, ValueError) as exc:
+                raise Refusal(403, str(exc)) from None
+            if len(self._unit_of_cert) > 10_000:
+                self._unit_of_cert.clear()
+            self._unit_of_cert[der] = unit
+        if self.crl.is_revoked(der):
+            raise Refusal(403, f"certificate of {unit} is revoked")
+        return unit
+
+    @web.middleware
+    async def authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            unit = self._peer_unit(request)
+            url_unit = request.match_info.get("unit")
+            if url_unit is not None and url_unit != unit:
+                raise Refusal(403, f"certificate is {unit}'s, URL names {url_unit}")
+            key = self.registry.signing_key(unit)
+            if key is None:
+                raise Refusal(403, f"unit {unit} is not enrolled")
+        except Refusal as exc:
+            self.counters["refused"] += 1
+            log.warning("refused %s %s: %s", request.method, request.path, exc.reason)
+            return refuse(exc.status, exc.reason)
+        request["unit"] = unit
+        request["key"] = key
+        self._touch(unit, request)
+        return await handler(request)
+
+    def _touch(self, unit: str, request: web.Request) -> None:
+        contact = self.contacts.setdefault(unit, {})
+        contact["last_contact_ns"] = time.time_ns()
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if peer:
+            contact["peer"] = str(peer[0])
+        backlog = request.headers.get(BACKLOG_HEADER)
+        if backlog:
+            try:
+                value = json.loads(backlog)
+                if isinstance(value, dict):
+                    contact["backlog"] = {
+                        k: v for k, v in value.items() if isinstance(v, int | float)
+                    }
+            except ValueError:
+                pass
+        now = time.monotonic()
+        if now - self._status_flushed.get(unit, 0.0) >= 1.0:
+            self._status_flushed[unit] = now
+            self.pool.submit(self.store.write_status, unit, dict(contact))
+
+    # --- handlers -------------------------------------------------------------------------------
+
+    async def put_segment(self, request: web.Request) -> web.Response:
+        unit, camera = request["unit"], request.match_info["camera"]
+        sequence = int(request.match_info["sequence"])
+        if request.content_type != SEGMENT_CONTENT_TYPE:
+            return refuse(415, f"content type must be {SEGMENT_CONTENT_TYPE}")
+        if request.content_length is None:
+            return refuse(411, "Content-Length required")
+        if request.content_length > self.cfg.max_segment_bytes:
+            self.counters["refused"] += 1
+            return refuse(413, f"larger than {self.cfg.max_segment_bytes} bytes")
+        body = await request.read()
+        try:
+            verdict, meta = await self.run_blocking(
+                self.store.accept_segment, unit, camera, sequence, body, request["key"]
+            )
+        except Refusal as exc:
+            self.counters["refused"] += 1
+            log.warning("refused %s/%s#%d: %s", unit, camera, sequence, exc.reason)
+            return refuse(exc.status, exc.reason)
+        self.counters["stored" if verdict.value == 201 else "duplicates"] += 1
+        return web.json_response(
+            {"status": verdict.name.lower(), "sha256": meta.hash},
+            status=verdict.value,
+            headers={DIGEST_HEADER: meta.hash},
+        )
+
+    async def put_envelope(self, request: web.Request) -> web.Response:
+        unit, camera = request["unit"], request.match_info["camera"]
+        if (request.content_length or 0) > MAX_EVENT_BYTES:
+            return refuse(413, "envelope too large")
+        body = await request.read()
+        try:
+            verdict = await self.run_blocking(
+                self.store.accept_envelope,
+                unit,
+                camera,
+                request.match_info["epoch"],
+                body,
+                request["key"],
+            )
+        except Refusal as exc:
+            self.counters["refused"] += 1
+            return refuse(exc.status, exc.reason)
+        return web.json_response({"status": verdict.name.lower()}, status=verdict.value)
+
+    async def post_event(self, request: web.Request) -> web.Response:
+        unit = request["unit"]
+        if request.content_type != EVENT_CONTENT_TYPE:
+            return refuse(415, f"content type must be {EVENT_CONTENT_TYPE}")
+        if (request.content_length or 0) > MAX_EVENT_BYTES:
+            return refuse(413, f"events are at most {MAX_EVENT_BYTES} bytes")
+        body = await request.read()
+        try:
+            event, signature = wire_events.parse_event(body)
+        except IntegrityError as exc:
+            return refuse(400, str(exc))
+        if event["unit_id"] != unit:
+            return refuse(400, f"event names unit {event['unit_id']!r}")
+        try:
+            wire_events.check_signature(event, signature, request["key"])
+            verdict = await self.run_blocking(self.store.store_event, unit, event["id"], body)
+        except IntegrityError as exc:
+            return refuse(422, str(exc))
+        except Refusal as exc:
+            return refuse(exc.status, exc.reason)
+        if verdict.value == 201:
+            self.counters["events"] += 1
+            if self.publisher is not None:
+                self.publisher.publish(unit, str(event["camera_id"]), body)
+        return web.json_response({"status": verdict.name.lower()}, status=verdict.value)
+
+    async def get_cursor(self, request: web.Request) -> web.Response:
+        unit = request["unit"]
+
+        def cursor() -> dict[str, Any]:
+            cams = {}
+            for cam in self.store.cameras_of(unit):
+                status = self.store.camera(unit, cam).status()
+                cams[cam] = {k: status[k] for k in ("first", "last", "count", "gaps")}
+            return {"unit": unit, "cameras": cams}
+
+        return web.json_response(await self.run_blocking(cursor))
+
+    # --- application ----------------------------------------------------------------------------
+
+    def units_app(self) -> web.Application:
+        # client_max_size bounds what aiohttp buffers even for a lying Content-Length.
+        app = web.Application(
+            middlewares=[self.authenticate], client_max_size=self.cfg.max_segment_bytes
+        )
+        base = f"{API_PREFIX}/units/{{unit:{_ID}}}"
+        app.router.add_put(
+            f"{base}/cameras/{{camera:{_ID}}}/segments/{{sequence:[0-9]{{1,18}}}}",
+            self.put_segment,
+        )
+        app.router.add_put(
+            f"{base}/cameras/{{camera:{_ID}}}/epochs/{{epoch:[0-9a-f]{{32}}}}", self.put_envelope
+        )
+        app.router.add_post(f"{base}/events", self.post_event)
+        app.router.add_get(f"{base}/cursor", self.get_cursor)
+        return app
+
+    def close(self) -> None:
+        for unit, contact in self.contacts.items():
+            self.store.write_status(unit, dict(contact))
+        if self.publisher is not None:
+            self.publisher.stop()
+        self.pool.shutdown(wait=True)
+
+
+async def serve(cfg: ServeConfig, stop: asyncio.Event, ready: Callable[[int, int], None]) -> None:
+    """Run both listeners until ``stop`` is set; ``ready(units_port, operators_port)``."""
+    from .hls import operators_app  # local: viewing is optional (authority key)
+    from .registry import operator_context
+
+    receiver = Receiver(cfg)
+    if receiver.publisher is not None:
+        receiver.publisher.start()
+    runners: list[web.AppRunner] = []
+    try:
+        ports = []
+        for app, listen, ctx in (
+            (receiver.units_app(), cfg.units, server_context(cfg.tls)),
+            (operators_app(receiver), cfg.operators_listen, operator_context(cfg.tls)),
+        ):
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            runners.append(runner)
+            site = web.TCPSite(runner, listen.host, listen.port, ssl_context=ctx)
+            await site.start()
+            server = site._server
+            assert isinstance(server, asyncio.base_events.Server)
+            ports.append(server.sockets[0].getsockname()[1])
+        log.info(
+            "receiving units on %s:%d, operators on %s:%d",
+            cfg.units.host,
+            ports[0],
+            cfg.operators_listen.host,
+            ports[1],
+        )
+        ready(ports[0], ports[1])
+        await stop.wait()
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        receiver.close()

@@ -1,0 +1,292 @@
+"""What the CSU keeps: verified sealed segments per unit / camera / sequence, their envelopes,
+events, and what each unit last reported.
+
+Layout under ``storage_dir`` (readable with ``ls``)::
+
+    <unit>/<camera>/<sequence:012d>.seg     the sealed bytes exactly as the unit sent them
+    <unit>/<camera>/index.jsonl            one line per stored segment (hash, prev, times, size)
+    <unit>/<camera>/epochs/<epoch>.env     epoch key envelopes (HPKE-sealed data keys)
+    <unit>/events/<event-id>.json          verified events
+    <unit>/status.json                     last contact, the backlog the unit reported
+
+A segment is accepted only if it parses, its header names the URL's unit, camera and sequence,
+its Ed25519 signature verifies with the unit's enrolled key, and it fits the chain: its
+``prev_hash`` equals the hash of the stored segment before it, and the stored segment after it
+(segments may arrive out of order: live first, backfill later) names it as predecessor. A
+retry with the same bytes is acknowledged without storing twice; other bytes under a stored
+sequence are refused. Every write is atomic (temp file, fsync, rename, fsync the directory),
+and the index can be rebuilt from the ``.seg`` files alone.
+
+Thread-safety: :class:`SegmentStore` methods are called from the receiver's worker threads;
+one lock per camera serialises check-then-write for that camera, a store-wide lock protects
+the dictionary of camera indexes.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import itertools
+import json
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from ..errors import IntegrityError
+from ..unitkeys import write_atomic
+from ..vault import format as sealed
+
+log = logging.getLogger(__name__)
+
+_SEG_NAME = re.compile(r"^(\d{12})\.seg$")
+
+
+class Verdict(enum.Enum):
+    STORED = 201
+    DUPLICATE = 200
+
+
+class Refusal(Exception):  # noqa: N818 - a verdict, not a fault: it becomes a 4xx answer
+    """A request the store refuses; ``status`` is the HTTP status the receiver answers with."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSegment:
+    sequence: int
+    hash: str
+    prev_hash: str
+    start_wall_ns: int
+    end_wall_ns: int
+    frame_count: int
+    first_frame_index: int
+    epoch_id: str
+    size: int
+    received_ns: int
+
+
+def _meta_of(seg: sealed.SealedSegment, received_ns: int) -> StoredSegment:
+    h = seg.header
+    return StoredSegment(
+        sequence=h.sequence,
+        hash=hashlib.sha256(seg.raw).hexdigest(),
+        prev_hash=h.prev_hash.hex(),
+        start_wall_ns=h.start_wall_ns,
+        end_wall_ns=h.end_wall_ns,
+        frame_count=h.frame_count,
+        first_frame_index=h.first_frame_index,
+        epoch_id=h.epoch_id.hex(),
+        size=len(seg.raw),
+        received_ns=received_ns,
+    )
+
+
+class CameraIndex:
+    """The stored segments of one camera; loaded from disk on first use."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.lock = threading.Lock()  # serialises check-then-write for this camera
+        self.segments: dict[int, StoredSegment] = {}
+        self._load()
+
+    def _load(self) -> None:
+        index = self.directory / "index.jsonl"
+        if index.exists():
+            for line in index.read_text(encoding="utf-8").splitlines():
+                try:
+                    meta = StoredSegment(**json.loads(line))
+                except (ValueError, TypeError):
+                    continue  # a torn last line after a crash: the .seg scan below recovers it
+                self.segments[meta.sequence] = meta
+        if not self.directory.is_dir():
+            return
+        for path in self.directory.iterdir():
+            m = _SEG_NAME.match(path.name)
+            if m and int(m.group(1)) not in self.segments:
+                try:
+                    seg = sealed.parse_segment(path.read_bytes())
+                except (OSError, IntegrityError) as exc:
+                    log.error("%s: unreadable stored segment, ignored: %s", path, exc)
+                    continue
+                meta = _meta_of(seg, path.stat().st_mtime_ns)
+                self.segments[meta.sequence] = meta
+                self._append_index(meta)
+
+    def _append_index(self, meta: StoredSegment) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with (self.directory / "index.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(asdict(meta)) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def segment_path(self, sequence: int) -> Path:
+        return self.directory / f"{sequence:012d}.seg"
+
+    def status(self) -> dict[str, Any]:
+        """First/last sequence, count, gaps (missing ranges) and whether the chain is whole."""
+        if not self.segments:
+            return {"count": 0, "first": None, "last": None, "gaps": [], "chain": "empty"}
+        seqs = sorted(self.segments)
+        gaps: list[list[int]] = []
+        for a, b in itertools.pairwise(seqs):
+            if b != a + 1:
+                gaps.append([a + 1, b - 1])
+        return {
+            "count": len(seqs),
+            "first": seqs[0],
+            "last": seqs[-1],
+            "gaps": gaps[:100],
+            "chain": "complete" if not gaps else "gaps",
+            "bytes": sum(m.size for m in self.segments.values()),
+            "last_end_wall_ns": self.segments[seqs[-1]].end_wall_ns,
+        }
+
+
+class SegmentStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()  # protects _cameras
+        self._cameras: dict[tuple[str, str], CameraIndex] = {}
+
+    def camera(self, unit_id: str, camera_id: str) -> CameraIndex:
+        key = (unit_id, camera_id)
+        with self._lock:
+            index = self._cameras.get(key)
+            if index is None:
+                index = CameraIndex(self.root / unit_id / camera_id)
+                self._cameras[key] = index
+            return index
+
+    def cameras_of(self, unit_id: str) -> list[str]:
+        base = self.root / unit_id
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and p.name != "events")
+
+    # --- segments -------------------------------------------------------------------------------
+
+    def accept_segment(
+        self,
+        unit_id: str,
+        camera_id: str,
+        sequence: int,
+        raw: bytes,
+        key: ed25519.Ed25519PublicKey,
+    ) -> tuple[Verdict, StoredSegment]:
+        try:
+            seg = sealed.parse_segment(raw)
+        except IntegrityError as exc:
+            raise Refusal(400, f"not a sealed segment: {exc}") from None
+        h = seg.header
+        if (h.device_id, h.camera_id, h.sequence) != (unit_id, camera_id, sequence):
+            raise Refusal(
+                400,
+                f"header names {h.device_id}/{h.camera_id}#{h.sequence}, "
+                f"URL names {unit_id}/{camera_id}#{sequence}",
+            )
+        try:
+            sealed.verify_segment(raw, key)
+        except IntegrityError as exc:
+            raise Refusal(422, str(exc)) from None
+        meta = _meta_of(seg, time.time_ns())
+        index = self.camera(unit_id, camera_id)
+        with index.lock:
+            held = index.segments.get(sequence)
+            if held is not None:
+                if held.hash == meta.hash:
+                    return Verdict.DUPLICATE, held
+                raise Refusal(409, f"{camera_id}#{sequence} is already stored with other bytes")
+            before = index.segments.get(sequence - 1)
+            if before is not None and before.hash != meta.prev_hash:
+                raise Refusal(409, f"{camera_id}#{sequence} does not continue #{sequence - 1}")
+            after = index.segments.get(sequence + 1)
+            if after is not None and after.prev_hash != meta.hash:
+                raise Refusal(409, f"#{sequence + 1} does not continue {camera_id}#{sequence}")
+            index.directory.mkdir(parents=True, exist_ok=True)
+            write_atomic(index.segment_path(sequence), raw)
+            index._append_index(meta)
+            index.segments[sequence] = meta
+        return Verdict.STORED, meta
+
+    def read_segment(self, unit_id: str, camera_id: str, sequence: int) -> bytes:
+        return self.camera(unit_id, camera_id).segment_path(sequence).read_bytes()
+
+    # --- epoch envelopes ------------------------------------------------------------------------
+
+    def accept_envelope(
+        self,
+        unit_id: str,
+        camera_id: str,
+        epoch_hex: str,
+        raw: bytes,
+        key: ed25519.Ed25519PublicKey,
+    ) -> Verdict:
+        try:
+            env = sealed.parse_envelope(raw)
+        except IntegrityError as exc:
+            raise Refusal(400, f"not an epoch envelope: {exc}") from None
+        if (env.device_id, env.camera_id, env.epoch_id.hex()) != (unit_id, camera_id, epoch_hex):
+            raise Refusal(400, "envelope header disagrees with the URL")
+        try:
+            sealed.verify_envelope(raw, key)
+        except IntegrityError as exc:
+            raise Refusal(422, str(exc)) from None
+        directory = self.root / unit_id / camera_id / "epochs"
+        path = directory / f"{epoch_hex}.env"
+        index = self.camera(unit_id, camera_id)
+        with index.lock:
+            if path.exists():
+                if path.read_bytes() == raw:
+                    return Verdict.DUPLICATE
+                raise Refusal(409, f"epoch {epoch_hex} is already stored with other bytes")
+            directory.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, raw)
+        return Verdict.STORED
+
+    def read_envelope(self, unit_id: str, camera_id: str, epoch_hex: str) -> bytes | None:
+        path = self.root / unit_id / camera_id / "epochs" / f"{epoch_hex}.env"
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    # --- events ---------------------------------------------------------------------------------
+
+    def store_event(self, unit_id: str, event_id: str, body: bytes) -> Verdict:
+        directory = self.root / unit_id / "events"
+        path = directory / f"{event_id}.json"
+        with self._lock:
+            if path.exists():
+                if path.read_bytes() == body:
+                    return Verdict.DUPLICATE
+                raise Refusal(409, f"event {event_id} is already stored with other content")
+            directory.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, body)
+        return Verdict.STORED
+
+    # --- unit status ----------------------------------------------------------------------------
+
+    def write_status(self, unit_id: str, status: dict[str, Any]) -> None:
+        directory = self.root / unit_id
+        directory.mkdir(parents=True, exist_ok=True)
+        write_atomic(directory / "status.json", json.dumps(status).encode())
+
+    def read_status(self, unit_id: str) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads((self.root / unit_id / "status.json").read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return data

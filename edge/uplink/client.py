@@ -1,0 +1,370 @@
+"""The CSU client of ``edged``: store-and-forward of the vault's outbox over mutual TLS 1.3.
+
+Runs in its own thread and only ever *reads* the vault's outbox, so recording never waits for
+the network: when the CSU is away the outbox grows, and when it comes back the backlog drains
+oldest-first within its share of the bandwidth budget while live segments go first
+(:mod:`edge.uplink.policy`). An item leaves the outbox only when the CSU acknowledged it and
+the SHA-256 it reports equals that of the bytes sent; a crash between sending and marking
+just sends it again, which the CSU acknowledges without storing twice.
+
+States (every transition logged with its reason)::
+
+    STOPPED -> WAITING_GATE (802.1X port not authorised) -> CONNECTING -> SYNCING -> STREAMING
+    any failure -> BACKOFF (jittered exponential) -> CONNECTING;  stop() -> STOPPED
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import http.client
+import json
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..config import EdgeConfig
+from ..errors import EdgeError, UplinkError
+from ..vault.base import Outbox, OutboxItem, OutboxKind
+from . import policy, protocol
+from .tls import client_context, endpoint
+
+log = logging.getLogger(__name__)
+
+BACKLOG_HEADER = "X-Edge-Backlog"
+
+
+class Gate(Protocol):
+    """What the 802.1X supervisor offers (:class:`edge.uplink.gate.UplinkGate`)."""
+
+    def is_open(self) -> bool: ...
+
+    def reason(self) -> str: ...
+
+
+class UplinkState(enum.Enum):
+    STOPPED = "stopped"
+    WAITING_GATE = "waiting-gate"
+    CONNECTING = "connecting"
+    SYNCING = "syncing"
+    STREAMING = "streaming"
+    BACKOFF = "backoff"
+
+
+class _Connection(http.client.HTTPSConnection):
+    """HTTPS connection checking the CSU certificate against a name other than the host's."""
+
+    def __init__(
+        self, host: str, port: int, server_name: str, context: ssl.SSLContext, timeout: float
+    ) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._server_name = server_name
+        self._ctx = context
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = self._ctx.wrap_socket(sock, server_hostname=self._server_name)
+
+
+def _pending_item(item: OutboxItem) -> policy.PendingItem:
+    return policy.PendingItem(
+        camera_id=item.camera_id,
+        sequence=item.sequence,
+        size=item.size,
+        start_wall_ns=item.start_wall_ns,
+        end_wall_ns=item.end_wall_ns,
+    )
+
+
+class UplinkClient:
+    """``start()``/``stop()``/``snapshot()``; everything else runs in the uplink thread.
+
+    Concurrency: ``_lock`` protects the fields :meth:`snapshot` reads (state, reason, counters,
+    latencies, backlog), written by the uplink thread and read by the daemon's status thread.
+    ``_wake`` lets :meth:`stop` (any thread) cut a wait short.
+    """
+
+    def __init__(
+        self,
+        cfg: EdgeConfig,
+        outbox: Outbox,
+        gate: Gate | None = None,
+        *,
+        wall_ns: Callable[[], int] = time.time_ns,
+        batch: int = 256,
+    ) -> None:
+        if gate is None and cfg.uplink.enabled and _dot1x_enabled(cfg):
+            raise UplinkError("802.1X is enabled: the uplink needs its gate, never a fallback")
+        self.cfg = cfg
+        self.outbox = outbox
+        self.gate = gate
+        self.unit_id = cfg.unit.id
+        self._wall_ns = wall_ns
+        self._batch = batch
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: _Connection | None = None
+        self._state = UplinkState.STOPPED
+        self._reason = "not started"
+        self._since_ns = time.time_ns()
+        self._counters = {"sent": 0, "duplicates": 0, "refused": 0, "bytes": 0, "failures": 0}
+        self._latencies: deque[float] = deque(maxlen=200)
+        self._set_aside: set[tuple[str, str, int, bytes]] = set()
+        self._backlog = policy.Backlog(0, 0, 0.0, 0.0)
+        up = cfg.uplink
+        self._backoff = policy.Backoff(up.backoff_initial_s, up.backoff_max_s)
+        self._scheduler = policy.Scheduler(
+            budget_bytes_per_s=up.bandwidth_kbps * 1000 / 8,
+            backfill_share=up.backfill_share,
+            live_window_s=up.live_window_s,
+            now=time.monotonic(),
+        )
+
+    # --- public API -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._set_state(UplinkState.STOPPED, "stop requested")
+
+    def wake(self) -> None:
+        """A new segment was sealed: look at the outbox now rather than at the next poll."""
+        self._wake.set()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            lat = sorted(self._latencies)
+            return {
+                "state": self._state.value,
+                "reason": self._reason,
+                "since_ns": self._since_ns,
+                "csu": self.cfg.uplink.csu_url,
+                "counters": dict(self._counters),
+                "backlog": {
+                    "items": self._backlog.items,
+                    "bytes": self._backlog.bytes,
+                    "seconds": self._backlog.seconds,
+                    "oldest_age_s": self._backlog.oldest_age_s,
+                },
+                "live_latency_s": {
+                    "p50": round(lat[len(lat) // 2], 3) if lat else None,
+                    "p95": round(lat[min(len(lat) - 1, int(len(lat) * 0.95))], 3) if lat else None,
+                },
+            }
+
+    @property
+    def state(self) -> UplinkState:
+        with self._lock:
+            return self._state
+
+    # --- state machine --------------------------------------------------------------------------
+
+    def _set_state(self, state: UplinkState, reason: str) -> None:
+        with self._lock:
+            if state is self._state and reason == self._reason:
+                return
+            old = self._state
+            self._state, self._reason, self._since_ns = state, reason, time.time_ns()
+        log.info("uplink[%s] %s -> %s: %s", self.unit_id, old.value, state.value, reason)
+
+    def _sleep(self, seconds: float) -> None:
+        self._wake.wait(seconds)
+        self._wake.clear()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            if self.gate is not None and not self.gate.is_open():
+                self._close()
+                self._set_state(UplinkState.WAITING_GATE, self.gate.reason())
+                self._refresh_backlog()
+                self._sleep(1.0)
+                continue
+            try:
+                self._connect()
+                self._stream()
+            except (OSError, http.client.HTTPException, ssl.SSLError, EdgeError) as exc:
+                self._close()
+                if self._stopping.is_set():
+                    break
+                with self._lock:
+                    self._counters["failures"] += 1
+                delay = self._backoff.next_delay()
+                self._set_state(UplinkState.BACKOFF, f"{_describe(exc)}; retry in {delay:.1f}s")
+                self._refresh_backlog()
+                self._sleep(delay)
+        self._close()
+
+    def _connect(self) -> None:
+        host, port, name = endpoint(self.cfg)
+        self._set_state(UplinkState.CONNECTING, f"{host}:{port} as {name}")
+        conn = _Connection(
+            host, port, name, client_context(self.cfg), self.cfg.uplink.connect_timeout_s
+        )
+        conn.connect()
+        if conn.sock is not None:
+            conn.sock.settimeout(self.cfg.uplink.request_timeout_s)
+        self._conn = conn
+        self._set_state(UplinkState.SYNCING, "TLS 1.3 established; reading the CSU cursor")
+        status, body = self._request("GET", protocol.cursor_path(self.unit_id), None, None)
+        if status != 200:
+            raise UplinkError(f"CSU refused the cursor request: {status} {body[:200]!r}")
+        cursor = json.loads(body)
+        held = {cam: c.get("last") for cam, c in cursor.get("cameras", {}).items()}
+        self._backoff.reset()
+        self._set_state(UplinkState.STREAMING, f"CSU holds up to {held or 'nothing'}")
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # --- sending --------------------------------------------------------------------------------
+
+    def _request(
+        self, method: str, path: str, body: bytes | None, content_type: str | None
+    ) -> tuple[int, bytes]:
+        assert self._conn is not None
+        headers = {BACKLOG_HEADER: self._backlog_header()}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        self._conn.request(method, path, body=body, headers=headers)
+        response = self._conn.getresponse()
+        return response.status, response.read()
+
+    def _backlog_header(self) -> str:
+        with self._lock:
+            b = self._backlog
+        return json.dumps({"items": b.items, "bytes": b.bytes, "seconds": b.seconds})
+
+    def _pending(self) -> list[OutboxItem]:
+        """Oldest undelivered items plus, when the vault can list them, the live ones."""
+        items = self.outbox.outbox(limit=self._batch)
+        since = getattr(self.outbox, "outbox_since", None)
+        if since is not None:
+            horizon = self._wall_ns() - int(self.cfg.uplink.live_window_s * 1e9)
+            seen = {_key(i) for i in items}
+            for item in since(horizon, self._batch):
+                if _key(item) not in seen:
+                    items.append(item)
+        return [
+            i for i in items if (i.kind, i.camera_id, i.sequence, i.epoch_id) not in self._set_aside
+        ]
+
+    def _refresh_backlog(self, items: list[OutboxItem] | None = None) -> None:
+        try:
+            vault_backlog = self.outbox.backlog()
+        except EdgeError:
+            return
+        ends = [i.end_wall_ns for i in items or () if i.kind is OutboxKind.SEGMENT]
+        oldest = max(0.0, (self._wall_ns() - min(ends)) / 1e9) if ends else 0.0
+        with self._lock:
+            self._backlog = policy.Backlog(
+                items=vault_backlog.segments,
+                bytes=vault_backlog.bytes,
+                seconds=round(vault_backlog.seconds, 3),
+                oldest_age_s=round(oldest, 3),
+            )
+
+    def _stream(self) -> None:
+        while not self._stopping.is_set():
+            if self.gate is not None and not self.gate.is_open():
+                raise UplinkError(f"802.1X gate closed: {self.gate.reason()}")
+            items = self._pending()
+            self._refresh_backlog(items)
+            envelopes = [i for i in items if i.kind is OutboxKind.ENVELOPE]
+            if envelopes:
+                # Tiny, and a segment cannot be opened at the CSU without its envelope.
+                self._send(envelopes[0], live=True)
+                continue
+            segments = {(i.camera_id, i.sequence): i for i in items}
+            decision = self._scheduler.next(
+                [_pending_item(i) for i in segments.values()], time.monotonic(), self._wall_ns()
+            )
+            if decision.item is None:
+                self._sleep(min(decision.wait_s, 1.0) if decision.wait_s > 0 else 1.0)
+                continue
+            item = segments[(decision.item.camera_id, decision.item.sequence)]
+            self._send(item, live=decision.live)
+            self._scheduler.sent(decision.item, decision.live, time.monotonic())
+
+    def _send(self, item: OutboxItem, *, live: bool) -> None:
+        try:
+            data = item.read()
+        except EdgeError as exc:
+            log.warning("uplink[%s] skipping %s: %s", self.unit_id, item.kind, exc)
+            self._set_aside.add(_key(item))
+            return
+        if item.kind is OutboxKind.ENVELOPE:
+            path = protocol.envelope_path(self.unit_id, item.camera_id, item.epoch_id.hex())
+            content_type = protocol.ENVELOPE_CONTENT_TYPE
+        else:
+            path = protocol.segment_path(self.unit_id, item.camera_id, item.sequence)
+            content_type = protocol.SEGMENT_CONTENT_TYPE
+        status, body = self._request("PUT", path, data, content_type)
+        if status in (200, 201):
+            if item.kind is OutboxKind.SEGMENT:
+                reported = _json_field(body, "sha256")
+                if reported != hashlib.sha256(data).hexdigest():
+                    raise UplinkError(f"CSU acknowledged {path} with another digest: {reported}")
+                self.outbox.mark_delivered(item.camera_id, item.sequence)
+            else:
+                self.outbox.mark_envelope_delivered(item.camera_id, item.epoch_id)
+            with self._lock:
+                self._counters["sent" if status == 201 else "duplicates"] += 1
+                self._counters["bytes"] += len(data)
+                if live and item.kind is OutboxKind.SEGMENT:
+                    self._latencies.append((self._wall_ns() - item.end_wall_ns) / 1e9)
+            return
+        if protocol.is_final_refusal(status):
+            # Retrying cannot help; keep it in the vault (evidence) but stop blocking the queue.
+            log.error(
+                "uplink[%s] CSU refused %s with %d: %s", self.unit_id, path, status, body[:300]
+            )
+            self._set_aside.add(_key(item))
+            with self._lock:
+                self._counters["refused"] += 1
+            return
+        raise UplinkError(f"CSU answered {status} to {path}")
+
+
+def _key(item: OutboxItem) -> tuple[str, str, int, bytes]:
+    return (item.kind, item.camera_id, item.sequence, item.epoch_id)
+
+
+def _json_field(body: bytes, name: str) -> object:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    return doc.get(name) if isinstance(doc, dict) else None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"CSU certificate refused: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    return str(exc) or type(exc).__name__
+
+
+def _dot1x_enabled(cfg: EdgeConfig) -> bool:
+    dot1x = getattr(cfg, "dot1x", None)
+    return bool(getattr(dot1x, "enabled", False))

@@ -1,0 +1,47 @@
+"""The unit's TLS context for the CSU: TLS 1.3 only, the CSU's CA pinned, client certificate.
+
+The pinned CA file is the only trust anchor: the system store is never loaded, so a
+certificate from any public CA (or another city's) is an impostor here.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ..config import EdgeConfig
+from ..errors import UplinkError
+
+
+def key_paths(cfg: EdgeConfig) -> tuple[Path, Path, Path]:
+    """(CA file, certificate, key) with the ``<data_dir>/keys/`` defaults applied."""
+    keys = cfg.unit.data_dir / "keys"
+    up = cfg.uplink
+    return (
+        up.ca_file or keys / "ca.pem",
+        up.cert_file or keys / "unit-tls.crt",
+        up.key_file or keys / "unit-tls.key",
+    )
+
+
+def client_context(cfg: EdgeConfig) -> ssl.SSLContext:
+    ca_file, cert_file, key_file = key_paths(cfg)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    try:
+        ctx.load_verify_locations(cafile=ca_file)
+        ctx.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise UplinkError(f"uplink TLS material ({ca_file}, {cert_file}): {exc}") from None
+    return ctx
+
+
+def endpoint(cfg: EdgeConfig) -> tuple[str, int, str]:
+    """(host, port, name the CSU certificate must carry)."""
+    parts = urlsplit(cfg.uplink.csu_url)
+    host = parts.hostname or ""
+    return host, parts.port or 443, cfg.uplink.server_name or host

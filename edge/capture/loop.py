@@ -1,0 +1,295 @@
+"""The capture thread of one camera: open, read, hand over, reconnect.
+
+:class:`CaptureLoop` drives one :class:`~edge.capture.base.FrameSource` from one thread and
+calls ``on_frame`` in that same thread for every frame, so whatever the daemon does there
+(privacy masking, first) happens before any other thread can see the frame. A transient
+:class:`~edge.errors.CaptureError` closes the source, waits, and reopens it; the wait grows
+exponentially with full jitter (so a street of cameras behind one rebooting switch does not
+reconnect in step) and starts small again once the source has run for ``backoff_reset_s``.
+
+The loop is an explicit state machine::
+
+    STARTING ──open ok──► RUNNING ──end of a finite source──► ENDED
+        ▲  │                 │
+        │  └─transient error─┴─► BACKOFF ──wait over──► STARTING
+        │                          (other errors, or on_frame raising ──► FAILED)
+    stop() from any state ──► STOPPED
+
+Frame indexes keep increasing across reconnects: a source restarts its own count when it is
+reopened, the loop adds an offset so the daemon never sees an index twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from ..errors import CaptureError
+from ..frames import Frame
+from .base import FrameSource
+
+log = logging.getLogger(__name__)
+
+
+class CaptureState(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    ENDED = "ended"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+FINAL_STATES = frozenset({CaptureState.ENDED, CaptureState.FAILED, CaptureState.STOPPED})
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureStats:
+    """A consistent snapshot of one capture loop, for status lines and diagnostics."""
+
+    state: CaptureState
+    reason: str
+    frames_in: int
+    source_gaps: int
+    """Times the source's own frame index jumped (frames the camera or network lost)."""
+    frames_lost: int
+    """Frames missing in those jumps."""
+    reconnects: int
+    """Times the source was reopened after a failure."""
+    last_frame_age_s: float | None
+    """Seconds since the last frame was handed over; None before the first one."""
+    fps: float | None
+    """Frame rate measured over the last couple of seconds; None until two frames arrived."""
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
+    """Full-jitter exponential back-off: uniform in ``[0, min(maximum, initial·2^attempt)]``."""
+    return rng.uniform(0.0, min(maximum, initial * 2.0**attempt))
+
+
+class CaptureLoop:
+    """One thread reading one source and handing every frame to ``on_frame``.
+
+    ``clock`` (seconds, monotonic), ``sleep`` and ``rng`` are injectable so back-off can be
+    tested exactly; by default ``sleep`` waits on the stop event, so :meth:`stop` cuts a
+    back-off short. A blocked ``read`` is not interrupted: sources bound their reads (socket
+    timeouts, one frame period), so :meth:`stop` takes effect within one of them.
+    """
+
+    def __init__(
+        self,
+        source: FrameSource,
+        on_frame: Callable[[Frame], None],
+        *,
+        name: str,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        backoff_reset_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if backoff_initial <= 0 or backoff_max < backoff_initial:
+            raise ValueError("need 0 < backoff_initial <= backoff_max")
+        self.source = source
+        self.name = name
+        self._on_frame = on_frame
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._backoff_reset_s = backoff_reset_s
+        self._clock = clock
+        self._stop_event = threading.Event()
+        self._sleep = sleep if sleep is not None else self._wait_unless_stopped
+        # Jitter only spreads reconnections in time; it protects nothing.
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311
+        self._thread: threading.Thread | None = None
+        self._attempt = 0  # consecutive failures; only the capture thread touches it
+        self._index_offset = 0  # only the capture thread touches it
+        self._next_index = 0  # only the capture thread touches it
+        self._last_source_index: int | None = None  # only the capture thread touches it
+        #: The exception that made the loop FAILED, for the supervisor.
+        self.error: BaseException | None = None
+        # _lock protects the fields below: the capture thread writes them, stats() and
+        # state readers in any thread (daemon supervisor, control socket) read them. It is
+        # never held while calling the source or on_frame, so readers never wait on a camera.
+        self._lock = threading.Lock()
+        self._state = CaptureState.STARTING
+        self._reason = "not started"
+        self._frames_in = 0
+        self._source_gaps = 0
+        self._frames_lost = 0
+        self._reconnects = 0
+        self._last_frame_at: float | None = None
+        self._recent: deque[float] = deque(maxlen=64)  # clock() of recent frames, for fps
+
+    # --- state -------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> CaptureState:
+        with self._lock:
+            return self._state
+
+    def _set_state(self, state: CaptureState, reason: str) -> None:
+        with self._lock:
+            old, self._state, self._reason = self._state, state, reason
+        if state is CaptureState.FAILED:
+            level = logging.ERROR
+        elif state is CaptureState.BACKOFF:
+            level = logging.WARNING
+        else:
+            level = logging.INFO
+        if old is state:  # e.g. the first STARTING: no transition to show, only the reason
+            log.log(level, "%s: %s: %s", self.name, state, reason)
+        else:
+            log.log(level, "%s: %s -> %s: %s", self.name, old, state, reason)
+
+    def stats(self) -> CaptureStats:
+        with self._lock:
+            age = None if self._last_frame_at is None else self._clock() - self._last_frame_at
+            fps = None
+            if len(self._recent) >= 2 and self._recent[-1] > self._recent[0]:
+                fps = (len(self._recent) - 1) / (self._recent[-1] - self._recent[0])
+            return CaptureStats(
+                self._state,
+                self._reason,
+                self._frames_in,
+                self._source_gaps,
+                self._frames_lost,
+                self._reconnects,
+                age,
+                fps,
+            )
+
+    # --- thread control ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError(f"{self.name}: capture loop already started")
+        self._thread = threading.Thread(target=self.run, name=f"capture-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the loop to stop; it closes the source and ends in STOPPED (unless already final)."""
+        self._stop_event.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread; True when it has finished."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _wait_unless_stopped(self, seconds: float) -> None:
+        self._stop_event.wait(seconds)
+
+    # --- the capture thread ------------------------------------------------------------------
+
+    def run(self) -> None:
+        """The loop itself; :meth:`start` runs it in a thread, tests may call it directly."""
+        try:
+            self._run()
+        finally:
+            self._close_source()
+            if self.state not in FINAL_STATES:
+                self._set_state(CaptureState.STOPPED, "stop requested")
+
+    def _run(self) -> None:
+        self._set_state(CaptureState.STARTING, f"opening {self.source.description}")
+        while not self._stop_event.is_set():
+            try:
+                self.source.open()
+            except CaptureError as exc:
+                if not self._back_off(exc, opened_at=None):
+                    return
+                continue
+            except Exception as exc:  # noqa: BLE001 - a source bug must not kill the daemon silently
+                self._fail(exc, "opening the source")
+                return
+            opened_at = self._clock()
+            self._last_source_index = None
+            self._set_state(CaptureState.RUNNING, f"{self.source.description} delivering frames")
+            if not self._pump(opened_at):
+                return
+
+    def _pump(self, opened_at: float) -> bool:
+        """Read until failure or stop; False when the loop must end."""
+        while not self._stop_event.is_set():
+            try:
+                frame = self.source.read()
+            except CaptureError as exc:
+                return self._back_off(exc, opened_at=opened_at)
+            except Exception as exc:  # noqa: BLE001 - see _run
+                self._fail(exc, "reading the source")
+                return False
+            if frame is None:
+                self._set_state(CaptureState.ENDED, f"end of {self.source.description}")
+                return False
+            self._account(frame)
+            try:
+                self._on_frame(frame)
+            except Exception as exc:  # noqa: BLE001 - the frame's consumer failed: stop, loudly
+                self._fail(exc, f"handling frame {frame.index}")
+                return False
+        return False
+
+    def _account(self, frame: Frame) -> None:
+        """Renumber ``frame`` into the loop's increasing index and update the counters."""
+        source_index = frame.index
+        jump = 0
+        if self._last_source_index is not None:
+            jump = source_index - self._last_source_index - 1
+        if self._last_source_index is None or jump < 0:
+            # First frame since (re)opening, or a source counting backwards: continue our count.
+            self._index_offset = self._next_index - source_index
+            jump = 0
+        self._last_source_index = source_index
+        index = max(self._next_index, source_index + self._index_offset)
+        frame.index = index
+        self._next_index = index + 1
+        now = self._clock()
+        with self._lock:
+            self._frames_in += 1
+            if jump > 0:
+                self._source_gaps += 1
+                self._frames_lost += jump
+            self._last_frame_at = now
+            self._recent.append(now)
+
+    def _back_off(self, exc: CaptureError, *, opened_at: float | None) -> bool:
+        """Close, wait and let the caller reopen; False when the error is final or stop came."""
+        self._close_source()
+        if not exc.transient:
+            self.error = exc
+            self._set_state(CaptureState.FAILED, str(exc))
+            return False
+        if opened_at is not None and self._clock() - opened_at >= self._backoff_reset_s:
+            self._attempt = 0  # it ran long enough: this is a new incident, not a flapping one
+        delay = backoff_delay(self._attempt, self._backoff_initial, self._backoff_max, self._rng)
+        self._attempt += 1
+        self._set_state(CaptureState.BACKOFF, f"{exc}; retry {self._attempt} in {delay:.2f} s")
+        self._sleep(delay)
+        if self._stop_event.is_set():
+            return False
+        with self._lock:
+            self._reconnects += 1
+        self._set_state(
+            CaptureState.STARTING, f"reopening {self.source.description} (retry {self._attempt})"
+        )
+        return True
+
+    def _fail(self, exc: Exception, doing: str) -> None:
+        self.error = exc
+        log.exception("%s: unexpected error while %s", self.name, doing)
+        self._set_state(CaptureState.FAILED, f"{doing}: {type(exc).__name__}: {exc}")
+
+    def _close_source(self) -> None:
+        try:
+            self.source.close()
+        except Exception as exc:  # noqa: BLE001 - closing must not hide the original problem
+            log.warning("%s: closing %s failed: %s", self.name, self.source.description, exc)

@@ -247,6 +247,183 @@ class UplinkConfig(_Section):
     """Longest reconnection delay."""
 
 
+class DetectorLayout(StrEnum):
+    SSD = "ssd"
+    YOLOV8 = "yolov8"
+    MEDIAPIPE = "mediapipe"
+
+
+class DetectorConfig(_Section):
+    model_path: Path | None = None
+    """LiteRT (.tflite) model; none means motion blobs stand in for detections."""
+    model_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """Expected SHA-256 of the model file (hex); a mismatch refuses to start analytics."""
+    labels: list[str] = Field(default_factory=lambda: ["person"], min_length=1, max_length=1000)
+    """Class labels in the model's output order."""
+    layout: DetectorLayout = DetectorLayout.SSD
+    """Output layout: "ssd" (post-processed boxes/classes/scores/count), "yolov8", "mediapipe"."""
+    threads: int = Field(default=2, ge=1, le=16)
+    """XNNPACK CPU threads used by the interpreter."""
+    score_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    """Minimum confidence of a detection."""
+    nms_iou: float = Field(default=0.45, gt=0.0, lt=1.0)
+    """IoU above which overlapping detections of a class are suppressed (yolov8, mediapipe)."""
+    motion_gated: bool = True
+    """Run the detector only when motion is seen (or a track is alive)."""
+
+
+class LineRuleConfig(_Section):
+    name: Identifier
+    """Name of the counting line (appears in events)."""
+    points: tuple[Point, Point]
+    """Ends [x, y], normalised; "forward" = a quarter turn clockwise from the line on screen."""
+    interval_seconds: float = Field(default=60.0, ge=1.0, le=86_400.0)
+    """Counts are aggregated and published once per interval."""
+
+
+class GatheringRuleConfig(_Section):
+    name: Identifier
+    """Name of the zone (appears in events)."""
+    zone: list[Point] = Field(min_length=3, max_length=64)
+    """Polygon, normalised."""
+    min_persons: int = Field(default=5, ge=2, le=500)
+    """Alert when at least this many persons stand in the zone..."""
+    min_seconds: float = Field(default=30.0, ge=0.0, le=3600.0)
+    """...for at least this long."""
+    cooldown_seconds: float = Field(default=300.0, ge=0.0, le=86_400.0)
+    """No second alert from this rule before this delay."""
+
+
+class CrowdMovementRuleConfig(_Section):
+    name: Identifier
+    """Name of the zone (appears in events)."""
+    zone: list[Point] = Field(min_length=3, max_length=64)
+    """Polygon, normalised."""
+    min_persons: int = Field(default=3, ge=2, le=500)
+    """The rule looks at a crowd of at least this many persons."""
+    speed_factor: float = Field(default=3.0, gt=1.0, le=100.0)
+    """Alert when the crowd's mean speed exceeds its recent baseline by this factor..."""
+    min_speed: float = Field(default=0.08, gt=0.0, le=10.0)
+    """...and is at least this fast (frame widths per second)."""
+    dispersal_factor: float = Field(default=2.0, gt=1.0, le=100.0)
+    """Alert when the crowd's spread grows by this factor within window_seconds."""
+    window_seconds: float = Field(default=2.0, gt=0.0, le=60.0)
+    """Time over which speed and spread are measured."""
+    cooldown_seconds: float = Field(default=120.0, ge=0.0, le=86_400.0)
+    """No second alert from this rule before this delay."""
+
+
+class WrongWayRuleConfig(_Section):
+    name: Identifier
+    """Name of the lane (appears in events)."""
+    zone: list[Point] = Field(min_length=3, max_length=64)
+    """Lane polygon, normalised."""
+    direction: Point
+    """Allowed direction of travel as a vector [dx, dy] in frame coordinates."""
+    max_angle_degrees: float = Field(default=120.0, ge=90.0, le=180.0)
+    """A track moving at more than this angle from the allowed direction drives the wrong way."""
+    min_distance: float = Field(default=0.05, gt=0.0, le=2.0)
+    """Distance (normalised) a track must cover in the lane before it is judged."""
+    cooldown_seconds: float = Field(default=60.0, ge=0.0, le=86_400.0)
+    """No second alert for the same vehicle before this delay."""
+
+
+class ParkingRuleConfig(_Section):
+    name: Identifier
+    """Name of the parking zone (appears in events)."""
+    zone: list[Point] = Field(min_length=3, max_length=64)
+    """Polygon, normalised."""
+    max_seconds: float = Field(default=5400.0, ge=1.0, le=7 * 86_400.0)
+    """Alert when a vehicle stays stationary in the zone longer than this (blue zone)."""
+    stationary_tolerance: float = Field(default=0.02, gt=0.0, le=0.5)
+    """Movement (normalised) below which a vehicle counts as stationary."""
+    cooldown_seconds: float = Field(default=3600.0, ge=0.0, le=7 * 86_400.0)
+    """No second alert for the same vehicle before this delay."""
+
+
+class TamperConfig(_Section):
+    enabled: bool = True
+    """Detect covered/sprayed lens, defocus, moved camera and lost signal (ANSSI R61)."""
+    sensitivity: float = Field(default=0.5, ge=0.0, le=1.0)
+    """0 = only blatant tampering, 1 = the slightest; scales every threshold."""
+    hold_seconds: float = Field(default=5.0, ge=0.0, le=600.0)
+    """A condition must last this long before it is raised (a passing bus is not tampering)."""
+    clear_seconds: float = Field(default=3.0, ge=0.0, le=600.0)
+    """A raised condition clears after the scene is normal for this long."""
+    learn_seconds: float = Field(default=5.0, ge=0.5, le=3600.0)
+    """Time spent learning the reference scene after start."""
+    signal_lost_seconds: float = Field(default=5.0, ge=0.5, le=600.0)
+    """No frame for this long raises "signal_lost"."""
+
+
+class CameraAnalyticsConfig(_Section):
+    camera: Identifier
+    """Camera id these rules apply to."""
+    lines: list[LineRuleConfig] = Field(default_factory=list, max_length=32)
+    """Counting lines."""
+    gatherings: list[GatheringRuleConfig] = Field(default_factory=list, max_length=32)
+    """Gathering zones."""
+    crowd_movements: list[CrowdMovementRuleConfig] = Field(default_factory=list, max_length=32)
+    """Crowd movement zones."""
+    wrong_ways: list[WrongWayRuleConfig] = Field(default_factory=list, max_length=32)
+    """Lanes with an allowed direction."""
+    parkings: list[ParkingRuleConfig] = Field(default_factory=list, max_length=32)
+    """Parking zones with a time limit."""
+    tamper: TamperConfig = TamperConfig()
+    """Tamper detection of this camera."""
+    face_blur: bool = False
+    """Metering mode: pixelate detected faces before recording (detection, never recognition)."""
+
+
+class MqttConfig(_Section):
+    enabled: bool = False
+    """Publish signed events to an MQTT broker."""
+    host: str = Field(default="localhost", min_length=1, max_length=253)
+    """Broker host name or address."""
+    port: int = Field(default=8883, ge=1, le=65535)
+    """Broker port (8883 = MQTT over TLS)."""
+    tls: bool = True
+    """Use TLS (server certificate checked against ca_file)."""
+    ca_file: Path | None = None
+    """CA chain of the broker (default ``<data_dir>/keys/ca.pem``)."""
+    cert_file: Path | None = None
+    """Client certificate for mutual TLS (none: no client certificate)."""
+    key_file: Path | None = None
+    """Client private key for mutual TLS."""
+    topic_prefix: str = Field(default="edge", pattern=r"^[A-Za-z0-9_\-/]{1,64}$")
+    """Events go to ``<prefix>/<unit>/<camera>/<event type>``."""
+    qos: int = Field(default=1, ge=0, le=2)
+    """MQTT quality of service."""
+
+
+class AnalyticsConfig(_Section):
+    enabled: bool = False
+    """Run the analytics process (separate from recording; it never slows recording)."""
+    rate_fps: float = Field(default=5.0, gt=0.0, le=30.0)
+    """Frames per second offered to analytics; it drops its own frames when late."""
+    width: int = Field(default=480, ge=64, le=1920, multiple_of=2)
+    """Analytics frames are downscaled to at most this width."""
+    slots: int = Field(default=3, ge=2, le=16)
+    """Shared-memory frame slots between the capture thread and the analytics process."""
+    motion_threshold: float = Field(default=0.004, gt=0.0, le=1.0)
+    """Share of pixels that must change for motion to be seen."""
+    detector: DetectorConfig = DetectorConfig()
+    """Object detector."""
+    snapshots: bool = True
+    """Attach a JPEG of the (masked) analysed frame to alerts."""
+    mqtt: MqttConfig = MqttConfig()
+    """MQTT publishing of events."""
+    cameras: list[CameraAnalyticsConfig] = Field(default_factory=list, max_length=8)
+    """Rules and tamper settings per camera."""
+
+    def for_camera(self, camera_id: str) -> CameraAnalyticsConfig:
+        """The analytics settings of a camera (defaults when it has none)."""
+        for cam in self.cameras:
+            if cam.camera == camera_id:
+                return cam
+        return CameraAnalyticsConfig(camera=camera_id)
+
+
 class EdgeConfig(_Section):
     unit: UnitConfig = UnitConfig()
     """The unit as a whole."""
@@ -256,6 +433,8 @@ class EdgeConfig(_Section):
     """Cameras attached to this unit."""
     logging: LoggingConfig = LoggingConfig()
     """Logging settings."""
+    analytics: AnalyticsConfig = AnalyticsConfig()
+    """On-device analytics: motion, detection, tracking, rules, tamper."""
     uplink: UplinkConfig = UplinkConfig()
     """Link to the supervision centre (CSU)."""
     vault: VaultConfig = VaultConfig()

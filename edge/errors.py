@@ -68,6 +68,10 @@ class UplinkError(EdgeError, ConnectionError):
     """The link to the supervision centre failed."""
 
 
+class AnalyticsError(EdgeError, RuntimeError):
+    """The analytics process, its model or its event publishing failed."""
+
+
 class Dot1xError(EdgeError, RuntimeError):
     """802.1X port authentication: the supplicant is unreachable, misconfigured or refused."""
 

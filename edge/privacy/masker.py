@@ -1,0 +1,242 @@
+"""Irreversible privacy masking of I420 frames, in place.
+
+:class:`PrivacyMasker` rasterises a camera's polygons once for its resolution (see
+:mod:`edge.privacy.rasterize` for the conservative rules) and then overwrites the masked pixels of
+every frame in place, luma and chroma, before anything else sees the frame. It is immutable after
+construction: on SIGHUP the pipeline builds a new one and swaps the reference, so a masker is
+never changed while the capture thread applies it.
+
+Fills:
+
+- ``solid`` (default): luma :data:`MASK_LUMA` (a neutral dark grey), chroma 128 (no colour). Every
+  masked frame shows exactly the same pixels there, whatever the scene: nothing to recover.
+- ``pixelate``: the frame-aligned tiles of ``pixel_size`` (rounded up to even, so chroma tiles are
+  whole) that the polygon touches are each replaced by their mean. Tiles are masked whole, so no
+  detail finer than a tile survives; the mean of each tile does (coarse colour and motion), which
+  is why solid is the default for the inside of buildings.
+
+Where masks overlap, each pixel belongs to exactly one fill: solid first, then pixelations from
+the largest tile down, each ignoring pixels an earlier one owns. That keeps :meth:`apply`
+idempotent (masking a masked frame changes nothing) even for overlapping masks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ..config import MaskFill, PrivacyMaskConfig
+from ..errors import MaskError
+from ..frames import Frame, Plane
+from . import rasterize
+from .rasterize import BoolPlane, Index
+
+log = logging.getLogger(__name__)
+
+#: Luma of a solid mask: a neutral dark grey (limited range: 16 is black, 235 white). Not black,
+#: so an installer can tell a mask from a dark scene.
+MASK_LUMA = 40
+#: Chroma of a solid mask: no colour.
+MASK_CHROMA = 128
+
+
+@dataclass(frozen=True, slots=True)
+class _TileRect:
+    """A rectangle of whole tiles of one plane, each replaced by the mean of its kept pixels."""
+
+    rows: slice
+    cols: slice
+    row_starts: Index
+    col_starts: Index
+    heights: Index
+    widths: Index
+    keep: BoolPlane | None  # None: every pixel of the rectangle is ours
+    counts: npt.NDArray[np.uint32]
+
+    def apply(self, plane: Plane) -> None:
+        sub = plane[self.rows, self.cols]
+        src = sub if self.keep is None else np.where(self.keep, sub, 0)
+        sums = np.add.reduceat(
+            np.add.reduceat(src, self.row_starts, axis=0, dtype=np.uint32),
+            self.col_starts,
+            axis=1,
+        )
+        means = ((sums + self.counts // 2) // np.maximum(self.counts, 1)).astype(np.uint8)
+        tiles = np.repeat(np.repeat(means, self.heights, axis=0), self.widths, axis=1)
+        if self.keep is None:
+            sub[...] = tiles
+        else:
+            np.copyto(sub, tiles, where=self.keep)
+
+
+def _tile_rects(grid: BoolPlane, block: int, region: BoolPlane) -> list[_TileRect]:
+    """Tile rectangles covering ``grid`` (tiles of ``block`` pixels) of a plane; ``region`` is
+    the set of pixels of that plane the pixelation owns."""
+    height, width = region.shape
+    out: list[_TileRect] = []
+    for by0, by1, bx0, bx1 in rasterize.rectangles(grid):
+        y0, y1 = by0 * block, min(by1 * block, height)
+        x0, x1 = bx0 * block, min(bx1 * block, width)
+        row_starts = np.arange(0, y1 - y0, block, dtype=np.intp)
+        col_starts = np.arange(0, x1 - x0, block, dtype=np.intp)
+        heights = np.diff(np.append(row_starts, y1 - y0)).astype(np.intp)
+        widths = np.diff(np.append(col_starts, x1 - x0)).astype(np.intp)
+        keep: BoolPlane | None = np.ascontiguousarray(region[y0:y1, x0:x1])
+        if keep is not None and keep.all():
+            keep = None
+        if keep is None:
+            counts = (heights[:, None] * widths[None, :]).astype(np.uint32)
+        else:
+            counts = np.add.reduceat(
+                np.add.reduceat(keep, row_starts, axis=0, dtype=np.uint32), col_starts, axis=1
+            )
+        out.append(
+            _TileRect(
+                slice(y0, y1), slice(x0, x1), row_starts, col_starts, heights, widths, keep, counts
+            )
+        )
+    return out
+
+
+def effective_tile(mask: PrivacyMaskConfig) -> int:
+    """Pixelation tile size actually used: ``pixel_size`` rounded up to even."""
+    return mask.pixel_size + (mask.pixel_size % 2)
+
+
+def mask_pixels(mask: PrivacyMaskConfig, width: int, height: int) -> BoolPlane:
+    """The luma pixels one mask hides on its own (tiles included when it pixelates)."""
+    luma = rasterize.union_mask([mask.points], width, height)
+    if mask.fill == MaskFill.PIXELATE:
+        tile = effective_tile(mask)
+        luma = rasterize.expand_blocks(rasterize.block_grid(luma, tile), tile, height, width)
+    return luma
+
+
+class PrivacyMasker:
+    """The privacy masks of one camera, rasterised for one resolution.
+
+    Thread safety: immutable after ``__init__``; :meth:`apply` only writes into the frame it is
+    given, so one masker may serve any thread, and frames must not be shared while masked.
+    """
+
+    def __init__(self, masks: Sequence[PrivacyMaskConfig], width: int, height: int) -> None:
+        if width <= 0 or height <= 0 or width % 2 or height % 2:
+            raise MaskError(f"cannot mask {width}x{height} frames: sizes must be positive and even")
+        self.masks: tuple[PrivacyMaskConfig, ...] = tuple(masks)
+        self.width = width
+        self.height = height
+        solid = rasterize.union_mask(
+            [m.points for m in self.masks if m.fill == MaskFill.SOLID], width, height
+        )
+        claimed_luma = solid.copy()
+        claimed_chroma = rasterize.chroma_of(solid)
+        self._luma_plan = rasterize.plan_fill(solid)
+        self._chroma_plan = rasterize.plan_fill(claimed_chroma)
+        self._luma_slices = [(slice(a, b), slice(c, d)) for a, b, c, d in self._luma_plan.rects]
+        self._uv_slices = [
+            (slice(None), slice(a, b), slice(c, d)) for a, b, c, d in self._chroma_plan.rects
+        ]
+        # Flat indices into the whole I420 buffer, so one fancy assignment per value does it:
+        # U and V share the chroma plan and the chroma value.
+        luma_size = width * height
+        chroma_size = luma_size // 4
+        self._luma_scatter: Index = self._luma_plan.scatter
+        self._chroma_scatter: Index = np.concatenate(
+            (
+                self._chroma_plan.scatter + luma_size,
+                self._chroma_plan.scatter + luma_size + chroma_size,
+            )
+        )
+        self._luma_tiles: list[_TileRect] = []
+        self._chroma_tiles: list[_TileRect] = []
+        tiles = sorted({effective_tile(m) for m in self.masks if m.fill == MaskFill.PIXELATE})
+        for tile in reversed(tiles):
+            group = rasterize.union_mask(
+                [
+                    m.points
+                    for m in self.masks
+                    if m.fill == MaskFill.PIXELATE and effective_tile(m) == tile
+                ],
+                width,
+                height,
+            )
+            grid = rasterize.block_grid(group, tile)
+            region = rasterize.expand_blocks(grid, tile, height, width) & ~claimed_luma
+            grid = rasterize.block_grid(region, tile)
+            half = tile // 2
+            chroma_region = (
+                rasterize.expand_blocks(grid, half, height // 2, width // 2) & ~claimed_chroma
+            )
+            self._luma_tiles += _tile_rects(grid, tile, region)
+            self._chroma_tiles += _tile_rects(grid, half, chroma_region)
+            claimed_luma |= region
+            claimed_chroma |= chroma_region
+        self._luma_mask = claimed_luma
+        self._chroma_mask = claimed_chroma
+        self._coverage = float(np.count_nonzero(claimed_luma)) / luma_size
+        log.debug(
+            "%d mask(s) at %dx%d: %.2f %% of the frame, %d+%d rectangles, %d+%d scattered "
+            "pixels, %d tile rectangles",
+            len(self.masks),
+            width,
+            height,
+            100.0 * self._coverage,
+            len(self._luma_slices),
+            len(self._uv_slices),
+            self._luma_scatter.size,
+            self._chroma_scatter.size,
+            len(self._luma_tiles),
+        )
+
+    @property
+    def coverage(self) -> float:
+        """Fraction of the luma pixels that are masked (0..1)."""
+        return self._coverage
+
+    @property
+    def operations(self) -> int:
+        """Numpy operations one :meth:`apply` performs (a measure of its fixed overhead)."""
+        return (
+            self._luma_plan.operations
+            + self._chroma_plan.operations
+            + len(self._luma_tiles)
+            + 2 * len(self._chroma_tiles)
+        )
+
+    def luma_mask(self) -> BoolPlane:
+        """Which luma pixels :meth:`apply` overwrites (a copy, ``height × width``)."""
+        return self._luma_mask.copy()
+
+    def chroma_mask(self) -> BoolPlane:
+        """Which chroma samples (of U and of V) :meth:`apply` overwrites (``h/2 × w/2``)."""
+        return self._chroma_mask.copy()
+
+    def apply(self, frame: Frame) -> None:
+        """Mask ``frame`` in place (its one buffer, so every view of it sees the result)."""
+        if frame.width != self.width or frame.height != self.height:
+            raise MaskError(
+                f"frame is {frame.width}x{frame.height} but the privacy masks were prepared "
+                f"for {self.width}x{self.height}"
+            )
+        luma = frame.y
+        for sl in self._luma_slices:
+            luma[sl] = MASK_LUMA
+        if self._uv_slices:
+            uv = frame.data[self.width * self.height :].reshape(
+                2, self.height // 2, self.width // 2
+            )
+            for uv_sl in self._uv_slices:
+                uv[uv_sl] = MASK_CHROMA
+        if self._luma_scatter.size:
+            frame.data[self._luma_scatter] = MASK_LUMA
+        if self._chroma_scatter.size:
+            frame.data[self._chroma_scatter] = MASK_CHROMA
+        for tile in self._luma_tiles:
+            tile.apply(luma)
+        for tile in self._chroma_tiles:
+            tile.apply(frame.u)
+            tile.apply(frame.v)

@@ -11,4 +11,5 @@ from __future__ import annotations
 #: name -> module under edge.bench
 BENCHMARKS: dict[str, str] = {
     "encode": "encode",
+    "mask": "mask",
 }

@@ -1,0 +1,319 @@
+"""Files, RTSP cameras and V4L2 devices through PyAV (FFmpeg).
+
+Every decoded picture is converted to I420 at the configured size by FFmpeg's scaler
+(``VideoFrame.reformat``) and copied into one contiguous :class:`~edge.frames.Frame` buffer.
+
+Files stand in for cameras: they are re-timed to the configured frame rate (frames are
+repeated or skipped by presentation time, as a camera at that rate would have seen the scene),
+paced in real time on the monotonic clock when ``realtime`` is set, and looped with ``loop``.
+Live sources (RTSP, V4L2) are delivered as they arrive; their ``index`` is derived from the
+presentation time at the configured rate, so frames the camera or the network lost show as
+gaps. Their every failure is transient: a camera that reboots, a switch port that flaps or a
+device unplugged for a moment must come back without a person touching the unit.
+
+FFmpeg errors are translated by :func:`edge.errors.from_av` (the only translation point) and
+raised without their cause attached, because FFmpeg's own message repeats the URL, which may
+carry credentials: neither ``description``, nor an error, nor a log line ever shows them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+from ..errors import CaptureError, from_av
+from ..frames import Frame, check_dimensions
+from .base import FrameSource
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import av.container
+    import av.video.frame
+    import av.video.stream
+
+log = logging.getLogger(__name__)
+
+#: Seconds to wait for a live source to answer when opening, and for each read after that.
+OPEN_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 5.0
+#: A file reader later than this re-anchors its clock instead of bursting to catch up.
+_MAX_LATE_S = 1.0
+#: FFmpeg's AVCOL_RANGE_MPEG: luma 16–235, what every frame of the firmware uses.
+_LIMITED_RANGE = 1
+
+
+def redact_url(url: str) -> str:
+    """``url`` without user name, password, query or fragment (cameras put secrets in all)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"{host}:{port}" if port is not None else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class PyAVSource(FrameSource):
+    """A ``file:PATH``, ``rtsp://…``/``rtsps://…`` or ``v4l2:/dev/videoN`` source."""
+
+    def __init__(
+        self,
+        source: str,
+        width: int,
+        height: int,
+        fps: float,
+        *,
+        loop: bool = False,
+        realtime: bool = True,
+        open_timeout_s: float = OPEN_TIMEOUT_S,
+        read_timeout_s: float = READ_TIMEOUT_S,
+    ) -> None:
+        check_dimensions(width, height)
+        super().__init__(width, height, fps)
+        self.loop = loop
+        self.realtime = realtime
+        self._timeout = (open_timeout_s, read_timeout_s)
+        self._format: str | None = None
+        self._options: dict[str, str] = {}
+        if source.startswith("file:"):
+            self.kind = "file"
+            self._url = source[len("file:") :]
+            self.description = f"file {self._url}"
+        elif source.startswith(("rtsp://", "rtsps://")):
+            self.kind = "rtsp"
+            self._url = source
+            self.description = f"RTSP camera {redact_url(source)}"
+            # TCP interleaving survives NAT and firewalls and loses no packets on a busy link;
+            # "timeout" is FFmpeg's socket I/O timeout, in microseconds.
+            self._options = {
+                "rtsp_transport": "tcp",
+                "timeout": str(round(read_timeout_s * 1e6)),
+            }
+        elif source.startswith("v4l2:"):
+            self.kind = "v4l2"
+            self._url = source[len("v4l2:") :]
+            self.description = f"V4L2 device {self._url}"
+            self._format = "v4l2"
+            self._options = {"video_size": f"{width}x{height}", "framerate": f"{fps:g}"}
+        else:
+            raise ValueError(f"not a PyAV source: {redact_url(source)!r}")
+        self._container: av.container.InputContainer | None = None
+        self._stream: av.video.stream.VideoStream | None = None
+        self._frames: Iterator[av.video.frame.VideoFrame] | None = None
+        self._reset_timeline()
+
+    @property
+    def live(self) -> bool:
+        return self.kind != "file"
+
+    def _reset_timeline(self) -> None:
+        self._slot = 0  # files: next output frame at the configured rate
+        self._loop_offset_s = 0.0  # files: source time added by earlier passes of a loop
+        self._pass_end_s = 0.0  # files: end of the latest decoded frame, in source time
+        self._first_time: float | None = None
+        self._current: tuple[float, av.video.frame.VideoFrame] | None = None
+        self._ahead: tuple[float, av.video.frame.VideoFrame] | None = None
+        self._converted: Frame | None = None  # files: the current frame already converted
+        self._last_index = -1
+        self._t0_ns: int | None = None
+
+    # --- errors ------------------------------------------------------------------------------
+
+    def _error(self, exc: BaseException, doing: str) -> CaptureError:
+        err = from_av(exc, f"{doing} {self.description}")
+        message = str(err).replace(self._url, redact_url(self._url))
+        if not isinstance(err, CaptureError):
+            return CaptureError(message, transient=self.live)
+        return CaptureError(message, transient=err.transient or self.live)
+
+    # --- FrameSource -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        import av  # imported here: edged with only synthetic or picamera2 cameras never loads it
+
+        self.close()
+        self._reset_timeline()
+        try:
+            container = av.open(
+                self._url, format=self._format, options=self._options, timeout=self._timeout
+            )
+        except (av.FFmpegError, OSError) as exc:
+            raise self._error(exc, "opening") from None
+        if not container.streams.video:
+            container.close()
+            raise CaptureError(f"{self.description}: no video stream", transient=self.live)
+        stream = container.streams.video[0]
+        # Frame threads add latency, which a live camera must not have; files only gain.
+        stream.thread_type = "AUTO" if self.kind == "file" else "SLICE"
+        self._container, self._stream = container, stream
+        self._frames = self._decode(container, stream)
+        log.debug(
+            "%s: opened (%s, %sx%s)", self.description, stream.codec_context.name,
+            stream.codec_context.width, stream.codec_context.height,
+        )  # fmt: skip
+
+    @staticmethod
+    def _decode(
+        container: av.container.InputContainer, stream: av.video.stream.VideoStream
+    ) -> Iterator[av.video.frame.VideoFrame]:
+        for packet in container.demux(stream):
+            yield from packet.decode()
+
+    def close(self) -> None:
+        container, self._container = self._container, None
+        self._frames = None
+        self._stream = None
+        self._current = self._ahead = None
+        self._converted = None
+        if container is not None:
+            try:
+                container.close()
+            except Exception as exc:  # noqa: BLE001 - closing must never raise
+                log.debug("%s: error while closing: %s", self.description, exc)
+
+    def _next_decoded(self) -> av.video.frame.VideoFrame | None:
+        """The next decoded picture, None at the end of the stream."""
+        import av
+
+        if self._frames is None:
+            raise CaptureError(f"{self.description}: read before open", transient=False)
+        try:
+            return next(self._frames)
+        except StopIteration:
+            return None
+        except (av.FFmpegError, OSError) as exc:
+            raise self._error(exc, "reading") from None
+
+    def _convert(self, picture: av.video.frame.VideoFrame, index: int) -> Frame:
+        import av
+
+        try:
+            # Frames are limited-range I420: full-range sources (MJPEG webcams, RGB, grey)
+            # are converted, not relabelled. Bicubic, as the ffmpeg CLI scales by default.
+            scaled = picture.reformat(
+                width=self.width,
+                height=self.height,
+                format="yuv420p",
+                interpolation="BICUBIC",
+                src_color_range=picture.color_range or _LIMITED_RANGE,
+                dst_color_range=_LIMITED_RANGE,
+            )
+            data = scaled.to_ndarray().reshape(-1).view(np.uint8)
+        except (av.FFmpegError, ValueError) as exc:
+            raise self._error(exc, "converting a frame of") from None
+        return Frame(data, self.width, self.height, index, 0, 0)
+
+    def read(self) -> Frame | None:
+        return self._read_live() if self.live else self._read_file()
+
+    def _read_live(self) -> Frame | None:
+        picture = self._next_decoded()
+        if picture is None:
+            raise CaptureError(f"{self.description}: stream ended", transient=True)
+        mono, wall = time.monotonic_ns(), time.time_ns()
+        t: float | None = picture.time  # None when the stream carries no timestamps
+        if t is None:
+            index = self._last_index + 1
+        else:
+            if self._first_time is None:
+                self._first_time = t
+            index = max(self._last_index + 1, round((t - self._first_time) * self.fps))
+        self._last_index = index
+        frame = self._convert(picture, index)
+        frame.mono_ns, frame.wall_ns = mono, wall
+        return frame
+
+    # --- files: re-timing, looping and pacing ------------------------------------------------
+
+    def _file_picture(self) -> tuple[float, av.video.frame.VideoFrame] | None:
+        """Next picture with its time in seconds since the start of the first pass."""
+        picture = self._next_decoded()
+        if picture is None and self.loop and self._pass_end_s > self._loop_offset_s:
+            self._loop_offset_s = self._pass_end_s
+            self._first_time = None
+            self._restart()
+            picture = self._next_decoded()
+        if picture is None:
+            return None
+        t: float | None = picture.time  # None when the file carries no timestamps
+        if self._first_time is None:
+            self._first_time = t if t is not None else 0.0
+        if t is None:  # no timestamps: the picture follows the previous one
+            at = max(self._pass_end_s, self._loop_offset_s)
+        else:
+            at = self._loop_offset_s + t - self._first_time
+        self._pass_end_s = max(self._pass_end_s, at + self._frame_duration(picture))
+        return at, picture
+
+    def _frame_duration(self, picture: av.video.frame.VideoFrame | None = None) -> float:
+        if picture is not None and picture.duration and picture.time_base:
+            return float(picture.duration * picture.time_base)
+        rate = self._stream.average_rate if self._stream is not None else None
+        return 1.0 / float(rate) if rate else 1.0 / self.fps
+
+    def _restart(self) -> None:
+        """Seek back to the start for the next pass of a loop (reopen if seeking fails)."""
+        import av
+
+        assert self._container is not None and self._stream is not None
+        try:
+            self._container.seek(0)
+            self._stream.codec_context.flush_buffers()
+            self._frames = self._decode(self._container, self._stream)
+        except (av.FFmpegError, OSError) as exc:
+            log.debug("%s: seek failed (%s), reopening", self.description, exc)
+            offset, end = self._loop_offset_s, self._pass_end_s
+            slot, t0, current = self._slot, self._t0_ns, self._current
+            self.open()
+            self._loop_offset_s, self._pass_end_s = offset, end
+            self._slot, self._t0_ns, self._current = slot, t0, current
+
+    def _read_file(self) -> Frame | None:
+        slot_time = self._slot / self.fps
+        # Show the picture nearest to this slot's time: the latest one presented before the
+        # middle of the slot (timestamps in milliseconds make "at or before" too brittle).
+        # Look one picture ahead.
+        due = slot_time + 0.5 / self.fps
+        while True:
+            if self._ahead is None:
+                self._ahead = self._file_picture()
+                if self._ahead is None:
+                    break
+            if self._current is None or self._ahead[0] < due:
+                self._current, self._ahead, self._converted = self._ahead, None, None
+            else:
+                break
+        if self._current is None:
+            return None
+        if self._ahead is None and due > self._pass_end_s:
+            return None  # past the end of the last picture of a file that does not loop
+        if self._converted is None:
+            self._converted = self._convert(self._current[1], self._slot)
+            frame = self._converted
+        else:  # the file is slower than the configured rate: repeat the picture
+            frame = self._converted.copy()
+            frame.index = self._slot
+        self._pace(slot_time)
+        frame.mono_ns, frame.wall_ns = time.monotonic_ns(), time.time_ns()
+        self._slot += 1
+        # Masking works in place on the frame we return: never hand out the cached buffer.
+        return frame.copy() if frame is self._converted else frame
+
+    def _pace(self, slot_time: float) -> None:
+        if not self.realtime:
+            return
+        now = time.monotonic_ns()
+        due_offset = round(slot_time * 1e9)
+        if self._t0_ns is None or now - (self._t0_ns + due_offset) > _MAX_LATE_S * 1e9:
+            self._t0_ns = now - due_offset
+        due = self._t0_ns + due_offset
+        if due > now:
+            time.sleep((due - now) / 1e9)

@@ -16,7 +16,7 @@ from .. import __version__
 from ..errors import EdgeError
 
 #: Sub-command modules, in the order ``edgectl --help`` lists them.
-COMMAND_MODULES = ["config_cmd", "status", "mask", "bench"]
+COMMAND_MODULES = ["config_cmd", "status", "mask", "vault_cmd", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,183 @@
+"""``edgectl verify``, ``edgectl export`` and ``edgectl audit``: the evidence vault on the unit.
+
+None of them can decrypt anything: the unit holds no key to its closed epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import VaultError
+from ..unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
+from ..vault import layout
+from ..vault.audit import AuditLog, read_audit
+from ..vault.bundle import export_bundle
+from ..vault.timespec import resolve_range
+from ..vault.verify import verify_vault
+from .common import add_config_args, load_config
+
+
+def register(sub: Any) -> None:
+    verify = sub.add_parser(
+        "verify", help="check signatures and the hash chain of the recordings (no key needed)"
+    )
+    add_config_args(verify)
+    _range_args(verify)
+    verify.add_argument("--json", action="store_true", help="print one JSON object")
+    verify.set_defaults(func=_verify)
+
+    export = sub.add_parser("export", help="write an evidence bundle of a time range")
+    add_config_args(export)
+    _range_args(export)
+    export.add_argument("--case", required=True, help="case reference of the requisition")
+    export.add_argument("--out", type=Path, required=True, help="bundle directory to create")
+    export.add_argument(
+        "--camera", action="append", default=None, help="only this camera (repeatable)"
+    )
+    export.set_defaults(func=_export)
+
+    audit = sub.add_parser("audit", help="print and check the audit log")
+    add_config_args(audit)
+    audit.add_argument("--json", action="store_true", help="one JSON object per line")
+    audit.add_argument("--tail", type=int, default=None, help="only the last N records")
+    audit.set_defaults(func=_audit)
+
+
+def _range_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--from",
+        dest="start",
+        default=None,
+        help="start: ISO 8601 (local time), @UNIX, now, or --from=-10m",
+    )
+    parser.add_argument("--to", dest="end", default=None, help="end (same forms as --from)")
+    parser.add_argument("--last", default=None, help="the last DURATION up to now (10s, 5m, 2h)")
+
+
+def _fmt_ns(ns: int | None) -> str:
+    if ns is None:
+        return "-"
+    return datetime.fromtimestamp(ns / 1e9).astimezone().isoformat(timespec="seconds")
+
+
+def _audit_key(data_dir: Path, device: str) -> AuditLog | None:
+    try:
+        key = load_signing_key(keys_dir_of(data_dir))
+    except VaultError:
+        return None
+    return AuditLog(layout.vault_dir(data_dir) / "audit.log", device, key)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    data = cfg.unit.data_dir
+    root = layout.vault_dir(data)
+    if not root.is_dir():
+        raise VaultError(f"{root}: no vault here")
+    lo, hi = resolve_range(args.start, args.end, args.last, time.time_ns())
+    public = load_signing_public_key(keys_dir_of(data))
+    report = verify_vault(root, public, device_id=cfg.unit.id, start_ns=lo, end_ns=hi)
+    log = _audit_key(data, cfg.unit.id)
+    if log is not None:
+        log.append(
+            "verify",
+            {
+                "from_ns": lo,
+                "to_ns": hi,
+                "ok": report.ok,
+                "segments_ok": sum(c.segments_ok for c in report.cameras.values()),
+                "problems": len(report.findings),
+            },
+        )
+    if args.json:
+        print(json.dumps(report.as_dict()))
+        return 0 if report.ok else 1
+    for cam, s in report.cameras.items():
+        line = f"{cam}: {s.segments_ok} segment(s) verified"
+        if s.first is not None:
+            line += f" (#{s.first}..#{s.last})"
+        if s.purged_through is not None:
+            line += (
+                f"; #0..#{s.purged_through} purged by retention "
+                f"(signed checkpoint, {s.purged_count} segment(s))"
+            )
+        print(line)
+    print(f"{report.envelopes_ok} epoch envelope(s) verified")
+    for finding in report.findings:
+        print(f"  {finding}")
+    if report.ok:
+        print("OK: signatures and chain intact")
+        return 0
+    print(f"FAILED: {len(report.findings)} integrity problem(s)")
+    return 1
+
+
+def _export(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    data = cfg.unit.data_dir
+    lo, hi = resolve_range(args.start, args.end, args.last, time.time_ns())
+    if lo is None or hi is None:
+        raise VaultError("give the range: --from and --to, or --last")
+    key = load_signing_key(keys_dir_of(data))
+    tty = sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        if tty:
+            sys.stderr.write(f"\rexporting: {done}/{total} file(s)")
+            sys.stderr.flush()
+
+    result = export_bundle(
+        data,
+        start_ns=lo,
+        end_ns=hi,
+        case=args.case,
+        out_dir=args.out,
+        device_id=cfg.unit.id,
+        signing_key=key,
+        cameras=args.camera,
+        progress=progress,
+    )
+    if tty:
+        sys.stderr.write("\n")
+    print(
+        f"{result.path}: {result.segments} segment(s), {result.envelopes} envelope(s), "
+        f"{result.bytes} bytes, {_fmt_ns(lo)} .. {_fmt_ns(hi)}"
+    )
+    print(f"bundle digest (sha256 of manifest.json): {result.digest}")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    data = cfg.unit.data_dir
+    public = load_signing_public_key(keys_dir_of(data))
+    records, problems = read_audit(layout.vault_dir(data) / "audit.log", public)
+    shown = records[-args.tail :] if args.tail else records
+    for rec in shown:
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "seq": rec.seq,
+                        "time": _fmt_ns(rec.time_ns),
+                        "actor": rec.actor,
+                        "action": rec.action,
+                        "details": rec.details,
+                    }
+                )
+            )
+        else:
+            details = " ".join(f"{k}={v}" for k, v in rec.details.items())
+            print(f"{rec.seq:6d} {_fmt_ns(rec.time_ns)} {rec.actor:12} {rec.action:10} {details}")
+    for problem in problems:
+        print(f"audit log problem: {problem}", file=sys.stderr)
+    if problems:
+        print(f"FAILED: {len(problems)} problem(s) in the audit log", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,391 @@
+"""Evidence bundles: export a time range from the vault, verify and open it at the CSU.
+
+A bundle is a directory::
+
+    manifest.json          what the bundle holds (files with SHA-256 and size, ranges, case)
+    manifest.sig           Ed25519 over b"edge-bundle-v1\\0" || SHA-256(manifest.json)
+    unit-signing.pub.pem   the unit's verification key (also inside the manifest)
+    certs/                 the unit's TLS certificate and the city CA chain, when enrolled
+    segments/<camera>/<sequence>.seg     sealed segments, exactly as the vault holds them
+    epochs/<camera>/<epoch id>.env       the epoch key envelopes they need
+
+Nothing is decrypted or re-encrypted on export: the unit cannot read its own past, and the
+CSU verifies exactly the bytes that were recorded. :func:`verify_bundle` checks everything
+(signature of the manifest, every digest, every segment signature, the chain, envelopes) and
+names the first problem; :func:`open_bundle` then decrypts with a recipient private key and
+remuxes into one MP4.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from ..errors import IntegrityError, VaultError
+from ..unitkeys import fsync_dir, key_id, load_public_pem, public_pem, public_raw
+from . import format as fmt
+from . import layout
+from .audit import AuditLog, current_actor
+from .index import Index
+from .keys import RecipientPrivate, decrypt_segment, open_envelope
+from .remux import remux
+
+BUNDLE_FORMAT = "edge-evidence-bundle"
+_DOMAIN = b"edge-bundle-v1\0"
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    path: Path
+    segments: int
+    envelopes: int
+    bytes: int
+    digest: str
+    """SHA-256 of manifest.json: the bundle's identity in the audit log."""
+
+
+def _copy(src: Path, dest: Path) -> tuple[str, int]:
+    data = src.read_bytes()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with dest.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+def export_bundle(
+    data_dir: Path,
+    *,
+    start_ns: int,
+    end_ns: int,
+    case: str,
+    out_dir: Path,
+    device_id: str,
+    signing_key: ed25519.Ed25519PrivateKey,
+    cameras: list[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    actor: str | None = None,
+) -> ExportResult:
+    """Write an evidence bundle of [start_ns, end_ns) to ``out_dir`` and audit the export."""
+    if not case.strip():
+        raise VaultError("a case reference is required")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise VaultError(f"{out_dir}: exists and is not empty")
+    root = layout.vault_dir(data_dir)
+    if not (root / "index.sqlite").exists():
+        raise VaultError(f"{root}: no vault here")
+    public_key = signing_key.public_key()
+    index = Index(root / "index.sqlite")
+    try:
+        rows = [
+            r for r in index.range(start_ns, end_ns) if cameras is None or r.camera_id in cameras
+        ]
+        epochs = {
+            (r.camera_id, r.epoch_id): index.epoch_created(r.camera_id, r.epoch_id) for r in rows
+        }
+    finally:
+        index.close()
+    if not rows:
+        raise VaultError("no recording in that range")
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    seg_entries: list[dict[str, Any]] = []
+    cam_info: dict[str, dict[str, Any]] = {}
+    prev: dict[str, fmt.SealedSegment] = {}
+    total = len(rows) + len(epochs)
+    done = 0
+    size_sum = 0
+    for row in rows:
+        src = layout.segment_path(root, row.camera_id, row.start_wall_ns, row.sequence)
+        try:
+            raw = src.read_bytes()
+        except FileNotFoundError:
+            raise VaultError(f"{src}: purged or missing while exporting; export again") from None
+        before = prev.get(row.camera_id)
+        seg = fmt.verify_segment(
+            raw,
+            public_key,
+            device_id=device_id,
+            prev_hash=before.chain_hash if before is not None else None,
+        )
+        if before is not None and seg.header.sequence != before.header.sequence + 1:
+            raise IntegrityError(
+                f"{row.camera_id}: sequences {before.header.sequence + 1}.."
+                f"{seg.header.sequence - 1} missing in the vault (run edgectl verify)"
+            )
+        prev[row.camera_id] = seg
+        name = f"segments/{row.camera_id}/{row.sequence:010d}.seg"
+        digest, size = _copy(src, partial / name)
+        size_sum += size
+        h = seg.header
+        cam_info.setdefault(
+            row.camera_id, {"first_sequence": h.sequence, "prev_hash": h.prev_hash.hex()}
+        )["last_sequence"] = h.sequence
+        seg_entries.append(
+            {
+                "camera": h.camera_id,
+                "sequence": h.sequence,
+                "start_ns": h.start_wall_ns,
+                "end_ns": h.end_wall_ns,
+                "frames": h.frame_count,
+                "epoch": h.epoch_id.hex(),
+                "file": name,
+                "sha256": digest,
+                "size": size,
+            }
+        )
+        done += 1
+        if progress:
+            progress(done, total)
+    env_entries: list[dict[str, Any]] = []
+    for (camera, epoch_id), created in sorted(epochs.items()):
+        if created is None:
+            raise VaultError(f"{camera}: epoch {epoch_id.hex()} has no envelope in the index")
+        src = layout.envelope_path(root, camera, created, epoch_id)
+        try:
+            fmt.verify_envelope(src.read_bytes(), public_key)
+        except FileNotFoundError:
+            raise VaultError(f"{src}: envelope missing") from None
+        name = f"epochs/{camera}/{epoch_id.hex()}.env"
+        digest, size = _copy(src, partial / name)
+        size_sum += size
+        env_entries.append(
+            {
+                "camera": camera,
+                "epoch": epoch_id.hex(),
+                "file": name,
+                "sha256": digest,
+                "size": size,
+            }
+        )
+        done += 1
+        if progress:
+            progress(done, total)
+    pem = public_pem(public_key)
+    (partial / "unit-signing.pub.pem").write_bytes(pem)
+    certs: list[dict[str, Any]] = []
+    for cert in ("unit-tls.crt", "ca.pem"):
+        src = data_dir / "keys" / cert
+        if src.exists():
+            digest, size = _copy(src, partial / "certs" / cert)
+            certs.append({"file": f"certs/{cert}", "sha256": digest, "size": size})
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "version": 1,
+        "case": case,
+        "device": device_id,
+        "created_ns": time.time_ns(),
+        "exported_by": actor if actor is not None else current_actor(),
+        "range": {"from_ns": start_ns, "to_ns": end_ns},
+        "unit_public_key": pem.decode(),
+        "unit_key_id": key_id(public_raw(public_key)),
+        "cameras": cam_info,
+        "segments": seg_entries,
+        "envelopes": env_entries,
+        "certificates": certs,
+    }
+    body = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    (partial / "manifest.json").write_bytes(body)
+    (partial / "manifest.sig").write_bytes(
+        signing_key.sign(_DOMAIN + hashlib.sha256(body).digest())
+    )
+    for path in (partial / "manifest.json", partial / "manifest.sig"):
+        with path.open("rb") as fh:
+            os.fsync(fh.fileno())
+    partial.rename(out_dir)
+    fsync_dir(out_dir.parent)
+    digest = hashlib.sha256(body).hexdigest()
+    AuditLog(root / "audit.log", device_id, signing_key).append(
+        "export",
+        {
+            "case": case,
+            "from_ns": start_ns,
+            "to_ns": end_ns,
+            "cameras": sorted(cam_info),
+            "segments": len(seg_entries),
+            "bytes": size_sum,
+            "bundle_sha256": digest,
+            "out": str(out_dir),
+        },
+        actor=actor,
+    )
+    return ExportResult(out_dir, len(seg_entries), len(env_entries), size_sum, digest)
+
+
+# --- CSU side ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedBundle:
+    path: Path
+    manifest: dict[str, Any]
+    segments: list[fmt.SealedSegment]
+    envelopes: dict[tuple[str, bytes], fmt.EpochEnvelope]
+    public_key: ed25519.Ed25519PublicKey
+
+
+def _field(obj: Any, name: str, kind: type, where: str) -> Any:
+    if not isinstance(obj, dict) or name not in obj:
+        raise IntegrityError(f"manifest: {where}{name} missing")
+    value = obj[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise IntegrityError(f"manifest: {where}{name} has the wrong type")
+    return value
+
+
+def _read_listed(bundle: Path, entry: Any, where: str) -> bytes:
+    name = str(_field(entry, "file", str, where))
+    path = (bundle / name).resolve()
+    if bundle.resolve() not in path.parents:
+        raise IntegrityError(f"manifest: {where}file {name!r} points outside the bundle")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise IntegrityError(f"{name}: listed in the manifest but missing (deleted)") from None
+    except OSError as exc:
+        raise IntegrityError(f"{name}: unreadable: {exc.strerror}") from None
+    if hashlib.sha256(data).hexdigest() != _field(entry, "sha256", str, where):
+        raise IntegrityError(f"{name}: digest differs from the manifest (altered or swapped)")
+    return data
+
+
+def parse_manifest(body: bytes) -> dict[str, Any]:
+    try:
+        manifest = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise IntegrityError("manifest.json: not JSON") from None
+    if not isinstance(manifest, dict):
+        raise IntegrityError("manifest.json: not an object")
+    if manifest.get("format") != BUNDLE_FORMAT or manifest.get("version") != 1:
+        raise IntegrityError(f"manifest.json: not an {BUNDLE_FORMAT} version 1")
+    for name, kind in (
+        ("case", str),
+        ("device", str),
+        ("unit_public_key", str),
+        ("segments", list),
+        ("envelopes", list),
+        ("cameras", dict),
+    ):
+        _field(manifest, name, kind, "")
+    return manifest
+
+
+def verify_bundle(
+    bundle: Path, *, unit_public_key: ed25519.Ed25519PublicKey | None = None
+) -> VerifiedBundle:
+    """Check a bundle completely; :class:`IntegrityError` names the first problem found."""
+    try:
+        body = (bundle / "manifest.json").read_bytes()
+        sig = (bundle / "manifest.sig").read_bytes()
+    except FileNotFoundError as exc:
+        raise IntegrityError(f"{bundle}: {Path(str(exc.filename)).name} missing") from None
+    except OSError as exc:
+        raise IntegrityError(f"{bundle}: {exc.strerror}") from None
+    manifest = parse_manifest(body)
+    try:
+        key = load_public_pem(manifest["unit_public_key"].encode(), origin="manifest")
+    except VaultError as exc:
+        raise IntegrityError(str(exc)) from None
+    if unit_public_key is not None and public_raw(key) != public_raw(unit_public_key):
+        raise IntegrityError("the bundle is signed by another unit key than the one expected")
+    try:
+        key.verify(sig, _DOMAIN + hashlib.sha256(body).digest())
+    except InvalidSignature:
+        raise IntegrityError("manifest.sig: bad signature (manifest altered)") from None
+    device = manifest["device"]
+    listed = {"manifest.json", "manifest.sig", "unit-signing.pub.pem"}
+    envelopes: dict[tuple[str, bytes], fmt.EpochEnvelope] = {}
+    for i, entry in enumerate(manifest["envelopes"]):
+        where = f"envelopes[{i}]."
+        env = fmt.verify_envelope(_read_listed(bundle, entry, where), key)
+        if env.epoch_id.hex() != _field(entry, "epoch", str, where) or env.device_id != device:
+            raise IntegrityError(f"{entry['file']}: envelope does not match the manifest")
+        envelopes[(env.camera_id, env.epoch_id)] = env
+        listed.add(entry["file"])
+    segments: list[fmt.SealedSegment] = []
+    last: dict[str, fmt.SealedSegment] = {}
+    for i, entry in enumerate(manifest["segments"]):
+        where = f"segments[{i}]."
+        raw = _read_listed(bundle, entry, where)
+        seg = fmt.verify_segment(raw, key, device_id=device)
+        h = seg.header
+        if h.camera_id != _field(entry, "camera", str, where) or h.sequence != _field(
+            entry, "sequence", int, where
+        ):
+            raise IntegrityError(f"{entry['file']}: header does not match the manifest")
+        before = last.get(h.camera_id)
+        if before is None:
+            cam = manifest["cameras"].get(h.camera_id)
+            if not isinstance(cam, dict) or cam.get("prev_hash") != h.prev_hash.hex():
+                raise IntegrityError(f"{h.camera_id}: first segment does not match the manifest")
+        else:
+            b = before.header.sequence
+            if h.sequence == b:
+                raise IntegrityError(f"{h.camera_id}#{h.sequence}: duplicated")
+            if h.sequence < b:
+                raise IntegrityError(f"{h.camera_id}#{h.sequence}: out of order (after #{b})")
+            if h.sequence != b + 1:
+                raise IntegrityError(f"{h.camera_id}: sequences {b + 1}..{h.sequence - 1} missing")
+            if h.prev_hash != before.chain_hash:
+                raise IntegrityError(f"{h.camera_id}#{h.sequence}: chain broken")
+        if (h.camera_id, h.epoch_id) not in envelopes:
+            raise IntegrityError(f"{h.camera_id}#{h.sequence}: its epoch envelope is missing")
+        last[h.camera_id] = seg
+        segments.append(seg)
+        listed.add(entry["file"])
+    for cert in manifest.get("certificates", []):
+        _read_listed(bundle, cert, "certificates[].")
+        listed.add(cert["file"])
+    for path in bundle.rglob("*"):
+        rel = path.relative_to(bundle).as_posix()
+        if path.is_file() and rel not in listed:
+            raise IntegrityError(f"{rel}: not listed in the manifest (added or duplicated)")
+    if not segments:
+        raise IntegrityError("the bundle holds no segment")
+    return VerifiedBundle(bundle, manifest, segments, envelopes, key)
+
+
+def open_bundle(
+    bundle: Path,
+    private: RecipientPrivate,
+    out_path: Path,
+    *,
+    camera: str | None = None,
+    unit_public_key: ed25519.Ed25519PublicKey | None = None,
+) -> tuple[VerifiedBundle, int]:
+    """Verify, decrypt and remux one camera of a bundle into ``out_path``; returns packets."""
+    verified = verify_bundle(bundle, unit_public_key=unit_public_key)
+    cams = sorted({s.header.camera_id for s in verified.segments})
+    chosen = camera or cams[0]
+    if chosen not in cams:
+        raise VaultError(f"camera {chosen!r} not in the bundle (it holds {', '.join(cams)})")
+    keys: dict[bytes, bytes] = {}
+
+    def plain() -> Any:
+        for seg in verified.segments:
+            if seg.header.camera_id != chosen:
+                continue
+            epoch = seg.header.epoch_id
+            if epoch not in keys:
+                keys[epoch] = open_envelope(verified.envelopes[(chosen, epoch)], private)
+            yield decrypt_segment(seg, keys[epoch])
+
+    tmp = out_path.with_name(f".{out_path.name}.partial.mp4")
+    try:
+        count = remux(plain(), tmp)
+        tmp.replace(out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return verified, count

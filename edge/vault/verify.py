@@ -1,0 +1,345 @@
+"""Verification without any decryption key: signatures, the hash chain, retention checkpoints.
+
+:func:`verify_vault` walks the files themselves (not the index, which is only a cache) and
+tells apart segments *purged by retention* (covered by a signed checkpoint), segments
+*missing* (a gap the checkpoint does not cover), *altered* ones (bad signature, bad format,
+moved or renamed), *duplicates* and *chain breaks* (a previous-hash that does not match).
+
+:class:`ChainVerifier` does the same one segment at a time, for a receiver (the CSU) that gets
+sealed segments over the network.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from ..errors import IntegrityError
+from . import format as fmt
+from . import layout
+
+
+class FindingKind(StrEnum):
+    ALTERED = "altered"
+    MISSING = "missing"
+    DUPLICATE = "duplicate"
+    CHAIN = "chain-broken"
+    ENVELOPE = "envelope"
+    CHECKPOINT = "checkpoint"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    kind: FindingKind
+    camera_id: str
+    detail: str
+    sequence: int | None = None
+    path: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.camera_id}#{self.sequence}" if self.sequence is not None else self.camera_id
+        return f"{self.kind}: {where}: {self.detail}" + (f" ({self.path})" if self.path else "")
+
+
+@dataclass
+class CameraSummary:
+    segments_ok: int = 0
+    first: int | None = None
+    last: int | None = None
+    purged_through: int | None = None
+    """Sequences up to this one were purged by retention (signed checkpoint)."""
+    purged_count: int = 0
+
+
+@dataclass
+class VerifyReport:
+    cameras: dict[str, CameraSummary] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    envelopes_ok: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "envelopes_ok": self.envelopes_ok,
+            "cameras": {
+                cam: {
+                    "segments_ok": s.segments_ok,
+                    "first_sequence": s.first,
+                    "last_sequence": s.last,
+                    "purged_by_retention_through": s.purged_through,
+                    "purged_by_retention_count": s.purged_count,
+                }
+                for cam, s in self.cameras.items()
+            },
+            "findings": [
+                {
+                    "kind": f.kind.value,
+                    "camera": f.camera_id,
+                    "sequence": f.sequence,
+                    "detail": f.detail,
+                    "path": f.path,
+                }
+                for f in self.findings
+            ],
+        }
+
+
+def _index_tails(root: Path) -> dict[str, int]:
+    """Last sequence per camera according to the index (a hint to detect a missing tail)."""
+    path = root / "index.sqlite"
+    if not path.exists():
+        return {}
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT camera, MAX(seq) FROM segments GROUP BY camera").fetchall()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError:
+        return {}
+    return {str(c): int(s) for c, s in rows}
+
+
+def verify_vault(
+    root: Path,
+    public_key: ed25519.Ed25519PublicKey,
+    *,
+    device_id: str | None = None,
+    start_ns: int | None = None,
+    end_ns: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> VerifyReport:
+    report = VerifyReport()
+    ranged = start_ns is not None or end_ns is not None
+    lo = start_ns if start_ns is not None else -(2**63)
+    hi = end_ns if end_ns is not None else 2**63 - 1
+    tails = {} if ranged else _index_tails(root)
+    checked = 0
+    for camera in layout.camera_ids(root):
+        summary = report.cameras.setdefault(camera, CameraSummary())
+        ckp: fmt.Checkpoint | None = None
+        ckp_path = layout.checkpoint_path(root, camera)
+        if ckp_path.exists():
+            try:
+                ckp = fmt.verify_checkpoint(ckp_path.read_bytes(), public_key)
+                summary.purged_through, summary.purged_count = ckp.purged_through, ckp.purged_count
+            except IntegrityError as exc:
+                report.findings.append(
+                    Finding(FindingKind.CHECKPOINT, camera, str(exc), path=str(ckp_path))
+                )
+        envelopes = _verify_envelopes(root, camera, public_key, report)
+        by_seq: dict[int, list[tuple[fmt.SealedSegment, Path]]] = {}
+        lo_hour = layout.hour_of(max(lo - 3_600_000_000_000, 0)) if ranged else ("", "")
+        hi_hour = layout.hour_of(min(hi, 2**62)) if ranged else ("9", "9")
+        for day, hour, hdir in layout.hour_dirs(root, camera):
+            if not lo_hour <= (day, hour) <= hi_hour:
+                continue
+            for entry in sorted(hdir.iterdir()):
+                m = layout.SEGMENT_RE.match(entry.name)
+                if not m:
+                    continue
+                checked += 1
+                if progress is not None and checked % 256 == 0:
+                    progress(checked)
+                try:
+                    seg = fmt.verify_segment(entry.read_bytes(), public_key, device_id=device_id)
+                except (IntegrityError, OSError) as exc:
+                    report.findings.append(
+                        Finding(FindingKind.ALTERED, camera, str(exc), int(m.group(2)), str(entry))
+                    )
+                    continue
+                h = seg.header
+                if entry != layout.segment_path(root, camera, h.start_wall_ns, h.sequence):
+                    report.findings.append(
+                        Finding(
+                            FindingKind.ALTERED,
+                            camera,
+                            f"file name or place does not match its header (sequence {h.sequence}):"
+                            " moved, renamed or reordered",
+                            h.sequence,
+                            str(entry),
+                        )
+                    )
+                    continue
+                if h.end_wall_ns <= lo or h.start_wall_ns >= hi:
+                    continue
+                by_seq.setdefault(h.sequence, []).append((seg, entry))
+        _check_chain(camera, by_seq, ckp, envelopes, ranged, tails.get(camera), summary, report)
+    return report
+
+
+def _verify_envelopes(
+    root: Path, camera: str, public_key: ed25519.Ed25519PublicKey, report: VerifyReport
+) -> set[bytes]:
+    good: set[bytes] = set()
+    base = root / "epochs" / camera
+    for entry in sorted(base.glob("*/*.env")) if base.is_dir() else []:
+        try:
+            env = fmt.verify_envelope(entry.read_bytes(), public_key)
+        except (IntegrityError, OSError) as exc:
+            report.findings.append(Finding(FindingKind.ENVELOPE, camera, str(exc), path=str(entry)))
+            continue
+        good.add(env.epoch_id)
+        report.envelopes_ok += 1
+    return good
+
+
+def _check_chain(
+    camera: str,
+    by_seq: dict[int, list[tuple[fmt.SealedSegment, Path]]],
+    ckp: fmt.Checkpoint | None,
+    envelopes: set[bytes],
+    ranged: bool,
+    index_tail: int | None,
+    summary: CameraSummary,
+    report: VerifyReport,
+) -> None:
+    purged_through = ckp.purged_through if ckp else -1
+    prev: fmt.SealedSegment | None = None
+    expected = purged_through + 1
+    for seq in sorted(by_seq):
+        copies = by_seq[seq]
+        if len(copies) > 1:
+            report.findings.append(
+                Finding(
+                    FindingKind.DUPLICATE,
+                    camera,
+                    f"{len(copies)} files carry this sequence",
+                    seq,
+                    ", ".join(str(p) for _, p in copies),
+                )
+            )
+        seg, path = copies[0]
+        if seq <= purged_through:
+            report.findings.append(
+                Finding(
+                    FindingKind.CHECKPOINT,
+                    camera,
+                    "segment still present although the checkpoint says it was purged",
+                    seq,
+                    str(path),
+                )
+            )
+            continue
+        if prev is None:
+            if seq > expected and not ranged:
+                report.findings.append(
+                    Finding(
+                        FindingKind.MISSING,
+                        camera,
+                        f"sequences {expected}..{seq - 1} missing (not purged by retention)",
+                        expected,
+                    )
+                )
+            elif seq == expected:
+                want = ckp.last_hash if ckp else fmt.ZERO_HASH
+                if seg.header.prev_hash != want:
+                    what = "the retention checkpoint" if ckp else "the start of the chain"
+                    report.findings.append(
+                        Finding(
+                            FindingKind.CHAIN, camera, f"does not continue {what}", seq, str(path)
+                        )
+                    )
+        else:
+            pseq = prev.header.sequence
+            if seq != pseq + 1:
+                report.findings.append(
+                    Finding(
+                        FindingKind.MISSING,
+                        camera,
+                        f"sequences {pseq + 1}..{seq - 1} missing (not purged by retention)",
+                        pseq + 1,
+                    )
+                )
+            elif seg.header.prev_hash != prev.chain_hash:
+                report.findings.append(
+                    Finding(
+                        FindingKind.CHAIN,
+                        camera,
+                        "previous-hash does not match the segment before it (replaced, reordered)",
+                        seq,
+                        str(path),
+                    )
+                )
+        if seg.header.epoch_id not in envelopes:
+            report.findings.append(
+                Finding(
+                    FindingKind.ENVELOPE,
+                    camera,
+                    f"epoch envelope {seg.header.epoch_id.hex()} missing or invalid: "
+                    "this segment cannot be opened",
+                    seq,
+                    str(path),
+                )
+            )
+        summary.segments_ok += 1
+        summary.first = seq if summary.first is None else summary.first
+        summary.last = seq
+        prev = seg
+    if index_tail is not None and (summary.last is None or summary.last < index_tail):
+        start = (summary.last + 1) if summary.last is not None else purged_through + 1
+        if index_tail >= start:
+            report.findings.append(
+                Finding(
+                    FindingKind.MISSING,
+                    camera,
+                    f"sequences {start}..{index_tail} are in the index but not on disk",
+                    start,
+                )
+            )
+
+
+class ChainVerifier:
+    """Checks sealed segments arriving one by one (the CSU receiver's side).
+
+    Per camera, each segment must carry a valid signature, the next sequence and the hash of
+    the previous one. A signed checkpoint may move the expected position forward (retention
+    purged segments the receiver never got).
+    """
+
+    def __init__(self, public_key: ed25519.Ed25519PublicKey, device_id: str | None = None) -> None:
+        self.public_key = public_key
+        self.device_id = device_id
+        self._state: dict[str, tuple[int, bytes]] = {}
+
+    def position(self, camera: str) -> tuple[int, bytes] | None:
+        """(next expected sequence, previous hash), once the camera's start is known."""
+        return self._state.get(camera)
+
+    def resume(self, camera: str, next_sequence: int, prev_hash: bytes) -> None:
+        self._state[camera] = (next_sequence, prev_hash)
+
+    def accept_checkpoint(self, raw: bytes) -> fmt.Checkpoint:
+        ckp = fmt.verify_checkpoint(raw, self.public_key)
+        current = self._state.get(ckp.camera_id)
+        if current is None or current[0] <= ckp.purged_through + 1:
+            self._state[ckp.camera_id] = (ckp.purged_through + 1, ckp.last_hash)
+        return ckp
+
+    def accept(self, raw: bytes) -> fmt.SealedSegment:
+        seg = fmt.verify_segment(raw, self.public_key, device_id=self.device_id)
+        h = seg.header
+        state = self._state.get(h.camera_id)
+        if state is None:
+            state = (0, fmt.ZERO_HASH) if h.sequence == 0 else (h.sequence, h.prev_hash)
+        expected, prev_hash = state
+        if h.sequence < expected:
+            raise IntegrityError(f"segment {h.camera_id}#{h.sequence}: duplicate or replayed")
+        if h.sequence > expected:
+            raise IntegrityError(
+                f"segment {h.camera_id}#{h.sequence}: sequences {expected}..{h.sequence - 1} "
+                "missing"
+            )
+        if h.prev_hash != prev_hash:
+            raise IntegrityError(f"segment {h.camera_id}#{h.sequence}: chain broken")
+        self._state[h.camera_id] = (h.sequence + 1, seg.chain_hash)
+        return seg

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import re
+import subprocess
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge.config import EncoderCodec, EncoderConfig
@@ -16,6 +18,7 @@ from edge.video.base import MediaSegment
 from edge.video.cmaf import box_types
 from edge.video.encoder import SegmentEncoder
 
+from .conftest import tool
 from .video_support import (
     WALL0,
     first_packet_nal_types,
@@ -176,3 +179,44 @@ def test_v4l2m2m_is_chosen_from_config_and_fails_clearly_here() -> None:
     assert "h264_v4l2m2m" in message
     assert "no /dev/video*" in message
     assert "libx264" in message  # tells the user what to configure instead
+
+
+@pytest.mark.parametrize(("width", "height"), [(320, 240), (98, 66)])
+def test_decoded_pictures_are_the_frames_fed_in_order(
+    tmp_path: Path, width: int, height: int
+) -> None:
+    # Input pictures are reused inside the encoder: each decoded picture must still be its own
+    # frame, not a later one written into a buffer the encoder had not finished with.
+    fed = [f.copy() for f in moving_frames(width, height, 30, 25)]
+    encoder = SegmentEncoder("cam1", width, height, 25, EncoderConfig(bitrate_kbps=4000))
+    segments: list[MediaSegment] = []
+    for frame in fed:
+        segments += encoder.encode(frame)
+    segments += encoder.flush()
+    whole = tmp_path / "whole.mp4"
+    whole.write_bytes(segments[0].init + b"".join(s.media for s in segments))
+    raw = subprocess.run(
+        [
+            tool("ffmpeg"),
+            "-v",
+            "error",
+            "-i",
+            str(whole),
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "yuv420p",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    size = width * height * 3 // 2
+    assert len(raw) == size * len(fed)
+    for i in range(len(fed)):
+        luma = np.frombuffer(raw, np.uint8, count=width * height, offset=i * size)
+        luma = luma.reshape(height, width).astype(np.int32)
+        errors = [np.abs(luma - f.y.astype(np.int32)).mean() for f in fed]
+        assert int(np.argmin(errors)) == i, f"decoded picture {i} is not frame {i}"
+        assert errors[i] < 3.0

@@ -34,3 +34,18 @@ def test_bench_encode_reports_ratio_against_ffmpeg() -> None:
         value = result[key]
         assert isinstance(value, float) and value > 0, key
     assert str(result["ffmpeg_cli"]).startswith("ffmpeg version")
+
+
+def test_bench_pipeline_reports_cpu_ratio_against_ffmpeg() -> None:
+    tool("ffmpeg")
+    result = bench("pipeline", "--width", "320", "--height", "240", "--seconds", "2")
+    assert result["benchmark"] == "pipeline"
+    assert result["frames"] == 50
+    assert result["segments"] == result["ffmpeg_segments"] == 1
+    coverage = result["mask_coverage"]
+    assert isinstance(coverage, float) and 0.1 < coverage < 0.3
+    for key in ("pipeline_cpu_s", "ffmpeg_cpu_s", "pipeline_vs_ffmpeg_cpu", "pipeline_fps"):
+        value = result[key]
+        assert isinstance(value, float) and value > 0, key
+    stages = result["pipeline_stage_wall_s"]
+    assert isinstance(stages, dict) and set(stages) == {"capture", "mask", "encode", "sink"}

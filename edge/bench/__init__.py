@@ -12,4 +12,5 @@ from __future__ import annotations
 BENCHMARKS: dict[str, str] = {
     "encode": "encode",
     "mask": "mask",
+    "pipeline": "pipeline",
 }

@@ -138,6 +138,7 @@ def verify_vault(
                 )
         envelopes = _verify_envelopes(root, camera, public_key, report)
         by_seq: dict[int, list[tuple[fmt.SealedSegment, Path]]] = {}
+        misplaced: list[tuple[int, Path]] = []
         lo_hour = layout.hour_of(max(lo - 3_600_000_000_000, 0)) if ranged else ("", "")
         hi_hour = layout.hour_of(min(hi, 2**62)) if ranged else ("9", "9")
         for day, hour, hdir in layout.hour_dirs(root, camera):
@@ -159,20 +160,19 @@ def verify_vault(
                     continue
                 h = seg.header
                 if entry != layout.segment_path(root, camera, h.start_wall_ns, h.sequence):
-                    report.findings.append(
-                        Finding(
-                            FindingKind.ALTERED,
-                            camera,
-                            f"file name or place does not match its header (sequence {h.sequence}):"
-                            " moved, renamed or reordered",
-                            h.sequence,
-                            str(entry),
-                        )
-                    )
+                    misplaced.append((h.sequence, entry))
                     continue
                 if h.end_wall_ns <= lo or h.start_wall_ns >= hi:
                     continue
                 by_seq.setdefault(h.sequence, []).append((seg, entry))
+        for seq, entry in misplaced:
+            if seq in by_seq:
+                kind, what = FindingKind.DUPLICATE, f"copy of #{seq} under another name"
+            else:
+                kind, what = FindingKind.ALTERED, "file name or place does not match its header"
+            report.findings.append(
+                Finding(kind, camera, f"{what} (moved, renamed or reordered)", seq, str(entry))
+            )
         _check_chain(camera, by_seq, ckp, envelopes, ranged, tails.get(camera), summary, report)
     return report
 

@@ -336,3 +336,34 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05
 
 
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+def encoded_segments(
+    count: int, *, width: int = 320, height: int = 180, fps: float = 10.0
+) -> list[Any]:
+    """Real CMAF segments (1 s each) of the synthetic scene, from the project's encoder."""
+    from edge.capture.synthetic import SyntheticSource
+    from edge.config import EncoderConfig
+    from edge.video.encoder import SegmentEncoder
+
+    source = SyntheticSource(width, height, fps, realtime=False)
+    source.open()
+    encoder = SegmentEncoder(
+        "cam1", width, height, fps, EncoderConfig(bitrate_kbps=300, segment_seconds=1.0)
+    )
+    out: list[Any] = []
+    while len(out) < count:
+        frame = source.read()
+        assert frame is not None
+        out.extend(encoder.encode(frame))
+    source.close()
+    return out[:count]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

@@ -189,7 +189,7 @@ def _swap(b: Path) -> None:
     y.write_bytes(rx)
 
 
-CASES: dict[str, tuple[Callable[[Path], None], str]] = {
+CASES: dict[str, tuple[Callable[[Path], object], str]] = {
     "segment header bit": (lambda b: _flip(_seg(b, 2), 30), r"0000000002\.seg: digest differs"),
     "segment payload bit": (lambda b: _flip(_seg(b, 2), 5000), "digest differs"),
     "segment signature bit": (lambda b: _flip(_seg(b, 2), -3), "digest differs"),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -149,3 +152,30 @@ def test_mixed_init_within_a_session_is_refused(
     other = encode(5, width=192, height=108)[0]
     with pytest.raises(VaultError, match="different init"):
         sink.write(other)
+
+
+def test_disk_full_keeps_the_old_file_and_leaves_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "init.mp4"
+    target.write_bytes(b"old")
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes | memoryview) -> int:
+        if len(data) > 4:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_disk)  # the fault: ENOSPC half-way through
+    with pytest.raises(VaultError, match="No space left"):
+        atomic_write(target, b"a longer new content")
+    monkeypatch.undo()
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["init.mp4"]
+
+
+def test_camera_id_cannot_leave_the_root(tmp_path: Path, segments: list[MediaSegment]) -> None:
+    evil = dataclasses.replace(segments[0], camera_id="../outside")
+    with pytest.raises(VaultError, match="safe directory name"):
+        DirectorySink(tmp_path / "root").write(evil)
+    assert not (tmp_path / "outside").exists()

@@ -40,6 +40,8 @@ from .base import MediaSegment, SegmentSink
 log = logging.getLogger(__name__)
 
 SEGMENT_RE = re.compile(r"^seg-(\d{8,})\.m4s$")
+#: Camera ids as the configuration allows them (they name directories).
+CAMERA_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 TEMP_SUFFIX = ".tmp"
 
 
@@ -182,6 +184,9 @@ class DirectorySink(SegmentSink):
             self.segments_written += 1
 
     def _session_for(self, segment: MediaSegment) -> _CameraSession:
+        if not CAMERA_ID_RE.match(segment.camera_id):
+            # The id becomes a directory name: never let one climb out of the root.
+            raise VaultError(f"camera id {segment.camera_id!r} is not a safe directory name")
         with self._lock:
             session = self._sessions.get(segment.camera_id)
         init_sha = hashlib.sha256(segment.init).hexdigest()

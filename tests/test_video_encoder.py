@@ -7,7 +7,10 @@ import re
 import subprocess
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
+import av
+import av.video.frame
 import numpy as np
 import pytest
 
@@ -220,3 +223,36 @@ def test_decoded_pictures_are_the_frames_fed_in_order(
         errors = [np.abs(luma - f.y.astype(np.int32)).mean() for f in fed]
         assert int(np.argmin(errors)) == i, f"decoded picture {i} is not frame {i}"
         assert errors[i] < 3.0
+
+
+class _IgnoresForcedKeyframes:
+    """Fault injection: a stream whose encoder drops the forced-IDR request at some pts."""
+
+    def __init__(self, stream: Any, ignore: set[int]) -> None:
+        self.stream = stream
+        self.ignore = ignore
+
+    def encode(self, frame: av.VideoFrame | None) -> Any:
+        if frame is not None and frame.pts in self.ignore:
+            frame.pict_type = av.video.frame.PictureType.NONE
+        return self.stream.encode(frame)
+
+
+def test_an_ignored_idr_request_moves_the_cut_to_the_next_frame(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    encoder = SegmentEncoder("cam1", 160, 120, 25, EncoderConfig(segment_seconds=1.0))
+    encoder._stream = _IgnoresForcedKeyframes(encoder._stream, {25})
+    segments: list[MediaSegment] = []
+    for frame in moving_frames(160, 120, 60, 25):
+        segments += encoder.encode(frame)
+    segments += encoder.flush()
+    assert [s.first_frame_index for s in segments] == [0, 26, 50]
+    assert "did not start a segment with an IDR frame at pts 25" in caplog.text
+    whole = tmp_path / "whole.mp4"
+    whole.write_bytes(segments[0].init + b"".join(s.media for s in segments))
+    assert int(probe_stream(whole)["nb_read_frames"]) == 60
+    for seg in segments:
+        single = tmp_path / f"{seg.sequence}.mp4"
+        single.write_bytes(seg.init + seg.media)
+        assert "K" in probe_packets(single)[0]["flags"]

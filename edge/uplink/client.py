@@ -40,7 +40,9 @@ BACKLOG_HEADER = "X-Edge-Backlog"
 
 
 class Gate(Protocol):
-    """What the 802.1X supervisor offers (:class:`edge.uplink.gate.UplinkGate`)."""
+    """May the uplink send now? (:class:`edge.uplink.gate.UplinkGate`: the 802.1X port state,
+    or ``OpenGate`` when the configuration disables 802.1X; :func:`edge.uplink.gate.make_gate`
+    chooses, never this client)."""
 
     def is_open(self) -> bool: ...
 
@@ -94,13 +96,11 @@ class UplinkClient:
         self,
         cfg: EdgeConfig,
         outbox: Outbox,
-        gate: Gate | None = None,
+        gate: Gate,
         *,
         wall_ns: Callable[[], int] = time.time_ns,
         batch: int = 256,
     ) -> None:
-        if gate is None and cfg.uplink.enabled and _dot1x_enabled(cfg):
-            raise UplinkError("802.1X is enabled: the uplink needs its gate, never a fallback")
         self.cfg = cfg
         self.outbox = outbox
         self.gate = gate
@@ -191,7 +191,7 @@ class UplinkClient:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            if self.gate is not None and not self.gate.is_open():
+            if not self.gate.is_open():
                 self._close()
                 self._set_state(UplinkState.WAITING_GATE, self.gate.reason())
                 self._refresh_backlog()
@@ -285,7 +285,7 @@ class UplinkClient:
 
     def _stream(self) -> None:
         while not self._stopping.is_set():
-            if self.gate is not None and not self.gate.is_open():
+            if not self.gate.is_open():
                 raise UplinkError(f"802.1X gate closed: {self.gate.reason()}")
             items = self._pending()
             self._refresh_backlog(items)
@@ -363,8 +363,3 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError):
         return f"TLS: {exc.reason or exc}"
     return str(exc) or type(exc).__name__
-
-
-def _dot1x_enabled(cfg: EdgeConfig) -> bool:
-    dot1x = getattr(cfg, "dot1x", None)
-    return bool(getattr(dot1x, "enabled", False))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import logging
 import selectors
+import signal
 import socket
 import subprocess
 import threading
@@ -227,3 +228,26 @@ def test_v4l2_missing_device_is_transient(tmp_path: Path) -> None:
     assert info.value.transient, "a camera unplugged for a moment comes back"
     assert "No such file or directory" in str(info.value) and str(device) in str(info.value)
     source.close()
+
+
+@needs_server
+def test_rtsp_frozen_camera_times_out(camera: RtspCamera) -> None:
+    """A camera that stops sending without closing the connection (hung firmware, a switch
+    dropping frames) is detected by the read timeout, as a transient error."""
+    source = _source(camera.url())
+    source.open()
+    try:
+        assert source.read() is not None
+        assert camera.proc is not None
+        camera.proc.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(CaptureError) as info:
+            for _ in range(500):  # frames already buffered, then nothing
+                source.read()
+        waited = time.monotonic() - started
+        assert info.value.transient and "nothing received for 2 s" in str(info.value)
+        assert waited < 2.0 + 6.0, "the 2 s read timeout, plus buffered frames and slack"
+    finally:
+        if camera.proc is not None:
+            camera.proc.send_signal(signal.SIGCONT)
+        source.close()

@@ -128,7 +128,14 @@ class PyAVSource(FrameSource):
     # --- errors ------------------------------------------------------------------------------
 
     def _error(self, exc: BaseException, doing: str) -> CaptureError:
-        err = from_av(exc, f"{doing} {self.description}")
+        import av
+
+        context = f"{doing} {self.description}"
+        if isinstance(exc, av.error.ExitError):
+            # PyAV's timeout interrupts FFmpeg, which then only says "Immediate exit requested".
+            limit = self._timeout[0] if doing == "opening" else self._timeout[1]
+            context += f" (nothing received for {limit:g} s)"
+        err = from_av(exc, context)
         message = str(err).replace(self._url, redact_url(self._url))
         if not isinstance(err, CaptureError):
             return CaptureError(message, transient=self.live)

@@ -159,6 +159,8 @@ class Dot1xConfig(_Section):
     """DNS suffix the RADIUS server certificate must be under, ";"-separated."""
     ctrl_dir: Path = Path("/run/wpa_supplicant")
     """wpa_supplicant's control socket directory (the socket is <ctrl_dir>/<interface>)."""
+    ctrl_group: str = Field(default="edge", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    """Group allowed on the control socket: the group edged runs as."""
     supplicant_conf: Path | None = None
     """Rendered supplicant file; default: /etc/wpa_supplicant/wpa_supplicant-wired-<if>.conf."""
     status_interval_s: float = Field(default=2.0, ge=0.1, le=60.0)

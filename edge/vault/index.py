@@ -237,6 +237,13 @@ class Index:
             last = raw[-1]
             after = (int(last[2]), str(last[0]), int(last[1]))
 
+    def rows_through(self, camera: str, seq: int) -> list[IndexRow]:
+        """The rows of ``camera`` up to ``seq``."""
+        return self._rows(
+            f"SELECT {IndexRow.COLUMNS} FROM segments WHERE camera = ? AND seq <= ?",  # noqa: S608
+            (camera, seq),
+        )
+
     def delete_through(self, camera: str, seq: int) -> list[IndexRow]:
         """Remove and return the rows of ``camera`` up to ``seq``."""
         with self.lock:
@@ -277,6 +284,14 @@ class Index:
             f"SELECT {IndexRow.COLUMNS} FROM segments WHERE delivered = 0 "  # noqa: S608 - constant column list
             "ORDER BY start_ns, camera, seq LIMIT ?",
             (limit,),
+        )
+
+    def pending_since(self, start_ns: int, limit: int) -> list[IndexRow]:
+        """Undelivered segments that started at or after ``start_ns`` (the uplink's live edge)."""
+        return self._rows(
+            f"SELECT {IndexRow.COLUMNS} FROM segments WHERE delivered = 0 AND start_ns >= ? "
+            "ORDER BY start_ns, camera, seq LIMIT ?",
+            (start_ns, limit),
         )
 
     def pending_epochs(self) -> set[tuple[str, bytes]]:

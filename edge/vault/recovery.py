@@ -93,6 +93,19 @@ def _recover_camera(vault: Vault, camera: str, report: RecoveryReport) -> None:
         for row in stale:
             vault._unlink(vault.path_of(row))
         report.purges_finished += len(stale)
+        # Files of an interrupted purge whose rows were already gone: only the oldest hours
+        # can hold them, so stop at the first file past the checkpoint.
+        for _day, _hour, hdir in layout.hour_dirs(root, camera):
+            beyond = False
+            for entry in sorted(hdir.iterdir()):
+                m = layout.SEGMENT_RE.match(entry.name)
+                if m and int(m.group(2)) <= ckp.purged_through:
+                    vault._unlink(entry)
+                    report.purges_finished += 1
+                elif m:
+                    beyond = True
+            if beyond:
+                break
     # Tail: the newest rows must match their files.
     while True:
         rows = index.last(camera)

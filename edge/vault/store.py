@@ -348,10 +348,11 @@ class Vault(SegmentSink, Outbox):
         self._write_file(
             layout.checkpoint_path(self.root, camera), fmt.sign_checkpoint(ckp, self._key)
         )
-        rows = self.index.delete_through(camera, through)
+        rows = self.index.rows_through(camera, through)
         for row in rows:
             self._unlink(layout.segment_path(self.root, camera, row.start_wall_ns, row.sequence))
             self._vault_bytes -= row.size
+        self.index.delete_through(camera, through)
         return {"through": through, "count": len(rows)}
 
     def _purge_epochs(self) -> int:
@@ -404,7 +405,14 @@ class Vault(SegmentSink, Outbox):
         return layout.segment_path(self.root, row.camera_id, row.start_wall_ns, row.sequence)
 
     def outbox(self, limit: int = 100) -> list[OutboxItem]:
-        rows = self.index.pending(limit)
+        return self._outbox_items(self.index.pending(limit))
+
+    def outbox_since(self, start_ns: int, limit: int = 100) -> list[OutboxItem]:
+        """Like :meth:`outbox`, for segments started at or after ``start_ns``: the live edge the
+        uplink sends before any backlog (a plain oldest-first page would not reach it)."""
+        return self._outbox_items(self.index.pending_since(start_ns, limit))
+
+    def _outbox_items(self, rows: list[IndexRow]) -> list[OutboxItem]:
         pending_epochs = self.index.pending_epochs()
         items: list[OutboxItem] = []
         for row in rows:

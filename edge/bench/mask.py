@@ -23,9 +23,9 @@ from ..privacy.masker import PrivacyMasker
 
 #: Facade windows seen in perspective: near-vertical sides, slanted tops and bottoms.
 FACADES: list[list[tuple[float, float]]] = [
-    [(0.03, 0.08), (0.29, 0.13), (0.28, 0.60), (0.04, 0.64)],
-    [(0.37, 0.05), (0.61, 0.06), (0.62, 0.40), (0.36, 0.38)],
-    [(0.68, 0.22), (0.97, 0.12), (0.98, 0.74), (0.69, 0.68)],
+    [(0.04, 0.10), (0.28, 0.14), (0.27, 0.60), (0.05, 0.63)],
+    [(0.37, 0.06), (0.61, 0.07), (0.62, 0.39), (0.36, 0.37)],
+    [(0.69, 0.24), (0.96, 0.14), (0.97, 0.72), (0.70, 0.67)],
 ]
 
 #: Worst case: a thin band across the whole frame diagonally (every row different and ragged).

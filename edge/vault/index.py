@@ -289,7 +289,7 @@ class Index:
     def pending_since(self, start_ns: int, limit: int) -> list[IndexRow]:
         """Undelivered segments that started at or after ``start_ns`` (the uplink's live edge)."""
         return self._rows(
-            f"SELECT {IndexRow.COLUMNS} FROM segments WHERE delivered = 0 AND start_ns >= ? "
+            f"SELECT {IndexRow.COLUMNS} FROM segments WHERE delivered = 0 AND start_ns >= ? "  # noqa: S608
             "ORDER BY start_ns, camera, seq LIMIT ?",
             (start_ns, limit),
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import io
 import json
 import logging
@@ -29,10 +30,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import __version__, control, metrics
+from . import __version__, control, metrics, selftest
 from . import config as config_mod
 from .config import CameraConfig, EdgeConfig
 from .errors import ConfigError, EdgeError
+from .frames import Frame
 from .health import system as system_health
 from .pipeline import CameraPipeline
 from .process import setup_process
@@ -75,6 +77,8 @@ class Daemon:
         self.pipelines: dict[str, CameraPipeline] = {}
         self.sink: SegmentSink | None = None
         self.control: control.ControlServer | None = None
+        #: Further checks subsystems (vault, uplink) add to ``edgectl selftest``.
+        self.extra_selftests: list[selftest.Check] = []
         self._stop = threading.Event()
         self._reload = threading.Event()
 
@@ -109,6 +113,7 @@ class Daemon:
         methods = {
             "status": control.Method(control.Role.MAINT, lambda _c, _p: self.snapshot()),
             "preview": control.Method(control.Role.INSTALL, self._preview, audited=True),
+            "selftest": control.Method(control.Role.MAINT, self._selftest, audited=True),
         }
         try:
             self.control = control.ControlServer(
@@ -127,6 +132,18 @@ class Daemon:
 
     def _audit(self, caller: control.Caller, method: str, params: dict[str, Any]) -> None:
         log.warning("audit: %s called %s %s", caller.describe(), method, json.dumps(params))
+
+    def _selftest(self, _caller: control.Caller, _params: dict[str, Any]) -> dict[str, Any]:
+        checks: list[selftest.Check] = [
+            ("storage", selftest.storage_check(self.cfg.unit.data_dir), 10.0)
+        ]
+        for cam_id, pipeline in self.pipelines.items():
+            latest = functools.partial(_last_frame, pipeline)
+            frame_check = selftest.frame_check(latest, pipeline.cam.width, pipeline.cam.height)
+            checks.append((f"camera {cam_id}", frame_check, 5.0))
+            checks.append((f"encoder {cam_id}", selftest.encoder_check(pipeline.cam), 20.0))
+        checks.extend(self.extra_selftests)
+        return {"checks": selftest.as_dicts(selftest.run_checks(checks))}
 
     def _preview(self, _caller: control.Caller, params: dict[str, Any]) -> dict[str, Any]:
         """The latest *masked* frame of a camera as PNG with the mask outlines (installers)."""
@@ -269,6 +286,10 @@ class Daemon:
             "data_dir": str(self.cfg.unit.data_dir),
             "cameras": [p.snapshot() for p in self.pipelines.values()],
         }
+
+
+def _last_frame(pipeline: CameraPipeline) -> Frame | None:
+    return pipeline.last_frame
 
 
 def _without_masks(cam: CameraConfig) -> CameraConfig:

@@ -53,7 +53,9 @@ class NotifyListener:
         self.sock.close()
 
 
-def write_config(path: Path, data_dir: Path, *, extra: str = "", camera: str = "") -> Path:
+def write_config(
+    path: Path, data_dir: Path, *, extra: str = "", camera: str = "", source: str = "synthetic"
+) -> Path:
     """A small, fast configuration: one synthetic 320x240 camera, 1 s segments."""
     path.write_text(
         f"""\
@@ -63,7 +65,7 @@ data_dir = "{data_dir}"
 
 [[cameras]]
 id = "cam1"
-source = "synthetic"
+source = "{source}"
 width = 320
 height = 240
 fps = 10
@@ -97,6 +99,13 @@ def running_edged(
     )
     try:
         yield proc, listener
+    except BaseException:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        if proc.stderr:
+            sys.stderr.write("--- edged stderr ---\n" + proc.stderr.read()[-5000:])
+        raise
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)

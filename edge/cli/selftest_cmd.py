@@ -1,0 +1,33 @@
+"""``edgectl selftest``: active checks run by edged, each with a time limit (exit 0 or 2)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from .. import control
+from .common import add_config_args, load_config
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("selftest", help="active checks: frame, encoder, storage, vault, CSU")
+    add_config_args(parser)
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(func=_selftest)
+
+
+def _selftest(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    result = control.call(cfg.control.socket, "selftest", timeout=120.0)
+    checks = result["checks"]
+    if args.json:
+        print(json.dumps(checks, indent=2))
+    else:
+        for check in checks:
+            mark = {"passed": "PASS", "failed": "FAIL", "timeout": "TIME"}[check["outcome"]]
+            print(f"[{mark}] {check['name']:<20} {check['detail']} ({check['seconds']:.1f} s)")
+    failed = [c for c in checks if c["outcome"] != "passed"]
+    if not args.json:
+        print(f"{len(checks) - len(failed)} passed, {len(failed)} failed")
+    return 2 if failed else 0

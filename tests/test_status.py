@@ -1,0 +1,234 @@
+"""``edgectl status``/``diag`` against a real edged, driven by real faults."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge import config as config_mod
+from edge import daemon as daemon_mod
+from edge.video.base import MediaSegment
+from edge.video.dirsink import DirectorySink
+
+from .conftest import tool
+from .daemon_util import running_edged, write_config
+
+
+def edgectl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+
+
+def status_json(config: Path) -> tuple[int, dict[str, Any]]:
+    result = edgectl("status", "--json", "--config", str(config))
+    assert result.stdout, result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}; last: {last}")
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="edge-st-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def make_clip(path: Path) -> None:
+    subprocess.run(
+        [tool("ffmpeg"), "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10",
+         "-t", "2", "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast", str(path)],
+        check=True,
+    )  # fmt: skip
+
+
+def test_status_follows_camera_unplug_and_replug(
+    tmp_path: Path, data_dir: Path, sockdir: Path
+) -> None:
+    clip = tmp_path / "camera.mp4"
+    make_clip(clip)
+    config = write_config(
+        tmp_path / "edge.toml",
+        data_dir,
+        source=f"file:{clip}",
+        camera="loop = true\n",
+        extra=f'\n[control]\nsocket = "{sockdir}/control.sock"\n',
+    )
+    with running_edged(config, tmp_path) as (proc, notify):
+        notify.wait_for("READY=1", timeout=30)
+        code, st = wait_until(
+            lambda: (r := status_json(config))[1]["daemon"]["cameras"][0]["frames_in"] > 5 and r,
+            20,
+            "frames",
+        )
+        cam = st["daemon"]["cameras"][0]
+        assert cam["capture"]["state"] == "running"
+        assert cam["width"] == 320 and cam["masks"] == 1
+        assert st["daemon"]["unit_id"] == "test-unit"
+
+        # Unplug: the file disappears; at the end of the clip the source cannot reopen.
+        clip.rename(tmp_path / "unplugged.mp4")
+        code, st = wait_until(
+            lambda: (
+                (r := status_json(config))[1]["daemon"]["cameras"][0]["capture"]["state"]
+                == "backoff"
+                and (r[1]["daemon"]["cameras"][0]["last_frame_age_s"] or 0) > 5
+                and r
+            ),
+            40,
+            "camera lost",
+        )
+        assert code == 2
+        diag = edgectl("diag", "--config", str(config))
+        assert diag.returncode == 2
+        assert "[FAIL] camera: camera cam1 delivers no frames (backoff:" in diag.stdout
+        assert "resumes by itself" in diag.stdout
+        frames_before = st["daemon"]["cameras"][0]["frames_in"]
+
+        # Replug: capture resumes without restarting the daemon.
+        (tmp_path / "unplugged.mp4").rename(clip)
+        code, st = wait_until(
+            lambda: (
+                (r := status_json(config))[1]["daemon"]["cameras"][0]["frames_in"]
+                > frames_before + 5
+                and r
+            ),
+            40,
+            "capture to resume",
+        )
+        assert st["daemon"]["cameras"][0]["capture"]["state"] == "running"
+        assert st["daemon"]["cameras"][0]["capture"]["reconnects"] >= 1
+        assert proc.poll() is None
+
+
+class StallingSink(DirectorySink):
+    """Fault injection: a storage medium that stalls for a while (a dying SD card)."""
+
+    stall = threading.Event()
+
+    def write(self, segment: MediaSegment) -> None:
+        if self.stall.is_set():
+            time.sleep(4.0)
+        super().write(segment)
+
+
+def test_status_reports_drops_after_a_stall(
+    tmp_path: Path, data_dir: Path, sockdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_config(
+        tmp_path / "edge.toml",
+        data_dir,
+        extra=f'\n[control]\nsocket = "{sockdir}/control.sock"\n',
+    )
+    cfg, origin = config_mod.load(config)
+    monkeypatch.setattr(
+        daemon_mod, "make_sink", lambda cfg: StallingSink(cfg.unit.data_dir / "segments")
+    )
+    daemon = daemon_mod.Daemon(cfg, origin, config)
+    runner = threading.Thread(target=daemon.run, daemon=True)
+    runner.start()
+    try:
+        code, st = wait_until(
+            lambda: (
+                (r := status_json(config))[1]["daemon"]
+                and r[1]["daemon"]["cameras"][0]["segments_written"] >= 1
+                and r
+            ),
+            30,
+            "a first segment",
+        )
+        assert st["daemon"]["cameras"][0]["frames_dropped"] == 0
+        StallingSink.stall.set()
+        code, st = wait_until(
+            lambda: (
+                (r := status_json(config))[1]["daemon"]["cameras"][0]["frames_dropped"] > 0 and r
+            ),
+            30,
+            "dropped frames",
+        )
+        assert code >= 1
+        dropped = st["daemon"]["cameras"][0]["frames_dropped"]
+        assert dropped == daemon.pipelines["cam1"].frames_dropped or dropped > 0
+        findings = {f["section"]: f for f in st["findings"] if f["level"] != "OK"}
+        assert "dropped by the recording path" in findings["camera"]["cause"]
+    finally:
+        StallingSink.stall.clear()
+        daemon.request_stop()
+        runner.join(30)
+
+
+def test_status_screen_in_a_real_terminal(tmp_path: Path, data_dir: Path, sockdir: Path) -> None:
+    tmux = tool("tmux")
+    config = write_config(
+        tmp_path / "edge.toml",
+        data_dir,
+        extra=f'\n[control]\nsocket = "{sockdir}/control.sock"\n',
+    )
+    session = f"edge-status-{time.monotonic_ns()}"
+    with running_edged(config, tmp_path) as (_proc, notify):
+        notify.wait_for("READY=1", timeout=30)
+        time.sleep(1.0)
+        cmd = f"{sys.executable} -m edge.cli.main status --config {config}; sleep 30"
+        subprocess.run(
+            [tmux, "new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd], check=True
+        )
+        try:
+            screen = wait_until(
+                lambda: (
+                    (
+                        (
+                            out := subprocess.run(
+                                [tmux, "capture-pane", "-p", "-t", session],
+                                capture_output=True,
+                                text=True,
+                                check=True,
+                            ).stdout
+                        )
+                        and "checks passed" in out
+                    )
+                    or ("problem(s)" in out and out)
+                ),
+                30,
+                "the status screen",
+            )
+            colour = subprocess.run(
+                [tmux, "capture-pane", "-p", "-e", "-t", session],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        finally:
+            subprocess.run([tmux, "kill-session", "-t", session], check=False)
+    lines = screen.rstrip("\n").splitlines()
+    assert len(lines) <= 24
+    assert all(len(line) <= 80 for line in lines)
+    assert "edge unit test-unit" in lines[0]
+    assert any(line.startswith("CAMERA") and "cam1 320x240 running" in line for line in lines)
+    assert "\x1b[" in colour, "a terminal gets colour"
+    plain = edgectl("status", "--config", str(config))
+    assert "\x1b[" not in plain.stdout, "a pipe gets plain text"

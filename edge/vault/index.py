@@ -15,6 +15,7 @@ Threading: one connection shared by the vault's threads; every use holds :attr:`
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -125,6 +126,15 @@ class Index:
         return bool(row) and row[0] == "ok"
 
     def insert(self, row: IndexRow) -> None:
+        """Add one row; a full disk surfaces as ``OSError(ENOSPC)`` so the caller can purge."""
+        try:
+            self._insert(row)
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc):
+                raise OSError(errno.ENOSPC, f"index: {exc}") from None
+            raise VaultError(f"{self.path}: {exc}") from None
+
+    def _insert(self, row: IndexRow) -> None:
         with self.lock:
             self.db.execute(
                 f"INSERT OR REPLACE INTO segments ({IndexRow.COLUMNS}) "  # noqa: S608 - constant column list
@@ -166,11 +176,16 @@ class Index:
             self.db.execute("COMMIT")
 
     def add_epoch(self, camera: str, epoch_id: bytes, created_ns: int, size: int) -> None:
-        with self.lock:
-            self.db.execute(
-                "INSERT OR IGNORE INTO epochs VALUES (?, ?, ?, ?, 0)",
-                (camera, epoch_id, created_ns, size),
-            )
+        try:
+            with self.lock:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO epochs VALUES (?, ?, ?, ?, 0)",
+                    (camera, epoch_id, created_ns, size),
+                )
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc):
+                raise OSError(errno.ENOSPC, f"index: {exc}") from None
+            raise VaultError(f"{self.path}: {exc}") from None
 
     def cameras(self) -> list[str]:
         with self.lock:

@@ -222,18 +222,17 @@ class Vault(SegmentSink, Outbox):
             )
             self._with_space(lambda: self._write_file(path, raw), len(raw))
             digest = fmt.sha256(raw)
-            self.index.insert(
-                IndexRow(
-                    segment.camera_id,
-                    header.sequence,
-                    header.start_wall_ns,
-                    header.end_wall_ns,
-                    header.frame_count,
-                    len(raw),
-                    epoch.epoch_id,
-                    digest,
-                )
+            row = IndexRow(
+                segment.camera_id,
+                header.sequence,
+                header.start_wall_ns,
+                header.end_wall_ns,
+                header.frame_count,
+                len(raw),
+                epoch.epoch_id,
+                digest,
             )
+            self._with_space(lambda: self.index.insert(row), 65536)
             lane.next_seq += 1
             lane.last_hash = digest
             self._vault_bytes += len(raw)

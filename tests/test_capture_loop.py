@@ -258,8 +258,11 @@ def test_stop_while_running_closes_the_source() -> None:
     assert got.wait(5)
     loop.stop()
     assert loop.join(5) and loop.state is CaptureState.STOPPED
-    assert seen == list(range(len(seen)))
-    assert loop.stats().frames_in == len(seen)
+    # A live camera skips frames when its reader is late (a loaded machine): gaps, no repeats.
+    assert seen == sorted(set(seen))
+    stats = loop.stats()
+    assert stats.frames_in == len(seen)
+    assert seen[-1] + 1 - len(seen) == stats.frames_lost
 
 
 def test_rejects_nonsense_backoff() -> None:

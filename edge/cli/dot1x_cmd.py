@@ -1,0 +1,78 @@
+"""``edgectl dot1x render-config`` and ``edgectl dot1x status``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import Dot1xError
+from ..uplink.dot1x import supplicant_conf
+from ..uplink.dot1x.ctrl import WpaCtrl
+from ..uplink.dot1x.status import parse_status, state_from_status
+from .common import add_config_args, load_config
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "dot1x", help="802.1X: render the supplicant configuration, show the port state"
+    )
+    dsub = parser.add_subparsers(dest="dot1x_command", required=True, metavar="ACTION")
+    render = dsub.add_parser(
+        "render-config",
+        help="write wpa_supplicant's wired EAP-TLS file from the configuration",
+        description=(
+            "Prints the file, or writes it (mode 0600, atomically) with --output; prints "
+            "'changed' or 'unchanged' so provisioning stays idempotent."
+        ),
+    )
+    add_config_args(render)
+    render.add_argument(
+        "--output",
+        type=Path,
+        nargs="?",
+        const=Path("-default-"),
+        help="file to write (without a value: dot1x.supplicant_conf or Debian's default path)",
+    )
+    render.set_defaults(func=_render)
+    status = dsub.add_parser("status", help="ask wpa_supplicant once for the port state (JSON)")
+    add_config_args(status)
+    status.set_defaults(func=_status)
+
+
+def _render(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    s = supplicant_conf.settings(cfg)
+    origin = str(args.config) if args.config else "the embedded demo configuration"
+    if not cfg.dot1x.enabled:
+        print("edgectl: note: dot1x.enabled is false in this configuration", file=sys.stderr)
+    text = supplicant_conf.render(s, origin=origin)
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    path = s.supplicant_conf if args.output == Path("-default-") else args.output
+    changed = supplicant_conf.write(path, text)
+    print(f"{path}: {'changed' if changed else 'unchanged'}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    s = supplicant_conf.settings(cfg)
+    out: dict[str, Any] = {"enabled": cfg.dot1x.enabled, "interface": s.interface}
+    try:
+        with WpaCtrl(s.ctrl_socket, timeout_s=cfg.dot1x.reply_timeout_s) as ctrl:
+            status = parse_status(ctrl.request("STATUS"))
+        state, reason = state_from_status(status)
+        out.update(state=state.value, reason=reason, supplicant=status)
+    except Dot1xError as exc:
+        out.update(state="failed", reason=str(exc))
+    from ..enrolment import read_certificate_status
+
+    out["client_certificate"] = read_certificate_status(
+        s.client_cert, warning_days=cfg.dot1x.expiry_warning_days, ca_path=s.server_ca
+    )
+    print(json.dumps(out, indent=2))
+    return 0 if out["state"] == "authenticated" else 1

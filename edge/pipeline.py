@@ -161,40 +161,62 @@ class CameraPipeline:
     # --- recording thread --------------------------------------------------------------------
 
     def _record(self) -> None:
-        try:
-            encoder = SegmentEncoder(
-                self.cam.id, self.cam.width, self.cam.height, self.cam.fps, self.cam.encoder
-            )
-        except EdgeError as exc:
-            self.recorder_error = str(exc)
-            log.error("[%s] cannot start the encoder: %s", self.cam.id, exc)
-            return
+        failures = 0
+        while True:
+            try:
+                encoder = SegmentEncoder(
+                    self.cam.id, self.cam.width, self.cam.height, self.cam.fps, self.cam.encoder
+                )
+            except EdgeError as exc:
+                self.recorder_error = str(exc)
+                log.error("[%s] cannot start the encoder: %s", self.cam.id, exc)
+                return
+            try:
+                stopped = self._encode_until_stop(encoder)
+            except EdgeError as exc:
+                # A fresh encoder usually recovers (a hardware encoder hiccup); only the
+                # segment in flight is lost. Give up after repeated failures.
+                failures += 1
+                self.recorder_error = str(exc)
+                encoder.close()
+                if failures >= 5:
+                    log.error(
+                        "[%s] encoding failed %d times, recording stops: %s",
+                        self.cam.id,
+                        failures,
+                        exc,
+                    )
+                    return
+                log.error("[%s] encoding failed, restarting the encoder: %s", self.cam.id, exc)
+                time.sleep(1.0)
+                continue
+            if stopped:
+                try:
+                    self._write(encoder.flush())
+                except EdgeError as exc:
+                    log.error("[%s] could not finish the last segment: %s", self.cam.id, exc)
+                finally:
+                    encoder.close()
+                return
+
+    def _encode_until_stop(self, encoder: SegmentEncoder) -> bool:
+        """Encode queued frames until asked to stop (returns True); raises on encoder failure."""
         while True:
             self.heartbeat_mono = time.monotonic()
             try:
                 item = self._queue.get(timeout=1.0)
             except queue.Empty:
                 if self._capture.join(0) and self._queue.empty():
-                    item = _STOP  # a finite source ended: record what is left
-                else:
-                    continue
+                    return True  # a finite source ended: record what is left
+                continue
             if item is _STOP:
-                break
+                return True
             assert isinstance(item, Frame)
-            try:
-                segments = encoder.encode(item)
-            except EdgeError as exc:
-                self.recorder_error = str(exc)
-                log.error("[%s] encoding failed, recording stops: %s", self.cam.id, exc)
-                return
+            segments = encoder.encode(item)
             self.frames_encoded += 1
+            if segments:
+                self.recorder_error = None
             self._write(segments)
-        try:
-            self._write(encoder.flush())
-        except EdgeError as exc:
-            log.error("[%s] could not finish the last segment: %s", self.cam.id, exc)
-        finally:
-            encoder.close()
 
     def _write(self, segments: list[MediaSegment]) -> None:
         for segment in segments:

@@ -38,6 +38,10 @@ from .frames import Frame
 from .health import system as system_health
 from .pipeline import CameraPipeline
 from .process import setup_process
+from .uplink.client import UplinkClient
+from .uplink.dot1x.supervisor import Dot1xSupervisor
+from .uplink.gate import make_gate
+from .vault.base import Outbox
 from .video.base import SegmentSink
 from .video.dirsink import DirectorySink
 
@@ -79,6 +83,10 @@ class Daemon:
         self.control: control.ControlServer | None = None
         #: Further checks subsystems (vault, uplink) add to ``edgectl selftest``.
         self.extra_selftests: list[selftest.Check] = []
+        #: The CSU client (``uplink.enabled``); reads the vault's outbox in its own thread.
+        self.uplink: UplinkClient | None = None
+        #: The 802.1X supervisor, when 802.1X is enabled (its gate guards the uplink).
+        self.dot1x_supervisor: Dot1xSupervisor | None = None
         self._stop = threading.Event()
         self._reload = threading.Event()
 
@@ -106,7 +114,23 @@ class Daemon:
         self.sink = make_sink(self.cfg)
         for cam in self.cfg.cameras:
             self._start_camera(cam)
+        self._start_uplink()
         self._start_control()
+
+    def _start_uplink(self) -> None:
+        if not self.cfg.uplink.enabled:
+            return
+        if not isinstance(self.sink, Outbox):
+            log.error("uplink enabled but recordings are not sealed in the vault: nothing to send")
+            return
+        try:
+            # make_gate refuses 802.1X without its supervisor: never a fallback to "open".
+            gate = make_gate(self.cfg, self.dot1x_supervisor)
+        except EdgeError as exc:
+            log.error("uplink not started: %s", exc)
+            return
+        self.uplink = UplinkClient(self.cfg, self.sink, gate)
+        self.uplink.start()
 
     def _start_control(self) -> None:
         ctl = self.cfg.control
@@ -214,6 +238,8 @@ class Daemon:
             self.control.close()
         for pipeline in self.pipelines.values():
             pipeline.stop()
+        if self.uplink is not None:
+            self.uplink.stop()  # before the vault closes: it reads the outbox
         if self.sink is not None:
             self.sink.close()
         total = sum(p.segments_written for p in self.pipelines.values())
@@ -285,6 +311,7 @@ class Daemon:
             "config_origin": self.origin,
             "data_dir": str(self.cfg.unit.data_dir),
             "cameras": [p.snapshot() for p in self.pipelines.values()],
+            "uplink": self.uplink.snapshot() if self.uplink is not None else None,
         }
 
 

@@ -120,7 +120,8 @@ class Daemon:
     def _start_uplink(self) -> None:
         if not self.cfg.uplink.enabled:
             return
-        if not isinstance(self.sink, Outbox):
+        outbox: object = self.sink  # the vault is both the sink and the outbox
+        if not isinstance(outbox, Outbox):
             log.error("uplink enabled but recordings are not sealed in the vault: nothing to send")
             return
         try:
@@ -129,7 +130,7 @@ class Daemon:
         except EdgeError as exc:
             log.error("uplink not started: %s", exc)
             return
-        self.uplink = UplinkClient(self.cfg, self.sink, gate)
+        self.uplink = UplinkClient(self.cfg, outbox, gate)
         self.uplink.start()
 
     def _start_control(self) -> None:

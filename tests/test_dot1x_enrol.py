@@ -286,3 +286,11 @@ def test_gate_choice_never_falls_back(data_dir: Path) -> None:
     assert isinstance(gate, Dot1xGate)
     assert not gate.is_open() and "connecting" in gate.reason()
     assert gate.wait_open(0.2) is False
+
+
+def test_client_socket_path_over_108_bytes_is_refused(tmp_path: Path) -> None:
+    """Refused with a clear error rather than silently truncated by the kernel."""
+    from edge.uplink.dot1x.ctrl import WpaCtrl
+
+    with pytest.raises(Dot1xError, match="longer than"):
+        WpaCtrl(Path("/run/wpa_supplicant/eth0"), client_dir=tmp_path / ("x" * 100))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from edge.uplink.dot1x.supplicant_conf import Dot1xSettings, render
 from edge.uplink.gate import Dot1xGate
 
 from .conftest import require_root, tool
-from .dot1x_lab import SERVER_NAME, UNIT_IP, Creds, Lab, wait_until
+from .dot1x_lab import SERVER_NAME, SWITCH_IP, Creds, Lab, wait_until
 
 pytestmark = pytest.mark.root
 
@@ -163,7 +162,7 @@ def csu_reachable(u: Unit, timeout_s: float = 1.0) -> bool:
     with u.lab.unit_socket() as s:
         s.settimeout(timeout_s)
         try:
-            s.connect(("10.231.0.1", 7443))
+            s.connect((SWITCH_IP, 7443))
             s.sendall(b"hello\n")
             return s.recv(100) == b"csu-ok\n"
         except OSError:
@@ -255,7 +254,7 @@ def test_switch_port_gate_csu_only_after_authentication_until_logoff(
     # An established session carries data while authorised...
     with u.lab.unit_socket() as session:
         session.settimeout(3)
-        session.connect(("10.231.0.1", 7443))
+        session.connect((SWITCH_IP, 7443))
         session.sendall(b"1\n")
         assert session.recv(100) == b"csu-ok\n"
         # ...and stops after LOGOFF: the gate closes and the switch drops the unit's frames.
@@ -274,7 +273,6 @@ def test_switch_port_gate_csu_only_after_authentication_until_logoff(
     assert not csu_reachable(u)
     assert u.lab.port_events[0].startswith("AP-STA-CONNECTED")
     assert u.lab.port_events[-1].startswith("AP-STA-DISCONNECTED")
-    assert UNIT_IP  # the unit kept its address: only 802.1X decided
 
 
 def test_supplicant_killed_closes_gate_and_alerts(run_unit: object, pki: Pki) -> None:
@@ -303,13 +301,3 @@ def test_supervisor_waits_for_a_late_supplicant(run_unit: object, pki: Pki) -> N
     u.lab.nudge(u.supervisor.settings.ctrl_socket)
     settle(u, {PortState.AUTHENTICATED})
     assert not u.alerts
-
-
-def test_socket_is_not_reachable_on_loopback_name(workdir: Path) -> None:
-    """A client socket path over 108 bytes is refused with a clear error, not truncated."""
-    from edge.errors import Dot1xError
-    from edge.uplink.dot1x.ctrl import WpaCtrl
-
-    with pytest.raises(Dot1xError, match="longer than"):
-        WpaCtrl(Path("/run/wpa_supplicant/eth0"), client_dir=workdir / ("x" * 100))
-    assert socket.AF_UNIX

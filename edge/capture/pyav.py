@@ -105,6 +105,8 @@ class PyAVSource(FrameSource):
             self._options = {"video_size": f"{width}x{height}", "framerate": f"{fps:g}"}
         else:
             raise ValueError(f"not a PyAV source: {redact_url(source)!r}")
+        #: What the source actually sends ("h264 1920x1080 25 fps"), known once opened.
+        self.input_description: str | None = None
         self._container: av.container.InputContainer | None = None
         self._stream: av.video.stream.VideoStream | None = None
         self._frames: Iterator[av.video.frame.VideoFrame] | None = None
@@ -162,10 +164,10 @@ class PyAVSource(FrameSource):
         stream.thread_type = "AUTO" if self.kind == "file" else "SLICE"
         self._container, self._stream = container, stream
         self._frames = self._decode(container, stream)
-        log.debug(
-            "%s: opened (%s, %sx%s)", self.description, stream.codec_context.name,
-            stream.codec_context.width, stream.codec_context.height,
-        )  # fmt: skip
+        ctx = stream.codec_context
+        rate = f" {float(stream.average_rate):g} fps" if stream.average_rate else ""
+        self.input_description = f"{ctx.name} {ctx.width}x{ctx.height}{rate}"
+        log.debug("%s: opened (%s)", self.description, self.input_description)
 
     @staticmethod
     def _decode(

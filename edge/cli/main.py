@@ -16,7 +16,17 @@ from .. import __version__
 from ..errors import EdgeError
 
 #: Sub-command modules, in the order ``edgectl --help`` lists them.
-COMMAND_MODULES = ["config_cmd", "status", "selftest_cmd", "mask", "vault_cmd", "enroll", "dot1x_cmd", "bench"]
+COMMAND_MODULES = [
+    "config_cmd",
+    "status",
+    "selftest_cmd",
+    "camera_cmd",
+    "mask",
+    "vault_cmd",
+    "enroll",
+    "dot1x_cmd",
+    "bench",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,59 +46,66 @@ MASK_CHROMA = 128
 
 @dataclass(frozen=True, slots=True)
 class _TileRect:
-    """A rectangle of whole tiles of one plane, each replaced by the mean of its kept pixels."""
+    """A rectangle of ``ny × nx`` equal tiles (``th × tw`` pixels) of one plane, each replaced by
+    the mean of the pixels it owns (all of them unless ``keep`` says otherwise)."""
 
     rows: slice
     cols: slice
-    row_starts: Index
-    col_starts: Index
-    heights: Index
-    widths: Index
-    keep: BoolPlane | None  # None: every pixel of the rectangle is ours
-    counts: npt.NDArray[np.uint32]
+    ny: int
+    th: int
+    nx: int
+    tw: int
+    keep: npt.NDArray[np.bool_] | None  # (ny, th, nx * tw); None: the whole rectangle is ours
+    counts: npt.NDArray[np.uint32]  # (ny, nx) pixels owned per tile, at least 1
 
     def apply(self, plane: Plane) -> None:
-        sub = plane[self.rows, self.cols]
-        src = sub if self.keep is None else np.where(self.keep, sub, 0)
-        sums = np.add.reduceat(
-            np.add.reduceat(src, self.row_starts, axis=0, dtype=np.uint32),
-            self.col_starts,
-            axis=1,
+        # (tile row, pixel row, pixel column): whole pixel rows stay contiguous, which is what
+        # makes the sums and the write fast.
+        rows = plane[self.rows, self.cols].reshape(self.ny, self.th, self.nx * self.tw)
+        src = rows if self.keep is None else np.where(self.keep, rows, 0)
+        # Sum the pixel rows of each tile row first (th <= 256 rows of uint8 fit in uint16),
+        # then the columns of each tile.
+        sums = (
+            src.sum(axis=1, dtype=np.uint16)
+            .reshape(self.ny, self.nx, self.tw)
+            .sum(axis=2, dtype=np.uint32)
         )
-        means = ((sums + self.counts // 2) // np.maximum(self.counts, 1)).astype(np.uint8)
-        tiles = np.repeat(np.repeat(means, self.heights, axis=0), self.widths, axis=1)
+        means = ((sums + self.counts // 2) // self.counts).astype(np.uint8)
+        wide = np.repeat(means, self.tw, axis=1)[:, None, :]
         if self.keep is None:
-            sub[...] = tiles
+            rows[...] = wide
         else:
-            np.copyto(sub, tiles, where=self.keep)
+            np.copyto(rows, wide, where=self.keep)
+
+
+def _spans(start: int, stop: int, block: int) -> list[tuple[int, int, int]]:
+    """``[start, stop)`` split into a run of whole tiles and a partial one: (start, count, size)."""
+    whole = (stop - start) // block
+    out = [(start, whole, block)] if whole else []
+    rest = stop - start - whole * block
+    if rest:
+        out.append((start + whole * block, 1, rest))
+    return out
 
 
 def _tile_rects(grid: BoolPlane, block: int, region: BoolPlane) -> list[_TileRect]:
     """Tile rectangles covering ``grid`` (tiles of ``block`` pixels) of a plane; ``region`` is
-    the set of pixels of that plane the pixelation owns."""
+    the set of pixels of that plane the pixelation owns. Tiles cut by the frame border get
+    rectangles of their own, so every rectangle holds equal tiles."""
     height, width = region.shape
     out: list[_TileRect] = []
     for by0, by1, bx0, bx1 in rasterize.rectangles(grid):
-        y0, y1 = by0 * block, min(by1 * block, height)
-        x0, x1 = bx0 * block, min(bx1 * block, width)
-        row_starts = np.arange(0, y1 - y0, block, dtype=np.intp)
-        col_starts = np.arange(0, x1 - x0, block, dtype=np.intp)
-        heights = np.diff(np.append(row_starts, y1 - y0)).astype(np.intp)
-        widths = np.diff(np.append(col_starts, x1 - x0)).astype(np.intp)
-        keep: BoolPlane | None = np.ascontiguousarray(region[y0:y1, x0:x1])
-        if keep is not None and keep.all():
-            keep = None
-        if keep is None:
-            counts = (heights[:, None] * widths[None, :]).astype(np.uint32)
-        else:
-            counts = np.add.reduceat(
-                np.add.reduceat(keep, row_starts, axis=0, dtype=np.uint32), col_starts, axis=1
-            )
-        out.append(
-            _TileRect(
-                slice(y0, y1), slice(x0, x1), row_starts, col_starts, heights, widths, keep, counts
-            )
-        )
+        row_spans = _spans(by0 * block, min(by1 * block, height), block)
+        col_spans = _spans(bx0 * block, min(bx1 * block, width), block)
+        for y0, ny, th in row_spans:
+            for x0, nx, tw in col_spans:
+                rows, cols = slice(y0, y0 + ny * th), slice(x0, x0 + nx * tw)
+                own = region[rows, cols].reshape(ny, th, nx * tw)
+                counts = own.sum(axis=1, dtype=np.uint32).reshape(ny, nx, tw).sum(axis=2)
+                # A tile owning no pixel writes none; 1 only keeps its division defined.
+                counts = np.maximum(counts, 1).astype(np.uint32)
+                keep = None if own.all() else np.ascontiguousarray(own)
+                out.append(_TileRect(rows, cols, ny, th, nx, tw, keep, counts))
     return out
 
 

@@ -4,7 +4,9 @@ Three facade-like quadrilaterals (slanted edges, as a camera sees windows in per
 about a third of the frame. Each repetition masks the frame once and copies it once
 (``np.copyto`` into a preallocated buffer), interleaved so both see the same machine state; the
 medians give ``mask_vs_memcpy``. Pixelation and a worst case (a long thin diagonal band, whose
-every row is ragged) are timed the same way and reported beside it.
+every row is ragged) are timed the same way and reported beside it, as is one upright
+rectangle of the same area (``rectangle_*``: writing the pixels alone, the floor any method
+pays).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ FACADES: list[list[tuple[float, float]]] = [
     [(0.37, 0.06), (0.61, 0.07), (0.62, 0.39), (0.36, 0.37)],
     [(0.69, 0.24), (0.96, 0.14), (0.97, 0.72), (0.70, 0.67)],
 ]
+
+#: The same area as one upright rectangle: the cost of writing the pixels alone (the floor).
+RECTANGLE: list[tuple[float, float]] = [(0.1, 0.1), (0.65, 0.1), (0.65, 0.7), (0.1, 0.7)]
 
 #: Worst case: a thin band across the whole frame diagonally (every row different and ragged).
 DIAGONAL: list[tuple[float, float]] = [(0.0, 0.0), (0.004, 0.0), (1.0, 0.996), (1.0, 1.0)]
@@ -87,6 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ("", FACADES, MaskFill.SOLID),
         ("pixelate_", FACADES, MaskFill.PIXELATE),
         ("worst_case_", [DIAGONAL], MaskFill.SOLID),
+        ("rectangle_", [RECTANGLE], MaskFill.SOLID),
     ]
     for prefix, polygons, fill in cases:
         t0 = time.perf_counter()

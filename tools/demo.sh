@@ -9,8 +9,22 @@ data=edge-data
 out=demo-out
 mkdir -p "$out"
 
-echo "demo: running edged for ${seconds}s on the embedded demo configuration (data in ./$data)"
-.venv/bin/edged --run-for "$seconds" --data-dir "$data"
+# A CSU receiver on loopback beside edged; the unit sends it its sealed segments (docs/UPLINK.md).
+eval "$(.venv/bin/python -m edge.csu.demo_setup --data-dir "$data" --out "$out/csu")"
+.venv/bin/edge-csu serve --config "$out/csu/csu.toml" --ports-file "$out/csu/ports.json" \
+    >"$out/csu/serve.log" 2>&1 &
+csu_pid=$!
+trap 'kill "$csu_pid" 2>/dev/null || true' EXIT
+
+echo "demo: running edged for ${seconds}s on the demo configuration (data in ./$data),"
+echo "      sending to the CSU receiver on 127.0.0.1:$CSU_PORT"
+.venv/bin/edged --run-for "$seconds" --config "$out/csu/edge.toml"
+echo
+echo "demo: what the CSU received and verified (edge-csu units):"
+.venv/bin/edge-csu units --config "$out/csu/csu.toml"
+echo "  operators watch with: edge-csu serve --config $out/csu/csu.toml, then"
+echo "  ffplay -tls_verify 0 -headers 'Authorization: Bearer $CSU_TOKEN\r\n' \\"
+echo "    https://127.0.0.1:OPERATORS_PORT/v1/view/$CSU_UNIT/cam1/live.m3u8"
 
 echo
 echo "demo: recorded segments (privacy mask applied before encoding):"

@@ -1,0 +1,121 @@
+"""``python -m edge.csu.demo_setup --data-dir D --out DIR``: a CSU on loopback for ``make demo``.
+
+Creates (once, then reuses) a small city CA, the receiver's certificate, the authority key
+that opens sealed segments, an operator token; issues the unit's TLS certificate into
+``D/keys/`` and enrols its signing key; then writes, with a free port, ``DIR/csu.toml`` (for
+``edge-csu serve``) and ``DIR/edge.toml`` (the embedded demo configuration plus the vault's
+recipient and the uplink). Prints shell assignments (``CSU_PORT=…``) for the demo script.
+Demo material only: a real city uses its own PKI (docs/UPLINK.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import secrets
+import socket
+import sys
+from pathlib import Path
+
+from ..config import DEMO_CONFIG, DEMO_CONFIG_TOML
+from ..unitkeys import keys_dir_of, load_or_create_signing_key, public_pem, write_private_atomic
+from ..vault import keys as vault_keys
+from .ca import Profile, VideoCA, cert_pem, key_pem
+from .registry import UnitRegistry
+
+SERVER_NAME = "csu.demo"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def setup(data_dir: Path, out: Path) -> dict[str, str]:
+    out.mkdir(parents=True, exist_ok=True)
+    unit_id = DEMO_CONFIG.unit.id
+    ca_dir = out / "ca"
+    ca = VideoCA.open(ca_dir) if (ca_dir / "video-ca.key").exists() else VideoCA.init(ca_dir)
+    keys = out / "keys"
+    keys.mkdir(exist_ok=True)
+    if not (keys / "csu.crt").exists():
+        key, cert = ca.issue(SERVER_NAME, profile=Profile.SERVER, dns_names=(SERVER_NAME,))
+        write_private_atomic(keys / "csu.key", key_pem(key))
+        (keys / "csu.crt").write_bytes(cert_pem(cert) + ca.chain_pem)
+    if not (keys / "authority.key.json").exists():
+        vault_keys.write_keypair(keys, DEMO_CONFIG.vault.kem, "authority")
+    token_file = out / "operator-token"
+    if not token_file.exists():
+        write_private_atomic(token_file, secrets.token_urlsafe(24).encode())
+    token = token_file.read_text().strip()
+    unit_keys = keys_dir_of(data_dir)
+    signing = load_or_create_signing_key(unit_keys)
+    UnitRegistry.enroll(out / "units", unit_id, public_pem(signing.public_key()))
+    if not (unit_keys / "unit-tls.crt").exists():
+        ukey, ucert = ca.issue(unit_id)
+        write_private_atomic(unit_keys / "unit-tls.key", key_pem(ukey))
+        (unit_keys / "unit-tls.crt").write_bytes(cert_pem(ucert))
+    (unit_keys / "ca.pem").write_bytes(ca.chain_pem)
+    port = _free_port()
+    (out / "csu.toml").write_text(
+        f"""# CSU receiver of the demo (edge-csu serve --config {out / "csu.toml"})
+storage_dir = "storage"
+registry_dir = "units"
+audit_log = "audit.jsonl"
+authority_key_file = "keys/authority.key.json"
+
+[units]
+host = "127.0.0.1"
+port = {port}
+
+[operators_listen]
+host = "127.0.0.1"
+port = 0
+
+[tls]
+cert_file = "keys/csu.crt"
+key_file = "keys/csu.key"
+client_ca_file = "ca/chain.pem"
+crl_file = "ca/crl.pem"
+
+[[operators]]
+name = "demo-operator"
+token_sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"
+"""
+    )
+    unit_toml = DEMO_CONFIG_TOML.replace('data_dir = "./edge-data"', f'data_dir = "{data_dir}"')
+    recipient = f'csu_public_key = "{(keys / "authority.pub.json").resolve()}"\n'
+    # This demo has a real CSU key: the embedded default's demo recipient is not wanted.
+    unit_toml = "\n".join(
+        line for line in unit_toml.splitlines() if not line.startswith("demo_recipient")
+    )
+    if "\n[vault]\n" in unit_toml:
+        unit_toml = unit_toml.replace("\n[vault]\n", "\n[vault]\n" + recipient, 1)
+    else:
+        unit_toml += "\n[vault]\n" + recipient
+    (out / "edge.toml").write_text(
+        unit_toml
+        + f"""
+[uplink]
+enabled = true
+csu_url = "https://127.0.0.1:{port}"
+server_name = "{SERVER_NAME}"
+"""
+    )
+    return {"CSU_PORT": str(port), "CSU_TOKEN": token, "CSU_UNIT": unit_id}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    for name, value in setup(args.data_dir.resolve(), args.out.resolve()).items():
+        print(f"{name}={value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -115,6 +115,20 @@ def test_edgectl_mask_show_prints_coverage(
     assert "shop window" in text and "balcony" in text and "%" in text
 
 
+def test_edgectl_mask_show_flags_a_mask_outside_the_frame(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        CONFIG + '\n[[cameras.privacy_masks]]\nname = "typo"\n'
+        "points = [[1.2, 0.1], [1.5, 0.1], [1.5, 0.4]]\n",
+        encoding="utf-8",
+    )
+    assert main(["mask", "show", "--config", str(config)]) == 0
+    typo = [line for line in capsys.readouterr().out.splitlines() if "typo" in line]
+    assert len(typo) == 1 and "hides nothing" in typo[0]
+
+
 def test_edgectl_mask_unknown_camera(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "edge.toml"
     config.write_text(CONFIG, encoding="utf-8")

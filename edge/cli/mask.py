@@ -90,7 +90,7 @@ def _show(args: argparse.Namespace) -> int:
                 "name": mask.name,
                 "fill": mask.fill.value,
                 "vertices": len(mask.points),
-                "coverage_percent": round(100.0 * covered / total, 2),
+                "coverage_percent": round(100.0 * covered / total, 2) if covered else 0,
             }
         )
     union = PrivacyMasker(cam.privacy_masks, cam.width, cam.height).coverage
@@ -109,9 +109,11 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     print(f"camera {cam.id} ({cam.width}x{cam.height}): {len(rows)} privacy mask(s)")
     for row in rows:
+        # A mask left outside the frame (a typo, a resolution change) hides nothing: say so.
+        hint = "  <- hides nothing: outside the frame?" if row["coverage_percent"] == 0 else ""
         print(
             f"  {row['name']:32} {row['fill']:8} {row['vertices']:3} vertices "
-            f"{row['coverage_percent']:6.2f} %"
+            f"{row['coverage_percent']:6.2f} %{hint}"
         )
     print(f"  {'all masks together':32} {'':8} {'':12} {100.0 * union:6.2f} %")
     return 0

@@ -123,7 +123,7 @@ class PyAVSource(FrameSource):
         self._first_time: float | None = None
         self._current: tuple[float, av.video.frame.VideoFrame] | None = None
         self._ahead: tuple[float, av.video.frame.VideoFrame] | None = None
-        self._converted: Frame | None = None  # files: the current frame already converted
+        self._converted: Frame | None = None  # files: untouched copy of a picture to repeat
         self._last_index = -1
         self._t0_ns: int | None = None
 
@@ -305,16 +305,19 @@ class PyAVSource(FrameSource):
         if self._ahead is None and due > self._pass_end_s:
             return None  # past the end of the last picture of a file that does not loop
         if self._converted is None:
-            self._converted = self._convert(self._current[1], self._slot)
-            frame = self._converted
-        else:  # the file is slower than the configured rate: repeat the picture
+            frame = self._convert(self._current[1], self._slot)
+        else:  # the file is slower than the configured rate: show the picture again
             frame = self._converted.copy()
             frame.index = self._slot
+        # Masking works in place on the frame we return: when the next slot shows the same
+        # picture, keep an untouched copy for it (only then: a copy per frame is not free).
+        next_due = (self._slot + 1.5) / self.fps
+        if self._converted is None and (self._ahead is None or self._ahead[0] >= next_due):
+            self._converted = frame.copy()
         self._pace(slot_time)
         frame.mono_ns, frame.wall_ns = time.monotonic_ns(), time.time_ns()
         self._slot += 1
-        # Masking works in place on the frame we return: never hand out the cached buffer.
-        return frame.copy() if frame is self._converted else frame
+        return frame
 
     def _pace(self, slot_time: float) -> None:
         if not self.realtime:

@@ -413,6 +413,10 @@ class AnalyticsConfig(_Section):
     """Object detector."""
     snapshots: bool = True
     """Attach a JPEG of the (masked) analysed frame to alerts."""
+    face_model_path: Path | None = None
+    """MediaPipe face detector (.tflite) for face blurring (cameras with face_blur)."""
+    face_model_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """Expected SHA-256 of the face model."""
     mqtt: MqttConfig = MqttConfig()
     """MQTT publishing of events."""
     cameras: list[CameraAnalyticsConfig] = Field(default_factory=list, max_length=8)

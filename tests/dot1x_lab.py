@@ -119,6 +119,7 @@ class Lab:
     unit_ns: str
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     supplicant: subprocess.Popen[bytes] | None = None
+    hostapd: subprocess.Popen[bytes] | None = None
     hostapd_ctrl: Path | None = None
     port_events: list[str] = field(default_factory=list)
     _gate_thread: threading.Thread | None = None
@@ -192,9 +193,17 @@ class Lab:
             ]
         conf = self.workdir / "hostapd.conf"
         conf.write_text("\n".join(lines) + "\n")
-        self._spawn(self.switch_ns, ["hostapd", str(conf)], "hostapd.log")
+        self.hostapd = self._spawn(self.switch_ns, ["hostapd", str(conf)], "hostapd.log")
         self.hostapd_ctrl = ctrl_dir / "sw0"
         wait_until(self.hostapd_ctrl.exists, 5, "hostapd control socket")
+
+    def stop_hostapd(self) -> None:
+        """Stop the authenticator (a switch reboot); its control socket goes with it."""
+        assert self.hostapd is not None and self.hostapd_ctrl is not None
+        self.hostapd.terminate()
+        self.hostapd.wait(5)
+        self.hostapd = None
+        wait_until(lambda: not self.hostapd_ctrl.exists(), 5, "hostapd gone")  # type: ignore[union-attr]
 
     def start_radius(self, creds: Creds, server: tuple[Path, Path]) -> None:
         """A stand-alone FreeRADIUS (EAP-TLS, CRL checked, CN must equal the EAP identity)."""

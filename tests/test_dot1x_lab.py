@@ -301,3 +301,67 @@ def test_supervisor_waits_for_a_late_supplicant(run_unit: object, pki: Pki) -> N
     u.lab.nudge(u.supervisor.settings.ctrl_socket)
     settle(u, {PortState.AUTHENTICATED})
     assert not u.alerts
+
+
+def test_installer_flow_enrol_sign_install_renew(workdir: Path, pki: Pki) -> None:
+    """edgectl enroll → edge-csu ca sign → edgectl enroll --install → the rendered file
+    authenticates; --renew + --install swaps the key, and the new certificate authenticates
+    once the old one is revoked."""
+    from cryptography import x509
+
+    from edge import config
+    from edge.cli.main import main as edgectl
+    from edge.csu.main import main as edge_csu
+    from edge.uplink.dot1x.supplicant_conf import settings
+
+    ca_dir = pki.creds.ca.directory
+    cfg_path = workdir / "edge.toml"
+    cfg_path.write_text(
+        f'[unit]\nid = "{UNIT_ID}"\ndata_dir = "{workdir}/data"\n'
+        f'[dot1x]\nenabled = true\nserver_domain_match = "{SERVER_NAME}"\n'
+        f'ctrl_dir = "{workdir}/wctl"\nctrl_group = "root"\nstatus_interval_s = 0.3\n'
+    )
+    conf = ["--config", str(cfg_path)]
+    keys = workdir / "data" / "keys"
+    csr, crt = keys / "unit-tls.csr", workdir / "unit.crt"
+    assert edgectl(["enroll", *conf]) == 0
+    assert edge_csu(["ca", "sign", str(ca_dir), str(csr), "--out", str(crt)]) == 0
+    chain = str(ca_dir / "chain.pem")
+    assert edgectl(["enroll", *conf, "--install", str(crt), "--ca", chain]) == 0
+    cfg, _ = config.load(cfg_path)
+    s = settings(cfg)  # every path from the defaults: keys/unit-tls.*, keys/ca.pem
+
+    the_lab = Lab.create(workdir)
+    try:
+        the_lab.start_hostapd(pki.creds, pki.server)
+        the_lab.start_supplicant(render(s))
+        sup = Dot1xSupervisor.from_config(cfg, client_dir=Path("/tmp"))
+        sup.start()
+        try:
+            wait_until(lambda: sup.confirmed_age_s() < 60, 5, "supervisor attached")
+            the_lab.nudge(s.ctrl_socket)
+            assert sup.wait_for({PortState.AUTHENTICATED}, 10), sup.snapshot()
+            old = x509.load_pem_x509_certificates((keys / "unit-tls.crt").read_bytes())[0]
+
+            # Renewal while authenticated: the port stays up on the old pair meanwhile.
+            assert edgectl(["enroll", *conf, "--renew"]) == 0
+            assert edge_csu(["ca", "sign", str(ca_dir), str(csr), "--out", str(crt)]) == 0
+            assert sup.state is PortState.AUTHENTICATED
+            assert edgectl(["enroll", *conf, "--install", str(crt)]) == 0
+
+            # The city revokes the old certificate; switch and unit restart (the switch with the
+            # new CRL). Only the new certificate can authenticate now.
+            pki.creds.ca.revoke(old.serial_number)
+            the_lab.kill_supplicant()
+            the_lab.stop_hostapd()
+            the_lab.start_hostapd(pki.creds, pki.server)
+            the_lab.start_supplicant(render(s))
+            assert sup.wait_for({PortState.CONNECTING, PortState.FAILED}, 5)
+            wait_until(lambda: sup.confirmed_age_s() < 1, 10, "supervisor re-attached")
+            the_lab.nudge(s.ctrl_socket)
+            assert sup.wait_for({PortState.AUTHENTICATED}, 10), sup.snapshot()
+            assert sup.snapshot()["client_certificate"]["serial"] != f"{old.serial_number:x}"
+        finally:
+            sup.stop()
+    finally:
+        the_lab.close()

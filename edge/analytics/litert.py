@@ -92,6 +92,7 @@ class LiteRTDetector(Detector):
         _, self.input_height, self.input_width, _ = (int(v) for v in inp["shape"])
         self._outputs = self._interp.get_output_details()
         self._anchors: npt.NDArray[np.float64] | None = None
+        self._box_scale = (1.0, 1.0)  # padded size / frame size of the last prepared frame
         if layout is DetectorLayout.MEDIAPIPE:
             count = int(self._outputs[0]["shape"][1])
             variant = decoders.MEDIAPIPE_VARIANTS.get((self.input_width, count))
@@ -130,8 +131,19 @@ class LiteRTDetector(Detector):
         return f"{self.model_path.name} ({self.layout.value}, {self.threads} threads)"
 
     def _prepare(self, rgb: npt.NDArray[np.uint8]) -> npt.NDArray[Any]:
-        # Plain resize to the model's square input: detections come back normalised to the
-        # model input, which then maps 1:1 onto the normalised frame.
+        # YOLO and MediaPipe models are trained on letterboxed input: squashing a 16:9 frame
+        # into their square input distorts faces and people enough to lose or misplace them.
+        # Pad to the model's aspect ratio (bottom/right, black) and scale boxes back in detect().
+        h, w = rgb.shape[:2]
+        self._box_scale = (1.0, 1.0)
+        if self.layout is not DetectorLayout.SSD:
+            aspect = self.input_width / self.input_height
+            pw, ph = max(w, round(h * aspect)), max(h, round(w / aspect))
+            if (pw, ph) != (w, h):
+                padded = np.zeros((ph, pw, 3), dtype=np.uint8)
+                padded[:h, :w] = rgb
+                rgb = padded
+                self._box_scale = (pw / w, ph / h)
         img = Image.fromarray(rgb).resize(
             (self.input_width, self.input_height), Image.Resampling.BILINEAR
         )
@@ -157,6 +169,19 @@ class LiteRTDetector(Detector):
     def detect(self, rgb: npt.NDArray[np.uint8]) -> list[Detection]:
         self._interp.set_tensor(self._input_index, self._prepare(rgb))
         self._interp.invoke()
+        sx, sy = self._box_scale
+        dets = self._decode()
+        if (sx, sy) == (1.0, 1.0):
+            return dets
+        out = []
+        for d in dets:
+            x1, y1, x2, y2 = d.box
+            box = (min(1.0, x1 * sx), min(1.0, y1 * sy), min(1.0, x2 * sx), min(1.0, y2 * sy))
+            if box[2] > box[0] and box[3] > box[1]:
+                out.append(Detection(box, d.score, d.label))
+        return out
+
+    def _decode(self) -> list[Detection]:
         if self.layout is DetectorLayout.SSD:
             if len(self._outputs) < 4:
                 raise AnalyticsError("SSD layout needs 4 outputs (boxes, classes, scores, count)")

@@ -38,7 +38,7 @@ from .supplicant_conf import Dot1xSettings, settings
 
 log = logging.getLogger(__name__)
 
-#: Client certificate expiry is re-read this often (a renewal installs a new file).
+#: The client certificate is re-read this often, and whenever its file changes.
 _CERT_RECHECK_S = 60.0
 
 
@@ -110,6 +110,7 @@ class Dot1xSupervisor:
         self._status: dict[str, str] = {}
         self._cert: dict[str, Any] = {}
         self._cert_checked_mono = -_CERT_RECHECK_S
+        self._cert_file: tuple[int, int] | None = None  # supervisor thread only
 
     @classmethod
     def from_config(
@@ -319,7 +320,14 @@ class Dot1xSupervisor:
         state, reason = state_from_status(status)
         now = time.monotonic()
         cert: dict[str, Any] | None = None
-        if now - self._cert_checked_mono >= _CERT_RECHECK_S:
+        try:
+            st = self.settings.client_cert.stat()
+            cert_file: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
+        except OSError:
+            cert_file = None
+        # Re-read on a new file (an installed renewal) or periodically (days left change).
+        if cert_file != self._cert_file or now - self._cert_checked_mono >= _CERT_RECHECK_S:
+            self._cert_file = cert_file
             cert = certificate_summary(
                 self.settings.client_cert, self.settings.server_ca, self.expiry_warning_days
             )

@@ -15,7 +15,7 @@ def test_bench_mask_prints_one_json_object(capsys: pytest.CaptureFixture[str]) -
     result = json.loads(capsys.readouterr().out)
     assert result["benchmark"] == "mask"
     assert 30.0 < result["coverage_percent"] < 36.0
-    for prefix in ("", "pixelate_", "worst_case_"):
+    for prefix in ("", "pixelate_", "worst_case_", "rectangle_", "disc_"):
         assert result[f"{prefix}mask_ms"] > 0 and result[f"{prefix}memcpy_ms"] > 0
         ratio = result[f"{prefix}mask_ms"] / result[f"{prefix}memcpy_ms"]
         assert result[f"{prefix}mask_vs_memcpy"] == pytest.approx(ratio, rel=1e-2, abs=1e-3)

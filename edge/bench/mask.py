@@ -6,13 +6,14 @@ about a third of the frame. Each repetition masks the frame once and copies it o
 medians give ``mask_vs_memcpy``. Pixelation and a worst case (a long thin diagonal band, whose
 every row is ragged) are timed the same way and reported beside it, as is one upright
 rectangle of the same area (``rectangle_*``: writing the pixels alone, the floor any method
-pays).
+pays) and a 64-sided disc of that area (``disc_*``: slanted edges at every angle).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,6 +33,15 @@ FACADES: list[list[tuple[float, float]]] = [
 
 #: The same area as one upright rectangle: the cost of writing the pixels alone (the floor).
 RECTANGLE: list[tuple[float, float]] = [(0.1, 0.1), (0.65, 0.1), (0.65, 0.7), (0.1, 0.7)]
+
+#: Edges at every angle: a 64-sided disc of the same area (every row ragged at both ends).
+DISC: list[tuple[float, float]] = [
+    (
+        0.5 + math.sqrt(0.33 / math.pi * 16 / 9) * 9 / 16 * math.cos(2 * math.pi * k / 64),
+        0.5 + math.sqrt(0.33 / math.pi * 16 / 9) * math.sin(2 * math.pi * k / 64),
+    )
+    for k in range(64)
+]
 
 #: Worst case: a thin band across the whole frame diagonally (every row different and ragged).
 DIAGONAL: list[tuple[float, float]] = [(0.0, 0.0), (0.004, 0.0), (1.0, 0.996), (1.0, 1.0)]
@@ -93,6 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ("pixelate_", FACADES, MaskFill.PIXELATE),
         ("worst_case_", [DIAGONAL], MaskFill.SOLID),
         ("rectangle_", [RECTANGLE], MaskFill.SOLID),
+        ("disc_", [DISC], MaskFill.SOLID),
     ]
     for prefix, polygons, fill in cases:
         t0 = time.perf_counter()

@@ -21,11 +21,11 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edge.analytics.events import EventSigner, SignedEvent, verify_wire
 from edge.csu import audit as csu_audit
 from edge.csu import serve_config
 from edge.csu.serve_cmd import unit_rows
 from edge.errors import ConfigError
-from edge.uplink import events as wire_events
 from edge.uplink.protocol import (
     ENVELOPE_CONTENT_TYPE,
     SEGMENT_CONTENT_TYPE,
@@ -354,32 +354,40 @@ def test_events_are_verified_stored_and_published_to_mqtt(lab: Lab) -> None:
     try:
         assert subscribed.wait(10)
         unit = lab.units["unit-a"]
-        event = {
-            "id": "evt-1",
-            "unit_id": "unit-a",
-            "camera_id": "cam1",
-            "type": "line-crossing",
-            "wall_ns": time.time_ns(),
-        }
-        body = wire_events.sign_event(event, unit.signing)
+        signed = line_crossing(EventSigner(unit.signing, "unit-a"))
+        event_id = signed.body["id"]
+        body = signed.wire()
         conn = connect(lab, unit)
         assert put_event(conn, body) == 201
         assert put_event(conn, body) == 200  # retry: not stored or published twice
-        forged = wire_events.sign_event(
-            {**event, "id": "evt-2"}, ed25519.Ed25519PrivateKey.generate()
-        )
-        assert put_event(conn, forged) == 422
+        forged = line_crossing(EventSigner(ed25519.Ed25519PrivateKey.generate(), "unit-a"))
+        assert put_event(conn, forged.wire()) == 422
+        other_unit = line_crossing(EventSigner(unit.signing, "unit-b"))
+        assert put_event(conn, other_unit.wire()) == 400
         assert put_event(conn, b"{not json") == 400
         deadline = time.monotonic() + 10
         while not received and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.3)
         assert len(received) == 1
-        assert wire_events.verify_event(received[0], unit.signing.public_key())["id"] == "evt-1"
-        assert (lab.csu.directory / "storage/unit-a/events/evt-1.json").read_bytes() == body
+        assert verify_wire(received[0], unit.signing.public_key())["id"] == event_id
+        stored = lab.csu.directory / f"storage/unit-a/events/{event_id}.json"
+        assert stored.read_bytes() == body
     finally:
         sub.loop_stop()
         sub.disconnect()
+
+
+def line_crossing(signer: EventSigner) -> SignedEvent:
+    return signer.sign(
+        camera="cam1",
+        category="count",
+        kind="line-crossing",
+        rule="north-gate",
+        wall_ns=time.time_ns(),
+        frame_index=120,
+        details={"direction": "in", "count": 1},
+    )
 
 
 def put_event(conn: http.client.HTTPSConnection, body: bytes) -> int:

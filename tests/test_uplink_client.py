@@ -250,3 +250,43 @@ def test_outage_backlog_arrives_once_while_live_keeps_flowing(rig: Rig) -> None:
 @pytest.mark.slow
 def test_sixty_second_outage(rig: Rig) -> None:
     run_outage(rig, outage_s=60.0)
+
+
+def test_events_are_spooled_durably_and_sent_before_video(rig: Rig, tmp_path: Path) -> None:
+    from edge.analytics.events import EventSigner, SignedEvent
+    from edge.uplink.spool import EventSpool
+
+    spool = EventSpool(tmp_path / "spool")
+
+    def intrusion(key: ed25519.Ed25519PrivateKey, event_id: str) -> SignedEvent:
+        return EventSigner(key, UNIT).sign(
+            camera="cam1",
+            category="alert",
+            kind="intrusion",
+            rule="zone-a",
+            wall_ns=time.time_ns(),
+            frame_index=5,
+            details={},
+            extra={"id": event_id},
+        )
+
+    good = intrusion(rig.sealer.signing_key, "e1")
+    forged = intrusion(ed25519.Ed25519PrivateKey.generate(), "e2")
+    spool.put(good.wire())
+    spool.put(forged.wire())
+    rig.record(2)
+    client = UplinkClient(rig.config(), rig.outbox, Gate(), events=spool)
+    client.start()
+    try:
+        wait_until(lambda: rig.outbox.pending_count() == 0 and not spool.pending(), 20, "delivery")
+        snap = client.snapshot()
+    finally:
+        client.stop()
+    assert snap["counters"]["events"] == 1 and snap["counters"]["refused"] == 1
+    assert (rig.csu.directory / "storage" / UNIT / "events" / "e1.json").exists()
+    assert [p.name.split("-", 1)[1] for p in (spool.directory / "rejected").iterdir()] == [
+        "e2.json"
+    ]
+    first_segment = min(r["received_ns"] for r in stored_index(rig.csu))
+    event_file = rig.csu.directory / "storage" / UNIT / "events" / "e1.json"
+    assert event_file.stat().st_mtime_ns <= first_segment

@@ -186,13 +186,13 @@ class Receiver:
             return refuse(413, f"events are at most {MAX_EVENT_BYTES} bytes")
         body = await request.read()
         try:
-            event, signature = wire_events.parse_event(body)
+            event = wire_events.parse_event(body)
         except IntegrityError as exc:
             return refuse(400, str(exc))
-        if event["unit_id"] != unit:
-            return refuse(400, f"event names unit {event['unit_id']!r}")
+        if event["unit"] != unit:
+            return refuse(400, f"event names unit {event['unit']!r}")
         try:
-            wire_events.check_signature(event, signature, request["key"])
+            wire_events.verify_event(body, request["key"])
             verdict = await self.run_blocking(self.store.store_event, unit, event["id"], body)
         except IntegrityError as exc:
             return refuse(422, str(exc))
@@ -201,7 +201,7 @@ class Receiver:
         if verdict.value == 201:
             self.counters["events"] += 1
             if self.publisher is not None:
-                self.publisher.publish(unit, str(event["camera_id"]), body)
+                self.publisher.publish(unit, str(event["camera"]), body)
         return web.json_response({"status": verdict.name.lower()}, status=verdict.value)
 
     async def get_cursor(self, request: web.Request) -> web.Response:

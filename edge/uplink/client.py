@@ -26,12 +26,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from ..config import EdgeConfig
 from ..errors import EdgeError, UplinkError
 from ..vault.base import Outbox, OutboxItem, OutboxKind
 from . import policy, protocol
+from .spool import EventSpool
 from .tls import client_context, endpoint
 
 log = logging.getLogger(__name__)
@@ -103,9 +105,11 @@ class UplinkClient:
         *,
         wall_ns: Callable[[], int] = time.time_ns,
         batch: int = 256,
+        events: EventSpool | None = None,
     ) -> None:
         self.cfg = cfg
         self.outbox = outbox
+        self.events = events
         self.gate = gate
         self.unit_id = cfg.unit.id
         self._wall_ns = wall_ns
@@ -118,7 +122,14 @@ class UplinkClient:
         self._state = UplinkState.STOPPED
         self._reason = "not started"
         self._since_ns = time.time_ns()
-        self._counters = {"sent": 0, "duplicates": 0, "refused": 0, "bytes": 0, "failures": 0}
+        self._counters = {
+            "sent": 0,
+            "duplicates": 0,
+            "events": 0,
+            "refused": 0,
+            "bytes": 0,
+            "failures": 0,
+        }
         self._latencies: deque[float] = deque(maxlen=200)
         self._set_aside: set[tuple[str, str, int, bytes]] = set()
         self._backlog = policy.Backlog(0, 0, 0.0, 0.0)
@@ -290,6 +301,12 @@ class UplinkClient:
         while not self._stopping.is_set():
             if not self.gate.is_open():
                 raise UplinkError(f"802.1X gate closed: {self.gate.reason()}")
+            if self.events is not None:
+                queued = self.events.pending(limit=1)
+                if queued:
+                    # Events are small and time-critical (alerts): before any video.
+                    self._send_event(queued[0])
+                    continue
             items = self._pending()
             self._refresh_backlog(items)
             envelopes = [i for i in items if i.kind is OutboxKind.ENVELOPE]
@@ -309,6 +326,33 @@ class UplinkClient:
             item = segments[(decision.item.camera_id, decision.item.sequence)]
             self._send(item, live=decision.live)
             self._scheduler.sent(decision.item, decision.live, time.monotonic())
+
+    def _send_event(self, path: Path) -> None:
+        assert self.events is not None
+        try:
+            body = path.read_bytes()
+        except FileNotFoundError:
+            return
+        status, answer = self._request(
+            "POST", protocol.events_path(self.unit_id), body, protocol.EVENT_CONTENT_TYPE
+        )
+        if status in (200, 201):
+            self.events.done(path)
+            with self._lock:
+                self._counters["events"] += 1
+        elif protocol.is_final_refusal(status):
+            log.error(
+                "uplink[%s] CSU refused event %s: %d %s",
+                self.unit_id,
+                path.name,
+                status,
+                answer[:300],
+            )
+            self.events.reject(path)
+            with self._lock:
+                self._counters["refused"] += 1
+        else:
+            raise UplinkError(f"CSU answered {status} to an event")
 
     def _send(self, item: OutboxItem, *, live: bool) -> None:
         try:

@@ -294,3 +294,26 @@ def test_client_socket_path_over_108_bytes_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(Dot1xError, match="longer than"):
         WpaCtrl(Path("/run/wpa_supplicant/eth0"), client_dir=tmp_path / ("x" * 100))
+
+
+def test_csu_ca_issue_revoke_crl_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca_dir = tmp_path / "ca"
+    assert edge_csu(["ca", "init", str(ca_dir)]) == 0
+    out = tmp_path / "radius"
+    assert edge_csu(["ca", "issue", str(ca_dir), "radius.city.test", "--out", str(out)]) == 0
+    crt = tmp_path / "radius.crt"
+    assert (tmp_path / "radius.key").stat().st_mode & 0o777 == 0o600
+    verify = openssl("verify", "-CAfile", str(ca_dir / "chain.pem"), "-purpose", "sslserver",
+                     "-verify_hostname", "radius.city.test", str(crt))  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert edge_csu(["ca", "revoke", str(ca_dir), str(crt), "--reason", "key_compromise"]) == 0
+    assert (
+        edge_csu(["ca", "crl", str(ca_dir), "--days", "2", "--out", str(tmp_path / "c.pem")]) == 0
+    )
+    text = openssl("crl", "-in", str(tmp_path / "c.pem"), "-noout", "-text").stdout
+    assert "Key Compromise" in text
+    capsys.readouterr()
+    assert edge_csu(["ca", "list", str(ca_dir)]) == 0
+    assert "revoked" in capsys.readouterr().out

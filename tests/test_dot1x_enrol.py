@@ -317,3 +317,19 @@ def test_csu_ca_issue_revoke_crl_commands(
     capsys.readouterr()
     assert edge_csu(["ca", "list", str(ca_dir)]) == 0
     assert "revoked" in capsys.readouterr().out
+
+
+def test_gate_closes_when_the_supervisor_stops_confirming(data_dir: Path) -> None:
+    """Fault injection: a supervisor thread that hangs leaves a stale AUTHENTICATED behind."""
+    import time
+
+    sup = Dot1xSupervisor.from_config(enabled_cfg(data_dir))
+    gate = Dot1xGate(sup)
+    sup._set_state(PortState.AUTHENTICATED, "port authorised", alert=False)
+    sup._confirmed_mono = time.monotonic()
+    assert gate.is_open()
+    sup._confirmed_mono = time.monotonic() - sup.max_confirmation_age_s - 1
+    assert not gate.is_open() and "not confirmed" in gate.reason()
+    sup.stop()  # never started: the state becomes DISABLED and the gate stays shut
+    sup._confirmed_mono = time.monotonic()
+    assert not gate.is_open()

@@ -332,8 +332,8 @@ class Dot1xSupervisor:
                 self.settings.client_cert, self.settings.server_ca, self.expiry_warning_days
             )
             self._cert_checked_mono = now
-            if cert.get("warning"):
-                log.warning("%s: %s", self._prefix, cert["warning"])
+            if cert.get("warning") and cert.get("warning") != self._cert.get("warning"):
+                log.warning("%s: %s", self._prefix, cert["warning"])  # once per new warning
         with self._cond:
             self._status = status
             self._confirmed_mono = now

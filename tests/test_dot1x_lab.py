@@ -279,15 +279,12 @@ def test_supplicant_killed_closes_gate_and_alerts(run_unit: object, pki: Pki) ->
     u = run_unit(pki.unit)  # type: ignore[operator]
     settle(u, {PortState.AUTHENTICATED})
     assert u.gate.is_open()
-    t0 = time.monotonic()
     u.lab.kill_supplicant()
     settle(u, {PortState.FAILED}, timeout_s=5)
-    noticed = time.monotonic() - t0
     assert not u.gate.is_open()
     assert "lost the supplicant" in u.supervisor.reason
     wait_until(lambda: bool(u.alerts), 2, "alert")
     assert [a.state for a in u.alerts] == [PortState.FAILED]
-    assert noticed < 3, noticed  # within a few STATUS periods (0.3 s here)
 
 
 def test_supervisor_waits_for_a_late_supplicant(run_unit: object, pki: Pki) -> None:

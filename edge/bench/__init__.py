@@ -10,6 +10,7 @@ from __future__ import annotations
 
 #: name -> module under edge.bench
 BENCHMARKS: dict[str, str] = {
+    "analytics": "analytics",
     "capture": "capture",
     "encode": "encode",
     "mask": "mask",

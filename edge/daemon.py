@@ -42,15 +42,15 @@ from .uplink.client import UplinkClient
 from .uplink.dot1x.supervisor import Dot1xSupervisor
 from .uplink.gate import make_gate
 from .vault.base import Outbox
+from .vault.store import Vault
 from .video.base import SegmentSink
-from .video.dirsink import DirectorySink
 
 log = logging.getLogger("edged")
 
 
 def make_sink(cfg: EdgeConfig) -> SegmentSink:
-    """Where recorded segments go."""
-    return DirectorySink(cfg.unit.data_dir / "segments")
+    """Where recorded segments go: the sealed evidence vault (it runs retention itself)."""
+    return Vault.from_config(cfg)
 
 
 def _notify(message: str) -> None:

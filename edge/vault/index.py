@@ -106,6 +106,10 @@ class Index:
             self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            # Bound the write-ahead log (default: up to 4 MB between checkpoints, never
+            # shrunk): on a nearly full card the space belongs to recordings.
+            self.db.execute("PRAGMA wal_autocheckpoint=128")
+            self.db.execute("PRAGMA journal_size_limit=1048576")
             self.db.executescript(_SCHEMA)
             self.db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)

@@ -45,6 +45,8 @@ from .retention import DiskUsage, PurgePlan, RetentionPolicy, bytes_to_free, pla
 log = logging.getLogger(__name__)
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+#: Space kept aside so that a purge on a completely full disk can write its checkpoint first.
+RESERVE_BYTES = 256 * 1024
 
 
 @dataclass
@@ -132,6 +134,7 @@ class Vault(SegmentSink, Outbox):
 
         self.recovery = recover(self)
         self._vault_bytes = self.index.total_bytes()
+        self._ensure_reserve()
         if purge_interval_s is not None:
             self._thread = threading.Thread(
                 target=self._retention_loop, args=(purge_interval_s,), name="vault-retention"
@@ -284,6 +287,19 @@ class Vault(SegmentSink, Outbox):
 
     # --- retention -----------------------------------------------------------------------------
 
+    def _ensure_reserve(self) -> None:
+        """Keep ``RESERVE_BYTES`` allocated so that a purge can always write its checkpoint."""
+        path = self.root / "reserve"
+        try:
+            if path.exists() and path.stat().st_size == RESERVE_BYTES:
+                return
+            self._write_file(path, bytes(RESERVE_BYTES))
+        except OSError as exc:
+            log.warning("cannot allocate the purge reserve yet: %s", exc.strerror)
+
+    def _release_reserve(self) -> None:
+        (self.root / "reserve").unlink(missing_ok=True)
+
     def _statvfs(self) -> tuple[int, int]:
         st = os.statvfs(self.root)
         return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
@@ -303,6 +319,7 @@ class Vault(SegmentSink, Outbox):
             for camera, through in sorted(plan.cutoffs.items()):
                 done[camera] = self._purge_camera(camera, through, now)
             purged_epochs = self._purge_epochs()
+            self._ensure_reserve()
             if plan.count:
                 self.audit.append(
                     "purge",
@@ -344,9 +361,19 @@ class Vault(SegmentSink, Outbox):
             - (prev_ckp.purged_through if prev_ckp else -1),
             fmt.sha256(prev_ckp.raw) if prev_ckp else fmt.ZERO_HASH,
         )
-        self._write_file(
-            layout.checkpoint_path(self.root, camera), fmt.sign_checkpoint(ckp, self._key)
+        ckp_path, ckp_raw = (
+            layout.checkpoint_path(self.root, camera),
+            fmt.sign_checkpoint(ckp, self._key),
         )
+        try:
+            self._write_file(ckp_path, ckp_raw)
+        except OSError as exc:
+            if exc.errno not in _FULL:
+                raise
+            # The checkpoint must be durable before anything is deleted, and a full disk
+            # has no room for it: this is what the reserve file is for.
+            self._release_reserve()
+            self._write_file(ckp_path, ckp_raw)
         rows = self.index.rows_through(camera, through)
         for row in rows:
             self._unlink(layout.segment_path(self.root, camera, row.start_wall_ns, row.sequence))

@@ -288,3 +288,72 @@ def test_analytics_never_receives_unmasked_pixels(data_dir: Path) -> None:
     run_bridge(cfg, src, on_accept=inspect, mask=True)
     assert seen["frames"] == FRAMES // 5
     assert seen["raw_varies"] >= seen["frames"] // 2
+
+
+def motion_only_config(data_dir: Path, slots: int = 3) -> EdgeConfig:
+    cfg = config(data_dir)
+    analytics = cfg.analytics.model_copy(
+        update={
+            "detector": cfg.analytics.detector.model_copy(update={"model_path": None}),
+            "slots": slots,
+        }
+    )
+    return cfg.model_copy(update={"analytics": analytics})
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_stuck_analytics_process_costs_the_capture_thread_nothing_but_drops(
+    data_dir: Path,
+) -> None:
+    import os
+    import signal
+
+    cfg = motion_only_config(data_dir)
+    bridge = AnalyticsBridge(cfg, cfg.cameras[0])
+    bridge.start()
+    src = scene()
+    try:
+        assert wait_for(lambda: bridge.stats()["detector"] == "motion")
+        os.kill(bridge.stats()["pid"], signal.SIGSTOP)  # frozen: it will never free a slot
+        taken = [bridge.offer(f) for _i, f in frames(src, time.monotonic_ns())]
+        assert sum(taken) == cfg.analytics.slots  # the free slots, then drops
+        stats = bridge.stats()
+        assert stats["dropped_busy"] == FRAMES // 5 - cfg.analytics.slots
+        assert stats["skipped_rate"] == FRAMES - FRAMES // 5
+        os.kill(stats["pid"], signal.SIGCONT)
+        assert wait_for(lambda: bridge.in_flight() == 0)
+    finally:
+        bridge.stop()
+
+
+def test_a_crashed_analytics_process_is_restarted(data_dir: Path) -> None:
+    import os
+    import signal
+
+    cfg = motion_only_config(data_dir)
+    bridge = AnalyticsBridge(cfg, cfg.cameras[0])
+    bridge.start()
+    try:
+        assert wait_for(lambda: bridge.stats()["detector"] == "motion")
+        first = bridge.stats()["pid"]
+        os.kill(first, signal.SIGKILL)
+        assert wait_for(lambda: bridge.stats()["restarts"] == 1 and bridge.stats()["running"])
+        assert bridge.stats()["pid"] != first
+        # The new process takes frames again.
+        src = scene()
+        for i, f in frames(src, time.monotonic_ns()):
+            if i > 50:
+                break
+            wait_for(lambda: bridge.in_flight() == 0, 5)
+            bridge.offer(f)
+        assert wait_for(lambda: bridge.stats()["analysed"] >= 10)
+    finally:
+        bridge.stop()

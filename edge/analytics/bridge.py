@@ -75,7 +75,7 @@ class AnalyticsBridge:
         self._free_q: Any = None
         self._out_q: Any = None
         self._period_ns = round(1e9 / self.acfg.rate_fps)
-        self._last_accepted_ns: int | None = None
+        self._last_due_ns: int | None = None
         # Written by the capture thread only.
         self.offered = 0
         self.accepted = 0
@@ -186,11 +186,14 @@ class AnalyticsBridge:
         ring = self._ring
         if ring is None or self._stopping.is_set():
             return False
-        last = self._last_accepted_ns
+        last = self._last_due_ns
         # Tolerate 10 % jitter so 25 fps offered at 5 fps gives every 5th frame, not every 6th.
         if last is not None and frame.mono_ns - last < self._period_ns * 0.9:
             self.skipped_rate += 1
             return False
+        # The frame is due: whether it is taken or dropped, the next one is due a period later
+        # (so drops count lost analytics frames, not every camera frame while busy).
+        self._last_due_ns = frame.mono_ns
         if frame.width != self.cam.width or frame.height != self.cam.height:
             self.dropped_size += 1
             return False
@@ -220,7 +223,6 @@ class AnalyticsBridge:
             self._ready_q.put_nowait((slot, frame.index))
         finally:
             self._slots_lock.release()
-        self._last_accepted_ns = frame.mono_ns
         self.accepted += 1
         return True
 

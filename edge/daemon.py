@@ -30,16 +30,21 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import __version__, control, metrics, selftest
+from . import __version__, control, metrics, selftest, unitkeys
 from . import config as config_mod
+from .alerts import AlertHub
+from .analytics.events import EventSigner
 from .config import CameraConfig, EdgeConfig
 from .errors import ConfigError, EdgeError
 from .frames import Frame
 from .health import system as system_health
+from .health.door import DoorMonitor
+from .health.hotplug import HotplugEvent, HotplugMonitor
 from .pipeline import CameraPipeline
 from .process import setup_process
 from .uplink.client import UplinkClient
-from .uplink.dot1x.supervisor import Dot1xSupervisor
+from .uplink.dot1x.status import PortState
+from .uplink.dot1x.supervisor import Dot1xAlert, Dot1xSupervisor
 from .uplink.gate import make_gate
 from .vault.base import Outbox
 from .vault.store import Vault
@@ -87,6 +92,10 @@ class Daemon:
         self.uplink: UplinkClient | None = None
         #: The 802.1X supervisor, when 802.1X is enabled (its gate guards the uplink).
         self.dot1x_supervisor: Dot1xSupervisor | None = None
+        #: Alarms of the unit itself and analytics events, signed, for status and listeners.
+        self.alerts: AlertHub | None = None
+        self.door: DoorMonitor | None = None
+        self.hotplug: HotplugMonitor | None = None
         self._stop = threading.Event()
         self._reload = threading.Event()
 
@@ -111,11 +120,84 @@ class Daemon:
 
     def start(self) -> None:
         self.cfg.unit.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        signing_key = unitkeys.load_or_create_signing_key(
+            unitkeys.keys_dir_of(self.cfg.unit.data_dir)
+        )
+        self.alerts = AlertHub(EventSigner(signing_key, self.cfg.unit.id))
         self.sink = make_sink(self.cfg)
+        self._start_health()
         for cam in self.cfg.cameras:
             self._start_camera(cam)
+        self._start_dot1x()
         self._start_uplink()
         self._start_control()
+
+    def _watch_dot1x(self) -> None:
+        sup = self.dot1x_supervisor
+        if sup is not None and self.alerts is not None and sup.state is PortState.AUTHENTICATED:
+            self.alerts.clear_alert("dot1x-port-blocked", "unit", "802.1X authenticated again")
+
+    def _start_health(self) -> None:
+        """Cabinet door switch (when wired) and camera/storage hot-plug."""
+        hub = self.alerts
+        assert hub is not None
+        if self.cfg.control.door:
+
+            def on_door(is_open: bool) -> None:
+                if is_open:
+                    hub.raise_alert("cabinet-door-open", "unit", "cabinet door opened")
+                else:
+                    hub.clear_alert("cabinet-door-open", "unit", "cabinet door closed")
+
+            self.door = DoorMonitor(self.cfg.control.door, on_door)
+            self.door.start()
+        self.hotplug = HotplugMonitor(self._on_hotplug)
+        self.hotplug.start()
+
+    def _on_hotplug(self, event: HotplugEvent) -> None:
+        hub = self.alerts
+        assert hub is not None
+        if event.kind == "camera":
+            cams = [c for c in self.cfg.cameras if c.source == f"v4l2:{event.devnode}"]
+            for cam in cams:
+                if event.action == "remove":
+                    hub.raise_alert("camera-unplugged", cam.id, f"{event.description} unplugged")
+                else:
+                    hub.clear_alert("camera-unplugged", cam.id, f"{event.description} plugged in")
+        elif event.kind == "storage" and event.action == "remove":
+            hub.raise_alert("storage-removed", "unit", f"{event.description} removed")
+
+    def _watch_cameras(self) -> None:
+        """Raise "camera-lost" when a camera gives no frame for 5 s; clear it when frames return."""
+        hub = self.alerts
+        if hub is None:
+            return
+        now = time.monotonic()
+        for cam_id, pipeline in self.pipelines.items():
+            last = pipeline.last_frame_mono
+            silent = now - (last if last is not None else pipeline.started_mono)
+            if silent > 5.0:
+                state = pipeline.capture_state()
+                hub.raise_alert("camera-lost", cam_id, f"no frame for {silent:.0f} s ({state})")
+            elif last is not None:
+                hub.clear_alert("camera-lost", cam_id, "frames are flowing again")
+
+    def _start_dot1x(self) -> None:
+        if not self.cfg.dot1x.enabled:
+            return
+        hub = self.alerts
+        assert hub is not None
+
+        def on_alert(alert: Dot1xAlert) -> None:
+            hub.raise_alert("dot1x-port-blocked", "unit", f"802.1X {alert.state}: {alert.reason}")
+
+        try:
+            self.dot1x_supervisor = Dot1xSupervisor.from_config(self.cfg, on_alert=on_alert)
+        except EdgeError as exc:
+            # The uplink stays closed (make_gate refuses 802.1X without a supervisor).
+            log.error("802.1X supervision not started, the uplink stays closed: %s", exc)
+            return
+        self.dot1x_supervisor.start()
 
     def _start_uplink(self) -> None:
         if not self.cfg.uplink.enabled:
@@ -207,6 +289,7 @@ class Daemon:
         next_pet = time.monotonic()
         next_status = time.monotonic()
         next_metrics = time.monotonic()
+        next_watch = time.monotonic() + 1.0
         while not self._stop.is_set():
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -224,6 +307,10 @@ class Daemon:
                 else:
                     log.error("a recording thread is stuck or dead: not petting the watchdog")
                 next_pet = now + watchdog
+            if now >= next_watch:
+                self._watch_cameras()
+                self._watch_dot1x()
+                next_watch = now + 1.0
             if now >= next_status:
                 _notify("STATUS=" + self.status_line())
                 next_status = now + 5.0
@@ -237,6 +324,12 @@ class Daemon:
         _notify("STOPPING=1")
         if self.control is not None:
             self.control.close()
+        if self.dot1x_supervisor is not None:
+            self.dot1x_supervisor.stop()
+        if self.door is not None:
+            self.door.stop()
+        if self.hotplug is not None:
+            self.hotplug.stop()
         for pipeline in self.pipelines.values():
             pipeline.stop()
         if self.uplink is not None:
@@ -313,6 +406,12 @@ class Daemon:
             "data_dir": str(self.cfg.unit.data_dir),
             "cameras": [p.snapshot() for p in self.pipelines.values()],
             "uplink": self.uplink.snapshot() if self.uplink is not None else None,
+            "dot1x": self.dot1x_supervisor.snapshot()
+            if self.dot1x_supervisor is not None
+            else None,
+            "alerts": self.alerts.snapshot() if self.alerts is not None else None,
+            "tamper": {"active": self.alerts.active("tamper")} if self.alerts is not None else None,
+            "door": self.door.snapshot() if self.door is not None else None,
         }
 
 

@@ -183,28 +183,30 @@ def uplink_findings(daemon: dict[str, Any]) -> list[Finding]:
     dot1x = daemon.get("dot1x")
     if isinstance(dot1x, dict):
         state = str(dot1x.get("state", "?")).upper()
-        line = f"802.1X {state}"
+        cert = dot1x.get("client_certificate") or {}
+        line = f"802.1X {state} on {dot1x.get('interface', '?')} as {dot1x.get('identity', '?')}"
         if state in ("AUTHENTICATED", "DISABLED"):
             out.append(Finding("8021x", Level.OK, line))
         else:
             reason = dot1x.get("reason") or "not authorised"
-            expiry = dot1x.get("cert_not_after")
             cause = f"uplink blocked: 802.1X {state} — {reason}"
             action = "check the switch port and the RADIUS log for this unit's identity"
-            if dot1x.get("cert_expired"):
+            if cert.get("expired"):
+                expiry = str(cert.get("not_after", "?"))[:10]
                 cause = f"uplink blocked: 802.1X {state} — client certificate expired {expiry}"
                 action = (
                     "run `edgectl enroll --renew` and have the CSR signed by the city's video CA"
                 )
+            elif cert and not cert.get("present", True):
+                action = "enrol the unit: `edgectl enroll`, then `edgectl enroll --install CERT`"
             out.append(Finding("8021x", Level.FAILING, line, cause, action))
-        days = dot1x.get("cert_days_left")
-        if isinstance(days, int | float) and 0 <= days <= 30:
+        if cert.get("expiring_soon"):
             out.append(
                 Finding(
                     "8021x",
                     Level.DEGRADED,
-                    f"certificate expires in {days:.0f} days",
-                    f"the unit's certificate expires on {dot1x.get('cert_not_after')}",
+                    f"certificate expires in {cert.get('days_left', 0):.0f} days",
+                    str(cert.get("warning")),
                     "run `edgectl enroll --renew` before it expires",
                 )
             )

@@ -233,6 +233,10 @@ class CameraPipeline:
 
     # --- diagnostics -------------------------------------------------------------------------
 
+    def capture_state(self) -> str:
+        stats = self._capture.stats()
+        return f"{stats.state}: {stats.reason}"
+
     def snapshot(self) -> dict[str, Any]:
         now = time.monotonic()
         capture = self._capture.stats()

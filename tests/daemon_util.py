@@ -12,6 +12,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from edge.config import RecipientKem
+from edge.vault.keys import write_keypair
+
 
 class NotifyListener:
     """An ``sd_notify`` socket as systemd provides one (``NOTIFY_SOCKET``)."""
@@ -56,9 +59,16 @@ class NotifyListener:
 def write_config(
     path: Path, data_dir: Path, *, extra: str = "", camera: str = "", source: str = "synthetic"
 ) -> Path:
-    """A small, fast configuration: one synthetic 320x240 camera, 1 s segments."""
+    """A small, fast configuration: one synthetic 320x240 camera, 1 s segments, recorded into
+    the vault for a CSU key pair made beside the file (``csu/csu.key.json`` opens it)."""
+    csu_dir = path.parent / "csu"
+    if not (csu_dir / "csu.pub.json").exists():
+        write_keypair(csu_dir, RecipientKem.MLKEM768_X25519)
     path.write_text(
         f"""\
+[vault]
+csu_public_key = "{csu_dir / "csu.pub.json"}"
+
 [unit]
 id = "test-unit"
 data_dir = "{data_dir}"
@@ -113,3 +123,26 @@ def running_edged(
         if proc.stderr:
             proc.stderr.close()
         listener.close()
+
+
+def sealed_segments(data_dir: Path, camera: str = "cam1") -> list[Path]:
+    return sorted((data_dir / "vault" / "segments" / camera).rglob("*.seg"))
+
+
+def export_and_open(data_dir: Path, config: Path, out: Path) -> Path:
+    """Export everything recorded and open it with the CSU key: a playable MP4."""
+    bundle = out / "bundle"
+    clip = out / "clip.mp4"
+    subprocess.run(
+        [sys.executable, "-m", "edge.cli.main", "export", "--config", str(config),
+         "--data-dir", str(data_dir),
+         "--from", "2000-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z",
+         "--case", "TEST-1", "--out", str(bundle)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "edge.csu.main", "open", str(bundle),
+         "--key", str(config.parent / "csu" / "csu.key.json"), "--out", str(clip)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return clip

@@ -10,15 +10,14 @@ import time
 from pathlib import Path
 
 from .conftest import tool
-from .daemon_util import running_edged, write_config
+from .daemon_util import export_and_open, running_edged, sealed_segments, write_config
 
 
 def _segments(data_dir: Path) -> list[Path]:
-    return sorted(data_dir.glob("segments/cam1/**/seg-*.m4s"))
+    return sealed_segments(data_dir)
 
 
-def _probe_frames(init: Path, segments: list[Path], out: Path) -> int:
-    out.write_bytes(init.read_bytes() + b"".join(s.read_bytes() for s in segments))
+def _probe_frames(clip: Path) -> int:
     result = subprocess.run(
         [
             tool("ffprobe"),
@@ -31,7 +30,7 @@ def _probe_frames(init: Path, segments: list[Path], out: Path) -> int:
             "stream=nb_read_frames,codec_name,width,height",
             "-of",
             "json",
-            str(out),
+            str(clip),
         ],
         capture_output=True,
         text=True,
@@ -61,7 +60,8 @@ def test_ready_watchdog_and_sigterm_finishes_segment(tmp_path: Path, data_dir: P
     assert "stopped:" in log
     segments = _segments(data_dir)
     # Every segment, the last (finished on SIGTERM) included, decodes.
-    frames = _probe_frames(data_dir / "segments/cam1/init.mp4", segments, tmp_path / "all.mp4")
+    clip = export_and_open(data_dir, config, tmp_path)  # the CSU key opens it, not the unit
+    frames = _probe_frames(clip)
     assert frames >= 10 * len(segments) - 10
     assert not list(data_dir.rglob("*.tmp*")), "temporary files left behind"
 
@@ -119,5 +119,5 @@ def test_bad_config_refused_with_location(tmp_path: Path, data_dir: Path) -> Non
         check=False,
     )
     assert result.returncode == 78
-    assert f"{config}:10: cameras[0].fps: Input should be greater than 0" in result.stderr
+    assert f"{config}:13: cameras[0].fps: Input should be greater than 0" in result.stderr
     assert not _segments(data_dir)

@@ -105,8 +105,14 @@ def test_expired_certificate_names_renewal() -> None:
     status["daemon"]["dot1x"] = {
         "state": "held",
         "reason": "EAP failure",
-        "cert_expired": True,
-        "cert_not_after": "2026-10-01",
+        "interface": "eth0",
+        "identity": "cab-0042",
+        "client_certificate": {
+            "present": True,
+            "expired": True,
+            "not_after": "2026-10-01T00:00:00+00:00",
+            "days_left": -58.0,
+        },
     }
     [(section, level, cause, action)] = problems(status)
     assert (section, level) == ("8021x", Level.FAILING)
@@ -169,3 +175,20 @@ def test_metrics_parse_as_openmetrics(tmp_path: Path) -> None:
     assert dropped.value == 3 and dropped.labels == {"unit": "cab-0042", "camera": "cam1"}
     assert families["edge_health_level"].samples[0].value == 1
     assert families["edge_time_synchronised"].samples[0].value == 1
+
+
+def test_certificate_expiring_soon_warns() -> None:
+    status = healthy()
+    status["daemon"]["dot1x"] = {
+        "state": "authenticated",
+        "client_certificate": {
+            "present": True,
+            "expired": False,
+            "expiring_soon": True,
+            "days_left": 12.4,
+            "warning": "unit certificate expires on 2026-12-10 (12 days): renew",
+        },
+    }
+    [(section, level, cause, action)] = problems(status)
+    assert (section, level) == ("8021x", Level.DEGRADED)
+    assert "expires on 2026-12-10" in cause and "--renew" in action

@@ -22,6 +22,7 @@ from edge.video.dirsink import DirectorySink
 
 from .conftest import tool
 from .daemon_util import running_edged, write_config
+from .test_capture_live import RtspCamera, _free_port, needs_server
 
 
 def edgectl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -59,71 +60,67 @@ def sockdir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def make_clip(path: Path) -> None:
-    subprocess.run(
-        [tool("ffmpeg"), "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10",
-         "-t", "2", "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast", str(path)],
-        check=True,
-    )  # fmt: skip
-
-
+@needs_server
 def test_status_follows_camera_unplug_and_replug(
     tmp_path: Path, data_dir: Path, sockdir: Path
 ) -> None:
-    clip = tmp_path / "camera.mp4"
-    make_clip(clip)
+    """A network camera (a real RTSP server) is unplugged and plugged back in."""
+    camera = RtspCamera(_free_port(), "--codec", "h264", "--size", "320x240", "--fps", "10")
+    camera.start()
     config = write_config(
         tmp_path / "edge.toml",
         data_dir,
-        source=f"file:{clip}",
-        camera="loop = true\n",
+        source=camera.url(),
         extra=f'\n[control]\nsocket = "{sockdir}/control.sock"\n',
     )
-    with running_edged(config, tmp_path) as (proc, notify):
-        notify.wait_for("READY=1", timeout=30)
-        code, st = wait_until(
-            lambda: (r := status_json(config))[1]["daemon"]["cameras"][0]["frames_in"] > 5 and r,
-            20,
-            "frames",
-        )
-        cam = st["daemon"]["cameras"][0]
-        assert cam["capture"]["state"] == "running"
-        assert cam["width"] == 320 and cam["masks"] == 1
-        assert st["daemon"]["unit_id"] == "test-unit"
+    try:
+        with running_edged(config, tmp_path) as (proc, notify):
+            notify.wait_for("READY=1", timeout=30)
+            code, st = wait_until(
+                lambda: (
+                    (r := status_json(config))[1]["daemon"]["cameras"][0]["frames_in"] > 5 and r
+                ),
+                30,
+                "frames",
+            )
+            cam = st["daemon"]["cameras"][0]
+            assert cam["capture"]["state"] == "running"
+            assert cam["width"] == 320 and cam["masks"] == 1
+            assert "s3cret" not in json.dumps(st), "the camera password leaked into status"
 
-        # Unplug: the file disappears; at the end of the clip the source cannot reopen.
-        clip.rename(tmp_path / "unplugged.mp4")
-        code, st = wait_until(
-            lambda: (
-                (r := status_json(config))[1]["daemon"]["cameras"][0]["capture"]["state"]
-                == "backoff"
-                and (r[1]["daemon"]["cameras"][0]["last_frame_age_s"] or 0) > 5
-                and r
-            ),
-            40,
-            "camera lost",
-        )
-        assert code == 2
-        diag = edgectl("diag", "--config", str(config))
-        assert diag.returncode == 2
-        assert "[FAIL] camera: camera cam1 delivers no frames (backoff:" in diag.stdout
-        assert "resumes by itself" in diag.stdout
-        frames_before = st["daemon"]["cameras"][0]["frames_in"]
+            camera.kill()  # unplugged
+            code, st = wait_until(
+                lambda: (r := status_json(config))[1]["daemon"]["alerts"]["active"] and r,
+                40,
+                "the camera-lost alert",
+            )
+            assert st["daemon"]["alerts"]["active"] == ["camera-lost (cam1)"]
+            assert st["daemon"]["cameras"][0]["capture"]["state"] in ("backoff", "starting")
+            assert code == 2
+            diag = edgectl("diag", "--config", str(config))
+            assert diag.returncode == 2
+            assert "[FAIL] camera: camera cam1 delivers no frames" in diag.stdout
+            assert "resumes by itself" in diag.stdout
+            frames_before = st["daemon"]["cameras"][0]["frames_in"]
 
-        # Replug: capture resumes without restarting the daemon.
-        (tmp_path / "unplugged.mp4").rename(clip)
-        code, st = wait_until(
-            lambda: (
-                (r := status_json(config))[1]["daemon"]["cameras"][0]["frames_in"]
-                > frames_before + 5
-                and r
-            ),
-            40,
-            "capture to resume",
-        )
-        assert st["daemon"]["cameras"][0]["capture"]["state"] == "running"
-        assert st["daemon"]["cameras"][0]["capture"]["reconnects"] >= 1
-        assert proc.poll() is None
+            camera.start()  # plugged back in: capture resumes without restarting edged
+            code, st = wait_until(
+                lambda: (
+                    (r := status_json(config))[1]["daemon"]["cameras"][0]["frames_in"]
+                    > frames_before + 5
+                    and not r[1]["daemon"]["alerts"]["active"]
+                    and r
+                ),
+                60,
+                "capture to resume",
+            )
+            assert st["daemon"]["cameras"][0]["capture"]["state"] == "running"
+            assert st["daemon"]["cameras"][0]["capture"]["reconnects"] >= 1
+            recent = [(a["kind"], a["state"]) for a in st["daemon"]["alerts"]["recent"]]
+            assert recent[-2:] == [("camera-lost", "raised"), ("camera-lost", "cleared")]
+            assert proc.poll() is None
+    finally:
+        camera.kill()
 
 
 class StallingSink(DirectorySink):

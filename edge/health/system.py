@@ -32,7 +32,7 @@ def parse_chrony_tracking(csv_line: str) -> TimeSync:
     if len(fields) < 14:
         raise ValueError(f"unexpected chronyc output: {csv_line!r}")
     ref_name, stratum = fields[1], int(fields[2])
-    offset = float(fields[4])  # "last offset" in seconds
+    offset = float(fields[4])  # how far the system clock is from true time, seconds
     leap = fields[13]
     synced = leap.lower() != "not synchronised" and stratum > 0 and stratum < 16
     return TimeSync(synced, f"chrony {ref_name}", offset, stratum, f"leap status: {leap}")

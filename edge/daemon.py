@@ -33,7 +33,9 @@ from typing import Any
 from . import __version__, control, metrics, selftest, unitkeys
 from . import config as config_mod
 from .alerts import AlertHub
+from .analytics.bridge import AnalyticsBridge
 from .analytics.events import EventSigner
+from .analytics.mqtt import MqttPublisher
 from .config import CameraConfig, EdgeConfig
 from .errors import ConfigError, EdgeError
 from .frames import Frame
@@ -95,6 +97,8 @@ class Daemon:
         #: Alarms of the unit itself and analytics events, signed, for status and listeners.
         self.alerts: AlertHub | None = None
         self.door: DoorMonitor | None = None
+        self.analytics: dict[str, AnalyticsBridge] = {}
+        self.mqtt: MqttPublisher | None = None
         self.hotplug: HotplugMonitor | None = None
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -124,6 +128,10 @@ class Daemon:
             unitkeys.keys_dir_of(self.cfg.unit.data_dir)
         )
         self.alerts = AlertHub(EventSigner(signing_key, self.cfg.unit.id))
+        if self.cfg.analytics.mqtt.enabled:
+            self.mqtt = MqttPublisher.from_config(self.cfg)
+            self.mqtt.start()
+            self.alerts.add_listener(self.mqtt.publish)
         self.sink = make_sink(self.cfg)
         self._start_health()
         for cam in self.cfg.cameras:
@@ -272,7 +280,19 @@ class Daemon:
         assert self.sink is not None
         pipeline = CameraPipeline(cam, self.sink)
         self.pipelines[cam.id] = pipeline
+        if self.cfg.analytics.enabled and self.alerts is not None:
+            # Its own process, fed masked frames from the capture thread; never blocks it.
+            bridge = AnalyticsBridge(self.cfg, cam, listeners=[self.alerts.publish], mqtt=False)
+            pipeline.add_observer(bridge.offer)
+            bridge.start()
+            self.analytics[cam.id] = bridge
         pipeline.start()
+
+    def _stop_camera(self, cam_id: str) -> None:
+        self.pipelines.pop(cam_id).stop()
+        bridge = self.analytics.pop(cam_id, None)
+        if bridge is not None:
+            bridge.stop()
 
     def run(self, run_for: float | None = None) -> int:
         deadline = None if run_for is None else time.monotonic() + run_for
@@ -332,6 +352,10 @@ class Daemon:
             self.hotplug.stop()
         for pipeline in self.pipelines.values():
             pipeline.stop()
+        for bridge in self.analytics.values():
+            bridge.stop()
+        if self.mqtt is not None:
+            self.mqtt.stop()
         if self.uplink is not None:
             self.uplink.stop()  # before the vault closes: it reads the outbox
         if self.sink is not None:
@@ -360,7 +384,7 @@ class Daemon:
         new_cams = {c.id: c for c in new.cameras}
         for cam_id in old_cams.keys() - new_cams.keys():
             log.info("[%s] camera removed from the configuration: stopping it", cam_id)
-            self.pipelines.pop(cam_id).stop()
+            self._stop_camera(cam_id)
         for cam_id, cam in new_cams.items():
             old = old_cams.get(cam_id)
             if old is None:
@@ -368,7 +392,7 @@ class Daemon:
                 self._start_camera(cam)
             elif _without_masks(old) != _without_masks(cam):
                 log.info("[%s] camera settings changed: restarting its pipeline", cam_id)
-                self.pipelines.pop(cam_id).stop()
+                self._stop_camera(cam_id)
                 self._start_camera(cam)
             elif old.privacy_masks != cam.privacy_masks:
                 self.pipelines[cam_id].set_masks(cam.privacy_masks)
@@ -409,10 +433,25 @@ class Daemon:
             "dot1x": self.dot1x_supervisor.snapshot()
             if self.dot1x_supervisor is not None
             else None,
+            "analytics": _analytics_summary([b.stats() for b in self.analytics.values()]),
             "alerts": self.alerts.snapshot() if self.alerts is not None else None,
             "tamper": {"active": self.alerts.active("tamper")} if self.alerts is not None else None,
             "door": self.door.snapshot() if self.door is not None else None,
         }
+
+
+def _analytics_summary(stats: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The figures of every camera's analytics process, summed for the status screen."""
+    if not stats:
+        return None
+    return {
+        "alive": all(s["running"] for s in stats),
+        "fps": sum(s["fps"] for s in stats),
+        "inference_ms": max(s["inference_ms"] for s in stats),
+        "drops": sum(s["dropped_busy"] + s["dropped_late"] for s in stats),
+        "recent_alerts": [a for s in stats for a in s["recent_alerts"]][-10:],
+        "cameras": stats,
+    }
 
 
 def _last_frame(pipeline: CameraPipeline) -> Frame | None:

@@ -15,4 +15,5 @@ BENCHMARKS: dict[str, str] = {
     "encode": "encode",
     "mask": "mask",
     "pipeline": "pipeline",
+    "vault": "vault",
 }

@@ -43,6 +43,20 @@ CREATE TABLE IF NOT EXISTS segments (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS segments_by_time ON segments (start_ns);
 CREATE INDEX IF NOT EXISTS segments_pending ON segments (start_ns) WHERE delivered = 0;
+-- Running totals kept by triggers, so start-up never has to scan 1.3 M rows to know them.
+CREATE TABLE IF NOT EXISTS totals (
+    k INTEGER PRIMARY KEY CHECK (k = 0),
+    segments INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO totals
+    SELECT 0, COUNT(*), COALESCE(SUM(size), 0) FROM segments;
+CREATE TRIGGER IF NOT EXISTS totals_insert AFTER INSERT ON segments BEGIN
+    UPDATE totals SET segments = segments + 1, bytes = bytes + NEW.size WHERE k = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS totals_delete AFTER DELETE ON segments BEGIN
+    UPDATE totals SET segments = segments - 1, bytes = bytes - OLD.size WHERE k = 0;
+END;
 CREATE TABLE IF NOT EXISTS epochs (
     camera TEXT NOT NULL,
     epoch BLOB NOT NULL,
@@ -106,6 +120,8 @@ class Index:
             self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            # INSERT OR REPLACE deletes first; the totals triggers must see that delete.
+            self.db.execute("PRAGMA recursive_triggers=ON")
             # Bound the write-ahead log (default: up to 4 MB between checkpoints, never
             # shrunk): on a nearly full card the space belongs to recordings.
             self.db.execute("PRAGMA wal_autocheckpoint=128")
@@ -192,11 +208,18 @@ class Index:
             raise VaultError(f"{self.path}: {exc}") from None
 
     def cameras(self) -> list[str]:
+        """Camera ids, by skipping through the primary key (a handful of seeks, no scan)."""
+        found: set[str] = set()
         with self.lock:
-            rows = self.db.execute(
-                "SELECT DISTINCT camera FROM segments UNION SELECT DISTINCT camera FROM epochs"
-            ).fetchall()
-        return sorted(str(r[0]) for r in rows)
+            for table in ("segments", "epochs"):
+                row = self.db.execute(f"SELECT MIN(camera) FROM {table}").fetchone()  # noqa: S608
+                while row is not None and row[0] is not None:
+                    found.add(str(row[0]))
+                    row = self.db.execute(
+                        f"SELECT MIN(camera) FROM {table} WHERE camera > ?",  # noqa: S608
+                        (row[0],),
+                    ).fetchone()
+        return sorted(found)
 
     def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[IndexRow]:
         with self.lock:
@@ -236,7 +259,9 @@ class Index:
         if camera is not None:
             sql += " AND camera = ?"
             args += (camera,)
-        return self._rows(sql + " ORDER BY camera, seq", args)
+        # Ordered by time in SQL so the time index drives the query; then by camera here.
+        rows = self._rows(sql + " ORDER BY start_ns", args)
+        return sorted(rows, key=lambda r: (r.camera_id, r.sequence))
 
     def oldest_first(self, batch: int = 512) -> Iterator[SegmentInfo]:
         """Every segment by start time, fetched in batches (the purge planner stops early)."""
@@ -343,7 +368,7 @@ class Index:
 
     def total_bytes(self) -> int:
         with self.lock:
-            row = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM segments").fetchone()
+            row = self.db.execute("SELECT bytes FROM totals WHERE k = 0").fetchone()
             erow = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM epochs").fetchone()
         return int(row[0]) + int(erow[0])
 

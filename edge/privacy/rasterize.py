@@ -68,7 +68,14 @@ def polygon_mask(points_px: npt.NDArray[np.float64], width: int, height: int) ->
         return np.zeros((height, width), dtype=np.bool_)
     rows = np.arange(first, last, dtype=np.float64)[:, None]
     dy = y1 - y0
-    slope = np.divide(x1 - x0, dy, out=np.zeros_like(dy), where=dy != 0)
+    safe_dy = np.where(dy != 0, dy, 1.0)
+
+    def x_at(y: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """x of each edge at height ``y``, as a blend of its end points: exact at the ends and
+        never past them, so rounding cannot push an edge across a grid line it only touches."""
+        t = (y - y0) / safe_dy  # a division, so t is exactly 1 at y1 (a product might not be)
+        return np.asarray(x0 * (1.0 - t) + x1 * t, dtype=np.float64)
+
     out = np.zeros((height, width), dtype=np.bool_)
 
     def add(row_idx: Index, lo: Index, hi: Index) -> None:
@@ -91,8 +98,8 @@ def polygon_mask(points_px: npt.NDArray[np.float64], width: int, height: int) ->
     crosses = np.where(flat, (ylo > rows) & (ylo < rows + 1), (ylo < rows + 1) & (yhi > rows))
     ya = np.clip(rows, ylo, yhi)
     yb = np.clip(rows + 1, ylo, yhi)
-    xa = np.where(flat, np.minimum(x0, x1), x0 + (ya - y0) * slope)
-    xb = np.where(flat, np.maximum(x0, x1), x0 + (yb - y0) * slope)
+    xa = np.where(flat, np.minimum(x0, x1), x_at(ya))
+    xb = np.where(flat, np.maximum(x0, x1), x_at(yb))
     left = np.minimum(xa, xb)
     right = np.maximum(xa, xb)
     # Open interval (left, right) meets (i, i+1) for floor(left) <= i <= ceil(right) - 1; a
@@ -108,7 +115,7 @@ def polygon_mask(points_px: npt.NDArray[np.float64], width: int, height: int) ->
     # (b) Pixel centres inside: scan line y = j + 0.5, crossings sorted by x, running winding.
     yc = rows + 0.5
     hit = (np.minimum(y0, y1) <= yc) & (yc < np.maximum(y0, y1))
-    xc = np.where(hit, x0 + (yc - y0) * slope, np.inf)
+    xc = np.where(hit, x_at(yc), np.inf)
     wind = np.where(hit, np.sign(dy), 0.0)
     order = np.argsort(xc, axis=1)
     xs = np.take_along_axis(xc, order, axis=1)

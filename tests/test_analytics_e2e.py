@@ -345,7 +345,9 @@ def test_a_crashed_analytics_process_is_restarted(data_dir: Path) -> None:
         assert wait_for(lambda: bridge.stats()["detector"] == "motion")
         first = bridge.stats()["pid"]
         os.kill(first, signal.SIGKILL)
-        assert wait_for(lambda: bridge.stats()["restarts"] == 1 and bridge.stats()["running"])
+        assert wait_for(
+            lambda: bridge.stats()["restarts"] == 1 and bridge.stats()["state"] == "running"
+        )
         assert bridge.stats()["pid"] != first
         # The new process takes frames again.
         src = scene()

@@ -22,6 +22,7 @@ reads; counters of :meth:`offer` are written by the capture thread only.
 from __future__ import annotations
 
 import collections
+import enum
 import logging
 import multiprocessing as mp
 import queue
@@ -43,6 +44,17 @@ EventListener = Callable[[SignedEvent], object]
 
 RECENT_ALERTS = 20
 BACKOFF_MAX_S = 30.0
+
+
+class ChildState(enum.Enum):
+    """Life of the analytics process, as the bridge sees it."""
+
+    IDLE = "idle"
+    STARTING = "starting"  # spawned, loading its model
+    RUNNING = "running"  # said it is ready
+    BACKOFF = "backoff"  # died; waiting before the next start
+    STOPPING = "stopping"
+    STOPPED = "stopped"
 
 
 class AnalyticsBridge:
@@ -88,6 +100,7 @@ class AnalyticsBridge:
         self._restarts = 0
         self._last_failure: str | None = None
         self._detector = "starting"
+        self.state = ChildState.IDLE
         self._publisher: Any = None
         if mqtt and self.acfg.mqtt.enabled:
             from .mqtt import MqttPublisher
@@ -96,6 +109,12 @@ class AnalyticsBridge:
             self._listeners.append(self._publisher.publish)
 
     # --- life cycle --------------------------------------------------------------------------
+
+    def _set_state(self, state: ChildState, reason: str) -> None:
+        with self._stats_lock:
+            old, self.state = self.state, state
+        if old is not state:
+            log.info("[%s] analytics %s -> %s: %s", self.cam.id, old.value, state.value, reason)
 
     def add_listener(self, listener: EventListener) -> None:
         self._listeners.append(listener)
@@ -149,6 +168,7 @@ class AnalyticsBridge:
             daemon=True,
         )
         self._proc.start()
+        self._set_state(ChildState.STARTING, f"pid {self._proc.pid}")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the child (it flushes its counting intervals first) and release everything."""
@@ -156,6 +176,7 @@ class AnalyticsBridge:
             return
         self._stopping.set()
         self._stop_event.set()
+        self._set_state(ChildState.STOPPING, "stop requested")
         if self._proc is not None:
             self._proc.join(timeout)
             if self._proc.is_alive():
@@ -173,6 +194,7 @@ class AnalyticsBridge:
         if self._ring is not None:
             self._ring.close()
             self._ring = None
+        self._set_state(ChildState.STOPPED, "stopped")
 
     # --- capture thread ----------------------------------------------------------------------
 
@@ -266,6 +288,7 @@ class AnalyticsBridge:
                     self._proc.exitcode,
                     backoff,
                 )
+                self._set_state(ChildState.BACKOFF, f"exit code {self._proc.exitcode}")
                 if self._stopping.wait(backoff):
                     return
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
@@ -304,6 +327,7 @@ class AnalyticsBridge:
         elif kind == "started":
             with self._stats_lock:
                 self._detector = payload["detector"]
+            self._set_state(ChildState.RUNNING, f"detector {payload['detector']}")
         elif kind == "failed":
             with self._stats_lock:
                 self._last_failure = str(payload)
@@ -319,6 +343,7 @@ class AnalyticsBridge:
         proc = self._proc
         return {
             "camera": self.cam.id,
+            "state": self.state.value,
             "running": bool(proc is not None and proc.is_alive()),
             "pid": proc.pid if proc is not None else None,
             "detector": detector,

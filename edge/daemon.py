@@ -30,13 +30,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from pydantic import ValidationError
+
 from . import __version__, control, metrics, selftest, unitkeys
 from . import config as config_mod
 from .alerts import AlertHub
 from .analytics.bridge import AnalyticsBridge
 from .analytics.events import EventSigner
 from .analytics.mqtt import MqttPublisher
-from .config import CameraConfig, EdgeConfig
+from .config import CameraConfig, EdgeConfig, PrivacyMaskConfig
 from .errors import ConfigError, EdgeError
 from .frames import Frame
 from .health import system as system_health
@@ -246,7 +248,18 @@ class Daemon:
         self.control.start()
 
     def _audit(self, caller: control.Caller, method: str, params: dict[str, Any]) -> None:
-        log.warning("audit: %s called %s %s", caller.describe(), method, json.dumps(params))
+        """Privileged control calls go to the vault's signed audit log (who, what, when)."""
+        self.audit(f"control:{method}", {"params": params, "pid": caller.pid}, caller.describe())
+
+    def audit(self, action: str, details: dict[str, Any], actor: str = "edged") -> None:
+        log_ = getattr(self.sink, "audit", None)
+        if log_ is None:
+            log.warning("audit (no vault): %s by %s: %s", action, actor, json.dumps(details))
+            return
+        try:
+            log_.append(action, details, actor=actor)
+        except (EdgeError, OSError) as exc:
+            log.error("audit record %s by %s not written: %s", action, actor, exc)
 
     def _selftest(self, _caller: control.Caller, _params: dict[str, Any]) -> dict[str, Any]:
         checks: list[selftest.Check] = [
@@ -261,7 +274,13 @@ class Daemon:
         return {"checks": selftest.as_dicts(selftest.run_checks(checks))}
 
     def _preview(self, _caller: control.Caller, params: dict[str, Any]) -> dict[str, Any]:
-        """The latest *masked* frame of a camera as PNG with the mask outlines (installers)."""
+        """The latest *masked* frame of a camera as PNG with mask outlines (installers only).
+
+        ``params["masks"]`` may carry candidate masks the installer is drawing: they are applied
+        on top of the running ones (the frame here is already masked, so nothing the running
+        masks hide can ever be revealed) and their outlines drawn.
+        """
+        from .privacy.masker import PrivacyMasker
         from .privacy.preview import render_preview
 
         cam_id = params.get("camera") or next(iter(self.pipelines))
@@ -271,10 +290,23 @@ class Daemon:
         frame = pipeline.last_frame
         if frame is None:
             raise EdgeError(f"camera {cam_id} has delivered no frame yet")
-        image = render_preview(frame.copy(), pipeline.cam.privacy_masks)
+        frame = frame.copy()
+        masks = list(pipeline.cam.privacy_masks)
+        if params.get("masks") is not None:
+            try:
+                masks = [PrivacyMaskConfig.model_validate(m) for m in params["masks"]]
+            except ValidationError as exc:
+                raise ConfigError(f"candidate masks: {exc.errors()[0]['msg']}") from None
+            PrivacyMasker(masks, frame.width, frame.height).apply(frame)
+        image = render_preview(frame, masks)
         buf = io.BytesIO()
         image.save(buf, format="PNG")
-        return {"camera": cam_id, "png_base64": base64.b64encode(buf.getvalue()).decode()}
+        coverage = PrivacyMasker(masks, frame.width, frame.height).coverage
+        return {
+            "camera": cam_id,
+            "png_base64": base64.b64encode(buf.getvalue()).decode(),
+            "coverage_percent": round(100.0 * coverage, 2),
+        }
 
     def _start_camera(self, cam: CameraConfig) -> None:
         assert self.sink is not None
@@ -396,8 +428,16 @@ class Daemon:
                 self._start_camera(cam)
             elif old.privacy_masks != cam.privacy_masks:
                 self.pipelines[cam_id].set_masks(cam.privacy_masks)
+                self.audit(
+                    "masks-changed",
+                    {"camera": cam_id, "masks": [m.name for m in cam.privacy_masks]},
+                )
         logging.getLogger().setLevel(new.logging.level.upper())
+        changed = sorted(
+            k for k in type(new).model_fields if getattr(new, k) != getattr(self.cfg, k)
+        )
         self.cfg = new
+        self.audit("config-reloaded", {"origin": origin, "sections_changed": changed})
         log.info("configuration reloaded from %s", origin)
 
     # --- diagnostics -------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import shutil
 import subprocess
 import sys
@@ -229,3 +230,37 @@ def test_status_screen_in_a_real_terminal(tmp_path: Path, data_dir: Path, sockdi
     assert "\x1b[" in colour, "a terminal gets colour"
     plain = edgectl("status", "--config", str(config))
     assert "\x1b[" not in plain.stdout, "a pipe gets plain text"
+
+
+def test_installer_preview_goes_through_edged_and_is_audited(
+    tmp_path: Path, data_dir: Path, sockdir: Path
+) -> None:
+    from PIL import Image
+
+    config = write_config(
+        tmp_path / "edge.toml",
+        data_dir,
+        extra=f'\n[control]\nsocket = "{sockdir}/control.sock"\n',
+    )
+    with running_edged(config, tmp_path) as (proc, notify):
+        notify.wait_for("READY=1", timeout=30)
+        time.sleep(1.0)
+        out = tmp_path / "preview.png"
+        result = edgectl("mask", "preview", "--out", str(out), "--config", str(config))
+        assert result.returncode == 0, result.stderr
+        assert "as edged sees it" in result.stdout
+        with Image.open(out) as image:
+            assert image.size == (320, 240)
+        # A candidate mask drawn by the installer adds to what is hidden.
+        bigger = tmp_path / "candidate.toml"
+        bigger.write_text(config.read_text().replace("[0.55, 0.15]", "[0.05, 0.05]"))
+        result = edgectl("mask", "preview", "--out", str(out), "--config", str(bigger))
+        assert result.returncode == 0, result.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    audit = edgectl("audit", "--config", str(config), "--json")
+    assert audit.returncode == 0, audit.stderr
+    records = [json.loads(line) for line in audit.stdout.splitlines() if line.strip()]
+    previews = [r for r in records if r.get("action") == "control:preview"]
+    assert len(previews) == 2
+    assert previews[0]["actor"].startswith("uid=0(root)")

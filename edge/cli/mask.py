@@ -10,10 +10,12 @@ masks without seeing the scene.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 from pathlib import Path
 from typing import Any
 
+from .. import control
 from ..config import CameraConfig, EdgeConfig
 from ..errors import CaptureError, ConfigError
 from ..privacy.masker import PrivacyMasker, mask_pixels
@@ -29,6 +31,11 @@ def register(sub: Any) -> None:
         "preview", help="write a PNG of one masked frame with the mask outlines and names"
     )
     preview.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    preview.add_argument(
+        "--direct",
+        action="store_true",
+        help="read the camera directly instead of asking edged (commissioning, edged stopped)",
+    )
     _camera_args(preview)
     preview.set_defaults(func=_preview)
     show = msub.add_parser("show", help="list each mask with its vertex count and coverage")
@@ -54,10 +61,13 @@ def pick_camera(cfg: EdgeConfig, camera_id: str | None) -> CameraConfig:
 
 
 def _preview(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    cam = pick_camera(cfg, args.camera)
+    if not args.direct:
+        return _preview_from_daemon(cfg, cam, args.out)
     from ..capture import open_source  # heavy (PyAV, picamera2): only for this action
     from ..privacy.preview import render_preview
 
-    cam = pick_camera(load_config(args), args.camera)
     source = open_source(cam, realtime=False)
     source.open()
     try:
@@ -65,7 +75,7 @@ def _preview(args: argparse.Namespace) -> int:
     finally:
         source.close()
     if frame is None:
-        raise CaptureError(f"camera {cam.id}: {cam.source} gave no frame", transient=False)
+        raise CaptureError(f"camera {cam.id}: {source.description} gave no frame", transient=False)
     image = render_preview(frame, cam.privacy_masks)
     out: Path = args.out
     tmp = out.with_name(out.name + ".tmp")
@@ -75,6 +85,26 @@ def _preview(args: argparse.Namespace) -> int:
     print(
         f"{out}: camera {cam.id}, {frame.width}x{frame.height}, "
         f"{len(cam.privacy_masks)} mask(s) covering {100.0 * masker.coverage:.2f} %"
+    )
+    return 0
+
+
+def _preview_from_daemon(cfg: EdgeConfig, cam: CameraConfig, out: Path) -> int:
+    """Ask edged (installer role, audited) for its latest frame under the masks of ``cfg``.
+
+    edged holds masked frames only, so masks drawn here can add to what is hidden but never
+    reveal what the running masks hide: to shrink a mask, apply the configuration
+    (``systemctl reload edged``) and preview again.
+    """
+    masks = [m.model_dump(mode="json") for m in cam.privacy_masks]
+    result = control.call(cfg.control.socket, "preview", {"camera": cam.id, "masks": masks})
+    png = base64.b64decode(result["png_base64"])
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(png)
+    tmp.replace(out)
+    print(
+        f"{out}: camera {cam.id} as edged sees it, {len(masks)} mask(s) drawn, "
+        f"covering {result['coverage_percent']:.2f} %"
     )
     return 0
 

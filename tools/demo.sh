@@ -27,19 +27,23 @@ echo "  ffplay -tls_verify 0 -headers 'Authorization: Bearer $CSU_TOKEN\r\n' \\"
 echo "    https://127.0.0.1:OPERATORS_PORT/v1/view/$CSU_UNIT/cam1/live.m3u8"
 
 echo
-echo "demo: recorded segments (privacy mask applied before encoding):"
-find "$data/segments" -name 'seg-*.m4s' | sort | tail -n 5 | sed 's/^/  /'
-count=$(find "$data/segments" -name 'seg-*.m4s' | wc -l)
-echo "  ... $count segment(s) in all under $data/segments/"
+echo "demo: sealed segments in the vault (masked, encrypted to the CSU key, signed, chained):"
+find "$data/vault/segments" -name '*.seg' | sort | tail -n 3 | sed 's/^/  /'
+echo "  ... $(find "$data/vault/segments" -name '*.seg' | wc -l) segment(s) in all; the unit cannot read them"
+echo
+echo "demo: edgectl verify (signatures and hash chain, no key needed):"
+.venv/bin/edgectl verify --config "$out/csu/edge.toml" | sed 's/^/  /'
 
-for camdir in "$data"/segments/*/; do
-    cam=$(basename "$camdir")
-    clip="$out/$cam.mp4"
-    # A CMAF init segment followed by its media segments is a playable fragmented MP4.
-    { cat "$camdir/init.mp4"; find "$camdir" -name 'seg-*.m4s' | sort | xargs cat; } > "$clip"
-    frames=$(ffprobe -v error -count_frames -select_streams v:0 \
-        -show_entries stream=nb_read_frames -of csv=p=0 "$clip")
-    echo
-    echo "demo: $clip: $frames frames, checked by ffprobe. Play it with:"
-    echo "  ffplay $clip        (or any player: mpv, VLC)"
-done
+echo
+echo "demo: exporting the last 10 s as an evidence bundle, opened with the CSU key:"
+rm -rf "$out/bundle"
+.venv/bin/edgectl export --config "$out/csu/edge.toml" --last 10s --case DEMO-0001 \
+    --out "$out/bundle" | sed 's/^/  /'
+.venv/bin/edge-csu open "$out/bundle" --key "$out/csu/keys/authority.key.json" \
+    --unit-key "$data/keys/unit-signing.pub.pem" --out "$out/demo.mp4" | sed 's/^/  /'
+frames=$(ffprobe -v error -count_frames -select_streams v:0 \
+    -show_entries stream=nb_read_frames -of csv=p=0 "$out/demo.mp4")
+echo
+echo "demo: $out/demo.mp4: $frames frames, checked by ffprobe. Play it with:"
+echo "  ffplay $out/demo.mp4        (or any player: mpv, VLC)"
+echo "  the audit log recorded the export: edgectl audit --config $out/csu/edge.toml --tail 3"

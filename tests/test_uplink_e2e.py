@@ -14,7 +14,6 @@ from edge.vault import format as fmt
 from edge.vault.layout import vault_dir
 
 from .conftest import REPO, tool
-from .daemon_util import write_config
 from .uplink_util import CSU_NAME, free_port, make_csu, unit_files, wait_until
 
 
@@ -43,10 +42,20 @@ def test_edged_delivers_the_vaults_exact_bytes_to_the_csu(tmp_path: Path) -> Non
     data_dir = tmp_path / "unit"
     unit_files(csu, "test-unit", data_dir)
     csu.enroll("test-unit", load_or_create_signing_key(keys_dir_of(data_dir)))
-    config = write_config(
-        tmp_path / "edge.toml",
-        data_dir,
-        extra=f"""
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        f"""
+[unit]
+id = "test-unit"
+data_dir = "{data_dir}"
+
+[[cameras]]
+id = "cam1"
+width = 320
+height = 240
+fps = 10
+encoder = {{ segment_seconds = 1.0, preset = "ultrafast" }}
+
 [vault]
 kem = "x25519"
 csu_public_key = "{csu.directory / "keys" / "authority.pub.json"}"
@@ -58,7 +67,7 @@ server_name = "{CSU_NAME}"
 ca_file = "{data_dir / "keys" / "ca.pem"}"
 backoff_initial_s = 0.2
 backoff_max_s = 1.0
-""",
+"""
     )
     csu.start()
     try:

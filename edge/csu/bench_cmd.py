@@ -48,7 +48,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--rate-mbps", type=float, default=2.0, help="per unit (default 2)")
     parser.add_argument("--seconds", type=float, default=20.0, help="paced phase length")
     parser.add_argument("--segment-s", type=float, default=2.0, help="segment duration")
-    parser.add_argument("--flat-connections", type=int, default=8, help="flat-out connections")
+    parser.add_argument("--flat-connections", type=int, default=16, help="flat-out connections")
     parser.add_argument("--flat-seconds", type=float, default=8.0, help="flat-out phase length")
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default temp)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

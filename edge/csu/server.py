@@ -54,13 +54,14 @@ class Receiver:
     are thread-safe and used from the pool.
     """
 
-    def __init__(self, cfg: ServeConfig, *, workers: int = 4) -> None:
+    def __init__(self, cfg: ServeConfig, *, workers: int = 16) -> None:
         self.cfg = cfg
         self.store = SegmentStore(cfg.storage_dir)
         self.registry = UnitRegistry(cfg.registry_dir)
         self.crl = RevocationList(cfg.tls.crl_file, cfg.tls.client_ca_file)
         self.audit = AuditLog(cfg.audit_log)
         self.publisher = EventPublisher(cfg.mqtt) if cfg.mqtt.enabled else None
+        # Workers mostly wait on fsync (the GIL is released): more of them overlap the flushes.
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="csu-store")
         self.contacts: dict[str, dict[str, Any]] = {}
         self._status_flushed: dict[str, float] = {}

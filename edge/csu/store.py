@@ -29,7 +29,6 @@ import hashlib
 import itertools
 import json
 import logging
-import os
 import re
 import threading
 import time
@@ -125,11 +124,11 @@ class CameraIndex:
                 self._append_index(meta)
 
     def _append_index(self, meta: StoredSegment) -> None:
+        # No fsync: the index is a cache of the .seg files (each fsync'd before the answer);
+        # a line lost in a crash is rebuilt from its file by _load.
         self.directory.mkdir(parents=True, exist_ok=True)
         with (self.directory / "index.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(asdict(meta)) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
 
     def segment_path(self, sequence: int) -> Path:
         return self.directory / f"{sequence:012d}.seg"

@@ -36,7 +36,7 @@ from . import __version__, control, metrics, selftest, unitkeys
 from . import config as config_mod
 from .alerts import AlertHub
 from .analytics.bridge import AnalyticsBridge
-from .analytics.events import EventSigner
+from .analytics.events import EventSigner, SignedEvent
 from .analytics.mqtt import MqttPublisher
 from .config import CameraConfig, EdgeConfig, PrivacyMaskConfig
 from .errors import ConfigError, EdgeError
@@ -50,6 +50,7 @@ from .uplink.client import UplinkClient
 from .uplink.dot1x.status import PortState
 from .uplink.dot1x.supervisor import Dot1xAlert, Dot1xSupervisor
 from .uplink.gate import make_gate
+from .uplink.spool import EventSpool
 from .vault.base import Outbox
 from .vault.store import Vault
 from .video.base import SegmentSink
@@ -222,7 +223,11 @@ class Daemon:
         except EdgeError as exc:
             log.error("uplink not started: %s", exc)
             return
-        self.uplink = UplinkClient(self.cfg, outbox, gate)
+        # Events wait in a durable spool and go to the CSU before any video.
+        spool = EventSpool(self.cfg.unit.data_dir / "uplink" / "events")
+        if self.alerts is not None:
+            self.alerts.add_listener(functools.partial(_spool_event, spool))
+        self.uplink = UplinkClient(self.cfg, outbox, gate, events=spool)
         self.uplink.start()
 
     def _start_control(self) -> None:
@@ -492,6 +497,13 @@ def _analytics_summary(stats: list[dict[str, Any]]) -> dict[str, Any] | None:
         "recent_alerts": [a for s in stats for a in s["recent_alerts"]][-10:],
         "cameras": stats,
     }
+
+
+def _spool_event(spool: EventSpool, event: SignedEvent) -> None:
+    try:
+        spool.put(event.wire())
+    except (OSError, EdgeError) as exc:
+        log.error("event %s not queued for the CSU: %s", event.kind, exc)
 
 
 def _last_frame(pipeline: CameraPipeline) -> Frame | None:

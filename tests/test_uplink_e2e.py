@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from edge.analytics.events import EventSigner
 from edge.unitkeys import keys_dir_of, load_or_create_signing_key
+from edge.uplink.spool import EventSpool
 from edge.vault import format as fmt
 from edge.vault.layout import vault_dir
 
@@ -41,7 +44,14 @@ def test_edged_delivers_the_vaults_exact_bytes_to_the_csu(tmp_path: Path) -> Non
     csu.write_config(port=port)
     data_dir = tmp_path / "unit"
     unit_files(csu, "test-unit", data_dir)
-    csu.enroll("test-unit", load_or_create_signing_key(keys_dir_of(data_dir)))
+    signing = load_or_create_signing_key(keys_dir_of(data_dir))
+    csu.enroll("test-unit", signing)
+    # an alarm raised while the CSU was unreachable waits in the unit's spool
+    alarm = EventSigner(signing, "test-unit").sign(
+        camera="unit", category="alert", kind="cabinet-door-open", rule="unit",
+        wall_ns=time.time_ns(), frame_index=-1, details={"message": "door opened"},
+    )  # fmt: skip
+    EventSpool(data_dir / "uplink" / "events").put(alarm.wire())
     config = tmp_path / "edge.toml"
     config.write_text(
         f"""
@@ -74,6 +84,8 @@ backoff_max_s = 1.0
         first = run_edged(config, 6.0)
         assert first.returncode == 0, first.stderr[-3000:]
         assert "syncing -> streaming" in first.stderr
+        event_file = csu.directory / "storage" / "test-unit" / "events" / f"{alarm.body['id']}.json"
+        assert event_file.read_bytes() == alarm.wire()
         recorded = vault_segments(data_dir)
         stored = csu.stored("test-unit", "cam1")
         assert len(recorded) >= 4 and len(stored) >= 2

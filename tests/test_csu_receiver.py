@@ -195,6 +195,16 @@ def test_refuses_clients_without_a_valid_enrolled_certificate(lab: Lab) -> None:
     assert attempt(lab, lab.units["revoked"]).startswith("tls:")  # on the CRL at start
     assert attempt(lab, lab.units["stranger"]) == "403"  # valid certificate, not enrolled
     assert attempt(lab, lab.units["unit-a"], tls12=True).startswith("tls:")
+    # the receiver says why in its log
+    log = lab.csu.log()
+    for reason in (
+        "certificate has expired",
+        "certificate revoked",
+        "self-signed certificate in certificate chain",  # the other CA's chain
+        "PEER_DID_NOT_RETURN_A_CERTIFICATE",
+        "UNSUPPORTED_PROTOCOL",
+    ):
+        assert f"refused a TLS handshake on the units listener: {reason}" in log, reason
 
 
 def test_revocation_after_start_takes_effect_without_restart(lab: Lab) -> None:

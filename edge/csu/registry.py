@@ -33,9 +33,25 @@ from .serve_config import TlsConfig
 log = logging.getLogger(__name__)
 
 
+class _LoggedHandshake(ssl.SSLObject):
+    """Logs why a unit's handshake was refused (expired, revoked, unknown CA, no certificate):
+    asyncio closes such connections silently, and operators need the reason."""
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:
+            reason = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+            log.warning("refused a TLS handshake on the units listener: %s", reason)
+            raise
+
+
 def server_context(tls: TlsConfig) -> ssl.SSLContext:
     """TLS 1.3 only, client certificate required, chaining to the configured CA only."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.sslobject_class = _LoggedHandshake
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
     ctx.verify_mode = ssl.CERT_REQUIRED

@@ -9,6 +9,7 @@ as a whole.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -112,10 +113,11 @@ class ServeConfig(_Section):
 
     def operator_for_token(self, token: str) -> str | None:
         digest = hashlib.sha256(token.encode()).hexdigest()
-        for op in self.operators:
-            if op.token_sha256 == digest:
-                return op.name
-        return None
+        found = None
+        for op in self.operators:  # every entry compared, in constant time each
+            if hmac.compare_digest(op.token_sha256, digest):
+                found = op.name
+        return found
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:

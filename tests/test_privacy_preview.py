@@ -87,7 +87,8 @@ def test_edgectl_mask_preview_writes_the_png(
     config = tmp_path / "edge.toml"
     config.write_text(CONFIG, encoding="utf-8")
     out = tmp_path / "preview.png"
-    assert main(["mask", "preview", "--config", str(config), "--out", str(out)]) == 0
+    args = ["mask", "preview", "--direct", "--config", str(config), "--out", str(out)]
+    assert main(args) == 0
     with Image.open(out) as png:
         assert png.size == (320, 180)
         rgb = np.array(png.convert("RGB"))

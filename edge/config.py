@@ -422,6 +422,20 @@ class AnalyticsConfig(_Section):
     cameras: list[CameraAnalyticsConfig] = Field(default_factory=list, max_length=8)
     """Rules and tamper settings per camera."""
 
+    @model_validator(mode="after")
+    def _unique_names(self) -> AnalyticsConfig:
+        cameras = [c.camera for c in self.cameras]
+        for cam in self.cameras:
+            if cameras.count(cam.camera) > 1:
+                raise ValueError(f"camera {cam.camera!r} has two analytics sections")
+            names = [r.name for r in cam.lines] + [r.name for r in cam.gatherings]
+            names += [r.name for r in cam.crowd_movements] + [r.name for r in cam.wrong_ways]
+            names += [r.name for r in cam.parkings]
+            for name in names:
+                if names.count(name) > 1:
+                    raise ValueError(f"camera {cam.camera!r}: rule name {name!r} is used twice")
+        return self
+
     def for_camera(self, camera_id: str) -> CameraAnalyticsConfig:
         """The analytics settings of a camera (defaults when it has none)."""
         for cam in self.cameras:

@@ -84,7 +84,10 @@ class AnalyticsEngine:
         self._last_detect_t = -1e9
 
     def _wall(self, t: float) -> int:
-        return round(t * 1e9) + (self._wall_offset_ns or time.time_ns() - round(t * 1e9))
+        """Wall-clock ns of monotonic time ``t``, through the latest frame's pair of stamps."""
+        if self._wall_offset_ns is None:
+            return time.time_ns()
+        return round(t * 1e9) + self._wall_offset_ns
 
     def process(
         self, y: U8, u: U8, v: U8, *, index: int, mono_ns: int, wall_ns: int

@@ -25,7 +25,14 @@ from edge.analytics.engine import AnalyticsEngine
 from edge.analytics.events import EventSigner, SignedEvent, verify_wire
 from edge.analytics.litert import LiteRTDetector, sha256_file
 from edge.capture.synthetic import Sprite, SyntheticSource
-from edge.config import CameraConfig, DetectorLayout, EdgeConfig, parse
+from edge.config import (
+    CameraAnalyticsConfig,
+    CameraConfig,
+    DetectorLayout,
+    EdgeConfig,
+    TamperConfig,
+    parse,
+)
 from edge.frames import Frame
 from edge.privacy.masker import PrivacyMasker, mask_pixels
 from edge.unitkeys import keys_dir_of, load_signing_public_key
@@ -359,3 +366,43 @@ def test_a_crashed_analytics_process_is_restarted(data_dir: Path) -> None:
         assert wait_for(lambda: bridge.stats()["analysed"] >= 10)
     finally:
         bridge.stop()
+
+
+def test_a_source_that_stops_raises_signal_lost_across_the_process_and_clears(
+    data_dir: Path,
+) -> None:
+    cfg = motion_only_config(data_dir)
+    tamper = TamperConfig(signal_lost_seconds=1.0, learn_seconds=0.5)
+    cams = [CameraAnalyticsConfig(camera="cam1", tamper=tamper)]
+    cfg = cfg.model_copy(update={"analytics": cfg.analytics.model_copy(update={"cameras": cams})})
+    events: list[SignedEvent] = []
+    bridge = AnalyticsBridge(cfg, cfg.cameras[0], listeners=[events.append])
+    bridge.start()
+    src = scene()
+    src.open()
+
+    def play(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            frame = src.read()
+            assert frame is not None
+            frame.mono_ns = time.monotonic_ns()
+            bridge.offer(frame)
+            time.sleep(1 / FPS)
+
+    try:
+        assert wait_for(lambda: bridge.stats()["state"] == "running")
+        play(1.5)
+        stopped = time.monotonic()
+        assert wait_for(lambda: any(e.kind == "signal_lost" for e in events), 5)
+        raised = time.monotonic()
+        play(1.0)
+        assert wait_for(lambda: len([e for e in events if e.kind == "signal_lost"]) == 2, 5)
+    finally:
+        src.close()
+        bridge.stop()
+    lost = [e.body["state"] for e in events if e.kind == "signal_lost"]
+    assert lost == ["raised", "cleared"]
+    # signal_lost_seconds after the last frame (offered up to a frame before "stopped"), plus
+    # the child's poll period and ours.
+    assert 1.0 - 2 / FPS <= raised - stopped <= 3.0

@@ -271,3 +271,12 @@ def test_empty_and_full_masks(width: int, height: int) -> None:
     assert empty.operations == 0 and empty.pixels == 0
     full = plan_fill(np.ones((height, width), dtype=np.bool_))
     assert full.rects == ((0, height, 0, width),) and full.scatter.size == 0
+
+
+def test_vertical_edges_give_identical_rows() -> None:
+    # 0.65 × 3840 is 2496.0000000000005 in floating point: every row must still agree on it.
+    rect = [(0.1, 0.1), (0.65, 0.1), (0.65, 0.7), (0.1, 0.7)]
+    mask = union_mask([rect], 3840, 2160)
+    plan = plan_fill(mask)
+    assert len(plan.rects) == 1 and plan.scatter.size == 0
+    assert len(plan_fill(chroma_of(mask)).rects) == 1

@@ -70,11 +70,14 @@ def polygon_mask(points_px: npt.NDArray[np.float64], width: int, height: int) ->
     dy = y1 - y0
     safe_dy = np.where(dy != 0, dy, 1.0)
 
+    dx = x1 - x0
+
     def x_at(y: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        """x of each edge at height ``y``, as a blend of its end points: exact at the ends and
-        never past them, so rounding cannot push an edge across a grid line it only touches."""
+        """x of each edge at height ``y``, measured from the nearer end point: exact at both
+        ends and along vertical edges, so rounding cannot push an edge across a grid line it
+        only touches (which would add a column to some rows)."""
         t = (y - y0) / safe_dy  # a division, so t is exactly 1 at y1 (a product might not be)
-        return np.asarray(x0 * (1.0 - t) + x1 * t, dtype=np.float64)
+        return np.asarray(np.where(t <= 0.5, x0 + t * dx, x1 - (1.0 - t) * dx), dtype=np.float64)
 
     out = np.zeros((height, width), dtype=np.bool_)
 

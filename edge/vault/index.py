@@ -312,6 +312,11 @@ class Index:
             ).fetchall()
         return [(bytes(e), int(c)) for e, c in raw if bytes(e) != keep]
 
+    def has_epochs(self, camera: str) -> bool:
+        with self.lock:
+            row = self.db.execute("SELECT 1 FROM epochs WHERE camera = ? LIMIT 1", (camera,))
+            return row.fetchone() is not None
+
     def delete_epoch(self, camera: str, epoch_id: bytes) -> None:
         with self.lock:
             self.db.execute("DELETE FROM epochs WHERE camera = ? AND epoch = ?", (camera, epoch_id))

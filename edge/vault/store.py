@@ -38,7 +38,7 @@ from . import format as fmt
 from . import layout
 from .audit import AuditLog
 from .base import Backlog, Outbox, OutboxItem, OutboxKind
-from .index import Index, IndexRow
+from .index import IndexRow
 from .keys import EpochKey, RecipientPublic, load_public, write_keypair
 from .retention import DiskUsage, PurgePlan, RetentionPolicy, bytes_to_free, plan_purge
 
@@ -129,10 +129,11 @@ class Vault(SegmentSink, Outbox):
         for sub in ("tmp", "segments", "epochs", "checkpoints", "quarantine"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         self.audit = AuditLog(root / "audit.log", device_id, signing_key)
-        self.index = Index(root / "index.sqlite")
-        from .recovery import recover  # local: recovery uses this module's types
+        from .recovery import open_index, recover  # local: recovery uses this module's types
 
+        self.index, index_lost = open_index(self)
         self.recovery = recover(self)
+        self.recovery.index_replaced = index_lost
         self._vault_bytes = self.index.total_bytes()
         self._ensure_reserve()
         if purge_interval_s is not None:
@@ -497,6 +498,12 @@ class Vault(SegmentSink, Outbox):
                     lane.epoch.wipe()
                     lane.epoch = None
         self.index.close()
+        from .recovery import CLEAN_MARK
+
+        try:
+            self._write_file(self.root / CLEAN_MARK, b"")
+        except OSError as exc:  # the next start will just check the index
+            log.warning("cannot mark a clean stop: %s", exc.strerror)
 
     def quarantine(self, path: Path, reason: str) -> None:
         dest = self.root / "quarantine" / f"{time.time_ns()}-{path.name}"

@@ -93,7 +93,7 @@ class Broker:
         )
         (root / "mosquitto.conf").write_text(
             f"user root\nper_listener_settings false\nallow_anonymous true\n"
-            f"persistence false\nlog_dest stderr\n"
+            f"persistence true\npersistence_location {root}/\nlog_dest stderr\n"
             f"listener {self.port} 127.0.0.1\ncafile {self.ca}\n"
             f"certfile {root / 'server.pem'}\nkeyfile {root / 'server.key'}\n"
             "tls_version tlsv1.2\n"
@@ -135,7 +135,13 @@ class Subscriber:
         self.messages: list[tuple[str, bytes]] = []
         self.lock = threading.Lock()
         self.ready = threading.Event()
-        self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+        # A persistent session (fixed id, clean_session off): the broker keeps the subscription
+        # and queues QoS 1 messages for it across a broker restart.
+        self.client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id="test-subscriber",
+            clean_session=False,
+        )
         self.client.tls_set(ca_certs=str(broker.ca))
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
@@ -220,7 +226,11 @@ def test_events_reach_a_tls_broker_signed_and_verifiable(broker: Broker) -> None
 def test_events_published_while_the_broker_is_down_are_delivered_when_it_is_up(
     broker: Broker,
 ) -> None:
-    signer = EventSigner(ed25519.Ed25519PrivateKey.generate(), "unit-7")
+    broker.start()
+    sub = Subscriber(broker)  # subscribes once; its session survives the broker's restart
+    broker.stop()
+    key = ed25519.Ed25519PrivateKey.generate()
+    signer = EventSigner(key, "unit-7")
     cfg = MqttConfig(enabled=True, host="localhost", port=broker.port)
     pub = MqttPublisher(cfg, unit_id="unit-7", ca_file=str(broker.ca), client_id="edge-unit-7")
     pub.start()
@@ -229,15 +239,12 @@ def test_events_published_while_the_broker_is_down_are_delivered_when_it_is_up(
             pub.publish(event(signer, n))
         assert pub.state is not MqttState.CONNECTED
         broker.start()
-        sub = Subscriber(broker)
-        try:
-            assert wait_state(pub, MqttState.CONNECTED, timeout=15)
-            got = sub.wait(2, timeout=10)
-        finally:
-            sub.close()
+        assert wait_state(pub, MqttState.CONNECTED, timeout=15)
+        got = sub.wait(2, timeout=15)
     finally:
         pub.stop()
-    assert len(got) == 2
+        sub.close()
+    assert [verify_wire(p, key.public_key())["frame_index"] for _, p in got] == [0, 1]
 
 
 def test_a_broker_with_a_certificate_from_another_ca_is_refused(broker: Broker) -> None:

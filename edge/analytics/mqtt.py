@@ -12,6 +12,7 @@ bridge's drain thread.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import ssl
@@ -57,6 +58,7 @@ class MqttPublisher:
         self.acknowledged = 0
         self.dropped = 0
         self._prefix = f"[mqtt {cfg.host}:{cfg.port}]"
+        self._last: paho.MQTTMessageInfo | None = None  # the latest publish (stop() waits for it)
         self._client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -99,7 +101,12 @@ class MqttPublisher:
         self._client.loop_start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Disconnect after the messages already handed to paho are out (bounded wait)."""
+        """Disconnect after the last message handed to paho is out, waiting at most
+        ``timeout`` seconds (and not at all while the broker is away)."""
+        last = self._last
+        if last is not None and self.state is MqttState.CONNECTED:
+            with contextlib.suppress(RuntimeError, ValueError):
+                last.wait_for_publish(timeout)
         self._client.disconnect()
         self._client.loop_stop()
         self._set_state(MqttState.STOPPED, "stop")
@@ -110,6 +117,7 @@ class MqttPublisher:
 
     def publish(self, event: SignedEvent) -> None:
         info = self._client.publish(self.topic(event), event.wire(), qos=self.cfg.qos)
+        self._last = info
         with self._lock:
             if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
                 self.dropped += 1

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.analytics.events import EventSigner, SignedEvent, verify_wire
-from edge.csu import audit as csu_audit
-from edge.csu import serve_config
+from edge.csu.receiver import audit as csu_audit
+from edge.csu.receiver import config as serve_config
 from edge.csu.serve_cmd import unit_rows
 from edge.errors import ConfigError
 from edge.uplink.protocol import (

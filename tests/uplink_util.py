@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge.config import RecipientKem
 from edge.csu.ca import Profile, VideoCA, cert_pem, key_pem
-from edge.csu.registry import UnitRegistry
+from edge.csu.receiver.registry import UnitRegistry
 from edge.unitkeys import public_pem
 from edge.vault import format as fmt
 from edge.vault import keys as vault_keys

@@ -34,8 +34,8 @@ from ..unitkeys import public_pem
 from ..uplink.protocol import SEGMENT_CONTENT_TYPE, segment_path
 from ..vault import format as fmt
 from .ca import Profile, VideoCA, cert_pem, key_pem
-from .registry import UnitRegistry, server_context
-from .serve_config import TlsConfig
+from .receiver.config import TlsConfig
+from .receiver.registry import UnitRegistry, server_context
 
 CSU_NAME = "csu.bench"
 

@@ -21,7 +21,7 @@ from ..config import DEMO_CONFIG, DEMO_CONFIG_TOML
 from ..unitkeys import keys_dir_of, load_or_create_signing_key, public_pem, write_private_atomic
 from ..vault import keys as vault_keys
 from .ca import Profile, VideoCA, cert_pem, key_pem
-from .registry import UnitRegistry
+from .receiver.registry import UnitRegistry
 
 SERVER_NAME = "csu.demo"
 

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import serve_config
-from .registry import UnitRegistry
-from .store import SegmentStore
+from .receiver import config as serve_config
+from .receiver.registry import UnitRegistry
+from .receiver.store import SegmentStore
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def register(sub: Any) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from ..process import setup_logging
-    from .server import serve
+    from .receiver.server import serve
 
     setup_logging("edge-csu", args.log_level)
     cfg = serve_config.load(args.config)

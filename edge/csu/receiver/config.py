@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import locate_line
-from ..errors import ConfigError
-from ..uplink.protocol import DEFAULT_MAX_SEGMENT_BYTES
+from ...config import locate_line
+from ...errors import ConfigError
+from ...uplink.protocol import DEFAULT_MAX_SEGMENT_BYTES
 
 
 class _Section(BaseModel):

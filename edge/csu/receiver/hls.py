@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..errors import EdgeError
-from ..vault import format as sealed
-from ..vault import keys as vault_keys
+from ...errors import EdgeError
+from ...vault import format as sealed
+from ...vault import keys as vault_keys
 from .store import StoredSegment
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ import logging
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from .serve_config import MqttConfig
+from .config import MqttConfig
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
-from ..errors import ConfigError, EdgeError, UplinkError
-from ..unitkeys import load_public_pem
-from ..uplink.protocol import ID_RE
-from .serve_config import TlsConfig
+from ...errors import ConfigError, EdgeError, UplinkError
+from ...unitkeys import load_public_pem
+from ...uplink.protocol import ID_RE
+from .config import TlsConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The CSU receiver: an aiohttp application serving units over mutual TLS 1.3.
 
-Requests are authenticated three times (see :mod:`edge.csu.registry`): the handshake, the
+Requests are authenticated three times (see :mod:`edge.csu.receiver.registry`): the handshake, the
 certificate's unit against the registry and the current CRL, the segment's signature. The
 event loop only parses HTTP; verification, hashing and the fsync'd writes run in a thread pool
 so one slow disk does not stall other units' connections.
@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from ..errors import EdgeError, IntegrityError
-from ..uplink import events as wire_events
-from ..uplink.protocol import (
+from ...errors import EdgeError, IntegrityError
+from ...uplink import events as wire_events
+from ...uplink.protocol import (
     API_PREFIX,
     DIGEST_HEADER,
     EVENT_CONTENT_TYPE,
@@ -28,9 +28,9 @@ from ..uplink.protocol import (
     SEGMENT_CONTENT_TYPE,
 )
 from .audit import AuditLog
+from .config import ServeConfig
 from .mqtt import EventPublisher
 from .registry import RevocationList, UnitRegistry, server_context, unit_id_of
-from .serve_config import ServeConfig
 from .store import Refusal, SegmentStore
 
 log = logging.getLogger(__name__)

@@ -38,9 +38,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from ..errors import IntegrityError
-from ..unitkeys import write_atomic
-from ..vault import format as sealed
+from ...errors import IntegrityError
+from ...unitkeys import write_atomic
+from ...vault import format as sealed
 
 log = logging.getLogger(__name__)
 

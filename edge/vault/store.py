@@ -320,21 +320,21 @@ class Vault(SegmentSink, Outbox):
             for camera, through in sorted(plan.cutoffs.items()):
                 done[camera] = self._purge_camera(camera, through, now)
             purged_epochs = self._purge_epochs()
-            self._ensure_reserve()
             if plan.count:
-                self.audit.append(
-                    "purge",
-                    {
-                        "reason": reason,
-                        "by_age": plan.by_age,
-                        "by_space": plan.by_space,
-                        "bytes": plan.bytes,
-                        "epochs": purged_epochs,
-                        "retention_days": self.policy.retention_days,
-                        "cameras": done,
-                    },
-                    actor="edged",
-                )
+                details = {
+                    "reason": reason,
+                    "by_age": plan.by_age,
+                    "by_space": plan.by_space,
+                    "bytes": plan.bytes,
+                    "epochs": purged_epochs,
+                    "retention_days": self.policy.retention_days,
+                    "cameras": done,
+                }
+                try:  # the space just freed makes room for the record
+                    self.audit.append("purge", details, actor="edged")
+                except (OSError, VaultError) as exc:
+                    # The signed checkpoint still proves the purge; recording must go on.
+                    log.error("purge not written to the audit log: %s (%s)", exc, details)
                 log.info(
                     "retention (%s): purged %d segment(s) (%d by age, %d by space), %d bytes",
                     reason,
@@ -343,6 +343,7 @@ class Vault(SegmentSink, Outbox):
                     plan.by_space,
                     plan.bytes,
                 )
+            self._ensure_reserve()
             return plan
 
     def _purge_camera(self, camera: str, through: int, now: int) -> dict[str, int]:

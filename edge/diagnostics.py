@@ -220,7 +220,7 @@ def uplink_findings(daemon: dict[str, Any]) -> list[Finding]:
     backlog = uplink.get("backlog_s") or 0.0
     ack = _age(uplink.get("last_ack_age_s"))
     line = f"{state} {uplink.get('csu', '')} backlog {backlog:.0f}s ack {ack}"
-    if state in ("CONNECTED", "IDLE", "SENDING"):
+    if state in ("STREAMING", "SYNCING"):
         level = Level.DEGRADED if backlog > 300 else Level.OK
         out.append(
             Finding(

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge.config import EdgeConfig, UnitConfig, UplinkConfig
 from edge.csu.ca import Profile
+from edge.diagnostics import Level, uplink_findings
 from edge.uplink.client import UplinkClient, UplinkState
 
 from .uplink_util import (
@@ -124,6 +125,10 @@ def test_delivers_byte_identical_segments_and_marks_them_delivered(
     envelope = rig.csu.directory / "storage" / UNIT / "cam1" / "epochs"
     assert (envelope / f"{rig.sealer.epoch.epoch_id.hex()}.env").read_bytes() == rig.sealer.envelope
     assert snap["state"] == "streaming" and snap["counters"]["sent"] == 6
+    assert snap["last_ack_age_s"] is not None and snap["backlog_s"] == 0
+    # what edgectl status makes of it
+    [finding] = uplink_findings({"uplink": snap})
+    assert finding.level is Level.OK and finding.summary.startswith("STREAMING")
     assert snap["backlog"]["items"] == 0
     transitions = [r.getMessage() for r in caplog.records if "->" in r.getMessage()]
     assert any("connecting -> syncing" in t for t in transitions)

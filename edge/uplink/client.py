@@ -131,6 +131,7 @@ class UplinkClient:
             "failures": 0,
         }
         self._latencies: deque[float] = deque(maxlen=200)
+        self._last_ack_mono: float | None = None
         self._set_aside: set[tuple[str, str, int, bytes]] = set()
         self._backlog = policy.Backlog(0, 0, 0.0, 0.0)
         up = cfg.uplink
@@ -172,6 +173,12 @@ class UplinkClient:
                 "since_ns": self._since_ns,
                 "csu": self.cfg.uplink.csu_url,
                 "counters": dict(self._counters),
+                "backlog_s": self._backlog.seconds,
+                "last_ack_age_s": (
+                    round(time.monotonic() - self._last_ack_mono, 1)
+                    if self._last_ack_mono is not None
+                    else None
+                ),
                 "backlog": {
                     "items": self._backlog.items,
                     "bytes": self._backlog.bytes,
@@ -377,6 +384,7 @@ class UplinkClient:
             else:
                 self.outbox.mark_envelope_delivered(item.camera_id, item.epoch_id)
             with self._lock:
+                self._last_ack_mono = time.monotonic()
                 self._counters["sent" if status == 201 else "duplicates"] += 1
                 self._counters["bytes"] += len(data)
                 if live and item.kind is OutboxKind.SEGMENT:

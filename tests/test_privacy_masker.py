@@ -212,3 +212,25 @@ def test_4k_construction_is_cheap_enough_to_rebuild_on_reload() -> None:
     luma = masker.luma_mask()
     assert (frame.y[luma] == MASK_LUMA).all()
     assert masker.operations < 400, "the plan stays compact at 4K"
+
+
+def test_pixelation_keeps_nothing_but_tile_means() -> None:
+    """Two scenes that differ only in detail inside each tile pixelate to the same pixels."""
+    width, height, tile = 96, 64, 16
+    mask = PrivacyMaskConfig(points=FACADE, fill=MaskFill.PIXELATE, pixel_size=tile)
+    masker = PrivacyMasker([mask], width, height)
+    a = noise_frame(width, height, seed=3)
+    b = a.copy()
+    rng = np.random.default_rng(4)
+    # Shuffle the pixels inside every tile of B (same means, different detail).
+    for plane, size in ((b.y, tile), (b.u, tile // 2), (b.v, tile // 2)):
+        for r in range(0, plane.shape[0], size):
+            for c in range(0, plane.shape[1], size):
+                block = plane[r : r + size, c : c + size]
+                block[...] = rng.permutation(block.reshape(-1)).reshape(block.shape)
+    assert not (a.data == b.data).all()
+    masker.apply(a)
+    masker.apply(b)
+    luma, chroma = masker.luma_mask(), masker.chroma_mask()
+    assert (a.y[luma] == b.y[luma]).all()
+    assert (a.u[chroma] == b.u[chroma]).all() and (a.v[chroma] == b.v[chroma]).all()

@@ -226,3 +226,24 @@ def test_parking_near_misses_raise_nothing() -> None:
     assert run(ParkingRule(BAY), creeping, 90) == []
     assert run(ParkingRule(BAY), {3: ("person", still(0.5, 0.5))}, 90) == []
     assert run(ParkingRule(BAY), {3: ("car", still(0.9, 0.5))}, 90) == []  # outside the zone
+
+
+def test_count_intervals_align_on_the_wall_clock_and_skip_unobserved_ones() -> None:
+    line = LineCounter(
+        LineRuleConfig(name="kerb", points=((0.5, 0.0), (0.5, 1.0)), interval_seconds=5)
+    )
+    walker = Track(1, "person", (0, 0, 0, 0), confirmed=True)
+    reports = []
+    # Monotonic 0 is wall-clock 2.5: intervals end at monotonic 2.5, 7.5, 12.5, ...
+    times = [i / FPS for i in range(0, 41)] + [30.0 + i / FPS for i in range(0, 10)]
+    for t in times:
+        x = 0.3 + 0.05 * t if t < 20 else 0.9 - 0.05 * (t - 30)
+        walker.history.append(TrackPoint(t, x, 0.5))
+        reports += line.update([walker], t, wall_offset=2.5)
+    assert [(r.start, r.end) for r in reports] == [(0.0, 2.5), (2.5, 7.5), (7.5, 12.5)]
+    # Crossed rightward (backward for a downward line) at t = 4, in the interval [2.5, 7.5).
+    assert [r.counts for r in reports] == [{}, {("person", "backward"): 1}, {}]
+    # Frames stopped between 8 and 30: the intervals ending 17.5 ... 27.5 were skipped, and the
+    # interval in progress starts at the last boundary before the frames came back.
+    last = line.flush(31.8)
+    assert (last.start, last.end) == (27.5, 31.8)

@@ -123,7 +123,7 @@ class AnalyticsEngine:
             )
             self._last_detect_t = t
         tracks = self.tracker.update(detections, t)
-        alerts, reports = self.rules.update(tracks, t)
+        alerts, reports = self.rules.update(tracks, t, (wall_ns - mono_ns) / 1e9)
         for alert in alerts:
             if rgb is None and self.cfg.snapshots:
                 rgb = i420_to_rgb(y, u, v)

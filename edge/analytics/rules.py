@@ -80,7 +80,13 @@ def _point_at(track: Track, t: float) -> tuple[float, float] | None:
 
 
 class LineCounter:
-    """Counts crossings of a line per label and direction, reported once per interval."""
+    """Counts crossings of a line per label and direction, reported once per interval.
+
+    Intervals are aligned on the wall clock (a 60 s interval ends at every full minute) so the
+    counts of all units and lines of a city line up; ``wall_offset`` (wall-clock seconds minus
+    monotonic seconds) maps the frame times onto it. After a gap without frames longer than an
+    interval, the intervals nobody observed are skipped, not reported as zero.
+    """
 
     def __init__(self, cfg: LineRuleConfig) -> None:
         self.cfg = cfg
@@ -91,9 +97,19 @@ class LineCounter:
         self._start: float | None = None
         self._last_point: dict[int, tuple[float, float]] = {}
 
-    def update(self, tracks: list[Track], t: float) -> list[CountReport]:
+    def _end_of_interval(self, start: float, wall_offset: float) -> float:
+        period = self.cfg.interval_seconds
+        return (math.floor((start + wall_offset) / period) + 1) * period - wall_offset
+
+    def update(self, tracks: list[Track], t: float, wall_offset: float = 0.0) -> list[CountReport]:
+        reports = []
         if self._start is None:
             self._start = t
+        end = self._end_of_interval(self._start, wall_offset)
+        if t >= end:
+            reports.append(self.flush(end))
+            while self._end_of_interval(self._start, wall_offset) <= t:  # unobserved intervals
+                self._start = self._end_of_interval(self._start, wall_offset)
         alive = set()
         for track in tracks:
             alive.add(track.id)
@@ -117,9 +133,7 @@ class LineCounter:
                 self.totals[key] = self.totals.get(key, 0) + 1
         for gone in set(self._last_point) - alive:
             del self._last_point[gone]
-        if t - self._start >= self.cfg.interval_seconds:
-            return [self.flush(t)]
-        return []
+        return reports
 
     def flush(self, t: float) -> CountReport:
         """Close the current interval at ``t`` (also called at shutdown)."""
@@ -363,9 +377,11 @@ class RuleSet:
             *(ParkingRule(c) for c in cfg.parkings),
         ]
 
-    def update(self, tracks: list[Track], t: float) -> tuple[list[Alert], list[CountReport]]:
+    def update(
+        self, tracks: list[Track], t: float, wall_offset: float = 0.0
+    ) -> tuple[list[Alert], list[CountReport]]:
         alerts = [a for rule in self.rules for a in rule.update(tracks, t)]
-        reports = [r for line in self.lines for r in line.update(tracks, t)]
+        reports = [r for line in self.lines for r in line.update(tracks, t, wall_offset)]
         return alerts, reports
 
     def flush(self, t: float) -> list[CountReport]:

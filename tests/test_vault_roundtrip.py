@@ -132,7 +132,7 @@ def test_stolen_unit_cannot_decrypt_closed_epochs(tmp_path: Path, data_dir: Path
 def test_missing_recipient_is_a_config_error(tmp_path: Path) -> None:
     from edge import config
     from edge.errors import ConfigError
-    from edge.vault.store import resolve_recipients
+    from edge.vault.keys import resolve_recipients
 
     cfg = config.parse(f'[unit]\ndata_dir = "{tmp_path}"\n', path="edge.toml")
     with pytest.raises(ConfigError, match=r"vault\.csu_public_key: required"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +31,12 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..config import RecipientKem
-from ..errors import IntegrityError, VaultError
+from ..config import EdgeConfig, RecipientKem
+from ..errors import ConfigError, IntegrityError, VaultError
 from ..unitkeys import write_atomic, write_private_atomic
 from . import format as fmt
+
+log = logging.getLogger(__name__)
 
 KEY_FORMAT = "edge-recipient-key"
 DATA_KEY_LEN = 32
@@ -258,3 +261,39 @@ def decrypt_segment(seg: fmt.SealedSegment, data_key: bytes) -> tuple[bytes, byt
         ) from None
     n = seg.header.init_len
     return plain[:n], plain[n:]
+
+
+def resolve_recipients(cfg: EdgeConfig) -> list[RecipientPublic]:
+    """The recipients of the epoch keys; never none (the vault never records in clear)."""
+    v = cfg.vault
+    if v.csu_public_key is None:
+        if not v.demo_recipient:
+            raise ConfigError(
+                "required: the CSU recipient public key (edge-csu keygen); the unit never "
+                "records unencrypted",
+                key="vault.csu_public_key",
+            )
+        demo = cfg.unit.data_dir / "demo-csu"
+        if not (demo / "csu.pub.json").exists():
+            write_keypair(demo, v.kem)
+        log.warning(
+            "DEMO ONLY: recordings are sealed to the demo key in %s, so THIS UNIT CAN READ ITS "
+            "OWN RECORDINGS. Never use this on a real unit: set vault.csu_public_key.",
+            demo,
+        )
+        recipients = [load_public(demo / "csu.pub.json")]
+    else:
+        if v.demo_recipient:
+            raise ConfigError(
+                "demo_recipient cannot be combined with csu_public_key", key="vault.demo_recipient"
+            )
+        recipients = [load_public(v.csu_public_key)]
+    if v.escrow_public_key is not None:
+        recipients.append(load_public(v.escrow_public_key))
+    for r in recipients:
+        if r.kem is not v.kem:
+            raise ConfigError(
+                f"{r.origin} is a {r.kem.value} key but vault.kem is {v.kem.value}",
+                key="vault.kem",
+            )
+    return recipients

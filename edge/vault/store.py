@@ -31,7 +31,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ..config import EdgeConfig
-from ..errors import ConfigError, VaultError
+from ..errors import VaultError
 from ..unitkeys import fsync_dir, keys_dir_of, load_or_create_signing_key
 from ..video.base import MediaSegment, SegmentSink
 from . import format as fmt
@@ -39,7 +39,7 @@ from . import layout
 from .audit import AuditLog
 from .base import Backlog, Outbox, OutboxItem, OutboxKind
 from .index import IndexRow
-from .keys import EpochKey, RecipientPublic, load_public, write_keypair
+from .keys import EpochKey, RecipientPublic, resolve_recipients
 from .retention import DiskUsage, PurgePlan, RetentionPolicy, bytes_to_free, plan_purge
 
 log = logging.getLogger(__name__)
@@ -57,42 +57,6 @@ class _Lane:
     epoch: EpochKey | None = None
     epoch_started: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def resolve_recipients(cfg: EdgeConfig) -> list[RecipientPublic]:
-    """The recipients of the epoch keys; never none (the vault never records in clear)."""
-    v = cfg.vault
-    if v.csu_public_key is None:
-        if not v.demo_recipient:
-            raise ConfigError(
-                "required: the CSU recipient public key (edge-csu keygen); the unit never "
-                "records unencrypted",
-                key="vault.csu_public_key",
-            )
-        demo = cfg.unit.data_dir / "demo-csu"
-        if not (demo / "csu.pub.json").exists():
-            write_keypair(demo, v.kem)
-        log.warning(
-            "DEMO ONLY: recordings are sealed to the demo key in %s, so THIS UNIT CAN READ ITS "
-            "OWN RECORDINGS. Never use this on a real unit: set vault.csu_public_key.",
-            demo,
-        )
-        recipients = [load_public(demo / "csu.pub.json")]
-    else:
-        if v.demo_recipient:
-            raise ConfigError(
-                "demo_recipient cannot be combined with csu_public_key", key="vault.demo_recipient"
-            )
-        recipients = [load_public(v.csu_public_key)]
-    if v.escrow_public_key is not None:
-        recipients.append(load_public(v.escrow_public_key))
-    for r in recipients:
-        if r.kem is not v.kem:
-            raise ConfigError(
-                f"{r.origin} is a {r.kem.value} key but vault.kem is {v.kem.value}",
-                key="vault.kem",
-            )
-    return recipients
 
 
 class Vault(SegmentSink, Outbox):

@@ -10,6 +10,7 @@ import json
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -337,6 +338,12 @@ def test_bad_input_is_refused_with_a_clear_status_and_others_keep_being_served(l
         + b"partial"
     )
     raw_sock.close()
+    # a client speaking garbage instead of HTTP gets a 400 and is disconnected
+    garbage_sock = connect(lab, lab.units["unit-a"]).sock
+    assert garbage_sock is not None
+    garbage_sock.sendall(b"\x16\x03\x01 not http at all \xff\xfe\r\n\r\n")
+    assert garbage_sock.recv(200).split(b" ")[1] == b"400"
+    garbage_sock.close()
     # everyone else is still served
     unit_b = lab.units["unit-b"]
     raw = fresh_segment(unit_b)
@@ -510,6 +517,12 @@ def test_units_listing_shows_contact_and_chain(lab: Lab) -> None:
     assert rows["unit-b"]["enrolled"] and rows["unit-b"]["last_contact_ns"]
     assert rows["unit-b"]["cameras"]["cam1"]["chain"] == "complete"
     assert not rows.get("stranger", {"enrolled": False})["enrolled"]
+    table = subprocess.run(
+        [sys.executable, "-m", "edge.csu.main", "units", "--config", str(lab.csu.config)],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    line = next(row for row in table.splitlines() if row.startswith("unit-b "))
+    assert "yes" in line and "chain complete" in line
 
 
 def test_receiver_config_errors_name_file_key_and_line(tmp_path: Path) -> None:

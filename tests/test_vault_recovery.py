@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from edge.unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
 from edge.vault import layout
 from edge.vault.bundle import export_bundle
@@ -94,3 +96,20 @@ def test_a_file_that_does_not_continue_the_chain_is_never_accepted(
     _check(data_dir, csu, 5)  # ... and #5 is written afresh, continuing the real chain
     assert path.read_bytes() != bytes(raw)
     assert len(list((root / "quarantine").iterdir())) == 1
+
+
+def test_self_check(tmp_path: Path, data_dir: Path) -> None:
+    from edge.errors import IntegrityError
+    from edge.vault.verify import self_check
+
+    csu = make_csu(tmp_path / "csu")
+    now = [WALL0 + 20 * 2_000_000_000]
+    vault = open_vault(data_dir, csu, clock=lambda: now[0])
+    for n in range(6):
+        vault.write(fake_segment("cam1", n))
+    assert "6 segment(s) of the last hour verified" in self_check(vault)
+    path = vault.path_of(vault.find(0, 2**62)[2])
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(IntegrityError, match="altered: cam1#2"):
+        self_check(vault)
+    vault.close()

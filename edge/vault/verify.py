@@ -16,12 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from ..errors import IntegrityError
+from ..errors import IntegrityError, VaultError
 from . import format as fmt
 from . import layout
+
+if TYPE_CHECKING:
+    from .store import Vault
 
 
 class FindingKind(StrEnum):
@@ -343,3 +347,38 @@ class ChainVerifier:
             raise IntegrityError(f"segment {h.camera_id}#{h.sequence}: chain broken")
         self._state[h.camera_id] = (h.sequence + 1, seg.chain_hash)
         return seg
+
+
+def self_check(vault: Vault) -> str:
+    """``edgectl selftest`` check of the vault: the last hour verifies, retention is on time.
+
+    Raises :class:`IntegrityError` or :class:`VaultError` naming the problem; returns a one-line
+    summary otherwise (counts and ages only, never content).
+    """
+    now = vault.clock()
+    report = verify_vault(
+        vault.root,
+        vault.public_key,
+        device_id=vault.device_id,
+        start_ns=now - 3_600_000_000_000,
+        end_ns=now + 60_000_000_000,
+    )
+    if not report.ok:
+        raise IntegrityError("; ".join(str(f) for f in report.findings[:3]))
+    oldest = next(iter(vault.index.oldest_first(batch=1)), None)
+    limit_ns = vault.policy.retention_days * 86_400_000_000_000
+    age_days = (now - oldest.end_wall_ns) / 86_400e9 if oldest else 0.0
+    if oldest is not None and now - oldest.end_wall_ns > limit_ns + 3_600_000_000_000:
+        raise VaultError(
+            f"retention late: a segment ended {age_days:.1f} days ago "
+            f"(limit {vault.policy.retention_days} days)"
+        )
+    usage = vault.usage()
+    free = 100.0 * usage.free_bytes / usage.total_bytes if usage.total_bytes else 0.0
+    backlog = vault.backlog()
+    verified = sum(c.segments_ok for c in report.cameras.values())
+    return (
+        f"{verified} segment(s) of the last hour verified; oldest recording {age_days:.1f} d "
+        f"(limit {vault.policy.retention_days} d); {free:.0f} % free; "
+        f"{backlog.segments} segment(s) ({backlog.seconds:.0f} s) not yet at the CSU"
+    )

@@ -48,13 +48,15 @@ def blurred() -> Luma:
 Scene = Callable[[float], Luma | None]
 
 
-def run(scene: Scene, seconds: float) -> list[TamperChange]:
+def run(
+    scene: Scene, seconds: float, *, moving: bool = False, fps: float = FPS
+) -> list[TamperChange]:
     det = TamperDetector(CFG)
     changes = []
-    for i in range(round(seconds * FPS)):
-        t = i / FPS
+    for i in range(round(seconds * fps)):
+        t = i / fps
         y = scene(t)
-        changes.extend(det.tick(t) if y is None else det.update(y, t))
+        changes.extend(det.tick(t) if y is None else det.update(y, t, moving=moving))
     return changes
 
 
@@ -98,11 +100,13 @@ def test_sprayed_lens_reads_as_covered() -> None:
 
 def test_lighting_ramp_raises_nothing() -> None:
     def dusk(t: float) -> Luma:
-        gain = 1.0 - 0.6 * min(1.0, t / 40.0)  # the light falls to 40 % over 40 seconds
+        gain = 1.0 - 0.8 * min(1.0, t / 120.0)  # the light falls to 20 % over two minutes
         lit = view().astype(np.float32) * gain + 10 * (1 - gain)
         return np.asarray(np.clip(lit, 0, 255), dtype=np.uint8)
 
-    assert run(dusk, 60) == []
+    # Two frames a second are enough for a two-minute ramp (learning is timed in seconds).
+    assert run(dusk, 140, fps=2) == []
+    assert run(dusk, 140, fps=2, moving=True) == []  # a busy street: the reference learns slower
 
 
 def test_passing_bus_raises_nothing() -> None:

@@ -99,10 +99,10 @@ class AnalyticsEngine:
         self._last_index = index
         events: list[SignedEvent] = []
         rgb: U8 | None = None
-        if self.tamper is not None:
-            changes = self.tamper.update(y, t)
-            events += self._tamper_events(changes, index, lambda: i420_to_rgb(y, u, v))
         motion = self.motion.update(y)
+        if self.tamper is not None:
+            changes = self.tamper.update(y, t, moving=motion.moving)
+            events += self._tamper_events(changes, index, lambda: i420_to_rgb(y, u, v))
         tracks_alive = bool(self.tracker.tracks)
         detections: list[Detection] = []
         if self.detector is None:

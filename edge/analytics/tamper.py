@@ -32,6 +32,10 @@ MOVED = "moved"
 SIGNAL_LOST = "signal_lost"
 CAUSES = (COVERED, DEFOCUSED, MOVED, SIGNAL_LOST)
 
+#: Time constants of the reference's learning while the scene is still, and while it moves.
+REFERENCE_TAU_S = 10.0
+REFERENCE_TAU_MOVING_S = 40.0
+
 
 @dataclass(frozen=True, slots=True)
 class TamperChange:
@@ -85,6 +89,7 @@ class TamperDetector:
         self._normal_since: dict[str, float] = {}
         self.active: set[str] = set()
         self._last_frame_t: float | None = None
+        self._last_learn_t: float | None = None
 
     @property
     def learning(self) -> bool:
@@ -100,7 +105,12 @@ class TamperDetector:
             return [TamperChange(SIGNAL_LOST, True, t, {"seconds_without_frames": round(gap, 2)})]
         return []
 
-    def update(self, y: npt.NDArray[np.uint8], t: float) -> list[TamperChange]:
+    def update(
+        self, y: npt.NDArray[np.uint8], t: float, *, moving: bool = False
+    ) -> list[TamperChange]:
+        """Measure a frame. ``moving`` (from the motion detector) slows the learning of the
+        reference fourfold, so passing objects leave little trace in it while a busy street
+        still follows dusk and dawn."""
         changes: list[TamperChange] = []
         self._last_frame_t = t
         if SIGNAL_LOST in self.active:
@@ -137,9 +147,12 @@ class TamperDetector:
         }
         for cause, holds in conditions.items():
             changes.extend(self._step(cause, holds, t, measures))
+        dt = 0.0 if self._last_learn_t is None else max(0.0, t - self._last_learn_t)
+        self._last_learn_t = t
         if not self.active and not self._pending:
-            # Follow slow changes of a normal scene (dusk, seasons, a new shop sign).
-            a = 0.02
+            # Follow slow changes of a normal scene (dusk, seasons, a new shop sign), with a
+            # time constant in seconds so the analysis rate does not change it.
+            a = min(1.0, dt / (REFERENCE_TAU_MOVING_S if moving else REFERENCE_TAU_S))
             self._ref = SceneMeasures(
                 ref.contrast + a * (m.contrast - ref.contrast),
                 ref.sharpness + a * (m.sharpness - ref.sharpness),

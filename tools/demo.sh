@@ -22,9 +22,14 @@ echo "      sending to the CSU receiver on 127.0.0.1:$CSU_PORT"
 echo
 echo "demo: what the CSU received and verified (edge-csu units):"
 .venv/bin/edge-csu units --config "$out/csu/csu.toml"
-echo "  operators watch with: edge-csu serve --config $out/csu/csu.toml, then"
-echo "  ffplay -tls_verify 0 -headers 'Authorization: Bearer $CSU_TOKEN\r\n' \\"
-echo "    https://127.0.0.1:OPERATORS_PORT/v1/view/$CSU_UNIT/cam1/live.m3u8"
+ops_port=$(sed -n 's/.*"operators": \([0-9]*\).*/\1/p' "$out/csu/ports.json")
+live="https://127.0.0.1:$ops_port/v1/view/$CSU_UNIT/cam1/live.m3u8"
+echo "demo: an operator opens the live playlist (decrypted in memory at the CSU, audited):"
+ffprobe -v error -tls_verify 0 -headers "Authorization: Bearer $CSU_TOKEN"$'\r\n' \
+    -show_entries stream=codec_name,width,height -of csv=p=0 "$live" | head -n 1 | sed 's/^/  /'
+tail -n 1 "$out/csu/audit.jsonl" | sed 's/^/  audit: /'
+echo "  to watch: keep 'edge-csu serve --config $out/csu/csu.toml' running and play"
+echo "  $live with ffplay -tls_verify 0 -headers \"Authorization: Bearer $CSU_TOKEN\""
 
 echo
 echo "demo: sealed segments in the vault (masked, encrypted to the CSU key, signed, chained):"

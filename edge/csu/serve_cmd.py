@@ -100,7 +100,12 @@ def _units(args: argparse.Namespace) -> int:
         last = row["last_contact_ns"]
         ago = f"{(now - last) / 1e9:.0f}s ago" if last else "never"
         backlog = row["backlog"] or {}
-        bl = f"{backlog.get('items', '?')} / {backlog.get('seconds', '?')}s" if backlog else "-"
+        seconds = backlog.get("seconds")
+        bl = (
+            f"{backlog.get('items', '?')} / {seconds:.0f}s"
+            if backlog and isinstance(seconds, int | float)
+            else "-"
+        )
         cams = ", ".join(
             f"{cam}: {st['count']} seg, #{st['first']}..#{st['last']}, chain {st['chain']}"
             for cam, st in row["cameras"].items()

@@ -41,8 +41,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _ID = r"[a-z0-9][a-z0-9-]{0,62}"
 BACKLOG_HEADER = "X-Edge-Backlog"
 #: How often a unit's status file (last contact, backlog) is rewritten while it talks to us:
-#: often enough for ``edge-csu units``, rare enough for thousands of units.
-STATUS_FLUSH_S = 10.0
+#: often enough for ``edge-csu units``, rare enough for thousands of units (no fsync).
+STATUS_FLUSH_S = 2.0
 UNIT_KEY = web.AppKey("receiver", object)
 
 

@@ -279,9 +279,13 @@ class SegmentStore:
     # --- unit status ----------------------------------------------------------------------------
 
     def write_status(self, unit_id: str, status: dict[str, Any]) -> None:
+        # Diagnostics only: atomic (readers never see half a file) but not fsync'd, so it can
+        # be refreshed often for thousands of units.
         directory = self.root / unit_id
         directory.mkdir(parents=True, exist_ok=True)
-        write_atomic(directory / "status.json", json.dumps(status).encode())
+        tmp = directory / f".status.{threading.get_ident()}.tmp"
+        tmp.write_text(json.dumps(status))
+        tmp.replace(directory / "status.json")
 
     def read_status(self, unit_id: str) -> dict[str, Any]:
         try:

@@ -32,9 +32,10 @@ MOVED = "moved"
 SIGNAL_LOST = "signal_lost"
 CAUSES = (COVERED, DEFOCUSED, MOVED, SIGNAL_LOST)
 
-#: Time constants of the reference's learning while the scene is still, and while it moves.
-REFERENCE_TAU_S = 10.0
-REFERENCE_TAU_MOVING_S = 40.0
+#: Time constants of the reference's learning while the scene is still, and while it moves:
+#: slow enough that paint sprayed over a minute or two is caught, fast enough for dusk.
+REFERENCE_TAU_S = 120.0
+REFERENCE_TAU_MOVING_S = 480.0
 
 
 @dataclass(frozen=True, slots=True)

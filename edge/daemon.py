@@ -53,6 +53,7 @@ from .uplink.gate import make_gate
 from .uplink.spool import EventSpool
 from .vault.base import Outbox
 from .vault.store import Vault
+from .vault.verify import self_check
 from .video.base import SegmentSink
 
 log = logging.getLogger("edged")
@@ -136,6 +137,8 @@ class Daemon:
             self.mqtt.start()
             self.alerts.add_listener(self.mqtt.publish)
         self.sink = make_sink(self.cfg)
+        if isinstance(self.sink, Vault):
+            self.extra_selftests.append(("vault", functools.partial(self_check, self.sink), 30.0))
         self._start_health()
         for cam in self.cfg.cameras:
             self._start_camera(cam)

@@ -17,6 +17,7 @@ from edge.config import EdgeConfig, UnitConfig, UplinkConfig
 from edge.csu.ca import Profile
 from edge.diagnostics import Level, uplink_findings
 from edge.uplink.client import UplinkClient, UplinkState
+from edge.vault.base import OutboxItem
 
 from .uplink_util import (
     CSU_NAME,
@@ -295,3 +296,29 @@ def test_events_are_spooled_durably_and_sent_before_video(rig: Rig, tmp_path: Pa
     first_segment = min(r["received_ns"] for r in stored_index(rig.csu))
     event_file = rig.csu.directory / "storage" / UNIT / "events" / "e1.json"
     assert event_file.stat().st_mtime_ns <= first_segment
+
+
+def test_the_uplink_thread_survives_an_unexpected_failure(rig: Rig) -> None:
+    """A fault in the outbox (here: a database error once) costs a backoff, not the thread."""
+
+    class FlakyOutbox(MemoryOutbox):
+        failures = 1
+
+        def outbox(self, limit: int = 100) -> list[OutboxItem]:
+            if self.failures:
+                self.failures -= 1
+                raise RuntimeError("database is locked")
+            return super().outbox(limit)
+
+    flaky = FlakyOutbox(rig.outbox.directory)
+    for path in sorted(rig.outbox.directory.glob("*.env")):
+        flaky.add_envelope("cam1", rig.sealer.epoch.epoch_id, path.read_bytes())
+    rig.outbox = flaky
+    rig.record(2)
+    client = UplinkClient(rig.config(), flaky, Gate())
+    client.start()
+    try:
+        wait_until(lambda: flaky.pending_count() == 0, 20, "delivery after the fault")
+        assert client.snapshot()["counters"]["failures"] == 1
+    finally:
+        client.stop()

@@ -221,16 +221,22 @@ class UplinkClient:
             try:
                 self._connect()
                 self._stream()
-            except (OSError, http.client.HTTPException, ssl.SSLError, EdgeError) as exc:
-                self._close()
-                if self._stopping.is_set():
-                    break
-                with self._lock:
-                    self._counters["failures"] += 1
-                delay = self._backoff.next_delay()
-                self._set_state(UplinkState.BACKOFF, f"{_describe(exc)}; retry in {delay:.1f}s")
-                self._refresh_backlog()
-                self._sleep(delay)
+            except (OSError, http.client.HTTPException, ValueError, EdgeError) as exc:
+                failure: BaseException = exc
+            except Exception as exc:  # the uplink thread must outlive any bug
+                log.exception("uplink[%s] unexpected failure", self.unit_id)
+                failure = exc
+            else:
+                continue
+            self._close()
+            if self._stopping.is_set():
+                break
+            with self._lock:
+                self._counters["failures"] += 1
+            delay = self._backoff.next_delay()
+            self._set_state(UplinkState.BACKOFF, f"{_describe(failure)}; retry in {delay:.1f}s")
+            self._refresh_backlog()
+            self._sleep(delay)
         self._close()
 
     def _connect(self) -> None:
@@ -292,7 +298,8 @@ class UplinkClient:
     def _refresh_backlog(self, items: list[OutboxItem] | None = None) -> None:
         try:
             vault_backlog = self.outbox.backlog()
-        except EdgeError:
+        except Exception:  # diagnostics only: never stop the uplink for it
+            log.debug("uplink[%s] backlog not refreshed", self.unit_id, exc_info=True)
             return
         ends = [i.end_wall_ns for i in items or () if i.kind is OutboxKind.SEGMENT]
         oldest = max(0.0, (self._wall_ns() - min(ends)) / 1e9) if ends else 0.0

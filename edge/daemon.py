@@ -441,6 +441,8 @@ class Daemon:
                     {"camera": cam_id, "masks": [m.name for m in cam.privacy_masks]},
                 )
         logging.getLogger().setLevel(new.logging.level.upper())
+        if isinstance(self.sink, Vault) and new.vault != self.cfg.vault:
+            self.sink.apply_config(new.vault)  # retention changes apply at once
         changed = sorted(
             k for k in type(new).model_fields if getattr(new, k) != getattr(self.cfg, k)
         )

@@ -38,9 +38,7 @@ def remux(segments: Iterable[tuple[bytes, bytes]], out_path: Path) -> int:
                 tb = in_stream.time_base
                 if tb is None:
                     raise EdgeError(f"segment {n}: stream without a time base")
-                packets = [
-                    p for p in src.demux(in_stream) if p.dts is not None and p.size > 0
-                ]
+                packets = [p for p in src.demux(in_stream) if p.dts is not None and p.size > 0]
                 if not packets:
                     continue
                 first = min(int(p.dts) for p in packets if p.dts is not None)

@@ -30,16 +30,17 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from ..config import EdgeConfig
+from ..config import EdgeConfig, VaultConfig
 from ..errors import VaultError
 from ..unitkeys import fsync_dir, keys_dir_of, load_or_create_signing_key
 from ..video.base import MediaSegment, SegmentSink
 from . import format as fmt
 from . import layout
 from .audit import AuditLog
-from .base import Backlog, Outbox, OutboxItem, OutboxKind
+from .base import Backlog, Outbox, OutboxItem
 from .index import IndexRow
 from .keys import EpochKey, RecipientPublic, resolve_recipients
+from .outbox import outbox_items
 from .retention import DiskUsage, PurgePlan, RetentionPolicy, bytes_to_free, plan_purge
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,22 @@ class Vault(SegmentSink, Outbox):
             policy=RetentionPolicy(v.retention_days, v.max_bytes, v.min_free_percent),
             epoch_seconds=v.epoch_seconds,
             purge_interval_s=v.purge_interval_s if background else None,
+        )
+
+    def apply_config(self, v: VaultConfig) -> None:
+        """Retention and epoch settings from a reloaded configuration (SIGHUP).
+
+        Recipients are not changed here: a new CSU key takes effect at the next start, when a
+        new epoch key is drawn anyway.
+        """
+        self.policy = RetentionPolicy(v.retention_days, v.max_bytes, v.min_free_percent)
+        self.epoch_seconds = v.epoch_seconds
+        log.info(
+            "vault settings: retention %d days, max %d bytes, min free %.0f %%, epochs %d s",
+            v.retention_days,
+            v.max_bytes,
+            v.min_free_percent,
+            v.epoch_seconds,
         )
 
     # --- lanes ---------------------------------------------------------------------------------
@@ -405,39 +422,7 @@ class Vault(SegmentSink, Outbox):
         return self._outbox_items(self.index.pending_since(start_ns, limit))
 
     def _outbox_items(self, rows: list[IndexRow]) -> list[OutboxItem]:
-        pending_epochs = self.index.pending_epochs()
-        items: list[OutboxItem] = []
-        for row in rows:
-            key = (row.camera_id, row.epoch_id)
-            if key in pending_epochs:
-                pending_epochs.discard(key)
-                created = self.index.epoch_created(*key) or row.start_wall_ns
-                path = layout.envelope_path(self.root, row.camera_id, created, row.epoch_id)
-                items.append(
-                    OutboxItem(
-                        OutboxKind.ENVELOPE,
-                        row.camera_id,
-                        -1,
-                        row.epoch_id,
-                        created,
-                        created,
-                        path.stat().st_size if path.exists() else 0,
-                        path,
-                    )
-                )
-            items.append(
-                OutboxItem(
-                    OutboxKind.SEGMENT,
-                    row.camera_id,
-                    row.sequence,
-                    row.epoch_id,
-                    row.start_wall_ns,
-                    row.end_wall_ns,
-                    row.size,
-                    self.path_of(row),
-                )
-            )
-        return items
+        return outbox_items(self.index, self.root, rows)
 
     def mark_delivered(self, camera_id: str, sequence: int) -> None:
         self.index.mark_delivered(camera_id, sequence)

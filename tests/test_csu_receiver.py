@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -493,9 +494,28 @@ def test_operators_get_hls_that_ffprobe_decodes_and_every_view_is_audited(lab: L
     )
     assert recorded.returncode == 0, recorded.stderr
     assert 20 <= int(json.loads(recorded.stdout)["streams"][0]["nb_read_frames"]) <= 30
+    # an evidence export: one fMP4 of the range, remuxed from the decrypted segments
+    export_url = (
+        f"https://127.0.0.1:{lab.csu.ports['operators']}/v1/export/unit-a/street.mp4"
+        f"?from={start / SEC}&to={start / SEC + 4}&case=PV-2026-0042"
+    )
+    ctx = ssl.create_default_context(cafile=str(lab.csu.pki.chain))
+    ctx.check_hostname = False  # the certificate names csu.test, we dial 127.0.0.1
+    request = urllib.request.Request(
+        export_url, headers={"Authorization": f"Bearer {lab.csu.operator_token}"}
+    )
+    clip = lab.tmp / "export.mp4"
+    with urllib.request.urlopen(request, context=ctx, timeout=30) as resp:
+        clip.write_bytes(resp.read())
+    frames = subprocess.run(
+        [*probe, str(clip)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert int(json.loads(frames)["streams"][0]["nb_read_frames"]) == 40
     entries = csu_audit.read(lab.csu.directory / "audit.jsonl")
     actions = {(e["who"], e["action"]) for e in entries}
     assert {("alice", "view-live"), ("alice", "view-recorded"), ("alice", "view-media")} <= actions
+    [export] = [e for e in entries if e["action"] == "export"]
+    assert (export["case"], export["first"], export["last"]) == ("PV-2026-0042", 0, 3)
     assert all(e["unit"] == "unit-a" and e["camera"] == "street" for e in entries)
     # the log is tamper-evident
     path = lab.csu.directory / "audit.jsonl"

@@ -12,13 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edge.cli.main import main as edgectl
 from edge.csu.main import main as edge_csu
 from edge.errors import IntegrityError
 from edge.unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
 from edge.vault import layout
-from edge.vault.bundle import export_bundle, open_bundle
+from edge.vault.bundle import export_bundle, open_bundle, verify_bundle
 from edge.vault.verify import FindingKind, verify_vault
 
 from .vault_support import Csu, encoded_segments, fake_segment, make_csu, open_vault
@@ -259,3 +261,45 @@ def test_bundle_from_another_unit_refused_when_pinned(
         ]
     )
     assert code == 1
+
+
+@pytest.fixture(scope="module")
+def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("small-bundle")
+    data = base / "data"
+    vault = open_vault(data, make_csu(base / "csu"), device_id="demo-unit", epoch_seconds=0.0)
+    for n in range(4):
+        vault.write(fake_segment("cam1", n, size=300))
+    vault.close()
+    out = base / "bundle"
+    export_bundle(
+        data,
+        start_ns=0,
+        end_ns=2**62,
+        case="PV-2",
+        out_dir=out,
+        device_id="demo-unit",
+        signing_key=load_signing_key(keys_dir_of(data)),
+    )
+    return out
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(which=st.integers(0, 10_000), bit=st.integers(0, 10**9))
+def test_any_bit_flip_anywhere_in_a_bundle_is_refused(
+    small_bundle: Path, which: int, bit: int
+) -> None:
+    files = sorted(p for p in small_bundle.rglob("*") if p.is_file())
+    path = files[which % len(files)]
+    original = path.read_bytes()
+    flipped = bytearray(original)
+    flipped[(bit // 8) % len(flipped)] ^= 1 << (bit % 8)
+    path.write_bytes(bytes(flipped))
+    try:
+        with pytest.raises(IntegrityError):
+            verify_bundle(small_bundle)
+    finally:
+        path.write_bytes(original)
+    verify_bundle(small_bundle)  # restored: accepted again

@@ -304,6 +304,12 @@ def verify_bundle(
         key.verify(sig, _DOMAIN + hashlib.sha256(body).digest())
     except InvalidSignature:
         raise IntegrityError("manifest.sig: bad signature (manifest altered)") from None
+    try:
+        pem_file = (bundle / "unit-signing.pub.pem").read_bytes()
+    except OSError:
+        raise IntegrityError("unit-signing.pub.pem missing") from None
+    if pem_file != manifest["unit_public_key"].encode():
+        raise IntegrityError("unit-signing.pub.pem differs from the key in the signed manifest")
     device = manifest["device"]
     listed = {"manifest.json", "manifest.sig", "unit-signing.pub.pem"}
     envelopes: dict[tuple[str, bytes], fmt.EpochEnvelope] = {}

@@ -82,7 +82,22 @@ def _verify(args: argparse.Namespace) -> int:
         raise VaultError(f"{root}: no vault here")
     lo, hi = resolve_range(args.start, args.end, args.last, time.time_ns())
     public = load_signing_public_key(keys_dir_of(data))
-    report = verify_vault(root, public, device_id=cfg.unit.id, start_ns=lo, end_ns=hi)
+    tty = sys.stderr.isatty()
+
+    def progress(checked: int) -> None:
+        sys.stderr.write(f"\rverifying: {checked} segment(s)")
+        sys.stderr.flush()
+
+    report = verify_vault(
+        root,
+        public,
+        device_id=cfg.unit.id,
+        start_ns=lo,
+        end_ns=hi,
+        progress=progress if tty else None,
+    )
+    if tty:
+        sys.stderr.write("\r\033[K")
     log = _audit_key(data, cfg.unit.id)
     if log is not None:
         log.append(

@@ -255,6 +255,13 @@ class DetectorLayout(StrEnum):
     MEDIAPIPE = "mediapipe"
 
 
+class InputRange(StrEnum):
+    AUTO = "auto"
+    UNIT = "0..1"
+    SIGNED = "-1..1"
+    PIXELS = "0..255"
+
+
 class DetectorConfig(_Section):
     model_path: Path | None = None
     """LiteRT (.tflite) model; none means motion blobs stand in for detections."""
@@ -266,6 +273,8 @@ class DetectorConfig(_Section):
     """Output layout: "ssd" (post-processed boxes/classes/scores/count), "yolov8", "mediapipe"."""
     threads: int = Field(default=2, ge=1, le=16)
     """XNNPACK CPU threads used by the interpreter."""
+    input_range: InputRange = InputRange.AUTO
+    """Pixel values a float model expects; auto: -1..1 for ssd and mediapipe, 0..1 for yolov8."""
     score_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     """Minimum confidence of a detection."""
     nms_iou: float = Field(default=0.45, gt=0.0, lt=1.0)

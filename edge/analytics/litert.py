@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from ..config import DetectorConfig, DetectorLayout
+from ..config import DetectorConfig, DetectorLayout, InputRange
 from ..errors import AnalyticsError
 from . import decoders
 from .base import Detection, Detector
@@ -64,6 +64,7 @@ class LiteRTDetector(Detector):
         score_threshold: float = 0.5,
         nms_iou: float = 0.45,
         expected_sha256: str | None = None,
+        input_range: InputRange = InputRange.AUTO,
     ) -> None:
         if not model_path.is_file():
             raise AnalyticsError(f"model {model_path} does not exist")
@@ -79,6 +80,7 @@ class LiteRTDetector(Detector):
         self.threads = threads
         self.score_threshold = score_threshold
         self.nms_iou = nms_iou
+        self.input_range = input_range
         interpreter_class = load_interpreter_class()
         try:
             self._interp = interpreter_class(model_path=str(model_path), num_threads=threads)
@@ -124,6 +126,7 @@ class LiteRTDetector(Detector):
             score_threshold=cfg.score_threshold,
             nms_iou=cfg.nms_iou,
             expected_sha256=cfg.model_sha256,
+            input_range=cfg.input_range,
         )
 
     @property
@@ -148,14 +151,29 @@ class LiteRTDetector(Detector):
             (self.input_width, self.input_height), Image.Resampling.BILINEAR
         )
         arr = np.asarray(img)[None, ...]
-        if self._input_dtype == np.float32:
-            if self.layout is DetectorLayout.MEDIAPIPE:
-                return (arr.astype(np.float32) / 127.5) - 1.0  # BlazeFace wants [-1, 1]
-            return arr.astype(np.float32) / 255.0
         scale, zero = self._input_quant
-        if self._input_dtype == np.int8 and scale:
-            return np.clip(np.round(arr / 255.0 / scale + zero), -128, 127).astype(np.int8)
+        if self._input_dtype == np.float32:
+            return self._float_pixels(arr)
+        if self.input_range is not InputRange.AUTO and scale:
+            info = np.iinfo(self._input_dtype)
+            q = np.round(self._float_pixels(arr) / scale + zero)
+            return np.clip(q, info.min, info.max).astype(self._input_dtype)
+        # Quantised vision models are calibrated so their input covers the pixel range: the
+        # pixel itself for uint8, shifted by 128 for int8.
+        if self._input_dtype == np.int8:
+            return (arr.astype(np.int16) - 128).astype(np.int8)
         return arr.astype(self._input_dtype)
+
+    def _float_pixels(self, arr: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        rng = self.input_range
+        if rng is InputRange.AUTO:
+            rng = InputRange.UNIT if self.layout is DetectorLayout.YOLOV8 else InputRange.SIGNED
+        f = arr.astype(np.float32)
+        if rng is InputRange.UNIT:
+            return f / 255.0
+        if rng is InputRange.SIGNED:
+            return f / 127.5 - 1.0
+        return f
 
     def _output(self, i: int) -> npt.NDArray[np.float64]:
         detail = self._outputs[i]

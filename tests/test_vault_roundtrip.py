@@ -151,3 +151,16 @@ def test_retention_above_legal_limit_is_refused() -> None:
 
     with pytest.raises(ConfigError, match=r"e\.toml:2: vault\.retention_days: .*one month"):
         config.parse("[vault]\nretention_days = 31\n", path="e.toml")
+
+
+def test_idle_camera_does_not_keep_its_epoch_key(tmp_path: Path, data_dir: Path) -> None:
+    vault = open_vault(data_dir, make_csu(tmp_path / "csu"), epoch_seconds=0.0)
+    vault.write(fake_segment("cam1", 0))
+    key = vault.lane("cam1").epoch
+    assert key is not None
+    assert vault.expire_idle_epochs() == 1
+    assert vault.lane("cam1").epoch is None
+    assert key.wiped
+    vault.write(fake_segment("cam1", 1))  # a new epoch, the chain goes on
+    assert vault.lane("cam1").next_seq == 2
+    vault.close()

@@ -398,9 +398,29 @@ class Vault(SegmentSink, Outbox):
             return None
         return fmt.verify_checkpoint(raw, self.public_key)
 
-    def _retention_loop(self, interval: float) -> None:
-        while not self._stop.wait(interval):
+    def expire_idle_epochs(self) -> int:
+        """Wipe epoch keys older than ``epoch_seconds`` on lanes that stopped writing (a camera
+        that is down must not keep a key alive); the next write draws a new one."""
+        with self._lanes_lock:
+            lanes = list(self._lanes.values())
+        wiped = 0
+        for lane in lanes:
+            if not lane.lock.acquire(blocking=False):
+                continue  # writing right now: it rotates by itself when due
             try:
+                age = time.monotonic() - lane.epoch_started
+                if lane.epoch is not None and age >= self.epoch_seconds:
+                    lane.epoch.wipe()
+                    lane.epoch = None
+                    wiped += 1
+            finally:
+                lane.lock.release()
+        return wiped
+
+    def _retention_loop(self, interval: float) -> None:
+        while not self._stop.wait(min(interval, self.epoch_seconds)):
+            try:
+                self.expire_idle_epochs()
                 self.purge()
             except Exception:  # the thread must survive anything; the next cycle retries
                 log.exception("retention cycle failed")

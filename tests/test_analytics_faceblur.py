@@ -43,3 +43,18 @@ def test_faces_are_pixelated_and_no_longer_detectable() -> None:
         assert len(blurrer.detector.detect(i420_to_rgb(before.y, before.u, before.v))) == 1
         assert blurrer.detector.detect(i420_to_rgb(frame.y, frame.u, frame.v)) == []
     src.close()
+
+
+def test_face_blurring_is_off_unless_a_camera_asks_and_needs_a_model() -> None:
+    import pytest
+
+    from edge.config import parse
+    from edge.errors import AnalyticsError
+
+    assert FaceBlurrer.for_camera(parse(""), "cam1") is None
+    metering = '[[analytics.cameras]]\ncamera = "cam1"\nface_blur = true\n'
+    with pytest.raises(AnalyticsError, match="face_model_path"):
+        FaceBlurrer.for_camera(parse(metering), "cam1")
+    model = f'[analytics]\nface_model_path = "{face_model()}"\n'
+    blurrer = FaceBlurrer.for_camera(parse(model + metering), "cam1")
+    assert blurrer is not None and blurrer.frames == 0

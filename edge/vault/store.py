@@ -418,7 +418,7 @@ class Vault(SegmentSink, Outbox):
         return wiped
 
     def _retention_loop(self, interval: float) -> None:
-        while not self._stop.wait(min(interval, self.epoch_seconds)):
+        while not self._stop.wait(max(0.05, min(interval, self.epoch_seconds))):
             try:
                 self.expire_idle_epochs()
                 self.purge()

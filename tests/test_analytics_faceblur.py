@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from edge.analytics.engine import i420_to_rgb
 from edge.analytics.faceblur import FaceBlurrer
 from edge.capture.synthetic import Sprite, SyntheticSource
+from edge.config import parse
+from edge.errors import AnalyticsError
 
 from .test_analytics_e2e import face_model, skimage_data
 
@@ -46,11 +49,6 @@ def test_faces_are_pixelated_and_no_longer_detectable() -> None:
 
 
 def test_face_blurring_is_off_unless_a_camera_asks_and_needs_a_model() -> None:
-    import pytest
-
-    from edge.config import parse
-    from edge.errors import AnalyticsError
-
     assert FaceBlurrer.for_camera(parse(""), "cam1") is None
     metering = '[[analytics.cameras]]\ncamera = "cam1"\nface_blur = true\n'
     with pytest.raises(AnalyticsError, match="face_model_path"):

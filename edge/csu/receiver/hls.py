@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 _ID = r"[a-z0-9][a-z0-9-]{0,62}"
 MAX_EXPORT_SEGMENTS = 1800  # one hour of 2 s segments per request
+MAX_CACHED_KEYS = 4096  # epoch data keys kept open (6 an hour per camera by default)
 
 
 def continues(prev: StoredSegment, seg: StoredSegment) -> bool:
@@ -97,7 +98,7 @@ class Viewer:
         path = receiver.cfg.authority_key_file
         self.private = vault_keys.load_private(path) if path is not None else None
         self._lock = threading.Lock()
-        self._data_keys: dict[tuple[str, str, str], bytes] = {}
+        self._data_keys: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
         self._plain: OrderedDict[tuple[str, str, int], tuple[bytes, bytes]] = OrderedDict()
 
     def open(self, unit: str, camera: str, sequence: int) -> tuple[bytes, bytes]:
@@ -129,6 +130,8 @@ class Viewer:
                 data_key = vault_keys.open_envelope(env, self.private)
                 with self._lock:
                     self._data_keys[(unit, camera, epoch)] = data_key
+                    while len(self._data_keys) > MAX_CACHED_KEYS:
+                        self._data_keys.popitem(last=False)
             init, media = vault_keys.decrypt_segment(seg, data_key)
         except EdgeError as exc:
             raise web.HTTPUnprocessableEntity(text=f"cannot open segment: {exc}") from None

@@ -9,6 +9,8 @@ never hold an unmasked pixel.
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing import shared_memory
@@ -33,6 +35,7 @@ from edge.config import (
     TamperConfig,
     parse,
 )
+from edge.errors import AnalyticsError
 from edge.frames import Frame
 from edge.privacy.masker import PrivacyMasker, mask_pixels
 from edge.unitkeys import keys_dir_of, load_signing_public_key
@@ -204,8 +207,6 @@ def test_counts_with_real_inference_equal_ground_truth(data_dir: Path) -> None:
 
 
 def test_model_with_wrong_checksum_is_refused(tmp_path: Path) -> None:
-    from edge.errors import AnalyticsError
-
     with pytest.raises(AnalyticsError, match="differs from the pinned"):
         LiteRTDetector(
             face_model(), layout=DetectorLayout.MEDIAPIPE, labels=["face"], expected_sha256="0" * 64
@@ -320,9 +321,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
 def test_a_stuck_analytics_process_costs_the_capture_thread_nothing_but_drops(
     data_dir: Path,
 ) -> None:
-    import os
-    import signal
-
     cfg = motion_only_config(data_dir)
     bridge = AnalyticsBridge(cfg, cfg.cameras[0])
     bridge.start()
@@ -342,9 +340,6 @@ def test_a_stuck_analytics_process_costs_the_capture_thread_nothing_but_drops(
 
 
 def test_a_crashed_analytics_process_is_restarted(data_dir: Path) -> None:
-    import os
-    import signal
-
     cfg = motion_only_config(data_dir)
     bridge = AnalyticsBridge(cfg, cfg.cameras[0])
     bridge.start()

@@ -1,0 +1,1 @@
+"""Image build: layout (pure), seal (partitions, manifest), build (the command)."""

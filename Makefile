@@ -4,7 +4,10 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint typecheck pytest demo clean
+.PHONY: setup test lint typecheck pytest demo clean image
+
+# Image to build: qemu-amd64, qemu-arm64 or rpi (docs/OPERATIONS.md).
+TARGET ?= qemu-amd64
 
 setup:
 	@tools/setup.sh
@@ -24,6 +27,9 @@ pytest:
 
 demo: setup
 	@tools/demo.sh
+
+image: setup
+	$(PY) image/build.py --target $(TARGET)
 
 clean:
 	rm -rf $(VENV) edge-data demo-out .mypy_cache .ruff_cache .pytest_cache

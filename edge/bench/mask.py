@@ -113,8 +113,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out[f"{prefix}coverage_percent"] = round(100.0 * masker.coverage, 3)
         out[f"{prefix}build_ms"] = round(build * 1e3, 2)
         out[f"{prefix}operations"] = masker.operations
-        out[f"{prefix}mask_ms"] = round(mask_s * 1e3, 4)
-        out[f"{prefix}memcpy_ms"] = round(copy_s * 1e3, 4)
+        out[f"{prefix}mask_ms"] = round(mask_s * 1e3, 6)
+        out[f"{prefix}memcpy_ms"] = round(copy_s * 1e3, 6)
         out[f"{prefix}mask_vs_memcpy"] = round(mask_s / copy_s, 4)
     out["goal_mask_vs_memcpy"] = 0.5
     return out

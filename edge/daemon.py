@@ -37,6 +37,7 @@ from . import config as config_mod
 from .alerts import AlertHub
 from .analytics.bridge import AnalyticsBridge
 from .analytics.events import EventSigner, SignedEvent
+from .analytics.faceblur import FaceBlurrer
 from .analytics.mqtt import MqttPublisher
 from .config import CameraConfig, EdgeConfig, PrivacyMaskConfig
 from .errors import ConfigError, EdgeError
@@ -318,7 +319,9 @@ class Daemon:
 
     def _start_camera(self, cam: CameraConfig) -> None:
         assert self.sink is not None
-        pipeline = CameraPipeline(cam, self.sink)
+        pipeline = CameraPipeline(
+            cam, self.sink, face_blur=FaceBlurrer.for_camera(self.cfg, cam.id)
+        )
         self.pipelines[cam.id] = pipeline
         if self.cfg.analytics.enabled and self.alerts is not None:
             # Its own process, fed masked frames from the capture thread; never blocks it.

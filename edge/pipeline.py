@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .analytics.faceblur import FaceBlurrer
 from .capture import open_source
 from .capture.loop import CaptureLoop
 from .config import CameraConfig, PrivacyMaskConfig
@@ -54,12 +55,14 @@ class CameraPipeline:
         sink: SegmentSink,
         *,
         observers: Sequence[FrameObserver] = (),
+        face_blur: FaceBlurrer | None = None,
         queue_seconds: float = 2.0,
     ) -> None:
         self.cam = cam
         self._sink = sink
         self._observers = list(observers)
         self._masker = PrivacyMasker(cam.privacy_masks, cam.width, cam.height)
+        self._face_blur = face_blur
         self._queue: queue.Queue[Frame | object] = queue.Queue(
             maxsize=max(2, int(cam.fps * queue_seconds))
         )
@@ -139,6 +142,8 @@ class CameraPipeline:
     def _on_frame(self, frame: Frame) -> None:
         # Mask first: nothing upstream of this line may keep, send or analyse the frame.
         self._masker.apply(frame)
+        if self._face_blur is not None:
+            self._face_blur.apply(frame)  # metering mode: faces pixelated before anything else
         self.frames_in += 1
         self.last_frame_mono = time.monotonic()
         self.last_frame = frame  # masked: the only picture the installer preview may show

@@ -113,3 +113,25 @@ def test_self_check(tmp_path: Path, data_dir: Path) -> None:
     with pytest.raises(IntegrityError, match="altered: cam1#2"):
         self_check(vault)
     vault.close()
+
+
+def test_failed_index_write_leaves_no_file(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge.errors import VaultError
+
+    csu = make_csu(tmp_path / "csu")
+    vault = open_vault(data_dir, csu)
+    vault.write(fake_segment("cam1", 0))
+
+    def broken(_row: object) -> None:
+        raise VaultError("index: disk I/O error")  # the fault injected
+
+    monkeypatch.setattr(vault.index, "insert", broken)
+    with pytest.raises(VaultError, match="disk I/O"):
+        vault.write(fake_segment("cam1", 1))
+    monkeypatch.undo()
+    assert len(list(layout.vault_dir(data_dir).rglob("*.seg"))) == 1
+    vault.write(fake_segment("cam1", 1))  # the same sequence, written afresh
+    vault.close()
+    _check(data_dir, csu, 2)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -32,10 +31,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ..config import EdgeConfig, VaultConfig
 from ..errors import VaultError
-from ..unitkeys import fsync_dir, keys_dir_of, load_or_create_signing_key
+from ..unitkeys import keys_dir_of, load_or_create_signing_key
 from ..video.base import MediaSegment, SegmentSink
+from . import files, layout
 from . import format as fmt
-from . import layout
 from .audit import AuditLog
 from .base import Backlog, Outbox, OutboxItem
 from .index import IndexRow
@@ -217,7 +216,12 @@ class Vault(SegmentSink, Outbox):
                 epoch.epoch_id,
                 digest,
             )
-            self._with_space(lambda: self.index.insert(row), 65536)
+            try:
+                self._with_space(lambda: self.index.insert(row), 65536)
+            except VaultError:
+                # Not acknowledged, so not kept: the next write reuses this sequence.
+                self._unlink(path)
+                raise
             lane.next_seq += 1
             lane.last_hash = digest
             self._vault_bytes += len(raw)
@@ -239,33 +243,7 @@ class Vault(SegmentSink, Outbox):
         raise VaultError("disk full and nothing left to purge: segment lost")
 
     def _write_file(self, final: Path, data: bytes) -> None:
-        """Temporary file in tmp/, fsync, rename into place, fsync the directory."""
-        tmp = self.root / "tmp" / f"{final.name}.{threading.get_ident()}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            self._makedirs(final.parent)
-            tmp.rename(final)
-            fsync_dir(final.parent)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
-
-    def _makedirs(self, path: Path) -> None:
-        if path.is_dir():
-            return
-        self._makedirs(path.parent)
-        try:
-            path.mkdir()
-        except FileExistsError:
-            return
-        fsync_dir(path.parent)
+        files.write_durably(self.root / "tmp", final, data)
 
     # --- retention -----------------------------------------------------------------------------
 
@@ -382,13 +360,7 @@ class Vault(SegmentSink, Outbox):
 
     @staticmethod
     def _unlink(path: Path) -> None:
-        path.unlink(missing_ok=True)
-        # Empty hour/day directories go too, so `ls` shows only what is kept.
-        for parent in (path.parent, path.parent.parent):
-            try:
-                parent.rmdir()
-            except OSError:
-                break
+        files.unlink_pruning(path)
 
     def load_checkpoint(self, camera: str) -> fmt.Checkpoint | None:
         path = layout.checkpoint_path(self.root, camera)
@@ -476,9 +448,4 @@ class Vault(SegmentSink, Outbox):
             log.warning("cannot mark a clean stop: %s", exc.strerror)
 
     def quarantine(self, path: Path, reason: str) -> None:
-        dest = self.root / "quarantine" / f"{time.time_ns()}-{path.name}"
-        log.error("%s: %s; moved to %s", path, reason, dest)
-        try:
-            shutil.move(str(path), dest)
-        except OSError as exc:
-            log.error("%s: cannot quarantine: %s", path, exc)
+        files.quarantine(self.root / "quarantine", path, reason)

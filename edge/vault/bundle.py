@@ -86,7 +86,7 @@ def export_bundle(
     if not (root / "index.sqlite").exists():
         raise VaultError(f"{root}: no vault here")
     public_key = signing_key.public_key()
-    index = Index(root / "index.sqlite")
+    index = Index(root / "index.sqlite", readonly=True)
     try:
         rows = [
             r for r in index.range(start_ns, end_ns) if cameras is None or r.camera_id in cameras

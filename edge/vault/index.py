@@ -111,11 +111,22 @@ class IndexRow:
 
 
 class Index:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        """``readonly``: for tools (``edgectl export``) reading beside a running edged; they
+        never take the write lock the recording threads need."""
         self.path = path
         # Protects the connection: the recording threads (insert), the purge thread (delete),
         # the uplink (outbox reads, delivered marks) all go through it, briefly.
         self.lock = threading.Lock()
+        if readonly:
+            try:
+                self.db = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=10
+                )
+                self.db.execute("SELECT 1 FROM segments LIMIT 1").fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise VaultError(f"{path}: index unusable: {exc}") from None
+            return
         try:
             self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")

@@ -90,6 +90,11 @@ class AuditLog:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.geteuid() == 0 and os.fstat(fd).st_size == 0:
+                # Created by root (edgectl before edged ever ran): hand it to the owner of the
+                # vault, or edged (User=edge) could not append to it later.
+                parent = self.path.parent.stat()
+                os.fchown(fd, parent.st_uid, parent.st_gid)
             prev, seq = self._tail(fd)
             record: dict[str, Any] = {
                 "v": 1,

@@ -99,17 +99,17 @@ def recover(vault: Vault) -> RecoveryReport:
             report.dropped_rows,
             report.quarantined,
         )
-    vault.audit.append(
-        "vault-open",
-        {
-            "partial_files_removed": report.temp_removed,
-            "reindexed": report.reindexed,
-            "dropped_rows": report.dropped_rows,
-            "quarantined": report.quarantined,
-            "index_rebuilt": report.rebuilt,
-        },
-        actor="edged",
-    )
+    details = {
+        "partial_files_removed": report.temp_removed,
+        "reindexed": report.reindexed,
+        "dropped_rows": report.dropped_rows,
+        "quarantined": report.quarantined,
+        "index_rebuilt": report.rebuilt,
+    }
+    try:
+        vault.audit.append("vault-open", details, actor="edged")
+    except (OSError, VaultError) as exc:  # recording matters more than this record
+        log.error("audit log not writable (%s): vault-open %s not recorded", exc, details)
     return report
 
 

@@ -164,3 +164,28 @@ def test_idle_camera_does_not_keep_its_epoch_key(tmp_path: Path, data_dir: Path)
     vault.write(fake_segment("cam1", 1))  # a new epoch, the chain goes on
     assert vault.lane("cam1").next_seq == 2
     vault.close()
+
+
+def test_open_refuses_when_frames_differ_from_the_signed_count(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    import dataclasses
+
+    segments = encoded_segments(seconds=2.0)
+    csu = make_csu(tmp_path / "csu")
+    vault = open_vault(data_dir, csu)
+    for seg in segments:
+        vault.write(dataclasses.replace(seg, frame_count=seg.frame_count + 1))
+    vault.close()
+    bundle = export_bundle(
+        data_dir,
+        start_ns=0,
+        end_ns=2**62,
+        case="X",
+        out_dir=tmp_path / "b",
+        device_id="unit-1",
+        signing_key=load_signing_key(keys_dir_of(data_dir)),
+    )
+    with pytest.raises(IntegrityError, match="signed headers declare"):
+        open_bundle(bundle.path, csu.private(), tmp_path / "clip.mp4")
+    assert not (tmp_path / "clip.mp4").exists()

@@ -388,9 +388,14 @@ def open_bundle(
                 keys[epoch] = open_envelope(verified.envelopes[(chosen, epoch)], private)
             yield decrypt_segment(seg, keys[epoch])
 
+    declared = sum(s.header.frame_count for s in verified.segments if s.header.camera_id == chosen)
     tmp = out_path.with_name(f".{out_path.name}.partial.mp4")
     try:
         count = remux(plain(), tmp)
+        if count != declared:
+            raise IntegrityError(
+                f"the video holds {count} frame(s) but the signed headers declare {declared}"
+            )
         tmp.replace(out_path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge.config import EdgeConfig, UnitConfig, UplinkConfig
@@ -322,3 +325,44 @@ def test_the_uplink_thread_survives_an_unexpected_failure(rig: Rig) -> None:
         assert client.snapshot()["counters"]["failures"] == 1
     finally:
         client.stop()
+
+
+def test_edgectl_uplink_check_says_what_is_wrong(rig: Rig, tmp_path: Path) -> None:
+    def config_file(enabled: str = "true", server_name: str = CSU_NAME) -> Path:
+        path = tmp_path / "edge.toml"
+        path.write_text(
+            f'[unit]\nid = "{UNIT}"\ndata_dir = "{rig.data_dir}"\n\n[uplink]\n'
+            f'enabled = {enabled}\ncsu_url = "https://127.0.0.1:{rig.port}"\n'
+            f'server_name = "{server_name}"\n'
+        )
+        return path
+
+    def run(path: Path) -> tuple[int, dict[str, object]]:
+        out = subprocess.run(
+            [sys.executable, "-m", "edge.cli.main", "uplink", "check", "--config", str(path),
+             "--json"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.stdout.startswith("{"), out.stderr[-2000:]
+        return out.returncode, json.loads(out.stdout)
+
+    rig.record(1)
+    client = UplinkClient(rig.config(), rig.outbox, Gate())
+    client.start()
+    wait_until(lambda: rig.outbox.pending_count() == 0, 20, "a first segment at the CSU")
+    client.stop()
+    code, report = run(config_file())
+    assert code == 0 and report["result"] == "ok"
+    assert report["csu_holds"] == {"cam1": {"first": 0, "last": 0, "count": 1, "gaps": []}}
+    assert report["tls"]["version"] == "TLSv1.3"  # type: ignore[index]
+    code, report = run(config_file(server_name="elsewhere.test"))
+    assert code == 2 and "certificate is refused" in str(report["result"])
+    # the unit's certificate is revoked: the CSU hangs up, and the tool says what to do
+    serial = x509.load_pem_x509_certificate(
+        (rig.data_dir / "keys" / "unit-tls.crt").read_bytes()
+    ).serial_number
+    rig.csu.pki.ca.revoke(serial)
+    code, report = run(config_file())
+    assert code == 2 and "renew" in str(report["action"])
+    code, report = run(config_file(enabled="false"))
+    assert code == 1

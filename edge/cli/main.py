@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "vault_cmd",
     "enroll",
     "dot1x_cmd",
+    "uplink_cmd",
     "analytics_cmd",
     "bench",
 ]

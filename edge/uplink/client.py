@@ -20,7 +20,6 @@ import hashlib
 import http.client
 import json
 import logging
-import socket
 import ssl
 import threading
 import time
@@ -34,7 +33,7 @@ from ..errors import EdgeError, UplinkError
 from ..vault.base import Outbox, OutboxItem, OutboxKind
 from . import policy, protocol
 from .spool import EventSpool
-from .tls import client_context, endpoint
+from .tls import CsuConnection, client_context, endpoint
 
 log = logging.getLogger(__name__)
 
@@ -61,22 +60,6 @@ class UplinkState(enum.Enum):
     SYNCING = "syncing"
     STREAMING = "streaming"
     BACKOFF = "backoff"
-
-
-class _Connection(http.client.HTTPSConnection):
-    """HTTPS connection checking the CSU certificate against a name other than the host's."""
-
-    def __init__(
-        self, host: str, port: int, server_name: str, context: ssl.SSLContext, timeout: float
-    ) -> None:
-        super().__init__(host, port, timeout=timeout, context=context)
-        self._server_name = server_name
-        self._ctx = context
-
-    def connect(self) -> None:
-        sock = socket.create_connection((self.host, self.port), self.timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock = self._ctx.wrap_socket(sock, server_hostname=self._server_name)
 
 
 def _pending_item(item: OutboxItem) -> policy.PendingItem:
@@ -118,7 +101,7 @@ class UplinkClient:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._conn: _Connection | None = None
+        self._conn: CsuConnection | None = None
         self._state = UplinkState.STOPPED
         self._reason = "not started"
         self._since_ns = time.time_ns()
@@ -242,7 +225,7 @@ class UplinkClient:
     def _connect(self) -> None:
         host, port, name = endpoint(self.cfg)
         self._set_state(UplinkState.CONNECTING, f"{host}:{port} as {name}")
-        conn = _Connection(
+        conn = CsuConnection(
             host, port, name, client_context(self.cfg), self.cfg.uplink.connect_timeout_s
         )
         conn.connect()

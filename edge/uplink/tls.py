@@ -6,6 +6,8 @@ certificate from any public CA (or another city's) is an impostor here.
 
 from __future__ import annotations
 
+import http.client
+import socket
 import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -38,6 +40,31 @@ def client_context(cfg: EdgeConfig) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise UplinkError(f"uplink TLS material ({ca_file}, {cert_file}): {exc}") from None
     return ctx
+
+
+class CsuConnection(http.client.HTTPSConnection):
+    """HTTPS connection to the CSU, checking its certificate against ``server_name`` (which may
+    differ from the address dialled)."""
+
+    def __init__(
+        self, host: str, port: int, server_name: str, context: ssl.SSLContext, timeout: float
+    ) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._server_name = server_name
+        self._ctx = context
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = self._ctx.wrap_socket(sock, server_hostname=self._server_name)
+
+
+def connect(cfg: EdgeConfig) -> CsuConnection:
+    """An established (handshaken) connection to the configured CSU."""
+    host, port, name = endpoint(cfg)
+    conn = CsuConnection(host, port, name, client_context(cfg), cfg.uplink.connect_timeout_s)
+    conn.connect()
+    return conn
 
 
 def endpoint(cfg: EdgeConfig) -> tuple[str, int, str]:

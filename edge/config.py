@@ -136,50 +136,35 @@ class LoggingConfig(_Section):
     """Minimum level written to the journal (or stderr outside systemd)."""
 
 
-class Dot1xConfig(_Section):
+class UplinkConfig(_Section):
     enabled: bool = False
-    """Authenticate the wired uplink port with 802.1X EAP-TLS; the CSU link waits for it."""
-    interface: str = Field(default="eth0", pattern=r"^[A-Za-z0-9_.:-]{1,15}$")
-    """Wired network interface facing the switch port."""
-    identity: str | None = Field(default=None, min_length=1, max_length=253)
-    """EAP identity sent to the RADIUS server; default: the unit id."""
-    client_cert: Path | None = None
-    """Unit certificate (PEM); default: <data_dir>/keys/unit-tls.crt."""
-    client_key: Path | None = None
-    """Unit TLS/EAP private key (PEM); default: <data_dir>/keys/unit-tls.key."""
-    server_ca: Path | None = None
-    """CA chain the RADIUS server's certificate must chain to; default: <data_dir>/keys/ca.pem."""
-    server_domain_match: str | None = Field(
-        default=None, pattern=r"^[A-Za-z0-9.-]{1,253}(;[A-Za-z0-9.-]{1,253})*$"
+    """Send sealed segments and events to the CSU (store-and-forward from the vault's outbox)."""
+    csu_url: str = Field(
+        default="https://csu.invalid:8443", pattern=r"^https://[A-Za-z0-9.\-\[\]:]+(:\d+)?/?$"
     )
-    """Exact DNS name(s) of the RADIUS server certificate, ";"-separated (domain_match)."""
-    server_domain_suffix_match: str | None = Field(
-        default=None, pattern=r"^[A-Za-z0-9.-]{1,253}(;[A-Za-z0-9.-]{1,253})*$"
-    )
-    """DNS suffix the RADIUS server certificate must be under, ";"-separated."""
-    ctrl_dir: Path = Path("/run/wpa_supplicant")
-    """wpa_supplicant's control socket directory (the socket is <ctrl_dir>/<interface>)."""
-    ctrl_group: str = Field(default="edge", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
-    """Group allowed on the control socket: the group edged runs as."""
-    supplicant_conf: Path | None = None
-    """Rendered supplicant file; default: /etc/wpa_supplicant/wpa_supplicant-wired-<if>.conf."""
-    status_interval_s: float = Field(default=2.0, ge=0.1, le=60.0)
-    """Period of the STATUS poll that confirms the port state and detects a dead supplicant."""
-    reply_timeout_s: float = Field(default=2.0, ge=0.1, le=30.0)
-    """How long the supplicant may take to answer a control request before it counts as lost."""
-    expiry_warning_days: int = Field(default=30, ge=1, le=365)
-    """Diagnostics warn this many days before the unit certificate expires."""
-
-    @model_validator(mode="after")
-    def _server_name_constrained(self) -> Dot1xConfig:
-        # Any certificate of the CA would otherwise be accepted as the RADIUS server, including
-        # another unit's: an impostor port could then harvest the unit's EAP exchange.
-        if self.enabled and not (self.server_domain_match or self.server_domain_suffix_match):
-            raise ValueError(
-                "802.1X needs server_domain_match or server_domain_suffix_match: "
-                "the RADIUS server's name must be checked, never any server accepted"
-            )
-        return self
+    """Base URL of the CSU receiver; TLS 1.3 with client certificates, nothing else."""
+    server_name: str | None = Field(default=None, min_length=1, max_length=253)
+    """Name the CSU certificate must carry, when it differs from the URL's host."""
+    ca_file: Path | None = None
+    """CA chain pinned for the CSU's certificate (default ``<data_dir>/keys/ca.pem``)."""
+    cert_file: Path | None = None
+    """Unit client certificate (default ``<data_dir>/keys/unit-tls.crt``)."""
+    key_file: Path | None = None
+    """Unit client private key (default ``<data_dir>/keys/unit-tls.key``)."""
+    bandwidth_kbps: int = Field(default=8000, ge=64, le=10_000_000)
+    """Upload budget in kbit/s for segments and events together."""
+    backfill_share: float = Field(default=0.5, gt=0.0, le=1.0)
+    """Share of the budget the backlog may use while live segments keep priority."""
+    live_window_s: float = Field(default=10.0, ge=1.0, le=600.0)
+    """A segment closed less than this long ago is live; older pending ones are backfill."""
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """Time allowed to connect and finish the TLS handshake."""
+    request_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    """Time allowed for one request and its answer."""
+    backoff_initial_s: float = Field(default=1.0, gt=0, le=60)
+    """First reconnection delay; doubles after each failure (with jitter)."""
+    backoff_max_s: float = Field(default=60.0, gt=0, le=3600)
+    """Longest reconnection delay."""
 
 
 class RecipientKem(StrEnum):
@@ -216,37 +201,6 @@ class VaultConfig(_Section):
                 "month (Code de la sécurité intérieure L252-5, CNIL); use 1 to 30"
             )
         return value
-
-
-class UplinkConfig(_Section):
-    enabled: bool = False
-    """Send sealed segments and events to the CSU (store-and-forward from the vault's outbox)."""
-    csu_url: str = Field(
-        default="https://csu.invalid:8443", pattern=r"^https://[A-Za-z0-9.\-\[\]:]+(:\d+)?/?$"
-    )
-    """Base URL of the CSU receiver; TLS 1.3 with client certificates, nothing else."""
-    server_name: str | None = Field(default=None, min_length=1, max_length=253)
-    """Name the CSU certificate must carry, when it differs from the URL's host."""
-    ca_file: Path | None = None
-    """CA chain pinned for the CSU's certificate (default ``<data_dir>/keys/ca.pem``)."""
-    cert_file: Path | None = None
-    """Unit client certificate (default ``<data_dir>/keys/unit-tls.crt``)."""
-    key_file: Path | None = None
-    """Unit client private key (default ``<data_dir>/keys/unit-tls.key``)."""
-    bandwidth_kbps: int = Field(default=8000, ge=64, le=10_000_000)
-    """Upload budget in kbit/s for segments and events together."""
-    backfill_share: float = Field(default=0.5, gt=0.0, le=1.0)
-    """Share of the budget the backlog may use while live segments keep priority."""
-    live_window_s: float = Field(default=10.0, ge=1.0, le=600.0)
-    """A segment closed less than this long ago is live; older pending ones are backfill."""
-    connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
-    """Time allowed to connect and finish the TLS handshake."""
-    request_timeout_s: float = Field(default=30.0, gt=0, le=600)
-    """Time allowed for one request and its answer."""
-    backoff_initial_s: float = Field(default=1.0, gt=0, le=60)
-    """First reconnection delay; doubles after each failure (with jitter)."""
-    backoff_max_s: float = Field(default=60.0, gt=0, le=3600)
-    """Longest reconnection delay."""
 
 
 class DetectorLayout(StrEnum):
@@ -453,6 +407,70 @@ class AnalyticsConfig(_Section):
         return CameraAnalyticsConfig(camera=camera_id)
 
 
+_DOOR_PATTERN = r"^(gpio:/dev/gpiochip\d+:\d+(:active-low)?|input:/dev/input/.+:[A-Z0-9_]+)$"
+
+
+class ControlConfig(_Section):
+    socket: Path = Path("/run/edge/control.sock")
+    """Unix socket edgectl talks to (no TCP port, ever)."""
+    maint_group: str | int = "edge-maint"
+    """Group (name or gid) of maintenance staff: diagnostics, never a picture."""
+    install_group: str | int = "edge-install"
+    """Group (name or gid) of installers: diagnostics and the masked preview."""
+    metrics_file: Path | None = None
+    """OpenMetrics text file for node_exporter's textfile collector (none when unset)."""
+    metrics_interval_s: float = Field(default=15.0, ge=1.0, le=3600.0)
+    """How often the metrics file is rewritten."""
+    door: str | None = Field(default=None, pattern=_DOOR_PATTERN)
+    """Cabinet door switch: "gpio:/dev/gpiochipN:LINE[:active-low]" or "input:DEVICE:SW_NAME"."""
+
+
+class Dot1xConfig(_Section):
+    enabled: bool = False
+    """Authenticate the wired uplink port with 802.1X EAP-TLS; the CSU link waits for it."""
+    interface: str = Field(default="eth0", pattern=r"^[A-Za-z0-9_.:-]{1,15}$")
+    """Wired network interface facing the switch port."""
+    identity: str | None = Field(default=None, min_length=1, max_length=253)
+    """EAP identity sent to the RADIUS server; default: the unit id."""
+    client_cert: Path | None = None
+    """Unit certificate (PEM); default: <data_dir>/keys/unit-tls.crt."""
+    client_key: Path | None = None
+    """Unit TLS/EAP private key (PEM); default: <data_dir>/keys/unit-tls.key."""
+    server_ca: Path | None = None
+    """CA chain the RADIUS server's certificate must chain to; default: <data_dir>/keys/ca.pem."""
+    server_domain_match: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9.-]{1,253}(;[A-Za-z0-9.-]{1,253})*$"
+    )
+    """Exact DNS name(s) of the RADIUS server certificate, ";"-separated (domain_match)."""
+    server_domain_suffix_match: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9.-]{1,253}(;[A-Za-z0-9.-]{1,253})*$"
+    )
+    """DNS suffix the RADIUS server certificate must be under, ";"-separated."""
+    ctrl_dir: Path = Path("/run/wpa_supplicant")
+    """wpa_supplicant's control socket directory (the socket is <ctrl_dir>/<interface>)."""
+    ctrl_group: str = Field(default="edge", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    """Group allowed on the control socket: the group edged runs as."""
+    supplicant_conf: Path | None = None
+    """Rendered supplicant file; default: /etc/wpa_supplicant/wpa_supplicant-wired-<if>.conf."""
+    status_interval_s: float = Field(default=2.0, ge=0.1, le=60.0)
+    """Period of the STATUS poll that confirms the port state and detects a dead supplicant."""
+    reply_timeout_s: float = Field(default=2.0, ge=0.1, le=30.0)
+    """How long the supplicant may take to answer a control request before it counts as lost."""
+    expiry_warning_days: int = Field(default=30, ge=1, le=365)
+    """Diagnostics warn this many days before the unit certificate expires."""
+
+    @model_validator(mode="after")
+    def _server_name_constrained(self) -> Dot1xConfig:
+        # Any certificate of the CA would otherwise be accepted as the RADIUS server, including
+        # another unit's: an impostor port could then harvest the unit's EAP exchange.
+        if self.enabled and not (self.server_domain_match or self.server_domain_suffix_match):
+            raise ValueError(
+                "802.1X needs server_domain_match or server_domain_suffix_match: "
+                "the RADIUS server's name must be checked, never any server accepted"
+            )
+        return self
+
+
 class EdgeConfig(_Section):
     unit: UnitConfig = UnitConfig()
     """The unit as a whole."""
@@ -462,14 +480,16 @@ class EdgeConfig(_Section):
     """Cameras attached to this unit."""
     logging: LoggingConfig = LoggingConfig()
     """Logging settings."""
-    analytics: AnalyticsConfig = AnalyticsConfig()
-    """On-device analytics: motion, detection, tracking, rules, tamper."""
-    uplink: UplinkConfig = UplinkConfig()
-    """Link to the supervision centre (CSU)."""
-    vault: VaultConfig = VaultConfig()
-    """Sealed recording store: retention, recipients of the epoch keys."""
     dot1x: Dot1xConfig = Dot1xConfig()
     """802.1X EAP-TLS authentication of the wired uplink port."""
+    analytics: AnalyticsConfig = AnalyticsConfig()
+    """On-device analytics: motion, detection, tracking, rules, tamper."""
+    vault: VaultConfig = VaultConfig()
+    """Sealed recording store: retention, recipients of the epoch keys."""
+    uplink: UplinkConfig = UplinkConfig()
+    """Link to the supervision centre (CSU)."""
+    control: ControlConfig = ControlConfig()
+    """Local control socket, diagnostics and metrics."""
 
     @model_validator(mode="after")
     def _unique_camera_ids(self) -> EdgeConfig:

@@ -5,11 +5,15 @@ The installer's flow, driven by ``edgectl enroll``:
 1. :func:`enrol` creates the unit's keys in ``<data_dir>/keys/`` when missing: the Ed25519
    signing key of the vault (through :mod:`edge.unitkeys`) and the ECDSA P-256 TLS/EAP key
    ``unit-tls.key`` (mode 0600); it writes a certificate request ``unit-tls.csr`` whose subject
-   CN is the unit id and whose SAN is the EAP identity.
-2. The city's PKI (or ``edge-csu ca sign``) signs the request.
-3. :func:`install` checks the certificate (its key is ours, it chains to the configured CA with
-   the clientAuth purpose, it names this unit, it is valid now) and only then writes
-   ``unit-tls.crt``.
+   CN is the unit id and whose SAN is the EAP identity, and a second one, ``unit-signing.csr``,
+   for the signing key (CN = unit id, keyUsage digitalSignature + contentCommitment,
+   extendedKeyUsage documentSigning: the evidence profile of :mod:`edge.vault.evidence`).
+2. The city's PKI (or ``edge-csu ca sign``) signs the requests.
+3. :func:`install_certificates` sorts what it is given by key type and checks each certificate
+   (its key is ours, it chains to the configured CA with the right profile, it names this unit,
+   it is valid now) before writing anything: ``unit-tls.crt`` through :func:`install`, and
+   ``unit-signing.crt``, which evidence bundles carry so that a court expert can verify them
+   with the city's CA alone.
 
 Renewal (:func:`enrol` with ``renew=True``) makes a *new* key beside the old one
 (``unit-tls.key.new``); the old key and certificate keep the port authenticated until the new
@@ -26,11 +30,12 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509 import verification
 from cryptography.x509.oid import NameOID
 
-from .errors import EnrolmentError
+from .errors import EnrolmentError, VaultError
+from .vault import evidence
 
 TLS_KEY_NAME = "unit-tls.key"
 TLS_NEW_KEY_NAME = "unit-tls.key.new"
@@ -67,6 +72,7 @@ class EnrolResult:
     key_path: Path
     created_key: bool
     signing_key_id: str
+    signing_csr_path: Path
 
 
 def make_csr(key: ec.EllipticCurvePrivateKey, unit_id: str, identity: str) -> bytes:
@@ -78,6 +84,17 @@ def make_csr(key: ec.EllipticCurvePrivateKey, unit_id: str, identity: str) -> by
         x509.SubjectAlternativeName([x509.DNSName(identity)]), critical=False
     )
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def make_signing_csr(key: ed25519.Ed25519PrivateKey, unit_id: str) -> bytes:
+    """A PEM request for the evidence-signing key, marked with the evidence profile."""
+    builder = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, unit_id)]))
+        .add_extension(evidence.key_usage(), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([evidence.DOCUMENT_SIGNING]), critical=False)
+    )
+    return builder.sign(key, None).public_bytes(serialization.Encoding.PEM)
 
 
 def enrol(keys_dir: Path, unit_id: str, identity: str, *, renew: bool = False) -> EnrolResult:
@@ -110,7 +127,11 @@ def enrol(keys_dir: Path, unit_id: str, identity: str, *, renew: bool = False) -
     csr = make_csr(_load_key(key_path), unit_id, identity)
     csr_path = keys_dir / TLS_CSR_NAME
     _write(csr_path, csr, 0o644)
-    return EnrolResult(csr_path, key_path, created, signing_id)
+    # The signing key is never renewed (the vault's chains rest on it): its request is simply
+    # written again, for a first certificate or a later one.
+    signing_csr = keys_dir / evidence.SIGNING_CSR_NAME
+    _write(signing_csr, make_signing_csr(signing, unit_id), 0o644)
+    return EnrolResult(csr_path, key_path, created, signing_id, signing_csr)
 
 
 def _load_pem_certs(data: bytes, origin: str) -> list[x509.Certificate]:
@@ -160,6 +181,8 @@ class Installed:
     serial: str
     not_after: dt.datetime
     renewed: bool
+    kind: str = "tls"
+    """``tls`` (802.1X and CSU client certificate) or ``evidence`` (signing certificate)."""
 
 
 def install(
@@ -205,6 +228,131 @@ def install(
     _write(cert_path, chain, 0o644)
     _write(ca_path, ca_data, 0o644)
     return Installed(cert_path, f"{leaf.serial_number:x}", leaf.not_valid_after_utc, renewed)
+
+
+def install_certificates(
+    keys_dir: Path,
+    cert_data: bytes,
+    unit_id: str,
+    *,
+    ca_data: bytes | None = None,
+    now: dt.datetime | None = None,
+) -> list[Installed]:
+    """Install the TLS certificate, the evidence-signing certificate, or both, from PEM data.
+
+    Leaves are told apart by their key (Ed25519 = the signing key); CA certificates in the data
+    serve as intermediates of both. Every check passes before the first file is written.
+    """
+    certs = _load_pem_certs(cert_data, "certificate")
+    cas = [c for c in certs if _is_ca(c)]
+    leaves = [c for c in certs if not _is_ca(c)]
+    signing = [c for c in leaves if isinstance(c.public_key(), ed25519.Ed25519PublicKey)]
+    tls = [c for c in leaves if c not in signing]
+    if len(signing) > 1 or len(tls) > 1 or not leaves:
+        raise EnrolmentError(
+            f"expected one TLS certificate and/or one evidence-signing certificate, found "
+            f"{len(tls)} and {len(signing)}"
+        )
+    if ca_data is None:
+        try:
+            ca_data = (keys_dir / CA_CHAIN_NAME).read_bytes()
+        except FileNotFoundError:
+            raise EnrolmentError(
+                f"no CA chain at {keys_dir / CA_CHAIN_NAME}: give the city's CA file"
+            ) from None
+    now = now or dt.datetime.now(dt.UTC)
+    if signing:
+        _check_signing_cert(keys_dir, [signing[0], *cas], ca_data, unit_id, now)
+    done: list[Installed] = []
+    if tls:
+        chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [tls[0], *cas])
+        done.append(install(keys_dir, chain, unit_id, ca_data=ca_data, now=now))
+    if signing:
+        pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [signing[0], *cas])
+        path = keys_dir / evidence.SIGNING_CERT_NAME
+        _write(path, pem, 0o644)
+        _write(keys_dir / CA_CHAIN_NAME, ca_data, 0o644)
+        serial = f"{signing[0].serial_number:x}"
+        done.append(Installed(path, serial, signing[0].not_valid_after_utc, False, "evidence"))
+    return done
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _check_signing_cert(
+    keys_dir: Path, chain: list[x509.Certificate], ca_data: bytes, unit_id: str, now: dt.datetime
+) -> None:
+    from . import unitkeys
+
+    try:
+        signing = unitkeys.load_signing_key(keys_dir).public_key()
+    except VaultError as exc:
+        raise EnrolmentError(f"no signing key to certify (run edgectl enroll): {exc}") from None
+    leaf_key = chain[0].public_key()
+    assert isinstance(leaf_key, ed25519.Ed25519PublicKey)
+    if evidence.raw_key(leaf_key) != evidence.raw_key(signing):
+        raise EnrolmentError(
+            "the evidence-signing certificate does not match this unit's signing key "
+            f"({unitkeys.SIGNING_KEY_NAME})"
+        )
+    ca_certs = _load_pem_certs(ca_data, "CA file")
+    problem = evidence.chain_problem(
+        chain, ca_certs, unit_id=unit_id, signing_key=signing, first=now, last=now
+    )
+    if problem is not None:
+        raise EnrolmentError(f"evidence-signing certificate refused: {problem}")
+
+
+def signing_certificate_status(
+    keys_dir: Path, *, warning_days: int, now: dt.datetime | None = None
+) -> dict[str, Any]:
+    """Expiry facts of ``unit-signing.crt``, whether it certifies the current signing key, and
+    whether it chains to ``ca.pem`` (judged inside its validity)."""
+    from . import unitkeys
+
+    path = keys_dir / evidence.SIGNING_CERT_NAME
+    try:
+        certs = x509.load_pem_x509_certificates(path.read_bytes())
+    except FileNotFoundError:
+        return {
+            "present": False,
+            "warning": f"no evidence-signing certificate at {path}: exports verify only with "
+            "a pinned unit key; run edgectl enroll and install the signed unit-signing.csr",
+        }
+    except (OSError, ValueError) as exc:
+        return {"present": False, "warning": f"evidence certificate {path} unreadable: {exc}"}
+    status = certificate_status(certs[0], warning_days=warning_days, now=now)
+    if status["warning"]:
+        status["warning"] = status["warning"].replace("unit certificate", "evidence certificate")
+    try:
+        signing = unitkeys.load_signing_public_key(keys_dir)
+        ca_certs = x509.load_pem_x509_certificates((keys_dir / CA_CHAIN_NAME).read_bytes())
+    except (OSError, ValueError, VaultError):
+        status["chains_to_ca"] = None
+        return status
+    leaf_key = certs[0].public_key()
+    if not isinstance(leaf_key, ed25519.Ed25519PublicKey):
+        status["warning"] = f"{path}: not an evidence-signing certificate (not an Ed25519 key)"
+        return status
+    matches = evidence.raw_key(leaf_key) == evidence.raw_key(signing)
+    status["matches_signing_key"] = matches
+    inside = certs[0].not_valid_after_utc - dt.timedelta(seconds=1)
+    at = min(now or inside, inside)
+    unit = evidence.common_name(certs[0]) or ""
+    problem = evidence.chain_problem(
+        certs, ca_certs, unit_id=unit, signing_key=leaf_key, first=at, last=at
+    )
+    status["chains_to_ca"] = problem is None
+    if not matches and not status["warning"]:
+        status["warning"] = f"{path} certifies another key than the unit's signing key"
+    elif problem is not None and not status["warning"]:
+        status["warning"] = f"{path}: {problem}"
+    return status
 
 
 def certificate_status(

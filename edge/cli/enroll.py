@@ -21,14 +21,22 @@ def register(sub: Any) -> None:
         help="create the unit's keys and certificate request, or install the signed certificate",
         description=(
             "Without options: create missing keys (Ed25519 signing key, ECDSA P-256 TLS/EAP "
-            "key) and write the certificate request keys/unit-tls.csr for the city's PKI. "
-            "--install CERT checks the signed certificate and installs it; --renew makes a new "
-            "TLS key and request while the current ones stay in use until --install."
+            "key) and write the certificate requests keys/unit-tls.csr (TLS/EAP) and "
+            "keys/unit-signing.csr (evidence signing) for the city's PKI. --install CERT... "
+            "checks the signed certificates (either or both, in one file or several) and "
+            "installs them; --renew makes a new TLS key and request while the current ones stay "
+            "in use until --install."
         ),
     )
     add_config_args(parser)
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--install", type=Path, metavar="CERT", help="signed certificate (PEM)")
+    mode.add_argument(
+        "--install",
+        type=Path,
+        nargs="+",
+        metavar="CERT",
+        help="signed certificate(s) (PEM): TLS, evidence-signing, or both",
+    )
     mode.add_argument("--renew", action="store_true", help="new TLS key and request")
     mode.add_argument("--status", action="store_true", help="certificate expiry as JSON")
     parser.add_argument(
@@ -48,18 +56,27 @@ def _run(args: argparse.Namespace) -> int:
             ca_path=keys / enrolment.CA_CHAIN_NAME,
         )
         status["renewal_pending"] = (keys / enrolment.TLS_NEW_KEY_NAME).exists()
+        signing = enrolment.signing_certificate_status(
+            keys, warning_days=cfg.dot1x.expiry_warning_days
+        )
+        status["evidence_certificate"] = signing
         print(json.dumps(status, indent=2))
-        return 1 if status.get("warning") else 0
+        return 1 if status.get("warning") or signing.get("warning") else 0
     if args.install is not None:
         try:
-            cert_data = args.install.read_bytes()
+            cert_data = b"".join(path.read_bytes() for path in args.install)
             ca_data = args.ca.read_bytes() if args.ca else None
         except OSError as exc:
             raise EnrolmentError(f"cannot read: {exc}") from None
-        done = enrolment.install(keys, cert_data, cfg.unit.id, ca_data=ca_data)
-        what = "renewed certificate" if done.renewed else "certificate"
-        print(f"installed {what} {done.serial} in {done.cert_path}")
-        print(f"valid until {done.not_after:%Y-%m-%d}")
+        installed = enrolment.install_certificates(keys, cert_data, cfg.unit.id, ca_data=ca_data)
+        for done in installed:
+            what = {"tls": "TLS certificate", "evidence": "evidence-signing certificate"}
+            renewed = "renewed " if done.renewed else ""
+            print(f"installed {renewed}{what[done.kind]} {done.serial} in {done.cert_path}")
+            print(f"  valid until {done.not_after:%Y-%m-%d}")
+        if not (keys / "unit-signing.crt").exists():
+            print("note: no evidence-signing certificate yet: install the signed")
+            print("  keys/unit-signing.csr too, or exports verify only with a pinned unit key")
         return 0
     if args.ca is not None:
         raise EnrolmentError("--ca goes with --install")
@@ -67,5 +84,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"signing key id {result.signing_key_id}")
     print(f"TLS key {result.key_path} ({'new' if result.created_key else 'existing'})")
     print(f"certificate request {result.csr_path} (CN={cfg.unit.id}, SAN DNS:{identity})")
-    print("next: have it signed by the city's video CA, then: edgectl enroll --install CERT")
+    print(f"evidence-signing request {result.signing_csr_path} (CN={cfg.unit.id})")
+    print("next: have both signed by the city's video CA, then:")
+    print("  edgectl enroll --install unit-tls.crt unit-signing.crt")
     return 0

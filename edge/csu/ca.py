@@ -32,11 +32,12 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ..errors import CaError
+from ..vault import evidence
 
 _UNIT_CN_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _DNS_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+$")
@@ -47,6 +48,7 @@ class Profile(StrEnum):
 
     CLIENT = "client"  # a unit: 802.1X EAP-TLS peer and TLS client of the CSU
     SERVER = "server"  # a RADIUS server or the CSU receiver: TLS server
+    EVIDENCE = "evidence"  # a unit's Ed25519 evidence-signing key (edge.vault.evidence)
 
 
 class RevocationReason(StrEnum):
@@ -101,6 +103,15 @@ def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _usage(**flags: bool) -> x509.KeyUsage:
+    """A keyUsage with only ``flags`` set."""
+    names = (
+        *("digital_signature", "content_commitment", "key_encipherment", "data_encipherment"),
+        *("key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"),
+    )
+    return x509.KeyUsage(**{name: flags.get(name, False) for name in names})
 
 
 def _serial() -> int:
@@ -179,17 +190,7 @@ class VideoCA:
         org = x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation)
         root_name = x509.Name([org, x509.NameAttribute(NameOID.COMMON_NAME, "Video root CA")])
         sub_name = x509.Name([org, x509.NameAttribute(NameOID.COMMON_NAME, "Video sub-CA")])
-        ca_usage = x509.KeyUsage(
-            digital_signature=False,
-            content_commitment=False,
-            key_encipherment=False,
-            data_encipherment=False,
-            key_agreement=False,
-            key_cert_sign=True,
-            crl_sign=True,
-            encipher_only=False,
-            decipher_only=False,
-        )
+        ca_usage = _usage(key_cert_sign=True, crl_sign=True)
         root_cert = (
             x509.CertificateBuilder()
             .subject_name(root_name)
@@ -262,11 +263,15 @@ class VideoCA:
         self,
         csr: x509.CertificateSigningRequest,
         *,
-        profile: Profile = Profile.CLIENT,
+        profile: Profile | None = None,
         days: int = 365,
         now: dt.datetime | None = None,
     ) -> x509.Certificate:
-        """Issue a certificate for a request after checking its signature and its subject."""
+        """Issue a certificate for a request after checking its signature and its subject.
+
+        Without ``profile`` the key decides: an Ed25519 key is a unit's evidence-signing key
+        (``evidence``), any other a unit's TLS/EAP key (``client``).
+        """
         if not csr.is_signature_valid:
             raise CaError("the request's signature does not verify (corrupted or forged)")
         cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
@@ -279,7 +284,25 @@ class VideoCA:
             sans = list(ext.value)
         except x509.ExtensionNotFound:
             pass
+        if profile is None:
+            is_ed = isinstance(csr.public_key(), ed25519.Ed25519PublicKey)
+            profile = Profile.EVIDENCE if is_ed else Profile.CLIENT
         return self._issue(common_name, csr.public_key(), profile, sans, days=days, now=now)
+
+    def certify(
+        self,
+        common_name: str,
+        public_key: CertificatePublicKeyTypes,
+        *,
+        profile: Profile = Profile.EVIDENCE,
+        days: int = 365,
+        now: dt.datetime | None = None,
+        not_before: dt.datetime | None = None,
+    ) -> x509.Certificate:
+        """Certify a public key directly (tests and demos; units send a request instead)."""
+        return self._issue(
+            common_name, public_key, profile, [], days=days, now=now, not_before=not_before
+        )
 
     def issue(
         self,
@@ -325,7 +348,19 @@ class VideoCA:
         now: dt.datetime | None,
         not_before: dt.datetime | None = None,
     ) -> x509.Certificate:
-        if profile is Profile.CLIENT and not _UNIT_CN_RE.match(common_name):
+        # The evidence key must never authenticate a TLS session, and a TLS key never sign
+        # evidence: the key type tells them apart (Ed25519 is only ever the signing key).
+        is_ed = isinstance(public_key, ed25519.Ed25519PublicKey)
+        if is_ed and profile is not Profile.EVIDENCE:
+            raise CaError(
+                "an Ed25519 key is a unit's evidence-signing key: it gets the evidence profile, "
+                f"never the {profile.value} (TLS) one"
+            )
+        if profile is Profile.EVIDENCE and not is_ed:
+            raise CaError("the evidence profile is for a unit's Ed25519 signing key only")
+        if profile is Profile.EVIDENCE:
+            sans = []  # nothing to authenticate by name: the CN (unit id) is all it asserts
+        if profile is not Profile.SERVER and not _UNIT_CN_RE.match(common_name):
             raise CaError(
                 f"common name {common_name!r} is not a unit identity "
                 "(lower-case letters, digits and dashes, at most 63 characters)"
@@ -342,10 +377,13 @@ class VideoCA:
         end = min(start + dt.timedelta(days=days), self.sub_cert.not_valid_after_utc)
         org = self.sub_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
         subject = x509.Name([*org, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        eku = (
-            ExtendedKeyUsageOID.CLIENT_AUTH
-            if profile is Profile.CLIENT
-            else ExtendedKeyUsageOID.SERVER_AUTH
+        eku = {
+            Profile.CLIENT: ExtendedKeyUsageOID.CLIENT_AUTH,
+            Profile.SERVER: ExtendedKeyUsageOID.SERVER_AUTH,
+            Profile.EVIDENCE: evidence.DOCUMENT_SIGNING,
+        }[profile]
+        usage = (
+            evidence.key_usage() if profile is Profile.EVIDENCE else _usage(digital_signature=True)
         )
         builder = (
             x509.CertificateBuilder()
@@ -356,20 +394,7 @@ class VideoCA:
             .not_valid_before(start)
             .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(usage, critical=True)
             .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(

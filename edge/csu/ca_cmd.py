@@ -9,6 +9,7 @@ from typing import Any
 from cryptography import x509
 
 from ..errors import CaError
+from ..vault import evidence
 from .ca import Profile, RevocationReason, VideoCA, cert_pem, key_pem, write_atomic
 
 
@@ -26,7 +27,12 @@ def register(sub: Any) -> None:
     sign = csub.add_parser("sign", help="sign a unit's certificate request (edgectl enroll)")
     sign.add_argument("dir", type=Path)
     sign.add_argument("csr", type=Path)
-    sign.add_argument("--profile", choices=[p.value for p in Profile], default="client")
+    sign.add_argument(
+        "--profile",
+        choices=[p.value for p in Profile],
+        default=None,
+        help="default: evidence for an Ed25519 key (unit-signing.csr), client for another",
+    )
     sign.add_argument("--days", type=int, default=365)
     sign.add_argument("--out", type=Path, help="certificate file (default: CSR name .crt)")
     sign.set_defaults(func=_sign)
@@ -34,7 +40,7 @@ def register(sub: Any) -> None:
     issue = csub.add_parser("issue", help="make a key and certificate (RADIUS server, CSU)")
     issue.add_argument("dir", type=Path)
     issue.add_argument("name", help="DNS name of the server (or a unit id with --profile client)")
-    issue.add_argument("--profile", choices=[p.value for p in Profile], default="server")
+    issue.add_argument("--profile", choices=["server", "client"], default="server")
     issue.add_argument("--days", type=int, default=365)
     issue.add_argument("--out", type=Path, required=True, help="prefix: writes OUT.key, OUT.crt")
     issue.set_defaults(func=_issue)
@@ -72,11 +78,20 @@ def _sign(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise CaError(f"{args.csr}: not a PEM certificate request: {exc}") from None
     ca = VideoCA.open(args.dir)
-    cert = ca.sign_csr(csr, profile=Profile(args.profile), days=args.days)
+    profile = Profile(args.profile) if args.profile else None
+    cert = ca.sign_csr(csr, profile=profile, days=args.days)
     out: Path = args.out or args.csr.with_suffix(".crt")
     write_atomic(out, cert_pem(cert) + ca.chain_pem)
-    print(f"{out}: serial {cert.serial_number:x}, valid until {cert.not_valid_after_utc:%Y-%m-%d}")
+    kind = "evidence-signing" if profile_of(cert) == "evidence" else "TLS"
+    print(
+        f"{out}: {kind} certificate, serial {cert.serial_number:x}, "
+        f"valid until {cert.not_valid_after_utc:%Y-%m-%d}"
+    )
     return 0
+
+
+def profile_of(cert: x509.Certificate) -> str:
+    return "evidence" if evidence.profile_problem(cert) is None else "tls"
 
 
 def _issue(args: argparse.Namespace) -> int:

@@ -142,7 +142,8 @@ def export_and_open(data_dir: Path, config: Path, out: Path) -> Path:
     )  # fmt: skip
     subprocess.run(
         [sys.executable, "-m", "edge.csu.main", "open", str(bundle),
-         "--key", str(config.parent / "csu" / "csu.key.json"), "--out", str(clip)],
+         "--key", str(config.parent / "csu" / "csu.key.json"), "--out", str(clip),
+         "--unit-key", str(data_dir / "keys" / "unit-signing.pub.pem")],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     return clip

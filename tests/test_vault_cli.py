@@ -108,10 +108,11 @@ def test_verify_export_audit_open(
     assert export["details"]["bundle_sha256"] == hashlib.sha256(manifest).hexdigest()
     clip = tmp_path / "clip.mp4"
     # The fake payload is no video: opening verifies and decrypts, then remuxing must fail.
-    code = edge_csu(["open", str(out), "--key", str(key), "--out", str(clip)])
+    pin = ["--unit-key", str(config.load(cfg)[0].unit.data_dir / "keys" / "unit-signing.pub.pem")]
+    code = edge_csu(["open", str(out), "--key", str(key), "--out", str(clip), *pin])
     assert code == 2 and not clip.exists()
     other = make_csu(tmp_path / "other", RecipientKem.MLKEM768_X25519)
-    code = edge_csu(["open", str(out), "--key", str(other.key), "--out", str(clip)])
+    code = edge_csu(["open", str(out), "--key", str(other.key), "--out", str(clip), *pin])
     assert code == 1
     assert "not sealed to this key" in capsys.readouterr().out
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 
 from edge.config import RecipientKem
 from edge.errors import IntegrityError, VaultError
-from edge.unitkeys import keys_dir_of, load_signing_key
+from edge.unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
 from edge.vault import format as fmt
 from edge.vault import layout
 from edge.vault.bundle import export_bundle, open_bundle
@@ -49,7 +49,12 @@ def test_round_trip_frames_equal(kem: RecipientKem, tmp_path: Path, data_dir: Pa
     assert result.segments == len(segments)
     for who in (csu, escrow):
         clip = tmp_path / f"clip-{who.key.stem}.mp4"
-        _verified, packets = open_bundle(result.path, who.private(), clip)
+        _verified, packets = open_bundle(
+            result.path,
+            who.private(),
+            clip,
+            unit_public_key=load_signing_public_key(keys_dir_of(data_dir)),
+        )
         after = decode_frames(clip.read_bytes())
         assert packets == len(before) == len(after) == sum(s.frame_count for s in segments)
         assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
@@ -187,5 +192,5 @@ def test_open_refuses_when_frames_differ_from_the_signed_count(
         signing_key=load_signing_key(keys_dir_of(data_dir)),
     )
     with pytest.raises(IntegrityError, match="signed headers declare"):
-        open_bundle(bundle.path, csu.private(), tmp_path / "clip.mp4")
+        open_bundle(bundle.path, csu.private(), tmp_path / "clip.mp4", trust_bundle_key=True)
     assert not (tmp_path / "clip.mp4").exists()

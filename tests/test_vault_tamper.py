@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from edge.cli.main import main as edgectl
 from edge.csu.main import main as edge_csu
 from edge.errors import IntegrityError
-from edge.unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
+from edge.unitkeys import keys_dir_of, load_public_pem, load_signing_key, load_signing_public_key
 from edge.vault import layout
 from edge.vault.bundle import export_bundle, open_bundle, verify_bundle
 from edge.vault.verify import FindingKind, verify_vault
@@ -167,6 +167,11 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Csu, int]:
     return out, csu, len(segments)
 
 
+def _unit_key(bundle_dir: Path) -> Path:
+    """The exporting unit's public key, pinned when opening (the trust anchor)."""
+    return bundle_dir.parent / "data" / "keys" / "unit-signing.pub.pem"
+
+
 def _bundle_copy(bundle: tuple[Path, Csu, int], tmp_path: Path) -> Path:
     dest = tmp_path / "b"
     shutil.copytree(bundle[0], dest)
@@ -222,13 +227,15 @@ def test_bundle_tamper_refused(
 ) -> None:
     b = _bundle_copy(bundle, tmp_path)
     mutate, message = CASES[case]
+    pinned = load_public_pem(_unit_key(bundle[0]).read_bytes(), origin="unit")
     mutate(b)
     out = tmp_path / "clip.mp4"
     with pytest.raises(IntegrityError, match=message):
-        open_bundle(b, bundle[1].private(), out)
+        open_bundle(b, bundle[1].private(), out, unit_public_key=pinned)
     assert not out.exists()
     capsys.readouterr()
-    code = edge_csu(["open", str(b), "--key", str(bundle[1].key), "--out", str(out)])
+    pin = ["--unit-key", str(_unit_key(bundle[0]))]
+    code = edge_csu(["open", str(b), "--key", str(bundle[1].key), "--out", str(out), *pin])
     assert code == 1
     assert "REFUSED" in capsys.readouterr().out
     assert not out.exists()
@@ -237,7 +244,8 @@ def test_bundle_tamper_refused(
 def test_intact_bundle_opens(bundle: tuple[Path, Csu, int], tmp_path: Path) -> None:
     b = _bundle_copy(bundle, tmp_path)
     out = tmp_path / "clip.mp4"
-    assert edge_csu(["open", str(b), "--key", str(bundle[1].key), "--out", str(out)]) == 0
+    pin = ["--unit-key", str(_unit_key(bundle[0]))]
+    assert edge_csu(["open", str(b), "--key", str(bundle[1].key), "--out", str(out), *pin]) == 0
     assert out.stat().st_size > 0
 
 
@@ -297,9 +305,10 @@ def test_any_bit_flip_anywhere_in_a_bundle_is_refused(
     flipped = bytearray(original)
     flipped[(bit // 8) % len(flipped)] ^= 1 << (bit % 8)
     path.write_bytes(bytes(flipped))
+    pinned = load_public_pem(_unit_key(small_bundle).read_bytes(), origin="unit")
     try:
         with pytest.raises(IntegrityError):
-            verify_bundle(small_bundle)
+            verify_bundle(small_bundle, unit_public_key=pinned)
     finally:
         path.write_bytes(original)
-    verify_bundle(small_bundle)  # restored: accepted again
+    verify_bundle(small_bundle, unit_public_key=pinned)  # restored: accepted again

@@ -40,12 +40,14 @@ echo "demo: edgectl verify (signatures and hash chain, no key needed):"
 .venv/bin/edgectl verify --config "$out/csu/edge.toml" | sed 's/^/  /'
 
 echo
-echo "demo: exporting the last 10 s as an evidence bundle, opened with the CSU key:"
+echo "demo: exporting the last 10 s as an evidence bundle, opened with the CSU key and"
+echo "      verified with the city's root certificate alone (the bundle carries the unit's"
+echo "      evidence-signing certificate and the CA chain):"
 rm -rf "$out/bundle"
 .venv/bin/edgectl export --config "$out/csu/edge.toml" --last 10s --case DEMO-0001 \
     --out "$out/bundle" | sed 's/^/  /'
 .venv/bin/edge-csu open "$out/bundle" --key "$out/csu/keys/authority.key.json" \
-    --unit-key "$data/keys/unit-signing.pub.pem" --out "$out/demo.mp4" | sed 's/^/  /'
+    --ca "$out/csu/ca/root.crt" --crl "$out/csu/ca/crl.pem" --out "$out/demo.mp4" | sed 's/^/  /'
 frames=$(ffprobe -v error -count_frames -select_streams v:0 \
     -show_entries stream=nb_read_frames -of csv=p=0 "$out/demo.mp4")
 echo

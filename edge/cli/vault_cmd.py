@@ -165,6 +165,14 @@ def _export(args: argparse.Namespace) -> int:
         f"{result.bytes} bytes, {_fmt_ns(lo)} .. {_fmt_ns(hi)}"
     )
     print(f"bundle digest (sha256 of manifest.json): {result.digest}")
+    if result.certified:
+        print("evidence chain: certs/unit-signing.crt and certs/ca.pem; verify it with the city's")
+        print("  video CA alone: edge-csu open BUNDLE --ca CITY-ROOT.pem --key KEY --out clip.mp4")
+    else:
+        print("WARNING: unit not enrolled (no evidence-signing certificate for its signing key):")
+        print("  the bundle verifies only against the unit's public key, pinned with")
+        print(f"  edge-csu open --unit-key {keys_dir_of(data) / 'unit-signing.pub.pem'}")
+        print("  (fingerprint in the manifest: unit_key_id); enrol with edgectl enroll")
     return 0
 
 

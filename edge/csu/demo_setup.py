@@ -2,7 +2,8 @@
 
 Creates (once, then reuses) a small city CA, the receiver's certificate, the authority key
 that opens sealed segments, an operator token; issues the unit's TLS certificate into
-``D/keys/`` and enrols its signing key; then writes, with a free port, ``DIR/csu.toml`` (for
+``D/keys/`` and certifies its signing key (``unit-signing.crt``, evidence profile), and
+registers that key with the receiver; then writes, with a free port, ``DIR/csu.toml`` (for
 ``edge-csu serve``) and ``DIR/edge.toml`` (the embedded demo configuration plus the vault's
 recipient and the uplink). Prints shell assignments (``CSU_PORT=…``) for the demo script.
 Demo material only: a real city uses its own PKI (docs/UPLINK.md).
@@ -17,8 +18,12 @@ import socket
 import sys
 from pathlib import Path
 
+from cryptography import x509
+
+from .. import enrolment
 from ..config import DEMO_CONFIG, DEMO_CONFIG_TOML
 from ..unitkeys import keys_dir_of, load_or_create_signing_key, public_pem, write_private_atomic
+from ..vault import evidence
 from ..vault import keys as vault_keys
 from .ca import Profile, VideoCA, cert_pem, key_pem
 from .receiver.registry import UnitRegistry
@@ -58,6 +63,11 @@ def setup(data_dir: Path, out: Path) -> dict[str, str]:
         write_private_atomic(unit_keys / "unit-tls.key", key_pem(ukey))
         (unit_keys / "unit-tls.crt").write_bytes(cert_pem(ucert))
     (unit_keys / "ca.pem").write_bytes(ca.chain_pem)
+    if not evidence.certifies(unit_keys / evidence.SIGNING_CERT_NAME, signing.public_key()):
+        # The installer's flow: request, CA signature (evidence profile), checked install.
+        csr = x509.load_pem_x509_csr(enrolment.make_signing_csr(signing, unit_id))
+        pem = cert_pem(ca.sign_csr(csr)) + ca.chain_pem
+        enrolment.install_certificates(unit_keys, pem, unit_id, ca_data=ca.chain_pem)
     port = _free_port()
     (out / "csu.toml").write_text(
         f"""# CSU receiver of the demo (edge-csu serve --config {out / "csu.toml"})

@@ -5,7 +5,8 @@ A bundle is a directory::
     manifest.json          what the bundle holds (files with SHA-256 and size, ranges, case)
     manifest.sig           Ed25519 over b"edge-bundle-v1\\0" || SHA-256(manifest.json)
     unit-signing.pub.pem   the unit's verification key (also inside the manifest)
-    certs/                 the unit's TLS certificate and the city CA chain, when enrolled
+    certs/                 when enrolled: unit-signing.crt (the evidence-signing certificate
+                           of the key above), ca.pem (the city CA chain), unit-tls.crt
     segments/<camera>/<sequence>.seg     sealed segments, exactly as the vault holds them
     epochs/<camera>/<epoch id>.env       the epoch key envelopes they need
 
@@ -14,6 +15,11 @@ CSU verifies exactly the bytes that were recorded. :func:`verify_bundle` checks 
 (signature of the manifest, every digest, every segment signature, the chain, envelopes) and
 names the first problem; :func:`open_bundle` then decrypts with a recipient private key and
 remuxes into one MP4.
+
+Verification never trusts the key inside the bundle on its own: the caller gives a trust anchor,
+either the fleet CA (the bundle's ``unit-signing.crt`` must certify the signing key for this
+unit at the time of the recording, :mod:`edge.vault.evidence`) or a pinned unit key, or says
+explicitly that the bundle's own key is to be trusted (demos).
 """
 
 from __future__ import annotations
@@ -23,18 +29,19 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ..errors import IntegrityError, VaultError
 from ..unitkeys import fsync_dir, key_id, load_public_pem, public_pem, public_raw
+from . import evidence, layout
 from . import format as fmt
-from . import layout
 from .audit import AuditLog, current_actor
 from .index import Index
 from .keys import RecipientPrivate, decrypt_segment, open_envelope
@@ -52,6 +59,8 @@ class ExportResult:
     bytes: int
     digest: str
     """SHA-256 of manifest.json: the bundle's identity in the audit log."""
+    certified: bool = False
+    """The bundle carries the evidence-signing certificate (verifiable with the fleet CA)."""
 
 
 def _copy(src: Path, dest: Path) -> tuple[str, int]:
@@ -176,7 +185,9 @@ def export_bundle(
     pem = public_pem(public_key)
     (partial / "unit-signing.pub.pem").write_bytes(pem)
     certs: list[dict[str, Any]] = []
-    for cert in ("unit-tls.crt", "ca.pem"):
+    certified = evidence.certifies(data_dir / "keys" / evidence.SIGNING_CERT_NAME, public_key)
+    names = [evidence.SIGNING_CERT_NAME] if certified else []
+    for cert in [*names, "ca.pem", "unit-tls.crt"]:
         src = data_dir / "keys" / cert
         if src.exists():
             digest, size = _copy(src, partial / "certs" / cert)
@@ -195,6 +206,8 @@ def export_bundle(
         "segments": seg_entries,
         "envelopes": env_entries,
         "certificates": certs,
+        # Where the certificate of unit_public_key is, or null: then only a pinned key verifies.
+        "signing_certificate": f"certs/{evidence.SIGNING_CERT_NAME}" if certified else None,
     }
     body = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
     (partial / "manifest.json").write_bytes(body)
@@ -221,7 +234,7 @@ def export_bundle(
         },
         actor=actor,
     )
-    return ExportResult(out_dir, len(seg_entries), len(env_entries), size_sum, digest)
+    return ExportResult(out_dir, len(seg_entries), len(env_entries), size_sum, digest, certified)
 
 
 # --- CSU side ------------------------------------------------------------------------------------
@@ -234,6 +247,10 @@ class VerifiedBundle:
     segments: list[fmt.SealedSegment]
     envelopes: dict[tuple[str, bytes], fmt.EpochEnvelope]
     public_key: ed25519.Ed25519PublicKey
+    trust: str = ""
+    """What vouches for ``public_key``: the fleet CA, a pinned key, or nothing (demo)."""
+    certificate: x509.Certificate | None = None
+    """The evidence-signing certificate checked against the fleet CA, if that was the anchor."""
 
 
 def _field(obj: Any, name: str, kind: type, where: str) -> Any:
@@ -283,9 +300,24 @@ def parse_manifest(body: bytes) -> dict[str, Any]:
 
 
 def verify_bundle(
-    bundle: Path, *, unit_public_key: ed25519.Ed25519PublicKey | None = None
+    bundle: Path,
+    *,
+    unit_public_key: ed25519.Ed25519PublicKey | None = None,
+    fleet_ca: Sequence[x509.Certificate] | None = None,
+    crls: Sequence[x509.CertificateRevocationList] = (),
+    trust_bundle_key: bool = False,
 ) -> VerifiedBundle:
-    """Check a bundle completely; :class:`IntegrityError` names the first problem found."""
+    """Check a bundle completely; :class:`IntegrityError` names the first problem found.
+
+    The trust anchor is ``fleet_ca`` (the city's CA certificates; its self-signed ones are the
+    roots, optionally with the CRLs ``crls``), or ``unit_public_key`` (pinned), or, only when
+    ``trust_bundle_key`` says so, the key inside the bundle. With none, nothing is trusted.
+    """
+    if fleet_ca is None and unit_public_key is None and not trust_bundle_key:
+        raise IntegrityError(
+            "no trust anchor: give the fleet CA (--ca) or the unit's public key (--unit-key); "
+            "the key inside a bundle proves nothing by itself"
+        )
     try:
         body = (bundle / "manifest.json").read_bytes()
         sig = (bundle / "manifest.sig").read_bytes()
@@ -360,7 +392,57 @@ def verify_bundle(
             raise IntegrityError(f"{rel}: not listed in the manifest (added or duplicated)")
     if not segments:
         raise IntegrityError("the bundle holds no segment")
-    return VerifiedBundle(bundle, manifest, segments, envelopes, key)
+    if fleet_ca is not None:
+        # Every record was signed while it was made: the certificate must cover them all.
+        times = [s.header.start_wall_ns for s in segments]
+        times += [e.created_wall_ns for e in envelopes.values()]
+        span = (min(times), max(s.header.end_wall_ns for s in segments))
+        cert = _check_certificate(bundle, manifest, key, span, fleet_ca, crls)
+        trust = f"fleet CA (evidence certificate {cert.serial_number:x})"
+        return VerifiedBundle(bundle, manifest, segments, envelopes, key, trust, cert)
+    trust = "pinned unit key" if unit_public_key else "key inside the bundle (not verified)"
+    return VerifiedBundle(bundle, manifest, segments, envelopes, key, trust)
+
+
+def _check_certificate(
+    bundle: Path,
+    manifest: dict[str, Any],
+    key: ed25519.Ed25519PublicKey,
+    span_ns: tuple[int, int],
+    fleet_ca: Sequence[x509.Certificate],
+    crls: Sequence[x509.CertificateRevocationList],
+) -> x509.Certificate:
+    """The bundle's evidence certificate, checked against ``fleet_ca`` over the recording."""
+    name = manifest.get("signing_certificate")
+    if not isinstance(name, str):
+        raise IntegrityError(
+            "the bundle carries no evidence-signing certificate (the unit was not enrolled when "
+            "it exported): it can only be verified with a pinned unit key (--unit-key)"
+        )
+    where = "certificates[]."
+    entries = {str(_field(c, "file", str, where)): c for c in manifest.get("certificates", [])}
+    if name not in entries:
+        raise IntegrityError(f"manifest: signing_certificate {name!r} is not listed")
+    files = [
+        _read_listed(bundle, entries[n], where) for n in (name, "certs/ca.pem") if n in entries
+    ]
+    try:
+        chain = evidence.bundle_chain(files, name)
+    except ValueError as exc:
+        raise IntegrityError(str(exc)) from None
+    first, last = (evidence.ns_time(ns) for ns in span_ns)
+    problem = evidence.chain_problem(
+        chain,
+        fleet_ca,
+        unit_id=manifest["device"],
+        signing_key=key,
+        first=first,
+        last=last,
+        crls=crls,
+    )
+    if problem is not None:
+        raise IntegrityError(f"{name}: {problem}")
+    return chain[0]
 
 
 def open_bundle(
@@ -370,9 +452,19 @@ def open_bundle(
     *,
     camera: str | None = None,
     unit_public_key: ed25519.Ed25519PublicKey | None = None,
+    fleet_ca: Sequence[x509.Certificate] | None = None,
+    crls: Sequence[x509.CertificateRevocationList] = (),
+    trust_bundle_key: bool = False,
 ) -> tuple[VerifiedBundle, int]:
-    """Verify, decrypt and remux one camera of a bundle into ``out_path``; returns packets."""
-    verified = verify_bundle(bundle, unit_public_key=unit_public_key)
+    """Verify (trust anchors as in :func:`verify_bundle`), decrypt and remux one camera of a
+    bundle into ``out_path``; returns the number of packets."""
+    verified = verify_bundle(
+        bundle,
+        unit_public_key=unit_public_key,
+        fleet_ca=fleet_ca,
+        crls=crls,
+        trust_bundle_key=trust_bundle_key,
+    )
     cams = sorted({s.header.camera_id for s in verified.segments})
     chosen = camera or cams[0]
     if chosen not in cams:

@@ -394,9 +394,9 @@ def verify_bundle(
         raise IntegrityError("the bundle holds no segment")
     if fleet_ca is not None:
         # Every record was signed while it was made: the certificate must cover them all.
-        times = [s.header.start_wall_ns for s in segments]
+        times = [t for s in segments for t in (s.header.start_wall_ns, s.header.end_wall_ns)]
         times += [e.created_wall_ns for e in envelopes.values()]
-        span = (min(times), max(s.header.end_wall_ns for s in segments))
+        span = (min(times), max(times))
         cert = _check_certificate(bundle, manifest, key, span, fleet_ca, crls)
         trust = f"fleet CA (evidence certificate {cert.serial_number:x})"
         return VerifiedBundle(bundle, manifest, segments, envelopes, key, trust, cert)

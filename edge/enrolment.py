@@ -244,7 +244,8 @@ def install_certificates(
     serve as intermediates of both. Every check passes before the first file is written.
     """
     certs = _load_pem_certs(cert_data, "certificate")
-    cas = [c for c in certs if _is_ca(c)]
+    # Several files may each bring the same chain: keep each CA certificate once.
+    cas = list({c.fingerprint(hashes.SHA256()): c for c in certs if _is_ca(c)}.values())
     leaves = [c for c in certs if not _is_ca(c)]
     signing = [c for c in leaves if isinstance(c.public_key(), ed25519.Ed25519PublicKey)]
     tls = [c for c in leaves if c not in signing]

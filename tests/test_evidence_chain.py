@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edge import enrolment
 from edge.cli.main import main as edgectl
@@ -470,3 +472,26 @@ def test_a_bundle_cannot_bring_its_own_root(
     with pytest.raises(IntegrityError, match="does not chain"):
         verify_bundle(copy, fleet_ca=[fleet.root_cert])
     verify_bundle(copy, fleet_ca=[rogue.root_cert])  # the same bundle, under its own CA
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(which=st.integers(0, 10_000), bit=st.integers(0, 10**9))
+def test_any_bit_flip_in_a_certified_bundle_is_refused(
+    certified: tuple[Path, Path], fleet: VideoCA, which: int, bit: int
+) -> None:
+    """Certificates included: with the fleet CA as the only anchor, nothing can be altered."""
+    bundle = certified[0]
+    files = sorted(p for p in bundle.rglob("*") if p.is_file())
+    path = files[which % len(files)]
+    original = path.read_bytes()
+    flipped = bytearray(original)
+    flipped[(bit // 8) % len(flipped)] ^= 1 << (bit % 8)
+    path.write_bytes(bytes(flipped))
+    try:
+        with pytest.raises(IntegrityError):
+            verify_bundle(bundle, fleet_ca=[fleet.root_cert])
+    finally:
+        path.write_bytes(original)
+    verify_bundle(bundle, fleet_ca=[fleet.root_cert])

@@ -232,6 +232,7 @@ class Daemon:
         if self.alerts is not None:
             self.alerts.add_listener(functools.partial(_spool_event, spool))
         self.uplink = UplinkClient(self.cfg, outbox, gate, events=spool)
+        self.extra_selftests.append(("csu", selftest.csu_check(self.cfg, gate), 20.0))
         self.uplink.start()
 
     def _start_control(self) -> None:

@@ -27,7 +27,7 @@ from .errors import EdgeError
 @dataclass(frozen=True)
 class CheckResult:
     name: str
-    outcome: str  # "passed" | "failed" | "timeout"
+    outcome: str  # "passed" | "failed" | "timeout" | "skipped"
     detail: str
     seconds: float
 
@@ -39,6 +39,10 @@ class SelftestError(EdgeError, AssertionError):
     """A self-test check found a problem."""
 
 
+class SelftestNotApplicableError(EdgeError):
+    """A check that does not apply now (e.g. the CSU while the port is not authorised)."""
+
+
 def run_checks(checks: list[Check]) -> list[CheckResult]:
     results = []
     for name, fn, limit in checks:
@@ -47,6 +51,8 @@ def run_checks(checks: list[Check]) -> list[CheckResult]:
         def target(fn: Callable[[], str] = fn, box: dict[str, Any] = box) -> None:
             try:
                 box["detail"] = fn()
+            except SelftestNotApplicableError as exc:
+                box["skipped"] = str(exc)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a result
                 box["error"] = (
                     f"{type(exc).__name__}: {exc}" if not isinstance(exc, EdgeError) else str(exc)
@@ -59,6 +65,8 @@ def run_checks(checks: list[Check]) -> list[CheckResult]:
         took = round(time.monotonic() - start, 3)
         if worker.is_alive():
             results.append(CheckResult(name, "timeout", f"no answer within {limit:g} s", took))
+        elif "skipped" in box:
+            results.append(CheckResult(name, "skipped", box["skipped"], took))
         elif "error" in box:
             results.append(CheckResult(name, "failed", box["error"], took))
         else:
@@ -146,5 +154,36 @@ def encoder_check(cam: Any) -> Callable[[], str]:
         if decoded != count:
             raise SelftestError(f"{count} frames encoded but {decoded} decoded")
         return f"{count} frames encoded ({cam.encoder.codec}) and decoded back, {len(data)} bytes"
+
+    return check
+
+
+def csu_check(cfg: Any, gate: Any) -> Callable[[], str]:
+    """A mutual-TLS request to the CSU (its resume cursor), only while the uplink may send."""
+
+    def check() -> str:
+        import ssl
+
+        from .uplink import protocol
+        from .uplink.tls import connect
+
+        if not gate.is_open():
+            raise SelftestNotApplicableError(
+                f"not attempted: uplink not authorised ({gate.reason()})"
+            )
+        try:
+            conn = connect(cfg)
+        except ssl.SSLCertVerificationError as exc:
+            raise SelftestError(f"the CSU's certificate is refused: {exc.verify_message}") from None
+        try:
+            conn.request("GET", protocol.cursor_path(cfg.unit.id))
+            response = conn.getresponse()
+            response.read()
+            version = conn.sock.version() if isinstance(conn.sock, ssl.SSLSocket) else "?"
+        finally:
+            conn.close()
+        if response.status != 200:
+            raise SelftestError(f"the CSU answered {response.status} {response.reason}")
+        return f"mutual TLS ({version}) to the CSU, cursor read"
 
     return check

@@ -210,3 +210,66 @@ def test_edged_sixty_second_receiver_outage(tmp_path: Path) -> None:
 
 def test_edged_receiver_outage_backlog_arrives_once_while_live_flows(tmp_path: Path) -> None:
     edged_outage(tmp_path, 5.0)
+
+
+def test_selftest_reaches_the_csu_only_while_it_answers(tmp_path: Path) -> None:
+    """``edgectl selftest`` makes a real mutual-TLS request to the CSU through edged."""
+    from .daemon_util import running_edged
+
+    csu = make_csu(tmp_path)
+    port = free_port()
+    csu.write_config(port=port)
+    data_dir = tmp_path / "unit"
+    unit_files(csu, "test-unit", data_dir)
+    csu.enroll("test-unit", load_or_create_signing_key(keys_dir_of(data_dir)))
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        f"""
+[unit]
+id = "test-unit"
+data_dir = "{data_dir}"
+
+[[cameras]]
+id = "cam1"
+width = 320
+height = 240
+fps = 10
+encoder = {{ segment_seconds = 1.0, preset = "ultrafast" }}
+
+[vault]
+kem = "x25519"
+csu_public_key = "{csu.directory / "keys" / "authority.pub.json"}"
+
+[uplink]
+enabled = true
+csu_url = "https://127.0.0.1:{port}"
+server_name = "{CSU_NAME}"
+ca_file = "{data_dir / "keys" / "ca.pem"}"
+
+[control]
+socket = "{tmp_path / "control.sock"}"
+"""
+    )
+
+    def selftest() -> dict[str, dict[str, str]]:
+        result = subprocess.run(
+            [sys.executable, "-m", "edge.cli.main", "selftest", "--json", "--config", str(config)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert result.stdout, result.stderr
+        return {c["name"]: c for c in json.loads(result.stdout)}
+
+    csu.start()
+    try:
+        with running_edged(config, tmp_path) as (_proc, notify):
+            notify.wait_for("READY=1", timeout=30)
+            checks = selftest()
+            assert checks["csu"]["outcome"] == "passed", checks["csu"]
+            assert "TLSv1.3" in checks["csu"]["detail"]
+            assert checks["vault"]["outcome"] == "passed", checks["vault"]
+            assert checks["camera cam1"]["outcome"] == "passed"
+            csu.stop()
+            checks = selftest()
+            assert checks["csu"]["outcome"] == "failed"
+    finally:
+        csu.stop()

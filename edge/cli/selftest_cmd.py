@@ -25,9 +25,15 @@ def _selftest(args: argparse.Namespace) -> int:
         print(json.dumps(checks, indent=2))
     else:
         for check in checks:
-            mark = {"passed": "PASS", "failed": "FAIL", "timeout": "TIME"}[check["outcome"]]
+            mark = {"passed": "PASS", "failed": "FAIL", "timeout": "TIME", "skipped": "SKIP"}[
+                check["outcome"]
+            ]
             print(f"[{mark}] {check['name']:<20} {check['detail']} ({check['seconds']:.1f} s)")
-    failed = [c for c in checks if c["outcome"] != "passed"]
+    failed = [c for c in checks if c["outcome"] in ("failed", "timeout")]
+    passed = [c for c in checks if c["outcome"] == "passed"]
     if not args.json:
-        print(f"{len(checks) - len(failed)} passed, {len(failed)} failed")
+        print(
+            f"{len(passed)} passed, {len(failed)} failed, "
+            f"{len(checks) - len(passed) - len(failed)} skipped"
+        )
     return 2 if failed else 0

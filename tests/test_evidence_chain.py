@@ -432,7 +432,19 @@ def test_edge_csu_open_with_the_fleet_ca(
     csu = make_csu(tmp_path / "csu")
     data = _record(tmp_path, csu, video=True)
     _enrol(data, fleet)
-    bundle = _export(data, tmp_path / "bundle")
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(
+        f'[unit]\nid = "{UNIT}"\ndata_dir = "{data}"\n\n[vault]\ncsu_public_key = "{csu.pub}"\n'
+    )
+    bundle = tmp_path / "bundle"
+    span = ["--from", f"@{WALL0 / 1e9 - 1}", "--to", f"@{WALL0 / 1e9 + 3600}"]
+    capsys.readouterr()
+    assert (
+        edgectl(["export", "--config", str(cfg), *span, "--case", "PV-3", "--out", str(bundle)])
+        == 0
+    )
+    exported = capsys.readouterr().out
+    assert "evidence chain: certs/unit-signing.crt" in exported and "WARNING" not in exported
     root = tmp_path / "root.pem"
     root.write_bytes(cert_pem(fleet.root_cert))
     clip = tmp_path / "clip.mp4"

@@ -19,7 +19,7 @@ from edge.vault import format as fmt
 from edge.vault.layout import vault_dir
 
 from .conftest import REPO, tool
-from .uplink_util import CSU_NAME, free_port, make_csu, unit_files, wait_until
+from .uplink_util import CSU_NAME, Csu, free_port, make_csu, unit_files, wait_until
 
 
 def vault_segments(data_dir: Path) -> dict[int, bytes]:
@@ -40,6 +40,45 @@ def run_edged(config: Path, seconds: float) -> subprocess.CompletedProcess[str]:
     )
 
 
+def unit_config(
+    path: Path,
+    data_dir: Path,
+    csu: Csu,
+    port: int,
+    *,
+    bitrate: str = "",
+    uplink: str = "",
+    extra: str = "",
+) -> Path:
+    """The unit's configuration: one small synthetic camera, recording for ``csu``'s key and
+    sending to it on ``port``; ``uplink`` and ``extra`` add lines to that section / the file."""
+    path.write_text(
+        f"""
+[unit]
+id = "test-unit"
+data_dir = "{data_dir}"
+
+[[cameras]]
+id = "cam1"
+width = 320
+height = 240
+fps = 10
+encoder = {{ segment_seconds = 1.0, preset = "ultrafast"{bitrate} }}
+
+[vault]
+kem = "x25519"
+csu_public_key = "{csu.directory / "keys" / "authority.pub.json"}"
+
+[uplink]
+enabled = true
+csu_url = "https://127.0.0.1:{port}"
+server_name = "{CSU_NAME}"
+{uplink}
+{extra}"""
+    )
+    return path
+
+
 def test_edged_delivers_the_vaults_exact_bytes_to_the_csu(tmp_path: Path) -> None:
     csu = make_csu(tmp_path)
     port = free_port()
@@ -54,33 +93,11 @@ def test_edged_delivers_the_vaults_exact_bytes_to_the_csu(tmp_path: Path) -> Non
         wall_ns=time.time_ns(), frame_index=-1, details={"message": "door opened"},
     )  # fmt: skip
     EventSpool(data_dir / "uplink" / "events").put(alarm.wire())
-    config = tmp_path / "edge.toml"
-    config.write_text(
-        f"""
-[unit]
-id = "test-unit"
-data_dir = "{data_dir}"
-
-[[cameras]]
-id = "cam1"
-width = 320
-height = 240
-fps = 10
-encoder = {{ segment_seconds = 1.0, preset = "ultrafast" }}
-
-[vault]
-kem = "x25519"
-csu_public_key = "{csu.directory / "keys" / "authority.pub.json"}"
-
-[uplink]
-enabled = true
-csu_url = "https://127.0.0.1:{port}"
-server_name = "{CSU_NAME}"
-ca_file = "{data_dir / "keys" / "ca.pem"}"
-backoff_initial_s = 0.2
-backoff_max_s = 1.0
-"""
-    )
+    config = unit_config(
+        tmp_path / "edge.toml", data_dir, csu, port,
+        uplink=f'ca_file = "{data_dir / "keys" / "ca.pem"}"\n'
+        "backoff_initial_s = 0.2\nbackoff_max_s = 1.0",
+    )  # fmt: skip
     csu.start()
     try:
         first = run_edged(config, 6.0)
@@ -126,37 +143,13 @@ def edged_outage(tmp_path: Path, outage_s: float) -> None:
     data_dir = tmp_path / "unit"
     unit_files(csu, "test-unit", data_dir)
     csu.enroll("test-unit", load_or_create_signing_key(keys_dir_of(data_dir)))
-    config = tmp_path / "edge.toml"
     # ~300 kbit/s of video; the backlog may use 40 % of 700 kbit/s: it drains at about the
     # recording rate, so live segments must overtake it to keep flowing.
-    config.write_text(
-        f"""
-[unit]
-id = "test-unit"
-data_dir = "{data_dir}"
-
-[[cameras]]
-id = "cam1"
-width = 320
-height = 240
-fps = 10
-encoder = {{ segment_seconds = 1.0, preset = "ultrafast", bitrate_kbps = 300 }}
-
-[vault]
-kem = "x25519"
-csu_public_key = "{csu.directory / "keys" / "authority.pub.json"}"
-
-[uplink]
-enabled = true
-csu_url = "https://127.0.0.1:{port}"
-server_name = "{CSU_NAME}"
-bandwidth_kbps = 700
-backfill_share = 0.4
-live_window_s = 3
-backoff_initial_s = 0.5
-backoff_max_s = 2.0
-"""
-    )
+    config = unit_config(
+        tmp_path / "edge.toml", data_dir, csu, port, bitrate=", bitrate_kbps = 300",
+        uplink="bandwidth_kbps = 700\nbackfill_share = 0.4\nlive_window_s = 3\n"
+        "backoff_initial_s = 0.5\nbackoff_max_s = 2.0",
+    )  # fmt: skip
     csu.start()
     run_for = 6 + outage_s + 1.5 * outage_s + 15
     edged = subprocess.Popen(
@@ -222,34 +215,11 @@ def test_selftest_reaches_the_csu_only_while_it_answers(tmp_path: Path) -> None:
     data_dir = tmp_path / "unit"
     unit_files(csu, "test-unit", data_dir)
     csu.enroll("test-unit", load_or_create_signing_key(keys_dir_of(data_dir)))
-    config = tmp_path / "edge.toml"
-    config.write_text(
-        f"""
-[unit]
-id = "test-unit"
-data_dir = "{data_dir}"
-
-[[cameras]]
-id = "cam1"
-width = 320
-height = 240
-fps = 10
-encoder = {{ segment_seconds = 1.0, preset = "ultrafast" }}
-
-[vault]
-kem = "x25519"
-csu_public_key = "{csu.directory / "keys" / "authority.pub.json"}"
-
-[uplink]
-enabled = true
-csu_url = "https://127.0.0.1:{port}"
-server_name = "{CSU_NAME}"
-ca_file = "{data_dir / "keys" / "ca.pem"}"
-
-[control]
-socket = "{tmp_path / "control.sock"}"
-"""
-    )
+    config = unit_config(
+        tmp_path / "edge.toml", data_dir, csu, port,
+        uplink=f'ca_file = "{data_dir / "keys" / "ca.pem"}"',
+        extra=f'[control]\nsocket = "{tmp_path / "control.sock"}"',
+    )  # fmt: skip
 
     def selftest() -> dict[str, dict[str, str]]:
         result = subprocess.run(

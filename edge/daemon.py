@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import __version__, control, metrics, selftest, unitkeys
+from . import __version__, control, enrolment, metrics, selftest, unitkeys
 from . import config as config_mod
 from .alerts import AlertHub
 from .analytics.bridge import AnalyticsBridge
@@ -475,6 +475,16 @@ class Daemon:
             )
         return "; ".join(parts)
 
+    def _certificates(self) -> dict[str, Any]:
+        keys = unitkeys.keys_dir_of(self.cfg.unit.data_dir)
+        days = self.cfg.dot1x.expiry_warning_days
+        return {
+            "tls": enrolment.read_certificate_status(
+                keys / "unit-tls.crt", warning_days=days, ca_path=keys / "ca.pem"
+            ),
+            "evidence": enrolment.signing_certificate_status(keys, warning_days=days),
+        }
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "unit_id": self.cfg.unit.id,
@@ -488,6 +498,7 @@ class Daemon:
             if self.dot1x_supervisor is not None
             else None,
             "analytics": _analytics_summary([b.stats() for b in self.analytics.values()]),
+            "certificates": self._certificates(),
             "alerts": self.alerts.snapshot() if self.alerts is not None else None,
             "tamper": {"active": self.alerts.active("tamper")} if self.alerts is not None else None,
             "door": self.door.snapshot() if self.door is not None else None,

@@ -246,6 +246,47 @@ def uplink_findings(daemon: dict[str, Any]) -> list[Finding]:
     return out
 
 
+def enrolment_findings(daemon: dict[str, Any]) -> list[Finding]:
+    """The unit's two certificates: TLS/EAP client (uplink, 802.1X) and evidence signing."""
+    certs = daemon.get("certificates")
+    if not isinstance(certs, dict):
+        return []
+    out: list[Finding] = []
+    for name, label in (("tls", "TLS/802.1X"), ("evidence", "evidence")):
+        cert = certs.get(name) or {}
+        if not cert.get("present"):
+            out.append(
+                Finding(
+                    "enrolment",
+                    Level.DEGRADED,
+                    f"no {label} certificate",
+                    str(cert.get("warning") or f"the unit has no {label} certificate"),
+                    "enrol the unit: `edgectl enroll`, have both CSRs signed by the city's "
+                    "video CA, then `edgectl enroll --install CERT...`",
+                )
+            )
+        elif cert.get("warning"):
+            level = Level.FAILING if cert.get("expired") else Level.DEGRADED
+            out.append(
+                Finding(
+                    "enrolment",
+                    level,
+                    f"{label} certificate: {str(cert.get('not_after', '?'))[:10]}",
+                    str(cert["warning"]),
+                    "run `edgectl enroll --renew`, then `edgectl enroll --install CERT...`",
+                )
+            )
+        else:
+            out.append(
+                Finding(
+                    "enrolment",
+                    Level.OK,
+                    f"{label} certificate valid until {str(cert.get('not_after', '?'))[:10]}",
+                )
+            )
+    return out
+
+
 def analytics_findings(daemon: dict[str, Any]) -> list[Finding]:
     an = daemon.get("analytics")
     if not isinstance(an, dict):
@@ -418,6 +459,7 @@ def evaluate(status: dict[str, Any]) -> list[Finding]:
             out.extend(camera_findings(cam))
         out.extend(recording_findings(daemon))
         out.extend(uplink_findings(daemon))
+        out.extend(enrolment_findings(daemon))
         out.extend(analytics_findings(daemon))
         out.extend(cabinet_findings(daemon))
     system = status.get("system") or {}

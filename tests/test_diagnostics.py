@@ -192,3 +192,21 @@ def test_certificate_expiring_soon_warns() -> None:
     [(section, level, cause, action)] = problems(status)
     assert (section, level) == ("8021x", Level.DEGRADED)
     assert "expires on 2026-12-10" in cause and "--renew" in action
+
+
+def test_enrolment_certificates() -> None:
+    status = healthy()
+    status["daemon"]["certificates"] = {
+        "tls": {"present": True, "not_after": "2027-11-28T00:00:00+00:00", "warning": None},
+        "evidence": {"present": False, "warning": "no evidence-signing certificate at keys/…"},
+    }
+    [(section, level, cause, action)] = problems(status)
+    assert (section, level) == ("enrolment", Level.DEGRADED)
+    assert "no evidence-signing certificate" in cause and "edgectl enroll" in action
+    status["daemon"]["certificates"]["tls"] = {
+        "present": True,
+        "expired": True,
+        "not_after": "2026-10-01T00:00:00+00:00",
+        "warning": "unit certificate expired on 2026-10-01: renew with edgectl enroll",
+    }
+    assert ("enrolment", Level.FAILING) in {(s, lvl) for s, lvl, _, _ in problems(status)}

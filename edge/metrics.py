@@ -68,7 +68,6 @@ def registry_from_status(status: dict[str, Any]) -> CollectorRegistry:
 
     for section, key, name, doc in (
         ("uplink", "backlog_s", "edge_uplink_backlog_seconds", "Recording not yet at the CSU"),
-        ("uplink", "backlog_bytes", "edge_uplink_backlog_bytes", "Bytes not yet at the CSU"),
         ("analytics", "fps", "edge_analytics_fps", "Frames analysed per second"),
         ("analytics", "inference_ms", "edge_analytics_inference_ms", "Inference time"),
         ("analytics", "drops", "edge_analytics_dropped_total", "Frames analytics skipped"),
@@ -77,6 +76,12 @@ def registry_from_status(status: dict[str, Any]) -> CollectorRegistry:
         part = daemon.get(section)
         if isinstance(part, dict) and isinstance(part.get(key), int | float):
             Gauge(name, doc, ["unit"], registry=reg).labels(unit).set(part[key])
+
+    uplink = daemon.get("uplink")
+    if isinstance(uplink, dict) and isinstance(uplink.get("backlog"), dict):
+        Gauge(
+            "edge_uplink_backlog_bytes", "Bytes not yet at the CSU", ["unit"], registry=reg
+        ).labels(unit).set(uplink["backlog"].get("bytes", 0))
 
     soc = system.get("soc_celsius")
     if isinstance(soc, int | float):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -241,5 +242,30 @@ def test_selftest_reaches_the_csu_only_while_it_answers(tmp_path: Path) -> None:
             csu.stop()
             checks = selftest()
             assert checks["csu"]["outcome"] == "failed"
+
+            # The CSU is gone: status shows the backlog growing while recording goes on.
+            def uplink_status() -> tuple[int, dict[str, Any]] | None:
+                result = subprocess.run(
+                    [sys.executable, "-m", "edge.cli.main", "status", "--json",
+                     "--config", str(config)],
+                    capture_output=True, text=True, timeout=60, check=False,
+                )  # fmt: skip
+                status = json.loads(result.stdout)
+                uplink = status["daemon"]["uplink"]
+                if uplink["state"] != "streaming" and uplink["backlog"]["items"] >= 2:
+                    return result.returncode, status
+                return None
+
+            deadline = time.monotonic() + 30
+            while (seen := uplink_status()) is None:
+                assert time.monotonic() < deadline, "no backlog in status within 30 s"
+                time.sleep(0.5)
+            code, status = seen
+            assert code >= 1
+            assert status["daemon"]["uplink"]["backlog"]["bytes"] > 0
+            uplink_finding = next(f for f in status["findings"] if f["section"] == "uplink")
+            assert uplink_finding["level"] == "WARN"
+            assert "recording continues locally" in uplink_finding["cause"]
+            assert status["daemon"]["cameras"][0]["segments_written"] > 0
     finally:
         csu.stop()

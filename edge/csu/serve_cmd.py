@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .receiver import config as serve_config
-from .receiver.registry import UnitRegistry
+from .receiver.registry import RevocationList, UnitRegistry
 from .receiver.store import SegmentStore
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,8 @@ def register(sub: Any) -> None:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     serve.set_defaults(func=_serve)
     units: argparse.ArgumentParser = sub.add_parser(
-        "units", help="list units: last contact, backlog, chain status per camera"
+        "units",
+        help="list units: how the signing key is trusted, last contact, backlog, chain status",
     )
     units.add_argument("--config", type=Path, required=True, help="receiver configuration (TOML)")
     units.add_argument("--json", action="store_true", help="print JSON")
@@ -64,16 +65,19 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def unit_rows(cfg: serve_config.ServeConfig) -> list[dict[str, Any]]:
-    registry = UnitRegistry(cfg.registry_dir)
+    crl = RevocationList(cfg.tls.crl_file, cfg.tls.client_ca_file)
+    registry = UnitRegistry(cfg.registry_dir, ca_file=cfg.tls.client_ca_file, crl=crl)
     store = SegmentStore(cfg.storage_dir)
     rows = []
     for unit in sorted(set(registry.unit_ids()) | set(_stored_units(cfg.storage_dir))):
         status = store.read_status(unit)
         cams = {cam: store.camera(unit, cam).status() for cam in store.cameras_of(unit)}
+        trusted = registry.trust(unit)
         rows.append(
             {
                 "unit": unit,
-                "enrolled": registry.signing_key(unit) is not None,
+                "enrolled": trusted.key is not None,
+                "signing_key": trusted.to_json(),
                 "last_contact_ns": status.get("last_contact_ns"),
                 "peer": status.get("peer"),
                 "backlog": status.get("backlog"),
@@ -94,7 +98,8 @@ def _units(args: argparse.Namespace) -> int:
         json.dump(rows, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
-    print(f"{'UNIT':24} {'ENROLLED':8} {'LAST CONTACT':>12} {'BACKLOG':>14}  CAMERAS")
+    head = f"{'UNIT':24} {'ENROLLED (SIGNING KEY)':34} {'LAST CONTACT':>12} {'BACKLOG':>14}"
+    print(f"{head}  CAMERAS")
     now = time.time_ns()
     for row in rows:
         last = row["last_contact_ns"]
@@ -110,5 +115,17 @@ def _units(args: argparse.Namespace) -> int:
             f"{cam}: {st['count']} seg, #{st['first']}..#{st['last']}, chain {st['chain']}"
             for cam, st in row["cameras"].items()
         )
-        print(f"{row['unit']:24} {'yes' if row['enrolled'] else 'NO':8} {ago:>12} {bl:>14}  {cams}")
+        print(f"{row['unit']:24} {_trust_cell(row['signing_key']):34} {ago:>12} {bl:>14}  {cams}")
+        if row["signing_key"]["problem"]:
+            print(f"{'':24}   {row['signing_key']['problem']}")
     return 0
+
+
+def _trust_cell(signing_key: dict[str, Any]) -> str:
+    """How the unit's signing key is trusted, in a column: the certificate with its expiry, a
+    pinned key, or why not (the reason is printed on the next line)."""
+    if not signing_key["trusted"]:
+        return "NO"
+    if signing_key["source"] == "certificate":
+        return f"yes (certificate until {signing_key['not_after'][:10]})"
+    return "yes (pinned key)"

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from ..config import EdgeConfig
 from ..errors import EdgeError, UplinkError
 from ..vault.base import Outbox, OutboxItem, OutboxKind
-from . import policy, protocol
+from . import policy, protocol, signing_cert
 from .spool import EventSpool
 from .tls import CsuConnection, client_context, endpoint
 
@@ -232,7 +232,9 @@ class UplinkClient:
         if conn.sock is not None:
             conn.sock.settimeout(self.cfg.uplink.request_timeout_s)
         self._conn = conn
-        self._set_state(UplinkState.SYNCING, "TLS 1.3 established; reading the CSU cursor")
+        # Before the cursor: a unit the CSU does not know yet is enrolled by its certificate.
+        presented = signing_cert.present(self._request, self.unit_id, self.cfg.unit.data_dir)
+        self._set_state(UplinkState.SYNCING, f"TLS 1.3 established; {presented}; reading cursor")
         status, body = self._request("GET", protocol.cursor_path(self.unit_id), None, None)
         if status != 200:
             raise UplinkError(f"CSU refused the cursor request: {status} {body[:200]!r}")

@@ -10,6 +10,11 @@ A sealed segment travels byte-identical to what the vault holds; TLS is the seco
 * ``PUT  /v1/units/{unit}/cameras/{camera}/epochs/{epoch}`` body: one epoch envelope (the
   HPKE-sealed data key the segments of that epoch need to be opened); same answers.
 * ``POST /v1/units/{unit}/events`` body: one signed event (JSON, see :mod:`edge.uplink.events`).
+* ``PUT  /v1/units/{unit}/signing-certificate`` body: the unit's evidence certificate and its
+  chain (PEM, ``application/pem-certificate-chain``), presented once per connection before
+  anything else, so that the receiver learns the signing key from the CA alone. 201 stored,
+  200 already held, 422 refused (the reason says why), 409 older than the one held, 404 the
+  receiver trusts pinned keys only.
 * ``GET  /v1/units/{unit}/cursor``: what the CSU holds for this unit, per camera
   (``{"cameras": {cam: {"first": n, "last": n, "count": n, "gaps": [[a, b], …]}}}``).
 """
@@ -22,6 +27,8 @@ API_PREFIX = "/v1"
 SEGMENT_CONTENT_TYPE = "application/vnd.edge.sealed-segment"
 EVENT_CONTENT_TYPE = "application/json"
 ENVELOPE_CONTENT_TYPE = "application/vnd.edge.epoch-envelope"
+#: RFC 8555's media type for a PEM leaf certificate followed by its chain.
+CERTIFICATE_CONTENT_TYPE = "application/pem-certificate-chain"
 
 #: The largest sealed segment a receiver accepts by default (a 10 s segment at 50 Mb/s).
 DEFAULT_MAX_SEGMENT_BYTES = 64 * 1024 * 1024
@@ -37,7 +44,8 @@ ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 #: Status codes a receiver answers with, and what each means to the client.
 REFUSALS: dict[int, str] = {
     400: "malformed: the body is not a sealed segment, or its header disagrees with the URL",
-    403: "the client certificate's unit is not enrolled, is revoked, or is not this URL's unit",
+    403: "the client certificate's unit is not enrolled (no trusted signing key: the reason says "
+    "why), is revoked, or is not this URL's unit",
     409: "conflict: other bytes are stored under this sequence, or the hash chain breaks",
     411: "a body length is required",
     413: "the body is larger than the receiver accepts",
@@ -56,6 +64,10 @@ def envelope_path(unit_id: str, camera_id: str, epoch_hex: str) -> str:
 
 def events_path(unit_id: str) -> str:
     return f"{API_PREFIX}/units/{unit_id}/events"
+
+
+def signing_certificate_path(unit_id: str) -> str:
+    return f"{API_PREFIX}/units/{unit_id}/signing-certificate"
 
 
 def cursor_path(unit_id: str) -> str:

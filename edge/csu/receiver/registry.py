@@ -7,14 +7,18 @@ Three independent checks, all required:
 2. per request, the certificate's unit identity (its subject common name) must be enrolled in
    the registry directory, and its serial not on the *current* CRL (re-read when the file
    changes, so a revocation takes effect without restarting the receiver);
-3. per segment, the signature must verify with the unit's enrolled Ed25519 key.
+3. per segment, the signature must verify with the unit's signing key, which the registry
+   trusts either through the unit's evidence certificate (``<unit-id>.crt``, certified by the
+   same CA, presented by the unit itself) or a pinned key (``<unit-id>.pem``, copied by hand);
+   see :mod:`edge.csu.receiver.trust` for the rules and their precedence.
 
-Registry: ``<registry_dir>/<unit-id>.pem`` holds the unit's Ed25519 signing public key (its
-``unit-signing.pub.pem``). Adding or removing a file enrols or withdraws a unit at once.
+Adding or removing a file enrols or withdraws a unit at once; a new CRL or the certificate's
+expiry changes the verdict without a restart.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import ssl
 import threading
@@ -26,9 +30,18 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
 from ...errors import ConfigError, EdgeError, UplinkError
-from ...unitkeys import load_public_pem
+from ...unitkeys import load_public_pem, write_atomic
 from ...uplink.protocol import ID_RE
 from .config import TlsConfig
+from .trust import (
+    Clock,
+    SigningTrust,
+    Source,
+    UploadVerdict,
+    judge,
+    upload_verdict,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +131,8 @@ class RevocationList:
         self._lock = threading.Lock()
         self._stamp: _Stamp | None = None
         self._serials: frozenset[int] = frozenset()
+        self._crl: x509.CertificateRevocationList | None = None
+        self._version = 0
         if crl_file is not None:
             self._reload(force=True)
 
@@ -146,8 +161,18 @@ class RevocationList:
                 self._stamp = stamp
                 return
             self._serials = frozenset(r.serial_number for r in crl)
+            self._crl = crl
+            self._version += 1
             self._stamp = stamp
             log.info("CRL %s: %d revoked certificate(s)", self.crl_file, len(self._serials))
+
+    def current(self) -> tuple[int, list[x509.CertificateRevocationList]]:
+        """(version, CRLs in force): the version changes whenever another CRL was loaded."""
+        if self.crl_file is None:
+            return 0, []
+        self._reload()
+        with self._lock:
+            return self._version, [self._crl] if self._crl is not None else []
 
     def is_revoked(self, cert_der: bytes) -> bool:
         if self.crl_file is None:
@@ -158,48 +183,161 @@ class RevocationList:
             return serial in self._serials
 
 
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    verdict: SigningTrust
+    inputs: tuple[object, ...]
+
+
 class UnitRegistry:
     """Enrolled units and their signing keys, read from a directory, refreshed on change.
 
-    Thread-safe: the lock protects the key cache and the directory stamp.
+    ``ca_file`` (the receiver's client CA file) and ``crl`` enable the certificate form; without
+    them only pinned keys are trusted. Thread-safe: the lock protects the verdict cache and the
+    CA certificates; installs of certificates are serialised by it too (last writer wins is
+    not acceptable there: the "never older" rule compares with what is held).
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        ca_file: Path | None = None,
+        crl: RevocationList | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
         self.directory = directory
+        self.ca_file = ca_file
+        self.crl = crl
+        self._clock = clock
         self._lock = threading.Lock()
-        self._keys: dict[str, ed25519.Ed25519PublicKey] = {}
-        self._stamps: dict[str, _Stamp] = {}
+        self._cache: dict[str, _Cached] = {}
+        self._ca_stamp: _Stamp | None = None
+        self._ca_certs: list[x509.Certificate] = []
+
+    def _cas(self) -> tuple[_Stamp | None, list[x509.Certificate]]:
+        """The client CA certificates, re-read when the file changes (caller holds the lock)."""
+        if self.ca_file is None:
+            return None, []
+        stamp = _stamp(self.ca_file)
+        if stamp != self._ca_stamp:
+            try:
+                self._ca_certs = x509.load_pem_x509_certificates(self.ca_file.read_bytes())
+            except (OSError, ValueError) as exc:
+                log.error("client CA file %s unreadable: %s", self.ca_file, exc)
+                self._ca_certs = []
+            self._ca_stamp = stamp
+        return stamp, self._ca_certs
+
+    def _crls(self) -> tuple[int, list[x509.CertificateRevocationList]]:
+        return self.crl.current() if self.crl is not None else (0, [])
+
+    def trust(self, unit_id: str) -> SigningTrust:
+        """How (and whether) ``unit_id``'s signing key is trusted now."""
+        if not ID_RE.match(unit_id):
+            return SigningTrust(unit_id, None, Source.NONE, "not a unit identifier")
+        crt, pem = self.directory / f"{unit_id}.crt", self.directory / f"{unit_id}.pem"
+        crl_version, crls = self._crls()
+        now = self._clock()
+        with self._lock:
+            ca_stamp, ca_certs = self._cas()
+            crt_stamp = _stamp(crt) if self.ca_file is not None else None
+            inputs = (crt_stamp, _stamp(pem), ca_stamp, crl_version)
+            cached = self._cache.get(unit_id)
+            if (
+                cached is not None
+                and cached.inputs == inputs
+                and (cached.verdict.recheck_at is None or now < cached.verdict.recheck_at)
+            ):
+                return cached.verdict
+            verdict = self._judge(unit_id, crt if crt_stamp else None, pem, ca_certs, crls, now)
+            if cached is None or cached.verdict != verdict:
+                log.info(
+                    "signing key of %s: %s%s",
+                    unit_id,
+                    verdict.source.value if verdict.key is not None else "not trusted",
+                    f" ({verdict.problem})" if verdict.problem else "",
+                )
+            self._cache[unit_id] = _Cached(verdict, inputs)
+            return verdict
+
+    @staticmethod
+    def _judge(
+        unit_id: str,
+        crt: Path | None,
+        pem: Path,
+        ca_certs: list[x509.Certificate],
+        crls: list[x509.CertificateRevocationList],
+        now: dt.datetime,
+    ) -> SigningTrust:
+        pinned: ed25519.Ed25519PublicKey | None = None
+        pinned_problem = None
+        try:
+            pinned = load_public_pem(pem.read_bytes(), origin=str(pem))
+        except FileNotFoundError:
+            pass
+        except (OSError, EdgeError) as exc:
+            pinned_problem = f"pinned key of {unit_id} unusable: {exc}"
+        certificate = None
+        if crt is not None:
+            try:
+                certificate = crt.read_bytes()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                pinned_problem = f"signing certificate of {unit_id} unreadable: {exc}"
+        return judge(
+            unit_id,
+            certificate=certificate,
+            pinned=pinned,
+            pinned_problem=pinned_problem,
+            ca_certs=ca_certs,
+            crls=crls,
+            now=now,
+        )
 
     def signing_key(self, unit_id: str) -> ed25519.Ed25519PublicKey | None:
-        """The unit's enrolled key, or None when the unit is not enrolled."""
-        if not ID_RE.match(unit_id):
-            return None
-        path = self.directory / f"{unit_id}.pem"
-        stamp = _stamp(path)
+        """The unit's trusted key, or None when the unit is not (or no longer) trusted."""
+        return self.trust(unit_id).key
+
+    def install_certificate(self, unit_id: str, body: bytes) -> UploadVerdict:
+        """Judge a signing certificate the unit presents; store it as ``<unit>.crt`` when it is
+        valid and not older than the one held (:func:`upload_verdict`)."""
+        if self.ca_file is None:
+            return UploadVerdict(404, "this receiver trusts pinned keys only")
+        crt = self.directory / f"{unit_id}.crt"
+        _, crls = self._crls()
+        now = self._clock()
         with self._lock:
-            if stamp is None:
-                self._keys.pop(unit_id, None)
-                return None
-            if self._stamps.get(unit_id) != stamp:
-                try:
-                    self._keys[unit_id] = load_public_pem(path.read_bytes(), origin=str(path))
-                except (OSError, EdgeError) as exc:
-                    log.error("registry entry %s unusable: %s", path, exc)
-                    self._keys.pop(unit_id, None)
-                    return None
-                self._stamps[unit_id] = stamp
-            return self._keys.get(unit_id)
+            _, ca_certs = self._cas()
+            try:
+                held: bytes | None = crt.read_bytes()
+            except FileNotFoundError:
+                held = None
+            verdict = upload_verdict(
+                unit_id, body, held=held, ca_certs=ca_certs, crls=crls, now=now
+            )
+            if verdict.pem is not None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                write_atomic(crt, verdict.pem, mode=0o644)
+        if verdict.status == 201:
+            log.info("signing certificate of %s installed from the unit", unit_id)
+        elif verdict.status >= 400:
+            log.warning("signing certificate of %s refused: %s", unit_id, verdict.reason)
+        return verdict
 
     def unit_ids(self) -> list[str]:
         try:
             names = [p.name for p in self.directory.iterdir()]
         except OSError:
             return []
-        return sorted(n[:-4] for n in names if n.endswith(".pem") and ID_RE.match(n[:-4]))
+        stems = {n[:-4] for n in names if n.endswith((".pem", ".crt"))}
+        return sorted(s for s in stems if ID_RE.match(s))
 
     @staticmethod
     def enroll(directory: Path, unit_id: str, public_pem: bytes) -> Path:
-        """Write a unit's signing public key into a registry directory."""
+        """Pin a unit's signing public key in a registry directory (the form without a PKI
+        evidence profile)."""
         if not ID_RE.match(unit_id):
             raise ConfigError(f"{unit_id!r} is not a unit identifier")
         directory.mkdir(parents=True, exist_ok=True)

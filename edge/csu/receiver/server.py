@@ -22,6 +22,7 @@ from ...errors import EdgeError, IntegrityError
 from ...uplink import events as wire_events
 from ...uplink.protocol import (
     API_PREFIX,
+    CERTIFICATE_CONTENT_TYPE,
     DIGEST_HEADER,
     EVENT_CONTENT_TYPE,
     MAX_EVENT_BYTES,
@@ -32,6 +33,7 @@ from .config import ServeConfig
 from .mqtt import EventPublisher
 from .registry import RevocationList, UnitRegistry, server_context, unit_id_of
 from .store import Refusal, SegmentStore
+from .trust import MAX_CERTIFICATE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ BACKLOG_HEADER = "X-Edge-Backlog"
 #: often enough for ``edge-csu units``, rare enough for thousands of units (no fsync).
 STATUS_FLUSH_S = 2.0
 UNIT_KEY = web.AppKey("receiver", object)
+#: The one route a unit may use before its signing key is trusted: presenting its certificate.
+SIGNING_CERTIFICATE_ROUTE = "signing-certificate"
 
 
 def refuse(status: int, reason: str) -> web.Response:
@@ -60,8 +64,8 @@ class Receiver:
     def __init__(self, cfg: ServeConfig, *, workers: int = 16) -> None:
         self.cfg = cfg
         self.store = SegmentStore(cfg.storage_dir)
-        self.registry = UnitRegistry(cfg.registry_dir)
         self.crl = RevocationList(cfg.tls.crl_file, cfg.tls.client_ca_file)
+        self.registry = UnitRegistry(cfg.registry_dir, ca_file=cfg.tls.client_ca_file, crl=self.crl)
         self.audit = AuditLog(cfg.audit_log)
         self.publisher = EventPublisher(cfg.mqtt) if cfg.mqtt.enabled else None
         # Workers mostly wait on fsync (the GIL is released): more of them overlap the flushes.
@@ -102,9 +106,16 @@ class Receiver:
             url_unit = request.match_info.get("unit")
             if url_unit is not None and url_unit != unit:
                 raise Refusal(403, f"certificate is {unit}'s, URL names {url_unit}")
-            key = self.registry.signing_key(unit)
-            if key is None:
-                raise Refusal(403, f"unit {unit} is not enrolled")
+            if request.match_info.route.name == SIGNING_CERTIFICATE_ROUTE:
+                # The TLS certificate (same CA, same CN) vouches for the unit here; the
+                # certificate it presents is judged by the registry before it is trusted.
+                key = None
+            else:
+                # Inline like the CRL check: a few stat() calls once the verdict is cached.
+                trusted = self.registry.trust(unit)
+                key = trusted.key
+                if key is None:
+                    raise Refusal(403, trusted.refusal)
         except Refusal as exc:
             self.counters["refused"] += 1
             log.warning("refused %s %s: %s", request.method, request.path, exc.reason)
@@ -209,6 +220,22 @@ class Receiver:
                 self.publisher.publish(unit, str(event["camera"]), body)
         return web.json_response({"status": verdict.name.lower()}, status=verdict.value)
 
+    async def put_signing_certificate(self, request: web.Request) -> web.Response:
+        unit = request["unit"]
+        if request.content_type != CERTIFICATE_CONTENT_TYPE:
+            return refuse(415, f"content type must be {CERTIFICATE_CONTENT_TYPE}")
+        if (request.content_length or 0) > MAX_CERTIFICATE_BYTES:
+            return refuse(413, f"certificates are at most {MAX_CERTIFICATE_BYTES} bytes")
+        body = await request.read()
+        verdict = await self.run_blocking(self.registry.install_certificate, unit, body)
+        if verdict.status >= 400:
+            self.counters["refused"] += 1
+            return refuse(verdict.status, verdict.reason)
+        trusted = await self.run_blocking(self.registry.trust, unit)
+        return web.json_response(
+            {"status": verdict.reason, "signing_key": trusted.to_json()}, status=verdict.status
+        )
+
     async def get_cursor(self, request: web.Request) -> web.Response:
         unit = request["unit"]
 
@@ -237,6 +264,11 @@ class Receiver:
             f"{base}/cameras/{{camera:{_ID}}}/epochs/{{epoch:[0-9a-f]{{32}}}}", self.put_envelope
         )
         app.router.add_post(f"{base}/events", self.post_event)
+        app.router.add_put(
+            f"{base}/signing-certificate",
+            self.put_signing_certificate,
+            name=SIGNING_CERTIFICATE_ROUTE,
+        )
         app.router.add_get(f"{base}/cursor", self.get_cursor)
         return app
 

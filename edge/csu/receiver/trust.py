@@ -106,6 +106,11 @@ def certificate_problem(
     if name != unit_id:
         # Said before the path check, in the unit's words: a certificate of another unit.
         return f"it names unit {name!r}, the TLS client certificate is {unit_id!r}'s"
+    # Said here in the receiver's words (chain_problem speaks of the time of a recording).
+    if now < leaf.not_valid_before_utc:
+        return f"it is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
+    if now > leaf.not_valid_after_utc:
+        return f"it expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
     return evidence.chain_problem(
         chain, ca_certs, unit_id=unit_id, signing_key=key, first=now, last=now, crls=crls
     )

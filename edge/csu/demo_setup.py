@@ -2,10 +2,11 @@
 
 Creates (once, then reuses) a small city CA, the receiver's certificate, the authority key
 that opens sealed segments, an operator token; issues the unit's TLS certificate into
-``D/keys/`` and certifies its signing key (``unit-signing.crt``, evidence profile), and
-registers that key with the receiver; then writes, with a free port, ``DIR/csu.toml`` (for
-``edge-csu serve``) and ``DIR/edge.toml`` (the embedded demo configuration plus the vault's
-recipient and the uplink). Prints shell assignments (``CSU_PORT=…``) for the demo script.
+``D/keys/`` and certifies its signing key (``unit-signing.crt``, evidence profile), which the
+unit presents to the receiver itself (nothing is copied to the CSU by hand); then writes, with
+a free port, ``DIR/csu.toml`` (for ``edge-csu serve``) and ``DIR/edge.toml`` (the embedded
+demo configuration plus the vault's recipient and the uplink). Prints shell assignments
+(``CSU_PORT=…``) for the demo script.
 Demo material only: a real city uses its own PKI (docs/UPLINK.md).
 """
 
@@ -22,11 +23,10 @@ from cryptography import x509
 
 from .. import enrolment
 from ..config import DEMO_CONFIG, DEMO_CONFIG_TOML
-from ..unitkeys import keys_dir_of, load_or_create_signing_key, public_pem, write_private_atomic
+from ..unitkeys import keys_dir_of, load_or_create_signing_key, write_private_atomic
 from ..vault import evidence
 from ..vault import keys as vault_keys
 from .ca import Profile, VideoCA, cert_pem, key_pem
-from .receiver.registry import UnitRegistry
 
 SERVER_NAME = "csu.demo"
 
@@ -57,7 +57,6 @@ def setup(data_dir: Path, out: Path) -> dict[str, str]:
     token = token_file.read_text().strip()
     unit_keys = keys_dir_of(data_dir)
     signing = load_or_create_signing_key(unit_keys)
-    UnitRegistry.enroll(out / "units", unit_id, public_pem(signing.public_key()))
     if not (unit_keys / "unit-tls.crt").exists():
         ukey, ucert = ca.issue(unit_id)
         write_private_atomic(unit_keys / "unit-tls.key", key_pem(ukey))

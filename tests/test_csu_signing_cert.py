@@ -207,6 +207,21 @@ def test_the_unit_presents_its_certificate_by_itself(lab: Lab, tmp_path: Path) -
     assert snap["counters"]["refused"] == 0
     assert (lab.registry / f"{unit_id}.crt").exists()
     assert not (lab.registry / f"{unit_id}.pem").exists()
+    # edgectl uplink check makes the same connection, presenting the certificate too.
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        f'[unit]\nid = "{unit_id}"\ndata_dir = "{data_dir}"\n\n[uplink]\nenabled = true\n'
+        f'csu_url = "https://127.0.0.1:{lab.csu.ports["units"]}"\nserver_name = "{CSU_NAME}"\n'
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "edge.cli.main", "uplink", "check", "--config", str(config),
+         "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    report = json.loads(out.stdout)
+    assert out.returncode == 0 and report["result"] == "ok", report
+    assert report["signing_certificate"] == "signing certificate already held"
+    assert report["csu_holds"]["cam1"]["count"] == 3
 
 
 class _OpenGate:

@@ -18,7 +18,7 @@ from typing import Any
 from cryptography import x509
 
 from ..errors import EdgeError
-from ..uplink import protocol
+from ..uplink import protocol, signing_cert
 from ..uplink.tls import connect, endpoint, key_paths
 from .common import add_config_args, load_config
 
@@ -74,6 +74,17 @@ def check(cfg_args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
             peer = sock.getpeercert()
             report["tls"] = {"version": sock.version(), "cipher": (sock.cipher() or ("?",))[0]}
             report["csu_certificate_not_after"] = peer.get("notAfter") if peer else None
+
+        def request(
+            method: str, path: str, data: bytes | None, ctype: str | None
+        ) -> tuple[int, bytes]:
+            conn.request(method, path, body=data, headers={"Content-Type": ctype} if ctype else {})
+            answer = conn.getresponse()
+            return answer.status, answer.read()
+
+        # As edged does: the CSU may know this unit only through its evidence certificate.
+        presented = signing_cert.present(request, cfg.unit.id, cfg.unit.data_dir)
+        report["signing_certificate"] = presented
         conn.request("GET", protocol.cursor_path(cfg.unit.id))
         response = conn.getresponse()
         body = response.read()
@@ -95,8 +106,15 @@ def check(cfg_args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         report["result"] = f"the CSU answered {response.status}: {reason}"
         if "revoked" in reason:
             report["action"] = "this unit's certificate was revoked: edgectl enroll --renew"
+        elif "signing certificate" in reason:
+            report["action"] = "the CSU refused the evidence-signing certificate: " + (
+                "edgectl enroll --status; have the city's CA certify the signing key again"
+            )
         elif "not enrolled" in reason:
-            report["action"] = "ask the CSU to enrol this unit (its unit-signing.pub.pem)"
+            report["action"] = (
+                "install the evidence-signing certificate (edgectl enroll --install), which the "
+                "unit presents to the CSU itself, or ask the CSU to pin unit-signing.pub.pem"
+            )
         else:
             report["action"] = "give this answer to the CSU operators"
         return 2, report

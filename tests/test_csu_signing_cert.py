@@ -200,10 +200,26 @@ def test_the_unit_presents_its_certificate_by_itself(lab: Lab, tmp_path: Path) -
     client.start()
     try:
         wait_until(lambda: outbox.pending_count() == 0, 20, "the outbox to drain")
+        assert client.snapshot()["signing_certificate"] == "signing certificate accepted"
+        # Renewed on the unit while connected: presented again on the same connection.
+        renewed = lab.ca.sign_csr(csr)
+        enrolment.install_certificates(
+            keys, cert_pem(renewed) + lab.ca.chain_pem, unit_id, ca_data=lab.ca.chain_pem
+        )
+        end = time.time_ns()
+        outbox.add_segment(sealer.seal(b"init", b"w" * 800, start_ns=end - SEC, end_ns=end))
+        client.wake()
+        held = lab.registry / f"{unit_id}.crt"
+        wait_until(
+            lambda: x509.load_pem_x509_certificates(held.read_bytes())[0] == renewed,
+            20,
+            "the renewed certificate at the CSU",
+        )
+        wait_until(lambda: outbox.pending_count() == 0, 20, "the outbox to drain")
         snap = client.snapshot()
     finally:
         client.stop()
-    assert sorted(lab.csu.stored(unit_id, "cam1")) == [0, 1, 2]
+    assert sorted(lab.csu.stored(unit_id, "cam1")) == [0, 1, 2, 3]
     assert snap["counters"]["refused"] == 0
     assert (lab.registry / f"{unit_id}.crt").exists()
     assert not (lab.registry / f"{unit_id}.pem").exists()
@@ -221,7 +237,7 @@ def test_the_unit_presents_its_certificate_by_itself(lab: Lab, tmp_path: Path) -
     report = json.loads(out.stdout)
     assert out.returncode == 0 and report["result"] == "ok", report
     assert report["signing_certificate"] == "signing certificate already held"
-    assert report["csu_holds"]["cam1"]["count"] == 3
+    assert report["csu_holds"]["cam1"]["count"] == 4
 
 
 class _OpenGate:

@@ -117,6 +117,7 @@ class UplinkClient:
         self._last_ack_mono: float | None = None
         self._set_aside: set[tuple[str, str, int, bytes]] = set()
         self._backlog = policy.Backlog(0, 0, 0.0, 0.0)
+        self._certificate = signing_cert.Presenter(self.unit_id, cfg.unit.data_dir)
         up = cfg.uplink
         self._backoff = policy.Backoff(up.backoff_initial_s, up.backoff_max_s)
         self._scheduler = policy.Scheduler(
@@ -155,6 +156,8 @@ class UplinkClient:
                 "reason": self._reason,
                 "since_ns": self._since_ns,
                 "csu": self.cfg.uplink.csu_url,
+                # A str written by the uplink thread only: reading it needs no lock.
+                "signing_certificate": self._certificate.last,
                 "counters": dict(self._counters),
                 "backlog_s": self._backlog.seconds,
                 "last_ack_age_s": (
@@ -233,7 +236,7 @@ class UplinkClient:
             conn.sock.settimeout(self.cfg.uplink.request_timeout_s)
         self._conn = conn
         # Before the cursor: a unit the CSU does not know yet is enrolled by its certificate.
-        presented = signing_cert.present(self._request, self.unit_id, self.cfg.unit.data_dir)
+        presented = self._certificate.on_connect(self._request)
         self._set_state(UplinkState.SYNCING, f"TLS 1.3 established; {presented}; reading cursor")
         status, body = self._request("GET", protocol.cursor_path(self.unit_id), None, None)
         if status != 200:
@@ -300,6 +303,7 @@ class UplinkClient:
         while not self._stopping.is_set():
             if not self.gate.is_open():
                 raise UplinkError(f"802.1X gate closed: {self.gate.reason()}")
+            self._certificate.if_changed(self._request)
             if self.events is not None:
                 queued = self.events.pending(limit=1)
                 if queued:

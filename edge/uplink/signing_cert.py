@@ -68,6 +68,40 @@ def present(request: Request, unit_id: str, data_dir: Path) -> str:
     return f"signing certificate refused: {reason}"
 
 
+class Presenter:
+    """Presents the certificate at the start of each connection, and again on the same
+    connection when the file changes (``edgectl enroll --install`` of a renewed certificate),
+    so a long-lived connection never outlives the certificate it started with.
+
+    Used by the uplink thread only (no lock).
+    """
+
+    def __init__(self, unit_id: str, data_dir: Path) -> None:
+        self.unit_id = unit_id
+        self.data_dir = data_dir
+        self._path = keys_dir_of(data_dir) / evidence.SIGNING_CERT_NAME
+        self._presented: tuple[int, int] | None = None
+        self.last = "not presented yet"
+
+    def _stamp(self) -> tuple[int, int]:
+        try:
+            st = self._path.stat()
+        except OSError:
+            return (0, 0)
+        return (st.st_mtime_ns, st.st_size)
+
+    def on_connect(self, request: Request) -> str:
+        self._presented = self._stamp()
+        self.last = present(request, self.unit_id, self.data_dir)
+        return self.last
+
+    def if_changed(self, request: Request) -> None:
+        if self._stamp() != self._presented:
+            self._presented = self._stamp()
+            self.last = present(request, self.unit_id, self.data_dir)
+            log.info("uplink[%s] certificate file changed: %s", self.unit_id, self.last)
+
+
 def _error(body: bytes) -> str:
     try:
         doc = json.loads(body)

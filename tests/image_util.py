@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from image import layout
+from image import layout as layout
 from tests.conftest import REPO
 
 IMAGE = REPO / "image"
@@ -82,11 +82,34 @@ def parse_selfcheck(console: str) -> BootReport:
     return report
 
 
-def boot(target_name: str, out: Path, timeout: float) -> BootReport:
-    """Boot the sealed image (copy-on-write, the image stays pristine) until it powers off."""
+def boot(target_name: str, out: Path, timeout: float, grow: int = 1024 * layout.MIB) -> BootReport:
+    """Boot the sealed image until it powers off.
+
+    The disk is a copy-on-write overlay (the image stays pristine) ``grow`` bytes larger than
+    the image, like a card larger than the image: first boot should grow the data partition.
+    """
     target = layout.TARGETS[target_name]
     serial = out / "serial.log"
     serial.unlink(missing_ok=True)
+    image = out / f"edge-{target_name}.img"
+    overlay = out / "boot-overlay.qcow2"
+    overlay.unlink(missing_ok=True)
+    subprocess.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            str(image),
+            str(overlay),
+            str(image.stat().st_size + grow),
+        ],
+        check=True,
+    )
     cmdline = (out / "cmdline.txt").read_text().strip()
     cmd = [
         *target.qemu,
@@ -106,7 +129,7 @@ def boot(target_name: str, out: Path, timeout: float) -> BootReport:
         "-append",
         f"{cmdline} systemd.wants=edge-selfcheck.service edge.selfcheck=poweroff",
         "-drive",
-        f"file={out / f'edge-{target_name}.img'},format=raw,if=virtio,snapshot=on",
+        f"file={overlay},format=qcow2,if=virtio",
         # restrict=on: the guest reaches nothing beyond QEMU's own DHCP server.
         "-netdev",
         "user,id=n0,restrict=on",
@@ -124,6 +147,7 @@ def boot(target_name: str, out: Path, timeout: float) -> BootReport:
         proc.kill()
         proc.wait()
         powered_off = False
+    overlay.unlink(missing_ok=True)
     report = parse_selfcheck(serial.read_text(errors="replace") if serial.exists() else "")
     report.powered_off = powered_off
     report.seconds = time.monotonic() - started

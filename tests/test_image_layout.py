@@ -6,13 +6,15 @@ Pure functions checked without building anything; sfdisk judges the partition ta
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from image import layout
-from tests.conftest import tool
+from tests.conftest import require_root, tool
+from tests.image_util import BUILD
 
 GIB = 1024 * layout.MIB
 
@@ -103,3 +105,17 @@ def test_raspberry_pi_boot_files() -> None:
     assert "dtoverlay=disable-bt" in config
     assert "arm_64bit=1" in config
     assert "camera_auto_detect=1" in config
+
+
+def test_rpi_build_stops_clearly_without_the_raspberry_pi_archive() -> None:
+    require_root()
+    env = {k: v for k, v in os.environ.items() if k != "EDGE_RPI_SOURCES"}
+    proc = subprocess.run(
+        [*BUILD, "--target", "rpi", "--stage", "rootfs"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "EDGE_RPI_SOURCES" in proc.stderr

@@ -67,7 +67,8 @@ class ServeConfig(_Section):
     storage_dir: Path = Path("storage")
     """Where received sealed segments and events are stored (per unit / camera / sequence)."""
     registry_dir: Path = Path("units")
-    """Enrolled units: one ``<unit-id>.pem`` per unit holding its Ed25519 signing public key."""
+    """Enrolled units: ``<unit-id>.crt`` (evidence certificate, presented by the unit) or
+    ``<unit-id>.pem`` (a pinned Ed25519 signing public key, copied by hand)."""
     audit_log: Path = Path("audit.jsonl")
     """Append-only log of every viewing and export (who, what, when)."""
     authority_key_file: Path | None = None

@@ -193,9 +193,10 @@ class UnitRegistry:
     """Enrolled units and their signing keys, read from a directory, refreshed on change.
 
     ``ca_file`` (the receiver's client CA file) and ``crl`` enable the certificate form; without
-    them only pinned keys are trusted. Thread-safe: the lock protects the verdict cache and the
-    CA certificates; installs of certificates are serialised by it too (last writer wins is
-    not acceptable there: the "never older" rule compares with what is held).
+    them only pinned keys are trusted. Thread-safe: ``_lock`` protects the verdict cache and the
+    CA certificates (lookups come from the event loop and the store pool); ``_install_lock``
+    serialises installs of certificates (last writer wins is not acceptable there: the "never
+    older" rule compares with what is held).
     """
 
     def __init__(
@@ -211,6 +212,7 @@ class UnitRegistry:
         self.crl = crl
         self._clock = clock
         self._lock = threading.Lock()
+        self._install_lock = threading.Lock()
         self._cache: dict[str, _Cached] = {}
         self._ca_stamp: _Stamp | None = None
         self._ca_certs: list[x509.Certificate] = []
@@ -310,6 +312,9 @@ class UnitRegistry:
         now = self._clock()
         with self._lock:
             _, ca_certs = self._cas()
+        # Its own lock: path validation and the fsync'd write must not hold up other units'
+        # lookups, only other installs (the "never older" rule compares with what is held).
+        with self._install_lock:
             try:
                 held: bytes | None = crt.read_bytes()
             except FileNotFoundError:

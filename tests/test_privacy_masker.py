@@ -234,3 +234,46 @@ def test_pixelation_keeps_nothing_but_tile_means() -> None:
     luma, chroma = masker.luma_mask(), masker.chroma_mask()
     assert (a.y[luma] == b.y[luma]).all()
     assert (a.u[chroma] == b.u[chroma]).all() and (a.v[chroma] == b.v[chroma]).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    width=st.integers(1, 48).map(lambda n: 2 * n),
+    height=st.integers(1, 32).map(lambda n: 2 * n),
+    shapes=st.lists(
+        st.lists(st.tuples(st.floats(-0.2, 1.2), st.floats(-0.2, 1.2)), min_size=3, max_size=6),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_solid_apply_writes_exactly_the_planned_pixels(
+    width: int, height: int, shapes: list[list[tuple[float, float]]]
+) -> None:
+    """Several solid masks (side by side or overlapping, so in one column group or several):
+    the pixels apply() writes are exactly luma_mask() and chroma_mask(), in each plane."""
+    masker = PrivacyMasker(solid(*shapes), width, height)
+    frame = noise_frame(width, height, seed=width * height)
+    before = frame.copy()
+    masker.apply(frame)
+    luma = union_mask(shapes, width, height)
+    assert (masker.luma_mask() == luma).all()
+    assert (masker.chroma_mask() == chroma_of(luma)).all()
+    assert ((frame.y != before.y) == luma).all()
+    assert ((frame.u != before.u) == chroma_of(luma)).all()
+    assert ((frame.v != before.v) == chroma_of(luma)).all()
+
+
+def test_three_facades_at_4k_write_exactly_their_pixels() -> None:
+    facades = [
+        [(0.04, 0.10), (0.28, 0.14), (0.27, 0.60), (0.05, 0.63)],
+        [(0.37, 0.06), (0.61, 0.07), (0.62, 0.39), (0.36, 0.37)],
+        [(0.69, 0.24), (0.96, 0.14), (0.97, 0.72), (0.70, 0.67)],
+    ]
+    masker = PrivacyMasker(solid(*facades), 3840, 2160)
+    frame = noise_frame(3840, 2160, seed=5)
+    before = frame.copy()
+    masker.apply(frame)
+    luma, chroma = masker.luma_mask(), masker.chroma_mask()
+    assert (luma == union_mask(facades, 3840, 2160)).all()
+    assert ((frame.y != before.y) == luma).all()
+    assert ((frame.u != before.u) == chroma).all() and ((frame.v != before.v) == chroma).all()

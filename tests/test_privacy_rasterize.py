@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 
 from edge.privacy.rasterize import (
     chroma_of,
+    column_groups,
     plan_fill,
     plan_mask,
     polygon_mask,
@@ -280,3 +281,40 @@ def test_vertical_edges_give_identical_rows() -> None:
     plan = plan_fill(mask)
     assert len(plan.rects) == 1 and plan.scatter.size == 0
     assert len(plan_fill(chroma_of(mask)).rects) == 1
+
+
+def test_column_groups_split_at_unmasked_columns_and_merge_the_narrowest_gaps() -> None:
+    mask = np.zeros((4, 20), dtype=np.bool_)
+    mask[1, 0:2] = mask[2, 5:9] = mask[0, 10:11] = mask[3, 17:20] = True
+    assert column_groups(mask) == [(0, 2), (5, 9), (10, 11), (17, 20)]
+    # Gaps are 3, 1 and 6 columns: the 1-column gap goes first, then the 3-column one.
+    assert column_groups(mask, max_groups=3) == [(0, 2), (5, 11), (17, 20)]
+    assert column_groups(mask, max_groups=2) == [(0, 11), (17, 20)]
+    assert column_groups(mask, max_groups=1) == [(0, 20)]
+    assert column_groups(np.zeros((3, 5), dtype=np.bool_)) == []
+
+
+def test_side_by_side_masks_are_banded_independently() -> None:
+    # Slanted quadrilaterals in separate columns step at different rows; planned together,
+    # each band would be cut wherever either steps. Planned apart, the union's plan is the
+    # plans of the parts put together.
+    left = union_mask([[(0.04, 0.10), (0.28, 0.14), (0.27, 0.60), (0.05, 0.63)]], 1920, 1080)
+    right = union_mask([[(0.69, 0.24), (0.96, 0.14), (0.97, 0.72), (0.70, 0.67)]], 1920, 1080)
+    both = plan_fill(left | right)
+    a, b = plan_fill(left), plan_fill(right)
+    assert sorted(both.rects) == sorted(a.rects + b.rects)
+    assert (both.scatter == np.sort(np.concatenate((a.scatter, b.scatter)))).all()
+    assert (plan_mask(both, 1080, 1920) == (left | right)).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(size=sizes, shapes=st.lists(polygons, min_size=1, max_size=4), groups=st.integers(1, 4))
+def test_fill_plan_is_exact_whatever_the_column_grouping(
+    size: tuple[int, int], shapes: list[Points], groups: int
+) -> None:
+    width, height = size
+    mask = union_mask(shapes, width, height)
+    plan = plan_fill(mask, max_groups=groups)
+    assert (plan_mask(plan, height, width) == mask).all()
+    covered = sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in plan.rects) + plan.scatter.size
+    assert covered == plan.pixels == mask.sum(), "rectangles and scatter overlap"

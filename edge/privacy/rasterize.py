@@ -17,8 +17,10 @@ masked when any of those four is (:func:`chroma_of`), so no colour leaks at the 
 Applying a mask must cost far less than copying the frame, so :func:`plan_fill` turns a boolean
 mask into a :class:`FillPlan`: rectangles (one numpy slice assignment each) for the bulk, and one
 array of flat indices (one fancy assignment for all of them) for the ragged pixels along slanted
-edges. Rows are grouped into bands greedily by a cost model of those two operations (see
-:data:`SLICE_COST_PX`), which is what keeps the per-row Python overhead of a 2160-row frame away.
+edges. Masks in separate columns are planned apart (:func:`column_groups`), so the steps of one
+do not cut the bands of another; within each, rows are grouped into bands greedily by a cost
+model of those two operations (see :data:`SLICE_COST_PX`), which is what keeps the per-row
+Python overhead of a 2160-row frame away.
 """
 
 from __future__ import annotations
@@ -33,13 +35,16 @@ BoolPlane = npt.NDArray[np.bool_]
 Index = npt.NDArray[np.intp]
 
 #: Cost of one slice assignment expressed in pixels written by a fancy (index) assignment.
-#: Measured with numpy 2 on x86-64: a 2-D slice assignment costs ~0.3 µs of interpreter and
-#: dispatch overhead, a fancy assignment ~1 ns per pixel, so ~300 scattered pixels cost as much
-#: as one more rectangle. The figure only steers the banding; any value in 100..1000 works.
-SLICE_COST_PX = 300
+#: With numpy 2 on x86-64 and the frame in cache, a rectangle costs ~0.3 µs of interpreter and
+#: dispatch overhead and a scattered pixel ~1 ns, which suggests ~300. But a frame just written
+#: by the decoder (or by the bench's memcpy) is in L3, not L1/L2: a scattered pixel then also
+#: pays for fetching its cache line, which the rectangle of its row will fetch again, so fewer
+#: scattered pixels win. 150 measured best at 4K (100..300 within a few per cent; 60 and 30
+#: lose to the extra rectangles).
+SLICE_COST_PX = 150
 
 #: A ragged run at least this long is written as its own 1-row rectangle, not scattered.
-LONG_RUN_PX = SLICE_COST_PX
+LONG_RUN_PX = 300
 
 
 def to_pixels(
@@ -209,8 +214,56 @@ class FillPlan:
         return len(self.rects) + (1 if self.scatter.size else 0)
 
 
-def plan_fill(mask: BoolPlane) -> FillPlan:
-    """Group the rows of ``mask`` into bands and split each band into rectangles + scatter.
+#: Most column groups :func:`plan_fill` bands separately (see there); more are merged.
+MAX_GROUPS = 16
+
+
+def column_groups(mask: BoolPlane, max_groups: int = MAX_GROUPS) -> list[tuple[int, int]]:
+    """``[c0, c1)`` column ranges holding masked pixels, split at fully unmasked columns.
+
+    Masks side by side (three façades) step at different rows; banding them together would cut
+    every band at the union of their steps. When there are more than ``max_groups`` ranges, the
+    ones separated by the narrowest gaps are joined (a comb of thin stripes must not turn the
+    build into thousands of row scans).
+    """
+    groups = runs(np.asarray(mask.any(axis=0), dtype=np.bool_))
+    while len(groups) > max(1, max_groups):
+        gaps = [groups[i + 1][0] - groups[i][1] for i in range(len(groups) - 1)]
+        k = gaps.index(min(gaps))
+        groups[k : k + 2] = [(groups[k][0], groups[k + 1][1])]
+    return groups
+
+
+def plan_fill(
+    mask: BoolPlane, *, slice_cost: int = SLICE_COST_PX, max_groups: int = MAX_GROUPS
+) -> FillPlan:
+    """Split ``mask`` into rectangles + scatter, each group of columns on its own.
+
+    Column ranges separated by unmasked columns (:func:`column_groups`) are planned separately:
+    within each, rows are grouped into bands and every band split by :func:`_plan_group`.
+    ``slice_cost`` is the price of one rectangle in scattered pixels (:data:`SLICE_COST_PX`),
+    ``max_groups`` bounds the number of column groups (:data:`MAX_GROUPS`).
+    """
+    w = mask.shape[1]
+    rects: list[tuple[int, int, int, int]] = []
+    scatter: list[Index] = []
+    for c0, c1 in column_groups(mask, max_groups):
+        _plan_group(mask[:, c0:c1], c0, w, slice_cost, rects, scatter)
+    merged = _merge_vertical(rects)
+    idx = np.sort(np.concatenate(scatter)) if scatter else np.zeros(0, dtype=np.intp)
+    return FillPlan(tuple(merged), idx, int(np.count_nonzero(mask)))
+
+
+def _plan_group(
+    mask: BoolPlane,
+    col0: int,
+    width: int,
+    slice_cost: int,
+    rects: list[tuple[int, int, int, int]],
+    scatter: list[Index],
+) -> None:
+    """Group the rows of ``mask`` (columns ``col0..`` of a plane ``width`` wide) into bands and
+    split each band into rectangles + scatter, appended to ``rects`` and ``scatter``.
 
     A band of rows contributes one rectangle per column run masked in *all* its rows; pixels
     masked in only some rows are ragged and go to the scatter (or to 1-row rectangles when
@@ -218,26 +271,25 @@ def plan_fill(mask: BoolPlane) -> FillPlan:
     identical rows (vertical edges) merge into tall rectangles and slanted edges get bands whose
     height balances rectangle count against scattered pixels.
     """
-    h, w = mask.shape
+    h = mask.shape[0]
     row_px = mask.sum(axis=1)
-    rects: list[tuple[int, int, int, int]] = []
-    scatter: list[Index] = []
 
     def n_runs(row: BoolPlane) -> int:
         return int(np.count_nonzero(np.diff(row.astype(np.int8)) == 1) + (1 if row[0] else 0))
 
     def emit(r0: int, r1: int, full: BoolPlane) -> None:
         for c0, c1 in runs(full):
-            rects.append((r0, r1, c0, c1))
+            rects.append((r0, r1, c0 + col0, c1 + col0))
         ragged = mask[r0:r1] & ~full
         if not ragged.any():
             return
         for r in range(r0, r1):
             for c0, c1 in runs(ragged[r - r0]):
                 if c1 - c0 >= LONG_RUN_PX:
-                    rects.append((r, r + 1, c0, c1))
+                    rects.append((r, r + 1, c0 + col0, c1 + col0))
                 else:
-                    scatter.append(np.arange(r * w + c0, r * w + c1, dtype=np.intp))
+                    start = r * width + col0
+                    scatter.append(np.arange(start + c0, start + c1, dtype=np.intp))
 
     r = 0
     while r < h:
@@ -246,26 +298,21 @@ def plan_fill(mask: BoolPlane) -> FillPlan:
             continue
         r0 = r
         full = mask[r].copy()
-        anyv = mask[r].copy()
         total = int(row_px[r])
-        cost = n_runs(full) * SLICE_COST_PX
+        cost = n_runs(full) * slice_cost
         r += 1
         while r < h and row_px[r] > 0:
             nfull = full & mask[r]
-            nany = anyv | mask[r]
             ntotal = total + int(row_px[r])
             k = r - r0 + 1
             ragged = ntotal - k * int(nfull.sum())
-            ncost = (n_runs(nfull) if nfull.any() else 0) * SLICE_COST_PX + ragged
+            ncost = (n_runs(nfull) if nfull.any() else 0) * slice_cost + ragged
             # Extend while the cost per row does not grow (k-1 rows cost `cost` so far).
             if ncost * (k - 1) > cost * k:
                 break
-            full, anyv, total, cost = nfull, nany, ntotal, ncost
+            full, total, cost = nfull, ntotal, ncost
             r += 1
         emit(r0, r, full)
-    merged = _merge_vertical(rects)
-    idx = np.concatenate(scatter) if scatter else np.zeros(0, dtype=np.intp)
-    return FillPlan(tuple(merged), idx, int(row_px.sum()))
 
 
 def _merge_vertical(

@@ -6,7 +6,9 @@ about a third of the frame. Each repetition masks the frame once and copies it o
 medians give ``mask_vs_memcpy``. Pixelation and a worst case (a long thin diagonal band, whose
 every row is ragged) are timed the same way and reported beside it, as is one upright
 rectangle of the same area (``rectangle_*``: writing the pixels alone, the floor any method
-pays) and a 64-sided disc of that area (``disc_*``: slanted edges at every angle).
+pays), three upright rectangles of that area side by side (``columns_*``: the floor for three
+masks, whose rows are three runs each) and a 64-sided disc of that area (``disc_*``: slanted
+edges at every angle).
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ FACADES: list[list[tuple[float, float]]] = [
 
 #: The same area as one upright rectangle: the cost of writing the pixels alone (the floor).
 RECTANGLE: list[tuple[float, float]] = [(0.1, 0.1), (0.65, 0.1), (0.65, 0.7), (0.1, 0.7)]
+
+#: Three upright rectangles, 0.2 × 0.55 each, side by side: the same area and rows of three
+#: runs, as the facades have, with no slanted edge.
+COLUMNS: list[list[tuple[float, float]]] = [
+    [(x, 0.1), (x + 0.2, 0.1), (x + 0.2, 0.65), (x, 0.65)] for x in (0.05, 0.4, 0.75)
+]
 
 #: Edges at every angle: a 64-sided disc of the same area (every row ragged at both ends).
 DISC: list[tuple[float, float]] = [
@@ -103,6 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ("pixelate_", FACADES, MaskFill.PIXELATE),
         ("worst_case_", [DIAGONAL], MaskFill.SOLID),
         ("rectangle_", [RECTANGLE], MaskFill.SOLID),
+        ("columns_", COLUMNS, MaskFill.SOLID),
         ("disc_", [DISC], MaskFill.SOLID),
     ]
     for prefix, polygons, fill in cases:

@@ -243,6 +243,19 @@ def uplink_findings(daemon: dict[str, Any]) -> list[Finding]:
                 "when the link returns",
             )
         )
+    presented = str(uplink.get("signing_certificate") or "")
+    if presented.startswith("signing certificate refused"):
+        out.append(
+            Finding(
+                "uplink",
+                Level.FAILING,
+                "CSU refuses the evidence certificate",
+                f"the CSU {presented[len('signing certificate ') :]}: it will not accept "
+                "this unit's segments",
+                "check `edgectl enroll --status`, install a valid evidence certificate, then "
+                "`edgectl uplink check`",
+            )
+        )
     return out
 
 

@@ -210,3 +210,15 @@ def test_enrolment_certificates() -> None:
         "warning": "unit certificate expired on 2026-10-01: renew with edgectl enroll",
     }
     assert ("enrolment", Level.FAILING) in {(s, lvl) for s, lvl, _, _ in problems(status)}
+
+
+def test_csu_refusing_the_evidence_certificate_is_failing() -> None:
+    status = healthy()
+    status["daemon"]["uplink"] = {
+        "state": "streaming",
+        "backlog_s": 0,
+        "signing_certificate": "signing certificate refused: revoked for key compromise",
+    }
+    [(section, level, cause, action)] = problems(status)
+    assert (section, level) == ("uplink", Level.FAILING)
+    assert "revoked for key compromise" in cause and "edgectl enroll --status" in action

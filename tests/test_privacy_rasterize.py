@@ -23,11 +23,13 @@ from PIL import Image, ImageDraw
 from edge.privacy.rasterize import (
     chroma_of,
     column_groups,
+    pack_words,
     plan_fill,
     plan_mask,
     polygon_mask,
     to_pixels,
     union_mask,
+    word_mask,
 )
 
 Bool = npt.NDArray[np.bool_]
@@ -318,3 +320,36 @@ def test_fill_plan_is_exact_whatever_the_column_grouping(
     assert (plan_mask(plan, height, width) == mask).all()
     covered = sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in plan.rects) + plan.scatter.size
     assert covered == plan.pixels == mask.sum(), "rectangles and scatter overlap"
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    size=st.integers(1, 200),
+    density=st.floats(0.0, 1.0),
+    runs_of=st.integers(1, 40),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_word_plan_writes_exactly_the_scattered_bytes(
+    size: int, density: float, runs_of: int, seed: int
+) -> None:
+    # Runs of random length at random places, as ragged edges give, plus isolated bytes.
+    rng = np.random.default_rng(seed)
+    flat = np.repeat(rng.random(-(-size // runs_of)) < density, runs_of)[:size]
+    flat |= rng.random(size) < density * 0.1
+    scatter = np.flatnonzero(flat).astype(np.intp)
+    plan = pack_words(scatter)
+    assert (word_mask(plan, size) == flat).all()
+    for word, idx in plan:
+        assert ((idx + 1) * word <= size).all(), "every word lies inside the buffer"
+    written = sum(word * idx.size for word, idx in plan)
+    assert written == scatter.size, "no byte is written twice"
+
+
+def test_word_plan_packs_runs_into_wide_words() -> None:
+    scatter = np.arange(5, 37, dtype=np.intp)  # bytes 5..36: 8-byte words 1..3, then the ends
+    plan = dict(pack_words(scatter))
+    assert plan[8].tolist() == [1, 2, 3]
+    assert plan[4].tolist() == [8]  # bytes 32..35
+    assert plan[2].tolist() == [3]  # bytes 6..7
+    assert plan[1].tolist() == [5, 36]
+    assert pack_words(np.zeros(0, dtype=np.intp))[-1][1].size == 0

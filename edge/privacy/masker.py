@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -109,6 +110,24 @@ def _tile_rects(grid: BoolPlane, block: int, region: BoolPlane) -> list[_TileRec
     return out
 
 
+#: Unsigned integer type of each word size of :func:`rasterize.pack_words`.
+_WORD_TYPES: dict[int, type[np.unsignedinteger[Any]]] = {
+    8: np.uint64,
+    4: np.uint32,
+    2: np.uint16,
+    1: np.uint8,
+}
+
+
+def _write_words(data: npt.NDArray[np.uint8], plan: rasterize.WordPlan, value: int) -> None:
+    """Write ``value`` into every byte a word plan names (one fancy assignment per word size)."""
+    for size, idx in plan:
+        if idx.size:
+            # The word repeating the byte value; a view of the whole words of the buffer.
+            word = _WORD_TYPES[size](int.from_bytes(bytes([value]) * size, "little"))
+            data[: data.size // size * size].view(_WORD_TYPES[size])[idx] = word
+
+
 def effective_tile(mask: PrivacyMaskConfig) -> int:
     """Pixelation tile size actually used: ``pixel_size`` rounded up to even."""
     return mask.pixel_size + (mask.pixel_size % 2)
@@ -141,8 +160,9 @@ class PrivacyMasker:
         )
         claimed_luma = solid.copy()
         claimed_chroma = rasterize.chroma_of(solid)
-        self._luma_plan = rasterize.plan_fill(solid)
-        self._chroma_plan = rasterize.plan_fill(claimed_chroma)
+        cost = rasterize.PACKED_SLICE_COST_PX
+        self._luma_plan = rasterize.plan_fill(solid, slice_cost=cost)
+        self._chroma_plan = rasterize.plan_fill(claimed_chroma, slice_cost=cost)
         self._luma_slices = [(slice(a, b), slice(c, d)) for a, b, c, d in self._luma_plan.rects]
         self._uv_slices = [
             (slice(None), slice(a, b), slice(c, d)) for a, b, c, d in self._chroma_plan.rects
@@ -158,6 +178,9 @@ class PrivacyMasker:
                 self._chroma_plan.scatter + luma_size + chroma_size,
             )
         )
+        # The scatter as aligned words where whole words are masked (see pack_words).
+        self._luma_words = rasterize.pack_words(self._luma_scatter)
+        self._chroma_words = rasterize.pack_words(self._chroma_scatter)
         self._luma_tiles: list[_TileRect] = []
         self._chroma_tiles: list[_TileRect] = []
         tiles = sorted({effective_tile(m) for m in self.masks if m.fill == MaskFill.PIXELATE})
@@ -207,9 +230,11 @@ class PrivacyMasker:
     @property
     def operations(self) -> int:
         """Numpy operations one :meth:`apply` performs (a measure of its fixed overhead)."""
+        words = sum(1 for plan in (self._luma_words, self._chroma_words) for _, i in plan if i.size)
         return (
-            self._luma_plan.operations
-            + self._chroma_plan.operations
+            len(self._luma_slices)
+            + len(self._uv_slices)
+            + words
             + len(self._luma_tiles)
             + 2 * len(self._chroma_tiles)
         )
@@ -236,12 +261,10 @@ class PrivacyMasker:
         # cache lines at the edges of the rectangles, which are then still cached when the
         # rectangles are written (the other order fetches those lines twice). ``view.fill``
         # costs less interpreter time than ``view[...] = value``.
-        if self._luma_scatter.size:
-            data[self._luma_scatter] = MASK_LUMA
+        _write_words(data, self._luma_words, MASK_LUMA)
         for sl in self._luma_slices:
             luma[sl].fill(MASK_LUMA)
-        if self._chroma_scatter.size:
-            data[self._chroma_scatter] = MASK_CHROMA
+        _write_words(data, self._chroma_words, MASK_CHROMA)
         for uv_sl in self._uv_slices:
             uv[uv_sl].fill(MASK_CHROMA)
         for tile in self._luma_tiles:

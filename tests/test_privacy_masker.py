@@ -236,15 +236,16 @@ def test_pixelation_keeps_nothing_but_tile_means() -> None:
     assert (a.u[chroma] == b.u[chroma]).all() and (a.v[chroma] == b.v[chroma]).all()
 
 
+# Configured coordinates are decimals: six places, as in tests/test_privacy_rasterize.py.
+coord = st.floats(-0.2, 1.2).map(lambda v: round(v, 6))
+polygon = st.lists(st.tuples(coord, coord), min_size=3, max_size=6)
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     width=st.integers(1, 48).map(lambda n: 2 * n),
     height=st.integers(1, 32).map(lambda n: 2 * n),
-    shapes=st.lists(
-        st.lists(st.tuples(st.floats(-0.2, 1.2), st.floats(-0.2, 1.2)), min_size=3, max_size=6),
-        min_size=1,
-        max_size=4,
-    ),
+    shapes=st.lists(polygon, min_size=1, max_size=4),
 )
 def test_solid_apply_writes_exactly_the_planned_pixels(
     width: int, height: int, shapes: list[list[tuple[float, float]]]
@@ -277,3 +278,20 @@ def test_three_facades_at_4k_write_exactly_their_pixels() -> None:
     assert (luma == union_mask(facades, 3840, 2160)).all()
     assert ((frame.y != before.y) == luma).all()
     assert ((frame.u != before.u) == chroma).all() and ((frame.v != before.v) == chroma).all()
+
+
+@pytest.mark.parametrize("offset", [1, 3, 6])
+def test_a_frame_buffer_not_aligned_to_words_is_masked_exactly(offset: int) -> None:
+    """Decoders hand over buffers at any address: the packed words must not care."""
+    width, height = 96, 64
+    masker = PrivacyMasker(solid(FACADE, SLIVER), width, height)
+    backing = np.zeros(i420_size(width, height) + 8, dtype=np.uint8)
+    data = backing[offset : offset + i420_size(width, height)]
+    data[...] = noise_frame(width, height, seed=offset).data
+    frame = Frame(data, width, height, 0, 0, 0)
+    before = frame.copy()
+    masker.apply(frame)
+    luma, chroma = masker.luma_mask(), masker.chroma_mask()
+    assert ((frame.y != before.y) == luma).all()
+    assert ((frame.u != before.u) == chroma).all() and ((frame.v != before.v) == chroma).all()
+    assert (backing[:offset] == 0).all() and (backing[offset + data.size :] == 0).all()

@@ -257,10 +257,10 @@ class PrivacyMasker:
         data = frame.data
         luma = frame.y
         uv = data[self.width * self.height :].reshape(2, self.height // 2, self.width // 2)
-        # Per plane, the scattered pixels first, then the rectangles: the scatter touches the
-        # cache lines at the edges of the rectangles, which are then still cached when the
-        # rectangles are written (the other order fetches those lines twice). ``view.fill``
-        # costs less interpreter time than ``view[...] = value``.
+        # Per plane, the scattered pixels first, then the rectangles: they share cache lines at
+        # the rectangles' edges, and this order measured as fast or a little faster than the
+        # other. ``view.fill`` costs less interpreter time than ``view[...] = value``. The words
+        # need no alignment of the buffer: numpy writes unaligned words correctly.
         _write_words(data, self._luma_words, MASK_LUMA)
         for sl in self._luma_slices:
             luma[sl].fill(MASK_LUMA)

@@ -7,6 +7,7 @@ playbook runs the image's Python under qemu-user too, and the boot is QEMU `virt
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,12 @@ def test_arm64_image_provisions_idempotently_and_boots_into_edged(
         second = image_util.provision(TARGET, out)
         assert first.failed == 0 and first.changed > 10
         assert second.changed == 0, second.log[-3000:]
+        nft = subprocess.run(
+            [tool("nft"), "-c", "-f", str(out / TARGET / "root/etc/nftables.conf")],
+            capture_output=True,
+            text=True,
+        )
+        assert nft.returncode == 0, nft.stderr
         # Native wheels must be the target's: an amd64 wheel in an arm64 venv fails only at boot.
         site = next((out / TARGET / "root/opt/edge/venv/lib").glob("python3*/site-packages"))
         assert list(site.glob("numpy/_core/*aarch64*.so")), "numpy is not built for arm64"

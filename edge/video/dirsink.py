@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import VaultError
+from ..unitkeys import fsync_dir
 from .base import MediaSegment, SegmentSink
 
 log = logging.getLogger(__name__)
@@ -43,14 +44,6 @@ SEGMENT_RE = re.compile(r"^seg-(\d{8,})\.m4s$")
 #: Camera ids as the configuration allows them (they name directories).
 CAMERA_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 TEMP_SUFFIX = ".tmp"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -70,7 +63,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         finally:
             os.close(fd)
         tmp.replace(path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -91,7 +84,7 @@ def _make_dirs(path: Path) -> None:
             continue
         except OSError as exc:
             raise VaultError(f"creating {d}: {exc.strerror or exc}") from exc
-        _fsync_dir(d.parent)
+        fsync_dir(d.parent)
 
 
 def remove_stale_temps(directory: Path) -> int:

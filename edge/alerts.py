@@ -45,34 +45,26 @@ class AlertHub:
         with self._lock:
             if (kind, camera) in self._active:
                 return
-        event = self._signer.sign(
-            camera=camera,
-            category="alert",
-            kind=kind,
-            rule="unit",
-            wall_ns=time.time_ns(),
-            frame_index=-1,
-            details={"message": message, **details},
-            state="raised",
-        )
-        self.publish(event)
+        self.publish(self._sign(kind, camera, "raised", {"message": message, **details}))
 
     def clear_alert(self, kind: str, camera: str, message: str) -> None:
         """A condition ends; clearing one that is not active does nothing."""
         with self._lock:
             if (kind, camera) not in self._active:
                 return
-        event = self._signer.sign(
+        self.publish(self._sign(kind, camera, "cleared", {"message": message}))
+
+    def _sign(self, kind: str, camera: str, state: str, details: dict[str, Any]) -> SignedEvent:
+        return self._signer.sign(
             camera=camera,
             category="alert",
             kind=kind,
             rule="unit",
             wall_ns=time.time_ns(),
             frame_index=-1,
-            details={"message": message},
-            state="cleared",
+            details=details,
+            state=state,
         )
-        self.publish(event)
 
     def publish(self, event: SignedEvent) -> None:
         """Record an event (ours or the analytics process's) and hand it to every listener."""

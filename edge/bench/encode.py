@@ -19,7 +19,14 @@ import numpy as np
 
 from ..config import EncoderConfig
 from ..frames import Frame
-from .ffmpeg_cli import ffmpeg_path, ffmpeg_version, run_measured, self_cpu_s, x264_cli_args
+from .ffmpeg_cli import (
+    add_encoder_arguments,
+    ffmpeg_path,
+    ffmpeg_version,
+    run_measured,
+    self_cpu_s,
+    x264_cli_args,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,15 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=1080, help="frame height (default 1080)")
     parser.add_argument("--fps", type=float, default=25.0, help="frame rate (default 25)")
     parser.add_argument("--frames", type=int, default=100, help="frames to encode (default 100)")
-    parser.add_argument(
-        "--preset", default=EncoderConfig().preset, help="libx264 preset (default: config's)"
-    )
-    parser.add_argument(
-        "--bitrate-kbps", type=int, default=EncoderConfig().bitrate_kbps, help="bit rate"
-    )
-    parser.add_argument(
-        "--segment-seconds", type=float, default=EncoderConfig().segment_seconds, help="segment"
-    )
+    add_encoder_arguments(parser)
 
 
 def synthetic_frames(width: int, height: int, count: int, fps: float, seed: int = 7) -> list[Frame]:

@@ -6,6 +6,7 @@ recorder uses (:func:`edge.video.encoder.x264_options`) and a forced IDR every s
 
 from __future__ import annotations
 
+import argparse
 import resource
 import shutil
 import subprocess
@@ -84,3 +85,16 @@ def run_measured(cmd: list[str], *, timeout_s: float = 900) -> Measured:
         raise EdgeError(f"{cmd[0]} failed ({proc.returncode}): {' / '.join(tail)}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return Measured(wall, cpu)
+
+
+def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
+    """The encoder settings both sides of a comparison use (defaults: the configuration's)."""
+    parser.add_argument(
+        "--preset", default=EncoderConfig().preset, help="libx264 preset (default: config's)"
+    )
+    parser.add_argument(
+        "--bitrate-kbps", type=int, default=EncoderConfig().bitrate_kbps, help="bit rate"
+    )
+    parser.add_argument(
+        "--segment-seconds", type=float, default=EncoderConfig().segment_seconds, help="segment"
+    )

@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 
 from ..config import EncoderConfig, PrivacyMaskConfig
-from .ffmpeg_cli import ffmpeg_path, ffmpeg_version, run_measured, self_cpu_s, x264_cli_args
+from .ffmpeg_cli import (
+    add_encoder_arguments,
+    ffmpeg_path,
+    ffmpeg_version,
+    run_measured,
+    self_cpu_s,
+    x264_cli_args,
+)
 
 #: Masks of the benchmark: a façade window band, a concave shop front and a small sign
 #: (about a fifth of the frame, as on a typical street camera).
@@ -46,15 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=1080, help="clip height (default 1080)")
     parser.add_argument("--fps", type=int, default=25, help="clip frame rate (default 25)")
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length (default 10)")
-    parser.add_argument(
-        "--preset", default=EncoderConfig().preset, help="libx264 preset (default: config's)"
-    )
-    parser.add_argument(
-        "--bitrate-kbps", type=int, default=EncoderConfig().bitrate_kbps, help="bit rate"
-    )
-    parser.add_argument(
-        "--segment-seconds", type=float, default=EncoderConfig().segment_seconds, help="segment"
-    )
+    add_encoder_arguments(parser)
 
 
 def _make_clip(path: Path, args: argparse.Namespace) -> None:

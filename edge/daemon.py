@@ -104,6 +104,7 @@ class Daemon:
         self.door: DoorMonitor | None = None
         self.analytics: dict[str, AnalyticsBridge] = {}
         self.mqtt: MqttPublisher | None = None
+        self.event_spool: EventSpool | None = None
         self.hotplug: HotplugMonitor | None = None
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -133,6 +134,11 @@ class Daemon:
             unitkeys.keys_dir_of(self.cfg.unit.data_dir)
         )
         self.alerts = AlertHub(EventSigner(signing_key, self.cfg.unit.id))
+        if self.cfg.uplink.enabled:
+            # Events wait in a durable spool and go to the CSU before any video; the spool
+            # listens from the start so no alarm raised before the uplink is up is lost.
+            self.event_spool = EventSpool(self.cfg.unit.data_dir / "uplink" / "events")
+            self.alerts.add_listener(functools.partial(_spool_event, self.event_spool))
         if self.cfg.analytics.mqtt.enabled:
             self.mqtt = MqttPublisher.from_config(self.cfg)
             self.mqtt.start()
@@ -227,11 +233,8 @@ class Daemon:
         except EdgeError as exc:
             log.error("uplink not started: %s", exc)
             return
-        # Events wait in a durable spool and go to the CSU before any video.
-        spool = EventSpool(self.cfg.unit.data_dir / "uplink" / "events")
-        if self.alerts is not None:
-            self.alerts.add_listener(functools.partial(_spool_event, spool))
-        self.uplink = UplinkClient(self.cfg, outbox, gate, events=spool)
+        assert self.event_spool is not None
+        self.uplink = UplinkClient(self.cfg, outbox, gate, events=self.event_spool)
         self.extra_selftests.append(("csu", selftest.csu_check(self.cfg, gate), 20.0))
         self.uplink.start()
 

@@ -6,7 +6,9 @@ Stages (each can be run alone; ``all`` runs them in order):
 rootfs     Debian bookworm with mmdebstrap from image/packages/*.txt, cached as a tarball under
            image/cache/ keyed on the package list, the architecture and the apt sources.
 unpack     the cached tarball into image/out/TARGET/root.
-wheels     a wheel of this repository and its dependencies for the target's architecture.
+wheels     a wheel of this repository and its dependencies for the target's architecture (with
+           the extras the role variables ask for, e.g. analytics), and the pinned analytics
+           models fetched on this machine and checked against their SHA-256 (image/models.py).
 provision  ansible/playbooks/provision-image.yml through the chroot connection.
 seal       read-only root, /var split to the data partition, A/B slots, partition image, .bmap,
            kernel and initrd beside it, manifest.json (packages and versions, inputs, hashes).
@@ -33,7 +35,7 @@ from pathlib import Path
 
 # Run as a script (make image): make the repository importable for `image.layout`.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from image import layout, seal
+from image import layout, models, seal
 
 log = logging.getLogger("image")
 
@@ -178,8 +180,9 @@ def stage_unpack(target: layout.Target, tarball: Path) -> Path:
     return root
 
 
-def _wheel_requirements(wheel: Path) -> list[str]:
-    """Unconditional requirements of the package wheel, less what the distribution provides."""
+def _wheel_requirements(wheel: Path, extras: tuple[str, ...] = ()) -> list[str]:
+    """Requirements of the package wheel (unconditional, and those of ``extras``), less what
+    the distribution provides."""
     import zipfile
 
     with zipfile.ZipFile(wheel) as zf:
@@ -191,7 +194,9 @@ def _wheel_requirements(wheel: Path) -> list[str]:
             continue
         req = line.split(":", 1)[1].strip()
         if ";" in req and "extra" in req.split(";", 1)[1]:
-            continue
+            marker = req.split(";", 1)[1].replace('"', "'").replace(" ", "")
+            if not any(f"extra=='{extra}'" in marker for extra in extras):
+                continue
         name = req.split(";")[0].strip()
         base = name.split("[")[0]
         for op in "<>=!~ (":
@@ -200,6 +205,41 @@ def _wheel_requirements(wheel: Path) -> list[str]:
             continue
         reqs.append(name)
     return reqs
+
+
+def role_vars(target: layout.Target) -> dict[str, object]:
+    """The role variables the build itself needs: the profile's, then each EDGE_IMAGE_VARS file's
+    (a later file replaces a variable, as ansible-playbook -e does)."""
+    import yaml  # ships with ansible, which the build needs anyway
+
+    merged: dict[str, object] = {}
+    files = [_profile_vars(target)]
+    files += [Path(p) for p in os.environ.get("EDGE_IMAGE_VARS", "").split(":") if p]
+    for path in files:
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise SystemExit(f"image: {path} must hold a mapping of role variables")
+        merged.update(data)
+    return merged
+
+
+def _extras(target: layout.Target) -> tuple[str, ...]:
+    raw = role_vars(target).get("edge_daemon_extras") or []
+    if not isinstance(raw, list) or not all(isinstance(e, str) for e in raw):
+        raise SystemExit("image: edge_daemon_extras must be a list of extra names")
+    return tuple(sorted(raw))
+
+
+def stage_models(target: layout.Target) -> Path:
+    """Fetches the pinned models of the role variables into the cache and stages them for the
+    role (edge_daemon_models_dir); a wrong digest stops the build."""
+    dest = OUT / target.name / "models"
+    try:
+        specs = models.parse_specs(role_vars(target).get("edge_daemon_models"))
+        models.stage(specs, CACHE / "models", dest)
+    except models.ModelError as exc:
+        raise SystemExit(f"image: {exc}") from None
+    return dest
 
 
 def stage_wheels(target: layout.Target) -> tuple[Path, str]:
@@ -212,7 +252,7 @@ def stage_wheels(target: layout.Target) -> tuple[Path, str]:
     run([py, "-m", "pip", "wheel", "--no-deps", "-q", str(REPO), "-w", str(house)])
     wheel = next(house.glob("edge-*.whl"))
     version = wheel.name.split("-")[1]
-    reqs = [*sorted(_wheel_requirements(wheel)), "pip"]
+    reqs = [*sorted(_wheel_requirements(wheel, _extras(target))), "pip"]
     key = hashlib.sha256(json.dumps([target.arch, reqs]).encode()).hexdigest()[:16]
     deps = CACHE / f"wheels-{target.arch}-{key}"
     if not deps.exists():
@@ -243,6 +283,7 @@ def stage_wheels(target: layout.Target) -> tuple[Path, str]:
             shutil.copy(whl, house / "pip.pyz")  # run from its wheel, never installed
         else:
             shutil.copy(whl, house / whl.name)
+    stage_models(target)
     return house, version
 
 
@@ -278,7 +319,13 @@ def stage_provision(target: layout.Target, root: Path, house: Path, version: str
         "-e",
         f"@{_profile_vars(target)}",
         "-e",
-        json.dumps({"edge_daemon_wheelhouse": str(house), "edge_daemon_version": version}),
+        json.dumps(
+            {
+                "edge_daemon_wheelhouse": str(house),
+                "edge_daemon_version": version,
+                "edge_daemon_models_dir": str(OUT / target.name / "models"),
+            }
+        ),
     ]
     for extra in filter(None, os.environ.get("EDGE_IMAGE_VARS", "").split(":")):
         cmd += ["-e", f"@{extra}"]

@@ -22,12 +22,14 @@ The parsing is pure; :func:`fetch` is the only function that reaches out.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import urllib.request
 from collections.abc import Sequence
@@ -221,3 +223,30 @@ def stage(specs: Sequence[ModelSpec], cache: Path, dest: Path) -> dict[str, tupl
     ]
     (dest / "models.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return labels
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stage the models of role-variable files for a maintenance run (image/build.py does it
+    for an image): ``python3 image/models.py city.yml … DEST`` then
+    ``-e edge_daemon_models_dir=DEST``."""
+    import yaml  # ships with ansible
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("vars", nargs="+", type=Path, help="role variable files (later wins)")
+    parser.add_argument("dest", type=Path, help="staging directory (replaced)")
+    parser.add_argument("--cache", type=Path, default=Path(__file__).parent / "cache" / "models")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="models: %(message)s")
+    merged: dict[str, object] = {}
+    for path in args.vars:
+        merged.update(yaml.safe_load(path.read_text()) or {})
+    try:
+        stage(parse_specs(merged.get("edge_daemon_models")), args.cache, args.dest)
+    except ModelError as exc:
+        print(f"models: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -239,3 +239,13 @@ def test_wheel_requirements_add_the_requested_extras(tmp_path: Path) -> None:
     assert build._wheel_requirements(wheel) == ["numpy>=1.26"]
     with_extra = build._wheel_requirements(wheel, ("analytics",))
     assert with_extra == ["numpy>=1.26", "ai-edge-litert>=2.3"]
+
+
+def test_command_line_stages_for_a_maintenance_run(model_file: Path, tmp_path: Path) -> None:
+    city = tmp_path / "city.yml"
+    city.write_text(json.dumps({"edge_daemon_models": [_spec(model_file)]}))
+    dest, cache = tmp_path / "staged", tmp_path / "cache"
+    assert models.main([str(city), str(dest), "--cache", str(cache)]) == 0
+    assert (dest / "detector.tflite").read_bytes() == model_file.read_bytes()
+    city.write_text(json.dumps({"edge_daemon_models": [_spec(model_file, sha256="1" * 64)]}))
+    assert models.main([str(city), str(dest), "--cache", str(cache)]) == 1

@@ -30,9 +30,15 @@ class Recap:
     log: str
 
 
-def build_stage(target: str, stage: str, out: Path, timeout: float = 1800) -> str:
+def build_stage(
+    target: str,
+    stage: str,
+    out: Path,
+    timeout: float = 1800,
+    env_extra: dict[str, str] | None = None,
+) -> str:
     """Run one stage of image/build.py with its output under ``out``; returns stdout+stderr."""
-    env = dict(os.environ, EDGE_IMAGE_OUT=str(out))
+    env = dict(os.environ, EDGE_IMAGE_OUT=str(out), **(env_extra or {}))
     proc = subprocess.run(
         [*BUILD, "--target", target, "--stage", stage],
         env=env,
@@ -45,8 +51,8 @@ def build_stage(target: str, stage: str, out: Path, timeout: float = 1800) -> st
     return output
 
 
-def provision(target: str, out: Path) -> Recap:
-    output = build_stage(target, "provision", out)
+def provision(target: str, out: Path, env_extra: dict[str, str] | None = None) -> Recap:
+    output = build_stage(target, "provision", out, env_extra=env_extra)
     line = next(ln for ln in output.splitlines() if ln.startswith("PROVISION-RECAP"))
     match = RECAP.search(line)
     assert match, line

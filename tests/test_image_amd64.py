@@ -7,11 +7,13 @@ caches it in image/cache/; later runs unpack the tarball (~10 s).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
 import subprocess
 import time
+import tomllib
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ import pytest
 
 from tests import image_util
 from tests.conftest import require_root, tool
+from tests.tflite_models import ssd_model
 
 TARGET = "qemu-amd64"
 RADIO_DIRS = (
@@ -38,10 +41,34 @@ class Built:
     first: image_util.Recap
     second: image_util.Recap
     seconds: dict[str, float]
+    city: Path  # the city variables the image was built with
 
     @property
     def root(self) -> Path:
         return self.out / "root"
+
+
+MODEL_LABELS = ["person", "bicycle", "car"]
+
+
+def _city_vars(folder: Path) -> dict[str, str]:
+    """City variables on top of the profile: one pinned detector model from a file:// URL (a
+    real tiny LiteRT model), the way a city pins its own."""
+    model = ssd_model(folder / "detector.tflite", side=8, rows=10)
+    labels = folder / "labels.txt"
+    labels.write_text("\n".join(MODEL_LABELS) + "\n")
+    spec = {
+        "name": "detector",
+        "url": model.as_uri(),
+        "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+        "labels_url": labels.as_uri(),
+        "labels_sha256": hashlib.sha256(labels.read_bytes()).hexdigest(),
+    }
+    city = folder / "city.yml"
+    city.write_text(
+        json.dumps({"edge_daemon_models": [spec], "edge_daemon_detector_model": "detector"})
+    )
+    return {"EDGE_IMAGE_VARS": str(city)}
 
 
 @pytest.fixture(scope="module")
@@ -50,20 +77,21 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     for name in ("mmdebstrap", "mkfs.ext4", "sfdisk", "bmaptool", "nft", "qemu-system-x86_64"):
         tool(name)
     out = tmp_path_factory.mktemp("image")
+    city = _city_vars(tmp_path_factory.mktemp("city"))
     seconds: dict[str, float] = {}
     t0 = time.monotonic()
     image_util.build_stage(TARGET, "unpack", out)
     seconds["rootfs+unpack"] = time.monotonic() - t0
     t0 = time.monotonic()
-    image_util.build_stage(TARGET, "wheels", out)
+    image_util.build_stage(TARGET, "wheels", out, env_extra=city)
     seconds["wheels"] = time.monotonic() - t0
     t0 = time.monotonic()
-    first = image_util.provision(TARGET, out)
+    first = image_util.provision(TARGET, out, env_extra=city)
     seconds["provision-1"] = time.monotonic() - t0
     t0 = time.monotonic()
-    second = image_util.provision(TARGET, out)
+    second = image_util.provision(TARGET, out, env_extra=city)
     seconds["provision-2"] = time.monotonic() - t0
-    yield Built(out / TARGET, first, second, seconds)
+    yield Built(out / TARGET, first, second, seconds, Path(city["EDGE_IMAGE_VARS"]))
     print(f"\nimage timings (s): {json.dumps({k: round(v) for k, v in seconds.items()})}")
     shutil.rmtree(out, ignore_errors=True)
 
@@ -264,6 +292,37 @@ def test_daemon_configuration_passes_the_schema(built: Built) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     mode = (built.root / "etc/edge/edge.toml").stat().st_mode & 0o777
     assert mode == 0o640
+
+
+def test_pinned_model_is_installed_and_the_detector_points_at_it(built: Built) -> None:
+    city = json.loads(built.city.read_text())
+    (spec,) = city["edge_daemon_models"]
+    model = built.root / "opt/edge/models/detector.tflite"
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == spec["sha256"]
+    assert model.stat().st_mode & 0o777 == 0o644 and model.stat().st_uid == 0
+    labels = built.root / "opt/edge/models/detector.labels"
+    assert labels.read_text().split() == MODEL_LABELS
+    with (built.root / "etc/edge/edge.toml").open("rb") as f:
+        detector = tomllib.load(f)["analytics"]["detector"]
+    assert detector == {
+        "model_path": "/opt/edge/models/detector.tflite",
+        "model_sha256": spec["sha256"],
+        "labels": MODEL_LABELS,
+        "layout": "ssd",
+    }
+    # The unit's own schema reads the section as written (the parsed, effective configuration).
+    proc = _chroot(
+        built.root,
+        "/opt/edge/venv/bin/edgectl",
+        "config",
+        "show",
+        "--config",
+        "/etc/edge/edge.toml",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    effective = json.loads(proc.stdout)["config"]["analytics"]["detector"]
+    assert effective["model_path"] == "/opt/edge/models/detector.tflite"
+    assert effective["model_sha256"] == spec["sha256"] and effective["labels"] == MODEL_LABELS
 
 
 def test_supplicant_configuration_waits_for_enrolment(built: Built) -> None:

@@ -210,17 +210,12 @@ def _wheel_requirements(wheel: Path, extras: tuple[str, ...] = ()) -> list[str]:
 def role_vars(target: layout.Target) -> dict[str, object]:
     """The role variables the build itself needs: the profile's, then each EDGE_IMAGE_VARS file's
     (a later file replaces a variable, as ansible-playbook -e does)."""
-    import yaml  # ships with ansible, which the build needs anyway
-
-    merged: dict[str, object] = {}
     files = [_profile_vars(target)]
     files += [Path(p) for p in os.environ.get("EDGE_IMAGE_VARS", "").split(":") if p]
-    for path in files:
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise SystemExit(f"image: {path} must hold a mapping of role variables")
-        merged.update(data)
-    return merged
+    try:
+        return models.load_vars(files)
+    except models.ModelError as exc:
+        raise SystemExit(f"image: {exc}") from None
 
 
 def _extras(target: layout.Target) -> tuple[str, ...]:

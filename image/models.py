@@ -225,22 +225,44 @@ def stage(specs: Sequence[ModelSpec], cache: Path, dest: Path) -> dict[str, tupl
     return labels
 
 
+def load_vars(paths: Sequence[Path]) -> dict[str, object]:
+    """Role variables of YAML files, a later file replacing a variable (as ansible-playbook -e).
+
+    A city's files may hold Ansible Vault secrets: a ``!vault`` value reads as None and a wholly
+    encrypted file is skipped (log line), since the build only needs the models and extras,
+    which are not secret.
+    """
+    import yaml  # ships with ansible, which the build needs anyway
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    _Loader.add_constructor("!vault", lambda _loader, _node: None)
+    merged: dict[str, object] = {}
+    for path in paths:
+        text = path.read_text()
+        if text.startswith("$ANSIBLE_VAULT"):
+            log.info("%s is vault-encrypted: not read by the build (keep models out of it)", path)
+            continue
+        data = yaml.load(text, Loader=_Loader) or {}  # noqa: S506 (a SafeLoader subclass)
+        if not isinstance(data, dict):
+            raise ModelError(f"{path} must hold a mapping of role variables")
+        merged.update(data)
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     """Stage the models of role-variable files for a maintenance run (image/build.py does it
     for an image): ``python3 image/models.py city.yml … DEST`` then
     ``-e edge_daemon_models_dir=DEST``."""
-    import yaml  # ships with ansible
-
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("vars", nargs="+", type=Path, help="role variable files (later wins)")
     parser.add_argument("dest", type=Path, help="staging directory (replaced)")
     parser.add_argument("--cache", type=Path, default=Path(__file__).parent / "cache" / "models")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="models: %(message)s")
-    merged: dict[str, object] = {}
-    for path in args.vars:
-        merged.update(yaml.safe_load(path.read_text()) or {})
     try:
+        merged = load_vars(args.vars)
         stage(parse_specs(merged.get("edge_daemon_models")), args.cache, args.dest)
     except ModelError as exc:
         print(f"models: {exc}", file=sys.stderr)  # noqa: T201

@@ -249,3 +249,23 @@ def test_command_line_stages_for_a_maintenance_run(model_file: Path, tmp_path: P
     assert (dest / "detector.tflite").read_bytes() == model_file.read_bytes()
     city.write_text(json.dumps({"edge_daemon_models": [_spec(model_file, sha256="1" * 64)]}))
     assert models.main([str(city), str(dest), "--cache", str(cache)]) == 1
+
+
+def test_variables_with_vault_secrets_still_give_the_models(tmp_path: Path) -> None:
+    first = tmp_path / "city.yml"
+    first.write_text(
+        "edge_daemon_extras: [analytics]\n"
+        "edge_base_syslog_password: !vault |\n"
+        "  $ANSIBLE_VAULT;1.1;AES256\n"
+        "  6162636465\n"
+    )
+    secrets = tmp_path / "secrets.yml"
+    secrets.write_text("$ANSIBLE_VAULT;1.1;AES256\n6162636465\n")
+    later = tmp_path / "later.yml"
+    later.write_text("edge_daemon_extras: []\n")
+    assert models.load_vars([first, secrets])["edge_daemon_extras"] == ["analytics"]
+    assert models.load_vars([first, secrets, later])["edge_daemon_extras"] == []
+    bad = tmp_path / "bad.yml"
+    bad.write_text("- a list\n")
+    with pytest.raises(models.ModelError, match="mapping"):
+        models.load_vars([bad])

@@ -21,9 +21,13 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import IntegrityError, VaultError
 from .retention import SegmentInfo
+
+if TYPE_CHECKING:
+    from .format import SealedSegment
 
 SCHEMA_VERSION = 1
 
@@ -82,6 +86,21 @@ class IndexRow:
 
     # Interpolated into SQL: a constant, never user data.
     COLUMNS = "camera, seq, start_ns, end_ns, frames, size, epoch, hash, delivered"
+
+    @classmethod
+    def of_segment(cls, camera_id: str, seg: SealedSegment, size: int) -> IndexRow:
+        """The row of a parsed sealed segment (``size`` bytes on disk)."""
+        h = seg.header
+        return cls(
+            camera_id,
+            h.sequence,
+            h.start_wall_ns,
+            h.end_wall_ns,
+            h.frame_count,
+            size,
+            h.epoch_id,
+            seg.chain_hash,
+        )
 
     @classmethod
     def from_sql(cls, row: tuple[object, ...]) -> IndexRow:

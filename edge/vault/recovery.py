@@ -196,18 +196,7 @@ def _recover_camera(vault: Vault, camera: str, report: RecoveryReport) -> None:
                 vault.quarantine(root / rest, f"not accepted at recovery: {exc}")
                 report.quarantined += 1
             break
-        index.insert(
-            IndexRow(
-                camera,
-                h.sequence,
-                h.start_wall_ns,
-                h.end_wall_ns,
-                h.frame_count,
-                len(raw),
-                h.epoch_id,
-                seg.chain_hash,
-            )
-        )
+        index.insert(IndexRow.of_segment(camera, seg, len(raw)))
         seq, last_hash = h.sequence, seg.chain_hash
         report.reindexed += 1
     _index_envelopes(vault, camera, every_day=index_was_empty)
@@ -256,19 +245,7 @@ def rebuild_index(vault: Vault) -> int:
                 except IntegrityError as exc:
                     vault.quarantine(entry, str(exc))
                     continue
-                h = seg.header
-                rows.append(
-                    IndexRow(
-                        camera,
-                        h.sequence,
-                        h.start_wall_ns,
-                        h.end_wall_ns,
-                        h.frame_count,
-                        len(raw),
-                        h.epoch_id,
-                        seg.chain_hash,
-                    )
-                )
+                rows.append(IndexRow.of_segment(camera, seg, len(raw)))
         index.insert_many(rows)
         count += len(rows)
         base = root / "epochs" / camera

@@ -27,15 +27,13 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import re
-import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import VaultError
-from ..unitkeys import fsync_dir
+from ..unitkeys import fsync_dir, write_atomic
 from .base import MediaSegment, SegmentSink
 
 log = logging.getLogger(__name__)
@@ -50,23 +48,11 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the new, never half.
 
     The temporary name starts with a dot and ends with ``.tmp`` so no reader mistakes it for a
-    finished file.
+    finished file (:func:`remove_stale_temps` clears those a crash left).
     """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        tmp.replace(path)
-        fsync_dir(path.parent)
+        write_atomic(path, data, mode=0o640)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise VaultError(f"writing {path}: {exc.strerror or exc}") from exc
 
 

@@ -3,6 +3,7 @@
 <data_dir>/vault/
   index.sqlite            the index (a cache: rebuilt from the files when needed)
   audit.log               hash-chained, signed audit records
+  audit.head              signed head anchor of audit.log (last sequence and hash)
   tmp/                    files being written; emptied at start-up
   quarantine/             files that failed verification at recovery (kept for analysis)
   segments/<camera>/<YYYY-MM-DD>/<HH>/<HHMMSS>-<sequence>.seg      (UTC)

@@ -7,6 +7,9 @@ moved or renamed), *duplicates* and *chain breaks* (a previous-hash that does no
 
 :class:`ChainVerifier` does the same one segment at a time, for a receiver (the CSU) that gets
 sealed segments over the network.
+
+It also checks the audit log against its head anchor (:func:`edge.vault.audit.check_audit`).
+What it cannot see is listed in :data:`CANNOT_SEE`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from ..errors import IntegrityError, VaultError
 from . import format as fmt
 from . import layout
+from .audit import AuditRecord, check_audit
 
 if TYPE_CHECKING:
     from .store import Vault
@@ -35,6 +39,15 @@ class FindingKind(StrEnum):
     CHAIN = "chain-broken"
     ENVELOPE = "envelope"
     CHECKPOINT = "checkpoint"
+    AUDIT = "audit"
+
+
+CANNOT_SEE = (
+    "a whole-vault rollback (the vault, or the vault and its audit log, replaced by an older "
+    "consistent copy) and a rewrite by someone holding the unit's signing key are invisible on "
+    "the unit: only the CSU's copy and its receipts show them",
+)
+"""What a verification on the unit alone cannot see (printed by ``edgectl verify``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +74,21 @@ class CameraSummary:
 
 
 @dataclass
+class AuditSummary:
+    records: int = 0
+    last_seq: int | None = None
+    head_seq: int | None = None
+    """The sequence the signed head anchor names (None: no anchor)."""
+    incidents: list[AuditRecord] = field(default_factory=list)
+    """Damage found earlier, quarantined and recorded in a signed ``audit-damage`` record."""
+
+
+@dataclass
 class VerifyReport:
     cameras: dict[str, CameraSummary] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     envelopes_ok: int = 0
+    audit: AuditSummary | None = None
 
     @property
     def ok(self) -> bool:
@@ -94,7 +118,22 @@ class VerifyReport:
                 }
                 for f in self.findings
             ],
+            "audit": _audit_dict(self.audit),
+            "cannot_see": list(CANNOT_SEE),
         }
+
+
+def _audit_dict(audit: AuditSummary | None) -> dict[str, object] | None:
+    if audit is None:
+        return None
+    return {
+        "records": audit.records,
+        "last_sequence": audit.last_seq,
+        "head_anchor_sequence": audit.head_seq,
+        "recorded_incidents": [
+            {"sequence": r.seq, "time_ns": r.time_ns, "details": r.details} for r in audit.incidents
+        ],
+    }
 
 
 def _index_tails(root: Path) -> dict[str, int]:
@@ -121,7 +160,10 @@ def verify_vault(
     start_ns: int | None = None,
     end_ns: int | None = None,
     progress: Callable[[int], None] | None = None,
+    audit: bool = True,
 ) -> VerifyReport:
+    """Every segment, envelope and checkpoint (in the range, if given), and with ``audit`` the
+    whole audit log and its head anchor."""
     report = VerifyReport()
     ranged = start_ns is not None or end_ns is not None
     lo = start_ns if start_ns is not None else -(2**63)
@@ -178,7 +220,27 @@ def verify_vault(
                 Finding(kind, camera, f"{what} (moved, renamed or reordered)", seq, str(entry))
             )
         _check_chain(camera, by_seq, ckp, envelopes, ranged, tails.get(camera), summary, report)
+    if audit:
+        verify_audit_log(root, public_key, report)
     return report
+
+
+def verify_audit_log(
+    root: Path, public_key: ed25519.Ed25519PublicKey, report: VerifyReport
+) -> None:
+    """Add the audit log's problems to ``report`` as findings, and its summary."""
+    path = root / "audit.log"
+    check = check_audit(path, public_key)
+    report.audit = AuditSummary(
+        len(check.records),
+        check.last_seq,
+        check.head.seq if check.head is not None else None,
+        check.incidents,
+    )
+    report.findings.extend(
+        Finding(FindingKind.AUDIT, "audit.log", problem, path=str(path))
+        for problem in check.problems
+    )
 
 
 def _verify_envelopes(
@@ -362,6 +424,7 @@ def self_check(vault: Vault) -> str:
         device_id=vault.device_id,
         start_ns=now - 3_600_000_000_000,
         end_ns=now + 60_000_000_000,
+        audit=False,  # the whole log takes long once years old: edgectl verify checks it
     )
     if not report.ok:
         raise IntegrityError("; ".join(str(f) for f in report.findings[:3]))

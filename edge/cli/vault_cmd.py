@@ -22,6 +22,9 @@ from ..vault.timespec import resolve_range
 from ..vault.verify import CANNOT_SEE, VerifyReport, verify_vault
 from .common import add_config_args, load_config
 
+EXIT_PARTIAL = 3
+"""``edgectl export``: a bundle was written, but parts of the range were damaged."""
+
 
 def register(sub: Any) -> None:
     verify = sub.add_parser(
@@ -37,7 +40,15 @@ def register(sub: Any) -> None:
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     verify.set_defaults(func=_verify)
 
-    export = sub.add_parser("export", help="write an evidence bundle of a time range")
+    export = sub.add_parser(
+        "export",
+        help="write an evidence bundle of a time range",
+        description="Write an evidence bundle of a time range (sealed segments as recorded, "
+        "their epoch envelopes, a signed manifest). What is damaged in the range is left out "
+        "or flagged and named in the manifest; the rest is exported. Every export, failed or "
+        "interrupted ones too, goes to the audit log. Exit 0: complete; 3: bundle written but "
+        "PARTIAL (the damaged parts are listed); 2: no bundle.",
+    )
     add_config_args(export)
     _range_args(export)
     export.add_argument("--case", required=True, help="case reference of the requisition")
@@ -197,6 +208,8 @@ def _export(args: argparse.Namespace) -> int:
         f"{result.path}: {result.segments} segment(s), {result.envelopes} envelope(s), "
         f"{result.bytes} bytes, {_fmt_ns(lo)} .. {_fmt_ns(hi)}"
     )
+    for part in result.damaged:
+        print(f"  damaged: {part}")
     print(f"bundle digest (sha256 of manifest.json): {result.digest}")
     if result.certified:
         print("evidence chain: certs/unit-signing.crt and certs/ca.pem; verify it with the city's")
@@ -206,6 +219,12 @@ def _export(args: argparse.Namespace) -> int:
         print("  the bundle verifies only against the unit's public key, pinned with")
         print(f"  edge-csu open --unit-key {keys_dir_of(data) / 'unit-signing.pub.pem'}")
         print("  (fingerprint in the manifest: unit_key_id); enrol with edgectl enroll")
+    if result.partial:
+        print(
+            f"PARTIAL: {len(result.damaged)} damaged part(s) of the range are named in the "
+            "signed manifest (see above; run edgectl verify)"
+        )
+        return EXIT_PARTIAL
     return 0
 
 

@@ -14,6 +14,9 @@ from ..unitkeys import load_public_pem
 from ..vault.bundle import open_bundle
 from ..vault.keys import load_private, write_keypair
 
+EXIT_PARTIAL = 3
+"""``edge-csu open``: the bundle verified, but its export was partial."""
+
 
 def register(sub: Any) -> None:
     keygen = sub.add_parser("keygen", help="create a recipient key pair (private key mode 0600)")
@@ -27,7 +30,13 @@ def register(sub: Any) -> None:
     )
     keygen.set_defaults(func=_keygen)
 
-    opener = sub.add_parser("open", help="verify an evidence bundle and write a playable MP4")
+    opener = sub.add_parser(
+        "open",
+        help="verify an evidence bundle and write a playable MP4",
+        description="Verify an evidence bundle completely, then decrypt one camera and remux it "
+        "into an MP4. Exit 0: complete and verified; 3: verified but PARTIAL (the export could "
+        "not carry parts of its range intact: they are listed); 1: refused; 2: error.",
+    )
     opener.add_argument("bundle", type=Path)
     opener.add_argument("--key", type=Path, required=True, help="recipient private key file")
     opener.add_argument("--out", type=Path, required=True, help="MP4 file to write")
@@ -105,4 +114,12 @@ def _open(args: argparse.Namespace) -> int:
     print(f"bundle {args.bundle}: verified (case {m['case']!r}, unit {m['device']!r})")
     print(f"  signing key {m.get('unit_key_id', '?')} vouched for by: {verified.trust}")
     print(f"{args.out}: {packets} frame(s), remuxed without re-encoding")
+    if verified.partial:
+        for part in verified.damaged:
+            print(f"  damaged: {part}")
+        print(
+            f"PARTIAL: the unit could not export {len(verified.damaged)} part(s) of the range "
+            "intact (declared in the signed manifest, listed above)"
+        )
+        return EXIT_PARTIAL
     return 0

@@ -165,3 +165,35 @@ def test_verify_says_what_it_cannot_see(
     assert "cannot see a whole-vault rollback" in out and out.rstrip().endswith("intact")
     code, report = _verify_json(cfg, capsys)
     assert code == 0 and "rollback" in json.dumps(report["cannot_see"])
+
+
+def test_truncated_mid_record_is_seen_and_recorded(
+    unit: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg, log = unit
+    for n in range(2):
+        _log(log).append("control:reload", {"n": n})
+    raw = log.read_bytes()
+    log.write_bytes(raw[:-40])  # a cut in the middle of the last record
+    last = len(raw.splitlines()) - 1
+    code, report = _verify_json(cfg, capsys)
+    findings = json.dumps(report["findings"])
+    assert code == 1 and "torn record" in findings and f"#{last}..#{last} missing" in findings
+    check = check_audit(log, load_signing_public_key(log.parent.parent / "keys"))
+    assert check.problems == []
+    damage = check.incidents[0].details
+    assert (
+        damage["missing_seqs"] == [last, last] and damage["bytes"] == len(raw.splitlines()[-1]) - 39
+    )
+
+
+def test_edged_start_records_a_damaged_tail_and_keeps_recording(unit: tuple[Path, Path]) -> None:
+    cfg, log = unit
+    log.write_bytes(log.read_bytes() + b"garbage")
+    vault = Vault.from_config(config.load(cfg)[0], background=False)  # start-up recovery
+    vault.write(fake_segment("cam1", 4))
+    vault.audit.append("purge", {"segments": 0})
+    vault.close()
+    check = check_audit(log, load_signing_public_key(log.parent.parent / "keys"))
+    assert check.problems == []
+    assert [r.action for r in check.records][-3:] == [DAMAGE_ACTION, "vault-open", "purge"]

@@ -151,6 +151,11 @@ def test_deleting_the_anchor_too_is_seen(
     head_path(log).unlink()
     code, report = _verify_json(cfg, capsys)
     assert code == 1 and "no head anchor" in json.dumps(report["findings"])
+    log.unlink()  # the whole log gone too: a vault that recorded always has one
+    code, report = _verify_json(cfg, capsys)
+    assert code == 1 and "missing although the vault holds recordings" in json.dumps(
+        report["findings"]
+    )
 
 
 def test_verify_says_what_it_cannot_see(
@@ -159,7 +164,7 @@ def test_verify_says_what_it_cannot_see(
     cfg, _ = unit
     with pytest.raises(SystemExit):
         edgectl(["verify", "--help"])
-    assert "only the CSU's copy and its receipts" in " ".join(capsys.readouterr().out.split())
+    assert "only the CSU's copy of the recordings and its receipts" in " ".join(capsys.readouterr().out.split())
     assert edgectl(["verify", "--config", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "cannot see a whole-vault rollback" in out and out.rstrip().endswith("intact")

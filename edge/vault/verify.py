@@ -43,9 +43,10 @@ class FindingKind(StrEnum):
 
 
 CANNOT_SEE = (
-    "a whole-vault rollback (the vault, or the vault and its audit log, replaced by an older "
-    "consistent copy) and a rewrite by someone holding the unit's signing key are invisible on "
-    "the unit: only the CSU's copy and its receipts show them",
+    "a whole-vault rollback (the data directory, or the vault with its audit log and anchor, "
+    "replaced by an older consistent copy) or a rewrite by someone holding the unit's signing "
+    "key: everything on the unit still agrees with itself; only the CSU's copy of the "
+    "recordings and its receipts show it",
 )
 """What a verification on the unit alone cannot see (printed by ``edgectl verify``)."""
 
@@ -230,7 +231,16 @@ def verify_audit_log(
 ) -> None:
     """Add the audit log's problems to ``report`` as findings, and its summary."""
     path = root / "audit.log"
-    check = check_audit(path, public_key)
+    if not path.exists() and (report.cameras or report.envelopes_ok):
+        # Every start of the vault writes a record: recordings without a log lost it.
+        report.findings.append(
+            Finding(FindingKind.AUDIT, "audit.log", "missing although the vault holds recordings")
+        )
+    try:
+        check = check_audit(path, public_key)
+    except VaultError as exc:
+        report.findings.append(Finding(FindingKind.AUDIT, "audit.log", str(exc)))
+        return
     report.audit = AuditSummary(
         len(check.records),
         check.last_seq,

@@ -164,7 +164,9 @@ def test_verify_says_what_it_cannot_see(
     cfg, _ = unit
     with pytest.raises(SystemExit):
         edgectl(["verify", "--help"])
-    assert "only the CSU's copy of the recordings and its receipts" in " ".join(capsys.readouterr().out.split())
+    assert "only the CSU's copy of the recordings and its receipts" in " ".join(
+        capsys.readouterr().out.split()
+    )
     assert edgectl(["verify", "--config", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "cannot see a whole-vault rollback" in out and out.rstrip().endswith("intact")

@@ -4,6 +4,7 @@ status says "partial"; failed and interrupted exports are audited and leave noth
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sqlite3
@@ -19,6 +20,7 @@ from edge.config import RecipientKem
 from edge.csu.main import main as edge_csu
 from edge.errors import IntegrityError, VaultError
 from edge.unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
+from edge.vault import format as fmt
 from edge.vault import layout
 from edge.vault.audit import read_audit
 from edge.vault.bundle import _DOMAIN, export_bundle, verify_bundle
@@ -151,7 +153,8 @@ def test_a_lost_envelope_leaves_out_only_what_it_opened(tmp_path: Path) -> None:
     vault.close()
     envelopes = sorted((layout.vault_dir(data) / "epochs" / "cam1").rglob("*.env"))
     assert len(envelopes) == 4
-    envelopes[1].unlink()
+    epoch = fmt.parse_segment(_segment_file(data, 1).read_bytes()).header.epoch_id
+    next(e for e in envelopes if epoch.hex() in e.name).unlink()  # the one #1 needs
     key = load_signing_key(keys_dir_of(data))
     result = export_bundle(
         data,
@@ -220,3 +223,36 @@ def test_failed_and_interrupted_exports_are_audited_and_leave_nothing(
             signing_key=load_signing_key(keys_dir_of(data)),
         )  # fmt: skip
     assert last_record()[0] == "export-failed"
+
+
+def test_a_replaced_segment_is_exported_with_its_broken_links_declared(
+    unit: Unit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A segment signed by the unit that does not continue the chain (written over the original):
+    authentic, so exported, with both broken links named; the verifier reports them."""
+    cfg, data, _csu = unit
+    key = load_signing_key(keys_dir_of(data))
+    path = _segment_file(data, 2)
+    seg = fmt.parse_segment(path.read_bytes())
+    other = dataclasses.replace(seg.header, prev_hash=bytes(32))
+    path.write_bytes(fmt.sign_segment(other, bytes(seg.ciphertext), key))
+    out = tmp_path / "bundle"
+    assert edgectl(_export_args(cfg, out)) == 3
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["sequence"] for s in manifest["segments"]] == [0, 1, 2, 3, 4]
+    assert [(d["first_sequence"], d["kind"]) for d in manifest["damaged"]] == [
+        (2, "chain-broken"),
+        (3, "chain-broken"),
+    ]
+    verified = verify_bundle(out, unit_public_key=key.public_key())
+    assert [str(d) for d in verified.damaged] == [
+        "cam1 #2: chain-broken (in the bundle): does not continue #1 (replaced or reordered)",
+        "cam1 #3: chain-broken (in the bundle): does not continue #2 (replaced or reordered)",
+    ]
+    # undeclared, the same break is refused
+    manifest["damaged"], manifest["partial"] = [], False
+    body = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    (out / "manifest.json").write_bytes(body)
+    (out / "manifest.sig").write_bytes(key.sign(_DOMAIN + hashlib.sha256(body).digest()))
+    with pytest.raises(IntegrityError, match=r"cam1#2: chain broken"):
+        verify_bundle(out, unit_public_key=key.public_key())

@@ -226,7 +226,7 @@ def test_failed_and_interrupted_exports_are_audited_and_leave_nothing(
 
 
 def test_a_replaced_segment_is_exported_with_its_broken_links_declared(
-    unit: Unit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    unit: Unit, tmp_path: Path
 ) -> None:
     """A segment signed by the unit that does not continue the chain (written over the original):
     authentic, so exported, with both broken links named; the verifier reports them."""

@@ -4,10 +4,12 @@ The Ed25519 signing key (``unit-signing.pem``, PKCS#8 PEM, mode 0600) signs ever
 segment, epoch envelope, retention checkpoint and audit record. Its public half is written
 next to it (``unit-signing.pub.pem``) so that verification never needs the private key.
 Other key material of the unit (the TLS/EAP key, its certificate, the city CA chain) lives in
-the same directory and reuses :func:`write_private_atomic` and :func:`key_id`.
+the same directory and reuses :func:`write_new_private` and :func:`key_id`.
 
 Every write is atomic (temporary file in the same directory, fsync, rename, fsync of the
-directory): a power cut leaves either the old key or the new one, never half a key.
+directory): a power cut leaves either the old key or the new one, never half a key. A private key
+is written with :func:`write_new_private`, which never replaces an existing file: a key that
+recordings or certificates rest on is created once and never overwritten by accident.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from .errors import VaultError
+from .errors import KeyExistsError, VaultError
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +69,40 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     fsync_dir(path.parent)
 
 
-def write_private_atomic(path: Path, data: bytes) -> None:
-    """:func:`write_atomic` with mode 0600 (private keys)."""
-    write_atomic(path, data, mode=0o600)
+def write_new(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Create ``path`` holding ``data``; :class:`KeyExistsError` if anything is already there.
+
+    The content is written and fsync'd under a temporary name (created exclusively, mode 0600
+    from the first byte) and then hard-linked to ``path``: the link is the exclusive, atomic
+    step (like ``O_EXCL``), so two writers racing, or a tired technician running a command
+    twice, can never replace a key, and a power cut never leaves half of one.
+    """
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
+    tmp = Path(tmp_name)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise KeyExistsError(
+                f"{path}: a key file is already there; refusing to overwrite it"
+            ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def write_new_private(path: Path, data: bytes) -> None:
+    """:func:`write_new` with mode 0600: how every private key of the firmware is written."""
+    write_new(path, data, mode=0o600)
 
 
 def key_id(public_raw: bytes) -> str:
@@ -134,7 +168,11 @@ def load_or_create_signing_key(keys_dir: Path) -> ed25519.Ed25519PrivateKey:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        write_private_atomic(path, pem)
+        try:
+            write_new_private(path, pem)
+        except KeyExistsError:
+            # Another process created it between our check and our write: theirs stands.
+            return load_or_create_signing_key(keys_dir)
         log.info("created unit signing key %s (id %s)", path, key_id(public_raw(key.public_key())))
     pub_path = keys_dir / SIGNING_PUB_NAME
     pub = public_pem(key.public_key())

@@ -20,10 +20,13 @@ import sys
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from .. import enrolment
 from ..config import DEMO_CONFIG, DEMO_CONFIG_TOML
-from ..unitkeys import keys_dir_of, load_or_create_signing_key, write_private_atomic
+from ..errors import CaError
+from ..unitkeys import keys_dir_of, load_or_create_signing_key, write_new_private
 from ..vault import evidence
 from ..vault import keys as vault_keys
 from .ca import Profile, VideoCA, cert_pem, key_pem
@@ -38,6 +41,16 @@ def _free_port() -> int:
         return port
 
 
+def _held_key(path: Path) -> ec.EllipticCurvePrivateKey | None:
+    """A TLS key already there (a certificate lost, not the key): it is reused, never replaced."""
+    if not path.exists():
+        return None
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CaError(f"{path}: not an ECDSA key")
+    return key
+
+
 def setup(data_dir: Path, out: Path) -> dict[str, str]:
     out.mkdir(parents=True, exist_ok=True)
     unit_id = DEMO_CONFIG.unit.id
@@ -46,20 +59,26 @@ def setup(data_dir: Path, out: Path) -> dict[str, str]:
     keys = out / "keys"
     keys.mkdir(exist_ok=True)
     if not (keys / "csu.crt").exists():
-        key, cert = ca.issue(SERVER_NAME, profile=Profile.SERVER, dns_names=(SERVER_NAME,))
-        write_private_atomic(keys / "csu.key", key_pem(key))
+        held = _held_key(keys / "csu.key")
+        key, cert = ca.issue(
+            SERVER_NAME, profile=Profile.SERVER, dns_names=(SERVER_NAME,), key=held
+        )
+        if held is None:
+            write_new_private(keys / "csu.key", key_pem(key))
         (keys / "csu.crt").write_bytes(cert_pem(cert) + ca.chain_pem)
     if not (keys / "authority.key.json").exists():
         vault_keys.write_keypair(keys, DEMO_CONFIG.vault.kem, "authority")
     token_file = out / "operator-token"
     if not token_file.exists():
-        write_private_atomic(token_file, secrets.token_urlsafe(24).encode())
+        write_new_private(token_file, secrets.token_urlsafe(24).encode())
     token = token_file.read_text().strip()
     unit_keys = keys_dir_of(data_dir)
     signing = load_or_create_signing_key(unit_keys)
     if not (unit_keys / "unit-tls.crt").exists():
-        ukey, ucert = ca.issue(unit_id)
-        write_private_atomic(unit_keys / "unit-tls.key", key_pem(ukey))
+        held = _held_key(unit_keys / "unit-tls.key")
+        ukey, ucert = ca.issue(unit_id, key=held)
+        if held is None:
+            write_new_private(unit_keys / "unit-tls.key", key_pem(ukey))
         (unit_keys / "unit-tls.crt").write_bytes(cert_pem(ucert))
     (unit_keys / "ca.pem").write_bytes(ca.chain_pem)
     if not evidence.certifies(unit_keys / evidence.SIGNING_CERT_NAME, signing.public_key()):

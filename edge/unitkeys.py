@@ -15,6 +15,7 @@ recordings or certificates rest on is created once and never overwritten by acci
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -23,7 +24,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from .errors import KeyExistsError, VaultError
+from .errors import ConfigError, KeyExistsError, VaultError
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,42 @@ def write_new(path: Path, data: bytes, *, mode: int = 0o600) -> None:
 def write_new_private(path: Path, data: bytes) -> None:
     """:func:`write_new` with mode 0600: how every private key of the firmware is written."""
     write_new(path, data, mode=0o600)
+
+
+#: PEM labels of private material (PKCS#8, encrypted PKCS#8, SEC1, PKCS#1, OpenSSH).
+_PRIVATE_PEM_MARK = b"PRIVATE KEY-----"
+
+
+def private_material(data: bytes) -> str | None:
+    """What private material ``data`` holds (a file meant to hold a *public* key), or None.
+
+    Recognises a recipient key file with its ``private`` field (``edge-csu keygen``'s
+    ``NAME.key.json``) and any PEM private key. Pure: the callers read the file.
+    """
+    if _PRIVATE_PEM_MARK in data:
+        return "a PEM private key"
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(doc, dict) and "private" in doc:
+        return "a recipient key file with its private half (NAME.key.json)"
+    return None
+
+
+def refuse_private_material(data: bytes, origin: str) -> None:
+    """:class:`ConfigError` when a file configured as a public key holds private material.
+
+    A unit holding the CSU's (or the escrow's) private key can open its own recordings: the
+    whole point of sealing them is lost, so this is refused, never warned about.
+    """
+    what = private_material(data)
+    if what is not None:
+        raise ConfigError(
+            f"{origin} holds {what}: a unit must only ever hold the PUBLIC key (NAME.pub.json "
+            "from edge-csu keygen). Remove the private key from this unit and treat it as "
+            "exposed: recordings sealed to it can be read by whoever copied it"
+        )
 
 
 def key_id(public_raw: bytes) -> str:

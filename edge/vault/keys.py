@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..config import EdgeConfig, RecipientKem
 from ..errors import ConfigError, IntegrityError, KeyExistsError, VaultError
-from ..unitkeys import fsync_dir, write_new, write_new_private
+from ..unitkeys import fsync_dir, refuse_private_material, write_new, write_new_private
 from . import format as fmt
 
 log = logging.getLogger(__name__)
@@ -209,6 +209,12 @@ def _kem_of(doc: dict[str, Any], path: Path) -> RecipientKem:
 
 
 def load_public(path: Path) -> RecipientPublic:
+    """A recipient public key; :class:`ConfigError` when the file also holds private material
+    (see :func:`edge.unitkeys.refuse_private_material`)."""
+    try:
+        refuse_private_material(path.read_bytes(), str(path))
+    except OSError as exc:
+        raise VaultError(f"{path}: cannot read recipient key: {exc.strerror}") from None
     doc = _read_doc(path)
     return _public_from_raw(_kem_of(doc, path), _b64(doc, "public", path), str(path))
 
@@ -315,6 +321,13 @@ def decrypt_segment(seg: fmt.SealedSegment, data_key: bytes) -> tuple[bytes, byt
     return plain[:n], plain[n:]
 
 
+def _configured_public(path: Path, key: str) -> RecipientPublic:
+    try:
+        return load_public(path)
+    except ConfigError as exc:
+        raise ConfigError(exc.reason, key=key) from None
+
+
 def resolve_recipients(cfg: EdgeConfig) -> list[RecipientPublic]:
     """The recipients of the epoch keys; never none (the vault never records in clear)."""
     v = cfg.vault
@@ -339,9 +352,9 @@ def resolve_recipients(cfg: EdgeConfig) -> list[RecipientPublic]:
             raise ConfigError(
                 "demo_recipient cannot be combined with csu_public_key", key="vault.demo_recipient"
             )
-        recipients = [load_public(v.csu_public_key)]
+        recipients = [_configured_public(v.csu_public_key, "vault.csu_public_key")]
     if v.escrow_public_key is not None:
-        recipients.append(load_public(v.escrow_public_key))
+        recipients.append(_configured_public(v.escrow_public_key, "vault.escrow_public_key"))
     for r in recipients:
         if r.kem is not v.kem:
             raise ConfigError(

@@ -292,7 +292,7 @@ async def serve(cfg: ServeConfig, stop: asyncio.Event, ready: Callable[[int, int
     try:
         ports = []
         for app, listen, ctx in (
-            (receiver.units_app(), cfg.units, server_context(cfg.tls)),
+            (receiver.units_app(), cfg.units, server_context(cfg.tls, receiver.crl)),
             (operators_app(receiver), cfg.operators_listen, operator_context(cfg.tls)),
         ):
             runner = web.AppRunner(app, access_log=None)

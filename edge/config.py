@@ -91,7 +91,7 @@ class SyntheticSceneConfig(_Section):
     """Move a bright object inside the first privacy mask (leak tests)."""
 
 
-_SOURCE_RE = re.compile(r"^(synthetic|picamera2|file:.+|rtsps?://.+|v4l2:/dev/.+)$")
+_SOURCE_RE = re.compile(r"^(synthetic|picamera2|file:.+|rtsps?://.+|v4l2:/dev/.+)\Z")
 
 
 class CameraConfig(_Section):

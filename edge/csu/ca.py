@@ -39,8 +39,8 @@ from .. import unitkeys
 from ..errors import CaError
 from ..vault import evidence
 
-_UNIT_CN_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_DNS_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+$")
+_UNIT_CN_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+_DNS_RE = re.compile(r"^(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+\Z")
 
 
 class Profile(StrEnum):

@@ -13,7 +13,7 @@ Demo material only: a real city uses its own PKI (docs/UPLINK.md).
 from __future__ import annotations
 
 import argparse
-import hashlib
+import datetime as dt
 import secrets
 import socket
 import sys
@@ -30,6 +30,7 @@ from ..unitkeys import keys_dir_of, load_or_create_signing_key, write_new_privat
 from ..vault import evidence
 from ..vault import keys as vault_keys
 from .ca import Profile, VideoCA, cert_pem, key_pem
+from .token_cmd import operator_entry
 
 SERVER_NAME = "csu.demo"
 
@@ -87,6 +88,7 @@ def setup(data_dir: Path, out: Path) -> dict[str, str]:
         pem = cert_pem(ca.sign_csr(csr)) + ca.chain_pem
         enrolment.install_certificates(unit_keys, pem, unit_id, ca_data=ca.chain_pem)
     port = _free_port()
+    created = dt.datetime.now(dt.UTC).replace(microsecond=0)  # the demo token: 30 days each run
     (out / "csu.toml").write_text(
         f"""# CSU receiver of the demo (edge-csu serve --config {out / "csu.toml"})
 storage_dir = "storage"
@@ -108,10 +110,7 @@ key_file = "keys/csu.key"
 client_ca_file = "ca/chain.pem"
 crl_file = "ca/crl.pem"
 
-[[operators]]
-name = "demo-operator"
-token_sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"
-"""
+{operator_entry("demo-operator", token, created, created + dt.timedelta(days=30))}"""
     )
     unit_toml = DEMO_CONFIG_TOML.replace('data_dir = "./edge-data"', f'data_dir = "{data_dir}"')
     recipient = f'csu_public_key = "{(keys / "authority.pub.json").resolve()}"\n'

@@ -14,6 +14,7 @@ recordings or certificates rest on is created once and never overwritten by acci
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -93,12 +94,38 @@ def write_new(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         try:
             os.link(tmp, path)
         except FileExistsError:
-            raise KeyExistsError(
-                f"{path}: a key file is already there; refusing to overwrite it"
-            ) from None
+            raise _exists(path) from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            _write_exclusive(path, data, mode)  # no hard links here (a FAT stick for a CA)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def _exists(path: Path) -> KeyExistsError:
+    return KeyExistsError(f"{path}: a key file is already there; refusing to overwrite it")
+
+
+def _write_exclusive(path: Path, data: bytes, mode: int) -> None:
+    """``O_EXCL`` creation, for file systems without hard links: still never over an existing
+    file, though a crash may leave it short (the caller's key is then unusable, not replaced)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        raise KeyExistsError(
+            f"{path}: a key file is already there; refusing to overwrite it"
+        ) from None
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_new_private(path: Path, data: bytes) -> None:

@@ -67,6 +67,9 @@ def test_identifier_patterns_refuse_a_trailing_newline(pattern: re.Pattern[str],
 def test_config_and_event_parsers_refuse_a_trailing_newline() -> None:
     with pytest.raises(ConfigError):
         config.parse('[[cameras]]\nid = "cam1"\nsource = "file:/srv/a.mp4\\n"\n')
+    # Schema patterns (pydantic's engine: "$" is the end of the text) hold as well.
+    with pytest.raises(ConfigError, match=r"cameras\[0\]\.id"):
+        config.parse('[[cameras]]\nid = "cam1\\n"\nsource = "synthetic"\n')
     with pytest.raises(ValueError):
         door.parse_spec("gpio:/dev/gpiochip0:17\n")
     key = ed25519.Ed25519PrivateKey.generate()

@@ -151,3 +151,22 @@ def test_second_renewal_keeps_the_pending_key(tmp_path: Path) -> None:
     with pytest.raises(EnrolmentError, match="renewal is already under way"):
         enrolment.enrol(keys, "unit-7", "unit-7.city.test", renew=True)
     assert (keys / enrolment.TLS_NEW_KEY_NAME).read_bytes() == pending
+
+
+def test_write_new_without_hard_links_is_still_exclusive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    def no_links(src: object, dst: object) -> None:  # a FAT file system, for a CA on a stick
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "root.key"
+    write_new_private(path, b"first")
+    assert path.read_bytes() == b"first" and stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(KeyExistsError):
+        write_new_private(path, b"second")
+    assert path.read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["root.key"]

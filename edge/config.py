@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .unitkeys import refuse_private_material
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge/edge.toml")
 
@@ -90,7 +91,7 @@ class SyntheticSceneConfig(_Section):
     """Move a bright object inside the first privacy mask (leak tests)."""
 
 
-_SOURCE_RE = re.compile(r"^(synthetic|picamera2|file:.+|rtsps?://.+|v4l2:/dev/.+)$")
+_SOURCE_RE = re.compile(r"^(synthetic|picamera2|file:.+|rtsps?://.+|v4l2:/dev/.+)\Z")
 
 
 class CameraConfig(_Section):
@@ -191,6 +192,20 @@ class VaultConfig(_Section):
     """Demo only: create a CSU key pair inside the data dir, so the unit can read itself."""
     purge_interval_s: float = Field(default=60.0, ge=1.0, le=3600.0)
     """How often retention runs (it also runs at once when the disk is full)."""
+
+    @field_validator("csu_public_key", "escrow_public_key")
+    @classmethod
+    def _public_only(cls, value: Path | None) -> Path | None:
+        # Checked here too, not only when edged opens the vault, so that `edgectl config
+        # check` says it before the unit records a single segment. A file not there yet (a
+        # configuration checked away from the unit) is judged again at start.
+        if value is not None:
+            try:
+                data = value.read_bytes()
+            except OSError:
+                return value
+            refuse_private_material(data, str(value))
+        return value
 
     @field_validator("retention_days")
     @classmethod

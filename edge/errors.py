@@ -80,6 +80,10 @@ class EnrolmentError(EdgeError, ValueError):
     """Unit enrolment failed: keys, certificate request or the certificate being installed."""
 
 
+class KeyExistsError(EdgeError, FileExistsError):
+    """A key file is already where a new key would be written: keys are never overwritten."""
+
+
 class CaError(EdgeError, ValueError):
     """The small video CA refused an operation (bad request, unknown serial, no CA there)."""
 

@@ -109,3 +109,72 @@ def test_edgectl_config_check(tmp_path: Path) -> None:
     assert f"{bad}:8: cameras[0].fps:" in ko.stderr
     assert f"{bad}:9: cameras[0].speed: unknown key" in ko.stderr
     assert "2 problem(s)" in ko.stderr
+
+
+# --- recipient keys: public halves only (issue #11, item 4) ------------------------------------
+
+
+def _private_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    return ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+@pytest.mark.parametrize("field", ["csu_public_key", "escrow_public_key"])
+def test_config_check_refuses_a_private_key_as_recipient(tmp_path: Path, field: str) -> None:
+    from edge.vault.keys import write_keypair
+
+    pub, key = write_keypair(tmp_path / "csu", config.RecipientKem.X25519)
+    pem = tmp_path / "escrow.pem"
+    pem.write_bytes(_private_pem())
+    cmd = [sys.executable, "-m", "edge.cli.main", "config", "check"]
+    for wrong in (key, pem):
+        other = pub if field == "escrow_public_key" else None
+        lines = [f'{field} = "{wrong}"', 'kem = "x25519"']
+        if other is not None:
+            lines.insert(0, f'csu_public_key = "{other}"')
+        path = tmp_path / "edge.toml"
+        path.write_text(GOOD + "\n[vault]\n" + "\n".join(lines) + "\n")
+        ko = subprocess.run([*cmd, str(path)], capture_output=True, text=True, check=False)
+        assert ko.returncode == 1, ko.stdout + ko.stderr
+        assert f"vault.{field}" in ko.stderr and "PUBLIC key" in ko.stderr, ko.stderr
+        assert str(wrong) in ko.stderr
+    # The public half is accepted.
+    path.write_text(GOOD + f'\n[vault]\ncsu_public_key = "{pub}"\nkem = "x25519"\n')
+    ok = subprocess.run([*cmd, str(path)], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_edged_refuses_to_start_with_the_csu_private_key(tmp_path: Path) -> None:
+    from .daemon_util import write_config
+
+    cfg_path = write_config(tmp_path / "edge.toml", tmp_path / "data")
+    cfg_path.write_text(cfg_path.read_text().replace("csu.pub.json", "csu.key.json"))
+    run = subprocess.run(
+        [sys.executable, "-m", "edge.daemon", "--config", str(cfg_path), "--run-for", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 78, run.stderr[-2000:]
+    assert "vault.csu_public_key" in run.stderr and "PUBLIC key" in run.stderr
+    assert not (tmp_path / "data" / "vault" / "segments").exists()
+
+
+def test_vault_refuses_a_key_file_swapped_after_the_config_was_loaded(tmp_path: Path) -> None:
+    from edge.vault.keys import resolve_recipients, write_keypair
+
+    pub, key = write_keypair(tmp_path / "csu", config.RecipientKem.X25519)
+    cfg = config.parse(
+        GOOD + f'\n[vault]\ncsu_public_key = "{pub}"\nescrow_public_key = "{pub}"\nkem = "x25519"\n'
+    )
+    assert len(resolve_recipients(cfg)) == 2
+    pub.write_bytes(key.read_bytes())  # someone copies the private file over the public one
+    with pytest.raises(ConfigError, match=r"vault\.csu_public_key: .*holds a recipient key"):
+        resolve_recipients(cfg)

@@ -80,6 +80,7 @@ class Csu:
     pki: Pki
     authority: vault_keys.RecipientPrivate
     operator_token: str = "operator-secret-token"
+    expired_token: str = "token-of-an-operator-who-left"
     mqtt_port: int | None = None
     proc: subprocess.Popen[bytes] | None = None
     ports: dict[str, int] = field(default_factory=dict)
@@ -119,6 +120,13 @@ crl_file = "{self.pki.ca.directory / "crl.pem"}"
 [[operators]]
 name = "alice"
 token_sha256 = "{token_hash}"
+expires = 2100-01-01T00:00:00Z
+
+[[operators]]
+name = "bob"
+token_sha256 = "{hashlib.sha256(self.expired_token.encode()).hexdigest()}"
+created = 2020-01-01T00:00:00Z
+expires = 2020-04-01T00:00:00Z
 
 {mqtt}"""
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +13,17 @@ from ..config import RecipientKem
 from ..errors import IntegrityError, VaultError
 from ..unitkeys import load_public_pem
 from ..vault.bundle import open_bundle
-from ..vault.keys import load_private, write_keypair
+from ..vault.keys import keypair_paths, load_private, rotate_keypair, write_keypair
 
 EXIT_PARTIAL = 3
 """``edge-csu open``: the bundle verified, but its export was partial."""
 
 
 def register(sub: Any) -> None:
-    keygen = sub.add_parser("keygen", help="create a recipient key pair (private key mode 0600)")
+    keygen = sub.add_parser(
+        "keygen",
+        help="create a recipient key pair (private key mode 0600); never overwrites a key",
+    )
     keygen.add_argument("--out", type=Path, required=True, help="directory for the key files")
     keygen.add_argument("--name", default="csu", help="file name prefix (csu, escrow, ...)")
     keygen.add_argument(
@@ -27,6 +31,15 @@ def register(sub: Any) -> None:
         choices=[k.value for k in RecipientKem],
         default=RecipientKem.MLKEM768_X25519.value,
         help="HPKE KEM (default: the post-quantum hybrid)",
+    )
+    keygen.add_argument(
+        "--rotate",
+        action="store_true",
+        help="replace the existing key pair NAME; the old files are kept under dated names "
+        "(recordings sealed to the old key still need it)",
+    )
+    keygen.add_argument(
+        "--yes", action="store_true", help="with --rotate: confirm without the interactive question"
     )
     keygen.set_defaults(func=_keygen)
 
@@ -77,10 +90,31 @@ def _load_trust(
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    pub, key = write_keypair(args.out, RecipientKem(args.kem), args.name)
+    kem = RecipientKem(args.kem)
+    if args.yes and not args.rotate:
+        raise VaultError("--yes goes with --rotate")
+    if not args.rotate:
+        pub, key = write_keypair(args.out, kem, args.name)
+    else:
+        _, held = keypair_paths(args.out, args.name)
+        if not args.yes and not _confirmed(held):
+            print("edge-csu: rotation cancelled; nothing changed", file=sys.stderr)
+            return 1
+        pub, key, archived = rotate_keypair(args.out, kem, args.name)
+        for path in archived:
+            print(f"kept:        {path}  (the old key: recordings sealed to it still need it)")
     print(f"public key:  {pub}  (vault.csu_public_key on the units)")
     print(f"private key: {key}  (mode 0600; keep it off the units)")
     return 0
+
+
+def _confirmed(held: Path) -> bool:
+    """Ask the operator to type ``rotate``; refuse when nobody is there to answer."""
+    if not sys.stdin.isatty():
+        raise VaultError("--rotate without a terminal needs --yes to confirm")
+    print(f"Rotate {held}? Units keep sealing to the old key until their configuration changes;")
+    print("the old key is kept beside the new one. Type 'rotate' to confirm: ", end="", flush=True)
+    return sys.stdin.readline().strip() == "rotate"
 
 
 def _open(args: argparse.Namespace) -> int:

@@ -39,7 +39,7 @@ MAX_EVENT_BYTES = 64 * 1024
 #: what the CSU holds is exactly what it sent.
 DIGEST_HEADER = "X-Edge-Sha256"
 
-ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 
 #: Status codes a receiver answers with, and what each means to the client.
 REFUSALS: dict[int, str] = {

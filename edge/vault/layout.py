@@ -17,10 +17,10 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-SEGMENT_RE = re.compile(r"^(\d{6})-(\d{10})\.seg$")
-ENVELOPE_RE = re.compile(r"^(\d{6})-([0-9a-f]{32})\.env$")
-DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-HOUR_RE = re.compile(r"^\d{2}$")
+SEGMENT_RE = re.compile(r"^(\d{6})-(\d{10})\.seg\Z")
+ENVELOPE_RE = re.compile(r"^(\d{6})-([0-9a-f]{32})\.env\Z")
+DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}\Z")
+HOUR_RE = re.compile(r"^\d{2}\Z")
 
 
 def vault_dir(data_dir: Path) -> Path:

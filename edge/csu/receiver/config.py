@@ -8,13 +8,15 @@ as a whole.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ...config import locate_line
 from ...errors import ConfigError
@@ -48,6 +50,32 @@ class OperatorConfig(_Section):
     """Who the operator is, as the audit log names them."""
     token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     """SHA-256 (hex) of the operator's bearer token; the token itself is never stored."""
+    created: dt.datetime | None = None
+    """When the token was issued (``edge-csu token new`` writes it), with its UTC offset."""
+    expires: dt.datetime
+    """When the token stops being accepted (refused with 401, audited), with its UTC offset.
+    Required: a bearer token that never expires outlives the person it was given to."""
+
+    @field_validator("created", "expires")
+    @classmethod
+    def _with_offset(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value.utcoffset() is None:
+            raise ValueError("give the UTC offset (e.g. 2027-03-01T00:00:00Z)")
+        return value
+
+    @model_validator(mode="after")
+    def _expires_after_creation(self) -> OperatorConfig:
+        if self.created is not None and self.expires <= self.created:
+            raise ValueError("expires must be after created")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class TokenVerdict:
+    """Whom a bearer token authenticates, or why it is refused (for the audit log)."""
+
+    operator: str | None
+    refusal: str | None = None
 
 
 class MqttConfig(_Section):
@@ -112,13 +140,23 @@ class ServeConfig(_Section):
             }
         )
 
-    def operator_for_token(self, token: str) -> str | None:
+    def operator_for_token(self, token: str | None, now: dt.datetime) -> TokenVerdict:
+        """The operator ``token`` authenticates at ``now``; a refusal names the reason (an
+        expired token names its operator: the audit log then says whose it was)."""
+        if not token:
+            return TokenVerdict(None, "no bearer token")
         digest = hashlib.sha256(token.encode()).hexdigest()
-        found = None
+        found: OperatorConfig | None = None
         for op in self.operators:  # every entry compared, in constant time each
             if hmac.compare_digest(op.token_sha256, digest):
-                found = op.name
-        return found
+                found = op
+        if found is None:
+            return TokenVerdict(None, "unknown token")
+        if now >= found.expires:
+            return TokenVerdict(
+                None, f"token of {found.name} expired on {found.expires.isoformat()}"
+            )
+        return TokenVerdict(found.name)
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:

@@ -29,6 +29,7 @@ from ...errors import EdgeError
 from ...vault import format as sealed
 from ...vault import keys as vault_keys
 from .store import StoredSegment
+from .trust import utcnow
 
 if TYPE_CHECKING:
     from .server import Handler, Receiver
@@ -162,13 +163,25 @@ def operators_app(receiver: Receiver) -> web.Application:
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        token = _token_of(request)
-        who = receiver.cfg.operator_for_token(token) if token else None
-        if who is None:
+        verdict = receiver.cfg.operator_for_token(_token_of(request), utcnow())
+        if verdict.operator is None:
+            # Refused attempts are audited like granted ones: guessing tokens, or an expired
+            # token still in use, must show in the log (never the token itself).
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            await receiver.run_blocking(
+                lambda: audit.record(
+                    "-",
+                    "refused",
+                    reason=verdict.refusal,
+                    method=request.method,
+                    path=request.path[:512],
+                    remote=str(peer[0]) if peer else None,
+                )
+            )
             return web.Response(
                 status=401, text="operator token required", headers={"WWW-Authenticate": "Bearer"}
             )
-        request["operator"] = who
+        request["operator"] = verdict.operator
         return await handler(request)
 
     def _where(request: web.Request) -> dict[str, Any]:

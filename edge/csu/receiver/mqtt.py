@@ -2,7 +2,9 @@
 
 Publishing never blocks the receiver: paho queues messages while the broker is away and
 reconnects by itself; an event is stored before it is published, so a broker outage loses
-no event (subscribers may re-read them from the store).
+no event (subscribers may re-read them from the store). An event paho does not take stays
+marked unpublished in the store and the unit is told to send it again (503); the retry
+publishes it (at least once: subscribers deduplicate on the event id, as QoS 1 requires).
 """
 
 from __future__ import annotations
@@ -31,10 +33,21 @@ class EventPublisher:
     def topic(self, unit_id: str, camera_id: str) -> str:
         return f"{self.cfg.topic_prefix}/{unit_id}/{camera_id}/events"
 
-    def publish(self, unit_id: str, camera_id: str, payload: bytes) -> None:
-        info = self._client.publish(self.topic(unit_id, camera_id), payload, qos=self.cfg.qos)
+    def publish(self, unit_id: str, camera_id: str, payload: bytes) -> bool:
+        """Hand an event to paho; False when it was not taken (the caller keeps it pending).
+
+        A broker that is away is not a failure: paho queues the message and sends it on
+        reconnection (QoS 1 and 2).
+        """
+        try:
+            info = self._client.publish(self.topic(unit_id, camera_id), payload, qos=self.cfg.qos)
+        except (ValueError, OSError) as exc:  # paho refuses a bad topic or payload by raising
+            log.warning("MQTT publish for %s/%s refused: %s", unit_id, camera_id, exc)
+            return False
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             log.warning("MQTT publish for %s/%s failed: rc %s", unit_id, camera_id, info.rc)
+            return False
+        return True
 
     def stop(self) -> None:
         self._client.disconnect()

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -207,17 +208,33 @@ class Receiver:
             return refuse(400, str(exc))
         if event["unit"] != unit:
             return refuse(400, f"event names unit {event['unit']!r}")
+        event_id = str(event["id"])
         try:
             wire_events.verify_event(body, request["key"])
-            verdict = await self.run_blocking(self.store.store_event, unit, event["id"], body)
+            verdict = await self.run_blocking(
+                partial(
+                    self.store.store_event,
+                    unit,
+                    event_id,
+                    body,
+                    to_publish=self.publisher is not None,
+                )
+            )
         except IntegrityError as exc:
             return refuse(422, str(exc))
         except Refusal as exc:
             return refuse(exc.status, exc.reason)
         if verdict.value == 201:
             self.counters["events"] += 1
-            if self.publisher is not None:
-                self.publisher.publish(unit, str(event["camera"]), body)
+        if self.publisher is not None and (
+            verdict.value == 201
+            or await self.run_blocking(self.store.is_unpublished, unit, event_id)
+        ):
+            if not self.publisher.publish(unit, str(event["camera"]), body):
+                # Stored but not published: the unit keeps it and sends it again; the retry
+                # (a duplicate for the store) publishes it.
+                return refuse(503, f"event {event_id} stored but not yet published; send again")
+            await self.run_blocking(self.store.mark_published, unit, event_id)
         return web.json_response({"status": verdict.name.lower()}, status=verdict.value)
 
     async def put_signing_certificate(self, request: web.Request) -> web.Response:
@@ -292,7 +309,7 @@ async def serve(cfg: ServeConfig, stop: asyncio.Event, ready: Callable[[int, int
     try:
         ports = []
         for app, listen, ctx in (
-            (receiver.units_app(), cfg.units, server_context(cfg.tls)),
+            (receiver.units_app(), cfg.units, server_context(cfg.tls, receiver.crl)),
             (operators_app(receiver), cfg.operators_listen, operator_context(cfg.tls)),
         ):
             runner = web.AppRunner(app, access_log=None)

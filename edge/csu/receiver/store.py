@@ -7,6 +7,7 @@ Layout under ``storage_dir`` (readable with ``ls``)::
     <unit>/<camera>/index.jsonl            one line per stored segment (hash, prev, times, size)
     <unit>/<camera>/epochs/<epoch>.env     epoch key envelopes (HPKE-sealed data keys)
     <unit>/events/<event-id>.json          verified events
+    <unit>/events/<event-id>.unpublished   marker: not yet handed to the MQTT broker
     <unit>/status.json                     last contact, the backlog the unit reported
 
 A segment is accepted only if it parses, its header names the URL's unit, camera and sequence,
@@ -44,7 +45,7 @@ from ...vault import format as sealed
 
 log = logging.getLogger(__name__)
 
-_SEG_NAME = re.compile(r"^(\d{12})\.seg$")
+_SEG_NAME = re.compile(r"^(\d{12})\.seg\Z")
 
 
 class Verdict(enum.Enum):
@@ -264,7 +265,12 @@ class SegmentStore:
 
     # --- events ---------------------------------------------------------------------------------
 
-    def store_event(self, unit_id: str, event_id: str, body: bytes) -> Verdict:
+    def store_event(
+        self, unit_id: str, event_id: str, body: bytes, *, to_publish: bool = False
+    ) -> Verdict:
+        """Store a verified event once. With ``to_publish`` the event is also marked as not yet
+        published (``<event-id>.unpublished``, written first), so that a publish that fails is
+        retried when the unit sends the event again, rather than lost to "duplicate"."""
         directory = self.root / unit_id / "events"
         path = directory / f"{event_id}.json"
         with self._lock:
@@ -273,8 +279,19 @@ class SegmentStore:
                     return Verdict.DUPLICATE
                 raise Refusal(409, f"event {event_id} is already stored with other content")
             directory.mkdir(parents=True, exist_ok=True)
+            if to_publish:
+                write_atomic(self._unpublished(unit_id, event_id), b"")
             write_atomic(path, body)
         return Verdict.STORED
+
+    def _unpublished(self, unit_id: str, event_id: str) -> Path:
+        return self.root / unit_id / "events" / f"{event_id}.unpublished"
+
+    def is_unpublished(self, unit_id: str, event_id: str) -> bool:
+        return self._unpublished(unit_id, event_id).exists()
+
+    def mark_published(self, unit_id: str, event_id: str) -> None:
+        self._unpublished(unit_id, event_id).unlink(missing_ok=True)
 
     # --- unit status ----------------------------------------------------------------------------
 

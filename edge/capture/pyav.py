@@ -22,6 +22,7 @@ carry credentials: neither ``description``, nor an error, nor a log line ever sh
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -219,7 +220,17 @@ class PyAVSource(FrameSource):
             raise self._error(exc, "reading") from None
 
     def set_privacy_masks(self, masks: Sequence[PrivacyMaskConfig]) -> None:
-        self._privacy_masks = tuple(masks)
+        masks = tuple(masks)
+        native = self._native
+        if native is not None and masks:
+            # Prepare for the pictures the source is sending now, here in the caller's thread
+            # (the reload), so the capture thread's next picture needs no rasterising.
+            # The capture thread only uses a masker built for the very masks it has read, so
+            # a picture caught between these two assignments is masked right, if not as fast.
+            fmt, size = native[1], native[2]
+            with contextlib.suppress(MaskError):  # the capture thread reports it, with context
+                self._native = (masks, fmt, size, NativeMasker(masks, fmt, *size))
+        self._privacy_masks = masks
 
     def _mask_natively(self, picture: av.video.frame.VideoFrame) -> av.video.frame.VideoFrame:
         """``picture`` itself when converting it needs no scaling or conversion, else a copy

@@ -70,6 +70,8 @@ LAYOUTS: dict[str, list[tuple[int, int, int, int]]] = {
 CASES = [
     ("yuv420p", (192, 144), (128, 96)),  # 1080p camera recorded at 720p (2/3)
     ("yuv420p", (96, 72), (128, 96)),  # upscaled
+    ("yuv420p", (128, 96), (128, 96)),  # the configured frame itself: no conversion at all
+    ("yuv420p", (191, 143), (128, 96)),  # odd sizes: chroma samples cut by the border
     ("yuv420p+full", (128, 96), (128, 96)),  # full range, same size
     ("yuv420p+full", (192, 144), (128, 96)),
     ("yuv422p", (128, 96), (128, 96)),  # 4:2:2 camera

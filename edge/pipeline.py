@@ -113,6 +113,9 @@ class CameraPipeline:
     def set_masks(self, masks: Sequence[PrivacyMaskConfig]) -> None:
         """Replace the privacy masks (SIGHUP); the next captured frame uses the new ones."""
         masker = PrivacyMasker(masks, self.cam.width, self.cam.height)
+        # The source's masks (applied before its conversion) first: for a frame caught between
+        # the two, old and new masks are both applied, whichever of them is the larger.
+        self._source.set_privacy_masks(masks)
         self._masker = masker
         self.cam = self.cam.model_copy(update={"privacy_masks": list(masks)})
         log.info(

@@ -44,7 +44,15 @@ def open_source(cam: CameraConfig, *, realtime: bool = True) -> FrameSource:
         return Picamera2Source(cam.width, cam.height, cam.fps)
     from .pyav import PyAVSource
 
-    return PyAVSource(source, cam.width, cam.height, cam.fps, loop=cam.loop, realtime=realtime)
+    return PyAVSource(
+        source,
+        cam.width,
+        cam.height,
+        cam.fps,
+        loop=cam.loop,
+        realtime=realtime,
+        privacy_masks=cam.privacy_masks,
+    )
 
 
 __all__ = ["FrameSource", "open_source"]

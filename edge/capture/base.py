@@ -8,8 +8,13 @@ files) sleep until the frame's time. Nothing here is shared between threads.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..frames import Frame
+
+if TYPE_CHECKING:
+    from ..config import PrivacyMaskConfig
 
 
 class FrameSource(abc.ABC):
@@ -38,6 +43,15 @@ class FrameSource(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release the source; safe to call twice and after a failed :meth:`open`."""
+
+    def set_privacy_masks(self, masks: Sequence[PrivacyMaskConfig]) -> None:  # noqa: B027 - a hook
+        """The camera's privacy masks, for a source that must apply them *before* it scales or
+        converts a picture (no output pixel outside a mask may depend on one inside it).
+
+        Any thread may call this (SIGHUP reload); the source uses the new masks from its next
+        conversion. The pipeline still masks every frame at the configured size afterwards.
+        Sources that produce frames in the configured geometry directly need nothing here.
+        """
 
     def __enter__(self) -> FrameSource:
         self.open()

@@ -2,6 +2,10 @@
 
 Every decoded picture is converted to I420 at the configured size by FFmpeg's scaler
 (``VideoFrame.reformat``) and copied into one contiguous :class:`~edge.frames.Frame` buffer.
+When that conversion is not the identity (another size, pixel format or range), the privacy
+masks are applied to the decoded picture first, in its own geometry and format
+(:class:`~edge.privacy.native.NativeMasker`): the scaler's filter reaches across a mask's edge,
+so masking only after it would let pixels next to a mask carry what the mask hides.
 
 Files stand in for cameras: they are re-timed to the configured frame rate (frames are
 repeated or skipped by presentation time, as a camera at that rate would have seen the scene),
@@ -18,15 +22,18 @@ carry credentials: neither ``description``, nor an error, nor a log line ever sh
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from ..errors import CaptureError, from_av
+from ..errors import CaptureError, MaskError, from_av
 from ..frames import Frame, check_dimensions
+from ..privacy.native import NativeMasker
 from .base import FrameSource
 
 if TYPE_CHECKING:
@@ -35,6 +42,8 @@ if TYPE_CHECKING:
     import av.container
     import av.video.frame
     import av.video.stream
+
+    from ..config import PrivacyMaskConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +54,8 @@ READ_TIMEOUT_S = 5.0
 _MAX_LATE_S = 1.0
 #: FFmpeg's AVCOL_RANGE_MPEG: luma 16–235, what every frame of the firmware uses.
 _LIMITED_RANGE = 1
+#: FFmpeg's AVCOL_RANGE_JPEG: full range.
+_FULL_RANGE = 2
 
 
 def redact_url(url: str) -> str:
@@ -75,9 +86,16 @@ class PyAVSource(FrameSource):
         realtime: bool = True,
         open_timeout_s: float = OPEN_TIMEOUT_S,
         read_timeout_s: float = READ_TIMEOUT_S,
+        privacy_masks: Sequence[PrivacyMaskConfig] = (),
     ) -> None:
         check_dimensions(width, height)
         super().__init__(width, height, fps)
+        # Replaced whole by set_privacy_masks (any thread); the capture thread reads the
+        # reference once per picture and caches the NativeMasker built for it.
+        self._privacy_masks: tuple[PrivacyMaskConfig, ...] = tuple(privacy_masks)
+        self._native: (
+            tuple[tuple[PrivacyMaskConfig, ...], str, tuple[int, int], NativeMasker] | None
+        ) = None
         self.loop = loop
         self.realtime = realtime
         self._timeout = (open_timeout_s, read_timeout_s)
@@ -201,9 +219,43 @@ class PyAVSource(FrameSource):
         except (av.FFmpegError, OSError) as exc:
             raise self._error(exc, "reading") from None
 
+    def set_privacy_masks(self, masks: Sequence[PrivacyMaskConfig]) -> None:
+        masks = tuple(masks)
+        native = self._native
+        if native is not None and masks:
+            # Prepare for the pictures the source is sending now, here in the caller's thread
+            # (the reload), so the capture thread's next picture needs no rasterising.
+            # The capture thread only uses a masker built for the very masks it has read, so
+            # a picture caught between these two assignments is masked right, if not as fast.
+            fmt, size = native[1], native[2]
+            with contextlib.suppress(MaskError):  # the capture thread reports it, with context
+                self._native = (masks, fmt, size, NativeMasker(masks, fmt, *size))
+        self._privacy_masks = masks
+
+    def _mask_natively(self, picture: av.video.frame.VideoFrame) -> av.video.frame.VideoFrame:
+        """``picture`` itself when converting it needs no scaling or conversion, else a copy
+        with the privacy masks applied in its own geometry and format."""
+        masks = self._privacy_masks
+        fmt, width, height = picture.format.name, picture.width, picture.height
+        if not masks or (
+            fmt == "yuv420p"
+            and (width, height) == (self.width, self.height)
+            and picture.color_range != _FULL_RANGE
+        ):
+            return picture  # the conversion below is a copy: nothing crosses a mask's edge
+        native = self._native
+        if native is None or native[0] is not masks or native[1:3] != (fmt, (width, height)):
+            try:
+                masker = NativeMasker(masks, fmt, width, height)
+            except MaskError as exc:
+                raise CaptureError(f"{self.description}: {exc}", transient=False) from None
+            native = self._native = (masks, fmt, (width, height), masker)
+        return native[3].masked_copy(picture)
+
     def _convert(self, picture: av.video.frame.VideoFrame, index: int) -> Frame:
         import av
 
+        picture = self._mask_natively(picture)
         try:
             # Frames are limited-range I420: full-range sources (MJPEG webcams, RGB, grey)
             # are converted, not relabelled. Bicubic, as the ffmpeg CLI scales by default.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import functools
 import io
 import json
@@ -32,7 +33,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import __version__, control, enrolment, metrics, selftest, unitkeys
+from . import __version__, control, datadir, enrolment, metrics, selftest, unitkeys
 from . import config as config_mod
 from .alerts import AlertHub
 from .analytics.bridge import AnalyticsBridge
@@ -40,7 +41,7 @@ from .analytics.events import EventSigner, SignedEvent
 from .analytics.faceblur import FaceBlurrer
 from .analytics.mqtt import MqttPublisher
 from .config import CameraConfig, EdgeConfig, PrivacyMaskConfig
-from .errors import ConfigError, EdgeError
+from .errors import ConfigError, DataDirError, EdgeError
 from .frames import Frame
 from .health import system as system_health
 from .health.door import DoorMonitor
@@ -58,6 +59,9 @@ from .vault.verify import self_check
 from .video.base import SegmentSink
 
 log = logging.getLogger("edged")
+
+#: Exit status (sysexits.h) when the data directory cannot be used or is held by another edged.
+EX_CANTCREAT = 73
 
 
 def make_sink(cfg: EdgeConfig) -> SegmentSink:
@@ -106,6 +110,8 @@ class Daemon:
         self.mqtt: MqttPublisher | None = None
         self.event_spool: EventSpool | None = None
         self.hotplug: HotplugMonitor | None = None
+        #: The data directory's lock: this process is its one writer while it holds it.
+        self.data_lock: datadir.HeldLock | None = None
         self._stop = threading.Event()
         self._reload = threading.Event()
 
@@ -129,21 +135,28 @@ class Daemon:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.cfg.unit.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        signing_key = unitkeys.load_or_create_signing_key(
-            unitkeys.keys_dir_of(self.cfg.unit.data_dir)
-        )
-        self.alerts = AlertHub(EventSigner(signing_key, self.cfg.unit.id))
-        if self.cfg.uplink.enabled:
-            # Events wait in a durable spool and go to the CSU before any video; the spool
-            # listens from the start so no alarm raised before the uplink is up is lost.
-            self.event_spool = EventSpool(self.cfg.unit.data_dir / "uplink" / "events")
-            self.alerts.add_listener(functools.partial(_spool_event, self.event_spool))
+        data = self.cfg.unit.data_dir
+        # The lock comes first: nothing in the data directory (keys, vault, spool) and not the
+        # control socket may be touched by a second instance.
+        self.data_lock = datadir.lock_data_dir(data)
+        try:
+            signing_key = unitkeys.load_or_create_signing_key(unitkeys.keys_dir_of(data))
+            self.alerts = AlertHub(EventSigner(signing_key, self.cfg.unit.id))
+            if self.cfg.uplink.enabled:
+                # Events wait in a durable spool and go to the CSU before any video; the spool
+                # listens from the start so no alarm raised before the uplink is up is lost.
+                self.event_spool = EventSpool(data / "uplink" / "events")
+                self.alerts.add_listener(functools.partial(_spool_event, self.event_spool))
+            self.sink = make_sink(self.cfg)
+        except OSError as exc:
+            # A full or unwritable file system under a lock file that could still be written.
+            if isinstance(exc, DataDirError):
+                raise
+            raise datadir.unusable(data, exc) from None
         if self.cfg.analytics.mqtt.enabled:
             self.mqtt = MqttPublisher.from_config(self.cfg)
             self.mqtt.start()
             self.alerts.add_listener(self.mqtt.publish)
-        self.sink = make_sink(self.cfg)
         if isinstance(self.sink, Vault):
             self.extra_selftests.append(("vault", functools.partial(self_check, self.sink), 30.0))
         self._start_health()
@@ -343,7 +356,14 @@ class Daemon:
 
     def run(self, run_for: float | None = None) -> int:
         deadline = None if run_for is None else time.monotonic() + run_for
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            # Stop whatever had started (threads, the analytics children) and free the locks,
+            # so the process can exit with the error.
+            with contextlib.suppress(Exception):
+                self.shutdown()
+            raise
         _notify("READY=1")
         log.info(
             "edged %s recording %d camera(s) into %s (config: %s)",
@@ -407,6 +427,9 @@ class Daemon:
             self.uplink.stop()  # before the vault closes: it reads the outbox
         if self.sink is not None:
             self.sink.close()
+        if self.data_lock is not None:
+            self.data_lock.release()  # last: the vault is closed
+            self.data_lock = None
         total = sum(p.segments_written for p in self.pipelines.values())
         log.info("stopped: %d segment(s) written", total)
         return 0
@@ -571,6 +594,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     daemon.install_signal_handlers()
     try:
         return daemon.run(args.run_for)
+    except DataDirError as exc:
+        log.error("cannot start: %s", exc)
+        return EX_CANTCREAT
     except EdgeError as exc:
         log.error("fatal: %s", exc)
         return 1

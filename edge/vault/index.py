@@ -160,6 +160,11 @@ class Index:
             self.db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
             )
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc):
+                # Not the index's fault: it must not be quarantined as unusable for it.
+                raise OSError(errno.ENOSPC, f"index: {exc}", str(path)) from None
+            raise VaultError(f"{path}: index unusable: {exc}") from None
         except sqlite3.DatabaseError as exc:
             raise VaultError(f"{path}: index unusable: {exc}") from None
 

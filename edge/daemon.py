@@ -5,6 +5,9 @@ camera, tells systemd when recording runs (``READY=1``), pets the watchdog only 
 recording thread is alive and making progress, publishes ``STATUS=``, and handles signals:
 
 - SIGTERM / SIGINT: stop capture, finish the segment being written, exit 0;
+- a recording thread that ends on its own (whatever the cause): a signed "recording-stopped"
+  alarm and an audit record, then the same orderly stop and exit status 70, so that systemd
+  restarts edged rather than leaving capture to drop frames unrecorded;
 - SIGHUP: re-read the configuration; an invalid one is logged and the old one kept; new privacy
   masks apply from the next frame; a changed camera is restarted; changes that need a restart
   of the daemon (unit identity, data directory) are logged and not applied.
@@ -62,6 +65,8 @@ log = logging.getLogger("edged")
 
 #: Exit status (sysexits.h) when the data directory cannot be used or is held by another edged.
 EX_CANTCREAT = 73
+#: Exit status (sysexits.h) when a recording thread died: systemd restarts edged.
+EX_SOFTWARE = 70
 
 
 def make_sink(cfg: EdgeConfig) -> SegmentSink:
@@ -377,6 +382,7 @@ class Daemon:
         next_status = time.monotonic()
         next_metrics = time.monotonic()
         next_watch = time.monotonic() + 1.0
+        status = 0
         while not self._stop.is_set():
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -385,6 +391,15 @@ class Daemon:
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
+            failed = {
+                cam_id: p.recorder_failure
+                for cam_id, p in self.pipelines.items()
+                if p.recorder_failure is not None
+            }
+            if failed:
+                self._recording_failed(failed)
+                status = EX_SOFTWARE
+                break
             if all(p.finished() for p in self.pipelines.values()):
                 log.info("every source has ended: stopping")
                 break
@@ -405,7 +420,17 @@ class Daemon:
                 self._write_metrics(self.cfg.control.metrics_file)
                 next_metrics = now + self.cfg.control.metrics_interval_s
             self._stop.wait(0.2)
-        return self.shutdown()
+        return self.shutdown() or status
+
+    def _recording_failed(self, failed: dict[str, str]) -> None:
+        """A recording thread ended on its own: say so, signed and audited, before exiting."""
+        for cam_id, reason in failed.items():
+            log.error("[%s] recording stopped: %s; exiting to be restarted", cam_id, reason)
+            if self.alerts is not None:
+                self.alerts.raise_alert(
+                    "recording-stopped", cam_id, f"recording stopped, edged restarts: {reason}"
+                )
+            self.audit("recording-stopped", {"camera": cam_id, "reason": reason})
 
     def shutdown(self) -> int:
         _notify("STOPPING=1")

@@ -64,7 +64,7 @@ class IntegrityError(VaultError):
     """Stored or received data fails verification (signature, digest, chain, format)."""
 
 
-class IndexCorruptError(VaultError):
+class IndexCorruptError(IntegrityError):
     """The vault's index (a cache of the sealed files) is damaged; it can be rebuilt from them."""
 
 

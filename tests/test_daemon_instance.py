@@ -102,3 +102,38 @@ def test_a_stale_socket_of_a_killed_edged_is_replaced(tmp_path: Path, data_dir: 
         assert control.call(sock, "status")["data_dir"] == str(data_dir)
         second.terminate()
         assert second.wait(timeout=30) == 0
+
+
+def test_edgectl_export_and_verify_beside_a_running_edged_leave_its_vault_intact(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """The tools that write while edged runs (an audit record each) are not a second writer:
+    they read the index read-only and append to the audit log under its own flock."""
+    config = _with_socket(write_config(tmp_path / "edge.toml", data_dir), tmp_path / "ctl.sock")
+    edgectl = [sys.executable, "-m", "edge.cli.main"]
+    with running_edged(config, tmp_path) as (proc, notify):
+        notify.wait_for("READY=1", timeout=30)
+        _wait_for_segments(data_dir, 2)
+        for n in range(2):
+            subprocess.run(
+                [*edgectl, "export", "--config", str(config), "--last", "1h",
+                 "--case", f"T-{n}", "--out", str(tmp_path / f"bundle-{n}")],
+                check=True, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            subprocess.run(
+                [*edgectl, "verify", "--config", str(config)],
+                check=True, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+        _wait_for_segments(data_dir, len(sealed_segments(data_dir)) + 1)
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+    audit = subprocess.run(
+        [*edgectl, "audit", "--config", str(config), "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert audit.returncode == 0, audit.stderr
+    actions = [line for line in audit.stdout.splitlines() if '"export"' in line]
+    assert len(actions) == 2
+    public = load_signing_public_key(keys_dir_of(data_dir))
+    report = verify_vault(layout.vault_dir(data_dir), public, device_id="test-unit")
+    assert report.ok, [str(f) for f in report.findings]

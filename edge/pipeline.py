@@ -187,7 +187,7 @@ class CameraPipeline:
             ended_normally = self._record_until_stop()
         except BaseException as exc:  # whatever it is, the daemon must learn the thread died
             log.exception("[%s] recording thread died", self.cam.id)
-            self.recorder_failure = f"{type(exc).__name__}: {exc}"
+            self.recorder_error = self.recorder_failure = f"{type(exc).__name__}: {exc}"
             return
         if not ended_normally:
             self.recorder_failure = self.recorder_error or "recording stopped"

@@ -5,6 +5,9 @@ camera, tells systemd when recording runs (``READY=1``), pets the watchdog only 
 recording thread is alive and making progress, publishes ``STATUS=``, and handles signals:
 
 - SIGTERM / SIGINT: stop capture, finish the segment being written, exit 0;
+- a recording thread that ends on its own (whatever the cause): a signed "recording-stopped"
+  alarm and an audit record, then the same orderly stop and exit status 70, so that systemd
+  restarts edged rather than leaving capture to drop frames unrecorded;
 - SIGHUP: re-read the configuration; an invalid one is logged and the old one kept; new privacy
   masks apply from the next frame; a changed camera is restarted; changes that need a restart
   of the daemon (unit identity, data directory) are logged and not applied.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import functools
 import io
 import json
@@ -32,7 +36,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import __version__, control, enrolment, metrics, selftest, unitkeys
+from . import __version__, control, datadir, enrolment, metrics, selftest, unitkeys
 from . import config as config_mod
 from .alerts import AlertHub
 from .analytics.bridge import AnalyticsBridge
@@ -40,7 +44,7 @@ from .analytics.events import EventSigner, SignedEvent
 from .analytics.faceblur import FaceBlurrer
 from .analytics.mqtt import MqttPublisher
 from .config import CameraConfig, EdgeConfig, PrivacyMaskConfig
-from .errors import ConfigError, EdgeError
+from .errors import ConfigError, DataDirError, EdgeError
 from .frames import Frame
 from .health import system as system_health
 from .health.door import DoorMonitor
@@ -58,6 +62,11 @@ from .vault.verify import self_check
 from .video.base import SegmentSink
 
 log = logging.getLogger("edged")
+
+#: Exit status (sysexits.h) when the data directory cannot be used or is held by another edged.
+EX_CANTCREAT = 73
+#: Exit status (sysexits.h) when a recording thread died: systemd restarts edged.
+EX_SOFTWARE = 70
 
 
 def make_sink(cfg: EdgeConfig) -> SegmentSink:
@@ -106,6 +115,8 @@ class Daemon:
         self.mqtt: MqttPublisher | None = None
         self.event_spool: EventSpool | None = None
         self.hotplug: HotplugMonitor | None = None
+        #: The data directory's lock: this process is its one writer while it holds it.
+        self.data_lock: datadir.HeldLock | None = None
         self._stop = threading.Event()
         self._reload = threading.Event()
         # Set with either of the two above so the main loop acts at once rather than at its next
@@ -137,21 +148,28 @@ class Daemon:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.cfg.unit.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        signing_key = unitkeys.load_or_create_signing_key(
-            unitkeys.keys_dir_of(self.cfg.unit.data_dir)
-        )
-        self.alerts = AlertHub(EventSigner(signing_key, self.cfg.unit.id))
-        if self.cfg.uplink.enabled:
-            # Events wait in a durable spool and go to the CSU before any video; the spool
-            # listens from the start so no alarm raised before the uplink is up is lost.
-            self.event_spool = EventSpool(self.cfg.unit.data_dir / "uplink" / "events")
-            self.alerts.add_listener(functools.partial(_spool_event, self.event_spool))
+        data = self.cfg.unit.data_dir
+        # The lock comes first: nothing in the data directory (keys, vault, spool) and not the
+        # control socket may be touched by a second instance.
+        self.data_lock = datadir.lock_data_dir(data)
+        try:
+            signing_key = unitkeys.load_or_create_signing_key(unitkeys.keys_dir_of(data))
+            self.alerts = AlertHub(EventSigner(signing_key, self.cfg.unit.id))
+            if self.cfg.uplink.enabled:
+                # Events wait in a durable spool and go to the CSU before any video; the spool
+                # listens from the start so no alarm raised before the uplink is up is lost.
+                self.event_spool = EventSpool(data / "uplink" / "events")
+                self.alerts.add_listener(functools.partial(_spool_event, self.event_spool))
+            self.sink = make_sink(self.cfg)
+        except OSError as exc:
+            # A full or unwritable file system under a lock file that could still be written.
+            if isinstance(exc, DataDirError):
+                raise
+            raise datadir.unusable(data, exc) from None
         if self.cfg.analytics.mqtt.enabled:
             self.mqtt = MqttPublisher.from_config(self.cfg)
             self.mqtt.start()
             self.alerts.add_listener(self.mqtt.publish)
-        self.sink = make_sink(self.cfg)
         if isinstance(self.sink, Vault):
             self.extra_selftests.append(("vault", functools.partial(self_check, self.sink), 30.0))
         self._start_health()
@@ -351,7 +369,14 @@ class Daemon:
 
     def run(self, run_for: float | None = None) -> int:
         deadline = None if run_for is None else time.monotonic() + run_for
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            # Stop whatever had started (threads, the analytics children) and free the locks,
+            # so the process can exit with the error.
+            with contextlib.suppress(Exception):
+                self.shutdown()
+            raise
         _notify("READY=1")
         log.info(
             "edged %s recording %d camera(s) into %s (config: %s)",
@@ -365,6 +390,7 @@ class Daemon:
         next_status = time.monotonic()
         next_metrics = time.monotonic()
         next_watch = time.monotonic() + 1.0
+        status = 0
         while not self._stop.is_set():
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -373,6 +399,15 @@ class Daemon:
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
+            failed = {
+                cam_id: p.recorder_failure
+                for cam_id, p in self.pipelines.items()
+                if p.recorder_failure is not None
+            }
+            if failed:
+                self._recording_failed(failed)
+                status = EX_SOFTWARE
+                break
             if all(p.finished() for p in self.pipelines.values()):
                 log.info("every source has ended: stopping")
                 break
@@ -394,7 +429,17 @@ class Daemon:
                 next_metrics = now + self.cfg.control.metrics_interval_s
             self._wake.wait(0.2)
             self._wake.clear()
-        return self.shutdown()
+        return self.shutdown() or status
+
+    def _recording_failed(self, failed: dict[str, str]) -> None:
+        """A recording thread ended on its own: say so, signed and audited, before exiting."""
+        for cam_id, reason in failed.items():
+            log.error("[%s] recording stopped: %s; exiting to be restarted", cam_id, reason)
+            if self.alerts is not None:
+                self.alerts.raise_alert(
+                    "recording-stopped", cam_id, f"recording stopped, edged restarts: {reason}"
+                )
+            self.audit("recording-stopped", {"camera": cam_id, "reason": reason})
 
     def shutdown(self) -> int:
         _notify("STOPPING=1")
@@ -416,6 +461,9 @@ class Daemon:
             self.uplink.stop()  # before the vault closes: it reads the outbox
         if self.sink is not None:
             self.sink.close()
+        if self.data_lock is not None:
+            self.data_lock.release()  # last: the vault is closed
+            self.data_lock = None
         total = sum(p.segments_written for p in self.pipelines.values())
         log.info("stopped: %d segment(s) written", total)
         return 0
@@ -586,6 +634,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     daemon.install_signal_handlers()
     try:
         return daemon.run(args.run_for)
+    except DataDirError as exc:
+        log.error("cannot start: %s", exc)
+        return EX_CANTCREAT
     except EdgeError as exc:
         log.error("fatal: %s", exc)
         return 1

@@ -9,7 +9,10 @@ Threads and what they touch:
   the frame is dropped and counted, so capture never waits for recording.
 - the **recording thread** takes frames off the queue, encodes them and writes finished segments
   to the sink. It never waits for analytics or the network; a sink error is logged and counted,
-  and recording goes on with the next segment.
+  and recording goes on with the next segment. If it ends without being asked to (an encoder
+  that keeps failing, any unexpected exception), :attr:`CameraPipeline.recorder_failure` says
+  why: the daemon raises an alarm and exits non-zero so that systemd restarts it, since
+  capture alone only drops frames.
 - any thread may call :meth:`snapshot` (diagnostics) and :meth:`set_masks` (SIGHUP reload).
 
 ``self._masker`` is replaced whole on reload; reading an attribute is atomic in CPython, so the
@@ -84,6 +87,9 @@ class CameraPipeline:
         self.last_write_mono: float | None = None
         self.heartbeat_mono = time.monotonic()
         self.recorder_error: str | None = None
+        #: Why the recording thread ended on its own; None while it runs or after a normal end
+        #: (stop requested, finite source recorded to its end). Written once, by that thread.
+        self.recorder_failure: str | None = None
 
     # --- control -----------------------------------------------------------------------------
 
@@ -102,11 +108,22 @@ class CameraPipeline:
         self._capture.start()
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Stop capture, finish the segment being recorded, and wait for both threads."""
+        """Stop capture, finish the segment being recorded, and wait for both threads.
+
+        Returns within about twice ``timeout`` whatever state the threads are in: a dead
+        recording thread never takes anything off a full queue, so nothing here waits for it.
+        """
         self._capture.stop()
         self._capture.join(timeout)
-        self._queue.put(_STOP)  # blocks only while the recorder drains a full queue
-        self._recorder.join(timeout)
+        deadline = time.monotonic() + timeout
+        while self._recorder.is_alive():
+            try:
+                self._queue.put(_STOP, timeout=0.2)  # waits while the recorder drains the queue
+                break
+            except queue.Full:
+                if time.monotonic() >= deadline:
+                    break
+        self._recorder.join(max(0.0, deadline - time.monotonic()))
         if self._recorder.is_alive():
             log.error("[%s] recording thread did not finish within %.0f s", self.cam.id, timeout)
 
@@ -169,6 +186,17 @@ class CameraPipeline:
     # --- recording thread --------------------------------------------------------------------
 
     def _record(self) -> None:
+        try:
+            ended_normally = self._record_until_stop()
+        except BaseException as exc:  # whatever it is, the daemon must learn the thread died
+            log.exception("[%s] recording thread died", self.cam.id)
+            self.recorder_error = self.recorder_failure = f"{type(exc).__name__}: {exc}"
+            return
+        if not ended_normally:
+            self.recorder_failure = self.recorder_error or "recording stopped"
+
+    def _record_until_stop(self) -> bool:
+        """Record until asked to stop or the source ends (True); False when giving up."""
         failures = 0
         while True:
             try:
@@ -178,7 +206,7 @@ class CameraPipeline:
             except EdgeError as exc:
                 self.recorder_error = str(exc)
                 log.error("[%s] cannot start the encoder: %s", self.cam.id, exc)
-                return
+                return False
             try:
                 stopped = self._encode_until_stop(encoder)
             except EdgeError as exc:
@@ -194,7 +222,7 @@ class CameraPipeline:
                         failures,
                         exc,
                     )
-                    return
+                    return False
                 log.error("[%s] encoding failed, restarting the encoder: %s", self.cam.id, exc)
                 time.sleep(1.0)
                 continue
@@ -205,7 +233,7 @@ class CameraPipeline:
                     log.error("[%s] could not finish the last segment: %s", self.cam.id, exc)
                 finally:
                     encoder.close()
-                return
+                return True
 
     def _encode_until_stop(self, encoder: SegmentEncoder) -> bool:
         """Encode queued frames until asked to stop (returns True); raises on encoder failure."""

@@ -13,6 +13,12 @@ Threads and processes:
   restarts the child with back-off when it dies;
 - any thread may call :meth:`stats`, :meth:`add_listener`, :meth:`stop`.
 
+Lifetime: the child dies with edged, even when edged is SIGKILLed (it asks the kernel for
+that and watches its parent, :func:`edge.process.die_with_parent`); with it goes
+multiprocessing's resource tracker, which then unlinks the shared memory and semaphores.
+A child is only ever started from a thread that outlives it (the caller of :meth:`start`,
+then the drain thread), since the kernel's parent-death signal follows the starting thread.
+
 ``_slots_lock`` protects the free-slot list and the queues, which the drain thread replaces when
 it restarts the child; :meth:`offer` only *tries* the lock and drops the frame if a restart
 holds it. ``_stats_lock`` protects the statistics the drain thread writes and :meth:`stats`
@@ -36,7 +42,7 @@ from ..frames import Frame
 from ..unitkeys import keys_dir_of, load_or_create_signing_key
 from . import worker
 from .events import SignedEvent
-from .shm import FrameRing, analysis_geometry
+from .shm import FrameRing, analysis_geometry, remove_stale_rings
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +130,7 @@ class AnalyticsBridge:
         model in the background and frames offered meanwhile wait in their slots or drop)."""
         # The parent creates the key if needed, so two processes never race to create it.
         load_or_create_signing_key(keys_dir_of(self.cfg.unit.data_dir))
+        remove_stale_rings()
         self._ring = FrameRing.create(self.acfg.slots, self.width, self.height)
         if self._publisher is not None:
             self._publisher.start()

@@ -8,6 +8,8 @@ parent. When no frame comes for a while, tamper detection is told (signal lost).
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
+import os
 import queue
 import time
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..config import AnalyticsConfig, CameraAnalyticsConfig
-from ..process import setup_process
+from ..process import die_with_parent, setup_process
 from ..unitkeys import keys_dir_of, load_signing_key
 from .base import Detector
 from .engine import AnalyticsEngine
@@ -56,6 +58,8 @@ def make_detector(cfg: AnalyticsConfig) -> Detector | None:
 
 def run(spec: WorkerSpec, ready: Any, free: Any, out: Any, stop: MpEvent) -> None:
     """Child process main. ``ready``/``free``/``out`` are multiprocessing queues."""
+    parent = mp.parent_process()
+    die_with_parent(parent.pid if parent is not None and parent.pid else os.getppid())
     setup_process(f"analytics-{spec.camera}"[:15], log_level=spec.log_level, nice=10)
     ring = FrameRing.attach(spec.ring_name, spec.slots, spec.width, spec.height)
     try:

@@ -12,7 +12,12 @@ reads the outbox from another):
 * ``_live_lock`` is held while a lane switches epoch (envelope written and indexed, key
   swapped) and while a purge decides which envelopes are unused, so a purge never removes
   the envelope of a live epoch; no other lock is taken while it is held;
-* the index has its own lock (see :mod:`edge.vault.index`).
+* the index has its own lock (see :mod:`edge.vault.index`);
+* a damaged index met while running (:class:`IndexCorruptError`) is replaced under
+  ``_purge_lock`` (so no purge reads it half rebuilt): quarantined, rebuilt from the sealed
+  files, and the call that met it is tried again. Callers never hold ``_live_lock`` or
+  ``_purge_lock`` when they ask for it; ``Index.generation`` tells a second thread that met
+  the same damage that the index was already replaced.
 """
 
 from __future__ import annotations
@@ -25,12 +30,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ..config import EdgeConfig, VaultConfig
-from ..errors import VaultError
+from ..errors import IndexCorruptError, VaultError
 from ..unitkeys import keys_dir_of, load_or_create_signing_key
 from ..video.base import MediaSegment, SegmentSink
 from . import files, layout
@@ -43,6 +48,8 @@ from .outbox import outbox_items
 from .retention import DiskUsage, PurgePlan, RetentionPolicy, bytes_to_free, plan_purge
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 #: Space kept aside so that a purge on a completely full disk can write its checkpoint first.
@@ -164,10 +171,17 @@ class Vault(SegmentSink, Outbox):
         )
         raw = fmt.sign_envelope(env, self._key)
         path = layout.envelope_path(self.root, lane.camera_id, now, key.epoch_id)
+        generation = self.index.generation
+        broken: IndexCorruptError | None = None
         with self._live_lock:
             self._write_file(path, raw)
-            self.index.add_epoch(lane.camera_id, key.epoch_id, now, len(raw))
+            try:
+                self.index.add_epoch(lane.camera_id, key.epoch_id, now, len(raw))
+            except IndexCorruptError as exc:
+                broken = exc  # replaced below, outside _live_lock (purges take it)
             old, lane.epoch = lane.epoch, key
+        if broken is not None:
+            self.replace_index(generation, broken)  # re-reads the envelope just written
         lane.epoch_started = time.monotonic()
         self._vault_bytes += len(raw)
         if old is not None:
@@ -217,7 +231,7 @@ class Vault(SegmentSink, Outbox):
                 digest,
             )
             try:
-                self._with_space(lambda: self.index.insert(row), 65536)
+                self._with_space(lambda: self._indexed(lambda: self.index.insert(row)), 65536)
             except VaultError:
                 # Not acknowledged, so not kept: the next write reuses this sequence.
                 self._unlink(path)
@@ -227,6 +241,37 @@ class Vault(SegmentSink, Outbox):
             self._vault_bytes += len(raw)
         if bytes_to_free(self.policy, self.usage()) > 0:
             self.purge(reason="space")
+
+    def _indexed(self, action: Callable[[], T]) -> T:
+        """Run an index operation; on a damaged index replace it and run it once more."""
+        generation = self.index.generation
+        try:
+            return action()
+        except IndexCorruptError as exc:
+            self.replace_index(generation, exc)
+        return action()
+
+    def replace_index(self, generation: int, exc: IndexCorruptError) -> None:
+        """The index broke while running: quarantine it, rebuild it from the sealed files
+        (as recovery does at start), record that in the audit log; recording goes on.
+
+        ``generation`` is the index's generation when the caller met the damage: if another
+        thread replaced it since, there is nothing left to do.
+        """
+        from .recovery import rebuild_index  # local: recovery uses this module's types
+
+        with self._purge_lock:
+            if self.index.generation != generation:
+                return
+            log.error("vault index damaged while recording (%s): rebuilding it", exc)
+            self.index.replace(lambda side: self.quarantine(side, str(exc)))
+            count = rebuild_index(self)
+            self._vault_bytes = self.index.total_bytes()
+        details = {"reason": str(exc), "segments": count}
+        try:
+            self.audit.append("index-rebuilt", details, actor="edged")
+        except (OSError, VaultError) as err:  # recording matters more than this record
+            log.error("audit log not writable (%s): index-rebuilt %s not recorded", err, details)
 
     def _with_space(self, action: Callable[[], None], size: int) -> None:
         """Run a write; on a full disk purge the oldest recordings and try again."""
@@ -270,6 +315,9 @@ class Vault(SegmentSink, Outbox):
 
     def purge(self, *, reason: str = "periodic", extra_needed: int = 0) -> PurgePlan:
         """Apply retention now: by age, then by space, oldest first. Returns what was done."""
+        return self._indexed(lambda: self._purge(reason, extra_needed))
+
+    def _purge(self, reason: str, extra_needed: int) -> PurgePlan:
         with self._purge_lock:
             now = self.clock()
             plan = plan_purge(
@@ -400,30 +448,30 @@ class Vault(SegmentSink, Outbox):
     # --- reading -------------------------------------------------------------------------------
 
     def find(self, start_ns: int, end_ns: int, camera: str | None = None) -> list[IndexRow]:
-        return self.index.range(start_ns, end_ns, camera)
+        return self._indexed(lambda: self.index.range(start_ns, end_ns, camera))
 
     def path_of(self, row: IndexRow) -> Path:
         return layout.segment_path(self.root, row.camera_id, row.start_wall_ns, row.sequence)
 
     def outbox(self, limit: int = 100) -> list[OutboxItem]:
-        return self._outbox_items(self.index.pending(limit))
+        return self._indexed(lambda: self._outbox_items(self.index.pending(limit)))
 
     def outbox_since(self, start_ns: int, limit: int = 100) -> list[OutboxItem]:
         """Like :meth:`outbox`, for segments started at or after ``start_ns``: the live edge the
         uplink sends before any backlog (a plain oldest-first page would not reach it)."""
-        return self._outbox_items(self.index.pending_since(start_ns, limit))
+        return self._indexed(lambda: self._outbox_items(self.index.pending_since(start_ns, limit)))
 
     def _outbox_items(self, rows: list[IndexRow]) -> list[OutboxItem]:
         return outbox_items(self.index, self.root, rows)
 
     def mark_delivered(self, camera_id: str, sequence: int) -> None:
-        self.index.mark_delivered(camera_id, sequence)
+        self._indexed(lambda: self.index.mark_delivered(camera_id, sequence))
 
     def mark_envelope_delivered(self, camera_id: str, epoch_id: bytes) -> None:
-        self.index.mark_epoch_delivered(camera_id, epoch_id)
+        self._indexed(lambda: self.index.mark_epoch_delivered(camera_id, epoch_id))
 
     def backlog(self) -> Backlog:
-        count, ns, size = self.index.backlog()
+        count, ns, size = self._indexed(self.index.backlog)
         return Backlog(count, ns / 1e9, size)
 
     # --- life cycle ----------------------------------------------------------------------------

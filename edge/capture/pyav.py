@@ -19,6 +19,8 @@ carry credentials: neither ``description``, nor an error, nor a log line ever sh
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 #: Seconds to wait for a live source to answer when opening, and for each read after that.
 OPEN_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 5.0
+#: Seconds a back-off check waits for a camera's TCP port (it must not hold the loop up).
+_ANSWER_TIMEOUT_S = 1.0
 #: A file reader later than this re-anchors its clock instead of bursting to catch up.
 _MAX_LATE_S = 1.0
 #: FFmpeg's AVCOL_RANGE_MPEG: luma 16–235, what every frame of the firmware uses.
@@ -126,6 +130,25 @@ class PyAVSource(FrameSource):
         self._converted: Frame | None = None  # files: untouched copy of a picture to repeat
         self._last_index = -1
         self._t0_ns: int | None = None
+
+    def answers(self) -> bool | None:
+        """RTSP: the camera accepts a TCP connection; V4L2: the device node exists."""
+        if self.kind == "v4l2":
+            return os.path.exists(self._url)
+        if self.kind != "rtsp":
+            return None
+        parts = urlsplit(self._url)
+        try:
+            port = parts.port or (322 if parts.scheme == "rtsps" else 554)
+        except ValueError:
+            return None
+        if not parts.hostname:
+            return None
+        try:
+            with socket.create_connection((parts.hostname, port), timeout=_ANSWER_TIMEOUT_S):
+                return True
+        except OSError:
+            return False
 
     # --- errors ------------------------------------------------------------------------------
 

@@ -315,7 +315,7 @@ def test_camera_that_answers_again_is_reopened_at_once() -> None:
     assert camera.reopened_at is not None
     # Checked every second: reopened within one probe interval, not after up to 30 s.
     assert camera.reopened_at - back_at <= 1.0
-    assert all(s <= 1.0 for s in t.sleeps), "waits are sliced to the probe interval"
+    assert all(s <= 2.0 for s in t.sleeps), "long waits are sliced to the probe interval"
 
 
 def test_camera_answering_all_along_keeps_its_backoff() -> None:

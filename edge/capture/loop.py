@@ -6,7 +6,7 @@ calls ``on_frame`` in that same thread for every frame, so whatever the daemon d
 :class:`~edge.errors.CaptureError` closes the source, waits, and reopens it; the wait grows
 exponentially with full jitter (so a street of cameras behind one rebooting switch does not
 reconnect in step) and starts small again once the source has run for ``backoff_reset_s``.
-During a wait the loop asks the source every ``probe_interval`` whether the camera answers
+During a longer wait the loop asks the source every ``probe_interval`` whether the camera answers
 (:meth:`~edge.capture.base.FrameSource.answers`): once a camera that stopped answering answers
 again, the wait ends and the source is reopened at once.
 
@@ -302,13 +302,17 @@ class CaptureLoop:
         Only a change from silent to answering ends the wait: a camera that answers all along
         (up, but refusing the stream: a wrong password) keeps its full back-off.
         """
-        if self.source.answers() is None:
-            self._sleep(delay)  # the source cannot tell: wait the whole delay
+        if delay <= 2 * self._probe_interval or self.source.answers() is None:
+            # A short wait is not worth probing; a source that cannot tell waits it all.
+            self._sleep(delay)
             return
+        # Bounded by the clock (probes take time) and by what was slept (an injected sleep
+        # need not move the clock).
         deadline = self._clock() + delay
+        slept = 0.0
         went_silent = False
         while not self._stop_event.is_set():
-            left = deadline - self._clock()
+            left = min(deadline - self._clock(), delay - slept)
             if left <= 0:
                 return
             answers = self.source.answers()
@@ -316,7 +320,9 @@ class CaptureLoop:
                 log.info("%s: %s answers again, reopening now", self.name, self.source.description)
                 return
             went_silent = went_silent or not answers
-            self._sleep(min(left, self._probe_interval))
+            step = min(left, self._probe_interval)
+            self._sleep(step)
+            slept += step
 
     def _fail(self, exc: Exception, doing: str) -> None:
         self.error = exc

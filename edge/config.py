@@ -112,6 +112,35 @@ class CameraConfig(_Section):
     """Encoding and segmenting settings."""
     synthetic: SyntheticSceneConfig = SyntheticSceneConfig()
     """Scene settings when source is "synthetic"."""
+    tls_ca_file: Path | None = None
+    """rtsps: CA chain, or the camera's own certificate, that its certificate must chain to
+    (the host in the URL must be a name in the certificate)."""
+    tls_fingerprint_sha256: str | None = Field(
+        default=None, pattern=r"^[0-9A-Fa-f]{2}(:?[0-9A-Fa-f]{2}){31}$"
+    )
+    """rtsps: SHA-256 of the camera's self-signed certificate, pinned instead of a CA
+    (``openssl x509 -noout -fingerprint -sha256 -in camera.crt``)."""
+
+    @model_validator(mode="after")
+    def _camera_certificate_checked(self) -> CameraConfig:
+        # An unverified rtsps camera hands its password to whoever answers on its address.
+        rtsps = self.source.startswith("rtsps://")
+        given = [
+            name
+            for name in ("tls_ca_file", "tls_fingerprint_sha256")
+            if getattr(self, name) is not None
+        ]
+        if rtsps and not given:
+            raise ValueError(
+                "an rtsps:// camera's certificate must be verified before its password is sent: "
+                "set tls_ca_file (its CA, or the camera's own certificate) or "
+                "tls_fingerprint_sha256 (openssl x509 -noout -fingerprint -sha256 -in cam.crt)"
+            )
+        if len(given) > 1:
+            raise ValueError("set tls_ca_file or tls_fingerprint_sha256, not both")
+        if given and not rtsps:
+            raise ValueError(f"{given[0]} applies to rtsps:// cameras only")
+        return self
 
     @field_validator("source")
     @classmethod

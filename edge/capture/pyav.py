@@ -437,18 +437,21 @@ class PyAVSource(FrameSource):
         next_due = (self._slot + 1.5) / self.fps
         if self._converted is None and (self._ahead is None or self._ahead[0] >= next_due):
             self._converted = frame.copy()
-        self._pace(slot_time)
-        frame.mono_ns, frame.wall_ns = time.monotonic_ns(), time.time_ns()
+        # The slot's time on the paced clock is the capture time the recording follows (read
+        # faster than real time, the file still runs at fps).
+        frame.mono_ns, frame.wall_ns = self._pace(slot_time), time.time_ns()
         self._slot += 1
         return frame
 
-    def _pace(self, slot_time: float) -> None:
-        if not self.realtime:
-            return
+    def _pace(self, slot_time: float) -> int:
+        """Wait for the slot (when realtime); return its time on the monotonic clock."""
         now = time.monotonic_ns()
         due_offset = round(slot_time * 1e9)
-        if self._t0_ns is None or now - (self._t0_ns + due_offset) > _MAX_LATE_S * 1e9:
+        if self._t0_ns is None or (
+            self.realtime and now - (self._t0_ns + due_offset) > _MAX_LATE_S * 1e9
+        ):
             self._t0_ns = now - due_offset
         due = self._t0_ns + due_offset
-        if due > now:
+        if self.realtime and due > now:
             time.sleep((due - now) / 1e9)
+        return due

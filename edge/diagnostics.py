@@ -64,6 +64,8 @@ def camera_findings(cam: dict[str, Any]) -> list[Finding]:
         f"{fps_in:.1f}/{cam.get('fps_configured', 0):g} fps drop {cam.get('frames_dropped', 0)} "
         f"frame {_age(age)}"
     )
+    if cam.get("time_gaps"):  # kept as gaps in the recording, never closed up
+        line += f" gaps {cam['time_gaps']} ({cam.get('time_gap_s', 0):.0f} s)"
     out: list[Finding] = []
     if state in ("BACKOFF", "FAILED", "ENDED", "STARTING") and (age is None or age > 5):
         reason = capture.get("reason") or "no frames"

@@ -77,6 +77,8 @@ class CameraPipeline:
         self.last_frame: Frame | None = None
         # Written by the recording thread:
         self.frames_encoded = 0
+        self.time_gaps = 0  # pauses over encoder.TIME_GAP_S, kept as gaps in the recording
+        self.time_gap_s = 0.0
         self.segments_written = 0
         self.bytes_written = 0
         self.sink_errors = 0
@@ -206,6 +208,7 @@ class CameraPipeline:
 
     def _encode_until_stop(self, encoder: SegmentEncoder) -> bool:
         """Encode queued frames until asked to stop (returns True); raises on encoder failure."""
+        gaps_seen = 0
         while True:
             self.heartbeat_mono = time.monotonic()
             try:
@@ -219,6 +222,11 @@ class CameraPipeline:
             assert isinstance(item, Frame)
             segments = encoder.encode(item)
             self.frames_encoded += 1
+            if len(encoder.time_gaps) > gaps_seen:
+                for _wall_ns, seconds in encoder.time_gaps[gaps_seen:]:
+                    self.time_gaps += 1
+                    self.time_gap_s += seconds
+                gaps_seen = len(encoder.time_gaps)
             if segments:
                 self.recorder_error = None
             self._write(segments)
@@ -257,6 +265,8 @@ class CameraPipeline:
             "frames_in": self.frames_in,
             "frames_dropped": self.frames_dropped,
             "frames_encoded": self.frames_encoded,
+            "time_gaps": self.time_gaps,
+            "time_gap_s": round(self.time_gap_s, 1),
             "fps_in": round(self.frames_in / uptime, 2),
             "last_frame_age_s": None
             if self.last_frame_mono is None

@@ -238,3 +238,12 @@ def test_failed_reload_degrades_with_the_error_and_next_step() -> None:
     assert (section, level) == ("config", Level.DEGRADED)
     assert "No such file" in cause
     assert "edgectl config check" in action and "systemctl reload edged" in action
+
+
+def test_time_gaps_show_on_the_camera_line() -> None:
+    status = healthy()
+    [camera] = [f for f in evaluate(status) if f.section == "camera"]
+    assert "gaps" not in camera.summary
+    status["daemon"]["cameras"][0].update(time_gaps=2, time_gap_s=51.4)
+    [camera] = [f for f in evaluate(status) if f.section == "camera"]
+    assert camera.summary.endswith("gaps 2 (51 s)") and camera.level is Level.OK

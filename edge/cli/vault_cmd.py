@@ -123,6 +123,8 @@ def _verify(args: argparse.Namespace) -> int:
                 f"(signed checkpoint, {s.purged_count} segment(s))"
             )
         print(line)
+        for at, seconds in s.time_gaps:  # true times: what was not recorded is named
+            print(f"  time gap: nothing recorded for {seconds:.1f} s after {_fmt_ns(at)}")
     print(f"{report.envelopes_ok} epoch envelope(s) verified")
     for finding in report.findings:
         print(f"  {finding}")

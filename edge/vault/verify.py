@@ -11,6 +11,7 @@ sealed segments over the network.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +59,9 @@ class CameraSummary:
     purged_through: int | None = None
     """Sequences up to this one were purged by retention (signed checkpoint)."""
     purged_count: int = 0
+    time_gaps: list[tuple[int, float]] = field(default_factory=list)
+    """(wall-clock ns where nothing more was recorded, seconds until the next segment): true
+    times, not integrity problems (a camera outage, edged stopped, an evicted segment)."""
 
 
 @dataclass
@@ -81,6 +85,9 @@ class VerifyReport:
                     "last_sequence": s.last,
                     "purged_by_retention_through": s.purged_through,
                     "purged_by_retention_count": s.purged_count,
+                    "time_gaps": [
+                        {"after_wall_ns": at, "seconds": round(sec, 3)} for at, sec in s.time_gaps
+                    ],
                 }
                 for cam, s in self.cameras.items()
             },
@@ -178,7 +185,23 @@ def verify_vault(
                 Finding(kind, camera, f"{what} (moved, renamed or reordered)", seq, str(entry))
             )
         _check_chain(camera, by_seq, ckp, envelopes, ranged, tails.get(camera), summary, report)
+        summary.time_gaps = time_gaps([copies[0][0].header for _, copies in sorted(by_seq.items())])
     return report
+
+
+#: A pause longer than this between two recorded segments is reported as a time gap.
+TIME_GAP_NS = 1_000_000_000
+
+
+def time_gaps(headers: list[fmt.SegmentHeader]) -> list[tuple[int, float]]:
+    """Pure: the pauses between consecutive segments (in sequence order) longer than
+    :data:`TIME_GAP_NS`, as (wall-clock end of the earlier segment, seconds)."""
+    out = []
+    for prev, seg in itertools.pairwise(headers):
+        pause = seg.start_wall_ns - prev.end_wall_ns
+        if pause > TIME_GAP_NS:
+            out.append((prev.end_wall_ns, pause / 1e9))
+    return out
 
 
 def _verify_envelopes(

@@ -7,7 +7,9 @@ recording thread is alive and making progress, publishes ``STATUS=``, and handle
 - SIGTERM / SIGINT: stop capture, finish the segment being written, exit 0;
 - SIGHUP: re-read the configuration; an invalid one is logged and the old one kept; new privacy
   masks apply from the next frame; a changed camera is restarted; changes that need a restart
-  of the daemon (unit identity, data directory) are logged and not applied.
+  of the daemon (unit identity, data directory) are logged and not applied. All or nothing: a
+  camera that cannot start with the new settings leaves every camera on the running ones, and
+  the failure shows in the status (``last_reload``) and systemd's status line.
 
 Signal handlers only set flags; the work happens in the main loop.
 """

@@ -36,7 +36,7 @@ from .errors import EdgeError
 from .frames import Frame
 from .privacy.masker import PrivacyMasker
 from .video.base import MediaSegment, SegmentSink
-from .video.encoder import SegmentEncoder
+from .video.encoder import TIME_GAP_S, SegmentEncoder
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class CameraPipeline:
         self.frames_encoded = 0
         self.time_gaps = 0  # pauses over encoder.TIME_GAP_S, kept as gaps in the recording
         self.time_gap_s = 0.0
+        self._recorded_until_ns: int | None = None  # set at start, read by the recording thread
         self.segments_written = 0
         self.bytes_written = 0
         self.sink_errors = 0
@@ -90,6 +91,8 @@ class CameraPipeline:
     # --- control -----------------------------------------------------------------------------
 
     def start(self) -> None:
+        # Asked before this run writes anything: the end of what earlier runs recorded.
+        self._recorded_until_ns = self._sink.recorded_until_ns(self.cam.id)
         log.info(
             "[%s] starting: %s, %dx%d @ %.2f fps, %d privacy mask(s) covering %.1f %%",
             self.cam.id,
@@ -233,6 +236,9 @@ class CameraPipeline:
 
     def _write(self, segments: list[MediaSegment]) -> None:
         for segment in segments:
+            if self._recorded_until_ns is not None:
+                self._note_restart_gap(segment.start_wall_ns - self._recorded_until_ns)
+                self._recorded_until_ns = None
             try:
                 self._sink.write(segment)
             except EdgeError as exc:
@@ -243,6 +249,19 @@ class CameraPipeline:
             self.bytes_written += len(segment.media)
             self.last_segment = segment
             self.last_write_mono = time.monotonic()
+
+    def _note_restart_gap(self, gap_ns: int) -> None:
+        """Nothing was recorded between the previous run's last segment and this run's first
+        (edged stopped or crashed, the camera restarted): a gap like any other."""
+        if gap_ns <= TIME_GAP_S * 1e9:
+            return
+        self.time_gaps += 1
+        self.time_gap_s += gap_ns / 1e9
+        log.warning(
+            "[%s] recording resumes after %.1f s without recording (previous run)",
+            self.cam.id,
+            gap_ns / 1e9,
+        )
 
     # --- diagnostics -------------------------------------------------------------------------
 

@@ -90,8 +90,12 @@ def test_restarted_edged_shows_the_downtime_in_the_opened_clip(
         run_dir.mkdir()
         with running_edged(config, run_dir, "--run-for", "2.5") as (proc, _notify):
             assert proc.wait(timeout=60) == 0
+            assert proc.stderr is not None
+            log = proc.stderr.read()
         if run == 0:
             time.sleep(4.0)  # edged down: nothing is recorded
+    # The restarted edged says how long nothing was recorded (and counts it in its status).
+    assert "[cam1] recording resumes after" in log
     bundle, clip = tmp_path / "bundle", tmp_path / "clip.mp4"
     subprocess.run(
         [sys.executable, "-m", "edge.cli.main", "export", "--config", str(config),
@@ -159,6 +163,9 @@ def test_pipeline_status_counts_the_time_gaps(monkeypatch: pytest.MonkeyPatch) -
         def write(self, segment: MediaSegment) -> None:
             self.segments.append(segment)
 
+        def recorded_until_ns(self, camera_id: str) -> int | None:
+            return time.time_ns() - 30_000_000_000  # an earlier run stopped 30 s ago
+
     cam = CameraConfig(source="synthetic", width=160, height=120, fps=FPS)
     monkeypatch.setattr(
         pipeline_mod, "open_source", lambda c: Vanishing(160, 120, FPS, realtime=False)
@@ -171,7 +178,8 @@ def test_pipeline_status_counts_the_time_gaps(monkeypatch: pytest.MonkeyPatch) -
         time.sleep(0.05)
     pipe.stop()
     snap = pipe.snapshot()
-    assert snap["time_gaps"] == 1 and abs(snap["time_gap_s"] - 6.0) <= 0.1
+    # The 30 s since the previous run, then the 6 s outage.
+    assert snap["time_gaps"] == 2 and abs(snap["time_gap_s"] - 36.0) <= 1.0
     assert sum(s.frame_count for s in sink.segments) == 60
 
 

@@ -113,6 +113,35 @@ class CameraConfig(_Section):
     """Encoding and segmenting settings."""
     synthetic: SyntheticSceneConfig = SyntheticSceneConfig()
     """Scene settings when source is "synthetic"."""
+    tls_ca_file: Path | None = None
+    """rtsps: CA chain, or the camera's own certificate, that its certificate must chain to
+    (the host in the URL must be a name in the certificate)."""
+    tls_fingerprint_sha256: str | None = Field(
+        default=None, pattern=r"^[0-9A-Fa-f]{2}(:?[0-9A-Fa-f]{2}){31}$"
+    )
+    """rtsps: SHA-256 of the camera's self-signed certificate, pinned instead of a CA
+    (``openssl x509 -noout -fingerprint -sha256 -in camera.crt``)."""
+
+    @model_validator(mode="after")
+    def _camera_certificate_checked(self) -> CameraConfig:
+        # An unverified rtsps camera hands its password to whoever answers on its address.
+        rtsps = self.source.startswith("rtsps://")
+        given = [
+            name
+            for name in ("tls_ca_file", "tls_fingerprint_sha256")
+            if getattr(self, name) is not None
+        ]
+        if rtsps and not given:
+            raise ValueError(
+                "an rtsps:// camera's certificate must be verified before its password is sent: "
+                "set tls_ca_file (its CA, or the camera's own certificate) or "
+                "tls_fingerprint_sha256 (openssl x509 -noout -fingerprint -sha256 -in cam.crt)"
+            )
+        if len(given) > 1:
+            raise ValueError("set tls_ca_file or tls_fingerprint_sha256, not both")
+        if given and not rtsps:
+            raise ValueError(f"{given[0]} applies to rtsps:// cameras only")
+        return self
 
     @field_validator("source")
     @classmethod
@@ -206,6 +235,12 @@ class VaultConfig(_Section):
                 return value
             refuse_private_material(data, str(value))
         return value
+
+    @model_validator(mode="after")
+    def _one_kind_of_recipient(self) -> VaultConfig:
+        if self.demo_recipient and self.csu_public_key is not None:
+            raise ValueError("demo_recipient cannot be combined with csu_public_key")
+        return self
 
     @field_validator("retention_days")
     @classmethod
@@ -375,6 +410,14 @@ class MqttConfig(_Section):
     qos: int = Field(default=1, ge=0, le=2)
     """MQTT quality of service."""
 
+    @model_validator(mode="after")
+    def _client_certificate_pair(self) -> MqttConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (mutual TLS needs both)")
+        if not self.tls and (self.ca_file or self.cert_file):
+            raise ValueError("ca_file, cert_file and key_file need tls = true")
+        return self
+
 
 class AnalyticsConfig(_Section):
     enabled: bool = False
@@ -399,6 +442,22 @@ class AnalyticsConfig(_Section):
     """MQTT publishing of events."""
     cameras: list[CameraAnalyticsConfig] = Field(default_factory=list, max_length=8)
     """Rules and tamper settings per camera."""
+
+    @model_validator(mode="after")
+    def _face_model_for_face_blur(self) -> AnalyticsConfig:
+        # Checked here, not when the pipeline starts: a SIGHUP with face_blur and no model
+        # used to pass the schema and fail half-way through a reload.
+        blurred = [c.camera for c in self.cameras if c.face_blur]
+        if blurred and self.face_model_path is None:
+            raise ValueError(
+                f"face_blur on camera(s) {', '.join(blurred)} needs face_model_path "
+                "(a face detector model)"
+            )
+        if self.face_model_sha256 is not None and self.face_model_path is None:
+            raise ValueError("face_model_sha256 is set but face_model_path is not")
+        if self.detector.model_sha256 is not None and self.detector.model_path is None:
+            raise ValueError("detector.model_sha256 is set but detector.model_path is not")
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> AnalyticsConfig:
@@ -513,6 +572,18 @@ class EdgeConfig(_Section):
             if cam.id in seen:
                 raise ValueError(f"camera id {cam.id!r} is used twice")
             seen.add(cam.id)
+        return self
+
+    @model_validator(mode="after")
+    def _analytics_names_cameras(self) -> EdgeConfig:
+        # Rules (and face_blur) for a camera id that does not exist would silently never apply.
+        ids = {cam.id for cam in self.cameras}
+        for section in self.analytics.cameras:
+            if section.camera not in ids:
+                raise ValueError(
+                    f"analytics.cameras: camera {section.camera!r} is not among the cameras "
+                    f"({', '.join(sorted(ids))})"
+                )
         return self
 
 

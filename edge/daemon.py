@@ -10,7 +10,9 @@ recording thread is alive and making progress, publishes ``STATUS=``, and handle
   restarts edged rather than leaving capture to drop frames unrecorded;
 - SIGHUP: re-read the configuration; an invalid one is logged and the old one kept; new privacy
   masks apply from the next frame; a changed camera is restarted; changes that need a restart
-  of the daemon (unit identity, data directory) are logged and not applied.
+  of the daemon (unit identity, data directory) are logged and not applied. All or nothing: a
+  camera that cannot start with the new settings leaves every camera on the running ones, and
+  the failure shows in the status (``last_reload``) and systemd's status line.
 
 Signal handlers only set flags; the work happens in the main loop.
 """
@@ -123,6 +125,8 @@ class Daemon:
         # 0.2 s tick: new masks must apply from the next frame, not a dozen frames later.
         self._wake = threading.Event()
         self._reload_requested_mono: float | None = None
+        #: Outcome of the latest SIGHUP (ok, at, origin, error), None before the first.
+        self.last_reload: dict[str, Any] | None = None
 
     # --- signals -----------------------------------------------------------------------------
 
@@ -347,15 +351,20 @@ class Daemon:
             "coverage_percent": round(100.0 * coverage, 2),
         }
 
-    def _start_camera(self, cam: CameraConfig) -> None:
+    def _start_camera(self, cam: CameraConfig, cfg: EdgeConfig | None = None) -> None:
+        self._launch_camera(self._prepare_camera(cam, cfg or self.cfg), cfg or self.cfg)
+
+    def _prepare_camera(self, cam: CameraConfig, cfg: EdgeConfig) -> CameraPipeline:
+        """Build (not start) a camera's pipeline: everything that can refuse a setting."""
         assert self.sink is not None
-        pipeline = CameraPipeline(
-            cam, self.sink, face_blur=FaceBlurrer.for_camera(self.cfg, cam.id)
-        )
+        return CameraPipeline(cam, self.sink, face_blur=FaceBlurrer.for_camera(cfg, cam.id))
+
+    def _launch_camera(self, pipeline: CameraPipeline, cfg: EdgeConfig) -> None:
+        cam = pipeline.cam
         self.pipelines[cam.id] = pipeline
-        if self.cfg.analytics.enabled and self.alerts is not None:
+        if cfg.analytics.enabled and self.alerts is not None:
             # Its own process, fed masked frames from the capture thread; never blocks it.
-            bridge = AnalyticsBridge(self.cfg, cam, listeners=[self.alerts.publish], mqtt=False)
+            bridge = AnalyticsBridge(cfg, cam, listeners=[self.alerts.publish], mqtt=False)
             pipeline.add_observer(bridge.offer)
             bridge.start()
             self.analytics[cam.id] = bridge
@@ -470,13 +479,21 @@ class Daemon:
 
     # --- reload ------------------------------------------------------------------------------
 
-    def reload(self) -> None:
-        """Apply a new configuration (SIGHUP); keep the old one if the new one is invalid."""
+    def reload(self) -> bool:
+        """Apply a new configuration (SIGHUP); keep the old one if the new one is invalid.
+
+        All or nothing: every new or changed camera's pipeline is built before any running
+        one is stopped, so a setting refused at that point (a face model that does not load)
+        leaves the unit recording as before. Should starting a rebuilt pipeline still fail,
+        the cameras touched so far go back to their running settings. The outcome is logged,
+        audited, shown in the status (``last_reload``) and returned.
+        """
         try:
             new, origin = config_mod.load(self.config_path)
         except ConfigError as exc:
             log.error("configuration not reloaded, keeping the running one: %s", exc)
-            return
+            self._reload_outcome(False, str(exc), str(self.config_path or self.origin))
+            return False
         if self.data_dir_override is not None:
             new = config_mod.with_data_dir(new, self.data_dir_override)
         if new.unit != self.cfg.unit:
@@ -486,19 +503,42 @@ class Daemon:
             new = new.model_copy(update={"unit": self.cfg.unit})
         old_cams = {c.id: c for c in self.cfg.cameras}
         new_cams = {c.id: c for c in new.cameras}
-        for cam_id in old_cams.keys() - new_cams.keys():
-            log.info("[%s] camera removed from the configuration: stopping it", cam_id)
-            self._stop_camera(cam_id)
+        restart = [
+            cam
+            for cam_id, cam in new_cams.items()
+            if cam_id not in old_cams
+            or _without_masks(old_cams[cam_id]) != _without_masks(cam)
+            or _face_blur_settings(self.cfg, cam_id) != _face_blur_settings(new, cam_id)
+        ]
+        try:
+            prepared = [self._prepare_camera(cam, new) for cam in restart]
+        except Exception as exc:  # noqa: BLE001 - any refusal keeps the running configuration
+            log.error("configuration not reloaded, keeping the running one: %s", exc)
+            self._reload_outcome(False, f"{type(exc).__name__}: {exc}", origin)
+            return False
+        touched: list[str] = []
+        try:
+            for cam_id in old_cams.keys() - new_cams.keys():
+                log.info("[%s] camera removed from the configuration: stopping it", cam_id)
+                touched.append(cam_id)
+                self._stop_camera(cam_id)
+            for pipeline in prepared:
+                cam_id = pipeline.cam.id
+                if cam_id in self.pipelines:
+                    log.info("[%s] camera settings changed: restarting its pipeline", cam_id)
+                    self._stop_camera(cam_id)
+                else:
+                    log.info("[%s] camera added to the configuration: starting it", cam_id)
+                touched.append(cam_id)
+                self._launch_camera(pipeline, new)
+        except Exception as exc:  # put the running cameras back, then report
+            log.exception("configuration not reloaded: starting the new pipelines failed")
+            self._restore_cameras(touched, old_cams)
+            self._reload_outcome(False, f"{type(exc).__name__}: {exc}", origin)
+            return False
         for cam_id, cam in new_cams.items():
             old = old_cams.get(cam_id)
-            if old is None:
-                log.info("[%s] camera added to the configuration: starting it", cam_id)
-                self._start_camera(cam)
-            elif _without_masks(old) != _without_masks(cam):
-                log.info("[%s] camera settings changed: restarting its pipeline", cam_id)
-                self._stop_camera(cam_id)
-                self._start_camera(cam)
-            elif old.privacy_masks != cam.privacy_masks:
+            if old is not None and cam_id not in touched and old.privacy_masks != cam.privacy_masks:
                 self.pipelines[cam_id].set_masks(cam.privacy_masks)
                 if self._reload_requested_mono is not None:
                     log.info(
@@ -519,6 +559,25 @@ class Daemon:
         self.cfg = new
         self.audit("config-reloaded", {"origin": origin, "sections_changed": changed})
         log.info("configuration reloaded from %s", origin)
+        self._reload_outcome(True, None, origin)
+        return True
+
+    def _restore_cameras(self, touched: list[str], old_cams: dict[str, CameraConfig]) -> None:
+        """After a failed reload: the touched cameras run their previous settings again."""
+        for cam_id in touched:
+            if cam_id in self.pipelines:
+                self._stop_camera(cam_id)
+            if cam_id in old_cams:
+                try:
+                    self._start_camera(old_cams[cam_id])
+                except Exception:  # the other cameras must still be restored
+                    log.exception("[%s] could not restart with its previous settings", cam_id)
+
+    def _reload_outcome(self, ok: bool, error: str | None, origin: str) -> None:
+        self.last_reload = {"ok": ok, "at": time.time(), "origin": origin, "error": error}
+        if not ok:
+            self.audit("config-reload-failed", {"origin": origin, "error": error})
+            _notify(f"STATUS=configuration reload failed, running the previous one: {error}")
 
     # --- diagnostics -------------------------------------------------------------------------
 
@@ -539,6 +598,8 @@ class Daemon:
                 f"{cam_id}: {p.frames_in} frames, {p.frames_dropped} dropped, "
                 f"{p.segments_written} segments"
             )
+        if self.last_reload is not None and not self.last_reload["ok"]:
+            parts.append(f"configuration reload failed: {self.last_reload['error']}")
         return "; ".join(parts)
 
     def _certificates(self) -> dict[str, Any]:
@@ -568,6 +629,7 @@ class Daemon:
             "alerts": self.alerts.snapshot() if self.alerts is not None else None,
             "tamper": {"active": self.alerts.active("tamper")} if self.alerts is not None else None,
             "door": self.door.snapshot() if self.door is not None else None,
+            "last_reload": self.last_reload,
         }
 
 
@@ -594,6 +656,14 @@ def _spool_event(spool: EventSpool, event: SignedEvent) -> None:
 
 def _last_frame(pipeline: CameraPipeline) -> Frame | None:
     return pipeline.last_frame
+
+
+def _face_blur_settings(cfg: EdgeConfig, cam_id: str) -> tuple[object, ...]:
+    """What the pipeline's face blurrer is built from: a change restarts the camera."""
+    an = cfg.analytics
+    if not an.for_camera(cam_id).face_blur:
+        return ()
+    return (an.face_model_path, an.face_model_sha256)
 
 
 def _without_masks(cam: CameraConfig) -> CameraConfig:

@@ -39,7 +39,7 @@ from .errors import EdgeError
 from .frames import Frame
 from .privacy.masker import PrivacyMasker
 from .video.base import MediaSegment, SegmentSink
-from .video.encoder import SegmentEncoder
+from .video.encoder import TIME_GAP_S, SegmentEncoder
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,9 @@ class CameraPipeline:
         self.last_frame: Frame | None = None
         # Written by the recording thread:
         self.frames_encoded = 0
+        self.time_gaps = 0  # pauses over encoder.TIME_GAP_S, kept as gaps in the recording
+        self.time_gap_s = 0.0
+        self._recorded_until_ns: int | None = None  # set at start, read by the recording thread
         self.segments_written = 0
         self.bytes_written = 0
         self.sink_errors = 0
@@ -94,6 +97,8 @@ class CameraPipeline:
     # --- control -----------------------------------------------------------------------------
 
     def start(self) -> None:
+        # Asked before this run writes anything: the end of what earlier runs recorded.
+        self._recorded_until_ns = self._sink.recorded_until_ns(self.cam.id)
         log.info(
             "[%s] starting: %s, %dx%d @ %.2f fps, %d privacy mask(s) covering %.1f %%",
             self.cam.id,
@@ -237,6 +242,7 @@ class CameraPipeline:
 
     def _encode_until_stop(self, encoder: SegmentEncoder) -> bool:
         """Encode queued frames until asked to stop (returns True); raises on encoder failure."""
+        gaps_seen = 0
         while True:
             self.heartbeat_mono = time.monotonic()
             try:
@@ -250,12 +256,20 @@ class CameraPipeline:
             assert isinstance(item, Frame)
             segments = encoder.encode(item)
             self.frames_encoded += 1
+            if len(encoder.time_gaps) > gaps_seen:
+                for _wall_ns, seconds in encoder.time_gaps[gaps_seen:]:
+                    self.time_gaps += 1
+                    self.time_gap_s += seconds
+                gaps_seen = len(encoder.time_gaps)
             if segments:
                 self.recorder_error = None
             self._write(segments)
 
     def _write(self, segments: list[MediaSegment]) -> None:
         for segment in segments:
+            if self._recorded_until_ns is not None:
+                self._note_restart_gap(segment.start_wall_ns - self._recorded_until_ns)
+                self._recorded_until_ns = None
             try:
                 self._sink.write(segment)
             except EdgeError as exc:
@@ -266,6 +280,19 @@ class CameraPipeline:
             self.bytes_written += len(segment.media)
             self.last_segment = segment
             self.last_write_mono = time.monotonic()
+
+    def _note_restart_gap(self, gap_ns: int) -> None:
+        """Nothing was recorded between the previous run's last segment and this run's first
+        (edged stopped or crashed, the camera restarted): a gap like any other."""
+        if gap_ns <= TIME_GAP_S * 1e9:
+            return
+        self.time_gaps += 1
+        self.time_gap_s += gap_ns / 1e9
+        log.warning(
+            "[%s] recording resumes after %.1f s without recording (previous run)",
+            self.cam.id,
+            gap_ns / 1e9,
+        )
 
     # --- diagnostics -------------------------------------------------------------------------
 
@@ -288,6 +315,8 @@ class CameraPipeline:
             "frames_in": self.frames_in,
             "frames_dropped": self.frames_dropped,
             "frames_encoded": self.frames_encoded,
+            "time_gaps": self.time_gaps,
+            "time_gap_s": round(self.time_gap_s, 1),
             "fps_in": round(self.frames_in / uptime, 2),
             "last_frame_age_s": None
             if self.last_frame_mono is None

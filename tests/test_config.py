@@ -178,3 +178,32 @@ def test_vault_refuses_a_key_file_swapped_after_the_config_was_loaded(tmp_path: 
     pub.write_bytes(key.read_bytes())  # someone copies the private file over the public one
     with pytest.raises(ConfigError, match=r"vault\.csu_public_key: .*holds a recipient key"):
         resolve_recipients(cfg)
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        ('[[analytics.cameras]]\ncamera = "north"\nface_blur = true\n', "needs face_model_path"),
+        ('[analytics]\nface_model_sha256 = "' + "a" * 64 + '"\n', "face_model_path is not"),
+        ('[analytics.detector]\nmodel_sha256 = "' + "a" * 64 + '"\n', "model_path is not"),
+        ('[analytics.mqtt]\ncert_file = "/etc/edge/mqtt.crt"\n', "go together"),
+        ('[analytics.mqtt]\nkey_file = "/etc/edge/mqtt.key"\n', "go together"),
+        ('[analytics.mqtt]\ntls = false\nca_file = "/etc/edge/ca.pem"\n', "need tls = true"),
+        ('[[analytics.cameras]]\ncamera = "nort"\n', "not among the cameras"),
+        ('[vault]\ndemo_recipient = true\ncsu_public_key = "/etc/edge/csu.pub"\n', "combined"),
+    ],
+)
+def test_dependent_settings_are_checked_by_the_schema(extra: str, reason: str) -> None:
+    """A setting that needs another is refused when the file is read, not later at run time
+    (a SIGHUP used to accept face_blur without a model, then fail half-way through reload)."""
+    with pytest.raises(ConfigError, match=reason):
+        config.parse(GOOD + "\n" + extra, path="edge.toml")
+
+
+def test_face_blur_with_its_model_is_accepted() -> None:
+    extra = (
+        '[analytics]\nface_model_path = "/opt/edge/models/face.tflite"\n'
+        '[[analytics.cameras]]\ncamera = "north"\nface_blur = true\n'
+    )
+    cfg = config.parse(GOOD + "\n" + extra, path="edge.toml")
+    assert cfg.analytics.for_camera("north").face_blur

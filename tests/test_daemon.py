@@ -170,3 +170,39 @@ def test_bad_config_refused_with_location(tmp_path: Path, data_dir: Path) -> Non
     assert result.returncode == 78
     assert f"{config}:13: cameras[0].fps: Input should be greater than 0" in result.stderr
     assert not _segments(data_dir)
+
+
+def test_failed_reload_keeps_the_running_pipeline_and_says_so(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """A SIGHUP whose new pipeline cannot start (a face model that is not there: valid for the
+    schema, refused when the camera starts) leaves the unit recording with its old settings."""
+    config = write_config(tmp_path / "edge.toml", data_dir)
+    original = config.read_text()
+    with running_edged(config, tmp_path) as (proc, notify):
+        notify.wait_for("READY=1", timeout=30)
+        config.write_text(
+            original.replace("fps = 10", "fps = 12")
+            + f'\n[analytics]\nface_model_path = "{tmp_path / "missing-face.tflite"}"\n'
+            + '[[analytics.cameras]]\ncamera = "cam1"\nface_blur = true\n'
+        )
+        proc.send_signal(signal.SIGHUP)
+        status = notify.wait_for("configuration reload failed", timeout=15)
+        assert "missing-face.tflite" in status
+        before = len(_segments(data_dir))
+        deadline = time.monotonic() + 20
+        while len(_segments(data_dir)) < before + 2 and time.monotonic() < deadline:
+            assert proc.poll() is None, "edged died on a failed reload"
+            time.sleep(0.2)
+        assert len(_segments(data_dir)) >= before + 2, "the old pipeline stopped recording"
+        config.write_text(original.replace("fps = 10", "fps = 12"))
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert proc.stderr is not None
+        log = proc.stderr.read()
+    assert "configuration not reloaded, keeping the running one:" in log
+    assert "missing-face.tflite" in log
+    assert "[cam1] camera settings changed: restarting its pipeline" in log
+    assert "configuration reloaded from" in log

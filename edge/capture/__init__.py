@@ -52,6 +52,8 @@ def open_source(cam: CameraConfig, *, realtime: bool = True) -> FrameSource:
         loop=cam.loop,
         realtime=realtime,
         privacy_masks=cam.privacy_masks,
+        tls_ca_file=cam.tls_ca_file,
+        tls_fingerprint_sha256=cam.tls_fingerprint_sha256,
     )
 
 

@@ -53,6 +53,16 @@ class FrameSource(abc.ABC):
         Sources that produce frames in the configured geometry directly need nothing here.
         """
 
+    def answers(self) -> bool | None:
+        """Whether the camera answers a cheap check (a TCP connection, a device node) without
+        opening the stream; ``None`` when this kind of source cannot tell.
+
+        The capture loop asks during a back-off, so a camera that comes back is reopened at
+        once rather than at the end of a wait of up to ``backoff_max``. Must return within
+        about a second.
+        """
+        return None
+
     def __enter__(self) -> FrameSource:
         self.open()
         return self

@@ -285,19 +285,21 @@ class SyntheticSource(FrameSource):
         if not self._open:
             raise RuntimeError("read() before open()")
         index = self._next
+        period_ns = round(1e9 / self.fps)
+        now = time.monotonic_ns()
+        if self._t0_ns is None:
+            self._t0_ns = now - index * period_ns
+        due = self._t0_ns + index * period_ns
         if self.realtime:
-            period_ns = round(1e9 / self.fps)
-            now = time.monotonic_ns()
-            if self._t0_ns is None:
-                self._t0_ns = now - index * period_ns
-            due = self._t0_ns + index * period_ns
             if now - due > period_ns:  # the reader fell behind: a live camera would have moved on
                 index = (now - self._t0_ns) // period_ns
                 due = self._t0_ns + index * period_ns
             elif due > now:
                 time.sleep((due - now) / 1e9)
         frame = self.render(index)
-        frame.mono_ns = time.monotonic_ns()
+        # The capture time is the frame's slot on the scene's clock, which the recording's
+        # timestamps follow; read faster than real time, the scene still runs at fps.
+        frame.mono_ns = due
         frame.wall_ns = time.time_ns()
         self._next = index + 1
         return frame

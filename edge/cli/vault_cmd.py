@@ -146,6 +146,8 @@ def _print_report(report: VerifyReport) -> int:
                 f"(signed checkpoint, {s.purged_count} segment(s))"
             )
         print(line)
+        for at, seconds in s.time_gaps:  # true times: what was not recorded is named
+            print(f"  time gap: nothing recorded for {seconds:.1f} s after {_fmt_ns(at)}")
     print(f"{report.envelopes_ok} epoch envelope(s) verified")
     audit = report.audit
     if audit is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from ..errors import IntegrityError, VaultError
 from ..unitkeys import load_public_pem
 from ..vault.bundle import open_bundle
 from ..vault.keys import keypair_paths, load_private, rotate_keypair, write_keypair
+from ..vault.remux import TimeGap
 
 EXIT_PARTIAL = 3
 """``edge-csu open``: the bundle verified, but its export was partial."""
@@ -130,6 +132,7 @@ def _open(args: argparse.Namespace) -> int:
     if args.trust_bundle_key:
         print("edge-csu: WARNING: trusting the unit key inside the bundle: this proves the bundle")
         print("  is intact, not which unit made it; verify with --ca FLEET_CA for evidence")
+    gaps: list[TimeGap] = []
     try:
         verified, packets = open_bundle(
             args.bundle,
@@ -140,6 +143,7 @@ def _open(args: argparse.Namespace) -> int:
             fleet_ca=fleet_ca,
             crls=crls,
             trust_bundle_key=args.trust_bundle_key,
+            gaps=gaps,
         )
     except IntegrityError as exc:
         print(f"edge-csu: REFUSED: {args.bundle}: {exc}")
@@ -148,6 +152,10 @@ def _open(args: argparse.Namespace) -> int:
     print(f"bundle {args.bundle}: verified (case {m['case']!r}, unit {m['device']!r})")
     print(f"  signing key {m.get('unit_key_id', '?')} vouched for by: {verified.trust}")
     print(f"{args.out}: {packets} frame(s), remuxed without re-encoding")
+    # Times are true times: what was not recorded is a gap in the clip, and named here.
+    for gap in gaps:
+        at = datetime.fromtimestamp(gap.after_wall_ns / 1e9, UTC).isoformat(timespec="seconds")
+        print(f"  time gap: nothing recorded for {gap.seconds:.1f} s after {at}")
     if verified.partial:
         for part in verified.damaged:
             print(f"  damaged: {part}")

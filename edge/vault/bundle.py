@@ -50,7 +50,7 @@ from . import format as fmt
 from .audit import AuditLog, current_actor
 from .index import Index
 from .keys import RecipientPrivate, decrypt_segment, open_envelope
-from .remux import remux
+from .remux import TimeGap, remux
 
 log = logging.getLogger(__name__)
 
@@ -709,9 +709,11 @@ def open_bundle(
     fleet_ca: Sequence[x509.Certificate] | None = None,
     crls: Sequence[x509.CertificateRevocationList] = (),
     trust_bundle_key: bool = False,
+    gaps: list[TimeGap] | None = None,
 ) -> tuple[VerifiedBundle, int]:
     """Verify (trust anchors as in :func:`verify_bundle`), decrypt and remux one camera of a
-    bundle into ``out_path``; returns the number of packets."""
+    bundle into ``out_path``; returns the number of packets. The time gaps of the clip (kept
+    at their true length) are appended to ``gaps``."""
     verified = verify_bundle(
         bundle,
         unit_public_key=unit_public_key,
@@ -732,12 +734,12 @@ def open_bundle(
             epoch = seg.header.epoch_id
             if epoch not in keys:
                 keys[epoch] = open_envelope(verified.envelopes[(chosen, epoch)], private)
-            yield decrypt_segment(seg, keys[epoch])
+            yield (*decrypt_segment(seg, keys[epoch]), seg.header.start_wall_ns)
 
     declared = sum(s.header.frame_count for s in verified.segments if s.header.camera_id == chosen)
     tmp = out_path.with_name(f".{out_path.name}.partial.mp4")
     try:
-        count = remux(plain(), tmp)
+        count = remux(plain(), tmp, gaps)
         if count != declared:
             raise IntegrityError(
                 f"the video holds {count} frame(s) but the signed headers declare {declared}"

@@ -447,6 +447,10 @@ class Vault(SegmentSink, Outbox):
 
     # --- reading -------------------------------------------------------------------------------
 
+    def recorded_until_ns(self, camera_id: str) -> int | None:
+        rows = self.index.last(camera_id)
+        return rows[0].end_wall_ns if rows else None
+
     def find(self, start_ns: int, end_ns: int, camera: str | None = None) -> list[IndexRow]:
         return self._indexed(lambda: self.index.range(start_ns, end_ns, camera))
 

@@ -14,6 +14,7 @@ What it cannot see is listed in :data:`CANNOT_SEE`.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,6 +73,9 @@ class CameraSummary:
     purged_through: int | None = None
     """Sequences up to this one were purged by retention (signed checkpoint)."""
     purged_count: int = 0
+    time_gaps: list[tuple[int, float]] = field(default_factory=list)
+    """(wall-clock ns where nothing more was recorded, seconds until the next segment): true
+    times, not integrity problems (a camera outage, edged stopped, an evicted segment)."""
 
 
 @dataclass
@@ -106,6 +110,9 @@ class VerifyReport:
                     "last_sequence": s.last,
                     "purged_by_retention_through": s.purged_through,
                     "purged_by_retention_count": s.purged_count,
+                    "time_gaps": [
+                        {"after_wall_ns": at, "seconds": round(sec, 3)} for at, sec in s.time_gaps
+                    ],
                 }
                 for cam, s in self.cameras.items()
             },
@@ -221,6 +228,7 @@ def verify_vault(
                 Finding(kind, camera, f"{what} (moved, renamed or reordered)", seq, str(entry))
             )
         _check_chain(camera, by_seq, ckp, envelopes, ranged, tails.get(camera), summary, report)
+        summary.time_gaps = time_gaps([copies[0][0].header for _, copies in sorted(by_seq.items())])
     if audit:
         verify_audit_log(root, public_key, report)
     return report
@@ -251,6 +259,21 @@ def verify_audit_log(
         Finding(FindingKind.AUDIT, "audit.log", problem, path=str(path))
         for problem in check.problems
     )
+
+
+#: A pause longer than this between two recorded segments is reported as a time gap.
+TIME_GAP_NS = 1_000_000_000
+
+
+def time_gaps(headers: list[fmt.SegmentHeader]) -> list[tuple[int, float]]:
+    """Pure: the pauses between consecutive segments (in sequence order) longer than
+    :data:`TIME_GAP_NS`, as (wall-clock end of the earlier segment, seconds)."""
+    out = []
+    for prev, seg in itertools.pairwise(headers):
+        pause = seg.start_wall_ns - prev.end_wall_ns
+        if pause > TIME_GAP_NS:
+            out.append((prev.end_wall_ns, pause / 1e9))
+    return out
 
 
 def _verify_envelopes(

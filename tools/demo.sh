@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make demo`: run edged for ~20 s on the embedded default configuration (synthetic street
-# scene, one privacy mask), then show what it recorded and how to play it.
+# scene, its windows masked), then show what it recorded and how to play it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

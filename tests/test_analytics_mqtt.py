@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import shutil
 import socket
 import subprocess
 import threading
@@ -25,12 +24,11 @@ from edge.analytics.mqtt import MqttPublisher, MqttState
 from edge.config import MqttConfig
 from edge.errors import IntegrityError
 
+from .conftest import tool
+
 
 def mosquitto() -> str:
-    path = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
-    if path is None:
-        pytest.skip("mosquitto not installed (tools/setup.sh installs it)")
-    return path
+    return tool("mosquitto")
 
 
 def free_port() -> int:

@@ -15,6 +15,8 @@ from edge.config import CameraConfig
 from edge.errors import CaptureError
 from edge.frames import Frame
 
+from .conftest import NOT_APPLICABLE
+
 
 def test_strided_yuv420_buffer_is_unpacked() -> None:
     width, height, stride = 6, 4, 8  # libcamera pads rows to its alignment
@@ -51,7 +53,10 @@ def test_sensor_timestamps_are_used_when_plausible() -> None:
     assert abs(mono - time.monotonic_ns()) < 50_000_000
 
 
-@pytest.mark.skipif(importlib.util.find_spec("picamera2") is not None, reason="picamera2 here")
+@pytest.mark.skipif(
+    importlib.util.find_spec("picamera2") is not None,
+    reason=NOT_APPLICABLE + "picamera2 is installed (hw-tests/test_picamera2.py covers it)",
+)
 def test_missing_picamera2_is_a_clear_permanent_error() -> None:
     source = open_source(CameraConfig(source="picamera2", width=1280, height=720))
     assert isinstance(source, Picamera2Source)

@@ -588,7 +588,7 @@ class EdgeConfig(_Section):
 
 
 DEMO_CONFIG_TOML = """\
-# Embedded demo default: a synthetic street scene, one privacy mask, data in ./edge-data.
+# Embedded demo default: a synthetic street scene, its windows masked, data in ./edge-data.
 [unit]
 id = "demo-unit"
 data_dir = "./edge-data"
@@ -600,9 +600,15 @@ width = 1280
 height = 720
 fps = 25
 
+# Every window of the synthetic façade, frames included, with a few pixels to spare
+# (edge.capture.scene.windows; tests/test_demo_config.py holds the masks to it).
+[[cameras.privacy_masks]]
+name = "upper-floor windows"
+points = [[0.02, 0.04], [0.98, 0.04], [0.98, 0.19], [0.02, 0.19]]
+
 [[cameras.privacy_masks]]
 name = "ground-floor windows"
-points = [[0.62, 0.18], [0.92, 0.14], [0.95, 0.48], [0.64, 0.52]]
+points = [[0.02, 0.25], [0.98, 0.25], [0.98, 0.40], [0.02, 0.40]]
 
 [vault]
 # Demo only: no CSU key exists, so a demo recipient key is created in the data dir.

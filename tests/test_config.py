@@ -33,7 +33,11 @@ source = "file:/srv/clip.mp4"
 def test_demo_default_is_valid_and_masked() -> None:
     cfg = config.DEMO_CONFIG
     assert cfg.cameras[0].source == "synthetic"
-    assert len(cfg.cameras[0].privacy_masks) == 1
+    # One mask per storey of the façade; tests/test_demo_config.py checks they hide every window.
+    assert [m.name for m in cfg.cameras[0].privacy_masks] == [
+        "upper-floor windows",
+        "ground-floor windows",
+    ]
     assert cfg.unit.data_dir == Path("edge-data")
 
 

@@ -38,7 +38,16 @@ from edge.uplink.protocol import (
 from edge.vault import keys as vault_keys
 
 from .conftest import tool
-from .uplink_util import CSU_NAME, Csu, Pki, Sealer, encoded_segments, free_port, make_csu
+from .uplink_util import (
+    CSU_NAME,
+    Csu,
+    Pki,
+    Sealer,
+    encoded_segments,
+    free_port,
+    make_csu,
+    wait_until,
+)
 
 SEC = 1_000_000_000
 MAX_BODY = 1024 * 1024
@@ -588,7 +597,15 @@ def test_units_listing_shows_contact_and_chain(lab: Lab) -> None:
     conn = connect(lab, unit)
     raw = fresh_segment(unit)
     assert put(conn, segment_path("unit-b", "cam1", unit.sealer.sequence - 1), raw)[0] == 201
-    time.sleep(0.5)  # the status file is written by a worker thread
+    # The status file is written by a worker thread: wait for it to say so.
+    wait_until(
+        lambda: any(
+            r["unit"] == "unit-b" and r["last_contact_ns"] and "cam1" in r["cameras"]
+            for r in unit_rows(cfg)
+        ),
+        30,
+        "the receiver to record unit-b's contact",
+    )
     rows = {r["unit"]: r for r in unit_rows(cfg)}
     assert rows["unit-b"]["enrolled"] and rows["unit-b"]["last_contact_ns"]
     assert rows["unit-b"]["cameras"]["cam1"]["chain"] == "complete"

@@ -10,7 +10,13 @@ import time
 from pathlib import Path
 
 from .conftest import tool
-from .daemon_util import export_and_open, running_edged, sealed_segments, write_config
+from .daemon_util import (
+    DaemonLog,
+    export_and_open,
+    running_edged,
+    sealed_segments,
+    write_config,
+)
 
 
 def _segments(data_dir: Path) -> list[Path]:
@@ -91,18 +97,18 @@ def test_sighup_reloads_masks_and_keeps_config_when_invalid(tmp_path: Path, data
     config = write_config(tmp_path / "edge.toml", data_dir)
     with running_edged(config, tmp_path) as (proc, notify):
         notify.wait_for("READY=1", timeout=30)
+        daemon_log = DaemonLog(proc)
         original = config.read_text()
         config.write_text(original + "\nbogus_key = 1\n")
         proc.send_signal(signal.SIGHUP)
-        time.sleep(1.5)
+        daemon_log.wait_for("configuration not reloaded", timeout=30)
         config.write_text(original.replace("[0.55, 0.15]", "[0.05, 0.05]"))
         proc.send_signal(signal.SIGHUP)
-        time.sleep(1.5)
+        daemon_log.wait_for("configuration reloaded from", timeout=30)
         assert proc.poll() is None, "edged died on reload"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-        assert proc.stderr is not None
-        log = proc.stderr.read()
+        log = daemon_log.read_all()
     assert f"configuration not reloaded, keeping the running one: {config}:" in log
     assert "bogus_key: unknown key" in log
     assert "privacy masks reloaded: 1 mask(s)" in log

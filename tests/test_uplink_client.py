@@ -197,8 +197,12 @@ def test_a_closed_gate_sends_nothing(rig: Rig) -> None:
         client.stop()
 
 
-def run_outage(rig: Rig, outage_s: float) -> None:
-    """Record at 4 segments/s; stop the receiver ``outage_s``; restart; check the properties."""
+def run_outage(rig: Rig, outage_s: float, *, live_latency_s: float | None = None) -> None:
+    """Record at 4 segments/s; stop the receiver ``outage_s``; restart; check the properties.
+
+    ``live_latency_s`` also bounds how late live segments arrive while the backlog drains: a
+    wall-clock figure that a loaded machine can miss, so only the slow tier asks for it.
+    """
     budget_kbps = 1200  # 150 kB/s; live needs 4 x 8 kB/s, the backlog gets half the budget
     client = UplinkClient(
         rig.config(bandwidth_kbps=budget_kbps, backfill_share=0.5, live_window_s=1.5),
@@ -223,7 +227,6 @@ def run_outage(rig: Rig, outage_s: float) -> None:
         assert client.state in (UplinkState.BACKOFF, UplinkState.CONNECTING)
         restart = time.time_ns()
         rig.csu.start()
-        time.sleep(2.0)
         wait_until(
             lambda: client.snapshot()["backlog"]["items"] <= 2,
             outage_s + 30,
@@ -247,9 +250,10 @@ def run_outage(rig: Rig, outage_s: float) -> None:
         r for r in rows if r["end_wall_ns"] > restart and r["received_ns"] < last_backfill
     ]
     assert live_meanwhile, "live segments waited for the backlog"
-    # while the backlog drained, live segments still arrived within a couple of seconds
-    worst = max(r["received_ns"] - r["end_wall_ns"] for r in live_meanwhile) / SEC
-    assert worst < 3.0, worst
+    if live_latency_s is not None:
+        # while the backlog drained, live segments still arrived within a couple of seconds
+        worst = max(r["received_ns"] - r["end_wall_ns"] for r in live_meanwhile) / SEC
+        assert worst < live_latency_s, worst
 
 
 def test_outage_backlog_arrives_once_while_live_keeps_flowing(rig: Rig) -> None:
@@ -258,7 +262,7 @@ def test_outage_backlog_arrives_once_while_live_keeps_flowing(rig: Rig) -> None:
 
 @pytest.mark.slow
 def test_sixty_second_outage(rig: Rig) -> None:
-    run_outage(rig, outage_s=60.0)
+    run_outage(rig, outage_s=60.0, live_latency_s=3.0)
 
 
 def test_events_are_spooled_durably_and_sent_before_video(rig: Rig, tmp_path: Path) -> None:

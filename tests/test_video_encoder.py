@@ -21,7 +21,7 @@ from edge.video.base import MediaSegment
 from edge.video.cmaf import box_types
 from edge.video.encoder import SegmentEncoder
 
-from .conftest import tool
+from .conftest import not_applicable, tool
 from .video_support import (
     WALL0,
     first_packet_nal_types,
@@ -174,7 +174,7 @@ def test_wrong_frame_size_is_refused() -> None:
 
 def test_v4l2m2m_is_chosen_from_config_and_fails_clearly_here() -> None:
     if list(Path("/dev").glob("video*")):
-        pytest.skip("this machine has V4L2 devices; hw-tests/test_encoder_hw.py covers them")
+        not_applicable("this machine has V4L2 devices; hw-tests/test_encoder_hw.py covers them")
     cfg = EncoderConfig(codec=EncoderCodec.V4L2M2M)
     with pytest.raises(EncodeError) as info:
         SegmentEncoder("cam1", 320, 240, 25, cfg)

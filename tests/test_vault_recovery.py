@@ -135,3 +135,40 @@ def test_failed_index_write_leaves_no_file(
     vault.write(fake_segment("cam1", 1))  # the same sequence, written afresh
     vault.close()
     _check(data_dir, csu, 2)
+
+
+def test_relative_data_dir_with_a_lost_index_starts_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo default data directory is relative: a lost index must not make recovery build
+    doubled paths (``edge-data/vault/edge-data/vault/segments/…``) and stop every start."""
+    from edge import config
+
+    csu = make_csu(tmp_path / "csu")
+    monkeypatch.chdir(tmp_path)
+    relative = Path("edge-data")
+    _record(relative, csu)
+    for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+        (layout.vault_dir(relative) / name).unlink(missing_ok=True)
+    _check(relative, csu, 6)
+    # The cause: the data directory is made absolute once, when the configuration is read
+    # (a file, the embedded demo default, or --data-dir).
+    cfg_path = tmp_path / "edge.toml"
+    cfg_path.write_text(
+        '[unit]\nid = "unit-1"\ndata_dir = "edge-data"\n'
+        f'[vault]\nkem = "x25519"\ncsu_public_key = "{csu.pub}"\n'
+    )
+    cfg, _ = config.load(cfg_path)
+    assert cfg.unit.data_dir == tmp_path / "edge-data"
+    assert config.with_data_dir(cfg, Path("d/../x")).unit.data_dir == tmp_path / "x"
+    monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")
+    assert config.load(None)[0].unit.data_dir.is_absolute()
+    (layout.vault_dir(relative) / "index.sqlite").unlink()
+    from edge.vault.store import Vault
+
+    vault = Vault.from_config(cfg, background=False)
+    try:
+        assert vault.lane("cam1").next_seq == 7
+        assert vault.root == tmp_path / "edge-data" / "vault"
+    finally:
+        vault.close()

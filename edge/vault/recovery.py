@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import IntegrityError, VaultError
@@ -169,17 +170,16 @@ def _recover_camera(vault: Vault, camera: str, report: RecoveryReport) -> None:
         seq, last_hash, since = -1, fmt.ZERO_HASH, None
     # Files past the tail (written, renamed into place, not yet indexed when the crash came).
     start_hour = layout.hour_of(since) if since is not None else ("", "")
-    later: list[tuple[int, str]] = []
+    later: list[tuple[int, Path]] = []
     for day, hour, hdir in layout.hour_dirs(root, camera):
         if (day, hour) < start_hour:
             continue
         for entry in hdir.iterdir():
             m = layout.SEGMENT_RE.match(entry.name)
             if m and int(m.group(2)) > seq:
-                later.append((int(m.group(2)), str(entry)))
+                later.append((int(m.group(2)), entry))
     later.sort()
-    for n, (file_seq, name) in enumerate(later):
-        path = root / name
+    for n, (file_seq, path) in enumerate(later):
         try:
             raw = path.read_bytes()
             seg = fmt.verify_segment(
@@ -193,7 +193,7 @@ def _recover_camera(vault: Vault, camera: str, report: RecoveryReport) -> None:
         except IntegrityError as exc:
             # The chain cannot go on from here: nothing after this point can be accepted.
             for _, rest in later[n:]:
-                vault.quarantine(root / rest, f"not accepted at recovery: {exc}")
+                vault.quarantine(rest, f"not accepted at recovery: {exc}")
                 report.quarantined += 1
             break
         index.insert(IndexRow.of_segment(camera, seg, len(raw)))

@@ -75,7 +75,9 @@ class Vault(SegmentSink, Outbox):
     ) -> None:
         if not recipients:
             raise VaultError("no recipient key: refusing to record")
-        self.root = root
+        # Absolute once: recovery lists directories and compares what it finds with the
+        # paths it computes from this root (a relative root doubled them, issue #11 item 7).
+        self.root = root = Path(os.path.abspath(root))
         self.device_id = device_id
         self._key = signing_key
         self.public_key = signing_key.public_key()

@@ -100,7 +100,6 @@ class Vault(SegmentSink, Outbox):
         self.index, index_lost = open_index(self)
         self.recovery = recover(self)
         self.recovery.index_replaced = index_lost
-        self._vault_bytes = self.index.total_bytes()
         self._ensure_reserve()
         if purge_interval_s is not None:
             self._thread = threading.Thread(
@@ -171,7 +170,6 @@ class Vault(SegmentSink, Outbox):
             self.index.add_epoch(lane.camera_id, key.epoch_id, now, len(raw))
             old, lane.epoch = lane.epoch, key
         lane.epoch_started = time.monotonic()
-        self._vault_bytes += len(raw)
         if old is not None:
             old.wipe()
         log.info("%s: new epoch %s", lane.camera_id, key.epoch_id.hex()[:8])
@@ -226,7 +224,6 @@ class Vault(SegmentSink, Outbox):
                 raise
             lane.next_seq += 1
             lane.last_hash = digest
-            self._vault_bytes += len(raw)
         if bytes_to_free(self.policy, self.usage()) > 0:
             self.purge(reason="space")
 
@@ -268,7 +265,10 @@ class Vault(SegmentSink, Outbox):
 
     def usage(self) -> DiskUsage:
         total, free = self._disk_usage()
-        return DiskUsage(total, free, self._vault_bytes)
+        # The index's running total, changed in the same transaction as the rows (writers,
+        # the purge and the uplink all go through the index lock): no second counter that
+        # updates under other locks could lose an update and make retention drift.
+        return DiskUsage(total, free, self.index.total_bytes())
 
     def purge(self, *, reason: str = "periodic", extra_needed: int = 0) -> PurgePlan:
         """Apply retention now: by age, then by space, oldest first. Returns what was done."""
@@ -340,7 +340,6 @@ class Vault(SegmentSink, Outbox):
         rows = self.index.rows_through(camera, through)
         for row in rows:
             self._unlink(layout.segment_path(self.root, camera, row.start_wall_ns, row.sequence))
-            self._vault_bytes -= row.size
         self.index.delete_through(camera, through)
         return {"through": through, "count": len(rows)}
 
@@ -353,10 +352,8 @@ class Vault(SegmentSink, Outbox):
                     if epoch_id in live:
                         continue
                     path = layout.envelope_path(self.root, camera, created, epoch_id)
-                    size = path.stat().st_size if path.exists() else 0
                     self._unlink(path)
                     self.index.delete_epoch(camera, epoch_id)
-                    self._vault_bytes -= size
                     count += 1
         return count
 

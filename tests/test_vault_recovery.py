@@ -93,9 +93,19 @@ def test_a_file_that_does_not_continue_the_chain_is_never_accepted(
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 1
     path.write_bytes(bytes(raw))
-    _check(data_dir, csu, 5)  # ... and #5 is written afresh, continuing the real chain
-    assert path.read_bytes() != bytes(raw)
+    vault = open_vault(data_dir, csu)
+    try:
+        assert [r.sequence for r in vault.find(0, 2**62)] == list(range(5))
+        # #5 was issued once: it is never issued again; a signed gap record takes its place.
+        assert [(g.first, g.last) for g in vault.recovery.gaps] == [(5, 5)]
+        vault.write(fake_segment("cam1", 6))
+        assert vault.lane("cam1").next_seq == 7
+    finally:
+        vault.close()
+    assert not path.exists()
     assert len(list((root / "quarantine").iterdir())) == 1
+    report = verify_vault(root, load_signing_public_key(keys_dir_of(data_dir)), device_id="unit-1")
+    assert [(f.kind, f.sequence) for f in report.findings] == [("gap", 5)]
 
 
 def test_self_check(tmp_path: Path, data_dir: Path) -> None:

@@ -165,6 +165,8 @@ def _export(args: argparse.Namespace) -> int:
         f"{result.bytes} bytes, {_fmt_ns(lo)} .. {_fmt_ns(hi)}"
     )
     print(f"bundle digest (sha256 of manifest.json): {result.digest}")
+    for gap in result.gaps:
+        print(f"LOSS RECORDED (signed gap record in the bundle): {gap}")
     if result.certified:
         print("evidence chain: certs/unit-signing.crt and certs/ca.pem; verify it with the city's")
         print("  video CA alone: edge-csu open BUNDLE --ca CITY-ROOT.pem --key KEY --out clip.mp4")

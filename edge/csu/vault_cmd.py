@@ -104,5 +104,7 @@ def _open(args: argparse.Namespace) -> int:
     m = verified.manifest
     print(f"bundle {args.bundle}: verified (case {m['case']!r}, unit {m['device']!r})")
     print(f"  signing key {m.get('unit_key_id', '?')} vouched for by: {verified.trust}")
+    for gap in verified.gaps:
+        print(f"  LOSS RECORDED by the unit (signed gap record): {gap.camera_id}: {gap.describe()}")
     print(f"{args.out}: {packets} frame(s), remuxed without re-encoding")
     return 0

@@ -61,6 +61,8 @@ class ExportResult:
     """SHA-256 of manifest.json: the bundle's identity in the audit log."""
     certified: bool = False
     """The bundle carries the evidence-signing certificate (verifiable with the fleet CA)."""
+    gaps: tuple[str, ...] = ()
+    """Losses the range covers, each proven by a signed gap record carried in the bundle."""
 
 
 def _copy(src: Path, dest: Path) -> tuple[str, int]:
@@ -113,6 +115,8 @@ def export_bundle(
     seg_entries: list[dict[str, Any]] = []
     cam_info: dict[str, dict[str, Any]] = {}
     prev: dict[str, fmt.SealedSegment] = {}
+    gap_records = _gaps_in_range(root, rows, start_ns, end_ns, public_key, device_id)
+    gaps_used: dict[tuple[str, int], fmt.GapRecord] = {}
     total = len(rows) + len(epochs)
     done = 0
     size_sum = 0
@@ -123,13 +127,16 @@ def export_bundle(
         except FileNotFoundError:
             raise VaultError(f"{src}: purged or missing while exporting; export again") from None
         before = prev.get(row.camera_id)
-        seg = fmt.verify_segment(
-            raw,
-            public_key,
-            device_id=device_id,
-            prev_hash=before.chain_hash if before is not None else None,
-        )
-        if before is not None and seg.header.sequence != before.header.sequence + 1:
+        want, nxt = None, None
+        if before is not None:
+            # Through the signed records of sequences lost between two exported segments.
+            want, nxt = before.chain_hash, before.header.sequence + 1
+            cam_gaps = gap_records.get(row.camera_id, {})
+            while (gap := cam_gaps.get(nxt)) is not None and gap.prev_hash == want:
+                gaps_used[(row.camera_id, gap.first)] = gap
+                want, nxt = gap.chain_hash, gap.last + 1
+        seg = fmt.verify_segment(raw, public_key, device_id=device_id, prev_hash=want)
+        if before is not None and seg.header.sequence != nxt:
             raise IntegrityError(
                 f"{row.camera_id}: sequences {before.header.sequence + 1}.."
                 f"{seg.header.sequence - 1} missing in the vault (run edgectl verify)"
@@ -158,6 +165,26 @@ def export_bundle(
         done += 1
         if progress:
             progress(done, total)
+    for camera, cam_gaps in gap_records.items():
+        for gap in cam_gaps.values():  # losses at the edges of the range are named too
+            gaps_used.setdefault((camera, gap.first), gap)
+    gap_entries: list[dict[str, Any]] = []
+    for (camera, first), gap in sorted(gaps_used.items()):
+        name = f"gaps/{camera}/{first:010d}-{gap.last:010d}.gap"
+        digest, size = _copy(layout.gap_path(root, camera, first, gap.last), partial / name)
+        gap_entries.append(
+            {
+                "camera": camera,
+                "first_sequence": first,
+                "last_sequence": gap.last,
+                "after_ns": gap.after_wall_ns,
+                "recorded_ns": gap.created_wall_ns,
+                "reason": gap.reason,
+                "file": name,
+                "sha256": digest,
+                "size": size,
+            }
+        )
     env_entries: list[dict[str, Any]] = []
     for (camera, epoch_id), created in sorted(epochs.items()):
         if created is None:
@@ -205,6 +232,7 @@ def export_bundle(
         "cameras": cam_info,
         "segments": seg_entries,
         "envelopes": env_entries,
+        "gaps": gap_entries,
         "certificates": certs,
         # Where the certificate of unit_public_key is, or null: then only a pinned key verifies.
         "signing_certificate": f"certs/{evidence.SIGNING_CERT_NAME}" if certified else None,
@@ -231,10 +259,43 @@ def export_bundle(
             "bytes": size_sum,
             "bundle_sha256": digest,
             "out": str(out_dir),
+            "gaps": [[g["camera"], g["first_sequence"], g["last_sequence"]] for g in gap_entries],
         },
         actor=actor,
     )
-    return ExportResult(out_dir, len(seg_entries), len(env_entries), size_sum, digest, certified)
+    described = tuple(
+        f"{camera}: {gap.describe()}" for (camera, _), gap in sorted(gaps_used.items())
+    )
+    return ExportResult(
+        out_dir, len(seg_entries), len(env_entries), size_sum, digest, certified, described
+    )
+
+
+def _gaps_in_range(
+    root: Path,
+    rows: Sequence[Any],
+    start_ns: int,
+    end_ns: int,
+    public_key: ed25519.Ed25519PublicKey,
+    device_id: str,
+) -> dict[str, dict[int, fmt.GapRecord]]:
+    """Per exported camera, its gap records that touch the range: between two exported
+    segments, or a loss that lies in it (after ``after_wall_ns``, before it was recorded)."""
+    by_cam: dict[str, list[Any]] = {}
+    for r in rows:
+        by_cam.setdefault(r.camera_id, []).append(r)
+    out: dict[str, dict[int, fmt.GapRecord]] = {}
+    for camera, cam_rows in by_cam.items():
+        lo, hi = cam_rows[0].sequence, cam_rows[-1].sequence
+        for path in layout.gap_files(root, camera):
+            gap = fmt.verify_gap(path.read_bytes(), public_key)
+            if gap.device_id != device_id or gap.camera_id != camera:
+                raise IntegrityError(f"{path}: gap record of another unit or camera")
+            inside = lo < gap.first and gap.last < hi
+            overlaps = gap.after_wall_ns < end_ns and gap.created_wall_ns > start_ns
+            if inside or overlaps:
+                out.setdefault(camera, {})[gap.first] = gap
+    return out
 
 
 # --- CSU side ------------------------------------------------------------------------------------
@@ -251,6 +312,9 @@ class VerifiedBundle:
     """What vouches for ``public_key``: the fleet CA, a pinned key, or nothing (demo)."""
     certificate: x509.Certificate | None = None
     """The evidence-signing certificate checked against the fleet CA, if that was the anchor."""
+    gaps: tuple[fmt.GapRecord, ...] = ()
+    """Signed records of sequences the unit lost: the chain goes on through them, and they
+    are reported with the bundle (never hidden)."""
 
 
 def _field(obj: Any, name: str, kind: type, where: str) -> Any:
@@ -352,6 +416,7 @@ def verify_bundle(
             raise IntegrityError(f"{entry['file']}: envelope does not match the manifest")
         envelopes[(env.camera_id, env.epoch_id)] = env
         listed.add(entry["file"])
+    gaps = _verify_listed_gaps(bundle, manifest, key, device, listed)
     segments: list[fmt.SealedSegment] = []
     last: dict[str, fmt.SealedSegment] = {}
     for i, entry in enumerate(manifest["segments"]):
@@ -374,9 +439,13 @@ def verify_bundle(
                 raise IntegrityError(f"{h.camera_id}#{h.sequence}: duplicated")
             if h.sequence < b:
                 raise IntegrityError(f"{h.camera_id}#{h.sequence}: out of order (after #{b})")
-            if h.sequence != b + 1:
-                raise IntegrityError(f"{h.camera_id}: sequences {b + 1}..{h.sequence - 1} missing")
-            if h.prev_hash != before.chain_hash:
+            nxt, want = b + 1, before.chain_hash
+            cam_gaps = gaps.get(h.camera_id, {})
+            while (gap := cam_gaps.get(nxt)) is not None and gap.prev_hash == want:
+                nxt, want = gap.last + 1, gap.chain_hash
+            if h.sequence != nxt:
+                raise IntegrityError(f"{h.camera_id}: sequences {nxt}..{h.sequence - 1} missing")
+            if h.prev_hash != want:
                 raise IntegrityError(f"{h.camera_id}#{h.sequence}: chain broken")
         if (h.camera_id, h.epoch_id) not in envelopes:
             raise IntegrityError(f"{h.camera_id}#{h.sequence}: its epoch envelope is missing")
@@ -392,6 +461,7 @@ def verify_bundle(
             raise IntegrityError(f"{rel}: not listed in the manifest (added or duplicated)")
     if not segments:
         raise IntegrityError("the bundle holds no segment")
+    all_gaps = tuple(g for cam in sorted(gaps) for _, g in sorted(gaps[cam].items()))
     if fleet_ca is not None:
         # Every record was signed while it was made: the certificate must cover them all.
         times = [t for s in segments for t in (s.header.start_wall_ns, s.header.end_wall_ns)]
@@ -399,9 +469,37 @@ def verify_bundle(
         span = (min(times), max(times))
         cert = _check_certificate(bundle, manifest, key, span, fleet_ca, crls)
         trust = f"fleet CA (evidence certificate {cert.serial_number:x})"
-        return VerifiedBundle(bundle, manifest, segments, envelopes, key, trust, cert)
+        return VerifiedBundle(bundle, manifest, segments, envelopes, key, trust, cert, all_gaps)
     trust = "pinned unit key" if unit_public_key else "key inside the bundle (not verified)"
-    return VerifiedBundle(bundle, manifest, segments, envelopes, key, trust)
+    return VerifiedBundle(bundle, manifest, segments, envelopes, key, trust, None, all_gaps)
+
+
+def _verify_listed_gaps(
+    bundle: Path,
+    manifest: dict[str, Any],
+    key: ed25519.Ed25519PublicKey,
+    device: str,
+    listed: set[str],
+) -> dict[str, dict[int, fmt.GapRecord]]:
+    """The bundle's signed gap records (``gaps`` in the manifest), by camera and first lost
+    sequence; each must match its manifest entry."""
+    out: dict[str, dict[int, fmt.GapRecord]] = {}
+    entries = manifest.get("gaps", [])
+    if not isinstance(entries, list):
+        raise IntegrityError("manifest: gaps has the wrong type")
+    for i, entry in enumerate(entries):
+        where = f"gaps[{i}]."
+        gap = fmt.verify_gap(_read_listed(bundle, entry, where), key)
+        if (
+            gap.device_id != device
+            or gap.camera_id != _field(entry, "camera", str, where)
+            or gap.first != _field(entry, "first_sequence", int, where)
+            or gap.last != _field(entry, "last_sequence", int, where)
+        ):
+            raise IntegrityError(f"{entry['file']}: gap record does not match the manifest")
+        out.setdefault(gap.camera_id, {})[gap.first] = gap
+        listed.add(entry["file"])
+    return out
 
 
 def _check_certificate(

@@ -92,7 +92,7 @@ class Vault(SegmentSink, Outbox):
         self._live_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        for sub in ("tmp", "segments", "epochs", "checkpoints", "quarantine"):
+        for sub in ("tmp", "segments", "epochs", "checkpoints", "quarantine", "gaps", "sequences"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         self.audit = AuditLog(root / "audit.log", device_id, signing_key)
         from .recovery import open_index, recover  # local: recovery uses this module's types
@@ -224,6 +224,9 @@ class Vault(SegmentSink, Outbox):
                 raise
             lane.next_seq += 1
             lane.last_hash = digest
+            # Durable before write() returns: whatever happens to the index and the newest
+            # files later, recovery never issues this sequence again.
+            self._with_space(lambda: self._write_high_water(lane.camera_id, lane.next_seq), 4096)
         if bytes_to_free(self.policy, self.usage()) > 0:
             self.purge(reason="space")
 
@@ -243,6 +246,48 @@ class Vault(SegmentSink, Outbox):
 
     def _write_file(self, final: Path, data: bytes) -> None:
         files.write_durably(self.root / "tmp", final, data)
+
+    # --- sequence high-water mark and gap records ---------------------------------------------
+
+    def high_water(self, camera: str) -> int:
+        """The next sequence never issued for ``camera`` as last written (0 when unknown)."""
+        path = layout.high_water_path(self.root, camera)
+        try:
+            return max(0, int(path.read_text(encoding="ascii").strip()))
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            # Recovery still raises it from the index and the files; never trust it lower.
+            log.error("%s: unreadable sequence high-water mark (%s)", path, exc)
+            return 0
+
+    def _write_high_water(self, camera: str, next_seq: int) -> None:
+        self._write_file(layout.high_water_path(self.root, camera), f"{next_seq}\n".encode())
+
+    def load_gaps(self, camera: str) -> dict[int, fmt.GapRecord]:
+        """The camera's gap records by first lost sequence; altered ones go to quarantine."""
+        out: dict[int, fmt.GapRecord] = {}
+        for path in layout.gap_files(self.root, camera):
+            try:
+                gap = fmt.verify_gap(path.read_bytes(), self.public_key)
+                if gap.camera_id != camera or gap.device_id != self.device_id:
+                    raise VaultError("gap record of another camera or unit")
+            except (VaultError, OSError) as exc:
+                self.quarantine(path, str(exc))
+                continue
+            out[gap.first] = gap
+        return out
+
+    def record_gap(
+        self, camera: str, first: int, last: int, prev_hash: bytes, after_ns: int, reason: str
+    ) -> fmt.GapRecord:
+        """Write the signed record of sequences ``first..last`` lost; it joins the chain."""
+        gap = fmt.GapRecord(
+            self.device_id, camera, self.clock(), first, last, after_ns, prev_hash, reason
+        )
+        raw = fmt.sign_gap(gap, self._key)
+        self._write_file(layout.gap_path(self.root, camera, first, last), raw)
+        return fmt.parse_gap(raw)
 
     # --- retention -----------------------------------------------------------------------------
 
@@ -340,6 +385,7 @@ class Vault(SegmentSink, Outbox):
         rows = self.index.rows_through(camera, through)
         for row in rows:
             self._unlink(layout.segment_path(self.root, camera, row.start_wall_ns, row.sequence))
+        self.purge_gaps(camera, through)
         self.index.delete_through(camera, through)
         return {"through": through, "count": len(rows)}
 
@@ -355,6 +401,16 @@ class Vault(SegmentSink, Outbox):
                     self._unlink(path)
                     self.index.delete_epoch(camera, epoch_id)
                     count += 1
+        return count
+
+    def purge_gaps(self, camera: str, through: int) -> int:
+        """Gap records wholly at or below a checkpoint go with the segments around them."""
+        count = 0
+        for path in layout.gap_files(self.root, camera):
+            m = layout.GAP_RE.match(path.name)
+            if m and int(m.group(2)) <= through:
+                path.unlink(missing_ok=True)
+                count += 1
         return count
 
     @staticmethod

@@ -110,6 +110,14 @@ END;
 CREATE TRIGGER IF NOT EXISTS epochs_insert AFTER INSERT ON epochs BEGIN
     UPDATE running SET epoch_bytes = epoch_bytes + NEW.size WHERE k = 0;
 END;
+-- Gap records (files under gaps/) the CSU has not acknowledged yet.
+CREATE TABLE IF NOT EXISTS gaps (
+    camera TEXT NOT NULL,
+    first INTEGER NOT NULL,
+    last INTEGER NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (camera, first)
+) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS epochs_delete AFTER DELETE ON epochs BEGIN
     UPDATE running SET epoch_bytes = epoch_bytes - OLD.size WHERE k = 0;
 END;
@@ -451,6 +459,28 @@ class Index:
                 "SELECT t.bytes + r.epoch_bytes FROM totals t, running r WHERE t.k = 0 AND r.k = 0"
             ).fetchone()
         return int(row[0])
+
+    def add_gap(self, camera: str, first: int, last: int) -> None:
+        with self.lock:
+            self.db.execute("INSERT OR IGNORE INTO gaps VALUES (?, ?, ?, 0)", (camera, first, last))
+
+    def pending_gaps(self) -> list[tuple[str, int, int]]:
+        with self.lock:
+            raw = self.db.execute(
+                "SELECT camera, first, last FROM gaps WHERE delivered = 0 ORDER BY camera, first"
+            ).fetchall()
+        return [(str(c), int(f), int(la)) for c, f, la in raw]
+
+    def mark_gap_delivered(self, camera: str, first: int) -> bool:
+        with self.lock:
+            cur = self.db.execute(
+                "UPDATE gaps SET delivered = 1 WHERE camera = ? AND first = ?", (camera, first)
+            )
+        return cur.rowcount > 0
+
+    def delete_gaps_through(self, camera: str, seq: int) -> None:
+        with self.lock:
+            self.db.execute("DELETE FROM gaps WHERE camera = ? AND last <= ?", (camera, seq))
 
     def clear(self) -> None:
         with self.lock:

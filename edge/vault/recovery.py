@@ -188,6 +188,8 @@ def _recover_camera(vault: Vault, camera: str, report: RecoveryReport) -> None:
     else:
         seq, last_hash, since = -1, fmt.ZERO_HASH, None
     gaps = vault.load_gaps(camera)
+    for gap in gaps.values():  # a rebuilt index learns them again (the CSU deduplicates)
+        index.add_gap(camera, gap.first, gap.last)
 
     def bridge(seq: int, last_hash: bytes, after_ns: int) -> tuple[int, bytes, int]:
         """Past the gap records that continue the chain at this point."""

@@ -287,6 +287,7 @@ class Vault(SegmentSink, Outbox):
         )
         raw = fmt.sign_gap(gap, self._key)
         self._write_file(layout.gap_path(self.root, camera, first, last), raw)
+        self.index.add_gap(camera, first, last)  # for the uplink: the CSU must know
         return fmt.parse_gap(raw)
 
     # --- retention -----------------------------------------------------------------------------
@@ -411,6 +412,7 @@ class Vault(SegmentSink, Outbox):
             if m and int(m.group(2)) <= through:
                 path.unlink(missing_ok=True)
                 count += 1
+        self.index.delete_gaps_through(camera, through)
         return count
 
     @staticmethod
@@ -476,6 +478,9 @@ class Vault(SegmentSink, Outbox):
 
     def mark_envelope_delivered(self, camera_id: str, epoch_id: bytes) -> None:
         self.index.mark_epoch_delivered(camera_id, epoch_id)
+
+    def mark_gap_delivered(self, camera_id: str, first: int) -> None:
+        self.index.mark_gap_delivered(camera_id, first)
 
     def backlog(self) -> Backlog:
         count, ns, size = self.index.backlog()

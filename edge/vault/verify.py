@@ -406,6 +406,20 @@ class ChainVerifier:
             self._state[ckp.camera_id] = (ckp.purged_through + 1, ckp.last_hash)
         return ckp
 
+    def accept_gap(self, raw: bytes) -> fmt.GapRecord:
+        """A signed gap record: the chain goes on through it (the loss is the caller's to
+        report)."""
+        gap = fmt.verify_gap(raw, self.public_key)
+        if self.device_id is not None and gap.device_id != self.device_id:
+            raise IntegrityError(f"gap record of {gap.device_id!r}, expected {self.device_id!r}")
+        state = self._state.get(gap.camera_id)
+        if state is not None and (state[0] != gap.first or state[1] != gap.prev_hash):
+            raise IntegrityError(
+                f"gap record {gap.camera_id}#{gap.first}..{gap.last} does not continue the chain"
+            )
+        self._state[gap.camera_id] = (gap.last + 1, gap.chain_hash)
+        return gap
+
     def accept(self, raw: bytes) -> fmt.SealedSegment:
         seg = fmt.verify_segment(raw, self.public_key, device_id=self.device_id)
         h = seg.header

@@ -226,7 +226,14 @@ class Vault(SegmentSink, Outbox):
             lane.last_hash = digest
             # Durable before write() returns: whatever happens to the index and the newest
             # files later, recovery never issues this sequence again.
-            self._with_space(lambda: self._write_high_water(lane.camera_id, lane.next_seq), 4096)
+            try:
+                self._with_space(
+                    lambda: self._write_high_water(lane.camera_id, lane.next_seq), 4096
+                )
+            except VaultError as exc:
+                # The segment is stored and indexed (the index still knows its sequence):
+                # recording goes on, the weaker guarantee is said loudly.
+                log.error("%s: sequence high-water mark not written: %s", lane.camera_id, exc)
         if bytes_to_free(self.policy, self.usage()) > 0:
             self.purge(reason="space")
 

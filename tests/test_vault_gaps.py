@@ -183,3 +183,41 @@ def test_retention_purges_a_gap_record_with_the_segments_around_it(
     finally:
         vault.close()
     assert _verify(data_dir) == []
+
+
+def test_csu_store_accepts_the_chain_through_a_gap_record_and_counts_it_as_lost(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """The CSU never got #4..#5 and the unit lost them: the gap record is stored, #6 chains
+    through it, and the camera's status shows the loss as recorded, not as a hole. A record
+    with an absurd range (signed by the unit's key) costs nothing to judge."""
+    import time
+
+    from edge.csu.receiver.store import SegmentStore, Verdict
+
+    csu = make_csu(tmp_path / "csu")
+    _seal(data_dir, csu, 0, 6)
+    root = layout.vault_dir(data_dir)
+    key = load_signing_public_key(keys_dir_of(data_dir))
+    store = SegmentStore(tmp_path / "storage")
+
+    def segment(seq: int) -> bytes:
+        return next(root.glob(f"segments/cam1/*/*/*-{seq:010d}.seg")).read_bytes()
+
+    for seq in range(4):
+        assert store.accept_segment("unit-1", "cam1", seq, segment(seq), key)[0] is Verdict.STORED
+    _damage(data_dir, "delete", 2, index_too=False)
+    _seal(data_dir, csu, 6, 1)
+    raw = layout.gap_path(root, "cam1", 4, 5).read_bytes()
+    assert store.accept_gap("unit-1", "cam1", 4, 5, raw, key) == (Verdict.STORED, [])
+    assert store.accept_gap("unit-1", "cam1", 4, 5, raw, key) == (Verdict.DUPLICATE, [])
+    assert store.accept_segment("unit-1", "cam1", 6, segment(6), key)[0] is Verdict.STORED
+    status = SegmentStore(tmp_path / "storage").camera("unit-1", "cam1").status()  # reloaded
+    assert status["gaps"] == [] and status["lost_at_unit"] == [[4, 5]]
+    assert status["conflicts"] == [] and status["chain"] == "complete, losses recorded by the unit"
+    huge = fmt.GapRecord("unit-1", "cam1", WALL0, 8, 2**62, 0, bytes(32), "forged")
+    raw = fmt.sign_gap(huge, load_signing_key(keys_dir_of(data_dir)))
+    t0 = time.monotonic()
+    assert store.accept_gap("unit-1", "cam1", 8, 2**62, raw, key)[1] == []
+    store.camera("unit-1", "cam1").status()
+    assert time.monotonic() - t0 < 1.0

@@ -119,7 +119,7 @@ class CameraIndex:
         the unit's vault no longer has them. Shown, never resolved silently."""
         out = []
         for gap in sorted(self.gaps.values(), key=lambda g: g.first):
-            held = [s for s in range(gap.first, gap.last + 1) if s in self.segments]
+            held = self.held_in(gap.first, gap.last)
             if held:
                 out.append({"first": gap.first, "last": gap.last, "held": held[:100]})
         return out
@@ -154,13 +154,20 @@ class CameraIndex:
         with (self.directory / "index.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(asdict(meta)) + "\n")
 
+    def held_in(self, first: int, last: int) -> list[int]:
+        """Stored sequences within ``first..last`` (by the stored ones: a range may be huge)."""
+        return sorted(s for s in self.segments if first <= s <= last)
+
     def _recorded_lost(self, first: int, last: int) -> bool:
-        """Whether gap records cover every sequence of ``first..last``."""
-        covered: set[int] = set()
-        for g in self.gaps.values():
-            if g.last >= first and g.first <= last:
-                covered.update(range(max(first, g.first), min(last, g.last) + 1))
-        return len(covered) == last - first + 1
+        """Whether gap records cover every sequence of ``first..last`` (interval walk: the
+        ranges come from the unit and may be huge)."""
+        at = first
+        for g in sorted(self.gaps.values(), key=lambda g: g.first):
+            if g.first <= at <= g.last:
+                at = g.last + 1
+            if at > last:
+                return True
+        return False
 
     def segment_path(self, sequence: int) -> Path:
         return self.directory / f"{sequence:012d}.seg"
@@ -292,7 +299,7 @@ class SegmentStore:
             raise Refusal(400, "gap record does not match the URL")
         index = self.camera(unit_id, camera_id)
         with index.lock:
-            held = [s for s in range(first, last + 1) if s in index.segments]
+            held = index.held_in(first, last)
             stored = index.gaps.get(last)
             if stored is not None:
                 if stored.raw == raw:

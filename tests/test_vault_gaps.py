@@ -13,11 +13,12 @@ import pytest
 
 from edge import config
 from edge.cli.main import main as edgectl
+from edge.errors import IntegrityError
 from edge.unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
 from edge.vault import format as fmt
 from edge.vault import layout
 from edge.vault.bundle import export_bundle, verify_bundle
-from edge.vault.verify import verify_vault
+from edge.vault.verify import ChainVerifier, verify_vault
 
 from .vault_support import SEG_NS, Csu, fake_segment, make_csu, open_vault
 from .video_support import WALL0
@@ -212,6 +213,13 @@ def test_csu_store_accepts_the_chain_through_a_gap_record_and_counts_it_as_lost(
     assert store.accept_gap("unit-1", "cam1", 4, 5, raw, key) == (Verdict.STORED, [])
     assert store.accept_gap("unit-1", "cam1", 4, 5, raw, key) == (Verdict.DUPLICATE, [])
     assert store.accept_segment("unit-1", "cam1", 6, segment(6), key)[0] is Verdict.STORED
+    chain = ChainVerifier(key, "unit-1")  # the same judgement, one record at a time
+    for seq in range(4):
+        chain.accept(segment(seq))
+    with pytest.raises(IntegrityError, match="missing"):
+        chain.accept(segment(6))
+    chain.accept_gap(raw)
+    chain.accept(segment(6))
     status = SegmentStore(tmp_path / "storage").camera("unit-1", "cam1").status()  # reloaded
     assert status["gaps"] == [] and status["lost_at_unit"] == [[4, 5]]
     assert status["conflicts"] == [] and status["chain"] == "complete, losses recorded by the unit"

@@ -59,7 +59,7 @@ def _verify(data: Path) -> list[tuple[str, int | None, str]]:
 
 
 @pytest.mark.parametrize("index_too", [False, True], ids=["index-kept", "index-lost"])
-@pytest.mark.parametrize("newest", [1, 3])
+@pytest.mark.parametrize("newest", [1, 2, 3])
 @pytest.mark.parametrize("how", ["delete", "truncate", "bitflip"])
 def test_tail_damage_never_reuses_a_sequence_and_is_recorded(
     how: str, newest: int, index_too: bool, tmp_path: Path, data_dir: Path

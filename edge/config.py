@@ -10,6 +10,7 @@ Sections owned by later subsystems (vault, uplink, 802.1X, analytics) add their 
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from enum import StrEnum
@@ -746,7 +747,7 @@ def load(path: Path | None) -> tuple[EdgeConfig, str]:
     """
     if path is None:
         if not DEFAULT_CONFIG_PATH.exists():
-            return DEMO_CONFIG, "embedded demo default"
+            return _absolute(DEMO_CONFIG), "embedded demo default"
         path = DEFAULT_CONFIG_PATH
     try:
         text = path.read_text(encoding="utf-8")
@@ -754,9 +755,17 @@ def load(path: Path | None) -> tuple[EdgeConfig, str]:
         raise ConfigError(f"cannot read: {exc.strerror}", path=str(path)) from None
     except UnicodeDecodeError:
         raise ConfigError("not UTF-8 text", path=str(path)) from None
-    return parse(text, path=str(path)), str(path)
+    return _absolute(parse(text, path=str(path))), str(path)
 
 
 def with_data_dir(cfg: EdgeConfig, data_dir: Path) -> EdgeConfig:
     """A copy of ``cfg`` whose data directory is ``data_dir`` (the ``--data-dir`` flag)."""
-    return cfg.model_copy(update={"unit": cfg.unit.model_copy(update={"data_dir": data_dir})})
+    unit = cfg.unit.model_copy(update={"data_dir": Path(os.path.abspath(data_dir))})
+    return cfg.model_copy(update={"unit": unit})
+
+
+def _absolute(cfg: EdgeConfig) -> EdgeConfig:
+    """The data directory made absolute once, against the working directory at load time:
+    code that lists a directory and joins the names it finds to a relative root again builds
+    doubled paths (``data/vault/data/vault/…``), so no relative data directory goes further."""
+    return with_data_dir(cfg, cfg.unit.data_dir)

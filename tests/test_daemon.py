@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from .conftest import tool
 from .daemon_util import (
     DaemonLog,
@@ -91,6 +93,24 @@ def test_data_dir_flag_overrides_config(tmp_path: Path) -> None:
         assert proc.wait(timeout=60) == 0
     assert _segments(elsewhere)
     assert not (tmp_path / "from-config").exists()
+
+
+def test_relative_data_dir_flag_survives_a_lost_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A technician's `edged --data-dir data` from a shell: after the index is lost, edged
+    must start again (recovery once built doubled paths, data/vault/data/vault/…)."""
+    config = write_config(tmp_path / "edge.toml", tmp_path / "unused")
+    monkeypatch.chdir(tmp_path)
+    for run in range(2):
+        (tmp_path / f"run{run}").mkdir()
+        args = ("--run-for", "2", "--data-dir", "data")
+        with running_edged(config, tmp_path / f"run{run}", *args) as (proc, _):
+            assert proc.wait(timeout=60) == 0, f"run {run}"
+        for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+            (tmp_path / "data" / "vault" / name).unlink(missing_ok=True)
+    assert _segments(tmp_path / "data")
+    assert not (tmp_path / "data" / "vault" / "data").exists()
 
 
 def test_sighup_reloads_masks_and_keeps_config_when_invalid(tmp_path: Path, data_dir: Path) -> None:

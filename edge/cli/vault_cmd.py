@@ -213,6 +213,8 @@ def _export(args: argparse.Namespace) -> int:
     for part in result.damaged:
         print(f"  damaged: {part}")
     print(f"bundle digest (sha256 of manifest.json): {result.digest}")
+    for gap in result.gaps:
+        print(f"LOSS RECORDED (signed gap record in the bundle): {gap}")
     if result.certified:
         print("evidence chain: certs/unit-signing.crt and certs/ca.pem; verify it with the city's")
         print("  video CA alone: edge-csu open BUNDLE --ca CITY-ROOT.pem --key KEY --out clip.mp4")

@@ -135,6 +135,16 @@ def _units(args: argparse.Namespace) -> int:
             for cam, st in row["cameras"].items()
         )
         print(f"{row['unit']:24} {_trust_cell(row['signing_key']):34} {ago:>12} {bl:>14}  {cams}")
+        for cam, st in row["cameras"].items():
+            for lost in st.get("lost_at_unit", []):
+                print(
+                    f"{'':24}   {cam}: sequences {lost[0]}..{lost[1]} LOST AT THE UNIT (gap record)"
+                )
+            for c in st.get("conflicts", []):
+                print(
+                    f"{'':24}   {cam}: CONFLICT: the unit declared #{c['first']}..#{c['last']} "
+                    f"lost; this CSU holds the originals {c['held']}"
+                )
         if row["signing_key"]["problem"]:
             print(f"{'':24}   {row['signing_key']['problem']}")
     return 0

@@ -151,6 +151,10 @@ def _open(args: argparse.Namespace) -> int:
     m = verified.manifest
     print(f"bundle {args.bundle}: verified (case {m['case']!r}, unit {m['device']!r})")
     print(f"  signing key {m.get('unit_key_id', '?')} vouched for by: {verified.trust}")
+    for lost in verified.gaps:
+        print(
+            f"  LOSS RECORDED by the unit (signed gap record): {lost.camera_id}: {lost.describe()}"
+        )
     print(f"{args.out}: {packets} frame(s), remuxed without re-encoding")
     # Times are true times: what was not recorded is a gap in the clip, and named here.
     for gap in gaps:

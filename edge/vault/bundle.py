@@ -114,6 +114,8 @@ class ExportResult:
     """The bundle carries the evidence-signing certificate (verifiable with the fleet CA)."""
     damaged: tuple[DamagedPart, ...] = ()
     """What of the range could not be exported intact; empty for a complete export."""
+    gaps: tuple[str, ...] = ()
+    """Losses the range covers, each proven by a signed gap record carried in the bundle."""
 
     @property
     def partial(self) -> bool:
@@ -265,6 +267,8 @@ def _export(
     cam_info: dict[str, dict[str, Any]] = {}
     prev: dict[str, fmt.SealedSegment] = {}
     seen: dict[str, int] = {}
+    gap_records = _gaps_in_range(root, rows, start_ns, end_ns, public_key, device_id, damage)
+    gaps_used: dict[tuple[str, int], fmt.GapRecord] = {}
     total = len(rows) + len(env_files)
     done = 0
     size_sum = 0
@@ -274,7 +278,11 @@ def _export(
         if progress:
             progress(done, total)
         if cam in seen and seq > seen[cam] + 1:
-            damage.add(cam, seen[cam] + 1, seq - 1, DamageKind.MISSING, "no longer in the vault")
+            lost = seen[cam] + 1
+            while (gap := gap_records.get(cam, {}).get(lost)) is not None and gap.last < seq:
+                lost = gap.last + 1  # lost at the unit and recorded: a gap record, not damage
+            if lost < seq:
+                damage.add(cam, lost, seq - 1, DamageKind.MISSING, "no longer in the vault")
         seen[cam] = seq
         if (cam, row.epoch_id) in unopenable:
             damage.add(cam, seq, seq, DamageKind.NO_ENVELOPE, unopenable[(cam, row.epoch_id)])
@@ -298,11 +306,17 @@ def _export(
             damage.add(cam, seq, seq, DamageKind.ALTERED, "header does not match its place")
             continue
         before = prev.get(cam)
-        if (
-            before is not None
-            and before.header.sequence + 1 == seq
-            and h.prev_hash != before.chain_hash
-        ):
+        want, nxt = None, None
+        if before is not None:
+            # Through the signed records of sequences lost between two exported segments.
+            want, nxt = _through_gaps(
+                gap_records.get(cam, {}),
+                before.header.sequence + 1,
+                before.chain_hash,
+                gaps_used,
+                cam,
+            )
+        if before is not None and nxt == seq and h.prev_hash != want:
             damage.add(
                 cam,
                 seq,
@@ -325,6 +339,26 @@ def _export(
                 "end_ns": h.end_wall_ns,
                 "frames": h.frame_count,
                 "epoch": h.epoch_id.hex(),
+                "file": name,
+                "sha256": digest,
+                "size": size,
+            }
+        )
+    for camera, cam_gaps in gap_records.items():
+        for gap in cam_gaps.values():  # losses at the edges of the range are named too
+            gaps_used.setdefault((camera, gap.first), gap)
+    gap_entries: list[dict[str, Any]] = []
+    for (camera, first), gap in sorted(gaps_used.items()):
+        name = f"gaps/{camera}/{first:010d}-{gap.last:010d}.gap"
+        digest, size = _copy(layout.gap_path(root, camera, first, gap.last), partial / name)
+        gap_entries.append(
+            {
+                "camera": camera,
+                "first_sequence": first,
+                "last_sequence": gap.last,
+                "after_ns": gap.after_wall_ns,
+                "recorded_ns": gap.created_wall_ns,
+                "reason": gap.reason,
                 "file": name,
                 "sha256": digest,
                 "size": size,
@@ -379,6 +413,7 @@ def _export(
         "cameras": cam_info,
         "segments": seg_entries,
         "envelopes": env_entries,
+        "gaps": gap_entries,
         "certificates": certs,
         # Where the certificate of unit_public_key is, or null: then only a pinned key verifies.
         "signing_certificate": f"certs/{evidence.SIGNING_CERT_NAME}" if certified else None,
@@ -411,11 +446,15 @@ def _export(
             "damaged": [
                 {k: v for k, v in p.as_dict().items() if k != "detail"} for p in damage.parts
             ],
+            "gaps": [[g["camera"], g["first_sequence"], g["last_sequence"]] for g in gap_entries],
         },
         actor=actor,
     )
     partial.rename(out_dir)
     fsync_dir(out_dir.parent)
+    described = tuple(
+        f"{camera}: {gap.describe()}" for (camera, _), gap in sorted(gaps_used.items())
+    )
     return ExportResult(
         out_dir,
         len(seg_entries),
@@ -423,8 +462,57 @@ def _export(
         size_sum,
         digest,
         certified,
-        tuple(damage.parts),
+        damaged=tuple(damage.parts),
+        gaps=described,
     )
+
+
+def _through_gaps(
+    cam_gaps: dict[int, fmt.GapRecord],
+    nxt: int,
+    want: bytes,
+    used: dict[tuple[str, int], fmt.GapRecord],
+    camera: str,
+) -> tuple[bytes, int]:
+    """Follow the chain from sequence ``nxt`` (whose predecessor hashes to ``want``) through
+    consecutive signed gap records: the hash and sequence the next segment must carry."""
+    while (gap := cam_gaps.get(nxt)) is not None and gap.prev_hash == want:
+        used[(camera, gap.first)] = gap
+        want, nxt = gap.chain_hash, gap.last + 1
+    return want, nxt
+
+
+def _gaps_in_range(
+    root: Path,
+    rows: Sequence[Any],
+    start_ns: int,
+    end_ns: int,
+    public_key: ed25519.Ed25519PublicKey,
+    device_id: str,
+    damage: _Damage,
+) -> dict[str, dict[int, fmt.GapRecord]]:
+    """Per exported camera, its gap records that touch the range: between two exported
+    segments, or a loss that lies in it (after ``after_wall_ns``, before it was recorded)."""
+    by_cam: dict[str, list[Any]] = {}
+    for r in rows:
+        by_cam.setdefault(r.camera_id, []).append(r)
+    out: dict[str, dict[int, fmt.GapRecord]] = {}
+    for camera, cam_rows in by_cam.items():
+        lo, hi = cam_rows[0].sequence, cam_rows[-1].sequence
+        for path in layout.gap_files(root, camera):
+            try:
+                gap = fmt.verify_gap(path.read_bytes(), public_key)
+                if gap.device_id != device_id or gap.camera_id != camera:
+                    raise IntegrityError(f"{path}: gap record of another unit or camera")
+            except (IntegrityError, OSError) as exc:
+                # Not carried: the sequences it would cover show as a hole, declared as damage.
+                log.error("%s: gap record not exported: %s", path, exc)
+                continue
+            inside = lo < gap.first and gap.last < hi
+            overlaps = gap.after_wall_ns < end_ns and gap.created_wall_ns > start_ns
+            if inside or overlaps:
+                out.setdefault(camera, {})[gap.first] = gap
+    return out
 
 
 # --- CSU side ------------------------------------------------------------------------------------
@@ -443,6 +531,9 @@ class VerifiedBundle:
     """The evidence-signing certificate checked against the fleet CA, if that was the anchor."""
     damaged: tuple[DamagedPart, ...] = ()
     """What the signed manifest says the export could not carry intact (a partial bundle)."""
+    gaps: tuple[fmt.GapRecord, ...] = ()
+    """Signed records of sequences the unit lost: the chain goes on through them, and they
+    are reported with the bundle (never hidden)."""
 
     @property
     def partial(self) -> bool:
@@ -594,6 +685,7 @@ def verify_bundle(
             raise IntegrityError(f"{entry['file']}: envelope does not match the manifest")
         envelopes[(env.camera_id, env.epoch_id)] = env
         listed.add(entry["file"])
+    gaps = _verify_listed_gaps(bundle, manifest, key, device, listed)
     segments: list[fmt.SealedSegment] = []
     last: dict[str, fmt.SealedSegment] = {}
     for i, entry in enumerate(manifest["segments"]):
@@ -620,15 +712,20 @@ def verify_bundle(
                 raise IntegrityError(f"{h.camera_id}#{h.sequence}: duplicated")
             if h.sequence < b:
                 raise IntegrityError(f"{h.camera_id}#{h.sequence}: out of order (after #{b})")
-            # A hole or a break is accepted only where the signed manifest declares it; after a
-            # hole the chain restarts (the segment before it is not here to check against).
-            if h.sequence != b + 1 and not _declared(
-                damaged, h.camera_id, b + 1, h.sequence - 1, chain=False
+            # Through the signed records of sequences the unit lost; then a hole or a break is
+            # accepted only where the signed manifest declares it (after a hole the chain
+            # restarts: the segment before it is not here to check against).
+            nxt, want = b + 1, before.chain_hash
+            cam_gaps = gaps.get(h.camera_id, {})
+            while (gap := cam_gaps.get(nxt)) is not None and gap.prev_hash == want:
+                nxt, want = gap.last + 1, gap.chain_hash
+            if h.sequence != nxt and not _declared(
+                damaged, h.camera_id, nxt, h.sequence - 1, chain=False
             ):
-                raise IntegrityError(f"{h.camera_id}: sequences {b + 1}..{h.sequence - 1} missing")
+                raise IntegrityError(f"{h.camera_id}: sequences {nxt}..{h.sequence - 1} missing")
             if (
-                h.sequence == b + 1
-                and h.prev_hash != before.chain_hash
+                h.sequence == nxt
+                and h.prev_hash != want
                 and not _declared(damaged, h.camera_id, h.sequence, h.sequence, chain=True)
             ):
                 raise IntegrityError(f"{h.camera_id}#{h.sequence}: chain broken")
@@ -646,6 +743,7 @@ def verify_bundle(
             raise IntegrityError(f"{rel}: not listed in the manifest (added or duplicated)")
     if not segments:
         raise IntegrityError("the bundle holds no segment")
+    all_gaps = tuple(g for cam in sorted(gaps) for _, g in sorted(gaps[cam].items()))
     if fleet_ca is not None:
         # Every record was signed while it was made: the certificate must cover them all.
         times = [t for s in segments for t in (s.header.start_wall_ns, s.header.end_wall_ns)]
@@ -653,9 +751,41 @@ def verify_bundle(
         span = (min(times), max(times))
         cert = _check_certificate(bundle, manifest, key, span, fleet_ca, crls)
         trust = f"fleet CA (evidence certificate {cert.serial_number:x})"
-        return VerifiedBundle(bundle, manifest, segments, envelopes, key, trust, cert, damaged)
+        return VerifiedBundle(
+            bundle, manifest, segments, envelopes, key, trust, cert, damaged, all_gaps
+        )
     trust = "pinned unit key" if unit_public_key else "key inside the bundle (not verified)"
-    return VerifiedBundle(bundle, manifest, segments, envelopes, key, trust, None, damaged)
+    return VerifiedBundle(
+        bundle, manifest, segments, envelopes, key, trust, None, damaged, all_gaps
+    )
+
+
+def _verify_listed_gaps(
+    bundle: Path,
+    manifest: dict[str, Any],
+    key: ed25519.Ed25519PublicKey,
+    device: str,
+    listed: set[str],
+) -> dict[str, dict[int, fmt.GapRecord]]:
+    """The bundle's signed gap records (``gaps`` in the manifest), by camera and first lost
+    sequence; each must match its manifest entry."""
+    out: dict[str, dict[int, fmt.GapRecord]] = {}
+    entries = manifest.get("gaps", [])
+    if not isinstance(entries, list):
+        raise IntegrityError("manifest: gaps has the wrong type")
+    for i, entry in enumerate(entries):
+        where = f"gaps[{i}]."
+        gap = fmt.verify_gap(_read_listed(bundle, entry, where), key)
+        if (
+            gap.device_id != device
+            or gap.camera_id != _field(entry, "camera", str, where)
+            or gap.first != _field(entry, "first_sequence", int, where)
+            or gap.last != _field(entry, "last_sequence", int, where)
+        ):
+            raise IntegrityError(f"{entry['file']}: gap record does not match the manifest")
+        out.setdefault(gap.camera_id, {})[gap.first] = gap
+        listed.add(entry["file"])
+    return out
 
 
 def _check_certificate(

@@ -76,6 +76,58 @@ CREATE TABLE IF NOT EXISTS epochs (
     delivered INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (camera, epoch)
 ) WITHOUT ROWID;
+-- The envelopes' bytes and the uplink backlog, kept the same way: the vault's byte count
+-- changes in the transaction that adds or removes the row (one lock, no separate counter to
+-- drift), and the uplink reads its backlog from one row for every item it sends instead of
+-- summing every undelivered row (240 ms with 300 k of them).
+CREATE TABLE IF NOT EXISTS running (
+    k INTEGER PRIMARY KEY CHECK (k = 0),
+    epoch_bytes INTEGER NOT NULL,
+    pending_segments INTEGER NOT NULL,
+    pending_ns INTEGER NOT NULL,
+    pending_bytes INTEGER NOT NULL
+);
+-- Counted once, when the table is new (an index written by an older version); the scalar
+-- subqueries are not run when the row already exists.
+INSERT INTO running SELECT 0,
+    (SELECT COALESCE(SUM(size), 0) FROM epochs),
+    (SELECT COUNT(*) FROM segments WHERE delivered = 0),
+    (SELECT COALESCE(SUM(end_ns - start_ns), 0) FROM segments WHERE delivered = 0),
+    (SELECT COALESCE(SUM(size), 0) FROM segments WHERE delivered = 0)
+    WHERE NOT EXISTS (SELECT 1 FROM running);
+CREATE TRIGGER IF NOT EXISTS pending_insert AFTER INSERT ON segments WHEN NEW.delivered = 0
+BEGIN
+    UPDATE running SET pending_segments = pending_segments + 1,
+        pending_ns = pending_ns + NEW.end_ns - NEW.start_ns,
+        pending_bytes = pending_bytes + NEW.size WHERE k = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS pending_delete AFTER DELETE ON segments WHEN OLD.delivered = 0
+BEGIN
+    UPDATE running SET pending_segments = pending_segments - 1,
+        pending_ns = pending_ns - (OLD.end_ns - OLD.start_ns),
+        pending_bytes = pending_bytes - OLD.size WHERE k = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS pending_delivered AFTER UPDATE OF delivered ON segments
+    WHEN OLD.delivered = 0 AND NEW.delivered != 0
+BEGIN
+    UPDATE running SET pending_segments = pending_segments - 1,
+        pending_ns = pending_ns - (OLD.end_ns - OLD.start_ns),
+        pending_bytes = pending_bytes - OLD.size WHERE k = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS epochs_insert AFTER INSERT ON epochs BEGIN
+    UPDATE running SET epoch_bytes = epoch_bytes + NEW.size WHERE k = 0;
+END;
+-- Gap records (files under gaps/) the CSU has not acknowledged yet.
+CREATE TABLE IF NOT EXISTS gaps (
+    camera TEXT NOT NULL,
+    first INTEGER NOT NULL,
+    last INTEGER NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (camera, first)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS epochs_delete AFTER DELETE ON epochs BEGIN
+    UPDATE running SET epoch_bytes = epoch_bytes - OLD.size WHERE k = 0;
+END;
 """
 
 
@@ -451,19 +503,42 @@ class Index:
         return cur.rowcount > 0
 
     def backlog(self) -> tuple[int, int, int]:
-        """(segments, nanoseconds of video, bytes) not yet delivered."""
+        """(segments, nanoseconds of video, bytes) not yet delivered: one row, kept by triggers."""
         with self.lock:
             row = self.db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(end_ns - start_ns), 0), COALESCE(SUM(size), 0) "
-                "FROM segments WHERE delivered = 0"
+                "SELECT pending_segments, pending_ns, pending_bytes FROM running WHERE k = 0"
             ).fetchone()
         return int(row[0]), int(row[1]), int(row[2])
 
     def total_bytes(self) -> int:
+        """Bytes of every indexed segment and envelope: two rows, kept by triggers."""
         with self.lock:
-            row = self.db.execute("SELECT bytes FROM totals WHERE k = 0").fetchone()
-            erow = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM epochs").fetchone()
-        return int(row[0]) + int(erow[0])
+            row = self.db.execute(
+                "SELECT t.bytes + r.epoch_bytes FROM totals t, running r WHERE t.k = 0 AND r.k = 0"
+            ).fetchone()
+        return int(row[0])
+
+    def add_gap(self, camera: str, first: int, last: int) -> None:
+        with self.lock:
+            self.db.execute("INSERT OR IGNORE INTO gaps VALUES (?, ?, ?, 0)", (camera, first, last))
+
+    def pending_gaps(self) -> list[tuple[str, int, int]]:
+        with self.lock:
+            raw = self.db.execute(
+                "SELECT camera, first, last FROM gaps WHERE delivered = 0 ORDER BY camera, first"
+            ).fetchall()
+        return [(str(c), int(f), int(la)) for c, f, la in raw]
+
+    def mark_gap_delivered(self, camera: str, first: int) -> bool:
+        with self.lock:
+            cur = self.db.execute(
+                "UPDATE gaps SET delivered = 1 WHERE camera = ? AND first = ?", (camera, first)
+            )
+        return cur.rowcount > 0
+
+    def delete_gaps_through(self, camera: str, seq: int) -> None:
+        with self.lock:
+            self.db.execute("DELETE FROM gaps WHERE camera = ? AND last <= ?", (camera, seq))
 
     def clear(self) -> None:
         with self.lock:

@@ -82,7 +82,9 @@ class Vault(SegmentSink, Outbox):
     ) -> None:
         if not recipients:
             raise VaultError("no recipient key: refusing to record")
-        self.root = root
+        # Absolute once: recovery lists directories and compares what it finds with the
+        # paths it computes from this root (a relative root doubled them, issue #11 item 7).
+        self.root = root = Path(os.path.abspath(root))
         self.device_id = device_id
         self._key = signing_key
         self.public_key = signing_key.public_key()
@@ -97,7 +99,7 @@ class Vault(SegmentSink, Outbox):
         self._live_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        for sub in ("tmp", "segments", "epochs", "checkpoints", "quarantine"):
+        for sub in ("tmp", "segments", "epochs", "checkpoints", "quarantine", "gaps", "sequences"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         self.audit = AuditLog(root / "audit.log", device_id, signing_key)
         from .recovery import open_index, recover  # local: recovery uses this module's types
@@ -105,7 +107,6 @@ class Vault(SegmentSink, Outbox):
         self.index, index_lost = open_index(self)
         self.recovery = recover(self)
         self.recovery.index_replaced = index_lost
-        self._vault_bytes = self.index.total_bytes()
         self._ensure_reserve()
         if purge_interval_s is not None:
             self._thread = threading.Thread(
@@ -183,7 +184,6 @@ class Vault(SegmentSink, Outbox):
         if broken is not None:
             self.replace_index(generation, broken)  # re-reads the envelope just written
         lane.epoch_started = time.monotonic()
-        self._vault_bytes += len(raw)
         if old is not None:
             old.wipe()
         log.info("%s: new epoch %s", lane.camera_id, key.epoch_id.hex()[:8])
@@ -238,7 +238,16 @@ class Vault(SegmentSink, Outbox):
                 raise
             lane.next_seq += 1
             lane.last_hash = digest
-            self._vault_bytes += len(raw)
+            # Durable before write() returns: whatever happens to the index and the newest
+            # files later, recovery never issues this sequence again.
+            try:
+                self._with_space(
+                    lambda: self._write_high_water(lane.camera_id, lane.next_seq), 4096
+                )
+            except VaultError as exc:
+                # The segment is stored and indexed (the index still knows its sequence):
+                # recording goes on, the weaker guarantee is said loudly.
+                log.error("%s: sequence high-water mark not written: %s", lane.camera_id, exc)
         if bytes_to_free(self.policy, self.usage()) > 0:
             self.purge(reason="space")
 
@@ -290,6 +299,49 @@ class Vault(SegmentSink, Outbox):
     def _write_file(self, final: Path, data: bytes) -> None:
         files.write_durably(self.root / "tmp", final, data)
 
+    # --- sequence high-water mark and gap records ---------------------------------------------
+
+    def high_water(self, camera: str) -> int:
+        """The next sequence never issued for ``camera`` as last written (0 when unknown)."""
+        path = layout.high_water_path(self.root, camera)
+        try:
+            return max(0, int(path.read_text(encoding="ascii").strip()))
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            # Recovery still raises it from the index and the files; never trust it lower.
+            log.error("%s: unreadable sequence high-water mark (%s)", path, exc)
+            return 0
+
+    def _write_high_water(self, camera: str, next_seq: int) -> None:
+        self._write_file(layout.high_water_path(self.root, camera), f"{next_seq}\n".encode())
+
+    def load_gaps(self, camera: str) -> dict[int, fmt.GapRecord]:
+        """The camera's gap records by first lost sequence; altered ones go to quarantine."""
+        out: dict[int, fmt.GapRecord] = {}
+        for path in layout.gap_files(self.root, camera):
+            try:
+                gap = fmt.verify_gap(path.read_bytes(), self.public_key)
+                if gap.camera_id != camera or gap.device_id != self.device_id:
+                    raise VaultError("gap record of another camera or unit")
+            except (VaultError, OSError) as exc:
+                self.quarantine(path, str(exc))
+                continue
+            out[gap.first] = gap
+        return out
+
+    def record_gap(
+        self, camera: str, first: int, last: int, prev_hash: bytes, after_ns: int, reason: str
+    ) -> fmt.GapRecord:
+        """Write the signed record of sequences ``first..last`` lost; it joins the chain."""
+        gap = fmt.GapRecord(
+            self.device_id, camera, self.clock(), first, last, after_ns, prev_hash, reason
+        )
+        raw = fmt.sign_gap(gap, self._key)
+        self._write_file(layout.gap_path(self.root, camera, first, last), raw)
+        self.index.add_gap(camera, first, last)  # for the uplink: the CSU must know
+        return fmt.parse_gap(raw)
+
     # --- retention -----------------------------------------------------------------------------
 
     def _ensure_reserve(self) -> None:
@@ -311,7 +363,10 @@ class Vault(SegmentSink, Outbox):
 
     def usage(self) -> DiskUsage:
         total, free = self._disk_usage()
-        return DiskUsage(total, free, self._vault_bytes)
+        # The index's running total, changed in the same transaction as the rows (writers,
+        # the purge and the uplink all go through the index lock): no second counter that
+        # updates under other locks could lose an update and make retention drift.
+        return DiskUsage(total, free, self.index.total_bytes())
 
     def purge(self, *, reason: str = "periodic", extra_needed: int = 0) -> PurgePlan:
         """Apply retention now: by age, then by space, oldest first. Returns what was done."""
@@ -386,7 +441,7 @@ class Vault(SegmentSink, Outbox):
         rows = self.index.rows_through(camera, through)
         for row in rows:
             self._unlink(layout.segment_path(self.root, camera, row.start_wall_ns, row.sequence))
-            self._vault_bytes -= row.size
+        self.purge_gaps(camera, through)
         self.index.delete_through(camera, through)
         return {"through": through, "count": len(rows)}
 
@@ -399,11 +454,20 @@ class Vault(SegmentSink, Outbox):
                     if epoch_id in live:
                         continue
                     path = layout.envelope_path(self.root, camera, created, epoch_id)
-                    size = path.stat().st_size if path.exists() else 0
                     self._unlink(path)
                     self.index.delete_epoch(camera, epoch_id)
-                    self._vault_bytes -= size
                     count += 1
+        return count
+
+    def purge_gaps(self, camera: str, through: int) -> int:
+        """Gap records wholly at or below a checkpoint go with the segments around them."""
+        count = 0
+        for path in layout.gap_files(self.root, camera):
+            m = layout.GAP_RE.match(path.name)
+            if m and int(m.group(2)) <= through:
+                path.unlink(missing_ok=True)
+                count += 1
+        self.index.delete_gaps_through(camera, through)
         return count
 
     @staticmethod
@@ -473,6 +537,9 @@ class Vault(SegmentSink, Outbox):
 
     def mark_envelope_delivered(self, camera_id: str, epoch_id: bytes) -> None:
         self._indexed(lambda: self.index.mark_epoch_delivered(camera_id, epoch_id))
+
+    def mark_gap_delivered(self, camera_id: str, first: int) -> None:
+        self.index.mark_gap_delivered(camera_id, first)
 
     def backlog(self) -> Backlog:
         count, ns, size = self._indexed(self.index.backlog)

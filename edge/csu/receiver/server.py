@@ -26,6 +26,7 @@ from ...uplink.protocol import (
     CERTIFICATE_CONTENT_TYPE,
     DIGEST_HEADER,
     EVENT_CONTENT_TYPE,
+    GAP_CONTENT_TYPE,
     MAX_EVENT_BYTES,
     SEGMENT_CONTENT_TYPE,
 )
@@ -195,6 +196,37 @@ class Receiver:
             return refuse(exc.status, exc.reason)
         return web.json_response({"status": verdict.name.lower()}, status=verdict.value)
 
+    async def put_gap(self, request: web.Request) -> web.Response:
+        unit, camera = request["unit"], request.match_info["camera"]
+        first, last = int(request.match_info["first"]), int(request.match_info["last"])
+        if request.content_type != GAP_CONTENT_TYPE:
+            return refuse(415, f"content type must be {GAP_CONTENT_TYPE}")
+        if (request.content_length or 0) > MAX_EVENT_BYTES:
+            return refuse(413, "gap record too large")
+        body = await request.read()
+        try:
+            verdict, held = await self.run_blocking(
+                self.store.accept_gap, unit, camera, first, last, body, request["key"]
+            )
+        except Refusal as exc:
+            self.counters["refused"] += 1
+            return refuse(exc.status, exc.reason)
+        if verdict.value == 201:
+            log.error(
+                "%s/%s: the unit reports sequences %d..%d lost%s",
+                unit,
+                camera,
+                first,
+                last,
+                f"; this CSU holds {len(held)} of them: CONFLICT" if held else "",
+            )
+            what = {"camera": camera, "first": first, "last": last, "held_here": held[:100]}
+            action = "unit-gap-conflict" if held else "unit-gap"
+            await self.run_blocking(lambda: self.audit.record(unit, action, **what))
+        return web.json_response(
+            {"status": verdict.name.lower(), "held_here": held[:100]}, status=verdict.value
+        )
+
     async def post_event(self, request: web.Request) -> web.Response:
         unit = request["unit"]
         if request.content_type != EVENT_CONTENT_TYPE:
@@ -279,6 +311,10 @@ class Receiver:
         )
         app.router.add_put(
             f"{base}/cameras/{{camera:{_ID}}}/epochs/{{epoch:[0-9a-f]{{32}}}}", self.put_envelope
+        )
+        app.router.add_put(
+            f"{base}/cameras/{{camera:{_ID}}}/gaps/{{first:[0-9]{{1,18}}}}-{{last:[0-9]{{1,18}}}}",
+            self.put_gap,
         )
         app.router.add_post(f"{base}/events", self.post_event)
         app.router.add_put(

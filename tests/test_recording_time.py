@@ -123,7 +123,7 @@ def test_restarted_edged_shows_the_downtime_in_the_opened_clip(
          "--data-dir", str(data_dir)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
-    assert "OK: signatures and chain intact" in verified.stdout
+    assert "OK: signatures and chains intact" in verified.stdout
     assert "time gap: nothing recorded for" in verified.stdout
 
 

@@ -88,7 +88,10 @@ class Csu:
     def config(self) -> Path:
         return self.directory / "csu.toml"
 
-    def write_config(self, *, max_segment_bytes: int = 8 * 1024 * 1024, port: int = 0) -> None:
+    def write_config(
+        self, *, max_segment_bytes: int = 8 * 1024 * 1024, port: int = 0, extra: str = ""
+    ) -> None:
+        """``extra``: more TOML tables appended as they are (``[limits]``, ``[mqtt]``)."""
         token_hash = hashlib.sha256(self.operator_token.encode()).hexdigest()
         mqtt = (
             f'[mqtt]\nenabled = true\nport = {self.mqtt_port}\ntopic_prefix = "city"\n'
@@ -120,7 +123,8 @@ crl_file = "{self.pki.ca.directory / "crl.pem"}"
 name = "alice"
 token_sha256 = "{token_hash}"
 
-{mqtt}"""
+{mqtt}
+{extra}"""
         )
 
     def enroll(self, unit_id: str, signing_key: ed25519.Ed25519PrivateKey) -> None:

@@ -63,6 +63,21 @@ class MqttConfig(_Section):
     """MQTT quality of service of event messages."""
 
 
+class LimitsConfig(_Section):
+    """What one client may hold of the receiver (each listener counts its own connections)."""
+
+    max_connections: int = Field(default=2000, ge=1, le=100_000)
+    """Open connections per listener, authenticated or not; more are closed at once."""
+    max_connections_per_source: int = Field(default=16, ge=1, le=10_000)
+    """Open connections from one IP address per listener (a unit needs one or two)."""
+    handshake_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """A TLS handshake not finished within this is aborted."""
+    idle_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    """A connection that sends no request for this long (including none at all) is closed."""
+    body_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    """A request body must arrive whole within this, or the request gets 408."""
+
+
 class ServeConfig(_Section):
     storage_dir: Path = Path("storage")
     """Where received sealed segments and events are stored (per unit / camera / sequence)."""
@@ -87,6 +102,8 @@ class ServeConfig(_Section):
     """Operators authorised to view and export video."""
     mqtt: MqttConfig = MqttConfig()
     """Event publishing."""
+    limits: LimitsConfig = LimitsConfig()
+    """Connection, handshake, idle and body-time limits of both listeners."""
 
     def resolved(self, base: Path) -> ServeConfig:
         """A copy with every relative path made relative to ``base``."""

@@ -94,7 +94,9 @@ class Csu:
         """``extra``: more TOML tables appended as they are (``[limits]``, ``[mqtt]``)."""
         token_hash = hashlib.sha256(self.operator_token.encode()).hexdigest()
         mqtt = (
-            f'[mqtt]\nenabled = true\nport = {self.mqtt_port}\ntopic_prefix = "city"\n'
+            # a throwaway loopback broker; TLS and credentials: tests/test_csu_mqtt.py
+            f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {self.mqtt_port}\n'
+            f'tls = false\ntopic_prefix = "city"\n'
             if self.mqtt_port
             else ""
         )

@@ -135,6 +135,9 @@ class _Gate(asyncio.Protocol):
                 listener.ssl_context,
                 server_side=True,
                 ssl_handshake_timeout=listener.handshake_timeout_s,
+                # the closing exchange too: a peer that never answers close_notify keeps its
+                # place at the gate no longer than a handshake
+                ssl_shutdown_timeout=listener.handshake_timeout_s,
             )
         except asyncio.CancelledError:
             transport.abort()

@@ -162,7 +162,8 @@ class Receiver:
         self.counters["refused"] += 1
         log.warning("refused %s %s: %s", request.method, request.path, exc.reason)
         response = refuse(exc.status, exc.reason)
-        # The rest of the body is not wanted: close rather than read and discard it.
+        # The rest of the body is not wanted: the connection ends after this answer (what the
+        # client still sends meanwhile is discarded for LINGER_S at most, never stored).
         response.force_close()
         return response
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -247,3 +248,68 @@ def test_time_gaps_show_on_the_camera_line() -> None:
     status["daemon"]["cameras"][0].update(time_gaps=2, time_gap_s=51.4)
     [camera] = [f for f in evaluate(status) if f.section == "camera"]
     assert camera.summary.endswith("gaps 2 (51 s)") and camera.level is Level.OK
+
+
+def _named(camera_id: str, screen: str) -> bool:
+    return re.search(rf"\b{re.escape(camera_id)}\b", screen) is not None
+
+
+def twelve_cameras() -> dict[str, Any]:
+    status = healthy()
+    first = status["daemon"]["cameras"][0]
+    status["daemon"]["cameras"] = [copy.deepcopy(first) | {"id": f"cam{i}"} for i in range(1, 13)]
+    # More sections than a one-camera unit shows: the cameras get fewer lines.
+    status["daemon"]["door"] = {"open": True}
+    status["daemon"]["tamper"] = {"active": ["cam7 covered"]}
+    status["daemon"]["last_reload"] = {"ok": False, "origin": "/etc/edge/edge.toml"}
+    return status
+
+
+def _check_screen(screen: str) -> list[str]:
+    lines = screen.splitlines()
+    assert len(lines) <= 24, f"{len(lines)} lines:\n{screen}"
+    assert all(len(line) <= 80 for line in lines), screen
+    assert "FAILING" in lines[0] and "cab-0042" in lines[0], "the verdict is on the first line"
+    assert "problem(s)" in lines[-1] and "edgectl diag" in lines[-1], "the verdict stays"
+    return lines
+
+
+def test_status_screen_with_twelve_cameras_fits_and_names_every_problem() -> None:
+    status = twelve_cameras()
+    cams = status["daemon"]["cameras"]
+    cams[3]["capture"] = {"state": "backoff", "reason": "connection refused"}
+    cams[3]["last_frame_age_s"] = None
+    cams[10]["frames_dropped"] = 7
+    cams[11]["last_frame_age_s"] = 42.0
+    cams[5]["masks"] = 0
+    screen = render(status, evaluate(status), colour=False)
+    lines = _check_screen(screen)
+    for problem in ("cam4", "cam11", "cam12"):
+        assert any(
+            _named(problem, line) and ("FAIL" in line or "WARN" in line) for line in lines
+        ), f"{problem} is not on the screen as a problem:\n{screen}"
+    assert "edgectl status --camera" in screen, "says how to see the cameras left out"
+    assert _named("cam6", screen.split("MASKS", 1)[1]), "a camera without masks is named"
+    for section in ("CABINET", "CONFIG", "TIME", "STORAGE"):
+        assert any(line.startswith(section) for line in lines), f"{section} cut off"
+
+
+def test_status_screen_names_every_camera_when_all_twelve_fail() -> None:
+    status = twelve_cameras()
+    for cam in status["daemon"]["cameras"]:
+        cam["last_frame_age_s"] = 300.0
+    screen = render(status, evaluate(status), colour=False)
+    _check_screen(screen)
+    assert screen.splitlines()[-1].startswith("15 problem(s)")
+    for i in range(1, 13):
+        assert _named(f"cam{i}", screen), f"cam{i} is not on the screen:\n{screen}"
+
+
+def test_status_screen_with_few_cameras_keeps_one_line_each() -> None:
+    status = healthy()
+    first = status["daemon"]["cameras"][0]
+    status["daemon"]["cameras"] = [copy.deepcopy(first) | {"id": f"cam{i}"} for i in (1, 2, 3)]
+    lines = render(status, evaluate(status), colour=False, note="every 2s").splitlines()
+    masks = [m.group(1) for line in lines if (m := re.search(r"(cam\d+): 2 mask\(s\)", line))]
+    assert masks == ["cam1", "cam2", "cam3"]
+    assert lines[-1].startswith("all checks passed") and lines[-1].endswith("every 2s")

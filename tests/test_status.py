@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -272,3 +273,112 @@ def test_installer_preview_goes_through_edged_and_is_audited(
     previews = [r for r in records if r.get("action") == "control:preview"]
     assert len(previews) == 2
     assert previews[0]["actor"].startswith("uid=0(root)")
+
+
+def _pane(tmux: str, session: str) -> str:
+    return subprocess.run(
+        [tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_status_watch_redraws_in_place_and_ctrl_c_keeps_the_last_status(
+    tmp_path: Path, data_dir: Path, sockdir: Path
+) -> None:
+    """An installer aiming a camera: the screen is redrawn where it stands, Ctrl-C ends it
+    without a traceback and the exit status is the last check's."""
+    tmux = tool("tmux")
+    config = write_config(
+        tmp_path / "edge.toml",
+        data_dir,
+        extra=f'\n[control]\nsocket = "{sockdir}/control.sock"\n',
+    )
+    session = f"edge-watch-{time.monotonic_ns()}"
+    with running_edged(config, tmp_path) as (_proc, notify):
+        notify.wait_for("READY=1", timeout=30)
+        wait_until(
+            lambda: (d := status_json(config)[1]["daemon"]) and d["cameras"][0]["frames_in"] > 0,
+            30,
+            "edged to report its first frames",
+        )
+        expected, _ = status_json(config)
+        cmd = (
+            f"{sys.executable} -m edge.cli.main status --watch 0.2 --config {config}"
+            f" 2>{tmp_path}/stderr; echo EXIT=$? >{tmp_path}/rc; sleep 30"
+        )
+        subprocess.run(
+            [tmux, "new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd], check=True
+        )
+        try:
+            first = wait_until(
+                lambda: "^C quits" in (out := _pane(tmux, session)) and out,
+                30,
+                "the first screen",
+            )
+            frames = re.compile(r"cam1 320x240 running .* frame (\S+)")
+            time.sleep(1.0)  # several redraws
+            later = _pane(tmux, session)
+            subprocess.run([tmux, "send-keys", "-t", session, "C-c"], check=True)
+            rc = wait_until(
+                lambda: (p := tmp_path / "rc").exists() and p.read_text().strip(), 30, "exit"
+            )
+        finally:
+            subprocess.run([tmux, "kill-session", "-t", session], check=False)
+    for screen in (first, later):
+        lines = screen.rstrip("\n").splitlines()
+        assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
+        assert lines[0].startswith("edge unit test-unit"), "the title is never scrolled off"
+        assert screen.count("edge unit test-unit") == 1, "redrawn in place, not appended"
+        assert frames.search(screen)
+    assert rc == f"EXIT={expected}"
+    assert (tmp_path / "stderr").read_text() == "", "Ctrl-C is not an error"
+
+
+WATCH = [sys.executable, "-m", "edge.cli.main", "status", "--watch"]
+
+
+def test_status_watch_piped_repeats_and_stops_on_sigint(tmp_path: Path, sockdir: Path) -> None:
+    """Piped (a log, a script): whole screens one after another, JSON lines with --json; the
+    exit status after SIGINT is the last one printed (edged is not running: FAILING, 2)."""
+    config = tmp_path / "edge.toml"
+    config.write_text(f'[control]\nsocket = "{sockdir}/control.sock"\n')
+    for extra, marker in (([], "--- "), (["--json"], '{"edgectl_version"')):
+        proc = subprocess.Popen(
+            [*WATCH, "0.1", "--config", str(config), *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        seen: list[str] = []
+        while sum(line.startswith(marker) for line in seen) < 3:
+            line = proc.stdout.readline()
+            assert line, f"edgectl ended early: {proc.wait()} {proc.stderr and proc.stderr.read()}"
+            seen.append(line)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        seen += out.splitlines(keepends=True)
+        assert proc.returncode == 2, err
+        assert err == "", "Ctrl-C is not an error"
+        assert "\x1b[" not in "".join(seen), "no terminal control codes in a pipe"
+        if extra:
+            last = json.loads([line for line in seen if line.startswith("{")][-1])
+            assert last["overall"] == "FAILING"
+        else:
+            assert "edged not running" in "".join(seen)
+
+
+def test_status_camera_names_the_cameras_when_the_id_is_wrong(
+    tmp_path: Path, data_dir: Path, sockdir: Path
+) -> None:
+    config = write_config(
+        tmp_path / "edge.toml",
+        data_dir,
+        extra=f'\n[control]\nsocket = "{sockdir}/control.sock"\n',
+    )
+    with running_edged(config, tmp_path) as (_proc, notify):
+        notify.wait_for("READY=1", timeout=30)
+        one = edgectl("status", "--camera", "cam1", "--config", str(config))
+        wrong = edgectl("status", "--camera", "cam9", "--config", str(config))
+    assert "cam1 320x240" in one.stdout
+    assert wrong.returncode == 2
+    assert "no camera 'cam9'" in wrong.stderr and "cam1" in wrong.stderr

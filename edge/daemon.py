@@ -38,7 +38,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import __version__, control, datadir, enrolment, metrics, selftest, unitkeys
+from . import __version__, clihelp, control, datadir, enrolment, metrics, selftest, unitkeys
 from . import config as config_mod
 from .alerts import AlertHub
 from .analytics.bridge import AnalyticsBridge
@@ -672,7 +672,19 @@ def _without_masks(cam: CameraConfig) -> CameraConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="edged", description="Video-protection edge daemon: masked capture and recording."
+        prog="edged",
+        description="Video-protection edge daemon: masked capture and recording. Run by "
+        "systemd (edged.service): SIGHUP re-reads the configuration (an invalid one is logged "
+        "and the running one kept), SIGTERM finishes the segment being written and stops. A "
+        "second edged on the same data directory is refused (exit 73).",
+        epilog=clihelp.examples(
+            ("systemctl reload edged", "re-read /etc/edge/edge.toml (check it first)"),
+            (
+                "edged --config demo.toml --data-dir /tmp/edge --run-for 30",
+                "record for 30 s by hand, e.g. to try a configuration",
+            ),
+        ),
+        formatter_class=clihelp.HelpFormatter,
     )
     parser.add_argument(
         "--config",

@@ -223,10 +223,16 @@ def test_render_config_cli(
         "ctrl_interface=DIR=/run/wpa_supplicant GROUP=edge"
         in (tmp_path / "wpa_supplicant-wired-end0.conf").read_text()
     )
-    # status with no supplicant running: failed, exit code 1, JSON on stdout
-    assert edgectl(["dot1x", "status", "--config", str(cfg_path)]) == 1
+    # status with no supplicant running: failed, exit code 1, JSON on stdout with --json
+    assert edgectl(["dot1x", "status", "--config", str(cfg_path), "--json"]) == 1
     status = json.loads(capsys.readouterr().out)
     assert status["state"] == "failed" and "control socket" in status["reason"]
+    # and sentences without it
+    assert edgectl(["dot1x", "status", "--config", str(cfg_path)]) == 1
+    human = capsys.readouterr().out.splitlines()
+    assert human[0] == "802.1X on end0: failed"
+    assert human[1] == f"  {status['reason']}"
+    assert "no unit certificate" in human[-1] and "edgectl enroll" in human[-1]
 
 
 # --- port-state policy -------------------------------------------------------------------------

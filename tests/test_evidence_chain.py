@@ -147,12 +147,23 @@ def test_status_shows_both_certificates(
     )
     out = capsys.readouterr().out
     assert "installed TLS certificate" in out and "installed evidence-signing certificate" in out
-    assert edgectl(["enroll", *common, "--status"]) == 0
-    status = json.loads(capsys.readouterr().out)
+    assert edgectl(["enroll", *common, "--status", "--json"]) == 0
+    raw = capsys.readouterr().out
+    status = json.loads(raw)
+    assert "vidéoprotection" in raw, "the CA's name is printed as written, not escaped"
     ev = status["evidence_certificate"]
     assert status["present"] and status["chains_to_ca"] is True and status["days_left"] > 300
     assert ev["present"] and ev["chains_to_ca"] is True and ev["matches_signing_key"] is True
     assert ev["not_after"] and ev["warning"] is None
+    # Without --json: sentences for the technician, not a JSON document.
+    assert edgectl(["enroll", *common, "--status"]) == 0
+    human = capsys.readouterr().out
+    assert not human.lstrip().startswith("{")
+    assert f"TLS/802.1X certificate: {UNIT}" in human
+    assert f"evidence-signing certificate: {UNIT}" in human
+    assert human.count("chains to the city's CA: yes") == 2
+    assert f"valid until {status['not_after']}" in human and "vidéoprotection" in human
+    assert "certifies the unit's signing key: yes" in human and "!" not in human
 
     # Renewal of the TLS key keeps the signing key and its certificate.
     sig_before = (keys / "unit-signing.crt").read_bytes()
@@ -169,9 +180,12 @@ def test_status_shows_both_certificates(
     # Without an evidence certificate the status says what that means, and exits 1.
     (keys / "unit-signing.crt").unlink()
     capsys.readouterr()
-    assert edgectl(["enroll", *common, "--status"]) == 1
+    assert edgectl(["enroll", *common, "--status", "--json"]) == 1
     warning = json.loads(capsys.readouterr().out)["evidence_certificate"]["warning"]
     assert "pinned unit key" in warning
+    assert edgectl(["enroll", *common, "--status"]) == 1
+    human = capsys.readouterr().out
+    assert "evidence-signing certificate: none" in human and f"  ! {warning}" in human
 
 
 def test_install_refuses_a_signing_certificate_of_another_key_or_unit(

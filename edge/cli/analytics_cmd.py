@@ -17,24 +17,51 @@ from typing import Any
 
 import numpy as np
 
+from ..clihelp import add_command
 from ..errors import EdgeError
 from ..unitkeys import SIGNING_PUB_NAME, keys_dir_of, load_public_pem
 from .common import add_config_args, load_config
 
 
 def register(sub: Any) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "analytics", help="check the analytics model, verify signed events"
+    parser = add_command(
+        sub,
+        "analytics",
+        help="check the analytics model, verify signed events",
+        description="On-device analytics: prove the pinned detector model is the one on disk, "
+        "and check signed events. Neither command shows a picture.",
+        example=[("edgectl analytics check-model", "the model is the pinned one and runs")],
     )
     asub = parser.add_subparsers(dest="analytics_command", required=True, metavar="ACTION")
-    check = asub.add_parser(
-        "check-model", help="verify the model's SHA-256 and run one inference (no picture)"
+    check = add_command(
+        asub,
+        "check-model",
+        help="verify the model's SHA-256 and run one inference (no picture)",
+        description="Check that the detector model on disk has the pinned SHA-256 and that "
+        "LiteRT runs one inference with it. Shows no picture. Exit 0 when it does, 1 when "
+        "no model is configured (motion blobs stand in), 2 when the model is refused.",
+        example=[
+            ("edgectl analytics check-model", "after installing or rotating a model"),
+            ("edgectl analytics check-model --json", "for scripts"),
+        ],
     )
     add_config_args(check, data_dir=False)
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.set_defaults(func=_check_model)
-    verify = asub.add_parser(
-        "verify-event", help="verify signed events (JSON lines) with the unit's public key"
+    verify = add_command(
+        asub,
+        "verify-event",
+        help="verify signed events (JSON lines) with the unit's public key",
+        description="Verify signed analytics events (one wire-form JSON document per line, as "
+        "MQTT subscribers store them) against the unit's public signing key. Exit 0 when every "
+        "event verifies, 1 when one does not (or there are none), 2 when the key is unreadable.",
+        example=[
+            ("edgectl analytics verify-event events.jsonl", "with this unit's key"),
+            (
+                "edgectl analytics verify-event --public-key unit-7.pub.pem - < events.jsonl",
+                "events of another unit, from stdin",
+            ),
+        ],
     )
     add_config_args(verify)
     verify.add_argument("file", type=Path, help="file of events, one per line ('-': stdin)")

@@ -11,16 +11,37 @@ from typing import Any
 
 from .. import __version__
 from ..bench import BENCHMARKS
+from ..clihelp import add_command
 
 
 def register(sub: Any) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "bench", help="measure throughput and ratios against baselines (JSON with --json)"
+    parser = add_command(
+        sub,
+        "bench",
+        help="measure throughput and ratios against baselines (JSON with --json)",
+        description="Benchmarks of the recording path on this machine. Each measures a ratio "
+        "against a baseline run in the same process (memcpy, the FFmpeg CLI, a raw sink), so "
+        "results compare across machines.",
+        example=[
+            ("edgectl bench mask --json", "4K masking time against one memcpy of the frame"),
+            ("edgectl bench pipeline", "the whole recording path against the FFmpeg CLI"),
+        ],
     )
     bsub = parser.add_subparsers(dest="bench_name", required=True, metavar="NAME")
     for name, module in sorted(BENCHMARKS.items()):
         mod = importlib.import_module(f"edge.bench.{module}")
-        bparser = bsub.add_parser(name, help=(mod.__doc__ or name).strip().splitlines()[0])
+        doc = (mod.__doc__ or name).strip()
+        bparser = add_command(
+            bsub,
+            name,
+            help=doc.splitlines()[0],
+            # The module's first paragraph says what is measured against what.
+            description=doc.split("\n\n", 1)[0].replace("``", ""),
+            example=[
+                (f"edgectl bench {name}", "measure and print the ratios"),
+                (f"edgectl bench {name} --json", "one JSON object, for scripts and CI"),
+            ],
+        )
         bparser.add_argument("--json", action="store_true", help="print one JSON object")
         mod.add_arguments(bparser)
         bparser.set_defaults(func=_run, bench_module=mod)

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ..clihelp import add_command
 from ..config import CameraConfig
 from ..errors import ConfigError
 from .common import add_config_args, load_config
@@ -23,12 +24,30 @@ from .mask import pick_camera
 
 
 def register(sub: Any) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "camera", help="check a camera: frame rate, gaps, errors (never a picture)"
+    parser = add_command(
+        sub,
+        "camera",
+        help="check a camera: frame rate, gaps, errors (never a picture)",
+        description="Check a camera, or an address before writing it into the configuration. "
+        "Never shows a picture.",
+        example=[("edgectl camera probe --camera cam1", "how camera cam1 behaves")],
     )
     csub = parser.add_subparsers(dest="camera_command", required=True, metavar="ACTION")
-    probe = csub.add_parser(
-        "probe", help="open the camera, read it for a few seconds and report how it behaves"
+    probe = add_command(
+        csub,
+        "probe",
+        help="open the camera, read it for a few seconds and report how it behaves",
+        description="Open a camera, read it for a few seconds and report its resolution, frame "
+        "rate, gaps and errors, with picture-free hints (black, frozen). A camera that edged "
+        "holds exclusively (the Pi camera) cannot be probed while edged runs: use "
+        "`edgectl status` then. Exit 0 when the camera behaves, 2 otherwise.",
+        example=[
+            ("edgectl camera probe", "the first configured camera, for 5 s"),
+            (
+                "edgectl camera probe --source rtsp://user:pw@192.0.2.10/stream1 --seconds 10",
+                "an address before writing it into edge.toml",
+            ),
+        ],
     )
     add_config_args(probe, data_dir=False)
     probe.add_argument("--camera", default=None, help="camera id (default: the first camera)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from .. import config as config_mod
 
@@ -29,41 +28,3 @@ def load_config(args: argparse.Namespace) -> config_mod.EdgeConfig:
     if data_dir is not None:
         cfg = config_mod.with_data_dir(cfg, data_dir)
     return cfg
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """argparse's own layout, except that the examples epilog keeps its lines as written."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        if text.startswith(EXAMPLES_HEADING):
-            return "".join(indent + line for line in text.splitlines(keepends=True))
-        return super()._fill_text(text, width, indent)
-
-
-#: The first line of every examples epilog; the man-page generator looks for it.
-EXAMPLES_HEADING = "examples:"
-
-
-def examples(*pairs: tuple[str, str]) -> str:
-    """An examples epilog: each command line with what it does under it."""
-    lines = [EXAMPLES_HEADING]
-    for command, what in pairs:
-        lines.append(f"  {command}")
-        lines.append(f"      {what}")
-    return "\n".join(lines)
-
-
-def add_command(
-    sub: Any, name: str, *, help: str, description: str, example: list[tuple[str, str]]
-) -> argparse.ArgumentParser:
-    """A sub-command parser with its one-line ``help`` (in the parent's list), a ``description``
-    for its own page and at least one example, so that ``--help`` and the man pages explain
-    every command the same way."""
-    parser: argparse.ArgumentParser = sub.add_parser(
-        name,
-        help=help,
-        description=description,
-        epilog=examples(*example),
-        formatter_class=HelpFormatter,
-    )
-    return parser

@@ -9,18 +9,53 @@ from pathlib import Path
 from typing import Any
 
 from .. import config as config_mod
+from ..clihelp import add_command
 
 
 def register(sub: Any) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "config", help="check or show the configuration"
+    parser = add_command(
+        sub,
+        "config",
+        help="check or show the configuration",
+        description="Check a configuration file before it is used, or show the configuration "
+        "in effect with every default filled in.",
+        example=[
+            ("edgectl config check /etc/edge/edge.toml", "every problem, with its line"),
+            ("edgectl config show", "the effective configuration as JSON"),
+        ],
     )
     csub = parser.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    check = csub.add_parser("check", help="validate a configuration file without starting anything")
-    check.add_argument("file", type=Path)
+    check = add_command(
+        csub,
+        "check",
+        help="validate a configuration file without starting anything",
+        description="Validate a configuration file as edged would read it, without starting "
+        "anything: every problem is printed with its place in the file. Exit 0 when the file "
+        "is usable, 1 when it has problems, 2 when it cannot be read.",
+        example=[
+            ("edgectl config check /etc/edge/edge.toml", "before `systemctl reload edged`"),
+            ("edgectl config check new.toml && cp new.toml /etc/edge/edge.toml", "check first"),
+        ],
+    )
+    check.add_argument("file", type=Path, help="the configuration file (TOML) to check")
     check.set_defaults(func=_check)
-    show = csub.add_parser("show", help="print the effective configuration as JSON")
-    show.add_argument("--config", type=Path, default=None)
+    show = add_command(
+        csub,
+        "show",
+        help="print the effective configuration as JSON",
+        description="Print the configuration in effect as JSON, with every default filled in "
+        "and the file it came from (`origin`).",
+        example=[
+            ("edgectl config show", "the configuration edgectl reads"),
+            ("edgectl config show --config new.toml", "what edged would run with new.toml"),
+        ],
+    )
+    show.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="configuration file (default /etc/edge/edge.toml, else the embedded demo default)",
+    )
     show.set_defaults(func=_show)
 
 

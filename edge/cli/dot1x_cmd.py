@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..clihelp import add_command
 from ..errors import Dot1xError
 from ..uplink.dot1x import supplicant_conf
 from ..uplink.dot1x.ctrl import WpaCtrl
@@ -16,17 +17,27 @@ from .common import add_config_args, load_config
 
 
 def register(sub: Any) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "dot1x", help="802.1X: render the supplicant configuration, show the port state"
+    parser = add_command(
+        sub,
+        "dot1x",
+        help="802.1X: render the supplicant configuration, show the port state",
+        description="802.1X port authentication (wired EAP-TLS with the unit's certificate): "
+        "write wpa_supplicant's file from the configuration, and show the port state.",
+        example=[("edgectl dot1x status", "is the switch port open?")],
     )
     dsub = parser.add_subparsers(dest="dot1x_command", required=True, metavar="ACTION")
-    render = dsub.add_parser(
+    render = add_command(
+        dsub,
         "render-config",
         help="write wpa_supplicant's wired EAP-TLS file from the configuration",
         description=(
             "Prints the file, or writes it (mode 0600, atomically) with --output; prints "
             "'changed' or 'unchanged' so provisioning stays idempotent."
         ),
+        example=[
+            ("edgectl dot1x render-config", "print the file"),
+            ("edgectl dot1x render-config --output", "write it where wpa_supplicant reads it"),
+        ],
     )
     add_config_args(render)
     render.add_argument(
@@ -37,8 +48,19 @@ def register(sub: Any) -> None:
         help="file to write (without a value: dot1x.supplicant_conf or Debian's default path)",
     )
     render.set_defaults(func=_render)
-    status = dsub.add_parser("status", help="ask wpa_supplicant once for the port state (JSON)")
+    status = add_command(
+        dsub,
+        "status",
+        help="ask wpa_supplicant once for the port state",
+        description="Ask wpa_supplicant once for the port state and show it with the client "
+        "certificate's expiry. Exit 0 when the port is authenticated, 1 otherwise.",
+        example=[
+            ("edgectl dot1x status", "the CSU link waits for 'authenticated'"),
+            ("edgectl dot1x status --json", "one JSON object, for scripts"),
+        ],
+    )
     add_config_args(status)
+    status.add_argument("--json", action="store_true", help="print one JSON object, for scripts")
     status.set_defaults(func=_status)
 
 
@@ -74,5 +96,25 @@ def _status(args: argparse.Namespace) -> int:
     out["client_certificate"] = read_certificate_status(
         s.client_cert, warning_days=cfg.dot1x.expiry_warning_days, ca_path=s.server_ca
     )
-    print(json.dumps(out, indent=2))
+    if args.json:
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+    else:
+        print(format_port_status(out))
     return 0 if out["state"] == "authenticated" else 1
+
+
+def format_port_status(out: dict[str, Any]) -> str:
+    """``dot1x status`` for people: the port state, why, and the client certificate."""
+    enabled = "" if out.get("enabled") else " (dot1x.enabled is false in this configuration)"
+    lines = [f"802.1X on {out.get('interface')}: {out.get('state')}{enabled}"]
+    if out.get("reason"):
+        lines.append(f"  {out['reason']}")
+    cert = out.get("client_certificate") or {}
+    if cert.get("present"):
+        lines.append(
+            f"client certificate {cert.get('subject')}: valid until {cert.get('not_after')} "
+            f"({cert.get('days_left', 0):.0f} days left)"
+        )
+    if cert.get("warning"):
+        lines.append(f"  ! {cert['warning']}")
+    return "\n".join(lines)

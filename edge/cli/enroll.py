@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import enrolment
+from ..clihelp import add_command
 from ..errors import EnrolmentError
 from .common import add_config_args, load_config
 
 
 def register(sub: Any) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
+    parser = add_command(
+        sub,
         "enroll",
         help="create the unit's keys and certificate request, or install the signed certificate",
         description=(
@@ -25,8 +27,18 @@ def register(sub: Any) -> None:
             "keys/unit-signing.csr (evidence signing) for the city's PKI. --install CERT... "
             "checks the signed certificates (either or both, in one file or several) and "
             "installs them; --renew makes a new TLS key and request while the current ones stay "
-            "in use until --install."
+            "in use until --install. --status tells when both certificates expire (exit 1 "
+            "when one needs attention)."
         ),
+        example=[
+            ("edgectl enroll", "keys and both certificate requests (idempotent)"),
+            (
+                "edgectl enroll --install unit-tls.crt unit-signing.crt --ca chain.pem",
+                "the signed certificates and the city's CA chain",
+            ),
+            ("edgectl enroll --status", "expiry of both certificates"),
+            ("edgectl enroll --renew", "a new TLS key and request before expiry"),
+        ],
     )
     add_config_args(parser)
     mode = parser.add_mutually_exclusive_group()
@@ -38,11 +50,45 @@ def register(sub: Any) -> None:
         help="signed certificate(s) (PEM): TLS, evidence-signing, or both",
     )
     mode.add_argument("--renew", action="store_true", help="new TLS key and request")
-    mode.add_argument("--status", action="store_true", help="certificate expiry as JSON")
+    mode.add_argument(
+        "--status", action="store_true", help="expiry of the TLS and evidence certificates"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="with --status: print one JSON object, for scripts"
+    )
     parser.add_argument(
         "--ca", type=Path, metavar="CHAIN", help="with --install: the city's CA chain (PEM)"
     )
     parser.set_defaults(func=_run)
+
+
+def _certificate_lines(title: str, cert: dict[str, Any]) -> list[str]:
+    if not cert.get("present"):
+        return [f"{title}: none", f"  ! {cert.get('warning')}"]
+    chains = {True: "yes", False: "NO", None: "unknown (no CA chain installed)"}
+    lines = [
+        f"{title}: {cert.get('subject')} (serial {cert.get('serial')})",
+        f"  valid until {cert.get('not_after')} ({cert.get('days_left', 0):.0f} days left)",
+        f"  issuer {cert.get('issuer')}",
+    ]
+    if "chains_to_ca" in cert:
+        lines.append(f"  chains to the city's CA: {chains[cert['chains_to_ca']]}")
+    if "matches_signing_key" in cert:
+        lines.append(
+            f"  certifies the unit's signing key: {'yes' if cert['matches_signing_key'] else 'NO'}"
+        )
+    if cert.get("warning"):
+        lines.append(f"  ! {cert['warning']}")
+    return lines
+
+
+def format_certificate_status(status: dict[str, Any]) -> str:
+    """``enroll --status`` for people: each certificate, its expiry and what needs doing."""
+    lines = _certificate_lines("TLS/802.1X certificate", status)
+    if status.get("renewal_pending"):
+        lines.append("  renewal pending: install the signed new certificate (`--install`)")
+    lines += _certificate_lines("evidence-signing certificate", status["evidence_certificate"])
+    return "\n".join(lines)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -60,7 +106,10 @@ def _run(args: argparse.Namespace) -> int:
             keys, warning_days=cfg.dot1x.expiry_warning_days
         )
         status["evidence_certificate"] = signing
-        print(json.dumps(status, indent=2))
+        if args.json:
+            print(json.dumps(status, indent=2, ensure_ascii=False))
+        else:
+            print(format_certificate_status(status))
         return 1 if status.get("warning") or signing.get("warning") else 0
     if args.install is not None:
         try:

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from ..clihelp import HelpFormatter, examples
 from ..errors import EdgeError
 
 #: Sub-command modules, in the order ``edgectl --help`` lists them.
@@ -33,7 +34,15 @@ COMMAND_MODULES = [
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="edgectl", description="Diagnose, enrol and maintain a video-protection edge unit."
+        prog="edgectl",
+        description="Diagnose, enrol and maintain a video-protection edge unit. "
+        "`edgectl COMMAND --help` explains each command; `man edgectl` has them all.",
+        epilog=examples(
+            ("edgectl status --watch", "the health screen, redrawn while aiming a camera"),
+            ("edgectl diag", "every problem with its cause and the next step"),
+            ("edgectl config check /etc/edge/edge.toml", "check a configuration before using it"),
+        ),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"edgectl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

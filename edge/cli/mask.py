@@ -20,6 +20,7 @@ from typing import Any
 
 from .. import config as config_mod
 from .. import control
+from ..clihelp import add_command
 from ..config import CameraConfig, EdgeConfig, PrivacyMaskConfig
 from ..errors import CaptureError, ConfigError, EdgeError, VaultError
 from ..privacy.masker import PrivacyMasker, mask_pixels
@@ -30,12 +31,35 @@ from .common import add_config_args, load_config
 
 
 def register(sub: Any) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "mask", help="privacy masks: masked preview for installers, coverage summary"
+    parser = add_command(
+        sub,
+        "mask",
+        help="privacy masks: masked preview for installers, coverage summary",
+        description="Privacy masks: a masked preview picture for installers drawing masks, "
+        "and a picture-free summary of each mask for maintenance.",
+        example=[
+            ("edgectl mask preview --out /tmp/cam1.png", "what the camera records, masked"),
+            ("edgectl mask show", "each mask and how much of the picture it covers"),
+        ],
     )
     msub = parser.add_subparsers(dest="mask_command", required=True, metavar="ACTION")
-    preview = msub.add_parser(
-        "preview", help="write a PNG of one masked frame with the mask outlines and names"
+    preview = add_command(
+        msub,
+        "preview",
+        help="write a PNG of one masked frame with the mask outlines and names",
+        description="Write a PNG of one frame with the unit's installed masks applied and "
+        "their outlines and names drawn: the installer's view while aiming the camera and "
+        "drawing masks. Masks in --config can only add to the installed ones. Asks edged for "
+        "the frame (--direct reads the camera itself while edged is stopped). Needs the "
+        "installer role; every preview is written to the signed audit log first.",
+        example=[
+            ("edgectl mask preview --out /tmp/cam1.png", "camera cam1 (the first one)"),
+            (
+                "edgectl mask preview --camera cam2 --config candidate.toml --out /tmp/c2.png",
+                "try new masks before installing them",
+            ),
+            ("edgectl mask preview --direct --out /tmp/cam1.png", "commissioning, edged stopped"),
+        ],
     )
     preview.add_argument("--out", type=Path, required=True, help="PNG file to write")
     preview.add_argument(
@@ -45,7 +69,17 @@ def register(sub: Any) -> None:
     )
     _camera_args(preview)
     preview.set_defaults(func=_preview)
-    show = msub.add_parser("show", help="list each mask with its vertex count and coverage")
+    show = add_command(
+        msub,
+        "show",
+        help="list each mask with its vertex count and coverage",
+        description="List each privacy mask of a camera: name, fill, vertex count and the "
+        "share of the picture it covers. Shows no picture.",
+        example=[
+            ("edgectl mask show", "the masks of the first camera"),
+            ("edgectl mask show --camera cam2 --json", "for scripts"),
+        ],
+    )
     show.add_argument("--json", action="store_true", help="print one JSON object")
     _camera_args(show)
     show.set_defaults(func=_show)

@@ -7,13 +7,26 @@ import json
 from typing import Any
 
 from .. import control
+from ..clihelp import add_command
 from .common import add_config_args, load_config
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("selftest", help="active checks: frame, encoder, storage, vault, CSU")
+    parser = add_command(
+        sub,
+        "selftest",
+        help="active checks: frame, encoder, storage, vault, CSU",
+        description="Active checks, each with a time limit: a frame from every camera, the "
+        "encoder, writing to storage, the vault's keys and chain, the link to the CSU. edged "
+        "must be running. Exit 0 when every check passes or is skipped, 2 when one fails or "
+        "runs out of time.",
+        example=[
+            ("edgectl selftest", "at the end of an installation or a visit"),
+            ("edgectl selftest --json", "for scripts"),
+        ],
+    )
     add_config_args(parser)
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print the checks as a JSON list")
     parser.set_defaults(func=_selftest)
 
 

@@ -17,10 +17,11 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from .. import __version__, control
+from ..clihelp import add_command
 from ..diagnostics import Finding, Level, evaluate, worst
 from ..errors import ConfigError
 from ..health import system as system_health
-from .common import add_command, add_config_args, load_config
+from .common import add_config_args, load_config
 
 WIDTH = 80
 #: The refresh period of ``--watch`` without a value: quick enough to aim a camera by.

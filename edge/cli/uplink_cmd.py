@@ -17,6 +17,7 @@ from typing import Any
 
 from cryptography import x509
 
+from ..clihelp import add_command
 from ..errors import EdgeError
 from ..uplink import protocol, signing_cert
 from ..uplink.tls import connect, endpoint, key_paths
@@ -24,11 +25,29 @@ from .common import add_config_args, load_config
 
 
 def register(sub: Any) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser("uplink", help="check the link to the CSU")
+    parser = add_command(
+        sub,
+        "uplink",
+        help="check the link to the CSU",
+        description="Check the link to the supervision centre (CSU) that receives the recordings.",
+        example=[("edgectl uplink check", "does each side accept the other?")],
+    )
     usub = parser.add_subparsers(dest="uplink_command", required=True, metavar="ACTION")
-    check = usub.add_parser("check", help="mutual TLS handshake and the CSU's view of this unit")
+    check = add_command(
+        usub,
+        "check",
+        help="mutual TLS handshake and the CSU's view of this unit",
+        description="Make the same mutual TLS 1.3 connection as edged (same pinned CA, same "
+        "unit certificate), ask the CSU what it holds for this unit, and say in words what "
+        "failed and what to do. Sends no video. Exit 0 when the CSU answered, 1 when the "
+        "uplink is disabled, 2 when it failed.",
+        example=[
+            ("edgectl uplink check", "after enrolment, or when status shows the uplink down"),
+            ("edgectl uplink check --json", "for scripts"),
+        ],
+    )
     add_config_args(check)
-    check.add_argument("--json", action="store_true", help="print JSON")
+    check.add_argument("--json", action="store_true", help="print one JSON object")
     check.set_defaults(func=_check)
 
 

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..clihelp import add_command
 from ..errors import VaultError
 from ..unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
 from ..vault import layout
@@ -27,20 +28,27 @@ EXIT_PARTIAL = 3
 
 
 def register(sub: Any) -> None:
-    verify = sub.add_parser(
+    verify = add_command(
+        sub,
         "verify",
         help="check signatures and the hash chain of the recordings (no key needed)",
         description="Check every segment, epoch envelope and retention checkpoint (signatures, "
         "hash chain, gaps) and the audit log (signatures, chain, its head anchor). Exit 0: "
-        "intact; 1: integrity problem(s), listed; 2: could not verify.",
-        epilog="Cannot see: " + " ".join(CANNOT_SEE) + ".",
+        "intact; 1: integrity problem(s), listed; 2: could not verify. Cannot see: "
+        + " ".join(CANNOT_SEE)
+        + ".",
+        example=[
+            ("edgectl verify", "the whole vault"),
+            ("edgectl verify --last 2h --json", "the last two hours, for scripts"),
+        ],
     )
     add_config_args(verify)
     _range_args(verify)
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     verify.set_defaults(func=_verify)
 
-    export = sub.add_parser(
+    export = add_command(
+        sub,
         "export",
         help="write an evidence bundle of a time range",
         description="Write an evidence bundle of a time range (sealed segments as recorded, "
@@ -48,6 +56,17 @@ def register(sub: Any) -> None:
         "or flagged and named in the manifest; the rest is exported. Every export, failed or "
         "interrupted ones too, goes to the audit log. Exit 0: complete; 3: bundle written but "
         "PARTIAL (the damaged parts are listed); 2: no bundle.",
+        example=[
+            (
+                "edgectl export --from 2026-03-14T21:00 --to 2026-03-14T21:30 --case PV-2026-042 "
+                "--out /media/usb/pv42",
+                "half an hour of every camera onto a mounted USB stick",
+            ),
+            (
+                "edgectl export --last 10m --camera cam2 --case PV-2026-043 --out /media/usb/pv43",
+                "the last ten minutes of camera cam2",
+            ),
+        ],
     )
     add_config_args(export)
     _range_args(export)
@@ -58,7 +77,17 @@ def register(sub: Any) -> None:
     )
     export.set_defaults(func=_export)
 
-    audit = sub.add_parser("audit", help="print and check the audit log")
+    audit = add_command(
+        sub,
+        "audit",
+        help="print and check the audit log",
+        description="Print the unit's signed audit log (exports, previews, enrolment, "
+        "configuration changes) and check its signatures and chain.",
+        example=[
+            ("edgectl audit --tail 20", "the last twenty records"),
+            ("edgectl audit --json", "one JSON object per record, for scripts"),
+        ],
+    )
     add_config_args(audit)
     audit.add_argument("--json", action="store_true", help="one JSON object per line")
     audit.add_argument("--tail", type=int, default=None, help="only the last N records")

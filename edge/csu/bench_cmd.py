@@ -30,6 +30,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from ..clihelp import add_command
 from ..unitkeys import public_pem
 from ..uplink.protocol import SEGMENT_CONTENT_TYPE, segment_path
 from ..vault import format as fmt
@@ -41,8 +42,17 @@ CSU_NAME = "csu.bench"
 
 
 def register(sub: Any) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "bench", help="measure receiver capacity against a raw TLS sink (JSON with --json)"
+    parser = add_command(
+        sub,
+        "bench",
+        help="measure receiver capacity against a raw TLS sink (JSON with --json)",
+        description="Measure the receiver's capacity on this machine: simulated units upload "
+        "signed segments at a paced rate (latency), then flat out (throughput), each against "
+        "a raw TLS sink measured in the same run.",
+        example=[
+            ("edge-csu bench --units 100 --rate-mbps 2", "a city's fleet at 2 Mbit/s per unit"),
+            ("edge-csu bench --units 20 --seconds 5 --json", "a quick run, for scripts"),
+        ],
     )
     parser.add_argument("--units", type=int, default=100, help="simulated units (default 100)")
     parser.add_argument("--rate-mbps", type=float, default=2.0, help="per unit (default 2)")

@@ -8,6 +8,7 @@ from typing import Any
 
 from cryptography import x509
 
+from ..clihelp import add_command
 from ..errors import CaError
 from ..unitkeys import write_new_private
 from ..vault import evidence
@@ -15,34 +16,98 @@ from .ca import Profile, RevocationReason, VideoCA, cert_pem, key_pem, write_ato
 
 
 def register(sub: Any) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "ca", help="small video CA: root + video sub-CA, sign unit requests, revoke, CRL"
+    parser = add_command(
+        sub,
+        "ca",
+        help="small video CA: root + video sub-CA, sign unit requests, revoke, CRL",
+        description="A small video CA for cities without their own PKI: a root and a video "
+        "sub-CA in one directory; signs the units' certificate requests, issues server "
+        "certificates (RADIUS, CSU), revokes and publishes the CRL. Nothing on the unit "
+        "depends on it: any PKI issuing the same profiles will do.",
+        example=[
+            ("edge-csu ca init /srv/video-ca", "root + video sub-CA, chain.pem, crl.pem"),
+            ("edge-csu ca sign /srv/video-ca unit-tls.csr --out unit.crt", "a unit's request"),
+        ],
     )
     csub = parser.add_subparsers(dest="ca_command", required=True, metavar="ACTION")
 
-    init = csub.add_parser("init", help="create a root and a video sub-CA in a directory")
-    init.add_argument("dir", type=Path)
-    init.add_argument("--organisation", default="Ville - vidéoprotection")
+    init = add_command(
+        csub,
+        "init",
+        help="create a root and a video sub-CA in a directory",
+        description="Create a root CA and a video sub-CA in a new directory, with chain.pem "
+        "(what units and servers trust) and a first crl.pem. Keys are never overwritten.",
+        example=[
+            ("edge-csu ca init /srv/video-ca", "with the default organisation name"),
+            (
+                "edge-csu ca init /srv/video-ca --organisation 'Ville de Lyon - vidéoprotection'",
+                "the city's name in the certificates",
+            ),
+        ],
+    )
+    init.add_argument("dir", type=Path, help="directory to create the CA in")
+    init.add_argument(
+        "--organisation",
+        default="Ville - vidéoprotection",
+        help="organisation (O) of the CA certificates (default %(default)r)",
+    )
     init.set_defaults(func=_init)
 
-    sign = csub.add_parser("sign", help="sign a unit's certificate request (edgectl enroll)")
-    sign.add_argument("dir", type=Path)
-    sign.add_argument("csr", type=Path)
+    sign = add_command(
+        csub,
+        "sign",
+        help="sign a unit's certificate request (edgectl enroll)",
+        description="Sign a certificate request written by `edgectl enroll`. The profile "
+        "follows the request's key: evidence signing for an Ed25519 key (unit-signing.csr), "
+        "TLS/802.1X client for another (unit-tls.csr); a forced mismatch is refused.",
+        example=[
+            ("edge-csu ca sign /srv/video-ca unit-tls.csr --out unit.crt", "client profile"),
+            (
+                "edge-csu ca sign /srv/video-ca unit-signing.csr --out signing.crt",
+                "evidence profile",
+            ),
+        ],
+    )
+    sign.add_argument("dir", type=Path, help="the CA directory (made by `edge-csu ca init`)")
+    sign.add_argument("csr", type=Path, help="the unit's certificate request (PEM)")
     sign.add_argument(
         "--profile",
         choices=[p.value for p in Profile],
         default=None,
         help="default: evidence for an Ed25519 key (unit-signing.csr), client for another",
     )
-    sign.add_argument("--days", type=int, default=365)
+    sign.add_argument(
+        "--days", type=int, default=365, help="validity of the certificate (default 365)"
+    )
     sign.add_argument("--out", type=Path, help="certificate file (default: CSR name .crt)")
     sign.set_defaults(func=_sign)
 
-    issue = csub.add_parser("issue", help="make a key and certificate (RADIUS server, CSU)")
-    issue.add_argument("dir", type=Path)
+    issue = add_command(
+        csub,
+        "issue",
+        help="make a key and certificate (RADIUS server, CSU)",
+        description="Make a key and a certificate signed by the video sub-CA, for a server "
+        "(the RADIUS server, the CSU receiver) or, with --profile client, a client. --out is "
+        "a file prefix: OUT.key (never written over an existing key) and OUT.crt.",
+        example=[
+            (
+                "edge-csu ca issue /srv/video-ca radius.video.city.fr --out /srv/radius/radius",
+                "writes /srv/radius/radius.key and radius.crt",
+            ),
+            ("edge-csu ca issue /srv/video-ca csu.video.city.fr --out /etc/edge-csu/csu", "CSU"),
+        ],
+    )
+    issue.add_argument("dir", type=Path, help="the CA directory (made by `edge-csu ca init`)")
     issue.add_argument("name", help="DNS name of the server (or a unit id with --profile client)")
-    issue.add_argument("--profile", choices=["server", "client"], default="server")
-    issue.add_argument("--days", type=int, default=365)
+    issue.add_argument(
+        "--profile",
+        choices=["server", "client"],
+        default="server",
+        help="server (serverAuth, the default) or client (clientAuth)",
+    )
+    issue.add_argument(
+        "--days", type=int, default=365, help="validity of the certificate (default 365)"
+    )
     issue.add_argument(
         "--out",
         type=Path,
@@ -51,22 +116,56 @@ def register(sub: Any) -> None:
     )
     issue.set_defaults(func=_issue)
 
-    revoke = csub.add_parser("revoke", help="revoke a certificate and publish a new CRL")
-    revoke.add_argument("dir", type=Path)
+    revoke = add_command(
+        csub,
+        "revoke",
+        help="revoke a certificate and publish a new CRL",
+        description="Revoke a certificate and publish a new CRL at once; the receiver and "
+        "the RADIUS server refuse the certificate as soon as they load that CRL.",
+        example=[
+            (
+                "edge-csu ca revoke /srv/video-ca unit.crt --reason key_compromise",
+                "a stolen unit",
+            ),
+            ("edge-csu ca revoke /srv/video-ca 3f2a9c --reason superseded", "by serial number"),
+        ],
+    )
+    revoke.add_argument("dir", type=Path, help="the CA directory (made by `edge-csu ca init`)")
     revoke.add_argument("what", help="serial number (hex) or a certificate file")
     revoke.add_argument(
-        "--reason", choices=[r.value for r in RevocationReason], default="unspecified"
+        "--reason",
+        choices=[r.value for r in RevocationReason],
+        default="unspecified",
+        help="revocation reason written in the CRL (default unspecified)",
     )
     revoke.set_defaults(func=_revoke)
 
-    crl = csub.add_parser("crl", help="publish a fresh CRL (republish well before it expires)")
-    crl.add_argument("dir", type=Path)
+    crl = add_command(
+        csub,
+        "crl",
+        help="publish a fresh CRL (republish well before it expires)",
+        description="Publish a fresh CRL signed by the video sub-CA. Republish it well before "
+        "it expires (daily from cron with the default 7 days): a receiver with an expired CRL "
+        "refuses the units.",
+        example=[
+            ("edge-csu ca crl /srv/video-ca --days 7", "daily, from cron"),
+            ("edge-csu ca crl /srv/video-ca --out /srv/www/crl.pem", "and copy it for serving"),
+        ],
+    )
+    crl.add_argument("dir", type=Path, help="the CA directory (made by `edge-csu ca init`)")
     crl.add_argument("--days", type=int, default=7, help="validity of the CRL")
     crl.add_argument("--out", type=Path, help="also copy the CRL there")
     crl.set_defaults(func=_crl)
 
-    lst = csub.add_parser("list", help="certificates issued, with their revocation state")
-    lst.add_argument("dir", type=Path)
+    lst = add_command(
+        csub,
+        "list",
+        help="certificates issued, with their revocation state",
+        description="List the certificates this CA issued with serial, subject, expiry and "
+        "revocation state.",
+        example=[("edge-csu ca list /srv/video-ca", "everything issued")],
+    )
+    lst.add_argument("dir", type=Path, help="the CA directory (made by `edge-csu ca init`)")
     lst.set_defaults(func=_list)
 
 

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from ..clihelp import HelpFormatter, examples
 from ..errors import EdgeError
 
 #: Sub-command modules, in the order ``edge-csu --help`` lists them.
@@ -20,7 +21,18 @@ COMMAND_MODULES: list[str] = ["vault_cmd", "serve_cmd", "ca_cmd", "token_cmd", "
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="edge-csu", description="Supervision-centre tools for edge units."
+        prog="edge-csu",
+        description="Supervision-centre tools for edge units: recipient keys, opening evidence "
+        "bundles, the receiver, a small video CA and operator tokens. `edge-csu COMMAND --help` "
+        "explains each command; `man edge-csu` has them all.",
+        epilog=examples(
+            ("edge-csu serve --config csu.toml", "receive recordings from the units"),
+            (
+                "edge-csu open /media/usb/pv42 --key csu.key.json --ca city-root.pem --out a.mp4",
+                "verify an evidence bundle and write a playable MP4",
+            ),
+        ),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"edge-csu {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..clihelp import add_command
 from .receiver import config as serve_config
 from .receiver.registry import RevocationList, UnitRegistry
 from .receiver.store import SegmentStore
@@ -20,21 +21,45 @@ log = logging.getLogger(__name__)
 
 
 def register(sub: Any) -> None:
-    serve: argparse.ArgumentParser = sub.add_parser(
-        "serve", help="receive sealed segments and events from units (mutual TLS 1.3)"
+    serve = add_command(
+        sub,
+        "serve",
+        help="receive sealed segments and events from units (mutual TLS 1.3)",
+        description="Run the receiver: units connect with mutual TLS 1.3 and upload sealed "
+        "segments, gap records and events, which are stored and acknowledged. Operators with "
+        "a bearer token view the recordings. Runs until stopped.",
+        example=[
+            ("edge-csu serve --config /etc/edge-csu/csu.toml", "the receiver as configured"),
+            (
+                "edge-csu serve --config csu.toml --log-level debug --ports-file ports.json",
+                "trying a configuration by hand",
+            ),
+        ],
     )
     serve.add_argument("--config", type=Path, required=True, help="receiver configuration (TOML)")
     serve.add_argument(
         "--ports-file", type=Path, default=None, help="write the bound ports here as JSON"
     )
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning"],
+        help="how much the receiver logs (default info)",
+    )
     serve.set_defaults(func=_serve)
-    units: argparse.ArgumentParser = sub.add_parser(
+    units = add_command(
+        sub,
         "units",
         help="list units: how the signing key is trusted, last contact, backlog, chain status",
+        description="List the units this receiver knows: how each unit's signing key is "
+        "trusted, last contact, backlog and chain status.",
+        example=[
+            ("edge-csu units --config /etc/edge-csu/csu.toml", "one line per unit"),
+            ("edge-csu units --config csu.toml --json", "for scripts and monitoring"),
+        ],
     )
     units.add_argument("--config", type=Path, required=True, help="receiver configuration (TOML)")
-    units.add_argument("--json", action="store_true", help="print JSON")
+    units.add_argument("--json", action="store_true", help="print one JSON object")
     units.set_defaults(func=_units)
 
 

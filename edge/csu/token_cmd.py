@@ -9,6 +9,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from ..clihelp import add_command
 from ..errors import ConfigError
 from .receiver import config as serve_config
 from .receiver.trust import utcnow
@@ -18,15 +19,38 @@ MAX_DAYS = 366
 
 
 def register(sub: Any) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "token", help="operator bearer tokens: make one (with its expiry), list their expiries"
+    parser = add_command(
+        sub,
+        "token",
+        help="operator bearer tokens: make one (with its expiry), list their expiries",
+        description="Bearer tokens of the operators who view recordings through the receiver. "
+        "The receiver's configuration holds only each token's SHA-256 and its expiry.",
+        example=[("edge-csu token new --name j.martin --days 90", "a token for one operator")],
     )
     tsub = parser.add_subparsers(dest="token_command", required=True, metavar="ACTION")
-    new = tsub.add_parser("new", help="make a token; prints it once and its [[operators]] entry")
+    new = add_command(
+        tsub,
+        "new",
+        help="make a token; prints it once and its [[operators]] entry",
+        description="Make a random bearer token for one operator. The token is printed once, "
+        "with the [[operators]] entry (its SHA-256 and expiry) to add to the receiver's "
+        "configuration; the token itself is stored nowhere.",
+        example=[
+            ("edge-csu token new --name j.martin", "valid 90 days"),
+            ("edge-csu token new --name night-desk --days 30", "a shorter validity"),
+        ],
+    )
     new.add_argument("--name", required=True, help="the operator, as the audit log names them")
     new.add_argument("--days", type=int, default=90, help=f"validity, 1-{MAX_DAYS} (default 90)")
     new.set_defaults(func=_new)
-    lst = tsub.add_parser("list", help="operators of a receiver configuration and their expiry")
+    lst = add_command(
+        tsub,
+        "list",
+        help="operators of a receiver configuration and their expiry",
+        description="List the operators of a receiver configuration with the creation and "
+        "expiry dates of their tokens; an expired token is refused by the receiver.",
+        example=[("edge-csu token list --config /etc/edge-csu/csu.toml", "who expires when")],
+    )
     lst.add_argument("--config", type=Path, required=True, help="receiver configuration (TOML)")
     lst.set_defaults(func=_list)
 

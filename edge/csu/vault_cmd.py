@@ -10,6 +10,7 @@ from typing import Any
 
 from cryptography import x509
 
+from ..clihelp import add_command
 from ..config import RecipientKem
 from ..errors import IntegrityError, VaultError
 from ..unitkeys import load_public_pem
@@ -22,9 +23,19 @@ EXIT_PARTIAL = 3
 
 
 def register(sub: Any) -> None:
-    keygen = sub.add_parser(
+    keygen = add_command(
+        sub,
         "keygen",
         help="create a recipient key pair (private key mode 0600); never overwrites a key",
+        description="Create the key pair recordings are sealed to: NAME.pub.json goes to the "
+        "units ([vault] csu_public_key), NAME.key.json (mode 0600) stays at the CSU and opens "
+        "evidence bundles. An existing key is never overwritten; --rotate replaces it and keeps "
+        "the old files under dated names.",
+        example=[
+            ("edge-csu keygen --out /secure/csu", "csu.pub.json and csu.key.json"),
+            ("edge-csu keygen --out /secure/escrow --name escrow", "a second recipient"),
+            ("edge-csu keygen --out /secure/csu --rotate", "a new pair; the old one is kept"),
+        ],
     )
     keygen.add_argument("--out", type=Path, required=True, help="directory for the key files")
     keygen.add_argument("--name", default="csu", help="file name prefix (csu, escrow, ...)")
@@ -45,14 +56,29 @@ def register(sub: Any) -> None:
     )
     keygen.set_defaults(func=_keygen)
 
-    opener = sub.add_parser(
+    opener = add_command(
+        sub,
         "open",
         help="verify an evidence bundle and write a playable MP4",
         description="Verify an evidence bundle completely, then decrypt one camera and remux it "
         "into an MP4. Exit 0: complete and verified; 3: verified but PARTIAL (the export could "
         "not carry parts of its range intact: they are listed); 1: refused; 2: error.",
+        example=[
+            (
+                "edge-csu open /media/usb/pv42 --key /secure/csu/csu.key.json --ca city-root.pem "
+                "--out clip.mp4",
+                "the first camera, checked against the city's CA",
+            ),
+            (
+                "edge-csu open pv42 --key csu.key.json --ca city-root.pem --crl crl.pem "
+                "--camera cam2 --out cam2.mp4",
+                "another camera, with the CA's revocation list",
+            ),
+        ],
     )
-    opener.add_argument("bundle", type=Path)
+    opener.add_argument(
+        "bundle", type=Path, help="evidence bundle directory written by `edgectl export`"
+    )
     opener.add_argument("--key", type=Path, required=True, help="recipient private key file")
     opener.add_argument("--out", type=Path, required=True, help="MP4 file to write")
     opener.add_argument("--camera", default=None, help="camera to extract (default: the first)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -143,3 +144,29 @@ def test_bash_completion_offers_commands_options_choices_and_files(tmp_path: Pat
     reasons = _complete(comp / "edge-csu", "edge-csu", "edge-csu ca revoke /srv/ca 3f --reason k")
     assert reasons == ["key_compromise"]
     assert "--config" in _complete(comp / "edged", "edged", "edged --c")
+
+
+def test_the_role_command_writes_the_pages_once(tmp_path: Path) -> None:
+    """The edge_daemon role's own command line, run twice as provisioning would: the first run
+    writes every file (and says so: the task reports "changed"), the second writes nothing."""
+    import yaml
+
+    role = Path(__file__).resolve().parent.parent / "ansible" / "roles" / "edge_daemon"
+    [task] = yaml.safe_load((role / "tasks" / "help.yml").read_text())
+    cmd = task["ansible.builtin.command"]["cmd"]
+    values = {
+        "edge_daemon_venv": str(Path(sys.executable).parent.parent),
+        "edge_daemon_help_man_dir": str(tmp_path / "man"),
+        "edge_daemon_help_completion_dir": str(tmp_path / "completions"),
+    }
+    for name, value in values.items():
+        cmd = cmd.replace("{{ " + name + " }}", value)
+    assert "{{" not in cmd, cmd
+    argv = shlex.split(cmd)
+    argv[0] = sys.executable  # the venv's python, as the role runs it
+    first = subprocess.run(argv, capture_output=True, text=True, check=True)
+    assert len(first.stdout.splitlines()) == 2 * len(PROGRAMS), first.stdout
+    assert (tmp_path / "man" / "man8" / "edged.8").is_file()
+    assert (tmp_path / "completions" / "edge-csu").is_file()
+    again = subprocess.run(argv, capture_output=True, text=True, check=True)
+    assert again.stdout == "", "a second provisioning run must change nothing"

@@ -170,3 +170,21 @@ def test_the_role_command_writes_the_pages_once(tmp_path: Path) -> None:
     assert (tmp_path / "completions" / "edge-csu").is_file()
     again = subprocess.run(argv, capture_output=True, text=True, check=True)
     assert again.stdout == "", "a second provisioning run must change nothing"
+
+
+def test_json_for_people_keeps_accents(tmp_path: Path, data_dir: Path) -> None:
+    """`config show` is read by people: a mask named in French is printed as written."""
+    from .daemon_util import write_config
+
+    config = write_config(tmp_path / "edge.toml", data_dir)
+    config.write_text(config.read_text().replace('name = "window"', 'name = "fenêtre côté rue"'))
+    shown = subprocess.run(
+        [sys.executable, "-m", "edge.cli.main", "config", "show", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert '"fenêtre côté rue"' in shown and "\\u00" not in shown
+    assert json.loads(shown)["config"]["cameras"][0]["privacy_masks"][0]["name"] == (
+        "fenêtre côté rue"
+    )

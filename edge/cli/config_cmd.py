@@ -78,5 +78,6 @@ def _check(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     cfg, origin = config_mod.load(args.config)
-    print(json.dumps({"origin": origin, "config": cfg.model_dump(mode="json")}, indent=2))
+    doc = {"origin": origin, "config": cfg.model_dump(mode="json")}
+    print(json.dumps(doc, indent=2, ensure_ascii=False))  # read by people: accents as written
     return 0

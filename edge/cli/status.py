@@ -281,7 +281,8 @@ def _status(args: argparse.Namespace) -> int:
         return watch(args, args.watch)
     status, findings, overall = _one_status(args)
     if args.json:
-        print(json.dumps(_as_json(status, findings, overall), indent=2, default=str))
+        doc = _as_json(status, findings, overall)
+        print(json.dumps(doc, indent=2, default=str, ensure_ascii=False))
     else:
         colour = sys.stdout.isatty() and os.environ.get("NO_COLOR") is None
         print(render(status, findings, colour=colour))
@@ -307,7 +308,8 @@ def watch(
             status, findings, overall = _one_status(args)
             code = int(overall)
             if args.json:
-                out.write(json.dumps(_as_json(status, findings, overall), default=str) + "\n")
+                doc = _as_json(status, findings, overall)
+                out.write(json.dumps(doc, default=str, ensure_ascii=False) + "\n")
             elif tty:
                 # No newline after the last line: on a 24-line terminal it would scroll the
                 # title off the screen.
@@ -329,7 +331,8 @@ def _diag(args: argparse.Namespace) -> int:
     findings = evaluate(status)
     problems = [f for f in findings if f.level in (Level.DEGRADED, Level.FAILING)]
     if args.json:
-        print(json.dumps([f.__dict__ | {"level": f.level.label} for f in problems], indent=2))
+        found = [f.__dict__ | {"level": f.level.label} for f in problems]
+        print(json.dumps(found, indent=2, ensure_ascii=False))
     elif not problems:
         print("no problem found")
     else:

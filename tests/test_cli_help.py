@@ -188,3 +188,22 @@ def test_json_for_people_keeps_accents(tmp_path: Path, data_dir: Path) -> None:
     assert json.loads(shown)["config"]["cameras"][0]["privacy_masks"][0]["name"] == (
         "fenêtre côté rue"
     )
+
+
+@pytest.mark.parametrize("program", PROGRAMS, ids=_name)
+def test_every_example_is_accepted_by_the_parser(program: Program) -> None:
+    """A technician copies an example: it must not end in a usage error."""
+    parser = program.parser()
+    refused = []
+    for path, node in walk(parser):
+        for line in (node.epilog or "").splitlines()[1:]:
+            if not line.strip().startswith(program.name + " "):
+                continue  # an explanation line, or another tool (systemctl)
+            words = shlex.split(line.strip())
+            for stop in ("|", "&&", "<", ">"):
+                words = words[: words.index(stop)] if stop in words else words
+            try:
+                parser.parse_args(words[1:])
+            except SystemExit:
+                refused.append(f"{' '.join(path)}: {line.strip()}")
+    assert refused == []

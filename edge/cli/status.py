@@ -1,7 +1,8 @@
 """``edgectl status``, ``edgectl diag`` and ``edgectl logs``: what a technician needs at 3 a.m.
 
-``status`` fits one 80×24 screen, in colour on a terminal and plain when piped; ``--json`` for
-scripts. ``diag`` lists each problem with its likely cause and the next step. Both exit 0 when
+``status`` fits one 80×24 screen whatever the number of cameras, in colour on a terminal and
+plain when piped; ``--json`` for scripts; ``--watch`` redraws it in place while a camera is
+aimed. ``diag`` lists each problem with its likely cause and the next step. Both exit 0 when
 healthy, 1 when degraded, 2 when failing. Neither ever shows a picture.
 """
 

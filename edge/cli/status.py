@@ -159,7 +159,8 @@ def _compact_cameras(cameras: list[Finding], masks_line: Finding, room: int) -> 
     """The camera section in ``room`` lines: every problem camera first, then as many healthy
     ones as fit, then one line saying how many were left out and how to see them. Problem cameras
     that do not fit one per line are still named, several to a line: a fault is never cut off."""
-    problems = [f for f in cameras if f.level in _PROBLEM]
+    # Failing cameras before degraded ones; otherwise in the configuration's order.
+    problems = sorted((f for f in cameras if f.level in _PROBLEM), key=lambda f: -f.level)
     healthy = [f for f in cameras if f.level not in _PROBLEM]
     room -= 1  # the masks summary
     if len(cameras) <= room:

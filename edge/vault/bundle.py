@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ..errors import IntegrityError, VaultError
 from ..unitkeys import fsync_dir, key_id, load_public_pem, public_pem, public_raw
-from . import evidence, layout
+from . import chain, evidence, layout
 from . import format as fmt
 from .audit import AuditLog, current_actor
 from .index import Index
@@ -476,10 +476,10 @@ def _through_gaps(
 ) -> tuple[bytes, int]:
     """Follow the chain from sequence ``nxt`` (whose predecessor hashes to ``want``) through
     consecutive signed gap records: the hash and sequence the next segment must carry."""
-    while (gap := cam_gaps.get(nxt)) is not None and gap.prev_hash == want:
+    walk = chain.through_gaps(cam_gaps, nxt, want)
+    for gap in walk.crossed:
         used[(camera, gap.first)] = gap
-        want, nxt = gap.chain_hash, gap.last + 1
-    return want, nxt
+    return walk.prev_hash, walk.sequence
 
 
 def _gaps_in_range(
@@ -715,10 +715,8 @@ def verify_bundle(
             # Through the signed records of sequences the unit lost; then a hole or a break is
             # accepted only where the signed manifest declares it (after a hole the chain
             # restarts: the segment before it is not here to check against).
-            nxt, want = b + 1, before.chain_hash
-            cam_gaps = gaps.get(h.camera_id, {})
-            while (gap := cam_gaps.get(nxt)) is not None and gap.prev_hash == want:
-                nxt, want = gap.last + 1, gap.chain_hash
+            walk = chain.through_gaps(gaps.get(h.camera_id, {}), b + 1, before.chain_hash)
+            nxt, want = walk.sequence, walk.prev_hash
             if h.sequence != nxt and not _declared(
                 damaged, h.camera_id, nxt, h.sequence - 1, chain=False
             ):

@@ -35,13 +35,13 @@ from cryptography.x509 import verification
 from cryptography.x509.oid import NameOID
 
 from .errors import EdgeError, EnrolmentError, VaultError
-from .vault import evidence
 
-TLS_KEY_NAME = "unit-tls.key"
-TLS_NEW_KEY_NAME = "unit-tls.key.new"
-TLS_CSR_NAME = "unit-tls.csr"
-TLS_CERT_NAME = "unit-tls.crt"
-CA_CHAIN_NAME = "ca.pem"
+# Re-exported for edgectl enroll (names live in unitkeys).
+from .unitkeys import CA_CHAIN_NAME as CA_CHAIN_NAME
+from .unitkeys import SIGNING_CERT_NAME, SIGNING_CSR_NAME, TLS_CSR_NAME, TLS_KEY_NAME
+from .unitkeys import TLS_CERT_NAME as TLS_CERT_NAME
+from .unitkeys import TLS_NEW_KEY_NAME as TLS_NEW_KEY_NAME
+from .vault import evidence
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
@@ -146,7 +146,7 @@ def enrol(keys_dir: Path, unit_id: str, identity: str, *, renew: bool = False) -
     _write(csr_path, csr, 0o644)
     # The signing key is never renewed (the vault's chains rest on it): its request is simply
     # written again, for a first certificate or a later one.
-    signing_csr = keys_dir / evidence.SIGNING_CSR_NAME
+    signing_csr = keys_dir / SIGNING_CSR_NAME
     _write(signing_csr, make_signing_csr(signing, unit_id), 0o644)
     return EnrolResult(csr_path, key_path, created, signing_id, signing_csr)
 
@@ -287,7 +287,7 @@ def install_certificates(
         done.append(install(keys_dir, chain, unit_id, ca_data=ca_data, now=now))
     if signing:
         pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [signing[0], *cas])
-        path = keys_dir / evidence.SIGNING_CERT_NAME
+        path = keys_dir / SIGNING_CERT_NAME
         _write(path, pem, 0o644)
         _write(keys_dir / CA_CHAIN_NAME, ca_data, 0o644)
         serial = f"{signing[0].serial_number:x}"
@@ -333,7 +333,7 @@ def signing_certificate_status(
     whether it chains to ``ca.pem`` (judged inside its validity)."""
     from . import unitkeys
 
-    path = keys_dir / evidence.SIGNING_CERT_NAME
+    path = keys_dir / SIGNING_CERT_NAME
     try:
         certs = x509.load_pem_x509_certificates(path.read_bytes())
     except FileNotFoundError:

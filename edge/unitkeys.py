@@ -29,8 +29,25 @@ from .errors import ConfigError, KeyExistsError, VaultError
 
 log = logging.getLogger(__name__)
 
+# The unit's key and certificate files, all in <data_dir>/keys: the one place that names them.
 SIGNING_KEY_NAME = "unit-signing.pem"
+"""Ed25519 signing key (PKCS#8, 0600): segments, events, audit, bundle manifests."""
 SIGNING_PUB_NAME = "unit-signing.pub.pem"
+"""Its public half, for verification without the private key."""
+SIGNING_CSR_NAME = "unit-signing.csr"
+"""Request for the evidence-signing certificate (written by edgectl enroll)."""
+SIGNING_CERT_NAME = "unit-signing.crt"
+"""Evidence-signing certificate of the signing key (evidence profile, never TLS)."""
+TLS_KEY_NAME = "unit-tls.key"
+"""TLS/EAP client key (0600) of the uplink, 802.1X and MQTT."""
+TLS_NEW_KEY_NAME = "unit-tls.key.new"
+"""Renewal key, waiting for its certificate; the old pair stays in use until then."""
+TLS_CSR_NAME = "unit-tls.csr"
+"""Request for the TLS/EAP client certificate."""
+TLS_CERT_NAME = "unit-tls.crt"
+"""TLS/EAP client certificate."""
+CA_CHAIN_NAME = "ca.pem"
+"""The city's CA chain: pins the CSU, the RADIUS server and the MQTT broker."""
 
 
 def keys_dir_of(data_dir: Path) -> Path:

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509 import verification
 from cryptography.x509.oid import NameOID
 
+from . import fsutil
 from .errors import EdgeError, EnrolmentError, VaultError
 
 # Re-exported for edgectl enroll (names live in unitkeys).
@@ -45,17 +46,13 @@ from .vault import evidence
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
-    from . import unitkeys  # the shared atomic writer (temporary file, fsync, rename, fsync)
-
-    unitkeys.write_atomic(path, data, mode=mode)
+    fsutil.write_atomic(path, data, mode=mode)
 
 
 def _new_key(path: Path) -> None:
     """A new ECDSA P-256 TLS key at ``path`` (0600); never over an existing file."""
-    from . import unitkeys
-
     try:
-        unitkeys.write_new_private(path, _pem_key(ec.generate_private_key(ec.SECP256R1())))
+        fsutil.write_new_private(path, _pem_key(ec.generate_private_key(ec.SECP256R1())))
     except EdgeError as exc:
         raise EnrolmentError(str(exc)) from None
 

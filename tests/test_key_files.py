@@ -21,7 +21,8 @@ from edge.config import RecipientKem
 from edge.csu.ca import VideoCA, cert_pem
 from edge.csu.main import main as edge_csu
 from edge.errors import EnrolmentError, KeyExistsError
-from edge.unitkeys import load_or_create_signing_key, write_new_private
+from edge.fsutil import write_new_private
+from edge.unitkeys import load_or_create_signing_key
 from edge.vault.keys import load_private, load_public, rotate_keypair
 
 KEM = RecipientKem.X25519.value

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from .. import enrolment
 from ..config import DEMO_CONFIG, DEMO_CONFIG_TOML
 from ..errors import CaError
+from ..fsutil import write_new_private
 from ..unitkeys import (
     CA_CHAIN_NAME,
     SIGNING_CERT_NAME,
@@ -33,7 +34,6 @@ from ..unitkeys import (
     TLS_KEY_NAME,
     keys_dir_of,
     load_or_create_signing_key,
-    write_new_private,
 )
 from ..vault import evidence
 from ..vault import keys as vault_keys

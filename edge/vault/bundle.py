@@ -44,12 +44,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ..errors import IntegrityError, VaultError
+from ..fsutil import fsync_dir
 from ..unitkeys import (
     CA_CHAIN_NAME,
     SIGNING_CERT_NAME,
     SIGNING_PUB_NAME,
     TLS_CERT_NAME,
-    fsync_dir,
     key_id,
     keys_dir_of,
     load_public_pem,

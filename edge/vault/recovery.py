@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import IntegrityError, VaultError
-from ..unitkeys import fsync_dir
+from ..fsutil import fsync_dir
 from . import chain, layout
 from . import format as fmt
 from .index import Index, IndexRow

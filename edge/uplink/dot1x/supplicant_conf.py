@@ -21,7 +21,8 @@ from pathlib import Path
 
 from ...config import EdgeConfig
 from ...errors import Dot1xError
-from ...unitkeys import CA_CHAIN_NAME, TLS_CERT_NAME, TLS_KEY_NAME, keys_dir_of, write_atomic
+from ...fsutil import write_atomic
+from ...unitkeys import CA_CHAIN_NAME, TLS_CERT_NAME, TLS_KEY_NAME, keys_dir_of
 
 
 @dataclass(frozen=True)

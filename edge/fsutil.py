@@ -55,17 +55,7 @@ def write_atomic(
         tmp = tmp_dir / f"{path.name}.{threading.get_ident()}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            if exact_mode:
-                os.fchmod(fd, mode)  # umask may have removed bits we asked for; set exactly
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fill(fd, data, mode if exact_mode else None, sync=durable)
         if make_parents:
             makedirs_durably(path.parent)
         tmp.replace(path)
@@ -87,15 +77,7 @@ def write_new(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
     tmp = Path(tmp_name)
     try:
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fill(fd, data, mode)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -119,16 +101,21 @@ def _write_exclusive(path: Path, data: bytes, mode: int) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError:
-        raise KeyExistsError(
-            f"{path}: a key file is already there; refusing to overwrite it"
-        ) from None
+        raise _exists(path) from None
+    _fill(fd, data, mode)
+
+
+def _fill(fd: int, data: bytes, mode: int | None, *, sync: bool = True) -> None:
+    """Write all of ``data`` to the new file ``fd``, set ``mode`` exactly (the umask may have
+    removed bits asked for; None keeps what it left), fsync when ``sync``, close."""
     try:
-        os.fchmod(fd, mode)
+        if mode is not None:
+            os.fchmod(fd, mode)
         view = memoryview(data)
         while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
+            view = view[os.write(fd, view) :]
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -129,3 +129,34 @@ def test_unit_environment_runs_edged_and_edgectl_but_cannot_import_the_receiver(
     receiver = _run(unit_venv, py, "-c", "import edge.csu.receiver")
     assert receiver.returncode != 0
     assert "ModuleNotFoundError: No module named 'edge.csu'" in receiver.stderr
+
+
+def test_csu_distribution_carries_the_receiver_and_its_dependencies(tmp_path: Path) -> None:
+    """The other half: edge-csu brings edge.csu, its command and aiohttp, on top of `edge`
+    (never a second copy of the unit's package)."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            str(build.REPO / "csu"),
+            "-w",
+            str(tmp_path),
+        ],
+        check=True,
+        env=_clean_env(),
+        capture_output=True,
+    )
+    wheel = next(tmp_path.glob("edge_csu-*.whl"))
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        text = zf.read(meta).decode()
+        entry_points = zf.read(meta.replace("METADATA", "entry_points.txt")).decode()
+    assert "edge/csu/receiver/server.py" in names and "edge/csu/ca.py" in names
+    assert not [n for n in names if n.startswith("edge/") and not n.startswith("edge/csu/")]
+    assert "Requires-Dist: aiohttp" in text and "Requires-Dist: edge==" in text
+    assert "edge-csu = edge.csu.main:main" in entry_points

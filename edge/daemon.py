@@ -607,7 +607,9 @@ class Daemon:
         days = self.cfg.dot1x.expiry_warning_days
         return {
             "tls": enrolment.read_certificate_status(
-                keys / "unit-tls.crt", warning_days=days, ca_path=keys / "ca.pem"
+                keys / unitkeys.TLS_CERT_NAME,
+                warning_days=days,
+                ca_path=keys / unitkeys.CA_CHAIN_NAME,
             ),
             "evidence": enrolment.signing_certificate_status(keys, warning_days=days),
         }

@@ -34,28 +34,25 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509 import verification
 from cryptography.x509.oid import NameOID
 
+from . import fsutil
 from .errors import EdgeError, EnrolmentError, VaultError
-from .vault import evidence
 
-TLS_KEY_NAME = "unit-tls.key"
-TLS_NEW_KEY_NAME = "unit-tls.key.new"
-TLS_CSR_NAME = "unit-tls.csr"
-TLS_CERT_NAME = "unit-tls.crt"
-CA_CHAIN_NAME = "ca.pem"
+# Re-exported for edgectl enroll (names live in unitkeys).
+from .unitkeys import CA_CHAIN_NAME as CA_CHAIN_NAME
+from .unitkeys import SIGNING_CERT_NAME, SIGNING_CSR_NAME, TLS_CSR_NAME, TLS_KEY_NAME
+from .unitkeys import TLS_CERT_NAME as TLS_CERT_NAME
+from .unitkeys import TLS_NEW_KEY_NAME as TLS_NEW_KEY_NAME
+from .vault import evidence
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
-    from . import unitkeys  # the shared atomic writer (temporary file, fsync, rename, fsync)
-
-    unitkeys.write_atomic(path, data, mode=mode)
+    fsutil.write_atomic(path, data, mode=mode)
 
 
 def _new_key(path: Path) -> None:
     """A new ECDSA P-256 TLS key at ``path`` (0600); never over an existing file."""
-    from . import unitkeys
-
     try:
-        unitkeys.write_new_private(path, _pem_key(ec.generate_private_key(ec.SECP256R1())))
+        fsutil.write_new_private(path, _pem_key(ec.generate_private_key(ec.SECP256R1())))
     except EdgeError as exc:
         raise EnrolmentError(str(exc)) from None
 
@@ -146,7 +143,7 @@ def enrol(keys_dir: Path, unit_id: str, identity: str, *, renew: bool = False) -
     _write(csr_path, csr, 0o644)
     # The signing key is never renewed (the vault's chains rest on it): its request is simply
     # written again, for a first certificate or a later one.
-    signing_csr = keys_dir / evidence.SIGNING_CSR_NAME
+    signing_csr = keys_dir / SIGNING_CSR_NAME
     _write(signing_csr, make_signing_csr(signing, unit_id), 0o644)
     return EnrolResult(csr_path, key_path, created, signing_id, signing_csr)
 
@@ -287,7 +284,7 @@ def install_certificates(
         done.append(install(keys_dir, chain, unit_id, ca_data=ca_data, now=now))
     if signing:
         pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [signing[0], *cas])
-        path = keys_dir / evidence.SIGNING_CERT_NAME
+        path = keys_dir / SIGNING_CERT_NAME
         _write(path, pem, 0o644)
         _write(keys_dir / CA_CHAIN_NAME, ca_data, 0o644)
         serial = f"{signing[0].serial_number:x}"
@@ -333,7 +330,7 @@ def signing_certificate_status(
     whether it chains to ``ca.pem`` (judged inside its validity)."""
     from . import unitkeys
 
-    path = keys_dir / evidence.SIGNING_CERT_NAME
+    path = keys_dir / SIGNING_CERT_NAME
     try:
         certs = x509.load_pem_x509_certificates(path.read_bytes())
     except FileNotFoundError:

@@ -7,8 +7,6 @@ writes atomically (temp file, rename), as node_exporter requires.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.openmetrics.exposition import generate_latest
 
 from .diagnostics import Level, evaluate, worst
+from .fsutil import write_atomic
 
 
 def registry_from_status(status: dict[str, Any]) -> CollectorRegistry:
@@ -105,15 +104,11 @@ def render(status: dict[str, Any]) -> bytes:
 
 
 def write_textfile(path: Path, status: dict[str, Any]) -> None:
-    """Replace ``path`` atomically so the collector never reads half a file."""
-    data = render(status)
+    """Replace ``path`` atomically so the collector never reads half a file; mode 0644 whatever
+    edged's umask (0077), so node_exporter can read it.
+
+    Not ``prometheus_client.write_to_textfile``: it writes the Prometheus text format rather
+    than OpenMetrics, leaves the mode to the umask (0600 here: unreadable by the collector)
+    and never fsyncs; the firmware's one atomic writer does all three right."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".edge-metrics.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, render(status), mode=0o644)

@@ -4,133 +4,52 @@ The Ed25519 signing key (``unit-signing.pem``, PKCS#8 PEM, mode 0600) signs ever
 segment, epoch envelope, retention checkpoint and audit record. Its public half is written
 next to it (``unit-signing.pub.pem``) so that verification never needs the private key.
 Other key material of the unit (the TLS/EAP key, its certificate, the city CA chain) lives in
-the same directory and reuses :func:`write_new_private` and :func:`key_id`.
+the same directory and reuses :func:`key_id`.
 
-Every write is atomic (temporary file in the same directory, fsync, rename, fsync of the
+Every write goes through :mod:`edge.fsutil` (temporary file, fsync, rename, fsync of the
 directory): a power cut leaves either the old key or the new one, never half a key. A private key
-is written with :func:`write_new_private`, which never replaces an existing file: a key that
-recordings or certificates rest on is created once and never overwritten by accident.
+is written with :func:`~edge.fsutil.write_new_private`, which never replaces an existing file: a
+key that recordings or certificates rest on is created once and never overwritten by accident.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from .errors import ConfigError, KeyExistsError, VaultError
+from .fsutil import write_atomic, write_new_private
 
 log = logging.getLogger(__name__)
 
+# The unit's key and certificate files, all in <data_dir>/keys: the one place that names them.
 SIGNING_KEY_NAME = "unit-signing.pem"
+"""Ed25519 signing key (PKCS#8, 0600): segments, events, audit, bundle manifests."""
 SIGNING_PUB_NAME = "unit-signing.pub.pem"
+"""Its public half, for verification without the private key."""
+SIGNING_CSR_NAME = "unit-signing.csr"
+"""Request for the evidence-signing certificate (written by edgectl enroll)."""
+SIGNING_CERT_NAME = "unit-signing.crt"
+"""Evidence-signing certificate of the signing key (evidence profile, never TLS)."""
+TLS_KEY_NAME = "unit-tls.key"
+"""TLS/EAP client key (0600) of the uplink, 802.1X and MQTT."""
+TLS_NEW_KEY_NAME = "unit-tls.key.new"
+"""Renewal key, waiting for its certificate; the old pair stays in use until then."""
+TLS_CSR_NAME = "unit-tls.csr"
+"""Request for the TLS/EAP client certificate."""
+TLS_CERT_NAME = "unit-tls.crt"
+"""TLS/EAP client certificate."""
+CA_CHAIN_NAME = "ca.pem"
+"""The city's CA chain: pins the CSU, the RADIUS server and the MQTT broker."""
 
 
 def keys_dir_of(data_dir: Path) -> Path:
     return data_dir / "keys"
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old content or the new, never a mix.
-
-    The temporary file is created with its final mode, so a private key is never readable by
-    others, not even for an instant.
-    """
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            os.fchmod(fd, mode)  # umask may have removed bits we asked for; set exactly
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        tmp.replace(path)
-    except OSError:
-        tmp.unlink(missing_ok=True)  # a full disk must not also leave half a file behind
-        raise
-    fsync_dir(path.parent)
-
-
-def write_new(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Create ``path`` holding ``data``; :class:`KeyExistsError` if anything is already there.
-
-    The content is written and fsync'd under a temporary name (created exclusively, mode 0600
-    from the first byte) and then hard-linked to ``path``: the link is the exclusive, atomic
-    step (like ``O_EXCL``), so two writers racing, or a tired technician running a command
-    twice, can never replace a key, and a power cut never leaves half of one.
-    """
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
-    tmp = Path(tmp_name)
-    try:
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise _exists(path) from None
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
-                raise
-            _write_exclusive(path, data, mode)  # no hard links here (a FAT stick for a CA)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-
-
-def _exists(path: Path) -> KeyExistsError:
-    return KeyExistsError(f"{path}: a key file is already there; refusing to overwrite it")
-
-
-def _write_exclusive(path: Path, data: bytes, mode: int) -> None:
-    """``O_EXCL`` creation, for file systems without hard links: still never over an existing
-    file, though a crash may leave it short (the caller's key is then unusable, not replaced)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError:
-        raise KeyExistsError(
-            f"{path}: a key file is already there; refusing to overwrite it"
-        ) from None
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_new_private(path: Path, data: bytes) -> None:
-    """:func:`write_new` with mode 0600: how every private key of the firmware is written."""
-    write_new(path, data, mode=0o600)
 
 
 #: PEM labels of private material (PKCS#8, encrypted PKCS#8, SEC1, PKCS#1, OpenSSH).

@@ -237,6 +237,55 @@ def stage_models(target: layout.Target) -> Path:
     return dest
 
 
+# What a unit wheel is built from. A clean copy, because setuptools packs whatever an earlier
+# build left in build/lib (the CSU side included) into the next wheel.
+UNIT_SOURCES = ("pyproject.toml", "README.md", "LICENSE", "edge")
+
+
+def build_unit_wheel(dest: Path) -> Path:
+    """Builds the unit's `edge` wheel into ``dest`` from a clean copy of the sources and checks
+    that nothing of the CSU side (csu/pyproject.toml: receiver, web, CA) is in it."""
+    with tempfile.TemporaryDirectory(prefix="edge-unit-src-") as tmp:
+        src = Path(tmp)
+        for name in UNIT_SOURCES:
+            if (REPO / name).is_dir():
+                shutil.copytree(
+                    REPO / name,
+                    src / name,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+                )
+            else:
+                shutil.copy2(REPO / name, src / name)
+        run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(src), "-w", str(dest)])
+    wheel = next(dest.glob("edge-*.whl"))
+    leaks = unit_wheel_leaks(wheel)
+    if leaks:
+        raise SystemExit(f"image: the unit wheel carries CSU parts: {', '.join(leaks)}")
+    return wheel
+
+
+def unit_wheel_leaks(wheel: Path) -> list[str]:
+    """What of the CSU side a unit wheel carries: ``edge/csu`` files, an ``edge-csu`` entry
+    point, a requirement on aiohttp. Empty for a good unit wheel."""
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        leaks = [n for n in names if n.startswith("edge/csu/")]
+        for name in names:
+            text = (
+                zf.read(name).decode()
+                if name.endswith((".dist-info/entry_points.txt", ".dist-info/METADATA"))
+                else ""
+            )
+            if name.endswith("entry_points.txt") and "edge-csu" in text:
+                leaks.append(f"{name} (edge-csu)")
+            leaks += [
+                line for line in text.splitlines() if line.startswith("Requires-Dist: aiohttp")
+            ]
+    return leaks
+
+
 def stage_wheels(target: layout.Target) -> tuple[Path, str]:
     """Wheelhouse for the target: the package wheel, its dependencies, pip as pip.pyz."""
     house = OUT / target.name / "wheelhouse"
@@ -244,8 +293,7 @@ def stage_wheels(target: layout.Target) -> tuple[Path, str]:
         shutil.rmtree(house)
     house.mkdir(parents=True)
     py = sys.executable
-    run([py, "-m", "pip", "wheel", "--no-deps", "-q", str(REPO), "-w", str(house)])
-    wheel = next(house.glob("edge-*.whl"))
+    wheel = build_unit_wheel(house)
     version = wheel.name.split("-")[1]
     reqs = [*sorted(_wheel_requirements(wheel, _extras(target))), "pip"]
     key = hashlib.sha256(json.dumps([target.arch, reqs]).encode()).hexdigest()[:16]

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from edge.backoff import backoff_delay
 from edge.capture.base import FrameSource
-from edge.capture.loop import CaptureLoop, CaptureState, backoff_delay
+from edge.capture.loop import CaptureLoop, CaptureState
 from edge.errors import CaptureError
 from edge.frames import Frame
 

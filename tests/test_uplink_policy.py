@@ -6,8 +6,9 @@ import random
 
 import pytest
 
+from edge.backoff import Backoff
 from edge.uplink.policy import (
-    Backoff,
+    RECONNECT_JITTER,
     PendingItem,
     Scheduler,
     TokenBucket,
@@ -109,7 +110,7 @@ def test_token_bucket_allows_debt_then_waits_it_out() -> None:
 
 
 def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
-    backoff = Backoff(1.0, 30.0, rng=random.Random(4))
+    backoff = Backoff(1.0, 30.0, rng=random.Random(4), jitter=RECONNECT_JITTER)
     delays = [backoff.next_delay() for _ in range(10)]
     for n, delay in enumerate(delays):
         ceiling = min(30.0, 2.0**n)

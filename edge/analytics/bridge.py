@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..backoff import Backoff
 from ..config import CameraConfig, EdgeConfig
 from ..frames import Frame
 from ..unitkeys import keys_dir_of, load_or_create_signing_key
@@ -268,7 +269,9 @@ class AnalyticsBridge:
     # --- drain thread ------------------------------------------------------------------------
 
     def _drain(self) -> None:
-        backoff = 1.0
+        # Restarts double from 1 s up to BACKOFF_MAX_S, without jitter (one child per camera,
+        # nothing to spread); only this thread uses it.
+        backoff = Backoff(1.0, BACKOFF_MAX_S, jitter=0.0)
         started_at = time.monotonic()
         while True:
             try:
@@ -288,17 +291,17 @@ class AnalyticsBridge:
             if self._proc is not None and not self._proc.is_alive():
                 self._drain_rest()
                 if time.monotonic() - started_at > 60:
-                    backoff = 1.0  # it ran for a while: start again with a short delay
+                    backoff.reset()  # it ran for a while: start again with a short delay
+                delay = backoff.next_delay()
                 log.error(
                     "[%s] analytics process exited (code %s); restarting in %.0f s",
                     self.cam.id,
                     self._proc.exitcode,
-                    backoff,
+                    delay,
                 )
                 self._set_state(ChildState.BACKOFF, f"exit code {self._proc.exitcode}")
-                if self._stopping.wait(backoff):
+                if self._stopping.wait(delay):
                     return
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
                 with self._stats_lock:
                     self._restarts += 1
                 self._spawn()

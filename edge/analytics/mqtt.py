@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from ..config import EdgeConfig, MqttConfig
 from ..mqtt_tls import broker_context
-from ..unitkeys import keys_dir_of
+from ..unitkeys import CA_CHAIN_NAME, keys_dir_of
 from .events import SignedEvent
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class MqttPublisher:
     @classmethod
     def from_config(cls, cfg: EdgeConfig) -> MqttPublisher:
         m = cfg.analytics.mqtt
-        ca = m.ca_file if m.ca_file is not None else keys_dir_of(cfg.unit.data_dir) / "ca.pem"
+        ca = m.ca_file if m.ca_file is not None else keys_dir_of(cfg.unit.data_dir) / CA_CHAIN_NAME
         return cls(
             m,
             unit_id=cfg.unit.id,

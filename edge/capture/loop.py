@@ -25,7 +25,6 @@ reopened, the loop adds an offset so the daemon never sees an index twice.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import threading
 import time
@@ -34,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from ..backoff import Backoff
 from ..errors import CaptureError
 from ..frames import Frame
 from .base import FrameSource
@@ -72,16 +72,6 @@ class CaptureStats:
     """Frame rate measured over the last couple of seconds; None until two frames arrived."""
 
 
-def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
-    """Full-jitter exponential back-off: uniform in ``[0, min(maximum, initial·2^attempt)]``.
-
-    The exponent stops where the cap is reached: ``2.0**attempt`` overflows a float after
-    1023 attempts (about four hours of a camera down), which used to kill the capture thread.
-    """
-    ceiling = max(0, math.ceil(math.log2(maximum / initial)))
-    return rng.uniform(0.0, min(maximum, initial * 2.0 ** min(attempt, ceiling)))
-
-
 class CaptureLoop:
     """One thread reading one source and handing every frame to ``on_frame``.
 
@@ -112,17 +102,14 @@ class CaptureLoop:
         self.source = source
         self.name = name
         self._on_frame = on_frame
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
         self._backoff_reset_s = backoff_reset_s
         self._probe_interval = probe_interval
         self._clock = clock
         self._stop_event = threading.Event()
         self._sleep = sleep if sleep is not None else self._wait_unless_stopped
-        # Jitter only spreads reconnections in time; it protects nothing.
-        self._rng = rng if rng is not None else random.Random()  # noqa: S311
+        # Full jitter spreads a street's reconnections in time; only the capture thread uses it.
+        self._backoff = Backoff(backoff_initial, backoff_max, rng, jitter=1.0)
         self._thread: threading.Thread | None = None
-        self._attempt = 0  # consecutive failures; only the capture thread touches it
         self._index_offset = 0  # only the capture thread touches it
         self._next_index = 0  # only the capture thread touches it
         self._last_source_index: int | None = None  # only the capture thread touches it
@@ -282,17 +269,17 @@ class CaptureLoop:
             self._set_state(CaptureState.FAILED, str(exc))
             return False
         if opened_at is not None and self._clock() - opened_at >= self._backoff_reset_s:
-            self._attempt = 0  # it ran long enough: this is a new incident, not a flapping one
-        delay = backoff_delay(self._attempt, self._backoff_initial, self._backoff_max, self._rng)
-        self._attempt += 1
-        self._set_state(CaptureState.BACKOFF, f"{exc}; retry {self._attempt} in {delay:.2f} s")
+            self._backoff.reset()  # it ran long enough: a new incident, not a flapping one
+        delay = self._backoff.next_delay()
+        attempt = self._backoff.failures
+        self._set_state(CaptureState.BACKOFF, f"{exc}; retry {attempt} in {delay:.2f} s")
         self._wait_for_retry(delay)
         if self._stop_event.is_set():
             return False
         with self._lock:
             self._reconnects += 1
         self._set_state(
-            CaptureState.STARTING, f"reopening {self.source.description} (retry {self._attempt})"
+            CaptureState.STARTING, f"reopening {self.source.description} (retry {attempt})"
         )
         return True
 

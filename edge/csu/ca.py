@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .. import unitkeys
+from .. import fsutil
 from ..errors import CaError
 from ..vault import evidence
 
@@ -72,7 +72,7 @@ def utcnow() -> dt.datetime:
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old or the new file, never a mix."""
-    unitkeys.write_atomic(path, data, mode=mode)
+    fsutil.write_atomic(path, data, mode=mode)
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -214,8 +214,8 @@ class VideoCA:
         )
         # Exclusive: a second init racing this one fails here rather than replacing a CA key
         # that certificates already rest on.
-        unitkeys.write_new_private(directory / "root.key", key_pem(root_key))
-        unitkeys.write_new_private(directory / "video-ca.key", key_pem(sub_key))
+        fsutil.write_new_private(directory / "root.key", key_pem(root_key))
+        fsutil.write_new_private(directory / "video-ca.key", key_pem(sub_key))
         write_atomic(directory / "root.crt", cert_pem(root_cert))
         write_atomic(directory / "video-ca.crt", cert_pem(sub_cert))
         write_atomic(directory / "chain.pem", cert_pem(sub_cert) + cert_pem(root_cert))

@@ -10,7 +10,7 @@ from cryptography import x509
 
 from ..clihelp import add_command
 from ..errors import CaError
-from ..unitkeys import write_new_private
+from ..fsutil import write_new_private
 from ..vault import evidence
 from .ca import Profile, RevocationReason, VideoCA, cert_pem, key_pem, write_atomic
 

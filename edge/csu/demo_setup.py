@@ -26,7 +26,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from .. import enrolment
 from ..config import DEMO_CONFIG, DEMO_CONFIG_TOML
 from ..errors import CaError
-from ..unitkeys import keys_dir_of, load_or_create_signing_key, write_new_private
+from ..fsutil import write_new_private
+from ..unitkeys import (
+    CA_CHAIN_NAME,
+    SIGNING_CERT_NAME,
+    TLS_CERT_NAME,
+    TLS_KEY_NAME,
+    keys_dir_of,
+    load_or_create_signing_key,
+)
 from ..vault import evidence
 from ..vault import keys as vault_keys
 from .ca import Profile, VideoCA, cert_pem, key_pem
@@ -75,14 +83,14 @@ def setup(data_dir: Path, out: Path) -> dict[str, str]:
     token = token_file.read_text().strip()
     unit_keys = keys_dir_of(data_dir)
     signing = load_or_create_signing_key(unit_keys)
-    if not (unit_keys / "unit-tls.crt").exists():
-        held = _held_key(unit_keys / "unit-tls.key")
+    if not (unit_keys / TLS_CERT_NAME).exists():
+        held = _held_key(unit_keys / TLS_KEY_NAME)
         ukey, ucert = ca.issue(unit_id, key=held)
         if held is None:
-            write_new_private(unit_keys / "unit-tls.key", key_pem(ukey))
-        (unit_keys / "unit-tls.crt").write_bytes(cert_pem(ucert))
-    (unit_keys / "ca.pem").write_bytes(ca.chain_pem)
-    if not evidence.certifies(unit_keys / evidence.SIGNING_CERT_NAME, signing.public_key()):
+            write_new_private(unit_keys / TLS_KEY_NAME, key_pem(ukey))
+        (unit_keys / TLS_CERT_NAME).write_bytes(cert_pem(ucert))
+    (unit_keys / CA_CHAIN_NAME).write_bytes(ca.chain_pem)
+    if not evidence.certifies(unit_keys / SIGNING_CERT_NAME, signing.public_key()):
         # The installer's flow: request, CA signature (evidence profile), checked install.
         csr = x509.load_pem_x509_csr(enrolment.make_signing_csr(signing, unit_id))
         pem = cert_pem(ca.sign_csr(csr)) + ca.chain_pem

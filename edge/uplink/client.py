@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..backoff import Backoff
 from ..config import EdgeConfig
 from ..errors import EdgeError, UplinkError
 from ..vault.base import Outbox, OutboxItem, OutboxKind
@@ -120,7 +121,9 @@ class UplinkClient:
         self._backlog = policy.Backlog(0, 0, 0.0, 0.0)
         self._certificate = signing_cert.Presenter(self.unit_id, cfg.unit.data_dir)
         up = cfg.uplink
-        self._backoff = policy.Backoff(up.backoff_initial_s, up.backoff_max_s)
+        self._backoff = Backoff(
+            up.backoff_initial_s, up.backoff_max_s, jitter=policy.RECONNECT_JITTER
+        )
         self._scheduler = policy.Scheduler(
             budget_bytes_per_s=up.bandwidth_kbps * 1000 / 8,
             backfill_share=up.backfill_share,

@@ -17,7 +17,6 @@ testable with plain numbers.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -166,21 +165,6 @@ class Scheduler:
             self.backfill.consume(item.size, now)
 
 
-class Backoff:
-    """Exponential reconnection delay with jitter: uniform in [d/2, d], d doubling up to max."""
-
-    def __init__(self, initial_s: float, max_s: float, rng: random.Random | None = None) -> None:
-        if initial_s <= 0 or max_s < initial_s:
-            raise ValueError("need 0 < initial_s <= max_s")
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self.failures = 0
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
-
-    def next_delay(self) -> float:
-        ceiling = min(self.max_s, self.initial_s * (2.0 ** min(self.failures, 62)))
-        self.failures += 1
-        return self._rng.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self.failures = 0
+#: Reconnection delays of the uplink are drawn in [d/2, d] (``edge.backoff.Backoff``): spread
+#: over the fleet, yet never much shorter than the doubling sequence asks.
+RECONNECT_JITTER = 0.5

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import EdgeError
-from ..unitkeys import keys_dir_of, load_signing_public_key
+from ..unitkeys import SIGNING_CERT_NAME, keys_dir_of, load_signing_public_key
 from ..vault import evidence
 from . import protocol
 
@@ -34,7 +34,7 @@ def certificate_to_present(data_dir: Path) -> bytes | None:
     """The PEM of ``unit-signing.crt`` when it certifies the current signing key, else None (no
     certificate yet, or a stale one left from a previous key: the CSU would refuse it)."""
     keys = keys_dir_of(data_dir)
-    path = keys / evidence.SIGNING_CERT_NAME
+    path = keys / SIGNING_CERT_NAME
     try:
         key = load_signing_public_key(keys)
     except EdgeError:
@@ -79,7 +79,7 @@ class Presenter:
     def __init__(self, unit_id: str, data_dir: Path) -> None:
         self.unit_id = unit_id
         self.data_dir = data_dir
-        self._path = keys_dir_of(data_dir) / evidence.SIGNING_CERT_NAME
+        self._path = keys_dir_of(data_dir) / SIGNING_CERT_NAME
         self._presented: tuple[int, int] | None = None
         self.last = "not presented yet"
 

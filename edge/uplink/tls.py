@@ -14,16 +14,17 @@ from urllib.parse import urlsplit
 
 from ..config import EdgeConfig
 from ..errors import UplinkError
+from ..unitkeys import CA_CHAIN_NAME, TLS_CERT_NAME, TLS_KEY_NAME, keys_dir_of
 
 
 def key_paths(cfg: EdgeConfig) -> tuple[Path, Path, Path]:
     """(CA file, certificate, key) with the ``<data_dir>/keys/`` defaults applied."""
-    keys = cfg.unit.data_dir / "keys"
+    keys = keys_dir_of(cfg.unit.data_dir)
     up = cfg.uplink
     return (
-        up.ca_file or keys / "ca.pem",
-        up.cert_file or keys / "unit-tls.crt",
-        up.key_file or keys / "unit-tls.key",
+        up.ca_file or keys / CA_CHAIN_NAME,
+        up.cert_file or keys / TLS_CERT_NAME,
+        up.key_file or keys / TLS_KEY_NAME,
     )
 
 

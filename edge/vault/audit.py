@@ -42,7 +42,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ..errors import IntegrityError, VaultError
-from ..unitkeys import write_atomic
+from ..fsutil import write_atomic
 
 _DOMAIN = b"edge-audit-v1\0"
 _HEAD_DOMAIN = b"edge-audit-head-v1\0"

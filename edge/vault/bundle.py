@@ -44,8 +44,19 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ..errors import IntegrityError, VaultError
-from ..unitkeys import fsync_dir, key_id, load_public_pem, public_pem, public_raw
-from . import evidence, layout
+from ..fsutil import fsync_dir
+from ..unitkeys import (
+    CA_CHAIN_NAME,
+    SIGNING_CERT_NAME,
+    SIGNING_PUB_NAME,
+    TLS_CERT_NAME,
+    key_id,
+    keys_dir_of,
+    load_public_pem,
+    public_pem,
+    public_raw,
+)
+from . import chain, evidence, layout
 from . import format as fmt
 from .audit import AuditLog, current_actor
 from .index import Index
@@ -391,12 +402,12 @@ def _export(
         if progress:
             progress(done, total)
     pem = public_pem(public_key)
-    (partial / "unit-signing.pub.pem").write_bytes(pem)
+    (partial / SIGNING_PUB_NAME).write_bytes(pem)
     certs: list[dict[str, Any]] = []
-    certified = evidence.certifies(data_dir / "keys" / evidence.SIGNING_CERT_NAME, public_key)
-    names = [evidence.SIGNING_CERT_NAME] if certified else []
-    for cert in [*names, "ca.pem", "unit-tls.crt"]:
-        src = data_dir / "keys" / cert
+    certified = evidence.certifies(keys_dir_of(data_dir) / SIGNING_CERT_NAME, public_key)
+    names = [SIGNING_CERT_NAME] if certified else []
+    for cert in [*names, CA_CHAIN_NAME, TLS_CERT_NAME]:
+        src = keys_dir_of(data_dir) / cert
         if src.exists():
             digest, size = _copy(src, partial / "certs" / cert)
             certs.append({"file": f"certs/{cert}", "sha256": digest, "size": size})
@@ -416,7 +427,7 @@ def _export(
         "gaps": gap_entries,
         "certificates": certs,
         # Where the certificate of unit_public_key is, or null: then only a pinned key verifies.
-        "signing_certificate": f"certs/{evidence.SIGNING_CERT_NAME}" if certified else None,
+        "signing_certificate": f"certs/{SIGNING_CERT_NAME}" if certified else None,
         # What of the range is not here intact, and why: a partial export says so, signed.
         "partial": bool(damage.parts),
         "damaged": [p.as_dict() for p in damage.parts],
@@ -476,10 +487,10 @@ def _through_gaps(
 ) -> tuple[bytes, int]:
     """Follow the chain from sequence ``nxt`` (whose predecessor hashes to ``want``) through
     consecutive signed gap records: the hash and sequence the next segment must carry."""
-    while (gap := cam_gaps.get(nxt)) is not None and gap.prev_hash == want:
+    walk = chain.through_gaps(cam_gaps, nxt, want)
+    for gap in walk.crossed:
         used[(camera, gap.first)] = gap
-        want, nxt = gap.chain_hash, gap.last + 1
-    return want, nxt
+    return walk.prev_hash, walk.sequence
 
 
 def _gaps_in_range(
@@ -669,14 +680,14 @@ def verify_bundle(
     except InvalidSignature:
         raise IntegrityError("manifest.sig: bad signature (manifest altered)") from None
     try:
-        pem_file = (bundle / "unit-signing.pub.pem").read_bytes()
+        pem_file = (bundle / SIGNING_PUB_NAME).read_bytes()
     except OSError:
-        raise IntegrityError("unit-signing.pub.pem missing") from None
+        raise IntegrityError(f"{SIGNING_PUB_NAME} missing") from None
     if pem_file != manifest["unit_public_key"].encode():
-        raise IntegrityError("unit-signing.pub.pem differs from the key in the signed manifest")
+        raise IntegrityError(f"{SIGNING_PUB_NAME} differs from the key in the signed manifest")
     device = manifest["device"]
     damaged = _damaged_parts(manifest)
-    listed = {"manifest.json", "manifest.sig", "unit-signing.pub.pem"}
+    listed = {"manifest.json", "manifest.sig", SIGNING_PUB_NAME}
     envelopes: dict[tuple[str, bytes], fmt.EpochEnvelope] = {}
     for i, entry in enumerate(manifest["envelopes"]):
         where = f"envelopes[{i}]."
@@ -715,10 +726,8 @@ def verify_bundle(
             # Through the signed records of sequences the unit lost; then a hole or a break is
             # accepted only where the signed manifest declares it (after a hole the chain
             # restarts: the segment before it is not here to check against).
-            nxt, want = b + 1, before.chain_hash
-            cam_gaps = gaps.get(h.camera_id, {})
-            while (gap := cam_gaps.get(nxt)) is not None and gap.prev_hash == want:
-                nxt, want = gap.last + 1, gap.chain_hash
+            walk = chain.through_gaps(gaps.get(h.camera_id, {}), b + 1, before.chain_hash)
+            nxt, want = walk.sequence, walk.prev_hash
             if h.sequence != nxt and not _declared(
                 damaged, h.camera_id, nxt, h.sequence - 1, chain=False
             ):
@@ -808,7 +817,9 @@ def _check_certificate(
     if name not in entries:
         raise IntegrityError(f"manifest: signing_certificate {name!r} is not listed")
     files = [
-        _read_listed(bundle, entries[n], where) for n in (name, "certs/ca.pem") if n in entries
+        _read_listed(bundle, entries[n], where)
+        for n in (name, f"certs/{CA_CHAIN_NAME}")
+        if n in entries
     ]
     try:
         chain = evidence.bundle_chain(files, name)

@@ -32,8 +32,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 DOCUMENT_SIGNING = ObjectIdentifier("1.3.6.1.5.5.7.3.36")
 """id-kp-documentSigning (RFC 9336): the purpose named in an evidence-signing certificate."""
 
-SIGNING_CSR_NAME = "unit-signing.csr"
-SIGNING_CERT_NAME = "unit-signing.crt"
 
 _FORBIDDEN_EKUS = {
     ExtendedKeyUsageOID.SERVER_AUTH,

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import threading
 import time
 from pathlib import Path
 
-from ..unitkeys import fsync_dir
+from ..fsutil import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -17,34 +15,7 @@ log = logging.getLogger(__name__)
 def write_durably(tmp_dir: Path, final: Path, data: bytes) -> None:
     """Temporary file in ``tmp_dir`` (same file system), fsync, rename into place, fsync the
     directory. A crash before the rename leaves only a temporary file, removed at start-up."""
-    tmp = tmp_dir / f"{final.name}.{threading.get_ident()}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        makedirs_durably(final.parent)
-        tmp.rename(final)
-        fsync_dir(final.parent)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def makedirs_durably(path: Path) -> None:
-    """Create missing directories, each one made durable in its parent."""
-    if path.is_dir():
-        return
-    makedirs_durably(path.parent)
-    try:
-        path.mkdir()
-    except FileExistsError:
-        return
-    fsync_dir(path.parent)
+    write_atomic(final, data, mode=0o640, tmp_dir=tmp_dir, make_parents=True, exact_mode=False)
 
 
 def unlink_pruning(path: Path) -> None:

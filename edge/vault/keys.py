@@ -34,7 +34,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..config import EdgeConfig, RecipientKem
 from ..errors import ConfigError, IntegrityError, KeyExistsError, VaultError
-from ..unitkeys import fsync_dir, refuse_private_material, write_new, write_new_private
+from ..fsutil import fsync_dir, write_new, write_new_private
+from ..unitkeys import refuse_private_material
 from . import format as fmt
 
 log = logging.getLogger(__name__)

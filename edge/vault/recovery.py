@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import IntegrityError, VaultError
-from ..unitkeys import fsync_dir
+from ..fsutil import fsync_dir
+from . import chain, layout
 from . import format as fmt
-from . import layout
 from .index import Index, IndexRow
 
 if TYPE_CHECKING:
@@ -193,8 +193,9 @@ def _recover_camera(vault: Vault, camera: str, report: RecoveryReport) -> None:
 
     def bridge(seq: int, last_hash: bytes, after_ns: int) -> tuple[int, bytes, int]:
         """Past the gap records that continue the chain at this point."""
-        while (gap := gaps.get(seq + 1)) is not None and gap.prev_hash == last_hash:
-            seq, last_hash, after_ns = gap.last, gap.chain_hash, gap.created_wall_ns
+        walk = chain.through_gaps(gaps, seq + 1, last_hash)
+        if walk.crossed:
+            return walk.sequence - 1, walk.prev_hash, walk.crossed[-1].created_wall_ns
         return seq, last_hash, after_ns
 
     seq, last_hash, after_ns = bridge(seq, last_hash, after_ns)

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ..errors import IntegrityError, VaultError
+from . import chain, layout
 from . import format as fmt
-from . import layout
 from .audit import AuditRecord, check_audit
 
 if TYPE_CHECKING:
@@ -354,14 +354,12 @@ def _check_chain(
 
     def bridge(expected: int, want: bytes) -> tuple[int, bytes]:
         """Through the gap records that continue the chain here: each one is reported."""
-        while (gap := gaps.get(expected)) is not None and gap.prev_hash == want:
-            if gap.first in used:
-                break
+        nxt = chain.through_gaps(gaps, expected, want, stop=used)
+        for gap in nxt.crossed:
             used.add(gap.first)
             report.findings.append(_gap_finding(gap))
             summary.lost.append((gap.first, gap.last))
-            expected, want = gap.last + 1, gap.chain_hash
-        return expected, want
+        return nxt.sequence, nxt.prev_hash
 
     purged_through = ckp.purged_through if ckp else -1
     prev: fmt.SealedSegment | None = None

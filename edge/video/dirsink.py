@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import VaultError
-from ..unitkeys import fsync_dir, write_atomic
+from ..fsutil import fsync_dir, write_atomic
 from .base import MediaSegment, SegmentSink
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
 from ...errors import ConfigError, EdgeError, UplinkError
-from ...unitkeys import load_public_pem, write_atomic
+from ...fsutil import write_atomic
+from ...unitkeys import load_public_pem
 from ...uplink.protocol import ID_RE
 from .config import TlsConfig
 from .trust import (

@@ -41,7 +41,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ...errors import IntegrityError
-from ...unitkeys import write_atomic
+from ...fsutil import write_atomic
 from ...vault import format as sealed
 
 log = logging.getLogger(__name__)
@@ -394,9 +394,7 @@ class SegmentStore:
         # be refreshed often for thousands of units.
         directory = self.root / unit_id
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".status.{threading.get_ident()}.tmp"
-        tmp.write_text(json.dumps(status))
-        tmp.replace(directory / "status.json")
+        write_atomic(directory / "status.json", json.dumps(status).encode(), durable=False)
 
     def read_status(self, unit_id: str) -> dict[str, Any]:
         try:

@@ -21,11 +21,8 @@ from pathlib import Path
 
 from ...config import EdgeConfig
 from ...errors import Dot1xError
-from ...unitkeys import write_atomic
-
-TLS_KEY_NAME = "unit-tls.key"
-TLS_CERT_NAME = "unit-tls.crt"
-CA_CHAIN_NAME = "ca.pem"
+from ...fsutil import write_atomic
+from ...unitkeys import CA_CHAIN_NAME, TLS_CERT_NAME, TLS_KEY_NAME, keys_dir_of
 
 
 @dataclass(frozen=True)
@@ -52,7 +49,7 @@ class Dot1xSettings:
 def settings(cfg: EdgeConfig) -> Dot1xSettings:
     """Resolve the ``dot1x`` section of ``cfg`` (defaults: the unit id, ``<data_dir>/keys/``)."""
     d = cfg.dot1x
-    keys = cfg.unit.data_dir / "keys"
+    keys = keys_dir_of(cfg.unit.data_dir)
     return Dot1xSettings(
         interface=d.interface,
         identity=d.identity or cfg.unit.id,

@@ -256,3 +256,62 @@ def test_a_replaced_segment_is_exported_with_its_broken_links_declared(
     (out / "manifest.sig").write_bytes(key.sign(_DOMAIN + hashlib.sha256(body).digest()))
     with pytest.raises(IntegrityError, match=r"cam1#2: chain broken"):
         verify_bundle(out, unit_public_key=key.public_key())
+
+
+def test_export_never_creates_the_parents_of_its_out_dir(
+    unit: Unit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The stick is not mounted: /media/usb does not exist. Nothing may land on the unit's card.
+    cfg, data, _csu = unit
+    media = tmp_path / "media"
+    capsys.readouterr()
+    assert edgectl(_export_args(cfg, media / "usb" / "pv42")) == 2
+    err = capsys.readouterr().err
+    assert "no such directory — is the stick mounted?" in err and str(media / "usb") in err
+    assert not media.exists()
+    public = load_signing_public_key(keys_dir_of(data))
+    records, _ = read_audit(layout.vault_dir(data) / "audit.log", public)
+    assert records[-1].action == "export-failed"
+    # The bundle directory itself is still created under a directory that exists.
+    media.mkdir()
+    assert edgectl(_export_args(cfg, media / "pv42")) == 0
+    assert (media / "pv42" / "manifest.json").is_file()
+
+
+def _audit_actions(data: Path) -> list[str]:
+    public = load_signing_public_key(keys_dir_of(data))
+    records, problems = read_audit(layout.vault_dir(data) / "audit.log", public)
+    assert problems == []
+    return [r.action for r in records]
+
+
+@pytest.mark.parametrize("after_s", [0.15, 0.4, 0.8, 1.5])
+def test_ctrl_c_at_any_instant_leaves_no_bundle_one_record_and_one_clean_line(
+    unit: Unit, tmp_path: Path, after_s: float
+) -> None:
+    """SIGINT to a real ``edgectl export`` while it imports, opens the vault or copies: either
+    the export finished (a bundle and its ``export`` record), or it says "interrupted", exits
+    130 and leaves no bundle, no ``.partial`` and at most one ``export-aborted`` record."""
+    import signal
+    import sys
+    import time
+
+    cfg, data, _csu = unit
+    before = _audit_actions(data)
+    out = tmp_path / "pv42"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli.main", *_export_args(cfg, out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGINT)
+    _stdout, stderr = proc.communicate(timeout=60)
+    new = _audit_actions(data)[len(before) :]
+    assert "Traceback" not in stderr
+    if proc.returncode == 0:  # finished before the signal came
+        assert new == ["export"] and (out / "manifest.json").is_file()
+        return
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines() == ["edgectl: interrupted"]
+    assert not out.exists() and not out.with_name("pv42.partial").exists()
+    assert new in ([], ["export-aborted"])

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from ..errors import EdgeError
+from .entry import run
 
 #: Sub-command modules, in the order ``edgectl --help`` lists them.
 COMMAND_MODULES = [
@@ -43,15 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        code: int = args.func(args)
-    except EdgeError as exc:
-        print(f"edgectl: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return code
+    return run("edgectl", build_parser, argv)
 
 
 if __name__ == "__main__":

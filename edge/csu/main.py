@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from ..errors import EdgeError
+from ..cli.entry import run
 
 #: Sub-command modules, in the order ``edge-csu --help`` lists them.
 COMMAND_MODULES: list[str] = ["vault_cmd", "serve_cmd", "ca_cmd", "token_cmd", "bench_cmd"]
@@ -30,15 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        code: int = args.func(args)
-    except EdgeError as exc:
-        print(f"edge-csu: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return code
+    return run("edge-csu", build_parser, argv)
 
 
 if __name__ == "__main__":

@@ -285,7 +285,7 @@ def _audit_actions(data: Path) -> list[str]:
     return [r.action for r in records]
 
 
-@pytest.mark.parametrize("after_s", [0.15, 0.4, 0.8, 1.5])
+@pytest.mark.parametrize("after_s", [0.0, 0.1, 0.3, 0.6, 1.2])
 def test_ctrl_c_at_any_instant_leaves_no_bundle_one_record_and_one_clean_line(
     unit: Unit, tmp_path: Path, after_s: float
 ) -> None:
@@ -299,17 +299,26 @@ def test_ctrl_c_at_any_instant_leaves_no_bundle_one_record_and_one_clean_line(
     cfg, data, _csu = unit
     before = _audit_actions(data)
     out = tmp_path / "pv42"
+    # Timed from the moment edgectl's main module is loaded (it imports nothing heavy: the rest
+    # is imported under main()'s handlers): a signal before that, during the interpreter's own
+    # start-up (site, the editable install's finder), meets Python, not edgectl.
+    launcher = (
+        "import sys; from edge.cli.main import main; print('ready', flush=True); "
+        "sys.exit(main(sys.argv[1:]))"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli.main", *_export_args(cfg, out)],
+        [sys.executable, "-c", launcher, *_export_args(cfg, out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
     time.sleep(after_s)
     proc.send_signal(signal.SIGINT)
     _stdout, stderr = proc.communicate(timeout=60)
     new = _audit_actions(data)[len(before) :]
     assert "Traceback" not in stderr
-    if proc.returncode == 0:  # finished before the signal came
-        assert new == ["export"] and (out / "manifest.json").is_file()
+    if (out / "manifest.json").is_file():  # finished before the signal came
+        # (a signal during the interpreter's own exit, after main returned, ends it as killed)
+        assert new == ["export"] and proc.returncode in (0, -signal.SIGINT), stderr
         return
     assert proc.returncode == 130, stderr
     assert stderr.strip().splitlines() == ["edgectl: interrupted"]

@@ -30,6 +30,7 @@ _OS_HINTS = {
     errno.ENOTDIR: "a part of the path is not a directory: check the path",
     errno.ENOSPC: "no space left on the device: free space or choose another place",
     errno.EROFS: "read-only file system: choose another place",
+    errno.EEXIST: "already exists: choose another name, or move it away first",
 }
 
 

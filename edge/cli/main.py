@@ -7,13 +7,14 @@ parsed arguments and returning the process exit code.
 
 from __future__ import annotations
 
-import argparse
-import importlib
+# Only what Ctrl-C cannot interrupt into a traceback before main() takes over: the rest
+# (argparse, every sub-command) is imported inside main()'s handlers (edge.cli.entry).
 import sys
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from .. import __version__
-from .entry import run
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 #: Sub-command modules, in the order ``edgectl --help`` lists them.
 COMMAND_MODULES = [
@@ -32,6 +33,11 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+    import importlib
+
+    from .. import __version__
+
     parser = argparse.ArgumentParser(
         prog="edgectl", description="Diagnose, enrol and maintain a video-protection edge unit."
     )
@@ -43,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        from .entry import run
+    except KeyboardInterrupt:
+        print("\nedgectl: interrupted", file=sys.stderr)
+        return 130
     return run("edgectl", build_parser, argv)
 
 

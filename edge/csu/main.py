@@ -6,19 +6,25 @@ Sub-commands live in modules under :mod:`edge.csu` exposing ``register(subparser
 
 from __future__ import annotations
 
-import argparse
-import importlib
+# Only what Ctrl-C cannot interrupt into a traceback before main() takes over: the rest
+# (argparse, every sub-command) is imported inside main()'s handlers (edge.cli.entry).
 import sys
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from .. import __version__
-from ..cli.entry import run
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 #: Sub-command modules, in the order ``edge-csu --help`` lists them.
 COMMAND_MODULES: list[str] = ["vault_cmd", "serve_cmd", "ca_cmd", "token_cmd", "bench_cmd"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+    import importlib
+
+    from .. import __version__
+
     parser = argparse.ArgumentParser(
         prog="edge-csu", description="Supervision-centre tools for edge units."
     )
@@ -30,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        from ..cli.entry import run
+    except KeyboardInterrupt:
+        print("\nedge-csu: interrupted", file=sys.stderr)
+        return 130
     return run("edge-csu", build_parser, argv)
 
 

@@ -173,7 +173,10 @@ def export_bundle(
     """
     root = layout.vault_dir(data_dir)
     if not (root / "index.sqlite").exists():
-        raise VaultError(f"{root}: no vault here")
+        raise VaultError(
+            f"{root}: no vault here: is this the unit's configuration (--config, "
+            "--data-dir)? edged creates the vault at its first start"
+        )
     audit = AuditLog(root / "audit.log", device_id, signing_key)
     partial = out_dir.with_name(out_dir.name + ".partial")
     try:

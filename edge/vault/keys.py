@@ -222,6 +222,12 @@ def load_public(path: Path) -> RecipientPublic:
 def load_private(path: Path) -> RecipientPrivate:
     doc = _read_doc(path)
     kem = _kem_of(doc, path)
+    if "private" not in doc and "public" in doc:
+        # The two files of a pair look alike; say which one is needed, not which field is absent.
+        raise VaultError(
+            f"{path}: this is a public key; opening needs the private one "
+            "(NAME.key.json beside it, written by edge-csu keygen)"
+        )
     raw = _b64(doc, "private", path)
     try:
         if kem is RecipientKem.X25519:

@@ -181,3 +181,34 @@ def test_serve_on_a_busy_port_names_it_and_its_holder(tmp_path: Path) -> None:
     line = err.strip().splitlines()[-1]
     assert line.startswith("edge-csu: ") and f"port {port} on 127.0.0.1 is already in use" in line
     assert f"by pid {os.getpid()}" in line and "units.port" in line
+
+
+def _edged_without_default(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """edged on a machine with no /etc/edge/edge.toml (the default path pointed elsewhere)."""
+    launcher = (
+        "import pathlib, sys; import edge.config as c; "
+        "c.DEFAULT_CONFIG_PATH = pathlib.Path(sys.argv[1]); "
+        "from edge.daemon import main; sys.exit(main(sys.argv[2:]))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", launcher, str(tmp_path / "etc" / "edge.toml"), *args],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_edged_never_runs_the_demo_unasked(tmp_path: Path) -> None:
+    """No configuration file and no --demo: refused (the demo's recipient key lives on the unit,
+    so a unit running it silently could read its own recordings)."""
+    result = _edged_without_default(tmp_path, "--run-for", "5")
+    assert result.returncode == 78, result.stderr
+    assert (
+        f"no configuration at {tmp_path / 'etc' / 'edge.toml'} (use --config FILE, or --demo "
+        "for the embedded demo)" in result.stderr
+    )
+    assert not (tmp_path / "edge-data").exists()  # nothing recorded, no demo key made
+    both = _edged_without_default(tmp_path, "--demo", "--config", str(tmp_path / "x.toml"))
+    assert both.returncode == 78 and "give --config FILE or --demo, not both" in both.stderr
+    demo = _edged_without_default(tmp_path, "--demo", "--run-for", "0.5")
+    assert demo.returncode == 0, demo.stderr
+    assert (tmp_path / "edge-data" / "demo-csu" / "csu.pub.json").is_file()

@@ -212,3 +212,14 @@ def test_edged_never_runs_the_demo_unasked(tmp_path: Path) -> None:
     demo = _edged_without_default(tmp_path, "--demo", "--run-for", "0.5")
     assert demo.returncode == 0, demo.stderr
     assert (tmp_path / "edge-data" / "demo-csu" / "csu.pub.json").is_file()
+
+
+def test_the_hint_after_enroll_is_a_command_that_works(
+    world: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The next step printed by ``edgectl enroll`` names --ca: without the city's chain the
+    uplink cannot verify the CSU, and ``--install`` without it leaves the unit half-enrolled."""
+    assert edgectl(["enroll", "--config", str(world["cfg"])]) == 0
+    out = capsys.readouterr().out
+    hint = out.splitlines()[-1].strip()
+    assert hint.startswith("edgectl enroll --install ") and " --ca " in hint, out

@@ -10,6 +10,7 @@ Sections owned by later subsystems (vault, uplink, 802.1X, analytics) add their 
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tomllib
@@ -762,9 +763,16 @@ def load(path: Path | None, *, demo: bool = False) -> tuple[EdgeConfig, str]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", path=str(path)) from None
+        step = {
+            errno.EACCES: ": run it with sudo, or as a member of the file's group",
+            errno.ENOENT: ": check the path (edgectl config check FILE validates one)",
+            errno.EISDIR: ": give the TOML file, not its directory",
+        }.get(exc.errno or 0, "")
+        raise ConfigError(f"cannot read: {exc.strerror}{step}", path=str(path)) from None
     except UnicodeDecodeError:
-        raise ConfigError("not UTF-8 text", path=str(path)) from None
+        raise ConfigError(
+            "not UTF-8 text: give the TOML configuration file", path=str(path)
+        ) from None
     return _absolute(parse(text, path=str(path))), str(path)
 
 
@@ -918,7 +926,6 @@ def _check_recipients(cfg: EdgeConfig, problem: _Problem, away: bool) -> None:
 
 def _check_data_dir(data_dir: Path, problem: _Problem) -> None:
     """What :func:`edge.datadir.lock_data_dir` would meet, found without creating anything."""
-    import errno
 
     from .datadir import FRESH_MIN_FREE, unusable
 

@@ -223,3 +223,46 @@ def test_the_hint_after_enroll_is_a_command_that_works(
     out = capsys.readouterr().out
     hint = out.splitlines()[-1].strip()
     assert hint.startswith("edgectl enroll --install ") and " --ca " in hint, out
+
+
+@pytest.mark.parametrize(
+    ("tool", "args", "step"),
+    [
+        ("edge.cli.main", ["mask", "show", "--config", "{cfg}"], "run it with sudo"),
+        ("edge.cli.main", ["config", "check", "{cfg}"], "run it with sudo"),
+        ("edge.cli.main", ["status", "--config", "{cfg}"], "run it with sudo"),
+        ("edge.csu.main", ["open", "{dir}", "--key", "{key}", "--out", "{dir}/x.mp4"], "sudo"),
+    ],
+)
+def test_no_permission_is_one_line_with_a_next_step(tool: str, args: list[str], step: str) -> None:
+    """The same commands run by a user who may not read the files (a maintainer without sudo)."""
+    import shutil
+    import tempfile
+
+    from .conftest import require_root
+    from .conftest import tool as which
+
+    require_root()
+    base = Path(tempfile.mkdtemp(prefix="edge-perm-"))
+    try:
+        base.chmod(0o755)
+        cfg = base / "edge.toml"
+        cfg.write_text('[unit]\nid = "unit-1"\n')
+        cfg.chmod(0o600)  # root's, as /etc/edge/edge.toml may be
+        bundle = base / "bundle"
+        bundle.mkdir(mode=0o755)
+        key = base / "csu.key.json"
+        key.write_text("{}")
+        key.chmod(0o600)
+        values = {"cfg": str(cfg), "dir": str(bundle), "key": str(key)}
+        result = subprocess.run(
+            [which("setpriv"), "--reuid=65534", "--regid=65534", "--clear-groups",
+             sys.executable, "-m", tool, *[a.format(**values) for a in args]],
+            env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert step in result.stderr and "permission denied" in result.stderr.lower(), result.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -77,6 +78,13 @@ class Program:
     name: str
     section: int
     module: str
+
+    def installed(self) -> bool:
+        """Whether this program's package is installed here (a unit has no ``edge.csu``)."""
+        try:
+            return importlib.util.find_spec(self.module) is not None
+        except ModuleNotFoundError:
+            return False
 
     def parser(self) -> argparse.ArgumentParser:
         build: Callable[[], argparse.ArgumentParser] = importlib.import_module(
@@ -299,6 +307,8 @@ def install(man_dir: Path, completion_dir: Path) -> list[Path]:
     provisioning stays idempotent."""
     written = []
     for program in PROGRAMS:
+        if not program.installed():
+            continue  # edge-csu is a separate distribution, never installed on a unit
         parser = program.parser()
         page = man_dir / f"man{program.section}" / f"{program.name}.{program.section}"
         for path, text in (

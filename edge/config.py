@@ -2,24 +2,26 @@
 
 Every field has a type, bounds, a default and a one-line description. Unknown keys are errors.
 A validation error names the file, the dotted key path and, where it can be found, the line.
-With no file at all, :func:`load` returns :data:`DEMO_CONFIG`, the embedded demo default
-(synthetic camera, one privacy mask, data in ``./edge-data``).
+Asked for (``--demo``), :func:`load` returns :data:`DEMO_CONFIG`, the embedded demo default
+(synthetic camera, its windows masked, data in ``./edge-data``); never without being asked.
 
 Sections owned by later subsystems (vault, uplink, 802.1X, analytics) add their own models here.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, EdgeError
 from .unitkeys import refuse_private_material
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge/edge.toml")
@@ -739,22 +741,38 @@ def all_problems(text: str, *, path: str = "<config>") -> list[ConfigError]:
 DEMO_CONFIG = parse(DEMO_CONFIG_TOML, path="<embedded demo config>")
 
 
-def load(path: Path | None) -> tuple[EdgeConfig, str]:
+def load(path: Path | None, *, demo: bool = False) -> tuple[EdgeConfig, str]:
     """Load the configuration; returns it with a description of where it came from.
 
-    ``path=None`` means the default location if it exists, else the embedded demo default.
-    An explicitly given path that does not exist is an error, never a silent fallback.
+    ``path=None`` means the default location; ``demo`` asks for the embedded demo default
+    instead. Without either, a missing default file is an error, never a silent fallback to
+    the demo: a real unit must not record under the demo's settings (its own readable key).
+    An explicitly given path that does not exist is an error too.
     """
+    if demo:
+        if path is not None:
+            raise ConfigError("give --config FILE or --demo, not both", path=str(path))
+        return _absolute(DEMO_CONFIG), "embedded demo default"
     if path is None:
         if not DEFAULT_CONFIG_PATH.exists():
-            return _absolute(DEMO_CONFIG), "embedded demo default"
+            raise ConfigError(
+                f"no configuration at {DEFAULT_CONFIG_PATH} (use --config FILE, or --demo for "
+                "the embedded demo)"
+            )
         path = DEFAULT_CONFIG_PATH
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", path=str(path)) from None
+        step = {
+            errno.EACCES: ": run it with sudo, or as a member of the file's group",
+            errno.ENOENT: ": check the path (edgectl config check FILE validates one)",
+            errno.EISDIR: ": give the TOML file, not its directory",
+        }.get(exc.errno or 0, "")
+        raise ConfigError(f"cannot read: {exc.strerror}{step}", path=str(path)) from None
     except UnicodeDecodeError:
-        raise ConfigError("not UTF-8 text", path=str(path)) from None
+        raise ConfigError(
+            "not UTF-8 text: give the TOML configuration file", path=str(path)
+        ) from None
     return _absolute(parse(text, path=str(path))), str(path)
 
 
@@ -769,3 +787,171 @@ def _absolute(cfg: EdgeConfig) -> EdgeConfig:
     code that lists a directory and joins the names it finds to a relative root again builds
     doubled paths (``data/vault/data/vault/…``), so no relative data directory goes further."""
     return with_data_dir(cfg, cfg.unit.data_dir)
+
+
+# --- what edged checks at start beyond the schema --------------------------------------------
+
+#: Reports one start-up problem: (message, dotted key).
+_Problem = Callable[[str, str], None]
+
+
+def startup_problems(
+    cfg: EdgeConfig, *, path: str = "<config>", text: str | None = None, away: bool = False
+) -> list[ConfigError]:
+    """Everything that would stop ``edged`` from starting with ``cfg`` beyond the schema.
+
+    One function for both: ``edged`` refuses to start on any of these, and ``edgectl config
+    check`` reports them, so a file the check passes is a file edged starts with (the Ansible
+    role writes /etc/edge/edge.toml only once the check passes). Checked: the recipient keys
+    (present unless demo, readable, recipient public keys of ``vault.kem``, no private
+    material), the data directory (a directory this process may write, with room for a new
+    vault), the model files of enabled features (present, and their pinned SHA-256) and the
+    certificate and key files named for enabled features (present, readable; certificates PEM).
+
+    ``away``: the file is checked on another machine (a build host, Ansible's controller)
+    where the unit's files do not exist: only the requirements that need no file are checked;
+    the files and the data directory are judged on the unit, by ``edgectl config check`` there
+    and by ``edged`` at start.
+    """
+    problems: list[ConfigError] = []
+
+    def problem(message: str, key: str) -> None:
+        loc = tuple(int(p) if p.isdigit() else p for p in re.split(r"[.\[\]]+", key) if p)
+        line = locate_line(text, loc) if text is not None else None
+        problems.append(ConfigError(message, path=path, key=key, line=line))
+
+    _check_recipients(cfg, problem, away)
+    if away:
+        return problems
+    _check_data_dir(cfg.unit.data_dir, problem)
+    an = cfg.analytics
+    face_blur = any(section.face_blur for section in an.cameras)
+    models: list[tuple[Path | None, str | None, str]] = []
+    if an.enabled:
+        models.append((an.detector.model_path, an.detector.model_sha256, "analytics.detector"))
+    if face_blur or an.enabled:
+        models.append((an.face_model_path, an.face_model_sha256, "analytics"))
+    for model, sha256, section in models:
+        key = f"{section}.{'face_model_path' if section == 'analytics' else 'model_path'}"
+        if model is not None and _readable_file(model, key, problem, "model file") and sha256:
+            from .analytics.litert import sha256_file  # local: hashing only, no interpreter
+
+            actual = sha256_file(model)
+            if actual != sha256:
+                problem(
+                    f"{model}: SHA-256 {actual} differs from the pinned {sha256}: install the "
+                    "pinned model, or pin this one",
+                    key,
+                )
+    files: list[tuple[Path | None, str, bool]] = []  # (file, key, is certificates)
+    for i, cam in enumerate(cfg.cameras):
+        files.append((cam.tls_ca_file, f"cameras[{i}].tls_ca_file", True))
+    if cfg.uplink.enabled:
+        up = cfg.uplink
+        files += [
+            (up.ca_file, "uplink.ca_file", True),
+            (up.cert_file, "uplink.cert_file", True),
+            (up.key_file, "uplink.key_file", False),
+        ]
+    if an.mqtt.enabled:
+        mq = an.mqtt
+        files += [
+            (mq.ca_file, "analytics.mqtt.ca_file", True),
+            (mq.cert_file, "analytics.mqtt.cert_file", True),
+            (mq.key_file, "analytics.mqtt.key_file", False),
+        ]
+    if cfg.dot1x.enabled:
+        d = cfg.dot1x
+        files += [
+            (d.server_ca, "dot1x.server_ca", True),
+            (d.client_cert, "dot1x.client_cert", True),
+            (d.client_key, "dot1x.client_key", False),
+        ]
+    for file, key, certificates in files:
+        what = "certificate file" if certificates else "key file"
+        if file is None or not _readable_file(file, key, problem, what) or not certificates:
+            continue
+        from cryptography import x509  # local: only when a certificate file is named
+
+        try:
+            x509.load_pem_x509_certificates(file.read_bytes())
+        except ValueError:
+            problem(f"{file}: not PEM certificate(s): give the PEM file (BEGIN CERTIFICATE)", key)
+    return problems
+
+
+def _readable_file(file: Path, key: str, problem: _Problem, what: str) -> bool:
+    try:
+        with file.open("rb") as fh:
+            fh.read(1)
+    except IsADirectoryError:
+        problem(f"{file}: is a directory, not a {what}: name the file inside it", key)
+        return False
+    except FileNotFoundError:
+        problem(f"{file}: no such {what}: install it there, or correct the path", key)
+        return False
+    except OSError as exc:
+        problem(f"{file}: cannot read the {what}: {exc.strerror}", key)
+        return False
+    return True
+
+
+def _check_recipients(cfg: EdgeConfig, problem: _Problem, away: bool) -> None:
+    from .vault.keys import load_public  # local: vault.keys imports this module
+
+    v = cfg.vault
+    if v.csu_public_key is None and not v.demo_recipient:
+        problem(
+            "required: the CSU recipient public key (csu.pub.json from edge-csu keygen); the "
+            "unit never records unencrypted",
+            "vault.csu_public_key",
+        )
+    for file, key in ((v.csu_public_key, "vault.csu_public_key"),
+                      (v.escrow_public_key, "vault.escrow_public_key")):  # fmt: skip
+        if file is None or away:
+            continue
+        if not _readable_file(file, key, problem, "recipient public key"):
+            continue
+        try:
+            recipient = load_public(file)
+        except ConfigError as exc:  # private material in it
+            problem(exc.reason, key)
+            continue
+        except EdgeError as exc:
+            problem(f"{exc}: give the csu.pub.json written by edge-csu keygen", key)
+            continue
+        if recipient.kem is not v.kem:
+            problem(f"{file} is a {recipient.kem.value} key but vault.kem is {v.kem.value}", key)
+
+
+def _check_data_dir(data_dir: Path, problem: _Problem) -> None:
+    """What :func:`edge.datadir.lock_data_dir` would meet, found without creating anything."""
+
+    from .datadir import FRESH_MIN_FREE, unusable
+
+    def refuse(code: int, where: Path, detail: str | None = None) -> None:
+        exc = OSError(code, detail or os.strerror(code), str(where))
+        problem(str(unusable(data_dir, exc)), "unit.data_dir")
+
+    existing = data_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        refuse(errno.ENOTDIR, existing)
+        return
+    st = os.statvfs(existing)
+    if st.f_flag & os.ST_RDONLY:
+        refuse(errno.EROFS, existing)
+        return
+    if not os.access(
+        existing, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids
+    ):
+        refuse(errno.EACCES, existing)
+        return
+    free = st.f_bavail * st.f_frsize
+    if not (data_dir / "vault").is_dir() and free < FRESH_MIN_FREE:
+        refuse(
+            errno.ENOSPC,
+            existing,
+            f"{free // 1024} KiB free, a new vault needs {FRESH_MIN_FREE // 1024} KiB",
+        )

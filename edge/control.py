@@ -240,9 +240,11 @@ def _read_request(conn: socket.socket) -> dict[str, Any]:
 class ControlError(EdgeError, ConnectionError):
     """The control socket could not be reached or refused the request."""
 
-    def __init__(self, message: str, *, denied: bool = False) -> None:
+    def __init__(self, message: str, *, denied: bool = False, not_running: bool = False) -> None:
         super().__init__(message)
         self.denied = denied
+        #: No edged behind the socket: callers add their own next step (start it, --direct).
+        self.not_running = not_running
 
 
 def call(
@@ -255,9 +257,13 @@ def call(
         try:
             sock.connect(str(path))
         except FileNotFoundError:
-            raise ControlError(f"edged is not running (no control socket at {path})") from None
+            raise ControlError(
+                f"edged is not running (no control socket at {path})", not_running=True
+            ) from None
         except ConnectionRefusedError:
-            raise ControlError(f"edged is not running (stale control socket {path})") from None
+            raise ControlError(
+                f"edged is not running (stale control socket {path})", not_running=True
+            ) from None
         except PermissionError:
             raise ControlError(f"permission denied on {path}", denied=True) from None
         sock.sendall(json.dumps({"method": method, "params": params or {}}).encode() + b"\n")

@@ -67,6 +67,9 @@ log = logging.getLogger("edged")
 
 #: Exit status (sysexits.h) when the data directory cannot be used or is held by another edged.
 EX_CANTCREAT = 73
+#: Exit status (sysexits.h) for a configuration edged cannot run: systemd shows it as
+#: "configuration error".
+EX_CONFIG = 78
 #: Exit status (sysexits.h) when a recording thread died: systemd restarts edged.
 EX_SOFTWARE = 70
 
@@ -99,6 +102,8 @@ class Daemon:
         self.origin = origin
         self.config_path = config_path
         self.data_dir_override: Path | None = None
+        #: Started with --demo: a reload reads the embedded demo again, never a file.
+        self.demo = False
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
         self.pipelines: dict[str, CameraPipeline] = {}
@@ -489,7 +494,7 @@ class Daemon:
         audited, shown in the status (``last_reload``) and returned.
         """
         try:
-            new, origin = config_mod.load(self.config_path)
+            new, origin = config_mod.load(self.config_path, demo=self.demo)
         except ConfigError as exc:
             log.error("configuration not reloaded, keeping the running one: %s", exc)
             self._reload_outcome(False, str(exc), str(self.config_path or self.origin))
@@ -692,7 +697,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         default=None,
-        help="configuration file (default /etc/edge/edge.toml if present, else the embedded demo)",
+        help="configuration file (default /etc/edge/edge.toml)",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="run the embedded demo configuration (never on a real unit: it can read itself)",
     )
     parser.add_argument("--data-dir", type=Path, default=None, help="override unit.data_dir")
     parser.add_argument(
@@ -706,15 +716,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_process("edged")
     try:
-        cfg, origin = config_mod.load(args.config)
+        cfg, origin = config_mod.load(args.config, demo=args.demo)
     except ConfigError as exc:
         log.error("cannot start: %s", exc)
-        return 78  # EX_CONFIG: systemd shows it as "configuration error"
+        return EX_CONFIG
     if args.data_dir is not None:
         cfg = config_mod.with_data_dir(cfg, args.data_dir)
+    # The checks `edgectl config check` makes, made by the same function: what it passes,
+    # edged starts with; what edged would refuse, it names first.
+    try:  # for the line numbers of the problems, as the check prints them
+        text: str | None = (
+            config_mod.DEMO_CONFIG_TOML if args.demo else Path(origin).read_text(encoding="utf-8")
+        )
+    except (OSError, UnicodeDecodeError):
+        text = None
+    problems = config_mod.startup_problems(cfg, path=origin, text=text)
+    if problems:
+        for problem in problems:
+            log.error("cannot start: %s", problem)
+        # Only the data directory wrong: the status edged has always given it (sysexits).
+        data_only = all(p.key == "unit.data_dir" for p in problems)
+        return EX_CANTCREAT if data_only else EX_CONFIG
     logging.getLogger().setLevel(cfg.logging.level.upper())
     daemon = Daemon(cfg, origin, args.config)
     daemon.data_dir_override = args.data_dir
+    daemon.demo = args.demo
     daemon.install_signal_handlers()
     try:
         return daemon.run(args.run_for)

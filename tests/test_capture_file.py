@@ -158,8 +158,9 @@ def test_truncated_file_is_a_clear_error(clips: Path, tmp_path: Path) -> None:
 
 def test_missing_file(tmp_path: Path) -> None:
     source = PyAVSource(f"file:{tmp_path / 'absent.mp4'}", 160, 120, 25)
-    with pytest.raises(CaptureError, match="No such file"):
+    with pytest.raises(CaptureError, match="No such file") as info:
         source.open()
+    assert info.value.transient is False  # a missing file stays missing: no retry
 
 
 def test_capture_loop_ends_with_the_file(clips: Path) -> None:

@@ -111,3 +111,23 @@ def test_probe_of_an_unverified_rtsps_address_says_how_to_verify_it(
     err = capsys.readouterr().err
     assert code == 2 and "--tls-ca-file or --tls-fingerprint-sha256" in err
     assert "must be verified before its password is sent" in err and "s3cret" not in err
+
+
+@pytest.mark.parametrize("what", ["missing file", "directory"])
+def test_probe_of_a_missing_file_fails_at_once_without_a_resolution(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], what: str
+) -> None:
+    """A missing file is a permanent error: no retries as for a network fault, no resolution
+    printed for a camera that delivered nothing, a non-zero exit."""
+    import time
+
+    target = tmp_path / "missing.mp4" if what == "missing file" else tmp_path
+    started = time.monotonic()
+    code = main(["camera", "probe", "--source", f"file:{target}", "--seconds", "10"])
+    elapsed = time.monotonic() - started
+    out = capsys.readouterr().out
+    assert code != 0
+    assert elapsed < 5.0, f"retried for {elapsed:.1f} s"
+    assert "delivered:" not in out and "0 in" in out
+    assert ("No such file" if what == "missing file" else "Is a directory") in out
+    assert "reconnection" not in out and "NOT OK" in out

@@ -100,8 +100,12 @@ def test_config_error_is_a_value_error() -> None:
 
 
 def test_edgectl_config_check(tmp_path: Path) -> None:
+    from edge.vault.keys import write_keypair
+
+    # A unit's file needs its CSU recipient key (edged refuses to start without one).
+    pub, _key = write_keypair(tmp_path / "csu", config.RecipientKem.MLKEM768_X25519)
     good = tmp_path / "good.toml"
-    good.write_text(GOOD)
+    good.write_text(GOOD + f'\n[vault]\ncsu_public_key = "{pub}"\n')
     bad = tmp_path / "bad.toml"
     bad.write_text(GOOD.replace("fps = 12.5", "fps = 0\nspeed = 2"))
     cmd = [sys.executable, "-m", "edge.cli.main", "config", "check"]
@@ -211,3 +215,181 @@ def test_face_blur_with_its_model_is_accepted() -> None:
     )
     cfg = config.parse(GOOD + "\n" + extra, path="edge.toml")
     assert cfg.analytics.for_camera("north").face_blur
+
+
+# --- config check finds everything edged refuses at start (issue #12, item 2) -------------------
+
+_RUNNING_DIR = Path(__file__).resolve().parent.parent
+
+
+def _startup_case(tmp_path: Path, case: str) -> tuple[str, str, str]:
+    """A configuration that passes the schema but that edged refuses at start: (TOML text, the
+    key named, a fragment of the reason)."""
+    from edge.vault.keys import write_keypair
+
+    pub, _key = write_keypair(tmp_path / "csu", config.RecipientKem.MLKEM768_X25519)
+    data = tmp_path / "data"
+    unit = f'[unit]\nid = "cab-0042"\ndata_dir = "{data}"\n'
+    vault = f'[vault]\ncsu_public_key = "{pub}"\n'
+    missing = tmp_path / "absent" / "csu.pub.json"
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a key\n")
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    if case == "no [vault]":
+        return unit, "vault.csu_public_key", "required: the CSU recipient public key"
+    if case == "README: csu.pub.json not there":
+        return (
+            unit + f'[vault]\ncsu_public_key = "{missing}"\n',
+            "vault.csu_public_key",
+            ("no such recipient public key"),
+        )
+    if case == "garbage key file":
+        return unit + f'[vault]\ncsu_public_key = "{junk}"\n', "vault.csu_public_key", "not JSON"
+    if case == "empty key file":
+        return unit + f'[vault]\ncsu_public_key = "{empty}"\n', "vault.csu_public_key", "not JSON"
+    if case == "directory as key file":
+        return (
+            unit + f'[vault]\ncsu_public_key = "{pub.parent}"\n',
+            "vault.csu_public_key",
+            ("is a directory"),
+        )
+    if case == "escrow key of another KEM":
+        other, _ = write_keypair(tmp_path / "escrow", config.RecipientKem.X25519)
+        return (
+            unit + vault + f'escrow_public_key = "{other}"\n',
+            "vault.escrow_public_key",
+            ("x25519 key but vault.kem is mlkem768-x25519"),
+        )
+    if case == "data dir is a file":
+        data.write_text("a file\n")
+        return unit + vault, "unit.data_dir", "a file stands where a directory is needed"
+    if case == "data dir under a file":
+        data.write_text("a file\n")
+        return (
+            unit.replace(str(data), str(data / "sub")) + vault,
+            "unit.data_dir",
+            ("a file stands where a directory is needed"),
+        )
+    if case == "face model missing":
+        return (
+            unit
+            + vault
+            + (
+                f'[analytics]\nface_model_path = "{tmp_path / "face.tflite"}"\n'
+                '[[analytics.cameras]]\ncamera = "cam1"\nface_blur = true\n'
+            ),
+            "analytics.face_model_path",
+            "no such model file",
+        )
+    if case == "detector model of another checksum":
+        model = tmp_path / "model.tflite"
+        model.write_bytes(b"\0" * 64)
+        return (
+            unit
+            + vault
+            + (
+                f'[analytics]\nenabled = true\n[analytics.detector]\nmodel_path = "{model}"\n'
+                f'model_sha256 = "{"0" * 64}"\n'
+            ),
+            "analytics.detector.model_path",
+            "differs from the pinned",
+        )
+    if case == "uplink client certificate missing":
+        return (
+            unit + vault + (f'[uplink]\nenabled = true\ncert_file = "{tmp_path / "unit.crt"}"\n'),
+            "uplink.cert_file",
+            "no such certificate file",
+        )
+    if case == "MQTT CA not PEM":
+        return (
+            unit + vault + (f'[analytics.mqtt]\nenabled = true\nca_file = "{junk}"\n'),
+            "analytics.mqtt.ca_file",
+            "not PEM certificate(s)",
+        )
+    if case == "camera CA is a directory":
+        return (
+            unit
+            + vault
+            + (
+                '[[cameras]]\nid = "cam1"\nsource = "rtsps://10.0.0.5/stream1"\n'
+                f'tls_ca_file = "{tmp_path}"\n'
+            ),
+            "cameras[0].tls_ca_file",
+            "is a directory",
+        )
+    raise AssertionError(case)
+
+
+STARTUP_CASES = [
+    "no [vault]",
+    "README: csu.pub.json not there",
+    "garbage key file",
+    "empty key file",
+    "directory as key file",
+    "escrow key of another KEM",
+    "data dir is a file",
+    "data dir under a file",
+    "face model missing",
+    "detector model of another checksum",
+    "uplink client certificate missing",
+    "MQTT CA not PEM",
+    "camera CA is a directory",
+]
+
+
+@pytest.mark.parametrize("case", STARTUP_CASES)
+def test_config_check_finds_what_edged_refuses_at_start(tmp_path: Path, case: str) -> None:
+    text, key, reason = _startup_case(tmp_path, case)
+    path = tmp_path / "edge.toml"
+    path.write_text(text)
+    assert config.all_problems(text, path=str(path)) == []  # the schema alone passes it
+    check = subprocess.run(
+        [sys.executable, "-m", "edge.cli.main", "config", "check", str(path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert check.returncode == 1, check.stdout + check.stderr
+    named = [line for line in check.stderr.splitlines() if key in line]
+    assert named and str(path) in named[0] and reason in named[0], check.stderr
+    assert "Traceback" not in check.stderr
+    # edged refuses it too, with the same words, before touching anything.
+    edged = subprocess.run(
+        [sys.executable, "-m", "edge.daemon", "--config", str(path), "--run-for", "1"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    # 73 (EX_CANTCREAT) for an unusable data directory, as ever; 78 (EX_CONFIG) otherwise.
+    assert edged.returncode == (73 if key == "unit.data_dir" else 78), edged.stderr
+    assert f"cannot start: {named[0]}" in edged.stderr
+    assert "Traceback" not in edged.stderr
+    assert not (tmp_path / "data" / "vault").exists()
+
+
+def test_config_check_passes_what_edged_starts_with(tmp_path: Path) -> None:
+    """The other half of the promise: the check's OK means edged starts (and records)."""
+    from .daemon_util import write_config
+
+    path = write_config(tmp_path / "edge.toml", tmp_path / "data")
+    check = subprocess.run(
+        [sys.executable, "-m", "edge.cli.main", "config", "check", str(path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert check.returncode == 0 and check.stdout.strip() == f"{path}: OK", check.stderr
+    edged = subprocess.run(
+        [sys.executable, "-m", "edge.daemon", "--config", str(path), "--run-for", "1"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert edged.returncode == 0, edged.stderr
+
+
+def test_config_check_away_from_the_unit_skips_the_units_files(tmp_path: Path) -> None:
+    text, _key, _reason = _startup_case(tmp_path, "README: csu.pub.json not there")
+    path = tmp_path / "edge.toml"
+    path.write_text(text)
+    cmd = [sys.executable, "-m", "edge.cli.main", "config", "check", "--away", str(path)]
+    away = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert away.returncode == 0, away.stderr
+    assert "OK away from the unit" in away.stdout
+    # What needs no file is still checked away: a unit never records unencrypted.
+    path.write_text(_startup_case(tmp_path / "2", "no [vault]")[0])
+    away = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert away.returncode == 1 and "vault.csu_public_key: required" in away.stderr

@@ -49,5 +49,13 @@ def test_reload_checks_the_file_before_signalling(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "edge.cli.main", *check[1:-1], str(bad)]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert result.returncode != 0 and "face_model_path" in result.stderr
-    bad.write_text('[[cameras]]\nid = "cam1"\n')
+    # A good file is one edged starts with: its CSU key and its data directory too.
+    from edge.config import RecipientKem
+    from edge.vault.keys import write_keypair
+
+    pub, _key = write_keypair(tmp_path / "csu", RecipientKem.MLKEM768_X25519)
+    bad.write_text(
+        f'[unit]\ndata_dir = "{tmp_path / "data"}"\n[vault]\ncsu_public_key = "{pub}"\n'
+        '[[cameras]]\nid = "cam1"\n'
+    )
     assert subprocess.run(cmd, capture_output=True, check=False).returncode == 0

@@ -256,3 +256,71 @@ def test_a_replaced_segment_is_exported_with_its_broken_links_declared(
     (out / "manifest.sig").write_bytes(key.sign(_DOMAIN + hashlib.sha256(body).digest()))
     with pytest.raises(IntegrityError, match=r"cam1#2: chain broken"):
         verify_bundle(out, unit_public_key=key.public_key())
+
+
+def test_export_never_creates_the_parents_of_its_out_dir(
+    unit: Unit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The stick is not mounted: /media/usb does not exist. Nothing may land on the unit's card.
+    cfg, data, _csu = unit
+    media = tmp_path / "media"
+    capsys.readouterr()
+    assert edgectl(_export_args(cfg, media / "usb" / "pv42")) == 2
+    err = capsys.readouterr().err
+    assert "no such directory — is the stick mounted?" in err and str(media / "usb") in err
+    assert not media.exists()
+    public = load_signing_public_key(keys_dir_of(data))
+    records, _ = read_audit(layout.vault_dir(data) / "audit.log", public)
+    assert records[-1].action == "export-failed"
+    # The bundle directory itself is still created under a directory that exists.
+    media.mkdir()
+    assert edgectl(_export_args(cfg, media / "pv42")) == 0
+    assert (media / "pv42" / "manifest.json").is_file()
+
+
+def _audit_actions(data: Path) -> list[str]:
+    public = load_signing_public_key(keys_dir_of(data))
+    records, problems = read_audit(layout.vault_dir(data) / "audit.log", public)
+    assert problems == []
+    return [r.action for r in records]
+
+
+@pytest.mark.parametrize("after_s", [0.0, 0.1, 0.3, 0.6, 1.2])
+def test_ctrl_c_at_any_instant_leaves_no_bundle_one_record_and_one_clean_line(
+    unit: Unit, tmp_path: Path, after_s: float
+) -> None:
+    """SIGINT to a real ``edgectl export`` while it imports, opens the vault or copies: either
+    the export finished (a bundle and its ``export`` record), or it says "interrupted", exits
+    130 and leaves no bundle, no ``.partial`` and at most one ``export-aborted`` record."""
+    import signal
+    import sys
+    import time
+
+    cfg, data, _csu = unit
+    before = _audit_actions(data)
+    out = tmp_path / "pv42"
+    # Timed from the moment edgectl's main module is loaded (it imports nothing heavy: the rest
+    # is imported under main()'s handlers): a signal before that, during the interpreter's own
+    # start-up (site, the editable install's finder), meets Python, not edgectl.
+    launcher = (
+        "import sys; from edge.cli.main import main; print('ready', flush=True); "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", launcher, *_export_args(cfg, out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGINT)
+    _stdout, stderr = proc.communicate(timeout=60)
+    new = _audit_actions(data)[len(before) :]
+    assert "Traceback" not in stderr
+    if (out / "manifest.json").is_file():  # finished before the signal came
+        # (a signal during the interpreter's own exit, after main returned, ends it as killed)
+        assert new == ["export"] and proc.returncode in (0, -signal.SIGINT), stderr
+        return
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines() == ["edgectl: interrupted"]
+    assert not out.exists() and not out.with_name("pv42.partial").exists()
+    assert new in ([], ["export-aborted"])

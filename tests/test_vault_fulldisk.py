@@ -75,7 +75,7 @@ def test_edged_survives_a_full_disk(small_fs: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("NOTIFY_SOCKET", None)
     result = subprocess.run(
-        [sys.executable, "-m", "edge.daemon", "--run-for", "10", "--data-dir", str(data)],
+        [sys.executable, "-m", "edge.daemon", "--demo", "--run-for", "10", "--data-dir", str(data)],
         capture_output=True,
         text=True,
         timeout=120,

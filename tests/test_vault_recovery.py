@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from edge.errors import ConfigError
 from edge.unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
 from edge.vault import layout
 from edge.vault.bundle import export_bundle
@@ -172,7 +173,10 @@ def test_relative_data_dir_with_a_lost_index_starts_again(
     assert cfg.unit.data_dir == tmp_path / "edge-data"
     assert config.with_data_dir(cfg, Path("d/../x")).unit.data_dir == tmp_path / "x"
     monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")
-    assert config.load(None)[0].unit.data_dir.is_absolute()
+    # The demo is only ever loaded when asked for (--demo); no file and no --demo is refused.
+    assert config.load(None, demo=True)[0].unit.data_dir.is_absolute()
+    with pytest.raises(ConfigError, match=r"no configuration at .*--demo"):
+        config.load(None)
     (layout.vault_dir(relative) / "index.sqlite").unlink()
     from edge.vault.store import Vault
 

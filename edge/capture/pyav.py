@@ -244,6 +244,13 @@ class PyAVSource(FrameSource):
 
         self.close()
         self._reset_timeline()
+        if self.kind == "file":
+            # A file that is not there (or not a file) stays so: a permanent error, not a
+            # camera rebooting, so no retry (a probe said "retrying" five times before).
+            path = Path(self._url)
+            if not path.is_file():
+                what = "Is a directory" if path.is_dir() else "No such file or directory"
+                raise CaptureError(f"opening {self.description}: {what}", transient=False)
         if self._pin is not None:
             self._pin_certificate()
         try:

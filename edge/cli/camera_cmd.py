@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .. import config as config_mod
 from ..clihelp import add_command
 from ..config import CameraConfig
 from ..errors import ConfigError
@@ -73,9 +74,18 @@ def register(sub: Any) -> None:
 
 
 def _camera(args: argparse.Namespace) -> CameraConfig:
+    unconfigured = args.config is None and not args.demo
+    if args.source is not None and unconfigured and not config_mod.DEFAULT_CONFIG_PATH.exists():
+        # Trying an address before any configuration is written (commissioning): the
+        # camera's settings then are the defaults, not the demo's and not a refusal.
+        return _with_source(CameraConfig(), args)
     cam = pick_camera(load_config(args), args.camera)
     if args.source is None:
         return cam
+    return _with_source(cam, args)
+
+
+def _with_source(cam: CameraConfig, args: argparse.Namespace) -> CameraConfig:
     tls: dict[str, object] = {"tls_ca_file": None, "tls_fingerprint_sha256": None}
     if args.tls_ca_file is not None or args.tls_fingerprint_sha256 is not None:
         tls = {
@@ -114,7 +124,8 @@ def _probe(args: argparse.Namespace) -> int:
         print(f"camera {cam.id}: {report.source}")
         if report.input:
             print(f"  source sends:  {report.input}")
-        print(f"  delivered:     {report.width}x{report.height} I420")
+        if report.frames:  # no frame, no resolution: the configured one proves nothing
+            print(f"  delivered:     {report.width}x{report.height} I420")
         fps = "-" if report.fps_measured is None else f"{report.fps_measured:.1f}"
         print(f"  frames:        {report.frames} in {report.seconds:.1f} s, {fps} fps measured")
         print(f"                 ({report.fps_configured:g} configured)")

@@ -13,7 +13,10 @@ def add_config_args(parser: argparse.ArgumentParser, *, data_dir: bool = True) -
         "--config",
         type=Path,
         default=None,
-        help="configuration file (default /etc/edge/edge.toml, else the embedded demo default)",
+        help="configuration file (default /etc/edge/edge.toml)",
+    )
+    parser.add_argument(
+        "--demo", action="store_true", help="use the embedded demo configuration instead"
     )
     if data_dir:
         parser.add_argument(
@@ -23,7 +26,7 @@ def add_config_args(parser: argparse.ArgumentParser, *, data_dir: bool = True) -
 
 def load_config(args: argparse.Namespace) -> config_mod.EdgeConfig:
     """The configuration named by ``--config`` with ``--data-dir`` applied."""
-    cfg, _origin = config_mod.load(args.config)
+    cfg, _origin = config_mod.load(args.config, demo=getattr(args, "demo", False))
     data_dir: Path | None = getattr(args, "data_dir", None)
     if data_dir is not None:
         cfg = config_mod.with_data_dir(cfg, data_dir)

@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import config as config_mod
 from ..clihelp import add_command
+from .entry import describe_os_error
 
 
 def register(sub: Any) -> None:
@@ -38,6 +39,11 @@ def register(sub: Any) -> None:
         ],
     )
     check.add_argument("file", type=Path, help="the configuration file (TOML) to check")
+    check.add_argument(
+        "--away",
+        action="store_true",
+        help="checked away from the unit: skip its files and data directory",
+    )
     check.set_defaults(func=_check)
     show = add_command(
         csub,
@@ -54,8 +60,9 @@ def register(sub: Any) -> None:
         "--config",
         type=Path,
         default=None,
-        help="configuration file (default /etc/edge/edge.toml, else the embedded demo default)",
+        help="configuration file (default /etc/edge/edge.toml)",
     )
+    show.add_argument("--demo", action="store_true", help="show the embedded demo configuration")
     show.set_defaults(func=_show)
 
 
@@ -63,21 +70,31 @@ def _check(args: argparse.Namespace) -> int:
     path: Path = args.file
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        print(f"{path}: cannot read: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"edgectl: cannot read {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError:
+        print(f"edgectl: {path}: not UTF-8 text: give the TOML configuration file", file=sys.stderr)
         return 2
     problems = config_mod.all_problems(text, path=str(path))
+    if not problems:
+        # Beyond the schema, what edged checks at start, by the function edged calls.
+        cfg, _origin = config_mod.load(path)
+        problems = config_mod.startup_problems(cfg, path=str(path), text=text, away=args.away)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
         print(f"{path}: {len(problems)} problem(s)", file=sys.stderr)
         return 1
+    if args.away:
+        print(f"{path}: OK away from the unit (its files and data directory are checked there)")
+        return 0
     print(f"{path}: OK")
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
-    cfg, origin = config_mod.load(args.config)
+    cfg, origin = config_mod.load(args.config, demo=args.demo)
     doc = {"origin": origin, "config": cfg.model_dump(mode="json")}
     print(json.dumps(doc, indent=2, ensure_ascii=False))  # read by people: accents as written
     return 0

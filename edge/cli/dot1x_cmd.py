@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .. import config as config_mod
 from ..clihelp import add_command
 from ..errors import Dot1xError
 from ..uplink.dot1x import supplicant_conf
@@ -67,7 +68,12 @@ def register(sub: Any) -> None:
 def _render(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     s = supplicant_conf.settings(cfg)
-    origin = str(args.config) if args.config else "the embedded demo configuration"
+    if args.config is not None:
+        origin = str(args.config)
+    else:
+        origin = (
+            "the embedded demo configuration" if args.demo else str(config_mod.DEFAULT_CONFIG_PATH)
+        )
     if not cfg.dot1x.enabled:
         print("edgectl: note: dot1x.enabled is false in this configuration", file=sys.stderr)
     text = supplicant_conf.render(s, origin=origin)

@@ -14,6 +14,7 @@ from .. import enrolment
 from ..clihelp import add_command
 from ..errors import EnrolmentError
 from .common import add_config_args, load_config
+from .entry import describe_os_error
 
 
 def register(sub: Any) -> None:
@@ -116,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
             cert_data = b"".join(path.read_bytes() for path in args.install)
             ca_data = args.ca.read_bytes() if args.ca else None
         except OSError as exc:
-            raise EnrolmentError(f"cannot read: {exc}") from None
+            raise EnrolmentError(f"cannot read {describe_os_error(exc)}") from None
         installed = enrolment.install_certificates(keys, cert_data, cfg.unit.id, ca_data=ca_data)
         for done in installed:
             what = {"tls": "TLS certificate", "evidence": "evidence-signing certificate"}
@@ -135,5 +136,6 @@ def _run(args: argparse.Namespace) -> int:
     print(f"certificate request {result.csr_path} (CN={cfg.unit.id}, SAN DNS:{identity})")
     print(f"evidence-signing request {result.signing_csr_path} (CN={cfg.unit.id})")
     print("next: have both signed by the city's video CA, then:")
-    print("  edgectl enroll --install unit-tls.crt unit-signing.crt")
+    # --ca too: without the city's chain in keys/ca.pem the uplink cannot verify the CSU.
+    print("  edgectl enroll --install unit-tls.crt unit-signing.crt --ca city-ca-chain.pem")
     return 0

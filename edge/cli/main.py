@@ -7,14 +7,14 @@ parsed arguments and returning the process exit code.
 
 from __future__ import annotations
 
-import argparse
-import importlib
+# Only what Ctrl-C cannot interrupt into a traceback before main() takes over: the rest
+# (argparse, every sub-command) is imported inside main()'s handlers (edge.cli.entry).
 import sys
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from .. import __version__
-from ..clihelp import HelpFormatter, examples
-from ..errors import EdgeError
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 #: Sub-command modules, in the order ``edgectl --help`` lists them.
 COMMAND_MODULES = [
@@ -33,6 +33,12 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+    import importlib
+
+    from .. import __version__
+    from ..clihelp import HelpFormatter, examples
+
     parser = argparse.ArgumentParser(
         prog="edgectl",
         description="Diagnose, enrol and maintain a video-protection edge unit. "
@@ -52,15 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        code: int = args.func(args)
-    except EdgeError as exc:
-        print(f"edgectl: {exc}", file=sys.stderr)
-        return 2
+        from .entry import run
     except KeyboardInterrupt:
+        print("\nedgectl: interrupted", file=sys.stderr)
         return 130
-    return code
+    return run("edgectl", build_parser, argv)
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def _preview(args: argparse.Namespace) -> int:
     cam = pick_camera(cfg, args.camera)
     if not args.direct:
         return _preview_from_daemon(cfg, cam, args.out)
-    return _preview_direct(cfg, cam, args.out)
+    return _preview_direct(cfg, cam, args.out, demo=args.demo)
 
 
 def _own_roles(installed: EdgeConfig) -> set[control.Role]:
@@ -120,7 +120,9 @@ def _own_roles(installed: EdgeConfig) -> set[control.Role]:
     )
 
 
-def _preview_direct(candidate: EdgeConfig, cam: CameraConfig, out: Path) -> int:
+def _preview_direct(
+    candidate: EdgeConfig, cam: CameraConfig, out: Path, *, demo: bool = False
+) -> int:
     """Read the camera itself (commissioning, edged stopped) under the unit's installed masks.
 
     The camera, its masks, the roles and the audit log all come from the *installed*
@@ -128,7 +130,7 @@ def _preview_direct(candidate: EdgeConfig, cam: CameraConfig, out: Path) -> int:
     candidate file without masks, or naming another data directory, must not unmask the scene
     or escape the audit. The candidate's masks for the same camera are added on top.
     """
-    installed, origin = config_mod.load(None)
+    installed, origin = config_mod.load(None, demo=demo)
     if control.Role.INSTALL not in _own_roles(installed):
         raise EdgeError(
             f"permission denied: the preview needs the install role (root or group "
@@ -201,7 +203,16 @@ def _preview_from_daemon(cfg: EdgeConfig, cam: CameraConfig, out: Path) -> int:
     (``systemctl reload edged``) and preview again.
     """
     masks = [m.model_dump(mode="json") for m in cam.privacy_masks]
-    result = control.call(cfg.control.socket, "preview", {"camera": cam.id, "masks": masks})
+    try:
+        result = control.call(cfg.control.socket, "preview", {"camera": cam.id, "masks": masks})
+    except control.ControlError as exc:
+        if not exc.not_running:
+            raise
+        raise control.ControlError(
+            f"{exc}: start it (systemctl start edged), or read the camera itself with "
+            "edgectl mask preview --direct (commissioning, edged stopped)",
+            not_running=True,
+        ) from None
     png = base64.b64decode(result["png_base64"])
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_bytes(png)

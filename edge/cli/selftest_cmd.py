@@ -32,7 +32,15 @@ def register(sub: Any) -> None:
 
 def _selftest(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    result = control.call(cfg.control.socket, "selftest", timeout=120.0)
+    try:
+        result = control.call(cfg.control.socket, "selftest", timeout=120.0)
+    except control.ControlError as exc:
+        if not exc.not_running:
+            raise
+        raise control.ControlError(
+            f"{exc}: start it (systemctl start edged); journalctl -u edged -e says why it stopped",
+            not_running=True,
+        ) from None
     checks = result["checks"]
     if args.json:
         print(json.dumps(checks, indent=2))

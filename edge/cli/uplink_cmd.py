@@ -22,6 +22,7 @@ from ..errors import EdgeError
 from ..uplink import protocol, signing_cert
 from ..uplink.tls import connect, endpoint, key_paths
 from .common import add_config_args, load_config
+from .entry import describe_os_error
 
 
 def register(sub: Any) -> None:
@@ -54,8 +55,12 @@ def register(sub: Any) -> None:
 def _cert_summary(path: Path) -> dict[str, Any]:
     try:
         cert = x509.load_pem_x509_certificate(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        return {"path": str(path), "error": str(exc)}
+    except FileNotFoundError:
+        return {"path": str(path), "error": "not enrolled yet: run edgectl enroll"}
+    except OSError as exc:
+        return {"path": str(path), "error": describe_os_error(exc)}
+    except ValueError:
+        return {"path": str(path), "error": "not a PEM certificate: install it again"}
     return {
         "path": str(path),
         "subject": cert.subject.rfc4514_string(),
@@ -149,8 +154,10 @@ def _check(args: argparse.Namespace) -> int:
         return code
     print(f"CSU          {report['csu']} (certificate name {report['server_name']})")
     unit_cert = report["unit_certificate"]
-    expiry = unit_cert.get("not_after", unit_cert.get("error"))
-    print(f"unit cert    {unit_cert.get('subject', '?')}, valid until {expiry}")
+    if "error" in unit_cert:
+        print(f"unit cert    {unit_cert['path']}: {unit_cert['error']}")
+    else:
+        print(f"unit cert    {unit_cert['subject']}, valid until {unit_cert['not_after']}")
     if "tls" in report:
         print(f"TLS          {report['tls']['version']} {report['tls']['cipher']}")
     print(f"result       {report['result']}")

@@ -124,7 +124,10 @@ def _verify(args: argparse.Namespace) -> int:
     data = cfg.unit.data_dir
     root = layout.vault_dir(data)
     if not root.is_dir():
-        raise VaultError(f"{root}: no vault here")
+        raise VaultError(
+            f"{root}: no vault here: is this the unit's configuration (--config, "
+            "--data-dir)? edged creates the vault at its first start"
+        )
     lo, hi = resolve_range(args.start, args.end, args.last, time.time_ns())
     public = load_signing_public_key(keys_dir_of(data))
     tty = sys.stderr.isatty()
@@ -211,6 +214,11 @@ def _print_report(report: VerifyReport) -> int:
 def _export(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     data = cfg.unit.data_dir
+    if not layout.vault_dir(data).is_dir():  # before the key: that is what is missing
+        raise VaultError(
+            f"{layout.vault_dir(data)}: no vault here: is this the unit's configuration "
+            "(--config, --data-dir)? edged creates the vault at its first start"
+        )
     lo, hi = resolve_range(args.start, args.end, args.last, time.time_ns())
     if lo is None or hi is None:
         raise VaultError("give the range: --from and --to, or --last")
@@ -264,6 +272,11 @@ def _export(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     data = cfg.unit.data_dir
+    if not layout.vault_dir(data).is_dir():
+        raise VaultError(
+            f"{layout.vault_dir(data)}: no vault here: is this the unit's configuration (--config, "
+            "--data-dir)? edged creates the vault at its first start"
+        )
     public = load_signing_public_key(keys_dir_of(data))
     check = check_audit(layout.vault_dir(data) / "audit.log", public)
     records, problems = check.records, check.problems

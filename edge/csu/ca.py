@@ -234,7 +234,10 @@ class VideoCA:
                 (directory / "video-ca.key").read_bytes(), password=None
             )
         except FileNotFoundError as exc:
-            raise CaError(f"{directory}: no CA there ({exc.filename} missing)") from None
+            raise CaError(
+                f"{directory}: no CA there ({exc.filename} missing): give the CA's directory, "
+                "or create one with edge-csu ca init DIR"
+            ) from None
         except ValueError as exc:
             raise CaError(f"{directory}: unreadable CA file: {exc}") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):

@@ -8,6 +8,7 @@ from typing import Any
 
 from cryptography import x509
 
+from ..cli.entry import describe_os_error
 from ..clihelp import add_command
 from ..errors import CaError
 from ..fsutil import write_new_private
@@ -178,11 +179,15 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _sign(args: argparse.Namespace) -> int:
+    ca = VideoCA.open(args.dir)
     try:
         csr = x509.load_pem_x509_csr(args.csr.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise CaError(f"{args.csr}: not a PEM certificate request: {exc}") from None
-    ca = VideoCA.open(args.dir)
+    except OSError as exc:
+        raise CaError(f"cannot read the request {describe_os_error(exc)}") from None
+    except ValueError as exc:
+        raise CaError(
+            f"{args.csr}: not a PEM certificate request ({exc}): give the .csr edgectl enroll wrote"
+        ) from None
     profile = Profile(args.profile) if args.profile else None
     cert = ca.sign_csr(csr, profile=profile, days=args.days)
     out: Path = args.out or args.csr.with_suffix(".crt")

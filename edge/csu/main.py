@@ -6,20 +6,26 @@ Sub-commands live in modules under :mod:`edge.csu` exposing ``register(subparser
 
 from __future__ import annotations
 
-import argparse
-import importlib
+# Only what Ctrl-C cannot interrupt into a traceback before main() takes over: the rest
+# (argparse, every sub-command) is imported inside main()'s handlers (edge.cli.entry).
 import sys
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from .. import __version__
-from ..clihelp import HelpFormatter, examples
-from ..errors import EdgeError
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 #: Sub-command modules, in the order ``edge-csu --help`` lists them.
 COMMAND_MODULES: list[str] = ["vault_cmd", "serve_cmd", "ca_cmd", "token_cmd", "bench_cmd"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+    import importlib
+
+    from .. import __version__
+    from ..clihelp import HelpFormatter, examples
+
     parser = argparse.ArgumentParser(
         prog="edge-csu",
         description="Supervision-centre tools for edge units: recipient keys, opening evidence "
@@ -42,15 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        code: int = args.func(args)
-    except EdgeError as exc:
-        print(f"edge-csu: {exc}", file=sys.stderr)
-        return 2
+        from ..cli.entry import run
     except KeyboardInterrupt:
+        print("\nedge-csu: interrupted", file=sys.stderr)
         return 130
-    return code
+    return run("edge-csu", build_parser, argv)
 
 
 if __name__ == "__main__":

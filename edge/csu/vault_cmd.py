@@ -10,6 +10,7 @@ from typing import Any
 
 from cryptography import x509
 
+from ..cli.entry import describe_os_error
 from ..clihelp import add_command
 from ..config import RecipientKem
 from ..errors import IntegrityError, VaultError
@@ -112,8 +113,12 @@ def _load_trust(
     try:
         fleet_ca = x509.load_pem_x509_certificates(ca.read_bytes())
         crls = [x509.load_pem_x509_crl(path.read_bytes()) for path in crl_files]
-    except (OSError, ValueError) as exc:
-        raise VaultError(f"cannot load the trust anchor: {exc}") from None
+    except OSError as exc:
+        raise VaultError(f"cannot load the trust anchor: {describe_os_error(exc)}") from None
+    except ValueError as exc:
+        raise VaultError(
+            f"cannot load the trust anchor: not PEM certificates/CRLs ({exc})"
+        ) from None
     return fleet_ca, crls
 
 
@@ -150,6 +155,15 @@ def _open(args: argparse.Namespace) -> int:
         raise VaultError("--trust-bundle-key goes without --ca and --unit-key")
     if args.crl and args.ca is None:
         raise VaultError("--crl goes with --ca")
+    if not args.bundle.exists():
+        raise VaultError(
+            f"no bundle at {args.bundle}: check the path (the directory edgectl export wrote; "
+            "is the stick mounted?)"
+        )
+    if not args.bundle.is_dir():
+        raise VaultError(
+            f"{args.bundle} is a file, not a bundle: give the directory edgectl export wrote"
+        )
     private = load_private(args.key)
     pinned = None
     if args.unit_key is not None:

@@ -184,7 +184,10 @@ def export_bundle(
     """
     root = layout.vault_dir(data_dir)
     if not (root / "index.sqlite").exists():
-        raise VaultError(f"{root}: no vault here")
+        raise VaultError(
+            f"{root}: no vault here: is this the unit's configuration (--config, "
+            "--data-dir)? edged creates the vault at its first start"
+        )
     audit = AuditLog(root / "audit.log", device_id, signing_key)
     partial = out_dir.with_name(out_dir.name + ".partial")
     try:
@@ -240,6 +243,13 @@ def _export(
 ) -> ExportResult:
     if not case.strip():
         raise VaultError("a case reference is required")
+    if not out_dir.parent.is_dir():
+        # Never created: with a USB stick not mounted, its mount point's parents would be made
+        # on the unit's own card and the evidence would stay there.
+        raise VaultError(
+            f"{out_dir.parent}: no such directory — is the stick mounted? (only the bundle "
+            "directory itself is created, never its parents)"
+        )
     if out_dir.exists() and any(out_dir.iterdir()):
         raise VaultError(f"{out_dir}: exists and is not empty")
     public_key = signing_key.public_key()
@@ -256,7 +266,7 @@ def _export(
     if not rows:
         raise VaultError("no recording in that range")
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial.mkdir()
     damage = _Damage()
     env_files: dict[tuple[str, bytes], Path] = {}
     unopenable: dict[tuple[str, bytes], str] = {}

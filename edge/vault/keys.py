@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import errno
 import hashlib
 import json
 import logging
@@ -180,11 +181,20 @@ def rotate_keypair(
     return pub, key, archived
 
 
+def _unreadable(path: Path, exc: OSError) -> VaultError:
+    step = {
+        errno.EACCES: ": run it as the key's owner, or with sudo",
+        errno.ENOENT: ": check the path (edge-csu keygen writes NAME.pub.json and NAME.key.json)",
+        errno.EISDIR: ": give the key file (NAME.key.json or NAME.pub.json) inside it",
+    }.get(exc.errno or 0, "")
+    return VaultError(f"{path}: cannot read recipient key: {exc.strerror}{step}")
+
+
 def _read_doc(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_bytes())
     except OSError as exc:
-        raise VaultError(f"{path}: cannot read recipient key: {exc.strerror}") from None
+        raise _unreadable(path, exc) from None
     except (ValueError, UnicodeDecodeError):
         raise VaultError(f"{path}: not a recipient key file (not JSON)") from None
     if not isinstance(doc, dict) or doc.get("format") != KEY_FORMAT or doc.get("version") != 1:
@@ -215,7 +225,7 @@ def load_public(path: Path) -> RecipientPublic:
     try:
         refuse_private_material(path.read_bytes(), str(path))
     except OSError as exc:
-        raise VaultError(f"{path}: cannot read recipient key: {exc.strerror}") from None
+        raise _unreadable(path, exc) from None
     doc = _read_doc(path)
     return _public_from_raw(_kem_of(doc, path), _b64(doc, "public", path), str(path))
 
@@ -223,6 +233,12 @@ def load_public(path: Path) -> RecipientPublic:
 def load_private(path: Path) -> RecipientPrivate:
     doc = _read_doc(path)
     kem = _kem_of(doc, path)
+    if "private" not in doc and "public" in doc:
+        # The two files of a pair look alike; say which one is needed, not which field is absent.
+        raise VaultError(
+            f"{path}: this is a public key; opening needs the private one "
+            "(NAME.key.json beside it, written by edge-csu keygen)"
+        )
     raw = _b64(doc, "private", path)
     try:
         if kem is RecipientKem.X25519:

@@ -9,18 +9,21 @@ so one slow disk does not stall other units' connections.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
 
-from ...errors import EdgeError, IntegrityError
+from ...errors import ConfigError, EdgeError, IntegrityError
 from ...uplink import events as wire_events
 from ...uplink.protocol import (
     API_PREFIX,
@@ -418,7 +421,59 @@ async def _listen(
             handshake_timeout_s=limits.handshake_timeout_s,
             name=name,
         )
+    except OSError as exc:
+        await runner.cleanup()
+        key = "units.port" if name == "units" else "operators_listen.port"
+        if exc.errno == errno.EADDRINUSE:
+            holder = _port_holder(port)
+            by = f" by {holder}" if holder else ""
+            raise ConfigError(
+                f"port {port} on {host} is already in use{by}: stop that process, or set "
+                f"another {key} in the receiver's configuration",
+                key=key,
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise ConfigError(
+                f"port {port} on {host}: permission denied (ports under 1024 need root or "
+                "CAP_NET_BIND_SERVICE): choose a port from 1024 up",
+                key=key,
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(
+                f"{host} is not an address of this machine: set another host", key=key
+            ) from None
+        raise
     except BaseException:
         await runner.cleanup()
         raise
     return server, runner
+
+
+def _port_holder(port: int) -> str | None:
+    """``pid N (name)`` of the process listening on TCP ``port``, when /proc tells (Linux, and
+    the process visible to us); None otherwise. Only for an error message."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local_address is HEXIP:HEXPORT; state 0A is LISTEN.
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:
+                inodes.add(fields[9])
+    if not inodes:
+        return None
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in wanted:
+                    name = (proc / "comm").read_text().strip()
+                    return f"pid {proc.name} ({name})"
+        except OSError:
+            continue
+    return None

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .fsutil import write_atomic
 
 __all__ = [
     "EXAMPLES_HEADING",
@@ -293,11 +294,7 @@ complete -F {fn} {program.name}
 def _write_if_changed(path: Path, text: str) -> bool:
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.chmod(0o644)
-    tmp.replace(path)
+    write_atomic(path, text.encode("utf-8"), mode=0o644, make_parents=True)
     return True
 
 

@@ -53,11 +53,11 @@ def write_atomic(
         tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
     else:
         tmp = tmp_dir / f"{path.name}.{threading.get_ident()}.tmp"
+    if make_parents:  # before the temporary file, which may lie in that very directory
+        makedirs_durably(path.parent)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         _fill(fd, data, mode if exact_mode else None, sync=durable)
-        if make_parents:
-            makedirs_durably(path.parent)
         tmp.replace(path)
     except OSError:
         tmp.unlink(missing_ok=True)  # a full disk must not also leave half a file behind

@@ -95,3 +95,12 @@ def test_no_other_module_writes_by_temporary_file_and_rename() -> None:
             if name in ("rename", "replace") and (one_arg or via_os):
                 found.add((rel, name))
     assert found <= allowed, sorted(found - allowed)
+
+
+def test_make_parents_creates_the_missing_directories_before_the_temporary_file(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "a" / "b" / "page.1"
+    fsutil.write_atomic(target, b"text", make_parents=True)
+    assert target.read_bytes() == b"text"
+    assert [p.name for p in target.parent.iterdir()] == ["page.1"]  # no temporary file left

@@ -66,7 +66,7 @@ def _flip(path: Path, offset: int) -> None:
 def test_intact_vault_verifies(recorded: tuple[Path, Csu], tmp_path: Path) -> None:
     data = _copy(recorded, tmp_path)
     assert _kinds(data) == set()
-    assert edgectl(["verify", "--data-dir", str(data)]) == 0
+    assert edgectl(["verify", "--demo", "--data-dir", str(data)]) == 0
 
 
 @pytest.mark.parametrize("where", [0, 5, 20, 60, 90, 120, 200, 700, 1500, -40, -1])
@@ -77,7 +77,7 @@ def test_bit_flip_in_segment_is_altered(
     _flip(_segfiles(data)[3], where)
     assert FindingKind.ALTERED in _kinds(data)
     capsys.readouterr()
-    assert edgectl(["verify", "--data-dir", str(data)]) == 1
+    assert edgectl(["verify", "--demo", "--data-dir", str(data)]) == 1
     out = capsys.readouterr().out
     assert "altered: cam1#3" in out and "FAILED" in out
 
@@ -96,7 +96,7 @@ def test_deleted_segment_is_missing_not_purged(
     data = _copy(recorded, tmp_path)
     _segfiles(data)[4].unlink()
     assert _kinds(data) == {FindingKind.MISSING}
-    assert edgectl(["verify", "--data-dir", str(data)]) == 1
+    assert edgectl(["verify", "--demo", "--data-dir", str(data)]) == 1
     assert "sequences 4..4 missing (not purged by retention)" in capsys.readouterr().out
 
 
@@ -124,7 +124,7 @@ def test_duplicated_segment(
     seg = _segfiles(data)[3]
     shutil.copy(seg, seg.with_name(seg.name.replace("0000000003", "0000000009")))
     assert _kinds(data) == {FindingKind.DUPLICATE}
-    assert edgectl(["verify", "--data-dir", str(data), "--json"]) == 1
+    assert edgectl(["verify", "--demo", "--data-dir", str(data), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["findings"][0]["kind"] == "duplicate"
 

@@ -9,8 +9,10 @@ Messages are compared as templates: every value a message interpolates at run ti
 
 from __future__ import annotations
 
+import argparse
 import ast
 import re
+import textwrap
 from functools import cache
 from pathlib import Path
 
@@ -176,3 +178,69 @@ def test_the_guides_link_only_to_files_that_exist() -> None:
         text = (DOCS / name).read_text(encoding="utf-8")
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
             assert (DOCS / target).exists(), f"{name} links to {target}, which does not exist"
+
+
+def _parser(tool: str) -> argparse.ArgumentParser:
+    if tool == "edgectl":
+        from edge.cli.main import build_parser
+    else:
+        from edge.csu.main import build_parser
+    return build_parser()
+
+
+def _subparser(
+    parser: argparse.ArgumentParser, words: list[str]
+) -> tuple[argparse.ArgumentParser, list[str]]:
+    """Follow the sub-command words of a command line; return the last parser and the rest."""
+    while words:
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not actions or words[0] not in actions[0].choices:
+            break
+        parser = actions[0].choices[words[0]]
+        words = words[1:]
+    return parser, words
+
+
+def _documented_commands() -> list[tuple[str, str]]:
+    """(guide, command line) for every edgectl / edge-csu command in the guides: the lines of
+    their shell blocks and the commands quoted in the text."""
+    out: list[tuple[str, str]] = []
+    for name in (*GUIDES, "TROUBLESHOOTING.md"):
+        text = (DOCS / name).read_text(encoding="utf-8")
+        lines: list[str] = []
+        for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+            lines.extend(block.replace("\\\n", " ").splitlines())
+        lines.extend(re.findall(r"`((?:edgectl|edge-csu) [^`]+)`", text))
+        for line in lines:
+            line = line.split(" #", 1)[0].strip()
+            for part in re.split(r"&&|;|\|", line):
+                part = part.strip()
+                if part.startswith(("edgectl ", "edge-csu ")):
+                    out.append((name, part))
+    return out
+
+
+def test_the_guides_run_real_commands() -> None:
+    commands = _documented_commands()
+    assert len(commands) >= 30
+    for guide, line in commands:
+        tool, *words = line.split()
+        parser, rest = _subparser(_parser(tool), words)
+        nested = any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
+        assert not nested, f"{guide}: unknown or missing sub-command in {line!r}"
+        known = {s for action in parser._actions for s in action.option_strings}
+        for word in rest:
+            if word.startswith("--"):
+                assert word.split("=", 1)[0] in known, f"{guide}: {line!r}: no option {word}"
+
+
+def test_the_csu_guide_example_configuration_is_valid(tmp_path: Path) -> None:
+    from edge.csu.receiver import config as serve_config
+
+    text = (DOCS / "guide-csu-operator.md").read_text(encoding="utf-8")
+    block = re.search(r"```toml\n(\s*storage_dir.*?)```", text, re.S)
+    assert block is not None
+    path = tmp_path / "csu.toml"
+    path.write_text(textwrap.dedent(block.group(1)), encoding="utf-8")
+    cfg = serve_config.load(path)
+    assert cfg.mqtt.enabled and cfg.tls.crl_file == tmp_path / "crl.pem"

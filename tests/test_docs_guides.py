@@ -55,7 +55,8 @@ def templates() -> tuple[str, ...]:
     for path in sorted((ROOT / "edge").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.expr) and _is_text(node):
-                out.add(render(node))
+                # Logging's %-placeholders are run-time values as well.
+                out.add(re.sub(r"%[-#0 +]*\d*(?:\.\d+)?[sdfrx]", "…", render(node)))
     return tuple(out)
 
 

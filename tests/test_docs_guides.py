@@ -174,11 +174,23 @@ def test_the_readme_and_operations_link_the_guides() -> None:
         assert f"({name})" in operations, name
 
 
-def test_the_guides_link_only_to_files_that_exist() -> None:
+def _anchors(text: str) -> set[str]:
+    """GitHub's anchors of a page's headings."""
+    return {
+        re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        for heading in re.findall(r"^#+ (.*)$", text, re.M)
+    }
+
+
+def test_the_guides_link_only_to_what_exists() -> None:
     for name in (*GUIDES, "TROUBLESHOOTING.md"):
         text = (DOCS / name).read_text(encoding="utf-8")
-        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
-            assert (DOCS / target).exists(), f"{name} links to {target}, which does not exist"
+        for target, anchor in re.findall(r"\]\(([^)#:]*)(?:#([^)]*))?\)", text):
+            page = DOCS / (target or name)
+            assert page.exists(), f"{name} links to {target}, which does not exist"
+            if anchor:
+                found = _anchors(page.read_text(encoding="utf-8"))
+                assert anchor in found, f"{name} links to {target}#{anchor}: no such heading"
 
 
 def _parser(tool: str) -> argparse.ArgumentParser:

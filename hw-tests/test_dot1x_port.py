@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from edge import config
-from edge.enrolment import read_certificate_status
 from edge.errors import Dot1xError
+from edge.identity.enrolment import read_certificate_status
 from edge.uplink.dot1x.ctrl import WpaCtrl
 from edge.uplink.dot1x.status import PortState, parse_status, state_from_status
 from edge.uplink.dot1x.supervisor import Dot1xSupervisor

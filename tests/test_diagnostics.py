@@ -9,9 +9,9 @@ from typing import Any
 
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from edge import metrics
+from edge.app import metrics
+from edge.app.diagnostics import Level, evaluate, worst
 from edge.cli.status import render
-from edge.diagnostics import Level, evaluate, worst
 
 
 def healthy() -> dict[str, Any]:

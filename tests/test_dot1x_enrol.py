@@ -18,8 +18,8 @@ from edge import config
 from edge.cli.main import main as edgectl
 from edge.csu.ca import Profile, VideoCA
 from edge.csu.main import main as edge_csu
-from edge.enrolment import certificate_status
 from edge.errors import CaError, ConfigError, Dot1xError, EnrolmentError
+from edge.identity.enrolment import certificate_status
 from edge.uplink.dot1x import supplicant_conf
 from edge.uplink.dot1x.status import (
     EventKind,

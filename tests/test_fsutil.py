@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from edge import fsutil, metrics
+from edge import fsutil
+from edge.app import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,7 +74,7 @@ def test_no_other_module_writes_by_temporary_file_and_rename() -> None:
         ("edge/vault/bundle.py", "replace"),
         # moves of files already written through fsutil: a renewal key promoted, a rejected
         # event set aside; and the vault index's own replace() (not a file)
-        ("edge/enrolment.py", "replace"),
+        ("edge/identity/enrolment.py", "replace"),
         ("edge/uplink/spool.py", "replace"),
         ("edge/vault/store.py", "replace"),
         # edgectl / edge-csu command modules being reworked for issue 12

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from edge import config as config_mod
-from edge import daemon as daemon_mod
+from edge.app import daemon as daemon_mod
 from edge.video.base import MediaSegment
 from edge.video.dirsink import DirectorySink
 

@@ -137,8 +137,9 @@ def _edge_config(data_dir: Path, analytics: AnalyticsConfig, cam: CameraConfig) 
 def _record(
     seconds: float, cfg: EdgeConfig | None, cam: CameraConfig, root: Path
 ) -> dict[str, Any]:
+    from edge.app.pipeline import CameraPipeline
+
     from ..analytics.bridge import AnalyticsBridge
-    from ..pipeline import CameraPipeline
     from ..video.dirsink import DirectorySink
 
     sink = DirectorySink(root)
@@ -197,8 +198,9 @@ def bench_recording(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def bench_latency(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from edge.events import SignedEvent
+
     from ..analytics.bridge import AnalyticsBridge
-    from ..analytics.events import SignedEvent
     from ..capture.synthetic import Sprite, SyntheticSource
     from ..privacy.masker import PrivacyMasker
 

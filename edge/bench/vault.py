@@ -23,8 +23,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from edge.vault.recipient_keys import load_public, write_keypair
+
 from ..config import EncoderConfig, RecipientKem
-from ..vault.keys import load_public, write_keypair
 from ..vault.retention import RetentionPolicy
 from ..vault.store import Vault
 from ..video.base import MediaSegment

@@ -97,7 +97,7 @@ def _status(args: argparse.Namespace) -> int:
         out.update(state=state.value, reason=reason, supplicant=status)
     except Dot1xError as exc:
         out.update(state="failed", reason=str(exc))
-    from ..enrolment import read_certificate_status
+    from edge.identity.enrolment import read_certificate_status
 
     out["client_certificate"] = read_certificate_status(
         s.client_cert, warning_days=cfg.dot1x.expiry_warning_days, ca_path=s.server_ca

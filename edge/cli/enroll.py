@@ -1,6 +1,6 @@
 """``edgectl enroll``: unit keys and certificate request; ``--install``; ``--renew``.
 
-See :mod:`edge.enrolment` for the checks and the order of writes.
+See :mod:`edge.identity.enrolment` for the checks and the order of writes.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .. import enrolment
+from edge.identity import enrolment
+
 from ..clihelp import add_command
 from ..errors import EnrolmentError
 from .common import add_config_args, load_config

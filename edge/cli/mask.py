@@ -18,13 +18,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from edge.app import control
+from edge.identity.unitkeys import keys_dir_of, load_signing_key
+
 from .. import config as config_mod
-from .. import control
 from ..clihelp import add_command
 from ..config import CameraConfig, EdgeConfig, PrivacyMaskConfig
 from ..errors import CaptureError, ConfigError, EdgeError, VaultError
 from ..privacy.masker import PrivacyMasker, mask_pixels
-from ..unitkeys import keys_dir_of, load_signing_key
 from ..vault import layout
 from ..vault.audit import AuditLog
 from .common import add_config_args, load_config

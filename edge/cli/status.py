@@ -17,9 +17,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from .. import __version__, control
+from edge import __version__
+from edge.app import control
+from edge.app.diagnostics import Finding, Level, evaluate, worst
+
 from ..clihelp import add_command
-from ..diagnostics import Finding, Level, evaluate, worst
 from ..errors import ConfigError
 from ..health import system as system_health
 from .common import add_config_args, load_config

@@ -13,9 +13,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from edge.identity.unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
+
 from ..clihelp import add_command
 from ..errors import VaultError
-from ..unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
 from ..vault import layout
 from ..vault.audit import AuditLog, check_audit
 from ..vault.bundle import export_bundle

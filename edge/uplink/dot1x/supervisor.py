@@ -57,7 +57,7 @@ AlertCallback = Callable[[Dot1xAlert], None]
 
 def certificate_summary(path: Path, ca_path: Path, warning_days: int) -> dict[str, Any]:
     """Expiry facts of the unit certificate at ``path`` for diagnostics (never raises)."""
-    from ...enrolment import read_certificate_status  # local: keeps this import light
+    from edge.identity.enrolment import read_certificate_status  # local: keeps this import light
 
     return read_certificate_status(path, warning_days=warning_days, ca_path=ca_path)
 

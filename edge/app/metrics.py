@@ -13,8 +13,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.openmetrics.exposition import generate_latest
 
-from .diagnostics import Level, evaluate, worst
-from .fsutil import write_atomic
+from edge.app.diagnostics import Level, evaluate, worst
+from edge.fsutil import write_atomic
 
 
 def registry_from_status(status: dict[str, Any]) -> CollectorRegistry:

@@ -31,15 +31,15 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .analytics.faceblur import FaceBlurrer
-from .capture import open_source
-from .capture.loop import CaptureLoop
-from .config import CameraConfig, PrivacyMaskConfig
-from .errors import EdgeError
-from .frames import Frame
-from .privacy.masker import PrivacyMasker
-from .video.base import MediaSegment, SegmentSink
-from .video.encoder import TIME_GAP_S, SegmentEncoder
+from edge.capture import open_source
+from edge.capture.loop import CaptureLoop
+from edge.config import CameraConfig, PrivacyMaskConfig
+from edge.errors import EdgeError
+from edge.frames import Frame
+from edge.privacy.faceblur import FaceBlurrer
+from edge.privacy.masker import PrivacyMasker
+from edge.video.base import MediaSegment, SegmentSink
+from edge.video.encoder import TIME_GAP_S, SegmentEncoder
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """``edged``: wiring and supervision of the unit's pipelines.
 
-The main thread owns the daemon: it starts one :class:`edge.pipeline.CameraPipeline` per
+The main thread owns the daemon: it starts one :class:`edge.app.pipeline.CameraPipeline` per
 camera, tells systemd when recording runs (``READY=1``), pets the watchdog only while every
 recording thread is alive and making progress, publishes ``STATUS=``, and handles signals:
 
@@ -38,30 +38,32 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import __version__, clihelp, control, datadir, enrolment, metrics, selftest, unitkeys
-from . import config as config_mod
-from .alerts import AlertHub
-from .analytics.bridge import AnalyticsBridge
-from .analytics.events import EventSigner, SignedEvent
-from .analytics.faceblur import FaceBlurrer
-from .analytics.mqtt import MqttPublisher
-from .config import CameraConfig, EdgeConfig, PrivacyMaskConfig
-from .errors import ConfigError, DataDirError, EdgeError
-from .frames import Frame
-from .health import system as system_health
-from .health.door import DoorMonitor
-from .health.hotplug import HotplugEvent, HotplugMonitor
-from .pipeline import CameraPipeline
-from .process import setup_process
-from .uplink.client import UplinkClient
-from .uplink.dot1x.status import PortState
-from .uplink.dot1x.supervisor import Dot1xAlert, Dot1xSupervisor
-from .uplink.gate import make_gate
-from .uplink.spool import EventSpool
-from .vault.base import Outbox
-from .vault.store import Vault
-from .vault.verify import self_check
-from .video.base import SegmentSink
+from edge import __version__, clihelp
+from edge import config as config_mod
+from edge.analytics.bridge import AnalyticsBridge
+from edge.analytics.mqtt_publisher import MqttPublisher
+from edge.app import control, datadir, metrics, selftest
+from edge.app.alerts import AlertHub
+from edge.app.pipeline import CameraPipeline
+from edge.app.process import setup_process
+from edge.config import CameraConfig, EdgeConfig, PrivacyMaskConfig
+from edge.errors import ConfigError, DataDirError, EdgeError
+from edge.events import EventSigner, SignedEvent
+from edge.frames import Frame
+from edge.health import system as system_health
+from edge.health.door import DoorMonitor
+from edge.health.hotplug import HotplugEvent, HotplugMonitor
+from edge.identity import enrolment, unitkeys
+from edge.privacy.faceblur import FaceBlurrer
+from edge.uplink.client import UplinkClient
+from edge.uplink.dot1x.status import PortState
+from edge.uplink.dot1x.supervisor import Dot1xAlert, Dot1xSupervisor
+from edge.uplink.gate import make_gate
+from edge.uplink.spool import EventSpool
+from edge.vault.base import Outbox
+from edge.vault.store import Vault
+from edge.vault.verify import self_check
+from edge.video.base import SegmentSink
 
 log = logging.getLogger("edged")
 
@@ -328,8 +330,8 @@ class Daemon:
         on top of the running ones (the frame here is already masked, so nothing the running
         masks hide can ever be revealed) and their outlines drawn.
         """
-        from .privacy.masker import PrivacyMasker
-        from .privacy.preview import render_preview
+        from edge.privacy.masker import PrivacyMasker
+        from edge.privacy.preview import render_preview
 
         cam_id = params.get("camera") or next(iter(self.pipelines))
         pipeline = self.pipelines.get(str(cam_id))

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge.events import EventSigner, SignedEvent
+from edge.snapshot import AlertsStatus
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class AlertHub:
                 if category is None or body.get("category") == category
             ]
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> AlertsStatus:
         with self._lock:
             recent = list(self._recent)[-10:]
         return {"active": self.active(), "recent": recent}

@@ -55,6 +55,13 @@ from edge.health.door import DoorMonitor
 from edge.health.hotplug import HotplugEvent, HotplugMonitor
 from edge.identity import enrolment, unitkeys
 from edge.privacy.faceblur import FaceBlurrer
+from edge.snapshot import (
+    AnalyticsStatus,
+    DaemonStatus,
+    ReloadOutcome,
+    StatusReport,
+    VaultStatus,
+)
 from edge.uplink.client import UplinkClient
 from edge.uplink.dot1x.status import PortState
 from edge.uplink.dot1x.supervisor import Dot1xAlert, Dot1xSupervisor
@@ -133,7 +140,9 @@ class Daemon:
         self._wake = threading.Event()
         self._reload_requested_mono: float | None = None
         #: Outcome of the latest SIGHUP (ok, at, origin, error), None before the first.
-        self.last_reload: dict[str, Any] | None = None
+        self.last_reload: ReloadOutcome | None = None
+        # The outcome of the last vault self-check of this run (None: none ran yet).
+        self.vault_check: tuple[bool, str | None] | None = None
 
     # --- signals -----------------------------------------------------------------------------
 
@@ -182,7 +191,9 @@ class Daemon:
             self.mqtt.start()
             self.alerts.add_listener(self.mqtt.publish)
         if isinstance(self.sink, Vault):
-            self.extra_selftests.append(("vault", functools.partial(self_check, self.sink), 30.0))
+            self.extra_selftests.append(
+                ("vault", functools.partial(self._check_vault, self.sink), 30.0)
+            )
         self._start_health()
         for cam in self.cfg.cameras:
             self._start_camera(cam)
@@ -589,7 +600,7 @@ class Daemon:
     # --- diagnostics -------------------------------------------------------------------------
 
     def _write_metrics(self, path: Path) -> None:
-        status = {
+        status: StatusReport = {
             "daemon": self.snapshot(),
             "system": system_health.snapshot(self.cfg.unit.data_dir),
         }
@@ -621,7 +632,28 @@ class Daemon:
             "evidence": enrolment.signing_certificate_status(keys, warning_days=days),
         }
 
-    def snapshot(self) -> dict[str, Any]:
+    def _check_vault(self, vault: Vault) -> str:
+        """The vault self-check, its verdict kept for the status (diagnostics' chain finding)."""
+        try:
+            summary = self_check(vault)
+        except EdgeError as exc:
+            self.vault_check = (False, str(exc))
+            raise
+        self.vault_check = (True, None)
+        return summary
+
+    def _vault_status(self) -> VaultStatus | None:
+        if not isinstance(self.sink, Vault):
+            return None
+        checked = self.vault_check
+        return {
+            "bytes_used": self.sink.usage().vault_bytes,
+            "retention_days": self.sink.policy.retention_days,
+            "chain_ok": None if checked is None else checked[0],
+            "chain_error": None if checked is None else checked[1],
+        }
+
+    def snapshot(self) -> DaemonStatus:
         return {
             "unit_id": self.cfg.unit.id,
             "version": __version__,
@@ -629,6 +661,7 @@ class Daemon:
             "config_origin": self.origin,
             "data_dir": str(self.cfg.unit.data_dir),
             "cameras": [p.snapshot() for p in self.pipelines.values()],
+            "vault": self._vault_status(),
             "uplink": self.uplink.snapshot() if self.uplink is not None else None,
             "dot1x": self.dot1x_supervisor.snapshot()
             if self.dot1x_supervisor is not None
@@ -642,7 +675,7 @@ class Daemon:
         }
 
 
-def _analytics_summary(stats: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _analytics_summary(stats: list[dict[str, Any]]) -> AnalyticsStatus | None:
     """The figures of every camera's analytics process, summed for the status screen."""
     if not stats:
         return None

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from edge.snapshot import SystemStatus
+
 
 @dataclass(frozen=True)
 class TimeSync:
@@ -147,7 +149,7 @@ def storage(path: Path, sys_root: Path = Path("/sys")) -> dict[str, Any]:
     }
 
 
-def snapshot(data_dir: Path) -> dict[str, Any]:
+def snapshot(data_dir: Path) -> SystemStatus:
     """Every machine-health figure ``edgectl status`` shows."""
     zones = thermal_zones()
     return {

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.identity.unitkeys import SIGNING_PUB_NAME, keys_dir_of, load_public_pem
+from edge.identity import SIGNING_PUB_NAME, keys_dir_of, load_public_pem
 
 from ..clihelp import add_command
 from ..errors import EdgeError
@@ -73,7 +73,7 @@ def register(sub: Any) -> None:
 
 
 def _check_model(args: argparse.Namespace) -> int:
-    from ..analytics.litert import LiteRTDetector
+    from edge.analytics import LiteRTDetector
 
     cfg = load_config(args)
     det_cfg = cfg.analytics.detector

@@ -18,8 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from edge import __version__
-from edge.app import control
-from edge.app.diagnostics import Finding, Level, evaluate, worst
+from edge.app import Finding, Level, control, evaluate, worst
 from edge.snapshot import StatusReport
 
 from ..clihelp import add_command

@@ -31,7 +31,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge.csu.receiver.settings import TlsConfig
-from edge.identity.unitkeys import public_pem
+from edge.identity import public_pem
 
 from ..clihelp import add_command
 from ..uplink.protocol import SEGMENT_CONTENT_TYPE, segment_path

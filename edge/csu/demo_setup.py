@@ -23,12 +23,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edge.identity import enrolment, evidence
-from edge.identity.unitkeys import (
+from edge.identity import (
     CA_CHAIN_NAME,
     SIGNING_CERT_NAME,
     TLS_CERT_NAME,
     TLS_KEY_NAME,
+    enrolment,
+    evidence,
     keys_dir_of,
     load_or_create_signing_key,
 )

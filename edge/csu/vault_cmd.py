@@ -10,14 +10,14 @@ from typing import Any
 
 from cryptography import x509
 
-from edge.identity.unitkeys import load_public_pem
+from edge.identity import load_public_pem
+from edge.vault import open_bundle
 from edge.vault.recipient_keys import keypair_paths, load_private, rotate_keypair, write_keypair
 
 from ..cli.entry import describe_os_error
 from ..clihelp import add_command
 from ..config import RecipientKem
 from ..errors import IntegrityError, VaultError
-from ..vault.bundle import open_bundle
 from ..vault.remux import TimeGap
 
 EXIT_PARTIAL = 3

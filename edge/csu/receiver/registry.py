@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
 from edge.csu.receiver.settings import TlsConfig
-from edge.identity.unitkeys import load_public_pem
+from edge.identity import load_public_pem
 
 from ...errors import ConfigError, EdgeError, UplinkError
 from ...fsutil import write_atomic

@@ -898,7 +898,8 @@ def _readable_file(file: Path, key: str, problem: _Problem, what: str) -> bool:
 
 
 def _check_recipients(cfg: EdgeConfig, problem: _Problem, away: bool) -> None:
-    from edge.vault.recipient_keys import load_public  # local: vault.keys imports this module
+    # local: vault.recipient_keys imports this module
+    from edge.vault.recipient_keys import load_public
 
     v = cfg.vault
     if v.csu_public_key is None and not v.demo_recipient:

@@ -8,12 +8,14 @@ import os
 import stat
 import threading
 from pathlib import Path
+from typing import cast
 
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from edge import fsutil
 from edge.app import metrics
+from edge.snapshot import StatusReport
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +34,9 @@ def test_metrics_textfile_is_fsynced_and_readable_by_the_collector(
     path = tmp_path / "edge.prom"
     old = os.umask(0o077)  # edged's UMask
     try:
-        metrics.write_textfile(path, {"daemon": {"unit_id": "cab-1", "cameras": []}})
+        metrics.write_textfile(
+            path, cast(StatusReport, {"daemon": {"unit_id": "cab-1", "cameras": []}})
+        )
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644

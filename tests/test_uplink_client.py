@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import pytest
 from cryptography import x509
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from edge.app.diagnostics import Level, uplink_findings
 from edge.config import EdgeConfig, UnitConfig, UplinkConfig
 from edge.csu.ca import Profile
+from edge.snapshot import DaemonStatus
 from edge.uplink.client import UplinkClient, UplinkState
 from edge.vault.base import OutboxItem
 
@@ -131,7 +133,7 @@ def test_delivers_byte_identical_segments_and_marks_them_delivered(
     assert snap["state"] == "streaming" and snap["counters"]["sent"] == 6
     assert snap["last_ack_age_s"] is not None and snap["backlog_s"] == 0
     # what edgectl status makes of it
-    [finding] = uplink_findings({"uplink": snap})
+    [finding] = uplink_findings(cast(DaemonStatus, {"uplink": snap}))
     assert finding.level is Level.OK and finding.summary.startswith("STREAMING")
     assert snap["backlog"]["items"] == 0
     transitions = [r.getMessage() for r in caplog.records if "->" in r.getMessage()]

@@ -21,7 +21,7 @@ from edge.csu.main import main as edge_csu
 from edge.errors import CaError, ConfigError, Dot1xError, EnrolmentError
 from edge.identity.enrolment import certificate_status
 from edge.uplink.dot1x import supplicant_conf
-from edge.uplink.dot1x.status import (
+from edge.uplink.dot1x.port_state import (
     EventKind,
     PortState,
     interpret_event,

@@ -63,7 +63,7 @@ from edge.snapshot import (
     VaultStatus,
 )
 from edge.uplink.client import UplinkClient
-from edge.uplink.dot1x.status import PortState
+from edge.uplink.dot1x.port_state import PortState
 from edge.uplink.dot1x.supervisor import Dot1xAlert, Dot1xSupervisor
 from edge.uplink.gate import make_gate
 from edge.uplink.spool import EventSpool

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from edge.uplink.dot1x import WpaCtrl
+from edge.uplink.dot1x.port_state import parse_status, state_from_status
 
 from .. import config as config_mod
 from ..clihelp import add_command
 from ..errors import Dot1xError
 from ..uplink.dot1x import supplicant_conf
-from ..uplink.dot1x.status import parse_status, state_from_status
 from .common import add_config_args, load_config
 
 

@@ -14,7 +14,7 @@ from edge.lazyexports import lazy_exports
 
 if TYPE_CHECKING:
     from edge.uplink.dot1x.ctrl import WpaCtrl as WpaCtrl
-    from edge.uplink.dot1x.status import PortState as PortState
+    from edge.uplink.dot1x.port_state import PortState as PortState
     from edge.uplink.dot1x.supervisor import Dot1xAlert as Dot1xAlert
     from edge.uplink.dot1x.supervisor import Dot1xSupervisor as Dot1xSupervisor
     from edge.uplink.dot1x.supplicant_conf import Dot1xSettings as Dot1xSettings
@@ -24,7 +24,7 @@ _EXPORTS = {
     "Dot1xAlert": "supervisor",
     "Dot1xSettings": "supplicant_conf",
     "Dot1xSupervisor": "supervisor",
-    "PortState": "status",
+    "PortState": "port_state",
     "WpaCtrl": "ctrl",
 }
 __all__ = ["Dot1xAlert", "Dot1xSettings", "Dot1xSupervisor", "PortState", "WpaCtrl"]

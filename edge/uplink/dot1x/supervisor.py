@@ -23,10 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...config import EdgeConfig
-from ...errors import Dot1xError
-from .ctrl import WpaCtrl
-from .status import (
+from edge.uplink.dot1x.port_state import (
     SERVER_REJECTED_UNIT,
     EventKind,
     PortState,
@@ -34,6 +31,10 @@ from .status import (
     parse_status,
     state_from_status,
 )
+
+from ...config import EdgeConfig
+from ...errors import Dot1xError
+from .ctrl import WpaCtrl
 from .supplicant_conf import Dot1xSettings, settings
 
 log = logging.getLogger(__name__)

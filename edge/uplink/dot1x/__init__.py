@@ -2,7 +2,7 @@
 
 wpa_supplicant does the protocol work; this package renders its configuration
 (:mod:`.supplicant_conf`), talks to its control socket (:mod:`.ctrl`), interprets what it says
-(:mod:`.status`, pure) and supervises it from ``edged`` (:mod:`.supervisor`). The uplink gate
+(:mod:`.port_state`, pure) and supervises it from ``edged`` (:mod:`.supervisor`). The uplink gate
 (:mod:`edge.uplink.gate`) opens only while the supervisor sees the port authorised.
 """
 

@@ -17,8 +17,10 @@ __all__ = [
     "AnalyticsStatus",
     "CameraStatus",
     "CaptureStatus",
+    "CertificateStatus",
     "DaemonStatus",
     "DoorStatus",
+    "Dot1xStatus",
     "ReloadOutcome",
     "StatusReport",
     "SystemStatus",
@@ -77,6 +79,40 @@ class VaultStatus(TypedDict):
     chain_ok: bool | None
     """None until a vault self-check ran in this edged (``edgectl selftest``)."""
     chain_error: str | None
+
+
+class CertificateStatus(TypedDict, total=False):
+    """One of the unit's certificates (:mod:`edge.identity.enrolment`): a missing or unreadable
+    file has ``present`` and ``warning`` only; the chain and key checks are there when made."""
+
+    present: bool
+    warning: str | None
+    subject: str
+    issuer: str
+    serial: str
+    not_after: str
+    days_left: float
+    expired: bool
+    expiring_soon: bool
+    chains_to_ca: bool | None
+    matches_signing_key: bool
+
+
+class Dot1xStatus(TypedDict):
+    """The 802.1X port (:meth:`edge.uplink.dot1x.supervisor.Dot1xSupervisor.snapshot`)."""
+
+    enabled: bool
+    interface: str
+    identity: str
+    state: str
+    reason: str
+    since: str
+    previous_state: str | None
+    transitions: int
+    confirmed_age_s: float | None
+    supplicant: dict[str, str]
+    """wpa_supplicant's STATUS fields that matter (wpa_state, suppPortStatus, EAP state…)."""
+    client_certificate: CertificateStatus
 
 
 class UplinkBacklog(TypedDict):
@@ -146,11 +182,10 @@ class DaemonStatus(TypedDict):
     cameras: list[CameraStatus]
     vault: VaultStatus | None
     uplink: UplinkStatus | None
-    dot1x: dict[str, Any] | None
-    """:meth:`Dot1xSupervisor.snapshot` (port state, supplicant, client certificate)."""
+    dot1x: Dot1xStatus | None
     analytics: AnalyticsStatus | None
-    certificates: dict[str, dict[str, Any]]
-    """``tls`` and ``evidence``: the certificate status dicts of :mod:`edge.identity.enrolment`."""
+    certificates: dict[str, CertificateStatus]
+    """``tls`` (TLS and 802.1X client) and ``evidence`` (evidence signing)."""
     alerts: AlertsStatus | None
     tamper: TamperStatus | None
     door: DoorStatus | None

@@ -168,9 +168,9 @@ def test_expiry_warning_30_days_ahead(tmp_path: Path) -> None:
         is None
     )
     soon = certificate_status(cert, warning_days=30, now=end - dt.timedelta(days=29))
-    assert soon["expiring_soon"] and "renew" in soon["warning"]
+    assert soon["expiring_soon"] and "renew" in str(soon["warning"])
     gone = certificate_status(cert, warning_days=30, now=end + dt.timedelta(days=1))
-    assert gone["expired"] and "expired on" in gone["warning"]
+    assert gone["expired"] and "expired on" in str(gone["warning"])
 
 
 # --- configuration and supplicant file ---------------------------------------------------------

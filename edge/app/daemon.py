@@ -57,6 +57,7 @@ from edge.identity import enrolment, unitkeys
 from edge.privacy.faceblur import FaceBlurrer
 from edge.snapshot import (
     AnalyticsStatus,
+    CertificateStatus,
     DaemonStatus,
     ReloadOutcome,
     StatusReport,
@@ -620,7 +621,7 @@ class Daemon:
             parts.append(f"configuration reload failed: {self.last_reload['error']}")
         return "; ".join(parts)
 
-    def _certificates(self) -> dict[str, Any]:
+    def _certificates(self) -> dict[str, CertificateStatus]:
         keys = unitkeys.keys_dir_of(self.cfg.unit.data_dir)
         days = self.cfg.dot1x.expiry_warning_days
         return {

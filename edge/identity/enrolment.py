@@ -26,7 +26,6 @@ import datetime as dt
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -43,6 +42,7 @@ from edge.identity.unitkeys import CA_CHAIN_NAME as CA_CHAIN_NAME
 from edge.identity.unitkeys import SIGNING_CERT_NAME, SIGNING_CSR_NAME, TLS_CSR_NAME, TLS_KEY_NAME
 from edge.identity.unitkeys import TLS_CERT_NAME as TLS_CERT_NAME
 from edge.identity.unitkeys import TLS_NEW_KEY_NAME as TLS_NEW_KEY_NAME
+from edge.snapshot import CertificateStatus
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
@@ -325,7 +325,7 @@ def _check_signing_cert(
 
 def signing_certificate_status(
     keys_dir: Path, *, warning_days: int, now: dt.datetime | None = None
-) -> dict[str, Any]:
+) -> CertificateStatus:
     """Expiry facts of ``unit-signing.crt``, whether it certifies the current signing key, and
     whether it chains to ``ca.pem`` (judged inside its validity)."""
     from edge.identity import unitkeys
@@ -372,7 +372,7 @@ def signing_certificate_status(
 
 def certificate_status(
     cert: x509.Certificate, *, warning_days: int, now: dt.datetime | None = None
-) -> dict[str, Any]:
+) -> CertificateStatus:
     """Expiry facts of a certificate for diagnostics; ``warning`` is set within the window."""
     now = now or dt.datetime.now(dt.UTC)
     not_after = cert.not_valid_after_utc
@@ -409,7 +409,7 @@ def read_certificate_status(
     warning_days: int,
     now: dt.datetime | None = None,
     ca_path: Path | None = None,
-) -> dict[str, Any]:
+) -> CertificateStatus:
     """:func:`certificate_status` of the file at ``path``; describes a missing or bad file.
 
     With ``ca_path``, ``chains_to_ca`` tells whether the certificate chains to that CA file

@@ -21,10 +21,13 @@ __all__ = [
     "DaemonStatus",
     "DoorStatus",
     "Dot1xStatus",
+    "MemoryStatus",
     "ReloadOutcome",
     "StatusReport",
+    "StorageStatus",
     "SystemStatus",
     "TamperStatus",
+    "TimeStatus",
     "UplinkBacklog",
     "UplinkStatus",
     "VaultStatus",
@@ -192,17 +195,43 @@ class DaemonStatus(TypedDict):
     last_reload: ReloadOutcome | None
 
 
+class TimeStatus(TypedDict):
+    """Clock synchronisation (:class:`edge.health.system.TimeSync`)."""
+
+    synchronised: bool
+    source: str
+    offset_s: float | None
+    stratum: int | None
+    detail: str
+
+
+class MemoryStatus(TypedDict):
+    total_bytes: int
+    available_bytes: int
+
+
+class StorageStatus(TypedDict):
+    """The file system holding the data directory."""
+
+    path: str
+    total_bytes: int
+    free_bytes: int
+    free_percent: float
+    fs_errors: int | None
+    """ext4's error count; None where the file system keeps none."""
+
+
 class SystemStatus(TypedDict):
     """The machine's figures (:func:`edge.health.system.snapshot`)."""
 
-    time: dict[str, Any]
+    time: TimeStatus
     thermal: list[dict[str, Any]]
     soc_celsius: float | None
     throttling: list[str] | None
     load: list[float]
     cpus: int | None
-    memory: dict[str, int]
-    storage: dict[str, Any]
+    memory: MemoryStatus
+    storage: StorageStatus
 
 
 class StatusReport(TypedDict, total=False):

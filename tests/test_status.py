@@ -19,7 +19,16 @@ import pytest
 
 from edge import config as config_mod
 from edge.app import daemon as daemon_mod
-from edge.snapshot import CameraStatus, CaptureStatus, DaemonStatus, VaultStatus
+from edge.snapshot import (
+    CameraStatus,
+    CaptureStatus,
+    DaemonStatus,
+    MemoryStatus,
+    StorageStatus,
+    SystemStatus,
+    TimeStatus,
+    VaultStatus,
+)
 from edge.video.base import MediaSegment
 from edge.video.dirsink import DirectorySink
 
@@ -409,6 +418,14 @@ def test_status_reports_the_vault_and_a_recording_chain_that_does_not_verify(
         assert set(daemon["cameras"][0]) == set(CameraStatus.__required_keys__)
         assert set(daemon["cameras"][0]["capture"]) == set(CaptureStatus.__required_keys__)
         assert set(daemon["vault"]) == set(VaultStatus.__required_keys__)
+        system = status_json(config)[1]["system"]
+        assert set(system) == set(SystemStatus.__required_keys__)
+        for part, model in (
+            ("time", TimeStatus),
+            ("memory", MemoryStatus),
+            ("storage", StorageStatus),
+        ):
+            assert set(system[part]) == set(model.__required_keys__), part
         screen = edgectl("status", "--config", str(config)).stdout
         [record] = [line for line in screen.splitlines() if line.startswith("RECORD")]
         assert " GB, " in record and " d retention" in record, record

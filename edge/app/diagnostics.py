@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import cast
 
-from edge.snapshot import CameraStatus, DaemonStatus, StatusReport, SystemStatus
+from edge.snapshot import (
+    CameraStatus,
+    DaemonStatus,
+    MemoryStatus,
+    StatusReport,
+    StorageStatus,
+    SystemStatus,
+    TimeStatus,
+)
 
 
 class Level(IntEnum):
@@ -330,7 +338,7 @@ def analytics_findings(daemon: DaemonStatus) -> list[Finding]:
 
 
 def time_findings(system: SystemStatus) -> list[Finding]:
-    t = system.get("time") or {}
+    t = system.get("time", cast(TimeStatus, {}))
     offset = t.get("offset_s")
     line = f"{t.get('source', '?')} " + (
         f"offset {offset * 1000:+.1f} ms " if offset is not None else ""
@@ -363,7 +371,7 @@ def time_findings(system: SystemStatus) -> list[Finding]:
 def health_findings(system: SystemStatus) -> list[Finding]:
     out: list[Finding] = []
     soc = system.get("soc_celsius")
-    mem = system.get("memory") or {}
+    mem = system.get("memory", cast(MemoryStatus, {}))
     load = system.get("load") or [0.0]
     parts = [f"SoC {soc:.1f}°C" if soc is not None else "SoC temp n/a"]
     throttling = system.get("throttling")
@@ -398,7 +406,7 @@ def health_findings(system: SystemStatus) -> list[Finding]:
         )
     else:
         out.append(Finding("health", Level.OK, line))
-    st = system.get("storage") or {}
+    st = system.get("storage", cast(StorageStatus, {}))
     if st:
         sline = f"free {_gb(st.get('free_bytes', 0))} ({st.get('free_percent', 0):.0f} %)"
         if st.get("fs_errors"):

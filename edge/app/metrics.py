@@ -15,7 +15,7 @@ from prometheus_client.openmetrics.exposition import generate_latest
 
 from edge.app.diagnostics import Level, evaluate, worst
 from edge.fsutil import write_atomic
-from edge.snapshot import DaemonStatus, StatusReport, SystemStatus
+from edge.snapshot import DaemonStatus, StatusReport, StorageStatus, SystemStatus, TimeStatus
 
 
 def registry_from_status(status: StatusReport) -> CollectorRegistry:
@@ -66,12 +66,12 @@ def registry_from_status(status: StatusReport) -> CollectorRegistry:
     soc = system.get("soc_celsius")
     if isinstance(soc, int | float):
         Gauge("edge_soc_celsius", "SoC temperature", ["unit"], registry=reg).labels(unit).set(soc)
-    storage = system.get("storage") or {}
+    storage = system.get("storage", cast(StorageStatus, {}))
     if storage:
         Gauge(
             "edge_storage_free_bytes", "Free bytes on the data file system", ["unit"], registry=reg
         ).labels(unit).set(storage.get("free_bytes", 0))
-    t = system.get("time") or {}
+    t = system.get("time", cast(TimeStatus, {}))
     if t:
         Gauge(
             "edge_time_synchronised", "1 when the clock is synchronised", ["unit"], registry=reg

@@ -97,7 +97,7 @@ class Program:
 PROGRAMS = (
     Program("edgectl", 1, "edge.cli.main"),
     Program("edge-csu", 1, "edge.csu.main"),
-    Program("edged", 8, "edge.daemon"),
+    Program("edged", 8, "edge.app.daemon"),
 )
 
 

@@ -21,8 +21,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edge.identity.unitkeys import refuse_private_material
+
 from .errors import ConfigError, EdgeError
-from .unitkeys import refuse_private_material
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge/edge.toml")
 
@@ -897,7 +898,8 @@ def _readable_file(file: Path, key: str, problem: _Problem, what: str) -> bool:
 
 
 def _check_recipients(cfg: EdgeConfig, problem: _Problem, away: bool) -> None:
-    from .vault.keys import load_public  # local: vault.keys imports this module
+    # local: vault.recipient_keys imports this module
+    from edge.vault.recipient_keys import load_public
 
     v = cfg.vault
     if v.csu_public_key is None and not v.demo_recipient:
@@ -925,9 +927,9 @@ def _check_recipients(cfg: EdgeConfig, problem: _Problem, away: bool) -> None:
 
 
 def _check_data_dir(data_dir: Path, problem: _Problem) -> None:
-    """What :func:`edge.datadir.lock_data_dir` would meet, found without creating anything."""
+    """What :func:`edge.app.datadir.lock_data_dir` would meet, found without creating anything."""
 
-    from .datadir import FRESH_MIN_FREE, unusable
+    from edge.app.datadir import FRESH_MIN_FREE, unusable
 
     def refuse(code: int, where: Path, detail: str | None = None) -> None:
         exc = OSError(code, detail or os.strerror(code), str(where))

@@ -23,10 +23,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from edge import config
-from edge.enrolment import read_certificate_status
 from edge.errors import Dot1xError
+from edge.identity.enrolment import read_certificate_status
 from edge.uplink.dot1x.ctrl import WpaCtrl
-from edge.uplink.dot1x.status import PortState, parse_status, state_from_status
+from edge.uplink.dot1x.port_state import PortState, parse_status, state_from_status
 from edge.uplink.dot1x.supervisor import Dot1xSupervisor
 from edge.uplink.dot1x.supplicant_conf import Dot1xSettings, settings
 from edge.uplink.gate import make_gate

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edge.config import RecipientKem
-from edge.vault.keys import write_keypair
+from edge.vault.recipient_keys import write_keypair
 
 
 class NotifyListener:
@@ -141,7 +141,7 @@ def running_edged(
     full_env.pop("JOURNAL_STREAM", None)
     full_env.pop("INVOCATION_ID", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge.daemon", "--config", str(config), *args],
+        [sys.executable, "-m", "edge.app.daemon", "--config", str(config), *args],
         env=full_env,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from edge.analytics.events import EventSigner
 from edge.analytics.litert import sha256_file
-from edge.unitkeys import keys_dir_of, load_or_create_signing_key
+from edge.events import EventSigner
+from edge.identity.unitkeys import keys_dir_of, load_or_create_signing_key
 
 from .conftest import REPO
 from .test_analytics_e2e import face_model

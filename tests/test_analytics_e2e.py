@@ -24,7 +24,6 @@ from PIL import Image
 
 from edge.analytics.bridge import AnalyticsBridge
 from edge.analytics.engine import AnalyticsEngine
-from edge.analytics.events import EventSigner, SignedEvent, verify_wire
 from edge.analytics.litert import LiteRTDetector, sha256_file
 from edge.capture.synthetic import Sprite, SyntheticSource
 from edge.config import (
@@ -36,9 +35,10 @@ from edge.config import (
     parse,
 )
 from edge.errors import AnalyticsError
+from edge.events import EventSigner, SignedEvent, verify_wire
 from edge.frames import Frame
+from edge.identity.unitkeys import keys_dir_of, load_signing_public_key
 from edge.privacy.masker import PrivacyMasker, mask_pixels
-from edge.unitkeys import keys_dir_of, load_signing_public_key
 
 from .conftest import require_module, unavailable
 

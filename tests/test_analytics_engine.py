@@ -10,9 +10,9 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge.analytics.engine import AnalyticsEngine
-from edge.analytics.events import EventSigner, SignedEvent
 from edge.capture.synthetic import SyntheticSource
 from edge.config import AnalyticsConfig, CameraAnalyticsConfig, LineRuleConfig, TamperConfig
+from edge.events import EventSigner, SignedEvent
 
 W, H = 480, 270
 STEP = 5  # 5 fps of a 25 fps scene

@@ -10,9 +10,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from PIL import Image
 
-from edge.analytics.events import EventSigner, jpeg_snapshot, verify_snapshot, verify_wire
 from edge.analytics.fiware import count_entities
 from edge.errors import IntegrityError
+from edge.events import EventSigner, jpeg_snapshot, verify_snapshot, verify_wire
 
 KEY = ed25519.Ed25519PrivateKey.generate()
 

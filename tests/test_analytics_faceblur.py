@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from edge.analytics.engine import i420_to_rgb
-from edge.analytics.faceblur import FaceBlurrer
 from edge.capture.synthetic import Sprite, SyntheticSource
 from edge.config import parse
 from edge.errors import ConfigError
+from edge.privacy.faceblur import FaceBlurrer
 
 from .test_analytics_e2e import face_model, skimage_data
 

@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.analytics.events import EventSigner, SignedEvent, verify_wire
-from edge.analytics.mqtt import MqttPublisher, MqttState
+from edge.analytics.mqtt_publisher import MqttPublisher, MqttState
 from edge.config import MqttConfig
 from edge.errors import IntegrityError
+from edge.events import EventSigner, SignedEvent, verify_wire
 
 from .conftest import tool
 

@@ -19,7 +19,7 @@ from edge import config as config_mod
 from edge.cli.main import main as edgectl
 from edge.config import RecipientKem
 from edge.csu.main import main as edge_csu
-from edge.vault.keys import write_keypair
+from edge.vault.recipient_keys import write_keypair
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -188,7 +188,7 @@ def _edged_without_default(tmp_path: Path, *args: str) -> subprocess.CompletedPr
     launcher = (
         "import pathlib, sys; import edge.config as c; "
         "c.DEFAULT_CONFIG_PATH = pathlib.Path(sys.argv[1]); "
-        "from edge.daemon import main; sys.exit(main(sys.argv[2:]))"
+        "from edge.app.daemon import main; sys.exit(main(sys.argv[2:]))"
     )
     return subprocess.run(
         [sys.executable, "-c", launcher, str(tmp_path / "etc" / "edge.toml"), *args],

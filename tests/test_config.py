@@ -100,7 +100,7 @@ def test_config_error_is_a_value_error() -> None:
 
 
 def test_edgectl_config_check(tmp_path: Path) -> None:
-    from edge.vault.keys import write_keypair
+    from edge.vault.recipient_keys import write_keypair
 
     # A unit's file needs its CSU recipient key (edged refuses to start without one).
     pub, _key = write_keypair(tmp_path / "csu", config.RecipientKem.MLKEM768_X25519)
@@ -135,7 +135,7 @@ def _private_pem() -> bytes:
 
 @pytest.mark.parametrize("field", ["csu_public_key", "escrow_public_key"])
 def test_config_check_refuses_a_private_key_as_recipient(tmp_path: Path, field: str) -> None:
-    from edge.vault.keys import write_keypair
+    from edge.vault.recipient_keys import write_keypair
 
     pub, key = write_keypair(tmp_path / "csu", config.RecipientKem.X25519)
     pem = tmp_path / "escrow.pem"
@@ -164,7 +164,7 @@ def test_edged_refuses_to_start_with_the_csu_private_key(tmp_path: Path) -> None
     cfg_path = write_config(tmp_path / "edge.toml", tmp_path / "data")
     cfg_path.write_text(cfg_path.read_text().replace("csu.pub.json", "csu.key.json"))
     run = subprocess.run(
-        [sys.executable, "-m", "edge.daemon", "--config", str(cfg_path), "--run-for", "5"],
+        [sys.executable, "-m", "edge.app.daemon", "--config", str(cfg_path), "--run-for", "5"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -176,7 +176,7 @@ def test_edged_refuses_to_start_with_the_csu_private_key(tmp_path: Path) -> None
 
 
 def test_vault_refuses_a_key_file_swapped_after_the_config_was_loaded(tmp_path: Path) -> None:
-    from edge.vault.keys import resolve_recipients, write_keypair
+    from edge.vault.recipient_keys import resolve_recipients, write_keypair
 
     pub, key = write_keypair(tmp_path / "csu", config.RecipientKem.X25519)
     cfg = config.parse(
@@ -225,7 +225,7 @@ _RUNNING_DIR = Path(__file__).resolve().parent.parent
 def _startup_case(tmp_path: Path, case: str) -> tuple[str, str, str]:
     """A configuration that passes the schema but that edged refuses at start: (TOML text, the
     key named, a fragment of the reason)."""
-    from edge.vault.keys import write_keypair
+    from edge.vault.recipient_keys import write_keypair
 
     pub, _key = write_keypair(tmp_path / "csu", config.RecipientKem.MLKEM768_X25519)
     data = tmp_path / "data"
@@ -354,7 +354,7 @@ def test_config_check_finds_what_edged_refuses_at_start(tmp_path: Path, case: st
     assert "Traceback" not in check.stderr
     # edged refuses it too, with the same words, before touching anything.
     edged = subprocess.run(
-        [sys.executable, "-m", "edge.daemon", "--config", str(path), "--run-for", "1"],
+        [sys.executable, "-m", "edge.app.daemon", "--config", str(path), "--run-for", "1"],
         capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip
     # 73 (EX_CANTCREAT) for an unusable data directory, as ever; 78 (EX_CONFIG) otherwise.
@@ -375,7 +375,7 @@ def test_config_check_passes_what_edged_starts_with(tmp_path: Path) -> None:
     )  # fmt: skip
     assert check.returncode == 0 and check.stdout.strip() == f"{path}: OK", check.stderr
     edged = subprocess.run(
-        [sys.executable, "-m", "edge.daemon", "--config", str(path), "--run-for", "1"],
+        [sys.executable, "-m", "edge.app.daemon", "--config", str(path), "--run-for", "1"],
         capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip
     assert edged.returncode == 0, edged.stderr

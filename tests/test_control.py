@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from edge import control
+from edge.app import control
 
 from .conftest import require_root
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from edge.analytics.events import EventSigner
 from edge.csu.receiver.limits import AdmissionGate, start_gated_server
 from edge.csu.receiver.registry import server_context
+from edge.events import EventSigner
 from edge.uplink.protocol import (
     CERTIFICATE_CONTENT_TYPE,
     ENVELOPE_CONTENT_TYPE,
@@ -205,7 +205,7 @@ def test_failed_handshakes_are_freed_without_a_garbage_collection(tmp_path: Path
     reference cycle holding its SSLProtocol (a 256 KiB buffer and an OpenSSL object), freed
     only by a full collection. With the collector off, none may survive here."""
     csu = make_csu(tmp_path)
-    from edge.csu.receiver import config as serve_config
+    from edge.csu.receiver import settings as serve_config
 
     ctx = server_context(serve_config.load(csu.config).tls)
 

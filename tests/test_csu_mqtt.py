@@ -20,12 +20,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.analytics.events import EventSigner, verify_wire
 from edge.csu.ca import Profile
-from edge.csu.receiver import config as serve_config
-from edge.csu.receiver.config import MqttConfig
-from edge.csu.receiver.mqtt import EventPublisher, read_password
+from edge.csu.receiver import settings as serve_config
+from edge.csu.receiver.mqtt_relay import EventPublisher, read_password
+from edge.csu.receiver.settings import MqttConfig
 from edge.errors import ConfigError
+from edge.events import EventSigner, verify_wire
 
 from .conftest import REPO, tool
 from .uplink_util import CSU_NAME, Csu, free_port, make_csu, wait_until

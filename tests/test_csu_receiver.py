@@ -24,18 +24,18 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.analytics.events import EventSigner, SignedEvent, verify_wire
-from edge.csu.receiver import audit as csu_audit
-from edge.csu.receiver import config as serve_config
+from edge.csu.receiver import access_log as csu_audit
+from edge.csu.receiver import settings as serve_config
 from edge.csu.serve_cmd import unit_rows
 from edge.errors import ConfigError
+from edge.events import EventSigner, SignedEvent, verify_wire
 from edge.uplink.protocol import (
     ENVELOPE_CONTENT_TYPE,
     SEGMENT_CONTENT_TYPE,
     envelope_path,
     segment_path,
 )
-from edge.vault import keys as vault_keys
+from edge.vault import recipient_keys as vault_keys
 
 from .conftest import tool
 from .uplink_util import (

@@ -20,12 +20,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from edge import enrolment
 from edge.config import EdgeConfig, UnitConfig, UplinkConfig
 from edge.csu.ca import RevocationReason, VideoCA, cert_pem
 from edge.csu.receiver import trust
 from edge.csu.receiver.registry import RevocationList, UnitRegistry
-from edge.unitkeys import keys_dir_of, load_or_create_signing_key, public_pem
+from edge.identity import enrolment
+from edge.identity.unitkeys import keys_dir_of, load_or_create_signing_key, public_pem
 from edge.uplink.client import UplinkClient
 from edge.uplink.protocol import CERTIFICATE_CONTENT_TYPE, segment_path, signing_certificate_path
 

@@ -187,7 +187,7 @@ def test_bad_config_refused_with_location(tmp_path: Path, data_dir: Path) -> Non
     config = write_config(tmp_path / "edge.toml", data_dir)
     config.write_text(config.read_text().replace("fps = 10", "fps = 0"))
     result = subprocess.run(
-        [sys.executable, "-m", "edge.daemon", "--config", str(config), "--run-for", "1"],
+        [sys.executable, "-m", "edge.app.daemon", "--config", str(config), "--run-for", "1"],
         capture_output=True,
         text=True,
         timeout=60,

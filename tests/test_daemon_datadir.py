@@ -60,7 +60,16 @@ def _start(config: Path, *, user: int | None = None) -> subprocess.CompletedProc
     if user is not None:  # setpriv, not Popen(user=): the interpreter lives under /root
         as_user = [tool("setpriv"), f"--reuid={user}", f"--regid={user}", "--clear-groups"]
     return subprocess.run(
-        [*as_user, sys.executable, "-m", "edge.daemon", "--config", str(config), "--run-for", "5"],
+        [
+            *as_user,
+            sys.executable,
+            "-m",
+            "edge.app.daemon",
+            "--config",
+            str(config),
+            "--run-for",
+            "5",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

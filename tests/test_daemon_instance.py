@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from edge import control
-from edge.unitkeys import keys_dir_of, load_signing_public_key
+from edge.app import control
+from edge.identity.unitkeys import keys_dir_of, load_signing_public_key
 from edge.vault import layout
 from edge.vault.verify import verify_vault
 
@@ -39,7 +39,7 @@ def test_second_edged_on_the_same_data_dir_is_refused(tmp_path: Path, data_dir: 
         _wait_for_segments(data_dir, 1)
         before = {p: p.read_bytes() for p in sealed_segments(data_dir)}
         second = subprocess.run(
-            [sys.executable, "-m", "edge.daemon", "--config", str(config), "--run-for", "5"],
+            [sys.executable, "-m", "edge.app.daemon", "--config", str(config), "--run-for", "5"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -71,7 +71,7 @@ def test_a_second_edged_never_takes_the_first_ones_control_socket(tmp_path: Path
         notify.wait_for("READY=1", timeout=30)
         assert control.call(sock, "status")["data_dir"] == str(first_dir)
         second = subprocess.run(
-            [sys.executable, "-m", "edge.daemon", "--config", str(config),
+            [sys.executable, "-m", "edge.app.daemon", "--config", str(config),
              "--data-dir", str(second_dir), "--run-for", "3"],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from edge import config as config_mod
-from edge.analytics.events import SignedEvent, verify_wire
-from edge.daemon import EX_SOFTWARE, Daemon
-from edge.unitkeys import keys_dir_of, load_signing_public_key
+from edge.app.daemon import EX_SOFTWARE, Daemon
+from edge.events import SignedEvent, verify_wire
+from edge.identity.unitkeys import keys_dir_of, load_signing_public_key
 from edge.vault import layout
 from edge.vault.audit import read_audit
 from edge.vault.base import OutboxKind
@@ -96,7 +96,7 @@ def test_a_dead_recording_thread_is_a_signed_alarm_and_a_non_zero_exit(
 ) -> None:
     config = write_config(tmp_path / "edge.toml", data_dir)
     cfg, origin = config_mod.load(config)
-    monkeypatch.setattr("edge.daemon.make_sink", _DyingVault.from_config)
+    monkeypatch.setattr("edge.app.daemon.make_sink", _DyingVault.from_config)
     daemon = Daemon(cfg, origin, config)
     events: list[SignedEvent] = []
     start = daemon.start

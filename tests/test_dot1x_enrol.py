@@ -18,10 +18,10 @@ from edge import config
 from edge.cli.main import main as edgectl
 from edge.csu.ca import Profile, VideoCA
 from edge.csu.main import main as edge_csu
-from edge.enrolment import certificate_status
 from edge.errors import CaError, ConfigError, Dot1xError, EnrolmentError
+from edge.identity.enrolment import certificate_status
 from edge.uplink.dot1x import supplicant_conf
-from edge.uplink.dot1x.status import (
+from edge.uplink.dot1x.port_state import (
     EventKind,
     PortState,
     interpret_event,
@@ -168,9 +168,9 @@ def test_expiry_warning_30_days_ahead(tmp_path: Path) -> None:
         is None
     )
     soon = certificate_status(cert, warning_days=30, now=end - dt.timedelta(days=29))
-    assert soon["expiring_soon"] and "renew" in soon["warning"]
+    assert soon["expiring_soon"] and "renew" in str(soon["warning"])
     gone = certificate_status(cert, warning_days=30, now=end + dt.timedelta(days=1))
-    assert gone["expired"] and "expired on" in gone["warning"]
+    assert gone["expired"] and "expired on" in str(gone["warning"])
 
 
 # --- configuration and supplicant file ---------------------------------------------------------

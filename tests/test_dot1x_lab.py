@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from edge.csu.ca import Profile, VideoCA
-from edge.uplink.dot1x.status import PortState
+from edge.uplink.dot1x.port_state import PortState
 from edge.uplink.dot1x.supervisor import Dot1xAlert, Dot1xSupervisor
 from edge.uplink.dot1x.supplicant_conf import Dot1xSettings, render
 from edge.uplink.gate import Dot1xGate

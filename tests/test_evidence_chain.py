@@ -21,12 +21,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge import enrolment
 from edge.cli.main import main as edgectl
 from edge.csu.ca import Profile, RevocationReason, VideoCA, cert_pem
 from edge.csu.main import main as edge_csu
 from edge.errors import CaError, EnrolmentError, IntegrityError
-from edge.unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
+from edge.identity import enrolment
+from edge.identity.unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
 from edge.vault.bundle import _DOMAIN, export_bundle, verify_bundle
 
 from .conftest import tool

@@ -8,11 +8,14 @@ import os
 import stat
 import threading
 from pathlib import Path
+from typing import cast
 
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from edge import fsutil, metrics
+from edge import fsutil
+from edge.app import metrics
+from edge.snapshot import StatusReport
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +34,9 @@ def test_metrics_textfile_is_fsynced_and_readable_by_the_collector(
     path = tmp_path / "edge.prom"
     old = os.umask(0o077)  # edged's UMask
     try:
-        metrics.write_textfile(path, {"daemon": {"unit_id": "cab-1", "cameras": []}})
+        metrics.write_textfile(
+            path, cast(StatusReport, {"daemon": {"unit_id": "cab-1", "cameras": []}})
+        )
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
@@ -73,7 +78,7 @@ def test_no_other_module_writes_by_temporary_file_and_rename() -> None:
         ("edge/vault/bundle.py", "replace"),
         # moves of files already written through fsutil: a renewal key promoted, a rejected
         # event set aside; and the vault index's own replace() (not a file)
-        ("edge/enrolment.py", "replace"),
+        ("edge/identity/enrolment.py", "replace"),
         ("edge/uplink/spool.py", "replace"),
         ("edge/vault/store.py", "replace"),
         # edgectl / edge-csu command modules being reworked for issue 12

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from edge.alerts import AlertHub
-from edge.analytics.events import EventSigner, SignedEvent, verify_wire
+from edge.app.alerts import AlertHub
+from edge.events import EventSigner, SignedEvent, verify_wire
 from edge.health import system
 from edge.health.door import DoorLogic, parse_spec
 from edge.health.hotplug import classify

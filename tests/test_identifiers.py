@@ -24,15 +24,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge import config
-from edge.analytics.events import EventSigner
 from edge.csu import ca
 from edge.csu.main import main as edge_csu
-from edge.csu.receiver import config as serve_config
-from edge.csu.receiver import store as csu_store
-from edge.csu.receiver.mqtt import EventPublisher
+from edge.csu.receiver import archive as csu_store
+from edge.csu.receiver import settings as serve_config
+from edge.csu.receiver.mqtt_relay import EventPublisher
 from edge.errors import ConfigError, IntegrityError
+from edge.events import EventSigner
 from edge.health import door
-from edge.uplink import events as wire_events
+from edge.uplink import event_checks as wire_events
 from edge.uplink import protocol, spool
 from edge.vault import layout, timespec
 from edge.video import dirsink

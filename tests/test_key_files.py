@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from edge import enrolment
 from edge.config import RecipientKem
 from edge.csu.ca import VideoCA, cert_pem
 from edge.csu.main import main as edge_csu
 from edge.errors import EnrolmentError, KeyExistsError
 from edge.fsutil import write_new_private
-from edge.unitkeys import load_or_create_signing_key
-from edge.vault.keys import load_private, load_public, rotate_keypair
+from edge.identity import enrolment
+from edge.identity.unitkeys import load_or_create_signing_key
+from edge.vault.recipient_keys import load_private, load_public, rotate_keypair
 
 KEM = RecipientKem.X25519.value
 
@@ -178,7 +178,7 @@ def test_only_unitkeys_names_the_unit_key_and_certificate_files() -> None:
     drift from the others (a renamed certificate then silently turns a check off)."""
     import ast
 
-    from edge import unitkeys
+    from edge.identity import unitkeys
 
     names = {v for k, v in vars(unitkeys).items() if k.endswith("_NAME") and isinstance(v, str)}
     assert {"unit-signing.pem", "unit-tls.key", "unit-tls.crt", "ca.pem"} <= names
@@ -192,7 +192,7 @@ def test_only_unitkeys_names_the_unit_key_and_certificate_files() -> None:
     spelled: set[tuple[str, str]] = set()
     for path in sorted((root / "edge").rglob("*.py")):
         rel = path.relative_to(root).as_posix()
-        if rel == "edge/unitkeys.py":
+        if rel == "edge/identity/unitkeys.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and node.value in names:

@@ -18,9 +18,9 @@ from edge import config as config_mod
 from edge.cli.main import main
 from edge.config import PrivacyMaskConfig
 from edge.frames import Frame, i420_size
+from edge.identity.unitkeys import keys_dir_of, load_or_create_signing_key
 from edge.privacy.masker import PrivacyMasker
 from edge.privacy.preview import OUTLINE_RGB, i420_to_rgb, render_preview
-from edge.unitkeys import keys_dir_of, load_or_create_signing_key
 from edge.vault import layout
 from edge.vault.audit import read_audit
 

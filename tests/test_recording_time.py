@@ -143,7 +143,7 @@ def test_encoder_restart_inside_a_session_is_placed_by_wall_clock(tmp_path: Path
 def test_pipeline_status_counts_the_time_gaps(monkeypatch: pytest.MonkeyPatch) -> None:
     """A camera that vanished for 6 s (fault injected on the capture clock of a real synthetic
     scene): the recording keeps the gap and the camera's status counts it."""
-    from edge import pipeline as pipeline_mod
+    from edge.app import pipeline as pipeline_mod
     from edge.capture.synthetic import SyntheticSource
     from edge.config import CameraConfig
     from edge.frames import Frame
@@ -187,8 +187,8 @@ def test_pipeline_status_counts_the_time_gaps(monkeypatch: pytest.MonkeyPatch) -
 def test_csu_playlist_breaks_a_run_at_a_time_gap() -> None:
     """Frame counts go on across a camera outage; the playlist must still show the gap (a new
     run with its own recording time), not play the two sides back to back."""
+    from edge.csu.receiver.archive import StoredSegment
     from edge.csu.receiver.hls import playlist
-    from edge.csu.receiver.store import StoredSegment
 
     def seg(sequence: int, start_s: float, first_index: int) -> StoredSegment:
         start = WALL0 + round(start_s * 1e9)

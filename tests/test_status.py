@@ -18,7 +18,17 @@ from typing import Any
 import pytest
 
 from edge import config as config_mod
-from edge import daemon as daemon_mod
+from edge.app import daemon as daemon_mod
+from edge.snapshot import (
+    CameraStatus,
+    CaptureStatus,
+    DaemonStatus,
+    MemoryStatus,
+    StorageStatus,
+    SystemStatus,
+    TimeStatus,
+    VaultStatus,
+)
 from edge.video.base import MediaSegment
 from edge.video.dirsink import DirectorySink
 
@@ -382,3 +392,54 @@ def test_status_camera_names_the_cameras_when_the_id_is_wrong(
     assert "cam1 320x240" in one.stdout
     assert wrong.returncode == 2
     assert "no camera 'cam9'" in wrong.stderr and "cam1" in wrong.stderr
+
+
+def test_status_reports_the_vault_and_a_recording_chain_that_does_not_verify(
+    tmp_path: Path, data_dir: Path, sockdir: Path
+) -> None:
+    """The RECORD line shows the vault's size and retention, and a tampered recording found by
+    the vault self-check becomes a FAIL finding (both were dead reads: edged reported no vault)."""
+    config = write_config(
+        tmp_path / "edge.toml",
+        data_dir,
+        extra=f'\n[control]\nsocket = "{sockdir}/control.sock"\n',
+    )
+    with running_edged(config, tmp_path) as (_proc, notify):
+        notify.wait_for("READY=1", timeout=30)
+        daemon = wait_until(
+            lambda: (d := status_json(config)[1]["daemon"]) and d["vault"]["bytes_used"] > 0 and d,
+            30,
+            "the vault to hold recordings",
+        )
+        assert daemon["vault"]["retention_days"] == config_mod.load(config)[0].vault.retention_days
+        assert daemon["vault"]["chain_ok"] is None, "no self-check ran yet"
+        # What travels is exactly the typed model the readers are checked against.
+        assert set(daemon) == set(DaemonStatus.__required_keys__)
+        assert set(daemon["cameras"][0]) == set(CameraStatus.__required_keys__)
+        assert set(daemon["cameras"][0]["capture"]) == set(CaptureStatus.__required_keys__)
+        assert set(daemon["vault"]) == set(VaultStatus.__required_keys__)
+        system = status_json(config)[1]["system"]
+        assert set(system) == set(SystemStatus.__required_keys__)
+        for part, model in (
+            ("time", TimeStatus),
+            ("memory", MemoryStatus),
+            ("storage", StorageStatus),
+        ):
+            assert set(system[part]) == set(model.__required_keys__), part
+        screen = edgectl("status", "--config", str(config)).stdout
+        [record] = [line for line in screen.splitlines() if line.startswith("RECORD")]
+        assert " GB, " in record and " d retention" in record, record
+
+        # An attacker edits a recorded segment in place.
+        segment = sorted(data_dir.rglob("*.seg"))[0]
+        data = bytearray(segment.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        segment.write_bytes(bytes(data))
+        selftest = edgectl("selftest", "--json", "--config", str(config))
+        assert selftest.returncode != 0, selftest.stdout
+
+        diag = edgectl("diag", "--json", "--config", str(config))
+        assert diag.returncode == 2, diag.stdout + diag.stderr
+        [chain] = [f for f in json.loads(diag.stdout) if f["summary"].startswith("recording chain")]
+        assert chain["level"] == "FAIL" and chain["cause"], chain
+        assert status_json(config)[1]["daemon"]["vault"]["chain_ok"] is False

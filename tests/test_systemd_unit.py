@@ -51,7 +51,7 @@ def test_reload_checks_the_file_before_signalling(tmp_path: Path) -> None:
     assert result.returncode != 0 and "face_model_path" in result.stderr
     # A good file is one edged starts with: its CSU key and its data directory too.
     from edge.config import RecipientKem
-    from edge.vault.keys import write_keypair
+    from edge.vault.recipient_keys import write_keypair
 
     pub, _key = write_keypair(tmp_path / "csu", RecipientKem.MLKEM768_X25519)
     bad.write_text(

@@ -99,7 +99,7 @@ def test_unit_wheel_has_no_csu_files_entry_point_or_dependency(unit_wheel: Path)
             line for line in zf.read(meta).decode().splitlines() if line.startswith("Requires-Dist")
         ]
         entry_points = zf.read(meta.replace("METADATA", "entry_points.txt")).decode()
-    assert "edge/daemon.py" in names and "edge/cli/main.py" in names
+    assert "edge/app/daemon.py" in names and "edge/cli/main.py" in names
     assert not [n for n in names if n.startswith("edge/csu/")]
     assert not [r for r in requires if "aiohttp" in r]
     assert "edged" in entry_points and "edgectl" in entry_points

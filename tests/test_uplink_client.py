@@ -11,14 +11,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from edge.app.diagnostics import Level, uplink_findings
 from edge.config import EdgeConfig, UnitConfig, UplinkConfig
 from edge.csu.ca import Profile
-from edge.diagnostics import Level, uplink_findings
+from edge.snapshot import DaemonStatus
 from edge.uplink.client import UplinkClient, UplinkState
 from edge.vault.base import OutboxItem
 
@@ -131,7 +133,7 @@ def test_delivers_byte_identical_segments_and_marks_them_delivered(
     assert snap["state"] == "streaming" and snap["counters"]["sent"] == 6
     assert snap["last_ack_age_s"] is not None and snap["backlog_s"] == 0
     # what edgectl status makes of it
-    [finding] = uplink_findings({"uplink": snap})
+    [finding] = uplink_findings(cast(DaemonStatus, {"uplink": snap}))
     assert finding.level is Level.OK and finding.summary.startswith("STREAMING")
     assert snap["backlog"]["items"] == 0
     transitions = [r.getMessage() for r in caplog.records if "->" in r.getMessage()]
@@ -266,7 +268,7 @@ def test_sixty_second_outage(rig: Rig) -> None:
 
 
 def test_events_are_spooled_durably_and_sent_before_video(rig: Rig, tmp_path: Path) -> None:
-    from edge.analytics.events import EventSigner, SignedEvent
+    from edge.events import EventSigner, SignedEvent
     from edge.uplink.spool import EventSpool
 
     spool = EventSpool(tmp_path / "spool")
@@ -379,8 +381,8 @@ def test_a_loss_at_the_unit_reaches_the_csu_which_flags_the_originals_it_holds(
     gap record goes to the CSU first, the chain goes on through it at the CSU (#6 is accepted,
     not refused as a chain break), and the CSU, which holds the originals of #4..#5, shows the
     conflict in `edge-csu units` and its audit log instead of hiding it."""
-    from edge.csu.receiver import audit as csu_audit
-    from edge.csu.receiver import config as serve_config
+    from edge.csu.receiver import access_log as csu_audit
+    from edge.csu.receiver import settings as serve_config
     from edge.csu.serve_cmd import unit_rows
     from edge.vault import layout
     from edge.vault.retention import RetentionPolicy

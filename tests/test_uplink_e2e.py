@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from edge.analytics.events import EventSigner
-from edge.unitkeys import keys_dir_of, load_or_create_signing_key
+from edge.events import EventSigner
+from edge.identity.unitkeys import keys_dir_of, load_or_create_signing_key
 from edge.uplink.spool import EventSpool
 from edge.vault import format as fmt
 from edge.vault.layout import vault_dir
@@ -33,7 +33,15 @@ def vault_segments(data_dir: Path) -> dict[int, bytes]:
 
 def run_edged(config: Path, seconds: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "edge.daemon", "--config", str(config), "--run-for", str(seconds)],
+        [
+            sys.executable,
+            "-m",
+            "edge.app.daemon",
+            "--config",
+            str(config),
+            "--run-for",
+            str(seconds),
+        ],
         capture_output=True,
         text=True,
         timeout=seconds + 60,
@@ -154,7 +162,15 @@ def edged_outage(tmp_path: Path, outage_s: float) -> None:
     csu.start()
     run_for = 6 + outage_s + 1.5 * outage_s + 15
     edged = subprocess.Popen(
-        [sys.executable, "-m", "edge.daemon", "--config", str(config), "--run-for", str(run_for)],
+        [
+            sys.executable,
+            "-m",
+            "edge.app.daemon",
+            "--config",
+            str(config),
+            "--run-for",
+            str(run_for),
+        ],
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,

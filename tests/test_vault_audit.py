@@ -13,7 +13,7 @@ import pytest
 from edge import config
 from edge.cli.main import main as edgectl
 from edge.config import RecipientKem
-from edge.unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
+from edge.identity.unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
 from edge.vault.audit import DAMAGE_ACTION, AuditLog, check_audit, head_path, read_audit
 from edge.vault.store import Vault
 

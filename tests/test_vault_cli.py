@@ -14,10 +14,10 @@ from edge.cli.main import main as edgectl
 from edge.config import RecipientKem
 from edge.csu.main import main as edge_csu
 from edge.errors import ConfigError, IntegrityError
-from edge.unitkeys import load_or_create_signing_key, load_signing_public_key
+from edge.identity.unitkeys import load_or_create_signing_key, load_signing_public_key
 from edge.vault import layout
 from edge.vault.base import OutboxKind
-from edge.vault.keys import load_private, load_public
+from edge.vault.recipient_keys import load_private, load_public
 from edge.vault.store import Vault
 from edge.vault.timespec import parse_time, resolve_range
 from edge.vault.verify import ChainVerifier

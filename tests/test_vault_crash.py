@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.unitkeys import keys_dir_of, load_signing_public_key
+from edge.identity.unitkeys import keys_dir_of, load_signing_public_key
 from edge.vault import layout
 from edge.vault.verify import verify_vault
 

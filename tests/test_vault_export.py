@@ -19,7 +19,7 @@ from edge.cli.main import main as edgectl
 from edge.config import RecipientKem
 from edge.csu.main import main as edge_csu
 from edge.errors import IntegrityError, VaultError
-from edge.unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
+from edge.identity.unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
 from edge.vault import format as fmt
 from edge.vault import layout
 from edge.vault.audit import read_audit

@@ -20,7 +20,13 @@ from edge.vault import format as fmt
 from edge.vault.audit import parse_record
 from edge.vault.bundle import parse_manifest
 from edge.vault.index import IndexRow
-from edge.vault.keys import EpochKey, decrypt_segment, load_private, open_envelope, write_keypair
+from edge.vault.recipient_keys import (
+    EpochKey,
+    decrypt_segment,
+    load_private,
+    open_envelope,
+    write_keypair,
+)
 
 KEY = ed25519.Ed25519PrivateKey.generate()
 PUB = KEY.public_key()

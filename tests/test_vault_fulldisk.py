@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.unitkeys import keys_dir_of, load_signing_public_key
+from edge.identity.unitkeys import keys_dir_of, load_signing_public_key
 from edge.vault import layout
 from edge.vault.audit import read_audit
 from edge.vault.verify import verify_vault
@@ -75,7 +75,16 @@ def test_edged_survives_a_full_disk(small_fs: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("NOTIFY_SOCKET", None)
     result = subprocess.run(
-        [sys.executable, "-m", "edge.daemon", "--demo", "--run-for", "10", "--data-dir", str(data)],
+        [
+            sys.executable,
+            "-m",
+            "edge.app.daemon",
+            "--demo",
+            "--run-for",
+            "10",
+            "--data-dir",
+            str(data),
+        ],
         capture_output=True,
         text=True,
         timeout=120,

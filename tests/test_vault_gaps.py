@@ -14,7 +14,7 @@ import pytest
 from edge import config
 from edge.cli.main import main as edgectl
 from edge.errors import IntegrityError
-from edge.unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
+from edge.identity.unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
 from edge.vault import format as fmt
 from edge.vault import layout
 from edge.vault.bundle import export_bundle, verify_bundle
@@ -194,7 +194,7 @@ def test_csu_store_accepts_the_chain_through_a_gap_record_and_counts_it_as_lost(
     with an absurd range (signed by the unit's key) costs nothing to judge."""
     import time
 
-    from edge.csu.receiver.store import SegmentStore, Verdict
+    from edge.csu.receiver.archive import SegmentStore, Verdict
 
     csu = make_csu(tmp_path / "csu")
     _seal(data_dir, csu, 0, 6)

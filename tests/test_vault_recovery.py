@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edge.errors import ConfigError
-from edge.unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
+from edge.identity.unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
 from edge.vault import layout
 from edge.vault.bundle import export_bundle
 from edge.vault.verify import verify_vault

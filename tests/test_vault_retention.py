@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from edge.unitkeys import keys_dir_of, load_signing_public_key
+from edge.identity.unitkeys import keys_dir_of, load_signing_public_key
 from edge.vault import layout
 from edge.vault.audit import read_audit
 from edge.vault.retention import (
@@ -122,8 +122,8 @@ def test_space_bound_keeps_recording(tmp_path: Path, data_dir: Path) -> None:
 
 
 def test_periodic_retention_thread(tmp_path: Path, data_dir: Path) -> None:
-    from edge.unitkeys import load_or_create_signing_key
-    from edge.vault.keys import load_public
+    from edge.identity.unitkeys import load_or_create_signing_key
+    from edge.vault.recipient_keys import load_public
     from edge.vault.store import Vault
 
     csu = make_csu(tmp_path / "csu")

@@ -15,11 +15,11 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 
 from edge.config import RecipientKem
 from edge.errors import IntegrityError, VaultError
-from edge.unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
+from edge.identity.unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
 from edge.vault import format as fmt
 from edge.vault import layout
 from edge.vault.bundle import export_bundle, open_bundle
-from edge.vault.keys import RecipientPrivate, decrypt_segment, load_private, open_envelope
+from edge.vault.recipient_keys import RecipientPrivate, decrypt_segment, load_private, open_envelope
 
 from .vault_support import decode_frames, encoded_segments, fake_segment, make_csu, open_vault
 from .video_support import WALL0, probe_stream
@@ -137,7 +137,7 @@ def test_stolen_unit_cannot_decrypt_closed_epochs(tmp_path: Path, data_dir: Path
 def test_missing_recipient_is_a_config_error(tmp_path: Path) -> None:
     from edge import config
     from edge.errors import ConfigError
-    from edge.vault.keys import resolve_recipients
+    from edge.vault.recipient_keys import resolve_recipients
 
     cfg = config.parse(f'[unit]\ndata_dir = "{tmp_path}"\n', path="edge.toml")
     with pytest.raises(ConfigError, match=r"vault\.csu_public_key: required"):

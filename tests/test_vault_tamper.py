@@ -18,7 +18,12 @@ from hypothesis import strategies as st
 from edge.cli.main import main as edgectl
 from edge.csu.main import main as edge_csu
 from edge.errors import IntegrityError
-from edge.unitkeys import keys_dir_of, load_public_pem, load_signing_key, load_signing_public_key
+from edge.identity.unitkeys import (
+    keys_dir_of,
+    load_public_pem,
+    load_signing_key,
+    load_signing_public_key,
+)
 from edge.vault import layout
 from edge.vault.bundle import export_bundle, open_bundle, verify_bundle
 from edge.vault.verify import FindingKind, verify_vault
@@ -253,7 +258,7 @@ def test_bundle_from_another_unit_refused_when_pinned(
     bundle: tuple[Path, Csu, int], tmp_path: Path
 ) -> None:
     other = tmp_path / "other-unit"
-    from edge.unitkeys import load_or_create_signing_key
+    from edge.identity.unitkeys import load_or_create_signing_key
 
     load_or_create_signing_key(other)
     code = edge_csu(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge.errors import VaultError
-from edge.unitkeys import keys_dir_of, load_signing_public_key
+from edge.identity.unitkeys import keys_dir_of, load_signing_public_key
 from edge.vault import layout
 from edge.vault.base import OutboxKind
 from edge.vault.index import Index, IndexRow

@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from edge.config import RecipientKem
 from edge.csu.ca import Profile, VideoCA, cert_pem, key_pem
 from edge.csu.receiver.registry import UnitRegistry
-from edge.unitkeys import public_pem
+from edge.identity.unitkeys import public_pem
 from edge.vault import format as fmt
-from edge.vault import keys as vault_keys
+from edge.vault import recipient_keys as vault_keys
 from edge.vault.base import Backlog, Outbox, OutboxItem, OutboxKind
 
 from .conftest import REPO

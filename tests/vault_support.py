@@ -12,9 +12,9 @@ import av
 import numpy as np
 
 from edge.config import EncoderConfig, RecipientKem
-from edge.unitkeys import keys_dir_of, load_or_create_signing_key
+from edge.identity.unitkeys import keys_dir_of, load_or_create_signing_key
 from edge.vault import layout
-from edge.vault.keys import RecipientPrivate, load_private, load_public, write_keypair
+from edge.vault.recipient_keys import RecipientPrivate, load_private, load_public, write_keypair
 from edge.vault.retention import RetentionPolicy
 from edge.vault.store import Vault
 from edge.video.base import MediaSegment

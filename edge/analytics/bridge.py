@@ -14,7 +14,7 @@ Threads and processes:
 - any thread may call :meth:`stats`, :meth:`add_listener`, :meth:`stop`.
 
 Lifetime: the child dies with edged, even when edged is SIGKILLed (it asks the kernel for
-that and watches its parent, :func:`edge.process.die_with_parent`); with it goes
+that and watches its parent, :func:`edge.app.process.die_with_parent`); with it goes
 multiprocessing's resource tracker, which then unlinks the shared memory and semaphores.
 A child is only ever started from a thread that outlives it (the caller of :meth:`start`,
 then the drain thread), since the kernel's parent-death signal follows the starting thread.
@@ -37,12 +37,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from edge.events import SignedEvent
+from edge.identity.unitkeys import keys_dir_of, load_or_create_signing_key
+
 from ..backoff import Backoff
 from ..config import CameraConfig, EdgeConfig
 from ..frames import Frame
-from ..unitkeys import keys_dir_of, load_or_create_signing_key
 from . import worker
-from .events import SignedEvent
 from .shm import FrameRing, analysis_geometry, remove_stale_rings
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class AnalyticsBridge:
         self.state = ChildState.IDLE
         self._publisher: Any = None
         if mqtt and self.acfg.mqtt.enabled:
-            from .mqtt import MqttPublisher
+            from edge.analytics.mqtt_publisher import MqttPublisher
 
             self._publisher = MqttPublisher.from_config(cfg)
             self._listeners.append(self._publisher.publish)

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from edge.events import EventSigner, SignedEvent, jpeg_snapshot
+
 from ..config import AnalyticsConfig, CameraAnalyticsConfig
 from .base import Detection, Detector, Track
-from .events import EventSigner, SignedEvent, jpeg_snapshot
 from .fiware import count_entities
 from .motion import MotionDetector, motion_blobs
 from .rules import Alert, CountReport, RuleSet

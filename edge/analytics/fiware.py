@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from edge.events import iso_time
+
 from .base import CYCLE, PERSON, VEHICLE, category_of
-from .events import iso_time
 from .rules import FORWARD
 
 #: Our labels -> the ``vehicleType`` enumeration of TrafficFlowObserved.

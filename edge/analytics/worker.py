@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from edge.app.process import die_with_parent, setup_process
+from edge.events import EventSigner
+from edge.identity.unitkeys import keys_dir_of, load_signing_key
+
 from ..config import AnalyticsConfig, CameraAnalyticsConfig
-from ..process import die_with_parent, setup_process
-from ..unitkeys import keys_dir_of, load_signing_key
 from .base import Detector
 from .engine import AnalyticsEngine
-from .events import EventSigner
 from .shm import FrameRing
 
 log = logging.getLogger(__name__)

@@ -15,5 +15,6 @@ BENCHMARKS: dict[str, str] = {
     "encode": "encode",
     "mask": "mask",
     "pipeline": "pipeline",
+    "startup": "startup",
     "vault": "vault",
 }

@@ -93,8 +93,9 @@ def _detector_cfg(args: argparse.Namespace, threads: int) -> DetectorConfig:
 
 
 def bench_inference(args: argparse.Namespace) -> dict[str, Any]:
+    from edge.analytics import LiteRTDetector
+
     from ..analytics.engine import i420_to_rgb
-    from ..analytics.litert import LiteRTDetector
     from ..capture.synthetic import Sprite, SyntheticSource
 
     faces = _face_sprites(1.0)
@@ -137,9 +138,9 @@ def _edge_config(data_dir: Path, analytics: AnalyticsConfig, cam: CameraConfig) 
 def _record(
     seconds: float, cfg: EdgeConfig | None, cam: CameraConfig, root: Path
 ) -> dict[str, Any]:
-    from ..analytics.bridge import AnalyticsBridge
-    from ..pipeline import CameraPipeline
-    from ..video.dirsink import DirectorySink
+    from edge.analytics import AnalyticsBridge
+    from edge.app import CameraPipeline
+    from edge.video import DirectorySink
 
     sink = DirectorySink(root)
     bridge = AnalyticsBridge(cfg, cam, mqtt=False) if cfg is not None else None
@@ -197,10 +198,11 @@ def bench_recording(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def bench_latency(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from ..analytics.bridge import AnalyticsBridge
-    from ..analytics.events import SignedEvent
+    from edge.analytics import AnalyticsBridge
+    from edge.events import SignedEvent
+    from edge.privacy import PrivacyMasker
+
     from ..capture.synthetic import Sprite, SyntheticSource
-    from ..privacy.masker import PrivacyMasker
 
     faces = _face_sprites(3.5)  # about 60 px once decimated to the 480 px analytics frame
     if not faces:

@@ -49,8 +49,7 @@ def _memcpy_s(size: int, repeats: int = 50) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from ..capture.pyav import PyAVSource
-    from ..capture.synthetic import SyntheticSource
+    from edge.capture import PyAVSource, SyntheticSource
 
     w, h, fps = args.width, args.height, args.fps
     out_w = args.out_width or w

@@ -69,7 +69,7 @@ def synthetic_frames(width: int, height: int, count: int, fps: float, seed: int 
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from ..video.encoder import SegmentEncoder  # local: keeps ``bench --help`` light
+    from edge.video import SegmentEncoder
 
     cfg = EncoderConfig(
         preset=args.preset, bitrate_kbps=args.bitrate_kbps, segment_seconds=args.segment_seconds

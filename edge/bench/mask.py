@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from edge.privacy import PrivacyMasker
+
 from ..config import MaskFill, PrivacyMaskConfig
 from ..frames import Frame, i420_size
-from ..privacy.masker import PrivacyMasker
 
 #: Facade windows seen in perspective: near-vertical sides, slanted tops and bottoms.
 FACADES: list[list[tuple[float, float]]] = [

@@ -78,11 +78,9 @@ def _write_mask_png(path: Path, luma_mask: np.ndarray[Any, np.dtype[np.bool_]]) 
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from ..capture.pyav import PyAVSource
-    from ..privacy.masker import PrivacyMasker
-    from ..video.base import MediaSegment
-    from ..video.dirsink import DirectorySink
-    from ..video.encoder import SegmentEncoder
+    from edge.capture import PyAVSource
+    from edge.privacy import PrivacyMasker
+    from edge.video import DirectorySink, MediaSegment, SegmentEncoder
 
     cfg = EncoderConfig(
         preset=args.preset, bitrate_kbps=args.bitrate_kbps, segment_seconds=args.segment_seconds

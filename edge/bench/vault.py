@@ -23,12 +23,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from edge.vault import RetentionPolicy, Vault, load_public, write_keypair
+from edge.video import MediaSegment, SegmentEncoder
+
 from ..config import EncoderConfig, RecipientKem
-from ..vault.keys import load_public, write_keypair
-from ..vault.retention import RetentionPolicy
-from ..vault.store import Vault
-from ..video.base import MediaSegment
-from ..video.encoder import SegmentEncoder
 from .encode import synthetic_frames
 
 SEG_NS = 2_000_000_000

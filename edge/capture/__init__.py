@@ -9,6 +9,10 @@ picamera2 and PyAV are imported only when a camera uses them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from edge.lazyexports import lazy_exports
+
 from ..config import CameraConfig
 from .base import FrameSource
 
@@ -57,4 +61,32 @@ def open_source(cam: CameraConfig, *, realtime: bool = True) -> FrameSource:
     )
 
 
-__all__ = ["FrameSource", "open_source"]
+if TYPE_CHECKING:
+    from edge.capture.loop import CaptureLoop as CaptureLoop
+    from edge.capture.loop import CaptureState as CaptureState
+    from edge.capture.loop import CaptureStats as CaptureStats
+    from edge.capture.probe import ProbeReport as ProbeReport
+    from edge.capture.pyav import PyAVSource as PyAVSource
+    from edge.capture.synthetic import SyntheticSource as SyntheticSource
+
+#: public name -> the module defining it (imported on first use); FrameSource and open_source
+#: are defined or imported here.
+_EXPORTS = {
+    "CaptureLoop": "loop",
+    "CaptureState": "loop",
+    "CaptureStats": "loop",
+    "ProbeReport": "probe",
+    "PyAVSource": "pyav",
+    "SyntheticSource": "synthetic",
+}
+__all__ = [
+    "CaptureLoop",
+    "CaptureState",
+    "CaptureStats",
+    "FrameSource",
+    "ProbeReport",
+    "PyAVSource",
+    "SyntheticSource",
+    "open_source",
+]
+__getattr__ = lazy_exports(__name__, _EXPORTS)

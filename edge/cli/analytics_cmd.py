@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from edge.identity import SIGNING_PUB_NAME, keys_dir_of, load_public_pem
+
 from ..clihelp import add_command
 from ..errors import EdgeError
-from ..unitkeys import SIGNING_PUB_NAME, keys_dir_of, load_public_pem
 from .common import add_config_args, load_config
 
 
@@ -72,7 +73,7 @@ def register(sub: Any) -> None:
 
 
 def _check_model(args: argparse.Namespace) -> int:
-    from ..analytics.litert import LiteRTDetector
+    from edge.analytics import LiteRTDetector
 
     cfg = load_config(args)
     det_cfg = cfg.analytics.detector
@@ -106,7 +107,7 @@ def _check_model(args: argparse.Namespace) -> int:
 
 
 def _verify_event(args: argparse.Namespace) -> int:
-    from ..analytics.events import verify_wire
+    from edge.events import verify_wire
 
     cfg = load_config(args)
     key_path = args.public_key or keys_dir_of(cfg.unit.data_dir) / SIGNING_PUB_NAME

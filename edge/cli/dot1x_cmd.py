@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edge.uplink.dot1x import WpaCtrl
+from edge.uplink.dot1x.port_state import parse_status, state_from_status
+
 from .. import config as config_mod
 from ..clihelp import add_command
 from ..errors import Dot1xError
 from ..uplink.dot1x import supplicant_conf
-from ..uplink.dot1x.ctrl import WpaCtrl
-from ..uplink.dot1x.status import parse_status, state_from_status
 from .common import add_config_args, load_config
 
 
@@ -97,7 +98,7 @@ def _status(args: argparse.Namespace) -> int:
         out.update(state=state.value, reason=reason, supplicant=status)
     except Dot1xError as exc:
         out.update(state="failed", reason=str(exc))
-    from ..enrolment import read_certificate_status
+    from edge.identity import read_certificate_status
 
     out["client_certificate"] = read_certificate_status(
         s.client_cert, warning_days=cfg.dot1x.expiry_warning_days, ca_path=s.server_ca

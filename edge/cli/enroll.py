@@ -1,6 +1,6 @@
 """``edgectl enroll``: unit keys and certificate request; ``--install``; ``--renew``.
 
-See :mod:`edge.enrolment` for the checks and the order of writes.
+See :mod:`edge.identity.enrolment` for the checks and the order of writes.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .. import enrolment
+from edge.identity import enrolment
+
 from ..clihelp import add_command
 from ..errors import EnrolmentError
 from .common import add_config_args, load_config
@@ -97,10 +98,13 @@ def _run(args: argparse.Namespace) -> int:
     keys = cfg.unit.data_dir / "keys"
     identity = cfg.dot1x.identity or cfg.unit.id
     if args.status:
-        status = enrolment.read_certificate_status(
-            keys / enrolment.TLS_CERT_NAME,
-            warning_days=cfg.dot1x.expiry_warning_days,
-            ca_path=keys / enrolment.CA_CHAIN_NAME,
+        # enroll --status's own document: the TLS certificate's status and more beside it.
+        status: dict[str, Any] = dict(
+            enrolment.read_certificate_status(
+                keys / enrolment.TLS_CERT_NAME,
+                warning_days=cfg.dot1x.expiry_warning_days,
+                ca_path=keys / enrolment.CA_CHAIN_NAME,
+            )
         )
         status["renewal_pending"] = (keys / enrolment.TLS_NEW_KEY_NAME).exists()
         signing = enrolment.signing_certificate_status(

@@ -16,23 +16,50 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
 
+#: Every sub-command: name -> (module under edge.cli, one-line help), in the order ``edgectl
+#: --help`` lists them. A run imports only the module of the command it runs, so ``edgectl
+#: --version`` and ``edgectl status`` do not pay for the encoder, the vault or analytics; the help
+#: lines are here so the list shows without importing anything (a test keeps them equal to the
+#: modules' own).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "config": ("config_cmd", "check or show the configuration"),
+    "status": ("status", "one-screen health summary (exit 0/1/2)"),
+    "diag": ("status", "every problem with its likely cause and next step"),
+    "logs": ("status", "recent journal entries of edged"),
+    "selftest": ("selftest_cmd", "active checks: frame, encoder, storage, vault, CSU"),
+    "camera": ("camera_cmd", "check a camera: frame rate, gaps, errors (never a picture)"),
+    "mask": ("mask", "privacy masks: masked preview for installers, coverage summary"),
+    "verify": (
+        "vault_cmd",
+        "check signatures and the hash chain of the recordings (no key needed)",
+    ),
+    "export": ("vault_cmd", "write an evidence bundle of a time range"),
+    "audit": ("vault_cmd", "print and check the audit log"),
+    "enroll": (
+        "enroll",
+        "create the unit's keys and certificate request, or install the signed certificate",
+    ),
+    "dot1x": ("dot1x_cmd", "802.1X: render the supplicant configuration, show the port state"),
+    "uplink": ("uplink_cmd", "check the link to the CSU"),
+    "analytics": ("analytics_cmd", "check the analytics model, verify signed events"),
+    "bench": ("bench", "measure throughput and ratios against baselines (JSON with --json)"),
+}
+
 #: Sub-command modules, in the order ``edgectl --help`` lists them.
-COMMAND_MODULES = [
-    "config_cmd",
-    "status",
-    "selftest_cmd",
-    "camera_cmd",
-    "mask",
-    "vault_cmd",
-    "enroll",
-    "dot1x_cmd",
-    "uplink_cmd",
-    "analytics_cmd",
-    "bench",
-]
+COMMAND_MODULES = list(dict.fromkeys(module for module, _help in COMMANDS.values()))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_in(argv: Sequence[str]) -> str:
+    """The sub-command ``argv`` asks for ("" for none: ``--version``, ``--help``, nothing).
+
+    edgectl's own options take no value, so the first word that is not an option is it."""
+    return next((word for word in argv if not word.startswith("-")), "")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """edgectl's parser. ``command`` None: every sub-command's full parser (man pages,
+    completion, the help tests); otherwise only that command's module is imported and the
+    others are one-line entries of the list, enough for ``--help`` and for a wrong name."""
     import argparse
     import importlib
 
@@ -52,8 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"edgectl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"{__package__}.{name}").register(sub)
+    chosen = None if command is None else COMMANDS.get(command, ("", ""))[0]
+    for module in COMMAND_MODULES:
+        if chosen is None or module == chosen:
+            importlib.import_module(f"{__package__}.{module}").register(sub)
+        else:
+            for name, (owner, help_line) in COMMANDS.items():
+                if owner == module:
+                    sub.add_parser(name, help=help_line)
     return parser
 
 
@@ -63,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nedgectl: interrupted", file=sys.stderr)
         return 130
-    return run("edgectl", build_parser, argv)
+    words = sys.argv[1:] if argv is None else argv
+    return run("edgectl", lambda: build_parser(command_in(words)), argv)
 
 
 if __name__ == "__main__":

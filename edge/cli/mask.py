@@ -18,15 +18,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from edge.app import control
+from edge.identity import keys_dir_of, load_signing_key
+from edge.vault import AuditLog
+
 from .. import config as config_mod
-from .. import control
 from ..clihelp import add_command
 from ..config import CameraConfig, EdgeConfig, PrivacyMaskConfig
 from ..errors import CaptureError, ConfigError, EdgeError, VaultError
 from ..privacy.masker import PrivacyMasker, mask_pixels
-from ..unitkeys import keys_dir_of, load_signing_key
 from ..vault import layout
-from ..vault.audit import AuditLog
 from .common import add_config_args, load_config
 
 
@@ -145,8 +146,9 @@ def _preview_direct(
     masks: list[PrivacyMaskConfig] = list(live.privacy_masks)
     masks += [m for m in cam.privacy_masks if m not in masks]
     audit = _audit_log(installed)
+    from edge.privacy import render_preview
+
     from ..capture import open_source  # heavy (PyAV, picamera2): only for this action
-    from ..privacy.preview import render_preview
 
     # The source masks before it scales or converts, with every mask the preview shows.
     source = open_source(live.model_copy(update={"privacy_masks": masks}), realtime=False)

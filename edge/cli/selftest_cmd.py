@@ -6,7 +6,8 @@ import argparse
 import json
 from typing import Any
 
-from .. import control
+from edge.app import control
+
 from ..clihelp import add_command
 from .common import add_config_args, load_config
 

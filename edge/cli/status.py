@@ -17,9 +17,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from .. import __version__, control
+from edge import __version__
+from edge.app import Finding, Level, control, evaluate, worst
+from edge.snapshot import StatusReport
+
 from ..clihelp import add_command
-from ..diagnostics import Finding, Level, evaluate, worst
 from ..errors import ConfigError
 from ..health import system as system_health
 from .common import add_config_args, load_config
@@ -116,10 +118,10 @@ def _period(text: str) -> float:
     return value
 
 
-def gather(args: argparse.Namespace) -> dict[str, Any]:
+def gather(args: argparse.Namespace) -> StatusReport:
     """The full status: the daemon's own figures (over the control socket) and the machine's."""
     cfg = load_config(args)
-    status: dict[str, Any] = {
+    status: StatusReport = {
         "edgectl_version": __version__,
         "time_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "daemon": None,
@@ -194,8 +196,9 @@ def _wrap(words: list[str], width: int) -> list[str]:
     return lines
 
 
-def _masks_summary(status: dict[str, Any]) -> Finding:
-    cams = (status.get("daemon") or {}).get("cameras", [])
+def _masks_summary(status: StatusReport) -> Finding:
+    daemon = status.get("daemon")
+    cams = daemon.get("cameras", []) if daemon else []
     total = sum(int(c.get("masks", 0)) for c in cams)
     unmasked = [str(c.get("id", "?")) for c in cams if not c.get("masks")]
     text = f"{total} mask(s) on {len(cams)} camera(s)"
@@ -204,15 +207,17 @@ def _masks_summary(status: dict[str, Any]) -> Finding:
     return Finding("masks", Level.OK, text + "; `edgectl mask show`")
 
 
-def render(status: dict[str, Any], findings: list[Finding], *, colour: bool, note: str = "") -> str:
+def render(status: StatusReport, findings: list[Finding], *, colour: bool, note: str = "") -> str:
     """The status screen: at most 24 lines of at most 80 columns, whatever the number of cameras.
 
     ``note`` (e.g. the refresh period under ``--watch``) is right-aligned on the last line."""
-    daemon = status.get("daemon") or {}
+    daemon = status.get("daemon")
     overall = worst(findings)
-    uptime = daemon.get("uptime_s")
+    uptime = daemon.get("uptime_s") if daemon else None
     up = f"up {int(uptime // 3600)}h{int(uptime % 3600 // 60):02d}m" if uptime is not None else ""
-    left = f"edge unit {daemon.get('unit_id', '?')}  v{daemon.get('version', __version__)}  {up}"
+    unit = daemon.get("unit_id", "?") if daemon else "?"
+    version = daemon.get("version", __version__) if daemon else __version__
+    left = f"edge unit {unit}  v{version}  {up}"
     right = _OVERALL[overall]
     lines = [left + " " * max(1, WIDTH - len(left) - len(right)) + _colour(right, overall, colour)]
     lines.append("─" * WIDTH)
@@ -250,20 +255,21 @@ def render(status: dict[str, Any], findings: list[Finding], *, colour: bool, not
     return "\n".join(lines)
 
 
-def _one_status(args: argparse.Namespace) -> tuple[dict[str, Any], list[Finding], Level]:
+def _one_status(args: argparse.Namespace) -> tuple[StatusReport, list[Finding], Level]:
     status = gather(args)
-    if args.camera is not None and isinstance(status.get("daemon"), dict):
-        cameras = status["daemon"].get("cameras", [])
+    daemon = status.get("daemon")
+    if args.camera is not None and daemon:
+        cameras = daemon.get("cameras", [])
         chosen = [c for c in cameras if c.get("id") == args.camera]
         if not chosen:
             known = ", ".join(str(c.get("id")) for c in cameras) or "none"
             raise ConfigError(f"no camera {args.camera!r} on this unit (cameras: {known})")
-        status["daemon"]["cameras"] = chosen
+        daemon["cameras"] = chosen
     findings = evaluate(status)
     return status, findings, worst(findings)
 
 
-def _as_json(status: dict[str, Any], findings: list[Finding], overall: Level) -> dict[str, Any]:
+def _as_json(status: StatusReport, findings: list[Finding], overall: Level) -> StatusReport:
     status["findings"] = [
         {
             "section": f.section,

@@ -13,13 +13,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from edge.identity import keys_dir_of, load_signing_key, load_signing_public_key
+from edge.vault import AuditLog, check_audit, export_bundle, resolve_range
+
 from ..clihelp import add_command
 from ..errors import VaultError
-from ..unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
 from ..vault import layout
-from ..vault.audit import AuditLog, check_audit
-from ..vault.bundle import export_bundle
-from ..vault.timespec import resolve_range
 from ..vault.verify import CANNOT_SEE, VerifyReport, verify_vault
 from .common import add_config_args, load_config
 

@@ -30,12 +30,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from edge.csu.receiver.settings import TlsConfig
+from edge.identity import public_pem
+
 from ..clihelp import add_command
-from ..unitkeys import public_pem
 from ..uplink.protocol import SEGMENT_CONTENT_TYPE, segment_path
 from ..vault import format as fmt
 from .ca import Profile, VideoCA, cert_pem, key_pem
-from .receiver.config import TlsConfig
 from .receiver.registry import UnitRegistry, server_context
 
 CSU_NAME = "csu.bench"

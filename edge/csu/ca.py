@@ -35,9 +35,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edge.identity import evidence
+
 from .. import fsutil
 from ..errors import CaError
-from ..vault import evidence
 
 _UNIT_CN_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 _DNS_RE = re.compile(r"^(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+\Z")
@@ -48,7 +49,7 @@ class Profile(StrEnum):
 
     CLIENT = "client"  # a unit: 802.1X EAP-TLS peer and TLS client of the CSU
     SERVER = "server"  # a RADIUS server or the CSU receiver: TLS server
-    EVIDENCE = "evidence"  # a unit's Ed25519 evidence-signing key (edge.vault.evidence)
+    EVIDENCE = "evidence"  # a unit's Ed25519 evidence-signing key (edge.identity.evidence)
 
 
 class RevocationReason(StrEnum):

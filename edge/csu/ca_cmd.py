@@ -8,11 +8,12 @@ from typing import Any
 
 from cryptography import x509
 
+from edge.identity import evidence
+
 from ..cli.entry import describe_os_error
 from ..clihelp import add_command
 from ..errors import CaError
 from ..fsutil import write_new_private
-from ..vault import evidence
 from .ca import Profile, RevocationReason, VideoCA, cert_pem, key_pem, write_atomic
 
 

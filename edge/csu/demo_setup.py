@@ -23,20 +23,21 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .. import enrolment
-from ..config import DEMO_CONFIG, DEMO_CONFIG_TOML
-from ..errors import CaError
-from ..fsutil import write_new_private
-from ..unitkeys import (
+from edge.identity import (
     CA_CHAIN_NAME,
     SIGNING_CERT_NAME,
     TLS_CERT_NAME,
     TLS_KEY_NAME,
+    enrolment,
+    evidence,
     keys_dir_of,
     load_or_create_signing_key,
 )
-from ..vault import evidence
-from ..vault import keys as vault_keys
+from edge.vault import recipient_keys as vault_keys
+
+from ..config import DEMO_CONFIG, DEMO_CONFIG_TOML
+from ..errors import CaError
+from ..fsutil import write_new_private
 from .ca import Profile, VideoCA, cert_pem, key_pem
 from .token_cmd import operator_entry
 

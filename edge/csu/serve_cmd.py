@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge.csu.receiver import RevocationList, SegmentStore, UnitRegistry
+from edge.csu.receiver import settings as serve_config
+
 from ..clihelp import add_command
-from .receiver import config as serve_config
-from .receiver.registry import RevocationList, UnitRegistry
-from .receiver.store import SegmentStore
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,8 @@ def register(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ..process import setup_logging
-    from .receiver.server import serve
+    from edge.app import setup_logging
+    from edge.csu.receiver import serve
 
     setup_logging("edge-csu", args.log_level)
     cfg = serve_config.load(args.config)

@@ -9,9 +9,10 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from edge.csu.receiver import settings as serve_config
+
 from ..clihelp import add_command
 from ..errors import ConfigError
-from .receiver import config as serve_config
 from .receiver.trust import utcnow
 
 #: Longest validity ``token new`` grants: a token outliving a posting is a standing risk.

@@ -10,13 +10,14 @@ from typing import Any
 
 from cryptography import x509
 
+from edge.identity import load_public_pem
+from edge.vault import open_bundle
+from edge.vault.recipient_keys import keypair_paths, load_private, rotate_keypair, write_keypair
+
 from ..cli.entry import describe_os_error
 from ..clihelp import add_command
 from ..config import RecipientKem
 from ..errors import IntegrityError, VaultError
-from ..unitkeys import load_public_pem
-from ..vault.bundle import open_bundle
-from ..vault.keys import keypair_paths, load_private, rotate_keypair, write_keypair
 from ..vault.remux import TimeGap
 
 EXIT_PARTIAL = 3

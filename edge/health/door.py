@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from edge.snapshot import DoorStatus
+
 log = logging.getLogger(__name__)
 
 _SPEC = re.compile(
@@ -109,11 +111,15 @@ class DoorMonitor:
         self._stop.set()
         self._thread.join(2.0)
 
-    def snapshot(self) -> dict[str, Any]:
-        snap = self.logic.snapshot()
-        snap["switch"] = f"{self.spec.kind}:{self.spec.device}"
-        snap["error"] = self.error
-        return snap
+    def snapshot(self) -> DoorStatus:
+        logic = self.logic
+        return {
+            "open": logic.open,
+            "changed_at_mono": logic.changed_at,
+            "openings": logic.openings,
+            "switch": f"{self.spec.kind}:{self.spec.device}",
+            "error": self.error,
+        }
 
     def _run(self) -> None:
         import time

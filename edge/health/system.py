@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from edge.snapshot import MemoryStatus, StorageStatus, SystemStatus, TimeStatus
+
 
 @dataclass(frozen=True)
 class TimeSync:
@@ -111,7 +113,7 @@ def throttling(sys_root: Path = Path("/sys")) -> list[str] | None:
         return None
 
 
-def meminfo(proc_root: Path = Path("/proc")) -> dict[str, int]:
+def meminfo(proc_root: Path = Path("/proc")) -> MemoryStatus:
     """Total and available memory in bytes."""
     values: dict[str, int] = {}
     for line in (proc_root / "meminfo").read_text().splitlines():
@@ -124,7 +126,7 @@ def meminfo(proc_root: Path = Path("/proc")) -> dict[str, int]:
     }
 
 
-def storage(path: Path, sys_root: Path = Path("/sys")) -> dict[str, Any]:
+def storage(path: Path, sys_root: Path = Path("/sys")) -> StorageStatus:
     """Space on the file system holding ``path``, and the ext4 error count where there is one."""
     probe = path
     while not probe.exists() and probe != probe.parent:
@@ -147,11 +149,21 @@ def storage(path: Path, sys_root: Path = Path("/sys")) -> dict[str, Any]:
     }
 
 
-def snapshot(data_dir: Path) -> dict[str, Any]:
+def _time_status(sync: TimeSync) -> TimeStatus:
+    return {
+        "synchronised": sync.synchronised,
+        "source": sync.source,
+        "offset_s": sync.offset_s,
+        "stratum": sync.stratum,
+        "detail": sync.detail,
+    }
+
+
+def snapshot(data_dir: Path) -> SystemStatus:
     """Every machine-health figure ``edgectl status`` shows."""
     zones = thermal_zones()
     return {
-        "time": asdict(time_sync()),
+        "time": _time_status(time_sync()),
         "thermal": [asdict(z) for z in zones],
         "soc_celsius": max((z.celsius for z in zones), default=None),
         "throttling": throttling(),

@@ -26,7 +26,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
+
+from edge.snapshot import UplinkStatus
 
 from ..backoff import Backoff
 from ..config import EdgeConfig
@@ -152,7 +154,7 @@ class UplinkClient:
         """A new segment was sealed: look at the outbox now rather than at the next poll."""
         self._wake.set()
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> UplinkStatus:
         with self._lock:
             lat = sorted(self._latencies)
             return {

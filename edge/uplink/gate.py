@@ -15,9 +15,10 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 
+from edge.uplink.dot1x.port_state import PortState
+
 from ..config import EdgeConfig
 from ..errors import Dot1xError
-from .dot1x.status import PortState
 from .dot1x.supervisor import Dot1xSupervisor
 
 

@@ -9,7 +9,8 @@ A sealed segment travels byte-identical to what the vault holds; TLS is the seco
   :data:`REFUSALS`); a 4xx is final for that item, a 5xx or a broken connection is retried.
 * ``PUT  /v1/units/{unit}/cameras/{camera}/epochs/{epoch}`` body: one epoch envelope (the
   HPKE-sealed data key the segments of that epoch need to be opened); same answers.
-* ``POST /v1/units/{unit}/events`` body: one signed event (JSON, see :mod:`edge.uplink.events`).
+* ``POST /v1/units/{unit}/events`` body: one signed event (JSON, see
+  :mod:`edge.uplink.event_checks`).
 * ``PUT  /v1/units/{unit}/signing-certificate`` body: the unit's evidence certificate and its
   chain (PEM, ``application/pem-certificate-chain``), presented once per connection before
   anything else, so that the receiver learns the signing key from the CA alone. 201 stored,

@@ -1,7 +1,7 @@
 """The unit presents its evidence-signing certificate to the CSU, once per connection.
 
 Enrolment has the city's video CA certify the unit's Ed25519 signing key
-(``<data_dir>/keys/unit-signing.crt``, :mod:`edge.vault.evidence`). Sending it over the
+(``<data_dir>/keys/unit-signing.crt``, :mod:`edge.identity.evidence`). Sending it over the
 mutual-TLS channel before anything else lets the receiver learn and trust the key from the CA
 alone: a newly enrolled unit needs no manual step at the CSU. Once per connection, not once
 ever, because the CSU's registry may have been rebuilt or moved to another receiver; the
@@ -19,9 +19,10 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from edge.identity import evidence
+from edge.identity.unitkeys import SIGNING_CERT_NAME, keys_dir_of, load_signing_public_key
+
 from ..errors import EdgeError
-from ..unitkeys import SIGNING_CERT_NAME, keys_dir_of, load_signing_public_key
-from ..vault import evidence
 from . import protocol
 
 log = logging.getLogger(__name__)

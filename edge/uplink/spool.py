@@ -16,8 +16,9 @@ import re
 import time
 from pathlib import Path
 
+from edge.uplink import event_checks as events
+
 from ..fsutil import fsync_dir, write_atomic
-from . import events
 
 _NAME = re.compile(r"^\d{19,20}-[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.json\Z")
 

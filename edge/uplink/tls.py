@@ -12,9 +12,10 @@ import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from edge.identity.unitkeys import CA_CHAIN_NAME, TLS_CERT_NAME, TLS_KEY_NAME, keys_dir_of
+
 from ..config import EdgeConfig
 from ..errors import UplinkError
-from ..unitkeys import CA_CHAIN_NAME, TLS_CERT_NAME, TLS_KEY_NAME, keys_dir_of
 
 
 def key_paths(cfg: EdgeConfig) -> tuple[Path, Path, Path]:

@@ -21,7 +21,7 @@ decrypts with a recipient private key and remuxes into one MP4.
 
 Verification never trusts the key inside the bundle on its own: the caller gives a trust anchor,
 either the fleet CA (the bundle's ``unit-signing.crt`` must certify the signing key for this
-unit at the time of the recording, :mod:`edge.vault.evidence`) or a pinned unit key, or says
+unit at the time of the recording, :mod:`edge.identity.evidence`) or a pinned unit key, or says
 explicitly that the bundle's own key is to be trusted (demos).
 """
 
@@ -43,9 +43,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from ..errors import IntegrityError, VaultError
-from ..fsutil import fsync_dir
-from ..unitkeys import (
+from edge.identity import evidence
+from edge.identity.unitkeys import (
     CA_CHAIN_NAME,
     SIGNING_CERT_NAME,
     SIGNING_PUB_NAME,
@@ -56,11 +55,14 @@ from ..unitkeys import (
     public_pem,
     public_raw,
 )
-from . import chain, evidence, layout
+from edge.vault import chain, layout
+from edge.vault.recipient_keys import RecipientPrivate, decrypt_segment, open_envelope
+
+from ..errors import IntegrityError, VaultError
+from ..fsutil import fsync_dir
 from . import format as fmt
 from .audit import AuditLog, current_actor
 from .index import Index
-from .keys import RecipientPrivate, decrypt_segment, open_envelope
 from .remux import TimeGap, remux
 
 log = logging.getLogger(__name__)

@@ -34,16 +34,17 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from edge.identity.unitkeys import keys_dir_of, load_or_create_signing_key
+from edge.vault.recipient_keys import EpochKey, RecipientPublic, resolve_recipients
+
 from ..config import EdgeConfig, VaultConfig
 from ..errors import IndexCorruptError, VaultError
-from ..unitkeys import keys_dir_of, load_or_create_signing_key
 from ..video.base import MediaSegment, SegmentSink
 from . import files, layout
 from . import format as fmt
 from .audit import AuditLog
 from .base import Backlog, Outbox, OutboxItem
 from .index import IndexRow
-from .keys import EpochKey, RecipientPublic, resolve_recipients
 from .outbox import outbox_items
 from .retention import DiskUsage, PurgePlan, RetentionPolicy, bytes_to_free, plan_purge
 

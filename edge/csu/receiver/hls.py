@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from edge.csu.receiver.archive import StoredSegment
+from edge.vault import recipient_keys as vault_keys
+
 from ...errors import EdgeError
 from ...vault import format as sealed
-from ...vault import keys as vault_keys
-from .store import StoredSegment
 from .trust import utcnow
 
 if TYPE_CHECKING:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from .store import Refusal
+from edge.csu.receiver.archive import Refusal
 
 log = logging.getLogger(__name__)
 

@@ -30,11 +30,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
+from edge.csu.receiver.settings import TlsConfig
+from edge.identity import load_public_pem
+
 from ...errors import ConfigError, EdgeError, UplinkError
 from ...fsutil import write_atomic
-from ...unitkeys import load_public_pem
 from ...uplink.protocol import ID_RE
-from .config import TlsConfig
 from .trust import (
     Clock,
     SigningTrust,

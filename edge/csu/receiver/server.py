@@ -23,8 +23,13 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from edge.csu.receiver.access_log import AuditLog
+from edge.csu.receiver.archive import Refusal, SegmentStore
+from edge.csu.receiver.mqtt_relay import EventPublisher
+from edge.csu.receiver.settings import ServeConfig
+from edge.uplink import event_checks as wire_events
+
 from ...errors import ConfigError, EdgeError, IntegrityError
-from ...uplink import events as wire_events
 from ...uplink.protocol import (
     API_PREFIX,
     CERTIFICATE_CONTENT_TYPE,
@@ -34,12 +39,8 @@ from ...uplink.protocol import (
     MAX_EVENT_BYTES,
     SEGMENT_CONTENT_TYPE,
 )
-from .audit import AuditLog
-from .config import ServeConfig
 from .limits import AdmissionGate, read_body, start_gated_server
-from .mqtt import EventPublisher
 from .registry import RevocationList, UnitRegistry, server_context, unit_id_of
-from .store import Refusal, SegmentStore
 from .trust import MAX_CERTIFICATE_BYTES
 
 log = logging.getLogger(__name__)

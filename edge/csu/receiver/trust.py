@@ -2,7 +2,7 @@
 
 Two forms, per unit, in the registry directory:
 
-* ``<unit>.crt``: the unit's *evidence* certificate (profile of :mod:`edge.vault.evidence`),
+* ``<unit>.crt``: the unit's *evidence* certificate (profile of :mod:`edge.identity.evidence`),
   issued by the city's video CA. It is trusted when it chains to the receiver's client CA file,
   names the unit (CN = the TLS client certificate's CN), has the evidence profile, is valid now
   and is not revoked on the receiver's CRL. The unit presents it itself over the mutual-TLS
@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from ...vault import evidence
+from edge.identity import evidence
 
 Clock = Callable[[], dt.datetime]
 

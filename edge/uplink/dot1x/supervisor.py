@@ -21,12 +21,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from ...config import EdgeConfig
-from ...errors import Dot1xError
-from .ctrl import WpaCtrl
-from .status import (
+from edge.snapshot import CertificateStatus, Dot1xStatus
+from edge.uplink.dot1x.port_state import (
     SERVER_REJECTED_UNIT,
     EventKind,
     PortState,
@@ -34,6 +31,10 @@ from .status import (
     parse_status,
     state_from_status,
 )
+
+from ...config import EdgeConfig
+from ...errors import Dot1xError
+from .ctrl import WpaCtrl
 from .supplicant_conf import Dot1xSettings, settings
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,9 @@ class Dot1xAlert:
 AlertCallback = Callable[[Dot1xAlert], None]
 
 
-def certificate_summary(path: Path, ca_path: Path, warning_days: int) -> dict[str, Any]:
+def certificate_summary(path: Path, ca_path: Path, warning_days: int) -> CertificateStatus:
     """Expiry facts of the unit certificate at ``path`` for diagnostics (never raises)."""
-    from ...enrolment import read_certificate_status  # local: keeps this import light
+    from edge.identity.enrolment import read_certificate_status  # local: keeps this import light
 
     return read_certificate_status(path, warning_days=warning_days, ca_path=ca_path)
 
@@ -108,7 +109,7 @@ class Dot1xSupervisor:
         self._transitions = 0
         self._confirmed_mono = 0.0  # when STATUS last confirmed the state (monotonic)
         self._status: dict[str, str] = {}
-        self._cert: dict[str, Any] = {}
+        self._cert: CertificateStatus = {}
         self._cert_checked_mono = -_CERT_RECHECK_S
         self._cert_file: tuple[int, int] | None = None  # supervisor thread only
 
@@ -184,7 +185,7 @@ class Dot1xSupervisor:
             count = self._transitions
             self._cond.wait_for(lambda: self._transitions != count, timeout_s)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> Dot1xStatus:
         """State, last transition, reason and certificate expiry, for diagnostics (JSON-able)."""
         with self._cond:
             age = time.monotonic() - self._confirmed_mono if self._confirmed_mono else None
@@ -211,7 +212,7 @@ class Dot1xSupervisor:
                     )
                     if k in self._status
                 },
-                "client_certificate": dict(self._cert),
+                "client_certificate": self._cert.copy(),
             }
 
     # --- supervisor thread --------------------------------------------------------------------
@@ -319,7 +320,7 @@ class Dot1xSupervisor:
         status = parse_status(self._ctrl.request("STATUS"))
         state, reason = state_from_status(status)
         now = time.monotonic()
-        cert: dict[str, Any] | None = None
+        cert: CertificateStatus | None = None
         try:
             st = self.settings.client_cert.stat()
             cert_file: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)

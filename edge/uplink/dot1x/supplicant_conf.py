@@ -19,10 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.identity.unitkeys import CA_CHAIN_NAME, TLS_CERT_NAME, TLS_KEY_NAME, keys_dir_of
+
 from ...config import EdgeConfig
 from ...errors import Dot1xError
 from ...fsutil import write_atomic
-from ...unitkeys import CA_CHAIN_NAME, TLS_CERT_NAME, TLS_KEY_NAME, keys_dir_of
 
 
 @dataclass(frozen=True)

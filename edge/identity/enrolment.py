@@ -3,11 +3,11 @@
 The installer's flow, driven by ``edgectl enroll``:
 
 1. :func:`enrol` creates the unit's keys in ``<data_dir>/keys/`` when missing: the Ed25519
-   signing key of the vault (through :mod:`edge.unitkeys`) and the ECDSA P-256 TLS/EAP key
+   signing key of the vault (through :mod:`edge.identity.unitkeys`) and the ECDSA P-256 TLS/EAP key
    ``unit-tls.key`` (mode 0600); it writes a certificate request ``unit-tls.csr`` whose subject
    CN is the unit id and whose SAN is the EAP identity, and a second one, ``unit-signing.csr``,
    for the signing key (CN = unit id, keyUsage digitalSignature + contentCommitment,
-   extendedKeyUsage documentSigning: the evidence profile of :mod:`edge.vault.evidence`).
+   extendedKeyUsage documentSigning: the evidence profile of :mod:`edge.identity.evidence`).
 2. The city's PKI (or ``edge-csu ca sign``) signs the requests.
 3. :func:`install_certificates` sorts what it is given by key type and checks each certificate
    (its key is ours, it chains to the configured CA with the right profile, it names this unit,
@@ -26,7 +26,6 @@ import datetime as dt
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -34,15 +33,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509 import verification
 from cryptography.x509.oid import NameOID
 
-from . import fsutil
-from .errors import EdgeError, EnrolmentError, VaultError
+from edge import fsutil
+from edge.errors import EdgeError, EnrolmentError, VaultError
+from edge.identity import evidence
 
 # Re-exported for edgectl enroll (names live in unitkeys).
-from .unitkeys import CA_CHAIN_NAME as CA_CHAIN_NAME
-from .unitkeys import SIGNING_CERT_NAME, SIGNING_CSR_NAME, TLS_CSR_NAME, TLS_KEY_NAME
-from .unitkeys import TLS_CERT_NAME as TLS_CERT_NAME
-from .unitkeys import TLS_NEW_KEY_NAME as TLS_NEW_KEY_NAME
-from .vault import evidence
+from edge.identity.unitkeys import CA_CHAIN_NAME as CA_CHAIN_NAME
+from edge.identity.unitkeys import SIGNING_CERT_NAME, SIGNING_CSR_NAME, TLS_CSR_NAME, TLS_KEY_NAME
+from edge.identity.unitkeys import TLS_CERT_NAME as TLS_CERT_NAME
+from edge.identity.unitkeys import TLS_NEW_KEY_NAME as TLS_NEW_KEY_NAME
+from edge.snapshot import CertificateStatus
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
@@ -110,7 +110,7 @@ def enrol(keys_dir: Path, unit_id: str, identity: str, *, renew: bool = False) -
     Without ``renew`` an existing TLS key is reused (running the command twice changes
     nothing the PKI has already seen); with ``renew`` a new key is made beside the old one.
     """
-    from . import unitkeys
+    from edge.identity import unitkeys
 
     keys_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(keys_dir, 0o700)
@@ -302,7 +302,7 @@ def _is_ca(cert: x509.Certificate) -> bool:
 def _check_signing_cert(
     keys_dir: Path, chain: list[x509.Certificate], ca_data: bytes, unit_id: str, now: dt.datetime
 ) -> None:
-    from . import unitkeys
+    from edge.identity import unitkeys
 
     try:
         signing = unitkeys.load_signing_key(keys_dir).public_key()
@@ -325,10 +325,10 @@ def _check_signing_cert(
 
 def signing_certificate_status(
     keys_dir: Path, *, warning_days: int, now: dt.datetime | None = None
-) -> dict[str, Any]:
+) -> CertificateStatus:
     """Expiry facts of ``unit-signing.crt``, whether it certifies the current signing key, and
     whether it chains to ``ca.pem`` (judged inside its validity)."""
-    from . import unitkeys
+    from edge.identity import unitkeys
 
     path = keys_dir / SIGNING_CERT_NAME
     try:
@@ -372,7 +372,7 @@ def signing_certificate_status(
 
 def certificate_status(
     cert: x509.Certificate, *, warning_days: int, now: dt.datetime | None = None
-) -> dict[str, Any]:
+) -> CertificateStatus:
     """Expiry facts of a certificate for diagnostics; ``warning`` is set within the window."""
     now = now or dt.datetime.now(dt.UTC)
     not_after = cert.not_valid_after_utc
@@ -409,7 +409,7 @@ def read_certificate_status(
     warning_days: int,
     now: dt.datetime | None = None,
     ca_path: Path | None = None,
-) -> dict[str, Any]:
+) -> CertificateStatus:
     """:func:`certificate_status` of the file at ``path``; describes a missing or bad file.
 
     With ``ca_path``, ``chains_to_ca`` tells whether the certificate chains to that CA file

@@ -21,9 +21,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.csu.receiver.settings import MqttConfig
+
 from ...errors import ConfigError
 from ...mqtt_tls import broker_context
-from .config import MqttConfig
 
 log = logging.getLogger(__name__)
 

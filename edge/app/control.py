@@ -20,7 +20,7 @@ socket file is world-connectable (0666) on purpose: authorisation is this module
 the two groups need no shared file-system group.
 
 The socket path belongs to one server at a time: the server holds an exclusive lock on
-``PATH.lock`` (see :mod:`edge.datadir`) for its whole life, removes a stale socket only while
+``PATH.lock`` (see :mod:`edge.app.datadir`) for its whole life, removes a stale socket only while
 holding it, and on close removes the socket only if it is still the one it bound. A second
 ``edged`` configured with the same path is refused the socket instead of deleting the first's.
 
@@ -46,8 +46,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .datadir import HeldLock
-from .errors import EdgeError
+from edge.app.datadir import HeldLock
+from edge.errors import EdgeError
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ removed, 802.1X failures. Analytics events (counts, rules, tamper) arrive alread
 the analytics process and pass through the same hub.
 
 Every event is signed with the unit key in the one event format of the firmware
-(:mod:`edge.analytics.events`), kept in a short in-memory history for ``edgectl status``, and
+(:mod:`edge.events`), kept in a short in-memory history for ``edgectl status``, and
 handed to every listener (the vault's event log, the uplink, MQTT). A condition that ends
 (door closed, camera back) is *cleared* with a second event, so the CSU sees both edges.
 
@@ -21,7 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .analytics.events import EventSigner, SignedEvent
+from edge.events import EventSigner, SignedEvent
+from edge.snapshot import AlertsStatus
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class AlertHub:
                 if category is None or body.get("category") == category
             ]
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> AlertsStatus:
         with self._lock:
             recent = list(self._recent)[-10:]
         return {"active": self.active(), "recent": recent}

@@ -11,9 +11,20 @@ never shows an invented value.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import cast
+
+from edge.snapshot import (
+    CameraStatus,
+    DaemonStatus,
+    MemoryStatus,
+    StatusReport,
+    StorageStatus,
+    SystemStatus,
+    TimeStatus,
+)
 
 
 class Level(IntEnum):
@@ -53,9 +64,10 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
-def camera_findings(cam: dict[str, Any]) -> list[Finding]:
+def camera_findings(cam: CameraStatus) -> list[Finding]:
     cid = cam.get("id", "?")
-    capture = cam.get("capture") or {}
+    # Read with defaults throughout: a status from JSON may come from an older edged.
+    capture: Mapping[str, object] = cam.get("capture", {})
     state = str(capture.get("state", "?")).upper()
     fps_in = cam.get("fps_in", 0.0)
     age = cam.get("last_frame_age_s")
@@ -124,7 +136,7 @@ def camera_findings(cam: dict[str, Any]) -> list[Finding]:
     return out
 
 
-def recording_findings(daemon: dict[str, Any]) -> list[Finding]:
+def recording_findings(daemon: DaemonStatus) -> list[Finding]:
     cams = daemon.get("cameras", [])
     written = sum(c.get("segments_written", 0) for c in cams)
     ages = [c.get("last_write_age_s") for c in cams]
@@ -173,14 +185,14 @@ def recording_findings(daemon: dict[str, Any]) -> list[Finding]:
     return out
 
 
-def _optional(daemon: dict[str, Any], key: str, section: str) -> Finding | None:
+def _optional(daemon: DaemonStatus, key: str, section: str) -> Finding | None:
     value = daemon.get(key)
     if value is None:
         return Finding(section, Level.NA, f"{key} not enabled in this configuration")
     return None
 
 
-def uplink_findings(daemon: dict[str, Any]) -> list[Finding]:
+def uplink_findings(daemon: DaemonStatus) -> list[Finding]:
     out: list[Finding] = []
     dot1x = daemon.get("dot1x")
     if isinstance(dot1x, dict):
@@ -261,10 +273,10 @@ def uplink_findings(daemon: dict[str, Any]) -> list[Finding]:
     return out
 
 
-def enrolment_findings(daemon: dict[str, Any]) -> list[Finding]:
+def enrolment_findings(daemon: DaemonStatus) -> list[Finding]:
     """The unit's two certificates: TLS/EAP client (uplink, 802.1X) and evidence signing."""
     certs = daemon.get("certificates")
-    if not isinstance(certs, dict):
+    if not certs:
         return []
     out: list[Finding] = []
     for name, label in (("tls", "TLS/802.1X"), ("evidence", "evidence")):
@@ -302,7 +314,7 @@ def enrolment_findings(daemon: dict[str, Any]) -> list[Finding]:
     return out
 
 
-def analytics_findings(daemon: dict[str, Any]) -> list[Finding]:
+def analytics_findings(daemon: DaemonStatus) -> list[Finding]:
     an = daemon.get("analytics")
     if not isinstance(an, dict):
         na = _optional(daemon, "analytics", "analytics")
@@ -325,8 +337,8 @@ def analytics_findings(daemon: dict[str, Any]) -> list[Finding]:
     return [Finding("analytics", Level.OK, line)]
 
 
-def time_findings(system: dict[str, Any]) -> list[Finding]:
-    t = system.get("time") or {}
+def time_findings(system: SystemStatus) -> list[Finding]:
+    t = system.get("time", cast(TimeStatus, {}))
     offset = t.get("offset_s")
     line = f"{t.get('source', '?')} " + (
         f"offset {offset * 1000:+.1f} ms " if offset is not None else ""
@@ -356,10 +368,10 @@ def time_findings(system: dict[str, Any]) -> list[Finding]:
     ]
 
 
-def health_findings(system: dict[str, Any]) -> list[Finding]:
+def health_findings(system: SystemStatus) -> list[Finding]:
     out: list[Finding] = []
     soc = system.get("soc_celsius")
-    mem = system.get("memory") or {}
+    mem = system.get("memory", cast(MemoryStatus, {}))
     load = system.get("load") or [0.0]
     parts = [f"SoC {soc:.1f}°C" if soc is not None else "SoC temp n/a"]
     throttling = system.get("throttling")
@@ -394,7 +406,7 @@ def health_findings(system: dict[str, Any]) -> list[Finding]:
         )
     else:
         out.append(Finding("health", Level.OK, line))
-    st = system.get("storage") or {}
+    st = system.get("storage", cast(StorageStatus, {}))
     if st:
         sline = f"free {_gb(st.get('free_bytes', 0))} ({st.get('free_percent', 0):.0f} %)"
         if st.get("fs_errors"):
@@ -422,7 +434,7 @@ def health_findings(system: dict[str, Any]) -> list[Finding]:
     return out
 
 
-def cabinet_findings(daemon: dict[str, Any]) -> list[Finding]:
+def cabinet_findings(daemon: DaemonStatus) -> list[Finding]:
     out: list[Finding] = []
     door = daemon.get("door")
     if isinstance(door, dict):
@@ -454,7 +466,7 @@ def cabinet_findings(daemon: dict[str, Any]) -> list[Finding]:
     return out
 
 
-def config_findings(daemon: dict[str, Any]) -> list[Finding]:
+def config_findings(daemon: DaemonStatus) -> list[Finding]:
     """A refused SIGHUP: the unit runs its previous configuration, not the file on disk."""
     reload = daemon.get("last_reload")
     if not isinstance(reload, dict) or reload.get("ok", True):
@@ -471,7 +483,7 @@ def config_findings(daemon: dict[str, Any]) -> list[Finding]:
     ]
 
 
-def evaluate(status: dict[str, Any]) -> list[Finding]:
+def evaluate(status: StatusReport) -> list[Finding]:
     """Every finding for a full status dict (``{"daemon": …, "daemon_error": …, "system": …}``)."""
     out: list[Finding] = []
     daemon = status.get("daemon")
@@ -495,7 +507,7 @@ def evaluate(status: dict[str, Any]) -> list[Finding]:
         out.extend(analytics_findings(daemon))
         out.extend(cabinet_findings(daemon))
         out.extend(config_findings(daemon))
-    system = status.get("system") or {}
+    system = status.get("system") or cast(SystemStatus, {})
     out.extend(time_findings(system))
     out.extend(health_findings(system))
     return out

@@ -1,6 +1,6 @@
 """``edged``: wiring and supervision of the unit's pipelines.
 
-The main thread owns the daemon: it starts one :class:`edge.pipeline.CameraPipeline` per
+The main thread owns the daemon: it starts one :class:`edge.app.pipeline.CameraPipeline` per
 camera, tells systemd when recording runs (``READY=1``), pets the watchdog only while every
 recording thread is alive and making progress, publishes ``STATUS=``, and handles signals:
 
@@ -38,30 +38,40 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import __version__, clihelp, control, datadir, enrolment, metrics, selftest, unitkeys
-from . import config as config_mod
-from .alerts import AlertHub
-from .analytics.bridge import AnalyticsBridge
-from .analytics.events import EventSigner, SignedEvent
-from .analytics.faceblur import FaceBlurrer
-from .analytics.mqtt import MqttPublisher
-from .config import CameraConfig, EdgeConfig, PrivacyMaskConfig
-from .errors import ConfigError, DataDirError, EdgeError
-from .frames import Frame
-from .health import system as system_health
-from .health.door import DoorMonitor
-from .health.hotplug import HotplugEvent, HotplugMonitor
-from .pipeline import CameraPipeline
-from .process import setup_process
-from .uplink.client import UplinkClient
-from .uplink.dot1x.status import PortState
-from .uplink.dot1x.supervisor import Dot1xAlert, Dot1xSupervisor
-from .uplink.gate import make_gate
-from .uplink.spool import EventSpool
-from .vault.base import Outbox
-from .vault.store import Vault
-from .vault.verify import self_check
-from .video.base import SegmentSink
+from edge import __version__, clihelp
+from edge import config as config_mod
+from edge.analytics.bridge import AnalyticsBridge
+from edge.analytics.mqtt_publisher import MqttPublisher
+from edge.app import control, datadir, metrics, selftest
+from edge.app.alerts import AlertHub
+from edge.app.pipeline import CameraPipeline
+from edge.app.process import setup_process
+from edge.config import CameraConfig, EdgeConfig, PrivacyMaskConfig
+from edge.errors import ConfigError, DataDirError, EdgeError
+from edge.events import EventSigner, SignedEvent
+from edge.frames import Frame
+from edge.health import system as system_health
+from edge.health.door import DoorMonitor
+from edge.health.hotplug import HotplugEvent, HotplugMonitor
+from edge.identity import enrolment, unitkeys
+from edge.privacy.faceblur import FaceBlurrer
+from edge.snapshot import (
+    AnalyticsStatus,
+    CertificateStatus,
+    DaemonStatus,
+    ReloadOutcome,
+    StatusReport,
+    VaultStatus,
+)
+from edge.uplink.client import UplinkClient
+from edge.uplink.dot1x.port_state import PortState
+from edge.uplink.dot1x.supervisor import Dot1xAlert, Dot1xSupervisor
+from edge.uplink.gate import make_gate
+from edge.uplink.spool import EventSpool
+from edge.vault.base import Outbox
+from edge.vault.store import Vault
+from edge.vault.verify import self_check
+from edge.video.base import SegmentSink
 
 log = logging.getLogger("edged")
 
@@ -131,7 +141,9 @@ class Daemon:
         self._wake = threading.Event()
         self._reload_requested_mono: float | None = None
         #: Outcome of the latest SIGHUP (ok, at, origin, error), None before the first.
-        self.last_reload: dict[str, Any] | None = None
+        self.last_reload: ReloadOutcome | None = None
+        # The outcome of the last vault self-check of this run (None: none ran yet).
+        self.vault_check: tuple[bool, str | None] | None = None
 
     # --- signals -----------------------------------------------------------------------------
 
@@ -180,7 +192,9 @@ class Daemon:
             self.mqtt.start()
             self.alerts.add_listener(self.mqtt.publish)
         if isinstance(self.sink, Vault):
-            self.extra_selftests.append(("vault", functools.partial(self_check, self.sink), 30.0))
+            self.extra_selftests.append(
+                ("vault", functools.partial(self._check_vault, self.sink), 30.0)
+            )
         self._start_health()
         for cam in self.cfg.cameras:
             self._start_camera(cam)
@@ -328,8 +342,8 @@ class Daemon:
         on top of the running ones (the frame here is already masked, so nothing the running
         masks hide can ever be revealed) and their outlines drawn.
         """
-        from .privacy.masker import PrivacyMasker
-        from .privacy.preview import render_preview
+        from edge.privacy.masker import PrivacyMasker
+        from edge.privacy.preview import render_preview
 
         cam_id = params.get("camera") or next(iter(self.pipelines))
         pipeline = self.pipelines.get(str(cam_id))
@@ -587,7 +601,7 @@ class Daemon:
     # --- diagnostics -------------------------------------------------------------------------
 
     def _write_metrics(self, path: Path) -> None:
-        status = {
+        status: StatusReport = {
             "daemon": self.snapshot(),
             "system": system_health.snapshot(self.cfg.unit.data_dir),
         }
@@ -607,7 +621,7 @@ class Daemon:
             parts.append(f"configuration reload failed: {self.last_reload['error']}")
         return "; ".join(parts)
 
-    def _certificates(self) -> dict[str, Any]:
+    def _certificates(self) -> dict[str, CertificateStatus]:
         keys = unitkeys.keys_dir_of(self.cfg.unit.data_dir)
         days = self.cfg.dot1x.expiry_warning_days
         return {
@@ -619,7 +633,28 @@ class Daemon:
             "evidence": enrolment.signing_certificate_status(keys, warning_days=days),
         }
 
-    def snapshot(self) -> dict[str, Any]:
+    def _check_vault(self, vault: Vault) -> str:
+        """The vault self-check, its verdict kept for the status (diagnostics' chain finding)."""
+        try:
+            summary = self_check(vault)
+        except EdgeError as exc:
+            self.vault_check = (False, str(exc))
+            raise
+        self.vault_check = (True, None)
+        return summary
+
+    def _vault_status(self) -> VaultStatus | None:
+        if not isinstance(self.sink, Vault):
+            return None
+        checked = self.vault_check
+        return {
+            "bytes_used": self.sink.usage().vault_bytes,
+            "retention_days": self.sink.policy.retention_days,
+            "chain_ok": None if checked is None else checked[0],
+            "chain_error": None if checked is None else checked[1],
+        }
+
+    def snapshot(self) -> DaemonStatus:
         return {
             "unit_id": self.cfg.unit.id,
             "version": __version__,
@@ -627,6 +662,7 @@ class Daemon:
             "config_origin": self.origin,
             "data_dir": str(self.cfg.unit.data_dir),
             "cameras": [p.snapshot() for p in self.pipelines.values()],
+            "vault": self._vault_status(),
             "uplink": self.uplink.snapshot() if self.uplink is not None else None,
             "dot1x": self.dot1x_supervisor.snapshot()
             if self.dot1x_supervisor is not None
@@ -640,7 +676,7 @@ class Daemon:
         }
 
 
-def _analytics_summary(stats: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _analytics_summary(stats: list[dict[str, Any]]) -> AnalyticsStatus | None:
     """The figures of every camera's analytics process, summed for the status screen."""
     if not stats:
         return None

@@ -22,8 +22,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from .errors import ConfigError, KeyExistsError, VaultError
-from .fsutil import write_atomic, write_new_private
+from edge.errors import ConfigError, KeyExistsError, VaultError
+from edge.fsutil import write_atomic, write_new_private
 
 log = logging.getLogger(__name__)
 

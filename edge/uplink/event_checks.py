@@ -1,4 +1,4 @@
-"""Events on the uplink: the firmware's one signed event format (:mod:`edge.analytics.events`).
+"""Events on the uplink: the firmware's one signed event format (:mod:`edge.events`).
 
 The wire form ``{"event": BODY, "signature": BASE64, "key_id": HEX}`` travels unchanged from
 the unit to the CSU and on to MQTT, so anyone downstream can re-check it with the unit's key.
@@ -14,7 +14,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from ..analytics.events import verify_wire
+from edge.events import verify_wire
+
 from ..errors import IntegrityError
 from .protocol import ID_RE
 

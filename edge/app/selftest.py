@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import EdgeError
+from edge.errors import EdgeError
 
 
 @dataclass(frozen=True)
@@ -131,8 +131,8 @@ def encoder_check(cam: Any) -> Callable[[], str]:
 
         import av
 
-        from .frames import Frame
-        from .video.encoder import SegmentEncoder
+        from edge.frames import Frame
+        from edge.video.encoder import SegmentEncoder
 
         fps = cam.fps
         encoder = SegmentEncoder("selftest", cam.width, cam.height, fps, cam.encoder)
@@ -164,8 +164,8 @@ def csu_check(cfg: Any, gate: Any) -> Callable[[], str]:
     def check() -> str:
         import ssl
 
-        from .uplink import protocol
-        from .uplink.tls import connect
+        from edge.uplink import protocol
+        from edge.uplink.tls import connect
 
         if not gate.is_open():
             raise SelftestNotApplicableError(

@@ -33,10 +33,11 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from edge.identity.unitkeys import refuse_private_material
+
 from ..config import EdgeConfig, RecipientKem
 from ..errors import ConfigError, IntegrityError, KeyExistsError, VaultError
 from ..fsutil import fsync_dir, write_new, write_new_private
-from ..unitkeys import refuse_private_material
 from . import format as fmt
 
 log = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ def _kem_of(doc: dict[str, Any], path: Path) -> RecipientKem:
 
 def load_public(path: Path) -> RecipientPublic:
     """A recipient public key; :class:`ConfigError` when the file also holds private material
-    (see :func:`edge.unitkeys.refuse_private_material`)."""
+    (see :func:`edge.identity.unitkeys.refuse_private_material`)."""
     try:
         refuse_private_material(path.read_bytes(), str(path))
     except OSError as exc:

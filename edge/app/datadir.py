@@ -9,7 +9,7 @@ file holds the holder's PID, only to name it in the refusal; the lock itself is 
 The descriptor is not inherited by child processes (Python opens it close-on-exec), so a
 left-over child can never keep a directory locked.
 
-The same helper guards the control socket (:mod:`edge.control`): whoever holds the socket's
+The same helper guards the control socket (:mod:`edge.app.control`): whoever holds the socket's
 lock owns the socket path, so a second instance never deletes or replaces the first's socket.
 
 **Unusable directory.** A read-only mount, a path that is a file, a directory of another owner
@@ -24,7 +24,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from .errors import DataDirError, InstanceLockedError
+from edge.errors import DataDirError, InstanceLockedError
 
 LOCK_NAME = "edged.lock"
 #: Free space a *new* vault needs to start (keys, index, the purge reserve, first segments).

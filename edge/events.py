@@ -33,8 +33,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from PIL import Image
 
-from ..errors import IntegrityError
-from ..unitkeys import key_id, public_raw
+from edge.errors import IntegrityError
+from edge.identity.unitkeys import key_id, public_raw
 
 SCHEMA_VERSION = 1
 

@@ -8,20 +8,21 @@ writes atomically (temp file, rename), as node_exporter requires.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.openmetrics.exposition import generate_latest
 
-from .diagnostics import Level, evaluate, worst
-from .fsutil import write_atomic
+from edge.app.diagnostics import Level, evaluate, worst
+from edge.fsutil import write_atomic
+from edge.snapshot import DaemonStatus, StatusReport, StorageStatus, SystemStatus, TimeStatus
 
 
-def registry_from_status(status: dict[str, Any]) -> CollectorRegistry:
+def registry_from_status(status: StatusReport) -> CollectorRegistry:
     reg = CollectorRegistry()
-    daemon = status.get("daemon") or {}
-    system = status.get("system") or {}
-    unit = str(daemon.get("unit_id", "unknown"))
+    daemon = status.get("daemon")
+    system = status.get("system") or cast(SystemStatus, {})
+    unit = str(daemon.get("unit_id", "unknown")) if daemon else "unknown"
 
     up = Gauge("edge_up", "1 when edged answers", ["unit"], registry=reg)
     up.labels(unit).set(1 if daemon else 0)
@@ -59,38 +60,18 @@ def registry_from_status(status: dict[str, Any]) -> CollectorRegistry:
         key: Gauge(name, doc, ["unit", "camera"], registry=reg)
         for key, (name, doc) in cam_gauges.items()
     }
-    for cam in daemon.get("cameras", []):
-        for key, gauge in gauges.items():
-            value = cam.get(key)
-            if isinstance(value, int | float):
-                gauge.labels(unit, cam.get("id", "?")).set(value)
-
-    for section, key, name, doc in (
-        ("uplink", "backlog_s", "edge_uplink_backlog_seconds", "Recording not yet at the CSU"),
-        ("analytics", "fps", "edge_analytics_fps", "Frames analysed per second"),
-        ("analytics", "inference_ms", "edge_analytics_inference_ms", "Inference time"),
-        ("analytics", "drops", "edge_analytics_dropped_total", "Frames analytics skipped"),
-        ("vault", "bytes_used", "edge_vault_bytes", "Bytes held by the vault"),
-    ):
-        part = daemon.get(section)
-        if isinstance(part, dict) and isinstance(part.get(key), int | float):
-            Gauge(name, doc, ["unit"], registry=reg).labels(unit).set(part[key])
-
-    uplink = daemon.get("uplink")
-    if isinstance(uplink, dict) and isinstance(uplink.get("backlog"), dict):
-        Gauge(
-            "edge_uplink_backlog_bytes", "Bytes not yet at the CSU", ["unit"], registry=reg
-        ).labels(unit).set(uplink["backlog"].get("bytes", 0))
+    if daemon:
+        _daemon_gauges(reg, unit, daemon, gauges)
 
     soc = system.get("soc_celsius")
     if isinstance(soc, int | float):
         Gauge("edge_soc_celsius", "SoC temperature", ["unit"], registry=reg).labels(unit).set(soc)
-    storage = system.get("storage") or {}
+    storage = system.get("storage", cast(StorageStatus, {}))
     if storage:
         Gauge(
             "edge_storage_free_bytes", "Free bytes on the data file system", ["unit"], registry=reg
         ).labels(unit).set(storage.get("free_bytes", 0))
-    t = system.get("time") or {}
+    t = system.get("time", cast(TimeStatus, {}))
     if t:
         Gauge(
             "edge_time_synchronised", "1 when the clock is synchronised", ["unit"], registry=reg
@@ -98,12 +79,48 @@ def registry_from_status(status: dict[str, Any]) -> CollectorRegistry:
     return reg
 
 
-def render(status: dict[str, Any]) -> bytes:
+def _daemon_gauges(
+    reg: CollectorRegistry, unit: str, daemon: DaemonStatus, gauges: dict[str, Gauge]
+) -> None:
+    for cam in daemon.get("cameras", []):
+        for key, gauge in gauges.items():
+            value = cam.get(key)
+            if isinstance(value, int | float):
+                gauge.labels(unit, cam.get("id", "?")).set(value)
+
+    # Each read names its section's typed field: a renamed field is a type error here.
+    figures: list[tuple[float | None, str, str]] = []
+    uplink = daemon.get("uplink")
+    analytics = daemon.get("analytics")
+    vault = daemon.get("vault")
+    if uplink:
+        figures.append(
+            (uplink.get("backlog_s"), "edge_uplink_backlog_seconds", "Recording not yet at the CSU")
+        )
+    if analytics:
+        figures += [
+            (analytics.get("fps"), "edge_analytics_fps", "Frames analysed per second"),
+            (analytics.get("inference_ms"), "edge_analytics_inference_ms", "Inference time"),
+            (analytics.get("drops"), "edge_analytics_dropped_total", "Frames analytics skipped"),
+        ]
+    if vault:
+        figures.append((vault.get("bytes_used"), "edge_vault_bytes", "Bytes held by the vault"))
+    for value, name, doc in figures:
+        if isinstance(value, int | float):
+            Gauge(name, doc, ["unit"], registry=reg).labels(unit).set(value)
+
+    if uplink and isinstance(uplink.get("backlog"), dict):
+        Gauge(
+            "edge_uplink_backlog_bytes", "Bytes not yet at the CSU", ["unit"], registry=reg
+        ).labels(unit).set(uplink["backlog"].get("bytes", 0))
+
+
+def render(status: StatusReport) -> bytes:
     data: bytes = generate_latest(registry_from_status(status))  # type: ignore[no-untyped-call]
     return data
 
 
-def write_textfile(path: Path, status: dict[str, Any]) -> None:
+def write_textfile(path: Path, status: StatusReport) -> None:
     """Replace ``path`` atomically so the collector never reads half a file; mode 0644 whatever
     edged's umask (0077), so node_exporter can read it.
 

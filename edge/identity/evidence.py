@@ -1,6 +1,6 @@
 """The evidence-signing certificate: its profile, and the checks that tie a bundle to the fleet CA.
 
-The unit's Ed25519 signing key (:mod:`edge.unitkeys`) signs every sealed segment, envelope,
+The unit's Ed25519 signing key (:mod:`edge.identity.unitkeys`) signs every sealed segment, envelope,
 checkpoint, audit record and bundle manifest. Enrolment has the city's video CA certify it with a
 dedicated *evidence* profile, distinct from the TLS/EAP client certificate:
 

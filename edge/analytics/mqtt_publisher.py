@@ -21,10 +21,11 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.events import SignedEvent
+from edge.identity.unitkeys import CA_CHAIN_NAME, keys_dir_of
+
 from ..config import EdgeConfig, MqttConfig
 from ..mqtt_tls import broker_context
-from ..unitkeys import CA_CHAIN_NAME, keys_dir_of
-from .events import SignedEvent
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..config import DetectorLayout, EdgeConfig
-from ..errors import AnalyticsError
-from ..frames import Frame, Plane
-from .base import Box, Detector
-from .engine import i420_to_rgb
-from .litert import LiteRTDetector
+from edge.analytics.base import Box, Detector
+from edge.analytics.engine import i420_to_rgb
+from edge.analytics.litert import LiteRTDetector
+from edge.config import DetectorLayout, EdgeConfig
+from edge.errors import AnalyticsError
+from edge.frames import Frame, Plane
 
 log = logging.getLogger(__name__)
 

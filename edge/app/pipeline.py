@@ -23,23 +23,22 @@ frame old, which diagnostics accept.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from .analytics.faceblur import FaceBlurrer
-from .capture import open_source
-from .capture.loop import CaptureLoop
-from .config import CameraConfig, PrivacyMaskConfig
-from .errors import EdgeError
-from .frames import Frame
-from .privacy.masker import PrivacyMasker
-from .video.base import MediaSegment, SegmentSink
-from .video.encoder import TIME_GAP_S, SegmentEncoder
+from edge.capture import open_source
+from edge.capture.loop import CaptureLoop
+from edge.config import CameraConfig, PrivacyMaskConfig
+from edge.errors import EdgeError
+from edge.frames import Frame
+from edge.privacy.faceblur import FaceBlurrer
+from edge.privacy.masker import PrivacyMasker
+from edge.snapshot import CameraStatus
+from edge.video.base import MediaSegment, SegmentSink
+from edge.video.encoder import TIME_GAP_S, SegmentEncoder
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +299,7 @@ class CameraPipeline:
         stats = self._capture.stats()
         return f"{stats.state}: {stats.reason}"
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> CameraStatus:
         now = time.monotonic()
         capture = self._capture.stats()
         last = self.last_segment
@@ -311,7 +310,16 @@ class CameraPipeline:
             "width": self.cam.width,
             "height": self.cam.height,
             "fps_configured": self.cam.fps,
-            "capture": dataclasses.asdict(capture),
+            "capture": {
+                "state": capture.state.value,
+                "reason": capture.reason,
+                "frames_in": capture.frames_in,
+                "source_gaps": capture.source_gaps,
+                "frames_lost": capture.frames_lost,
+                "reconnects": capture.reconnects,
+                "last_frame_age_s": capture.last_frame_age_s,
+                "fps": capture.fps,
+            },
             "frames_in": self.frames_in,
             "frames_dropped": self.frames_dropped,
             "frames_encoded": self.frames_encoded,

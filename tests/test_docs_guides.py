@@ -103,7 +103,7 @@ def test_each_quoted_message_is_still_printed_by_the_code(message: str) -> None:
 
 
 def test_exit_statuses_in_the_table_are_the_codes() -> None:
-    from edge import daemon
+    from edge.app import daemon
     from edge.cli import entry
     from edge.cli import vault_cmd as edgectl_vault
     from edge.csu import vault_cmd as csu_vault
@@ -195,10 +195,12 @@ def test_the_guides_link_only_to_what_exists() -> None:
 
 def _parser(tool: str) -> argparse.ArgumentParser:
     if tool == "edgectl":
-        from edge.cli.main import build_parser
-    else:
-        from edge.csu.main import build_parser
-    return build_parser()
+        from edge.cli.main import build_parser as edgectl_parser
+
+        return edgectl_parser()
+    from edge.csu.main import build_parser as csu_parser
+
+    return csu_parser()
 
 
 def _subparser(
@@ -248,7 +250,7 @@ def test_the_guides_run_real_commands() -> None:
 
 
 def test_the_csu_guide_example_configuration_is_valid(tmp_path: Path) -> None:
-    from edge.csu.receiver import config as serve_config
+    from edge.csu.receiver import settings as serve_config
 
     text = (DOCS / "guide-csu-operator.md").read_text(encoding="utf-8")
     block = re.search(r"```toml\n(\s*storage_dir.*?)```", text, re.S)

@@ -128,7 +128,7 @@ def _diagnostic_problems() -> list[tuple[str, str]]:
     """(what the guide must quote, where) for every finding of edgectl status/diag that is a
     problem: its cause as a template (each value a variable cause may take), or its status
     line when the cause is all run-time text."""
-    path = ROOT / "edge" / "diagnostics.py"
+    path = ROOT / "edge" / "app" / "diagnostics.py"
     out: list[tuple[str, str]] = []
     for func in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if not isinstance(func, ast.FunctionDef):

@@ -1,28 +1,29 @@
 """Entry point of the analytics process (one per camera), started by :class:`AnalyticsBridge`.
 
 Thin on purpose: set up the process, build the engine, then loop — take the newest frame
-slot, give the older ones back (too late for them), analyse, send events and stats to the
+slot, give the older ones back (too late for them), analyse, send event drafts and stats to the
 parent. When no frame comes for a while, tamper detection is told (signal lost).
+
+This process runs models supplied from outside and holds no key: the unit's signing key is
+neither in its arguments nor in its environment, and it never loads it. What it sends is plain
+JSON the parent checks (:mod:`edge.analytics.channel`); the parent signs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import queue
 import time
 from dataclasses import dataclass
-from multiprocessing.synchronize import Event as MpEvent
-from pathlib import Path
-from typing import Any
+from multiprocessing.connection import Connection
 
 import numpy as np
 
 from ..config import AnalyticsConfig, CameraAnalyticsConfig
 from ..process import setup_process
-from ..unitkeys import keys_dir_of, load_signing_key
+from . import channel
 from .base import Detector
 from .engine import AnalyticsEngine
-from .events import EventSigner
 from .shm import FrameRing
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,10 @@ STATS_PERIOD_S = 1.0
 
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
-    """Everything the child needs, picklable (the child is spawned, not forked)."""
+    """Everything the child needs, picklable (the child is spawned, not forked). No key, and no
+    path to one: the child has no use for the data directory."""
 
-    unit_id: str
     camera: str
-    data_dir: Path
     cfg: AnalyticsConfig
     cam_cfg: CameraAnalyticsConfig
     ring_name: str
@@ -54,27 +54,31 @@ def make_detector(cfg: AnalyticsConfig) -> Detector | None:
     return LiteRTDetector.from_config(cfg.detector)
 
 
-def run(spec: WorkerSpec, ready: Any, free: Any, out: Any, stop: MpEvent) -> None:
-    """Child process main. ``ready``/``free``/``out`` are multiprocessing queues."""
+def run(
+    spec: WorkerSpec, ready: Connection, free: Connection, out: Connection, stop: Connection
+) -> None:
+    """Child process main. ``ready`` and ``stop`` are the read ends of the pipes from the
+    parent, ``free`` and ``out`` the write ends of those back to it (see channel)."""
     setup_process(f"analytics-{spec.camera}"[:15], log_level=spec.log_level, nice=10)
     ring = FrameRing.attach(spec.ring_name, spec.slots, spec.width, spec.height)
+    out_fd, free_fd = out.fileno(), free.fileno()
+    ready_fd, stop_fd = ready.fileno(), stop.fileno()
     try:
         engine = AnalyticsEngine(
             camera=spec.camera,
             cfg=spec.cfg,
             cam_cfg=spec.cam_cfg,
-            signer=EventSigner(load_signing_key(keys_dir_of(spec.data_dir)), spec.unit_id),
             detector=make_detector(spec.cfg),
         )
-        out.put(
-            ("started", {"detector": engine.detector.description if engine.detector else "motion"})
-        )
-        _loop(spec, engine, ring, ready, free, out, stop)
+        detector = engine.detector.description if engine.detector else "motion"
+        channel.send(out_fd, channel.Started(detector))
+        _loop(spec, engine, ring, ready_fd, stop_fd, free_fd, out_fd)
         for event in engine.flush():
-            out.put(("event", event))
+            channel.send(out_fd, event)
     except Exception as exc:  # report to the parent, which restarts us
         log.exception("[%s] analytics process failed", spec.camera)
-        out.put(("failed", f"{type(exc).__name__}: {exc}"))
+        with contextlib.suppress(OSError):
+            channel.send(out_fd, channel.Failed(f"{type(exc).__name__}: {exc}"))
     finally:
         ring.close()
 
@@ -83,10 +87,10 @@ def _loop(
     spec: WorkerSpec,
     engine: AnalyticsEngine,
     ring: FrameRing,
-    ready: Any,
-    free: Any,
-    out: Any,
-    stop: MpEvent,
+    ready_fd: int,
+    stop_fd: int,
+    free_fd: int,
+    out_fd: int,
 ) -> None:
     late = 0
     analysed = 0
@@ -97,51 +101,46 @@ def _loop(
     y = np.empty((spec.height, spec.width), dtype=np.uint8)
     u = np.empty((spec.height // 2, spec.width // 2), dtype=np.uint8)
     v = np.empty_like(u)
-    while not stop.is_set():
-        try:
-            posted = [ready.get(timeout=0.25)]
-        except queue.Empty:
-            posted = []
-        while True:
-            try:
-                posted.append(ready.get_nowait())
-            except queue.Empty:
-                break
+    while True:
+        posted, stopped = channel.wait_posted(ready_fd, stop_fd, 0.25)
+        if stopped:
+            break
+        posted = [slot for slot in posted if slot < spec.slots]
         if posted:
-            posted.sort(key=lambda m: m[1])
-            for slot, _index in posted[:-1]:
-                free.put(slot)  # too late for these: only the newest frame matters
+            posted.sort(key=lambda slot: int(ring.meta[slot][0]))  # by frame index
+            for slot in posted[:-1]:
+                channel.return_slot(free_fd, slot)  # too late: only the newest frame matters
             late += len(posted) - 1
-            slot = posted[-1][0]
+            slot = posted[-1]
             sy, su, sv = ring.planes(slot)
             y[...], u[...], v[...] = sy, su, sv
             index, mono_ns, wall_ns = (int(x) for x in ring.meta[slot])
-            free.put(slot)
+            channel.return_slot(free_fd, slot)
             events = engine.process(y, u, v, index=index, mono_ns=mono_ns, wall_ns=wall_ns)
             analysed += 1
             window_frames += 1
         else:
             events = engine.tick()
         for event in events:
-            out.put(("event", event))
+            channel.send(out_fd, event)
         now = time.monotonic()
         if now >= next_stats:
             fps = window_frames / max(now - window_start, 1e-6)
             window_start, window_frames = now, 0
             next_stats = now + STATS_PERIOD_S
-            out.put(("stats", _stats(engine, analysed, late, fps)))
-    out.put(("stats", _stats(engine, analysed, late, fps)))
+            channel.send(out_fd, _stats(engine, analysed, late, fps))
+    channel.send(out_fd, _stats(engine, analysed, late, fps))
 
 
-def _stats(engine: AnalyticsEngine, analysed: int, late: int, fps: float) -> dict[str, Any]:
-    return {
-        "analysed": analysed,
-        "dropped_late": late,
-        "fps": round(fps, 2),
-        "inference_ms": round(engine.stats.inference_ms, 2),
-        "process_ms": round(engine.stats.process_ms, 2),
-        "detector_runs": engine.stats.detections_run,
-        "tracks": engine.stats.tracks,
-        "tamper": engine.stats.tamper,
-        "learning": engine.tamper.learning if engine.tamper else False,
-    }
+def _stats(engine: AnalyticsEngine, analysed: int, late: int, fps: float) -> channel.ChildStats:
+    return channel.ChildStats(
+        analysed=analysed,
+        dropped_late=late,
+        fps=round(fps, 2),
+        inference_ms=round(engine.stats.inference_ms, 2),
+        process_ms=round(engine.stats.process_ms, 2),
+        detector_runs=engine.stats.detections_run,
+        tracks=engine.stats.tracks,
+        tamper=tuple(engine.stats.tamper),
+        learning=engine.tamper.learning if engine.tamper else False,
+    )

@@ -22,9 +22,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from edge import sandbox
 from edge.analytics import channel, worker
 from edge.analytics.bridge import AnalyticsBridge
 from edge.analytics.events import EventDraft, SignedEvent, verify_wire
+from edge.analytics.shm import FrameRing
 from edge.errors import ProtocolError
 from edge.unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
 
@@ -32,6 +34,9 @@ from .conftest import require_root
 from .test_analytics_e2e import motion_only_config, wait_for
 
 MARKER_ENV = "EDGE_TEST_PWNED_MARKER"
+KEY_ENV = "EDGE_TEST_KEY_PATH"
+CONFIG_ENV = "EDGE_TEST_CONFIG_PATH"
+PORT_ENV = "EDGE_TEST_PORT"
 SCENARIO_ENV = "EDGE_TEST_HOSTILE"
 
 
@@ -157,7 +162,12 @@ def test_returned_slots_out_of_range_are_ignored() -> None:
 
 
 def hostile_child(
-    spec: worker.WorkerSpec, ready: Connection, free: Connection, out: Connection, stop: Connection
+    spec: worker.WorkerSpec,
+    ring: FrameRing,
+    ready: Connection,
+    free: Connection,
+    out: Connection,
+    stop: Connection,
 ) -> None:
     """Stands in for the analytics process after a malicious model took it over."""
     scenario = os.environ[SCENARIO_ENV]
@@ -176,8 +186,75 @@ def hostile_child(
         os.write(fd, _frame(_event(rule="unit", kind="door_open")))
     elif scenario == "stall":
         os.write(fd, struct.pack(">I", 100) + b"{")  # half a message, then silence
+    elif scenario == "escape":
+        channel.send(fd, channel.Failed(_try_to_escape()))
     while not stop.poll(0.1):
         pass
+
+
+def _try_to_escape() -> str:
+    """What code run through a malicious model would try first, and how each attempt ended."""
+    import signal
+    import socket
+
+    results = []
+    for what, attempt in (
+        ("key", lambda: Path(os.environ[KEY_ENV]).read_bytes()),
+        ("config", lambda: Path(os.environ[CONFIG_ENV]).read_bytes()),
+        ("write", lambda: Path(os.environ[MARKER_ENV]).write_bytes(b"x")),
+        ("tcp", lambda: socket.create_connection(("127.0.0.1", int(os.environ[PORT_ENV])), 2)),
+        ("signal", lambda: os.kill(os.getppid(), signal.SIGTERM)),
+        ("parent-memory", lambda: Path(f"/proc/{os.getppid()}/environ").read_bytes()),
+    ):
+        try:
+            attempt()
+            results.append(f"{what}=done")
+        except OSError as exc:
+            results.append(f"{what}={type(exc).__name__}")
+    return " ".join(results)
+
+
+def test_code_run_by_a_model_cannot_read_the_key_or_reach_edged(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real confinement of the analytics process (Landlock), applied before any model is
+    read, against what a hijacked process would try: read the key or the configuration (camera
+    passwords), write, connect out, signal edged, read edged's memory."""
+    try:
+        sandbox._abi(sandbox._libc())
+    except OSError:
+        pytest.skip("this kernel has no Landlock")
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    config_file = data_dir.parent / "edge.toml"
+    config_file.write_text('[unit]\nid = "x"\n')
+    monkeypatch.setenv(SCENARIO_ENV, "escape")
+    monkeypatch.setenv(MARKER_ENV, str(data_dir / "pwned"))
+    monkeypatch.setenv(KEY_ENV, str(keys_dir_of(data_dir) / "unit-signing.pem"))
+    monkeypatch.setenv(CONFIG_ENV, str(config_file))
+    monkeypatch.setenv(PORT_ENV, str(listener.getsockname()[1]))
+    monkeypatch.setattr(worker, "run", hostile_child)
+    cfg = motion_only_config(data_dir)
+    bridge = AnalyticsBridge(cfg, cfg.cameras[0], mqtt=False)
+    bridge.start()
+    try:
+        assert wait_for(lambda: (bridge.stats()["last_failure"] or "").startswith("key="), 20)
+        outcome = dict(kv.split("=") for kv in bridge.stats()["last_failure"].split())
+    finally:
+        bridge.stop()
+        listener.close()
+    assert (keys_dir_of(data_dir) / "unit-signing.pem").exists()  # it is there, and refused:
+    assert outcome["key"] == "PermissionError", outcome
+    assert outcome["config"] == "PermissionError", outcome
+    assert outcome["write"] == "PermissionError", outcome
+    assert outcome["parent-memory"] == "PermissionError", outcome
+    abi = sandbox._abi(sandbox._libc())
+    if abi >= 4:
+        assert outcome["tcp"] == "PermissionError", outcome
+    if abi >= 6:
+        assert outcome["signal"] == "PermissionError", outcome
+    assert not (data_dir / "pwned").exists()
 
 
 @pytest.mark.parametrize("scenario", ["pickle", "huge", "nested", "forged-unit-alarm", "stall"])
@@ -244,6 +321,7 @@ def test_the_analytics_process_holds_no_key_material(data_dir: Path) -> None:
     try:
         assert wait_for(lambda: bridge.stats()["state"] == "running", 30)
         pid = bridge.stats()["pid"]
+        assert bridge.stats()["sandbox"].startswith(("landlock ABI", "not confined: Landlock"))
         key = load_signing_key(keys_dir_of(data_dir))
         raw = key.private_bytes(
             serialization.Encoding.Raw,

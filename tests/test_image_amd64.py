@@ -400,3 +400,5 @@ def test_image_boots_into_edged_behind_the_firewall(sealed: Built) -> None:
         install_preview.startswith("error:") and "not running" not in install_preview
     ), install_preview
     assert report.one("control-stranger") == "denied"
+    # The analytics process confined itself under edged's own system-call filter (#11 item 21).
+    assert report.one("analytics-sandbox").startswith("landlock ABI"), report.facts

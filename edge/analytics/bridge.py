@@ -131,6 +131,7 @@ class AnalyticsBridge:
         self._restarts = 0
         self._last_failure: str | None = None
         self._detector = "starting"
+        self._sandbox = "starting"
         self.state = ChildState.IDLE
         self._publisher: Any = None
         if mqtt and self.acfg.mqtt.enabled:
@@ -203,8 +204,8 @@ class AnalyticsBridge:
             log_level=self.cfg.logging.level.value,
         )
         self._proc = self._ctx.Process(
-            target=worker.run,
-            args=(spec, ready_r, free_w, out_w, stop_r),
+            target=worker.child_main,
+            args=(worker.run, spec, ready_r, free_w, out_w, stop_r),
             name=f"analytics-{self.cam.id}",
             daemon=True,
         )
@@ -405,8 +406,8 @@ class AnalyticsBridge:
                 self._child = message
         elif isinstance(message, channel.Started):
             with self._stats_lock:
-                self._detector = message.detector
-            self._set_state(ChildState.RUNNING, f"detector {message.detector}")
+                self._detector, self._sandbox = message.detector, message.sandbox
+            self._set_state(ChildState.RUNNING, f"detector {message.detector}, {message.sandbox}")
         else:
             with self._stats_lock:
                 self._last_failure = message.reason
@@ -419,7 +420,7 @@ class AnalyticsBridge:
             child = self._child
             recent = list(self._recent)
             restarts, failure, detector = self._restarts, self._last_failure, self._detector
-            rejected = self._rejected
+            rejected, confinement = self._rejected, self._sandbox
         proc = self._proc
         return {
             "camera": self.cam.id,
@@ -443,6 +444,7 @@ class AnalyticsBridge:
             "tamper": list(child.tamper),
             "restarts": restarts,
             "rejected_messages": rejected,
+            "sandbox": confinement,
             "last_failure": failure,
             "recent_alerts": recent,
         }

@@ -61,6 +61,8 @@ class Started:
     """The child loaded its model and analyses."""
 
     detector: str
+    sandbox: str = "not confined"
+    """How the child is confined (:func:`edge.sandbox.current`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +97,7 @@ def encode(message: ChildMessage) -> bytes:
     """One framed message (the child's side)."""
     doc: dict[str, Any]
     if isinstance(message, Started):
-        doc = {"type": "started", "detector": message.detector}
+        doc = {"type": "started", "detector": message.detector, "sandbox": message.sandbox}
     elif isinstance(message, Failed):
         doc = {"type": "failed", "reason": message.reason[:MAX_TEXT]}
     elif isinstance(message, ChildStats):
@@ -219,8 +221,8 @@ def decode(payload: bytes) -> ChildMessage:
         raise ProtocolError("message is not a JSON object")
     kind = doc.get("type")
     if kind == "started":
-        _keys(doc, {"type", "detector"})
-        return Started(_text(doc, "detector"))
+        _keys(doc, {"type", "detector", "sandbox"})
+        return Started(_text(doc, "detector"), _text(doc, "sandbox"))
     if kind == "failed":
         _keys(doc, {"type", "reason"})
         return Failed(_text(doc, "reason"))

@@ -5,20 +5,27 @@ slot, give the older ones back (too late for them), analyse, send event drafts a
 parent. When no frame comes for a while, tamper detection is told (signal lost).
 
 This process runs models supplied from outside and holds no key: the unit's signing key is
-neither in its arguments nor in its environment, and it never loads it. What it sends is plain
-JSON the parent checks (:mod:`edge.analytics.channel`); the parent signs.
+neither in its arguments nor in its environment, and it never loads it. Before it reads the
+model it confines itself (:mod:`edge.sandbox`): read-only access to the interpreter, its
+libraries and the model, so neither the key file nor the configuration can be opened. What it
+sends is plain JSON the parent checks (:mod:`edge.analytics.channel`); the parent signs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 import numpy as np
 
+from .. import sandbox
 from ..config import AnalyticsConfig, CameraAnalyticsConfig
 from ..process import setup_process
 from . import channel
@@ -54,13 +61,48 @@ def make_detector(cfg: AnalyticsConfig) -> Detector | None:
     return LiteRTDetector.from_config(cfg.detector)
 
 
+Entry = Callable[[WorkerSpec, FrameRing, Connection, Connection, Connection, Connection], None]
+
+
+def readable_paths(spec: WorkerSpec) -> list[Path]:
+    """All the analytics process may read once confined: the interpreter and its libraries, the
+    dynamic loader's cache, CPU topology (for the inference runtime) and the model."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, "/usr", "/lib", "/lib64"}
+    paths |= {"/etc/ld.so.cache", "/proc/cpuinfo", "/sys/devices/system/cpu"}
+    # Never "" (the working directory) nor "/" (everything, the key included).
+    paths |= {p for p in sys.path if p not in ("", "/") and os.path.isdir(p)}
+    if spec.cfg.detector.model_path is not None:
+        paths.add(str(spec.cfg.detector.model_path))
+    return sorted(Path(p) for p in paths)
+
+
+def child_main(
+    entry: Entry,
+    spec: WorkerSpec,
+    ready: Connection,
+    free: Connection,
+    out: Connection,
+    stop: Connection,
+) -> None:
+    """What the bridge starts: process set-up, the frame ring (opened while it still may),
+    confinement, then ``entry`` (:func:`run`)."""
+    setup_process(f"analytics-{spec.camera}"[:15], log_level=spec.log_level, nice=10)
+    ring = FrameRing.attach(spec.ring_name, spec.slots, spec.width, spec.height)
+    if not sandbox.confine(readable_paths(spec)):
+        log.warning("[%s] analytics process %s", spec.camera, sandbox.current())
+    entry(spec, ring, ready, free, out, stop)
+
+
 def run(
-    spec: WorkerSpec, ready: Connection, free: Connection, out: Connection, stop: Connection
+    spec: WorkerSpec,
+    ring: FrameRing,
+    ready: Connection,
+    free: Connection,
+    out: Connection,
+    stop: Connection,
 ) -> None:
     """Child process main. ``ready`` and ``stop`` are the read ends of the pipes from the
     parent, ``free`` and ``out`` the write ends of those back to it (see channel)."""
-    setup_process(f"analytics-{spec.camera}"[:15], log_level=spec.log_level, nice=10)
-    ring = FrameRing.attach(spec.ring_name, spec.slots, spec.width, spec.height)
     out_fd, free_fd = out.fileno(), free.fileno()
     ready_fd, stop_fd = ready.fileno(), stop.fileno()
     try:
@@ -71,7 +113,7 @@ def run(
             detector=make_detector(spec.cfg),
         )
         detector = engine.detector.description if engine.detector else "motion"
-        channel.send(out_fd, channel.Started(detector))
+        channel.send(out_fd, channel.Started(detector, sandbox.current()))
         _loop(spec, engine, ring, ready_fd, stop_fd, free_fd, out_fd)
         for event in engine.flush():
             channel.send(out_fd, event)

@@ -203,19 +203,20 @@ class AnalyticsBridge:
             height=self.height,
             log_level=self.cfg.logging.level.value,
         )
-        self._proc = self._ctx.Process(
+        proc = self._ctx.Process(
             target=worker.child_main,
             args=(worker.run, spec, ready_r, free_w, out_w, stop_r),
             name=f"analytics-{self.cam.id}",
             daemon=True,
         )
-        self._proc.start()
+        proc.start()
+        self._proc = proc  # only once started: stop() may join it from another thread
         # The child has its copies; ours would keep the pipes open after it dies (no EOF).
         for child_end in (ready_r, stop_r, free_w, out_w):
             child_end.close()
         if self._stopping.is_set():  # stop() came while this child was being started
             self._tell_child_to_stop()
-        self._set_state(ChildState.STARTING, f"pid {self._proc.pid}")
+        self._set_state(ChildState.STARTING, f"pid {proc.pid}")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the child (it flushes its counting intervals first) and release everything."""
@@ -356,16 +357,18 @@ class AnalyticsBridge:
             # Nothing more will come from this child; the caller notices when it is gone.
             time.sleep(0.05 if self._stopping.is_set() else timeout)
             return False
-        ready, _, _ = select.select([reader.fd], [], [], timeout)
-        if not ready:
-            return False
         handled = False
         try:
+            ready, _, _ = select.select([reader.fd], [], [], timeout)
+            if not ready:
+                return False
             for payload in reader.read():
                 self._handle(channel.decode(payload))  # in order, up to a bad one
                 handled = True
         except ProtocolError as exc:
             self._reject(exc)
+        except (OSError, ValueError):  # the pipe was closed under us (stop() timed out on us)
+            reader.eof = True
         return handled
 
     def _reject(self, exc: ProtocolError) -> None:

@@ -222,3 +222,19 @@ def test_csu_refusing_the_evidence_certificate_is_failing() -> None:
     [(section, level, cause, action)] = problems(status)
     assert (section, level) == ("uplink", Level.FAILING)
     assert "revoked for key compromise" in cause and "edgectl enroll --status" in action
+
+
+def test_analytics_unconfined_or_refused_degrades() -> None:
+    """#11 item 21: an analytics process without Landlock, or one edged had to replace for
+    protocol violations, is a problem the technician sees, with what to do."""
+    status = healthy()
+    camera = {"camera": "cam1", "sandbox": "landlock ABI 6", "rejected_messages": 0}
+    status["daemon"]["analytics"] = {"alive": True, "fps": 5.0, "cameras": [camera]}
+    assert problems(status) == []
+    camera["sandbox"] = "not confined: Landlock unavailable (Function not implemented)"
+    ((section, level, cause, action),) = problems(status)
+    assert section == "analytics" and level is Level.DEGRADED
+    assert "unconfined" in cause and "Landlock" in action
+    camera.update(sandbox="landlock ABI 6", rejected_messages=3)
+    ((_, level, cause, _),) = problems(status)
+    assert level is Level.DEGRADED and "refused" in cause

@@ -288,7 +288,7 @@ def test_a_hostile_child_cannot_run_code_in_edged_or_stop_it(
     finally:
         t0 = time.monotonic()
         bridge.stop(timeout=3.0)
-        assert time.monotonic() - t0 < 8.0
+        assert time.monotonic() - t0 < 20.0  # bounded (3 s join, kill), even on a busy machine
     assert not marker.exists(), "edged ran code the analytics process sent"
 
 

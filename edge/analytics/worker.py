@@ -88,7 +88,9 @@ def child_main(
     confinement, then ``entry`` (:func:`run`)."""
     setup_process(f"analytics-{spec.camera}"[:15], log_level=spec.log_level, nice=10)
     ring = FrameRing.attach(spec.ring_name, spec.slots, spec.width, spec.height)
-    if not sandbox.confine(readable_paths(spec)):
+    if sandbox.confine(readable_paths(spec)):
+        log.info("[%s] analytics process confined: %s", spec.camera, sandbox.current())
+    else:
         log.warning("[%s] analytics process %s", spec.camera, sandbox.current())
     entry(spec, ring, ready, free, out, stop)
 

@@ -10,6 +10,7 @@ Sections owned by later subsystems (vault, uplink, 802.1X, analytics) add their 
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from enum import StrEnum
@@ -19,6 +20,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .unitkeys import refuse_private_material
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge/edge.toml")
 
@@ -90,7 +92,7 @@ class SyntheticSceneConfig(_Section):
     """Move a bright object inside the first privacy mask (leak tests)."""
 
 
-_SOURCE_RE = re.compile(r"^(synthetic|picamera2|file:.+|rtsps?://.+|v4l2:/dev/.+)$")
+_SOURCE_RE = re.compile(r"^(synthetic|picamera2|file:.+|rtsps?://.+|v4l2:/dev/.+)\Z")
 
 
 class CameraConfig(_Section):
@@ -112,6 +114,35 @@ class CameraConfig(_Section):
     """Encoding and segmenting settings."""
     synthetic: SyntheticSceneConfig = SyntheticSceneConfig()
     """Scene settings when source is "synthetic"."""
+    tls_ca_file: Path | None = None
+    """rtsps: CA chain, or the camera's own certificate, that its certificate must chain to
+    (the host in the URL must be a name in the certificate)."""
+    tls_fingerprint_sha256: str | None = Field(
+        default=None, pattern=r"^[0-9A-Fa-f]{2}(:?[0-9A-Fa-f]{2}){31}$"
+    )
+    """rtsps: SHA-256 of the camera's self-signed certificate, pinned instead of a CA
+    (``openssl x509 -noout -fingerprint -sha256 -in camera.crt``)."""
+
+    @model_validator(mode="after")
+    def _camera_certificate_checked(self) -> CameraConfig:
+        # An unverified rtsps camera hands its password to whoever answers on its address.
+        rtsps = self.source.startswith("rtsps://")
+        given = [
+            name
+            for name in ("tls_ca_file", "tls_fingerprint_sha256")
+            if getattr(self, name) is not None
+        ]
+        if rtsps and not given:
+            raise ValueError(
+                "an rtsps:// camera's certificate must be verified before its password is sent: "
+                "set tls_ca_file (its CA, or the camera's own certificate) or "
+                "tls_fingerprint_sha256 (openssl x509 -noout -fingerprint -sha256 -in cam.crt)"
+            )
+        if len(given) > 1:
+            raise ValueError("set tls_ca_file or tls_fingerprint_sha256, not both")
+        if given and not rtsps:
+            raise ValueError(f"{given[0]} applies to rtsps:// cameras only")
+        return self
 
     @field_validator("source")
     @classmethod
@@ -191,6 +222,26 @@ class VaultConfig(_Section):
     """Demo only: create a CSU key pair inside the data dir, so the unit can read itself."""
     purge_interval_s: float = Field(default=60.0, ge=1.0, le=3600.0)
     """How often retention runs (it also runs at once when the disk is full)."""
+
+    @field_validator("csu_public_key", "escrow_public_key")
+    @classmethod
+    def _public_only(cls, value: Path | None) -> Path | None:
+        # Checked here too, not only when edged opens the vault, so that `edgectl config
+        # check` says it before the unit records a single segment. A file not there yet (a
+        # configuration checked away from the unit) is judged again at start.
+        if value is not None:
+            try:
+                data = value.read_bytes()
+            except OSError:
+                return value
+            refuse_private_material(data, str(value))
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind_of_recipient(self) -> VaultConfig:
+        if self.demo_recipient and self.csu_public_key is not None:
+            raise ValueError("demo_recipient cannot be combined with csu_public_key")
+        return self
 
     @field_validator("retention_days")
     @classmethod
@@ -360,6 +411,14 @@ class MqttConfig(_Section):
     qos: int = Field(default=1, ge=0, le=2)
     """MQTT quality of service."""
 
+    @model_validator(mode="after")
+    def _client_certificate_pair(self) -> MqttConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (mutual TLS needs both)")
+        if not self.tls and (self.ca_file or self.cert_file):
+            raise ValueError("ca_file, cert_file and key_file need tls = true")
+        return self
+
 
 class AnalyticsConfig(_Section):
     enabled: bool = False
@@ -384,6 +443,22 @@ class AnalyticsConfig(_Section):
     """MQTT publishing of events."""
     cameras: list[CameraAnalyticsConfig] = Field(default_factory=list, max_length=8)
     """Rules and tamper settings per camera."""
+
+    @model_validator(mode="after")
+    def _face_model_for_face_blur(self) -> AnalyticsConfig:
+        # Checked here, not when the pipeline starts: a SIGHUP with face_blur and no model
+        # used to pass the schema and fail half-way through a reload.
+        blurred = [c.camera for c in self.cameras if c.face_blur]
+        if blurred and self.face_model_path is None:
+            raise ValueError(
+                f"face_blur on camera(s) {', '.join(blurred)} needs face_model_path "
+                "(a face detector model)"
+            )
+        if self.face_model_sha256 is not None and self.face_model_path is None:
+            raise ValueError("face_model_sha256 is set but face_model_path is not")
+        if self.detector.model_sha256 is not None and self.detector.model_path is None:
+            raise ValueError("detector.model_sha256 is set but detector.model_path is not")
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> AnalyticsConfig:
@@ -500,9 +575,21 @@ class EdgeConfig(_Section):
             seen.add(cam.id)
         return self
 
+    @model_validator(mode="after")
+    def _analytics_names_cameras(self) -> EdgeConfig:
+        # Rules (and face_blur) for a camera id that does not exist would silently never apply.
+        ids = {cam.id for cam in self.cameras}
+        for section in self.analytics.cameras:
+            if section.camera not in ids:
+                raise ValueError(
+                    f"analytics.cameras: camera {section.camera!r} is not among the cameras "
+                    f"({', '.join(sorted(ids))})"
+                )
+        return self
+
 
 DEMO_CONFIG_TOML = """\
-# Embedded demo default: a synthetic street scene, one privacy mask, data in ./edge-data.
+# Embedded demo default: a synthetic street scene, its windows masked, data in ./edge-data.
 [unit]
 id = "demo-unit"
 data_dir = "./edge-data"
@@ -514,9 +601,15 @@ width = 1280
 height = 720
 fps = 25
 
+# Every window of the synthetic façade, frames included, with a few pixels to spare
+# (edge.capture.scene.windows; tests/test_demo_config.py holds the masks to it).
+[[cameras.privacy_masks]]
+name = "upper-floor windows"
+points = [[0.02, 0.04], [0.98, 0.04], [0.98, 0.19], [0.02, 0.19]]
+
 [[cameras.privacy_masks]]
 name = "ground-floor windows"
-points = [[0.62, 0.18], [0.92, 0.14], [0.95, 0.48], [0.64, 0.52]]
+points = [[0.02, 0.25], [0.98, 0.25], [0.98, 0.40], [0.02, 0.40]]
 
 [vault]
 # Demo only: no CSU key exists, so a demo recipient key is created in the data dir.
@@ -654,7 +747,7 @@ def load(path: Path | None) -> tuple[EdgeConfig, str]:
     """
     if path is None:
         if not DEFAULT_CONFIG_PATH.exists():
-            return DEMO_CONFIG, "embedded demo default"
+            return _absolute(DEMO_CONFIG), "embedded demo default"
         path = DEFAULT_CONFIG_PATH
     try:
         text = path.read_text(encoding="utf-8")
@@ -662,9 +755,17 @@ def load(path: Path | None) -> tuple[EdgeConfig, str]:
         raise ConfigError(f"cannot read: {exc.strerror}", path=str(path)) from None
     except UnicodeDecodeError:
         raise ConfigError("not UTF-8 text", path=str(path)) from None
-    return parse(text, path=str(path)), str(path)
+    return _absolute(parse(text, path=str(path))), str(path)
 
 
 def with_data_dir(cfg: EdgeConfig, data_dir: Path) -> EdgeConfig:
     """A copy of ``cfg`` whose data directory is ``data_dir`` (the ``--data-dir`` flag)."""
-    return cfg.model_copy(update={"unit": cfg.unit.model_copy(update={"data_dir": data_dir})})
+    unit = cfg.unit.model_copy(update={"data_dir": Path(os.path.abspath(data_dir))})
+    return cfg.model_copy(update={"unit": unit})
+
+
+def _absolute(cfg: EdgeConfig) -> EdgeConfig:
+    """The data directory made absolute once, against the working directory at load time:
+    code that lists a directory and joins the names it finds to a relative root again builds
+    doubled paths (``data/vault/data/vault/…``), so no relative data directory goes further."""
+    return with_data_dir(cfg, cfg.unit.data_dir)

@@ -28,6 +28,11 @@ connect, what a caller without a role can make us do is kept to nothing:
   and nest at most :data:`MAX_REQUEST_DEPTH` levels (deep nesting used to raise
   ``RecursionError`` in the serving thread).
 
+The socket path belongs to one server at a time: the server holds an exclusive lock on
+``PATH.lock`` (see :mod:`edge.datadir`) for its whole life, removes a stale socket only while
+holding it, and on close removes the socket only if it is still the one it bound. A second
+``edged`` configured with the same path is refused the socket instead of deleting the first's.
+
 Threading: one thread accepts and checks credentials; each admitted connection is served in a
 short-lived thread, at most :data:`MAX_CONNECTIONS` at once (``_BoundedServer.slots``). Handlers
 only read daemon state through the thread-safe ``snapshot``/``preview`` callables they are given.
@@ -53,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from . import jsonlimits
+from .datadir import HeldLock
 from .errors import EdgeError, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -198,15 +204,26 @@ class ControlServer:
         if self.install_gid is None:
             log.warning("group %r does not exist: only root may use the preview", install_group)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # a stale socket of a previous run (crash-only start-up)
+        # InstanceLockedError (an OSError) when another edged serves this path: its socket
+        # is left alone.
+        self._lock = HeldLock.acquire(
+            path.with_name(path.name + ".lock"), what=f"control socket {path}"
+        )
         server = self
 
         class _Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 server._serve(self.request)
 
-        self._server = _BoundedServer(str(path), _Handler, self._admit)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # stale: its server died (we hold the lock nobody else has)
+            self._server = _BoundedServer(str(path), _Handler, self._admit)
+            st = os.stat(path)
+            self._bound = (st.st_dev, st.st_ino)
+        except BaseException:
+            self._lock.release(remove=True)
+            raise
         os.chmod(path, 0o666)  # noqa: S103 - authorisation is by SO_PEERCRED, see above
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="control", daemon=True
@@ -219,8 +236,13 @@ class ControlServer:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        try:
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == self._bound:  # never remove a socket we did not bind
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+        self._lock.release(remove=True)
 
     def _admit(self, conn: socket.socket) -> dict[str, Any] | None:
         """In the accepting thread: the refusal for a caller without any role, else None."""

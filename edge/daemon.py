@@ -5,9 +5,14 @@ camera, tells systemd when recording runs (``READY=1``), pets the watchdog only 
 recording thread is alive and making progress, publishes ``STATUS=``, and handles signals:
 
 - SIGTERM / SIGINT: stop capture, finish the segment being written, exit 0;
+- a recording thread that ends on its own (whatever the cause): a signed "recording-stopped"
+  alarm and an audit record, then the same orderly stop and exit status 70, so that systemd
+  restarts edged rather than leaving capture to drop frames unrecorded;
 - SIGHUP: re-read the configuration; an invalid one is logged and the old one kept; new privacy
   masks apply from the next frame; a changed camera is restarted; changes that need a restart
-  of the daemon (unit identity, data directory) are logged and not applied.
+  of the daemon (unit identity, data directory) are logged and not applied. All or nothing: a
+  camera that cannot start with the new settings leaves every camera on the running ones, and
+  the failure shows in the status (``last_reload``) and systemd's status line.
 
 Signal handlers only set flags; the work happens in the main loop.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import functools
 import io
 import json
@@ -32,7 +38,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import __version__, control, enrolment, metrics, selftest, unitkeys
+from . import __version__, control, datadir, enrolment, metrics, selftest, unitkeys
 from . import config as config_mod
 from .alerts import AlertHub
 from .analytics.bridge import AnalyticsBridge
@@ -40,7 +46,7 @@ from .analytics.events import EventSigner, SignedEvent
 from .analytics.faceblur import FaceBlurrer
 from .analytics.mqtt import MqttPublisher
 from .config import CameraConfig, EdgeConfig, PrivacyMaskConfig
-from .errors import ConfigError, EdgeError
+from .errors import ConfigError, DataDirError, EdgeError
 from .frames import Frame
 from .health import system as system_health
 from .health.door import DoorMonitor
@@ -58,6 +64,11 @@ from .vault.verify import self_check
 from .video.base import SegmentSink
 
 log = logging.getLogger("edged")
+
+#: Exit status (sysexits.h) when the data directory cannot be used or is held by another edged.
+EX_CANTCREAT = 73
+#: Exit status (sysexits.h) when a recording thread died: systemd restarts edged.
+EX_SOFTWARE = 70
 
 
 def make_sink(cfg: EdgeConfig) -> SegmentSink:
@@ -106,8 +117,16 @@ class Daemon:
         self.mqtt: MqttPublisher | None = None
         self.event_spool: EventSpool | None = None
         self.hotplug: HotplugMonitor | None = None
+        #: The data directory's lock: this process is its one writer while it holds it.
+        self.data_lock: datadir.HeldLock | None = None
         self._stop = threading.Event()
         self._reload = threading.Event()
+        # Set with either of the two above so the main loop acts at once rather than at its next
+        # 0.2 s tick: new masks must apply from the next frame, not a dozen frames later.
+        self._wake = threading.Event()
+        self._reload_requested_mono: float | None = None
+        #: Outcome of the latest SIGHUP (ok, at, origin, error), None before the first.
+        self.last_reload: dict[str, Any] | None = None
 
     # --- signals -----------------------------------------------------------------------------
 
@@ -115,9 +134,12 @@ class Daemon:
         def on_stop(signum: int, _frame: FrameType | None) -> None:
             log.info("received %s: stopping after the current segment", signal.Signals(signum).name)
             self._stop.set()
+            self._wake.set()
 
         def on_hup(_signum: int, _frame: FrameType | None) -> None:
+            self._reload_requested_mono = time.monotonic()
             self._reload.set()
+            self._wake.set()
 
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
@@ -125,25 +147,33 @@ class Daemon:
 
     def request_stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.cfg.unit.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        signing_key = unitkeys.load_or_create_signing_key(
-            unitkeys.keys_dir_of(self.cfg.unit.data_dir)
-        )
-        self.alerts = AlertHub(EventSigner(signing_key, self.cfg.unit.id))
-        if self.cfg.uplink.enabled:
-            # Events wait in a durable spool and go to the CSU before any video; the spool
-            # listens from the start so no alarm raised before the uplink is up is lost.
-            self.event_spool = EventSpool(self.cfg.unit.data_dir / "uplink" / "events")
-            self.alerts.add_listener(functools.partial(_spool_event, self.event_spool))
+        data = self.cfg.unit.data_dir
+        # The lock comes first: nothing in the data directory (keys, vault, spool) and not the
+        # control socket may be touched by a second instance.
+        self.data_lock = datadir.lock_data_dir(data)
+        try:
+            signing_key = unitkeys.load_or_create_signing_key(unitkeys.keys_dir_of(data))
+            self.alerts = AlertHub(EventSigner(signing_key, self.cfg.unit.id))
+            if self.cfg.uplink.enabled:
+                # Events wait in a durable spool and go to the CSU before any video; the spool
+                # listens from the start so no alarm raised before the uplink is up is lost.
+                self.event_spool = EventSpool(data / "uplink" / "events")
+                self.alerts.add_listener(functools.partial(_spool_event, self.event_spool))
+            self.sink = make_sink(self.cfg)
+        except OSError as exc:
+            # A full or unwritable file system under a lock file that could still be written.
+            if isinstance(exc, DataDirError):
+                raise
+            raise datadir.unusable(data, exc) from None
         if self.cfg.analytics.mqtt.enabled:
             self.mqtt = MqttPublisher.from_config(self.cfg)
             self.mqtt.start()
             self.alerts.add_listener(self.mqtt.publish)
-        self.sink = make_sink(self.cfg)
         if isinstance(self.sink, Vault):
             self.extra_selftests.append(("vault", functools.partial(self_check, self.sink), 30.0))
         self._start_health()
@@ -321,15 +351,20 @@ class Daemon:
             "coverage_percent": round(100.0 * coverage, 2),
         }
 
-    def _start_camera(self, cam: CameraConfig) -> None:
+    def _start_camera(self, cam: CameraConfig, cfg: EdgeConfig | None = None) -> None:
+        self._launch_camera(self._prepare_camera(cam, cfg or self.cfg), cfg or self.cfg)
+
+    def _prepare_camera(self, cam: CameraConfig, cfg: EdgeConfig) -> CameraPipeline:
+        """Build (not start) a camera's pipeline: everything that can refuse a setting."""
         assert self.sink is not None
-        pipeline = CameraPipeline(
-            cam, self.sink, face_blur=FaceBlurrer.for_camera(self.cfg, cam.id)
-        )
+        return CameraPipeline(cam, self.sink, face_blur=FaceBlurrer.for_camera(cfg, cam.id))
+
+    def _launch_camera(self, pipeline: CameraPipeline, cfg: EdgeConfig) -> None:
+        cam = pipeline.cam
         self.pipelines[cam.id] = pipeline
-        if self.cfg.analytics.enabled and self.alerts is not None:
+        if cfg.analytics.enabled and self.alerts is not None:
             # Its own process, fed masked frames from the capture thread; never blocks it.
-            bridge = AnalyticsBridge(self.cfg, cam, listeners=[self.alerts.publish], mqtt=False)
+            bridge = AnalyticsBridge(cfg, cam, listeners=[self.alerts.publish], mqtt=False)
             pipeline.add_observer(bridge.offer)
             bridge.start()
             self.analytics[cam.id] = bridge
@@ -343,7 +378,14 @@ class Daemon:
 
     def run(self, run_for: float | None = None) -> int:
         deadline = None if run_for is None else time.monotonic() + run_for
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            # Stop whatever had started (threads, the analytics children) and free the locks,
+            # so the process can exit with the error.
+            with contextlib.suppress(Exception):
+                self.shutdown()
+            raise
         _notify("READY=1")
         log.info(
             "edged %s recording %d camera(s) into %s (config: %s)",
@@ -357,6 +399,7 @@ class Daemon:
         next_status = time.monotonic()
         next_metrics = time.monotonic()
         next_watch = time.monotonic() + 1.0
+        status = 0
         while not self._stop.is_set():
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -365,6 +408,15 @@ class Daemon:
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
+            failed = {
+                cam_id: p.recorder_failure
+                for cam_id, p in self.pipelines.items()
+                if p.recorder_failure is not None
+            }
+            if failed:
+                self._recording_failed(failed)
+                status = EX_SOFTWARE
+                break
             if all(p.finished() for p in self.pipelines.values()):
                 log.info("every source has ended: stopping")
                 break
@@ -384,8 +436,19 @@ class Daemon:
             if self.cfg.control.metrics_file is not None and now >= next_metrics:
                 self._write_metrics(self.cfg.control.metrics_file)
                 next_metrics = now + self.cfg.control.metrics_interval_s
-            self._stop.wait(0.2)
-        return self.shutdown()
+            self._wake.wait(0.2)
+            self._wake.clear()
+        return self.shutdown() or status
+
+    def _recording_failed(self, failed: dict[str, str]) -> None:
+        """A recording thread ended on its own: say so, signed and audited, before exiting."""
+        for cam_id, reason in failed.items():
+            log.error("[%s] recording stopped: %s; exiting to be restarted", cam_id, reason)
+            if self.alerts is not None:
+                self.alerts.raise_alert(
+                    "recording-stopped", cam_id, f"recording stopped, edged restarts: {reason}"
+                )
+            self.audit("recording-stopped", {"camera": cam_id, "reason": reason})
 
     def shutdown(self) -> int:
         _notify("STOPPING=1")
@@ -407,19 +470,30 @@ class Daemon:
             self.uplink.stop()  # before the vault closes: it reads the outbox
         if self.sink is not None:
             self.sink.close()
+        if self.data_lock is not None:
+            self.data_lock.release()  # last: the vault is closed
+            self.data_lock = None
         total = sum(p.segments_written for p in self.pipelines.values())
         log.info("stopped: %d segment(s) written", total)
         return 0
 
     # --- reload ------------------------------------------------------------------------------
 
-    def reload(self) -> None:
-        """Apply a new configuration (SIGHUP); keep the old one if the new one is invalid."""
+    def reload(self) -> bool:
+        """Apply a new configuration (SIGHUP); keep the old one if the new one is invalid.
+
+        All or nothing: every new or changed camera's pipeline is built before any running
+        one is stopped, so a setting refused at that point (a face model that does not load)
+        leaves the unit recording as before. Should starting a rebuilt pipeline still fail,
+        the cameras touched so far go back to their running settings. The outcome is logged,
+        audited, shown in the status (``last_reload``) and returned.
+        """
         try:
             new, origin = config_mod.load(self.config_path)
         except ConfigError as exc:
             log.error("configuration not reloaded, keeping the running one: %s", exc)
-            return
+            self._reload_outcome(False, str(exc), str(self.config_path or self.origin))
+            return False
         if self.data_dir_override is not None:
             new = config_mod.with_data_dir(new, self.data_dir_override)
         if new.unit != self.cfg.unit:
@@ -429,20 +503,49 @@ class Daemon:
             new = new.model_copy(update={"unit": self.cfg.unit})
         old_cams = {c.id: c for c in self.cfg.cameras}
         new_cams = {c.id: c for c in new.cameras}
-        for cam_id in old_cams.keys() - new_cams.keys():
-            log.info("[%s] camera removed from the configuration: stopping it", cam_id)
-            self._stop_camera(cam_id)
+        restart = [
+            cam
+            for cam_id, cam in new_cams.items()
+            if cam_id not in old_cams
+            or _without_masks(old_cams[cam_id]) != _without_masks(cam)
+            or _face_blur_settings(self.cfg, cam_id) != _face_blur_settings(new, cam_id)
+        ]
+        try:
+            prepared = [self._prepare_camera(cam, new) for cam in restart]
+        except Exception as exc:  # noqa: BLE001 - any refusal keeps the running configuration
+            log.error("configuration not reloaded, keeping the running one: %s", exc)
+            self._reload_outcome(False, f"{type(exc).__name__}: {exc}", origin)
+            return False
+        touched: list[str] = []
+        try:
+            for cam_id in old_cams.keys() - new_cams.keys():
+                log.info("[%s] camera removed from the configuration: stopping it", cam_id)
+                touched.append(cam_id)
+                self._stop_camera(cam_id)
+            for pipeline in prepared:
+                cam_id = pipeline.cam.id
+                if cam_id in self.pipelines:
+                    log.info("[%s] camera settings changed: restarting its pipeline", cam_id)
+                    self._stop_camera(cam_id)
+                else:
+                    log.info("[%s] camera added to the configuration: starting it", cam_id)
+                touched.append(cam_id)
+                self._launch_camera(pipeline, new)
+        except Exception as exc:  # put the running cameras back, then report
+            log.exception("configuration not reloaded: starting the new pipelines failed")
+            self._restore_cameras(touched, old_cams)
+            self._reload_outcome(False, f"{type(exc).__name__}: {exc}", origin)
+            return False
         for cam_id, cam in new_cams.items():
             old = old_cams.get(cam_id)
-            if old is None:
-                log.info("[%s] camera added to the configuration: starting it", cam_id)
-                self._start_camera(cam)
-            elif _without_masks(old) != _without_masks(cam):
-                log.info("[%s] camera settings changed: restarting its pipeline", cam_id)
-                self._stop_camera(cam_id)
-                self._start_camera(cam)
-            elif old.privacy_masks != cam.privacy_masks:
+            if old is not None and cam_id not in touched and old.privacy_masks != cam.privacy_masks:
                 self.pipelines[cam_id].set_masks(cam.privacy_masks)
+                if self._reload_requested_mono is not None:
+                    log.info(
+                        "[%s] new privacy masks apply from the next frame, %.0f ms after SIGHUP",
+                        cam_id,
+                        1000.0 * (time.monotonic() - self._reload_requested_mono),
+                    )
                 self.audit(
                     "masks-changed",
                     {"camera": cam_id, "masks": [m.name for m in cam.privacy_masks]},
@@ -456,6 +559,25 @@ class Daemon:
         self.cfg = new
         self.audit("config-reloaded", {"origin": origin, "sections_changed": changed})
         log.info("configuration reloaded from %s", origin)
+        self._reload_outcome(True, None, origin)
+        return True
+
+    def _restore_cameras(self, touched: list[str], old_cams: dict[str, CameraConfig]) -> None:
+        """After a failed reload: the touched cameras run their previous settings again."""
+        for cam_id in touched:
+            if cam_id in self.pipelines:
+                self._stop_camera(cam_id)
+            if cam_id in old_cams:
+                try:
+                    self._start_camera(old_cams[cam_id])
+                except Exception:  # the other cameras must still be restored
+                    log.exception("[%s] could not restart with its previous settings", cam_id)
+
+    def _reload_outcome(self, ok: bool, error: str | None, origin: str) -> None:
+        self.last_reload = {"ok": ok, "at": time.time(), "origin": origin, "error": error}
+        if not ok:
+            self.audit("config-reload-failed", {"origin": origin, "error": error})
+            _notify(f"STATUS=configuration reload failed, running the previous one: {error}")
 
     # --- diagnostics -------------------------------------------------------------------------
 
@@ -476,6 +598,8 @@ class Daemon:
                 f"{cam_id}: {p.frames_in} frames, {p.frames_dropped} dropped, "
                 f"{p.segments_written} segments"
             )
+        if self.last_reload is not None and not self.last_reload["ok"]:
+            parts.append(f"configuration reload failed: {self.last_reload['error']}")
         return "; ".join(parts)
 
     def _certificates(self) -> dict[str, Any]:
@@ -505,6 +629,7 @@ class Daemon:
             "alerts": self.alerts.snapshot() if self.alerts is not None else None,
             "tamper": {"active": self.alerts.active("tamper")} if self.alerts is not None else None,
             "door": self.door.snapshot() if self.door is not None else None,
+            "last_reload": self.last_reload,
         }
 
 
@@ -531,6 +656,14 @@ def _spool_event(spool: EventSpool, event: SignedEvent) -> None:
 
 def _last_frame(pipeline: CameraPipeline) -> Frame | None:
     return pipeline.last_frame
+
+
+def _face_blur_settings(cfg: EdgeConfig, cam_id: str) -> tuple[object, ...]:
+    """What the pipeline's face blurrer is built from: a change restarts the camera."""
+    an = cfg.analytics
+    if not an.for_camera(cam_id).face_blur:
+        return ()
+    return (an.face_model_path, an.face_model_sha256)
 
 
 def _without_masks(cam: CameraConfig) -> CameraConfig:
@@ -571,6 +704,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     daemon.install_signal_handlers()
     try:
         return daemon.run(args.run_for)
+    except DataDirError as exc:
+        log.error("cannot start: %s", exc)
+        return EX_CANTCREAT
     except EdgeError as exc:
         log.error("fatal: %s", exc)
         return 1

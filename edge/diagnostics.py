@@ -64,6 +64,8 @@ def camera_findings(cam: dict[str, Any]) -> list[Finding]:
         f"{fps_in:.1f}/{cam.get('fps_configured', 0):g} fps drop {cam.get('frames_dropped', 0)} "
         f"frame {_age(age)}"
     )
+    if cam.get("time_gaps"):  # kept as gaps in the recording, never closed up
+        line += f" gaps {cam['time_gaps']} ({cam.get('time_gap_s', 0):.0f} s)"
     out: list[Finding] = []
     if state in ("BACKOFF", "FAILED", "ENDED", "STARTING") and (age is None or age > 5):
         reason = capture.get("reason") or "no frames"
@@ -475,6 +477,23 @@ def cabinet_findings(daemon: dict[str, Any]) -> list[Finding]:
     return out
 
 
+def config_findings(daemon: dict[str, Any]) -> list[Finding]:
+    """A refused SIGHUP: the unit runs its previous configuration, not the file on disk."""
+    reload = daemon.get("last_reload")
+    if not isinstance(reload, dict) or reload.get("ok", True):
+        return []
+    return [
+        Finding(
+            "config",
+            Level.DEGRADED,
+            "reload failed: running the previous configuration",
+            str(reload.get("error") or "the new configuration was refused"),
+            f"fix {reload.get('origin', 'the configuration')} (`edgectl config check FILE`), "
+            "then `systemctl reload edged`",
+        )
+    ]
+
+
 def evaluate(status: dict[str, Any]) -> list[Finding]:
     """Every finding for a full status dict (``{"daemon": …, "daemon_error": …, "system": …}``)."""
     out: list[Finding] = []
@@ -498,6 +517,7 @@ def evaluate(status: dict[str, Any]) -> list[Finding]:
         out.extend(enrolment_findings(daemon))
         out.extend(analytics_findings(daemon))
         out.extend(cabinet_findings(daemon))
+        out.extend(config_findings(daemon))
     system = status.get("system") or {}
     out.extend(time_findings(system))
     out.extend(health_findings(system))

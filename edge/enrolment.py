@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509 import verification
 from cryptography.x509.oid import NameOID
 
-from .errors import EnrolmentError, VaultError
+from .errors import EdgeError, EnrolmentError, VaultError
 from .vault import evidence
 
 TLS_KEY_NAME = "unit-tls.key"
@@ -48,6 +48,16 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     from . import unitkeys  # the shared atomic writer (temporary file, fsync, rename, fsync)
 
     unitkeys.write_atomic(path, data, mode=mode)
+
+
+def _new_key(path: Path) -> None:
+    """A new ECDSA P-256 TLS key at ``path`` (0600); never over an existing file."""
+    from . import unitkeys
+
+    try:
+        unitkeys.write_new_private(path, _pem_key(ec.generate_private_key(ec.SECP256R1())))
+    except EdgeError as exc:
+        raise EnrolmentError(str(exc)) from None
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -114,15 +124,22 @@ def enrol(keys_dir: Path, unit_id: str, identity: str, *, renew: bool = False) -
     if renew:
         if not (keys_dir / TLS_CERT_NAME).exists():
             raise EnrolmentError("nothing to renew: no certificate installed yet (run enroll)")
+        if pending.exists():
+            # Its request may already be at the CA: a second key would orphan that certificate.
+            raise EnrolmentError(
+                f"a renewal is already under way ({pending}): install its certificate "
+                "(edgectl enroll --install), or run enroll without --renew to write its "
+                "request again"
+            )
         key_path = pending
-        _write(pending, _pem_key(ec.generate_private_key(ec.SECP256R1())), 0o600)
+        _new_key(pending)
         created = True
     elif pending.exists():
         key_path = pending  # a renewal is under way: its request is the one to sign
     else:
         key_path = current
         if not current.exists():
-            _write(current, _pem_key(ec.generate_private_key(ec.SECP256R1())), 0o600)
+            _new_key(current)
             created = True
     csr = make_csr(_load_key(key_path), unit_id, identity)
     csr_path = keys_dir / TLS_CSR_NAME

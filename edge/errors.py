@@ -64,6 +64,30 @@ class IntegrityError(VaultError):
     """Stored or received data fails verification (signature, digest, chain, format)."""
 
 
+class IndexCorruptError(IntegrityError):
+    """The vault's index (a cache of the sealed files) is damaged; it can be rebuilt from them."""
+
+
+class DataDirError(EdgeError, OSError):
+    """The data directory cannot be used: unwritable, full, or held by another ``edged``."""
+
+
+class InstanceLockedError(DataDirError):
+    """Another process holds the lock of a resource that admits one owner (a data directory,
+    a control socket); :attr:`holder_pid` names it when it could be read."""
+
+    def __init__(self, what: str, lock_path: object, holder_pid: int | None) -> None:
+        holder = f"pid {holder_pid}" if holder_pid is not None else "an unknown pid"
+        super().__init__(
+            f"{what} is in use by another edged ({holder}, lock {lock_path}): stop that one "
+            "first (systemctl stop edged"
+            + (f", or kill {holder_pid}" if holder_pid is not None else "")
+            + "), or give this one its own --data-dir and control.socket"
+        )
+        self.what = what
+        self.holder_pid = holder_pid
+
+
 class UplinkError(EdgeError, ConnectionError):
     """The link to the supervision centre failed."""
 
@@ -83,6 +107,10 @@ class Dot1xError(EdgeError, RuntimeError):
 
 class EnrolmentError(EdgeError, ValueError):
     """Unit enrolment failed: keys, certificate request or the certificate being installed."""
+
+
+class KeyExistsError(EdgeError, FileExistsError):
+    """A key file is already where a new key would be written: keys are never overwritten."""
 
 
 class CaError(EdgeError, ValueError):

@@ -9,7 +9,10 @@ Threads and what they touch:
   the frame is dropped and counted, so capture never waits for recording.
 - the **recording thread** takes frames off the queue, encodes them and writes finished segments
   to the sink. It never waits for analytics or the network; a sink error is logged and counted,
-  and recording goes on with the next segment.
+  and recording goes on with the next segment. If it ends without being asked to (an encoder
+  that keeps failing, any unexpected exception), :attr:`CameraPipeline.recorder_failure` says
+  why: the daemon raises an alarm and exits non-zero so that systemd restarts it, since
+  capture alone only drops frames.
 - any thread may call :meth:`snapshot` (diagnostics) and :meth:`set_masks` (SIGHUP reload).
 
 ``self._masker`` is replaced whole on reload; reading an attribute is atomic in CPython, so the
@@ -36,7 +39,7 @@ from .errors import EdgeError
 from .frames import Frame
 from .privacy.masker import PrivacyMasker
 from .video.base import MediaSegment, SegmentSink
-from .video.encoder import SegmentEncoder
+from .video.encoder import TIME_GAP_S, SegmentEncoder
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,9 @@ class CameraPipeline:
         self.last_frame: Frame | None = None
         # Written by the recording thread:
         self.frames_encoded = 0
+        self.time_gaps = 0  # pauses over encoder.TIME_GAP_S, kept as gaps in the recording
+        self.time_gap_s = 0.0
+        self._recorded_until_ns: int | None = None  # set at start, read by the recording thread
         self.segments_written = 0
         self.bytes_written = 0
         self.sink_errors = 0
@@ -84,10 +90,15 @@ class CameraPipeline:
         self.last_write_mono: float | None = None
         self.heartbeat_mono = time.monotonic()
         self.recorder_error: str | None = None
+        #: Why the recording thread ended on its own; None while it runs or after a normal end
+        #: (stop requested, finite source recorded to its end). Written once, by that thread.
+        self.recorder_failure: str | None = None
 
     # --- control -----------------------------------------------------------------------------
 
     def start(self) -> None:
+        # Asked before this run writes anything: the end of what earlier runs recorded.
+        self._recorded_until_ns = self._sink.recorded_until_ns(self.cam.id)
         log.info(
             "[%s] starting: %s, %dx%d @ %.2f fps, %d privacy mask(s) covering %.1f %%",
             self.cam.id,
@@ -102,17 +113,31 @@ class CameraPipeline:
         self._capture.start()
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Stop capture, finish the segment being recorded, and wait for both threads."""
+        """Stop capture, finish the segment being recorded, and wait for both threads.
+
+        Returns within about twice ``timeout`` whatever state the threads are in: a dead
+        recording thread never takes anything off a full queue, so nothing here waits for it.
+        """
         self._capture.stop()
         self._capture.join(timeout)
-        self._queue.put(_STOP)  # blocks only while the recorder drains a full queue
-        self._recorder.join(timeout)
+        deadline = time.monotonic() + timeout
+        while self._recorder.is_alive():
+            try:
+                self._queue.put(_STOP, timeout=0.2)  # waits while the recorder drains the queue
+                break
+            except queue.Full:
+                if time.monotonic() >= deadline:
+                    break
+        self._recorder.join(max(0.0, deadline - time.monotonic()))
         if self._recorder.is_alive():
             log.error("[%s] recording thread did not finish within %.0f s", self.cam.id, timeout)
 
     def set_masks(self, masks: Sequence[PrivacyMaskConfig]) -> None:
         """Replace the privacy masks (SIGHUP); the next captured frame uses the new ones."""
         masker = PrivacyMasker(masks, self.cam.width, self.cam.height)
+        # The source's masks (applied before its conversion) first: for a frame caught between
+        # the two, old and new masks are both applied, whichever of them is the larger.
+        self._source.set_privacy_masks(masks)
         self._masker = masker
         self.cam = self.cam.model_copy(update={"privacy_masks": list(masks)})
         log.info(
@@ -166,6 +191,17 @@ class CameraPipeline:
     # --- recording thread --------------------------------------------------------------------
 
     def _record(self) -> None:
+        try:
+            ended_normally = self._record_until_stop()
+        except BaseException as exc:  # whatever it is, the daemon must learn the thread died
+            log.exception("[%s] recording thread died", self.cam.id)
+            self.recorder_error = self.recorder_failure = f"{type(exc).__name__}: {exc}"
+            return
+        if not ended_normally:
+            self.recorder_failure = self.recorder_error or "recording stopped"
+
+    def _record_until_stop(self) -> bool:
+        """Record until asked to stop or the source ends (True); False when giving up."""
         failures = 0
         while True:
             try:
@@ -175,7 +211,7 @@ class CameraPipeline:
             except EdgeError as exc:
                 self.recorder_error = str(exc)
                 log.error("[%s] cannot start the encoder: %s", self.cam.id, exc)
-                return
+                return False
             try:
                 stopped = self._encode_until_stop(encoder)
             except EdgeError as exc:
@@ -191,7 +227,7 @@ class CameraPipeline:
                         failures,
                         exc,
                     )
-                    return
+                    return False
                 log.error("[%s] encoding failed, restarting the encoder: %s", self.cam.id, exc)
                 time.sleep(1.0)
                 continue
@@ -202,10 +238,11 @@ class CameraPipeline:
                     log.error("[%s] could not finish the last segment: %s", self.cam.id, exc)
                 finally:
                     encoder.close()
-                return
+                return True
 
     def _encode_until_stop(self, encoder: SegmentEncoder) -> bool:
         """Encode queued frames until asked to stop (returns True); raises on encoder failure."""
+        gaps_seen = 0
         while True:
             self.heartbeat_mono = time.monotonic()
             try:
@@ -219,12 +256,20 @@ class CameraPipeline:
             assert isinstance(item, Frame)
             segments = encoder.encode(item)
             self.frames_encoded += 1
+            if len(encoder.time_gaps) > gaps_seen:
+                for _wall_ns, seconds in encoder.time_gaps[gaps_seen:]:
+                    self.time_gaps += 1
+                    self.time_gap_s += seconds
+                gaps_seen = len(encoder.time_gaps)
             if segments:
                 self.recorder_error = None
             self._write(segments)
 
     def _write(self, segments: list[MediaSegment]) -> None:
         for segment in segments:
+            if self._recorded_until_ns is not None:
+                self._note_restart_gap(segment.start_wall_ns - self._recorded_until_ns)
+                self._recorded_until_ns = None
             try:
                 self._sink.write(segment)
             except EdgeError as exc:
@@ -235,6 +280,19 @@ class CameraPipeline:
             self.bytes_written += len(segment.media)
             self.last_segment = segment
             self.last_write_mono = time.monotonic()
+
+    def _note_restart_gap(self, gap_ns: int) -> None:
+        """Nothing was recorded between the previous run's last segment and this run's first
+        (edged stopped or crashed, the camera restarted): a gap like any other."""
+        if gap_ns <= TIME_GAP_S * 1e9:
+            return
+        self.time_gaps += 1
+        self.time_gap_s += gap_ns / 1e9
+        log.warning(
+            "[%s] recording resumes after %.1f s without recording (previous run)",
+            self.cam.id,
+            gap_ns / 1e9,
+        )
 
     # --- diagnostics -------------------------------------------------------------------------
 
@@ -257,6 +315,8 @@ class CameraPipeline:
             "frames_in": self.frames_in,
             "frames_dropped": self.frames_dropped,
             "frames_encoded": self.frames_encoded,
+            "time_gaps": self.time_gaps,
+            "time_gap_s": round(self.time_gap_s, 1),
             "fps_in": round(self.frames_in / uptime, 2),
             "last_frame_age_s": None
             if self.last_frame_mono is None

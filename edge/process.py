@@ -2,7 +2,8 @@
 
 One helper so each entry point stays short: logging to the journal under systemd and to
 stderr elsewhere, faulthandler for post-mortems of hard crashes, an optional nice level, and
-the thread/process name that ``top`` and the journal show.
+the thread/process name that ``top`` and the journal show. Child processes also call
+:func:`die_with_parent`, so that no child outlives a killed ``edged``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import ctypes.util
 import faulthandler
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -45,14 +49,46 @@ def setup_logging(identifier: str, level: str = "info") -> None:
     root.setLevel(level.upper())
 
 
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+
+
+def _libc() -> ctypes.CDLL | None:
+    libc_name = ctypes.util.find_library("c")
+    return ctypes.CDLL(libc_name, use_errno=True) if libc_name else None
+
+
 def set_process_name(name: str) -> None:
     """Name the calling thread as the kernel sees it (``ps -L``, ``top -H``): at most 15 bytes."""
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
-        return
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    pr_set_name = 15
-    libc.prctl(pr_set_name, name.encode()[:15], 0, 0, 0)
+    libc = _libc()
+    if libc is not None:
+        libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+
+
+def die_with_parent(parent_pid: int, *, poll_s: float = 0.5) -> None:
+    """End this process when ``parent_pid`` (its parent) dies, however it dies (SIGKILL too).
+
+    Without this, a child of a killed ``edged`` (outside systemd, which kills the whole cgroup)
+    lives on, and keeps multiprocessing's resource tracker alive, which then never removes the
+    shared memory and semaphores it tracks. Two mechanisms, because each has a gap:
+
+    - ``PR_SET_PDEATHSIG``: the kernel sends SIGKILL when the parent *thread* that started us
+      ends; the bridge starts children from threads that outlive them (main, drain);
+    - a watcher thread that sees the parent change (re-parented to init or a subreaper):
+      covers a parent that died before the request was made, and non-Linux kernels.
+    """
+    libc = _libc()
+    if libc is not None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)  # already orphaned: nothing to report to
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def setup_process(name: str, *, log_level: str = "info", nice: int = 0) -> None:

@@ -4,23 +4,28 @@ The Ed25519 signing key (``unit-signing.pem``, PKCS#8 PEM, mode 0600) signs ever
 segment, epoch envelope, retention checkpoint and audit record. Its public half is written
 next to it (``unit-signing.pub.pem``) so that verification never needs the private key.
 Other key material of the unit (the TLS/EAP key, its certificate, the city CA chain) lives in
-the same directory and reuses :func:`write_private_atomic` and :func:`key_id`.
+the same directory and reuses :func:`write_new_private` and :func:`key_id`.
 
 Every write is atomic (temporary file in the same directory, fsync, rename, fsync of the
-directory): a power cut leaves either the old key or the new one, never half a key.
+directory): a power cut leaves either the old key or the new one, never half a key. A private key
+is written with :func:`write_new_private`, which never replaces an existing file: a key that
+recordings or certificates rest on is created once and never overwritten by accident.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from .errors import VaultError
+from .errors import ConfigError, KeyExistsError, VaultError
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +71,102 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     fsync_dir(path.parent)
 
 
-def write_private_atomic(path: Path, data: bytes) -> None:
-    """:func:`write_atomic` with mode 0600 (private keys)."""
-    write_atomic(path, data, mode=0o600)
+def write_new(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Create ``path`` holding ``data``; :class:`KeyExistsError` if anything is already there.
+
+    The content is written and fsync'd under a temporary name (created exclusively, mode 0600
+    from the first byte) and then hard-linked to ``path``: the link is the exclusive, atomic
+    step (like ``O_EXCL``), so two writers racing, or a tired technician running a command
+    twice, can never replace a key, and a power cut never leaves half of one.
+    """
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
+    tmp = Path(tmp_name)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise _exists(path) from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            _write_exclusive(path, data, mode)  # no hard links here (a FAT stick for a CA)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def _exists(path: Path) -> KeyExistsError:
+    return KeyExistsError(f"{path}: a key file is already there; refusing to overwrite it")
+
+
+def _write_exclusive(path: Path, data: bytes, mode: int) -> None:
+    """``O_EXCL`` creation, for file systems without hard links: still never over an existing
+    file, though a crash may leave it short (the caller's key is then unusable, not replaced)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        raise KeyExistsError(
+            f"{path}: a key file is already there; refusing to overwrite it"
+        ) from None
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_new_private(path: Path, data: bytes) -> None:
+    """:func:`write_new` with mode 0600: how every private key of the firmware is written."""
+    write_new(path, data, mode=0o600)
+
+
+#: PEM labels of private material (PKCS#8, encrypted PKCS#8, SEC1, PKCS#1, OpenSSH).
+_PRIVATE_PEM_MARK = b"PRIVATE KEY-----"
+
+
+def private_material(data: bytes) -> str | None:
+    """What private material ``data`` holds (a file meant to hold a *public* key), or None.
+
+    Recognises a recipient key file with its ``private`` field (``edge-csu keygen``'s
+    ``NAME.key.json``) and any PEM private key. Pure: the callers read the file.
+    """
+    if _PRIVATE_PEM_MARK in data:
+        return "a PEM private key"
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(doc, dict) and "private" in doc:
+        return "a recipient key file with its private half (NAME.key.json)"
+    return None
+
+
+def refuse_private_material(data: bytes, origin: str) -> None:
+    """:class:`ConfigError` when a file configured as a public key holds private material.
+
+    A unit holding the CSU's (or the escrow's) private key can open its own recordings: the
+    whole point of sealing them is lost, so this is refused, never warned about.
+    """
+    what = private_material(data)
+    if what is not None:
+        raise ConfigError(
+            f"{origin} holds {what}: a unit must only ever hold the PUBLIC key (NAME.pub.json "
+            "from edge-csu keygen). Remove the private key from this unit and treat it as "
+            "exposed: recordings sealed to it can be read by whoever copied it"
+        )
 
 
 def key_id(public_raw: bytes) -> str:
@@ -134,7 +232,11 @@ def load_or_create_signing_key(keys_dir: Path) -> ed25519.Ed25519PrivateKey:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        write_private_atomic(path, pem)
+        try:
+            write_new_private(path, pem)
+        except KeyExistsError:
+            # Another process created it between our check and our write: theirs stands.
+            return load_or_create_signing_key(keys_dir)
         log.info("created unit signing key %s (id %s)", path, key_id(public_raw(key.public_key())))
     pub_path = keys_dir / SIGNING_PUB_NAME
     pub = public_pem(key.public_key())

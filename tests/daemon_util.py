@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -54,6 +56,44 @@ class NotifyListener:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class DaemonLog:
+    """edged's stderr read as it comes, so a test waits for what the daemon says it did (a log
+    line) rather than for a fixed time that a loaded machine may not honour."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        self.proc = proc
+        self.fd = proc.stderr.fileno()
+        self.text = ""
+        self.pos = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def wait_for(self, needle: str, timeout: float) -> str:
+        """The log from the last match on, up to and including the next line holding ``needle``."""
+        deadline = time.monotonic() + timeout
+        while (found := self.text.find(needle, self.pos)) < 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {needle!r} in edged's log in {timeout}s:\n{self.text}")
+            ready, _, _ = select.select([self.fd], [], [], remaining)
+            if ready:
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    raise AssertionError(f"edged closed its log before {needle!r}:\n{self.text}")
+                self.text += self._decoder.decode(chunk)
+        end = self.text.find("\n", found)
+        end = len(self.text) if end < 0 else end + 1
+        part, self.pos = self.text[self.pos : end], end
+        return part
+
+    def read_all(self) -> str:
+        """Everything edged logged, once it has exited."""
+        while chunk := os.read(self.fd, 65536):
+            self.text += self._decoder.decode(chunk)
+        self.text += self._decoder.decode(b"", final=True)
+        return self.text
 
 
 def write_config(

@@ -5,10 +5,12 @@ python3-gi), never the project's virtualenv::
 
     /usr/bin/python3 tests/rtsp_server.py PORT [--codec h264|mjpeg] [--size WxH] [--fps N]
                                                 [--user NAME --password SECRET]
+                                                [--tls-cert PEM --tls-key PEM]
 
 It serves a moving test pattern at ``rtsp://127.0.0.1:PORT/cam`` (with Basic authentication
-when a user is given) and prints ``READY`` once it listens. SIGTERM or SIGKILL ends it, which
-is how tests make the camera die.
+when a user is given; over TLS, ``rtsps://``, with ``--tls-cert``, which needs a user) and
+prints ``READY`` once it listens. SIGTERM or SIGKILL ends it, which is how tests make the
+camera die.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import gi  # type: ignore[import-not-found, unused-ignore]
 
 gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer  # type: ignore[import-not-found, unused-ignore]  # noqa: E402
+from gi.repository import Gio, GLib, Gst, GstRtspServer  # type: ignore[import-not-found, unused-ignore]  # noqa: E402
 
 ENCODERS = {
     # Key frame every second, no B-frames, no look-ahead: what a surveillance camera sends.
@@ -38,6 +40,8 @@ def main() -> int:
     parser.add_argument("--fps", type=int, default=25)
     parser.add_argument("--user")
     parser.add_argument("--password")
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
 
@@ -58,6 +62,8 @@ def main() -> int:
         token = GstRtspServer.RTSPToken()
         token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, "camera-user")
         auth.add_basic(GstRtspServer.RTSPAuth.make_basic(args.user, args.password or ""), token)
+        if args.tls_cert:
+            auth.set_tls_certificate(Gio.TlsCertificate.new_from_files(args.tls_cert, args.tls_key))
         server.set_auth(auth)
         role = Gst.Structure.new_from_string(
             "camera-user, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"

@@ -91,7 +91,11 @@ def _read_all(data: bytes) -> list[bytes]:
     os.write(w, data)
     os.close(w)
     try:
-        return channel.MessageReader(r).read()
+        reader = channel.MessageReader(r)
+        payloads = reader.read()
+        if reader.error is not None:
+            raise reader.error
+        return payloads
     finally:
         os.close(r)
 
@@ -144,6 +148,17 @@ def test_a_pickle_gadget_is_refused_without_running(tmp_path: Path) -> None:
 def test_an_oversized_announcement_is_refused_before_it_is_read() -> None:
     with pytest.raises(ProtocolError, match="announced"):
         _read_all(struct.pack(">I", 2**31) + b"x" * 10)
+    # What came whole before it is still delivered, in order; nothing after it is.
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.write(w, channel.encode(channel.Started("motion")) + struct.pack(">I", 2**31) + b"x")
+    reader = channel.MessageReader(r)
+    try:
+        assert [channel.decode(p) for p in reader.read()] == [channel.Started("motion")]
+        assert reader.error is not None and reader.read() == []
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 def test_returned_slots_out_of_range_are_ignored() -> None:

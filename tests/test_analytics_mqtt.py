@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import shutil
 import socket
 import subprocess
 import threading
@@ -25,12 +24,11 @@ from edge.analytics.mqtt import MqttPublisher, MqttState
 from edge.config import MqttConfig
 from edge.errors import IntegrityError
 
+from .conftest import tool
+
 
 def mosquitto() -> str:
-    path = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
-    if path is None:
-        pytest.skip("mosquitto not installed (tools/setup.sh installs it)")
-    return path
+    return tool("mosquitto")
 
 
 def free_port() -> int:
@@ -144,17 +142,21 @@ class Subscriber:
         )
         self.client.tls_set(ca_certs=str(broker.ca))
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", broker.port)
         self.client.loop_start()
-        assert self.ready.wait(10)
-        time.sleep(0.2)  # SUBACK
+        assert self.ready.wait(10), "no SUBACK from the broker"
 
     def _on_connect(
         self, client: paho.Client, userdata: object, flags: object, reason: object, props: object
     ) -> None:
         client.subscribe("edge/#", qos=1)
-        self.ready.set()
+
+    def _on_subscribe(
+        self, client: object, userdata: object, mid: int, reasons: object, props: object
+    ) -> None:
+        self.ready.set()  # the SUBACK: from now on the broker routes messages to us
 
     def _on_message(self, client: object, userdata: object, msg: paho.MQTTMessage) -> None:
         with self.lock:

@@ -20,7 +20,9 @@ from edge.analytics.tamper import (
 )
 from edge.config import TamperConfig
 
-skimage_data = pytest.importorskip("skimage.data")
+from .conftest import require_module
+
+skimage_data = require_module("skimage.data")
 
 FPS = 5.0
 CFG = TamperConfig(hold_seconds=3.0, clear_seconds=2.0, learn_seconds=3.0, signal_lost_seconds=3.0)

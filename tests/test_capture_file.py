@@ -124,7 +124,9 @@ def test_realtime_pacing_and_timestamps(clips: Path) -> None:
     frames = _read_all(source)
     elapsed = time.monotonic() - started
     assert len(frames) == 20
-    assert 0.8 <= elapsed <= 3.0  # 19 intervals of 50 ms, loose: two shared cores
+    # 19 intervals of 50 ms: never faster than real time. No upper bound on the total: a loaded
+    # machine may be late, and how fast capture keeps up is `edgectl bench capture`'s figure.
+    assert elapsed >= 0.8
     intervals = np.diff([f.mono_ns for f in frames]) / 1e6
     assert 35 <= float(np.median(intervals)) <= 70
     assert all(b.wall_ns > a.wall_ns for a, b in itertools.pairwise(frames))

@@ -112,9 +112,7 @@ def test_rtsp_frames(
     assert SECRET not in source.description
     with caplog.at_level(logging.DEBUG):
         source.open()
-        started = time.monotonic()
         frames = [source.read() for _ in range(40)]
-        elapsed = time.monotonic() - started
         source.close()
     got = [f for f in frames if f is not None]
     assert len(got) == 40 and all((f.width, f.height) == (160, 120) for f in got)
@@ -124,8 +122,6 @@ def test_rtsp_frames(
     # (A starved test server may drop a few: loose upper bound.)
     assert 39 <= indexes[-1] - indexes[0] < 60, "few or no frames lost on loopback"
     assert all(b.mono_ns > a.mono_ns for a, b in itertools.pairwise(got))
-    # Frames queued while the session was set up arrive in a burst: bound only the total.
-    assert elapsed <= 8.0
     # The ball moves.
     assert not np.array_equal(got[0].y, got[-1].y)
     # Levels: H.264 arrives in limited range and stays 16 (black) / 235 (white). JPEG is full

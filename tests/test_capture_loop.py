@@ -268,3 +268,83 @@ def test_stop_while_running_closes_the_source() -> None:
 def test_rejects_nonsense_backoff() -> None:
     with pytest.raises(ValueError):
         CaptureLoop(DyingCamera([], FakeTime()), lambda f: None, name="x", backoff_initial=0)
+
+
+def test_ten_thousand_failures_then_the_camera_comes_back() -> None:
+    """About four days of a camera down: the back-off never overflows and stays capped."""
+    t = FakeTime()
+    camera = DyingCamera(["refuse"] * 10_000 + [("end", 3)], t)
+    frames: list[Frame] = []
+    loop = _loop(camera, t, frames, MaxRandom())
+    loop.run()
+    assert loop.state is CaptureState.ENDED, loop.stats().reason
+    assert len(frames) == 3 and loop.stats().reconnects == 10_000
+    assert len(t.sleeps) == 10_000 and max(t.sleeps) == 30.0
+    assert t.sleeps[-1] == 30.0
+    for attempt in (1023, 1024, 10**6):
+        assert 0.0 <= backoff_delay(attempt, 0.5, 30.0, random.Random(attempt)) <= 30.0
+
+
+class SilentCamera(DyingCamera):
+    """A camera whose TCP port stops answering while it reboots, then answers again."""
+
+    def __init__(self, script: list[object], time_: FakeTime, back_at: float) -> None:
+        super().__init__(script, time_)
+        self.back_at = back_at
+        self.reopened_at: float | None = None
+
+    def answers(self) -> bool | None:
+        return self.time.now >= self.back_at
+
+    def open(self) -> None:
+        if self.time.now >= self.back_at and self.reopened_at is None:
+            self.reopened_at = self.time.now
+        if self.time.now < self.back_at:
+            self.script.insert(0, "refuse")
+        super().open()
+
+
+def test_camera_that_answers_again_is_reopened_at_once() -> None:
+    t = FakeTime()
+    back_at = t.now + 600.0  # ten minutes of outage: the back-off has grown to 30 s
+    camera = SilentCamera([("end", 2)], t, back_at)
+    frames: list[Frame] = []
+    loop = _loop(camera, t, frames, MaxRandom())
+    loop.run()
+    assert loop.state is CaptureState.ENDED and len(frames) == 2
+    assert camera.reopened_at is not None
+    # Checked every second: reopened within one probe interval, not after up to 30 s.
+    assert camera.reopened_at - back_at <= 1.0
+    assert all(s <= 2.0 for s in t.sleeps), "long waits are sliced to the probe interval"
+
+
+def test_camera_answering_all_along_keeps_its_backoff() -> None:
+    """Up but refusing the stream (a wrong password): no hammering, the full delays."""
+
+    class Answering(DyingCamera):
+        def answers(self) -> bool | None:
+            return True
+
+    t = FakeTime()
+    camera = Answering(["refuse"] * 8 + [("end", 1)], t)
+    loop = _loop(camera, t, [], MaxRandom())
+    start = t.now
+    loop.run()
+    assert camera.opens == 9
+    assert t.now - start >= 0.5 + 1 + 2 + 4 + 8 + 16 + 30 + 30
+
+
+def test_rtsp_source_answers_when_its_port_accepts() -> None:
+    import socket
+
+    from edge.capture.pyav import PyAVSource
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        source = PyAVSource(f"rtsp://u:p@127.0.0.1:{port}/s", 64, 64, 25.0)
+        assert source.answers() is True
+    assert source.answers() is False, "port closed: the camera is silent"
+    assert PyAVSource("v4l2:/dev/no-such-video", 64, 64, 25.0).answers() is False
+    assert PyAVSource("file:/x.mp4", 64, 64, 25.0).answers() is None

@@ -101,3 +101,13 @@ def test_report_findings() -> None:
     assert "never changes" in _report(frozen_frames=124).problems()[0]
     silent = _report(frames=0, fps_measured=None, luma_mean=None, state="backoff")
     assert not silent.ok and silent.problems()[0].startswith("no frames (backoff")
+
+
+def test_probe_of_an_unverified_rtsps_address_says_how_to_verify_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = "rtsps://admin:s3cret@127.0.0.1:9/cam"
+    code = main(["camera", "probe", "--config", str(_config(tmp_path)), "--source", url])
+    err = capsys.readouterr().err
+    assert code == 2 and "--tls-ca-file or --tls-fingerprint-sha256" in err
+    assert "must be verified before its password is sent" in err and "s3cret" not in err

@@ -188,8 +188,9 @@ def test_realtime_pacing_and_timestamps() -> None:
     elapsed = time.monotonic() - started
     assert all(f is not None for f in frames)
     monos = np.diff([f.mono_ns for f in frames if f is not None]) / 1e6
-    # 25 intervals of 20 ms; loose bounds, two shared cores.
-    assert 0.45 <= elapsed <= 2.0
+    # 25 intervals of 20 ms: never faster than real time (a loaded machine may be later; how
+    # fast the scene renders is `edgectl bench capture`'s figure).
+    assert elapsed >= 0.45
     assert 15 <= float(np.median(monos)) <= 30
     first = frames[0]
     assert first is not None and wall_before <= first.wall_ns <= time.time_ns()

@@ -33,7 +33,11 @@ source = "file:/srv/clip.mp4"
 def test_demo_default_is_valid_and_masked() -> None:
     cfg = config.DEMO_CONFIG
     assert cfg.cameras[0].source == "synthetic"
-    assert len(cfg.cameras[0].privacy_masks) == 1
+    # One mask per storey of the façade; tests/test_demo_config.py checks they hide every window.
+    assert [m.name for m in cfg.cameras[0].privacy_masks] == [
+        "upper-floor windows",
+        "ground-floor windows",
+    ]
     assert cfg.unit.data_dir == Path("edge-data")
 
 
@@ -109,3 +113,101 @@ def test_edgectl_config_check(tmp_path: Path) -> None:
     assert f"{bad}:8: cameras[0].fps:" in ko.stderr
     assert f"{bad}:9: cameras[0].speed: unknown key" in ko.stderr
     assert "2 problem(s)" in ko.stderr
+
+
+# --- recipient keys: public halves only (issue #11, item 4) ------------------------------------
+
+
+def _private_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    return ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+@pytest.mark.parametrize("field", ["csu_public_key", "escrow_public_key"])
+def test_config_check_refuses_a_private_key_as_recipient(tmp_path: Path, field: str) -> None:
+    from edge.vault.keys import write_keypair
+
+    pub, key = write_keypair(tmp_path / "csu", config.RecipientKem.X25519)
+    pem = tmp_path / "escrow.pem"
+    pem.write_bytes(_private_pem())
+    cmd = [sys.executable, "-m", "edge.cli.main", "config", "check"]
+    for wrong in (key, pem):
+        other = pub if field == "escrow_public_key" else None
+        lines = [f'{field} = "{wrong}"', 'kem = "x25519"']
+        if other is not None:
+            lines.insert(0, f'csu_public_key = "{other}"')
+        path = tmp_path / "edge.toml"
+        path.write_text(GOOD + "\n[vault]\n" + "\n".join(lines) + "\n")
+        ko = subprocess.run([*cmd, str(path)], capture_output=True, text=True, check=False)
+        assert ko.returncode == 1, ko.stdout + ko.stderr
+        assert f"vault.{field}" in ko.stderr and "PUBLIC key" in ko.stderr, ko.stderr
+        assert str(wrong) in ko.stderr
+    # The public half is accepted.
+    path.write_text(GOOD + f'\n[vault]\ncsu_public_key = "{pub}"\nkem = "x25519"\n')
+    ok = subprocess.run([*cmd, str(path)], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_edged_refuses_to_start_with_the_csu_private_key(tmp_path: Path) -> None:
+    from .daemon_util import write_config
+
+    cfg_path = write_config(tmp_path / "edge.toml", tmp_path / "data")
+    cfg_path.write_text(cfg_path.read_text().replace("csu.pub.json", "csu.key.json"))
+    run = subprocess.run(
+        [sys.executable, "-m", "edge.daemon", "--config", str(cfg_path), "--run-for", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 78, run.stderr[-2000:]
+    assert "vault.csu_public_key" in run.stderr and "PUBLIC key" in run.stderr
+    assert not (tmp_path / "data" / "vault" / "segments").exists()
+
+
+def test_vault_refuses_a_key_file_swapped_after_the_config_was_loaded(tmp_path: Path) -> None:
+    from edge.vault.keys import resolve_recipients, write_keypair
+
+    pub, key = write_keypair(tmp_path / "csu", config.RecipientKem.X25519)
+    cfg = config.parse(
+        GOOD + f'\n[vault]\ncsu_public_key = "{pub}"\nescrow_public_key = "{pub}"\nkem = "x25519"\n'
+    )
+    assert len(resolve_recipients(cfg)) == 2
+    pub.write_bytes(key.read_bytes())  # someone copies the private file over the public one
+    with pytest.raises(ConfigError, match=r"vault\.csu_public_key: .*holds a recipient key"):
+        resolve_recipients(cfg)
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        ('[[analytics.cameras]]\ncamera = "north"\nface_blur = true\n', "needs face_model_path"),
+        ('[analytics]\nface_model_sha256 = "' + "a" * 64 + '"\n', "face_model_path is not"),
+        ('[analytics.detector]\nmodel_sha256 = "' + "a" * 64 + '"\n', "model_path is not"),
+        ('[analytics.mqtt]\ncert_file = "/etc/edge/mqtt.crt"\n', "go together"),
+        ('[analytics.mqtt]\nkey_file = "/etc/edge/mqtt.key"\n', "go together"),
+        ('[analytics.mqtt]\ntls = false\nca_file = "/etc/edge/ca.pem"\n', "need tls = true"),
+        ('[[analytics.cameras]]\ncamera = "nort"\n', "not among the cameras"),
+        ('[vault]\ndemo_recipient = true\ncsu_public_key = "/etc/edge/csu.pub"\n', "combined"),
+    ],
+)
+def test_dependent_settings_are_checked_by_the_schema(extra: str, reason: str) -> None:
+    """A setting that needs another is refused when the file is read, not later at run time
+    (a SIGHUP used to accept face_blur without a model, then fail half-way through reload)."""
+    with pytest.raises(ConfigError, match=reason):
+        config.parse(GOOD + "\n" + extra, path="edge.toml")
+
+
+def test_face_blur_with_its_model_is_accepted() -> None:
+    extra = (
+        '[analytics]\nface_model_path = "/opt/edge/models/face.tflite"\n'
+        '[[analytics.cameras]]\ncamera = "north"\nface_blur = true\n'
+    )
+    cfg = config.parse(GOOD + "\n" + extra, path="edge.toml")
+    assert cfg.analytics.for_camera("north").face_blur

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,7 +38,16 @@ from edge.uplink.protocol import (
 from edge.vault import keys as vault_keys
 
 from .conftest import tool
-from .uplink_util import CSU_NAME, Csu, Pki, Sealer, encoded_segments, free_port, make_csu
+from .uplink_util import (
+    CSU_NAME,
+    Csu,
+    Pki,
+    Sealer,
+    encoded_segments,
+    free_port,
+    make_csu,
+    wait_until,
+)
 
 SEC = 1_000_000_000
 MAX_BODY = 1024 * 1024
@@ -212,8 +222,13 @@ def test_refuses_clients_without_a_valid_enrolled_certificate(lab: Lab) -> None:
 def test_revocation_after_start_takes_effect_without_restart(lab: Lab) -> None:
     unit = lab.units["unit-late"]
     assert attempt(lab, unit) == "200"
+    open_conn = connect(lab, unit)  # a connection made before the revocation is published
     lab.csu.pki.ca.revoke(unit.serial)
-    assert attempt(lab, unit) == "403"
+    # New connections: refused at the handshake, which follows the new CRL (test_csu_crl.py).
+    assert attempt(lab, unit).startswith("tls:")
+    # The connection already open: refused per request.
+    open_conn.request("GET", f"/v1/units/{unit.unit_id}/cursor")
+    assert open_conn.getresponse().status == 403
 
 
 def test_a_unit_cannot_write_as_another(lab: Lab) -> None:
@@ -396,9 +411,27 @@ def test_events_are_verified_stored_and_published_to_mqtt(lab: Lab) -> None:
         sub.disconnect()
 
 
-def line_crossing(signer: EventSigner) -> SignedEvent:
+def test_event_ids_and_cameras_are_checked_before_anything_is_stored(lab: Lab) -> None:
+    unit = lab.units["unit-a"]
+    signer = EventSigner(unit.signing, "unit-a")
+    events = lab.csu.directory / "storage/unit-a/events"
+    before = set(events.iterdir()) if events.is_dir() else set()
+    conn = connect(lab, unit)
+    for bad in ({"id": "evt-nl\n"}, {"camera": "#"}, {"camera": "+"}, {"camera": "cam1\n"},
+                {"camera": "../x"}, {"unit": "unit-a\n"}):  # fmt: skip
+        signed = line_crossing(signer, **bad)
+        assert put_event(conn, signed.wire()) == 400, bad
+    after = set(events.iterdir()) if events.is_dir() else set()
+    assert after == before  # nothing stored, so a retry can never be answered "duplicate"
+    good = line_crossing(signer)
+    assert put_event(conn, good.wire()) == 201
+
+
+def line_crossing(signer: EventSigner, **extra: str) -> SignedEvent:
+    camera = extra.pop("camera", "cam1")
     return signer.sign(
-        camera="cam1",
+        extra=extra or None,
+        camera=camera,
         category="count",
         kind="line-crossing",
         rule="north-gate",
@@ -458,7 +491,7 @@ def test_operators_get_hls_that_ffprobe_decodes_and_every_view_is_audited(lab: L
         "-of",
         "json",
     ]
-    # no token: refused, nothing audited
+    # no token: refused, and the refusal audited (below)
     denied = subprocess.run(
         [*probe, f"{base}/live.m3u8"], capture_output=True, text=True, timeout=60
     )
@@ -512,6 +545,12 @@ def test_operators_get_hls_that_ffprobe_decodes_and_every_view_is_audited(lab: L
     ).stdout
     assert int(json.loads(frames)["streams"][0]["nb_read_frames"]) == 40
     entries = csu_audit.read(lab.csu.directory / "audit.jsonl")
+    refusals = [e for e in entries if e["action"] == "refused"]
+    assert any(
+        e["reason"] == "no bearer token" and e["path"] == "/v1/view/unit-a/street/live.m3u8"
+        for e in refusals
+    )
+    entries = [e for e in entries if e["action"] != "refused"]
     actions = {(e["who"], e["action"]) for e in entries}
     assert {("alice", "view-live"), ("alice", "view-recorded"), ("alice", "view-media")} <= actions
     [export] = [e for e in entries if e["action"] == "export"]
@@ -526,13 +565,47 @@ def test_operators_get_hls_that_ffprobe_decodes_and_every_view_is_audited(lab: L
         csu_audit.read(tampered)
 
 
+def test_refused_operator_attempts_are_audited_and_expired_tokens_refused(lab: Lab) -> None:
+    ctx = ssl.create_default_context(cafile=str(lab.csu.pki.chain))
+    ctx.check_hostname = False  # the certificate names csu.test, we dial 127.0.0.1
+    url = f"https://127.0.0.1:{lab.csu.ports['operators']}/v1/view/unit-a/street/live.m3u8"
+    audit_path = lab.csu.directory / "audit.jsonl"
+    for token in ("guessed-token", lab.csu.expired_token):
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, context=ctx, timeout=30)
+        assert refused.value.code == 401
+    entries = [e for e in csu_audit.read(audit_path) if e["action"] == "refused"]
+    reasons = [e["reason"] for e in entries]
+    assert "unknown token" in reasons
+    assert "token of bob expired on 2020-04-01T00:00:00+00:00" in reasons
+    assert all(e["remote"] == "127.0.0.1" and e["method"] == "GET" for e in entries)
+    text = audit_path.read_text()
+    assert "guessed-token" not in text and lab.csu.expired_token not in text
+    # edge-csu token list shows every operator's expiry
+    listing = subprocess.run(
+        [sys.executable, "-m", "edge.csu.main", "token", "list", "--config", str(lab.csu.config)],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert "bob" in listing and "2020-04-01" in listing and "EXPIRED" in listing
+    assert "alice" in listing and "2100-01-01" in listing
+
+
 def test_units_listing_shows_contact_and_chain(lab: Lab) -> None:
     cfg = serve_config.load(lab.csu.config)
     unit = lab.units["unit-b"]
     conn = connect(lab, unit)
     raw = fresh_segment(unit)
     assert put(conn, segment_path("unit-b", "cam1", unit.sealer.sequence - 1), raw)[0] == 201
-    time.sleep(0.5)  # the status file is written by a worker thread
+    # The status file is written by a worker thread: wait for it to say so.
+    wait_until(
+        lambda: any(
+            r["unit"] == "unit-b" and r["last_contact_ns"] and "cam1" in r["cameras"]
+            for r in unit_rows(cfg)
+        ),
+        30,
+        "the receiver to record unit-b's contact",
+    )
     rows = {r["unit"]: r for r in unit_rows(cfg)}
     assert rows["unit-b"]["enrolled"] and rows["unit-b"]["last_contact_ns"]
     assert rows["unit-b"]["cameras"]["cam1"]["chain"] == "complete"

@@ -224,6 +224,31 @@ def test_csu_refusing_the_evidence_certificate_is_failing() -> None:
     assert "revoked for key compromise" in cause and "edgectl enroll --status" in action
 
 
+def test_failed_reload_degrades_with_the_error_and_next_step() -> None:
+    status = healthy()
+    status["daemon"]["last_reload"] = {"ok": True, "at": 1.0, "origin": "/etc/edge/edge.toml"}
+    assert problems(status) == []
+    status["daemon"]["last_reload"] = {
+        "ok": False,
+        "at": 2.0,
+        "origin": "/etc/edge/edge.toml",
+        "error": "AnalyticsError: face model /opt/edge/models/face.tflite: No such file",
+    }
+    [(section, level, cause, action)] = problems(status)
+    assert (section, level) == ("config", Level.DEGRADED)
+    assert "No such file" in cause
+    assert "edgectl config check" in action and "systemctl reload edged" in action
+
+
+def test_time_gaps_show_on_the_camera_line() -> None:
+    status = healthy()
+    [camera] = [f for f in evaluate(status) if f.section == "camera"]
+    assert "gaps" not in camera.summary
+    status["daemon"]["cameras"][0].update(time_gaps=2, time_gap_s=51.4)
+    [camera] = [f for f in evaluate(status) if f.section == "camera"]
+    assert camera.summary.endswith("gaps 2 (51 s)") and camera.level is Level.OK
+
+
 def test_analytics_unconfined_or_refused_degrades() -> None:
     """#11 item 21: an analytics process without Landlock, or one edged had to replace for
     protocol violations, is a problem the technician sees, with what to do."""

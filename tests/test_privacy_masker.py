@@ -214,6 +214,48 @@ def test_4k_construction_is_cheap_enough_to_rebuild_on_reload() -> None:
     assert masker.operations < 400, "the plan stays compact at 4K"
 
 
+def star(cx: float, cy: float, radius: float, vertices: int = 256) -> list[tuple[float, float]]:
+    """A spiky star: every scan line crosses dozens of its edges (the rasteriser's worst case)."""
+    angles = np.linspace(0.0, 2.0 * np.pi, vertices, endpoint=False)
+    radii = np.where(np.arange(vertices) % 2 == 1, radius, radius * 0.2)
+    return [
+        (float(cx + r * np.cos(a)), float(cy + r * np.sin(a)))
+        for r, a in zip(radii, angles, strict=True)
+    ]
+
+
+#: CPU seconds PrivacyMasker may take for 64 masks × 256 vertices at 1080p (docs/PRIVACY.md):
+#: ~0.9 s measured on the 2-core development machine, 3.7 s before the rasteriser was
+#: vectorised (21–38 s seen on a unit).
+PREPARE_BOUND_1080P_S = 2.0
+
+
+def test_64_masks_of_256_vertices_are_prepared_within_the_bound() -> None:
+    import time
+
+    rng = np.random.default_rng(3)
+    centres = rng.uniform(0.2, 0.8, (64, 2)).tolist()
+    radii = rng.uniform(0.1, 0.4, 64).tolist()
+    masks = [
+        PrivacyMaskConfig(
+            name=f"star {i}",
+            points=star(centres[i][0], centres[i][1], radii[i]),
+            fill=MaskFill.PIXELATE if i % 4 == 0 else MaskFill.SOLID,
+            pixel_size=16,
+        )
+        for i in range(64)
+    ]
+    started = time.process_time()  # CPU time: other work on the machine does not count
+    masker = PrivacyMasker(masks, 1920, 1080)
+    spent = time.process_time() - started
+    assert spent < PREPARE_BOUND_1080P_S, f"{spent:.2f} s of CPU to prepare 64 masks"
+    # Still exact: the union of the stars, as each is rasterised on its own.
+    expected = np.zeros((1080, 1920), dtype=np.bool_)
+    for mask in masks:
+        expected |= mask_pixels(mask, 1920, 1080)
+    assert np.array_equal(masker.luma_mask(), expected)
+
+
 def test_pixelation_keeps_nothing_but_tile_means() -> None:
     """Two scenes that differ only in detail inside each tile pixelate to the same pixels."""
     width, height, tile = 96, 64, 16

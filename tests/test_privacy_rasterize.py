@@ -156,6 +156,21 @@ def test_random_polygons_at_video_resolution() -> None:
             check_against_oracles(pts, width, height)
 
 
+def test_spiky_stars_match_independent_rasterisers() -> None:
+    """Many crossings per scan line, sorted and wound per row all at once."""
+    rng = np.random.default_rng(11)
+    for width, height in ((64, 48), (96, 96)):
+        for vertices in (24, 64, 256):
+            cx, cy = rng.uniform(0.3, 0.7, 2)
+            angles = np.linspace(0.0, 2.0 * np.pi, vertices, endpoint=False)
+            radii = np.where(np.arange(vertices) % 2 == 1, 0.45, rng.uniform(0.02, 0.2))
+            pts = [
+                (round(float(cx + r * np.cos(a)), 6), round(float(cy + r * np.sin(a)), 6))
+                for r, a in zip(radii, angles, strict=True)
+            ]
+            check_against_oracles(pts, width, height)
+
+
 def mask_of(points: Points, width: int = 8, height: int = 8) -> Bool:
     return polygon_mask(to_pixels(points, width, height), width, height)
 

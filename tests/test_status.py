@@ -190,7 +190,11 @@ def test_status_screen_in_a_real_terminal(tmp_path: Path, data_dir: Path, sockdi
     session = f"edge-status-{time.monotonic_ns()}"
     with running_edged(config, tmp_path) as (_proc, notify):
         notify.wait_for("READY=1", timeout=30)
-        time.sleep(1.0)
+        wait_until(
+            lambda: (d := status_json(config)[1]["daemon"]) and d["cameras"][0]["frames_in"] > 0,
+            30,
+            "edged to report its first frames",
+        )
         cmd = f"{sys.executable} -m edge.cli.main status --config {config}; sleep 30"
         subprocess.run(
             [tmux, "new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd], check=True
@@ -244,7 +248,11 @@ def test_installer_preview_goes_through_edged_and_is_audited(
     )
     with running_edged(config, tmp_path) as (proc, notify):
         notify.wait_for("READY=1", timeout=30)
-        time.sleep(1.0)
+        wait_until(
+            lambda: (d := status_json(config)[1]["daemon"]) and d["cameras"][0]["frames_in"] > 0,
+            30,
+            "edged to report its first frames",
+        )
         out = tmp_path / "preview.png"
         result = edgectl("mask", "preview", "--out", str(out), "--config", str(config))
         assert result.returncode == 0, result.stderr

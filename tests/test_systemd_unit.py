@@ -33,3 +33,21 @@ def test_unit_is_notify_with_watchdog() -> None:
     assert re.search(r"^WatchdogSec=\d+", text, re.M)
     assert "ReadWritePaths=/var/lib/edge" in text
     assert "NoNewPrivileges=yes" in text
+
+
+def test_reload_checks_the_file_before_signalling(tmp_path: Path) -> None:
+    """`systemctl reload edged` fails with the problems when the file is invalid, and the
+    running edged is not disturbed: the check comes before the SIGHUP."""
+    import sys
+
+    reloads = re.findall(r"^ExecReload=(.*)$", UNIT.read_text(), re.M)
+    assert len(reloads) == 2 and reloads[1] == "/bin/kill -HUP $MAINPID"
+    check = reloads[0].split()
+    assert check[:3] == ["/opt/edge/venv/bin/edgectl", "config", "check"]
+    bad = tmp_path / "edge.toml"
+    bad.write_text('[[analytics.cameras]]\ncamera = "cam1"\nface_blur = true\n')
+    cmd = [sys.executable, "-m", "edge.cli.main", *check[1:-1], str(bad)]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert result.returncode != 0 and "face_model_path" in result.stderr
+    bad.write_text('[[cameras]]\nid = "cam1"\n')
+    assert subprocess.run(cmd, capture_output=True, check=False).returncode == 0

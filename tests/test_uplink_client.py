@@ -197,8 +197,12 @@ def test_a_closed_gate_sends_nothing(rig: Rig) -> None:
         client.stop()
 
 
-def run_outage(rig: Rig, outage_s: float) -> None:
-    """Record at 4 segments/s; stop the receiver ``outage_s``; restart; check the properties."""
+def run_outage(rig: Rig, outage_s: float, *, live_latency_s: float | None = None) -> None:
+    """Record at 4 segments/s; stop the receiver ``outage_s``; restart; check the properties.
+
+    ``live_latency_s`` also bounds how late live segments arrive while the backlog drains: a
+    wall-clock figure that a loaded machine can miss, so only the slow tier asks for it.
+    """
     budget_kbps = 1200  # 150 kB/s; live needs 4 x 8 kB/s, the backlog gets half the budget
     client = UplinkClient(
         rig.config(bandwidth_kbps=budget_kbps, backfill_share=0.5, live_window_s=1.5),
@@ -223,7 +227,6 @@ def run_outage(rig: Rig, outage_s: float) -> None:
         assert client.state in (UplinkState.BACKOFF, UplinkState.CONNECTING)
         restart = time.time_ns()
         rig.csu.start()
-        time.sleep(2.0)
         wait_until(
             lambda: client.snapshot()["backlog"]["items"] <= 2,
             outage_s + 30,
@@ -247,9 +250,10 @@ def run_outage(rig: Rig, outage_s: float) -> None:
         r for r in rows if r["end_wall_ns"] > restart and r["received_ns"] < last_backfill
     ]
     assert live_meanwhile, "live segments waited for the backlog"
-    # while the backlog drained, live segments still arrived within a couple of seconds
-    worst = max(r["received_ns"] - r["end_wall_ns"] for r in live_meanwhile) / SEC
-    assert worst < 3.0, worst
+    if live_latency_s is not None:
+        # while the backlog drained, live segments still arrived within a couple of seconds
+        worst = max(r["received_ns"] - r["end_wall_ns"] for r in live_meanwhile) / SEC
+        assert worst < live_latency_s, worst
 
 
 def test_outage_backlog_arrives_once_while_live_keeps_flowing(rig: Rig) -> None:
@@ -258,7 +262,7 @@ def test_outage_backlog_arrives_once_while_live_keeps_flowing(rig: Rig) -> None:
 
 @pytest.mark.slow
 def test_sixty_second_outage(rig: Rig) -> None:
-    run_outage(rig, outage_s=60.0)
+    run_outage(rig, outage_s=60.0, live_latency_s=3.0)
 
 
 def test_events_are_spooled_durably_and_sent_before_video(rig: Rig, tmp_path: Path) -> None:
@@ -366,3 +370,97 @@ def test_edgectl_uplink_check_says_what_is_wrong(rig: Rig, tmp_path: Path) -> No
     assert code == 2 and "renew" in str(report["action"])
     code, report = run(config_file(enabled="false"))
     assert code == 1
+
+
+def test_a_loss_at_the_unit_reaches_the_csu_which_flags_the_originals_it_holds(
+    tmp_path: Path,
+) -> None:
+    """The unit delivered #0..#5, then lost #4..#5 (files and index gone) and restarted: its
+    gap record goes to the CSU first, the chain goes on through it at the CSU (#6 is accepted,
+    not refused as a chain break), and the CSU, which holds the originals of #4..#5, shows the
+    conflict in `edge-csu units` and its audit log instead of hiding it."""
+    from edge.csu.receiver import audit as csu_audit
+    from edge.csu.receiver import config as serve_config
+    from edge.csu.serve_cmd import unit_rows
+    from edge.vault import layout
+    from edge.vault.retention import RetentionPolicy
+    from edge.vault.store import Vault
+
+    from .vault_support import fake_segment
+
+    csu = make_csu(tmp_path)
+    port = free_port()
+    csu.write_config(port=port)
+    signing = ed25519.Ed25519PrivateKey.generate()
+    csu.enroll(UNIT, signing)
+    data_dir = tmp_path / "unit"
+    unit_files(csu, UNIT, data_dir)
+    root = layout.vault_dir(data_dir)
+    t0 = time.time_ns() - 120 * SEC
+
+    def vault() -> Vault:
+        return Vault(
+            root,
+            device_id=UNIT,
+            signing_key=signing,
+            recipients=[csu.authority.public],
+            policy=RetentionPolicy(30, 0, 0.0),
+        )
+
+    def deliver(v: Vault, through: int) -> None:
+        cfg = EdgeConfig(
+            unit=UnitConfig(id=UNIT, data_dir=data_dir),
+            uplink=UplinkConfig.model_validate(
+                {
+                    "enabled": True,
+                    "csu_url": f"https://127.0.0.1:{port}",
+                    "server_name": CSU_NAME,
+                    "backoff_initial_s": 0.2,
+                    "backoff_max_s": 1.0,
+                }
+            ),
+        )
+        client = UplinkClient(cfg, v, Gate())
+        client.start()
+        try:
+            wait_until(
+                lambda: set(range(through + 1)) <= set(csu.stored(UNIT, "cam1")), 30, "delivery"
+            )
+        finally:
+            client.stop()
+
+    csu.start()
+    try:
+        v = vault()
+        for n in range(6):
+            v.write(fake_segment("cam1", n, t0=t0))
+        deliver(v, 5)
+        v.close()
+        originals = csu.stored(UNIT, "cam1")
+        for path in sorted(root.glob("segments/cam1/*/*/*.seg"))[-2:]:
+            path.unlink()
+        for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+            (root / name).unlink(missing_ok=True)
+        v = vault()
+        assert [(g.first, g.last) for g in v.recovery.gaps] == [(4, 5)]
+        for n in (6, 7):
+            v.write(fake_segment("cam1", n, t0=t0))
+        deliver(v, 7)
+        v.close()
+        stored = csu.stored(UNIT, "cam1")
+        assert stored[4] == originals[4] and stored[5] == originals[5]  # kept, not replaced
+        cfg = serve_config.load(csu.config)
+        cam = {r["unit"]: r for r in unit_rows(cfg)}[UNIT]["cameras"]["cam1"]
+        assert cam["lost_at_unit"] == [[4, 5]]
+        assert cam["conflicts"] == [{"first": 4, "last": 5, "held": [4, 5]}]
+        assert cam["chain"] == "conflict"
+        table = subprocess.run(
+            [sys.executable, "-m", "edge.csu.main", "units", "--config", str(csu.config)],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+        assert "CONFLICT: the unit declared #4..#5 lost" in table
+        records = csu_audit.read(csu.directory / "audit.jsonl")
+        conflict = [r for r in records if r["action"] == "unit-gap-conflict"]
+        assert [(r["first"], r["last"], r["held_here"]) for r in conflict] == [(4, 5, [4, 5])]
+    finally:
+        csu.stop()

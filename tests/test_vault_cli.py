@@ -98,8 +98,12 @@ def test_verify_export_audit_open(
     assert "not empty" in capsys.readouterr().err
     assert edgectl(["audit", "--config", str(cfg), "--json"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["action"] for r in records] == ["vault-open", "verify", "verify", "export"]
-    export = records[-1]
+    # the refused second export is audited too (it used to leave no trace)
+    actions = [r["action"] for r in records]
+    assert actions == ["vault-open", "verify", "verify", "export", "export-failed"]
+    assert "not empty" in records[-1]["details"]["reason"]
+    assert records[-1]["details"]["case"] == "PV-77"
+    export = records[-2]
     assert export["details"]["case"] == "PV-77" and export["details"]["segments"] == 3
     assert export["actor"]  # the unix user
     manifest = (out / "manifest.json").read_bytes()

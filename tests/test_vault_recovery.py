@@ -93,9 +93,19 @@ def test_a_file_that_does_not_continue_the_chain_is_never_accepted(
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 1
     path.write_bytes(bytes(raw))
-    _check(data_dir, csu, 5)  # ... and #5 is written afresh, continuing the real chain
-    assert path.read_bytes() != bytes(raw)
+    vault = open_vault(data_dir, csu)
+    try:
+        assert [r.sequence for r in vault.find(0, 2**62)] == list(range(5))
+        # #5 was issued once: it is never issued again; a signed gap record takes its place.
+        assert [(g.first, g.last) for g in vault.recovery.gaps] == [(5, 5)]
+        vault.write(fake_segment("cam1", 6))
+        assert vault.lane("cam1").next_seq == 7
+    finally:
+        vault.close()
+    assert not path.exists()
     assert len(list((root / "quarantine").iterdir())) == 1
+    report = verify_vault(root, load_signing_public_key(keys_dir_of(data_dir)), device_id="unit-1")
+    assert [(f.kind, f.sequence) for f in report.findings] == [("gap", 5)]
 
 
 def test_self_check(tmp_path: Path, data_dir: Path) -> None:
@@ -135,3 +145,40 @@ def test_failed_index_write_leaves_no_file(
     vault.write(fake_segment("cam1", 1))  # the same sequence, written afresh
     vault.close()
     _check(data_dir, csu, 2)
+
+
+def test_relative_data_dir_with_a_lost_index_starts_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo default data directory is relative: a lost index must not make recovery build
+    doubled paths (``edge-data/vault/edge-data/vault/segments/…``) and stop every start."""
+    from edge import config
+
+    csu = make_csu(tmp_path / "csu")
+    monkeypatch.chdir(tmp_path)
+    relative = Path("edge-data")
+    _record(relative, csu)
+    for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+        (layout.vault_dir(relative) / name).unlink(missing_ok=True)
+    _check(relative, csu, 6)
+    # The cause: the data directory is made absolute once, when the configuration is read
+    # (a file, the embedded demo default, or --data-dir).
+    cfg_path = tmp_path / "edge.toml"
+    cfg_path.write_text(
+        '[unit]\nid = "unit-1"\ndata_dir = "edge-data"\n'
+        f'[vault]\nkem = "x25519"\ncsu_public_key = "{csu.pub}"\n'
+    )
+    cfg, _ = config.load(cfg_path)
+    assert cfg.unit.data_dir == tmp_path / "edge-data"
+    assert config.with_data_dir(cfg, Path("d/../x")).unit.data_dir == tmp_path / "x"
+    monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")
+    assert config.load(None)[0].unit.data_dir.is_absolute()
+    (layout.vault_dir(relative) / "index.sqlite").unlink()
+    from edge.vault.store import Vault
+
+    vault = Vault.from_config(cfg, background=False)
+    try:
+        assert vault.lane("cam1").next_seq == 7
+        assert vault.root == tmp_path / "edge-data" / "vault"
+    finally:
+        vault.close()

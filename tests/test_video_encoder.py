@@ -21,7 +21,7 @@ from edge.video.base import MediaSegment
 from edge.video.cmaf import box_types
 from edge.video.encoder import SegmentEncoder
 
-from .conftest import tool
+from .conftest import not_applicable, tool
 from .video_support import (
     WALL0,
     first_packet_nal_types,
@@ -174,7 +174,7 @@ def test_wrong_frame_size_is_refused() -> None:
 
 def test_v4l2m2m_is_chosen_from_config_and_fails_clearly_here() -> None:
     if list(Path("/dev").glob("video*")):
-        pytest.skip("this machine has V4L2 devices; hw-tests/test_encoder_hw.py covers them")
+        not_applicable("this machine has V4L2 devices; hw-tests/test_encoder_hw.py covers them")
     cfg = EncoderConfig(codec=EncoderCodec.V4L2M2M)
     with pytest.raises(EncodeError) as info:
         SegmentEncoder("cam1", 320, 240, 25, cfg)
@@ -242,13 +242,14 @@ def test_an_ignored_idr_request_moves_the_cut_to_the_next_frame(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     encoder = SegmentEncoder("cam1", 160, 120, 25, EncoderConfig(segment_seconds=1.0))
-    encoder._stream = _IgnoresForcedKeyframes(encoder._stream, {25})
+    one_second = encoder.timescale  # timestamps are in ticks of the track's timescale
+    encoder._stream = _IgnoresForcedKeyframes(encoder._stream, {one_second})  # frame 25
     segments: list[MediaSegment] = []
     for frame in moving_frames(160, 120, 60, 25):
         segments += encoder.encode(frame)
     segments += encoder.flush()
     assert [s.first_frame_index for s in segments] == [0, 26, 50]
-    assert "did not start a segment with an IDR frame at pts 25" in caplog.text
+    assert f"did not start a segment with an IDR frame at pts {one_second}" in caplog.text
     whole = tmp_path / "whole.mp4"
     whole.write_bytes(segments[0].init + b"".join(s.media for s in segments))
     assert int(probe_stream(whole)["nb_read_frames"]) == 60
@@ -256,3 +257,51 @@ def test_an_ignored_idr_request_moves_the_cut_to_the_next_frame(
         single = tmp_path / f"{seg.sequence}.mp4"
         single.write_bytes(seg.init + seg.media)
         assert "K" in probe_packets(single)[0]["flags"]
+
+
+def test_camera_outage_stays_a_gap_of_its_true_length(tmp_path: Path) -> None:
+    """Frames keep counting straight across an outage (the capture loop renumbers them after a
+    reconnection); their capture times do not. The file must show the 42 s the camera was away,
+    within a frame, and no segment may span it."""
+    fps, outage_s = 25.0, 42.0
+    encoder = SegmentEncoder("cam1", 160, 120, fps, EncoderConfig(segment_seconds=1.0))
+    segments: list[MediaSegment] = []
+    captured_at: list[float] = []  # seconds since the first frame, from the capture clock
+    for i, frame in enumerate(moving_frames(160, 120, 60, fps)):
+        if i >= 30:  # the camera came back: the index goes on, the clock has moved on
+            frame.mono_ns += round(outage_s * 1e9)
+            frame.wall_ns += round(outage_s * 1e9)
+        captured_at.append((frame.mono_ns - 5_000) / 1e9)
+        segments += encoder.encode(frame)
+    segments += encoder.flush()
+    whole = tmp_path / "whole.mp4"
+    whole.write_bytes(segments[0].init + b"".join(s.media for s in segments))
+    times = [float(p["pts_time"]) for p in probe_packets(whole)]
+    assert len(times) == 60
+    assert all(abs(t - c) <= 1 / fps for t, c in zip(times, captured_at, strict=True))
+    assert times[30] - times[29] == pytest.approx(outage_s + 1 / fps, abs=1 / fps)
+    assert all(s.duration_s < 2.0 for s in segments), "no segment spans the outage"
+    assert any(s.first_frame_index == 30 for s in segments), "the return opens a segment"
+    [(before_ns, gap_s)] = encoder.time_gaps
+    assert before_ns == WALL0 + round(29 * 1e9 / fps) and gap_s == pytest.approx(outage_s, abs=0.05)
+
+
+def test_a_burst_of_frames_is_not_pushed_back_onto_later_frames(tmp_path: Path) -> None:
+    """Frames delivered together (queued during a network stall) keep their order a tick apart;
+    the frames after the burst are on their own capture times again: no drift builds up."""
+    fps = 25.0
+    encoder = SegmentEncoder("cam1", 160, 120, fps, EncoderConfig(segment_seconds=1.0))
+    segments: list[MediaSegment] = []
+    for i, frame in enumerate(moving_frames(160, 120, 50, fps)):
+        if 10 <= i < 15:
+            frame.mono_ns = 5_000 + round(15 * 1e9 / fps)  # five frames delivered at once
+        segments += encoder.encode(frame)
+    segments += encoder.flush()
+    whole = tmp_path / "whole.mp4"
+    whole.write_bytes(segments[0].init + b"".join(s.media for s in segments))
+    times = [float(p["pts_time"]) for p in probe_packets(whole)]
+    assert len(times) == 50 and times == sorted(set(times))
+    on_time = [*range(10), *range(16, 50)]
+    assert all(abs(times[i] - i / fps) < 1e-3 for i in on_time), "no drift after the burst"
+    assert all(abs(times[i] - 15 / fps) < 1e-3 for i in range(10, 16))
+    assert encoder.time_gaps == []

@@ -80,6 +80,7 @@ class Csu:
     pki: Pki
     authority: vault_keys.RecipientPrivate
     operator_token: str = "operator-secret-token"
+    expired_token: str = "token-of-an-operator-who-left"
     mqtt_port: int | None = None
     proc: subprocess.Popen[bytes] | None = None
     ports: dict[str, int] = field(default_factory=dict)
@@ -88,10 +89,15 @@ class Csu:
     def config(self) -> Path:
         return self.directory / "csu.toml"
 
-    def write_config(self, *, max_segment_bytes: int = 8 * 1024 * 1024, port: int = 0) -> None:
+    def write_config(
+        self, *, max_segment_bytes: int = 8 * 1024 * 1024, port: int = 0, extra: str = ""
+    ) -> None:
+        """``extra``: more TOML tables appended as they are (``[limits]``, ``[mqtt]``)."""
         token_hash = hashlib.sha256(self.operator_token.encode()).hexdigest()
         mqtt = (
-            f'[mqtt]\nenabled = true\nport = {self.mqtt_port}\ntopic_prefix = "city"\n'
+            # a throwaway loopback broker; TLS and credentials: tests/test_csu_mqtt.py
+            f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {self.mqtt_port}\n'
+            f'tls = false\ntopic_prefix = "city"\n'
             if self.mqtt_port
             else ""
         )
@@ -119,8 +125,16 @@ crl_file = "{self.pki.ca.directory / "crl.pem"}"
 [[operators]]
 name = "alice"
 token_sha256 = "{token_hash}"
+expires = 2100-01-01T00:00:00Z
 
-{mqtt}"""
+[[operators]]
+name = "bob"
+token_sha256 = "{hashlib.sha256(self.expired_token.encode()).hexdigest()}"
+created = 2020-01-01T00:00:00Z
+expires = 2020-04-01T00:00:00Z
+
+{mqtt}
+{extra}"""
         )
 
     def enroll(self, unit_id: str, signing_key: ed25519.Ed25519PrivateKey) -> None:

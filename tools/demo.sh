@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make demo`: run edged for ~20 s on the embedded default configuration (synthetic street
-# scene, one privacy mask), then show what it recorded and how to play it.
+# scene, its windows masked), then show what it recorded and how to play it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,8 +25,10 @@ echo "demo: what the CSU received and verified (edge-csu units):"
 ops_port=$(sed -n 's/.*"operators": \([0-9]*\).*/\1/p' "$out/csu/ports.json")
 live="https://127.0.0.1:$ops_port/v1/view/$CSU_UNIT/cam1/live.m3u8"
 echo "demo: an operator opens the live playlist (decrypted in memory at the CSU, audited):"
+# Readers in these pipelines read to the end (sed -n '1…p', not head): under pipefail a reader
+# that exits early kills the writer with SIGPIPE and fails the demo at random (Error 141).
 ffprobe -v error -tls_verify 0 -headers "Authorization: Bearer $CSU_TOKEN"$'\r\n' \
-    -show_entries stream=codec_name,width,height -of csv=p=0 "$live" | head -n 1 | sed 's/^/  /'
+    -show_entries stream=codec_name,width,height -of csv=p=0 "$live" | sed -n '1s/^/  /p'
 tail -n 1 "$out/csu/audit.jsonl" | sed 's/^/  audit: /'
 echo "  to watch: keep 'edge-csu serve --config $out/csu/csu.toml' running and play"
 echo "  $live with ffplay -tls_verify 0 -headers \"Authorization: Bearer $CSU_TOKEN\""

@@ -15,7 +15,9 @@ while read -r line; do
     pkg=${line%%#*}
     pkg=${pkg//[[:space:]]/}
     [[ -z $pkg ]] && continue
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    # No `| grep -q`: under pipefail its early exit can kill dpkg-query with SIGPIPE.
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null) || status=
+    [[ $status == *"ok installed"* ]] || missing+=("$pkg")
 done < tools/apt-packages.txt
 
 if ((${#missing[@]})); then

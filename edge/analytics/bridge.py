@@ -18,8 +18,14 @@ Trust: the child runs models from outside and is treated as compromisable. It ge
 this side signs), and nothing it sends is unpickled: drafts, statistics and returned slots come
 as plain bytes that are checked before use.
 
-``_slots_lock`` protects the free-slot list, the ``ready`` queue and the free-slot pipe, which
-the drain thread replaces when it restarts the child; :meth:`offer` only *tries* the lock and
+Lifetime: the child dies with edged, even when edged is SIGKILLed (it asks the kernel for
+that and watches its parent, :func:`edge.process.die_with_parent`); with it goes
+multiprocessing's resource tracker, which then unlinks the shared memory and semaphores.
+A child is only ever started from a thread that outlives it (the caller of :meth:`start`,
+then the drain thread), since the kernel's parent-death signal follows the starting thread.
+
+``_slots_lock`` protects the free-slot list and the ready, stop and free-slot pipes, which the
+drain thread replaces when it restarts the child; :meth:`offer` only *tries* the lock and
 drops the frame if a restart holds it. The message pipe and its reader belong to the drain
 thread. ``_stats_lock`` protects the statistics the drain thread writes and :meth:`stats`
 reads; counters of :meth:`offer` are written by the capture thread only.
@@ -46,7 +52,7 @@ from ..unitkeys import keys_dir_of, load_or_create_signing_key
 from . import channel, worker
 from .events import EventDraft, EventSigner, SignedEvent
 from .fiware import count_entities
-from .shm import FrameRing, analysis_geometry
+from .shm import FrameRing, analysis_geometry, remove_stale_rings
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +164,7 @@ class AnalyticsBridge:
         self._signer = EventSigner(
             load_or_create_signing_key(keys_dir_of(self.cfg.unit.data_dir)), self.cfg.unit.id
         )
+        remove_stale_rings()
         self._ring = FrameRing.create(self.acfg.slots, self.width, self.height)
         if self._publisher is not None:
             self._publisher.start()
@@ -365,6 +372,8 @@ class AnalyticsBridge:
             for payload in reader.read():
                 self._handle(channel.decode(payload))  # in order, up to a bad one
                 handled = True
+            if reader.error is not None:
+                raise reader.error
         except ProtocolError as exc:
             self._reject(exc)
         except (OSError, ValueError):  # the pipe was closed under us (stop() timed out on us)

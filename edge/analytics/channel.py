@@ -180,12 +180,16 @@ class MessageReader:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.eof = False
+        self.error: ProtocolError | None = None
+        """Set when the child announced a message over the limit: nothing from it after that
+        point is read, or can be trusted."""
         self._buf = bytearray()
 
     def read(self) -> list[bytes]:
-        """Whole message payloads available now (possibly none). :class:`ProtocolError` when
-        the child announces a message over the limit: nothing more from it can be trusted."""
-        while not self.eof:
+        """Whole message payloads available now (possibly none), in order; those before a
+        violation are still returned, then :attr:`error` is set. Never holds more than one
+        maximal message."""
+        while not self.eof and self.error is None:
             try:
                 data = os.read(self.fd, 65536)
             except (BlockingIOError, InterruptedError):
@@ -194,24 +198,22 @@ class MessageReader:
                 self.eof = True
                 break
             self._buf += data
-            if len(self._buf) >= _HEADER.size:
-                self._check_header()
             if len(self._buf) > _HEADER.size + MAX_MESSAGE_BYTES:
                 break  # hand over what is whole before reading more
         payloads = []
-        while len(self._buf) >= _HEADER.size:
-            (size,) = self._check_header()
+        while self.error is None and len(self._buf) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(self._buf)
+            if size > MAX_MESSAGE_BYTES:
+                self.error = ProtocolError(
+                    f"message of {size} bytes announced (limit {MAX_MESSAGE_BYTES})"
+                )
+                self._buf.clear()
+                break
             if len(self._buf) < _HEADER.size + size:
                 break
             payloads.append(bytes(self._buf[_HEADER.size : _HEADER.size + size]))
             del self._buf[: _HEADER.size + size]
         return payloads
-
-    def _check_header(self) -> tuple[int]:
-        (size,) = _HEADER.unpack_from(self._buf)
-        if size > MAX_MESSAGE_BYTES:
-            raise ProtocolError(f"message of {size} bytes announced (limit {MAX_MESSAGE_BYTES})")
-        return (size,)
 
 
 def decode(payload: bytes) -> ChildMessage:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-import ssl
 import threading
 from typing import Any
 
@@ -23,7 +22,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ..config import EdgeConfig, MqttConfig
-from ..errors import AnalyticsError
+from ..mqtt_tls import broker_context
 from ..unitkeys import keys_dir_of
 from .events import SignedEvent
 
@@ -67,13 +66,9 @@ class MqttPublisher:
         self._client.max_queued_messages_set(MAX_QUEUED)
         self._client.reconnect_delay_set(min_delay=1, max_delay=60)
         if cfg.tls:
-            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            if cfg.cert_file is not None:
-                if cfg.key_file is None:
-                    raise AnalyticsError("analytics.mqtt.cert_file needs key_file")
-                ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
-            self._client.tls_set_context(ctx)
+            self._client.tls_set_context(
+                broker_context(ca_file, cfg.cert_file, cfg.key_file, section="analytics.mqtt")
+            )
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish

@@ -11,18 +11,32 @@ by shared flags, so no lock is shared between the processes:
 
 Queue messages go through a pipe (a system call on each side), which also orders the memory
 writes of the frame before the message that announces it, on ARM as on x86.
+
+Blocks are named ``edge-ring-<PID of edged>-<random>``: when edged and every helper died too
+abruptly to unlink one (SIGKILL of the whole group), the next start removes the blocks of
+PIDs that no longer run (:func:`remove_stale_rings`).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import secrets
 from multiprocessing import shared_memory
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from ..frames import i420_size
 
+log = logging.getLogger(__name__)
+
 META_FIELDS = 3  # index, mono_ns, wall_ns
+RING_PREFIX = "edge-ring-"
+SHM_DIR = Path("/dev/shm")  # noqa: S108 - where Linux keeps POSIX shared memory
+_RING_RE = re.compile(re.escape(RING_PREFIX) + r"(\d+)-[0-9a-f]+")
 U8 = npt.NDArray[np.uint8]
 
 
@@ -57,7 +71,8 @@ class FrameRing:
     @classmethod
     def create(cls, slots: int, width: int, height: int) -> FrameRing:
         size = slots * (META_FIELDS * 8 + i420_size(width, height))
-        shm = shared_memory.SharedMemory(create=True, size=size)
+        name = f"{RING_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+        shm = shared_memory.SharedMemory(name=name, create=True, size=size)
         return cls(shm, slots, width, height, owner=True)
 
     @classmethod
@@ -104,3 +119,37 @@ class FrameRing:
         self.shm.close()
         if self.owner:
             self.shm.unlink()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: not ours to judge
+    return True
+
+
+def remove_stale_rings(shm_dir: Path = SHM_DIR) -> list[str]:
+    """Unlink the frame rings left by edged processes that no longer run; their names."""
+    removed: list[str] = []
+    try:
+        entries = list(shm_dir.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _RING_RE.fullmatch(entry.name)
+        if m is None or _running(int(m.group(1))):
+            continue
+        try:
+            entry.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot remove the stale frame ring %s: %s", entry, exc)
+            continue
+        removed.append(entry.name)
+    if removed:
+        log.warning("removed %d frame ring(s) left by a killed edged: %s", len(removed), removed)
+    return removed

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing as mp
 import os
 import sys
 import time
@@ -27,7 +28,7 @@ import numpy as np
 
 from .. import sandbox
 from ..config import AnalyticsConfig, CameraAnalyticsConfig
-from ..process import setup_process
+from ..process import die_with_parent, setup_process
 from . import channel
 from .base import Detector
 from .engine import AnalyticsEngine
@@ -86,6 +87,8 @@ def child_main(
 ) -> None:
     """What the bridge starts: process set-up, the frame ring (opened while it still may),
     confinement, then ``entry`` (:func:`run`)."""
+    parent = mp.parent_process()
+    die_with_parent(parent.pid if parent is not None and parent.pid else os.getppid())
     setup_process(f"analytics-{spec.camera}"[:15], log_level=spec.log_level, nice=10)
     ring = FrameRing.attach(spec.ring_name, spec.slots, spec.width, spec.height)
     if sandbox.confine(readable_paths(spec)):

@@ -44,7 +44,17 @@ def open_source(cam: CameraConfig, *, realtime: bool = True) -> FrameSource:
         return Picamera2Source(cam.width, cam.height, cam.fps)
     from .pyav import PyAVSource
 
-    return PyAVSource(source, cam.width, cam.height, cam.fps, loop=cam.loop, realtime=realtime)
+    return PyAVSource(
+        source,
+        cam.width,
+        cam.height,
+        cam.fps,
+        loop=cam.loop,
+        realtime=realtime,
+        privacy_masks=cam.privacy_masks,
+        tls_ca_file=cam.tls_ca_file,
+        tls_fingerprint_sha256=cam.tls_fingerprint_sha256,
+    )
 
 
 __all__ = ["FrameSource", "open_source"]

@@ -8,8 +8,13 @@ files) sleep until the frame's time. Nothing here is shared between threads.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..frames import Frame
+
+if TYPE_CHECKING:
+    from ..config import PrivacyMaskConfig
 
 
 class FrameSource(abc.ABC):
@@ -38,6 +43,25 @@ class FrameSource(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release the source; safe to call twice and after a failed :meth:`open`."""
+
+    def set_privacy_masks(self, masks: Sequence[PrivacyMaskConfig]) -> None:  # noqa: B027 - a hook
+        """The camera's privacy masks, for a source that must apply them *before* it scales or
+        converts a picture (no output pixel outside a mask may depend on one inside it).
+
+        Any thread may call this (SIGHUP reload); the source uses the new masks from its next
+        conversion. The pipeline still masks every frame at the configured size afterwards.
+        Sources that produce frames in the configured geometry directly need nothing here.
+        """
+
+    def answers(self) -> bool | None:
+        """Whether the camera answers a cheap check (a TCP connection, a device node) without
+        opening the stream; ``None`` when this kind of source cannot tell.
+
+        The capture loop asks during a back-off, so a camera that comes back is reopened at
+        once rather than at the end of a wait of up to ``backoff_max``. Must return within
+        about a second.
+        """
+        return None
 
     def __enter__(self) -> FrameSource:
         self.open()

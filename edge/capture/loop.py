@@ -6,6 +6,9 @@ calls ``on_frame`` in that same thread for every frame, so whatever the daemon d
 :class:`~edge.errors.CaptureError` closes the source, waits, and reopens it; the wait grows
 exponentially with full jitter (so a street of cameras behind one rebooting switch does not
 reconnect in step) and starts small again once the source has run for ``backoff_reset_s``.
+During a longer wait the loop asks the source every ``probe_interval`` whether the camera answers
+(:meth:`~edge.capture.base.FrameSource.answers`): once a camera that stopped answering answers
+again, the wait ends and the source is reopened at once.
 
 The loop is an explicit state machine::
 
@@ -22,6 +25,7 @@ reopened, the loop adds an offset so the daemon never sees an index twice.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -69,8 +73,13 @@ class CaptureStats:
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
-    """Full-jitter exponential back-off: uniform in ``[0, min(maximum, initial·2^attempt)]``."""
-    return rng.uniform(0.0, min(maximum, initial * 2.0**attempt))
+    """Full-jitter exponential back-off: uniform in ``[0, min(maximum, initial·2^attempt)]``.
+
+    The exponent stops where the cap is reached: ``2.0**attempt`` overflows a float after
+    1023 attempts (about four hours of a camera down), which used to kill the capture thread.
+    """
+    ceiling = max(0, math.ceil(math.log2(maximum / initial)))
+    return rng.uniform(0.0, min(maximum, initial * 2.0 ** min(attempt, ceiling)))
 
 
 class CaptureLoop:
@@ -91,18 +100,22 @@ class CaptureLoop:
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         backoff_reset_s: float = 60.0,
+        probe_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         if backoff_initial <= 0 or backoff_max < backoff_initial:
             raise ValueError("need 0 < backoff_initial <= backoff_max")
+        if probe_interval <= 0:
+            raise ValueError("need 0 < probe_interval")
         self.source = source
         self.name = name
         self._on_frame = on_frame
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._backoff_reset_s = backoff_reset_s
+        self._probe_interval = probe_interval
         self._clock = clock
         self._stop_event = threading.Event()
         self._sleep = sleep if sleep is not None else self._wait_unless_stopped
@@ -273,7 +286,7 @@ class CaptureLoop:
         delay = backoff_delay(self._attempt, self._backoff_initial, self._backoff_max, self._rng)
         self._attempt += 1
         self._set_state(CaptureState.BACKOFF, f"{exc}; retry {self._attempt} in {delay:.2f} s")
-        self._sleep(delay)
+        self._wait_for_retry(delay)
         if self._stop_event.is_set():
             return False
         with self._lock:
@@ -282,6 +295,34 @@ class CaptureLoop:
             CaptureState.STARTING, f"reopening {self.source.description} (retry {self._attempt})"
         )
         return True
+
+    def _wait_for_retry(self, delay: float) -> None:
+        """Sleep ``delay``, cut short when the camera, silent during the wait, answers again.
+
+        Only a change from silent to answering ends the wait: a camera that answers all along
+        (up, but refusing the stream: a wrong password) keeps its full back-off.
+        """
+        if delay <= 2 * self._probe_interval or self.source.answers() is None:
+            # A short wait is not worth probing; a source that cannot tell waits it all.
+            self._sleep(delay)
+            return
+        # Bounded by the clock (probes take time) and by what was slept (an injected sleep
+        # need not move the clock).
+        deadline = self._clock() + delay
+        slept = 0.0
+        went_silent = False
+        while not self._stop_event.is_set():
+            left = min(deadline - self._clock(), delay - slept)
+            if left <= 0:
+                return
+            answers = self.source.answers()
+            if answers and went_silent:
+                log.info("%s: %s answers again, reopening now", self.name, self.source.description)
+                return
+            went_silent = went_silent or not answers
+            step = min(left, self._probe_interval)
+            self._sleep(step)
+            slept += step
 
     def _fail(self, exc: Exception, doing: str) -> None:
         self.error = exc

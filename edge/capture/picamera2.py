@@ -1,11 +1,11 @@
 """The Raspberry Pi camera through picamera2 (libcamera).
 
 Imported only when a camera is configured with ``source = "picamera2"``: picamera2 exists on
-the unit's image only. Two streams come from the ISP in one request: ``main`` (YUV420 at the
-recording size) for recording, and ``lores`` (YUV420, smaller) for analytics, so analytics
-never pays for downscaling. Both come from the same exposure and carry the same index and
-timestamps. The lores frame is *not* masked by the capture thread's ``on_frame`` (it sees the
-main frame): whoever uses :attr:`Picamera2Source.lores` masks it first, at its own size.
+the unit's image only. One stream comes from the ISP: ``main`` (YUV420 at the recording size).
+There is deliberately no ``lores`` stream: the ISP would scale it from the *unmasked* sensor
+image, so pixels just outside a mask would carry what the mask hides (the scaler's filter
+reaches across the mask's edge), and masking the small picture afterwards cannot undo that.
+Analytics decimates the masked main frame instead (:mod:`edge.analytics.shm`).
 
 Timestamps: libcamera's ``SensorTimestamp`` (start of exposure of the first line, in ns on the
 kernel's monotonic clock) is used when it is plausible (not in the future, less than a second
@@ -30,13 +30,6 @@ log = logging.getLogger(__name__)
 _MAX_SENSOR_AGE_NS = 1_000_000_000
 
 
-def _lores_size(width: int, height: int, lores_width: int) -> tuple[int, int]:
-    """Lores size with the main stream's aspect ratio, even, no larger than main."""
-    w = min(width, lores_width) // 2 * 2
-    h = max(2, round(height * w / width) // 2 * 2)
-    return w, h
-
-
 def i420_from_buffer(
     buffer: np.ndarray[Any, np.dtype[np.uint8]], width: int, height: int, stride: int
 ) -> tuple[np.ndarray[Any, np.dtype[np.uint8]], ...]:
@@ -52,7 +45,7 @@ def i420_from_buffer(
 
 
 class Picamera2Source(FrameSource):
-    """The CSI camera of the unit; ``lores`` holds the analytics frame of the last :meth:`read`."""
+    """The CSI camera of the unit: one masked-by-the-pipeline main stream, nothing else."""
 
     def __init__(
         self,
@@ -61,17 +54,13 @@ class Picamera2Source(FrameSource):
         fps: float,
         *,
         camera_num: int = 0,
-        lores_width: int = 640,
         buffer_count: int = 6,
     ) -> None:
         check_dimensions(width, height)
         super().__init__(width, height, fps)
         self.camera_num = camera_num
-        self.lores_size = _lores_size(width, height, lores_width)
         self.buffer_count = buffer_count
         self.description = f"Raspberry Pi camera {camera_num} ({width}x{height}@{fps:g})"
-        #: The analytics (lores) frame captured with the last main frame, not yet masked.
-        self.lores: Frame | None = None
         self._camera: Any = None
         self._strides: dict[str, int] = {}
         self._index = 0
@@ -88,14 +77,13 @@ class Picamera2Source(FrameSource):
             camera = Picamera2(self.camera_num)
             config = camera.create_video_configuration(
                 main={"size": (self.width, self.height), "format": "YUV420"},
-                lores={"size": self.lores_size, "format": "YUV420"},
                 controls={"FrameRate": float(self.fps)},
                 buffer_count=self.buffer_count,
                 encode="main",
             )
             camera.configure(config)
             actual = camera.camera_configuration()
-            self._strides = {name: int(actual[name]["stride"]) for name in ("main", "lores")}
+            self._strides = {"main": int(actual["main"]["stride"])}
             camera.start()
         except (RuntimeError, OSError, IndexError) as exc:
             # libcamera reports a missing or busy camera as RuntimeError/IndexError: the ribbon
@@ -118,14 +106,8 @@ class Picamera2Source(FrameSource):
             mono_ns, wall_ns = self._timestamps(metadata)
             index = self._index
             main = request.make_buffer("main")
-            lores = request.make_buffer("lores")
             y, u, v = i420_from_buffer(main, self.width, self.height, self._strides["main"])
             frame = Frame.from_planes(y, u, v, index=index, mono_ns=mono_ns, wall_ns=wall_ns)
-            lw, lh = self.lores_size
-            ly, lu, lv = i420_from_buffer(lores, lw, lh, self._strides["lores"])
-            self.lores = Frame.from_planes(
-                ly, lu, lv, index=index, mono_ns=mono_ns, wall_ns=wall_ns
-            )
         finally:
             request.release()  # the buffer goes back to the camera; we copied what we need
         self._index += 1
@@ -143,7 +125,6 @@ class Picamera2Source(FrameSource):
 
     def close(self) -> None:
         camera, self._camera = self._camera, None
-        self.lores = None
         if camera is None:
             return
         try:

@@ -2,6 +2,10 @@
 
 Every decoded picture is converted to I420 at the configured size by FFmpeg's scaler
 (``VideoFrame.reformat``) and copied into one contiguous :class:`~edge.frames.Frame` buffer.
+When that conversion is not the identity (another size, pixel format or range), the privacy
+masks are applied to the decoded picture first, in its own geometry and format
+(:class:`~edge.privacy.native.NativeMasker`): the scaler's filter reaches across a mask's edge,
+so masking only after it would let pixels next to a mask carry what the mask hides.
 
 Files stand in for cameras: they are re-timed to the configured frame rate (frames are
 repeated or skipped by presentation time, as a camera at that rate would have seen the scene),
@@ -18,15 +22,28 @@ carry credentials: neither ``description``, nor an error, nor a log line ever sh
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import hmac
 import logging
+import os
+import shutil
+import socket
+import ssl
+import tempfile
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-from ..errors import CaptureError, from_av
+from ..errors import CaptureError, ConfigError, MaskError, from_av
 from ..frames import Frame, check_dimensions
+from ..privacy.native import NativeMasker
 from .base import FrameSource
 
 if TYPE_CHECKING:
@@ -36,15 +53,21 @@ if TYPE_CHECKING:
     import av.video.frame
     import av.video.stream
 
+    from ..config import PrivacyMaskConfig
+
 log = logging.getLogger(__name__)
 
 #: Seconds to wait for a live source to answer when opening, and for each read after that.
 OPEN_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 5.0
+#: Seconds a back-off check waits for a camera's TCP port (it must not hold the loop up).
+_ANSWER_TIMEOUT_S = 1.0
 #: A file reader later than this re-anchors its clock instead of bursting to catch up.
 _MAX_LATE_S = 1.0
 #: FFmpeg's AVCOL_RANGE_MPEG: luma 16–235, what every frame of the firmware uses.
 _LIMITED_RANGE = 1
+#: FFmpeg's AVCOL_RANGE_JPEG: full range.
+_FULL_RANGE = 2
 
 
 def redact_url(url: str) -> str:
@@ -61,6 +84,19 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def _certificate_name(cert: x509.Certificate) -> str | None:
+    """A name the certificate carries (first DNS name, else its common name), if any."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = san.get_values_for_type(x509.DNSName)
+        if dns:
+            return str(dns[0])
+    except x509.ExtensionNotFound:
+        pass
+    common = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(common[0].value) if common else None
+
+
 class PyAVSource(FrameSource):
     """A ``file:PATH``, ``rtsp://…``/``rtsps://…`` or ``v4l2:/dev/videoN`` source."""
 
@@ -75,9 +111,18 @@ class PyAVSource(FrameSource):
         realtime: bool = True,
         open_timeout_s: float = OPEN_TIMEOUT_S,
         read_timeout_s: float = READ_TIMEOUT_S,
+        privacy_masks: Sequence[PrivacyMaskConfig] = (),
+        tls_ca_file: Path | None = None,
+        tls_fingerprint_sha256: str | None = None,
     ) -> None:
         check_dimensions(width, height)
         super().__init__(width, height, fps)
+        # Replaced whole by set_privacy_masks (any thread); the capture thread reads the
+        # reference once per picture and caches the NativeMasker built for it.
+        self._privacy_masks: tuple[PrivacyMaskConfig, ...] = tuple(privacy_masks)
+        self._native: (
+            tuple[tuple[PrivacyMaskConfig, ...], str, tuple[int, int], NativeMasker] | None
+        ) = None
         self.loop = loop
         self.realtime = realtime
         self._timeout = (open_timeout_s, read_timeout_s)
@@ -97,6 +142,8 @@ class PyAVSource(FrameSource):
                 "rtsp_transport": "tcp",
                 "timeout": str(round(read_timeout_s * 1e6)),
             }
+            if source.startswith("rtsps://"):
+                self._options |= self._tls_options(tls_ca_file, tls_fingerprint_sha256)
         elif source.startswith("v4l2:"):
             self.kind = "v4l2"
             self._url = source[len("v4l2:") :]
@@ -105,12 +152,34 @@ class PyAVSource(FrameSource):
             self._options = {"video_size": f"{width}x{height}", "framerate": f"{fps:g}"}
         else:
             raise ValueError(f"not a PyAV source: {redact_url(source)!r}")
+        if self.kind != "rtsp" or not source.startswith("rtsps://"):
+            tls_fingerprint_sha256 = None
+        self._pin = (
+            None
+            if tls_fingerprint_sha256 is None
+            else bytes.fromhex(tls_fingerprint_sha256.replace(":", ""))
+        )
+        self._pinned_dir: str | None = None  # holds the pinned certificate while open
         #: What the source actually sends ("h264 1920x1080 25 fps"), known once opened.
         self.input_description: str | None = None
         self._container: av.container.InputContainer | None = None
         self._stream: av.video.stream.VideoStream | None = None
         self._frames: Iterator[av.video.frame.VideoFrame] | None = None
         self._reset_timeline()
+
+    def _tls_options(self, ca_file: Path | None, fingerprint: str | None) -> dict[str, str]:
+        """FFmpeg's TLS options for an rtsps camera: verification on, never off."""
+        if (ca_file is None) == (fingerprint is None):
+            raise ConfigError(
+                f"{self.description}: the camera's certificate must be verified before its "
+                "password is sent: give exactly one of tls_ca_file and tls_fingerprint_sha256"
+            )
+        # FFmpeg checks the chain and the host name of the URL; a pinned certificate is
+        # fetched at each open and becomes the only trust anchor (see _pin_certificate).
+        options = {"tls_verify": "1"}
+        if ca_file is not None:
+            options["ca_file"] = str(ca_file)
+        return options
 
     @property
     def live(self) -> bool:
@@ -127,6 +196,25 @@ class PyAVSource(FrameSource):
         self._last_index = -1
         self._t0_ns: int | None = None
 
+    def answers(self) -> bool | None:
+        """RTSP: the camera accepts a TCP connection; V4L2: the device node exists."""
+        if self.kind == "v4l2":
+            return os.path.exists(self._url)
+        if self.kind != "rtsp":
+            return None
+        parts = urlsplit(self._url)
+        try:
+            port = parts.port or (322 if parts.scheme == "rtsps" else 554)
+        except ValueError:
+            return None
+        if not parts.hostname:
+            return None
+        try:
+            with socket.create_connection((parts.hostname, port), timeout=_ANSWER_TIMEOUT_S):
+                return True
+        except OSError:
+            return False
+
     # --- errors ------------------------------------------------------------------------------
 
     def _error(self, exc: BaseException, doing: str) -> CaptureError:
@@ -137,6 +225,12 @@ class PyAVSource(FrameSource):
             # PyAV's timeout interrupts FFmpeg, which then only says "Immediate exit requested".
             limit = self._timeout[0] if doing == "opening" else self._timeout[1]
             context += f" (nothing received for {limit:g} s)"
+        elif doing == "opening" and "ca_file" in self._options and getattr(exc, "errno", 0) == 5:
+            # FFmpeg reports a refused certificate as a bare I/O error: say what it likely is.
+            context += (
+                " (TLS: the camera's certificate did not verify, "
+                "or the URL's host is not a name in it)"
+            )
         err = from_av(exc, context)
         message = str(err).replace(self._url, redact_url(self._url))
         if not isinstance(err, CaptureError):
@@ -150,6 +244,8 @@ class PyAVSource(FrameSource):
 
         self.close()
         self._reset_timeline()
+        if self._pin is not None:
+            self._pin_certificate()
         try:
             container = av.open(
                 self._url, format=self._format, options=self._options, timeout=self._timeout
@@ -169,6 +265,48 @@ class PyAVSource(FrameSource):
         self.input_description = f"{ctx.name} {ctx.width}x{ctx.height}{rate}"
         log.debug("%s: opened (%s)", self.description, self.input_description)
 
+    def _pin_certificate(self) -> None:
+        """Fetch the camera's certificate; when it is the pinned one, make it FFmpeg's only
+        trust anchor.
+
+        This first connection sends nothing but a TLS hello. The pin is not checked here
+        alone: FFmpeg's own connection, which carries the password, must present a certificate
+        that chains to exactly this one, so an impostor answering either connection fails.
+        """
+        assert self._pin is not None
+        parts = urlsplit(self._url)
+        host = parts.hostname or ""
+        port = parts.port or 322
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # only to read the certificate, compared below
+        try:
+            with (
+                socket.create_connection((host, port), timeout=self._timeout[0]) as raw,
+                context.wrap_socket(raw, server_hostname=host) as tls,
+            ):
+                der = tls.getpeercert(binary_form=True)
+        except OSError as exc:
+            raise CaptureError(
+                f"opening {self.description}: TLS connection failed: {exc}", transient=True
+            ) from None
+        if der is None or not hmac.compare_digest(hashlib.sha256(der).digest(), self._pin):
+            seen = hashlib.sha256(der or b"").hexdigest()
+            raise CaptureError(
+                f"opening {self.description}: the camera's certificate (SHA-256 {seen}) is not "
+                "the pinned one (tls_fingerprint_sha256); the password was not sent. A camera "
+                "whose certificate was renewed needs the new fingerprint in the configuration",
+                transient=True,
+            )
+        cert = x509.load_der_x509_certificate(der)
+        self._pinned_dir = tempfile.mkdtemp(prefix="edge-camera-tls-")
+        anchor = Path(self._pinned_dir) / "camera.pem"
+        anchor.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        self._options["ca_file"] = str(anchor)
+        name = _certificate_name(cert)
+        if name is not None:  # the pin, not the URL's host, identifies the camera
+            self._options["verifyhost"] = name
+
     @staticmethod
     def _decode(
         container: av.container.InputContainer, stream: av.video.stream.VideoStream
@@ -182,6 +320,9 @@ class PyAVSource(FrameSource):
         self._stream = None
         self._current = self._ahead = None
         self._converted = None
+        pinned, self._pinned_dir = self._pinned_dir, None
+        if pinned is not None:
+            shutil.rmtree(pinned, ignore_errors=True)
         if container is not None:
             try:
                 container.close()
@@ -201,9 +342,43 @@ class PyAVSource(FrameSource):
         except (av.FFmpegError, OSError) as exc:
             raise self._error(exc, "reading") from None
 
+    def set_privacy_masks(self, masks: Sequence[PrivacyMaskConfig]) -> None:
+        masks = tuple(masks)
+        native = self._native
+        if native is not None and masks:
+            # Prepare for the pictures the source is sending now, here in the caller's thread
+            # (the reload), so the capture thread's next picture needs no rasterising.
+            # The capture thread only uses a masker built for the very masks it has read, so
+            # a picture caught between these two assignments is masked right, if not as fast.
+            fmt, size = native[1], native[2]
+            with contextlib.suppress(MaskError):  # the capture thread reports it, with context
+                self._native = (masks, fmt, size, NativeMasker(masks, fmt, *size))
+        self._privacy_masks = masks
+
+    def _mask_natively(self, picture: av.video.frame.VideoFrame) -> av.video.frame.VideoFrame:
+        """``picture`` itself when converting it needs no scaling or conversion, else a copy
+        with the privacy masks applied in its own geometry and format."""
+        masks = self._privacy_masks
+        fmt, width, height = picture.format.name, picture.width, picture.height
+        if not masks or (
+            fmt == "yuv420p"
+            and (width, height) == (self.width, self.height)
+            and picture.color_range != _FULL_RANGE
+        ):
+            return picture  # the conversion below is a copy: nothing crosses a mask's edge
+        native = self._native
+        if native is None or native[0] is not masks or native[1:3] != (fmt, (width, height)):
+            try:
+                masker = NativeMasker(masks, fmt, width, height)
+            except MaskError as exc:
+                raise CaptureError(f"{self.description}: {exc}", transient=False) from None
+            native = self._native = (masks, fmt, (width, height), masker)
+        return native[3].masked_copy(picture)
+
     def _convert(self, picture: av.video.frame.VideoFrame, index: int) -> Frame:
         import av
 
+        picture = self._mask_natively(picture)
         try:
             # Frames are limited-range I420: full-range sources (MJPEG webcams, RGB, grey)
             # are converted, not relabelled. Bicubic, as the ffmpeg CLI scales by default.
@@ -314,18 +489,21 @@ class PyAVSource(FrameSource):
         next_due = (self._slot + 1.5) / self.fps
         if self._converted is None and (self._ahead is None or self._ahead[0] >= next_due):
             self._converted = frame.copy()
-        self._pace(slot_time)
-        frame.mono_ns, frame.wall_ns = time.monotonic_ns(), time.time_ns()
+        # The slot's time on the paced clock is the capture time the recording follows (read
+        # faster than real time, the file still runs at fps).
+        frame.mono_ns, frame.wall_ns = self._pace(slot_time), time.time_ns()
         self._slot += 1
         return frame
 
-    def _pace(self, slot_time: float) -> None:
-        if not self.realtime:
-            return
+    def _pace(self, slot_time: float) -> int:
+        """Wait for the slot (when realtime); return its time on the monotonic clock."""
         now = time.monotonic_ns()
         due_offset = round(slot_time * 1e9)
-        if self._t0_ns is None or now - (self._t0_ns + due_offset) > _MAX_LATE_S * 1e9:
+        if self._t0_ns is None or (
+            self.realtime and now - (self._t0_ns + due_offset) > _MAX_LATE_S * 1e9
+        ):
             self._t0_ns = now - due_offset
         due = self._t0_ns + due_offset
-        if due > now:
+        if self.realtime and due > now:
             time.sleep((due - now) / 1e9)
+        return due

@@ -35,6 +35,11 @@ LANE_DIVIDER = 0.75
 ROAD_BOTTOM = 0.88
 #: Horizontal extent of the zebra crossing, as fractions of the frame width.
 CROSSING_X = (0.18, 0.30)
+#: Tops of the two storeys of windows (upper floor, ground floor) and the windows' height, as
+#: fractions of the frame height; each window has a painted frame this many pixels wide.
+WINDOW_TOPS = (0.05, 0.26)
+WINDOW_HEIGHT = 0.13
+WINDOW_FRAME_PX = 2
 
 _STREET_METRES = 20.0
 
@@ -123,6 +128,43 @@ class PingPong:
             return float(self.x_min)
         u = (t * self.speed) % (2 * span)
         return self.x_min + (u if u <= span else 2 * span - u)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One window of the façade, in pixels of the frame (exclusive ends).
+
+    ``storey`` 0 is the upper floor, 1 the ground floor; ``box`` is the glass, ``outer`` adds
+    the painted frame. The seeded renderer decides which windows are lit; where they are is
+    fixed by the frame size, so privacy masks and tests can be checked against it.
+    """
+
+    storey: int
+    column: int
+    box: tuple[int, int, int, int]
+
+    @property
+    def outer(self) -> tuple[int, int, int, int]:
+        x0, y0, x1, y1 = self.box
+        f = WINDOW_FRAME_PX
+        return x0 - f, y0 - f, x1 + f, y1 + f
+
+
+def window_bay(width: int) -> int:
+    """Horizontal spacing of the façade's windows, in pixels: one window per bay."""
+    return max(16, width // 8)
+
+
+def windows(width: int, height: int) -> list[Window]:
+    """Every window of the façade at this frame size: the scene's privacy ground truth."""
+    bay = window_bay(width)
+    win_w, win_h = bay // 2, round(WINDOW_HEIGHT * height)
+    out: list[Window] = []
+    for storey, top_fraction in enumerate(WINDOW_TOPS):
+        top = round(top_fraction * height)
+        for column, x0 in enumerate(range(bay // 4, width - win_w, bay)):
+            out.append(Window(storey, column, (x0, top, x0 + win_w, top + win_h)))
+    return out
 
 
 def _round_even(value: float) -> int:

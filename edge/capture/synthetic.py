@@ -26,10 +26,13 @@ from .scene import (
     FAR_PAVEMENT_BOTTOM,
     LANE_DIVIDER,
     ROAD_BOTTOM,
+    WINDOW_TOPS,
     Crossing,
     Scene,
     SceneObject,
     Track,
+    window_bay,
+    windows,
 )
 
 log = logging.getLogger(__name__)
@@ -128,14 +131,13 @@ def _background(width: int, height: int, seed: int) -> npt.NDArray[np.uint8]:
         offset = (brick // 2) * (i % 2)
         img[y0 : min(y0 + course, facade.stop), offset::brick, :] = _MORTAR
     # Two storeys of windows, some lit; doors on the ground floor above the zebra crossing.
-    bay = max(16, width // 8)
-    win_w, win_h = bay // 2, round(0.13 * height)
-    lit = rng.random((2, width // bay + 1)) < 0.3
-    for storey, top in enumerate((round(0.05 * height), round(0.26 * height))):
-        for col, x0 in enumerate(range(bay // 4, width - win_w, bay)):
-            img[top - 2 : top + win_h + 2, x0 - 2 : x0 + win_w + 2] = _FRAME
-            img[top : top + win_h, x0 : x0 + win_w] = _LIT if lit[storey, col] else _GLASS
-            img[top + win_h // 2, x0 : x0 + win_w] = _FRAME
+    lit = rng.random((len(WINDOW_TOPS), width // window_bay(width) + 1)) < 0.3
+    for window in windows(width, height):
+        x0, y0, x1, y1 = window.box
+        fx0, fy0, fx1, fy1 = window.outer
+        img[fy0:fy1, fx0:fx1] = _FRAME
+        img[y0:y1, x0:x1] = _LIT if lit[window.storey, window.column] else _GLASS
+        img[(y0 + y1) // 2, x0:x1] = _FRAME
     door_x0, door_x1 = round(CROSSING_X[0] * width), round(CROSSING_X[1] * width)
     img[round(0.40 * height) : facade.stop, door_x0:door_x1] = _DOOR
     # Paving slabs.
@@ -285,19 +287,21 @@ class SyntheticSource(FrameSource):
         if not self._open:
             raise RuntimeError("read() before open()")
         index = self._next
+        period_ns = round(1e9 / self.fps)
+        now = time.monotonic_ns()
+        if self._t0_ns is None:
+            self._t0_ns = now - index * period_ns
+        due = self._t0_ns + index * period_ns
         if self.realtime:
-            period_ns = round(1e9 / self.fps)
-            now = time.monotonic_ns()
-            if self._t0_ns is None:
-                self._t0_ns = now - index * period_ns
-            due = self._t0_ns + index * period_ns
             if now - due > period_ns:  # the reader fell behind: a live camera would have moved on
                 index = (now - self._t0_ns) // period_ns
                 due = self._t0_ns + index * period_ns
             elif due > now:
                 time.sleep((due - now) / 1e9)
         frame = self.render(index)
-        frame.mono_ns = time.monotonic_ns()
+        # The capture time is the frame's slot on the scene's clock, which the recording's
+        # timestamps follow; read faster than real time, the scene still runs at fps.
+        frame.mono_ns = due
         frame.wall_ns = time.time_ns()
         self._next = index + 1
         return frame

@@ -11,7 +11,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from ..config import CameraConfig
 from ..errors import ConfigError
@@ -34,6 +37,17 @@ def register(sub: Any) -> None:
         default=None,
         help='try this source instead of the configured one (e.g. "rtsp://user:pw@host/path")',
     )
+    probe.add_argument(
+        "--tls-ca-file",
+        type=Path,
+        default=None,
+        help="with an rtsps:// --source: CA (or the camera's own certificate) to verify it with",
+    )
+    probe.add_argument(
+        "--tls-fingerprint-sha256",
+        default=None,
+        help="with an rtsps:// --source: SHA-256 of the camera's pinned certificate",
+    )
     probe.add_argument("--seconds", type=float, default=5.0, help="how long to read (default 5)")
     probe.add_argument("--json", action="store_true", help="print one JSON object")
     probe.set_defaults(func=_probe)
@@ -43,12 +57,25 @@ def _camera(args: argparse.Namespace) -> CameraConfig:
     cam = pick_camera(load_config(args), args.camera)
     if args.source is None:
         return cam
+    tls: dict[str, object] = {"tls_ca_file": None, "tls_fingerprint_sha256": None}
+    if args.tls_ca_file is not None or args.tls_fingerprint_sha256 is not None:
+        tls = {
+            "tls_ca_file": args.tls_ca_file,
+            "tls_fingerprint_sha256": args.tls_fingerprint_sha256,
+        }
+    elif args.source.startswith("rtsps://"):  # keep the configured camera's trust
+        tls = {
+            "tls_ca_file": cam.tls_ca_file,
+            "tls_fingerprint_sha256": cam.tls_fingerprint_sha256,
+        }
     try:
-        return CameraConfig.model_validate({**cam.model_dump(), "source": args.source})
-    except ValueError:
+        return CameraConfig.model_validate({**cam.model_dump(), "source": args.source, **tls})
+    except ValidationError as exc:
+        reasons = "; ".join(str(e["msg"]) for e in exc.errors())
         raise ConfigError(
-            '--source must be "synthetic", "picamera2", "file:PATH", "rtsp://HOST/…" '
-            'or "v4l2:/dev/videoN"'
+            '--source must be "synthetic", "picamera2", "file:PATH", "rtsp://HOST/…", '
+            f'"rtsps://HOST/…" (with --tls-ca-file or --tls-fingerprint-sha256) '
+            f'or "v4l2:/dev/videoN": {reasons}'
         ) from None
 
 

@@ -231,6 +231,9 @@ def _setup(work: Path, count: int, segment_bytes: int) -> tuple[Path, list[SimUn
         f'storage_dir = "storage"\nregistry_dir = "units"\naudit_log = "audit.jsonl"\n'
         f'[units]\nport = 0\n[operators_listen]\nport = 0\n[tls]\ncert_file = "{tls.cert_file}"\n'
         f'key_file = "{tls.key_file}"\nclient_ca_file = "{tls.client_ca_file}"\n'
+        # every simulated unit dials from 127.0.0.1: one source, so its limit is lifted
+        f"[limits]\nmax_connections_per_source = {count + 64}\n"
+        f"max_connections = {max(2000, count + 64)}\n"
     )
     return config, units, tls
 

@@ -6,7 +6,7 @@ to use it instead); this module serves tests, demos and small cities, and is a l
 the uplink and 802.1X tests build their certificates with it, including expired and revoked
 ones.
 
-Layout of a CA directory (keys mode 0600, every write atomic)::
+Layout of a CA directory (keys mode 0600 and never overwritten, every write atomic)::
 
     root.crt   root.key        self-signed root, signs only the video sub-CA
     video-ca.crt video-ca.key   the video sub-CA, signs units and servers, publishes the CRL
@@ -39,8 +39,8 @@ from .. import unitkeys
 from ..errors import CaError
 from ..vault import evidence
 
-_UNIT_CN_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_DNS_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+$")
+_UNIT_CN_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+_DNS_RE = re.compile(r"^(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+\Z")
 
 
 class Profile(StrEnum):
@@ -212,8 +212,10 @@ class VideoCA:
             )
             .sign(root_key, hashes.SHA256())
         )
-        write_atomic(directory / "root.key", key_pem(root_key), 0o600)
-        write_atomic(directory / "video-ca.key", key_pem(sub_key), 0o600)
+        # Exclusive: a second init racing this one fails here rather than replacing a CA key
+        # that certificates already rest on.
+        unitkeys.write_new_private(directory / "root.key", key_pem(root_key))
+        unitkeys.write_new_private(directory / "video-ca.key", key_pem(sub_key))
         write_atomic(directory / "root.crt", cert_pem(root_cert))
         write_atomic(directory / "video-ca.crt", cert_pem(sub_cert))
         write_atomic(directory / "chain.pem", cert_pem(sub_cert) + cert_pem(root_cert))

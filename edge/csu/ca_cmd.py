@@ -9,6 +9,7 @@ from typing import Any
 from cryptography import x509
 
 from ..errors import CaError
+from ..unitkeys import write_new_private
 from ..vault import evidence
 from .ca import Profile, RevocationReason, VideoCA, cert_pem, key_pem, write_atomic
 
@@ -42,7 +43,12 @@ def register(sub: Any) -> None:
     issue.add_argument("name", help="DNS name of the server (or a unit id with --profile client)")
     issue.add_argument("--profile", choices=["server", "client"], default="server")
     issue.add_argument("--days", type=int, default=365)
-    issue.add_argument("--out", type=Path, required=True, help="prefix: writes OUT.key, OUT.crt")
+    issue.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="prefix: writes OUT.key (never over an existing key), OUT.crt",
+    )
     issue.set_defaults(func=_issue)
 
     revoke = csub.add_parser("revoke", help="revoke a certificate and publish a new CRL")
@@ -95,12 +101,15 @@ def profile_of(cert: x509.Certificate) -> str:
 
 
 def _issue(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    key_path = out.with_name(out.name + ".key")
+    if key_path.exists():  # checked before issuing, so no certificate is made for nothing
+        raise CaError(f"{key_path}: a key is already there; refusing to overwrite it")
     ca = VideoCA.open(args.dir)
     profile = Profile(args.profile)
     names = (args.name,) if profile is Profile.SERVER else ()
     key, cert = ca.issue(args.name, profile=profile, dns_names=names, days=args.days)
-    out: Path = args.out
-    write_atomic(out.with_name(out.name + ".key"), key_pem(key), 0o600)
+    write_new_private(key_path, key_pem(key))
     write_atomic(out.with_name(out.name + ".crt"), cert_pem(cert) + cert_pem(ca.sub_cert))
     print(f"{out}.crt: serial {cert.serial_number:x}, valid until {cert.not_valid_after_utc:%F}")
     return 0

@@ -13,20 +13,24 @@ Demo material only: a real city uses its own PKI (docs/UPLINK.md).
 from __future__ import annotations
 
 import argparse
-import hashlib
+import datetime as dt
 import secrets
 import socket
 import sys
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from .. import enrolment
 from ..config import DEMO_CONFIG, DEMO_CONFIG_TOML
-from ..unitkeys import keys_dir_of, load_or_create_signing_key, write_private_atomic
+from ..errors import CaError
+from ..unitkeys import keys_dir_of, load_or_create_signing_key, write_new_private
 from ..vault import evidence
 from ..vault import keys as vault_keys
 from .ca import Profile, VideoCA, cert_pem, key_pem
+from .token_cmd import operator_entry
 
 SERVER_NAME = "csu.demo"
 
@@ -38,6 +42,16 @@ def _free_port() -> int:
         return port
 
 
+def _held_key(path: Path) -> ec.EllipticCurvePrivateKey | None:
+    """A TLS key already there (a certificate lost, not the key): it is reused, never replaced."""
+    if not path.exists():
+        return None
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CaError(f"{path}: not an ECDSA key")
+    return key
+
+
 def setup(data_dir: Path, out: Path) -> dict[str, str]:
     out.mkdir(parents=True, exist_ok=True)
     unit_id = DEMO_CONFIG.unit.id
@@ -46,20 +60,26 @@ def setup(data_dir: Path, out: Path) -> dict[str, str]:
     keys = out / "keys"
     keys.mkdir(exist_ok=True)
     if not (keys / "csu.crt").exists():
-        key, cert = ca.issue(SERVER_NAME, profile=Profile.SERVER, dns_names=(SERVER_NAME,))
-        write_private_atomic(keys / "csu.key", key_pem(key))
+        held = _held_key(keys / "csu.key")
+        key, cert = ca.issue(
+            SERVER_NAME, profile=Profile.SERVER, dns_names=(SERVER_NAME,), key=held
+        )
+        if held is None:
+            write_new_private(keys / "csu.key", key_pem(key))
         (keys / "csu.crt").write_bytes(cert_pem(cert) + ca.chain_pem)
     if not (keys / "authority.key.json").exists():
         vault_keys.write_keypair(keys, DEMO_CONFIG.vault.kem, "authority")
     token_file = out / "operator-token"
     if not token_file.exists():
-        write_private_atomic(token_file, secrets.token_urlsafe(24).encode())
+        write_new_private(token_file, secrets.token_urlsafe(24).encode())
     token = token_file.read_text().strip()
     unit_keys = keys_dir_of(data_dir)
     signing = load_or_create_signing_key(unit_keys)
     if not (unit_keys / "unit-tls.crt").exists():
-        ukey, ucert = ca.issue(unit_id)
-        write_private_atomic(unit_keys / "unit-tls.key", key_pem(ukey))
+        held = _held_key(unit_keys / "unit-tls.key")
+        ukey, ucert = ca.issue(unit_id, key=held)
+        if held is None:
+            write_new_private(unit_keys / "unit-tls.key", key_pem(ukey))
         (unit_keys / "unit-tls.crt").write_bytes(cert_pem(ucert))
     (unit_keys / "ca.pem").write_bytes(ca.chain_pem)
     if not evidence.certifies(unit_keys / evidence.SIGNING_CERT_NAME, signing.public_key()):
@@ -68,6 +88,7 @@ def setup(data_dir: Path, out: Path) -> dict[str, str]:
         pem = cert_pem(ca.sign_csr(csr)) + ca.chain_pem
         enrolment.install_certificates(unit_keys, pem, unit_id, ca_data=ca.chain_pem)
     port = _free_port()
+    created = dt.datetime.now(dt.UTC).replace(microsecond=0)  # the demo token: 30 days each run
     (out / "csu.toml").write_text(
         f"""# CSU receiver of the demo (edge-csu serve --config {out / "csu.toml"})
 storage_dir = "storage"
@@ -89,10 +110,7 @@ key_file = "keys/csu.key"
 client_ca_file = "ca/chain.pem"
 crl_file = "ca/crl.pem"
 
-[[operators]]
-name = "demo-operator"
-token_sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"
-"""
+{operator_entry("demo-operator", token, created, created + dt.timedelta(days=30))}"""
     )
     unit_toml = DEMO_CONFIG_TOML.replace('data_dir = "./edge-data"', f'data_dir = "{data_dir}"')
     recipient = f'csu_public_key = "{(keys / "authority.pub.json").resolve()}"\n'

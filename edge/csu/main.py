@@ -15,7 +15,7 @@ from .. import __version__
 from ..errors import EdgeError
 
 #: Sub-command modules, in the order ``edge-csu --help`` lists them.
-COMMAND_MODULES: list[str] = ["vault_cmd", "serve_cmd", "ca_cmd", "bench_cmd"]
+COMMAND_MODULES: list[str] = ["vault_cmd", "serve_cmd", "ca_cmd", "token_cmd", "bench_cmd"]
 
 
 def build_parser() -> argparse.ArgumentParser:

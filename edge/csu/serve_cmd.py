@@ -91,13 +91,32 @@ def _stored_units(root: Path) -> list[str]:
     return [p.name for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
 
 
+def crl_line(cfg: serve_config.ServeConfig) -> str | None:
+    """The CRL the receiver checks and until when; loud when it has expired (every unit is then
+    refused at the handshake). None without a CRL."""
+    if cfg.tls.crl_file is None:
+        return None
+    crl = RevocationList(cfg.tls.crl_file, cfg.tls.client_ca_file)
+    problem = crl.expiry_problem()
+    if problem is not None:
+        return f"EXPIRED: {problem}"
+    next_update = crl.next_update()
+    until = f"{next_update:%Y-%m-%d %H:%M} UTC" if next_update else "no next update"
+    return f"CRL {cfg.tls.crl_file}: valid until {until}"
+
+
 def _units(args: argparse.Namespace) -> int:
     cfg = serve_config.load(args.config)
     rows = unit_rows(cfg)
+    crl = crl_line(cfg)
+    if crl is not None and crl.startswith("EXPIRED"):
+        print(f"edge-csu: {crl}", file=sys.stderr)
     if args.json:
         json.dump(rows, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
+    if crl is not None and not crl.startswith("EXPIRED"):
+        print(crl)
     head = f"{'UNIT':24} {'ENROLLED (SIGNING KEY)':34} {'LAST CONTACT':>12} {'BACKLOG':>14}"
     print(f"{head}  CAMERAS")
     now = time.time_ns()
@@ -116,6 +135,16 @@ def _units(args: argparse.Namespace) -> int:
             for cam, st in row["cameras"].items()
         )
         print(f"{row['unit']:24} {_trust_cell(row['signing_key']):34} {ago:>12} {bl:>14}  {cams}")
+        for cam, st in row["cameras"].items():
+            for lost in st.get("lost_at_unit", []):
+                print(
+                    f"{'':24}   {cam}: sequences {lost[0]}..{lost[1]} LOST AT THE UNIT (gap record)"
+                )
+            for c in st.get("conflicts", []):
+                print(
+                    f"{'':24}   {cam}: CONFLICT: the unit declared #{c['first']}..#{c['last']} "
+                    f"lost; this CSU holds the originals {c['held']}"
+                )
         if row["signing_key"]["problem"]:
             print(f"{'':24}   {row['signing_key']['problem']}")
     return 0

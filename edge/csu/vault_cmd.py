@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +14,18 @@ from ..config import RecipientKem
 from ..errors import IntegrityError, VaultError
 from ..unitkeys import load_public_pem
 from ..vault.bundle import open_bundle
-from ..vault.keys import load_private, write_keypair
+from ..vault.keys import keypair_paths, load_private, rotate_keypair, write_keypair
+from ..vault.remux import TimeGap
+
+EXIT_PARTIAL = 3
+"""``edge-csu open``: the bundle verified, but its export was partial."""
 
 
 def register(sub: Any) -> None:
-    keygen = sub.add_parser("keygen", help="create a recipient key pair (private key mode 0600)")
+    keygen = sub.add_parser(
+        "keygen",
+        help="create a recipient key pair (private key mode 0600); never overwrites a key",
+    )
     keygen.add_argument("--out", type=Path, required=True, help="directory for the key files")
     keygen.add_argument("--name", default="csu", help="file name prefix (csu, escrow, ...)")
     keygen.add_argument(
@@ -25,9 +34,24 @@ def register(sub: Any) -> None:
         default=RecipientKem.MLKEM768_X25519.value,
         help="HPKE KEM (default: the post-quantum hybrid)",
     )
+    keygen.add_argument(
+        "--rotate",
+        action="store_true",
+        help="replace the existing key pair NAME; the old files are kept under dated names "
+        "(recordings sealed to the old key still need it)",
+    )
+    keygen.add_argument(
+        "--yes", action="store_true", help="with --rotate: confirm without the interactive question"
+    )
     keygen.set_defaults(func=_keygen)
 
-    opener = sub.add_parser("open", help="verify an evidence bundle and write a playable MP4")
+    opener = sub.add_parser(
+        "open",
+        help="verify an evidence bundle and write a playable MP4",
+        description="Verify an evidence bundle completely, then decrypt one camera and remux it "
+        "into an MP4. Exit 0: complete and verified; 3: verified but PARTIAL (the export could "
+        "not carry parts of its range intact: they are listed); 1: refused; 2: error.",
+    )
     opener.add_argument("bundle", type=Path)
     opener.add_argument("--key", type=Path, required=True, help="recipient private key file")
     opener.add_argument("--out", type=Path, required=True, help="MP4 file to write")
@@ -68,10 +92,31 @@ def _load_trust(
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    pub, key = write_keypair(args.out, RecipientKem(args.kem), args.name)
+    kem = RecipientKem(args.kem)
+    if args.yes and not args.rotate:
+        raise VaultError("--yes goes with --rotate")
+    if not args.rotate:
+        pub, key = write_keypair(args.out, kem, args.name)
+    else:
+        _, held = keypair_paths(args.out, args.name)
+        if not args.yes and not _confirmed(held):
+            print("edge-csu: rotation cancelled; nothing changed", file=sys.stderr)
+            return 1
+        pub, key, archived = rotate_keypair(args.out, kem, args.name)
+        for path in archived:
+            print(f"kept:        {path}  (the old key: recordings sealed to it still need it)")
     print(f"public key:  {pub}  (vault.csu_public_key on the units)")
     print(f"private key: {key}  (mode 0600; keep it off the units)")
     return 0
+
+
+def _confirmed(held: Path) -> bool:
+    """Ask the operator to type ``rotate``; refuse when nobody is there to answer."""
+    if not sys.stdin.isatty():
+        raise VaultError("--rotate without a terminal needs --yes to confirm")
+    print(f"Rotate {held}? Units keep sealing to the old key until their configuration changes;")
+    print("the old key is kept beside the new one. Type 'rotate' to confirm: ", end="", flush=True)
+    return sys.stdin.readline().strip() == "rotate"
 
 
 def _open(args: argparse.Namespace) -> int:
@@ -87,6 +132,7 @@ def _open(args: argparse.Namespace) -> int:
     if args.trust_bundle_key:
         print("edge-csu: WARNING: trusting the unit key inside the bundle: this proves the bundle")
         print("  is intact, not which unit made it; verify with --ca FLEET_CA for evidence")
+    gaps: list[TimeGap] = []
     try:
         verified, packets = open_bundle(
             args.bundle,
@@ -97,6 +143,7 @@ def _open(args: argparse.Namespace) -> int:
             fleet_ca=fleet_ca,
             crls=crls,
             trust_bundle_key=args.trust_bundle_key,
+            gaps=gaps,
         )
     except IntegrityError as exc:
         print(f"edge-csu: REFUSED: {args.bundle}: {exc}")
@@ -104,5 +151,21 @@ def _open(args: argparse.Namespace) -> int:
     m = verified.manifest
     print(f"bundle {args.bundle}: verified (case {m['case']!r}, unit {m['device']!r})")
     print(f"  signing key {m.get('unit_key_id', '?')} vouched for by: {verified.trust}")
+    for lost in verified.gaps:
+        print(
+            f"  LOSS RECORDED by the unit (signed gap record): {lost.camera_id}: {lost.describe()}"
+        )
     print(f"{args.out}: {packets} frame(s), remuxed without re-encoding")
+    # Times are true times: what was not recorded is a gap in the clip, and named here.
+    for gap in gaps:
+        at = datetime.fromtimestamp(gap.after_wall_ns / 1e9, UTC).isoformat(timespec="seconds")
+        print(f"  time gap: nothing recorded for {gap.seconds:.1f} s after {at}")
+    if verified.partial:
+        for part in verified.damaged:
+            print(f"  damaged: {part}")
+        print(
+            f"PARTIAL: the unit could not export {len(verified.damaged)} part(s) of the range "
+            "intact (declared in the signed manifest, listed above)"
+        )
+        return EXIT_PARTIAL
     return 0

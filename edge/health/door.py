@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 _SPEC = re.compile(
     r"^(?:gpio:(?P<chip>/dev/gpiochip\d+):(?P<line>\d+)(?P<low>:active-low)?"
-    r"|input:(?P<dev>/dev/input/.+):(?P<code>[A-Z0-9_]+))$"
+    r"|input:(?P<dev>/dev/input/.+):(?P<code>[A-Z0-9_]+))\Z"
 )
 
 

@@ -58,97 +58,146 @@ def to_pixels(
     return pts * np.array([width, height], dtype=np.float64)
 
 
-def polygon_mask(points_px: npt.NDArray[np.float64], width: int, height: int) -> BoolPlane:
-    """Every pixel of a ``height × width`` grid that the polygon (pixel coordinates) touches.
+#: Column intervals of pixels a polygon touches: rows, first columns, stop columns (exclusive).
+_Intervals = tuple[Index, Index, Index]
 
-    A pixel is masked when (a) an edge of the outline passes through the inside of its square, or
-    (b) its centre lies inside the polygon (non-zero winding). A pixel meeting the polygon either
-    contains a piece of the outline or lies wholly inside it, so (a) ∪ (b) is exactly the set of
-    pixels the polygon meets, computed for all rows at once (arrays of rows × edges).
+
+def _edge_rows(
+    lo: npt.NDArray[np.float64], hi: npt.NDArray[np.float64], height: int
+) -> tuple[Index, Index]:
+    """(edge index, row) for every row ``floor(lo) - 1 .. ceil(hi)`` of each edge, in the frame:
+    candidates a little wider than needed, which the callers filter with the exact test."""
+    first = np.clip(np.floor(lo) - 1, 0, height).astype(np.intp)
+    stop = np.clip(np.ceil(hi) + 1, 0, height).astype(np.intp)
+    counts = np.maximum(stop - first, 0)
+    total = int(counts.sum())
+    edge = np.repeat(np.arange(counts.size, dtype=np.intp), counts)
+    offset = np.arange(total, dtype=np.intp) - np.repeat(np.cumsum(counts) - counts, counts)
+    return edge, first[edge] + offset
+
+
+def polygon_intervals(points_px: npt.NDArray[np.float64], width: int, height: int) -> _Intervals:
+    """Column intervals ``(row, first, stop)`` (stop exclusive, clipped to the frame) whose
+    union is every pixel the polygon (pixel coordinates) touches; they may overlap.
+
+    A pixel is masked when (a) an edge of the outline passes through the inside of its square,
+    or (b) its centre lies inside the polygon (non-zero winding). A pixel meeting the polygon
+    either contains a piece of the outline or lies wholly inside it, so (a) ∪ (b) is exactly the
+    set of pixels the polygon meets. Both are computed for (edge, row) pairs the edge spans
+    only, all at once: the work grows with the outline's length in rows, not rows × edges, and
+    no Python loop runs per row or per interval.
     """
     pts = np.asarray(points_px, dtype=np.float64).reshape(-1, 2)
     x0, y0 = pts[:, 0], pts[:, 1]
     x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
-    # Only rows the polygon's vertical extent reaches: the arrays below are rows × edges.
-    first = max(int(np.floor(y0.min())), 0)
-    last = min(int(np.ceil(y0.max())), height)  # exclusive
-    if last <= first or x0.max() < 0 or x0.min() > width:
-        return np.zeros((height, width), dtype=np.bool_)
-    rows = np.arange(first, last, dtype=np.float64)[:, None]
+    empty = np.zeros(0, dtype=np.intp)
+    if pts.shape[0] == 0 or y0.max() <= 0 or y0.min() >= height:
+        return empty, empty, empty
+    if x0.max() < 0 or x0.min() > width:
+        return empty, empty, empty
     dy = y1 - y0
-    safe_dy = np.where(dy != 0, dy, 1.0)
-
     dx = x1 - x0
+    safe_dy = np.where(dy != 0, dy, 1.0)
+    ylo = np.minimum(y0, y1)
+    yhi = np.maximum(y0, y1)
 
-    def x_at(y: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        """x of each edge at height ``y``, measured from the nearer end point: exact at both
+    def x_at(e: Index, y: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """x of edges ``e`` at heights ``y``, measured from the nearer end point: exact at both
         ends and along vertical edges, so rounding cannot push an edge across a grid line it
         only touches (which would add a column to some rows)."""
-        t = (y - y0) / safe_dy  # a division, so t is exactly 1 at y1 (a product might not be)
-        return np.asarray(np.where(t <= 0.5, x0 + t * dx, x1 - (1.0 - t) * dx), dtype=np.float64)
+        t = (y - y0[e]) / safe_dy[e]  # a division, so t is exactly 1 at y1 (a product might not)
+        near0 = x0[e] + t * dx[e]
+        near1 = x1[e] - (1.0 - t) * dx[e]
+        return np.asarray(np.where(t <= 0.5, near0, near1), dtype=np.float64)
 
-    out = np.zeros((height, width), dtype=np.bool_)
+    rows_out: list[Index] = []
+    first_out: list[Index] = []
+    stop_out: list[Index] = []
 
-    def add(row_idx: Index, lo: Index, hi: Index) -> None:
-        """Columns ``lo..hi`` inclusive of the given rows (unclipped) join the mask."""
+    def add(rows: Index, lo: Index, hi: Index) -> None:
+        """Columns ``lo..hi`` inclusive of ``rows`` (unclipped) join the mask."""
         lo = np.maximum(lo, 0)
         hi = np.minimum(hi, width - 1) + 1
         ok = hi > lo
-        # A few intervals per row and edge: a plain loop of slice assignments is cheaper than
-        # any full-frame array trick at 4K.
-        for r, a, b in zip(
-            (row_idx[ok] + first).tolist(), lo[ok].tolist(), hi[ok].tolist(), strict=True
-        ):
-            out[r, a:b] = True
+        rows_out.append(rows[ok])
+        first_out.append(lo[ok])
+        stop_out.append(hi[ok])
 
     # (a) Edges through the open strip (j, j+1) of each row; their x-extent there names the
     # columns whose open squares they cross.
-    ylo = np.minimum(y0, y1)
-    yhi = np.maximum(y0, y1)
-    flat = dy == 0
-    crosses = np.where(flat, (ylo > rows) & (ylo < rows + 1), (ylo < rows + 1) & (yhi > rows))
-    ya = np.clip(rows, ylo, yhi)
-    yb = np.clip(rows + 1, ylo, yhi)
-    xa = np.where(flat, np.minimum(x0, x1), x_at(ya))
-    xb = np.where(flat, np.maximum(x0, x1), x_at(yb))
+    all_e, all_j = _edge_rows(ylo, yhi, height)
+    e, j = all_e, all_j
+    rows = j.astype(np.float64)
+    flat = dy[e] == 0
+    lo_e, hi_e = ylo[e], yhi[e]
+    crosses = np.where(flat, (lo_e > rows) & (lo_e < rows + 1), (lo_e < rows + 1) & (hi_e > rows))
+    e, j, flat = e[crosses], j[crosses], flat[crosses]
+    rows, lo_e, hi_e = rows[crosses], lo_e[crosses], hi_e[crosses]
+    ya = np.clip(rows, lo_e, hi_e)
+    yb = np.clip(rows + 1, lo_e, hi_e)
+    xa = np.where(flat, np.minimum(x0[e], x1[e]), x_at(e, ya))
+    xb = np.where(flat, np.maximum(x0[e], x1[e]), x_at(e, yb))
     left = np.minimum(xa, xb)
     right = np.maximum(xa, xb)
     # Open interval (left, right) meets (i, i+1) for floor(left) <= i <= ceil(right) - 1; a
     # vertical edge (left == right) on a grid line meets no open square, and that formula then
     # yields an empty range by itself.
-    r_idx, e_idx = np.nonzero(crosses)
-    add(
-        r_idx.astype(np.intp),
-        np.floor(left[r_idx, e_idx]).astype(np.intp),
-        (np.ceil(right[r_idx, e_idx]) - 1).astype(np.intp),
-    )
+    add(j, np.floor(left).astype(np.intp), (np.ceil(right) - 1).astype(np.intp))
 
-    # (b) Pixel centres inside: scan line y = j + 0.5, crossings sorted by x, running winding.
-    yc = rows + 0.5
-    hit = (np.minimum(y0, y1) <= yc) & (yc < np.maximum(y0, y1))
-    xc = np.where(hit, x_at(yc), np.inf)
-    wind = np.where(hit, np.sign(dy), 0.0)
-    order = np.argsort(xc, axis=1)
-    xs = np.take_along_axis(xc, order, axis=1)
-    ws = np.cumsum(np.take_along_axis(wind, order, axis=1), axis=1)
-    if xs.shape[1] >= 2:
-        inside = (ws[:, :-1] != 0) & np.isfinite(xs[:, 1:])
-        r_idx, k_idx = np.nonzero(inside)
+    # (b) Pixel centres inside: scan line y = j + 0.5, crossings sorted by x within each row,
+    # running winding number per row.
+    e, j = all_e, all_j
+    yc = j.astype(np.float64) + 0.5
+    hit = (ylo[e] <= yc) & (yc < yhi[e])
+    e, j, yc = e[hit], j[hit], yc[hit]
+    if e.size >= 2:
+        xc = x_at(e, yc)
+        order = np.lexsort((xc, j))
+        xs, row, wind = xc[order], j[order], np.sign(dy[e[order]])
+        total = np.cumsum(wind)
+        starts = np.flatnonzero(np.concatenate(([True], row[1:] != row[:-1])))
+        run_first = np.repeat(starts, np.diff(np.concatenate((starts, [row.size]))))
+        ws = total - (total - wind)[run_first]  # winding after each crossing, per row
+        inside = (ws[:-1] != 0) & (row[1:] == row[:-1])
+        k = np.flatnonzero(inside)
         add(
-            r_idx.astype(np.intp),
-            np.ceil(xs[r_idx, k_idx] - 0.5).astype(np.intp),
-            np.floor(xs[r_idx, k_idx + 1] - 0.5).astype(np.intp),
+            row[k],
+            np.ceil(xs[k] - 0.5).astype(np.intp),
+            np.floor(xs[k + 1] - 0.5).astype(np.intp),
         )
 
-    return out
+    return np.concatenate(rows_out), np.concatenate(first_out), np.concatenate(stop_out)
+
+
+def _paint(intervals: Sequence[_Intervals], width: int, height: int) -> BoolPlane:
+    """The pixels covered by any of the intervals: one difference array and one running sum
+    per row for all of them (overlaps only raise the count)."""
+    rows = np.concatenate([i[0] for i in intervals]) if intervals else np.zeros(0, np.intp)
+    if rows.size == 0:
+        return np.zeros((height, width), dtype=np.bool_)
+    first = np.concatenate([i[1] for i in intervals])
+    stop = np.concatenate([i[2] for i in intervals])
+    stride = width + 1
+    size = height * stride
+    diff = np.bincount(rows * stride + first, minlength=size) - np.bincount(
+        rows * stride + stop, minlength=size
+    )
+    counts = np.cumsum(diff.reshape(height, stride), axis=1)
+    return np.ascontiguousarray(counts[:, :width] > 0)
+
+
+def polygon_mask(points_px: npt.NDArray[np.float64], width: int, height: int) -> BoolPlane:
+    """Every pixel of a ``height × width`` grid that the polygon (pixel coordinates) touches
+    (see :func:`polygon_intervals` for the rule)."""
+    return _paint([polygon_intervals(points_px, width, height)], width, height)
 
 
 def union_mask(polygons: Iterable[Sequence[Sequence[float]]], width: int, height: int) -> BoolPlane:
-    """Union of the conservative masks of normalised polygons."""
-    out = np.zeros((height, width), dtype=np.bool_)
-    for points in polygons:
-        out |= polygon_mask(to_pixels(points, width, height), width, height)
-    return out
+    """Union of the conservative masks of normalised polygons, painted in one pass."""
+    intervals = [
+        polygon_intervals(to_pixels(points, width, height), width, height) for points in polygons
+    ]
+    return _paint(intervals, width, height)
 
 
 def chroma_of(luma: BoolPlane) -> BoolPlane:
@@ -286,13 +335,18 @@ def _plan_group(
         ragged = mask[r0:r1] & ~full
         if not ragged.any():
             return
-        for r in range(r0, r1):
-            for c0, c1 in runs(ragged[r - r0]):
-                if c1 - c0 >= LONG_RUN_PX:
-                    rects.append((r, r + 1, c0 + col0, c1 + col0))
-                else:
-                    start = r * width + col0
-                    scatter.append(np.arange(start + c0, start + c1, dtype=np.intp))
+        # Runs of ragged pixels in every row of the band at once (no loop per row or run).
+        edges = np.diff(
+            np.pad(ragged, ((0, 0), (1, 1))).astype(np.int8), axis=1
+        )  # +1 where a run starts, -1 where it stops
+        rr, c_start = np.nonzero(edges == 1)
+        _, c_stop = np.nonzero(edges == -1)  # same row-major order: one stop per start
+        for k in np.flatnonzero(c_stop - c_start >= LONG_RUN_PX).tolist():
+            r, c0, c1 = int(rr[k]), int(c_start[k]), int(c_stop[k])
+            rects.append((r0 + r, r0 + r + 1, c0 + col0, c1 + col0))
+            ragged[r, c0:c1] = False
+        rows, cols = np.nonzero(ragged)
+        scatter.append(((rows + r0) * width + col0 + cols).astype(np.intp))
 
     r = 0
     while r < h:
@@ -352,17 +406,23 @@ def pack_words(scatter: Index, sizes: Sequence[int] = WORD_SIZES) -> WordPlan:
     costs about as much as a byte does, and the index array (8 bytes per element) is itself
     read from memory on every frame.
     """
-    left = np.unique(np.asarray(scatter, dtype=np.intp))
+    left = np.asarray(scatter, dtype=np.intp).reshape(-1)
+    # Plans hand over sorted, distinct indices; anything else is sorted and made so first.
+    if left.size > 1 and not bool(np.all(left[1:] > left[:-1])):
+        left = np.unique(left)
     out: list[tuple[int, Index]] = []
     for size in sizes:
         if left.size < size:
             continue
+        # Sorted bytes, so the bytes of each aligned word are adjacent: runs of equal word
+        # numbers, a word whole when its run holds ``size`` bytes.
         block = left // size
-        blocks, counts = np.unique(block, return_counts=True)
-        full = blocks[counts == size]
-        if full.size:
-            out.append((size, full.astype(np.intp)))
-            left = left[~np.isin(block, full)]
+        starts = np.flatnonzero(np.concatenate(([True], block[1:] != block[:-1])))
+        counts = np.diff(np.concatenate((starts, [block.size])))
+        whole = counts == size
+        if whole.any():
+            out.append((size, block[starts[whole]].astype(np.intp)))
+            left = left[~np.repeat(whole, counts)]
     out.append((1, left))
     return tuple(out)
 

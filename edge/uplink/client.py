@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from ..config import EdgeConfig
 from ..errors import EdgeError, UplinkError
 from ..vault.base import Outbox, OutboxItem, OutboxKind
+from ..vault.layout import GAP_RE
 from . import policy, protocol, signing_cert
 from .spool import EventSpool
 from .tls import CsuConnection, client_context, endpoint
@@ -312,9 +313,10 @@ class UplinkClient:
                     continue
             items = self._pending()
             self._refresh_backlog(items)
-            envelopes = [i for i in items if i.kind is OutboxKind.ENVELOPE]
+            envelopes = [i for i in items if i.kind is not OutboxKind.SEGMENT]
             if envelopes:
-                # Tiny, and a segment cannot be opened at the CSU without its envelope.
+                # Tiny, and a segment cannot be opened at the CSU without its envelope, nor
+                # accepted after a loss without the gap record its chain goes through.
                 self._send(envelopes[0], live=True)
                 continue
             segments = {(i.camera_id, i.sequence): i for i in items}
@@ -367,6 +369,12 @@ class UplinkClient:
         if item.kind is OutboxKind.ENVELOPE:
             path = protocol.envelope_path(self.unit_id, item.camera_id, item.epoch_id.hex())
             content_type = protocol.ENVELOPE_CONTENT_TYPE
+        elif item.kind is OutboxKind.GAP:
+            m = GAP_RE.match(item.path.name)
+            if m is None:
+                raise UplinkError(f"{item.path}: not a gap record name")
+            path = protocol.gap_path(self.unit_id, item.camera_id, item.sequence, int(m.group(2)))
+            content_type = protocol.GAP_CONTENT_TYPE
         else:
             path = protocol.segment_path(self.unit_id, item.camera_id, item.sequence)
             content_type = protocol.SEGMENT_CONTENT_TYPE
@@ -377,6 +385,8 @@ class UplinkClient:
                 if reported != hashlib.sha256(data).hexdigest():
                     raise UplinkError(f"CSU acknowledged {path} with another digest: {reported}")
                 self.outbox.mark_delivered(item.camera_id, item.sequence)
+            elif item.kind is OutboxKind.GAP:
+                self.outbox.mark_gap_delivered(item.camera_id, item.sequence)
             else:
                 self.outbox.mark_envelope_delivered(item.camera_id, item.epoch_id)
             with self._lock:

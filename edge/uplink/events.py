@@ -16,8 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ..analytics.events import verify_wire
 from ..errors import IntegrityError
+from .protocol import ID_RE
 
-_EVENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_EVENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 #: Body fields the receiver needs: who sent it, which camera (or "unit"), a unique id.
 REQUIRED = ("id", "unit", "camera")
 
@@ -38,6 +39,14 @@ def parse_event(wire: bytes) -> dict[str, Any]:
             raise IntegrityError(f"event field {name!r} missing or not a string")
     if not _EVENT_ID.match(body["id"]):
         raise IntegrityError("event id must be 1-128 letters, digits, dots, dashes, underscores")
+    # The unit and camera name files and MQTT topics downstream: a camera called "#" or "+"
+    # (MQTT wildcards) or "../x" must be refused here, before anything is stored.
+    for name in ("unit", "camera"):
+        if not ID_RE.match(body[name]):
+            raise IntegrityError(
+                f"event field {name!r} must be an identifier (lower-case letters, digits and "
+                f"dashes, at most 63 characters), not {body[name][:80]!r}"
+            )
     return body
 
 

@@ -27,6 +27,7 @@ API_PREFIX = "/v1"
 SEGMENT_CONTENT_TYPE = "application/vnd.edge.sealed-segment"
 EVENT_CONTENT_TYPE = "application/json"
 ENVELOPE_CONTENT_TYPE = "application/vnd.edge.epoch-envelope"
+GAP_CONTENT_TYPE = "application/vnd.edge.gap-record"
 #: RFC 8555's media type for a PEM leaf certificate followed by its chain.
 CERTIFICATE_CONTENT_TYPE = "application/pem-certificate-chain"
 
@@ -39,7 +40,7 @@ MAX_EVENT_BYTES = 64 * 1024
 #: what the CSU holds is exactly what it sent.
 DIGEST_HEADER = "X-Edge-Sha256"
 
-ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 
 #: Status codes a receiver answers with, and what each means to the client.
 REFUSALS: dict[int, str] = {
@@ -60,6 +61,10 @@ def segment_path(unit_id: str, camera_id: str, sequence: int) -> str:
 
 def envelope_path(unit_id: str, camera_id: str, epoch_hex: str) -> str:
     return f"{API_PREFIX}/units/{unit_id}/cameras/{camera_id}/epochs/{epoch_hex}"
+
+
+def gap_path(unit_id: str, camera_id: str, first: int, last: int) -> str:
+    return f"{API_PREFIX}/units/{unit_id}/cameras/{camera_id}/gaps/{first}-{last}"
 
 
 def events_path(unit_id: str) -> str:

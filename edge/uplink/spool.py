@@ -19,7 +19,7 @@ from pathlib import Path
 from ..unitkeys import fsync_dir, write_atomic
 from . import events
 
-_NAME = re.compile(r"^\d{19,20}-[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.json$")
+_NAME = re.compile(r"^\d{19,20}-[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.json\Z")
 
 
 class EventSpool:

@@ -18,6 +18,8 @@ from ..errors import VaultError
 class OutboxKind(StrEnum):
     ENVELOPE = "envelope"
     SEGMENT = "segment"
+    GAP = "gap"
+    """A signed gap record (sequences lost at the unit); ``sequence`` is its first one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,10 @@ class Outbox(abc.ABC):
     @abc.abstractmethod
     def mark_envelope_delivered(self, camera_id: str, epoch_id: bytes) -> None:
         """The CSU acknowledged the envelope of ``epoch_id``."""
+
+    def mark_gap_delivered(self, camera_id: str, first: int) -> None:  # noqa: B027 - optional
+        """The CSU acknowledged the gap record that starts at ``first`` (vaults that write
+        gap records override this)."""
 
     @abc.abstractmethod
     def backlog(self) -> Backlog:

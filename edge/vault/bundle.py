@@ -11,10 +11,13 @@ A bundle is a directory::
     epochs/<camera>/<epoch id>.env       the epoch key envelopes they need
 
 Nothing is decrypted or re-encrypted on export: the unit cannot read its own past, and the
-CSU verifies exactly the bytes that were recorded. :func:`verify_bundle` checks everything
-(signature of the manifest, every digest, every segment signature, the chain, envelopes) and
-names the first problem; :func:`open_bundle` then decrypts with a recipient private key and
-remuxes into one MP4.
+CSU verifies exactly the bytes that were recorded. What is not intact in the range (a segment
+missing, altered, without its epoch envelope, or out of chain) does not stop the export: it is
+named in the signed manifest (``damaged``, ``partial``) and the rest is exported; the verifier
+accepts a hole or a chain break only where the manifest declares it, and reports every declared
+part. :func:`verify_bundle` checks everything (signature of the manifest, every digest, every
+segment signature, the chain, envelopes) and names the first problem; :func:`open_bundle` then
+decrypts with a recipient private key and remuxes into one MP4.
 
 Verification never trusts the key inside the bundle on its own: the caller gives a trust anchor,
 either the fleet CA (the bundle's ``unit-signing.crt`` must certify the signing key for this
@@ -26,11 +29,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +50,56 @@ from . import format as fmt
 from .audit import AuditLog, current_actor
 from .index import Index
 from .keys import RecipientPrivate, decrypt_segment, open_envelope
-from .remux import remux
+from .remux import TimeGap, remux
+
+log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = "edge-evidence-bundle"
 _DOMAIN = b"edge-bundle-v1\0"
+
+
+class DamageKind(StrEnum):
+    MISSING = "missing"
+    """Not in the vault any more (no file, or no index row: a hole in the sequence)."""
+    ALTERED = "altered"
+    """The file fails verification (signature, format, header not matching its place)."""
+    NO_ENVELOPE = "no-envelope"
+    """Intact, but its epoch envelope is missing or damaged: nobody could open it."""
+    CHAIN = "chain-broken"
+    """Authentic and included, but it does not continue the segment before it."""
+
+
+_EXCLUDED = frozenset({DamageKind.MISSING, DamageKind.ALTERED, DamageKind.NO_ENVELOPE})
+
+
+@dataclass(frozen=True, slots=True)
+class DamagedPart:
+    """A run of one camera's sequences an export could not carry intact (named in the manifest).
+
+    ``chain-broken`` segments are in the bundle; the other kinds are not.
+    """
+
+    camera: str
+    first_sequence: int
+    last_sequence: int
+    kind: DamageKind
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "camera": self.camera,
+            "first_sequence": self.first_sequence,
+            "last_sequence": self.last_sequence,
+            "kind": self.kind.value,
+            "detail": self.detail,
+        }
+
+    def __str__(self) -> str:
+        seqs = f"#{self.first_sequence}"
+        if self.last_sequence != self.first_sequence:
+            seqs += f"..#{self.last_sequence}"
+        where = "in the bundle" if self.kind is DamageKind.CHAIN else "not in the bundle"
+        return f"{self.camera} {seqs}: {self.kind.value} ({where}): {self.detail}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +112,14 @@ class ExportResult:
     """SHA-256 of manifest.json: the bundle's identity in the audit log."""
     certified: bool = False
     """The bundle carries the evidence-signing certificate (verifiable with the fleet CA)."""
+    damaged: tuple[DamagedPart, ...] = ()
+    """What of the range could not be exported intact; empty for a complete export."""
+    gaps: tuple[str, ...] = ()
+    """Losses the range covers, each proven by a signed gap record carried in the bundle."""
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.damaged)
 
 
 def _copy(src: Path, dest: Path) -> tuple[str, int]:
@@ -71,6 +130,25 @@ def _copy(src: Path, dest: Path) -> tuple[str, int]:
         fh.flush()
         os.fsync(fh.fileno())
     return hashlib.sha256(data).hexdigest(), len(data)
+
+
+class _Damage:
+    """Damaged parts in the order found, contiguous runs of the same kind and cause merged."""
+
+    def __init__(self) -> None:
+        self.parts: list[DamagedPart] = []
+
+    def add(self, camera: str, first: int, last: int, kind: DamageKind, detail: str) -> None:
+        if self.parts:
+            p = self.parts[-1]
+            if (p.camera, p.kind, p.detail) == (
+                camera,
+                kind,
+                detail,
+            ) and p.last_sequence + 1 == first:
+                self.parts[-1] = DamagedPart(camera, p.first_sequence, last, kind, detail)
+                return
+        self.parts.append(DamagedPart(camera, first, last, kind, detail))
 
 
 def export_bundle(
@@ -86,14 +164,73 @@ def export_bundle(
     progress: Callable[[int, int], None] | None = None,
     actor: str | None = None,
 ) -> ExportResult:
-    """Write an evidence bundle of [start_ns, end_ns) to ``out_dir`` and audit the export."""
+    """Write an evidence bundle of [start_ns, end_ns) to ``out_dir`` and audit the export.
+
+    What is intact is exported; what is not (missing, altered, unopenable, out of chain) is named
+    in the signed manifest and in :attr:`ExportResult.damaged`. A failed or interrupted export is
+    audited too (``export-failed``, ``export-aborted``) and leaves no bundle behind; a bundle is
+    only put in place once its ``export`` record is in the audit log.
+    """
+    root = layout.vault_dir(data_dir)
+    if not (root / "index.sqlite").exists():
+        raise VaultError(f"{root}: no vault here")
+    audit = AuditLog(root / "audit.log", device_id, signing_key)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    try:
+        return _export(
+            data_dir,
+            root,
+            audit,
+            partial,
+            start_ns=start_ns,
+            end_ns=end_ns,
+            case=case,
+            out_dir=out_dir,
+            device_id=device_id,
+            signing_key=signing_key,
+            cameras=cameras,
+            progress=progress,
+            actor=actor,
+        )
+    except BaseException as exc:
+        aborted = not isinstance(exc, Exception)  # Ctrl-C, SIGTERM through SystemExit
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
+        details = {
+            "case": case,
+            "from_ns": start_ns,
+            "to_ns": end_ns,
+            "cameras": sorted(cameras) if cameras is not None else None,
+            "out": str(out_dir),
+            "reason": str(exc) or type(exc).__name__,
+        }
+        try:
+            audit.append("export-aborted" if aborted else "export-failed", details, actor=actor)
+        except (OSError, VaultError) as audit_exc:  # the export's own error is the one to raise
+            log.error("failed export not recorded in the audit log: %s", audit_exc)
+        raise
+
+
+def _export(
+    data_dir: Path,
+    root: Path,
+    audit: AuditLog,
+    partial: Path,
+    *,
+    start_ns: int,
+    end_ns: int,
+    case: str,
+    out_dir: Path,
+    device_id: str,
+    signing_key: ed25519.Ed25519PrivateKey,
+    cameras: list[str] | None,
+    progress: Callable[[int, int], None] | None,
+    actor: str | None,
+) -> ExportResult:
     if not case.strip():
         raise VaultError("a case reference is required")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise VaultError(f"{out_dir}: exists and is not empty")
-    root = layout.vault_dir(data_dir)
-    if not (root / "index.sqlite").exists():
-        raise VaultError(f"{root}: no vault here")
     public_key = signing_key.public_key()
     index = Index(root / "index.sqlite", readonly=True)
     try:
@@ -107,45 +244,97 @@ def export_bundle(
         index.close()
     if not rows:
         raise VaultError("no recording in that range")
-    partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
+    damage = _Damage()
+    env_files: dict[tuple[str, bytes], Path] = {}
+    unopenable: dict[tuple[str, bytes], str] = {}
+    for (camera, epoch_id), created in sorted(epochs.items()):
+        if created is None:
+            unopenable[(camera, epoch_id)] = f"epoch {epoch_id.hex()}: no envelope in the index"
+            continue
+        src = layout.envelope_path(root, camera, created, epoch_id)
+        try:
+            fmt.verify_envelope(src.read_bytes(), public_key)
+        except FileNotFoundError:
+            unopenable[(camera, epoch_id)] = f"epoch {epoch_id.hex()}: envelope missing"
+            continue
+        except (IntegrityError, OSError) as exc:
+            unopenable[(camera, epoch_id)] = f"epoch {epoch_id.hex()}: envelope damaged: {exc}"
+            continue
+        env_files[(camera, epoch_id)] = src
     seg_entries: list[dict[str, Any]] = []
     cam_info: dict[str, dict[str, Any]] = {}
     prev: dict[str, fmt.SealedSegment] = {}
-    total = len(rows) + len(epochs)
+    seen: dict[str, int] = {}
+    gap_records = _gaps_in_range(root, rows, start_ns, end_ns, public_key, device_id, damage)
+    gaps_used: dict[tuple[str, int], fmt.GapRecord] = {}
+    total = len(rows) + len(env_files)
     done = 0
     size_sum = 0
     for row in rows:
-        src = layout.segment_path(root, row.camera_id, row.start_wall_ns, row.sequence)
+        cam, seq = row.camera_id, row.sequence
+        done += 1
+        if progress:
+            progress(done, total)
+        if cam in seen and seq > seen[cam] + 1:
+            lost = seen[cam] + 1
+            while (gap := gap_records.get(cam, {}).get(lost)) is not None and gap.last < seq:
+                lost = gap.last + 1  # lost at the unit and recorded: a gap record, not damage
+            if lost < seq:
+                damage.add(cam, lost, seq - 1, DamageKind.MISSING, "no longer in the vault")
+        seen[cam] = seq
+        if (cam, row.epoch_id) in unopenable:
+            damage.add(cam, seq, seq, DamageKind.NO_ENVELOPE, unopenable[(cam, row.epoch_id)])
+            continue
+        src = layout.segment_path(root, cam, row.start_wall_ns, seq)
         try:
             raw = src.read_bytes()
         except FileNotFoundError:
-            raise VaultError(f"{src}: purged or missing while exporting; export again") from None
-        before = prev.get(row.camera_id)
-        seg = fmt.verify_segment(
-            raw,
-            public_key,
-            device_id=device_id,
-            prev_hash=before.chain_hash if before is not None else None,
-        )
-        if before is not None and seg.header.sequence != before.header.sequence + 1:
-            raise IntegrityError(
-                f"{row.camera_id}: sequences {before.header.sequence + 1}.."
-                f"{seg.header.sequence - 1} missing in the vault (run edgectl verify)"
+            damage.add(cam, seq, seq, DamageKind.MISSING, "file missing (deleted or purged)")
+            continue
+        except OSError as exc:
+            damage.add(cam, seq, seq, DamageKind.ALTERED, f"unreadable: {exc.strerror}")
+            continue
+        try:
+            seg = fmt.verify_segment(raw, public_key, device_id=device_id)
+        except IntegrityError as exc:
+            damage.add(cam, seq, seq, DamageKind.ALTERED, str(exc))
+            continue
+        h = seg.header
+        if (h.camera_id, h.sequence, h.epoch_id) != (cam, seq, row.epoch_id):
+            damage.add(cam, seq, seq, DamageKind.ALTERED, "header does not match its place")
+            continue
+        before = prev.get(cam)
+        want, nxt = None, None
+        if before is not None:
+            # Through the signed records of sequences lost between two exported segments.
+            want, nxt = _through_gaps(
+                gap_records.get(cam, {}),
+                before.header.sequence + 1,
+                before.chain_hash,
+                gaps_used,
+                cam,
             )
-        prev[row.camera_id] = seg
-        name = f"segments/{row.camera_id}/{row.sequence:010d}.seg"
+        if before is not None and nxt == seq and h.prev_hash != want:
+            damage.add(
+                cam,
+                seq,
+                seq,
+                DamageKind.CHAIN,
+                f"does not continue #{before.header.sequence} (replaced or reordered)",
+            )
+        prev[cam] = seg
+        name = f"segments/{cam}/{seq:010d}.seg"
         digest, size = _copy(src, partial / name)
         size_sum += size
-        h = seg.header
-        cam_info.setdefault(
-            row.camera_id, {"first_sequence": h.sequence, "prev_hash": h.prev_hash.hex()}
-        )["last_sequence"] = h.sequence
+        cam_info.setdefault(cam, {"first_sequence": seq, "prev_hash": h.prev_hash.hex()})[
+            "last_sequence"
+        ] = seq
         seg_entries.append(
             {
                 "camera": h.camera_id,
-                "sequence": h.sequence,
+                "sequence": seq,
                 "start_ns": h.start_wall_ns,
                 "end_ns": h.end_wall_ns,
                 "frames": h.frame_count,
@@ -155,18 +344,37 @@ def export_bundle(
                 "size": size,
             }
         )
-        done += 1
-        if progress:
-            progress(done, total)
+    for camera, cam_gaps in gap_records.items():
+        for gap in cam_gaps.values():  # losses at the edges of the range are named too
+            gaps_used.setdefault((camera, gap.first), gap)
+    gap_entries: list[dict[str, Any]] = []
+    for (camera, first), gap in sorted(gaps_used.items()):
+        name = f"gaps/{camera}/{first:010d}-{gap.last:010d}.gap"
+        digest, size = _copy(layout.gap_path(root, camera, first, gap.last), partial / name)
+        gap_entries.append(
+            {
+                "camera": camera,
+                "first_sequence": first,
+                "last_sequence": gap.last,
+                "after_ns": gap.after_wall_ns,
+                "recorded_ns": gap.created_wall_ns,
+                "reason": gap.reason,
+                "file": name,
+                "sha256": digest,
+                "size": size,
+            }
+        )
+    if not seg_entries:
+        raise IntegrityError(
+            "nothing intact to export in that range: "
+            + "; ".join(str(p) for p in damage.parts[:3])
+            + " (run edgectl verify)"
+        )
+    needed = {(e["camera"], bytes.fromhex(e["epoch"])) for e in seg_entries}
     env_entries: list[dict[str, Any]] = []
-    for (camera, epoch_id), created in sorted(epochs.items()):
-        if created is None:
-            raise VaultError(f"{camera}: epoch {epoch_id.hex()} has no envelope in the index")
-        src = layout.envelope_path(root, camera, created, epoch_id)
-        try:
-            fmt.verify_envelope(src.read_bytes(), public_key)
-        except FileNotFoundError:
-            raise VaultError(f"{src}: envelope missing") from None
+    for (camera, epoch_id), src in sorted(env_files.items()):
+        if (camera, epoch_id) not in needed:
+            continue
         name = f"epochs/{camera}/{epoch_id.hex()}.env"
         digest, size = _copy(src, partial / name)
         size_sum += size
@@ -205,9 +413,13 @@ def export_bundle(
         "cameras": cam_info,
         "segments": seg_entries,
         "envelopes": env_entries,
+        "gaps": gap_entries,
         "certificates": certs,
         # Where the certificate of unit_public_key is, or null: then only a pinned key verifies.
         "signing_certificate": f"certs/{evidence.SIGNING_CERT_NAME}" if certified else None,
+        # What of the range is not here intact, and why: a partial export says so, signed.
+        "partial": bool(damage.parts),
+        "damaged": [p.as_dict() for p in damage.parts],
     }
     body = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
     (partial / "manifest.json").write_bytes(body)
@@ -217,10 +429,9 @@ def export_bundle(
     for path in (partial / "manifest.json", partial / "manifest.sig"):
         with path.open("rb") as fh:
             os.fsync(fh.fileno())
-    partial.rename(out_dir)
-    fsync_dir(out_dir.parent)
     digest = hashlib.sha256(body).hexdigest()
-    AuditLog(root / "audit.log", device_id, signing_key).append(
+    # Audited before it is put in place: no bundle ever leaves without its record.
+    audit.append(
         "export",
         {
             "case": case,
@@ -231,10 +442,77 @@ def export_bundle(
             "bytes": size_sum,
             "bundle_sha256": digest,
             "out": str(out_dir),
+            "partial": bool(damage.parts),
+            "damaged": [
+                {k: v for k, v in p.as_dict().items() if k != "detail"} for p in damage.parts
+            ],
+            "gaps": [[g["camera"], g["first_sequence"], g["last_sequence"]] for g in gap_entries],
         },
         actor=actor,
     )
-    return ExportResult(out_dir, len(seg_entries), len(env_entries), size_sum, digest, certified)
+    partial.rename(out_dir)
+    fsync_dir(out_dir.parent)
+    described = tuple(
+        f"{camera}: {gap.describe()}" for (camera, _), gap in sorted(gaps_used.items())
+    )
+    return ExportResult(
+        out_dir,
+        len(seg_entries),
+        len(env_entries),
+        size_sum,
+        digest,
+        certified,
+        damaged=tuple(damage.parts),
+        gaps=described,
+    )
+
+
+def _through_gaps(
+    cam_gaps: dict[int, fmt.GapRecord],
+    nxt: int,
+    want: bytes,
+    used: dict[tuple[str, int], fmt.GapRecord],
+    camera: str,
+) -> tuple[bytes, int]:
+    """Follow the chain from sequence ``nxt`` (whose predecessor hashes to ``want``) through
+    consecutive signed gap records: the hash and sequence the next segment must carry."""
+    while (gap := cam_gaps.get(nxt)) is not None and gap.prev_hash == want:
+        used[(camera, gap.first)] = gap
+        want, nxt = gap.chain_hash, gap.last + 1
+    return want, nxt
+
+
+def _gaps_in_range(
+    root: Path,
+    rows: Sequence[Any],
+    start_ns: int,
+    end_ns: int,
+    public_key: ed25519.Ed25519PublicKey,
+    device_id: str,
+    damage: _Damage,
+) -> dict[str, dict[int, fmt.GapRecord]]:
+    """Per exported camera, its gap records that touch the range: between two exported
+    segments, or a loss that lies in it (after ``after_wall_ns``, before it was recorded)."""
+    by_cam: dict[str, list[Any]] = {}
+    for r in rows:
+        by_cam.setdefault(r.camera_id, []).append(r)
+    out: dict[str, dict[int, fmt.GapRecord]] = {}
+    for camera, cam_rows in by_cam.items():
+        lo, hi = cam_rows[0].sequence, cam_rows[-1].sequence
+        for path in layout.gap_files(root, camera):
+            try:
+                gap = fmt.verify_gap(path.read_bytes(), public_key)
+                if gap.device_id != device_id or gap.camera_id != camera:
+                    raise IntegrityError(f"{path}: gap record of another unit or camera")
+            except (IntegrityError, OSError) as exc:
+                # Not carried: the sequences it would cover show as a hole, declared as damage.
+                log.error("%s: gap record not exported: %s", path, exc)
+                continue
+            inside = lo < gap.first and gap.last < hi
+            overlaps = gap.after_wall_ns < end_ns and gap.created_wall_ns > start_ns
+            if inside or overlaps:
+                out.setdefault(camera, {})[gap.first] = gap
+    return out
 
 
 # --- CSU side ------------------------------------------------------------------------------------
@@ -251,6 +529,15 @@ class VerifiedBundle:
     """What vouches for ``public_key``: the fleet CA, a pinned key, or nothing (demo)."""
     certificate: x509.Certificate | None = None
     """The evidence-signing certificate checked against the fleet CA, if that was the anchor."""
+    damaged: tuple[DamagedPart, ...] = ()
+    """What the signed manifest says the export could not carry intact (a partial bundle)."""
+    gaps: tuple[fmt.GapRecord, ...] = ()
+    """Signed records of sequences the unit lost: the chain goes on through them, and they
+    are reported with the bundle (never hidden)."""
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.damaged)
 
 
 def _field(obj: Any, name: str, kind: type, where: str) -> Any:
@@ -299,6 +586,51 @@ def parse_manifest(body: bytes) -> dict[str, Any]:
     return manifest
 
 
+def _damaged_parts(manifest: dict[str, Any]) -> tuple[DamagedPart, ...]:
+    """The manifest's ``damaged`` list (absent in bundles of complete exports made before it)."""
+    raw = manifest.get("damaged", [])
+    if not isinstance(raw, list):
+        raise IntegrityError("manifest: damaged has the wrong type")
+    parts = []
+    for i, entry in enumerate(raw):
+        where = f"damaged[{i}]."
+        try:
+            kind = DamageKind(_field(entry, "kind", str, where))
+        except ValueError:
+            raise IntegrityError(f"manifest: {where}kind unknown") from None
+        part = DamagedPart(
+            _field(entry, "camera", str, where),
+            _field(entry, "first_sequence", int, where),
+            _field(entry, "last_sequence", int, where),
+            kind,
+            _field(entry, "detail", str, where),
+        )
+        if part.last_sequence < part.first_sequence:
+            raise IntegrityError(f"manifest: {where}sequences reversed")
+        parts.append(part)
+    if manifest.get("partial", False) is not bool(parts):
+        raise IntegrityError("manifest: partial does not agree with the damaged list")
+    return tuple(parts)
+
+
+def _declared(
+    parts: Sequence[DamagedPart], camera: str, first: int, last: int, chain: bool
+) -> bool:
+    """Whether every sequence first..last of ``camera`` is declared damaged (of the right kind:
+    left out, or ``chain`` for an included segment that does not continue its predecessor)."""
+    runs = sorted(
+        (p.first_sequence, p.last_sequence)
+        for p in parts
+        if p.camera == camera and (p.kind is DamageKind.CHAIN) == chain
+    )
+    want = first
+    for lo, hi in runs:
+        if lo > want:
+            break
+        want = max(want, hi + 1)
+    return want > last
+
+
 def verify_bundle(
     bundle: Path,
     *,
@@ -343,6 +675,7 @@ def verify_bundle(
     if pem_file != manifest["unit_public_key"].encode():
         raise IntegrityError("unit-signing.pub.pem differs from the key in the signed manifest")
     device = manifest["device"]
+    damaged = _damaged_parts(manifest)
     listed = {"manifest.json", "manifest.sig", "unit-signing.pub.pem"}
     envelopes: dict[tuple[str, bytes], fmt.EpochEnvelope] = {}
     for i, entry in enumerate(manifest["envelopes"]):
@@ -352,6 +685,7 @@ def verify_bundle(
             raise IntegrityError(f"{entry['file']}: envelope does not match the manifest")
         envelopes[(env.camera_id, env.epoch_id)] = env
         listed.add(entry["file"])
+    gaps = _verify_listed_gaps(bundle, manifest, key, device, listed)
     segments: list[fmt.SealedSegment] = []
     last: dict[str, fmt.SealedSegment] = {}
     for i, entry in enumerate(manifest["segments"]):
@@ -364,6 +698,10 @@ def verify_bundle(
         ):
             raise IntegrityError(f"{entry['file']}: header does not match the manifest")
         before = last.get(h.camera_id)
+        if _declared(damaged, h.camera_id, h.sequence, h.sequence, chain=False):
+            raise IntegrityError(
+                f"{h.camera_id}#{h.sequence}: in the bundle but declared left out in the manifest"
+            )
         if before is None:
             cam = manifest["cameras"].get(h.camera_id)
             if not isinstance(cam, dict) or cam.get("prev_hash") != h.prev_hash.hex():
@@ -374,9 +712,22 @@ def verify_bundle(
                 raise IntegrityError(f"{h.camera_id}#{h.sequence}: duplicated")
             if h.sequence < b:
                 raise IntegrityError(f"{h.camera_id}#{h.sequence}: out of order (after #{b})")
-            if h.sequence != b + 1:
-                raise IntegrityError(f"{h.camera_id}: sequences {b + 1}..{h.sequence - 1} missing")
-            if h.prev_hash != before.chain_hash:
+            # Through the signed records of sequences the unit lost; then a hole or a break is
+            # accepted only where the signed manifest declares it (after a hole the chain
+            # restarts: the segment before it is not here to check against).
+            nxt, want = b + 1, before.chain_hash
+            cam_gaps = gaps.get(h.camera_id, {})
+            while (gap := cam_gaps.get(nxt)) is not None and gap.prev_hash == want:
+                nxt, want = gap.last + 1, gap.chain_hash
+            if h.sequence != nxt and not _declared(
+                damaged, h.camera_id, nxt, h.sequence - 1, chain=False
+            ):
+                raise IntegrityError(f"{h.camera_id}: sequences {nxt}..{h.sequence - 1} missing")
+            if (
+                h.sequence == nxt
+                and h.prev_hash != want
+                and not _declared(damaged, h.camera_id, h.sequence, h.sequence, chain=True)
+            ):
                 raise IntegrityError(f"{h.camera_id}#{h.sequence}: chain broken")
         if (h.camera_id, h.epoch_id) not in envelopes:
             raise IntegrityError(f"{h.camera_id}#{h.sequence}: its epoch envelope is missing")
@@ -392,6 +743,7 @@ def verify_bundle(
             raise IntegrityError(f"{rel}: not listed in the manifest (added or duplicated)")
     if not segments:
         raise IntegrityError("the bundle holds no segment")
+    all_gaps = tuple(g for cam in sorted(gaps) for _, g in sorted(gaps[cam].items()))
     if fleet_ca is not None:
         # Every record was signed while it was made: the certificate must cover them all.
         times = [t for s in segments for t in (s.header.start_wall_ns, s.header.end_wall_ns)]
@@ -399,9 +751,41 @@ def verify_bundle(
         span = (min(times), max(times))
         cert = _check_certificate(bundle, manifest, key, span, fleet_ca, crls)
         trust = f"fleet CA (evidence certificate {cert.serial_number:x})"
-        return VerifiedBundle(bundle, manifest, segments, envelopes, key, trust, cert)
+        return VerifiedBundle(
+            bundle, manifest, segments, envelopes, key, trust, cert, damaged, all_gaps
+        )
     trust = "pinned unit key" if unit_public_key else "key inside the bundle (not verified)"
-    return VerifiedBundle(bundle, manifest, segments, envelopes, key, trust)
+    return VerifiedBundle(
+        bundle, manifest, segments, envelopes, key, trust, None, damaged, all_gaps
+    )
+
+
+def _verify_listed_gaps(
+    bundle: Path,
+    manifest: dict[str, Any],
+    key: ed25519.Ed25519PublicKey,
+    device: str,
+    listed: set[str],
+) -> dict[str, dict[int, fmt.GapRecord]]:
+    """The bundle's signed gap records (``gaps`` in the manifest), by camera and first lost
+    sequence; each must match its manifest entry."""
+    out: dict[str, dict[int, fmt.GapRecord]] = {}
+    entries = manifest.get("gaps", [])
+    if not isinstance(entries, list):
+        raise IntegrityError("manifest: gaps has the wrong type")
+    for i, entry in enumerate(entries):
+        where = f"gaps[{i}]."
+        gap = fmt.verify_gap(_read_listed(bundle, entry, where), key)
+        if (
+            gap.device_id != device
+            or gap.camera_id != _field(entry, "camera", str, where)
+            or gap.first != _field(entry, "first_sequence", int, where)
+            or gap.last != _field(entry, "last_sequence", int, where)
+        ):
+            raise IntegrityError(f"{entry['file']}: gap record does not match the manifest")
+        out.setdefault(gap.camera_id, {})[gap.first] = gap
+        listed.add(entry["file"])
+    return out
 
 
 def _check_certificate(
@@ -455,9 +839,11 @@ def open_bundle(
     fleet_ca: Sequence[x509.Certificate] | None = None,
     crls: Sequence[x509.CertificateRevocationList] = (),
     trust_bundle_key: bool = False,
+    gaps: list[TimeGap] | None = None,
 ) -> tuple[VerifiedBundle, int]:
     """Verify (trust anchors as in :func:`verify_bundle`), decrypt and remux one camera of a
-    bundle into ``out_path``; returns the number of packets."""
+    bundle into ``out_path``; returns the number of packets. The time gaps of the clip (kept
+    at their true length) are appended to ``gaps``."""
     verified = verify_bundle(
         bundle,
         unit_public_key=unit_public_key,
@@ -478,12 +864,12 @@ def open_bundle(
             epoch = seg.header.epoch_id
             if epoch not in keys:
                 keys[epoch] = open_envelope(verified.envelopes[(chosen, epoch)], private)
-            yield decrypt_segment(seg, keys[epoch])
+            yield (*decrypt_segment(seg, keys[epoch]), seg.header.start_wall_ns)
 
     declared = sum(s.header.frame_count for s in verified.segments if s.header.camera_id == chosen)
     tmp = out_path.with_name(f".{out_path.name}.partial.mp4")
     try:
-        count = remux(plain(), tmp)
+        count = remux(plain(), tmp, gaps)
         if count != declared:
             raise IntegrityError(
                 f"the video holds {count} frame(s) but the signed headers declare {declared}"

@@ -405,3 +405,104 @@ def verify_checkpoint(raw: bytes, public_key: ed25519.Ed25519PublicKey) -> Check
     except InvalidSignature:
         raise IntegrityError(f"checkpoint of {ckp.camera_id}: bad signature (altered)") from None
     return ckp
+
+
+# --- gap records -------------------------------------------------------------------------------
+
+GAP_MAGIC = b"EGAP"
+_GAP_DOMAIN = b"edge-gap-v1\0"
+# magic, version, flags, created_ns, first lost sequence, last lost sequence, end time of the
+# last record kept before the loss, prev_hash (chain hash of the record before ``first``)
+_GAP_FIXED = struct.Struct(">4sBBqQQq32s")
+MAX_REASON_LEN = 255
+
+
+@dataclass(frozen=True, slots=True)
+class GapRecord:
+    """Signed, permanent statement that sequences ``first..last`` of a camera were lost.
+
+    Written by start-up recovery when sequences the vault had issued (its high-water mark, or
+    rows of the index) have no intact file any more. It takes their place in the chain: it
+    carries the hash of the record before ``first`` as ``prev_hash``, and segment ``last + 1``
+    carries the hash of the gap record, so the chain still verifies and the loss stays visible
+    to every verifier. Sequences are never issued twice.
+    """
+
+    device_id: str
+    camera_id: str
+    created_wall_ns: int
+    first: int
+    last: int
+    after_wall_ns: int
+    """End time of the last segment kept before the loss (the loss lies after it and before
+    ``created_wall_ns``); 0 when nothing is known."""
+    prev_hash: bytes
+    reason: str
+    raw: bytes = b""
+
+    def body(self) -> bytes:
+        reason = self.reason.encode("utf-8")[:MAX_REASON_LEN]
+        return (
+            _GAP_FIXED.pack(
+                GAP_MAGIC,
+                VERSION,
+                0,
+                self.created_wall_ns,
+                self.first,
+                self.last,
+                self.after_wall_ns,
+                self.prev_hash,
+            )
+            + _pack_id(self.device_id)
+            + _pack_id(self.camera_id)
+            + bytes([len(reason)])
+            + reason
+        )
+
+    @property
+    def chain_hash(self) -> bytes:
+        return sha256(self.raw)
+
+    def describe(self) -> str:
+        return f"sequences {self.first}..{self.last} lost before a restart ({self.reason})"
+
+
+def sign_gap(gap: GapRecord, key: ed25519.Ed25519PrivateKey) -> bytes:
+    if not 0 <= gap.first <= gap.last:
+        raise IntegrityError(f"gap record: bad range {gap.first}..{gap.last}")
+    body = gap.body()
+    return body + key.sign(_GAP_DOMAIN + sha256(body))
+
+
+def parse_gap(raw: bytes) -> GapRecord:
+    if len(raw) < _GAP_FIXED.size + SIG_LEN:
+        raise IntegrityError(f"truncated gap record ({len(raw)} bytes)")
+    magic, version, _f, created, first, last, after, prev = _GAP_FIXED.unpack_from(raw, 0)
+    if magic != GAP_MAGIC:
+        raise IntegrityError(f"not a gap record (magic {bytes(magic)!r})")
+    if version != VERSION:
+        raise IntegrityError(f"unsupported gap record version {version}")
+    if first > last:
+        raise IntegrityError(f"gap record: bad range {first}..{last}")
+    body_end = len(raw) - SIG_LEN
+    body = raw[:body_end]
+    device_id, pos = _unpack_id(body, _GAP_FIXED.size, "device id")
+    camera_id, pos = _unpack_id(body, pos, "camera id")
+    if pos >= body_end or pos + 1 + body[pos] != body_end:
+        raise IntegrityError("gap record: bad reason length")
+    try:
+        reason = bytes(body[pos + 1 :]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise IntegrityError("gap record: reason is not UTF-8") from None
+    return GapRecord(device_id, camera_id, created, first, last, after, bytes(prev), reason, raw)
+
+
+def verify_gap(raw: bytes, public_key: ed25519.Ed25519PublicKey) -> GapRecord:
+    gap = parse_gap(raw)
+    try:
+        public_key.verify(raw[-SIG_LEN:], _GAP_DOMAIN + sha256(raw[:-SIG_LEN]))
+    except InvalidSignature:
+        raise IntegrityError(
+            f"gap record {gap.camera_id}#{gap.first}..{gap.last}: bad signature (altered)"
+        ) from None
+    return gap

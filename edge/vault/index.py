@@ -11,19 +11,26 @@ re-adds segments found on disk past the index's tail, and a lost "delivered" mar
 the uplink sends that segment again (the CSU deduplicates by camera and sequence).
 
 Threading: one connection shared by the vault's threads; every use holds :attr:`lock`.
+
+Corruption found while running (SQLite's "database disk image is malformed", a row that fails
+its checks) surfaces as :class:`~edge.errors.IndexCorruptError` from whichever call met it, so
+the vault can quarantine the file and rebuild it from the sealed files (:meth:`replace`)
+instead of the recording thread dying on a foreign exception.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING
 
-from ..errors import IntegrityError, VaultError
+from ..errors import IndexCorruptError, VaultError
 from .retention import SegmentInfo
 
 if TYPE_CHECKING:
@@ -69,6 +76,58 @@ CREATE TABLE IF NOT EXISTS epochs (
     delivered INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (camera, epoch)
 ) WITHOUT ROWID;
+-- The envelopes' bytes and the uplink backlog, kept the same way: the vault's byte count
+-- changes in the transaction that adds or removes the row (one lock, no separate counter to
+-- drift), and the uplink reads its backlog from one row for every item it sends instead of
+-- summing every undelivered row (240 ms with 300 k of them).
+CREATE TABLE IF NOT EXISTS running (
+    k INTEGER PRIMARY KEY CHECK (k = 0),
+    epoch_bytes INTEGER NOT NULL,
+    pending_segments INTEGER NOT NULL,
+    pending_ns INTEGER NOT NULL,
+    pending_bytes INTEGER NOT NULL
+);
+-- Counted once, when the table is new (an index written by an older version); the scalar
+-- subqueries are not run when the row already exists.
+INSERT INTO running SELECT 0,
+    (SELECT COALESCE(SUM(size), 0) FROM epochs),
+    (SELECT COUNT(*) FROM segments WHERE delivered = 0),
+    (SELECT COALESCE(SUM(end_ns - start_ns), 0) FROM segments WHERE delivered = 0),
+    (SELECT COALESCE(SUM(size), 0) FROM segments WHERE delivered = 0)
+    WHERE NOT EXISTS (SELECT 1 FROM running);
+CREATE TRIGGER IF NOT EXISTS pending_insert AFTER INSERT ON segments WHEN NEW.delivered = 0
+BEGIN
+    UPDATE running SET pending_segments = pending_segments + 1,
+        pending_ns = pending_ns + NEW.end_ns - NEW.start_ns,
+        pending_bytes = pending_bytes + NEW.size WHERE k = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS pending_delete AFTER DELETE ON segments WHEN OLD.delivered = 0
+BEGIN
+    UPDATE running SET pending_segments = pending_segments - 1,
+        pending_ns = pending_ns - (OLD.end_ns - OLD.start_ns),
+        pending_bytes = pending_bytes - OLD.size WHERE k = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS pending_delivered AFTER UPDATE OF delivered ON segments
+    WHEN OLD.delivered = 0 AND NEW.delivered != 0
+BEGIN
+    UPDATE running SET pending_segments = pending_segments - 1,
+        pending_ns = pending_ns - (OLD.end_ns - OLD.start_ns),
+        pending_bytes = pending_bytes - OLD.size WHERE k = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS epochs_insert AFTER INSERT ON epochs BEGIN
+    UPDATE running SET epoch_bytes = epoch_bytes + NEW.size WHERE k = 0;
+END;
+-- Gap records (files under gaps/) the CSU has not acknowledged yet.
+CREATE TABLE IF NOT EXISTS gaps (
+    camera TEXT NOT NULL,
+    first INTEGER NOT NULL,
+    last INTEGER NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (camera, first)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS epochs_delete AFTER DELETE ON epochs BEGIN
+    UPDATE running SET epoch_bytes = epoch_bytes - OLD.size WHERE k = 0;
+END;
 """
 
 
@@ -104,29 +163,53 @@ class IndexRow:
 
     @classmethod
     def from_sql(cls, row: tuple[object, ...]) -> IndexRow:
-        """Check and convert one row; :class:`IntegrityError` for anything malformed."""
+        """Check and convert one row; :class:`IndexCorruptError` for anything malformed."""
         if len(row) != 9:
-            raise IntegrityError(f"index row has {len(row)} columns, expected 9")
+            raise IndexCorruptError(f"index row has {len(row)} columns, expected 9")
         camera, seq, start, end, frames, size, epoch, digest, delivered = row
         if not isinstance(camera, str) or not camera:
-            raise IntegrityError("index row: bad camera")
+            raise IndexCorruptError("index row: bad camera")
         ints = (seq, start, end, frames, size, delivered)
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):
-            raise IntegrityError("index row: non-integer field")
+            raise IndexCorruptError("index row: non-integer field")
         assert isinstance(seq, int) and isinstance(start, int) and isinstance(end, int)
         assert isinstance(frames, int) and isinstance(size, int) and isinstance(delivered, int)
         if seq < 0 or size <= 0 or frames < 0 or end < start:
-            raise IntegrityError("index row: value out of range")
+            raise IndexCorruptError("index row: value out of range")
         if not (isinstance(epoch, bytes) and len(epoch) == 16):
-            raise IntegrityError("index row: bad epoch id")
+            raise IndexCorruptError("index row: bad epoch id")
         if not (isinstance(digest, bytes) and len(digest) == 32):
-            raise IntegrityError("index row: bad hash")
+            raise IndexCorruptError("index row: bad hash")
         return cls(camera, seq, start, end, frames, size, epoch, digest, bool(delivered))
 
     def info(self) -> SegmentInfo:
         return SegmentInfo(
             self.camera_id, self.sequence, self.start_wall_ns, self.end_wall_ns, self.size
         )
+
+
+class _ConnectionLock:
+    """The connection's lock; leaving it with SQLite's "corrupt" errors raises
+    :class:`IndexCorruptError` (the one translation point for every query of the index)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._lock.release()
+        # OperationalError (full disk, busy, I/O) is not corruption; the rest of
+        # DatabaseError is (SQLITE_CORRUPT, SQLITE_NOTADB).
+        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+            raise IndexCorruptError(f"{self._path}: {exc}") from exc
 
 
 class Index:
@@ -136,7 +219,10 @@ class Index:
         self.path = path
         # Protects the connection: the recording threads (insert), the purge thread (delete),
         # the uplink (outbox reads, delivered marks) all go through it, briefly.
-        self.lock = threading.Lock()
+        self.lock = _ConnectionLock(path)
+        #: Incremented by :meth:`replace`: a caller that met corruption compares it to know
+        #: whether another thread replaced the index meanwhile.
+        self.generation = 0
         if readonly:
             try:
                 self.db = sqlite3.connect(
@@ -146,26 +232,50 @@ class Index:
             except sqlite3.DatabaseError as exc:
                 raise VaultError(f"{path}: index unusable: {exc}") from None
             return
+        self.db = self._connect(path)
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
         try:
-            self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
             # INSERT OR REPLACE deletes first; the totals triggers must see that delete.
-            self.db.execute("PRAGMA recursive_triggers=ON")
+            db.execute("PRAGMA recursive_triggers=ON")
             # Bound the write-ahead log (default: up to 4 MB between checkpoints, never
             # shrunk): on a nearly full card the space belongs to recordings.
-            self.db.execute("PRAGMA wal_autocheckpoint=128")
-            self.db.execute("PRAGMA journal_size_limit=1048576")
-            self.db.executescript(_SCHEMA)
-            self.db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
-            )
+            db.execute("PRAGMA wal_autocheckpoint=128")
+            db.execute("PRAGMA journal_size_limit=1048576")
+            db.executescript(_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            return db
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc):
+                # Not the index's fault: it must not be quarantined as unusable for it.
+                raise OSError(errno.ENOSPC, f"index: {exc}", str(path)) from None
+            raise VaultError(f"{path}: index unusable: {exc}") from None
         except sqlite3.DatabaseError as exc:
             raise VaultError(f"{path}: index unusable: {exc}") from None
 
     def close(self) -> None:
         with self.lock:
             self.db.close()
+
+    def replace(self, set_aside: Callable[[Path], None]) -> None:
+        """Close the damaged file, hand it (and its WAL) to ``set_aside``, start an empty one.
+
+        Callers rebuild the rows from the sealed files afterwards; meanwhile other threads see
+        an index that fills up, never a closed connection.
+        """
+        with self.lock:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.close()
+            for suffix in ("", "-wal", "-shm"):
+                side = self.path.with_name(self.path.name + suffix)
+                if side.exists():
+                    set_aside(side)
+            self.db = self._connect(self.path)
+            self.generation += 1
 
     def quick_check(self) -> bool:
         with self.lock:
@@ -393,19 +503,42 @@ class Index:
         return cur.rowcount > 0
 
     def backlog(self) -> tuple[int, int, int]:
-        """(segments, nanoseconds of video, bytes) not yet delivered."""
+        """(segments, nanoseconds of video, bytes) not yet delivered: one row, kept by triggers."""
         with self.lock:
             row = self.db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(end_ns - start_ns), 0), COALESCE(SUM(size), 0) "
-                "FROM segments WHERE delivered = 0"
+                "SELECT pending_segments, pending_ns, pending_bytes FROM running WHERE k = 0"
             ).fetchone()
         return int(row[0]), int(row[1]), int(row[2])
 
     def total_bytes(self) -> int:
+        """Bytes of every indexed segment and envelope: two rows, kept by triggers."""
         with self.lock:
-            row = self.db.execute("SELECT bytes FROM totals WHERE k = 0").fetchone()
-            erow = self.db.execute("SELECT COALESCE(SUM(size), 0) FROM epochs").fetchone()
-        return int(row[0]) + int(erow[0])
+            row = self.db.execute(
+                "SELECT t.bytes + r.epoch_bytes FROM totals t, running r WHERE t.k = 0 AND r.k = 0"
+            ).fetchone()
+        return int(row[0])
+
+    def add_gap(self, camera: str, first: int, last: int) -> None:
+        with self.lock:
+            self.db.execute("INSERT OR IGNORE INTO gaps VALUES (?, ?, ?, 0)", (camera, first, last))
+
+    def pending_gaps(self) -> list[tuple[str, int, int]]:
+        with self.lock:
+            raw = self.db.execute(
+                "SELECT camera, first, last FROM gaps WHERE delivered = 0 ORDER BY camera, first"
+            ).fetchall()
+        return [(str(c), int(f), int(la)) for c, f, la in raw]
+
+    def mark_gap_delivered(self, camera: str, first: int) -> bool:
+        with self.lock:
+            cur = self.db.execute(
+                "UPDATE gaps SET delivered = 1 WHERE camera = ? AND first = ?", (camera, first)
+            )
+        return cur.rowcount > 0
+
+    def delete_gaps_through(self, camera: str, seq: int) -> None:
+        with self.lock:
+            self.db.execute("DELETE FROM gaps WHERE camera = ? AND last <= ?", (camera, seq))
 
     def clear(self) -> None:
         with self.lock:

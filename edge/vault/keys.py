@@ -18,6 +18,7 @@ overwrites it. See docs/FORMATS.md for the limits of erasure in a Python process
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -32,8 +33,8 @@ from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..config import EdgeConfig, RecipientKem
-from ..errors import ConfigError, IntegrityError, VaultError
-from ..unitkeys import write_atomic, write_private_atomic
+from ..errors import ConfigError, IntegrityError, KeyExistsError, VaultError
+from ..unitkeys import fsync_dir, refuse_private_material, write_new, write_new_private
 from . import format as fmt
 
 log = logging.getLogger(__name__)
@@ -117,14 +118,65 @@ def generate(kem: RecipientKem) -> tuple[dict[str, Any], dict[str, Any]]:
     return public, {**public, "private": base64.b64encode(priv_raw).decode()}
 
 
+def keypair_paths(out_dir: Path, name: str = "csu") -> tuple[Path, Path]:
+    """(``NAME.pub.json``, ``NAME.key.json``) in ``out_dir``."""
+    return out_dir / f"{name}.pub.json", out_dir / f"{name}.key.json"
+
+
 def write_keypair(out_dir: Path, kem: RecipientKem, name: str = "csu") -> tuple[Path, Path]:
-    """New key pair in ``out_dir``: ``NAME.pub.json`` (0644), ``NAME.key.json`` (0600)."""
+    """New key pair in ``out_dir``: ``NAME.pub.json`` (0644), ``NAME.key.json`` (0600).
+
+    :class:`KeyExistsError` when either file is already there: every recording sealed to a
+    recipient key needs that key's private half, so it is never replaced (see
+    :func:`rotate_keypair` for the deliberate replacement).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    pub_path, key_path = keypair_paths(out_dir, name)
+    held = [p for p in (key_path, pub_path) if p.exists()]
+    if held:
+        raise KeyExistsError(
+            f"{', '.join(map(str, held))}: a key of that name is already there; refusing to "
+            "overwrite it (recordings sealed to it would become unreadable). To replace it "
+            "deliberately, keeping the old key: edge-csu keygen --rotate"
+        )
     public, private = generate(kem)
-    pub_path, key_path = out_dir / f"{name}.pub.json", out_dir / f"{name}.key.json"
-    write_private_atomic(key_path, (json.dumps(private, indent=1) + "\n").encode())
-    write_atomic(pub_path, (json.dumps(public, indent=1) + "\n").encode())
+    write_new_private(key_path, (json.dumps(private, indent=1) + "\n").encode())
+    write_new(pub_path, (json.dumps(public, indent=1) + "\n").encode(), mode=0o644)
     return pub_path, key_path
+
+
+def rotate_keypair(
+    out_dir: Path, kem: RecipientKem, name: str = "csu", *, now: dt.datetime | None = None
+) -> tuple[Path, Path, list[Path]]:
+    """Replace the key pair ``NAME`` with a new one, keeping the old files under dated names.
+
+    The old files are renamed ``NAME.key.<UTC time>.json`` / ``NAME.pub.<UTC time>.json`` (a
+    name never used before: a rotation never overwrites an earlier archive) before the new
+    pair is created; nothing is deleted. Returns (public, private, archived files).
+    """
+    pub_path, key_path = keypair_paths(out_dir, name)
+    if not key_path.exists():
+        raise VaultError(f"{key_path}: no key to rotate (create one with edge-csu keygen)")
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
+    moves = [
+        (path, out_dir / f"{name}.{kind}.{stamp}.json")
+        for path, kind in ((key_path, "key"), (pub_path, "pub"))
+        if path.exists()
+    ]
+    for _, dated in moves:
+        if dated.exists():
+            raise KeyExistsError(f"{dated}: already there; rotate again in a second")
+    archived = []
+    for path, dated in moves:
+        try:
+            os.link(path, dated)  # exclusive: an archive of the same second is never replaced
+        except FileExistsError:
+            raise KeyExistsError(f"{dated}: already there; rotate again in a second") from None
+        path.unlink()
+        archived.append(dated)
+    fsync_dir(out_dir)
+    pub, key = write_keypair(out_dir, kem, name)
+    return pub, key, archived
 
 
 def _read_doc(path: Path) -> dict[str, Any]:
@@ -157,6 +209,12 @@ def _kem_of(doc: dict[str, Any], path: Path) -> RecipientKem:
 
 
 def load_public(path: Path) -> RecipientPublic:
+    """A recipient public key; :class:`ConfigError` when the file also holds private material
+    (see :func:`edge.unitkeys.refuse_private_material`)."""
+    try:
+        refuse_private_material(path.read_bytes(), str(path))
+    except OSError as exc:
+        raise VaultError(f"{path}: cannot read recipient key: {exc.strerror}") from None
     doc = _read_doc(path)
     return _public_from_raw(_kem_of(doc, path), _b64(doc, "public", path), str(path))
 
@@ -263,6 +321,13 @@ def decrypt_segment(seg: fmt.SealedSegment, data_key: bytes) -> tuple[bytes, byt
     return plain[:n], plain[n:]
 
 
+def _configured_public(path: Path, key: str) -> RecipientPublic:
+    try:
+        return load_public(path)
+    except ConfigError as exc:
+        raise ConfigError(exc.reason, key=key) from None
+
+
 def resolve_recipients(cfg: EdgeConfig) -> list[RecipientPublic]:
     """The recipients of the epoch keys; never none (the vault never records in clear)."""
     v = cfg.vault
@@ -287,9 +352,9 @@ def resolve_recipients(cfg: EdgeConfig) -> list[RecipientPublic]:
             raise ConfigError(
                 "demo_recipient cannot be combined with csu_public_key", key="vault.demo_recipient"
             )
-        recipients = [load_public(v.csu_public_key)]
+        recipients = [_configured_public(v.csu_public_key, "vault.csu_public_key")]
     if v.escrow_public_key is not None:
-        recipients.append(load_public(v.escrow_public_key))
+        recipients.append(_configured_public(v.escrow_public_key, "vault.escrow_public_key"))
     for r in recipients:
         if r.kem is not v.kem:
             raise ConfigError(

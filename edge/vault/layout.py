@@ -3,11 +3,14 @@
 <data_dir>/vault/
   index.sqlite            the index (a cache: rebuilt from the files when needed)
   audit.log               hash-chained, signed audit records
+  audit.head              signed head anchor of audit.log (last sequence and hash)
   tmp/                    files being written; emptied at start-up
   quarantine/             files that failed verification at recovery (kept for analysis)
   segments/<camera>/<YYYY-MM-DD>/<HH>/<HHMMSS>-<sequence>.seg      (UTC)
   epochs/<camera>/<YYYY-MM-DD>/<HHMMSS>-<epoch id>.env
   checkpoints/<camera>.ckp
+  gaps/<camera>/<first:010d>-<last:010d>.gap    signed records of sequences lost (recovery)
+  sequences/<camera>.next  high-water mark: every sequence below it may have been issued
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-SEGMENT_RE = re.compile(r"^(\d{6})-(\d{10})\.seg$")
-ENVELOPE_RE = re.compile(r"^(\d{6})-([0-9a-f]{32})\.env$")
-DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-HOUR_RE = re.compile(r"^\d{2}$")
+SEGMENT_RE = re.compile(r"^(\d{6})-(\d{10})\.seg\Z")
+ENVELOPE_RE = re.compile(r"^(\d{6})-([0-9a-f]{32})\.env\Z")
+DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}\Z")
+HOUR_RE = re.compile(r"^\d{2}\Z")
+GAP_RE = re.compile(r"^(\d{10})-(\d{10})\.gap\Z")
 
 
 def vault_dir(data_dir: Path) -> Path:
@@ -51,6 +55,21 @@ def checkpoint_path(root: Path, camera: str) -> Path:
     return root / "checkpoints" / f"{camera}.ckp"
 
 
+def gap_path(root: Path, camera: str, first: int, last: int) -> Path:
+    return root / "gaps" / camera / f"{first:010d}-{last:010d}.gap"
+
+
+def gap_files(root: Path, camera: str) -> list[Path]:
+    base = root / "gaps" / camera
+    if not base.is_dir():
+        return []
+    return sorted(p for p in base.iterdir() if GAP_RE.match(p.name))
+
+
+def high_water_path(root: Path, camera: str) -> Path:
+    return root / "sequences" / f"{camera}.next"
+
+
 def hour_of(ns: int) -> tuple[str, str]:
     t = _utc(ns)
     return t.strftime("%Y-%m-%d"), t.strftime("%H")
@@ -70,11 +89,14 @@ def hour_dirs(root: Path, camera: str) -> list[tuple[str, str, Path]]:
 
 def camera_ids(root: Path) -> list[str]:
     found: set[str] = set()
-    for sub in ("segments", "epochs"):
+    for sub in ("segments", "epochs", "gaps"):
         base = root / sub
         if base.is_dir():
             found.update(p.name for p in base.iterdir() if p.is_dir())
     ck = root / "checkpoints"
     if ck.is_dir():
         found.update(p.stem for p in ck.glob("*.ckp"))
+    hwm = root / "sequences"
+    if hwm.is_dir():
+        found.update(p.stem for p in hwm.glob("*.next"))
     return sorted(found)

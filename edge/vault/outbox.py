@@ -14,6 +14,12 @@ def outbox_items(index: Index, root: Path, rows: list[IndexRow]) -> list[OutboxI
     right before the first segment that needs it."""
     pending_epochs = index.pending_epochs()
     items: list[OutboxItem] = []
+    # Gap records first: a handful of small files, and the CSU needs one before it can accept
+    # the segment that continues the chain through it.
+    for camera, first, last in index.pending_gaps():
+        path = layout.gap_path(root, camera, first, last)
+        size = path.stat().st_size if path.exists() else 0
+        items.append(OutboxItem(OutboxKind.GAP, camera, first, b"", 0, 0, size, path))
     for row in rows:
         key = (row.camera_id, row.epoch_id)
         if key in pending_epochs:

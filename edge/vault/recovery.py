@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import IntegrityError, VaultError
@@ -43,6 +44,8 @@ class RecoveryReport:
     """The index file could not be opened: it was quarantined and rebuilt from the files."""
     cameras: dict[str, int] = field(default_factory=dict)
     """camera -> next sequence."""
+    gaps: list[fmt.GapRecord] = field(default_factory=list)
+    """Losses found at this start, each now a signed gap record in its camera's chain."""
 
 
 #: Written by :meth:`Vault.close`, removed at start: its absence means the last run crashed.
@@ -90,6 +93,14 @@ def recover(vault: Vault) -> RecoveryReport:
         report.rebuilt = True
         for camera in layout.camera_ids(vault.root):
             _recover_camera(vault, camera, report)
+    for gap in report.gaps:
+        log.error(
+            "%s: sequences %d..%d were issued and are lost (files missing or damaged): "
+            "recorded as a signed gap; they are never issued again",
+            gap.camera_id,
+            gap.first,
+            gap.last,
+        )
     if report.temp_removed or report.reindexed or report.dropped_rows or report.quarantined:
         log.warning(
             "recovery: %d partial file(s) removed, %d segment(s) re-indexed, %d stale row(s) "
@@ -105,6 +116,7 @@ def recover(vault: Vault) -> RecoveryReport:
         "dropped_rows": report.dropped_rows,
         "quarantined": report.quarantined,
         "index_rebuilt": report.rebuilt,
+        "gaps": [{"camera": g.camera_id, "first": g.first, "last": g.last} for g in report.gaps],
     }
     try:
         vault.audit.append("vault-open", details, actor="edged")
@@ -122,7 +134,12 @@ def _recover_camera(vault: Vault, camera: str, report: RecoveryReport) -> None:
         vault.quarantine(layout.checkpoint_path(root, camera), str(exc))
         report.quarantined += 1
         ckp = None
+    # Every sequence below this was issued at some time: the next one is never lower, whatever
+    # is lost (index rows, the newest files, both).
+    issued = vault.high_water(camera)
     if ckp is not None:
+        issued = max(issued, ckp.purged_through + 1)
+        vault.purge_gaps(camera, ckp.purged_through)
         stale = index.delete_through(camera, ckp.purged_through)
         for row in stale:
             vault._unlink(vault.path_of(row))
@@ -159,27 +176,40 @@ def _recover_camera(vault: Vault, camera: str, report: RecoveryReport) -> None:
             vault.quarantine(path, str(exc))
             report.quarantined += 1
         index.delete(camera, row.sequence)
+        issued = max(issued, row.sequence + 1)
         report.dropped_rows += 1
     rows = index.last(camera)
+    after_ns = 0
     if rows:
         seq, last_hash, since = rows[0].sequence, rows[0].chain_hash, rows[0].start_wall_ns
+        after_ns = rows[0].end_wall_ns
     elif ckp is not None:
         seq, last_hash, since = ckp.purged_through, ckp.last_hash, None
     else:
         seq, last_hash, since = -1, fmt.ZERO_HASH, None
+    gaps = vault.load_gaps(camera)
+    for gap in gaps.values():  # a rebuilt index learns them again (the CSU deduplicates)
+        index.add_gap(camera, gap.first, gap.last)
+
+    def bridge(seq: int, last_hash: bytes, after_ns: int) -> tuple[int, bytes, int]:
+        """Past the gap records that continue the chain at this point."""
+        while (gap := gaps.get(seq + 1)) is not None and gap.prev_hash == last_hash:
+            seq, last_hash, after_ns = gap.last, gap.chain_hash, gap.created_wall_ns
+        return seq, last_hash, after_ns
+
+    seq, last_hash, after_ns = bridge(seq, last_hash, after_ns)
     # Files past the tail (written, renamed into place, not yet indexed when the crash came).
     start_hour = layout.hour_of(since) if since is not None else ("", "")
-    later: list[tuple[int, str]] = []
+    later: list[tuple[int, Path]] = []
     for day, hour, hdir in layout.hour_dirs(root, camera):
         if (day, hour) < start_hour:
             continue
         for entry in hdir.iterdir():
             m = layout.SEGMENT_RE.match(entry.name)
             if m and int(m.group(2)) > seq:
-                later.append((int(m.group(2)), str(entry)))
+                later.append((int(m.group(2)), entry))
     later.sort()
-    for n, (file_seq, name) in enumerate(later):
-        path = root / name
+    for n, (file_seq, path) in enumerate(later):
         try:
             raw = path.read_bytes()
             seg = fmt.verify_segment(
@@ -192,14 +222,30 @@ def _recover_camera(vault: Vault, camera: str, report: RecoveryReport) -> None:
                 raise IntegrityError("file name does not match its header")
         except IntegrityError as exc:
             # The chain cannot go on from here: nothing after this point can be accepted.
-            for _, rest in later[n:]:
-                vault.quarantine(root / rest, f"not accepted at recovery: {exc}")
+            for rest_seq, rest in later[n:]:
+                vault.quarantine(rest, f"not accepted at recovery: {exc}")
+                issued = max(issued, rest_seq + 1)
                 report.quarantined += 1
             break
         index.insert(IndexRow.of_segment(camera, seg, len(raw)))
-        seq, last_hash = h.sequence, seg.chain_hash
+        seq, last_hash, after_ns = bridge(h.sequence, seg.chain_hash, h.end_wall_ns)
         report.reindexed += 1
     _index_envelopes(vault, camera, every_day=index_was_empty)
+    if issued > seq + 1:
+        # Issued once, gone now: a signed record takes their place in the chain, and the
+        # next segment continues from it. Never reissued, never silently forgotten.
+        gap = vault.record_gap(
+            camera,
+            seq + 1,
+            issued - 1,
+            last_hash,
+            after_ns,
+            "newest segments missing or damaged at start-up",
+        )
+        report.gaps.append(gap)
+        seq, last_hash = gap.last, gap.chain_hash
+    if vault.high_water(camera) < seq + 1:
+        vault._write_high_water(camera, seq + 1)
     lane = vault.lane(camera)
     lane.next_seq, lane.last_hash = seq + 1, last_hash
     report.cameras[camera] = seq + 1

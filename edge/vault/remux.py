@@ -1,15 +1,20 @@
 """Join decrypted segments into one playable MP4 by remuxing: packets are copied, never
 re-encoded, so an evidence clip keeps the recorded quality bit for bit.
 
-Each segment is ``init || media`` (a complete fragmented MP4). Timestamps are made continuous
-across segments (each segment's first decode time follows the previous segment's end), which
-also bridges recording sessions whose encoder clocks restarted at zero.
+Each segment is ``init || media`` (a complete fragmented MP4) with the wall-clock time of its
+first frame. Times are true times: a gap between segments, or inside one, stays a gap of its
+real length in the clip, never closed up. Within a recording session the segments' own
+timestamps place them (they come from the capture clock); a segment whose timeline restarts
+(a new session after a crash, a restart or an encoder restart) is placed by its wall-clock
+start, never before the end of what precedes it (a wall clock stepped back cannot make time
+run backwards). Gaps longer than :data:`GAP_REPORT_S` are reported.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Iterable
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,15 +23,34 @@ import av.container
 
 from ..errors import EdgeError, VaultError, from_av
 
+#: A pause between two frames of the clip longer than this is reported as a time gap.
+GAP_REPORT_S = Fraction(1)
 
-def remux(segments: Iterable[tuple[bytes, bytes]], out_path: Path) -> int:
-    """Write ``out_path`` (MP4) from (init, media) pairs; returns the number of video packets."""
+
+@dataclass(frozen=True, slots=True)
+class TimeGap:
+    """Nothing was recorded for ``seconds`` after ``after_wall_ns`` (shown as such in the clip)."""
+
+    after_wall_ns: int
+    seconds: float
+
+
+def remux(
+    segments: Iterable[tuple[bytes, bytes, int]],
+    out_path: Path,
+    gaps: list[TimeGap] | None = None,
+) -> int:
+    """Write ``out_path`` (MP4) from (init, media, start_wall_ns) triples, in recording order;
+    returns the number of video packets and appends the time gaps found to ``gaps``."""
     out: av.container.OutputContainer | None = None
     out_stream = None
-    offset = Fraction(0)  # seconds already written
+    origin_wall_ns: int | None = None
+    session_base = Fraction(0)  # clip time (s) of timestamp 0 of the current session
+    session_end: Fraction | None = None  # end of the previous segment in its own timeline (s)
+    clip_end = Fraction(0)  # end of the last packet written, clip time (s)
     count = 0
     try:
-        for n, (init, media) in enumerate(segments):
+        for n, (init, media, start_wall_ns) in enumerate(segments):
             with av.open(io.BytesIO(init + media), mode="r", format="mp4") as src:
                 if not src.streams.video:
                     raise EdgeError(f"segment {n} holds no video stream")
@@ -41,22 +65,36 @@ def remux(segments: Iterable[tuple[bytes, bytes]], out_path: Path) -> int:
                 packets = [p for p in src.demux(in_stream) if p.dts is not None and p.size > 0]
                 if not packets:
                     continue
-                first = min(int(p.dts) for p in packets if p.dts is not None)
-                end = first
+                first = min(int(p.dts) for p in packets if p.dts is not None) * tb
+                if origin_wall_ns is None:
+                    origin_wall_ns = start_wall_ns
+                    session_base = -first
+                elif session_end is None or first < session_end:
+                    # The timeline restarted: a new session, placed by its wall-clock start.
+                    at = Fraction(start_wall_ns - origin_wall_ns, 1_000_000_000)
+                    session_base = max(at, clip_end) - first
+                    session_end = None
                 for p in packets:
                     assert p.dts is not None
-                    dts = int(p.dts)
-                    pts = int(p.pts) if p.pts is not None else dts
-                    dur = int(p.duration or 0)
-                    end = max(end, dts + dur)
-                    base = offset / tb  # offset in this stream's ticks
-                    p.dts = int(base + dts - first)
-                    p.pts = int(base + pts - first)
+                    dts = int(p.dts) * tb
+                    pts = (int(p.pts) if p.pts is not None else int(p.dts)) * tb
+                    dur = int(p.duration or 0) * tb
+                    out_dts = session_base + dts
+                    if count and out_dts - clip_end > GAP_REPORT_S and gaps is not None:
+                        gaps.append(
+                            TimeGap(
+                                origin_wall_ns + round(clip_end * 1_000_000_000),
+                                float(out_dts - clip_end),
+                            )
+                        )
+                    clip_end = max(clip_end, out_dts + dur)
+                    session_end = max(session_end or Fraction(0), dts + dur)
+                    p.dts = round(out_dts / tb)
+                    p.pts = round((session_base + pts) / tb)
                     p.time_base = tb
                     p.stream = out_stream
                     out.mux(p)
                     count += 1
-                offset += (end - first) * tb
     except av.error.FFmpegError as exc:
         raise VaultError(str(from_av(exc, f"remuxing into {out_path}"))) from None
     finally:

@@ -12,7 +12,12 @@ reads the outbox from another):
 * ``_live_lock`` is held while a lane switches epoch (envelope written and indexed, key
   swapped) and while a purge decides which envelopes are unused, so a purge never removes
   the envelope of a live epoch; no other lock is taken while it is held;
-* the index has its own lock (see :mod:`edge.vault.index`).
+* the index has its own lock (see :mod:`edge.vault.index`);
+* a damaged index met while running (:class:`IndexCorruptError`) is replaced under
+  ``_purge_lock`` (so no purge reads it half rebuilt): quarantined, rebuilt from the sealed
+  files, and the call that met it is tried again. Callers never hold ``_live_lock`` or
+  ``_purge_lock`` when they ask for it; ``Index.generation`` tells a second thread that met
+  the same damage that the index was already replaced.
 """
 
 from __future__ import annotations
@@ -25,12 +30,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ..config import EdgeConfig, VaultConfig
-from ..errors import VaultError
+from ..errors import IndexCorruptError, VaultError
 from ..unitkeys import keys_dir_of, load_or_create_signing_key
 from ..video.base import MediaSegment, SegmentSink
 from . import files, layout
@@ -43,6 +48,8 @@ from .outbox import outbox_items
 from .retention import DiskUsage, PurgePlan, RetentionPolicy, bytes_to_free, plan_purge
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 #: Space kept aside so that a purge on a completely full disk can write its checkpoint first.
@@ -75,7 +82,9 @@ class Vault(SegmentSink, Outbox):
     ) -> None:
         if not recipients:
             raise VaultError("no recipient key: refusing to record")
-        self.root = root
+        # Absolute once: recovery lists directories and compares what it finds with the
+        # paths it computes from this root (a relative root doubled them, issue #11 item 7).
+        self.root = root = Path(os.path.abspath(root))
         self.device_id = device_id
         self._key = signing_key
         self.public_key = signing_key.public_key()
@@ -90,7 +99,7 @@ class Vault(SegmentSink, Outbox):
         self._live_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        for sub in ("tmp", "segments", "epochs", "checkpoints", "quarantine"):
+        for sub in ("tmp", "segments", "epochs", "checkpoints", "quarantine", "gaps", "sequences"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         self.audit = AuditLog(root / "audit.log", device_id, signing_key)
         from .recovery import open_index, recover  # local: recovery uses this module's types
@@ -98,7 +107,6 @@ class Vault(SegmentSink, Outbox):
         self.index, index_lost = open_index(self)
         self.recovery = recover(self)
         self.recovery.index_replaced = index_lost
-        self._vault_bytes = self.index.total_bytes()
         self._ensure_reserve()
         if purge_interval_s is not None:
             self._thread = threading.Thread(
@@ -164,12 +172,18 @@ class Vault(SegmentSink, Outbox):
         )
         raw = fmt.sign_envelope(env, self._key)
         path = layout.envelope_path(self.root, lane.camera_id, now, key.epoch_id)
+        generation = self.index.generation
+        broken: IndexCorruptError | None = None
         with self._live_lock:
             self._write_file(path, raw)
-            self.index.add_epoch(lane.camera_id, key.epoch_id, now, len(raw))
+            try:
+                self.index.add_epoch(lane.camera_id, key.epoch_id, now, len(raw))
+            except IndexCorruptError as exc:
+                broken = exc  # replaced below, outside _live_lock (purges take it)
             old, lane.epoch = lane.epoch, key
+        if broken is not None:
+            self.replace_index(generation, broken)  # re-reads the envelope just written
         lane.epoch_started = time.monotonic()
-        self._vault_bytes += len(raw)
         if old is not None:
             old.wipe()
         log.info("%s: new epoch %s", lane.camera_id, key.epoch_id.hex()[:8])
@@ -217,16 +231,56 @@ class Vault(SegmentSink, Outbox):
                 digest,
             )
             try:
-                self._with_space(lambda: self.index.insert(row), 65536)
+                self._with_space(lambda: self._indexed(lambda: self.index.insert(row)), 65536)
             except VaultError:
                 # Not acknowledged, so not kept: the next write reuses this sequence.
                 self._unlink(path)
                 raise
             lane.next_seq += 1
             lane.last_hash = digest
-            self._vault_bytes += len(raw)
+            # Durable before write() returns: whatever happens to the index and the newest
+            # files later, recovery never issues this sequence again.
+            try:
+                self._with_space(
+                    lambda: self._write_high_water(lane.camera_id, lane.next_seq), 4096
+                )
+            except VaultError as exc:
+                # The segment is stored and indexed (the index still knows its sequence):
+                # recording goes on, the weaker guarantee is said loudly.
+                log.error("%s: sequence high-water mark not written: %s", lane.camera_id, exc)
         if bytes_to_free(self.policy, self.usage()) > 0:
             self.purge(reason="space")
+
+    def _indexed(self, action: Callable[[], T]) -> T:
+        """Run an index operation; on a damaged index replace it and run it once more."""
+        generation = self.index.generation
+        try:
+            return action()
+        except IndexCorruptError as exc:
+            self.replace_index(generation, exc)
+        return action()
+
+    def replace_index(self, generation: int, exc: IndexCorruptError) -> None:
+        """The index broke while running: quarantine it, rebuild it from the sealed files
+        (as recovery does at start), record that in the audit log; recording goes on.
+
+        ``generation`` is the index's generation when the caller met the damage: if another
+        thread replaced it since, there is nothing left to do.
+        """
+        from .recovery import rebuild_index  # local: recovery uses this module's types
+
+        with self._purge_lock:
+            if self.index.generation != generation:
+                return
+            log.error("vault index damaged while recording (%s): rebuilding it", exc)
+            self.index.replace(lambda side: self.quarantine(side, str(exc)))
+            count = rebuild_index(self)
+            self._vault_bytes = self.index.total_bytes()
+        details = {"reason": str(exc), "segments": count}
+        try:
+            self.audit.append("index-rebuilt", details, actor="edged")
+        except (OSError, VaultError) as err:  # recording matters more than this record
+            log.error("audit log not writable (%s): index-rebuilt %s not recorded", err, details)
 
     def _with_space(self, action: Callable[[], None], size: int) -> None:
         """Run a write; on a full disk purge the oldest recordings and try again."""
@@ -244,6 +298,49 @@ class Vault(SegmentSink, Outbox):
 
     def _write_file(self, final: Path, data: bytes) -> None:
         files.write_durably(self.root / "tmp", final, data)
+
+    # --- sequence high-water mark and gap records ---------------------------------------------
+
+    def high_water(self, camera: str) -> int:
+        """The next sequence never issued for ``camera`` as last written (0 when unknown)."""
+        path = layout.high_water_path(self.root, camera)
+        try:
+            return max(0, int(path.read_text(encoding="ascii").strip()))
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            # Recovery still raises it from the index and the files; never trust it lower.
+            log.error("%s: unreadable sequence high-water mark (%s)", path, exc)
+            return 0
+
+    def _write_high_water(self, camera: str, next_seq: int) -> None:
+        self._write_file(layout.high_water_path(self.root, camera), f"{next_seq}\n".encode())
+
+    def load_gaps(self, camera: str) -> dict[int, fmt.GapRecord]:
+        """The camera's gap records by first lost sequence; altered ones go to quarantine."""
+        out: dict[int, fmt.GapRecord] = {}
+        for path in layout.gap_files(self.root, camera):
+            try:
+                gap = fmt.verify_gap(path.read_bytes(), self.public_key)
+                if gap.camera_id != camera or gap.device_id != self.device_id:
+                    raise VaultError("gap record of another camera or unit")
+            except (VaultError, OSError) as exc:
+                self.quarantine(path, str(exc))
+                continue
+            out[gap.first] = gap
+        return out
+
+    def record_gap(
+        self, camera: str, first: int, last: int, prev_hash: bytes, after_ns: int, reason: str
+    ) -> fmt.GapRecord:
+        """Write the signed record of sequences ``first..last`` lost; it joins the chain."""
+        gap = fmt.GapRecord(
+            self.device_id, camera, self.clock(), first, last, after_ns, prev_hash, reason
+        )
+        raw = fmt.sign_gap(gap, self._key)
+        self._write_file(layout.gap_path(self.root, camera, first, last), raw)
+        self.index.add_gap(camera, first, last)  # for the uplink: the CSU must know
+        return fmt.parse_gap(raw)
 
     # --- retention -----------------------------------------------------------------------------
 
@@ -266,10 +363,16 @@ class Vault(SegmentSink, Outbox):
 
     def usage(self) -> DiskUsage:
         total, free = self._disk_usage()
-        return DiskUsage(total, free, self._vault_bytes)
+        # The index's running total, changed in the same transaction as the rows (writers,
+        # the purge and the uplink all go through the index lock): no second counter that
+        # updates under other locks could lose an update and make retention drift.
+        return DiskUsage(total, free, self.index.total_bytes())
 
     def purge(self, *, reason: str = "periodic", extra_needed: int = 0) -> PurgePlan:
         """Apply retention now: by age, then by space, oldest first. Returns what was done."""
+        return self._indexed(lambda: self._purge(reason, extra_needed))
+
+    def _purge(self, reason: str, extra_needed: int) -> PurgePlan:
         with self._purge_lock:
             now = self.clock()
             plan = plan_purge(
@@ -338,7 +441,7 @@ class Vault(SegmentSink, Outbox):
         rows = self.index.rows_through(camera, through)
         for row in rows:
             self._unlink(layout.segment_path(self.root, camera, row.start_wall_ns, row.sequence))
-            self._vault_bytes -= row.size
+        self.purge_gaps(camera, through)
         self.index.delete_through(camera, through)
         return {"through": through, "count": len(rows)}
 
@@ -351,11 +454,20 @@ class Vault(SegmentSink, Outbox):
                     if epoch_id in live:
                         continue
                     path = layout.envelope_path(self.root, camera, created, epoch_id)
-                    size = path.stat().st_size if path.exists() else 0
                     self._unlink(path)
                     self.index.delete_epoch(camera, epoch_id)
-                    self._vault_bytes -= size
                     count += 1
+        return count
+
+    def purge_gaps(self, camera: str, through: int) -> int:
+        """Gap records wholly at or below a checkpoint go with the segments around them."""
+        count = 0
+        for path in layout.gap_files(self.root, camera):
+            m = layout.GAP_RE.match(path.name)
+            if m and int(m.group(2)) <= through:
+                path.unlink(missing_ok=True)
+                count += 1
+        self.index.delete_gaps_through(camera, through)
         return count
 
     @staticmethod
@@ -399,31 +511,38 @@ class Vault(SegmentSink, Outbox):
 
     # --- reading -------------------------------------------------------------------------------
 
+    def recorded_until_ns(self, camera_id: str) -> int | None:
+        rows = self.index.last(camera_id)
+        return rows[0].end_wall_ns if rows else None
+
     def find(self, start_ns: int, end_ns: int, camera: str | None = None) -> list[IndexRow]:
-        return self.index.range(start_ns, end_ns, camera)
+        return self._indexed(lambda: self.index.range(start_ns, end_ns, camera))
 
     def path_of(self, row: IndexRow) -> Path:
         return layout.segment_path(self.root, row.camera_id, row.start_wall_ns, row.sequence)
 
     def outbox(self, limit: int = 100) -> list[OutboxItem]:
-        return self._outbox_items(self.index.pending(limit))
+        return self._indexed(lambda: self._outbox_items(self.index.pending(limit)))
 
     def outbox_since(self, start_ns: int, limit: int = 100) -> list[OutboxItem]:
         """Like :meth:`outbox`, for segments started at or after ``start_ns``: the live edge the
         uplink sends before any backlog (a plain oldest-first page would not reach it)."""
-        return self._outbox_items(self.index.pending_since(start_ns, limit))
+        return self._indexed(lambda: self._outbox_items(self.index.pending_since(start_ns, limit)))
 
     def _outbox_items(self, rows: list[IndexRow]) -> list[OutboxItem]:
         return outbox_items(self.index, self.root, rows)
 
     def mark_delivered(self, camera_id: str, sequence: int) -> None:
-        self.index.mark_delivered(camera_id, sequence)
+        self._indexed(lambda: self.index.mark_delivered(camera_id, sequence))
 
     def mark_envelope_delivered(self, camera_id: str, epoch_id: bytes) -> None:
-        self.index.mark_epoch_delivered(camera_id, epoch_id)
+        self._indexed(lambda: self.index.mark_epoch_delivered(camera_id, epoch_id))
+
+    def mark_gap_delivered(self, camera_id: str, first: int) -> None:
+        self.index.mark_gap_delivered(camera_id, first)
 
     def backlog(self) -> Backlog:
-        count, ns, size = self.index.backlog()
+        count, ns, size = self._indexed(self.index.backlog)
         return Backlog(count, ns / 1e9, size)
 
     # --- life cycle ----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from datetime import datetime
 from ..errors import ConfigError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])\Z")
 
 
 def parse_duration(text: str) -> int:

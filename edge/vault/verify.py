@@ -7,13 +7,18 @@ moved or renamed), *duplicates* and *chain breaks* (a previous-hash that does no
 
 :class:`ChainVerifier` does the same one segment at a time, for a receiver (the CSU) that gets
 sealed segments over the network.
+
+It also checks the audit log against its head anchor (:func:`edge.vault.audit.check_audit`).
+What it cannot see is listed in :data:`CANNOT_SEE`.
 """
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from ..errors import IntegrityError, VaultError
 from . import format as fmt
 from . import layout
+from .audit import AuditRecord, check_audit
 
 if TYPE_CHECKING:
     from .store import Vault
@@ -35,6 +41,19 @@ class FindingKind(StrEnum):
     CHAIN = "chain-broken"
     ENVELOPE = "envelope"
     CHECKPOINT = "checkpoint"
+    AUDIT = "audit"
+    GAP = "gap"
+    """Sequences the unit issued and lost, recorded at start-up by a signed gap record: the
+    chain goes on through the record, the loss is reported (never a silent pass)."""
+
+
+CANNOT_SEE = (
+    "a whole-vault rollback (the data directory, or the vault with its audit log and anchor, "
+    "replaced by an older consistent copy) or a rewrite by someone holding the unit's signing "
+    "key: everything on the unit still agrees with itself; only the CSU's copy of the "
+    "recordings and its receipts show it",
+)
+"""What a verification on the unit alone cannot see (printed by ``edgectl verify``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +77,21 @@ class CameraSummary:
     purged_through: int | None = None
     """Sequences up to this one were purged by retention (signed checkpoint)."""
     purged_count: int = 0
+    time_gaps: list[tuple[int, float]] = field(default_factory=list)
+    """(wall-clock ns where nothing more was recorded, seconds until the next segment): true
+    times, not integrity problems (a camera outage, edged stopped, an evicted segment)."""
+    lost: list[tuple[int, int]] = field(default_factory=list)
+    """Ranges of sequences lost and recorded by signed gap records."""
+
+
+@dataclass
+class AuditSummary:
+    records: int = 0
+    last_seq: int | None = None
+    head_seq: int | None = None
+    """The sequence the signed head anchor names (None: no anchor)."""
+    incidents: list[AuditRecord] = field(default_factory=list)
+    """Damage found earlier, quarantined and recorded in a signed ``audit-damage`` record."""
 
 
 @dataclass
@@ -65,6 +99,7 @@ class VerifyReport:
     cameras: dict[str, CameraSummary] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     envelopes_ok: int = 0
+    audit: AuditSummary | None = None
 
     @property
     def ok(self) -> bool:
@@ -81,6 +116,10 @@ class VerifyReport:
                     "last_sequence": s.last,
                     "purged_by_retention_through": s.purged_through,
                     "purged_by_retention_count": s.purged_count,
+                    "time_gaps": [
+                        {"after_wall_ns": at, "seconds": round(sec, 3)} for at, sec in s.time_gaps
+                    ],
+                    "lost_sequences": [list(r) for r in s.lost],
                 }
                 for cam, s in self.cameras.items()
             },
@@ -94,7 +133,22 @@ class VerifyReport:
                 }
                 for f in self.findings
             ],
+            "audit": _audit_dict(self.audit),
+            "cannot_see": list(CANNOT_SEE),
         }
+
+
+def _audit_dict(audit: AuditSummary | None) -> dict[str, object] | None:
+    if audit is None:
+        return None
+    return {
+        "records": audit.records,
+        "last_sequence": audit.last_seq,
+        "head_anchor_sequence": audit.head_seq,
+        "recorded_incidents": [
+            {"sequence": r.seq, "time_ns": r.time_ns, "details": r.details} for r in audit.incidents
+        ],
+    }
 
 
 def _index_tails(root: Path) -> dict[str, int]:
@@ -121,7 +175,10 @@ def verify_vault(
     start_ns: int | None = None,
     end_ns: int | None = None,
     progress: Callable[[int], None] | None = None,
+    audit: bool = True,
 ) -> VerifyReport:
+    """Every segment, envelope and checkpoint (in the range, if given), and with ``audit`` the
+    whole audit log and its head anchor."""
     report = VerifyReport()
     ranged = start_ns is not None or end_ns is not None
     lo = start_ns if start_ns is not None else -(2**63)
@@ -141,6 +198,7 @@ def verify_vault(
                     Finding(FindingKind.CHECKPOINT, camera, str(exc), path=str(ckp_path))
                 )
         envelopes = _verify_envelopes(root, camera, public_key, report)
+        gaps = _load_gaps(root, camera, public_key, device_id, report)
         by_seq: dict[int, list[tuple[fmt.SealedSegment, Path]]] = {}
         misplaced: list[tuple[int, Path]] = []
         lo_hour = layout.hour_of(max(lo - 3_600_000_000_000, 0)) if ranged else ("", "")
@@ -177,8 +235,91 @@ def verify_vault(
             report.findings.append(
                 Finding(kind, camera, f"{what} (moved, renamed or reordered)", seq, str(entry))
             )
-        _check_chain(camera, by_seq, ckp, envelopes, ranged, tails.get(camera), summary, report)
+        _check_chain(
+            camera, by_seq, ckp, envelopes, ranged, tails.get(camera), summary, report, gaps
+        )
+        summary.time_gaps = time_gaps([copies[0][0].header for _, copies in sorted(by_seq.items())])
+    if audit:
+        verify_audit_log(root, public_key, report)
     return report
+
+
+def verify_audit_log(
+    root: Path, public_key: ed25519.Ed25519PublicKey, report: VerifyReport
+) -> None:
+    """Add the audit log's problems to ``report`` as findings, and its summary."""
+    path = root / "audit.log"
+    if not path.exists() and (report.cameras or report.envelopes_ok):
+        # Every start of the vault writes a record: recordings without a log lost it.
+        report.findings.append(
+            Finding(FindingKind.AUDIT, "audit.log", "missing although the vault holds recordings")
+        )
+    try:
+        check = check_audit(path, public_key)
+    except VaultError as exc:
+        report.findings.append(Finding(FindingKind.AUDIT, "audit.log", str(exc)))
+        return
+    report.audit = AuditSummary(
+        len(check.records),
+        check.last_seq,
+        check.head.seq if check.head is not None else None,
+        check.incidents,
+    )
+    report.findings.extend(
+        Finding(FindingKind.AUDIT, "audit.log", problem, path=str(path))
+        for problem in check.problems
+    )
+
+
+#: A pause longer than this between two recorded segments is reported as a time gap.
+TIME_GAP_NS = 1_000_000_000
+
+
+def time_gaps(headers: list[fmt.SegmentHeader]) -> list[tuple[int, float]]:
+    """Pure: the pauses between consecutive segments (in sequence order) longer than
+    :data:`TIME_GAP_NS`, as (wall-clock end of the earlier segment, seconds)."""
+    out = []
+    for prev, seg in itertools.pairwise(headers):
+        pause = seg.start_wall_ns - prev.end_wall_ns
+        if pause > TIME_GAP_NS:
+            out.append((prev.end_wall_ns, pause / 1e9))
+    return out
+
+
+def _load_gaps(
+    root: Path,
+    camera: str,
+    public_key: ed25519.Ed25519PublicKey,
+    device_id: str | None,
+    report: VerifyReport,
+) -> dict[int, fmt.GapRecord]:
+    out: dict[int, fmt.GapRecord] = {}
+    for path in layout.gap_files(root, camera):
+        try:
+            gap = fmt.verify_gap(path.read_bytes(), public_key)
+            m = layout.GAP_RE.match(path.name)
+            if (
+                gap.camera_id != camera
+                or (device_id is not None and gap.device_id != device_id)
+                or m is None
+                or (int(m.group(1)), int(m.group(2))) != (gap.first, gap.last)
+            ):
+                raise IntegrityError("gap record does not match its place, camera or unit")
+        except (IntegrityError, OSError) as exc:
+            report.findings.append(Finding(FindingKind.ALTERED, camera, str(exc), path=str(path)))
+            continue
+        out[gap.first] = gap
+    return out
+
+
+def _gap_finding(gap: fmt.GapRecord, note: str = "") -> Finding:
+    when = datetime.fromtimestamp(gap.created_wall_ns / 1e9, tz=UTC).isoformat(timespec="seconds")
+    return Finding(
+        FindingKind.GAP,
+        gap.camera_id,
+        f"{gap.describe()}; signed gap record written at start-up {when}{note}",
+        gap.first,
+    )
 
 
 def _verify_envelopes(
@@ -206,10 +347,28 @@ def _check_chain(
     index_tail: int | None,
     summary: CameraSummary,
     report: VerifyReport,
+    gaps: dict[int, fmt.GapRecord] | None = None,
 ) -> None:
+    gaps = gaps or {}
+    used: set[int] = set()
+
+    def bridge(expected: int, want: bytes) -> tuple[int, bytes]:
+        """Through the gap records that continue the chain here: each one is reported."""
+        while (gap := gaps.get(expected)) is not None and gap.prev_hash == want:
+            if gap.first in used:
+                break
+            used.add(gap.first)
+            report.findings.append(_gap_finding(gap))
+            summary.lost.append((gap.first, gap.last))
+            expected, want = gap.last + 1, gap.chain_hash
+        return expected, want
+
     purged_through = ckp.purged_through if ckp else -1
     prev: fmt.SealedSegment | None = None
     expected = purged_through + 1
+    start_hash = ckp.last_hash if ckp else fmt.ZERO_HASH
+    if not ranged:
+        expected, start_hash = bridge(expected, start_hash)
     for seq in sorted(by_seq):
         copies = by_seq[seq]
         if len(copies) > 1:
@@ -235,6 +394,11 @@ def _check_chain(
             )
             continue
         if prev is None:
+            if ranged:
+                # A loss recorded just before the first segment of the range is named too.
+                for gap in list(gaps.values()):
+                    if gap.last == seq - 1 and gap.chain_hash == seg.header.prev_hash:
+                        bridge(gap.first, gap.prev_hash)
             if seq > expected and not ranged:
                 report.findings.append(
                     Finding(
@@ -245,7 +409,7 @@ def _check_chain(
                     )
                 )
             elif seq == expected:
-                want = ckp.last_hash if ckp else fmt.ZERO_HASH
+                want = start_hash
                 if seg.header.prev_hash != want:
                     what = "the retention checkpoint" if ckp else "the start of the chain"
                     report.findings.append(
@@ -255,16 +419,17 @@ def _check_chain(
                     )
         else:
             pseq = prev.header.sequence
-            if seq != pseq + 1:
+            nxt, want = bridge(pseq + 1, prev.chain_hash)
+            if seq != nxt:
                 report.findings.append(
                     Finding(
                         FindingKind.MISSING,
                         camera,
-                        f"sequences {pseq + 1}..{seq - 1} missing (not purged by retention)",
-                        pseq + 1,
+                        f"sequences {nxt}..{seq - 1} missing (not purged by retention)",
+                        nxt,
                     )
                 )
-            elif seg.header.prev_hash != prev.chain_hash:
+            elif seg.header.prev_hash != want:
                 report.findings.append(
                     Finding(
                         FindingKind.CHAIN,
@@ -289,6 +454,13 @@ def _check_chain(
         summary.first = seq if summary.first is None else summary.first
         summary.last = seq
         prev = seg
+    if prev is not None:
+        bridge(prev.header.sequence + 1, prev.chain_hash)
+    if not ranged:
+        for gap in sorted(gaps.values(), key=lambda g: g.first):
+            if gap.first not in used and gap.last > purged_through:
+                report.findings.append(_gap_finding(gap, " (not on the chain)"))
+                summary.lost.append((gap.first, gap.last))
     if index_tail is not None and (summary.last is None or summary.last < index_tail):
         start = (summary.last + 1) if summary.last is not None else purged_through + 1
         if index_tail >= start:
@@ -329,6 +501,20 @@ class ChainVerifier:
             self._state[ckp.camera_id] = (ckp.purged_through + 1, ckp.last_hash)
         return ckp
 
+    def accept_gap(self, raw: bytes) -> fmt.GapRecord:
+        """A signed gap record: the chain goes on through it (the loss is the caller's to
+        report)."""
+        gap = fmt.verify_gap(raw, self.public_key)
+        if self.device_id is not None and gap.device_id != self.device_id:
+            raise IntegrityError(f"gap record of {gap.device_id!r}, expected {self.device_id!r}")
+        state = self._state.get(gap.camera_id)
+        if state is not None and (state[0] != gap.first or state[1] != gap.prev_hash):
+            raise IntegrityError(
+                f"gap record {gap.camera_id}#{gap.first}..{gap.last} does not continue the chain"
+            )
+        self._state[gap.camera_id] = (gap.last + 1, gap.chain_hash)
+        return gap
+
     def accept(self, raw: bytes) -> fmt.SealedSegment:
         seg = fmt.verify_segment(raw, self.public_key, device_id=self.device_id)
         h = seg.header
@@ -362,6 +548,7 @@ def self_check(vault: Vault) -> str:
         device_id=vault.device_id,
         start_ns=now - 3_600_000_000_000,
         end_ns=now + 60_000_000_000,
+        audit=False,  # the whole log takes long once years old: edgectl verify checks it
     )
     if not report.ok:
         raise IntegrityError("; ".join(str(f) for f in report.findings[:3]))

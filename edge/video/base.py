@@ -44,5 +44,10 @@ class SegmentSink(abc.ABC):
     @abc.abstractmethod
     def write(self, segment: MediaSegment) -> None: ...
 
+    def recorded_until_ns(self, camera_id: str) -> int | None:
+        """Wall-clock end of the newest segment already stored for the camera (before this
+        run), so a restart's gap can be reported; None when the sink cannot tell."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Flush and release; called once when recording stops."""

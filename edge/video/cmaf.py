@@ -86,16 +86,20 @@ class SegmentPlan:
     frame opens one segment, not several empty ones.
     """
 
-    def __init__(self, segment_seconds: float, rate: Fraction) -> None:
+    def __init__(
+        self, segment_seconds: float, rate: Fraction, tick: Fraction | None = None
+    ) -> None:
         if segment_seconds <= 0:
             raise ValueError("segment_seconds must be positive")
         self.segment = Fraction(segment_seconds).limit_denominator(1000)
         self.frame = 1 / rate
+        #: Unit of the timestamps given to :meth:`starts_segment` (default: one frame period).
+        self.tick = self.frame if tick is None else tick
         self._first_pts: int | None = None
         self._next_boundary = Fraction(0)
 
     def starts_segment(self, pts: int) -> bool:
-        """Whether the frame with this timestamp (in frames, 1/rate units) opens a segment.
+        """Whether the frame with this timestamp (in ``tick`` units) opens a segment.
 
         Timestamps must increase from call to call.
         """
@@ -103,7 +107,7 @@ class SegmentPlan:
             self._first_pts = pts
             self._next_boundary = self.segment
             return True
-        t = (pts - self._first_pts) * self.frame
+        t = (pts - self._first_pts) * self.tick
         if t + self.frame / 2 < self._next_boundary:
             return False
         # The grid line this frame reaches; skip every line already passed (drops).

@@ -38,9 +38,9 @@ from .base import MediaSegment, SegmentSink
 
 log = logging.getLogger(__name__)
 
-SEGMENT_RE = re.compile(r"^seg-(\d{8,})\.m4s$")
+SEGMENT_RE = re.compile(r"^seg-(\d{8,})\.m4s\Z")
 #: Camera ids as the configuration allows them (they name directories).
-CAMERA_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+CAMERA_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 TEMP_SUFFIX = ".tmp"
 
 

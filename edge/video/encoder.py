@@ -16,9 +16,15 @@ How segments are cut:
   used for libx264 so that both paths cut segments the same way.
 * ``ftyp`` + ``moov`` form the init segment; ``skip_trailer`` avoids an ``mfra`` box at the end.
 
-Presentation timestamps come from the frame index (capture count), so the file has a constant
-frame rate and a dropped frame leaves a gap of the right length. Wall-clock times of each segment
-come from its frames (``wall_ns`` of the first frame; last frame plus one frame duration).
+Presentation timestamps come from each frame's monotonic capture time (``mono_ns``), counted in
+ticks of the track's timescale from the session's first frame: a dropped frame, a camera
+outage, a reconnection or a stalled recorder leaves a gap of its true length in the media
+timeline (evidence keeps true times; a frame counter would close them up). A frame that shares
+the previous one's time (a burst after a network stall) comes one tick after it, so time never
+runs backwards and the next frames are back on the capture clock. Gaps
+longer than :data:`TIME_GAP_S` are listed in :attr:`SegmentEncoder.time_gaps`. Wall-clock times
+of each segment come from its frames (``wall_ns`` of the first frame; last frame plus one frame
+duration).
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ from .cmaf import INIT_BOX_TYPES, SegmentPlan, frame_rate, iter_boxes, media_tim
 
 log = logging.getLogger(__name__)
 
+#: A pause between two frames longer than this is a time gap (reported, never closed up).
+TIME_GAP_S = 1.0
 #: Muxer flags; see the module docstring for why each one is there.
 MOVFLAGS = "frag_keyframe+empty_moov+delay_moov+default_base_moof+skip_trailer"
 
@@ -127,7 +135,11 @@ class SegmentEncoder:
         self.height = height
         self.cfg = cfg
         self.rate = frame_rate(fps)
-        self._plan = SegmentPlan(cfg.segment_seconds, self.rate)
+        # Timestamps are in ticks of the track's timescale (≈ 90 kHz), not in frames: a frame
+        # delivered late keeps its own time and the next one, on time, is not pushed back.
+        self.timescale = media_timescale(self.rate)
+        self._tick = Fraction(1, self.timescale)
+        self._plan = SegmentPlan(cfg.segment_seconds, self.rate, self._tick)
         # The encoder's own GOP is longer than a segment so only forced IDRs start one.
         self.gop = max(2, 2 * round(cfg.segment_seconds * float(self.rate)))
         self._frame_ns = round(1e9 / self.rate)
@@ -135,7 +147,10 @@ class SegmentEncoder:
         self._init: bytes | None = None
         self._sequence = 0
         self._last_pts: int | None = None
-        self._first_index: int | None = None
+        self._first_mono_ns: int | None = None
+        self._last_wall_ns = 0
+        #: Time gaps seen so far: (wall-clock ns of the frame before, length in seconds).
+        self.time_gaps: list[tuple[int, float]] = []
         # Frames fed but not yet part of an emitted segment, oldest first.
         self._pending: collections.deque[_PendingFrame] = collections.deque()
         # PTS of frames forced to IDR as segment starts and not yet seen as packets.
@@ -163,14 +178,14 @@ class SegmentEncoder:
         ctx.width = width
         ctx.height = height
         ctx.pix_fmt = "yuv420p"
-        ctx.time_base = 1 / self.rate
+        ctx.time_base = self._tick
         ctx.framerate = self.rate
         ctx.bit_rate = cfg.bitrate_kbps * 1000
         ctx.gop_size = self.gop
         ctx.max_b_frames = 0
         if cfg.codec is EncoderCodec.LIBX264:
             ctx.options = x264_options(cfg, self.gop)
-        self._stream.time_base = Fraction(1, media_timescale(self.rate))
+        self._stream.time_base = self._tick
         try:
             ctx.open()
         except Exception as exc:  # every FFmpeg failure is translated
@@ -210,7 +225,7 @@ class SegmentEncoder:
         for dst, src in zip(planes, (frame.y, frame.u, frame.v), strict=True):
             np.copyto(dst, src)
         video.pts = pts
-        video.time_base = 1 / self.rate
+        video.time_base = self._tick
         video.pict_type = av.video.frame.PictureType.NONE
         if self._plan.starts_segment(pts) or self._force_next:
             self._force_next = False
@@ -257,19 +272,27 @@ class SegmentEncoder:
     # --- internals ---------------------------------------------------------------------------
 
     def _pts_of(self, frame: Frame) -> int:
-        if self._first_index is None:
-            self._first_index = frame.index
-        pts = frame.index - self._first_index
-        if self._last_pts is not None and pts <= self._last_pts:
-            # A source that restarted its count must not make time run backwards in the file.
-            log.debug(
-                "%s: frame index %d does not advance; timestamp follows the previous one",
-                self.camera_id,
-                frame.index,
-            )
-            pts = self._last_pts + 1
-            self._first_index = frame.index - pts
+        """The frame's presentation time in ticks since the session's first frame."""
+        if self._first_mono_ns is None:
+            self._first_mono_ns = frame.mono_ns
+        elapsed = Fraction(frame.mono_ns - self._first_mono_ns, 1_000_000_000)
+        pts = round(elapsed / self._tick)
+        if self._last_pts is not None:
+            if pts <= self._last_pts:
+                # Delivered together with the previous frame (or a clock that did not
+                # advance): one tick later, so time never runs backwards in the file.
+                pts = self._last_pts + 1
+            gap_s = float((pts - self._last_pts) * self._tick - 1 / self.rate)
+            if gap_s > TIME_GAP_S:
+                self.time_gaps.append((self._last_wall_ns, gap_s))
+                log.warning(
+                    "%s: no frame for %.1f s before frame %d: the recording shows the gap",
+                    self.camera_id,
+                    gap_s,
+                    frame.index,
+                )
         self._last_pts = pts
+        self._last_wall_ns = frame.wall_ns
         return pts
 
     def _mux(self, packets: list[Any]) -> list[MediaSegment]:

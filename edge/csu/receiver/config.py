@@ -8,17 +8,21 @@ as a whole.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ...config import locate_line
 from ...errors import ConfigError
 from ...uplink.protocol import DEFAULT_MAX_SEGMENT_BYTES
+
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 
 class _Section(BaseModel):
@@ -48,19 +52,86 @@ class OperatorConfig(_Section):
     """Who the operator is, as the audit log names them."""
     token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     """SHA-256 (hex) of the operator's bearer token; the token itself is never stored."""
+    created: dt.datetime | None = None
+    """When the token was issued (``edge-csu token new`` writes it), with its UTC offset."""
+    expires: dt.datetime
+    """When the token stops being accepted (refused with 401, audited), with its UTC offset.
+    Required: a bearer token that never expires outlives the person it was given to."""
+
+    @field_validator("created", "expires")
+    @classmethod
+    def _with_offset(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value.utcoffset() is None:
+            raise ValueError("give the UTC offset (e.g. 2027-03-01T00:00:00Z)")
+        return value
+
+    @model_validator(mode="after")
+    def _expires_after_creation(self) -> OperatorConfig:
+        if self.created is not None and self.expires <= self.created:
+            raise ValueError("expires must be after created")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class TokenVerdict:
+    """Whom a bearer token authenticates, or why it is refused (for the audit log)."""
+
+    operator: str | None
+    refusal: str | None = None
 
 
 class MqttConfig(_Section):
     enabled: bool = False
     """Publish verified events to an MQTT broker."""
-    host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
-    """Broker address."""
-    port: int = Field(default=1883, ge=1, le=65535)
-    """Broker port."""
+    host: str = Field(default="localhost", min_length=1, max_length=253)
+    """Broker host name (the name its TLS certificate carries)."""
+    port: int = Field(default=8883, ge=1, le=65535)
+    """Broker port (8883 = MQTT over TLS)."""
+    tls: bool = True
+    """Use TLS (the broker's certificate checked against ``ca_file``). Only a broker on this
+    host may be reached without it, and never with a password."""
+    ca_file: Path | None = None
+    """CA chain of the broker's certificate (none: the system's trust store)."""
+    cert_file: Path | None = None
+    """Client certificate (the broker takes its CN as the user name); with ``key_file``."""
+    key_file: Path | None = None
+    """Private key of ``cert_file``."""
+    username: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._@-]{1,64}$")
+    """User name at the broker; the password is read from ``password_file``."""
+    password_file: Path | None = None
+    """File holding the broker password (first line), readable by the receiver only; a
+    password is never written in this configuration."""
     topic_prefix: str = Field(default="edge", pattern=r"^[A-Za-z0-9/_-]{1,64}$")
     """Events go to ``<prefix>/<unit>/<camera>/events``."""
     qos: int = Field(default=1, ge=0, le=2)
     """MQTT quality of service of event messages."""
+
+    @model_validator(mode="after")
+    def _credentials(self) -> MqttConfig:
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("username and password_file go together")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if not self.tls and (self.username is not None or self.cert_file is not None):
+            raise ValueError("credentials are only sent over TLS (tls = true)")
+        if not self.tls and self.enabled and self.host not in _LOOPBACK:
+            raise ValueError(f"a broker on another host ({self.host}) is reached over TLS only")
+        return self
+
+
+class LimitsConfig(_Section):
+    """What one client may hold of the receiver (each listener counts its own connections)."""
+
+    max_connections: int = Field(default=2000, ge=1, le=100_000)
+    """Open connections per listener, authenticated or not; more are closed at once."""
+    max_connections_per_source: int = Field(default=16, ge=1, le=10_000)
+    """Open connections from one IP address per listener (a unit needs one or two)."""
+    handshake_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """A TLS handshake not finished within this is aborted."""
+    idle_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    """A connection that sends no request for this long (including none at all) is closed."""
+    body_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    """A request body must arrive whole within this, or the request gets 408."""
 
 
 class ServeConfig(_Section):
@@ -87,6 +158,8 @@ class ServeConfig(_Section):
     """Operators authorised to view and export video."""
     mqtt: MqttConfig = MqttConfig()
     """Event publishing."""
+    limits: LimitsConfig = LimitsConfig()
+    """Connection, handshake, idle and body-time limits of both listeners."""
 
     def resolved(self, base: Path) -> ServeConfig:
         """A copy with every relative path made relative to ``base``."""
@@ -102,8 +175,17 @@ class ServeConfig(_Section):
                 "crl_file": fix(self.tls.crl_file),
             }
         )
+        mqtt = self.mqtt.model_copy(
+            update={
+                "ca_file": fix(self.mqtt.ca_file),
+                "cert_file": fix(self.mqtt.cert_file),
+                "key_file": fix(self.mqtt.key_file),
+                "password_file": fix(self.mqtt.password_file),
+            }
+        )
         return self.model_copy(
             update={
+                "mqtt": mqtt,
                 "storage_dir": fix(self.storage_dir),
                 "registry_dir": fix(self.registry_dir),
                 "audit_log": fix(self.audit_log),
@@ -112,13 +194,23 @@ class ServeConfig(_Section):
             }
         )
 
-    def operator_for_token(self, token: str) -> str | None:
+    def operator_for_token(self, token: str | None, now: dt.datetime) -> TokenVerdict:
+        """The operator ``token`` authenticates at ``now``; a refusal names the reason (an
+        expired token names its operator: the audit log then says whose it was)."""
+        if not token:
+            return TokenVerdict(None, "no bearer token")
         digest = hashlib.sha256(token.encode()).hexdigest()
-        found = None
+        found: OperatorConfig | None = None
         for op in self.operators:  # every entry compared, in constant time each
             if hmac.compare_digest(op.token_sha256, digest):
-                found = op.name
-        return found
+                found = op
+        if found is None:
+            return TokenVerdict(None, "unknown token")
+        if now >= found.expires:
+            return TokenVerdict(
+                None, f"token of {found.name} expired on {found.expires.isoformat()}"
+            )
+        return TokenVerdict(found.name)
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:

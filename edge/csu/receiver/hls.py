@@ -21,6 +21,7 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -29,6 +30,7 @@ from ...errors import EdgeError
 from ...vault import format as sealed
 from ...vault import keys as vault_keys
 from .store import StoredSegment
+from .trust import utcnow
 
 if TYPE_CHECKING:
     from .server import Handler, Receiver
@@ -38,11 +40,20 @@ MAX_EXPORT_SEGMENTS = 1800  # one hour of 2 s segments per request
 MAX_CACHED_KEYS = 4096  # epoch data keys kept open (6 an hour per camera by default)
 
 
+#: A pause longer than this between two segments is a time gap: a new run in the playlist.
+TIME_GAP_NS = 1_000_000_000
+
+
 def continues(prev: StoredSegment, seg: StoredSegment) -> bool:
-    """Whether ``seg`` plays on from ``prev`` without a discontinuity (same recording run)."""
+    """Whether ``seg`` plays on from ``prev`` without a discontinuity (same recording run).
+
+    A camera outage keeps the frame count going but not the clock: a time gap is a
+    discontinuity too, so players and exports never close it up.
+    """
     return (
         seg.sequence == prev.sequence + 1
         and seg.first_frame_index == prev.first_frame_index + prev.frame_count
+        and seg.start_wall_ns - prev.end_wall_ns <= TIME_GAP_NS
     )
 
 
@@ -63,6 +74,9 @@ def playlist(segments: Sequence[StoredSegment], *, live: bool) -> str:
             if prev is not None:
                 lines.append("#EXT-X-DISCONTINUITY")
             lines.append(f'#EXT-X-MAP:URI="init/{seg.sequence}.mp4"')
+            # Each run says when it was recorded: the player's clock shows true times.
+            when = datetime.fromtimestamp(seg.start_wall_ns / 1e9, UTC)
+            lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{when.isoformat(timespec='milliseconds')}")
         duration = max(0.001, (seg.end_wall_ns - seg.start_wall_ns) / 1e9)
         lines.append(f"#EXTINF:{duration:.3f},")
         lines.append(f"media/{seg.sequence}.m4s")
@@ -162,13 +176,25 @@ def operators_app(receiver: Receiver) -> web.Application:
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        token = _token_of(request)
-        who = receiver.cfg.operator_for_token(token) if token else None
-        if who is None:
+        verdict = receiver.cfg.operator_for_token(_token_of(request), utcnow())
+        if verdict.operator is None:
+            # Refused attempts are audited like granted ones: guessing tokens, or an expired
+            # token still in use, must show in the log (never the token itself).
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            await receiver.run_blocking(
+                lambda: audit.record(
+                    "-",
+                    "refused",
+                    reason=verdict.refusal,
+                    method=request.method,
+                    path=request.path[:512],
+                    remote=str(peer[0]) if peer else None,
+                )
+            )
             return web.Response(
                 status=401, text="operator token required", headers={"WWW-Authenticate": "Bearer"}
             )
-        request["operator"] = who
+        request["operator"] = verdict.operator
         return await handler(request)
 
     def _where(request: web.Request) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import ssl
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +62,7 @@ class _LoggedHandshake(ssl.SSLObject):
             raise
 
 
-def server_context(tls: TlsConfig) -> ssl.SSLContext:
-    """TLS 1.3 only, client certificate required, chaining to the configured CA only."""
+def _units_context(tls: TlsConfig, crl_pem: Path | None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.sslobject_class = _LoggedHandshake
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
@@ -71,12 +71,73 @@ def server_context(tls: TlsConfig) -> ssl.SSLContext:
     try:
         ctx.load_cert_chain(tls.cert_file, tls.key_file)
         ctx.load_verify_locations(cafile=tls.client_ca_file)
-        if tls.crl_file is not None:
-            ctx.load_verify_locations(cafile=tls.crl_file)
+        if crl_pem is not None:
+            ctx.load_verify_locations(cafile=crl_pem)
             ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"TLS material: {exc}") from None
     return ctx
+
+
+def server_context(tls: TlsConfig, crl: RevocationList | None = None) -> ssl.SSLContext:
+    """TLS 1.3 only, client certificate required, chaining to the configured CA only.
+
+    With ``crl`` (the receiver's :class:`RevocationList`), the handshake checks the CRL that
+    list holds *now*: every handshake first asks it for a newer file (one ``stat``) and, when
+    there is one, moves the connection onto a context built with it (:class:`_CrlFollower`).
+    OpenSSL refuses every client once its CRL is past nextUpdate, so a CRL loaded once at start
+    would stop the whole fleet a week later even after a fresh one was published.
+    """
+    if crl is None or tls.crl_file is None:
+        return _units_context(tls, tls.crl_file)
+    follower = _CrlFollower(tls, crl)
+    return follower.listener
+
+
+class _CrlFollower:
+    """Keeps the units listener's handshakes on the current CRL, without a restart.
+
+    Python cannot take a CRL out of an SSL context, so a new context is built for each new CRL
+    and each handshake is moved onto the newest one from the ClientHello callback (which OpenSSL
+    calls for every handshake, SNI or not). Only the event loop's thread runs the callback.
+    An expired CRL with no newer one stays in force: OpenSSL then refuses every unit (fail
+    closed), and the reason is logged once per CRL, with the next step.
+    """
+
+    def __init__(self, tls: TlsConfig, crl: RevocationList) -> None:
+        self._tls = tls
+        self._crl = crl
+        self._version, pem = crl.verified_pem()
+        self._current = self._build(pem)
+        self.listener = self._build(pem)
+        self.listener.sni_callback = self._on_client_hello
+        self._expiry_logged = -1
+
+    def _build(self, pem: bytes | None) -> ssl.SSLContext:
+        if pem is None:
+            return _units_context(self._tls, None)
+        # OpenSSL loads CRLs from files only; the bytes are the ones RevocationList verified.
+        with tempfile.NamedTemporaryFile(prefix="edge-csu-crl-", suffix=".pem") as tmp:
+            tmp.write(pem)
+            tmp.flush()
+            return _units_context(self._tls, Path(tmp.name))
+
+    def _on_client_hello(
+        self, ssl_obj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _ctx: ssl.SSLContext
+    ) -> None:
+        version, pem = self._crl.verified_pem()
+        if version != self._version:
+            try:
+                self._current = self._build(pem)
+                self._version = version
+                log.info("units listener: handshakes now check the new CRL")
+            except ConfigError as exc:
+                log.error("units listener: cannot use the new CRL, keeping the previous: %s", exc)
+        problem = self._crl.expiry_problem()
+        if problem is not None and self._expiry_logged != self._version:
+            self._expiry_logged = self._version
+            log.error("%s", problem)
+        ssl_obj.context = self._current
 
 
 def operator_context(tls: TlsConfig) -> ssl.SSLContext:
@@ -105,8 +166,12 @@ def unit_id_of(cert_der: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Stamp:
+    """What tells a changed file: the inode too, because an atomic rewrite (new file renamed
+    over the old) of the same size within one clock tick keeps mtime and size."""
+
     mtime_ns: int
     size: int
+    inode: int
 
 
 def _stamp(path: Path) -> _Stamp | None:
@@ -114,24 +179,28 @@ def _stamp(path: Path) -> _Stamp | None:
         st = path.stat()
     except OSError:
         return None
-    return _Stamp(st.st_mtime_ns, st.st_size)
+    return _Stamp(st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 class RevocationList:
     """Serial numbers revoked by the CA, re-read whenever the CRL file changes.
 
     The CRL's signature is checked against the CA certificate; a CRL that fails to verify keeps
-    the previous list in force (and is logged), it never clears revocations.
-    Thread-safe: the lock protects the serial set and the file stamp.
+    the previous list in force (and is logged), it never clears revocations. A CRL past its
+    nextUpdate stays in force too (the handshake then refuses every unit: fail closed) until a
+    newer one is published; :meth:`expiry_problem` says so.
+    Thread-safe: the lock protects the serial set, the CRL and its bytes, and the file stamp.
     """
 
-    def __init__(self, crl_file: Path | None, ca_file: Path) -> None:
+    def __init__(self, crl_file: Path | None, ca_file: Path, *, clock: Clock = utcnow) -> None:
         self.crl_file = crl_file
         self.ca_file = ca_file
+        self._clock = clock
         self._lock = threading.Lock()
         self._stamp: _Stamp | None = None
         self._serials: frozenset[int] = frozenset()
         self._crl: x509.CertificateRevocationList | None = None
+        self._pem: bytes | None = None
         self._version = 0
         if crl_file is not None:
             self._reload(force=True)
@@ -143,7 +212,8 @@ class RevocationList:
             if not force and stamp == self._stamp:
                 return
             try:
-                crl = x509.load_pem_x509_crl(self.crl_file.read_bytes())
+                pem = self.crl_file.read_bytes()
+                crl = x509.load_pem_x509_crl(pem)
                 cas = x509.load_pem_x509_certificates(self.ca_file.read_bytes())
             except (OSError, ValueError) as exc:
                 if force:
@@ -162,9 +232,15 @@ class RevocationList:
                 return
             self._serials = frozenset(r.serial_number for r in crl)
             self._crl = crl
+            self._pem = pem
             self._version += 1
             self._stamp = stamp
-            log.info("CRL %s: %d revoked certificate(s)", self.crl_file, len(self._serials))
+            log.info(
+                "CRL %s: %d revoked certificate(s), next update %s",
+                self.crl_file,
+                len(self._serials),
+                f"{crl.next_update_utc:%Y-%m-%d %H:%M:%S} UTC" if crl.next_update_utc else "none",
+            )
 
     def current(self) -> tuple[int, list[x509.CertificateRevocationList]]:
         """(version, CRLs in force): the version changes whenever another CRL was loaded."""
@@ -173,6 +249,30 @@ class RevocationList:
         self._reload()
         with self._lock:
             return self._version, [self._crl] if self._crl is not None else []
+
+    def verified_pem(self) -> tuple[int, bytes | None]:
+        """(version, PEM of the CRL in force), after looking for a newer file."""
+        if self.crl_file is None:
+            return 0, None
+        self._reload()
+        with self._lock:
+            return self._version, self._pem
+
+    def next_update(self) -> dt.datetime | None:
+        """When the CRL in force stops being valid (its nextUpdate), if it has one."""
+        with self._lock:
+            return self._crl.next_update_utc if self._crl is not None else None
+
+    def expiry_problem(self) -> str | None:
+        """Why every unit is refused at the handshake because of the CRL, or None."""
+        next_update = self.next_update()
+        if next_update is None or self._clock() <= next_update:
+            return None
+        return (
+            f"CRL {self.crl_file} expired on {next_update:%Y-%m-%d %H:%M:%S} UTC (its "
+            "nextUpdate): every unit handshake is refused until a fresh CRL is published there "
+            "(edge-csu ca crl CA-DIR --out FILE); it is picked up without restart"
+        )
 
     def is_revoked(self, cert_der: bytes) -> bool:
         if self.crl_file is None:

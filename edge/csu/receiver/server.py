@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -25,11 +27,13 @@ from ...uplink.protocol import (
     CERTIFICATE_CONTENT_TYPE,
     DIGEST_HEADER,
     EVENT_CONTENT_TYPE,
+    GAP_CONTENT_TYPE,
     MAX_EVENT_BYTES,
     SEGMENT_CONTENT_TYPE,
 )
 from .audit import AuditLog
 from .config import ServeConfig
+from .limits import AdmissionGate, read_body, start_gated_server
 from .mqtt import EventPublisher
 from .registry import RevocationList, UnitRegistry, server_context, unit_id_of
 from .store import Refusal, SegmentStore
@@ -48,6 +52,9 @@ STATUS_FLUSH_S = 2.0
 UNIT_KEY = web.AppKey("receiver", object)
 #: The one route a unit may use before its signing key is trusted: presenting its certificate.
 SIGNING_CERTIFICATE_ROUTE = "signing-certificate"
+#: After a refused body, what the client still sends is read and discarded this long (so it
+#: sees the answer rather than a reset), then the connection is closed.
+LINGER_S = 2.0
 
 
 def refuse(status: int, reason: str) -> web.Response:
@@ -147,6 +154,21 @@ class Receiver:
             self._status_flushed[unit] = now
             self.pool.submit(self.store.write_status, unit, dict(contact))
 
+    # --- request bodies ---------------------------------------------------------------------------
+
+    async def read_body(self, request: web.Request, limit: int) -> bytes:
+        """The route's body within its own limit, chunked or not (see :mod:`.limits`)."""
+        return await read_body(request, limit, self.cfg.limits.body_timeout_s)
+
+    def refuse_body(self, request: web.Request, exc: Refusal) -> web.Response:
+        self.counters["refused"] += 1
+        log.warning("refused %s %s: %s", request.method, request.path, exc.reason)
+        response = refuse(exc.status, exc.reason)
+        # The rest of the body is not wanted: the connection ends after this answer (what the
+        # client still sends meanwhile is discarded for LINGER_S at most, never stored).
+        response.force_close()
+        return response
+
     # --- handlers -------------------------------------------------------------------------------
 
     async def put_segment(self, request: web.Request) -> web.Response:
@@ -156,10 +178,10 @@ class Receiver:
             return refuse(415, f"content type must be {SEGMENT_CONTENT_TYPE}")
         if request.content_length is None:
             return refuse(411, "Content-Length required")
-        if request.content_length > self.cfg.max_segment_bytes:
-            self.counters["refused"] += 1
-            return refuse(413, f"larger than {self.cfg.max_segment_bytes} bytes")
-        body = await request.read()
+        try:
+            body = await self.read_body(request, self.cfg.max_segment_bytes)
+        except Refusal as exc:
+            return self.refuse_body(request, exc)
         try:
             verdict, meta = await self.run_blocking(
                 self.store.accept_segment, unit, camera, sequence, body, request["key"]
@@ -177,9 +199,10 @@ class Receiver:
 
     async def put_envelope(self, request: web.Request) -> web.Response:
         unit, camera = request["unit"], request.match_info["camera"]
-        if (request.content_length or 0) > MAX_EVENT_BYTES:
-            return refuse(413, "envelope too large")
-        body = await request.read()
+        try:
+            body = await self.read_body(request, MAX_EVENT_BYTES)
+        except Refusal as exc:
+            return self.refuse_body(request, exc)
         try:
             verdict = await self.run_blocking(
                 self.store.accept_envelope,
@@ -194,39 +217,88 @@ class Receiver:
             return refuse(exc.status, exc.reason)
         return web.json_response({"status": verdict.name.lower()}, status=verdict.value)
 
+    async def put_gap(self, request: web.Request) -> web.Response:
+        unit, camera = request["unit"], request.match_info["camera"]
+        first, last = int(request.match_info["first"]), int(request.match_info["last"])
+        if request.content_type != GAP_CONTENT_TYPE:
+            return refuse(415, f"content type must be {GAP_CONTENT_TYPE}")
+        if (request.content_length or 0) > MAX_EVENT_BYTES:
+            return refuse(413, "gap record too large")
+        body = await request.read()
+        try:
+            verdict, held = await self.run_blocking(
+                self.store.accept_gap, unit, camera, first, last, body, request["key"]
+            )
+        except Refusal as exc:
+            self.counters["refused"] += 1
+            return refuse(exc.status, exc.reason)
+        if verdict.value == 201:
+            log.error(
+                "%s/%s: the unit reports sequences %d..%d lost%s",
+                unit,
+                camera,
+                first,
+                last,
+                f"; this CSU holds {len(held)} of them: CONFLICT" if held else "",
+            )
+            what = {"camera": camera, "first": first, "last": last, "held_here": held[:100]}
+            action = "unit-gap-conflict" if held else "unit-gap"
+            await self.run_blocking(lambda: self.audit.record(unit, action, **what))
+        return web.json_response(
+            {"status": verdict.name.lower(), "held_here": held[:100]}, status=verdict.value
+        )
+
     async def post_event(self, request: web.Request) -> web.Response:
         unit = request["unit"]
         if request.content_type != EVENT_CONTENT_TYPE:
             return refuse(415, f"content type must be {EVENT_CONTENT_TYPE}")
-        if (request.content_length or 0) > MAX_EVENT_BYTES:
-            return refuse(413, f"events are at most {MAX_EVENT_BYTES} bytes")
-        body = await request.read()
+        try:
+            body = await self.read_body(request, MAX_EVENT_BYTES)
+        except Refusal as exc:
+            return self.refuse_body(request, exc)
         try:
             event = wire_events.parse_event(body)
         except IntegrityError as exc:
             return refuse(400, str(exc))
         if event["unit"] != unit:
             return refuse(400, f"event names unit {event['unit']!r}")
+        event_id = str(event["id"])
         try:
             wire_events.verify_event(body, request["key"])
-            verdict = await self.run_blocking(self.store.store_event, unit, event["id"], body)
+            verdict = await self.run_blocking(
+                partial(
+                    self.store.store_event,
+                    unit,
+                    event_id,
+                    body,
+                    to_publish=self.publisher is not None,
+                )
+            )
         except IntegrityError as exc:
             return refuse(422, str(exc))
         except Refusal as exc:
             return refuse(exc.status, exc.reason)
         if verdict.value == 201:
             self.counters["events"] += 1
-            if self.publisher is not None:
-                self.publisher.publish(unit, str(event["camera"]), body)
+        if self.publisher is not None and (
+            verdict.value == 201
+            or await self.run_blocking(self.store.is_unpublished, unit, event_id)
+        ):
+            if not self.publisher.publish(unit, str(event["camera"]), body):
+                # Stored but not published: the unit keeps it and sends it again; the retry
+                # (a duplicate for the store) publishes it.
+                return refuse(503, f"event {event_id} stored but not yet published; send again")
+            await self.run_blocking(self.store.mark_published, unit, event_id)
         return web.json_response({"status": verdict.name.lower()}, status=verdict.value)
 
     async def put_signing_certificate(self, request: web.Request) -> web.Response:
         unit = request["unit"]
         if request.content_type != CERTIFICATE_CONTENT_TYPE:
             return refuse(415, f"content type must be {CERTIFICATE_CONTENT_TYPE}")
-        if (request.content_length or 0) > MAX_CERTIFICATE_BYTES:
-            return refuse(413, f"certificates are at most {MAX_CERTIFICATE_BYTES} bytes")
-        body = await request.read()
+        try:
+            body = await self.read_body(request, MAX_CERTIFICATE_BYTES)
+        except Refusal as exc:
+            return self.refuse_body(request, exc)
         verdict = await self.run_blocking(self.registry.install_certificate, unit, body)
         if verdict.status >= 400:
             self.counters["refused"] += 1
@@ -263,6 +335,10 @@ class Receiver:
         app.router.add_put(
             f"{base}/cameras/{{camera:{_ID}}}/epochs/{{epoch:[0-9a-f]{{32}}}}", self.put_envelope
         )
+        app.router.add_put(
+            f"{base}/cameras/{{camera:{_ID}}}/gaps/{{first:[0-9]{{1,18}}}}-{{last:[0-9]{{1,18}}}}",
+            self.put_gap,
+        )
         app.router.add_post(f"{base}/events", self.post_event)
         app.router.add_put(
             f"{base}/signing-certificate",
@@ -289,19 +365,16 @@ async def serve(cfg: ServeConfig, stop: asyncio.Event, ready: Callable[[int, int
     if receiver.publisher is not None:
         receiver.publisher.start()
     runners: list[web.AppRunner] = []
+    servers: list[asyncio.Server] = []
     try:
         ports = []
-        for app, listen, ctx in (
-            (receiver.units_app(), cfg.units, server_context(cfg.tls)),
-            (operators_app(receiver), cfg.operators_listen, operator_context(cfg.tls)),
+        for app, listen, ctx, name in (
+            (receiver.units_app(), cfg.units, server_context(cfg.tls, receiver.crl), "units"),
+            (operators_app(receiver), cfg.operators_listen, operator_context(cfg.tls), "operators"),
         ):
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
+            server, runner = await _listen(app, listen.host, listen.port, ctx, cfg, name)
             runners.append(runner)
-            site = web.TCPSite(runner, listen.host, listen.port, ssl_context=ctx)
-            await site.start()
-            server = site._server
-            assert isinstance(server, asyncio.base_events.Server)
+            servers.append(server)
             ports.append(server.sockets[0].getsockname()[1])
         log.info(
             "receiving units on %s:%d, operators on %s:%d",
@@ -313,6 +386,39 @@ async def serve(cfg: ServeConfig, stop: asyncio.Event, ready: Callable[[int, int
         ready(ports[0], ports[1])
         await stop.wait()
     finally:
+        for server in servers:
+            server.close()
         for runner in runners:
             await runner.cleanup()
         receiver.close()
+
+
+async def _listen(
+    app: web.Application, host: str, port: int, ctx: ssl.SSLContext, cfg: ServeConfig, name: str
+) -> tuple[asyncio.Server, web.AppRunner]:
+    """One listener: connections counted and TLS-handshaken by :mod:`.limits`, then served by
+    aiohttp, which closes a connection idle (no request, not even a first one) for too long."""
+    limits = cfg.limits
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        keepalive_timeout=limits.idle_timeout_s,
+        lingering_time=LINGER_S,
+    )
+    await runner.setup()
+    assert runner.server is not None
+    gate = AdmissionGate(limits.max_connections, limits.max_connections_per_source)
+    try:
+        server = await start_gated_server(
+            runner.server,
+            host,
+            port,
+            ctx,
+            gate=gate,
+            handshake_timeout_s=limits.handshake_timeout_s,
+            name=name,
+        )
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return server, runner

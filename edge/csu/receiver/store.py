@@ -6,7 +6,9 @@ Layout under ``storage_dir`` (readable with ``ls``)::
     <unit>/<camera>/<sequence:012d>.seg     the sealed bytes exactly as the unit sent them
     <unit>/<camera>/index.jsonl            one line per stored segment (hash, prev, times, size)
     <unit>/<camera>/epochs/<epoch>.env     epoch key envelopes (HPKE-sealed data keys)
+    <unit>/<camera>/gaps/<first>-<last>.gap  signed records of sequences the unit lost
     <unit>/events/<event-id>.json          verified events
+    <unit>/events/<event-id>.unpublished   marker: not yet handed to the MQTT broker
     <unit>/status.json                     last contact, the backlog the unit reported
 
 A segment is accepted only if it parses, its header names the URL's unit, camera and sequence,
@@ -44,7 +46,8 @@ from ...vault import format as sealed
 
 log = logging.getLogger(__name__)
 
-_SEG_NAME = re.compile(r"^(\d{12})\.seg$")
+_SEG_NAME = re.compile(r"^(\d{12})\.seg\Z")
+_GAP_NAME = re.compile(r"^(\d{1,18})-(\d{1,18})\.gap\Z")
 
 
 class Verdict(enum.Enum):
@@ -98,7 +101,29 @@ class CameraIndex:
         self.directory = directory
         self.lock = threading.Lock()  # serialises check-then-write for this camera
         self.segments: dict[int, StoredSegment] = {}
+        self.gaps: dict[int, sealed.GapRecord] = {}
+        """Gap records by *last* lost sequence (the segment after it chains to the record)."""
         self._load()
+        for path in sorted((directory / "gaps").glob("*.gap")):
+            try:
+                gap = sealed.parse_gap(path.read_bytes())
+            except (OSError, IntegrityError) as exc:
+                log.error("%s: unreadable gap record, ignored: %s", path, exc)
+                continue
+            self.gaps[gap.last] = gap
+
+    def gap_path(self, first: int, last: int) -> Path:
+        return self.directory / "gaps" / f"{first}-{last}.gap"
+
+    def conflicts(self) -> list[dict[str, Any]]:
+        """Sequences the unit declared lost that this CSU holds: the originals are here, and
+        the unit's vault no longer has them. Shown, never resolved silently."""
+        out = []
+        for gap in sorted(self.gaps.values(), key=lambda g: g.first):
+            held = self.held_in(gap.first, gap.last)
+            if held:
+                out.append({"first": gap.first, "last": gap.last, "held": held[:100]})
+        return out
 
     def _load(self) -> None:
         index = self.directory / "index.jsonl"
@@ -130,6 +155,21 @@ class CameraIndex:
         with (self.directory / "index.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(asdict(meta)) + "\n")
 
+    def held_in(self, first: int, last: int) -> list[int]:
+        """Stored sequences within ``first..last`` (by the stored ones: a range may be huge)."""
+        return sorted(s for s in self.segments if first <= s <= last)
+
+    def _recorded_lost(self, first: int, last: int) -> bool:
+        """Whether gap records cover every sequence of ``first..last`` (interval walk: the
+        ranges come from the unit and may be huge)."""
+        at = first
+        for g in sorted(self.gaps.values(), key=lambda g: g.first):
+            if g.first <= at <= g.last:
+                at = g.last + 1
+            if at > last:
+                return True
+        return False
+
     def segment_path(self, sequence: int) -> Path:
         return self.directory / f"{sequence:012d}.seg"
 
@@ -140,14 +180,21 @@ class CameraIndex:
         seqs = sorted(self.segments)
         gaps: list[list[int]] = []
         for a, b in itertools.pairwise(seqs):
-            if b != a + 1:
+            if b != a + 1 and not self._recorded_lost(a + 1, b - 1):
                 gaps.append([a + 1, b - 1])
+        lost = [[g.first, g.last] for g in sorted(self.gaps.values(), key=lambda g: g.first)]
+        conflicts = self.conflicts()
+        chain = "complete" if not gaps else "gaps"
+        if lost:
+            chain = "conflict" if conflicts else f"{chain}, losses recorded by the unit"
         return {
             "count": len(seqs),
             "first": seqs[0],
             "last": seqs[-1],
             "gaps": gaps[:100],
-            "chain": "complete" if not gaps else "gaps",
+            "lost_at_unit": lost[:100],
+            "conflicts": conflicts,
+            "chain": chain,
             "bytes": sum(m.size for m in self.segments.values()),
             "last_end_wall_ns": self.segments[seqs[-1]].end_wall_ns,
         }
@@ -209,7 +256,15 @@ class SegmentStore:
                     return Verdict.DUPLICATE, held
                 raise Refusal(409, f"{camera_id}#{sequence} is already stored with other bytes")
             before = index.segments.get(sequence - 1)
-            if before is not None and before.hash != meta.prev_hash:
+            gap = index.gaps.get(sequence - 1)
+            if gap is not None:
+                # The unit lost what came before and recorded it: the chain goes through the
+                # record (even where this CSU holds the originals: that conflict is reported).
+                if gap.chain_hash.hex() != meta.prev_hash:
+                    raise Refusal(
+                        409, f"{camera_id}#{sequence} does not continue the unit's gap record"
+                    )
+            elif before is not None and before.hash != meta.prev_hash:
                 raise Refusal(409, f"{camera_id}#{sequence} does not continue #{sequence - 1}")
             after = index.segments.get(sequence + 1)
             if after is not None and after.prev_hash != meta.hash:
@@ -219,6 +274,46 @@ class SegmentStore:
             index._append_index(meta)
             index.segments[sequence] = meta
         return Verdict.STORED, meta
+
+    def accept_gap(
+        self,
+        unit_id: str,
+        camera_id: str,
+        first: int,
+        last: int,
+        raw: bytes,
+        key: ed25519.Ed25519PublicKey,
+    ) -> tuple[Verdict, list[int]]:
+        """Store a unit's signed gap record; returns the verdict and the lost sequences this
+        CSU holds (a conflict the caller must report: the originals exist here)."""
+        try:
+            gap = sealed.verify_gap(raw, key)
+        except IntegrityError as exc:
+            status = 400 if "signature" not in str(exc) else 422
+            raise Refusal(status, str(exc)) from None
+        if (gap.device_id, gap.camera_id, gap.first, gap.last) != (
+            unit_id,
+            camera_id,
+            first,
+            last,
+        ):
+            raise Refusal(400, "gap record does not match the URL")
+        index = self.camera(unit_id, camera_id)
+        with index.lock:
+            held = index.held_in(first, last)
+            stored = index.gaps.get(last)
+            if stored is not None:
+                if stored.raw == raw:
+                    return Verdict.DUPLICATE, held
+                raise Refusal(409, f"{camera_id}: another gap record ends at #{last}")
+            before = index.segments.get(first - 1)
+            if before is not None and before.hash != gap.prev_hash.hex():
+                raise Refusal(409, f"{camera_id}: gap record does not continue #{first - 1}")
+            path = index.gap_path(first, last)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, raw)
+            index.gaps[last] = sealed.parse_gap(raw)
+        return Verdict.STORED, held
 
     def read_segment(self, unit_id: str, camera_id: str, sequence: int) -> bytes:
         return self.camera(unit_id, camera_id).segment_path(sequence).read_bytes()
@@ -264,7 +359,12 @@ class SegmentStore:
 
     # --- events ---------------------------------------------------------------------------------
 
-    def store_event(self, unit_id: str, event_id: str, body: bytes) -> Verdict:
+    def store_event(
+        self, unit_id: str, event_id: str, body: bytes, *, to_publish: bool = False
+    ) -> Verdict:
+        """Store a verified event once. With ``to_publish`` the event is also marked as not yet
+        published (``<event-id>.unpublished``, written first), so that a publish that fails is
+        retried when the unit sends the event again, rather than lost to "duplicate"."""
         directory = self.root / unit_id / "events"
         path = directory / f"{event_id}.json"
         with self._lock:
@@ -273,8 +373,19 @@ class SegmentStore:
                     return Verdict.DUPLICATE
                 raise Refusal(409, f"event {event_id} is already stored with other content")
             directory.mkdir(parents=True, exist_ok=True)
+            if to_publish:
+                write_atomic(self._unpublished(unit_id, event_id), b"")
             write_atomic(path, body)
         return Verdict.STORED
+
+    def _unpublished(self, unit_id: str, event_id: str) -> Path:
+        return self.root / unit_id / "events" / f"{event_id}.unpublished"
+
+    def is_unpublished(self, unit_id: str, event_id: str) -> bool:
+        return self._unpublished(unit_id, event_id).exists()
+
+    def mark_published(self, unit_id: str, event_id: str) -> None:
+        self._unpublished(unit_id, event_id).unlink(missing_ok=True)
 
     # --- unit status ----------------------------------------------------------------------------
 

@@ -92,6 +92,11 @@ class UplinkError(EdgeError, ConnectionError):
     """The link to the supervision centre failed."""
 
 
+class ProtocolError(EdgeError, ValueError):
+    """A peer on a local channel (control socket, analytics process) sent a message that breaks
+    the channel's rules: too large, nested too deep, not the expected shape."""
+
+
 class AnalyticsError(EdgeError, RuntimeError):
     """The analytics process, its model or its event publishing failed."""
 

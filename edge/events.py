@@ -12,6 +12,11 @@ the vault, which seals it like a segment. A snapshot can therefore only be seen 
 can open sealed footage, and a verified event proves which snapshot belongs to it.
 
 Events carry counts, zones and anonymous track numbers only: no identity, no face features.
+
+The analytics process never signs: it produces :class:`EventDraft` s (plain data, no key), sends
+them to edged as JSON (:mod:`edge.analytics.channel`), and edged, which alone holds the key,
+checks them and signs them with :meth:`EventSigner.seal`, filling in what the child has no say
+over (unit, camera, event id, emission time).
 """
 
 from __future__ import annotations
@@ -75,8 +80,28 @@ class SignedEvent:
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+@dataclass(frozen=True, slots=True)
+class EventDraft:
+    """An event as the analytics engine found it, before edged signs it."""
+
+    category: str
+    """"count", "alert" or "tamper"."""
+    kind: str
+    rule: str
+    wall_ns: int
+    frame_index: int
+    details: dict[str, Any]
+    state: str | None = None
+    """"raised"/"cleared" for conditions that end (tamper)."""
+    snapshot: bytes | None = None
+    """JPEG of the masked frame the event is about."""
+    interval_start_ns: int | None = None
+    """Count events: wall-clock start of the counted interval (``wall_ns`` is its end)."""
+
+
 class EventSigner:
-    """Builds and signs event bodies; one per analytics process (not shared between threads)."""
+    """Builds and signs event bodies. Used by edged only (never by the analytics process); any
+    thread may call it: the key is immutable and signing keeps no state."""
 
     def __init__(self, key: ed25519.Ed25519PrivateKey, unit_id: str) -> None:
         self._key = key
@@ -124,6 +149,23 @@ class EventSigner:
         if extra:
             body.update(extra)
         return SignedEvent(body, self._key.sign(canonical(body)), self.key_id, snapshot)
+
+    def seal(
+        self, draft: EventDraft, *, camera: str, extra: dict[str, Any] | None = None
+    ) -> SignedEvent:
+        """Sign a draft of the analytics process as an event of ``camera``."""
+        return self.sign(
+            camera=camera,
+            category=draft.category,
+            kind=draft.kind,
+            rule=draft.rule,
+            wall_ns=draft.wall_ns,
+            frame_index=draft.frame_index,
+            details=draft.details,
+            state=draft.state,
+            snapshot=draft.snapshot,
+            extra=extra,
+        )
 
 
 def verify_wire(data: bytes, public_key: ed25519.Ed25519PublicKey) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from PIL import Image
 
-from edge.analytics.bridge import AnalyticsBridge
+from edge.analytics.bridge import AnalyticsBridge, seal_draft
 from edge.analytics.engine import AnalyticsEngine
 from edge.analytics.litert import LiteRTDetector, sha256_file
 from edge.capture.synthetic import Sprite, SyntheticSource
@@ -183,16 +183,17 @@ def test_counts_with_real_inference_equal_ground_truth(data_dir: Path) -> None:
         camera="cam1",
         cfg=cfg.analytics,
         cam_cfg=cfg.analytics.for_camera("cam1"),
-        signer=EventSigner(key, "e2e-unit"),
         detector=detector,
     )
+    signer = EventSigner(key, "e2e-unit")  # the engine drafts, edged signs
     src = scene()
     events: list[SignedEvent] = []
     for i, frame in frames(src, 10**9):
         if i % 5:
             continue  # 5 fps of a 25 fps camera, as the bridge offers them
         f = frame
-        events += engine.process(f.y, f.u, f.v, index=i, mono_ns=f.mono_ns, wall_ns=f.wall_ns)
+        drafts = engine.process(f.y, f.u, f.v, index=i, mono_ns=f.mono_ns, wall_ns=f.wall_ns)
+        events += [seal_draft(signer, "cam1", d) for d in drafts]
     truth = expected_counts(src)
     assert truth["face/forward"] == 2 and truth["face/backward"] == 3
     line = engine.rules.lines[0]
@@ -200,7 +201,7 @@ def test_counts_with_real_inference_equal_ground_truth(data_dir: Path) -> None:
         k: v for k, v in truth.items() if v
     }
     # Closed intervals report what was counted in them, with FIWARE crowd-flow entities.
-    reported = events + engine.flush()
+    reported = events + [seal_draft(signer, "cam1", d) for d in engine.flush()]
     assert summed(reported) == truth
     entities = [e for ev in reported for e in ev.body.get("fiware", [])]
     assert {e["type"] for e in entities} == {"CrowdFlowObserved"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from edge.analytics.bridge import seal_draft
 from edge.analytics.engine import AnalyticsEngine
 from edge.capture.synthetic import SyntheticSource
 from edge.config import AnalyticsConfig, CameraAnalyticsConfig, LineRuleConfig, TamperConfig
@@ -16,6 +17,8 @@ from edge.events import EventSigner, SignedEvent
 
 W, H = 480, 270
 STEP = 5  # 5 fps of a 25 fps scene
+# The engine drafts; edged signs (the engine's process holds no key).
+SIGNER = EventSigner(ed25519.Ed25519PrivateKey.generate(), "unit-7")
 
 
 def engine(cam: CameraAnalyticsConfig) -> AnalyticsEngine:
@@ -23,7 +26,6 @@ def engine(cam: CameraAnalyticsConfig) -> AnalyticsEngine:
         camera="cam1",
         cfg=AnalyticsConfig(enabled=True, cameras=[cam]),
         cam_cfg=cam,
-        signer=EventSigner(ed25519.Ed25519PrivateKey.generate(), "unit-7"),
         detector=None,
         clock=lambda: 0.0,
     )
@@ -38,9 +40,10 @@ def feed(
         if covered:  # a hand on the lens: dark, almost uniform
             f.y[...] = np.asarray(20 + (np.arange(f.y.size) % 3).reshape(f.y.shape), dtype=np.uint8)
             f.u[...] = f.v[...] = 128
-        out += eng.process(
+        drafts = eng.process(
             f.y, f.u, f.v, index=i, mono_ns=10**9 + i * 40_000_000, wall_ns=10**18 + i * 40_000_000
         )
+        out += [seal_draft(SIGNER, eng.camera, d) for d in drafts]
     return out
 
 

@@ -323,3 +323,19 @@ def test_status_screen_with_few_cameras_keeps_one_line_each() -> None:
     masks = [m.group(1) for line in lines if (m := re.search(r"(cam\d+): 2 mask\(s\)", line))]
     assert masks == ["cam1", "cam2", "cam3"]
     assert lines[-1].startswith("all checks passed") and lines[-1].endswith("every 2s")
+
+
+def test_analytics_unconfined_or_refused_degrades() -> None:
+    """#11 item 21: an analytics process without Landlock, or one edged had to replace for
+    protocol violations, is a problem the technician sees, with what to do."""
+    status = healthy()
+    camera = {"camera": "cam1", "sandbox": "landlock ABI 6", "rejected_messages": 0}
+    status["daemon"]["analytics"] = {"alive": True, "fps": 5.0, "cameras": [camera]}
+    assert problems(status) == []
+    camera["sandbox"] = "not confined: Landlock unavailable (Function not implemented)"
+    ((section, level, cause, action),) = problems(status)
+    assert section == "analytics" and level is Level.DEGRADED
+    assert "unconfined" in cause and "Landlock" in action
+    camera.update(sandbox="landlock ABI 6", rejected_messages=3)
+    ((_, level, cause, _),) = problems(status)
+    assert level is Level.DEGRADED and "refused" in cause

@@ -391,3 +391,16 @@ def test_image_boots_into_edged_behind_the_firewall(sealed: Built) -> None:
     keys = set(report.one("keys").split())
     assert keys >= {"unit-signing.pem", "unit-tls.key", "unit-tls.csr", "unit-signing.csr"}
     assert report.one("enrolled") == "no"
+    # The roles reach edged as real unprivileged users in their groups (#11 item 19).
+    assert report.one("run-edge") == "711 edge:edge"
+    assert report.one("control-maint") == "ok / preview denied"
+    install_status, _, install_preview = report.one("control-install").partition(" / preview ")
+    assert install_status == "ok"
+    assert install_preview == "ok" or (
+        install_preview.startswith("error:") and "not running" not in install_preview
+    ), install_preview
+    assert report.one("control-stranger") == "denied"
+    # The analytics process confined itself under edged's own system-call filter (#11 item 21).
+    assert report.one("analytics-sandbox").startswith("analytics process confined: landlock ABI"), (
+        report.facts.get("analytics-log")
+    )

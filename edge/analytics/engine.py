@@ -2,7 +2,8 @@
 with tamper detection beside them. Runs inside the analytics process, single-threaded.
 
 The engine takes the downscaled, already *masked* I420 planes the capture thread put in shared
-memory; it never sees anything else.
+memory; it never sees anything else. It produces unsigned :class:`EventDraft` s: the process it
+runs in holds no key, and edged signs what it accepts of them.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from edge.events import EventSigner, SignedEvent, jpeg_snapshot
+from edge.events import EventDraft, jpeg_snapshot
 
 from ..config import AnalyticsConfig, CameraAnalyticsConfig
 from .base import Detection, Detector, Track
-from .fiware import count_entities
 from .motion import MotionDetector, motion_blobs
 from .rules import Alert, CountReport, RuleSet
 from .tamper import TamperChange, TamperDetector
@@ -65,14 +65,12 @@ class AnalyticsEngine:
         camera: str,
         cfg: AnalyticsConfig,
         cam_cfg: CameraAnalyticsConfig,
-        signer: EventSigner,
         detector: Detector | None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.camera = camera
         self.cfg = cfg
         self.cam_cfg = cam_cfg
-        self.signer = signer
         self.detector = detector
         self.motion = MotionDetector(threshold=cfg.motion_threshold)
         self.tracker = Tracker(high_score=max(cfg.detector.score_threshold, 0.3))
@@ -92,13 +90,13 @@ class AnalyticsEngine:
 
     def process(
         self, y: U8, u: U8, v: U8, *, index: int, mono_ns: int, wall_ns: int
-    ) -> list[SignedEvent]:
+    ) -> list[EventDraft]:
         """Analyse one frame; returns the events it caused."""
         started = time.perf_counter()
         t = mono_ns / 1e9
         self._wall_offset_ns = wall_ns - mono_ns
         self._last_index = index
-        events: list[SignedEvent] = []
+        events: list[EventDraft] = []
         rgb: U8 | None = None
         motion = self.motion.update(y)
         if self.tamper is not None:
@@ -140,26 +138,25 @@ class AnalyticsEngine:
         )
         return events
 
-    def tick(self) -> list[SignedEvent]:
+    def tick(self) -> list[EventDraft]:
         """No frame arrived for a while: lets tamper detection notice a lost signal."""
         if self.tamper is None:
             return []
         t = self._clock()
         return self._tamper_events(self.tamper.tick(t), self._last_index, lambda: None)
 
-    def flush(self) -> list[SignedEvent]:
+    def flush(self) -> list[EventDraft]:
         """Close the counting intervals (shutdown)."""
         return [self._count_event(r, self._last_index) for r in self.rules.flush(self._clock())]
 
     def _tamper_events(
         self, changes: list[TamperChange], index: int, rgb: Callable[[], U8 | None]
-    ) -> list[SignedEvent]:
+    ) -> list[EventDraft]:
         out = []
         for c in changes:
             image = rgb() if c.raised and self.cfg.snapshots else None
             out.append(
-                self.signer.sign(
-                    camera=self.camera,
+                EventDraft(
                     category="tamper",
                     kind=c.cause,
                     rule="tamper",
@@ -177,10 +174,9 @@ class AnalyticsEngine:
 
     def _alert_event(
         self, alert: Alert, index: int, tracks: list[Track], rgb: U8 | None
-    ) -> SignedEvent:
+    ) -> EventDraft:
         log.info("[%s] %s alert from %s", self.camera, alert.kind, alert.rule)
-        return self.signer.sign(
-            camera=self.camera,
+        return EventDraft(
             category="alert",
             kind=alert.kind,
             rule=alert.rule,
@@ -190,25 +186,15 @@ class AnalyticsEngine:
             snapshot=jpeg_snapshot(rgb) if rgb is not None and self.cfg.snapshots else None,
         )
 
-    def _count_event(self, report: CountReport, index: int) -> SignedEvent:
+    def _count_event(self, report: CountReport, index: int) -> EventDraft:
         start, end = self._wall(report.start), self._wall(report.end)
         counts = {f"{label}/{way}": n for (label, way), n in sorted(report.counts.items())}
-        return self.signer.sign(
-            camera=self.camera,
+        return EventDraft(
             category="count",
             kind="line_crossing",
             rule=report.rule,
             wall_ns=end,
             frame_index=index,
             details={"counts": counts, "interval_seconds": round(report.end - report.start, 3)},
-            extra={
-                "fiware": count_entities(
-                    unit=self.signer.unit_id,
-                    camera=self.camera,
-                    line=report.rule,
-                    start_wall_ns=start,
-                    end_wall_ns=end,
-                    counts=report.counts,
-                )
-            },
+            interval_start_ns=start,
         )

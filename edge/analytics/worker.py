@@ -1,29 +1,36 @@
 """Entry point of the analytics process (one per camera), started by :class:`AnalyticsBridge`.
 
 Thin on purpose: set up the process, build the engine, then loop — take the newest frame
-slot, give the older ones back (too late for them), analyse, send events and stats to the
+slot, give the older ones back (too late for them), analyse, send event drafts and stats to the
 parent. When no frame comes for a while, tamper detection is told (signal lost).
+
+This process runs models supplied from outside and holds no key: the unit's signing key is
+neither in its arguments nor in its environment, and it never loads it. Before it reads the
+model it confines itself (:mod:`edge.app.sandbox`): read-only access to the interpreter, its
+libraries and the model, so neither the key file nor the configuration can be opened. What it
+sends is plain JSON the parent checks (:mod:`edge.analytics.channel`); the parent signs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
-import queue
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.synchronize import Event as MpEvent
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from edge.app import sandbox
 from edge.app.process import die_with_parent, setup_process
-from edge.events import EventSigner
-from edge.identity.unitkeys import keys_dir_of, load_signing_key
 
 from ..config import AnalyticsConfig, CameraAnalyticsConfig
+from . import channel
 from .base import Detector
 from .engine import AnalyticsEngine
 from .shm import FrameRing
@@ -35,11 +42,10 @@ STATS_PERIOD_S = 1.0
 
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
-    """Everything the child needs, picklable (the child is spawned, not forked)."""
+    """Everything the child needs, picklable (the child is spawned, not forked). No key, and no
+    path to one: the child has no use for the data directory."""
 
-    unit_id: str
     camera: str
-    data_dir: Path
     cfg: AnalyticsConfig
     cam_cfg: CameraAnalyticsConfig
     ring_name: str
@@ -57,29 +63,70 @@ def make_detector(cfg: AnalyticsConfig) -> Detector | None:
     return LiteRTDetector.from_config(cfg.detector)
 
 
-def run(spec: WorkerSpec, ready: Any, free: Any, out: Any, stop: MpEvent) -> None:
-    """Child process main. ``ready``/``free``/``out`` are multiprocessing queues."""
+Entry = Callable[[WorkerSpec, FrameRing, Connection, Connection, Connection, Connection], None]
+
+
+def readable_paths(spec: WorkerSpec) -> list[Path]:
+    """All the analytics process may read once confined: the interpreter and its libraries, the
+    dynamic loader's cache, CPU topology (for the inference runtime) and the model."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, "/usr", "/lib", "/lib64"}
+    paths |= {"/etc/ld.so.cache", "/proc/cpuinfo", "/sys/devices/system/cpu"}
+    # Never "" (the working directory) nor "/" (everything, the key included).
+    paths |= {p for p in sys.path if p not in ("", "/") and os.path.isdir(p)}
+    if spec.cfg.detector.model_path is not None:
+        paths.add(str(spec.cfg.detector.model_path))
+    return sorted(Path(p) for p in paths)
+
+
+def child_main(
+    entry: Entry,
+    spec: WorkerSpec,
+    ready: Connection,
+    free: Connection,
+    out: Connection,
+    stop: Connection,
+) -> None:
+    """What the bridge starts: process set-up, the frame ring (opened while it still may),
+    confinement, then ``entry`` (:func:`run`)."""
     parent = mp.parent_process()
     die_with_parent(parent.pid if parent is not None and parent.pid else os.getppid())
     setup_process(f"analytics-{spec.camera}"[:15], log_level=spec.log_level, nice=10)
     ring = FrameRing.attach(spec.ring_name, spec.slots, spec.width, spec.height)
+    if sandbox.confine(readable_paths(spec)):
+        log.info("[%s] analytics process confined: %s", spec.camera, sandbox.current())
+    else:
+        log.warning("[%s] analytics process %s", spec.camera, sandbox.current())
+    entry(spec, ring, ready, free, out, stop)
+
+
+def run(
+    spec: WorkerSpec,
+    ring: FrameRing,
+    ready: Connection,
+    free: Connection,
+    out: Connection,
+    stop: Connection,
+) -> None:
+    """Child process main. ``ready`` and ``stop`` are the read ends of the pipes from the
+    parent, ``free`` and ``out`` the write ends of those back to it (see channel)."""
+    out_fd, free_fd = out.fileno(), free.fileno()
+    ready_fd, stop_fd = ready.fileno(), stop.fileno()
     try:
         engine = AnalyticsEngine(
             camera=spec.camera,
             cfg=spec.cfg,
             cam_cfg=spec.cam_cfg,
-            signer=EventSigner(load_signing_key(keys_dir_of(spec.data_dir)), spec.unit_id),
             detector=make_detector(spec.cfg),
         )
-        out.put(
-            ("started", {"detector": engine.detector.description if engine.detector else "motion"})
-        )
-        _loop(spec, engine, ring, ready, free, out, stop)
+        detector = engine.detector.description if engine.detector else "motion"
+        channel.send(out_fd, channel.Started(detector, sandbox.current()))
+        _loop(spec, engine, ring, ready_fd, stop_fd, free_fd, out_fd)
         for event in engine.flush():
-            out.put(("event", event))
+            channel.send(out_fd, event)
     except Exception as exc:  # report to the parent, which restarts us
         log.exception("[%s] analytics process failed", spec.camera)
-        out.put(("failed", f"{type(exc).__name__}: {exc}"))
+        with contextlib.suppress(OSError):
+            channel.send(out_fd, channel.Failed(f"{type(exc).__name__}: {exc}"))
     finally:
         ring.close()
 
@@ -88,10 +135,10 @@ def _loop(
     spec: WorkerSpec,
     engine: AnalyticsEngine,
     ring: FrameRing,
-    ready: Any,
-    free: Any,
-    out: Any,
-    stop: MpEvent,
+    ready_fd: int,
+    stop_fd: int,
+    free_fd: int,
+    out_fd: int,
 ) -> None:
     late = 0
     analysed = 0
@@ -102,51 +149,46 @@ def _loop(
     y = np.empty((spec.height, spec.width), dtype=np.uint8)
     u = np.empty((spec.height // 2, spec.width // 2), dtype=np.uint8)
     v = np.empty_like(u)
-    while not stop.is_set():
-        try:
-            posted = [ready.get(timeout=0.25)]
-        except queue.Empty:
-            posted = []
-        while True:
-            try:
-                posted.append(ready.get_nowait())
-            except queue.Empty:
-                break
+    while True:
+        posted, stopped = channel.wait_posted(ready_fd, stop_fd, 0.25)
+        if stopped:
+            break
+        posted = [slot for slot in posted if slot < spec.slots]
         if posted:
-            posted.sort(key=lambda m: m[1])
-            for slot, _index in posted[:-1]:
-                free.put(slot)  # too late for these: only the newest frame matters
+            posted.sort(key=lambda slot: int(ring.meta[slot][0]))  # by frame index
+            for slot in posted[:-1]:
+                channel.return_slot(free_fd, slot)  # too late: only the newest frame matters
             late += len(posted) - 1
-            slot = posted[-1][0]
+            slot = posted[-1]
             sy, su, sv = ring.planes(slot)
             y[...], u[...], v[...] = sy, su, sv
             index, mono_ns, wall_ns = (int(x) for x in ring.meta[slot])
-            free.put(slot)
+            channel.return_slot(free_fd, slot)
             events = engine.process(y, u, v, index=index, mono_ns=mono_ns, wall_ns=wall_ns)
             analysed += 1
             window_frames += 1
         else:
             events = engine.tick()
         for event in events:
-            out.put(("event", event))
+            channel.send(out_fd, event)
         now = time.monotonic()
         if now >= next_stats:
             fps = window_frames / max(now - window_start, 1e-6)
             window_start, window_frames = now, 0
             next_stats = now + STATS_PERIOD_S
-            out.put(("stats", _stats(engine, analysed, late, fps)))
-    out.put(("stats", _stats(engine, analysed, late, fps)))
+            channel.send(out_fd, _stats(engine, analysed, late, fps))
+    channel.send(out_fd, _stats(engine, analysed, late, fps))
 
 
-def _stats(engine: AnalyticsEngine, analysed: int, late: int, fps: float) -> dict[str, Any]:
-    return {
-        "analysed": analysed,
-        "dropped_late": late,
-        "fps": round(fps, 2),
-        "inference_ms": round(engine.stats.inference_ms, 2),
-        "process_ms": round(engine.stats.process_ms, 2),
-        "detector_runs": engine.stats.detections_run,
-        "tracks": engine.stats.tracks,
-        "tamper": engine.stats.tamper,
-        "learning": engine.tamper.learning if engine.tamper else False,
-    }
+def _stats(engine: AnalyticsEngine, analysed: int, late: int, fps: float) -> channel.ChildStats:
+    return channel.ChildStats(
+        analysed=analysed,
+        dropped_late=late,
+        fps=round(fps, 2),
+        inference_ms=round(engine.stats.inference_ms, 2),
+        process_ms=round(engine.stats.process_ms, 2),
+        detector_runs=engine.stats.detections_run,
+        tracks=engine.stats.tracks,
+        tamper=tuple(engine.stats.tamper),
+        learning=engine.tamper.learning if engine.tamper else False,
+    )

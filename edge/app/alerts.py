@@ -1,6 +1,7 @@
 """Alarms the daemon raises itself: cabinet door (R59), camera lost or unplugged, storage
-removed, 802.1X failures. Analytics events (counts, rules, tamper) arrive already signed from
-the analytics process and pass through the same hub.
+removed, 802.1X failures. Analytics events (counts, rules, tamper) arrive already signed by the
+analytics bridge (in edged: the analytics process itself holds no key) and pass through the
+same hub.
 
 Every event is signed with the unit key in the one event format of the firmware
 (:mod:`edge.events`), kept in a short in-memory history for ``edgectl status``, and

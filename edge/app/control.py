@@ -17,15 +17,25 @@ Who may call what is decided here, from the caller's credentials as the kernel r
 
 Privileged calls (the preview) are written to the audit log with the caller's identity. The
 socket file is world-connectable (0666) on purpose: authorisation is this module's job, so
-the two groups need no shared file-system group.
+the two groups need no shared file-system group (a socket file has one group; the unit's
+``/run/edge`` is 0711, traversable but not listable, see OPERATIONS.md). Since anyone may
+connect, what a caller without a role can make us do is kept to nothing:
+
+- its credentials are read from the kernel and it is refused *before one byte of its request is
+  read*, in the accepting thread (no thread, no buffer, no JSON parser for it);
+- callers with a role share :data:`MAX_CONNECTIONS` serving threads; one more is answered "busy";
+- a request must arrive whole within :data:`REQUEST_DEADLINE_S`, fit in :data:`MAX_REQUEST_BYTES`
+  and nest at most :data:`MAX_REQUEST_DEPTH` levels (deep nesting used to raise
+  ``RecursionError`` in the serving thread).
 
 The socket path belongs to one server at a time: the server holds an exclusive lock on
 ``PATH.lock`` (see :mod:`edge.app.datadir`) for its whole life, removes a stale socket only while
 holding it, and on close removes the socket only if it is still the one it bound. A second
 ``edged`` configured with the same path is refused the socket instead of deleting the first's.
 
-Threading: one thread accepts; each connection is served in a short-lived thread. Handlers only
-read daemon state through the thread-safe ``snapshot``/``preview`` callables they are given.
+Threading: one thread accepts and checks credentials; each admitted connection is served in a
+short-lived thread, at most :data:`MAX_CONNECTIONS` at once (``_BoundedServer.slots``). Handlers
+only read daemon state through the thread-safe ``snapshot``/``preview`` callables they are given.
 """
 
 from __future__ import annotations
@@ -40,18 +50,23 @@ import socket
 import socketserver
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from edge import jsonlimits
 from edge.app.datadir import HeldLock
-from edge.errors import EdgeError
+from edge.errors import EdgeError, ProtocolError
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 64 * 1024
+MAX_REQUEST_DEPTH = 8  # the deepest legitimate request (preview masks) nests 6
+REQUEST_DEADLINE_S = 5.0
+MAX_CONNECTIONS = 8
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # value from <asm-generic/socket.h>
 
 
@@ -115,6 +130,51 @@ def roles_of(caller: Caller, maint_gid: int | None, install_gid: int | None) -> 
 Handler = Callable[[Caller, dict[str, Any]], Any]
 
 
+def _answer(conn: socket.socket, response: dict[str, Any]) -> None:
+    """Send a whole answer without ever waiting on the peer (it fits in the socket buffer)."""
+    with contextlib.suppress(OSError):
+        conn.setblocking(False)
+        conn.sendall(json.dumps(response).encode() + b"\n")
+
+
+class _BoundedServer(socketserver.ThreadingUnixStreamServer):
+    """Checks the caller in the accepting thread and bounds the serving threads."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        path: str,
+        handler: type[socketserver.BaseRequestHandler],
+        admit: Callable[[socket.socket], dict[str, Any] | None],
+    ) -> None:
+        super().__init__(path, handler)
+        self.admit = admit
+        # One slot per serving thread; taken in the accepting thread, given back by the
+        # serving thread when it ends.
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        refusal = self.admit(request)
+        if refusal is None and not self.slots.acquire(blocking=False):
+            refusal = {"ok": False, "error": "edged is busy: too many control connections"}
+        if refusal is not None:
+            _answer(request, refusal)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
 @dataclass(frozen=True)
 class Method:
     role: Role
@@ -158,13 +218,12 @@ class ControlServer:
         try:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()  # stale: its server died (we hold the lock nobody else has)
-            self._server = socketserver.ThreadingUnixStreamServer(str(path), _Handler)
+            self._server = _BoundedServer(str(path), _Handler, self._admit)
             st = os.stat(path)
             self._bound = (st.st_dev, st.st_ino)
         except BaseException:
             self._lock.release(remove=True)
             raise
-        self._server.daemon_threads = True
         os.chmod(path, 0o666)  # noqa: S103 - authorisation is by SO_PEERCRED, see above
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="control", daemon=True
@@ -185,13 +244,29 @@ class ControlServer:
             pass
         self._lock.release(remove=True)
 
-    def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(10.0)
+    def _admit(self, conn: socket.socket) -> dict[str, Any] | None:
+        """In the accepting thread: the refusal for a caller without any role, else None."""
         try:
             caller = peer_credentials(conn)
-            response = self._dispatch(caller, _read_request(conn))
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
+            return {"ok": False, "error": f"bad request: {exc}"}
+        if roles_of(caller, self.maint_gid, self.install_gid):
+            return None
+        log.warning("refused %s: no role", caller.describe())
+        return {
+            "ok": False,
+            "error": "permission denied: membership of the maintenance or installer group needed",
+            "denied": True,
+        }
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            caller = peer_credentials(conn)
+            request = _read_request(conn, time.monotonic() + REQUEST_DEADLINE_S)
+            response = self._dispatch(caller, request)
+        except (OSError, ValueError) as exc:  # ProtocolError is a ValueError
             response = {"ok": False, "error": f"bad request: {exc}"}
+        conn.settimeout(REQUEST_DEADLINE_S)
         with contextlib.suppress(OSError):
             conn.sendall(json.dumps(response).encode() + b"\n")
 
@@ -222,18 +297,28 @@ class ControlServer:
             return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
 
 
-def _read_request(conn: socket.socket) -> dict[str, Any]:
+def _read_request(conn: socket.socket, deadline: float) -> dict[str, Any]:
+    """One request line, whole by ``deadline`` (a caller trickling bytes holds a slot no longer)."""
     buf = b""
     while b"\n" not in buf:
-        chunk = conn.recv(4096)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ProtocolError(f"request not complete within {REQUEST_DEADLINE_S:.0f} s")
+        conn.settimeout(remaining)
+        try:
+            chunk = conn.recv(4096)
+        except TimeoutError:
+            raise ProtocolError(f"request not complete within {REQUEST_DEADLINE_S:.0f} s") from None
         if not chunk:
             break
         buf += chunk
         if len(buf) > MAX_REQUEST_BYTES:
-            raise ValueError("request too large")
-    request = json.loads(buf.decode() or "null")
+            raise ProtocolError("request too large")
+    request = jsonlimits.loads(
+        buf.strip() or b"null", max_bytes=MAX_REQUEST_BYTES, max_depth=MAX_REQUEST_DEPTH
+    )
     if not isinstance(request, dict):
-        raise ValueError("request must be a JSON object")
+        raise ProtocolError("request must be a JSON object")
     return request
 
 
@@ -266,10 +351,15 @@ def call(
             ) from None
         except PermissionError:
             raise ControlError(f"permission denied on {path}", denied=True) from None
-        sock.sendall(json.dumps({"method": method, "params": params or {}}).encode() + b"\n")
+        # Refused before edged read the request: its answer, already sent, says why.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(json.dumps({"method": method, "params": params or {}}).encode() + b"\n")
         buf = b""
         while True:
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break  # edged closed without reading our request (a refusal): keep its answer
             if not chunk:
                 break
             buf += chunk

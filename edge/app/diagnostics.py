@@ -334,6 +334,29 @@ def analytics_findings(daemon: DaemonStatus) -> list[Finding]:
                 "see `edgectl logs`; edged restarts it",
             )
         ]
+    cams = [c for c in an.get("cameras") or [] if isinstance(c, dict)]
+    unconfined = [c for c in cams if str(c.get("sandbox", "")).startswith("not confined")]
+    if unconfined:
+        return [
+            Finding(
+                "analytics",
+                Level.DEGRADED,
+                line,
+                f"the analytics process runs unconfined ({unconfined[0]['sandbox']}): code "
+                "run through a malicious model could read the unit's key",
+                "boot a kernel with Landlock enabled (`landlock` in its LSM list)",
+            )
+        ]
+    if any(c.get("rejected_messages") for c in cams):
+        return [
+            Finding(
+                "analytics",
+                Level.DEGRADED,
+                line,
+                "the analytics process sent messages edged refused: its model may be hostile",
+                "check the model against the city's pinned list; see `edgectl logs`",
+            )
+        ]
     return [Finding("analytics", Level.OK, line)]
 
 

@@ -6,11 +6,15 @@ alert; covering the lens of that same street does, through the engine's event pa
 
 from __future__ import annotations
 
+import itertools
+import random
+
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge.analytics.bridge import seal_draft
 from edge.analytics.engine import AnalyticsEngine
+from edge.analytics.fiware import count_entities
 from edge.capture.synthetic import SyntheticSource
 from edge.config import AnalyticsConfig, CameraAnalyticsConfig, LineRuleConfig, TamperConfig
 from edge.events import EventSigner, SignedEvent
@@ -79,3 +83,48 @@ def test_covering_the_lens_of_the_street_raises_then_clears() -> None:
     assert tamper == [("covered", "raised"), ("covered", "cleared")]
     raised = next(e for e in events if e.body.get("state") == "raised")
     assert raised.snapshot is not None and raised.body["snapshot"]["size"] == len(raised.snapshot)
+
+
+def test_count_intervals_have_true_bounds_and_unique_fiware_ids_under_jittering_stamps() -> None:
+    """Each frame's wall-clock stamp jitters (±20 ms here) against its monotonic one: the
+    engine maps onto the wall clock once, so every 5 s report is a real 5 s interval, crossings
+    sum to the line's totals, and no two FIWARE entities share an id (a broker updates by id)."""
+    src = SyntheticSource(W, H, 25, seed=1, pedestrians=4, vehicles=2, realtime=False)
+    cam = CameraAnalyticsConfig(
+        camera="cam1",
+        lines=[LineRuleConfig(name="mid", points=((0.5, 0.0), (0.5, 1.0)), interval_seconds=5)],
+        tamper=TamperConfig(enabled=False),
+    )
+    eng = engine(cam)
+    rnd = random.Random(7)
+    drafts = []
+    for i in range(0, 25 * 30, STEP):
+        f = src.render(i)
+        mono = 10**9 + i * 40_000_000
+        wall = 10**18 + 300_000_000 + i * 40_000_000 + rnd.randint(-20_000_000, 20_000_000)
+        drafts += eng.process(f.y, f.u, f.v, index=i, mono_ns=mono, wall_ns=wall)
+    drafts += eng.flush()
+    counts = [d for d in drafts if d.category == "count"]
+    assert len(counts) == 7  # 30 s from x.3 s: a partial interval, five whole ones, the flush
+    bounds = [(d.interval_start_ns or 0, d.wall_ns) for d in counts]
+    assert all(0 < start < end for start, end in bounds), bounds
+    assert all(end - start == 5 * 10**9 for start, end in bounds[1:-1]), bounds
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
+    summed: dict[str, int] = {}
+    ids = []
+    for d in counts:
+        for key, n in d.details["counts"].items():
+            summed[key] = summed.get(key, 0) + n
+        assert d.interval_start_ns is not None
+        entities = count_entities(
+            unit="unit-7",
+            camera="cam1",
+            line="mid",
+            start_wall_ns=d.interval_start_ns,
+            end_wall_ns=d.wall_ns,
+            counts={(k.split("/")[0], k.split("/")[1]): n for k, n in d.details["counts"].items()},
+        )
+        ids += [e["id"] for e in entities]
+    totals = eng.rules.lines[0].totals
+    assert summed == {f"{label}/{way}": n for (label, way), n in totals.items()}
+    assert len(ids) == len(set(ids))

@@ -78,12 +78,16 @@ class AnalyticsEngine:
         self.tamper = TamperDetector(cam_cfg.tamper) if cam_cfg.tamper.enabled else None
         self.stats = EngineStats()
         self._clock = clock
-        self._wall_offset_ns: int | None = None  # wall_ns - mono_ns of the latest frame
+        # wall_ns - mono_ns of the first frame, kept: one clock for every time this engine
+        # stamps. Each frame's own pair of stamps jitters by milliseconds; following it moved
+        # count interval bounds back and forth (intervals closing again with start = end).
+        self._wall_offset_ns: int | None = None
+        self._last_t: float | None = None
         self._last_index = -1
         self._last_detect_t = -1e9
 
     def _wall(self, t: float) -> int:
-        """Wall-clock ns of monotonic time ``t``, through the latest frame's pair of stamps."""
+        """Wall-clock ns of monotonic time ``t``, through the first frame's pair of stamps."""
         if self._wall_offset_ns is None:
             return time.time_ns()
         return round(t * 1e9) + self._wall_offset_ns
@@ -94,7 +98,9 @@ class AnalyticsEngine:
         """Analyse one frame; returns the events it caused."""
         started = time.perf_counter()
         t = mono_ns / 1e9
-        self._wall_offset_ns = wall_ns - mono_ns
+        if self._wall_offset_ns is None:
+            self._wall_offset_ns = wall_ns - mono_ns
+        self._last_t = t
         self._last_index = index
         events: list[EventDraft] = []
         rgb: U8 | None = None
@@ -122,7 +128,7 @@ class AnalyticsEngine:
             )
             self._last_detect_t = t
         tracks = self.tracker.update(detections, t)
-        alerts, reports = self.rules.update(tracks, t, (wall_ns - mono_ns) / 1e9)
+        alerts, reports = self.rules.update(tracks, t, self._wall_offset_ns / 1e9)
         for alert in alerts:
             if rgb is None and self.cfg.snapshots:
                 rgb = i420_to_rgb(y, u, v)
@@ -147,7 +153,10 @@ class AnalyticsEngine:
 
     def flush(self) -> list[EventDraft]:
         """Close the counting intervals (shutdown)."""
-        return [self._count_event(r, self._last_index) for r in self.rules.flush(self._clock())]
+        t = self._clock()
+        if self._last_t is not None:
+            t = max(t, self._last_t)  # never close an interval before its last frame
+        return [self._count_event(r, self._last_index) for r in self.rules.flush(t)]
 
     def _tamper_events(
         self, changes: list[TamperChange], index: int, rgb: Callable[[], U8 | None]

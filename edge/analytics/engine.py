@@ -133,7 +133,7 @@ class AnalyticsEngine:
             if rgb is None and self.cfg.snapshots:
                 rgb = i420_to_rgb(y, u, v)
             events.append(self._alert_event(alert, index, tracks, rgb))
-        events += [self._count_event(r, index) for r in reports]
+        events += self._count_events(reports, index)
         self.stats.frames += 1
         self.stats.tracks = len([tr for tr in tracks if tr.confirmed])
         self.stats.events += len(events)
@@ -156,7 +156,7 @@ class AnalyticsEngine:
         t = self._clock()
         if self._last_t is not None:
             t = max(t, self._last_t)  # never close an interval before its last frame
-        return [self._count_event(r, self._last_index) for r in self.rules.flush(t)]
+        return self._count_events(self.rules.flush(t), self._last_index)
 
     def _tamper_events(
         self, changes: list[TamperChange], index: int, rgb: Callable[[], U8 | None]
@@ -194,6 +194,12 @@ class AnalyticsEngine:
             details=dict(alert.details),
             snapshot=jpeg_snapshot(rgb) if rgb is not None and self.cfg.snapshots else None,
         )
+
+    def _count_events(self, reports: list[CountReport], index: int) -> list[EventDraft]:
+        # edged refuses an interval that is empty on the wall clock (and restarts the child):
+        # one shorter than a nanosecond once rounded is not worth that.
+        drafts = [self._count_event(r, index) for r in reports]
+        return [d for d in drafts if (d.interval_start_ns or 0) < d.wall_ns]
 
     def _count_event(self, report: CountReport, index: int) -> EventDraft:
         start, end = self._wall(report.start), self._wall(report.end)

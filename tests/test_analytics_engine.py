@@ -110,6 +110,7 @@ def test_count_intervals_have_true_bounds_and_unique_fiware_ids_under_jittering_
     bounds = [(d.interval_start_ns or 0, d.wall_ns) for d in counts]
     assert all(0 < start < end for start, end in bounds), bounds
     assert all(end - start == 5 * 10**9 for start, end in bounds[1:-1]), bounds
+    assert all(end % (5 * 10**9) == 0 for _, end in bounds[:-1]), bounds  # on the wall clock
     assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
     summed: dict[str, int] = {}
     ids = []

@@ -56,6 +56,11 @@ class EngineStats:
     tamper: list[str] = field(default_factory=list)
 
 
+def _ms(wall_ns: int) -> int:
+    """``wall_ns`` rounded to the nearest millisecond."""
+    return (wall_ns + 500_000) // 1_000_000 * 1_000_000
+
+
 class AnalyticsEngine:
     """One camera's analysis state; not thread-safe (the analytics process owns it)."""
 
@@ -197,12 +202,14 @@ class AnalyticsEngine:
 
     def _count_events(self, reports: list[CountReport], index: int) -> list[EventDraft]:
         # edged refuses an interval that is empty on the wall clock (and restarts the child):
-        # one shorter than a nanosecond once rounded is not worth that.
+        # one shorter than a millisecond once rounded is not worth that.
         drafts = [self._count_event(r, index) for r in reports]
         return [d for d in drafts if (d.interval_start_ns or 0) < d.wall_ns]
 
     def _count_event(self, report: CountReport, index: int) -> EventDraft:
-        start, end = self._wall(report.start), self._wall(report.end)
+        # Bounds to the millisecond (FIWARE's resolution): float seconds near 1.8e9 carry
+        # ~0.2 µs of error, which put a boundary at 14:12:59.999 instead of 14:13:00.000.
+        start, end = (_ms(self._wall(x)) for x in (report.start, report.end))
         counts = {f"{label}/{way}": n for (label, way), n in sorted(report.counts.items())}
         return EventDraft(
             category="count",

@@ -10,7 +10,7 @@ wire form is exactly the dict. Nothing here imports the rest of the firmware.
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 __all__ = [
     "AlertsStatus",
@@ -142,6 +142,9 @@ class AnalyticsStatus(TypedDict):
     """Every camera's analytics process, summed."""
 
     alive: bool
+    mode: NotRequired[str]
+    """"detector" (a model is configured) or "motion-only" (motion blobs labelled `object`:
+    lines count, the zone rules never fire); absent from daemons older than the field."""
     fps: float
     inference_ms: float
     drops: int

@@ -128,6 +128,14 @@ def _event(**changes: Any) -> bytes:
         (_event(snapshot=base64.b64encode(b"GIF89a").decode()), "JPEG"),
         (_event(category="count", interval_start_ns=1), "counts"),
         (_event(category="count", details={"counts": {"x": 1}}, interval_start_ns=1), "label/way"),
+        (
+            _event(
+                category="count",
+                details={"counts": {"object/forward": 1}},
+                interval_start_ns=1_800_000_000 * 10**9,  # = wall_ns: an empty interval
+            ),
+            "start before it ends",
+        ),
         (b'{"type": "stats", "tamper": "x"}', "tamper"),
         (b'{"type": "exec", "code": "print(1)"}', "unknown message type"),
     ],

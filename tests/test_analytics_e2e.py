@@ -255,6 +255,7 @@ def test_bridge_counts_across_the_process_boundary_and_signs_events(data_dir: Pa
     assert stats["analysed"] == stats["accepted"] and stats["dropped_late"] == 0
     assert stats["restarts"] == 0 and stats["last_failure"] is None
     assert stats["inference_ms"] > 0
+    assert stats["mode"] == "detector"
     assert summed(events) == expected_counts(src)
     public = load_signing_public_key(keys_dir_of(data_dir))
     for event in events:

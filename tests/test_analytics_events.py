@@ -79,3 +79,23 @@ def test_fiware_count_entities() -> None:
     assert cars["averageHeadwayTime"] == 2.0
     assert cars["id"].startswith("urn:ngsi-ld:TrafficFlowObserved:unit-7:cam1:kerb:")
     assert len({e["id"] for e in entities}) == len(entities)
+
+
+def test_motion_only_counts_are_not_dropped_from_the_fiware_list() -> None:
+    """Motion blobs are labelled `object`: neither a person nor a vehicle. They used to
+    produce no entity at all (an empty list for every interval); they are an item flow."""
+    start = 1_700_000_000_000_000_000
+    entities = count_entities(
+        unit="unit-7",
+        camera="cam1",
+        line="kerb",
+        start_wall_ns=start,
+        end_wall_ns=start + 60 * 10**9,
+        counts={("object", "forward"): 6, ("object", "backward"): 3},
+    )
+    assert [(e["type"], e["laneDirection"], e["intensity"]) for e in entities] == [
+        ("ItemFlowObserved", "backward", 3),
+        ("ItemFlowObserved", "forward", 6),
+    ]
+    assert all("itemType" not in e and "vehicleType" not in e for e in entities)
+    assert len({e["id"] for e in entities}) == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable
 
 import pytest
@@ -247,3 +249,65 @@ def test_count_intervals_align_on_the_wall_clock_and_skip_unobserved_ones() -> N
     # interval in progress starts at the last boundary before the frames came back.
     last = line.flush(31.8)
     assert (last.start, last.end) == (27.5, 31.8)
+
+
+def test_count_intervals_follow_one_clock_despite_jittering_frame_stamps() -> None:
+    """Field trials: each frame's wall-clock offset jitters by milliseconds; intervals must keep
+    true bounds (no start = end), and each crossing must land in the interval around its time."""
+    line = LineCounter(
+        LineRuleConfig(name="kerb", points=((0.5, 0.0), (0.5, 1.0)), interval_seconds=5)
+    )
+    jitter = [0.0, 0.013, -0.011, 0.007, -0.019, 0.002, 0.017, -0.004]
+    tracks: dict[int, Track] = {}
+    crossed_at: dict[int, float] = {}
+    reports = []
+    for i in range(int(60 * FPS) + 1):
+        t = i / FPS
+        live = []
+        for tid in range(12):  # one walker every 5 s, crossing x = 0.5 at 2.6 + 5 k s
+            t0 = tid * 5.0
+            x = 0.3 + 0.1 * (t - t0)
+            if not 0.0 <= t - t0 <= 4.0:
+                continue
+            tr = tracks.setdefault(tid, Track(tid, "person", (0, 0, 0, 0), confirmed=True))
+            tr.history.append(TrackPoint(t, x, 0.5))
+            if x > 0.5 + line.cfg.hysteresis and tid not in crossed_at:
+                crossed_at[tid] = t  # the frame at which it counts
+            live.append(tr)
+        reports += line.update(live, t, wall_offset=2.5 + jitter[i % len(jitter)])
+    reports.append(line.flush(60.5))
+    assert all(r.end > r.start for r in reports), [(r.start, r.end) for r in reports]
+    assert all(r.end - r.start == pytest.approx(5.0) for r in reports[1:-1])
+    for a, b in itertools.pairwise(reports):
+        assert a.end == b.start  # contiguous: no gap, no overlap
+    for r in reports:
+        inside = [tid for tid, tc in crossed_at.items() if r.start <= tc < r.end]
+        assert r.counts.get(("person", "backward"), 0) == len(inside), (r.start, r.end)
+    assert line.totals == {("person", "backward"): 12}
+
+
+def test_a_person_swaying_on_the_line_counts_once_when_leaving_it() -> None:
+    line = LineCounter(LineRuleConfig(name="door", points=((0.5, 0.0), (0.5, 1.0))))
+    # Stands astride the line for 20 s, swaying ±0.8 % of the frame (blob centre wobble)...
+    sway: Path = lambda t: (0.5 + 0.008 * math.sin(t * 7.0), 0.5) if t < 20 else None  # noqa: E731
+    run(line, {1: ("person", sway)}, 25)
+    assert line.totals == {}
+
+    # ...then one who arrives from the left, sways on the line, and walks off to the right.
+    def arrive_sway_leave(t: float) -> tuple[float, float]:
+        if t < 5:
+            return (0.3 + 0.04 * t, 0.5)
+        if t < 15:
+            return (0.5 + 0.008 * math.sin(t * 5.0), 0.5)
+        return (0.5 + 0.04 * (t - 15), 0.5)
+
+    run(line, {2: ("person", arrive_sway_leave)}, 25)
+    assert line.totals == {("person", "backward"): 1}
+
+
+def test_line_hysteresis_is_validated() -> None:
+    with pytest.raises(ValueError):
+        LineRuleConfig(name="door", points=((0.5, 0.0), (0.5, 1.0)), hysteresis=-0.01)
+    with pytest.raises(ValueError):
+        LineRuleConfig(name="door", points=((0.5, 0.0), (0.5, 1.0)), hysteresis=0.5)
+    assert LineRuleConfig.model_fields["hysteresis"].description

@@ -10,6 +10,7 @@ from typing import Any, cast
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from edge.app import metrics
+from edge.app.daemon import _analytics_summary
 from edge.app.diagnostics import Level, evaluate, worst
 from edge.cli.status import render
 from edge.snapshot import StatusReport
@@ -339,3 +340,30 @@ def test_analytics_unconfined_or_refused_degrades() -> None:
     camera.update(sandbox="landlock ABI 6", rejected_messages=3)
     ((_, level, cause, _),) = problems(status)
     assert level is Level.DEGRADED and "refused" in cause
+
+
+def test_status_says_when_analytics_runs_motion_only() -> None:
+    """Without a detector model the zone rules never fire: the status screen says so, from
+    the summary edged builds out of each camera's analytics figures."""
+    camera = {
+        "camera": "cam1",
+        "mode": "motion-only",
+        "running": True,
+        "fps": 5.0,
+        "inference_ms": 0.0,
+        "dropped_busy": 0,
+        "dropped_late": 0,
+        "recent_alerts": [],
+        "sandbox": "landlock ABI 6",
+        "rejected_messages": 0,
+    }
+    status = healthy()
+    status["daemon"]["analytics"] = _analytics_summary([camera])
+    assert status["daemon"]["analytics"]["mode"] == "motion-only"
+    assert problems(status) == []
+    screen = render(report(status), evaluate(report(status)), colour=False)
+    (line,) = [x for x in screen.splitlines() if x.startswith("ANALYTICS")]
+    assert "motion-only" in line and "zone rules off" in line and len(line) <= 80
+    status["daemon"]["analytics"] = _analytics_summary([{**camera, "mode": "detector"}])
+    screen = render(report(status), evaluate(report(status)), colour=False)
+    assert "detector 5.0 fps" in screen and "motion-only" not in screen

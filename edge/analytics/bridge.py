@@ -444,6 +444,7 @@ class AnalyticsBridge:
             "running": bool(proc is not None and proc.is_alive()),
             "pid": proc.pid if proc is not None else None,
             "detector": detector,
+            "mode": "detector" if self.acfg.detector.model_path is not None else "motion-only",
             "resolution": f"{self.width}x{self.height}",
             "rate_fps": self.acfg.rate_fps,
             "offered": self.offered,

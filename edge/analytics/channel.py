@@ -295,6 +295,10 @@ def _event(doc: dict[str, Any]) -> EventDraft:
         _counts(details)
         if interval_start is None:
             raise ProtocolError("count event without its interval start")
+        if interval_start >= _int(doc, "wall_ns"):
+            # An empty interval shares its FIWARE ids with the next one: a broker that
+            # updates by id would lose the counts of one of them.
+            raise ProtocolError("count interval must start before it ends")
     return EventDraft(
         category=str(category),
         kind=_kind(doc.get("kind"), "event.kind"),

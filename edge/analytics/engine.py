@@ -56,6 +56,11 @@ class EngineStats:
     tamper: list[str] = field(default_factory=list)
 
 
+def _ms(wall_ns: int) -> int:
+    """``wall_ns`` rounded to the nearest millisecond."""
+    return (wall_ns + 500_000) // 1_000_000 * 1_000_000
+
+
 class AnalyticsEngine:
     """One camera's analysis state; not thread-safe (the analytics process owns it)."""
 
@@ -78,12 +83,16 @@ class AnalyticsEngine:
         self.tamper = TamperDetector(cam_cfg.tamper) if cam_cfg.tamper.enabled else None
         self.stats = EngineStats()
         self._clock = clock
-        self._wall_offset_ns: int | None = None  # wall_ns - mono_ns of the latest frame
+        # wall_ns - mono_ns of the first frame, kept: one clock for every time this engine
+        # stamps. Each frame's own pair of stamps jitters by milliseconds; following it moved
+        # count interval bounds back and forth (intervals closing again with start = end).
+        self._wall_offset_ns: int | None = None
+        self._last_t: float | None = None
         self._last_index = -1
         self._last_detect_t = -1e9
 
     def _wall(self, t: float) -> int:
-        """Wall-clock ns of monotonic time ``t``, through the latest frame's pair of stamps."""
+        """Wall-clock ns of monotonic time ``t``, through the first frame's pair of stamps."""
         if self._wall_offset_ns is None:
             return time.time_ns()
         return round(t * 1e9) + self._wall_offset_ns
@@ -94,7 +103,9 @@ class AnalyticsEngine:
         """Analyse one frame; returns the events it caused."""
         started = time.perf_counter()
         t = mono_ns / 1e9
-        self._wall_offset_ns = wall_ns - mono_ns
+        if self._wall_offset_ns is None:
+            self._wall_offset_ns = wall_ns - mono_ns
+        self._last_t = t
         self._last_index = index
         events: list[EventDraft] = []
         rgb: U8 | None = None
@@ -122,12 +133,12 @@ class AnalyticsEngine:
             )
             self._last_detect_t = t
         tracks = self.tracker.update(detections, t)
-        alerts, reports = self.rules.update(tracks, t, (wall_ns - mono_ns) / 1e9)
+        alerts, reports = self.rules.update(tracks, t, self._wall_offset_ns / 1e9)
         for alert in alerts:
             if rgb is None and self.cfg.snapshots:
                 rgb = i420_to_rgb(y, u, v)
             events.append(self._alert_event(alert, index, tracks, rgb))
-        events += [self._count_event(r, index) for r in reports]
+        events += self._count_events(reports, index)
         self.stats.frames += 1
         self.stats.tracks = len([tr for tr in tracks if tr.confirmed])
         self.stats.events += len(events)
@@ -147,7 +158,10 @@ class AnalyticsEngine:
 
     def flush(self) -> list[EventDraft]:
         """Close the counting intervals (shutdown)."""
-        return [self._count_event(r, self._last_index) for r in self.rules.flush(self._clock())]
+        t = self._clock()
+        if self._last_t is not None:
+            t = max(t, self._last_t)  # never close an interval before its last frame
+        return self._count_events(self.rules.flush(t), self._last_index)
 
     def _tamper_events(
         self, changes: list[TamperChange], index: int, rgb: Callable[[], U8 | None]
@@ -186,8 +200,16 @@ class AnalyticsEngine:
             snapshot=jpeg_snapshot(rgb) if rgb is not None and self.cfg.snapshots else None,
         )
 
+    def _count_events(self, reports: list[CountReport], index: int) -> list[EventDraft]:
+        # edged refuses an interval that is empty on the wall clock (and restarts the child):
+        # one shorter than a millisecond once rounded is not worth that.
+        drafts = [self._count_event(r, index) for r in reports]
+        return [d for d in drafts if (d.interval_start_ns or 0) < d.wall_ns]
+
     def _count_event(self, report: CountReport, index: int) -> EventDraft:
-        start, end = self._wall(report.start), self._wall(report.end)
+        # Bounds to the millisecond (FIWARE's resolution): float seconds near 1.8e9 carry
+        # ~0.2 µs of error, which put a boundary at 14:12:59.999 instead of 14:13:00.000.
+        start, end = (_ms(self._wall(x)) for x in (report.start, report.end))
         counts = {f"{label}/{way}": n for (label, way), n in sorted(report.counts.items())}
         return EventDraft(
             category="count",

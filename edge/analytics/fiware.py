@@ -5,6 +5,11 @@ Vehicles and cycles become ``TrafficFlowObserved`` (dataModel.Transportation), p
 interval, in NGSI-LD key-values form, ready for the city's context broker. ``laneDirection``
 is "forward"/"backward" relative to the counting line; ``direction`` of crowds is
 "inbound"/"outbound" (forward = inbound).
+
+Labels that are neither (``object``: motion blobs when no detector model is configured) become
+``ItemFlowObserved`` (dataModel.Transportation, the generic flow of TrafficFlowObserved and
+CrowdFlowObserved merged) with ``intensity`` and ``laneDirection``; no ``itemType`` is given,
+since a motion blob may be a person or a vehicle.
 """
 
 from __future__ import annotations
@@ -73,6 +78,17 @@ def count_entities(
                     "type": "TrafficFlowObserved",
                     "intensity": n,
                     "vehicleType": _VEHICLE_TYPE.get(label.lower(), "anyVehicle"),
+                    "laneDirection": way,
+                    "averageHeadwayTime": round(seconds / n, 2),
+                    **common,
+                }
+            )
+        else:
+            out.append(
+                {
+                    "id": _entity_id("ItemFlowObserved", unit, camera, line, label, way, start),
+                    "type": "ItemFlowObserved",
+                    "intensity": n,
                     "laneDirection": way,
                     "averageHeadwayTime": round(seconds / n, 2),
                     **common,

@@ -33,24 +33,60 @@ class MotionDetector:
 
     ``alpha`` is how fast the background follows the scene: slow enough that a walking person
     stands out, fast enough that lighting drifts are absorbed within seconds.
+
+    The background starts as the per-pixel temporal median of the first ``warmup_frames``
+    frames, recomputed as each arrives, not as the first frame: people in view when analysis
+    starts were otherwise baked into the background and left "ghosts" that merged with the
+    passers-by for tens of seconds (field trials: totals swung −10 %..+9 % with the start
+    instant). A walker covers any given pixel in fewer than half of the frames of the warm-up, so
+    the median holds the street without them; a person standing still stays in it, as later.
+    Motion is reported from the third frame on (a median of two frames is their mean).
     """
 
     def __init__(
-        self, *, threshold: float = 0.004, pixel_delta: int = 25, alpha: float = 0.05
+        self,
+        *,
+        threshold: float = 0.004,
+        pixel_delta: int = 25,
+        alpha: float = 0.05,
+        warmup_frames: int = 10,
     ) -> None:
         self.threshold = threshold
         self.pixel_delta = pixel_delta
         self.alpha = alpha
+        self.warmup_frames = warmup_frames
         self._background: npt.NDArray[np.float32] | None = None
+        self._warmup: list[Luma] = []
 
     def reset(self) -> None:
         self._background = None
+        self._warmup = []
+
+    @property
+    def settled(self) -> bool:
+        """The warm-up is over: the background is the running average."""
+        return self._background is not None and not self._warmup
 
     def update(self, y: Luma) -> MotionResult:
         frame = y.astype(np.float32)
         if self._background is None or self._background.shape != frame.shape:
             self._background = frame
+            self._warmup = [y.copy()] if self.warmup_frames > 1 else []
             return MotionResult(0.0, False, np.zeros(y.shape, dtype=bool))
+        if self._warmup:
+            self._warmup.append(y.copy())
+            seen = len(self._warmup)
+            median = np.median(np.stack(self._warmup), axis=0).astype(np.float32)
+            self._background = median
+            if seen >= self.warmup_frames:
+                self._warmup = []  # settled: the running average takes over from the median
+            if seen <= 2:
+                return MotionResult(0.0, False, np.zeros(y.shape, dtype=bool))
+            diff = np.abs(frame - median)
+            diff = np.abs(diff - float(np.median(diff)))
+            mask = diff > self.pixel_delta
+            fraction = float(mask.mean())
+            return MotionResult(fraction, fraction >= self.threshold, mask)
         diff = np.abs(frame - self._background)
         # Remove global brightness changes (auto exposure, clouds) before thresholding.
         diff = np.abs(diff - float(np.median(diff)))

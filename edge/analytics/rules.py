@@ -83,9 +83,16 @@ class LineCounter:
     """Counts crossings of a line per label and direction, reported once per interval.
 
     Intervals are aligned on the wall clock (a 60 s interval ends at every full minute) so the
-    counts of all units and lines of a city line up; ``wall_offset`` (wall-clock seconds minus
-    monotonic seconds) maps the frame times onto it. After a gap without frames longer than an
-    interval, the intervals nobody observed are skipped, not reported as zero.
+    counts of all units and lines of a city line up. Frame times are monotonic; the wall-clock
+    offset (wall-clock seconds minus monotonic seconds) is taken from the first frame and kept:
+    each frame's own offset jitters by milliseconds, and following it made interval ends move
+    back and forth around a boundary, closing intervals again with start = end. After a gap
+    without frames longer than an interval, the intervals nobody observed are skipped, not
+    reported as zero.
+
+    A track counts when it goes from beyond the hysteresis band on one side of the line to
+    beyond it on the other side, through the segment: a person standing on the line and
+    swaying inside the band is not counted at every sway, and a crossing counts once.
     """
 
     def __init__(self, cfg: LineRuleConfig) -> None:
@@ -95,44 +102,65 @@ class LineCounter:
         """Crossings since start (diagnostics and tests)."""
         self._counts: dict[tuple[str, str], int] = {}
         self._start: float | None = None
-        self._last_point: dict[int, tuple[float, float]] = {}
+        self._end: float | None = None
+        self._wall_offset: float | None = None
+        # Per track: the last point where it stood clearly (beyond the band) on one side.
+        self._anchor: dict[int, tuple[float, float]] = {}
+        self._length = distance(self.a, self.b)
 
-    def _end_of_interval(self, start: float, wall_offset: float) -> float:
+    def _end_of_interval(self, start: float) -> float:
         period = self.cfg.interval_seconds
-        return (math.floor((start + wall_offset) / period) + 1) * period - wall_offset
+        offset = self._wall_offset or 0.0
+        end = (math.floor((start + offset) / period) + 1) * period - offset
+        # Float rounding may put a boundary at start itself: an interval never ends where it starts.
+        return end if end > start else end + period
+
+    def _clear_side(self, p: tuple[float, float]) -> int:
+        """+1 / -1 when ``p`` is beyond the hysteresis band on the forward / backward side."""
+        if self._length == 0:
+            return 0
+        d = side(self.a, self.b, p) / self._length
+        if abs(d) <= self.cfg.hysteresis or d == 0:
+            return 0
+        return 1 if d > 0 else -1
 
     def update(self, tracks: list[Track], t: float, wall_offset: float = 0.0) -> list[CountReport]:
         reports = []
-        if self._start is None:
+        if self._wall_offset is None:
+            self._wall_offset = wall_offset
+        if self._start is None or self._end is None:
             self._start = t
-        end = self._end_of_interval(self._start, wall_offset)
-        if t >= end:
-            reports.append(self.flush(end))
-            while self._end_of_interval(self._start, wall_offset) <= t:  # unobserved intervals
-                self._start = self._end_of_interval(self._start, wall_offset)
+            self._end = self._end_of_interval(t)
+        if t >= self._end:
+            reports.append(self.flush(self._end))
+            while self._end <= t:  # unobserved intervals
+                self._start = self._end
+                self._end = self._end_of_interval(self._start)
         alive = set()
         for track in tracks:
             alive.add(track.id)
             if not _fresh(track, t):
                 continue
             now = (track.history[-1].x, track.history[-1].y)
-            if side(self.a, self.b, now) == 0:
-                continue  # on the line: judge when it has left it, on one side or the other
-            before = self._last_point.get(track.id)
-            if before is None and len(track.history) >= 2:
-                before = (track.history[-2].x, track.history[-2].y)
-                if side(self.a, self.b, before) == 0:
-                    before = None
-            self._last_point[track.id] = now
-            if before is None:
+            now_side = self._clear_side(now)
+            if now_side == 0:
+                continue  # inside the band: judge when it has left it, on one side or the other
+            before = self._anchor.get(track.id)
+            if before is None:  # first seen: where was it last clearly, if anywhere?
+                for p in reversed(list(track.history)[:-1]):
+                    if self._clear_side((p.x, p.y)) != 0:
+                        before = (p.x, p.y)
+                        break
+            self._anchor[track.id] = now
+            if before is None or self._clear_side(before) == now_side:
                 continue
             way = crossing(self.a, self.b, before, now)
             if way:
                 key = (track.label, FORWARD if way > 0 else BACKWARD)
                 self._counts[key] = self._counts.get(key, 0) + 1
                 self.totals[key] = self.totals.get(key, 0) + 1
-        for gone in set(self._last_point) - alive:
-            del self._last_point[gone]
+        for gone in set(self._anchor) - alive:
+            del self._anchor[gone]
         return reports
 
     def flush(self, t: float) -> CountReport:
@@ -141,6 +169,7 @@ class LineCounter:
         report = CountReport(self.cfg.name, start, t, dict(self._counts))
         self._counts = {}
         self._start = t
+        self._end = self._end_of_interval(t)
         return report
 
 
@@ -385,4 +414,6 @@ class RuleSet:
         return alerts, reports
 
     def flush(self, t: float) -> list[CountReport]:
-        return [line.flush(t) for line in self.lines]
+        """Close every line's interval at ``t``; an interval that would be empty in time is
+        not reported (its successor starts where it would have)."""
+        return [r for r in (line.flush(t) for line in self.lines) if r.end > r.start]

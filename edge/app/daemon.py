@@ -682,6 +682,7 @@ def _analytics_summary(stats: list[dict[str, Any]]) -> AnalyticsStatus | None:
         return None
     return {
         "alive": all(s["running"] for s in stats),
+        "mode": "/".join(sorted({str(s.get("mode", "?")) for s in stats})),
         "fps": sum(s["fps"] for s in stats),
         "inference_ms": max(s["inference_ms"] for s in stats),
         "drops": sum(s["dropped_busy"] + s["dropped_late"] for s in stats),

@@ -324,6 +324,11 @@ def analytics_findings(daemon: DaemonStatus) -> list[Finding]:
         f"{an.get('fps', 0):.1f} fps {an.get('inference_ms', 0):.0f} ms/inference "
         f"drops {an.get('drops', 0)} alerts {len(alerts)}"
     )
+    if an.get("mode") == "motion-only":
+        # No model: blobs count on lines as `object`; person/vehicle rules can never fire.
+        line = f"motion-only: lines count `object`, zone rules off {an.get('fps', 0):.1f} fps"
+    elif an.get("mode"):
+        line = f"{an['mode']} {line}"
     if not an.get("alive", True):
         return [
             Finding(

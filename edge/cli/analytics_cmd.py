@@ -78,7 +78,12 @@ def _check_model(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     det_cfg = cfg.analytics.detector
     if det_cfg.model_path is None:
-        print("analytics.detector.model_path is not set: motion blobs stand in for detections")
+        print(
+            "analytics.detector.model_path is not set: motion-only mode. Motion blobs stand in"
+            " for detections, labelled `object`: counting lines count them (FIWARE"
+            " ItemFlowObserved) and tamper detection works; gathering, crowd movement, wrong"
+            " way and parking never fire (they need persons or vehicles)"
+        )
         return 1
     det = LiteRTDetector.from_config(det_cfg)  # raises on a checksum mismatch
     frame = np.zeros((det.input_height, det.input_width, 3), dtype=np.uint8)

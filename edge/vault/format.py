@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -380,14 +381,31 @@ def sign_checkpoint(ckp: Checkpoint, key: ed25519.Ed25519PrivateKey) -> bytes:
     return body + key.sign(_CKP_DOMAIN + sha256(body))
 
 
-def parse_checkpoint(raw: bytes) -> Checkpoint:
-    if len(raw) < _CKP_FIXED.size + SIG_LEN:
-        raise IntegrityError(f"truncated checkpoint ({len(raw)} bytes)")
-    magic, version, _f, created, through, last_hash, count, prev = _CKP_FIXED.unpack_from(raw, 0)
-    if magic != CKP_MAGIC:
-        raise IntegrityError(f"not a checkpoint (magic {bytes(magic)!r})")
+def _signed_fields(raw: bytes, fixed: struct.Struct, magic: bytes, what: str) -> tuple[Any, ...]:
+    """The fixed fields after magic and version of a signed record (checkpoint, gap record)."""
+    if len(raw) < fixed.size + SIG_LEN:
+        raise IntegrityError(f"truncated {what} ({len(raw)} bytes)")
+    found, version, *fields = fixed.unpack_from(raw, 0)
+    if found != magic:
+        raise IntegrityError(f"not a {what} (magic {bytes(found)!r})")
     if version != VERSION:
-        raise IntegrityError(f"unsupported checkpoint version {version}")
+        raise IntegrityError(f"unsupported {what} version {version}")
+    return tuple(fields)
+
+
+def _check_signature(
+    raw: bytes, public_key: ed25519.Ed25519PublicKey, domain: bytes, what: str
+) -> None:
+    try:
+        public_key.verify(raw[-SIG_LEN:], domain + sha256(raw[:-SIG_LEN]))
+    except InvalidSignature:
+        raise IntegrityError(f"{what}: bad signature (altered)") from None
+
+
+def parse_checkpoint(raw: bytes) -> Checkpoint:
+    _f, created, through, last_hash, count, prev = _signed_fields(
+        raw, _CKP_FIXED, CKP_MAGIC, "checkpoint"
+    )
     body_end = len(raw) - SIG_LEN
     device_id, pos = _unpack_id(raw[:body_end], _CKP_FIXED.size, "device id")
     camera_id, pos = _unpack_id(raw[:body_end], pos, "camera id")
@@ -400,10 +418,7 @@ def parse_checkpoint(raw: bytes) -> Checkpoint:
 
 def verify_checkpoint(raw: bytes, public_key: ed25519.Ed25519PublicKey) -> Checkpoint:
     ckp = parse_checkpoint(raw)
-    try:
-        public_key.verify(raw[-SIG_LEN:], _CKP_DOMAIN + sha256(raw[:-SIG_LEN]))
-    except InvalidSignature:
-        raise IntegrityError(f"checkpoint of {ckp.camera_id}: bad signature (altered)") from None
+    _check_signature(raw, public_key, _CKP_DOMAIN, f"checkpoint of {ckp.camera_id}")
     return ckp
 
 
@@ -475,13 +490,7 @@ def sign_gap(gap: GapRecord, key: ed25519.Ed25519PrivateKey) -> bytes:
 
 
 def parse_gap(raw: bytes) -> GapRecord:
-    if len(raw) < _GAP_FIXED.size + SIG_LEN:
-        raise IntegrityError(f"truncated gap record ({len(raw)} bytes)")
-    magic, version, _f, created, first, last, after, prev = _GAP_FIXED.unpack_from(raw, 0)
-    if magic != GAP_MAGIC:
-        raise IntegrityError(f"not a gap record (magic {bytes(magic)!r})")
-    if version != VERSION:
-        raise IntegrityError(f"unsupported gap record version {version}")
+    _f, created, first, last, after, prev = _signed_fields(raw, _GAP_FIXED, GAP_MAGIC, "gap record")
     if first > last:
         raise IntegrityError(f"gap record: bad range {first}..{last}")
     body_end = len(raw) - SIG_LEN
@@ -499,10 +508,7 @@ def parse_gap(raw: bytes) -> GapRecord:
 
 def verify_gap(raw: bytes, public_key: ed25519.Ed25519PublicKey) -> GapRecord:
     gap = parse_gap(raw)
-    try:
-        public_key.verify(raw[-SIG_LEN:], _GAP_DOMAIN + sha256(raw[:-SIG_LEN]))
-    except InvalidSignature:
-        raise IntegrityError(
-            f"gap record {gap.camera_id}#{gap.first}..{gap.last}: bad signature (altered)"
-        ) from None
+    _check_signature(
+        raw, public_key, _GAP_DOMAIN, f"gap record {gap.camera_id}#{gap.first}..{gap.last}"
+    )
     return gap

@@ -329,24 +329,20 @@ def _export(
             damage.add(cam, seq, seq, DamageKind.ALTERED, "header does not match its place")
             continue
         before = prev.get(cam)
-        want, nxt = None, None
         if before is not None:
             # Through the signed records of sequences lost between two exported segments.
-            want, nxt = _through_gaps(
-                gap_records.get(cam, {}),
-                before.header.sequence + 1,
-                before.chain_hash,
-                gaps_used,
-                cam,
+            walk = chain.through_gaps(
+                gap_records.get(cam, {}), before.header.sequence + 1, before.chain_hash
             )
-        if before is not None and nxt == seq and h.prev_hash != want:
-            damage.add(
-                cam,
-                seq,
-                seq,
-                DamageKind.CHAIN,
-                f"does not continue #{before.header.sequence} (replaced or reordered)",
-            )
+            gaps_used.update({(cam, gap.first): gap for gap in walk.crossed})
+            if walk.sequence == seq and h.prev_hash != walk.prev_hash:
+                damage.add(
+                    cam,
+                    seq,
+                    seq,
+                    DamageKind.CHAIN,
+                    f"does not continue #{before.header.sequence} (replaced or reordered)",
+                )
         prev[cam] = seg
         name = f"segments/{cam}/{seq:010d}.seg"
         digest, size = _copy(src, partial / name)
@@ -488,21 +484,6 @@ def _export(
         damaged=tuple(damage.parts),
         gaps=described,
     )
-
-
-def _through_gaps(
-    cam_gaps: dict[int, fmt.GapRecord],
-    nxt: int,
-    want: bytes,
-    used: dict[tuple[str, int], fmt.GapRecord],
-    camera: str,
-) -> tuple[bytes, int]:
-    """Follow the chain from sequence ``nxt`` (whose predecessor hashes to ``want``) through
-    consecutive signed gap records: the hash and sequence the next segment must carry."""
-    walk = chain.through_gaps(cam_gaps, nxt, want)
-    for gap in walk.crossed:
-        used[(camera, gap.first)] = gap
-    return walk.prev_hash, walk.sequence
 
 
 def _gaps_in_range(

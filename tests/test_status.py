@@ -72,6 +72,23 @@ def sockdir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def socket_config(tmp_path: Path, data_dir: Path, sockdir: Path) -> Path:
+    """The test unit's configuration, its control socket in a short temporary directory."""
+    return write_config(
+        tmp_path / "edge.toml",
+        data_dir,
+        extra=f'\n[control]\nsocket = "{sockdir}/control.sock"\n',
+    )
+
+
+def wait_for_frames(config: Path) -> None:
+    wait_until(
+        lambda: (d := status_json(config)[1]["daemon"]) and d["cameras"][0]["frames_in"] > 0,
+        30,
+        "edged to report its first frames",
+    )
+
+
 @needs_server
 def test_status_follows_camera_unplug_and_replug(
     tmp_path: Path, data_dir: Path, sockdir: Path
@@ -149,11 +166,7 @@ class StallingSink(DirectorySink):
 def test_status_reports_drops_after_a_stall(
     tmp_path: Path, data_dir: Path, sockdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = write_config(
-        tmp_path / "edge.toml",
-        data_dir,
-        extra=f'\n[control]\nsocket = "{sockdir}/control.sock"\n',
-    )
+    config = socket_config(tmp_path, data_dir, sockdir)
     cfg, origin = config_mod.load(config)
     monkeypatch.setattr(
         daemon_mod, "make_sink", lambda cfg: StallingSink(cfg.unit.data_dir / "segments")
@@ -193,19 +206,11 @@ def test_status_reports_drops_after_a_stall(
 
 def test_status_screen_in_a_real_terminal(tmp_path: Path, data_dir: Path, sockdir: Path) -> None:
     tmux = tool("tmux")
-    config = write_config(
-        tmp_path / "edge.toml",
-        data_dir,
-        extra=f'\n[control]\nsocket = "{sockdir}/control.sock"\n',
-    )
+    config = socket_config(tmp_path, data_dir, sockdir)
     session = f"edge-status-{time.monotonic_ns()}"
     with running_edged(config, tmp_path) as (_proc, notify):
         notify.wait_for("READY=1", timeout=30)
-        wait_until(
-            lambda: (d := status_json(config)[1]["daemon"]) and d["cameras"][0]["frames_in"] > 0,
-            30,
-            "edged to report its first frames",
-        )
+        wait_for_frames(config)
         cmd = f"{sys.executable} -m edge.cli.main status --config {config}; sleep 30"
         subprocess.run(
             [tmux, "new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd], check=True
@@ -252,18 +257,10 @@ def test_installer_preview_goes_through_edged_and_is_audited(
 ) -> None:
     from PIL import Image
 
-    config = write_config(
-        tmp_path / "edge.toml",
-        data_dir,
-        extra=f'\n[control]\nsocket = "{sockdir}/control.sock"\n',
-    )
+    config = socket_config(tmp_path, data_dir, sockdir)
     with running_edged(config, tmp_path) as (proc, notify):
         notify.wait_for("READY=1", timeout=30)
-        wait_until(
-            lambda: (d := status_json(config)[1]["daemon"]) and d["cameras"][0]["frames_in"] > 0,
-            30,
-            "edged to report its first frames",
-        )
+        wait_for_frames(config)
         out = tmp_path / "preview.png"
         result = edgectl("mask", "preview", "--out", str(out), "--config", str(config))
         assert result.returncode == 0, result.stderr
@@ -297,19 +294,11 @@ def test_status_watch_redraws_in_place_and_ctrl_c_keeps_the_last_status(
     """An installer aiming a camera: the screen is redrawn where it stands, Ctrl-C ends it
     without a traceback and the exit status is the last check's."""
     tmux = tool("tmux")
-    config = write_config(
-        tmp_path / "edge.toml",
-        data_dir,
-        extra=f'\n[control]\nsocket = "{sockdir}/control.sock"\n',
-    )
+    config = socket_config(tmp_path, data_dir, sockdir)
     session = f"edge-watch-{time.monotonic_ns()}"
     with running_edged(config, tmp_path) as (_proc, notify):
         notify.wait_for("READY=1", timeout=30)
-        wait_until(
-            lambda: (d := status_json(config)[1]["daemon"]) and d["cameras"][0]["frames_in"] > 0,
-            30,
-            "edged to report its first frames",
-        )
+        wait_for_frames(config)
         expected, _ = status_json(config)
         cmd = (
             f"{sys.executable} -m edge.cli.main status --watch 0.2 --config {config}"
@@ -380,11 +369,7 @@ def test_status_watch_piped_repeats_and_stops_on_sigint(tmp_path: Path, sockdir:
 def test_status_camera_names_the_cameras_when_the_id_is_wrong(
     tmp_path: Path, data_dir: Path, sockdir: Path
 ) -> None:
-    config = write_config(
-        tmp_path / "edge.toml",
-        data_dir,
-        extra=f'\n[control]\nsocket = "{sockdir}/control.sock"\n',
-    )
+    config = socket_config(tmp_path, data_dir, sockdir)
     with running_edged(config, tmp_path) as (_proc, notify):
         notify.wait_for("READY=1", timeout=30)
         one = edgectl("status", "--camera", "cam1", "--config", str(config))
@@ -399,11 +384,7 @@ def test_status_reports_the_vault_and_a_recording_chain_that_does_not_verify(
 ) -> None:
     """The RECORD line shows the vault's size and retention, and a tampered recording found by
     the vault self-check becomes a FAIL finding (both were dead reads: edged reported no vault)."""
-    config = write_config(
-        tmp_path / "edge.toml",
-        data_dir,
-        extra=f'\n[control]\nsocket = "{sockdir}/control.sock"\n',
-    )
+    config = socket_config(tmp_path, data_dir, sockdir)
     with running_edged(config, tmp_path) as (_proc, notify):
         notify.wait_for("READY=1", timeout=30)
         daemon = wait_until(

@@ -36,6 +36,20 @@ Identifier = Annotated[
 ]
 
 
+class _LocatedError(ValueError):
+    """A cross-field problem that knows the key it is about (``playbooks[2].state``), so the
+    error names that key and its line rather than the whole file."""
+
+    def __init__(self, loc: tuple[int | str, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+def _error_loc(err: Any) -> tuple[int | str, ...]:
+    found = (err.get("ctx") or {}).get("error")
+    return tuple(found.loc) if isinstance(found, _LocatedError) else tuple(err["loc"])
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -556,6 +570,134 @@ class Dot1xConfig(_Section):
         return self
 
 
+class OutputKind(StrEnum):
+    """How the unit drives a cabinet output."""
+
+    MODBUS = "modbus"
+    GPIO = "gpio"
+    AUDIO = "audio"
+
+
+class ModbusOutputConfig(_Section):
+    host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:\-]+$")
+    """The PLC or sign controller (on the cabinet's own network, never the uplink's)."""
+    port: int = Field(default=502, ge=1, le=65535)
+    """Modbus TCP port."""
+    device_id: int = Field(default=1, ge=0, le=247)
+    """Modbus unit (slave) id of the controller."""
+    state_register: int = Field(ge=0, le=65535)
+    """Holding register that selects what the output shows (0-based address)."""
+    heartbeat_register: int | None = Field(default=None, ge=0, le=65535)
+    """Register edged increments every ``outputs_heartbeat_s``: a controller programmed to
+    watch it returns to its safe state by itself when the unit dies or loses power."""
+    timeout_s: float = Field(default=1.0, gt=0.0, le=10.0)
+    """Time limit of one Modbus request."""
+
+
+class GpioOutputConfig(_Section):
+    chip: str = Field(pattern=r"^/dev/gpiochip\d+$")
+    """GPIO character device of the relay line."""
+    line: int = Field(ge=0, le=1023)
+    """Line offset on that chip."""
+    active_low: bool = False
+    """The relay closes when the line is driven low."""
+
+
+class AudioOutputConfig(_Section):
+    device: str = Field(default="default", min_length=1, max_length=200)
+    """ALSA PCM the messages play on (``aplay -D``)."""
+    messages_dir: Path = Path("/etc/edge/messages")
+    """Directory of the city's prerecorded messages (WAV); nothing else is ever played."""
+
+
+class OutputConfig(_Section):
+    name: Identifier
+    """The output's name in playbooks, status, metrics and commands."""
+    meaning: str = Field(min_length=1, max_length=200)
+    """What it does in the street, in the city's words (shown to agents and maintenance)."""
+    kind: OutputKind
+    """modbus, gpio or audio; the table of the same name configures it."""
+    modbus: ModbusOutputConfig | None = None
+    """Modbus TCP controller (kind = "modbus")."""
+    gpio: GpioOutputConfig | None = None
+    """Relay on a GPIO line (kind = "gpio")."""
+    audio: AudioOutputConfig | None = None
+    """Audio channel (kind = "audio")."""
+    states: dict[Identifier, int | str] = Field(min_length=1, max_length=32)
+    """The states playbooks and commands may set, by name: a register value (modbus), 0 or 1
+    (gpio, 1 = relay closed) or a message file in ``messages_dir`` (audio)."""
+    safe_value: int = Field(default=0, ge=0, le=65535)
+    """Register value (modbus) or line value (gpio) of the safe state; audio's is silence."""
+    max_duration_s: float = Field(default=600.0, gt=0.0, le=86_400.0)
+    """No action on this output lasts longer, whatever a playbook or command asks."""
+
+    @model_validator(mode="after")
+    def _driver_table(self) -> OutputConfig:
+        tables = {"modbus": self.modbus, "gpio": self.gpio, "audio": self.audio}
+        extra = [k for k, v in tables.items() if v is not None and k != self.kind.value]
+        if tables[self.kind.value] is None:
+            raise ValueError(
+                f"output {self.name!r} of kind {self.kind.value} needs its "
+                f"[outputs.{self.kind.value}] table"
+            )
+        if extra:
+            raise ValueError(
+                f"output {self.name!r} of kind {self.kind.value} has a table "
+                f"for another kind: {', '.join(extra)}"
+            )
+        for state, value in self.states.items():
+            if self.kind is OutputKind.AUDIO:
+                if not isinstance(value, str) or not re.fullmatch(
+                    r"[A-Za-z0-9_-]{1,64}\.wav", value
+                ):
+                    raise ValueError(
+                        f"output {self.name!r}: state {state!r} must name a .wav "
+                        "file of messages_dir (no path)"
+                    )
+            elif not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"output {self.name!r}: state {state!r} must be a number")
+            elif not 0 <= value <= (1 if self.kind is OutputKind.GPIO else 65535):
+                raise ValueError(f"output {self.name!r}: state {state!r} = {value} is out of range")
+            elif value == self.safe_value:
+                raise ValueError(f"output {self.name!r}: state {state!r} is the safe state")
+        if self.kind is OutputKind.GPIO and self.safe_value > 1:
+            raise ValueError(f"output {self.name!r}: a GPIO safe_value is 0 or 1")
+        return self
+
+
+class Confirmation(StrEnum):
+    """Whether a playbook waits for an agent."""
+
+    REQUIRED = "required"
+    IMMEDIATE = "immediate"
+
+
+class PlaybookConfig(_Section):
+    name: Identifier
+    """The playbook's name in status, audit records and confirmations."""
+    event: str = Field(pattern=r"^[a-z0-9_-]{1,64}$")
+    """Kind of event that starts it (``wrong_way``, ``gathering``, ``camera-lost``…)."""
+    camera: Identifier | None = None
+    """Only events of this camera (any camera when unset)."""
+    rule: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    """Only events of this analytics rule name (any when unset)."""
+    output: Identifier
+    """The output it drives."""
+    state: Identifier
+    """The output's state it sets (one of the output's ``states``)."""
+    duration_s: float = Field(gt=0.0, le=86_400.0)
+    """How long the state holds; then the output returns to its safe state."""
+    confirmation: Confirmation = Confirmation.REQUIRED
+    """``required`` (the default: an agent decides, decree 2023-828) or ``immediate`` where
+    waiting would cost lives (a wrong-way warning), as the city decides."""
+    confirm_within_s: float = Field(default=300.0, gt=0.0, le=3600.0)
+    """A request no agent confirmed within this time lapses."""
+    max_event_age_s: float = Field(default=10.0, gt=0.0, le=3600.0)
+    """An event older than this (delayed, replayed after a restart) starts nothing."""
+    safe_on_uplink_loss: bool = False
+    """Return to the safe state when the link to the CSU is lost."""
+
+
 class EdgeConfig(_Section):
     unit: UnitConfig = UnitConfig()
     """The unit as a whole."""
@@ -575,6 +717,12 @@ class EdgeConfig(_Section):
     """Link to the supervision centre (CSU)."""
     control: ControlConfig = ControlConfig()
     """Local control socket, diagnostics and metrics."""
+    outputs: list[OutputConfig] = Field(default_factory=list, max_length=32)
+    """Cabinet outputs: signs and PLCs (Modbus), relays (GPIO), audio messages."""
+    playbooks: list[PlaybookConfig] = Field(default_factory=list, max_length=64)
+    """What an event may do to the outputs, for how long, with or without an agent."""
+    outputs_heartbeat_s: float = Field(default=1.0, ge=0.1, le=60.0)
+    """Period of the heartbeat written to Modbus controllers that watch one."""
 
     @model_validator(mode="after")
     def _unique_camera_ids(self) -> EdgeConfig:
@@ -583,6 +731,45 @@ class EdgeConfig(_Section):
             if cam.id in seen:
                 raise ValueError(f"camera id {cam.id!r} is used twice")
             seen.add(cam.id)
+        return self
+
+    @model_validator(mode="after")
+    def _playbooks_name_outputs(self) -> EdgeConfig:
+        outputs: dict[str, OutputConfig] = {}
+        for i, out in enumerate(self.outputs):
+            if out.name in outputs:
+                raise _LocatedError(
+                    ("outputs", i, "name"), f"output name {out.name!r} is used twice"
+                )
+            outputs[out.name] = out
+        names: set[str] = set()
+        cameras = {cam.id for cam in self.cameras}
+        for i, pb in enumerate(self.playbooks):
+            if pb.name in names:
+                raise _LocatedError(
+                    ("playbooks", i, "name"), f"playbook name {pb.name!r} is used twice"
+                )
+            names.add(pb.name)
+            target = outputs.get(pb.output)
+            if target is None:
+                raise _LocatedError(("playbooks", i, "output"), f"no output named {pb.output!r}")
+            if pb.state not in target.states:
+                raise _LocatedError(
+                    ("playbooks", i, "state"),
+                    f"output {pb.output!r} has no state {pb.state!r} "
+                    f"({', '.join(sorted(target.states))})",
+                )
+            if pb.duration_s > target.max_duration_s:
+                raise _LocatedError(
+                    ("playbooks", i, "duration_s"),
+                    f"{pb.duration_s:g} s is over the output's max_duration_s "
+                    f"({target.max_duration_s:g} s)",
+                )
+            if pb.camera is not None and pb.camera not in cameras:
+                raise _LocatedError(
+                    ("playbooks", i, "camera"),
+                    f"camera {pb.camera!r} is not among the cameras ({', '.join(sorted(cameras))})",
+                )
         return self
 
     @model_validator(mode="after")
@@ -714,7 +901,7 @@ def parse(text: str, *, path: str = "<config>") -> EdgeConfig:
         return EdgeConfig.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        loc = tuple(err["loc"])
+        loc = _error_loc(err)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -735,7 +922,7 @@ def all_problems(text: str, *, path: str = "<config>") -> list[ConfigError]:
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_url=False):
-            loc = tuple(err["loc"])
+            loc = _error_loc(err)
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
             problems.append(
                 ConfigError(

@@ -117,6 +117,14 @@ class CaError(EdgeError, ValueError):
     """The small video CA refused an operation (bad request, unknown serial, no CA there)."""
 
 
+class OutputError(EdgeError, OSError):
+    """A cabinet output (Modbus controller, GPIO relay, audio channel) could not be driven."""
+
+
+class CommandError(EdgeError, ValueError):
+    """A command from the CSU was refused: unsigned, forged, expired, replayed, out of scope."""
+
+
 def from_av(exc: BaseException, context: str) -> EdgeError:
     """Translate an error raised by PyAV/FFmpeg into the firmware's hierarchy.
 

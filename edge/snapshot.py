@@ -22,6 +22,9 @@ __all__ = [
     "DoorStatus",
     "Dot1xStatus",
     "MemoryStatus",
+    "OutputStatus",
+    "OutputsStatus",
+    "PendingRequestStatus",
     "ReloadOutcome",
     "StatusReport",
     "StorageStatus",
@@ -177,6 +180,39 @@ class ReloadOutcome(TypedDict):
     error: str | None
 
 
+class OutputStatus(TypedDict):
+    """One cabinet output (:class:`edge.outputs.engine.OutputEngine`)."""
+
+    kind: str
+    meaning: str
+    state: str
+    """"safe", a state the city named, or "unknown" (a write failed; see ``error``)."""
+    since_ns: int
+    until_s: float | None
+    """Seconds until the current action ends (None when safe)."""
+    playbook: str | None
+    agent: str | None
+    error: str | None
+    changes: int
+    errors: int
+
+
+class PendingRequestStatus(TypedDict):
+    """A playbook waiting for an agent's confirmation."""
+
+    playbook: str
+    event: str
+    camera: str
+    expires_in_s: float
+
+
+class OutputsStatus(TypedDict):
+    outputs: dict[str, OutputStatus]
+    pending: list[PendingRequestStatus]
+    guard_pid: int | None
+    """The guard process that makes every output safe when edged dies (None: not running)."""
+
+
 class DaemonStatus(TypedDict):
     """What edged says about itself (``edgectl status --json`` → ``daemon``)."""
 
@@ -196,6 +232,8 @@ class DaemonStatus(TypedDict):
     tamper: TamperStatus | None
     door: DoorStatus | None
     last_reload: ReloadOutcome | None
+    outputs: NotRequired[OutputsStatus | None]
+    """Cabinet outputs and playbooks (absent or None when none is configured)."""
 
 
 class TimeStatus(TypedDict):

@@ -19,6 +19,7 @@ PACKAGES = [
     "edge.csu.receiver",
     "edge.health",
     "edge.identity",
+    "edge.outputs",
     "edge.privacy",
     "edge.uplink",
     "edge.uplink.dot1x",

@@ -54,6 +54,7 @@ from edge.health import system as system_health
 from edge.health.door import DoorMonitor
 from edge.health.hotplug import HotplugEvent, HotplugMonitor
 from edge.identity import enrolment, unitkeys
+from edge.outputs.engine import OutputEngine
 from edge.privacy.faceblur import FaceBlurrer
 from edge.snapshot import (
     AnalyticsStatus,
@@ -132,6 +133,9 @@ class Daemon:
         self.mqtt: MqttPublisher | None = None
         self.event_spool: EventSpool | None = None
         self.hotplug: HotplugMonitor | None = None
+        #: Cabinet outputs and playbooks, when the configuration names outputs.
+        self.outputs: OutputEngine | None = None
+        self._uplink_connected = False
         #: The data directory's lock: this process is its one writer while it holds it.
         self.data_lock: datadir.HeldLock | None = None
         self._stop = threading.Event()
@@ -195,12 +199,32 @@ class Daemon:
             self.extra_selftests.append(
                 ("vault", functools.partial(self._check_vault, self.sink), 30.0)
             )
+        self._start_outputs()
         self._start_health()
         for cam in self.cfg.cameras:
             self._start_camera(cam)
         self._start_dot1x()
         self._start_uplink()
         self._start_control()
+
+    def _start_outputs(self) -> None:
+        if not self.cfg.outputs:
+            return
+        assert self.alerts is not None
+        # Before the sources of events (door, cameras, analytics): no event is missed, and
+        # every output is made safe before anything may drive one.
+        self.outputs = OutputEngine(self.cfg, self.audit)
+        self.outputs.start()
+        self.alerts.add_listener(self.outputs.on_event)
+
+    def _watch_uplink(self) -> None:
+        """Tell the outputs engine when the CSU link is lost (``safe_on_uplink_loss``)."""
+        if self.outputs is None or self.uplink is None:
+            return
+        connected = self.uplink.snapshot()["state"] in ("syncing", "streaming")
+        if connected != self._uplink_connected:
+            self._uplink_connected = connected
+            self.outputs.uplink_state(connected)
 
     def _watch_dot1x(self) -> None:
         sup = self.dot1x_supervisor
@@ -448,6 +472,7 @@ class Daemon:
             if now >= next_watch:
                 self._watch_cameras()
                 self._watch_dot1x()
+                self._watch_uplink()
                 next_watch = now + 1.0
             if now >= next_status:
                 _notify("STATUS=" + self.status_line())
@@ -473,6 +498,8 @@ class Daemon:
         _notify("STOPPING=1")
         if self.control is not None:
             self.control.close()
+        if self.outputs is not None:
+            self.outputs.stop()  # first: every output safe (and audited) without waiting
         if self.dot1x_supervisor is not None:
             self.dot1x_supervisor.stop()
         if self.door is not None:
@@ -520,6 +547,13 @@ class Daemon:
                 "unit identity or data directory changed in %s: restart edged to apply", origin
             )
             new = new.model_copy(update={"unit": self.cfg.unit})
+        fixed = ("outputs", "playbooks", "outputs_heartbeat_s")
+        if any(getattr(new, k) != getattr(self.cfg, k) for k in fixed):
+            # An output never changes meaning under a running action or its guard.
+            log.warning(
+                "cabinet outputs or playbooks changed in %s: restart edged to apply", origin
+            )
+            new = new.model_copy(update={k: getattr(self.cfg, k) for k in fixed})
         old_cams = {c.id: c for c in self.cfg.cameras}
         new_cams = {c.id: c for c in new.cameras}
         restart = [
@@ -673,6 +707,7 @@ class Daemon:
             "tamper": {"active": self.alerts.active("tamper")} if self.alerts is not None else None,
             "door": self.door.snapshot() if self.door is not None else None,
             "last_reload": self.last_reload,
+            "outputs": self.outputs.snapshot() if self.outputs is not None else None,
         }
 
 

@@ -494,6 +494,53 @@ def cabinet_findings(daemon: DaemonStatus) -> list[Finding]:
     return out
 
 
+def output_findings(daemon: DaemonStatus) -> list[Finding]:
+    """Cabinet outputs: one line with each output's state; a failed write or a guard that is
+    not running is a problem (an output might stay driven), a request waiting for an agent is
+    shown as one."""
+    outputs = daemon.get("outputs")
+    if not isinstance(outputs, dict):
+        return []
+    out: list[Finding] = []
+    states = []
+    for name, st in outputs["outputs"].items():
+        left = f" {st['until_s']:.0f}s" if st["until_s"] is not None else ""
+        states.append(f"{name} {st['state'].upper() if st['state'] != 'safe' else 'safe'}{left}")
+        if st["error"] is not None:
+            out.append(
+                Finding(
+                    "outputs",
+                    Level.FAILING,
+                    f"{name}: not driven ({st['state']})",
+                    f"output {name} ({st['meaning']}): {st['error']}",
+                    "check the controller or line (power, cable, address); edged retries the "
+                    "safe state every second",
+                )
+            )
+    if outputs["guard_pid"] is None:
+        out.append(
+            Finding(
+                "outputs",
+                Level.FAILING,
+                "guard not running",
+                "the process that makes outputs safe if edged dies is not running",
+                "restart edged (systemctl restart edged); see its journal",
+            )
+        )
+    for req in outputs["pending"]:
+        out.append(
+            Finding(
+                "outputs",
+                Level.DEGRADED,
+                f"{req['playbook']} waits for an agent ({req['expires_in_s']:.0f}s)",
+                f"playbook {req['playbook']} ({req['camera']}) waits for a CSU agent's "
+                "confirmation",
+                "an agent confirms or lets it lapse from the CSU (edge-csu command)",
+            )
+        )
+    return [Finding("outputs", Level.OK, ", ".join(states) or "none"), *out]
+
+
 def config_findings(daemon: DaemonStatus) -> list[Finding]:
     """A refused SIGHUP: the unit runs its previous configuration, not the file on disk."""
     reload = daemon.get("last_reload")
@@ -534,6 +581,7 @@ def evaluate(status: StatusReport) -> list[Finding]:
         out.extend(enrolment_findings(daemon))
         out.extend(analytics_findings(daemon))
         out.extend(cabinet_findings(daemon))
+        out.extend(output_findings(daemon))
         out.extend(config_findings(daemon))
     system = status.get("system") or cast(SystemStatus, {})
     out.extend(time_findings(system))

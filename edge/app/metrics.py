@@ -15,7 +15,14 @@ from prometheus_client.openmetrics.exposition import generate_latest
 
 from edge.app.diagnostics import Level, evaluate, worst
 from edge.fsutil import write_atomic
-from edge.snapshot import DaemonStatus, StatusReport, StorageStatus, SystemStatus, TimeStatus
+from edge.snapshot import (
+    DaemonStatus,
+    OutputsStatus,
+    StatusReport,
+    StorageStatus,
+    SystemStatus,
+    TimeStatus,
+)
 
 
 def registry_from_status(status: StatusReport) -> CollectorRegistry:
@@ -109,10 +116,36 @@ def _daemon_gauges(
         if isinstance(value, int | float):
             Gauge(name, doc, ["unit"], registry=reg).labels(unit).set(value)
 
+    outputs = daemon.get("outputs")
+    if outputs:
+        _output_gauges(reg, unit, outputs)
+
     if uplink and isinstance(uplink.get("backlog"), dict):
         Gauge(
             "edge_uplink_backlog_bytes", "Bytes not yet at the CSU", ["unit"], registry=reg
         ).labels(unit).set(uplink["backlog"].get("bytes", 0))
+
+
+def _output_gauges(reg: CollectorRegistry, unit: str, outputs: OutputsStatus) -> None:
+    labels = ["unit", "output"]
+    away = Gauge("edge_output_active", "1 while the output is away from its safe state, "
+                 "-1 when its state is unknown (a write failed)", labels, registry=reg)  # fmt: skip
+    changes = Gauge("edge_output_changes_total", "State changes since start", labels, registry=reg)
+    errors = Gauge(
+        "edge_output_errors_total", "Writes that failed since start", labels, registry=reg
+    )
+    for name, st in outputs["outputs"].items():
+        away.labels(unit, name).set(
+            0 if st["state"] == "safe" else -1 if st["state"] == "unknown" else 1
+        )
+        changes.labels(unit, name).set(st["changes"])
+        errors.labels(unit, name).set(st["errors"])
+    Gauge(
+        "edge_output_requests_pending", "Playbooks waiting for an agent", ["unit"], registry=reg
+    ).labels(unit).set(len(outputs["pending"]))
+    Gauge(
+        "edge_output_guard_up", "1 while the output guard process runs", ["unit"], registry=reg
+    ).labels(unit).set(0 if outputs["guard_pid"] is None else 1)
 
 
 def render(status: StatusReport) -> bytes:

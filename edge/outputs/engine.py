@@ -1,0 +1,352 @@
+"""The outputs engine: edged's side of cabinet outputs (one thread, one queue).
+
+Events (from the :class:`edge.app.alerts.AlertHub`), agents' confirmations and manual
+commands (from the uplink's command pull), and the uplink's state arrive on a queue; the
+engine's thread feeds them to the pure :class:`edge.outputs.playbooks.PlaybookPolicy`, carries
+out its decisions through the drivers, and writes each one to the signed audit log with the
+event and the agent behind it. Callers never wait on a controller: they only queue.
+
+Fail-safe, in three layers:
+
+1. the engine returns every output to safe at the end of each action, when edged stops, and
+   at start (a previous life may have died with an output driven);
+2. the guard process (:mod:`edge.outputs.guard`), started here, holds the read end of a pipe
+   whose write end only edged holds: when edged dies, however (``kill -9`` included), the
+   kernel closes it and the guard drives every output safe;
+3. controllers that watch a heartbeat register fall back on their own (power cut, board hung).
+
+Threads: the engine thread alone touches the drivers and the policy. ``_lock`` protects the
+published status (read by the control thread and the metrics writer).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from edge.config import EdgeConfig
+from edge.errors import OutputError
+from edge.events import SignedEvent
+from edge.outputs.base import OutputDriver, make_driver
+from edge.outputs.playbooks import Decision, PlaybookPolicy
+from edge.snapshot import OutputsStatus, OutputStatus, PendingRequestStatus
+
+log = logging.getLogger(__name__)
+
+#: audit(action, details, actor)
+Audit = Callable[[str, dict[str, Any], str], None]
+
+#: How often an output that failed to return to safe is tried again.
+_RETRY_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Confirm:
+    event_id: str
+    playbook: str
+    agent: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Manual:
+    output: str
+    state: str
+    duration_s: float
+    agent: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Uplink:
+    connected: bool
+
+
+_Item = _Event | _Confirm | _Manual | _Uplink | None
+
+
+class OutputEngine:
+    def __init__(
+        self,
+        cfg: EdgeConfig,
+        audit: Audit,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ns: Callable[[], int] = time.time_ns,
+        drivers: dict[str, OutputDriver] | None = None,
+        guard: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self._audit = audit
+        self._clock = clock
+        self._wall_ns = wall_ns
+        self.policy = PlaybookPolicy(cfg.outputs, cfg.playbooks)
+        self.drivers = drivers if drivers is not None else {
+            o.name: make_driver(o) for o in cfg.outputs
+        }  # fmt: skip
+        self._use_guard = guard
+        self.guard: subprocess.Popen[bytes] | None = None
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._heartbeat = 0
+        self._stopped = False
+        self._unsafe: dict[str, str] = {}  # outputs whose return to safe failed: reason
+        self._lock = threading.Lock()
+        self._status: dict[str, OutputStatus] = {
+            o.name: {
+                "kind": o.kind.value,
+                "meaning": o.meaning,
+                "state": "unknown",
+                "since_ns": wall_ns(),
+                "until_s": None,
+                "playbook": None,
+                "agent": None,
+                "error": None,
+                "changes": 0,
+                "errors": 0,
+            }
+            for o in cfg.outputs
+        }
+        self._pending: list[PendingRequestStatus] = []
+
+    # --- what other threads call (never blocks) ---------------------------------------------
+
+    def on_event(self, event: SignedEvent) -> None:
+        """AlertHub listener: every signed event of the unit."""
+        if event.body.get("category") != "count":
+            self._queue.put(_Event(event.body))
+
+    def confirm(self, event_id: str, playbook: str, agent: str) -> None:
+        self._queue.put(_Confirm(event_id, playbook, agent))
+
+    def manual(self, output: str, state: str, duration_s: float, agent: str) -> None:
+        self._queue.put(_Manual(output, state, duration_s, agent))
+
+    def uplink_state(self, connected: bool) -> None:
+        self._queue.put(_Uplink(connected))
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for driver in self.drivers.values():
+            for problem in driver.check():
+                log.error("%s", problem)
+        if self._use_guard:
+            self._start_guard()
+        self._carry_out(self.policy.end_all("edged started"))
+        self._thread = threading.Thread(target=self._run, name="outputs", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Every output safe, drivers closed, the guard told; a second call does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(10.0)
+            self._thread = None
+        self._carry_out(self.policy.end_all("edged stopping"))
+        for driver in self.drivers.values():
+            driver.close()
+        if self.guard is not None:
+            # EOF tells the guard edged is gone: it drives every output safe again and exits.
+            assert self.guard.stdin is not None
+            self.guard.stdin.close()
+            try:
+                self.guard.wait(10.0)
+            except subprocess.TimeoutExpired:
+                log.error("output guard did not exit; killing it")
+                self.guard.kill()
+                self.guard.wait()
+            self.guard = None
+
+    def _start_guard(self) -> None:
+        # Its own session: Ctrl-C on edged's terminal must not take the guard first.
+        self.guard = subprocess.Popen(
+            [sys.executable, "-m", "edge.outputs.guard"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+        )
+        assert self.guard.stdin is not None and self.guard.stdout is not None
+        payload = "[" + ",".join(o.model_dump_json() for o in self.cfg.outputs) + "]\n"
+        self.guard.stdin.write(payload.encode())
+        self.guard.stdin.flush()
+        ready = self.guard.stdout.readline()
+        if ready.strip() != b"armed":
+            raise OutputError(f"output guard did not start (said {ready!r})")
+        log.info("output guard armed (pid %d)", self.guard.pid)
+
+    # --- the engine thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        period = self.cfg.outputs_heartbeat_s
+        next_beat = self._clock()
+        while True:
+            now = self._clock()
+            deadlines = [a.until for a in self.policy.active.values()]
+            deadlines += [r.expires for r in self.policy.requests.values()]
+            deadlines.append(next_beat)
+            if self._unsafe:
+                deadlines.append(now + _RETRY_S)
+            try:
+                item = self._queue.get(timeout=max(0.0, min(deadlines) - now))
+            except queue.Empty:
+                item = _Uplink(True)  # a no-op: only the tick below
+            if item is None:
+                return
+            try:
+                self._handle(item)
+                now = self._clock()
+                self._carry_out(self.policy.tick(now))
+                self._retry_unsafe()
+                if now >= next_beat:
+                    self._beat()
+                    next_beat = now + period
+            except Exception:  # the engine must outlive a bad item; the guard is still there
+                log.exception("outputs engine")
+            self._publish()
+
+    def _handle(self, item: _Item) -> None:
+        now = self._clock()
+        if isinstance(item, _Event):
+            self._carry_out(self.policy.on_event(item.body, now, self._wall_ns()))
+        elif isinstance(item, _Confirm):
+            try:
+                decisions = self.policy.confirm(item.event_id, item.playbook, item.agent, now)
+            except KeyError as exc:
+                self._audit(
+                    "output-command-refused",
+                    {"reason": str(exc.args[0]), "playbook": item.playbook,
+                     "event": item.event_id},
+                    item.agent,
+                )  # fmt: skip
+                return
+            self._carry_out(decisions)
+        elif isinstance(item, _Manual):
+            try:
+                decisions = self.policy.manual(
+                    item.output, item.state, item.duration_s, item.agent, now
+                )
+            except KeyError as exc:
+                self._audit(
+                    "output-command-refused",
+                    {"reason": str(exc.args[0]), "output": item.output, "state": item.state},
+                    item.agent,
+                )
+                return
+            self._carry_out(decisions)
+        elif isinstance(item, _Uplink) and not item.connected:
+            self._carry_out(self.policy.on_uplink(False))
+
+    def _carry_out(self, decisions: list[Decision]) -> None:
+        for d in decisions:
+            details: dict[str, Any] = {"output": d.output, "reason": d.reason}
+            for key in ("state", "playbook", "event_id"):
+                if getattr(d, key) is not None:
+                    details[key if key != "event_id" else "event"] = getattr(d, key)
+            if d.until is not None:
+                details["duration_s"] = round(d.until - self._clock(), 3)
+            actor = d.agent or "edged"
+            if d.kind == "drive":
+                assert d.state is not None and d.until is not None
+                driver = self.drivers[d.output]
+                self._do(d, functools.partial(driver.drive, d.state, d.until - self._clock()))
+            elif d.kind == "safe":
+                self._do(d, self.drivers[d.output].safe)
+            action = {
+                "drive": "output-driven",
+                "safe": "output-safe",
+                "request": "output-confirmation-requested",
+                "lapsed": "output-confirmation-lapsed",
+                "ignored": "output-event-ignored",
+            }[d.kind]
+            with self._lock:
+                error = self._status[d.output]["error"]
+            if error is not None and d.kind in ("drive", "safe"):
+                details["error"] = error
+            self._audit(action, details, actor)
+        self._publish()
+
+    def _do(self, d: Decision, act: Callable[[], None]) -> None:
+        try:
+            act()
+        except OutputError as exc:
+            log.error("%s", exc)
+            with self._lock:
+                st = self._status[d.output]
+                st["error"] = str(exc)
+                st["errors"] += 1
+                st["state"] = "unknown"
+            if d.kind == "safe":
+                self._unsafe[d.output] = d.reason
+            else:
+                # A state half-reached is not a state: back to safe (retried until it is).
+                self.policy.active.pop(d.output, None)
+                self._unsafe[d.output] = f"{d.state} failed"
+            return
+        self._unsafe.pop(d.output, None)
+        log.warning(
+            "output %s -> %s (%s)", d.output, d.state if d.kind == "drive" else "safe", d.reason
+        )
+        with self._lock:
+            st = self._status[d.output]
+            st["state"] = d.state if d.kind == "drive" and d.state else "safe"
+            st["since_ns"] = self._wall_ns()
+            st["playbook"] = d.playbook
+            st["agent"] = d.agent
+            st["error"] = None
+            st["changes"] += 1
+
+    def _retry_unsafe(self) -> None:
+        for name, reason in list(self._unsafe.items()):
+            try:
+                self.drivers[name].safe()
+            except OutputError:
+                continue
+            self._unsafe.pop(name, None)
+            self._carry_out([Decision("safe", name, f"retried after: {reason}")])
+
+    def _beat(self) -> None:
+        self._heartbeat += 1
+        for driver in self.drivers.values():
+            try:
+                driver.heartbeat(self._heartbeat)
+            except OutputError as exc:
+                log.warning("heartbeat: %s", exc)
+
+    def _publish(self) -> None:
+        now = self._clock()
+        with self._lock:
+            for name, st in self._status.items():
+                act = self.policy.active.get(name)
+                st["until_s"] = None if act is None else round(max(0.0, act.until - now), 1)
+            self._pending = [
+                {
+                    "playbook": r.playbook,
+                    "event": r.event_id,
+                    "camera": r.camera,
+                    "expires_in_s": round(max(0.0, r.expires - now), 1),
+                }
+                for r in self.policy.requests.values()
+            ]
+
+    def snapshot(self) -> OutputsStatus:
+        with self._lock:
+            return {
+                "outputs": {name: dict(st) for name, st in self._status.items()},  # type: ignore[misc]
+                "pending": list(self._pending),
+                "guard_pid": self.guard.pid if self.guard is not None else None,
+            }

@@ -1,0 +1,86 @@
+"""A real Modbus TCP server (pymodbus's own) on loopback, standing in for a sign controller."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pymodbus.client import ModbusTcpClient
+
+_SERVER = """
+import logging, sys, warnings
+# The 3.x data store API announces its 4.0 successor at every start.
+warnings.simplefilter("ignore")
+logging.getLogger("pymodbus").setLevel(logging.ERROR)
+from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext
+from pymodbus.server import StartTcpServer
+# The block starts at 1: the server adds one to each address on the wire (protocol address 0).
+device = ModbusDeviceContext(hr=ModbusSequentialDataBlock(1, [0] * 256))
+StartTcpServer(context=ModbusServerContext(devices={1: device}, single=False),
+               address=("127.0.0.1", int(sys.argv[1])))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class SignController:
+    """Reads the registers of the running server the way a sign controller would see them."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.client = ModbusTcpClient("127.0.0.1", port=port, timeout=1.0)
+
+    def register(self, address: int) -> int:
+        if not self.client.connected:
+            self.client.connect()  # type: ignore[no-untyped-call]
+        reply = self.client.read_holding_registers(address, count=1, device_id=1)
+        assert not reply.isError(), reply
+        return int(reply.registers[0])
+
+    def wait_register(self, address: int, value: int, timeout: float) -> float:
+        """Poll until the register holds ``value``; the monotonic time it was first seen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.register(address) == value:
+                return time.monotonic()
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"register {address} is {self.register(address)}, not {value}, "
+                    f"after {timeout} s"
+                )
+            time.sleep(0.002)
+
+    def close(self) -> None:
+        self.client.close()  # type: ignore[no-untyped-call]
+
+
+@contextmanager
+def modbus_server(port: int | None = None) -> Iterator[SignController]:
+    port = port or free_port()
+    proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(port)])
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise AssertionError("the Modbus server did not start") from None
+                time.sleep(0.05)
+        controller = SignController(port)
+        try:
+            yield controller
+        finally:
+            controller.close()
+    finally:
+        proc.kill()
+        proc.wait()

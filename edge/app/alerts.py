@@ -68,6 +68,21 @@ class AlertHub:
             state=state,
         )
 
+    def notice(self, category: str, kind: str, rule: str, details: dict[str, Any]) -> None:
+        """A one-off signed event of the unit (an output changed, a request waits for an
+        agent), for the CSU and every other listener."""
+        self.publish(
+            self._signer.sign(
+                camera="unit",
+                category=category,
+                kind=kind,
+                rule=rule,
+                wall_ns=time.time_ns(),
+                frame_index=-1,
+                details=details,
+            )
+        )
+
     def publish(self, event: SignedEvent) -> None:
         """Record an event (ours or the analytics process's) and hand it to every listener."""
         summary = {

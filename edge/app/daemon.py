@@ -54,6 +54,8 @@ from edge.health import system as system_health
 from edge.health.door import DoorMonitor
 from edge.health.hotplug import HotplugEvent, HotplugMonitor
 from edge.identity import enrolment, unitkeys
+from edge.outputs import commands
+from edge.outputs.commands import CommandInbox
 from edge.outputs.engine import OutputEngine
 from edge.privacy.faceblur import FaceBlurrer
 from edge.snapshot import (
@@ -64,6 +66,7 @@ from edge.snapshot import (
     StatusReport,
     VaultStatus,
 )
+from edge.uplink import tls as uplink_tls
 from edge.uplink.client import UplinkClient
 from edge.uplink.dot1x.port_state import PortState
 from edge.uplink.dot1x.supervisor import Dot1xAlert, Dot1xSupervisor
@@ -213,7 +216,12 @@ class Daemon:
         assert self.alerts is not None
         # Before the sources of events (door, cameras, analytics): no event is missed, and
         # every output is made safe before anything may drive one.
-        self.outputs = OutputEngine(self.cfg, self.audit)
+        hub = self.alerts
+        self.outputs = OutputEngine(
+            self.cfg,
+            self.audit,
+            notify=lambda kind, details: hub.notice("output", kind, "outputs", details),
+        )
         self.outputs.start()
         self.alerts.add_listener(self.outputs.on_event)
 
@@ -307,7 +315,20 @@ class Daemon:
             log.error("uplink not started: %s", exc)
             return
         assert self.event_spool is not None
-        self.uplink = UplinkClient(self.cfg, outbox, gate, events=self.event_spool)
+        inbox = None
+        if self.outputs is not None:
+            # Commands from the CSU come back over this same connection: no listener here.
+            ca_file, _, _ = uplink_tls.key_paths(self.cfg)
+            inbox = CommandInbox(
+                self.cfg, self.outputs, self.audit, commands.load_ca_certs(ca_file)
+            )
+        self.uplink = UplinkClient(
+            self.cfg,
+            outbox,
+            gate,
+            events=self.event_spool,
+            commands=inbox.handle if inbox is not None else None,
+        )
         self.extra_selftests.append(("csu", selftest.csu_check(self.cfg, gate), 20.0))
         self.uplink.start()
 

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge.identity import evidence
+from edge.outputs.commands import OPERATOR_COMMANDS
 
 from .. import fsutil
 from ..errors import CaError
@@ -50,6 +51,7 @@ class Profile(StrEnum):
     CLIENT = "client"  # a unit: 802.1X EAP-TLS peer and TLS client of the CSU
     SERVER = "server"  # a RADIUS server or the CSU receiver: TLS server
     EVIDENCE = "evidence"  # a unit's Ed25519 evidence-signing key (edge.identity.evidence)
+    OPERATOR = "operator"  # a CSU agent's key signing commands to cabinet outputs
 
 
 class RevocationReason(StrEnum):
@@ -374,6 +376,9 @@ class VideoCA:
             Profile.CLIENT: ExtendedKeyUsageOID.CLIENT_AUTH,
             Profile.SERVER: ExtendedKeyUsageOID.SERVER_AUTH,
             Profile.EVIDENCE: evidence.DOCUMENT_SIGNING,
+            # Never a TLS purpose: a stolen unit or server key cannot sign commands, an
+            # operator key cannot open a TLS session as a unit.
+            Profile.OPERATOR: OPERATOR_COMMANDS,
         }[profile]
         usage = (
             evidence.key_usage() if profile is Profile.EVIDENCE else _usage(digital_signature=True)

@@ -87,25 +87,37 @@ def register(sub: Any) -> None:
     issue = add_command(
         csub,
         "issue",
-        help="make a key and certificate (RADIUS server, CSU)",
+        help="make a key and certificate (RADIUS server, CSU, operator)",
         description="Make a key and a certificate signed by the video sub-CA, for a server "
-        "(the RADIUS server, the CSU receiver) or, with --profile client, a client. --out is "
-        "a file prefix: OUT.key (never written over an existing key) and OUT.crt.",
+        "(the RADIUS server, the CSU receiver), with --profile client a client, or with "
+        "--profile operator a CSU agent who signs commands to cabinet outputs (NAME is the "
+        "agent's identity). --out is a file prefix: OUT.key (never written over an existing "
+        "key) and OUT.crt.",
         example=[
             (
                 "edge-csu ca issue /srv/video-ca radius.video.city.fr --out /srv/radius/radius",
                 "writes /srv/radius/radius.key and radius.crt",
             ),
             ("edge-csu ca issue /srv/video-ca csu.video.city.fr --out /etc/edge-csu/csu", "CSU"),
+            (
+                "edge-csu ca issue /srv/video-ca agent-dupont --profile operator --days 30 "
+                "--out /etc/edge-csu/operators/agent-dupont",
+                "an agent's command-signing key",
+            ),
         ],
     )
     issue.add_argument("dir", type=Path, help="the CA directory (made by `edge-csu ca init`)")
-    issue.add_argument("name", help="DNS name of the server (or a unit id with --profile client)")
+    issue.add_argument(
+        "name",
+        help="DNS name of the server (a unit id with --profile client, an agent's identity "
+        "with --profile operator)",
+    )
     issue.add_argument(
         "--profile",
-        choices=["server", "client"],
+        choices=["server", "client", "operator"],
         default="server",
-        help="server (serverAuth, the default) or client (clientAuth)",
+        help="server (serverAuth, the default), client (clientAuth) or operator (signs "
+        "commands to cabinet outputs; no TLS use)",
     )
     issue.add_argument(
         "--days", type=int, default=365, help="validity of the certificate (default 365)"

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: audit(action, details, actor)
 Audit = Callable[[str, dict[str, Any], str], None]
+#: notify(kind, details): a signed event for the CSU (kind as the audit action)
+Notify = Callable[[str, dict[str, Any]], None]
 
 #: How often an output that failed to return to safe is tried again.
 _RETRY_S = 1.0
@@ -86,9 +88,11 @@ class OutputEngine:
         wall_ns: Callable[[], int] = time.time_ns,
         drivers: dict[str, OutputDriver] | None = None,
         guard: bool = True,
+        notify: Notify | None = None,
     ) -> None:
         self.cfg = cfg
         self._audit = audit
+        self._notify = notify
         self._clock = clock
         self._wall_ns = wall_ns
         self.policy = PlaybookPolicy(cfg.outputs, cfg.playbooks)
@@ -124,7 +128,8 @@ class OutputEngine:
 
     def on_event(self, event: SignedEvent) -> None:
         """AlertHub listener: every signed event of the unit."""
-        if event.body.get("category") != "count":
+        # Counts never start anything; the engine's own notices must not feed it back.
+        if event.body.get("category") not in ("count", "output"):
             self._queue.put(_Event(event.body))
 
     def confirm(self, event_id: str, playbook: str, agent: str) -> None:
@@ -278,6 +283,11 @@ class OutputEngine:
             if error is not None and d.kind in ("drive", "safe"):
                 details["error"] = error
             self._audit(action, details, actor)
+            if self._notify is not None:
+                try:
+                    self._notify(action, {**details, "agent": actor})
+                except Exception:  # the CSU's view must not stop an output's return to safe
+                    log.exception("output event not published")
         self._publish()
 
     def _do(self, d: Decision, act: Callable[[], None]) -> None:

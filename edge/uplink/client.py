@@ -20,6 +20,7 @@ import hashlib
 import http.client
 import json
 import logging
+import re
 import ssl
 import threading
 import time
@@ -30,6 +31,7 @@ from typing import Protocol
 
 from edge.snapshot import UplinkStatus
 
+from .. import jsonlimits
 from ..backoff import Backoff
 from ..config import EdgeConfig
 from ..errors import EdgeError, UplinkError
@@ -45,6 +47,11 @@ BACKLOG_HEADER = "X-Edge-Backlog"
 #: How often an idle client looks at the outbox: bounds the live latency it adds (an indexed
 #: SQLite query of the live edge, cheap at this rate).
 IDLE_POLL_S = 0.25
+#: How often the CSU is asked for signed commands to the cabinet outputs (an agent's
+#: confirmation reaches the outputs within about this long).
+COMMAND_POLL_S = 1.0
+#: Largest command list accepted in one answer (16 commands of at most 16 KiB, with room).
+COMMANDS_MAX_BYTES = 512 * 1024
 
 
 class Gate(Protocol):
@@ -93,8 +100,13 @@ class UplinkClient:
         wall_ns: Callable[[], int] = time.time_ns,
         batch: int = 256,
         events: EventSpool | None = None,
+        commands: Callable[[bytes], bool] | None = None,
     ) -> None:
         self.cfg = cfg
+        #: Judges each signed command pulled from the CSU (the outputs' CommandInbox).
+        self.commands = commands
+        self._next_command_poll = 0.0
+        self._csu_has_commands = True
         self.outbox = outbox
         self.events = events
         self.gate = gate
@@ -116,6 +128,7 @@ class UplinkClient:
             "refused": 0,
             "bytes": 0,
             "failures": 0,
+            "commands": 0,
         }
         self._latencies: deque[float] = deque(maxlen=200)
         self._last_ack_mono: float | None = None
@@ -250,6 +263,8 @@ class UplinkClient:
         cursor = json.loads(body)
         held = {cam: c.get("last") for cam, c in cursor.get("cameras", {}).items()}
         self._backoff.reset()
+        self._csu_has_commands = True
+        self._next_command_poll = 0.0
         self._set_state(UplinkState.STREAMING, f"CSU holds up to {held or 'nothing'}")
 
     def _close(self) -> None:
@@ -310,6 +325,9 @@ class UplinkClient:
             if not self.gate.is_open():
                 raise UplinkError(f"802.1X gate closed: {self.gate.reason()}")
             self._certificate.if_changed(self._request)
+            if self.commands is not None and time.monotonic() >= self._next_command_poll:
+                self._pull_commands()
+                self._next_command_poll = time.monotonic() + COMMAND_POLL_S
             if self.events is not None:
                 queued = self.events.pending(limit=1)
                 if queued:
@@ -336,6 +354,33 @@ class UplinkClient:
             item = segments[(decision.item.camera_id, decision.item.sequence)]
             self._send(item, live=decision.live)
             self._scheduler.sent(decision.item, decision.live, time.monotonic())
+
+    def _pull_commands(self) -> None:
+        """Signed commands waiting at the CSU: each judged (the inbox audits it), then
+        acknowledged so that it is offered once. The unit listens on no port for them."""
+        assert self.commands is not None
+        if not self._csu_has_commands:
+            return
+        status, body = self._request("GET", protocol.commands_path(self.unit_id), None, None)
+        if status == 404:
+            log.info("uplink[%s] this CSU offers no commands to cabinet outputs", self.unit_id)
+            self._csu_has_commands = False
+            return
+        if status != 200:
+            raise UplinkError(f"CSU answered {status} to the commands request")
+        try:
+            offered = jsonlimits.loads(body, max_bytes=COMMANDS_MAX_BYTES)["commands"]
+            items = [(str(c["nonce"]), c["command"]) for c in offered]
+        except (EdgeError, ValueError, KeyError, TypeError) as exc:
+            raise UplinkError(f"CSU sent a malformed command list: {exc}") from None
+        for nonce, command in items:
+            self.commands(json.dumps(command).encode())
+            with self._lock:
+                self._counters["commands"] += 1
+            if re.fullmatch(r"[0-9a-f]{32}", nonce):
+                self._request(
+                    "DELETE", f"{protocol.commands_path(self.unit_id)}/{nonce}", None, None
+                )
 
     def _send_event(self, path: Path) -> None:
         assert self.events is not None

@@ -80,6 +80,11 @@ def cursor_path(unit_id: str) -> str:
     return f"{API_PREFIX}/units/{unit_id}/cursor"
 
 
+def commands_path(unit_id: str) -> str:
+    """GET: signed commands waiting for the unit; DELETE …/NONCE once the unit judged one."""
+    return f"{API_PREFIX}/units/{unit_id}/commands"
+
+
 def is_final_refusal(status: int) -> bool:
     """A 4xx will not change on retry: the item is set aside instead of blocking the queue."""
     return 400 <= status < 500 and status not in (408, 429)

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from edge.csu.receiver.access_log import AuditLog
 from edge.csu.receiver.archive import Refusal, SegmentStore
+from edge.csu.receiver.commands import CommandQueue
 from edge.csu.receiver.mqtt_relay import EventPublisher
 from edge.csu.receiver.settings import ServeConfig
 from edge.uplink import event_checks as wire_events
@@ -78,6 +79,7 @@ class Receiver:
         self.crl = RevocationList(cfg.tls.crl_file, cfg.tls.client_ca_file)
         self.registry = UnitRegistry(cfg.registry_dir, ca_file=cfg.tls.client_ca_file, crl=self.crl)
         self.audit = AuditLog(cfg.audit_log)
+        self.commands = CommandQueue(cfg.commands_dir)
         self.publisher = EventPublisher(cfg.mqtt) if cfg.mqtt.enabled else None
         # Workers mostly wait on fsync (the GIL is released): more of them overlap the flushes.
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="csu-store")
@@ -324,6 +326,19 @@ class Receiver:
 
         return web.json_response(await self.run_blocking(cursor))
 
+    async def get_commands(self, request: web.Request) -> web.Response:
+        """Signed commands waiting for this unit (the unit judges them, not the receiver)."""
+        pending = await self.run_blocking(self.commands.pending, request["unit"])
+        return web.json_response(
+            {"commands": [{"nonce": n, "command": json.loads(data)} for n, data in pending]}
+        )
+
+    async def delete_command(self, request: web.Request) -> web.Response:
+        done = await self.run_blocking(
+            self.commands.done, request["unit"], request.match_info["nonce"]
+        )
+        return web.json_response({"status": "done" if done else "unknown"})
+
     # --- application ----------------------------------------------------------------------------
 
     def units_app(self) -> web.Application:
@@ -350,6 +365,8 @@ class Receiver:
             name=SIGNING_CERTIFICATE_ROUTE,
         )
         app.router.add_get(f"{base}/cursor", self.get_cursor)
+        app.router.add_get(f"{base}/commands", self.get_commands)
+        app.router.add_delete(f"{base}/commands/{{nonce:[0-9a-f]{{32}}}}", self.delete_command)
         return app
 
     def close(self) -> None:

@@ -260,3 +260,25 @@ def test_a_missing_or_damaged_message_is_an_error_not_silence(tmp_path: Path) ->
     assert any("over max_duration_s" in p for p in problems), problems
     with pytest.raises(OutputError, match="not a readable WAV"):
         driver.drive("disperse", 5.0)
+
+
+def test_losing_the_uplink_ends_only_the_playbooks_that_say_so() -> None:
+    with modbus_server() as sign:
+        audit = Audit()
+        cfg = sign_config(sign.port, duration_s=60.0).model_copy()
+        ww = cfg.playbooks[0].model_copy(update={"safe_on_uplink_loss": True})
+        cfg = cfg.model_copy(update={"playbooks": [ww, cfg.playbooks[1]]})
+        engine = OutputEngine(cfg, audit, guard=False)
+        alerts = hub()
+        alerts.add_listener(engine.on_event)
+        engine.start()
+        try:
+            engine.uplink_state(True)
+            analytics_event(alerts, "wrong_way")
+            sign.wait_register(REGISTER, 1, 2.0)
+            engine.uplink_state(False)
+            sign.wait_register(REGISTER, 0, 2.0)
+        finally:
+            engine.stop()
+    safe = [d["reason"] for a, d, _ in audit.records if a == "output-safe"]
+    assert "uplink lost (safe_on_uplink_loss)" in safe

@@ -217,13 +217,19 @@ class Daemon:
         # Before the sources of events (door, cameras, analytics): no event is missed, and
         # every output is made safe before anything may drive one.
         hub = self.alerts
-        self.outputs = OutputEngine(
+        engine = OutputEngine(
             self.cfg,
             self.audit,
             notify=lambda kind, details: hub.notice("output", kind, "outputs", details),
         )
-        self.outputs.start()
-        self.alerts.add_listener(self.outputs.on_event)
+        try:
+            engine.start()
+        except (EdgeError, OSError, ImportError) as exc:
+            # Recording goes on without outputs rather than not at all.
+            log.error("cabinet outputs not started, no playbook will run: %s", exc)
+            return
+        self.outputs = engine
+        self.alerts.add_listener(engine.on_event)
 
     def _watch_uplink(self) -> None:
         """Tell the outputs engine when the CSU link is lost (``safe_on_uplink_loss``)."""

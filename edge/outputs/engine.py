@@ -75,7 +75,12 @@ class _Uplink:
     connected: bool
 
 
-_Item = _Event | _Confirm | _Manual | _Uplink | None
+@dataclass(frozen=True, slots=True)
+class _Tick:
+    """Nothing arrived before the next deadline: only time has passed."""
+
+
+_Item = _Event | _Confirm | _Manual | _Uplink | _Tick | None
 
 
 class OutputEngine:
@@ -148,7 +153,13 @@ class OutputEngine:
             for problem in driver.check():
                 log.error("%s", problem)
         if self._use_guard:
-            self._start_guard()
+            try:
+                self._start_guard()
+            except (OSError, OutputError, ValueError) as exc:
+                # Recording must not stop for it: the status shows the guard missing (FAIL).
+                log.error("output guard not started: outputs are not made safe if edged dies: %s",
+                          exc)  # fmt: skip
+                self.guard = None
         self._carry_out(self.policy.end_all("edged started"))
         self._thread = threading.Thread(target=self._run, name="outputs", daemon=True)
         self._thread.start()
@@ -209,7 +220,7 @@ class OutputEngine:
             try:
                 item = self._queue.get(timeout=max(0.0, min(deadlines) - now))
             except queue.Empty:
-                item = _Uplink(True)  # a no-op: only the tick below
+                item = _Tick()
             if item is None:
                 return
             try:
@@ -263,7 +274,8 @@ class OutputEngine:
                 if getattr(d, key) is not None:
                     details[key if key != "event_id" else "event"] = getattr(d, key)
             if d.until is not None:
-                details["duration_s"] = round(d.until - self._clock(), 3)
+                left = "confirm_within_s" if d.kind == "request" else "duration_s"
+                details[left] = round(d.until - self._clock(), 3)
             actor = d.agent or "edged"
             if d.kind == "drive":
                 assert d.state is not None and d.until is not None
@@ -285,7 +297,8 @@ class OutputEngine:
             self._audit(action, details, actor)
             if self._notify is not None:
                 try:
-                    self._notify(action, {**details, "agent": actor})
+                    message = f"{d.output}: {action.removeprefix('output-')} ({d.reason})"
+                    self._notify(action, {**details, "agent": actor, "message": message})
                 except Exception:  # the CSU's view must not stop an output's return to safe
                     log.exception("output event not published")
         self._publish()

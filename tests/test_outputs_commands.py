@@ -171,3 +171,16 @@ def test_the_receivers_queue_offers_each_command_once_and_refuses_a_second_copy(
     expired = lab.command(now_ns=time.time_ns() - 10**12, lifetime_s=60)
     queue.queue("demo-unit", expired)
     assert queue.pending("demo-unit") == []  # not offered: it can only be refused
+
+
+def test_a_damaged_nonce_store_is_kept_aside_and_audited(lab: Lab) -> None:
+    store = lab.cfg.unit.data_dir / "outputs" / "command-nonces.json"
+    assert lab.inbox.handle(lab.command())
+    store.write_bytes(b"\x00torn")  # a power cut in the middle of someone else's write
+    audit = type(lab.audit)()
+    inbox = CommandInbox(lab.cfg, lab.engine, audit, [lab.ca.sub_cert, lab.ca.root_cert])
+    [(action, details, _)] = audit.records
+    assert action == "output-command-nonces-damaged" and "kept as" in str(details["reason"])
+    assert [p.name for p in store.parent.glob("command-nonces.json.damaged-*")]
+    assert inbox.handle(lab.command())  # commands still work, on a new store
+    assert store.exists()

@@ -262,15 +262,24 @@ class NonceStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._seen: dict[str, int] = {}
+        #: What was wrong with the store found at start (kept aside), for the audit log.
+        self.damaged: str | None = None
         try:
             loaded = json.loads(path.read_bytes())
             self._seen = {str(k): int(v) for k, v in loaded.items()}
         except FileNotFoundError:
             pass
         except (OSError, ValueError, AttributeError) as exc:
-            # Refusing every command until someone looks is safer than forgetting replays;
-            # but the store is ours alone, so a damaged one is kept aside and noted loudly.
-            log.error("command nonce store %s unreadable (%s): starting a new one", path, exc)
+            # Never silently repaired: the damaged file is kept aside and the inbox audits it.
+            # Commands live at most MAX_LIFETIME_S, so the replays it could let through are
+            # bounded to that window.
+            aside = path.with_name(f"{path.name}.damaged-{time.time_ns()}")
+            self.damaged = f"{path} unreadable ({exc}); kept as {aside.name}"
+            log.error("command nonce store %s", self.damaged)
+            try:
+                path.rename(aside)
+            except OSError as err:
+                self.damaged += f" (not moved aside: {err})"
 
     def seen(self, nonce: str) -> bool:
         return nonce in self._seen
@@ -305,6 +314,8 @@ class CommandInbox:
         self.ca_certs = list(ca_certs)
         self._wall_ns = wall_ns
         self.nonces = NonceStore(cfg.unit.data_dir / "outputs" / "command-nonces.json")
+        if self.nonces.damaged is not None:
+            audit("output-command-nonces-damaged", {"reason": self.nonces.damaged}, "edged")
         self._lock = threading.Lock()
         self.accepted = 0
         self.refused = 0

@@ -109,6 +109,7 @@ class OutputEngine:
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._heartbeat = 0
+        self._beat_failing: set[str] = set()
         self._stopped = False
         self._unsafe: dict[str, str] = {}  # outputs whose return to safe failed: reason
         self._lock = threading.Lock()
@@ -344,11 +345,15 @@ class OutputEngine:
 
     def _beat(self) -> None:
         self._heartbeat += 1
-        for driver in self.drivers.values():
+        for name, driver in self.drivers.items():
             try:
                 driver.heartbeat(self._heartbeat)
             except OutputError as exc:
-                log.warning("heartbeat: %s", exc)
+                if name not in self._beat_failing:  # once per outage, not every period
+                    log.warning("heartbeat: %s", exc)
+                self._beat_failing.add(name)
+            else:
+                self._beat_failing.discard(name)
 
     def _publish(self) -> None:
         now = self._clock()

@@ -282,3 +282,20 @@ def test_losing_the_uplink_ends_only_the_playbooks_that_say_so() -> None:
             engine.stop()
     safe = [d["reason"] for a, d, _ in audit.records if a == "output-safe"]
     assert "uplink lost (safe_on_uplink_loss)" in safe
+
+
+def test_a_guard_that_cannot_start_leaves_the_outputs_working_and_shows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with modbus_server() as sign:
+        engine = OutputEngine(sign_config(sign.port), Audit())
+        monkeypatch.setattr(sys, "executable", "/bin/false")  # the fault: no guard process
+        engine.start()
+        monkeypatch.undo()
+        try:
+            assert engine.snapshot()["guard_pid"] is None
+            engine.manual("sign-up", "closed", 5.0, "agent")
+            sign.wait_register(REGISTER, 2, 2.0)
+        finally:
+            engine.stop()
+        assert sign.register(REGISTER) == 0

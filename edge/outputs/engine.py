@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import queue
+import select
 import subprocess
 import sys
 import threading
@@ -48,6 +49,8 @@ Notify = Callable[[str, dict[str, Any]], None]
 
 #: How often an output that failed to return to safe is tried again.
 _RETRY_S = 1.0
+#: How long the guard may take to say it is armed.
+_GUARD_START_S = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,8 +204,12 @@ class OutputEngine:
         payload = "[" + ",".join(o.model_dump_json() for o in self.cfg.outputs) + "]\n"
         self.guard.stdin.write(payload.encode())
         self.guard.stdin.flush()
-        ready = self.guard.stdout.readline()
+        # A guard that hangs at start must not hang edged's start (and recording) with it.
+        readable, _, _ = select.select([self.guard.stdout], [], [], _GUARD_START_S)
+        ready = self.guard.stdout.readline() if readable else b"(nothing in time)"
         if ready.strip() != b"armed":
+            self.guard.kill()
+            self.guard.wait()
             raise OutputError(f"output guard did not start (said {ready!r})")
         log.info("output guard armed (pid %d)", self.guard.pid)
 
@@ -210,14 +217,14 @@ class OutputEngine:
 
     def _run(self) -> None:
         period = self.cfg.outputs_heartbeat_s
-        next_beat = self._clock()
+        next_beat = next_retry = self._clock()
         while True:
             now = self._clock()
             deadlines = [a.until for a in self.policy.active.values()]
             deadlines += [r.expires for r in self.policy.requests.values()]
             deadlines.append(next_beat)
             if self._unsafe:
-                deadlines.append(now + _RETRY_S)
+                deadlines.append(next_retry)
             try:
                 item = self._queue.get(timeout=max(0.0, min(deadlines) - now))
             except queue.Empty:
@@ -228,7 +235,11 @@ class OutputEngine:
                 self._handle(item)
                 now = self._clock()
                 self._carry_out(self.policy.tick(now))
-                self._retry_unsafe()
+                if self._unsafe and now >= next_retry:
+                    # Paced: a dead controller costs one connection attempt a second, not
+                    # one per event.
+                    self._retry_unsafe()
+                    next_retry = now + _RETRY_S
                 if now >= next_beat:
                     self._beat()
                     next_beat = now + period

@@ -299,3 +299,38 @@ def test_a_guard_that_cannot_start_leaves_the_outputs_working_and_shows(
         finally:
             engine.stop()
         assert sign.register(REGISTER) == 0
+
+
+def test_a_density_event_plays_the_message_through_the_engine_and_a_missing_one_shows(
+    tmp_path: Path,
+) -> None:
+    tool("aplay")
+    _wav(tmp_path / "disperse.wav", 0.5)  # "long.wav" is missing: an installer's slip
+    played = tmp_path / "played.raw"
+    text = audio_config(tmp_path, played).model_dump_json()
+    cfg = EdgeConfig.model_validate_json(text).model_copy(
+        update={
+            "playbooks": [
+                config.PlaybookConfig(
+                    name="disperse", event="crowd_movement", output="speaker", state="disperse",
+                    duration_s=5.0, confirmation=config.Confirmation.IMMEDIATE,
+                )
+            ]
+        }
+    )  # fmt: skip
+    audit = Audit()
+    engine = OutputEngine(cfg, audit, guard=False)
+    alerts = hub()
+    alerts.add_listener(engine.on_event)
+    engine.start()
+    try:
+        snap = engine.snapshot()["outputs"]["speaker"]
+        assert "long.wav" in (snap["error"] or ""), snap
+        analytics_event(alerts, "crowd_movement")
+        deadline = time.monotonic() + 10
+        while not (played.exists() and played.stat().st_size == 2 * 8000 * 0.5):
+            assert time.monotonic() < deadline, "the message was not played in full"
+            time.sleep(0.05)
+    finally:
+        engine.stop()
+    assert [d["state"] for a, d, _ in audit.records if a == "output-driven"] == ["disperse"]

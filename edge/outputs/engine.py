@@ -113,6 +113,7 @@ class OutputEngine:
         self._thread: threading.Thread | None = None
         self._heartbeat = 0
         self._beat_failing: set[str] = set()
+        self._problems: dict[str, str] = {}  # found by the drivers' checks at start
         self._stopped = False
         self._unsafe: dict[str, str] = {}  # outputs whose return to safe failed: reason
         self._lock = threading.Lock()
@@ -153,9 +154,13 @@ class OutputEngine:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        for driver in self.drivers.values():
-            for problem in driver.check():
+        for name, driver in self.drivers.items():
+            problems = driver.check()
+            for problem in problems:
                 log.error("%s", problem)
+            if problems:
+                # Shown until fixed (a restart), whatever the writes do meanwhile.
+                self._problems[name] = "; ".join(problems)
         if self._use_guard:
             try:
                 self._start_guard()
@@ -385,7 +390,10 @@ class OutputEngine:
     def snapshot(self) -> OutputsStatus:
         with self._lock:
             return {
-                "outputs": {name: dict(st) for name, st in self._status.items()},  # type: ignore[misc]
+                "outputs": {
+                    name: {**st, "error": st["error"] or self._problems.get(name)}
+                    for name, st in self._status.items()
+                },
                 "pending": list(self._pending),
                 "guard_pid": self.guard.pid if self.guard is not None else None,
             }

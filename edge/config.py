@@ -578,11 +578,30 @@ class OutputKind(StrEnum):
     AUDIO = "audio"
 
 
+class ModbusTransport(StrEnum):
+    """Modbus over Ethernet (TCP) or over a serial line, RS-485 usually (RTU)."""
+
+    TCP = "tcp"
+    RTU = "rtu"
+
+
 class ModbusOutputConfig(_Section):
-    host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:\-]+$")
+    transport: ModbusTransport = ModbusTransport.TCP
+    """``tcp`` (host and port) or ``rtu`` (serial_port and its line settings)."""
+    host: str | None = Field(
+        default=None, min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:\-]+$"
+    )
     """The PLC or sign controller (on the cabinet's own network, never the uplink's)."""
     port: int = Field(default=502, ge=1, le=65535)
     """Modbus TCP port."""
+    serial_port: str | None = Field(default=None, pattern=r"^/dev/[A-Za-z0-9_./-]+$")
+    """Serial device of an RTU line (``/dev/ttyUSB0``, ``/dev/ttyAMA1``)."""
+    baudrate: int = Field(default=19200, ge=1200, le=921_600)
+    """RTU line speed."""
+    parity: str = Field(default="E", pattern=r"^[NEO]$")
+    """RTU parity: E (the Modbus default, 8E1), N or O."""
+    stopbits: int = Field(default=1, ge=1, le=2)
+    """RTU stop bits (2 is the Modbus rule without parity)."""
     device_id: int = Field(default=1, ge=0, le=247)
     """Modbus unit (slave) id of the controller."""
     state_register: int = Field(ge=0, le=65535)
@@ -592,6 +611,14 @@ class ModbusOutputConfig(_Section):
     watch it returns to its safe state by itself when the unit dies or loses power."""
     timeout_s: float = Field(default=1.0, gt=0.0, le=10.0)
     """Time limit of one Modbus request."""
+
+    @model_validator(mode="after")
+    def _transport_settings(self) -> ModbusOutputConfig:
+        if self.transport is ModbusTransport.TCP and self.host is None:
+            raise ValueError("a Modbus TCP output needs host")
+        if self.transport is ModbusTransport.RTU and self.serial_port is None:
+            raise ValueError("a Modbus RTU output needs serial_port")
+        return self
 
 
 class GpioOutputConfig(_Section):

@@ -8,8 +8,11 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
-from pymodbus.client import ModbusTcpClient
+from pymodbus.client import ModbusSerialClient, ModbusTcpClient
+
+from tests.conftest import tool
 
 _SERVER = """
 import logging, sys, warnings
@@ -22,6 +25,19 @@ from pymodbus.server import StartTcpServer
 device = ModbusDeviceContext(hr=ModbusSequentialDataBlock(1, [0] * 256))
 StartTcpServer(context=ModbusServerContext(devices={1: device}, single=False),
                address=("127.0.0.1", int(sys.argv[1])))
+"""
+
+
+_RTU_SERVER = """
+import logging, sys, warnings
+warnings.simplefilter("ignore")
+logging.getLogger("pymodbus").setLevel(logging.ERROR)
+from pymodbus import FramerType
+from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext
+from pymodbus.server import StartSerialServer
+device = ModbusDeviceContext(hr=ModbusSequentialDataBlock(1, [0] * 256))
+StartSerialServer(context=ModbusServerContext(devices={1: device}, single=False),
+                  framer=FramerType.RTU, port=sys.argv[1], baudrate=19200, parity="N")
 """
 
 
@@ -84,3 +100,50 @@ def modbus_server(port: int | None = None) -> Iterator[SignController]:
     finally:
         proc.kill()
         proc.wait()
+
+
+class RtuController:
+    """Reads the registers of the serial server from the controller's side of the line."""
+
+    def __init__(self, port: str) -> None:
+        self.client = ModbusSerialClient(port, baudrate=19200, parity="N", timeout=1.0, retries=1)
+
+    def register(self, address: int) -> int:
+        # Opened and closed each time: a serial port is locked by whoever holds it open, and
+        # the unit's side (driver, guard) must be able to open it between two reads.
+        assert self.client.connect()
+        try:
+            reply = self.client.read_holding_registers(address, count=1, device_id=1)
+        finally:
+            self.client.close()  # type: ignore[no-untyped-call]
+        assert not reply.isError(), reply
+        return int(reply.registers[0])
+
+
+@contextmanager
+def rtu_line(tmp: Path) -> Iterator[tuple[str, RtuController]]:
+    """An RS-485 line stood in for by a pseudo-terminal pair (socat), the pymodbus RTU server
+    (the controller) on its far end; yields the unit's end and a reader on that same end (a
+    second master on the bus: the test uses it only while the unit's side is quiet)."""
+    socat = tool("socat")
+    unit_end, server_end = tmp / "rtu-unit", tmp / "rtu-server"
+    pair = subprocess.Popen(
+        [socat, "pty,raw,echo=0,link=" + str(unit_end), "pty,raw,echo=0,link=" + str(server_end)],
+        stderr=subprocess.DEVNULL,
+    )
+    procs = [pair]
+    try:
+        deadline = time.monotonic() + 10
+        while not (unit_end.exists() and server_end.exists()):
+            assert time.monotonic() < deadline, "socat made no pseudo-terminal pair"
+            time.sleep(0.02)
+        server = subprocess.Popen([sys.executable, "-c", _RTU_SERVER, str(server_end)])
+        procs.append(server)
+        time.sleep(0.5)  # the server opens its end; RTU has no connection to wait for
+        # The device itself (/dev/pts/N), as a unit's configuration names a serial device.
+        device = str(unit_end.resolve())
+        yield device, RtuController(device)
+    finally:
+        for proc in reversed(procs):
+            proc.kill()
+            proc.wait()

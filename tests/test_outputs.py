@@ -17,12 +17,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from edge import config
 from edge.app.alerts import AlertHub
 from edge.config import EdgeConfig
-from edge.errors import OutputError
+from edge.errors import ConfigError, OutputError
 from edge.events import EventSigner
 from edge.outputs.audio import AudioDriver, wav_duration
 from edge.outputs.engine import OutputEngine
+from edge.outputs.modbus import ModbusDriver
 from tests.conftest import tool
-from tests.modbus_util import modbus_server
+from tests.modbus_util import modbus_server, rtu_line
 
 REGISTER = 10
 HEARTBEAT = 11
@@ -334,3 +335,43 @@ def test_a_density_event_plays_the_message_through_the_engine_and_a_missing_one_
     finally:
         engine.stop()
     assert [d["state"] for a, d, _ in audit.records if a == "output-driven"] == ["disperse"]
+
+
+def test_a_controller_on_a_modbus_rtu_line_is_driven_and_made_safe_by_the_guard(
+    tmp_path: Path,
+) -> None:
+    with rtu_line(tmp_path) as (line, controller):
+        cfg = config.parse(f"""
+[[outputs]]
+name = "barrier"
+meaning = "lane 2 barrier, PLC on RS-485"
+kind = "modbus"
+states = {{ closed = 7 }}
+[outputs.modbus]
+transport = "rtu"
+serial_port = "{line}"
+parity = "N"  # a pseudo-terminal refuses parity settings; a real RS-485 line takes E
+state_register = {REGISTER}
+""")  # fmt: skip
+        driver = ModbusDriver(cfg.outputs[0])
+        driver.drive("closed", 5.0)
+        driver.close()
+        assert controller.register(REGISTER) == 7
+        proc = guard(cfg)
+        try:
+            assert proc.stdin is not None
+            proc.stdin.close()  # edged is gone
+            assert proc.wait(10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert controller.register(REGISTER) == 0
+
+
+def test_a_modbus_output_needs_the_settings_of_its_transport() -> None:
+    base = '[[outputs]]\nname = "s"\nmeaning = "m"\nkind = "modbus"\nstates = { on = 1 }\n'
+    with pytest.raises(ConfigError, match="needs serial_port"):
+        config.parse(base + '[outputs.modbus]\ntransport = "rtu"\nstate_register = 1\n')
+    with pytest.raises(ConfigError, match="needs host"):
+        config.parse(base + "[outputs.modbus]\nstate_register = 1\n")

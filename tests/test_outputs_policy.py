@@ -171,5 +171,5 @@ def test_the_operations_guide_example_is_a_valid_configuration() -> None:
     block = re.search(r"```toml\n(.*?)```", chapter, re.S)
     assert block is not None
     cfg = config.parse(block.group(1), path="OPERATIONS.md")
-    assert [o.kind.value for o in cfg.outputs] == ["modbus", "gpio", "audio"]
+    assert [o.kind.value for o in cfg.outputs] == ["modbus", "modbus", "gpio", "audio"]
     assert [p.confirmation.value for p in cfg.playbooks] == ["immediate", "required"]

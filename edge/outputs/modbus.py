@@ -1,4 +1,5 @@
-"""Modbus TCP output: a holding register of the cabinet's PLC or sign controller (pymodbus).
+"""Modbus output: a holding register of the cabinet's PLC or sign controller (pymodbus), over
+TCP or over a serial RTU line.
 
 The controller shows what the register says: ``states`` name the values, ``safe_value`` is the
 blank sign or open barrier. Where the controller's program watches ``heartbeat_register``, it
@@ -10,10 +11,11 @@ from __future__ import annotations
 
 import logging
 
-from pymodbus.client import ModbusTcpClient
+from pymodbus import FramerType
+from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from edge.config import ModbusOutputConfig, OutputConfig
+from edge.config import ModbusOutputConfig, ModbusTransport, OutputConfig
 from edge.errors import OutputError
 from edge.outputs.base import OutputDriver
 
@@ -27,21 +29,36 @@ class ModbusDriver(OutputDriver):
         self.bus: ModbusOutputConfig = cfg.modbus
         # One attempt per request: the engine decides when to try again, and a safe-state
         # write must not wait behind three retries of a dead controller.
-        self._client = ModbusTcpClient(
-            self.bus.host,
-            port=self.bus.port,
-            timeout=self.bus.timeout_s,
-            retries=0,
-            reconnect_delay=0,
-        )
+        self._client: ModbusTcpClient | ModbusSerialClient
+        if self.bus.transport is ModbusTransport.RTU:
+            assert self.bus.serial_port is not None
+            self._client = ModbusSerialClient(
+                self.bus.serial_port,
+                framer=FramerType.RTU,
+                baudrate=self.bus.baudrate,
+                parity=self.bus.parity,
+                stopbits=self.bus.stopbits,
+                timeout=self.bus.timeout_s,
+                retries=0,
+                reconnect_delay=0,
+            )
+            self._where = self.bus.serial_port
+        else:
+            assert self.bus.host is not None
+            self._client = ModbusTcpClient(
+                self.bus.host,
+                port=self.bus.port,
+                timeout=self.bus.timeout_s,
+                retries=0,
+                reconnect_delay=0,
+            )
+            self._where = f"{self.bus.host}:{self.bus.port}"
 
     def _write(self, register: int, value: int, what: str) -> None:
         try:
-            connected = self._client.connected or self._client.connect()  # type: ignore[no-untyped-call]
+            connected = self._client.connected or self._client.connect()
             if not connected:
-                raise OutputError(
-                    f"output {self.name}: controller {self.bus.host}:{self.bus.port} unreachable"
-                )
+                raise OutputError(f"output {self.name}: controller {self._where} unreachable")
             reply = self._client.write_register(register, value, device_id=self.bus.device_id)
         except ModbusException as exc:
             self._client.close()  # type: ignore[no-untyped-call]

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
+from pymodbus.exceptions import ModbusException
 
 from tests.conftest import tool
 
@@ -139,10 +140,19 @@ def rtu_line(tmp: Path) -> Iterator[tuple[str, RtuController]]:
             time.sleep(0.02)
         server = subprocess.Popen([sys.executable, "-c", _RTU_SERVER, str(server_end)])
         procs.append(server)
-        time.sleep(0.5)  # the server opens its end; RTU has no connection to wait for
         # The device itself (/dev/pts/N), as a unit's configuration names a serial device.
         device = str(unit_end.resolve())
-        yield device, RtuController(device)
+        controller = RtuController(device)
+        deadline = time.monotonic() + 15
+        while True:  # RTU has no connection to wait for: the server answers once it is up
+            try:
+                controller.register(0)
+                break
+            except (AssertionError, ModbusException):
+                assert server.poll() is None, "the RTU server died"
+                assert time.monotonic() < deadline, "the RTU server does not answer"
+                time.sleep(0.1)
+        yield device, controller
     finally:
         for proc in reversed(procs):
             proc.kill()

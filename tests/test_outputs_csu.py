@@ -14,7 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from edge.identity.unitkeys import keys_dir_of, load_or_create_signing_key
+from edge.outputs import commands
 from edge.vault.audit import read_audit
 from tests.conftest import REPO
 from tests.daemon_util import running_edged
@@ -100,14 +105,17 @@ duration_s = 60
                         "--output", "sign-up", "--key", f"{operator}.key",
                         "--cert", f"{operator}.crt"]  # fmt: skip
                 queue = csu.directory / "commands" / "test-unit"
-                # An impostor who can write into the CSU's queue but holds no operator key.
-                genuine = csu_cli("command", "confirm", *args, "--playbook", "lane-closure",
-                                  "--event", "e-unknown", "--lifetime", "60")  # fmt: skip
-                assert genuine.returncode == 0, genuine.stderr
-                [filed] = queue.glob("*.json")
-                forged = _forge(filed.read_bytes())
-                filed.unlink()
-                (queue / ("f" * 32 + ".json")).write_bytes(forged)
+                # An impostor who can write into the CSU's queue but holds no operator key
+                # alters a command an agent signed (made here, not queued: the unit would take
+                # the genuine one before it could be altered).
+                key = serialization.load_pem_private_key(Path(f"{operator}.key").read_bytes(), None)
+                cert = x509.load_pem_x509_certificates(Path(f"{operator}.crt").read_bytes())[0]
+                assert isinstance(key, ec.EllipticCurvePrivateKey)
+                genuine = commands.sign(key, cert, kind="confirm", unit="test-unit",
+                                        outputs=["sign-up"], playbook="lane-closure",
+                                        event=str(request["event"]))  # fmt: skip
+                queue.mkdir(parents=True, exist_ok=True)
+                (queue / ("f" * 32 + ".json")).write_bytes(_forge(genuine))
                 wait_until(lambda: not list(queue.glob("*.json")), 10, "the unit to take it")
                 assert sign.register(REGISTER) == 0
 

@@ -54,6 +54,7 @@ from edge.health import system as system_health
 from edge.health.door import DoorMonitor
 from edge.health.hotplug import HotplugEvent, HotplugMonitor
 from edge.identity import enrolment, unitkeys
+from edge.privacy.commitment import MASK_SET_ACTION, config_version
 from edge.privacy.faceblur import FaceBlurrer
 from edge.snapshot import (
     AnalyticsStatus,
@@ -376,10 +377,17 @@ class Daemon:
     def _prepare_camera(self, cam: CameraConfig, cfg: EdgeConfig) -> CameraPipeline:
         """Build (not start) a camera's pipeline: everything that can refuse a setting."""
         assert self.sink is not None
-        return CameraPipeline(cam, self.sink, face_blur=FaceBlurrer.for_camera(cfg, cam.id))
+        return CameraPipeline(
+            cam,
+            self.sink,
+            face_blur=FaceBlurrer.for_camera(cfg, cam.id),
+            config_version=config_version(cfg),
+        )
 
     def _launch_camera(self, pipeline: CameraPipeline, cfg: EdgeConfig) -> None:
         cam = pipeline.cam
+        # Signed, polygons included, before any segment commits to it (docs/PRIVACY.md).
+        self.audit(MASK_SET_ACTION, pipeline.mask_set().record(config_version(cfg)))
         self.pipelines[cam.id] = pipeline
         if cfg.analytics.enabled and self.alerts is not None:
             # Its own process, fed masked frames from the capture thread; never blocks it.
@@ -555,10 +563,20 @@ class Daemon:
             self._restore_cameras(touched, old_cams)
             self._reload_outcome(False, f"{type(exc).__name__}: {exc}", origin)
             return False
+        version = config_version(new)
         for cam_id, cam in new_cams.items():
             old = old_cams.get(cam_id)
-            if old is not None and cam_id not in touched and old.privacy_masks != cam.privacy_masks:
-                self.pipelines[cam_id].set_masks(cam.privacy_masks)
+            if old is None or cam_id in touched:
+                continue
+            if old.privacy_masks == cam.privacy_masks:
+                self.pipelines[cam_id].set_config_version(version)
+            else:
+                pipeline = self.pipelines[cam_id]
+                # Masks first, the record a few ms later: hiding pixels waits for nothing. A
+                # crash in between leaves segments committing to a set without its record,
+                # which verification reports (never proves more than it holds).
+                pipeline.set_masks(cam.privacy_masks, version)
+                self.audit(MASK_SET_ACTION, pipeline.mask_set().record(version))
                 if self._reload_requested_mono is not None:
                     log.info(
                         "[%s] new privacy masks apply from the next frame, %.0f ms after SIGHUP",
@@ -576,7 +594,10 @@ class Daemon:
             k for k in type(new).model_fields if getattr(new, k) != getattr(self.cfg, k)
         )
         self.cfg = new
-        self.audit("config-reloaded", {"origin": origin, "sections_changed": changed})
+        self.audit(
+            "config-reloaded",
+            {"origin": origin, "sections_changed": changed, "config_version": version.hex()},
+        )
         log.info("configuration reloaded from %s", origin)
         self._reload_outcome(True, None, origin)
         return True

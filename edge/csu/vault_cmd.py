@@ -11,7 +11,8 @@ from typing import Any
 from cryptography import x509
 
 from edge.identity import load_public_pem
-from edge.vault import open_bundle
+from edge.vault import maskhistory, open_bundle
+from edge.vault.bundle import VerifiedBundle
 from edge.vault.recipient_keys import keypair_paths, load_private, rotate_keypair, write_keypair
 
 from ..cli.entry import describe_os_error
@@ -123,6 +124,15 @@ def _load_trust(
     return fleet_ca, crls
 
 
+def _print_masks(verified: VerifiedBundle) -> None:
+    """Which privacy masks held during each second, from the segments' signed commitments."""
+    seconds = maskhistory.per_second(verified.mask_timeline())
+    for camera, first, last, text in maskhistory.runs(seconds):
+        start = datetime.fromtimestamp(first, UTC).isoformat(timespec="seconds")
+        end = datetime.fromtimestamp(last + 1, UTC).isoformat(timespec="seconds")
+        print(f"  masks {camera} {start} → {end}: {text}")
+
+
 def _keygen(args: argparse.Namespace) -> int:
     kem = RecipientKem(args.kem)
     if args.yes and not args.rotate:
@@ -201,6 +211,7 @@ def _open(args: argparse.Namespace) -> int:
     for gap in gaps:
         at = datetime.fromtimestamp(gap.after_wall_ns / 1e9, UTC).isoformat(timespec="seconds")
         print(f"  time gap: nothing recorded for {gap.seconds:.1f} s after {at}")
+    _print_masks(verified)
     if verified.partial:
         for part in verified.damaged:
             print(f"  damaged: {part}")

@@ -27,13 +27,14 @@ explicitly that the bundle's own key is to be trusted (demos).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -55,7 +56,8 @@ from edge.identity.unitkeys import (
     public_pem,
     public_raw,
 )
-from edge.vault import chain, layout
+from edge.privacy.commitment import MaskSet
+from edge.vault import chain, layout, maskhistory
 from edge.vault.recipient_keys import RecipientPrivate, decrypt_segment, open_envelope
 
 from ..errors import IntegrityError, VaultError
@@ -292,6 +294,7 @@ def _export(
     seen: dict[str, int] = {}
     gap_records = _gaps_in_range(root, rows, start_ns, end_ns, public_key, device_id, damage)
     gaps_used: dict[tuple[str, int], fmt.GapRecord] = {}
+    committed_sets: set[maskhistory.SetKey] = set()
     total = len(rows) + len(env_files)
     done = 0
     size_sum = 0
@@ -344,6 +347,7 @@ def _export(
                     f"does not continue #{before.header.sequence} (replaced or reordered)",
                 )
         prev[cam] = seg
+        committed_sets.update((cam, m.committed.mask_set) for m in h.masks)
         name = f"segments/{cam}/{seq:010d}.seg"
         digest, size = _copy(src, partial / name)
         size_sum += size
@@ -409,6 +413,7 @@ def _export(
         done += 1
         if progress:
             progress(done, total)
+    mask_entries = _export_mask_sets(audit, public_key, committed_sets, partial)
     pem = public_pem(public_key)
     (partial / SIGNING_PUB_NAME).write_bytes(pem)
     certs: list[dict[str, Any]] = []
@@ -433,6 +438,8 @@ def _export(
         "segments": seg_entries,
         "envelopes": env_entries,
         "gaps": gap_entries,
+        # The signed record (polygons) of each mask set the segments commit to.
+        "mask_sets": mask_entries,
         "certificates": certs,
         # Where the certificate of unit_public_key is, or null: then only a pinned key verifies.
         "signing_certificate": f"certs/{SIGNING_CERT_NAME}" if certified else None,
@@ -484,6 +491,37 @@ def _export(
         damaged=tuple(damage.parts),
         gaps=described,
     )
+
+
+def _export_mask_sets(
+    audit: AuditLog,
+    public_key: ed25519.Ed25519PublicKey,
+    wanted: set[maskhistory.SetKey],
+    partial: Path,
+) -> list[dict[str, Any]]:
+    """Copy the signed ``mask-set`` record of each committed set into the bundle; a set whose
+    record is gone is left out (the verifier then reports its polygons as unknown)."""
+    entries: list[dict[str, Any]] = []
+    for (camera, digest), line in sorted(
+        maskhistory.records_for(audit.path, public_key, wanted).items()
+    ):
+        name = maskhistory.mask_file(camera, digest)
+        dest = partial / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with dest.open("wb") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        entries.append(
+            {
+                "camera": camera,
+                "digest": digest.hex(),
+                "file": name,
+                "sha256": hashlib.sha256(line).hexdigest(),
+                "size": len(line),
+            }
+        )
+    return entries
 
 
 def _gaps_in_range(
@@ -538,6 +576,12 @@ class VerifiedBundle:
     gaps: tuple[fmt.GapRecord, ...] = ()
     """Signed records of sequences the unit lost: the chain goes on through them, and they
     are reported with the bundle (never hidden)."""
+    mask_sets: Mapping[maskhistory.SetKey, MaskSet] = dataclasses.field(default_factory=dict)
+    """The mask sets the bundle carries signed records of (polygons checked against digests)."""
+
+    def mask_timeline(self) -> list[maskhistory.MaskSpan]:
+        """Which masks held over which span of each camera's recording."""
+        return maskhistory.timeline(self.segments, self.mask_sets)
 
     @property
     def partial(self) -> bool:
@@ -690,6 +734,13 @@ def verify_bundle(
         envelopes[(env.camera_id, env.epoch_id)] = env
         listed.add(entry["file"])
     gaps = _verify_listed_gaps(bundle, manifest, key, device, listed)
+    mask_list = manifest.get("mask_sets", [])  # absent from bundles made before commitments
+    if not isinstance(mask_list, list):
+        raise IntegrityError("manifest: mask_sets has the wrong type")
+    mask_sets = maskhistory.verify_listed(
+        mask_list, lambda e, w: _read_listed(bundle, e, w), key, device
+    )
+    listed.update(str(e["file"]) for e in mask_list)
     segments: list[fmt.SealedSegment] = []
     last: dict[str, fmt.SealedSegment] = {}
     for i, entry in enumerate(manifest["segments"]):
@@ -754,11 +805,11 @@ def verify_bundle(
         cert = _check_certificate(bundle, manifest, key, span, fleet_ca, crls)
         trust = f"fleet CA (evidence certificate {cert.serial_number:x})"
         return VerifiedBundle(
-            bundle, manifest, segments, envelopes, key, trust, cert, damaged, all_gaps
+            bundle, manifest, segments, envelopes, key, trust, cert, damaged, all_gaps, mask_sets
         )
     trust = "pinned unit key" if unit_public_key else "key inside the bundle (not verified)"
     return VerifiedBundle(
-        bundle, manifest, segments, envelopes, key, trust, None, damaged, all_gaps
+        bundle, manifest, segments, envelopes, key, trust, None, damaged, all_gaps, mask_sets
     )
 
 

@@ -213,6 +213,7 @@ class Vault(SegmentSink, Outbox):
                 prev_hash=lane.last_hash,
                 init_len=len(segment.init),
                 ciphertext_len=len(payload) + fmt.TAG_LEN,
+                masks=segment.masks,
             )
             ciphertext = epoch.encrypt(nonce, payload, header.pack())
             raw = fmt.sign_segment(header, ciphertext, self._key)

@@ -104,6 +104,12 @@ def register(sub: Any) -> None:
         action="store_true",
         help="trust the key inside the bundle (demos only: proves nothing about its origin)",
     )
+    opener.add_argument(
+        "--receipt-key",
+        type=Path,
+        default=None,
+        help="the CSU's receipt public key (PEM): every receipt in the bundle must check",
+    )
     opener.set_defaults(func=_open)
 
 
@@ -131,6 +137,30 @@ def _print_masks(verified: VerifiedBundle) -> None:
         start = datetime.fromtimestamp(first, UTC).isoformat(timespec="seconds")
         end = datetime.fromtimestamp(last + 1, UTC).isoformat(timespec="seconds")
         print(f"  masks {camera} {start} → {end}: {text}")
+
+
+def _print_receipts(verified: VerifiedBundle) -> None:
+    """Which segments the CSU receipted (directly or through the chain), and when."""
+    if not verified.receipts_checked:
+        if verified.receipts:
+            print(
+                f"  receipts: {len(verified.receipts)} carried, NOT checked "
+                "(give the CSU's receipt key with --receipt-key)"
+            )
+        return
+    covered = verified.receipt_coverage()
+    for camera in sorted({c.segment.header.camera_id for c in covered}):
+        mine = [c for c in covered if c.segment.header.camera_id == camera]
+        anchored = [c for c in mine if c.receipt is not None]
+        direct = sum(1 for c in anchored if c.direct)
+        line = f"  receipts {camera}: {len(anchored)} of {len(mine)} segment(s) held by the CSU"
+        if anchored:
+            times = [c.receipt.csu_time_ns for c in anchored if c.receipt is not None]
+            first = datetime.fromtimestamp(min(times) / 1e9, UTC).isoformat(timespec="seconds")
+            last = datetime.fromtimestamp(max(times) / 1e9, UTC).isoformat(timespec="seconds")
+            line += f" ({direct} receipted, {len(anchored) - direct} through the chain; "
+            line += f"CSU time {first} → {last})"
+        print(line)
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -180,6 +210,9 @@ def _open(args: argparse.Namespace) -> int:
     if args.unit_key is not None:
         pinned = load_public_pem(args.unit_key.read_bytes(), origin=str(args.unit_key))
     fleet_ca, crls = _load_trust(args.ca, args.crl)
+    receipt_key = None
+    if args.receipt_key is not None:
+        receipt_key = load_public_pem(args.receipt_key.read_bytes(), origin=str(args.receipt_key))
     if args.trust_bundle_key:
         print("edge-csu: WARNING: trusting the unit key inside the bundle: this proves the bundle")
         print("  is intact, not which unit made it; verify with --ca FLEET_CA for evidence")
@@ -195,6 +228,7 @@ def _open(args: argparse.Namespace) -> int:
             crls=crls,
             trust_bundle_key=args.trust_bundle_key,
             gaps=gaps,
+            receipt_key=receipt_key,
         )
     except IntegrityError as exc:
         print(f"edge-csu: REFUSED: {args.bundle}: {exc}")
@@ -212,6 +246,7 @@ def _open(args: argparse.Namespace) -> int:
         at = datetime.fromtimestamp(gap.after_wall_ns / 1e9, UTC).isoformat(timespec="seconds")
         print(f"  time gap: nothing recorded for {gap.seconds:.1f} s after {at}")
     _print_masks(verified)
+    _print_receipts(verified)
     if verified.partial:
         for part in verified.damaged:
             print(f"  damaged: {part}")

@@ -900,6 +900,29 @@ def verify_bundle(
     )
 
 
+def sealing_key(
+    bundle: Path,
+    *,
+    fleet_ca: Sequence[x509.Certificate] | None,
+    crls: Sequence[x509.CertificateRevocationList] = (),
+) -> ed25519.Ed25519PublicKey | None:
+    """The unit key of a bundle :func:`verify_bundle` refused, when its seal (manifest
+    signature) still holds and, with ``fleet_ca``, its evidence certificate checks over the
+    times the manifest gives: what a per-segment report may trust. None otherwise."""
+    try:
+        body = (bundle / "manifest.json").read_bytes()
+        sig = (bundle / "manifest.sig").read_bytes()
+        manifest = parse_manifest(body)
+        key = load_public_pem(manifest["unit_public_key"].encode(), origin="manifest")
+        key.verify(sig, _DOMAIN + hashlib.sha256(body).digest())
+        if fleet_ca is not None:
+            times = [int(e[name]) for e in manifest["segments"] for name in ("start_ns", "end_ns")]
+            _check_certificate(bundle, manifest, key, (min(times), max(times)), fleet_ca, crls)
+    except (OSError, InvalidSignature, IntegrityError, VaultError, KeyError, TypeError, ValueError):
+        return None
+    return key
+
+
 def _read_receipts(bundle: Path, manifest: dict[str, Any], listed: set[str]) -> list[bytes]:
     entries = manifest.get("receipts", [])  # absent from bundles made before receipts
     if not isinstance(entries, list):

@@ -53,7 +53,7 @@ from edge.frames import Frame
 from edge.health import system as system_health
 from edge.health.door import DoorMonitor
 from edge.health.hotplug import HotplugEvent, HotplugMonitor
-from edge.identity import enrolment, unitkeys
+from edge.identity import enrolment, evidence, unitkeys
 from edge.privacy.commitment import MASK_SET_ACTION, config_version
 from edge.privacy.faceblur import FaceBlurrer
 from edge.snapshot import (
@@ -73,6 +73,7 @@ from edge.vault.base import Outbox
 from edge.vault.store import Vault
 from edge.vault.verify import self_check
 from edge.video.base import SegmentSink
+from edge.video.mediasigning import ED25519_OID, SigningIdentity
 
 log = logging.getLogger("edged")
 
@@ -128,6 +129,8 @@ class Daemon:
         self.dot1x_supervisor: Dot1xSupervisor | None = None
         #: Alarms of the unit itself and analytics events, signed, for status and listeners.
         self.alerts: AlertHub | None = None
+        #: Who signs the video stream (ONVIF Media Signing): the unit key and its certificates.
+        self.media_signing: SigningIdentity | None = None
         self.door: DoorMonitor | None = None
         self.analytics: dict[str, AnalyticsBridge] = {}
         self.mqtt: MqttPublisher | None = None
@@ -177,6 +180,14 @@ class Daemon:
         try:
             signing_key = unitkeys.load_or_create_signing_key(unitkeys.keys_dir_of(data))
             self.alerts = AlertHub(EventSigner(signing_key, self.cfg.unit.id))
+            self.media_signing = SigningIdentity(
+                signing_key.sign,
+                ED25519_OID,
+                evidence.stream_chain(unitkeys.keys_dir_of(data), signing_key.public_key()),
+                __version__,
+                self.cfg.unit.id,
+                "edge firmware (city video PKI)",
+            )
             if self.cfg.uplink.enabled:
                 # Events wait in a durable spool and go to the CSU before any video; the spool
                 # listens from the start so no alarm raised before the uplink is up is lost.
@@ -382,6 +393,7 @@ class Daemon:
             self.sink,
             face_blur=FaceBlurrer.for_camera(cfg, cam.id),
             config_version=config_version(cfg),
+            media_signing=self.media_signing,
         )
 
     def _launch_camera(self, pipeline: CameraPipeline, cfg: EdgeConfig) -> None:

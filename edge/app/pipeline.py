@@ -45,6 +45,7 @@ from edge.privacy.masker import PrivacyMasker
 from edge.snapshot import CameraStatus
 from edge.video.base import MediaSegment, SegmentSink
 from edge.video.encoder import TIME_GAP_S, SegmentEncoder
+from edge.video.mediasigning import MediaSigner, SigningIdentity
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,10 @@ class CameraPipeline:
         face_blur: FaceBlurrer | None = None,
         queue_seconds: float = 2.0,
         config_version: bytes = bytes(32),
+        media_signing: SigningIdentity | None = None,
     ) -> None:
         self.cam = cam
+        self._media_signing = media_signing
         self._sink = sink
         self._observers = list(observers)
         self._config_version = config_version
@@ -236,8 +239,14 @@ class CameraPipeline:
         failures = 0
         while True:
             try:
+                signer = None if self._media_signing is None else MediaSigner(self._media_signing)
                 encoder = SegmentEncoder(
-                    self.cam.id, self.cam.width, self.cam.height, self.cam.fps, self.cam.encoder
+                    self.cam.id,
+                    self.cam.width,
+                    self.cam.height,
+                    self.cam.fps,
+                    self.cam.encoder,
+                    signer=signer,
                 )
             except EdgeError as exc:
                 self.recorder_error = str(exc)

@@ -10,6 +10,7 @@ authentic and complete, 3 authentic but partial, 1 anything not authentic, 2 cou
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,14 @@ def register(sub: Any) -> None:
     verify = add_command(
         sub,
         "verify",
-        help="check an evidence bundle and print what each second proves",
+        help="check an evidence bundle or a signed video file; print what each second proves",
         description="Check an evidence bundle without opening it: the seal (signed manifest, "
         "every file), the evidence certificate at the recording dates, each camera's chain and "
-        "losses, the privacy-mask commitments and, with --receipt-key, the CSU's receipts; then "
-        "a per-second coverage map (authentic, missing, not authentic). Exit 0: authentic and "
-        "complete; 3: authentic but partial; 1: something is not authentic; 2: error.",
+        "losses, the privacy-mask commitments and, with --receipt-key, the CSU's receipts. Or "
+        "check an H.264 MP4 (from edge-csu open, or any ONVIF Media Signing camera) GOP by GOP. "
+        "Then a per-second coverage map (authentic, missing, unsigned, not authentic). Exit 0: "
+        "authentic and complete; 3: authentic but partial; 1: something is not authentic or "
+        "nothing is signed; 2: error.",
         example=[
             (
                 "edge-csu verify /media/usb/pv42 --ca city-root.pem",
@@ -42,10 +45,16 @@ def register(sub: Any) -> None:
                 "--receipt-key receipt-key.pub.pem --json",
                 "with revocations and receipts, as JSON",
             ),
+            (
+                "edge-csu verify clip.mp4 --ca city-root.pem",
+                "a clip's ONVIF Media Signing, GOP by GOP",
+            ),
         ],
     )
     verify.add_argument(
-        "target", type=Path, help="evidence bundle directory written by `edgectl export`"
+        "target",
+        type=Path,
+        help="evidence bundle directory written by `edgectl export`, or an H.264 MP4 file",
     )
     verify.add_argument(
         "--ca",
@@ -70,6 +79,13 @@ def register(sub: Any) -> None:
         default=None,
         help="the CSU's receipt public key (PEM): every receipt in the bundle must check",
     )
+    verify.add_argument(
+        "--recorded-at",
+        default=None,
+        metavar="TIME",
+        help="a file whose signed times are not UTC: check its certificates at this date "
+        "(ISO 8601)",
+    )
     verify.add_argument("--json", action="store_true", help="the whole report as JSON")
     verify.set_defaults(func=_verify)
 
@@ -79,14 +95,16 @@ def _verify(args: argparse.Namespace) -> int:
         raise VaultError("give the trust anchor: --ca ROOT (the city's CA) or --unit-key PEM")
     if args.crl and args.ca is None:
         raise VaultError("--crl goes with --ca")
-    if not args.target.is_dir():
-        raise VaultError(
-            f"{args.target}: not a bundle directory (the directory edgectl export wrote)"
-        )
+    if not args.target.exists():
+        raise VaultError(f"{args.target}: no such bundle or file")
     fleet_ca, crls = _load_trust(args.ca, args.crl)
     pinned = None
     if args.unit_key is not None:
         pinned = load_public_pem(args.unit_key.read_bytes(), origin=str(args.unit_key))
+    if not args.target.is_dir():
+        report = _verify_file(args.target, fleet_ca, pinned, args.recorded_at)
+        _show(report, as_json=args.json)
+        return report.exit_status
     receipt_key = None
     if args.receipt_key is not None:
         receipt_key = load_public_pem(args.receipt_key.read_bytes(), origin=str(args.receipt_key))
@@ -103,11 +121,35 @@ def _verify(args: argparse.Namespace) -> int:
         report = coverage.from_refused(args.target, str(exc), key)
     else:
         report = coverage.from_verified(verified)
-    if args.json:
+    _show(report, as_json=args.json)
+    return report.exit_status
+
+
+def _show(report: coverage.Report, *, as_json: bool) -> None:
+    if as_json:
         print(report.as_json())
     else:
         _print(report)
-    return report.exit_status
+
+
+def _verify_file(
+    path: Path, fleet_ca: Any, pinned: Any, recorded_at: str | None
+) -> coverage.Report:
+    """ONVIF Media Signing of a video file, GOP by GOP."""
+    from edge.video import msvalidate
+
+    when = None
+    if recorded_at is not None:
+        try:
+            when = dt.datetime.fromisoformat(recorded_at)
+        except ValueError:
+            raise VaultError(f"--recorded-at {recorded_at!r}: not an ISO 8601 date") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+    media = msvalidate.validate(
+        msvalidate.read_access_units(path), anchors=fleet_ca, pinned=pinned, recorded_at=when
+    )
+    return coverage.from_media(str(path), media)
 
 
 def _print(report: coverage.Report) -> None:
@@ -121,4 +163,6 @@ def _print(report: coverage.Report) -> None:
         print(f"  {'REFUSED' if report.exit_status == 1 else 'NOTE'}: {line}")
     for camera, first, last, state in report.runs():
         start, end = coverage.iso(first), coverage.iso(last + 1)
+        if camera.endswith("(media time)"):  # nothing signed places it in UTC
+            start, end = f"{first} s", f"{last + 1} s"
         print(f"  {camera} {start} → {end} ({last - first + 1} s): {state}")

@@ -26,6 +26,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ..errors import IntegrityError
+from ..video.msvalidate import GopState, MediaReport
 from . import format as fmt
 from . import maskhistory
 from .bundle import VerifiedBundle
@@ -46,6 +47,8 @@ class Verdict(StrEnum):
     """Everything present checks; parts of the range are declared missing (exit 3)."""
     NOT_AUTHENTIC = "not-authentic"
     """Something fails its check (exit 1)."""
+    UNSIGNED = "unsigned"
+    """A video file that carries no signature at all (exit 1: nothing is proven)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +77,12 @@ class Report:
 
     @property
     def exit_status(self) -> int:
-        return {Verdict.AUTHENTIC: 0, Verdict.PARTIAL: 3, Verdict.NOT_AUTHENTIC: 1}[self.verdict]
+        return {
+            Verdict.AUTHENTIC: 0,
+            Verdict.PARTIAL: 3,
+            Verdict.NOT_AUTHENTIC: 1,
+            Verdict.UNSIGNED: 1,
+        }[self.verdict]
 
     def as_json(self) -> str:
         return json.dumps(
@@ -293,4 +301,69 @@ def from_refused(bundle: Path, reason: str, unit_key: ed25519.Ed25519PublicKey |
     bounds = (min(s[1] for s in spans), max(s[2] for s in spans))
     for (cam, s), state in sorted(_fill(cams, spans, bounds).items()):
         report.seconds.append(Second(cam, s, state))
+    return report
+
+
+def from_media(source: str, media: MediaReport) -> Report:
+    """The report of a video file checked for ONVIF Media Signing: per GOP, then per second
+    (signed UTC times; media time from 0 when nothing in the file is signed)."""
+    states = [g.state for g in media.gops]
+    if media.problems or GopState.NOT_AUTHENTIC in states:
+        verdict = Verdict.NOT_AUTHENTIC
+    elif not media.signed:
+        verdict = Verdict.UNSIGNED
+    elif GopState.UNSIGNED in states or GopState.MISSING in states or media.missing:
+        verdict = Verdict.PARTIAL
+    else:
+        verdict = Verdict.AUTHENTIC
+    report = Report(source, verdict, trust=media.signer)
+    report.reasons += media.problems
+    report.facts += media.notes
+    relative = all(g.start_ns is None for g in media.gops)
+    track = "video (media time)" if relative else "video"
+    by_state = {
+        GopState.AUTHENTIC: SecondState.AUTHENTIC,
+        GopState.MISSING: SecondState.MISSING,
+        GopState.UNSIGNED: SecondState.UNSIGNED,
+        GopState.NOT_AUTHENTIC: SecondState.NOT_AUTHENTIC,
+    }
+    spans: list[tuple[str, int, int, SecondState]] = []
+    for g in media.gops:
+        if relative or g.start_ns is None or g.end_ns is None:
+            start, end = round(g.first_pts_s * 1e9), round(g.last_pts_s * 1e9) + 1
+        else:
+            start, end = g.start_ns, max(g.end_ns, g.start_ns + 1)
+        spans.append((track, start, end, by_state[g.state]))
+    runs: list[tuple[int, int, GopState, str]] = []
+    for g in media.gops:
+        if runs and runs[-1][1] == g.index - 1 and runs[-1][2:] == (g.state, g.reason):
+            runs[-1] = (runs[-1][0], g.index, g.state, g.reason)
+        else:
+            runs.append((g.index, g.index, g.state, g.reason))
+    for first, last, verdict_of_run, reason in runs:
+        if verdict_of_run is not GopState.AUTHENTIC:
+            which = f"GOP {first}" if first == last else f"GOPs {first}-{last}"
+            report.reasons.append(f"{which} ({verdict_of_run.value}): {reason}")
+    for start, end, count in media.missing:
+        report.reasons.append(f"{count} signed GOP(s) missing between two signed ones")
+        spans.append((track, start, end, SecondState.MISSING))
+    counts: dict[str, int] = {}
+    for st in states:
+        counts[st.value] = counts.get(st.value, 0) + 1
+    report.facts.append(
+        "Media Signing GOPs: "
+        + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "none")
+    )
+    if spans:
+        bounds = (min(s[1] for s in spans), max(s[2] for s in spans))
+        order = [SecondState.AUTHENTIC, SecondState.MISSING, SecondState.UNSIGNED,
+                 SecondState.NOT_AUTHENTIC]  # fmt: skip
+        seconds: dict[int, SecondState] = {}
+        for _track, start, end, state in spans:
+            for s in _span_seconds(start, end):
+                held = seconds.get(s)
+                if held is None or order.index(state) > order.index(held):
+                    seconds[s] = state
+        for s in _span_seconds(*bounds):
+            report.seconds.append(Second(track, s, seconds.get(s, SecondState.MISSING)))
     return report

@@ -245,3 +245,57 @@ def test_edged_signs_what_it_records_and_the_opened_clip_verifies(
     assert "not-authentic" not in states and "missing" not in states
     # The signed seconds are the recording's wall-clock seconds, not the clip's own timeline.
     assert abs(report["seconds"][0]["t"] - (clip.stat().st_mtime - len(states))) < 120
+
+
+@pytest.mark.parametrize("media_key", ["unit", "foreign"])
+def test_verify_with_the_key_checks_the_video_inside_a_bundle(
+    media_key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``edge-csu verify BUNDLE --key``: after decryption (in memory) each second's Media
+    Signing verdict joins the map; video signed by another key than the bundle's is refused."""
+    from edge.identity.unitkeys import keys_dir_of, load_signing_key
+    from edge.vault.bundle import export_bundle
+
+    from .vault_support import make_csu, open_vault
+
+    csu = make_csu(tmp_path / "csu")
+    data = tmp_path / "data"
+    vault = open_vault(data, csu)
+    unit_key = load_signing_key(keys_dir_of(data))
+    key = unit_key if media_key == "unit" else ed25519.Ed25519PrivateKey.generate()
+    enc = SegmentEncoder(
+        "cam1",
+        160,
+        120,
+        FPS,
+        EncoderConfig(segment_seconds=1.0, preset="ultrafast"),
+        signer=ms.MediaSigner(_identity(key)),
+    )
+    for frame in moving_frames(160, 120, 4 * GOP, FPS):
+        for seg in enc.encode(frame):
+            vault.write(seg)
+    for seg in enc.flush():
+        vault.write(seg)
+    vault.close()
+    bundle = tmp_path / "bundle"
+    export_bundle(
+        data,
+        start_ns=WALL0,
+        end_ns=WALL0 + 60 * 10**9,
+        case="PV-5",
+        out_dir=bundle,
+        device_id="unit-1",
+        signing_key=unit_key,
+    )
+    pin = str(keys_dir_of(data) / "unit-signing.pub.pem")
+    args = ["verify", str(bundle), "--unit-key", pin, "--key", str(csu.key), "--json"]
+    code = edge_csu(args)
+    report = json.loads(capsys.readouterr().out)
+    media = [s["media_signing"] for s in report["seconds"]]
+    if media_key == "unit":
+        assert code == 0 and report["verdict"] == "authentic", report["reasons"]
+        assert media == ["authentic"] * 3 + ["unsigned"]  # the last GOP's SEI never came
+    else:
+        assert code == 1 and report["verdict"] == "not-authentic"
+        assert media == ["not-authentic"] * 3 + ["unsigned"]
+        assert "video's own signatures" in str(report["reasons"])

@@ -80,6 +80,13 @@ def register(sub: Any) -> None:
         help="the CSU's receipt public key (PEM): every receipt in the bundle must check",
     )
     verify.add_argument(
+        "--key",
+        type=Path,
+        default=None,
+        help="a bundle: the recipient private key, to also check the video's own signatures "
+        "(ONVIF Media Signing) after decryption, in memory",
+    )
+    verify.add_argument(
         "--recorded-at",
         default=None,
         metavar="TIME",
@@ -121,6 +128,8 @@ def _verify(args: argparse.Namespace) -> int:
         report = coverage.from_refused(args.target, str(exc), key)
     else:
         report = coverage.from_verified(verified)
+        if args.key is not None:
+            _check_media(args.target, verified, report, args.key, fleet_ca, crls, pinned)
     _show(report, as_json=args.json)
     return report.exit_status
 
@@ -130,6 +139,45 @@ def _show(report: coverage.Report, *, as_json: bool) -> None:
         print(report.as_json())
     else:
         _print(report)
+
+
+def _check_media(
+    bundle: Path,
+    verified: Any,
+    report: coverage.Report,
+    key_file: Path,
+    fleet_ca: Any,
+    crls: Any,
+    pinned: Any,
+) -> None:
+    """Each camera decrypted (into a private temporary directory, removed after) and its
+    Media Signing checked with the same trust as the bundle."""
+    import tempfile
+
+    from edge.vault import open_bundle
+    from edge.vault.recipient_keys import load_private
+    from edge.video import msvalidate
+
+    private = load_private(key_file)
+    cameras = sorted({s.header.camera_id for s in verified.segments})
+    with tempfile.TemporaryDirectory(prefix="edge-csu-verify-") as tmp:
+        for camera in cameras:
+            clip = Path(tmp) / f"{camera}.mp4"
+            open_bundle(
+                bundle,
+                private,
+                clip,
+                camera=camera,
+                unit_public_key=pinned,
+                fleet_ca=fleet_ca,
+                crls=crls,
+            )
+            # The very key that signed the bundle (already vouched for by the CA or pinned):
+            # video signed by any other key, even one the CA certified, does not count.
+            media = msvalidate.validate(
+                msvalidate.read_access_units(clip), pinned=verified.public_key
+            )
+            coverage.merge_media(report, camera, media)
 
 
 def _verify_file(

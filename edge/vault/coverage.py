@@ -15,6 +15,7 @@ Pure apart from reading the bundle's files in the fallback.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -61,6 +62,8 @@ class Second:
     """Hex digests of the mask sets in force (empty: no commitment covers it)."""
     receipt_ns: int | None = None
     """CSU time of the receipt anchoring it, when receipts were checked."""
+    media: SecondState | None = None
+    """ONVIF Media Signing verdict of the decrypted video at that second (``verify --key``)."""
 
 
 @dataclass
@@ -99,6 +102,7 @@ class Report:
                         "state": s.state.value,
                         "masks": list(s.masks),
                         "receipt_ns": s.receipt_ns,
+                        "media_signing": None if s.media is None else s.media.value,
                     }
                     for s in self.seconds
                 ],
@@ -367,3 +371,34 @@ def from_media(source: str, media: MediaReport) -> Report:
         for s in _span_seconds(*bounds):
             report.seconds.append(Second(track, s, seconds.get(s, SecondState.MISSING)))
     return report
+
+
+def merge_media(report: Report, camera: str, media: MediaReport) -> None:
+    """Add a camera's Media Signing verdicts (of its decrypted video) to a bundle's map.
+
+    The vault's signatures already prove each authentic second; the video's own signatures
+    must agree: a second they find not authentic makes the bundle not authentic. Unsigned
+    video (recorded before Media Signing, or a clip's dangling last GOP) is only reported.
+    """
+    found = {s.second: s.state for s in from_media(camera, media).seconds}
+    merged = []
+    for sec in report.seconds:
+        if sec.camera == camera and sec.second in found:
+            sec = dataclasses.replace(sec, media=found[sec.second])
+        merged.append(sec)
+    report.seconds = merged
+    bad = [s.second for s in merged if s.camera == camera and s.media is SecondState.NOT_AUTHENTIC]
+    if bad or media.problems:
+        report.verdict = Verdict.NOT_AUTHENTIC
+        report.reasons += media.problems
+        if bad:
+            report.reasons.append(
+                f"{camera}: the video's own signatures (ONVIF Media Signing) fail at "
+                f"{len(bad)} second(s), from {iso(bad[0])}"
+            )
+    states = [g.state.value for g in media.gops]
+    report.facts.append(
+        f"media signing {camera}: "
+        + ", ".join(f"{states.count(v)} {v}" for v in sorted(set(states)))
+        + f" GOP(s); signer: {media.signer or 'none'}"
+    )

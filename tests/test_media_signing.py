@@ -299,3 +299,62 @@ def test_verify_with_the_key_checks_the_video_inside_a_bundle(
         assert code == 1 and report["verdict"] == "not-authentic"
         assert media == ["not-authentic"] * 3 + ["unsigned"]
         assert "video's own signatures" in str(report["reasons"])
+
+
+def test_an_ecdsa_signer_with_its_chain_verifies_against_its_ca(tmp_path: Path) -> None:
+    """The signer takes any key: ECDSA P-256 (what the reference validator verifies; it has
+    no Ed25519 support) with a certificate chain in the certificate SEI, checked against the
+    root as a court tool would."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, utils
+    from cryptography.x509.oid import NameOID
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    root_key, leaf_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    root = (
+        x509.CertificateBuilder().subject_name(name("root")).issuer_name(name("root"))
+        .public_key(root_key.public_key()).serial_number(1)
+        .not_valid_before(start).not_valid_after(start + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(root_key, hashes.SHA256())
+    )  # fmt: skip
+    leaf = (
+        x509.CertificateBuilder().subject_name(name("unit-1")).issuer_name(name("root"))
+        .public_key(leaf_key.public_key()).serial_number(2)
+        .not_valid_before(start).not_valid_after(start + dt.timedelta(days=3650))
+        .sign(root_key, hashes.SHA256())
+    )  # fmt: skip
+
+    def sign(digest: bytes) -> bytes:
+        return leaf_key.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+
+    chain = leaf.public_bytes(serialization.Encoding.PEM)
+    identity = ms.SigningIdentity(sign, b"", chain, "test", "unit-1", "edge")
+    enc = SegmentEncoder(
+        "cam1",
+        160,
+        120,
+        FPS,
+        EncoderConfig(segment_seconds=1.0, preset="ultrafast"),
+        signer=ms.MediaSigner(identity),
+    )
+    segments = []
+    for frame in moving_frames(160, 120, 3 * GOP, FPS):
+        segments += enc.encode(frame)
+    segments += enc.flush()
+    clip = tmp_path / "ec.mp4"
+    clip.write_bytes(segments[0].init + b"".join(s.media for s in segments))
+    report = mv.validate(mv.read_access_units(clip), anchors=[root])
+    assert "CN=unit-1" in report.signer and not report.problems
+    assert [g.state for g in report.gops] == [mv.GopState.AUTHENTIC] * 2 + [mv.GopState.UNSIGNED]
+    # Under another CA (the reference's test root) nothing is trusted.
+    other = x509.load_pem_x509_certificates((DATA / "ca.pem").read_bytes())
+    refused = mv.validate(mv.read_access_units(clip), anchors=other)
+    assert refused.problems
+    assert {g.state for g in refused.gops} == {mv.GopState.NOT_AUTHENTIC, mv.GopState.UNSIGNED}

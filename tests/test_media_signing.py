@@ -9,6 +9,7 @@ implementation's own sample files (tests/data/onvif-media-signing, MIT) must ver
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import subprocess
@@ -18,9 +19,12 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edge.config import EncoderConfig
 from edge.csu.main import main as edge_csu
+from edge.errors import IntegrityError
 from edge.identity.unitkeys import public_pem
 from edge.video import mediasigning as ms
 from edge.video import msvalidate as mv
@@ -39,6 +43,18 @@ LETTER = {
     mv.GopState.UNSIGNED: "U",
     mv.GopState.NOT_AUTHENTIC: "N",
 }
+
+
+def _sample_sei() -> bytes:
+    """A signed SEI of the reference's sample file (with its certificate chain)."""
+    for au in mv.read_access_units(DATA / "test_signed_h264.mp4"):
+        for unit in au.units:
+            if ms.parse_sei(unit) is not None:
+                return unit
+    raise AssertionError("the sample file holds no SEI")
+
+
+_SAMPLE_SEI = _sample_sei()
 
 
 def _identity(key: ed25519.Ed25519PrivateKey = KEY) -> ms.SigningIdentity:
@@ -358,3 +374,39 @@ def test_an_ecdsa_signer_with_its_chain_verifies_against_its_ca(tmp_path: Path) 
     refused = mv.validate(mv.read_access_units(clip), anchors=other)
     assert refused.problems
     assert {g.state for g in refused.gops} == {mv.GopState.NOT_AUTHENTIC, mv.GopState.UNSIGNED}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cut=st.integers(min_value=1, max_value=4000), flips=st.lists(st.integers(0, 4000), max_size=4)
+)
+def test_any_damaged_sei_is_refused_cleanly(cut: int, flips: list[int]) -> None:
+    """Whatever happens to a SEI's bytes, parsing says IntegrityError or reads it: nothing else
+    escapes (a hostile file must not crash the verifier)."""
+    unit = bytearray(_SAMPLE_SEI[:cut])
+    for at in flips:
+        if unit:
+            unit[at % len(unit)] ^= 0x5A
+    with contextlib.suppress(IntegrityError):
+        sei = ms.parse_sei(bytes(unit)) if unit else None
+        for read in (sei.general, sei.signature, sei.hash_list, sei.chain_pem) if sei else ():
+            with contextlib.suppress(IntegrityError):
+                read()
+
+
+def test_a_malformed_sei_or_a_damaged_file_is_not_authentic(
+    signed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    aus = mv.read_access_units(signed)
+    units = list(aus[GOP].units)
+    units[0] = units[0][:40]  # the SEI signing GOP 0, cut short
+    aus[GOP] = mv.AccessUnit(tuple(units), aus[GOP].pts_s)
+    report = mv.validate(aus, pinned=KEY.public_key())
+    assert report.problems and report.gops[0].state is mv.GopState.UNSIGNED
+    pub = tmp_path / "unit.pub.pem"
+    pub.write_bytes(public_pem(KEY.public_key()))
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(signed.read_bytes()[: signed.stat().st_size * 2 // 3])
+    code = edge_csu(["verify", str(truncated), "--unit-key", str(pub), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code in (1, 3) and out["verdict"] in ("not-authentic", "partial"), out

@@ -194,9 +194,12 @@ def _verify_file(
             raise VaultError(f"--recorded-at {recorded_at!r}: not an ISO 8601 date") from None
         if when.tzinfo is None:
             when = when.replace(tzinfo=dt.UTC)
-    media = msvalidate.validate(
-        msvalidate.read_access_units(path), anchors=fleet_ca, pinned=pinned, recorded_at=when
-    )
+    try:
+        units = msvalidate.read_access_units(path)
+    except IntegrityError as exc:
+        # A file whose samples do not even parse is damaged evidence, not a usage error.
+        return coverage.Report(str(path), coverage.Verdict.NOT_AUTHENTIC, reasons=[str(exc)])
+    media = msvalidate.validate(units, anchors=fleet_ca, pinned=pinned, recorded_at=when)
     return coverage.from_media(str(path), media)
 
 

@@ -172,7 +172,9 @@ class OmsSei:
         return sha256(self.document)
 
     def signature(self) -> bytes:
-        value = self.tlvs[TAG_SIGNATURE]
+        value = self.tlvs.get(TAG_SIGNATURE)
+        if value is None:
+            raise IntegrityError("unsigned SEI")
         if len(value) < 3:
             raise IntegrityError("signature TLV too short")
         size = int.from_bytes(value[1:3], "big")
@@ -181,7 +183,10 @@ class OmsSei:
         return value[3 : 3 + size]
 
     def general(self) -> GeneralInfo:
-        return GeneralInfo.parse(self.tlvs[TAG_GENERAL])
+        value = self.tlvs.get(TAG_GENERAL)
+        if value is None:
+            raise IntegrityError("SEI without its general TLV")
+        return GeneralInfo.parse(value)
 
     def hash_list(self) -> list[bytes] | None:
         value = self.tlvs.get(TAG_HASH_LIST)

@@ -148,7 +148,9 @@ class _Sei:
     """Index of the GOP the SEI most plausibly covers by its position."""
 
 
-def _collect(aus: Iterable[AccessUnit]) -> tuple[list[_Gop], list[_Sei], list[OmsSei]]:
+def _collect(
+    aus: Iterable[AccessUnit], damaged: list[str]
+) -> tuple[list[_Gop], list[_Sei], list[OmsSei]]:
     gops: list[_Gop] = []
     seis: list[_Sei] = []
     cert_seis: list[OmsSei] = []
@@ -160,7 +162,11 @@ def _collect(aus: Iterable[AccessUnit]) -> tuple[list[_Gop], list[_Sei], list[Om
         for unit in au.units:
             t = nal_type(unit)
             if t == NAL_SEI:
-                sei = parse_sei(unit)
+                try:
+                    sei = parse_sei(unit)
+                except IntegrityError as exc:
+                    damaged.append(f"a Media Signing SEI is malformed (altered?): {exc}")
+                    continue
                 if sei is None:
                     continue
                 if sei.certificate_sei:
@@ -326,7 +332,7 @@ def validate(
     The certificate chain is checked at the signed UTC times of the stream, or at
     ``recorded_at`` (default: now) for a stream whose clock is not UTC."""
     report = MediaReport()
-    gops, seis, cert_seis = _collect(aus)
+    gops, seis, cert_seis = _collect(aus, report.problems)
     covered, orphans = _match(gops, seis)
     key = _signing_key(report, covered, cert_seis, anchors, pinned, recorded_at)
     times = _times(gops, covered)

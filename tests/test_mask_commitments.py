@@ -311,3 +311,45 @@ def test_edged_records_each_mask_set_and_its_segments_commit_to_it(tmp_path: Pat
     assert committed[0] == Committed(first.digest, bytes.fromhex(sets[0]["config_version"]))
     assert committed[-1] == Committed(second.digest, bytes.fromhex(sets[1]["config_version"]))
     assert sets[0]["config_version"] != sets[1]["config_version"]
+
+
+def test_open_overlays_the_masks_in_force_on_a_review_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``edge-csu open --overlay-masks``: the door's outline appears in the review copy only
+    after the second it was added; the evidence clip itself is left as recorded."""
+    import av
+    import numpy as np
+
+    data, csu, _before, _after = _record(tmp_path, monkeypatch)
+    out = tmp_path / "bundle"
+    export_bundle(
+        data,
+        start_ns=WALL0,
+        end_ns=WALL0 + 10 * 10**9,
+        case="PV-6",
+        out_dir=out,
+        device_id="unit-1",
+        signing_key=load_signing_key(keys_dir_of(data)),
+    )
+    clip = tmp_path / "c.mp4"
+    pin = ["--unit-key", str(keys_dir_of(data) / "unit-signing.pub.pem")]
+    args = ["open", str(out), "--key", str(csu.key), "--out", str(clip), *pin]
+    assert edge_csu([*args, "--overlay-masks"]) == 0
+    assert "c.masks.mp4: 100 frame(s) with the privacy masks drawn" in capsys.readouterr().out
+
+    def magenta_on_door_edge(path: Path, second: float) -> bool:
+        with av.open(str(path)) as container:
+            for frame in container.decode(video=0):
+                if float(frame.time or 0) >= second:
+                    rgb = frame.to_ndarray(format="rgb24").astype(int)
+                    # The door's top edge runs along y = 60 from x = 96 to 144.
+                    patch = rgb[58:63, 110:130]
+                    score = patch[..., 0] + patch[..., 2] - 2 * patch[..., 1]
+                    return bool(np.max(score) > 250)
+        raise AssertionError("no frame that late")
+
+    review = tmp_path / "c.masks.mp4"
+    assert not magenta_on_door_edge(review, 0.5)  # the window alone before the change
+    assert magenta_on_door_edge(review, 2.5)  # the door added at frame 38
+    assert not magenta_on_door_edge(clip, 2.5)  # the evidence clip: no drawing in it

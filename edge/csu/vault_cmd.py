@@ -105,6 +105,12 @@ def register(sub: Any) -> None:
         help="trust the key inside the bundle (demos only: proves nothing about its origin)",
     )
     opener.add_argument(
+        "--overlay-masks",
+        action="store_true",
+        help="also write OUT.masks.mp4: a re-encoded review copy with the outlines of the "
+        "privacy masks in force at each frame (the clip itself stays untouched)",
+    )
+    opener.add_argument(
         "--receipt-key",
         type=Path,
         default=None,
@@ -247,6 +253,14 @@ def _open(args: argparse.Namespace) -> int:
         print(f"  time gap: nothing recorded for {gap.seconds:.1f} s after {at}")
     _print_masks(verified)
     _print_receipts(verified)
+    if args.overlay_masks:
+        from .overlay import write_overlay
+
+        chosen = args.camera or sorted({s.header.camera_id for s in verified.segments})[0]
+        mine = [s for s in verified.segments if s.header.camera_id == chosen]
+        spans = [s for s in verified.mask_timeline() if s.camera == chosen]
+        review, frames = write_overlay(args.out, spans, mine[0].header.start_wall_ns)
+        print(f"{review}: {frames} frame(s) with the privacy masks drawn (review copy, re-encoded)")
     if verified.partial:
         for part in verified.damaged:
             print(f"  damaged: {part}")

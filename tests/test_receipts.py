@@ -290,3 +290,40 @@ def test_retention_removes_receipts_with_the_days_of_their_segments(tmp_path: Pa
     left = [rcpt.parse_receipt(r).sequence for r in vault.receipts.read("cam1", days)]
     vault.close()
     assert left == [1]
+
+
+def test_edged_keeps_the_receipts_of_what_it_delivered(tmp_path: Path) -> None:
+    """A real edged with ``uplink.csu_receipt_key``, a real receiver with its receipt key:
+    every segment the CSU holds has its receipt in the unit's vault, and it checks."""
+    import time as time_mod
+
+    from edge.identity.unitkeys import load_or_create_signing_key
+
+    from .test_uplink_e2e import run_edged, unit_config
+
+    csu = make_csu(tmp_path)
+    port = free_port()
+    csu.write_config(port=port)
+    csu.config.write_text('receipt_key_file = "keys/receipt-key.pem"\n' + csu.config.read_text())
+    data = tmp_path / "unit"
+    unit_files(csu, "test-unit", data)
+    csu.enroll("test-unit", load_or_create_signing_key(keys_dir_of(data)))
+    receipt_pub = csu.directory / "keys" / "receipt-key.pub.pem"
+    config = unit_config(
+        tmp_path / "edge.toml", data, csu, port,
+        uplink=f'ca_file = "{data / "keys" / "ca.pem"}"\n'
+        f'csu_receipt_key = "{receipt_pub}"\nbackoff_initial_s = 0.2\nbackoff_max_s = 1.0',
+    )  # fmt: skip
+    csu.start()
+    try:
+        run = run_edged(config, 6.0)
+        assert run.returncode == 0, run.stderr[-3000:]
+    finally:
+        csu.stop()
+    stored = csu.stored("test-unit", "cam1")
+    csu_key = load_public_pem(receipt_pub.read_bytes(), origin="csu")
+    today = {rcpt.day_of(time_mod.time_ns()), rcpt.day_of(time_mod.time_ns() - 60 * 10**9)}
+    kept = rcpt.ReceiptLog(layout.vault_dir(data)).read("cam1", today)
+    receipts = [rcpt.verify_receipt(raw, csu_key, device_id="test-unit") for raw in kept]
+    assert len(stored) >= 2 and {r.sequence for r in receipts} == set(stored)
+    assert all(r.chain_hash == fmt.sha256(stored[r.sequence]) for r in receipts)

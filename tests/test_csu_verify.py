@@ -74,7 +74,9 @@ def unit(tmp_path: Path) -> tuple[Path, Path, Path, MaskSet, MaskSet]:
                 camera_id="cam1",
                 sequence=h.sequence,
                 chain_hash=fmt.sha256(path.read_bytes()),
-                csu_time_ns=h.end_wall_ns + 3 * 10**9,
+                # The CSU held each a few seconds after it ended; #2 "ended" 30 s after the
+                # CSU held it: the unit's clock ran ahead.
+                csu_time_ns=h.end_wall_ns + (3 if h.sequence != 2 else -30) * 10**9,
             ),
         )
     vault.close()
@@ -145,6 +147,12 @@ def test_an_intact_bundle_is_authentic_second_by_second(
     # Receipts anchor the first three segments (six seconds), not the last.
     assert [s["receipt_ns"] is not None for s in seconds] == [True] * 6 + [False] * 2
     assert "fleet CA (evidence certificate" in str(report["trust"])
+    facts = report["facts"]
+    assert isinstance(facts, list)
+    warnings = [f for f in facts if str(f).startswith("WARNING")]
+    assert warnings == ["WARNING cam1: #2 ends 30.0 s after the CSU receipted it: the unit's "
+                        "clock ran ahead of the CSU's (recording times are that much too late, "
+                        "at least)"]  # fmt: skip
     # What a person reads.
     assert edge_csu(["verify", str(bundle), "--ca", str(root)]) == 0
     text = capsys.readouterr().out

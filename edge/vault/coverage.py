@@ -264,7 +264,25 @@ def _receipt_facts(verified: VerifiedBundle) -> list[str]:
             f"receipts {cam}: {len(held)} of {len(mine)} segment(s) held by the CSU "
             f"({sum(1 for c in held if c.direct)} receipted, the rest through the chain)"
         )
+        # A segment cannot end after the CSU held it: if it claims to, the unit's clock (the
+        # only source of the recording times) was ahead of the CSU's by at least that much.
+        ahead = [
+            (c.segment.header.end_wall_ns - c.receipt.csu_time_ns, c.segment.header.sequence)
+            for c in held
+            if c.receipt is not None and c.direct
+        ]
+        worst = max(ahead, default=(0, 0))
+        if worst[0] > CLOCK_TOLERANCE_NS:
+            out.append(
+                f"WARNING {cam}: #{worst[1]} ends {worst[0] / 1e9:.1f} s after the CSU "
+                "receipted it: the unit's clock ran ahead of the CSU's (recording times are "
+                "that much too late, at least)"
+            )
     return out
+
+
+#: Clock difference between unit and CSU taken as noise (NTS keeps both within milliseconds).
+CLOCK_TOLERANCE_NS = 2 * 10**9
 
 
 def from_refused(bundle: Path, reason: str, unit_key: ed25519.Ed25519PublicKey | None) -> Report:

@@ -45,7 +45,7 @@ from ..errors import EncodeError, IntegrityError, from_av
 from ..frames import Frame, Plane, check_dimensions
 from .base import MediaSegment
 from .cmaf import INIT_BOX_TYPES, SegmentPlan, frame_rate, iter_boxes, media_timescale
-from .mediasigning import MediaSigner, insert_before_first_nal, iter_units
+from .mediasigning import MediaSigner, iter_units, with_seis
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +103,6 @@ def _input_picture(width: int, height: int) -> tuple[Any, list[Plane]]:
         rows = np.frombuffer(memoryview(plane), dtype=np.uint8)[: plane.line_size * plane.height]
         views.append(rows.reshape(plane.height, plane.line_size)[:, : plane.width])
     return video, views
-
-
-def _annexb(data: bytes, units: list[bytes]) -> bytes:
-    """The packet as Annex B (the muxer takes either, but not a mix of both)."""
-    if data.startswith(b"\x00\x00\x01") or data.startswith(b"\x00\x00\x00\x01"):
-        return data
-    return b"".join(b"\x00\x00\x00\x01" + u for u in units)
 
 
 def _describe_open_failure(codec: EncoderCodec, exc: BaseException) -> EncodeError:
@@ -358,7 +351,7 @@ class SegmentEncoder:
         extra = signer.access_unit(units, wall_ns, segment_start=starts_segment)
         if not extra:
             return packet
-        signed = av.Packet(insert_before_first_nal(_annexb(data, units), extra))
+        signed = av.Packet(with_seis(units, extra))
         signed.pts, signed.dts, signed.duration = packet.pts, packet.dts, packet.duration
         signed.time_base = packet.time_base
         signed.is_keyframe = packet.is_keyframe

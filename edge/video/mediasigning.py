@@ -519,9 +519,12 @@ class MediaSigner:
         return build_sei(tlvs, self.identity.sign)
 
 
-def insert_before_first_nal(data: bytes, units: Sequence[bytes]) -> bytes:
-    """An Annex B access unit with ``units`` put in front (each behind a 4-byte start code)."""
-    return b"".join(b"\x00\x00\x00\x01" + u for u in units) + data
+def with_seis(units: Sequence[bytes], seis: Sequence[bytes]) -> bytes:
+    """An access unit as Annex B with ``seis`` right before its first slice: after an access
+    unit delimiter and parameter sets (H.264 orders an AU that way), before the picture."""
+    at = next((n for n, u in enumerate(units) if nal_type(u) in (NAL_SLICE, NAL_IDR)), len(units))
+    ordered = [*units[:at], *seis, *units[at:]]
+    return b"".join(b"\x00\x00\x00\x01" + u for u in ordered)
 
 
 def iter_units(data: bytes) -> Iterator[bytes]:

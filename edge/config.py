@@ -213,6 +213,9 @@ class UplinkConfig(_Section):
     """First reconnection delay; doubles after each failure (with jitter)."""
     backoff_max_s: float = Field(default=60.0, gt=0, le=3600)
     """Longest reconnection delay."""
+    csu_receipt_key: Path | None = None
+    """The CSU's receipt public key (PEM, ``receipt-key.pub.pem`` from the receiver): receipts
+    it signs for delivered segments are checked and kept in the vault; none: not kept."""
 
 
 class RecipientKem(StrEnum):

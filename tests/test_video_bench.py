@@ -49,3 +49,7 @@ def test_bench_pipeline_reports_cpu_ratio_against_ffmpeg() -> None:
         assert isinstance(value, float) and value > 0, key
     stages = result["pipeline_stage_wall_s"]
     assert isinstance(stages, dict) and set(stages) == {"capture", "mask", "encode", "sink"}
+    # The Media Signing SEIs: one certificate SEI for the one segment, measured, small.
+    assert result["media_signing_seis"] == 1
+    share = result["media_signing_vs_pipeline_cpu"]
+    assert isinstance(share, float) and 0 < share < 0.05

@@ -53,10 +53,11 @@ from edge.frames import Frame
 from edge.health import system as system_health
 from edge.health.door import DoorMonitor
 from edge.health.hotplug import HotplugEvent, HotplugMonitor
-from edge.identity import enrolment, unitkeys
+from edge.identity import enrolment, evidence, unitkeys
 from edge.outputs import commands
 from edge.outputs.commands import CommandInbox
 from edge.outputs.engine import OutputEngine
+from edge.privacy.commitment import MASK_SET_ACTION, config_version
 from edge.privacy.faceblur import FaceBlurrer
 from edge.snapshot import (
     AnalyticsStatus,
@@ -76,6 +77,7 @@ from edge.vault.base import Outbox
 from edge.vault.store import Vault
 from edge.vault.verify import self_check
 from edge.video.base import SegmentSink
+from edge.video.mediasigning import ED25519_OID, SigningIdentity
 
 log = logging.getLogger("edged")
 
@@ -131,6 +133,8 @@ class Daemon:
         self.dot1x_supervisor: Dot1xSupervisor | None = None
         #: Alarms of the unit itself and analytics events, signed, for status and listeners.
         self.alerts: AlertHub | None = None
+        #: Who signs the video stream (ONVIF Media Signing): the unit key and its certificates.
+        self.media_signing: SigningIdentity | None = None
         self.door: DoorMonitor | None = None
         self.analytics: dict[str, AnalyticsBridge] = {}
         self.mqtt: MqttPublisher | None = None
@@ -183,6 +187,14 @@ class Daemon:
         try:
             signing_key = unitkeys.load_or_create_signing_key(unitkeys.keys_dir_of(data))
             self.alerts = AlertHub(EventSigner(signing_key, self.cfg.unit.id))
+            self.media_signing = SigningIdentity(
+                signing_key.sign,
+                ED25519_OID,
+                evidence.stream_chain(unitkeys.keys_dir_of(data), signing_key.public_key()),
+                __version__,
+                self.cfg.unit.id,
+                "edge firmware (city video PKI)",
+            )
             if self.cfg.uplink.enabled:
                 # Events wait in a durable spool and go to the CSU before any video; the spool
                 # listens from the start so no alarm raised before the uplink is up is lost.
@@ -427,10 +439,18 @@ class Daemon:
     def _prepare_camera(self, cam: CameraConfig, cfg: EdgeConfig) -> CameraPipeline:
         """Build (not start) a camera's pipeline: everything that can refuse a setting."""
         assert self.sink is not None
-        return CameraPipeline(cam, self.sink, face_blur=FaceBlurrer.for_camera(cfg, cam.id))
+        return CameraPipeline(
+            cam,
+            self.sink,
+            face_blur=FaceBlurrer.for_camera(cfg, cam.id),
+            config_version=config_version(cfg),
+            media_signing=self.media_signing,
+        )
 
     def _launch_camera(self, pipeline: CameraPipeline, cfg: EdgeConfig) -> None:
         cam = pipeline.cam
+        # Signed, polygons included, before any segment commits to it (docs/PRIVACY.md).
+        self.audit(MASK_SET_ACTION, pipeline.mask_set().record(config_version(cfg)))
         self.pipelines[cam.id] = pipeline
         if cfg.analytics.enabled and self.alerts is not None:
             # Its own process, fed masked frames from the capture thread; never blocks it.
@@ -616,10 +636,20 @@ class Daemon:
             self._restore_cameras(touched, old_cams)
             self._reload_outcome(False, f"{type(exc).__name__}: {exc}", origin)
             return False
+        version = config_version(new)
         for cam_id, cam in new_cams.items():
             old = old_cams.get(cam_id)
-            if old is not None and cam_id not in touched and old.privacy_masks != cam.privacy_masks:
-                self.pipelines[cam_id].set_masks(cam.privacy_masks)
+            if old is None or cam_id in touched:
+                continue
+            if old.privacy_masks == cam.privacy_masks:
+                self.pipelines[cam_id].set_config_version(version)
+            else:
+                pipeline = self.pipelines[cam_id]
+                # Masks first, the record a few ms later: hiding pixels waits for nothing. A
+                # crash in between leaves segments committing to a set without its record,
+                # which verification reports (never proves more than it holds).
+                pipeline.set_masks(cam.privacy_masks, version)
+                self.audit(MASK_SET_ACTION, pipeline.mask_set().record(version))
                 if self._reload_requested_mono is not None:
                     log.info(
                         "[%s] new privacy masks apply from the next frame, %.0f ms after SIGHUP",
@@ -637,7 +667,10 @@ class Daemon:
             k for k in type(new).model_fields if getattr(new, k) != getattr(self.cfg, k)
         )
         self.cfg = new
-        self.audit("config-reloaded", {"origin": origin, "sections_changed": changed})
+        self.audit(
+            "config-reloaded",
+            {"origin": origin, "sections_changed": changed, "config_version": version.hex()},
+        )
         log.info("configuration reloaded from %s", origin)
         self._reload_outcome(True, None, origin)
         return True

@@ -15,14 +15,19 @@ Threads and what they touch:
   capture alone only drops frames.
 - any thread may call :meth:`snapshot` (diagnostics) and :meth:`set_masks` (SIGHUP reload).
 
-``self._masker`` is replaced whole on reload; reading an attribute is atomic in CPython, so the
-capture thread uses either the old or the new masker for a given frame, never a mix.
+``self._masking`` (the masker and the commitment it stands for: mask-set digest, configuration
+version) is replaced whole on reload; reading an attribute is atomic in CPython, so the capture
+thread uses either the old or the new masker for a given frame, never a mix, and queues the
+frame with the commitment of the masker that masked it. The recording thread's
+:class:`~edge.privacy.commitment.MaskTracker` turns those into each segment's signed mask
+commitment.
 Counters are only written by the one thread named next to them; readers may see a value one
 frame old, which diagnostics accept.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -34,11 +39,13 @@ from edge.capture.loop import CaptureLoop
 from edge.config import CameraConfig, PrivacyMaskConfig
 from edge.errors import EdgeError
 from edge.frames import Frame
+from edge.privacy.commitment import Committed, MaskSet, MaskTracker
 from edge.privacy.faceblur import FaceBlurrer
 from edge.privacy.masker import PrivacyMasker
 from edge.snapshot import CameraStatus
 from edge.video.base import MediaSegment, SegmentSink
 from edge.video.encoder import TIME_GAP_S, SegmentEncoder
+from edge.video.mediasigning import MediaSigner, SigningIdentity
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +66,18 @@ class CameraPipeline:
         observers: Sequence[FrameObserver] = (),
         face_blur: FaceBlurrer | None = None,
         queue_seconds: float = 2.0,
+        config_version: bytes = bytes(32),
+        media_signing: SigningIdentity | None = None,
     ) -> None:
         self.cam = cam
+        self._media_signing = media_signing
         self._sink = sink
         self._observers = list(observers)
-        self._masker = PrivacyMasker(cam.privacy_masks, cam.width, cam.height)
+        self._config_version = config_version
+        self._masking = self._masking_for(cam.privacy_masks)
         self._face_blur = face_blur
-        self._queue: queue.Queue[Frame | object] = queue.Queue(
+        self._tracker = MaskTracker()  # recording thread only
+        self._queue: queue.Queue[tuple[Frame, Committed] | object] = queue.Queue(
             maxsize=max(2, int(cam.fps * queue_seconds))
         )
         self._source = open_source(cam)
@@ -106,7 +118,7 @@ class CameraPipeline:
             self.cam.height,
             self.cam.fps,
             len(self.cam.privacy_masks),
-            100.0 * self._masker.coverage,
+            100.0 * self.masker.coverage,
         )
         self._recorder.start()
         self._capture.start()
@@ -131,13 +143,35 @@ class CameraPipeline:
         if self._recorder.is_alive():
             log.error("[%s] recording thread did not finish within %.0f s", self.cam.id, timeout)
 
-    def set_masks(self, masks: Sequence[PrivacyMaskConfig]) -> None:
-        """Replace the privacy masks (SIGHUP); the next captured frame uses the new ones."""
+    def mask_set(self, masks: Sequence[PrivacyMaskConfig] | None = None) -> MaskSet:
+        """The canonical mask set (running, or ``masks`` at this camera's size)."""
+        chosen = self.cam.privacy_masks if masks is None else masks
+        return MaskSet.of(self.cam.id, chosen, self.cam.width, self.cam.height)
+
+    def _masking_for(self, masks: Sequence[PrivacyMaskConfig]) -> tuple[PrivacyMasker, Committed]:
+        digest = MaskSet.of(self.cam.id, masks, self.cam.width, self.cam.height).digest
         masker = PrivacyMasker(masks, self.cam.width, self.cam.height)
+        return masker, Committed(digest, self._config_version)
+
+    def set_config_version(self, version: bytes) -> None:
+        """The configuration changed (SIGHUP) but not the masks: later segments commit to the
+        new version."""
+        self._config_version = version
+        masker, committed = self._masking
+        self._masking = masker, Committed(committed.mask_set, version)
+
+    def set_masks(
+        self, masks: Sequence[PrivacyMaskConfig], config_version: bytes | None = None
+    ) -> None:
+        """Replace the privacy masks (SIGHUP); the next captured frame uses the new ones."""
+        if config_version is not None:
+            self._config_version = config_version
+        masking = self._masking_for(masks)
+        masker = masking[0]
         # The source's masks (applied before its conversion) first: for a frame caught between
         # the two, old and new masks are both applied, whichever of them is the larger.
         self._source.set_privacy_masks(masks)
-        self._masker = masker
+        self._masking = masking
         self.cam = self.cam.model_copy(update={"privacy_masks": list(masks)})
         log.info(
             "[%s] privacy masks reloaded: %d mask(s) covering %.1f %%",
@@ -151,7 +185,7 @@ class CameraPipeline:
 
     @property
     def masker(self) -> PrivacyMasker:
-        return self._masker
+        return self._masking[0]
 
     def alive(self) -> bool:
         """True while the recording thread runs and has looked at its queue recently."""
@@ -165,7 +199,8 @@ class CameraPipeline:
 
     def _on_frame(self, frame: Frame) -> None:
         # Mask first: nothing upstream of this line may keep, send or analyse the frame.
-        self._masker.apply(frame)
+        masker, committed = self._masking  # one read: the commitment of the masker applied
+        masker.apply(frame)
         if self._face_blur is not None:
             self._face_blur.apply(frame)  # metering mode: faces pixelated before anything else
         self.frames_in += 1
@@ -177,7 +212,7 @@ class CameraPipeline:
             except Exception:  # an observer must never stop recording
                 log.exception("[%s] frame observer failed", self.cam.id)
         try:
-            self._queue.put_nowait(frame)
+            self._queue.put_nowait((frame, committed))
         except queue.Full:
             self.frames_dropped += 1
             if self.frames_dropped in (1, 10, 100) or self.frames_dropped % 1000 == 0:
@@ -204,13 +239,20 @@ class CameraPipeline:
         failures = 0
         while True:
             try:
+                signer = None if self._media_signing is None else MediaSigner(self._media_signing)
                 encoder = SegmentEncoder(
-                    self.cam.id, self.cam.width, self.cam.height, self.cam.fps, self.cam.encoder
+                    self.cam.id,
+                    self.cam.width,
+                    self.cam.height,
+                    self.cam.fps,
+                    self.cam.encoder,
+                    signer=signer,
                 )
             except EdgeError as exc:
                 self.recorder_error = str(exc)
                 log.error("[%s] cannot start the encoder: %s", self.cam.id, exc)
                 return False
+            self._tracker.reset()
             try:
                 stopped = self._encode_until_stop(encoder)
             except EdgeError as exc:
@@ -252,8 +294,10 @@ class CameraPipeline:
                 continue
             if item is _STOP:
                 return True
-            assert isinstance(item, Frame)
-            segments = encoder.encode(item)
+            assert isinstance(item, tuple)
+            frame, committed = item
+            self._tracker.note(frame.index, frame.wall_ns, committed)
+            segments = encoder.encode(frame)
             self.frames_encoded += 1
             if len(encoder.time_gaps) > gaps_seen:
                 for _wall_ns, seconds in encoder.time_gaps[gaps_seen:]:
@@ -265,7 +309,9 @@ class CameraPipeline:
             self._write(segments)
 
     def _write(self, segments: list[MediaSegment]) -> None:
-        for segment in segments:
+        for cut in segments:
+            masks = self._tracker.commitments(cut.first_frame_index, cut.frame_count)
+            segment = dataclasses.replace(cut, masks=masks)
             if self._recorded_until_ns is not None:
                 self._note_restart_gap(segment.start_wall_ns - self._recorded_until_ns)
                 self._recorded_until_ns = None
@@ -330,7 +376,7 @@ class CameraPipeline:
             if self.last_frame_mono is None
             else round(now - self.last_frame_mono, 3),
             "masks": len(self.cam.privacy_masks),
-            "mask_coverage_percent": round(100.0 * self._masker.coverage, 2),
+            "mask_coverage_percent": round(100.0 * self.masker.coverage, 2),
             "segments_written": self.segments_written,
             "bytes_written": self.bytes_written,
             "sink_errors": self.sink_errors,

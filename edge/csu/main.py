@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 #: Sub-command modules, in the order ``edge-csu --help`` lists them.
 COMMAND_MODULES: list[str] = [
     "vault_cmd",
+    "verify_cmd",
     "serve_cmd",
     "ca_cmd",
     "token_cmd",

@@ -11,7 +11,8 @@ from typing import Any
 from cryptography import x509
 
 from edge.identity import load_public_pem
-from edge.vault import open_bundle
+from edge.vault import maskhistory, open_bundle
+from edge.vault.bundle import VerifiedBundle
 from edge.vault.recipient_keys import keypair_paths, load_private, rotate_keypair, write_keypair
 
 from ..cli.entry import describe_os_error
@@ -103,6 +104,18 @@ def register(sub: Any) -> None:
         action="store_true",
         help="trust the key inside the bundle (demos only: proves nothing about its origin)",
     )
+    opener.add_argument(
+        "--overlay-masks",
+        action="store_true",
+        help="also write OUT.masks.mp4: a re-encoded review copy with the outlines of the "
+        "privacy masks in force at each frame (the clip itself stays untouched)",
+    )
+    opener.add_argument(
+        "--receipt-key",
+        type=Path,
+        default=None,
+        help="the CSU's receipt public key (PEM): every receipt in the bundle must check",
+    )
     opener.set_defaults(func=_open)
 
 
@@ -121,6 +134,39 @@ def _load_trust(
             f"cannot load the trust anchor: not PEM certificates/CRLs ({exc})"
         ) from None
     return fleet_ca, crls
+
+
+def _print_masks(verified: VerifiedBundle) -> None:
+    """Which privacy masks held during each second, from the segments' signed commitments."""
+    seconds = maskhistory.per_second(verified.mask_timeline())
+    for camera, first, last, text in maskhistory.runs(seconds):
+        start = datetime.fromtimestamp(first, UTC).isoformat(timespec="seconds")
+        end = datetime.fromtimestamp(last + 1, UTC).isoformat(timespec="seconds")
+        print(f"  masks {camera} {start} → {end}: {text}")
+
+
+def _print_receipts(verified: VerifiedBundle) -> None:
+    """Which segments the CSU receipted (directly or through the chain), and when."""
+    if not verified.receipts_checked:
+        if verified.receipts:
+            print(
+                f"  receipts: {len(verified.receipts)} carried, NOT checked "
+                "(give the CSU's receipt key with --receipt-key)"
+            )
+        return
+    covered = verified.receipt_coverage()
+    for camera in sorted({c.segment.header.camera_id for c in covered}):
+        mine = [c for c in covered if c.segment.header.camera_id == camera]
+        anchored = [c for c in mine if c.receipt is not None]
+        direct = sum(1 for c in anchored if c.direct)
+        line = f"  receipts {camera}: {len(anchored)} of {len(mine)} segment(s) held by the CSU"
+        if anchored:
+            times = [c.receipt.csu_time_ns for c in anchored if c.receipt is not None]
+            first = datetime.fromtimestamp(min(times) / 1e9, UTC).isoformat(timespec="seconds")
+            last = datetime.fromtimestamp(max(times) / 1e9, UTC).isoformat(timespec="seconds")
+            line += f" ({direct} receipted, {len(anchored) - direct} through the chain; "
+            line += f"CSU time {first} → {last})"
+        print(line)
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -170,6 +216,9 @@ def _open(args: argparse.Namespace) -> int:
     if args.unit_key is not None:
         pinned = load_public_pem(args.unit_key.read_bytes(), origin=str(args.unit_key))
     fleet_ca, crls = _load_trust(args.ca, args.crl)
+    receipt_key = None
+    if args.receipt_key is not None:
+        receipt_key = load_public_pem(args.receipt_key.read_bytes(), origin=str(args.receipt_key))
     if args.trust_bundle_key:
         print("edge-csu: WARNING: trusting the unit key inside the bundle: this proves the bundle")
         print("  is intact, not which unit made it; verify with --ca FLEET_CA for evidence")
@@ -185,6 +234,7 @@ def _open(args: argparse.Namespace) -> int:
             crls=crls,
             trust_bundle_key=args.trust_bundle_key,
             gaps=gaps,
+            receipt_key=receipt_key,
         )
     except IntegrityError as exc:
         print(f"edge-csu: REFUSED: {args.bundle}: {exc}")
@@ -201,6 +251,16 @@ def _open(args: argparse.Namespace) -> int:
     for gap in gaps:
         at = datetime.fromtimestamp(gap.after_wall_ns / 1e9, UTC).isoformat(timespec="seconds")
         print(f"  time gap: nothing recorded for {gap.seconds:.1f} s after {at}")
+    _print_masks(verified)
+    _print_receipts(verified)
+    if args.overlay_masks:
+        from .overlay import write_overlay
+
+        chosen = args.camera or sorted({s.header.camera_id for s in verified.segments})[0]
+        mine = [s for s in verified.segments if s.header.camera_id == chosen]
+        spans = [s for s in verified.mask_timeline() if s.camera == chosen]
+        review, frames = write_overlay(args.out, spans, mine[0].header.start_wall_ns)
+        print(f"{review}: {frames} frame(s) with the privacy masks drawn (review copy, re-encoded)")
     if verified.partial:
         for part in verified.damaged:
             print(f"  damaged: {part}")

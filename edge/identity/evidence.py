@@ -19,6 +19,7 @@ error type with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
@@ -242,3 +243,28 @@ def load_chain(data: bytes, origin: str) -> list[x509.Certificate]:
     if not certs:
         raise ValueError(f"{origin}: no certificate in it")
     return certs
+
+
+def stream_chain(keys_dir: Path, key: ed25519.Ed25519PublicKey) -> bytes | None:
+    """The PEM chain a signed video stream carries (ONVIF Media Signing): the evidence
+    certificate of ``key`` and the intermediates of ``ca.pem``, never a root; None when the
+    unit holds no certificate of that key (not enrolled)."""
+    leaf_file = keys_dir / "unit-signing.crt"
+    if not certifies(leaf_file, key):
+        return None
+    try:
+        certs = x509.load_pem_x509_certificates(leaf_file.read_bytes())
+    except (OSError, ValueError):
+        return None
+    # Without a readable ca.pem, the leaf alone: a validator needs the intermediates elsewhere.
+    with contextlib.suppress(OSError, ValueError):
+        certs += x509.load_pem_x509_certificates((keys_dir / "ca.pem").read_bytes())
+    seen: set[bytes] = set()
+    out = bytearray()
+    for cert in certs:
+        der = cert.public_bytes(serialization.Encoding.DER)
+        if cert.issuer == cert.subject or der in seen:
+            continue
+        seen.add(der)
+        out += cert.public_bytes(serialization.Encoding.PEM)
+    return bytes(out)

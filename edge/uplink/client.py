@@ -15,6 +15,8 @@ States (every transition logged with its reason)::
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import hashlib
 import http.client
@@ -34,9 +36,11 @@ from edge.snapshot import UplinkStatus
 from .. import jsonlimits
 from ..backoff import Backoff
 from ..config import EdgeConfig
-from ..errors import EdgeError, UplinkError
+from ..errors import ConfigError, EdgeError, IntegrityError, UplinkError
+from ..identity.unitkeys import load_public_pem
 from ..vault.base import Outbox, OutboxItem, OutboxKind
 from ..vault.layout import GAP_RE
+from ..vault.receipt import verify_receipt
 from . import policy, protocol, signing_cert
 from .spool import EventSpool
 from .tls import CsuConnection, client_context, endpoint
@@ -136,6 +140,14 @@ class UplinkClient:
         self._backlog = policy.Backlog(0, 0, 0.0, 0.0)
         self._certificate = signing_cert.Presenter(self.unit_id, cfg.unit.data_dir)
         up = cfg.uplink
+        self._receipt_key = None
+        if up.csu_receipt_key is not None:
+            try:
+                self._receipt_key = load_public_pem(
+                    up.csu_receipt_key.read_bytes(), origin=str(up.csu_receipt_key)
+                )
+            except (OSError, EdgeError) as exc:
+                raise ConfigError(f"uplink.csu_receipt_key: {exc}") from None
         self._backoff = Backoff(
             up.backoff_initial_s, up.backoff_max_s, jitter=policy.RECONNECT_JITTER
         )
@@ -434,6 +446,7 @@ class UplinkClient:
                 reported = _json_field(body, "sha256")
                 if reported != hashlib.sha256(data).hexdigest():
                     raise UplinkError(f"CSU acknowledged {path} with another digest: {reported}")
+                self._keep_receipt(item, data, body)
                 self.outbox.mark_delivered(item.camera_id, item.sequence)
             elif item.kind is OutboxKind.GAP:
                 self.outbox.mark_gap_delivered(item.camera_id, item.sequence)
@@ -456,6 +469,41 @@ class UplinkClient:
                 self._counters["refused"] += 1
             return
         raise UplinkError(f"CSU answered {status} to {path}")
+
+    def _keep_receipt(self, item: OutboxItem, data: bytes, body: bytes) -> None:
+        """Check the CSU's receipt of a delivered segment and keep it in the vault.
+
+        A receipt that does not check (forged, for another unit, of other bytes) is refused
+        and said loudly; delivery itself stands, since the CSU reported the right digest."""
+        if self._receipt_key is None:
+            return
+        encoded = _json_field(body, "receipt")
+        where = f"{item.camera_id}#{item.sequence}"
+        if not isinstance(encoded, str):
+            log.warning("uplink[%s] CSU sent no receipt for %s", self.unit_id, where)
+            return
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+            verify_receipt(
+                raw,
+                self._receipt_key,
+                device_id=self.unit_id,
+                camera_id=item.camera_id,
+                sequence=item.sequence,
+                chain_hash=hashlib.sha256(data).digest(),
+            )
+        except (binascii.Error, IntegrityError) as exc:
+            log.error("uplink[%s] CSU receipt for %s refused: %s", self.unit_id, where, exc)
+            with self._lock:
+                self._counters["receipts_refused"] = self._counters.get("receipts_refused", 0) + 1
+            return
+        try:
+            self.outbox.store_receipt(item, raw)
+        except EdgeError as exc:
+            log.error("uplink[%s] receipt for %s not kept: %s", self.unit_id, where, exc)
+            return
+        with self._lock:
+            self._counters["receipts"] = self._counters.get("receipts", 0) + 1
 
 
 def _key(item: OutboxItem) -> tuple[str, str, int, bytes]:

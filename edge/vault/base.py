@@ -68,6 +68,10 @@ class Outbox(abc.ABC):
     def mark_envelope_delivered(self, camera_id: str, epoch_id: bytes) -> None:
         """The CSU acknowledged the envelope of ``epoch_id``."""
 
+    def store_receipt(self, item: OutboxItem, raw: bytes) -> None:  # noqa: B027 - optional
+        """Keep the CSU's receipt (already checked) of a delivered segment; the vault keeps it
+        with its evidence, other outboxes may drop it."""
+
     def mark_gap_delivered(self, camera_id: str, first: int) -> None:  # noqa: B027 - optional
         """The CSU acknowledged the gap record that starts at ``first`` (vaults that write
         gap records override this)."""

@@ -27,13 +27,14 @@ explicitly that the bundle's own key is to be trusted (demos).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -55,7 +56,9 @@ from edge.identity.unitkeys import (
     public_pem,
     public_raw,
 )
-from edge.vault import chain, layout
+from edge.privacy.commitment import MaskSet
+from edge.vault import chain, layout, maskhistory
+from edge.vault import receipt as rcpt
 from edge.vault.recipient_keys import RecipientPrivate, decrypt_segment, open_envelope
 
 from ..errors import IntegrityError, VaultError
@@ -292,6 +295,7 @@ def _export(
     seen: dict[str, int] = {}
     gap_records = _gaps_in_range(root, rows, start_ns, end_ns, public_key, device_id, damage)
     gaps_used: dict[tuple[str, int], fmt.GapRecord] = {}
+    committed_sets: set[maskhistory.SetKey] = set()
     total = len(rows) + len(env_files)
     done = 0
     size_sum = 0
@@ -344,6 +348,7 @@ def _export(
                     f"does not continue #{before.header.sequence} (replaced or reordered)",
                 )
         prev[cam] = seg
+        committed_sets.update((cam, m.committed.mask_set) for m in h.masks)
         name = f"segments/{cam}/{seq:010d}.seg"
         digest, size = _copy(src, partial / name)
         size_sum += size
@@ -409,6 +414,8 @@ def _export(
         done += 1
         if progress:
             progress(done, total)
+    mask_entries = _export_mask_sets(audit, public_key, committed_sets, partial)
+    receipt_entries = _export_receipts(root, device_id, seg_entries, partial)
     pem = public_pem(public_key)
     (partial / SIGNING_PUB_NAME).write_bytes(pem)
     certs: list[dict[str, Any]] = []
@@ -433,6 +440,10 @@ def _export(
         "segments": seg_entries,
         "envelopes": env_entries,
         "gaps": gap_entries,
+        # The signed record (polygons) of each mask set the segments commit to.
+        "mask_sets": mask_entries,
+        # The CSU's signed receipts of exported segments, as the unit kept them.
+        "receipts": receipt_entries,
         "certificates": certs,
         # Where the certificate of unit_public_key is, or null: then only a pinned key verifies.
         "signing_certificate": f"certs/{SIGNING_CERT_NAME}" if certified else None,
@@ -484,6 +495,78 @@ def _export(
         damaged=tuple(damage.parts),
         gaps=described,
     )
+
+
+def _export_mask_sets(
+    audit: AuditLog,
+    public_key: ed25519.Ed25519PublicKey,
+    wanted: set[maskhistory.SetKey],
+    partial: Path,
+) -> list[dict[str, Any]]:
+    """Copy the signed ``mask-set`` record of each committed set into the bundle; a set whose
+    record is gone is left out (the verifier then reports its polygons as unknown)."""
+    entries: list[dict[str, Any]] = []
+    for (camera, digest), line in sorted(
+        maskhistory.records_for(audit.path, public_key, wanted).items()
+    ):
+        name = maskhistory.mask_file(camera, digest)
+        dest = partial / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with dest.open("wb") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        entries.append(
+            {
+                "camera": camera,
+                "digest": digest.hex(),
+                "file": name,
+                "sha256": hashlib.sha256(line).hexdigest(),
+                "size": len(line),
+            }
+        )
+    return entries
+
+
+def _export_receipts(
+    root: Path, device_id: str, seg_entries: list[dict[str, Any]], partial: Path
+) -> list[dict[str, Any]]:
+    """One file per camera: the receipts the unit holds of the exported segments (checked when
+    they arrived; the verifier checks them again against the CSU key it trusts)."""
+    log_ = rcpt.ReceiptLog(root)
+    entries: list[dict[str, Any]] = []
+    for camera in sorted({e["camera"] for e in seg_entries}):
+        mine = [e for e in seg_entries if e["camera"] == camera]
+        wanted = {e["sequence"] for e in mine}
+        days = {rcpt.day_of(e["start_ns"]) for e in mine}
+        kept = []
+        for raw in log_.read(camera, days):
+            try:
+                r = rcpt.parse_receipt(raw)
+            except IntegrityError:
+                continue  # not a receipt: nothing to carry
+            if r.device_id == device_id and r.camera_id == camera and r.sequence in wanted:
+                kept.append(raw)
+        if not kept:
+            continue
+        name = f"receipts/{camera}.rcl"
+        data = b"".join(rcpt.frame_record(raw) for raw in kept)
+        dest = partial / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with dest.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        entries.append(
+            {
+                "camera": camera,
+                "count": len(kept),
+                "file": name,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "size": len(data),
+            }
+        )
+    return entries
 
 
 def _gaps_in_range(
@@ -538,6 +621,22 @@ class VerifiedBundle:
     gaps: tuple[fmt.GapRecord, ...] = ()
     """Signed records of sequences the unit lost: the chain goes on through them, and they
     are reported with the bundle (never hidden)."""
+    mask_sets: Mapping[maskhistory.SetKey, MaskSet] = dataclasses.field(default_factory=dict)
+    """The mask sets the bundle carries signed records of (polygons checked against digests)."""
+
+    receipts: tuple[rcpt.Receipt, ...] = ()
+    """The CSU's receipts the bundle carries; checked only when ``receipts_checked``."""
+    receipts_checked: bool = False
+    """True when every receipt was checked against the CSU receipt key given to the verifier."""
+
+    def receipt_coverage(self) -> list[rcpt.Coverage]:
+        """Per segment, the checked receipt anchoring it (its own, or a later one's chain)."""
+        checked = list(self.receipts) if self.receipts_checked else []
+        return rcpt.coverage(self.segments, checked)
+
+    def mask_timeline(self) -> list[maskhistory.MaskSpan]:
+        """Which masks held over which span of each camera's recording."""
+        return maskhistory.timeline(self.segments, self.mask_sets)
 
     @property
     def partial(self) -> bool:
@@ -642,8 +741,12 @@ def verify_bundle(
     fleet_ca: Sequence[x509.Certificate] | None = None,
     crls: Sequence[x509.CertificateRevocationList] = (),
     trust_bundle_key: bool = False,
+    receipt_key: ed25519.Ed25519PublicKey | None = None,
 ) -> VerifiedBundle:
     """Check a bundle completely; :class:`IntegrityError` names the first problem found.
+
+    With ``receipt_key`` (the CSU's), every receipt the bundle carries must be the CSU's, for
+    this unit, and of the very segment the bundle holds under its sequence.
 
     The trust anchor is ``fleet_ca`` (the city's CA certificates; its self-signed ones are the
     roots, optionally with the CRLs ``crls``), or ``unit_public_key`` (pinned), or, only when
@@ -690,6 +793,13 @@ def verify_bundle(
         envelopes[(env.camera_id, env.epoch_id)] = env
         listed.add(entry["file"])
     gaps = _verify_listed_gaps(bundle, manifest, key, device, listed)
+    mask_list = manifest.get("mask_sets", [])  # absent from bundles made before commitments
+    if not isinstance(mask_list, list):
+        raise IntegrityError("manifest: mask_sets has the wrong type")
+    mask_sets = maskhistory.verify_listed(
+        mask_list, lambda e, w: _read_listed(bundle, e, w), key, device
+    )
+    listed.update(str(e["file"]) for e in mask_list)
     segments: list[fmt.SealedSegment] = []
     last: dict[str, fmt.SealedSegment] = {}
     for i, entry in enumerate(manifest["segments"]):
@@ -739,6 +849,7 @@ def verify_bundle(
     for cert in manifest.get("certificates", []):
         _read_listed(bundle, cert, "certificates[].")
         listed.add(cert["file"])
+    raw_receipts = _read_receipts(bundle, manifest, listed)
     for path in bundle.rglob("*"):
         rel = path.relative_to(bundle).as_posix()
         if path.is_file() and rel not in listed:
@@ -746,6 +857,11 @@ def verify_bundle(
     if not segments:
         raise IntegrityError("the bundle holds no segment")
     all_gaps = tuple(g for cam in sorted(gaps) for _, g in sorted(gaps[cam].items()))
+    if receipt_key is not None:
+        found = rcpt.check_bundle_receipts(raw_receipts, segments, receipt_key, device)
+    else:
+        found = [rcpt.parse_receipt(raw) for raw in raw_receipts]
+    checked = receipt_key is not None
     if fleet_ca is not None:
         # Every record was signed while it was made: the certificate must cover them all.
         times = [t for s in segments for t in (s.header.start_wall_ns, s.header.end_wall_ns)]
@@ -754,12 +870,72 @@ def verify_bundle(
         cert = _check_certificate(bundle, manifest, key, span, fleet_ca, crls)
         trust = f"fleet CA (evidence certificate {cert.serial_number:x})"
         return VerifiedBundle(
-            bundle, manifest, segments, envelopes, key, trust, cert, damaged, all_gaps
+            bundle,
+            manifest,
+            segments,
+            envelopes,
+            key,
+            trust,
+            cert,
+            damaged,
+            all_gaps,
+            mask_sets,
+            tuple(found),
+            checked,
         )
     trust = "pinned unit key" if unit_public_key else "key inside the bundle (not verified)"
     return VerifiedBundle(
-        bundle, manifest, segments, envelopes, key, trust, None, damaged, all_gaps
+        bundle,
+        manifest,
+        segments,
+        envelopes,
+        key,
+        trust,
+        None,
+        damaged,
+        all_gaps,
+        mask_sets,
+        tuple(found),
+        checked,
     )
+
+
+def sealing_key(
+    bundle: Path,
+    *,
+    fleet_ca: Sequence[x509.Certificate] | None,
+    crls: Sequence[x509.CertificateRevocationList] = (),
+) -> ed25519.Ed25519PublicKey | None:
+    """The unit key of a bundle :func:`verify_bundle` refused, when its seal (manifest
+    signature) still holds and, with ``fleet_ca``, its evidence certificate checks over the
+    times the manifest gives: what a per-segment report may trust. None otherwise."""
+    try:
+        body = (bundle / "manifest.json").read_bytes()
+        sig = (bundle / "manifest.sig").read_bytes()
+        manifest = parse_manifest(body)
+        key = load_public_pem(manifest["unit_public_key"].encode(), origin="manifest")
+        key.verify(sig, _DOMAIN + hashlib.sha256(body).digest())
+        if fleet_ca is not None:
+            times = [int(e[name]) for e in manifest["segments"] for name in ("start_ns", "end_ns")]
+            _check_certificate(bundle, manifest, key, (min(times), max(times)), fleet_ca, crls)
+    except (OSError, InvalidSignature, IntegrityError, VaultError, KeyError, TypeError, ValueError):
+        return None
+    return key
+
+
+def _read_receipts(bundle: Path, manifest: dict[str, Any], listed: set[str]) -> list[bytes]:
+    entries = manifest.get("receipts", [])  # absent from bundles made before receipts
+    if not isinstance(entries, list):
+        raise IntegrityError("manifest: receipts has the wrong type")
+    out: list[bytes] = []
+    for i, entry in enumerate(entries):
+        where = f"receipts[{i}]."
+        records = rcpt.split_records(_read_listed(bundle, entry, where))
+        if len(records) != _field(entry, "count", int, where):
+            raise IntegrityError(f"{entry['file']}: holds another number of receipts")
+        out += records
+        listed.add(entry["file"])
+    return out
 
 
 def _verify_listed_gaps(
@@ -844,6 +1020,7 @@ def open_bundle(
     crls: Sequence[x509.CertificateRevocationList] = (),
     trust_bundle_key: bool = False,
     gaps: list[TimeGap] | None = None,
+    receipt_key: ed25519.Ed25519PublicKey | None = None,
 ) -> tuple[VerifiedBundle, int]:
     """Verify (trust anchors as in :func:`verify_bundle`), decrypt and remux one camera of a
     bundle into ``out_path``; returns the number of packets. The time gaps of the clip (kept
@@ -854,6 +1031,7 @@ def open_bundle(
         fleet_ca=fleet_ca,
         crls=crls,
         trust_bundle_key=trust_bundle_key,
+        receipt_key=receipt_key,
     )
     cams = sorted({s.header.camera_id for s in verified.segments})
     chosen = camera or cams[0]

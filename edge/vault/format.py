@@ -12,12 +12,15 @@ Sealed segment (``.seg``)::
     signature   Ed25519 over  b"edge-seg-v1\\0" || SHA-256(header) || SHA-256(ciphertext)
 
 The chain hash of a segment is SHA-256 over its complete bytes; the next segment of the same
-camera carries it as ``prev_hash``.
+camera carries it as ``prev_hash``. Version 2 adds the mask commitment to the header (after
+the ids): which privacy-mask set and configuration version held from which frame on
+(:mod:`edge.privacy.commitment`); version 1 segments, made before, stay readable.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -26,11 +29,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ..errors import IntegrityError
+from ..privacy.commitment import DIGEST_LEN, Committed, MaskCommitment
 
 SEG_MAGIC = b"ESEG"
 ENV_MAGIC = b"EENV"
 CKP_MAGIC = b"ECKP"
 VERSION = 1
+#: Sealed segments with a mask commitment (version 1 without one stays readable).
+SEG_VERSION_MASKS = 2
 HASH_LEN = 32
 SIG_LEN = 64
 EPOCH_ID_LEN = 16
@@ -48,6 +54,11 @@ _SEG_FIXED = struct.Struct(">4sBBHQqqIQ16s12s32sIQ")
 # the two length-prefixed identifiers follow: u8 length + UTF-8
 MAX_ID_LEN = 63
 MAX_PAYLOAD = 1 << 32  # 4 GiB: far above any 10 s segment; bounds what a parser allocates
+# Version 2 header extension after the ids: entry count, then per entry the capture time from
+# which it holds, the mask-set digest and the configuration version.
+_MASK_COUNT = struct.Struct(">H")
+_MASK_ENTRY = struct.Struct(f">q{DIGEST_LEN}s{DIGEST_LEN}s")
+MAX_MASK_ENTRIES = 900  # keeps header_len (16 bits) in range; a set changes on SIGHUP only
 
 
 def sha256(data: bytes | memoryview) -> bytes:
@@ -91,14 +102,23 @@ class SegmentHeader:
     """Length of the init segment at the start of the plaintext (init || media)."""
     ciphertext_len: int
     flags: int = 0
+    masks: tuple[MaskCommitment, ...] = ()
+    """The mask commitment (version 2): which mask set and configuration version held from
+    which instant; empty in a version 1 segment, recorded before commitments existed."""
+
+    @property
+    def version(self) -> int:
+        return SEG_VERSION_MASKS if self.masks else VERSION
 
     def pack(self) -> bytes:
         ids = _pack_id(self.device_id) + _pack_id(self.camera_id)
+        if self.masks:
+            ids += _pack_masks(self)
         header_len = _SEG_FIXED.size + len(ids)
         return (
             _SEG_FIXED.pack(
                 SEG_MAGIC,
-                VERSION,
+                self.version,
                 self.flags,
                 header_len,
                 self.sequence,
@@ -114,6 +134,45 @@ class SegmentHeader:
             )
             + ids
         )
+
+
+def _pack_masks(header: SegmentHeader) -> bytes:
+    entries = header.masks
+    _check_masks(entries, header.start_wall_ns, header.end_wall_ns, header.frame_count)
+    out = bytearray(_MASK_COUNT.pack(len(entries)))
+    for e in entries:
+        out += _MASK_ENTRY.pack(e.from_wall_ns, e.committed.mask_set, e.committed.config_version)
+    return bytes(out)
+
+
+def _check_masks(
+    entries: tuple[MaskCommitment, ...], start_ns: int, end_ns: int, frame_count: int
+) -> None:
+    if not 0 < len(entries) <= min(max(frame_count, 1), MAX_MASK_ENTRIES):
+        raise IntegrityError(f"mask commitment: {len(entries)} entries for {frame_count} frames")
+    if entries[0].from_wall_ns != start_ns:
+        raise IntegrityError("mask commitment: the first entry does not start with the segment")
+    for before, after in itertools.pairwise(entries):
+        if not before.from_wall_ns <= after.from_wall_ns <= end_ns:
+            raise IntegrityError("mask commitment: entries out of order or past the segment")
+    for e in entries:
+        if len(e.committed.mask_set) != DIGEST_LEN or len(e.committed.config_version) != DIGEST_LEN:
+            raise IntegrityError("mask commitment: bad digest length")
+
+
+def _unpack_masks(data: bytes | memoryview, pos: int) -> tuple[tuple[MaskCommitment, ...], int]:
+    if pos + _MASK_COUNT.size > len(data):
+        raise IntegrityError("truncated: mask commitment missing")
+    (count,) = _MASK_COUNT.unpack_from(data, pos)
+    pos += _MASK_COUNT.size
+    if pos + count * _MASK_ENTRY.size > len(data):
+        raise IntegrityError(f"truncated: mask commitment of {count} entries")
+    entries = []
+    for _ in range(count):
+        at, mask_set, version = _MASK_ENTRY.unpack_from(data, pos)
+        entries.append(MaskCommitment(at, Committed(bytes(mask_set), bytes(version))))
+        pos += _MASK_ENTRY.size
+    return tuple(entries), pos
 
 
 def parse_segment_header(data: bytes | memoryview) -> tuple[SegmentHeader, int]:
@@ -138,10 +197,13 @@ def parse_segment_header(data: bytes | memoryview) -> tuple[SegmentHeader, int]:
     ) = _SEG_FIXED.unpack_from(data, 0)
     if magic != SEG_MAGIC:
         raise IntegrityError(f"not a sealed segment (magic {bytes(magic)!r})")
-    if version != VERSION:
+    if version not in (VERSION, SEG_VERSION_MASKS):
         raise IntegrityError(f"unsupported sealed-segment version {version}")
     device_id, pos = _unpack_id(data, _SEG_FIXED.size, "device id")
     camera_id, pos = _unpack_id(data, pos, "camera id")
+    masks: tuple[MaskCommitment, ...] = ()
+    if version == SEG_VERSION_MASKS:
+        masks, pos = _unpack_masks(data, pos)
     if pos != header_len:
         raise IntegrityError(f"header length field says {header_len}, header is {pos} bytes")
     if ct_len < TAG_LEN or ct_len > MAX_PAYLOAD:
@@ -150,6 +212,8 @@ def parse_segment_header(data: bytes | memoryview) -> tuple[SegmentHeader, int]:
         raise IntegrityError(f"init length {init_len} exceeds the payload")
     if end_ns < start_ns:
         raise IntegrityError("end time before start time")
+    if masks:
+        _check_masks(masks, start_ns, end_ns, frame_count)
     header = SegmentHeader(
         device_id=device_id,
         camera_id=camera_id,
@@ -164,6 +228,7 @@ def parse_segment_header(data: bytes | memoryview) -> tuple[SegmentHeader, int]:
         init_len=init_len,
         ciphertext_len=ct_len,
         flags=flags,
+        masks=masks,
     )
     return header, header_len
 

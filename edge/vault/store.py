@@ -46,6 +46,8 @@ from .audit import AuditLog
 from .base import Backlog, Outbox, OutboxItem
 from .index import IndexRow
 from .outbox import outbox_items
+from .receipt import ReceiptLog
+from .receipt import day_of as receipt_day
 from .retention import DiskUsage, PurgePlan, RetentionPolicy, bytes_to_free, plan_purge
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+_DAY_NS = 86_400 * 10**9
 #: Space kept aside so that a purge on a completely full disk can write its checkpoint first.
 RESERVE_BYTES = 256 * 1024
 
@@ -103,6 +106,7 @@ class Vault(SegmentSink, Outbox):
         for sub in ("tmp", "segments", "epochs", "checkpoints", "quarantine", "gaps", "sequences"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         self.audit = AuditLog(root / "audit.log", device_id, signing_key)
+        self.receipts = ReceiptLog(root)
         from .recovery import open_index, recover  # local: recovery uses this module's types
 
         self.index, index_lost = open_index(self)
@@ -213,6 +217,7 @@ class Vault(SegmentSink, Outbox):
                 prev_hash=lane.last_hash,
                 init_len=len(segment.init),
                 ciphertext_len=len(payload) + fmt.TAG_LEN,
+                masks=segment.masks,
             )
             ciphertext = epoch.encrypt(nonce, payload, header.pack())
             raw = fmt.sign_segment(header, ciphertext, self._key)
@@ -444,6 +449,12 @@ class Vault(SegmentSink, Outbox):
             self._unlink(layout.segment_path(self.root, camera, row.start_wall_ns, row.sequence))
         self.purge_gaps(camera, through)
         self.index.delete_through(camera, through)
+        # Receipts go by day: a day's file once no remaining segment starts on that day.
+        first = self.index.first(camera)
+        if first is not None:
+            self.receipts.purge_before(camera, receipt_day(first.start_wall_ns))
+        else:
+            self.receipts.purge_before(camera, receipt_day(last.start_wall_ns + _DAY_NS))
         return {"through": through, "count": len(rows)}
 
     def _purge_epochs(self) -> int:
@@ -541,6 +552,9 @@ class Vault(SegmentSink, Outbox):
 
     def mark_gap_delivered(self, camera_id: str, first: int) -> None:
         self.index.mark_gap_delivered(camera_id, first)
+
+    def store_receipt(self, item: OutboxItem, raw: bytes) -> None:
+        self.receipts.append(item.camera_id, item.start_wall_ns, raw)
 
     def backlog(self) -> Backlog:
         count, ns, size = self._indexed(self.index.backlog)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
+from ..privacy.commitment import MaskCommitment
+
 
 @dataclass(frozen=True, slots=True)
 class MediaSegment:
@@ -28,6 +30,9 @@ class MediaSegment:
     frame_count: int
     first_frame_index: int
     """Index (capture count) of the first frame, for drop accounting."""
+    masks: tuple[MaskCommitment, ...] = ()
+    """Which mask set and configuration version its frames were masked under (the recording
+    thread fills it in; empty from tools and tests that record without a pipeline)."""
 
     @property
     def duration_s(self) -> float:

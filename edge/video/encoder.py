@@ -41,10 +41,11 @@ import av.video.frame
 import numpy as np
 
 from ..config import EncoderCodec, EncoderConfig
-from ..errors import EncodeError, from_av
+from ..errors import EncodeError, IntegrityError, from_av
 from ..frames import Frame, Plane, check_dimensions
 from .base import MediaSegment
 from .cmaf import INIT_BOX_TYPES, SegmentPlan, frame_rate, iter_boxes, media_timescale
+from .mediasigning import MediaSigner, iter_units, with_seis
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +128,19 @@ class SegmentEncoder:
     """
 
     def __init__(
-        self, camera_id: str, width: int, height: int, fps: float, cfg: EncoderConfig
+        self,
+        camera_id: str,
+        width: int,
+        height: int,
+        fps: float,
+        cfg: EncoderConfig,
+        *,
+        signer: MediaSigner | None = None,
     ) -> None:
         check_dimensions(width, height)
+        # ONVIF Media Signing SEIs are added to the packets here, in the recording thread,
+        # before muxing: a clip of the decrypted MP4 verifies outside our tools.
+        self._signer = signer
         self.camera_id = camera_id
         self.width = width
         self.height = height
@@ -300,9 +311,11 @@ class SegmentEncoder:
         for packet in packets:
             boundary = self._boundaries[0] if self._boundaries else None
             is_cut = False
+            starts_segment = False
             if boundary is not None and packet.pts is not None and packet.pts >= boundary:
                 self._boundaries.popleft()
                 if packet.pts == boundary and packet.is_keyframe:
+                    starts_segment = True
                     is_cut = bool(self._pending) and self._pending[0].pts < boundary
                 else:
                     # The encoder ignored the forced IDR: this segment runs on and the next
@@ -313,6 +326,8 @@ class SegmentEncoder:
                         boundary,
                     )
                     self._force_next = True
+            if self._signer is not None:
+                packet = self._sign(packet, self._signer, starts_segment)
             try:
                 self._container.mux(packet)
             except Exception as exc:  # every FFmpeg failure is translated
@@ -322,6 +337,26 @@ class SegmentEncoder:
                 count = sum(1 for f in self._pending if f.pts < boundary)
                 segments.append(self._cut(count))
         return segments
+
+    def _sign(self, packet: Any, signer: MediaSigner, starts_segment: bool) -> Any:
+        """The packet with the signing SEIs it must carry in front of its own NAL units."""
+        data = bytes(packet)
+        try:
+            units = list(iter_units(data))
+        except IntegrityError as exc:
+            raise EncodeError(f"{self.camera_id}: encoder packet unreadable: {exc}") from None
+        wall_ns = next(
+            (f.wall_ns for f in self._pending if f.pts == packet.pts), self._last_wall_ns
+        )
+        extra = signer.access_unit(units, wall_ns, segment_start=starts_segment)
+        if not extra:
+            return packet
+        signed = av.Packet(with_seis(units, extra))
+        signed.pts, signed.dts, signed.duration = packet.pts, packet.dts, packet.duration
+        signed.time_base = packet.time_base
+        signed.is_keyframe = packet.is_keyframe
+        signed.stream = packet.stream
+        return signed
 
     def _take_boxes(self) -> bytes:
         """Move complete init boxes to :attr:`init`; return the complete media boxes."""

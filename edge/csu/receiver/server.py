@@ -40,6 +40,7 @@ from ...uplink.protocol import (
     MAX_EVENT_BYTES,
     SEGMENT_CONTENT_TYPE,
 )
+from . import receipts
 from .limits import AdmissionGate, read_body, start_gated_server
 from .registry import RevocationList, UnitRegistry, server_context, unit_id_of
 from .trust import MAX_CERTIFICATE_BYTES
@@ -87,6 +88,11 @@ class Receiver:
         self._status_flushed: dict[str, float] = {}
         self._unit_of_cert: dict[bytes, str] = {}
         self.counters = {"stored": 0, "duplicates": 0, "refused": 0, "events": 0}
+        self.receipter = (
+            None
+            if cfg.receipt_key_file is None
+            else receipts.Receipter(receipts.load_or_create(cfg.receipt_key_file))
+        )
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -197,8 +203,12 @@ class Receiver:
             log.warning("refused %s/%s#%d: %s", unit, camera, sequence, exc.reason)
             return refuse(exc.status, exc.reason)
         self.counters["stored" if verdict.value == 201 else "duplicates"] += 1
+        answer = {"status": verdict.name.lower(), "sha256": meta.hash}
+        if self.receipter is not None:
+            # Of what this CSU holds under that sequence (a duplicate: the first bytes stored).
+            answer["receipt"] = self.receipter.receipt(unit, camera, sequence, meta.hash)
         return web.json_response(
-            {"status": verdict.name.lower(), "sha256": meta.hash},
+            answer,
             status=verdict.value,
             headers={DIGEST_HEADER: meta.hash},
         )

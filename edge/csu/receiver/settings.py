@@ -147,6 +147,9 @@ class ServeConfig(_Section):
     (``edge-csu command`` writes them here)."""
     authority_key_file: Path | None = None
     """Recipient private key that opens sealed segments for viewing (HLS); none disables it."""
+    receipt_key_file: Path | None = None
+    """Ed25519 key signing a receipt for every accepted segment (created at the first start,
+    public half beside it as ``.pub.pem``); none: no receipts."""
     max_segment_bytes: int = Field(default=DEFAULT_MAX_SEGMENT_BYTES, ge=1024, le=1 << 30)
     """Largest sealed segment accepted; larger bodies are refused with 413."""
     live_segments: int = Field(default=6, ge=2, le=100)
@@ -194,6 +197,7 @@ class ServeConfig(_Section):
                 "audit_log": fix(self.audit_log),
                 "commands_dir": fix(self.commands_dir),
                 "authority_key_file": fix(self.authority_key_file),
+                "receipt_key_file": fix(self.receipt_key_file),
                 "tls": tls,
             }
         )

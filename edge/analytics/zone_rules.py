@@ -186,6 +186,8 @@ class DensityRule:
     Sensitivity scales the limit: × 1.5 at 0, × 1 at 0.5, × 0.5 at 1.
     """
 
+    RECENT_S = 1.0
+
     def __init__(
         self,
         cfg: DensityRuleConfig,
@@ -201,10 +203,14 @@ class DensityRule:
         self._cooldown = Cooldown(cfg.cooldown_seconds)
 
     def update(self, tracks: list[Track], t: float, wall_s: float) -> list[Alert]:
+        # Seen in the last second, not only in this frame: in a crowd a detector misses some
+        # people in every frame, and the tracker holds them meanwhile.
         people = [
             tr
             for tr in tracks
-            if _fresh(tr, t)
+            if tr.confirmed
+            and tr.history
+            and t - tr.history[-1].t <= self.RECENT_S
             and tr.category == PERSON
             and point_in_polygon(tr.anchor, self.cfg.zone)
         ]

@@ -42,7 +42,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "dot1x": ("dot1x_cmd", "802.1X: render the supplicant configuration, show the port state"),
     "uplink": ("uplink_cmd", "check the link to the CSU"),
-    "analytics": ("analytics_cmd", "check the analytics model, verify signed events"),
+    "analytics": (
+        "analytics_cmd",
+        "check the model, verify events, draw the rules, calibrate the ground",
+    ),
     "bench": ("bench", "measure throughput and ratios against baselines (JSON with --json)"),
 }
 

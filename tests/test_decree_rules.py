@@ -200,7 +200,9 @@ def _alerts(
 
 
 FLAME = Prop("flame", (0.6, 0.55, 0.7, 0.72), start_s=5.0)
+SMOKE = Prop("smoke", (0.55, 0.3, 0.75, 0.75), start_s=5.0, grow_s=15.0)
 DECOYS = {
+    "grey van": Prop("grey_car", (0.0, 0.76, 1.0, 0.86), period_s=6.0),
     "headlights": Prop("headlights", (0.0, 0.78, 1.0, 0.82), period_s=3.0),
     "lit sign": Prop("sign", (0.3, 0.10, 0.4, 0.16)),
     "blinking light": Prop("blinker", (0.5, 0.20, 0.56, 0.26), period_s=1.0),
@@ -218,10 +220,25 @@ def test_fire_start_is_raised_within_its_delay(seed: int) -> None:
         f = src.render(i)
         t = i / FPS
         raised += [a for a in rule.update(f.y, f.u, f.v, t, WALL0_S + t)]
-    assert len(raised) == 1
+    assert [a.details["cause"] for a in raised] == ["flame"]
     # the dwell, plus the window that judges flicker (2 s) and the flame's first seconds
     assert FLAME.start_s + cfg.min_seconds <= raised[0].t <= FLAME.start_s + cfg.min_seconds + 3.0
     assert raised[0].details["growth"] >= 1.0
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_smoke_is_raised_within_its_delay(seed: int) -> None:
+    cfg = FireRuleConfig(name="street", min_seconds=4.0)
+    src = _scene([SMOKE, *DECOYS.values()], seed=seed)
+    rule = FireRule(cfg)
+    raised = []
+    for i in range(int(30 * FPS)):
+        f = src.render(i)
+        raised += rule.update(f.y, f.u, f.v, i / FPS, WALL0_S + i / FPS)
+    assert [a.details["cause"] for a in raised] == ["smoke"]
+    # the dwell, plus the 4 s window that judges a haze and the plume's first seconds (it
+    # starts as a wisp: a few cells of 8x8 pixels)
+    assert SMOKE.start_s + cfg.min_seconds <= raised[0].t <= SMOKE.start_s + cfg.min_seconds + 8.0
 
 
 @pytest.mark.parametrize("decoy", sorted(DECOYS))

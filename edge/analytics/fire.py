@@ -11,9 +11,11 @@ hold over a sliding window (``WINDOW_S``):
   light switches all its cells at once (their brightness series are correlated);
 * **in place**: the region does not travel as a whole (headlights pass, a fire stays).
 
-The condition must hold ``min_seconds`` (the dwell) to raise one alert; the alert reports the
-region's growth since the condition began. Works on the I420 planes at chroma resolution, in
-cells of 4×4 chroma samples (8×8 pixels), a few hundred microseconds per analysed frame.
+Smoke is the other sign (:mod:`edge.analytics.smoke`): a connected region of at least
+``MIN_SMOKE_CELLS`` cells veiled by a haze that stays and billows. Either condition must hold
+``min_seconds`` (the dwell) to raise one alert, whose ``cause`` says which (``flame`` or
+``smoke``); the alert reports the region's growth since the condition began. Flames are
+judged on the I420 planes at chroma resolution, in cells of 2×2 chroma samples (4×4 pixels).
 Pure: numpy in, alerts out, no I/O.
 """
 
@@ -28,6 +30,7 @@ from ..config import FireRuleConfig
 from .geometry import point_in_polygon
 from .rules import Alert, Cooldown
 from .schedule import Schedule
+from .smoke import SmokeDetector
 
 U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]
@@ -58,6 +61,11 @@ class FireRule:
     """
 
     MIN_CELLS = 4
+    MAX_DRIFT = 0.02
+    """Share of the frame height the region's colour may move between the two halves of the
+    window: a flame's tongues dance in place, a walker or a slow car goes somewhere."""
+    MIN_SMOKE_CELLS = 4
+    """Smoky cells (8×8 pixels) of one connected region (:mod:`edge.analytics.smoke`)."""
     COLOUR_SHARE = 0.7
     """Share of the window's frames a cell must be flame-coloured in: what passes (headlights,
     a red car, a walker in an orange coat) or blinks (half the time off) is not."""
@@ -76,6 +84,9 @@ class FireRule:
         self._since: float | None = None
         self._first_cells = 0
         self._cooldown = Cooldown(cfg.cooldown_seconds)
+        self.smoke = SmokeDetector(s)
+        self._smoke_zone: npt.NDArray[np.bool_] | None = None
+        self._cause = "flame"
         self.last: dict[str, float] = {}
         """Measures of the last frame (for tests and the evaluation tools)."""
 
@@ -107,30 +118,65 @@ class FireRule:
         while self._frames and self._frames[0][0] < t - WINDOW_S:
             self._frames.popleft()
         fire = self._fire_like(gh, gw, t)
-        if not fire or not self.schedule.armed(wall_s):
+        smoke = self._smoke_like(y, u, v, t)
+        if not (fire or smoke) or not self.schedule.armed(wall_s):
             self._since = None
             return []
-        cells = int(self.last["cells"])
+        if self._since is None:
+            # The cause is what started the condition, even if the other sign joins it later.
+            self._cause = "flame" if fire else "smoke"
+        cells = int(self.last["cells"] if self._cause == "flame" else self.last["smoke_cells"])
         if self._since is None:
             self._since, self._first_cells = t, cells
         held = t - self._since
         if held >= self.cfg.min_seconds and self._cooldown.ready(None, t):
             self._cooldown.fire(None, t)
-            return [
-                Alert(
-                    "fire",
-                    self.cfg.name,
-                    t,
-                    {
-                        "seconds": round(held, 1),
-                        "area": round(self.last["area"], 4),
-                        "growth": round(cells / max(self._first_cells, 1), 2),
-                        "flicker": round(self.last["flicker"], 1),
-                        "coherence": round(self.last["coherence"], 2),
-                    },
-                )
-            ]
+            details: dict[str, float | str] = {
+                "cause": self._cause,
+                "seconds": round(held, 1),
+                "growth": round(cells / max(self._first_cells, 1), 2),
+            }
+            if self._cause == "flame":
+                details |= {
+                    "area": round(self.last["area"], 4),
+                    "flicker": round(self.last["flicker"], 1),
+                    "coherence": round(self.last["coherence"], 2),
+                }
+            else:
+                details["area"] = round(self.last["smoke_area"], 4)
+            return [Alert("fire", self.cfg.name, t, details)]
         return []
+
+    def _smoke_like(self, y: U8, u: U8, v: U8, t: float) -> bool:
+        """The largest smoky region in the zone has ``MIN_SMOKE_CELLS`` cells."""
+        cells = self.smoke.update(y, u, v, t)
+        self.last["smoke_cells"], self.last["smoke_area"] = 0.0, 0.0
+        if cells is None:
+            return False
+        gh, gw = cells.shape
+        if self._smoke_zone is None or self._smoke_zone.shape != (gh, gw):
+            self._smoke_zone = np.array(
+                [
+                    [point_in_polygon(((gx + 0.5) / gw, (gy + 0.5) / gh), self.cfg.zone)
+                     for gx in range(gw)]
+                    for gy in range(gh)
+                ],
+                dtype=bool,
+            )  # fmt: skip
+        n = max((len(r) for r in _regions(cells & self._smoke_zone)), default=0)
+        self.last["smoke_cells"], self.last["smoke_area"] = float(n), n / float(gh * gw)
+        return n >= self.MIN_SMOKE_CELLS
+
+    def _travels(self, shares: F32, region: npt.NDArray[np.intp], gh: int) -> bool:
+        """The region's colour moved across the window as a whole (someone in a red coat
+        walking slowly over a zebra crossing), as flames in place do not."""
+        half = len(shares) // 2
+        early = _centre(shares[:half].mean(axis=0), region)
+        late = _centre(shares[half:].mean(axis=0), region)
+        if early is None or late is None:
+            return False
+        drift = float(np.hypot(late[0] - early[0], late[1] - early[1])) / gh
+        return drift > self.MAX_DRIFT
 
     def _fire_like(self, gh: int, gw: int, t: float) -> bool:
         self.last = {"cells": 0.0, "area": 0.0, "flicker": 0.0, "coherence": 0.0}
@@ -151,7 +197,7 @@ class FireRule:
             if n < self.MIN_CELLS or n < self.FLICKERING_SHARE * len(region):
                 continue
             coherence = _coherence(lumas[:, rows[lit], cols[lit]])
-            if coherence >= self.max_coherence:
+            if coherence >= self.max_coherence or self._travels(shares, region, gh):
                 continue
             measures = {
                 "cells": float(n),
@@ -165,6 +211,17 @@ class FireRule:
             return False
         self.last = best
         return True
+
+
+def _centre(weights: F32, region: npt.NDArray[np.intp]) -> tuple[float, float] | None:
+    w = weights[region[:, 0], region[:, 1]]
+    total = float(w.sum())
+    if total <= 0:
+        return None
+    return (
+        float((w * region[:, 0]).sum()) / total,
+        float((w * region[:, 1]).sum()) / total,
+    )
 
 
 def _regions(cells: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.intp]]:

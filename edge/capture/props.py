@@ -9,13 +9,15 @@ test compares events with. Events to find:
   ``start_s`` and walks on out of the frame; the case stays;
 * ``fall``: a walker comes in from the left, reaches the box at ``start_s``, falls and lies
   there (the box is the lying person);
-* ``crowd``: ``count`` people stand close together in the box from ``start_s``, swaying.
+* ``crowd``: ``count`` people stand close together in the box from ``start_s``, swaying;
+* ``smoke``: a grey plume starts at ``start_s`` at the bottom of the box, rising and widening.
 
 Decoys (the national evaluation's false alarms):
 
 * ``headlights``: a pair of warm-white lights crossing the box every ``period_s``;
 * ``sign``: a lit orange sign, steady, switched on at ``start_s``;
-* ``blinker``: an orange light blinking (``period_s``, half on) from ``start_s``.
+* ``blinker``: an orange light blinking (``period_s``, half on) from ``start_s``;
+* ``grey_car``: a light grey van crossing the box every ``period_s`` (colourless, not smoke).
 
 Drawing is returned as operations (rectangles of one colour, or small RGB images) in pixels,
 computed from the frame index and the seed alone, so frames stay reproducible.
@@ -31,7 +33,9 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-PropKind = Literal["flame", "left_bag", "fall", "crowd", "headlights", "sign", "blinker"]
+PropKind = Literal[
+    "flame", "smoke", "left_bag", "fall", "crowd", "headlights", "sign", "blinker", "grey_car"
+]
 RGB = tuple[int, int, int]
 PixelBox = tuple[int, int, int, int]
 
@@ -66,7 +70,17 @@ class Image:
     rgb: npt.NDArray[np.uint8]
 
 
-Op = Rect | Image
+@dataclass(frozen=True, slots=True)
+class Blend:
+    """A colour laid over the picture with a per-pixel opacity (smoke)."""
+
+    x: int
+    y: int
+    rgb: RGB
+    alpha: npt.NDArray[np.float32]
+
+
+Op = Rect | Image | Blend
 
 
 def _px(prop: Prop, width: int, height: int) -> PixelBox:
@@ -141,6 +155,16 @@ def ops(prop: Prop, t: float, index: int, width: int, height: int, seed: int) ->
             out += _person(round(cx + sway), round(feet), person_w, person_h, 0)
     elif prop.kind == "flame" and t >= prop.start_s:
         out.append(_flame(prop, t, index, (x0, y0, x1, y1), seed))
+    elif prop.kind == "smoke" and t >= prop.start_s:
+        out.append(_smoke(prop, t, (x0, y0, x1, y1), seed))
+    elif prop.kind == "grey_car":
+        # A light grey van crossing the box every period_s: colourless, bright, not smoke.
+        period = max(prop.period_s, 1.0)
+        if t >= prop.start_s:
+            phase = ((t - prop.start_s) % period) / period
+            vw = round(4.5 * px_per_m)
+            vx = x0 - vw + round(phase * (x1 - x0 + vw))
+            out.append(Rect((vx, y0, vx + vw, y1), (200, 200, 196)))
     elif prop.kind == "headlights":
         period = max(prop.period_s, 1.0)
         phase = ((t - prop.start_s) % period) / period
@@ -194,6 +218,31 @@ def _flame(prop: Prop, t: float, index: int, box: PixelBox, seed: int) -> Image:
     return Image(cx // 2 * 2, y0, out)
 
 
+def _smoke(prop: Prop, t: float, box: PixelBox, seed: int) -> Blend:
+    """A plume: puffs leave the bottom centre every 0.25 s, rise, widen and drift; together
+    they make a grey haze, thickest low down, that grows to fill the box over ``grow_s``."""
+    x0, y0, x1, y1 = box
+    w, h = (x1 - x0) // 2 * 2, (y1 - y0) // 2 * 2
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    alpha = np.zeros((h, w), dtype=np.float32)
+    age_max = max(prop.grow_s, 1.0)
+    elapsed = t - prop.start_s
+    rng = random.Random(f"smoke-{seed}-{prop.box}")  # noqa: S311 - a scene
+    drifts = [rng.uniform(-0.15, 0.15) for _ in range(400)]
+    k = 0
+    while k * 0.25 <= elapsed and k < 400:
+        age = elapsed - k * 0.25
+        if age <= age_max:
+            rise = min(1.0, age / age_max)
+            cy = h * (1.0 - 0.9 * rise)
+            cx = w / 2 + drifts[k] * w * rise + 0.05 * w * math.sin(1.3 * t + k)
+            r = max(2.0, (0.05 + 0.15 * rise) * w)
+            alpha += 0.1 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
+        k += 1
+    return Blend(x0 // 2 * 2, y0 // 2 * 2, (190, 190, 186), np.clip(alpha, 0.0, 0.6))
+
+
 def events(props: list[Prop]) -> list[tuple[PropKind, float]]:
     """Ground truth: each event prop's kind and start time (decoys have none)."""
-    return [(p.kind, p.start_s) for p in props if p.kind in ("flame", "left_bag", "fall", "crowd")]
+    kinds = ("flame", "smoke", "left_bag", "fall", "crowd")
+    return [(p.kind, p.start_s) for p in props if p.kind in kinds]

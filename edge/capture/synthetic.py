@@ -372,6 +372,9 @@ def _draw_op(planes: tuple[Plane, Plane, Plane], op: props_mod.Op) -> None:
     if isinstance(op, props_mod.Rect):
         _fill(planes, op.box, _yuv(op.rgb))
         return
+    if isinstance(op, props_mod.Blend):
+        _blend(planes, op)
+        return
     h, w = op.rgb.shape[:2]
     y_plane, u_plane, v_plane = planes
     x0, y0 = op.x // 2 * 2, op.y // 2 * 2
@@ -388,6 +391,26 @@ def _draw_op(planes: tuple[Plane, Plane, Plane], op: props_mod.Op) -> None:
     for k, plane in ((0, u_plane), (1, v_plane)):
         cregion = plane[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2]
         cregion[blocks] = np.clip(np.rint(sub[..., k][blocks]), 0, 255).astype(np.uint8)
+
+
+def _blend(planes: tuple[Plane, Plane, Plane], op: props_mod.Blend) -> None:
+    """Lay ``op.rgb`` over the picture with the opacity ``op.alpha`` (per pixel)."""
+    y_plane, u_plane, v_plane = planes
+    h, w = op.alpha.shape
+    x0, y0 = op.x, op.y
+    x1, y1 = min(x0 + w, y_plane.shape[1]) // 2 * 2, min(y0 + h, y_plane.shape[0]) // 2 * 2
+    if x1 <= x0 or y1 <= y0:
+        return
+    a = op.alpha[: y1 - y0, : x1 - x0]
+    yc, uc, vc = _yuv(op.rgb)
+    region = y_plane[y0:y1, x0:x1].astype(np.float32)
+    y_plane[y0:y1, x0:x1] = np.clip(np.rint(region * (1 - a) + yc * a), 0, 255).astype(np.uint8)
+    ca = a.reshape((y1 - y0) // 2, 2, (x1 - x0) // 2, 2).mean(axis=(1, 3))
+    for plane, c in ((u_plane, uc), (v_plane, vc)):
+        cregion = plane[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2].astype(np.float32)
+        plane[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = np.clip(
+            np.rint(cregion * (1 - ca) + c * ca), 0, 255
+        ).astype(np.uint8)
 
 
 def _draw_intruder(planes: tuple[Plane, Plane, Plane], obj: SceneObject) -> None:

@@ -343,3 +343,19 @@ def test_an_analytics_alert_reaches_the_vault_with_its_masked_snapshot_sealed(
     # The mask (top-left 12 % of the frame) is one flat colour in the snapshot, whatever moved
     # behind it; the street around it is not.
     assert luma[3:28, 3:54].std() < 3.0 and luma[100:200, 100:400].std() > 10.0
+
+
+def test_an_event_the_vault_cannot_keep_is_logged_and_recording_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file where the event directory should be (a damaged or meddled-with card): the event
+    is not kept, edged says so, and nothing raises into the analytics or alarm thread."""
+    csu = make_csu(tmp_path / "csu")
+    data = tmp_path / "data"
+    vault = open_vault(data, csu)
+    (layout.vault_dir(data) / "events").write_bytes(b"not a directory")
+    vault.record_event(_alert(_signer(data), WALL0 + SEC, snapshot=_picture()))
+    vault.write(fake_segment("cam1", 0))  # recording is unaffected
+    assert [row.sequence for row in vault.find(0, 2**62)] == [0]
+    vault.close()
+    assert "event gathering (cam1) not kept in the vault" in caplog.text

@@ -19,7 +19,9 @@ verification sees: each event's signature, and each snapshot's; a deleted event 
 visible against the CSU's copy (events reach it before any video).
 
 Thread-safety: writers (the analytics bridges, the alarm threads) create distinct files and
-share no state; the retention thread only removes files of past hours.
+share no state; the retention thread removes files older than the recordings it purges (past
+hours, except when a full disk makes it purge up to recent ones: a writer whose new hour
+directory was removed empty under it writes again, :meth:`edge.vault.store.Vault.record_event`).
 """
 
 from __future__ import annotations

@@ -270,9 +270,17 @@ class Vault(SegmentSink, Outbox):
                 signing_key=self._key,
             )
             for path, data in written:
-                self._with_space(functools.partial(self._write_file, path, data), len(data))
+                self._with_space(functools.partial(self._write_event_file, path, data), len(data))
         except (OSError, EdgeError) as exc:
             log.error("event %s (%s) not kept in the vault: %s", event.kind, event.camera, exc)
+
+    def _write_event_file(self, path: Path, data: bytes) -> None:
+        try:
+            self._write_file(path, data)
+        except FileNotFoundError:
+            # A purge removed the hour's directory, empty, between its creation and the rename
+            # (a space purge can reach recent hours): once more, the directory made again.
+            self._write_file(path, data)
 
     def _indexed(self, action: Callable[[], T]) -> T:
         """Run an index operation; on a damaged index replace it and run it once more."""

@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -384,6 +384,102 @@ class ParkingRuleConfig(_Section):
     """No second alert for the same vehicle before this delay."""
 
 
+Schedule = Annotated[str, Field(min_length=5, max_length=64)]
+"""When a rule is armed: ``"Mon-Fri 22:00-06:00"``, ``"Sat,Sun 00:00-24:00"``, ``"daily
+08:00-20:00"`` in the unit's ``analytics.timezone``; a window that ends past midnight belongs to
+the day it starts."""
+
+
+def _check_schedules(windows: list[str]) -> list[str]:
+    from .analytics.schedule import parse_window
+
+    for window in windows:
+        parse_window(window)
+    return windows
+
+
+class _DecreeRule(_Section):
+    """What every rule of the decree's event types has: a name, a zone, a schedule, a dwell
+    time, a sensitivity and a cooldown."""
+
+    name: Identifier
+    """Name of the rule (appears in events)."""
+    zone: list[Point] = Field(
+        default=[(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)], min_length=3, max_length=64
+    )
+    """Polygon, normalised (default: the whole frame)."""
+    schedule: list[Schedule] = Field(default_factory=list, max_length=16)
+    """Windows when the rule is armed (empty: always)."""
+    sensitivity: float = Field(default=0.5, ge=0.0, le=1.0)
+    """0 = only blatant cases, 1 = the slightest; scales the rule's thresholds."""
+    cooldown_seconds: float = Field(default=300.0, ge=0.0, le=86_400.0)
+    """No second alert for the same situation before this delay."""
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: list[str]) -> list[str]:
+        return _check_schedules(value)
+
+
+class IntrusionRuleConfig(_DecreeRule):
+    classes: list[Literal["person", "vehicle", "cycle", "object"]] = Field(
+        default=["person", "vehicle", "cycle"], min_length=1
+    )
+    """What may not enter; ``object`` = any motion blob (motion-only mode)."""
+    min_seconds: float = Field(default=1.0, ge=0.0, le=3600.0)
+    """Dwell: inside the zone at least this long."""
+    cooldown_seconds: float = Field(default=60.0, ge=0.0, le=86_400.0)
+    """No second alert for the same track before this delay."""
+
+
+class AbandonedObjectRuleConfig(_DecreeRule):
+    min_seconds: float = Field(default=60.0, ge=5.0, le=86_400.0)
+    """Dwell: the object stays this long after whoever left it went away."""
+    owner_distance: float = Field(default=0.08, gt=0.0, le=1.0)
+    """A track within this distance (normalised) of the object keeps it attended."""
+    max_size: float = Field(default=0.12, gt=0.0, le=1.0)
+    """Larger objects (width or height, fraction of the frame) are vehicles, not left items."""
+    cooldown_seconds: float = Field(default=600.0, ge=0.0, le=86_400.0)
+    """No second alert for the same place before this delay."""
+
+
+class FallenPersonRuleConfig(_DecreeRule):
+    min_seconds: float = Field(default=10.0, ge=1.0, le=3600.0)
+    """Dwell: lying this long before the alert."""
+    classes: list[Literal["person", "object"]] = Field(default=["person"], min_length=1)
+    """Tracks judged; ``object`` also judges motion blobs (motion-only mode)."""
+
+
+class DensityRuleConfig(_DecreeRule):
+    max_per_m2: float = Field(default=2.0, gt=0.0, le=10.0)
+    """Alert when more persons per square metre of ground stand in the zone..."""
+    min_seconds: float = Field(default=10.0, ge=0.0, le=3600.0)
+    """...for at least this long."""
+    min_persons: int = Field(default=4, ge=1, le=1000)
+    """Never below this many persons (a couple in a tiny zone is no crowd)."""
+
+
+class FireRuleConfig(_DecreeRule):
+    min_seconds: float = Field(default=4.0, ge=1.0, le=600.0)
+    """Dwell: fire-like (colour, irregular flicker, not moving as a whole) this long."""
+    cooldown_seconds: float = Field(default=600.0, ge=0.0, le=86_400.0)
+    """No second alert from this rule before this delay."""
+
+
+class GroundCalibration(_Section):
+    image: list[Point] = Field(min_length=4, max_length=4)
+    """Four points on the ground, normalised image coordinates."""
+    world: list[tuple[float, float]] = Field(min_length=4, max_length=4)
+    """The same points in metres on the ground plane (any origin)."""
+
+    @model_validator(mode="after")
+    def _solvable(self) -> GroundCalibration:
+        from .analytics.ground import homography
+
+        homography(self.image, self.world)  # raises ValueError when degenerate
+        return self
+
+
 class TamperConfig(_Section):
     enabled: bool = True
     """Detect covered/sprayed lens, defocus, moved camera and lost signal (ANSSI R61)."""
@@ -412,6 +508,18 @@ class CameraAnalyticsConfig(_Section):
     """Lanes with an allowed direction."""
     parkings: list[ParkingRuleConfig] = Field(default_factory=list, max_length=32)
     """Parking zones with a time limit."""
+    intrusions: list[IntrusionRuleConfig] = Field(default_factory=list, max_length=32)
+    """Forbidden or sensitive zones (decree: crossing into or presence in a zone)."""
+    abandoned_objects: list[AbandonedObjectRuleConfig] = Field(default_factory=list, max_length=8)
+    """Zones watched for objects left behind (decree: abandoned objects)."""
+    fallen_persons: list[FallenPersonRuleConfig] = Field(default_factory=list, max_length=8)
+    """Zones watched for a person on the ground (decree: a person on the ground after a fall)."""
+    densities: list[DensityRuleConfig] = Field(default_factory=list, max_length=8)
+    """Zones with a density limit (decree: excessive density); need ``ground``."""
+    fires: list[FireRuleConfig] = Field(default_factory=list, max_length=8)
+    """Zones watched for fire starts (decree: fire starts)."""
+    ground: GroundCalibration | None = None
+    """Ground-plane calibration (edgectl analytics calibrate): density in persons per m²."""
     tamper: TamperConfig = TamperConfig()
     """Tamper detection of this camera."""
     face_blur: bool = False
@@ -470,6 +578,19 @@ class AnalyticsConfig(_Section):
     """MQTT publishing of events."""
     cameras: list[CameraAnalyticsConfig] = Field(default_factory=list, max_length=8)
     """Rules and tamper settings per camera."""
+    timezone: str = Field(default="Europe/Paris", min_length=1, max_length=64)
+    """Time zone of rule schedules (IANA name)."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name: Europe/Paris)") from None
+        return value
 
     @model_validator(mode="after")
     def _face_model_for_face_blur(self) -> AnalyticsConfig:
@@ -495,7 +616,14 @@ class AnalyticsConfig(_Section):
                 raise ValueError(f"camera {cam.camera!r} has two analytics sections")
             names = [r.name for r in cam.lines] + [r.name for r in cam.gatherings]
             names += [r.name for r in cam.crowd_movements] + [r.name for r in cam.wrong_ways]
-            names += [r.name for r in cam.parkings]
+            names += [r.name for r in cam.parkings] + [r.name for r in cam.intrusions]
+            names += [r.name for r in cam.abandoned_objects] + [r.name for r in cam.fallen_persons]
+            names += [r.name for r in cam.densities] + [r.name for r in cam.fires]
+            if cam.densities and cam.ground is None:
+                raise ValueError(
+                    f"camera {cam.camera!r}: density rules need a ground calibration "
+                    "([analytics.cameras.ground], edgectl analytics calibrate)"
+                )
             for name in names:
                 if names.count(name) > 1:
                     raise ValueError(f"camera {cam.camera!r}: rule name {name!r} is used twice")

@@ -128,3 +128,13 @@ def test_bench_analytics_inference_part() -> None:
     result = json.loads(out.stdout)
     assert result["benchmark"] == "analytics" and result["detections_in_bench_frame"] == 1
     assert result["inference_ms_threads_1"] > 0 and result["speedup_threads_2_vs_1"] > 0
+
+
+def test_bench_analytics_rules_part() -> None:
+    out = edgectl("bench", "analytics", "--json", "--skip", "inference,recording,latency")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["rules_cpu_ms_per_frame_baseline"] > 0
+    # the decree's rules cost CPU and find the scene's fire, case and fall (and intrusions)
+    assert result["rules_cpu_ratio_decree_vs_baseline"] > 1.0
+    assert result["rules_alerts_decree"] >= 3 and result["rules_alerts_baseline"] == 0

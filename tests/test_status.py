@@ -147,6 +147,14 @@ def test_status_follows_camera_unplug_and_replug(
             assert st["daemon"]["cameras"][0]["capture"]["reconnects"] >= 1
             recent = [(a["kind"], a["state"]) for a in st["daemon"]["alerts"]["recent"]]
             assert recent[-2:] == [("camera-lost", "raised"), ("camera-lost", "cleared")]
+            # Both edges are evidence in the vault, signed, read back by edgectl events.
+            listed = edgectl("events", "--config", str(config), "--json", "--kind", "camera-lost")
+            assert listed.returncode == 0, listed.stdout + listed.stderr
+            kept = [json.loads(line)["event"] for line in listed.stdout.splitlines()]
+            assert [(e["camera"], e["state"]) for e in kept] == [
+                ("cam1", "raised"),
+                ("cam1", "cleared"),
+            ]
             assert proc.poll() is None
     finally:
         camera.kill()

@@ -52,7 +52,7 @@ from ..backoff import Backoff
 from ..config import CameraConfig, EdgeConfig
 from ..errors import ProtocolError
 from ..frames import Frame
-from . import channel, worker
+from . import channel, decree, worker
 from .fiware import count_entities
 from .shm import FrameRing, analysis_geometry, remove_stale_rings
 
@@ -64,10 +64,18 @@ RECENT_ALERTS = 20
 BACKOFF_MAX_S = 30.0
 
 
-def seal_draft(signer: EventSigner, camera: str, draft: EventDraft) -> SignedEvent:
+def seal_draft(
+    signer: EventSigner,
+    camera: str,
+    draft: EventDraft,
+    provenance: dict[str, str] | None = None,
+) -> SignedEvent:
     """Sign a checked draft of ``camera``'s analytics process; count events get their FIWARE
-    entities here, from the counts, so that the child has no say in the unit or camera named."""
-    extra = None
+    entities here, from the counts, so that the child has no say in the unit or camera named;
+    alerts and tamper events get ``provenance`` (model digest, configuration version)."""
+    extra: dict[str, Any] | None = None
+    if draft.category != "count" and provenance is not None:
+        extra = {"provenance": dict(provenance)}
     if draft.category == "count" and draft.interval_start_ns is not None:
         extra = {
             "fiware": count_entities(
@@ -124,6 +132,8 @@ class AnalyticsBridge:
         self._out_r: Connection | None = None  # framed messages (non-blocking)
         self._reader: channel.MessageReader | None = None
         self._signer: EventSigner | None = None
+        self._labels = decree.declared_labels(cfg)
+        self._provenance: dict[str, str] | None = None
         self._period_ns = round(1e9 / self.acfg.rate_fps)
         self._last_due_ns: int | None = None
         # Written by the capture thread only.
@@ -166,6 +176,8 @@ class AnalyticsBridge:
         self._signer = EventSigner(
             load_or_create_signing_key(keys_dir_of(self.cfg.unit.data_dir)), self.cfg.unit.id
         )
+        # Computed here, by edged, from the configuration it applies: not the child's say.
+        self._provenance = decree.provenance(self.cfg, self.cam.id)
         remove_stale_rings()
         self._ring = FrameRing.create(self.acfg.slots, self.width, self.height)
         if self._publisher is not None:
@@ -374,7 +386,7 @@ class AnalyticsBridge:
             if not ready:
                 return False
             for payload in reader.read():
-                self._handle(channel.decode(payload))  # in order, up to a bad one
+                self._handle(channel.decode(payload, labels=self._labels))  # up to a bad one
                 handled = True
             if reader.error is not None:
                 raise reader.error
@@ -403,7 +415,7 @@ class AnalyticsBridge:
     def _handle(self, message: channel.ChildMessage) -> None:
         if isinstance(message, EventDraft):
             assert self._signer is not None  # set in start(), before the child exists
-            event = seal_draft(self._signer, self.cam.id, message)
+            event = seal_draft(self._signer, self.cam.id, message, self._provenance)
             if event.body["category"] != "count":
                 with self._stats_lock:
                     self._recent.append(

@@ -37,12 +37,14 @@ import os
 import re
 import select
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from .. import jsonlimits
 from ..errors import ProtocolError
 from ..events import EventDraft
+from .decree import check_details
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 MAX_SNAPSHOT_BYTES = 4 * 1024 * 1024  # a JPEG of the largest analysis frame (1920 px wide)
@@ -216,8 +218,9 @@ class MessageReader:
         return payloads
 
 
-def decode(payload: bytes) -> ChildMessage:
-    """The message ``payload`` holds, every field checked; :class:`ProtocolError` otherwise."""
+def decode(payload: bytes, *, labels: Collection[str] | None = None) -> ChildMessage:
+    """The message ``payload`` holds, every field checked; :class:`ProtocolError` otherwise.
+    ``labels``: the class labels an event may name (the detector's declared ones)."""
     doc = jsonlimits.loads(payload, max_bytes=MAX_MESSAGE_BYTES, max_depth=MAX_DEPTH)
     if not isinstance(doc, dict):
         raise ProtocolError("message is not a JSON object")
@@ -245,11 +248,11 @@ def decode(payload: bytes) -> ChildMessage:
             learning=_bool(doc, "learning"),
         )
     if kind == "event":
-        return _event(doc)
+        return _event(doc, labels)
     raise ProtocolError(f"unknown message type {str(kind)[:40]!r}")
 
 
-def _event(doc: dict[str, Any]) -> EventDraft:
+def _event(doc: dict[str, Any], labels: Collection[str] | None = None) -> EventDraft:
     _keys(
         doc,
         {
@@ -299,6 +302,8 @@ def _event(doc: dict[str, Any]) -> EventDraft:
             # An empty interval shares its FIWARE ids with the next one: a broker that
             # updates by id would lose the counts of one of them.
             raise ProtocolError("count interval must start before it ends")
+    # No identity, biometric or face output, whatever the child (or a model it ran) says.
+    check_details(details, labels)
     return EventDraft(
         category=str(category),
         kind=_kind(doc.get("kind"), "event.kind"),

@@ -79,7 +79,7 @@ class AnalyticsEngine:
         self.detector = detector
         self.motion = MotionDetector(threshold=cfg.motion_threshold)
         self.tracker = Tracker(high_score=max(cfg.detector.score_threshold, 0.3))
-        self.rules = RuleSet(cam_cfg)
+        self.rules = RuleSet(cam_cfg, cfg.timezone)
         self.tamper = TamperDetector(cam_cfg.tamper) if cam_cfg.tamper.enabled else None
         self.stats = EngineStats()
         self._clock = clock
@@ -133,7 +133,7 @@ class AnalyticsEngine:
             )
             self._last_detect_t = t
         tracks = self.tracker.update(detections, t)
-        alerts, reports = self.rules.update(tracks, t, self._wall_offset_ns / 1e9)
+        alerts, reports = self.rules.update(tracks, t, self._wall_offset_ns / 1e9, (y, u, v))
         for alert in alerts:
             if rgb is None and self.cfg.snapshots:
                 rgb = i420_to_rgb(y, u, v)

@@ -14,6 +14,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from ..config import (
     CameraAnalyticsConfig,
     CrowdMovementRuleConfig,
@@ -397,7 +400,12 @@ class ParkingRule:
 class RuleSet:
     """All rules of one camera."""
 
-    def __init__(self, cfg: CameraAnalyticsConfig) -> None:
+    def __init__(self, cfg: CameraAnalyticsConfig, timezone: str = "Europe/Paris") -> None:
+        # Local: the decree's rules build on Alert and Cooldown from this module.
+        from .fire import FireRule
+        from .static import AbandonedObjectRule
+        from .zone_rules import DensityRule, FallenPersonRule, IntrusionRule
+
         self.lines = [LineCounter(c) for c in cfg.lines]
         self.rules: list[GatheringRule | CrowdMovementRule | WrongWayRule | ParkingRule] = [
             *(GatheringRule(c) for c in cfg.gatherings),
@@ -405,11 +413,40 @@ class RuleSet:
             *(WrongWayRule(c) for c in cfg.wrong_ways),
             *(ParkingRule(c) for c in cfg.parkings),
         ]
+        ground = cfg.ground
+        self.zone_rules: list[IntrusionRule | DensityRule] = [
+            *(IntrusionRule(c, timezone) for c in cfg.intrusions),
+            *(
+                DensityRule(c, ground.image, ground.world, timezone)
+                for c in cfg.densities
+                if ground is not None
+            ),
+        ]
+        self.fallen = [FallenPersonRule(c, timezone) for c in cfg.fallen_persons]
+        self.fires = [FireRule(c, timezone) for c in cfg.fires]
+        self.abandoned = [AbandonedObjectRule(c, timezone) for c in cfg.abandoned_objects]
 
     def update(
-        self, tracks: list[Track], t: float, wall_offset: float = 0.0
+        self,
+        tracks: list[Track],
+        t: float,
+        wall_offset: float = 0.0,
+        planes: tuple[npt.NDArray[np.uint8], ...] | None = None,
     ) -> tuple[list[Alert], list[CountReport]]:
+        """``planes``: the analysed frame's (y, u, v), for the rules that look at pixels (fire,
+        abandoned objects); without them only the track rules run."""
+        wall = t + wall_offset
         alerts = [a for rule in self.rules for a in rule.update(tracks, t)]
+        alerts += [a for rule in self.zone_rules for a in rule.update(tracks, t, wall)]
+        aspect = 16 / 9
+        if planes is not None:
+            y, u, v = planes
+            aspect = y.shape[1] / y.shape[0]
+            alerts += [a for rule in self.fires for a in rule.update(y, u, v, t, wall)]
+            alerts += [
+                a for rule in self.abandoned for a in rule.update(y, u, v, tracks, t, wall, aspect)
+            ]
+        alerts += [a for rule in self.fallen for a in rule.update(tracks, t, wall, aspect)]
         reports = [r for line in self.lines for r in line.update(tracks, t, wall_offset)]
         return alerts, reports
 

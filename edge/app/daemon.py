@@ -211,6 +211,8 @@ class Daemon:
             self.mqtt.start()
             self.alerts.add_listener(self.mqtt.publish)
         if isinstance(self.sink, Vault):
+            # Events and their snapshots are evidence: sealed and retained beside the video.
+            self.alerts.add_listener(self.sink.record_event)
             self.extra_selftests.append(
                 ("vault", functools.partial(self._check_vault, self.sink), 30.0)
             )

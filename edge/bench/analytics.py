@@ -12,6 +12,10 @@ and end-to-end alert latency.
 3. **Alert latency**: two real faces walk into a zone (gathering rule, 2 persons, 0 s) again
    and again in a 1080p25 scene paced in real time; latency runs from the first frame in which
    both are in the zone (the scene's ground truth) to the moment the signed event is emitted.
+4. **Rules**: CPU time per analysed frame of the analytics engine in motion-only mode on the
+   480x270 synthetic street (with a fire, a case left behind and a fall), with a counting line
+   and tamper detection only (the baseline), then with every rule of decree 2023-828 on the
+   whole frame as well; ``rules_cpu_ratio_decree_vs_baseline`` is what they cost.
 """
 
 from __future__ import annotations
@@ -62,7 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="recording run length")
     parser.add_argument("--latency-seconds", type=float, default=16.0, help="latency run length")
     parser.add_argument(
-        "--skip", default="", help="comma-separated parts to skip: inference,recording,latency"
+        "--skip",
+        default="",
+        help="comma-separated parts to skip: inference,recording,latency,rules",
     )
 
 
@@ -289,4 +295,63 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out.update(bench_recording(args, Path(tmp)))
         if "latency" not in skip:
             out.update(bench_latency(args, Path(tmp)))
+        if "rules" not in skip:
+            out.update(bench_rules())
+    return out
+
+
+def bench_rules(seconds: float = 45.0) -> dict[str, Any]:
+    """CPU per analysed frame, motion-only, without and with the decree's rules."""
+    from ..analytics.engine import AnalyticsEngine
+    from ..capture.props import Prop
+    from ..capture.synthetic import SyntheticSource
+    from ..config import (
+        AbandonedObjectRuleConfig,
+        FallenPersonRuleConfig,
+        FireRuleConfig,
+        IntrusionRuleConfig,
+        LineRuleConfig,
+    )
+
+    width, height, fps = 480, 270, 5.0
+    props = [
+        Prop("flame", (0.6, 0.55, 0.7, 0.72), start_s=5.0),
+        Prop("left_bag", (0.5, 0.92, 0.54, 0.97), start_s=15.0),
+        Prop("fall", (0.2, 0.93, 0.3, 0.97), start_s=15.0),
+    ]
+    src = SyntheticSource(width, height, fps, seed=1, props=props, realtime=False)
+    frames = [src.render(i) for i in range(int(seconds * fps))]
+    line = LineRuleConfig(name="kerb", points=((0.5, 0.0), (0.5, 1.0)))
+    base = CameraAnalyticsConfig(camera="cam1", lines=[line])
+    decree = base.model_copy(
+        update={
+            "intrusions": [IntrusionRuleConfig(name="zone", classes=["object"])],
+            "abandoned_objects": [AbandonedObjectRuleConfig(name="left")],
+            "fallen_persons": [FallenPersonRuleConfig(name="ground", classes=["object"])],
+            "fires": [FireRuleConfig(name="fire")],
+        }
+    )
+    out: dict[str, Any] = {}
+    for name, cam in (("baseline", base), ("decree", decree)):
+        engine = AnalyticsEngine(
+            camera="cam1",
+            cfg=AnalyticsConfig(enabled=True, snapshots=False),
+            cam_cfg=cam,
+            detector=None,
+        )
+        alerts = 0
+        cpu0 = time.process_time()
+        for i, f in enumerate(frames):
+            mono = round(i * 1e9 / fps)
+            drafts = engine.process(f.y, f.u, f.v, index=i, mono_ns=mono, wall_ns=10**18 + mono)
+            alerts += sum(d.category == "alert" for d in drafts)
+        out[f"rules_cpu_ms_per_frame_{name}"] = round(
+            (time.process_time() - cpu0) * 1e3 / len(frames), 2
+        )
+        out[f"rules_alerts_{name}"] = alerts
+    out["rules_cpu_ratio_decree_vs_baseline"] = round(
+        out["rules_cpu_ms_per_frame_decree"] / max(out["rules_cpu_ms_per_frame_baseline"], 1e-6),
+        2,
+    )
+    out["rules_frame"] = f"{width}x{height} at {fps:g} fps, motion-only"
     return out

@@ -66,12 +66,14 @@ if TYPE_CHECKING:
     from edge.capture.loop import CaptureState as CaptureState
     from edge.capture.loop import CaptureStats as CaptureStats
     from edge.capture.probe import ProbeReport as ProbeReport
+    from edge.capture.props import Prop as Prop
     from edge.capture.pyav import PyAVSource as PyAVSource
     from edge.capture.synthetic import SyntheticSource as SyntheticSource
 
 #: public name -> the module defining it (imported on first use); FrameSource and open_source
 #: are defined or imported here.
 _EXPORTS = {
+    "Prop": "props",
     "CaptureLoop": "loop",
     "CaptureState": "loop",
     "CaptureStats": "loop",
@@ -85,6 +87,7 @@ __all__ = [
     "CaptureStats",
     "FrameSource",
     "ProbeReport",
+    "Prop",
     "PyAVSource",
     "SyntheticSource",
     "open_source",

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..frames import Frame, Plane, check_dimensions
+from . import props as props_mod
 from .base import FrameSource
 from .scene import (
     CROSSING_X,
@@ -197,11 +198,14 @@ class SyntheticSource(FrameSource):
         vehicles: int = 2,
         intruder_polygon: Sequence[tuple[float, float]] | None = None,
         sprites: Sequence[Sprite] = (),
+        props: Sequence[props_mod.Prop] = (),
         realtime: bool = True,
     ) -> None:
         check_dimensions(width, height)
         super().__init__(width, height, fps)
         self.realtime = realtime
+        self.props = list(props)
+        self.seed = seed
         self.description = f"synthetic street scene (seed {seed}, {width}x{height}@{fps:g})"
         self._sprites: list[tuple[Plane, Plane, Plane]] = []
         specs = []
@@ -262,6 +266,10 @@ class SyntheticSource(FrameSource):
                 _draw_vehicle(planes, track, obj)
             else:
                 self._draw_sprite(planes, track, obj)
+        t = index / self.fps
+        for prop in self.props:
+            for op in props_mod.ops(prop, t, index, self.width, self.height, self.seed):
+                _draw_op(planes, op)
         return frame
 
     def _draw_sprite(
@@ -357,6 +365,52 @@ def _draw_vehicle(planes: tuple[Plane, Plane, Plane], track: Track, obj: SceneOb
     wheel = max(2, w * 14 // 100)
     for wx in (x + w * 12 // 100, x + w * 88 // 100 - wheel):
         _fill(planes, (wx, y + h * 72 // 100, wx + wheel, y + h), dark)
+
+
+def _draw_op(planes: tuple[Plane, Plane, Plane], op: props_mod.Op) -> None:
+    """A prop's rectangle, or its image where it is not black (black is transparent)."""
+    if isinstance(op, props_mod.Rect):
+        _fill(planes, op.box, _yuv(op.rgb))
+        return
+    if isinstance(op, props_mod.Blend):
+        _blend(planes, op)
+        return
+    h, w = op.rgb.shape[:2]
+    y_plane, u_plane, v_plane = planes
+    x0, y0 = op.x // 2 * 2, op.y // 2 * 2
+    x1, y1 = min(x0 + w, y_plane.shape[1]) // 2 * 2, min(y0 + h, y_plane.shape[0]) // 2 * 2
+    if x1 <= x0 or y1 <= y0:
+        return
+    rgb = op.rgb[: y1 - y0, : x1 - x0]
+    shown = rgb.any(axis=2)
+    yuv = rgb_to_yuv(rgb.astype(np.float64))
+    region = y_plane[y0:y1, x0:x1]
+    region[shown] = np.clip(np.rint(yuv[..., 0][shown]), 0, 255).astype(np.uint8)
+    blocks = shown.reshape((y1 - y0) // 2, 2, (x1 - x0) // 2, 2).any(axis=(1, 3))
+    sub = yuv[..., 1:].reshape((y1 - y0) // 2, 2, (x1 - x0) // 2, 2, 2).mean(axis=(1, 3))
+    for k, plane in ((0, u_plane), (1, v_plane)):
+        cregion = plane[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2]
+        cregion[blocks] = np.clip(np.rint(sub[..., k][blocks]), 0, 255).astype(np.uint8)
+
+
+def _blend(planes: tuple[Plane, Plane, Plane], op: props_mod.Blend) -> None:
+    """Lay ``op.rgb`` over the picture with the opacity ``op.alpha`` (per pixel)."""
+    y_plane, u_plane, v_plane = planes
+    h, w = op.alpha.shape
+    x0, y0 = op.x, op.y
+    x1, y1 = min(x0 + w, y_plane.shape[1]) // 2 * 2, min(y0 + h, y_plane.shape[0]) // 2 * 2
+    if x1 <= x0 or y1 <= y0:
+        return
+    a = op.alpha[: y1 - y0, : x1 - x0]
+    yc, uc, vc = _yuv(op.rgb)
+    region = y_plane[y0:y1, x0:x1].astype(np.float32)
+    y_plane[y0:y1, x0:x1] = np.clip(np.rint(region * (1 - a) + yc * a), 0, 255).astype(np.uint8)
+    ca = a.reshape((y1 - y0) // 2, 2, (x1 - x0) // 2, 2).mean(axis=(1, 3))
+    for plane, c in ((u_plane, uc), (v_plane, vc)):
+        cregion = plane[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2].astype(np.float32)
+        plane[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = np.clip(
+            np.rint(cregion * (1 - ca) + c * ca), 0, 255
+        ).astype(np.uint8)
 
 
 def _draw_intruder(planes: tuple[Plane, Plane, Plane], obj: SceneObject) -> None:

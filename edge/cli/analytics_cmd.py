@@ -1,9 +1,11 @@
-"""``edgectl analytics check-model`` and ``edgectl analytics verify-event``.
+"""``edgectl analytics check-model``, ``verify-event``, ``preview`` and ``calibrate``.
 
-Maintenance staff are not authorised viewers: neither command shows a picture. ``check-model``
-proves the pinned model is the one on disk and that LiteRT runs it; ``verify-event`` checks
-signed events (one wire-form JSON document per line, as MQTT subscribers store them) against
-the unit's public signing key.
+Maintenance staff are not authorised viewers: ``check-model`` and ``verify-event`` show no
+picture; ``preview`` and ``calibrate --out`` draw the rules on the masked preview picture and
+need the installer role, like ``edgectl mask preview`` (:mod:`edge.cli.analytics_preview`).
+``check-model`` proves the pinned model is the one on disk and that LiteRT runs it;
+``verify-event`` checks signed events (one wire-form JSON document per line, as MQTT
+subscribers store them) against the unit's public signing key.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ def register(sub: Any) -> None:
     parser = add_command(
         sub,
         "analytics",
-        help="check the analytics model, verify signed events",
+        help="check the model, verify events, draw the rules, calibrate the ground",
         description="On-device analytics: prove the pinned detector model is the one on disk, "
-        "and check signed events. Neither command shows a picture.",
+        "check signed events (no picture), and for installers draw the rules on the masked "
+        "preview and calibrate the ground plane.",
         example=[("edgectl analytics check-model", "the model is the pinned one and runs")],
     )
     asub = parser.add_subparsers(dest="analytics_command", required=True, metavar="ACTION")
@@ -70,6 +73,76 @@ def register(sub: Any) -> None:
         "--public-key", type=Path, default=None, help="PEM public key (default: the unit's)"
     )
     verify.set_defaults(func=_verify_event)
+
+    preview = add_command(
+        asub,
+        "preview",
+        help="masked preview PNG with the counting lines, their forward side and the zones",
+        description="Write the masked preview picture (as edgectl mask preview: the installed "
+        "masks always apply; installer role; audited) with the camera's counting lines and "
+        "the side that counts as forward, their hysteresis band, every rule's zone and name, "
+        "and the ground grid of the calibration. Rules come from --config: try a candidate "
+        "file before installing it.",
+        example=[
+            ("edgectl analytics preview --out /tmp/rules.png", "the first camera's rules"),
+            (
+                "edgectl analytics preview --config candidate.toml --camera cam2 --out /tmp/r.png",
+                "new lines and zones before installing them",
+            ),
+        ],
+    )
+    _preview_args(preview)
+    preview.set_defaults(func=_preview)
+
+    calibrate = add_command(
+        asub,
+        "calibrate",
+        help="ground-plane calibration from four points and their distances",
+        description="Compute the ground-plane calibration (homography) from four points on "
+        "the ground in the picture (normalised x,y, read off a preview) and their positions in "
+        "metres (--world) or the size of the rectangle they make (--rect WIDTH,DEPTH: first to "
+        "second point is the width, second to third the depth). Prints the [ground] section "
+        "to add and each rule zone's area in square metres; --out writes the masked preview "
+        "with the ground grid (one line a metre). Density rules need it.",
+        example=[
+            (
+                "edgectl analytics calibrate --image '0.2,0.6 0.8,0.6 0.9,0.9 0.1,0.9' "
+                "--rect 6,10 --out /tmp/grid.png",
+                "a 6 m x 10 m rectangle marked on the ground",
+            ),
+        ],
+    )
+    _preview_args(calibrate, out_required=False)
+    calibrate.add_argument("--image", required=True, help="four points 'x,y x,y x,y x,y'")
+    calibrate.add_argument("--world", default=None, help="their positions in metres 'X,Y ...'")
+    calibrate.add_argument("--rect", default=None, help="or the rectangle's WIDTH,DEPTH (m)")
+    calibrate.add_argument("--json", action="store_true", help="print one JSON object")
+    calibrate.set_defaults(func=_calibrate)
+
+
+def _preview_args(parser: argparse.ArgumentParser, *, out_required: bool = True) -> None:
+    add_config_args(parser, data_dir=False)
+    parser.add_argument("--camera", default=None, help="camera id (default: the first camera)")
+    parser.add_argument(
+        "--out", type=Path, required=out_required, default=None, help="PNG file to write"
+    )
+    parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="read the camera directly instead of asking edged (commissioning, edged stopped)",
+    )
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from .analytics_preview import preview
+
+    return preview(args)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .analytics_preview import calibrate
+
+    return calibrate(args)
 
 
 def _check_model(args: argparse.Namespace) -> int:

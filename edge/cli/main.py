@@ -35,13 +35,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "export": ("vault_cmd", "write an evidence bundle of a time range"),
     "audit": ("vault_cmd", "print and check the audit log"),
+    "events": ("events_cmd", "counts and alerts kept on the unit (signed; table or JSON)"),
     "enroll": (
         "enroll",
         "create the unit's keys and certificate request, or install the signed certificate",
     ),
     "dot1x": ("dot1x_cmd", "802.1X: render the supplicant configuration, show the port state"),
     "uplink": ("uplink_cmd", "check the link to the CSU"),
-    "analytics": ("analytics_cmd", "check the analytics model, verify signed events"),
+    "analytics": (
+        "analytics_cmd",
+        "check the model, verify events, draw the rules, calibrate the ground",
+    ),
     "bench": ("bench", "measure throughput and ratios against baselines (JSON with --json)"),
 }
 

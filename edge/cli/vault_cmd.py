@@ -180,6 +180,7 @@ def _print_report(report: VerifyReport) -> int:
         for at, seconds in s.time_gaps:  # true times: what was not recorded is named
             print(f"  time gap: nothing recorded for {seconds:.1f} s after {_fmt_ns(at)}")
     print(f"{report.envelopes_ok} epoch envelope(s) verified")
+    print(f"{report.events_ok} event(s) verified (with their sealed snapshots)")
     audit = report.audit
     if audit is not None:
         anchor = f"head anchor #{audit.head_seq}" if audit.head_seq is not None else "no anchor"
@@ -248,6 +249,9 @@ def _export(args: argparse.Namespace) -> int:
     )
     for part in result.damaged:
         print(f"  damaged: {part}")
+    print(f"events: {result.events} signed event(s), {result.snapshots} sealed snapshot(s)")
+    for bad in result.events_damaged:
+        print(f"  event left out (does not verify): {bad}")
     print(f"bundle digest (sha256 of manifest.json): {result.digest}")
     for gap in result.gaps:
         print(f"LOSS RECORDED (signed gap record in the bundle): {gap}")
@@ -261,8 +265,8 @@ def _export(args: argparse.Namespace) -> int:
         print("  (fingerprint in the manifest: unit_key_id); enrol with edgectl enroll")
     if result.partial:
         print(
-            f"PARTIAL: {len(result.damaged)} damaged part(s) of the range are named in the "
-            "signed manifest (see above; run edgectl verify)"
+            f"PARTIAL: {len(result.damaged) + len(result.events_damaged)} damaged part(s) of "
+            "the range are named in the signed manifest (see above; run edgectl verify)"
         )
         return EXIT_PARTIAL
     return 0

@@ -13,6 +13,7 @@ from cryptography import x509
 from edge.identity import load_public_pem
 from edge.vault import maskhistory, open_bundle
 from edge.vault.bundle import VerifiedBundle
+from edge.vault.bundle_events import open_events
 from edge.vault.recipient_keys import keypair_paths, load_private, rotate_keypair, write_keypair
 
 from ..cli.entry import describe_os_error
@@ -247,6 +248,16 @@ def _open(args: argparse.Namespace) -> int:
             f"  LOSS RECORDED by the unit (signed gap record): {lost.camera_id}: {lost.describe()}"
         )
     print(f"{args.out}: {packets} frame(s), remuxed without re-encoding")
+    if verified.events:
+        # The alerts and counts of the range, and their snapshots, opened beside the clip.
+        events_dir = args.out.with_name(args.out.stem + "-events")
+        shots = open_events(verified.events, private, events_dir)
+        print(
+            f"{events_dir}: {len(verified.events)} signed event(s) in events.jsonl, "
+            f"{shots} snapshot(s) as <event id>.jpg"
+        )
+    for entry in m.get("events_damaged", []):
+        print(f"  event left out by the unit (did not verify): {entry['file']}: {entry['detail']}")
     # Times are true times: what was not recorded is a gap in the clip, and named here.
     for gap in gaps:
         at = datetime.fromtimestamp(gap.after_wall_ns / 1e9, UTC).isoformat(timespec="seconds")

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from edge.vault.bundle import export_bundle as export_bundle
     from edge.vault.bundle import open_bundle as open_bundle
     from edge.vault.bundle import verify_bundle as verify_bundle
+    from edge.vault.eventlog import read_events as read_events
     from edge.vault.index import Index as Index
     from edge.vault.index import IndexRow as IndexRow
     from edge.vault.recipient_keys import EpochKey as EpochKey
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from edge.vault.recipient_keys import write_keypair as write_keypair
     from edge.vault.retention import RetentionPolicy as RetentionPolicy
     from edge.vault.retention import plan_purge as plan_purge
+    from edge.vault.snapshots import open_snapshot as open_snapshot
+    from edge.vault.snapshots import seal_snapshot as seal_snapshot
     from edge.vault.store import Vault as Vault
     from edge.vault.timespec import parse_time as parse_time
     from edge.vault.timespec import resolve_range as resolve_range
@@ -38,6 +41,9 @@ if TYPE_CHECKING:
 
 #: public name -> the module defining it (imported on first use)
 _EXPORTS = {
+    "read_events": "eventlog",
+    "open_snapshot": "snapshots",
+    "seal_snapshot": "snapshots",
     "AuditLog": "audit",
     "Backlog": "base",
     "ChainVerifier": "verify",
@@ -82,10 +88,13 @@ __all__ = [
     "load_private",
     "load_public",
     "open_bundle",
+    "open_snapshot",
     "parse_time",
     "plan_purge",
+    "read_events",
     "resolve_range",
     "rotate_keypair",
+    "seal_snapshot",
     "self_check",
     "verify_bundle",
     "verify_vault",

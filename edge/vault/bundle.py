@@ -9,6 +9,8 @@ A bundle is a directory::
                            of the key above), ca.pem (the city CA chain), unit-tls.crt
     segments/<camera>/<sequence>.seg     sealed segments, exactly as the vault holds them
     epochs/<camera>/<epoch id>.env       the epoch key envelopes they need
+    events/<camera>/<time>-<id>.evt|snp  signed events of the range, sealed snapshots
+                                         (:mod:`edge.vault.bundle_events`)
 
 Nothing is decrypted or re-encrypted on export: the unit cannot read its own past, and the
 CSU verifies exactly the bytes that were recorded. What is not intact in the range (a segment
@@ -65,6 +67,7 @@ from ..errors import IntegrityError, VaultError
 from ..fsutil import fsync_dir
 from . import format as fmt
 from .audit import AuditLog, current_actor
+from .bundle_events import BundleEvent, export_events, verify_events
 from .index import Index
 from .remux import TimeGap, remux
 
@@ -132,10 +135,15 @@ class ExportResult:
     """What of the range could not be exported intact; empty for a complete export."""
     gaps: tuple[str, ...] = ()
     """Losses the range covers, each proven by a signed gap record carried in the bundle."""
+    events: int = 0
+    """Signed events (counts, alerts, alarms) carried in the bundle."""
+    snapshots: int = 0
+    events_damaged: tuple[str, ...] = ()
+    """Events of the range that did not verify on the unit, left out ("file: why")."""
 
     @property
     def partial(self) -> bool:
-        return bool(self.damaged)
+        return bool(self.damaged or self.events_damaged)
 
 
 def _copy(src: Path, dest: Path) -> tuple[str, int]:
@@ -416,6 +424,16 @@ def _export(
             progress(done, total)
     mask_entries = _export_mask_sets(audit, public_key, committed_sets, partial)
     receipt_entries = _export_receipts(root, device_id, seg_entries, partial)
+    event_entries, events_damaged, event_bytes = export_events(
+        root,
+        partial,
+        start_ns=start_ns,
+        end_ns=end_ns,
+        cameras=cameras,
+        public_key=public_key,
+        device_id=device_id,
+    )
+    size_sum += event_bytes
     pem = public_pem(public_key)
     (partial / SIGNING_PUB_NAME).write_bytes(pem)
     certs: list[dict[str, Any]] = []
@@ -444,6 +462,8 @@ def _export(
         "mask_sets": mask_entries,
         # The CSU's signed receipts of exported segments, as the unit kept them.
         "receipts": receipt_entries,
+        "events": event_entries,
+        "events_damaged": events_damaged,
         "certificates": certs,
         # Where the certificate of unit_public_key is, or null: then only a pinned key verifies.
         "signing_certificate": f"certs/{SIGNING_CERT_NAME}" if certified else None,
@@ -477,6 +497,8 @@ def _export(
                 {k: v for k, v in p.as_dict().items() if k != "detail"} for p in damage.parts
             ],
             "gaps": [[g["camera"], g["first_sequence"], g["last_sequence"]] for g in gap_entries],
+            "events": len(event_entries),
+            "events_damaged": len(events_damaged),
         },
         actor=actor,
     )
@@ -494,6 +516,9 @@ def _export(
         certified,
         damaged=tuple(damage.parts),
         gaps=described,
+        events=len(event_entries),
+        snapshots=sum(1 for e in event_entries if "snapshot" in e),
+        events_damaged=tuple(f"{d['file']}: {d['detail']}" for d in events_damaged),
     )
 
 
@@ -637,6 +662,9 @@ class VerifiedBundle:
     def mask_timeline(self) -> list[maskhistory.MaskSpan]:
         """Which masks held over which span of each camera's recording."""
         return maskhistory.timeline(self.segments, self.mask_sets)
+
+    events: tuple[BundleEvent, ...] = ()
+    """The signed events of the range (and their sealed snapshots), verified."""
 
     @property
     def partial(self) -> bool:
@@ -846,6 +874,7 @@ def verify_bundle(
         last[h.camera_id] = seg
         segments.append(seg)
         listed.add(entry["file"])
+    events = verify_events(bundle, manifest, key, device, listed, _read_listed)
     for cert in manifest.get("certificates", []):
         _read_listed(bundle, cert, "certificates[].")
         listed.add(cert["file"])
@@ -882,6 +911,7 @@ def verify_bundle(
             mask_sets,
             tuple(found),
             checked,
+            events,
         )
     trust = "pinned unit key" if unit_public_key else "key inside the bundle (not verified)"
     return VerifiedBundle(
@@ -897,6 +927,7 @@ def verify_bundle(
         mask_sets,
         tuple(found),
         checked,
+        events,
     )
 
 

@@ -85,6 +85,11 @@ def _unpack_id(data: bytes | memoryview, pos: int, what: str) -> tuple[str, int]
     return value, pos + 1 + n
 
 
+#: Length-prefixed identifiers, for the other sealed formats (event snapshots).
+pack_id = _pack_id
+unpack_id = _unpack_id
+
+
 @dataclass(frozen=True, slots=True)
 class SegmentHeader:
     device_id: str

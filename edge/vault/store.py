@@ -23,6 +23,7 @@ reads the outbox from another):
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import threading
@@ -30,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -38,9 +39,9 @@ from edge.identity.unitkeys import keys_dir_of, load_or_create_signing_key
 from edge.vault.recipient_keys import EpochKey, RecipientPublic, resolve_recipients
 
 from ..config import EdgeConfig, VaultConfig
-from ..errors import IndexCorruptError, VaultError
+from ..errors import EdgeError, IndexCorruptError, VaultError
 from ..video.base import MediaSegment, SegmentSink
-from . import files, layout
+from . import eventlog, files, layout
 from . import format as fmt
 from .audit import AuditLog
 from .base import Backlog, Outbox, OutboxItem
@@ -49,6 +50,9 @@ from .outbox import outbox_items
 from .receipt import ReceiptLog
 from .receipt import day_of as receipt_day
 from .retention import DiskUsage, PurgePlan, RetentionPolicy, bytes_to_free, plan_purge
+
+if TYPE_CHECKING:
+    from ..events import SignedEvent
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +261,32 @@ class Vault(SegmentSink, Outbox):
         if bytes_to_free(self.policy, self.usage()) > 0:
             self.purge(reason="space")
 
+    def record_event(self, event: SignedEvent) -> None:
+        """Keep a signed event, and its snapshot sealed to the recipients, as evidence (an
+        :class:`edge.app.alerts.AlertHub` listener: any thread). A full disk purges the oldest
+        recordings as a segment write does; a failure is logged, never raised: the event still
+        goes to the CSU and MQTT."""
+        try:
+            written = eventlog.files_of(
+                self.root,
+                event,
+                device_id=self.device_id,
+                recipients=self.recipients,
+                signing_key=self._key,
+            )
+            for path, data in written:
+                self._with_space(functools.partial(self._write_event_file, path, data), len(data))
+        except (OSError, EdgeError) as exc:
+            log.error("event %s (%s) not kept in the vault: %s", event.kind, event.camera, exc)
+
+    def _write_event_file(self, path: Path, data: bytes) -> None:
+        try:
+            self._write_file(path, data)
+        except FileNotFoundError:
+            # A purge removed the hour's directory, empty, between its creation and the rename
+            # (a space purge can reach recent hours): once more, the directory made again.
+            self._write_file(path, data)
+
     def _indexed(self, action: Callable[[], T]) -> T:
         """Run an index operation; on a damaged index replace it and run it once more."""
         generation = self.index.generation
@@ -385,9 +415,20 @@ class Vault(SegmentSink, Outbox):
                 self.index.oldest_first(), self.policy, self.usage(), now, extra_needed=extra_needed
             )
             done: dict[str, Any] = {}
+            # Events go with the recordings of their time: by age, and up to the end of the
+            # last segment a space purge removed.
+            event_cutoffs: dict[str, int] = {}
             for camera, through in sorted(plan.cutoffs.items()):
+                last = self.index.get(camera, through)
+                if last is not None:
+                    event_cutoffs[camera] = last.end_wall_ns
                 done[camera] = self._purge_camera(camera, through, now)
             purged_epochs = self._purge_epochs()
+            purged_events = eventlog.purge(
+                self.root, event_cutoffs, now - self.policy.retention_days * 86400 * 10**9
+            )
+            if purged_events:
+                log.info("retention (%s): removed %d event file(s)", reason, purged_events)
             if plan.count:
                 details = {
                     "reason": reason,
@@ -395,6 +436,7 @@ class Vault(SegmentSink, Outbox):
                     "by_space": plan.by_space,
                     "bytes": plan.bytes,
                     "epochs": purged_epochs,
+                    "event_files": purged_events,
                     "retention_days": self.policy.retention_days,
                     "cameras": done,
                 }

@@ -29,6 +29,7 @@ from ..errors import IntegrityError, VaultError
 from . import chain, layout
 from . import format as fmt
 from .audit import AuditRecord, check_audit
+from .eventlog import read_events
 
 if TYPE_CHECKING:
     from .store import Vault
@@ -42,6 +43,8 @@ class FindingKind(StrEnum):
     ENVELOPE = "envelope"
     CHECKPOINT = "checkpoint"
     AUDIT = "audit"
+    EVENT = "event"
+    """A kept event or its sealed snapshot that does not verify, is misplaced or missing."""
     GAP = "gap"
     """Sequences the unit issued and lost, recorded at start-up by a signed gap record: the
     chain goes on through the record, the loss is reported (never a silent pass)."""
@@ -99,6 +102,8 @@ class VerifyReport:
     cameras: dict[str, CameraSummary] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     envelopes_ok: int = 0
+    events_ok: int = 0
+    """Kept events (and their snapshots) that verify."""
     audit: AuditSummary | None = None
 
     @property
@@ -109,6 +114,7 @@ class VerifyReport:
         return {
             "ok": self.ok,
             "envelopes_ok": self.envelopes_ok,
+            "events_ok": self.events_ok,
             "cameras": {
                 cam: {
                     "segments_ok": s.segments_ok,
@@ -239,6 +245,14 @@ def verify_vault(
             camera, by_seq, ckp, envelopes, ranged, tails.get(camera), summary, report, gaps
         )
         summary.time_gaps = time_gaps([copies[0][0].header for _, copies in sorted(by_seq.items())])
+    for ev in read_events(root, public_key, start_ns=start_ns, end_ns=end_ns, device_id=device_id):
+        problem = ev.problem or ev.snapshot_problem
+        if problem is None:
+            report.events_ok += 1
+        else:
+            report.findings.append(
+                Finding(FindingKind.EVENT, ev.camera, problem, path=str(ev.path))
+            )
     if audit:
         verify_audit_log(root, public_key, report)
     return report

@@ -196,6 +196,9 @@ class DaemonStatus(TypedDict):
     tamper: TamperStatus | None
     door: DoorStatus | None
     last_reload: ReloadOutcome | None
+    provisioned: NotRequired[bool]
+    """False on a unit without an identity yet: it records nothing until ``edgectl provision``
+    (absent from an edged that predates provisioning: it always had an identity)."""
 
 
 class TimeStatus(TypedDict):

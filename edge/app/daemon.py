@@ -14,6 +14,11 @@ recording thread is alive and making progress, publishes ``STATUS=``, and handle
   camera that cannot start with the new settings leaves every camera on the running ones, and
   the failure shows in the status (``last_reload``) and systemd's status line.
 
+A unit without an identity (a freshly flashed image: no ``unit.id`` in the baseline nor in
+the per-unit file) runs *unprovisioned*: nothing is recorded or sent, the status says so and
+the control socket takes ``edgectl provision`` (``edge/app/provision.py``); once provisioned,
+edged starts again under the new identity, in the same process.
+
 Signal handlers only set flags; the work happens in the main loop.
 """
 
@@ -42,7 +47,7 @@ from edge import __version__, clihelp
 from edge import config as config_mod
 from edge.analytics.bridge import AnalyticsBridge
 from edge.analytics.mqtt_publisher import MqttPublisher
-from edge.app import control, datadir, metrics, selftest
+from edge.app import control, datadir, metrics, provision, selftest
 from edge.app.alerts import AlertHub
 from edge.app.pipeline import CameraPipeline
 from edge.app.process import setup_process
@@ -68,6 +73,8 @@ from edge.uplink.dot1x.port_state import PortState
 from edge.uplink.dot1x.supervisor import Dot1xAlert, Dot1xSupervisor
 from edge.uplink.gate import make_gate
 from edge.uplink.spool import EventSpool
+from edge.vault import layout
+from edge.vault.audit import AuditLog
 from edge.vault.base import Outbox
 from edge.vault.store import Vault
 from edge.vault.verify import self_check
@@ -144,6 +151,10 @@ class Daemon:
         self.last_reload: ReloadOutcome | None = None
         # The outcome of the last vault self-check of this run (None: none ran yet).
         self.vault_check: tuple[bool, str | None] | None = None
+        #: No unit id yet: nothing is recorded until ``edgectl provision`` gives one.
+        self.unprovisioned = not config_mod.is_provisioned(cfg)
+        #: Set once ``edgectl provision`` wrote a new identity: edged starts again under it.
+        self.provisioned_again = threading.Event()
 
     # --- signals -----------------------------------------------------------------------------
 
@@ -173,6 +184,9 @@ class Daemon:
         # The lock comes first: nothing in the data directory (keys, vault, spool) and not the
         # control socket may be touched by a second instance.
         self.data_lock = datadir.lock_data_dir(data)
+        if self.unprovisioned:
+            self._start_unprovisioned()
+            return
         try:
             signing_key = unitkeys.load_or_create_signing_key(unitkeys.keys_dir_of(data))
             self.alerts = AlertHub(EventSigner(signing_key, self.cfg.unit.id))
@@ -201,6 +215,66 @@ class Daemon:
         self._start_dot1x()
         self._start_uplink()
         self._start_control()
+
+    def _start_unprovisioned(self) -> None:
+        """No identity: no camera, vault or uplink; the status and ``provision`` only."""
+        data = self.cfg.unit.data_dir
+        log.warning(
+            "unit not provisioned (no unit.id in %s): recording nothing until an installer "
+            "runs edgectl provision",
+            self.origin,
+        )
+        try:
+            # Made on the unit now (never in the image), so that the provisioning is signed.
+            unitkeys.load_or_create_signing_key(unitkeys.keys_dir_of(data))
+        except OSError as exc:
+            if isinstance(exc, DataDirError):
+                raise
+            raise datadir.unusable(data, exc) from None
+        self._start_control()
+
+    def _provision(self, caller: control.Caller, params: dict[str, Any]) -> dict[str, Any]:
+        """``edgectl provision`` (installer role): see :mod:`edge.app.provision`."""
+        requested = params.get("unit_id")
+        try:
+            request = provision.ProvisionRequest.from_params(params)
+            done = provision.provision(
+                request,
+                running=self.cfg,
+                baseline=self.config_path or config_mod.DEFAULT_CONFIG_PATH,
+            )
+        except EdgeError as exc:
+            self._audit_provisioning(
+                "provision-refused",
+                {"unit_id": str(requested), "reason": str(exc)},
+                caller,
+                self.cfg.unit.id if not self.unprovisioned else "unprovisioned",
+            )
+            raise
+        details = done.as_dict() | {"site": request.site, "cameras": _camera_ids(request)}
+        self._audit_provisioning("provisioned", details, caller, done.unit_id)
+        _notify(f"STATUS=provisioned as {done.unit_id}: starting again under that identity")
+        self.provisioned_again.set()
+        self.request_stop()
+        return details
+
+    def _audit_provisioning(
+        self, action: str, details: dict[str, Any], caller: control.Caller, device: str
+    ) -> None:
+        """Written to the unit's signed audit log whether or not a vault is open yet."""
+        actor = caller.describe()
+        details = details | {"pid": caller.pid}
+        if isinstance(self.sink, Vault):
+            self.audit(action, details, actor)
+            return
+        data = self.cfg.unit.data_dir
+        try:
+            key = unitkeys.load_or_create_signing_key(unitkeys.keys_dir_of(data))
+            AuditLog(layout.vault_dir(data) / "audit.log", device, key).append(
+                action, details, actor=actor
+            )
+        except (EdgeError, OSError) as exc:
+            log.error("audit record %s by %s not written: %s", action, actor, exc)
 
     def _watch_dot1x(self) -> None:
         sup = self.dot1x_supervisor
@@ -293,7 +367,11 @@ class Daemon:
             "status": control.Method(control.Role.MAINT, lambda _c, _p: self.snapshot()),
             "preview": control.Method(control.Role.INSTALL, self._preview, audited=True),
             "selftest": control.Method(control.Role.MAINT, self._selftest, audited=True),
+            # Audited by the method itself: done or refused, with what was decided.
+            "provision": control.Method(control.Role.INSTALL, self._provision),
         }
+        if self.unprovisioned:
+            methods = {k: v for k, v in methods.items() if k in ("status", "provision")}
         try:
             self.control = control.ControlServer(
                 ctl.socket,
@@ -406,6 +484,8 @@ class Daemon:
                 self.shutdown()
             raise
         _notify("READY=1")
+        if self.unprovisioned:
+            _notify("STATUS=unprovisioned: recording nothing; run edgectl provision")
         log.info(
             "edged %s recording %d camera(s) into %s (config: %s)",
             __version__,
@@ -436,7 +516,7 @@ class Daemon:
                 self._recording_failed(failed)
                 status = EX_SOFTWARE
                 break
-            if all(p.finished() for p in self.pipelines.values()):
+            if not self.unprovisioned and all(p.finished() for p in self.pipelines.values()):
                 log.info("every source has ended: stopping")
                 break
             if watchdog is not None and now >= next_pet:
@@ -508,13 +588,23 @@ class Daemon:
         audited, shown in the status (``last_reload``) and returned.
         """
         try:
-            new, origin = config_mod.load(self.config_path, demo=self.demo)
+            new, origin = config_mod.load(
+                self.config_path, demo=self.demo, data_dir=self.data_dir_override
+            )
         except ConfigError as exc:
             log.error("configuration not reloaded, keeping the running one: %s", exc)
             self._reload_outcome(False, str(exc), str(self.config_path or self.origin))
             return False
         if self.data_dir_override is not None:
             new = config_mod.with_data_dir(new, self.data_dir_override)
+        if self.unprovisioned:
+            # An identity written by hand: start again under it, as after edgectl provision.
+            if config_mod.is_provisioned(new):
+                log.info("configuration names unit %s now: starting again", new.unit.id)
+                self.provisioned_again.set()
+                self.request_stop()
+            self._reload_outcome(True, None, origin)
+            return True
         if new.unit != self.cfg.unit:
             log.warning(
                 "unit identity or data directory changed in %s: restart edged to apply", origin
@@ -611,6 +701,8 @@ class Daemon:
             log.warning("cannot write metrics to %s: %s", path, exc)
 
     def status_line(self) -> str:
+        if self.unprovisioned:
+            return "unprovisioned: recording nothing; run edgectl provision"
         parts = []
         for cam_id, p in self.pipelines.items():
             parts.append(
@@ -656,7 +748,7 @@ class Daemon:
 
     def snapshot(self) -> DaemonStatus:
         return {
-            "unit_id": self.cfg.unit.id,
+            "unit_id": "" if self.unprovisioned else self.cfg.unit.id,
             "version": __version__,
             "uptime_s": round(time.monotonic() - self.started_mono, 1),
             "config_origin": self.origin,
@@ -673,6 +765,7 @@ class Daemon:
             "tamper": {"active": self.alerts.active("tamper")} if self.alerts is not None else None,
             "door": self.door.snapshot() if self.door is not None else None,
             "last_reload": self.last_reload,
+            "provisioned": not self.unprovisioned,
         }
 
 
@@ -689,6 +782,10 @@ def _analytics_summary(stats: list[dict[str, Any]]) -> AnalyticsStatus | None:
         "recent_alerts": [a for s in stats for a in s["recent_alerts"]][-10:],
         "cameras": stats,
     }
+
+
+def _camera_ids(request: provision.ProvisionRequest) -> list[str]:
+    return [str(c.get("id", "cam1")) for c in request.cameras]
 
 
 def _spool_event(spool: EventSpool, event: SignedEvent) -> None:
@@ -752,8 +849,28 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_process("edged")
+    while True:
+        daemon = _configured_daemon(args)
+        if isinstance(daemon, int):
+            return daemon
+        daemon.install_signal_handlers()
+        try:
+            status = daemon.run(args.run_for)
+        except DataDirError as exc:
+            log.error("cannot start: %s", exc)
+            return EX_CANTCREAT
+        except EdgeError as exc:
+            log.error("fatal: %s", exc)
+            return 1
+        if not daemon.provisioned_again.is_set():
+            return status
+        # Provisioned: the same process starts again with the new identity's configuration.
+
+
+def _configured_daemon(args: argparse.Namespace) -> Daemon | int:
+    """The daemon for the configuration as it is now, or the exit status that refuses it."""
     try:
-        cfg, origin = config_mod.load(args.config, demo=args.demo)
+        cfg, origin = config_mod.load(args.config, demo=args.demo, data_dir=args.data_dir)
     except ConfigError as exc:
         log.error("cannot start: %s", exc)
         return EX_CONFIG
@@ -778,15 +895,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     daemon = Daemon(cfg, origin, args.config)
     daemon.data_dir_override = args.data_dir
     daemon.demo = args.demo
-    daemon.install_signal_handlers()
-    try:
-        return daemon.run(args.run_for)
-    except DataDirError as exc:
-        log.error("cannot start: %s", exc)
-        return EX_CANTCREAT
-    except EdgeError as exc:
-        log.error("fatal: %s", exc)
-        return 1
+    return daemon
 
 
 if __name__ == "__main__":

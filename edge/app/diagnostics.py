@@ -511,6 +511,18 @@ def config_findings(daemon: DaemonStatus) -> list[Finding]:
     ]
 
 
+def provisioning_finding() -> Finding:
+    """A unit without an identity records nothing: the one thing to do is provision it."""
+    return Finding(
+        "unit",
+        Level.FAILING,
+        "UNPROVISIONED: no identity yet, recording nothing",
+        "a freshly flashed unit has no unit id until an installer gives it one",
+        "as installer: edgectl provision --unit-id ID --site SITE --camera cam1=SOURCE, "
+        "then have the certificate requests signed (edgectl enroll --status)",
+    )
+
+
 def evaluate(status: StatusReport) -> list[Finding]:
     """Every finding for a full status dict (``{"daemon": …, "daemon_error": …, "system": …}``)."""
     out: list[Finding] = []
@@ -526,6 +538,10 @@ def evaluate(status: StatusReport) -> list[Finding]:
                 "`systemctl start edged`",
             )
         )
+    elif daemon.get("provisioned") is False:
+        # Nothing runs but the status: every other section would only repeat it.
+        out.append(provisioning_finding())
+        out.extend(config_findings(daemon))
     else:
         for cam in daemon.get("cameras", []):
             out.extend(camera_findings(cam))

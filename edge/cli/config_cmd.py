@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import config as config_mod
 from ..clihelp import add_command
+from ..errors import ConfigError
 from .entry import describe_os_error
 
 
@@ -78,9 +79,17 @@ def _check(args: argparse.Namespace) -> int:
         return 2
     problems = config_mod.all_problems(text, path=str(path))
     if not problems:
-        # Beyond the schema, what edged checks at start, by the function edged calls.
-        cfg, _origin = config_mod.load(path)
-        problems = config_mod.startup_problems(cfg, path=str(path), text=text, away=args.away)
+        # Beyond the schema, what edged checks at start, by the function edged calls; with
+        # the unit's own file laid over this one when the data directory has it.
+        try:
+            cfg, origin = config_mod.load(path)
+        except ConfigError as exc:  # the per-unit file's problem, naming that file
+            problems = [exc]
+        else:
+            layered = origin != str(path)  # lines would be looked up in the wrong file
+            problems = config_mod.startup_problems(
+                cfg, path=origin, text=None if layered else text, away=args.away
+            )
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -95,6 +104,10 @@ def _check(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     cfg, origin = config_mod.load(args.config, demo=args.demo)
-    doc = {"origin": origin, "config": cfg.model_dump(mode="json")}
+    doc = {
+        "origin": origin,
+        "provisioned": config_mod.is_provisioned(cfg),
+        "config": cfg.model_dump(mode="json"),
+    }
     print(json.dumps(doc, indent=2, ensure_ascii=False))  # read by people: accents as written
     return 0

@@ -47,6 +47,9 @@ class UnitConfig(_Section):
     is unprovisioned: edged records nothing until ``edgectl provision`` sets it."""
     site: str | None = Field(default=None, min_length=1, max_length=128)
     """Where the unit stands (street, cabinet number), as the city's installers name it."""
+    groups: list[Identifier] = Field(default_factory=list, max_length=16)
+    """Groups the unit belongs to (a district, a camera model): signed configuration documents
+    for a group apply to its units."""
     data_dir: Path = Path("./edge-data")
     """Directory for recordings and state (``/var/lib/edge`` on a unit); it also holds the
     per-unit configuration file ``unit.toml`` laid over this one."""
@@ -204,6 +207,8 @@ class UplinkConfig(_Section):
     """First reconnection delay; doubles after each failure (with jitter)."""
     backoff_max_s: float = Field(default=60.0, gt=0, le=3600)
     """Longest reconnection delay."""
+    config_poll_s: float = Field(default=300.0, ge=1.0, le=86_400.0)
+    """How often the CSU is asked for signed configuration documents (also at each connection)."""
 
 
 class RecipientKem(StrEnum):

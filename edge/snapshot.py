@@ -23,6 +23,7 @@ __all__ = [
     "Dot1xStatus",
     "MemoryStatus",
     "ReloadOutcome",
+    "SignedConfigStatus",
     "StatusReport",
     "StorageStatus",
     "SystemStatus",
@@ -177,6 +178,24 @@ class ReloadOutcome(TypedDict):
     error: str | None
 
 
+class SignedDocumentStatus(TypedDict):
+    """One signed configuration document in effect."""
+
+    scope: str
+    version: int
+    signer: str
+    issued_at: str
+
+
+class SignedConfigStatus(TypedDict):
+    """Signed configuration: the documents in effect, the digest of the configuration they
+    make, and the outcome of the latest document offered (None before any)."""
+
+    documents: list[SignedDocumentStatus]
+    digest: str
+    last: ReloadOutcome | None
+
+
 class DaemonStatus(TypedDict):
     """What edged says about itself (``edgectl status --json`` → ``daemon``)."""
 
@@ -197,6 +216,7 @@ class DaemonStatus(TypedDict):
     door: DoorStatus | None
     last_reload: ReloadOutcome | None
     provisioned: NotRequired[bool]
+    signed_config: NotRequired[SignedConfigStatus | None]
     """False on a unit without an identity yet: it records nothing until ``edgectl provision``
     (absent from an edged that predates provisioning: it always had an identity)."""
 

@@ -27,7 +27,9 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import datetime as dt
 import functools
+import hashlib
 import io
 import json
 import logging
@@ -43,7 +45,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edge import __version__, clihelp
+from edge import __version__, clihelp, signedconfig
 from edge import config as config_mod
 from edge.analytics.bridge import AnalyticsBridge
 from edge.analytics.mqtt_publisher import MqttPublisher
@@ -65,6 +67,7 @@ from edge.snapshot import (
     CertificateStatus,
     DaemonStatus,
     ReloadOutcome,
+    SignedConfigStatus,
     StatusReport,
     VaultStatus,
 )
@@ -155,6 +158,15 @@ class Daemon:
         self.unprovisioned = not config_mod.is_provisioned(cfg)
         #: Set once ``edgectl provision`` wrote a new identity: edged starts again under it.
         self.provisioned_again = threading.Event()
+        #: The city's signed configuration documents in effect (groups first, then the unit's).
+        self.signed: list[signedconfig.Verified] = []
+        self.signed_store = signedconfig.SignedStore(cfg.unit.data_dir)
+        #: Outcome of the latest signed document offered (CSU or edgectl config apply).
+        self.signed_last: ReloadOutcome | None = None
+        # One configuration change at a time: SIGHUP (main thread), a signed document from the
+        # CSU (uplink thread) or from edgectl (control thread). Re-entrant: applying a document
+        # reloads the files under it.
+        self._reload_lock = threading.RLock()
 
     # --- signals -----------------------------------------------------------------------------
 
@@ -187,6 +199,7 @@ class Daemon:
         if self.unprovisioned:
             self._start_unprovisioned()
             return
+        self._load_signed()
         try:
             signing_key = unitkeys.load_or_create_signing_key(unitkeys.keys_dir_of(data))
             self.alerts = AlertHub(EventSigner(signing_key, self.cfg.unit.id))
@@ -232,6 +245,160 @@ class Daemon:
                 raise
             raise datadir.unusable(data, exc) from None
         self._start_control()
+
+    # --- signed configuration (edge/signedconfig.py) ----------------------------------------------
+
+    def _ca_certs(self) -> list[Any]:
+        from cryptography import x509
+
+        path = unitkeys.keys_dir_of(self.cfg.unit.data_dir) / unitkeys.CA_CHAIN_NAME
+        try:
+            return x509.load_pem_x509_certificates(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise signedconfig.SignedConfigError(
+                f"no city CA to check the signer against ({path}: {exc}): enrol the unit first"
+            ) from None
+
+    def _load_signed(self) -> None:
+        """The documents applied before, checked again (at the time they were issued: a signer
+        certificate that expired since must not take the masks it set away), laid over the
+        files. One that no longer verifies is left out, loudly."""
+        envelopes = self.signed_store.envelopes()
+        if not envelopes:
+            return
+        layers = []
+        for scope, envelope in envelopes.items():
+            try:
+                issued = json.loads(base64.b64decode(json.loads(envelope)["document"]))["issued_at"]
+                at = dt.datetime.strptime(issued, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+                layers.append(
+                    signedconfig.open_envelope(
+                        envelope,
+                        ca_certs=self._ca_certs(),
+                        unit_id=self.cfg.unit.id,
+                        groups=list(self.cfg.unit.groups),
+                        floors={},
+                        now=at,
+                    )
+                )
+            except (EdgeError, ValueError, KeyError, TypeError) as exc:
+                log.error("signed configuration for %s left out: %s", scope, exc)
+                self.signed_last = {
+                    "ok": False,
+                    "at": time.time(),
+                    "origin": scope,
+                    "error": str(exc),
+                }
+        try:
+            self.cfg = self._with_signed(self.cfg, signedconfig.ordered(layers))
+            self.signed = signedconfig.ordered(layers)
+        except EdgeError as exc:
+            log.error("signed configuration left out: %s", exc)
+
+    def _with_signed(self, cfg: EdgeConfig, layers: list[signedconfig.Verified]) -> EdgeConfig:
+        """``cfg`` (from the files) with the signed documents laid over it."""
+        if not layers:
+            return cfg
+        raw: dict[str, Any] = cfg.model_dump(mode="json", exclude_unset=True)
+        for layer in layers:
+            raw = signedconfig.lay_over(raw, layer.settings)
+        try:
+            return EdgeConfig.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise signedconfig.SignedConfigError(
+                f"the configuration it makes is invalid: {where}: {err['msg']}"
+            ) from None
+
+    def apply_signed(self, envelope: bytes, origin: str) -> dict[str, Any]:
+        """Check a signed document and apply it like a SIGHUP; refused, nothing changes.
+
+        Either way the audit log says so: ``config-signed-applied`` with the old and new
+        digests and the signer, or ``config-signed-refused`` with the reason."""
+        with self._reload_lock:
+            if self.signed_store.is_applied(envelope):
+                return {"applied": False, "reason": "already in effect"}
+            old_digest = signedconfig.config_digest(self.cfg)
+            try:
+                if self.unprovisioned:
+                    raise signedconfig.SignedConfigError(
+                        "the unit is not provisioned: no identity to check the scope against"
+                    )
+                verified = signedconfig.open_envelope(
+                    envelope,
+                    ca_certs=self._ca_certs(),
+                    unit_id=self.cfg.unit.id,
+                    groups=list(self.cfg.unit.groups),
+                    floors=self.signed_store.floors(),
+                    now=dt.datetime.now(dt.UTC),
+                )
+                layers = [s for s in self.signed if s.scope != verified.scope] + [verified]
+                layers = signedconfig.ordered(layers)
+                what = f"{verified.scope.key} version {verified.version} by {verified.signer}"
+                if not self._apply_files(layers, allow_shrink=True, origin=f"signed {what}"):
+                    last = self.last_reload
+                    error = last["error"] if last is not None else None
+                    raise signedconfig.SignedConfigError(error or "not applied")
+            except signedconfig.SignedConfigError as exc:
+                self._signed_refused(envelope, str(exc), origin)
+                raise
+            self.signed_store.save(verified)
+            self.signed = layers
+            details = {
+                "scope": verified.scope.key,
+                "version": verified.version,
+                "issued_at": verified.issued_at,
+                "signer": verified.signer,
+                "old_digest": old_digest,
+                "new_digest": signedconfig.config_digest(self.cfg),
+                "document_sha256": hashlib.sha256(envelope).hexdigest(),
+                "from": origin,
+            }
+            self.audit("config-signed-applied", details, actor=verified.signer)
+            self.signed_last = {"ok": True, "at": time.time(), "origin": what, "error": None}
+            log.info("signed configuration %s applied (from %s)", what, origin)
+            return {"applied": True, **details}
+
+    def _signed_refused(self, envelope: bytes, reason: str, origin: str) -> None:
+        claimed = signedconfig.peek_scope(envelope)
+        details = {
+            "reason": reason,
+            "from": origin,
+            "claimed_scope": claimed.key if claimed else None,
+            "document_sha256": hashlib.sha256(envelope).hexdigest(),
+        }
+        log.error("signed configuration refused (from %s): %s", origin, reason)
+        self.audit("config-signed-refused", details)
+        self.signed_last = {"ok": False, "at": time.time(), "origin": origin, "error": reason}
+
+    def _apply_config(self, caller: control.Caller, params: dict[str, Any]) -> dict[str, Any]:
+        """``edgectl config apply FILE``: a document brought by hand, checked like the CSU's."""
+        envelope = params.get("envelope")
+        if not isinstance(envelope, str):
+            raise signedconfig.SignedConfigError("give the signed document's text")
+        return self.apply_signed(envelope.encode(), f"edgectl ({caller.describe()})")
+
+    def _config_from_csu(self, envelope: bytes) -> None:
+        with contextlib.suppress(EdgeError):  # logged and audited; the uplink goes on
+            self.apply_signed(envelope, "CSU")
+
+    def _signed_status(self) -> SignedConfigStatus | None:
+        if self.unprovisioned:
+            return None
+        return {
+            "documents": [
+                {
+                    "scope": s.scope.key,
+                    "version": s.version,
+                    "signer": s.signer,
+                    "issued_at": s.issued_at,
+                }
+                for s in self.signed
+            ],
+            "digest": signedconfig.config_digest(self.cfg),
+            "last": self.signed_last,
+        }
 
     def _provision(self, caller: control.Caller, params: dict[str, Any]) -> dict[str, Any]:
         """``edgectl provision`` (installer role): see :mod:`edge.app.provision`."""
@@ -357,7 +524,9 @@ class Daemon:
             log.error("uplink not started: %s", exc)
             return
         assert self.event_spool is not None
-        self.uplink = UplinkClient(self.cfg, outbox, gate, events=self.event_spool)
+        self.uplink = UplinkClient(
+            self.cfg, outbox, gate, events=self.event_spool, on_config=self._config_from_csu
+        )
         self.extra_selftests.append(("csu", selftest.csu_check(self.cfg, gate), 20.0))
         self.uplink.start()
 
@@ -369,6 +538,7 @@ class Daemon:
             "selftest": control.Method(control.Role.MAINT, self._selftest, audited=True),
             # Audited by the method itself: done or refused, with what was decided.
             "provision": control.Method(control.Role.INSTALL, self._provision),
+            "apply-config": control.Method(control.Role.INSTALL, self._apply_config),
         }
         if self.unprovisioned:
             methods = {k: v for k, v in methods.items() if k in ("status", "provision")}
@@ -579,7 +749,19 @@ class Daemon:
     # --- reload ------------------------------------------------------------------------------
 
     def reload(self) -> bool:
-        """Apply a new configuration (SIGHUP); keep the old one if the new one is invalid.
+        """SIGHUP: the files again, under the signed documents in effect; a change that would
+        uncover any masked pixel is refused (it takes a document signed by the city)."""
+        with self._reload_lock:
+            return self._apply_files(self.signed, allow_shrink=False)
+
+    def _apply_files(
+        self,
+        layers: list[signedconfig.Verified],
+        *,
+        allow_shrink: bool,
+        origin: str | None = None,
+    ) -> bool:
+        """Apply a new configuration; keep the old one if the new one is invalid.
 
         All or nothing: every new or changed camera's pipeline is built before any running
         one is stopped, so a setting refused at that point (a face model that does not load)
@@ -588,9 +770,10 @@ class Daemon:
         audited, shown in the status (``last_reload``) and returned.
         """
         try:
-            new, origin = config_mod.load(
+            new, files = config_mod.load(
                 self.config_path, demo=self.demo, data_dir=self.data_dir_override
             )
+            origin = origin or files
         except ConfigError as exc:
             log.error("configuration not reloaded, keeping the running one: %s", exc)
             self._reload_outcome(False, str(exc), str(self.config_path or self.origin))
@@ -610,6 +793,21 @@ class Daemon:
                 "unit identity or data directory changed in %s: restart edged to apply", origin
             )
             new = new.model_copy(update={"unit": self.cfg.unit})
+        try:
+            new = self._with_signed(new, layers)
+        except EdgeError as exc:
+            log.error("configuration not reloaded, keeping the running one: %s", exc)
+            self._reload_outcome(False, str(exc), origin)
+            return False
+        shrunk = [] if allow_shrink else signedconfig.mask_shrinkage(self.cfg, new)
+        if shrunk:
+            error = (
+                f"removing or shrinking a privacy mask ({', '.join(shrunk)}) needs a "
+                "configuration document signed by the city: the masks stay as they are"
+            )
+            log.error("configuration not reloaded, keeping the running one: %s", error)
+            self._reload_outcome(False, error, origin)
+            return False
         old_cams = {c.id: c for c in self.cfg.cameras}
         new_cams = {c.id: c for c in new.cameras}
         restart = [
@@ -766,6 +964,7 @@ class Daemon:
             "door": self.door.snapshot() if self.door is not None else None,
             "last_reload": self.last_reload,
             "provisioned": not self.unprovisioned,
+            "signed_config": self._signed_status(),
         }
 
 

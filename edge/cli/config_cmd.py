@@ -11,6 +11,7 @@ from typing import Any
 from .. import config as config_mod
 from ..clihelp import add_command
 from ..errors import ConfigError
+from .common import add_config_args, load_config
 from .entry import describe_os_error
 
 
@@ -65,6 +66,22 @@ def register(sub: Any) -> None:
     )
     show.add_argument("--demo", action="store_true", help="show the embedded demo configuration")
     show.set_defaults(func=_show)
+    apply = add_command(
+        csub,
+        "apply",
+        help="apply a configuration document signed by the city",
+        description="Hand edged a configuration document signed by the city (edge-csu config "
+        "sign), as the CSU does over the uplink: it checks the signer against the city's CA, "
+        "the scope (this unit or one of its groups) and the version (above the last one "
+        "applied), then applies it like a reload. Refused, nothing changes and the reason is "
+        "printed; either way it is written to the signed audit log. Needs the installer role.",
+        example=[
+            ("edgectl config apply /media/usb/cam-nord-0042.json", "a document on a USB key"),
+        ],
+    )
+    add_config_args(apply)
+    apply.add_argument("document", type=Path, help="the signed document (JSON)")
+    apply.set_defaults(func=_apply)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -110,4 +127,25 @@ def _show(args: argparse.Namespace) -> int:
         "config": cfg.model_dump(mode="json"),
     }
     print(json.dumps(doc, indent=2, ensure_ascii=False))  # read by people: accents as written
+    return 0
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from edge.app import control
+
+    cfg = load_config(args)
+    try:
+        text = args.document.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"edgectl: cannot read {args.document}: {exc}", file=sys.stderr)
+        return 2
+    result = control.call(cfg.control.socket, "apply-config", {"envelope": text}, timeout=60.0)
+    if not result.get("applied"):
+        print(f"{args.document}: {result.get('reason')}; nothing to do")
+        return 0
+    print(
+        f"{args.document}: {result['scope']} version {result['version']} signed by "
+        f"{result['signer']} applied\n  configuration {result['old_digest'][:16]}… → "
+        f"{result['new_digest'][:16]}…"
+    )
     return 0

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edge.identity import evidence
+from edge.identity import configsigning, evidence
 
 from .. import fsutil
 from ..errors import CaError
@@ -50,6 +50,7 @@ class Profile(StrEnum):
     CLIENT = "client"  # a unit: 802.1X EAP-TLS peer and TLS client of the CSU
     SERVER = "server"  # a RADIUS server or the CSU receiver: TLS server
     EVIDENCE = "evidence"  # a unit's Ed25519 evidence-signing key (edge.identity.evidence)
+    CONFIG = "config"  # the city's configuration signer (edge.identity.configsigning)
 
 
 class RevocationReason(StrEnum):
@@ -351,8 +352,8 @@ class VideoCA:
             )
         if profile is Profile.EVIDENCE and not is_ed:
             raise CaError("the evidence profile is for a unit's Ed25519 signing key only")
-        if profile is Profile.EVIDENCE:
-            sans = []  # nothing to authenticate by name: the CN (unit id) is all it asserts
+        if profile in (Profile.EVIDENCE, Profile.CONFIG):
+            sans = []  # nothing to authenticate by name: the CN is all it asserts
         if profile is not Profile.SERVER and not _UNIT_CN_RE.match(common_name):
             raise CaError(
                 f"common name {common_name!r} is not a unit identity "
@@ -374,10 +375,12 @@ class VideoCA:
             Profile.CLIENT: ExtendedKeyUsageOID.CLIENT_AUTH,
             Profile.SERVER: ExtendedKeyUsageOID.SERVER_AUTH,
             Profile.EVIDENCE: evidence.DOCUMENT_SIGNING,
+            Profile.CONFIG: configsigning.CONFIG_SIGNING,
         }[profile]
-        usage = (
-            evidence.key_usage() if profile is Profile.EVIDENCE else _usage(digital_signature=True)
-        )
+        usage = {
+            Profile.EVIDENCE: evidence.key_usage(),
+            Profile.CONFIG: configsigning.key_usage(),
+        }.get(profile, _usage(digital_signature=True))
         builder = (
             x509.CertificateBuilder()
             .subject_name(subject)

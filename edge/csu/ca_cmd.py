@@ -8,7 +8,7 @@ from typing import Any
 
 from cryptography import x509
 
-from edge.identity import evidence
+from edge.identity import configsigning, evidence
 
 from ..cli.entry import describe_os_error
 from ..clihelp import add_command
@@ -87,25 +87,33 @@ def register(sub: Any) -> None:
     issue = add_command(
         csub,
         "issue",
-        help="make a key and certificate (RADIUS server, CSU)",
+        help="make a key and certificate (RADIUS server, CSU, configuration signer)",
         description="Make a key and a certificate signed by the video sub-CA, for a server "
-        "(the RADIUS server, the CSU receiver) or, with --profile client, a client. --out is "
-        "a file prefix: OUT.key (never written over an existing key) and OUT.crt.",
+        "(the RADIUS server, the CSU receiver), with --profile client a client, or with "
+        "--profile config the city's configuration signer (edge-csu config sign; units accept "
+        "no other certificate for configuration). --out is a file prefix: OUT.key (never "
+        "written over an existing key) and OUT.crt.",
         example=[
             (
                 "edge-csu ca issue /srv/video-ca radius.video.city.fr --out /srv/radius/radius",
                 "writes /srv/radius/radius.key and radius.crt",
             ),
             ("edge-csu ca issue /srv/video-ca csu.video.city.fr --out /etc/edge-csu/csu", "CSU"),
+            (
+                "edge-csu ca issue /srv/video-ca city-config --profile config "
+                "--out /srv/config-signer/signer",
+                "the configuration signer",
+            ),
         ],
     )
     issue.add_argument("dir", type=Path, help="the CA directory (made by `edge-csu ca init`)")
     issue.add_argument("name", help="DNS name of the server (or a unit id with --profile client)")
     issue.add_argument(
         "--profile",
-        choices=["server", "client"],
+        choices=["server", "client", "config"],
         default="server",
-        help="server (serverAuth, the default) or client (clientAuth)",
+        help="server (serverAuth, the default), client (clientAuth) or config (configuration "
+        "signing)",
     )
     issue.add_argument(
         "--days", type=int, default=365, help="validity of the certificate (default 365)"
@@ -202,6 +210,8 @@ def _sign(args: argparse.Namespace) -> int:
 
 
 def profile_of(cert: x509.Certificate) -> str:
+    if configsigning.profile_problem(cert) is None:
+        return "config"
     return "evidence" if evidence.profile_problem(cert) is None else "tls"
 
 

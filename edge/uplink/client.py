@@ -93,10 +93,14 @@ class UplinkClient:
         wall_ns: Callable[[], int] = time.time_ns,
         batch: int = 256,
         events: EventSpool | None = None,
+        on_config: Callable[[bytes], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.outbox = outbox
         self.events = events
+        #: Given each signed configuration document the CSU offers (it checks and applies).
+        self.on_config = on_config
+        self._next_config_mono = 0.0
         self.gate = gate
         self.unit_id = cfg.unit.id
         self._wall_ns = wall_ns
@@ -251,6 +255,22 @@ class UplinkClient:
         held = {cam: c.get("last") for cam, c in cursor.get("cameras", {}).items()}
         self._backoff.reset()
         self._set_state(UplinkState.STREAMING, f"CSU holds up to {held or 'nothing'}")
+        self._next_config_mono = 0.0  # asked at every connection
+
+    def _fetch_config(self) -> None:
+        """Hand the documents the CSU offers to ``on_config`` (which checks and applies them)."""
+        if self.on_config is None or time.monotonic() < self._next_config_mono:
+            return
+        self._next_config_mono = time.monotonic() + self.cfg.uplink.config_poll_s
+        status, body = self._request("GET", protocol.config_path(self.unit_id), None, None)
+        if status == 404:
+            return  # a CSU that offers no configuration
+        if status != 200:
+            raise UplinkError(f"CSU refused the configuration request: {status} {body[:200]!r}")
+        documents = json.loads(body).get("documents", [])
+        for document in documents if isinstance(documents, list) else []:
+            if isinstance(document, str):
+                self.on_config(document.encode())
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -310,6 +330,7 @@ class UplinkClient:
             if not self.gate.is_open():
                 raise UplinkError(f"802.1X gate closed: {self.gate.reason()}")
             self._certificate.if_changed(self._request)
+            self._fetch_config()
             if self.events is not None:
                 queued = self.events.pending(limit=1)
                 if queued:

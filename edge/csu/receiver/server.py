@@ -324,6 +324,25 @@ class Receiver:
 
         return web.json_response(await self.run_blocking(cursor))
 
+    async def get_config(self, request: web.Request) -> web.Response:
+        """The signed configuration documents for this unit: its own and every group's (the
+        unit knows its groups and checks each document; the CSU only sorts by claimed scope)."""
+        unit = request["unit"]
+        directory = self.cfg.config_dir
+
+        def offered() -> list[str]:
+            from edge.signedconfig import MAX_ENVELOPE_BYTES, peek_scope
+
+            out = []
+            for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+                data = path.read_bytes()[: MAX_ENVELOPE_BYTES + 1]
+                scope = peek_scope(data)
+                if scope is not None and (scope.kind == "group" or scope.name == unit):
+                    out.append(data.decode("utf-8", "replace"))
+            return out
+
+        return web.json_response({"documents": await self.run_blocking(offered)})
+
     # --- application ----------------------------------------------------------------------------
 
     def units_app(self) -> web.Application:
@@ -350,6 +369,7 @@ class Receiver:
             name=SIGNING_CERTIFICATE_ROUTE,
         )
         app.router.add_get(f"{base}/cursor", self.get_cursor)
+        app.router.add_get(f"{base}/config", self.get_config)
         return app
 
     def close(self) -> None:

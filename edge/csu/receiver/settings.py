@@ -142,6 +142,9 @@ class ServeConfig(_Section):
     ``<unit-id>.pem`` (a pinned Ed25519 signing public key, copied by hand)."""
     audit_log: Path = Path("audit.jsonl")
     """Append-only log of every viewing and export (who, what, when)."""
+    config_dir: Path = Path("config")
+    """Signed configuration documents offered to the units (``edge-csu config sign --out``
+    writes there): each unit gets those for its id and those for groups (it keeps its own)."""
     authority_key_file: Path | None = None
     """Recipient private key that opens sealed segments for viewing (HLS); none disables it."""
     max_segment_bytes: int = Field(default=DEFAULT_MAX_SEGMENT_BYTES, ge=1024, le=1 << 30)
@@ -189,6 +192,7 @@ class ServeConfig(_Section):
                 "storage_dir": fix(self.storage_dir),
                 "registry_dir": fix(self.registry_dir),
                 "audit_log": fix(self.audit_log),
+                "config_dir": fix(self.config_dir),
                 "authority_key_file": fix(self.authority_key_file),
                 "tls": tls,
             }

@@ -21,6 +21,7 @@ __all__ = [
     "DaemonStatus",
     "DoorStatus",
     "Dot1xStatus",
+    "FleetReport",
     "MemoryStatus",
     "ReloadOutcome",
     "SignedConfigStatus",
@@ -176,6 +177,21 @@ class ReloadOutcome(TypedDict):
     at: float
     origin: str
     error: str | None
+
+
+class FleetReport(TypedDict):
+    """What a unit tells the CSU about itself on every request (``X-Edge-Fleet``), for the
+    fleet view (``edge-csu units``)."""
+
+    version: str
+    slot: str | None
+    """The root slot running ("A" or "B"), None where the kernel names none."""
+    last_update: dict[str, Any] | None
+    """The last update's outcome (``edgectl update``), None before any."""
+    config_digest: str
+    """SHA-256 of the configuration in effect."""
+    config_documents: dict[str, int]
+    """Signed configuration documents in effect: scope -> version."""
 
 
 class SignedDocumentStatus(TypedDict):

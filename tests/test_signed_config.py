@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from edge import signedconfig
+from edge import __version__, signedconfig
 from edge.csu.ca import Profile, VideoCA, cert_pem, key_pem
 from edge.identity import configsigning, evidence
 from edge.identity.unitkeys import keys_dir_of, load_or_create_signing_key
@@ -390,3 +390,16 @@ def test_the_unit_fetches_its_document_from_the_csu_over_mutual_tls(tmp_path: Pa
     assert json.loads((data_dir / "config" / "signed-versions.json").read_text()) == {
         "unit:test-unit": 4
     }
+
+    # The fleet view: what the unit reported of itself on its requests.
+    units = cli("edge.csu.main", "units", "--config", str(csu.config), "--json")
+    assert units.returncode == 0, units.stderr
+    (row,) = json.loads(units.stdout)
+    fleet = row["fleet"]
+    assert fleet["version"] == __version__
+    assert fleet["config_documents"] == {"unit:test-unit": 4}
+    assert fleet["config_digest"] == applied[0]["details"]["new_digest"]
+    assert fleet["last_update"] is None
+    text = cli("edge.csu.main", "units", "--config", str(csu.config))
+    assert f"v{__version__} slot " in text.stdout, text.stdout
+    assert f"config {fleet['config_digest'][:12]}… (unit:test-unit v4)" in text.stdout

@@ -45,7 +45,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edge import __version__, clihelp, signedconfig
+from edge import __version__, clihelp, signedconfig, slots
 from edge import config as config_mod
 from edge.analytics.bridge import AnalyticsBridge
 from edge.analytics.mqtt_publisher import MqttPublisher
@@ -66,6 +66,7 @@ from edge.snapshot import (
     AnalyticsStatus,
     CertificateStatus,
     DaemonStatus,
+    FleetReport,
     ReloadOutcome,
     SignedConfigStatus,
     StatusReport,
@@ -167,6 +168,8 @@ class Daemon:
         # CSU (uplink thread) or from edgectl (control thread). Re-entrant: applying a document
         # reloads the files under it.
         self._reload_lock = threading.RLock()
+        #: The root slot this system booted from ("A", "B"; None off a unit).
+        self.slot = slots.read_running_slot()
 
     # --- signals -----------------------------------------------------------------------------
 
@@ -383,6 +386,16 @@ class Daemon:
         with contextlib.suppress(EdgeError):  # logged and audited; the uplink goes on
             self.apply_signed(envelope, "CSU")
 
+    def fleet_report(self) -> FleetReport:
+        """For the CSU's fleet view (uplink thread): version, slot, update, configuration."""
+        return {
+            "version": __version__,
+            "slot": self.slot,
+            "last_update": slots.last_update(self.cfg.unit.data_dir),
+            "config_digest": signedconfig.config_digest(self.cfg),
+            "config_documents": {s.scope.key: s.version for s in self.signed},
+        }
+
     def _signed_status(self) -> SignedConfigStatus | None:
         if self.unprovisioned:
             return None
@@ -525,7 +538,12 @@ class Daemon:
             return
         assert self.event_spool is not None
         self.uplink = UplinkClient(
-            self.cfg, outbox, gate, events=self.event_spool, on_config=self._config_from_csu
+            self.cfg,
+            outbox,
+            gate,
+            events=self.event_spool,
+            on_config=self._config_from_csu,
+            fleet_report=self.fleet_report,
         )
         self.extra_selftests.append(("csu", selftest.csu_check(self.cfg, gate), 20.0))
         self.uplink.start()

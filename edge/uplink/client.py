@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from edge.snapshot import UplinkStatus
+from edge.snapshot import FleetReport, UplinkStatus
 
 from ..backoff import Backoff
 from ..config import EdgeConfig
@@ -42,6 +42,8 @@ from .tls import CsuConnection, client_context, endpoint
 log = logging.getLogger(__name__)
 
 BACKLOG_HEADER = "X-Edge-Backlog"
+#: The unit's version, slot, last update and configuration (``FleetReport``), every request.
+FLEET_HEADER = "X-Edge-Fleet"
 #: How often an idle client looks at the outbox: bounds the live latency it adds (an indexed
 #: SQLite query of the live edge, cheap at this rate).
 IDLE_POLL_S = 0.25
@@ -94,12 +96,14 @@ class UplinkClient:
         batch: int = 256,
         events: EventSpool | None = None,
         on_config: Callable[[bytes], None] | None = None,
+        fleet_report: Callable[[], FleetReport] | None = None,
     ) -> None:
         self.cfg = cfg
         self.outbox = outbox
         self.events = events
         #: Given each signed configuration document the CSU offers (it checks and applies).
         self.on_config = on_config
+        self.fleet_report = fleet_report
         self._next_config_mono = 0.0
         self.gate = gate
         self.unit_id = cfg.unit.id
@@ -284,6 +288,8 @@ class UplinkClient:
     ) -> tuple[int, bytes]:
         assert self._conn is not None
         headers = {BACKLOG_HEADER: self._backlog_header()}
+        if self.fleet_report is not None:
+            headers[FLEET_HEADER] = json.dumps(self.fleet_report(), separators=(",", ":"))
         if content_type is not None:
             headers["Content-Type"] = content_type
         self._conn.request(method, path, body=body, headers=headers)

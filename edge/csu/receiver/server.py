@@ -50,6 +50,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _ID = r"[a-z0-9][a-z0-9-]{0,62}"
 BACKLOG_HEADER = "X-Edge-Backlog"
+FLEET_HEADER = "X-Edge-Fleet"
 #: How often a unit's status file (last contact, backlog) is rewritten while it talks to us:
 #: often enough for ``edge-csu units``, rare enough for thousands of units (no fsync).
 STATUS_FLUSH_S = 2.0
@@ -63,6 +64,43 @@ LINGER_S = 2.0
 
 def refuse(status: int, reason: str) -> web.Response:
     return web.json_response({"error": reason}, status=status)
+
+
+def _fleet_report(header: str | None) -> dict[str, Any] | None:
+    """A unit's ``X-Edge-Fleet`` header (``edge.snapshot.FleetReport``), kept only when every
+    field has its type and a bounded size: the CSU shows it, so nothing else is taken."""
+    if not header or len(header) > 4096:
+        return None
+    try:
+        value = json.loads(header)
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+
+    def text(v: Any, limit: int) -> str | None:
+        return v if isinstance(v, str) and len(v) <= limit else None
+
+    docs = value.get("config_documents")
+    update = value.get("last_update")
+    report = {
+        "version": text(value.get("version"), 64),
+        "slot": value.get("slot") if value.get("slot") in ("A", "B") else None,
+        "config_digest": text(value.get("config_digest"), 64),
+        "config_documents": {
+            str(k)[:80]: v
+            for k, v in (docs.items() if isinstance(docs, dict) else [])
+            if isinstance(v, int) and not isinstance(v, bool)
+        },
+        "last_update": {
+            str(k)[:40]: v if not isinstance(v, str) else v[:300]
+            for k, v in list(update.items())[:12]
+            if isinstance(v, str | int | float | bool) or v is None
+        }
+        if isinstance(update, dict)
+        else None,
+    }
+    return report if report["version"] is not None else None
 
 
 class Receiver:
@@ -152,6 +190,9 @@ class Receiver:
                     }
             except ValueError:
                 pass
+        fleet = _fleet_report(request.headers.get(FLEET_HEADER))
+        if fleet is not None:
+            contact["fleet"] = fleet
         now = time.monotonic()
         last = self._status_flushed.get(unit)
         if last is None or now - last >= STATUS_FLUSH_S:

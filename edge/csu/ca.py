@@ -51,6 +51,7 @@ class Profile(StrEnum):
     SERVER = "server"  # a RADIUS server or the CSU receiver: TLS server
     EVIDENCE = "evidence"  # a unit's Ed25519 evidence-signing key (edge.identity.evidence)
     CONFIG = "config"  # the city's configuration signer (edge.identity.configsigning)
+    UPDATE = "update"  # the city's update-bundle signer (RAUC, codeSigning; edge/updates.py)
 
 
 class RevocationReason(StrEnum):
@@ -352,7 +353,7 @@ class VideoCA:
             )
         if profile is Profile.EVIDENCE and not is_ed:
             raise CaError("the evidence profile is for a unit's Ed25519 signing key only")
-        if profile in (Profile.EVIDENCE, Profile.CONFIG):
+        if profile in (Profile.EVIDENCE, Profile.CONFIG, Profile.UPDATE):
             sans = []  # nothing to authenticate by name: the CN is all it asserts
         if profile is not Profile.SERVER and not _UNIT_CN_RE.match(common_name):
             raise CaError(
@@ -376,6 +377,7 @@ class VideoCA:
             Profile.SERVER: ExtendedKeyUsageOID.SERVER_AUTH,
             Profile.EVIDENCE: evidence.DOCUMENT_SIGNING,
             Profile.CONFIG: configsigning.CONFIG_SIGNING,
+            Profile.UPDATE: ExtendedKeyUsageOID.CODE_SIGNING,
         }[profile]
         usage = {
             Profile.EVIDENCE: evidence.key_usage(),

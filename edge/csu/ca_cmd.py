@@ -91,7 +91,8 @@ def register(sub: Any) -> None:
         description="Make a key and a certificate signed by the video sub-CA, for a server "
         "(the RADIUS server, the CSU receiver), with --profile client a client, or with "
         "--profile config the city's configuration signer (edge-csu config sign; units accept "
-        "no other certificate for configuration). --out is a file prefix: OUT.key (never "
+        "no other certificate for configuration), with --profile update the signer of update "
+        "bundles (RAUC; make image). --out is a file prefix: OUT.key (never "
         "written over an existing key) and OUT.crt.",
         example=[
             (
@@ -110,10 +111,10 @@ def register(sub: Any) -> None:
     issue.add_argument("name", help="DNS name of the server (or a unit id with --profile client)")
     issue.add_argument(
         "--profile",
-        choices=["server", "client", "config"],
+        choices=["server", "client", "config", "update"],
         default="server",
-        help="server (serverAuth, the default), client (clientAuth) or config (configuration "
-        "signing)",
+        help="server (serverAuth, the default), client (clientAuth), config (configuration "
+        "signing) or update (update bundles: codeSigning)",
     )
     issue.add_argument(
         "--days", type=int, default=365, help="validity of the certificate (default 365)"

@@ -381,6 +381,19 @@ class SignedStore:
         write_atomic(self.versions_path, canonical(floors) + b"\n", mode=0o640)
 
 
+def masks_only(envelope: bytes) -> dict[str, Any] | None:
+    """The cameras' masks a stored document set, unverified: what is laid over the files when
+    it no longer verifies at start (a CA renewed, a file damaged), so that its masks stay on
+    (masking only ever hides more) while nothing else of it applies."""
+    try:
+        outer = json.loads(envelope)
+        settings = json.loads(base64.b64decode(outer["document"]))["settings"]
+        cameras = check_settings(settings).get("cameras")
+    except (ValueError, KeyError, TypeError, SignedConfigError):
+        return None
+    return {"cameras": cameras} if cameras else None
+
+
 def unverified_version(envelope: bytes) -> int:
     """The version a document claims, unverified (0 when unreadable)."""
     try:

@@ -192,6 +192,8 @@ class FleetReport(TypedDict):
     """SHA-256 of the configuration in effect."""
     config_documents: dict[str, int]
     """Signed configuration documents in effect: scope -> version."""
+    groups: list[str]
+    """The unit's groups (``unit.groups``): the CSU offers it those groups' documents."""
 
 
 class SignedDocumentStatus(TypedDict):

@@ -37,6 +37,7 @@ def test_the_csu_keeps_a_units_report_typed_and_bounded() -> None:
         "last_update": {"result": "installed", "version": "0.2.0", "at": 1.5},
         "config_digest": "ab" * 32,
         "config_documents": {"unit:u-1": 3, "group:nord": 7},
+        "groups": ["nord", "rpi-cams"],
     }
     assert _fleet_report(json.dumps(good)) == good
     hostile = dict(
@@ -44,12 +45,14 @@ def test_the_csu_keeps_a_units_report_typed_and_bounded() -> None:
         slot="C; rm -rf /",
         config_documents={"unit:u-1": "3", "x" * 500: 1, "ok": True},
         last_update={"result": "x" * 1000, "nested": {"a": 1}},
+        groups=["nord", "../etc", 7, "Sud"] + [f"g{i}" for i in range(40)],
     )
     kept = _fleet_report(json.dumps(hostile))
     assert kept is not None
     assert kept["slot"] is None
     assert kept["config_documents"] == {"x" * 80: 1}
     assert kept["last_update"] == {"result": "x" * 300}
+    assert kept["groups"] == ["nord"] + [f"g{i}" for i in range(12)]
     assert _fleet_report("not json") is None
     assert _fleet_report(json.dumps(["list"])) is None
     assert _fleet_report(json.dumps({"version": 3})) is None

@@ -264,13 +264,18 @@ def test_fresh_unit_records_nothing_until_provisioned_then_records_under_its_ide
 
         done = edgectl(
             "provision", "--config", str(config), "--unit-id", "u-0042",
-            "--site", "rue de la Paix 12", "--camera", "cam1=synthetic", "--json",
+            "--site", "rue de la Paix 12", "--camera", "cam1=synthetic", "--group", "nord",
+            "--json",
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         result = json.loads(done.stdout)
         assert result["unit_id"] == "u-0042" and result["replaced"] is None
         unit_toml = tomllib.loads((data_dir / "unit.toml").read_text())
-        assert unit_toml["unit"] == {"id": "u-0042", "site": "rue de la Paix 12"}
+        assert unit_toml["unit"] == {
+            "id": "u-0042",
+            "site": "rue de la Paix 12",
+            "groups": ["nord"],
+        }
         # Enrolment ran for the new identity: both requests name it (openssl judges).
         for csr in ("unit-tls.csr", "unit-signing.csr"):
             subject = subprocess.run(

@@ -361,6 +361,7 @@ def test_the_unit_fetches_its_document_from_the_csu_over_mutual_tls(tmp_path: Pa
     for scope, version, name in (
         ("unit:test-unit", 4, "mine.json"),
         ("unit:someone-else", 9, "theirs.json"),
+        ("group:nord", 2, "nord.json"),  # the unit is in no group: never offered to it
     ):
         signed = cli("edge.csu.main", "config", "sign", str(settings), "--scope", scope,
                      "--version", str(version), *signer, "--out", str(offered / name))  # fmt: skip
@@ -403,3 +404,35 @@ def test_the_unit_fetches_its_document_from_the_csu_over_mutual_tls(tmp_path: Pa
     text = cli("edge.csu.main", "units", "--config", str(csu.config))
     assert f"v{__version__} slot " in text.stdout, text.stdout
     assert f"config {fleet['config_digest'][:12]}… (unit:test-unit v4)" in text.stdout
+
+
+def test_a_document_that_no_longer_verifies_at_start_keeps_its_masks_and_nothing_else(
+    tmp_path: Path, data_dir: Path, sockdir: Path
+) -> None:
+    city = VideoCA.init(tmp_path / "ca")
+    keys = data_dir / "keys"
+    keys.mkdir()
+    (keys / "ca.pem").write_bytes(city.chain_pem)
+    signer = Signer(tmp_path / "ca", tmp_path / "signer")
+    config = write_config(
+        tmp_path / "edge.toml", data_dir, extra=f'\n[control]\nsocket = "{sockdir}/control.sock"\n'
+    )
+    doc = signer.sign(MASKS_V1, "unit:test-unit", 1, tmp_path / "v1.json")
+    first = tmp_path / "first"
+    first.mkdir()
+    with running_edged(config, first) as (_proc, notify):
+        notify.wait_for("READY=1", 30)
+        applied = cli("edge.cli.main", "config", "apply", "--config", str(config), str(doc))
+        assert applied.returncode == 0, applied.stderr
+        assert _daemon(config)["cameras"][0]["masks"] == 2
+    # The unit's CA file replaced by another city's: the document no longer verifies.
+    (keys / "ca.pem").write_bytes(VideoCA.init(tmp_path / "other-ca").chain_pem)
+    second = tmp_path / "second"
+    second.mkdir()
+    with running_edged(config, second) as (_proc, notify):
+        notify.wait_for("READY=1", 30)
+        daemon = _daemon(config)
+        assert daemon["cameras"][0]["masks"] == 2  # the city's mask stays on
+        assert daemon["vault"]["retention_days"] == 30  # its retention does not apply
+        assert daemon["signed_config"]["documents"] == []
+        assert "does not chain" in daemon["signed_config"]["last"]["error"]

@@ -270,6 +270,7 @@ class Daemon:
         if not envelopes:
             return
         layers = []
+        unverified: list[dict[str, Any]] = []
         for scope, envelope in envelopes.items():
             try:
                 issued = json.loads(base64.b64decode(json.loads(envelope)["document"]))["issued_at"]
@@ -285,7 +286,15 @@ class Daemon:
                     )
                 )
             except (EdgeError, ValueError, KeyError, TypeError) as exc:
-                log.error("signed configuration for %s left out: %s", scope, exc)
+                masks = signedconfig.masks_only(envelope)
+                if masks is not None:
+                    unverified.append(masks)
+                log.error(
+                    "signed configuration for %s no longer verifies (%s): %s",
+                    scope,
+                    "its masks stay on, nothing else of it applies" if masks else "left out",
+                    exc,
+                )
                 self.signed_last = {
                     "ok": False,
                     "at": time.time(),
@@ -295,7 +304,12 @@ class Daemon:
         try:
             self.cfg = self._with_signed(self.cfg, signedconfig.ordered(layers))
             self.signed = signedconfig.ordered(layers)
-        except EdgeError as exc:
+            if unverified:
+                raw: dict[str, Any] = self.cfg.model_dump(mode="json", exclude_unset=True)
+                for masks in unverified:
+                    raw = signedconfig.lay_over(raw, masks)
+                self.cfg = EdgeConfig.model_validate(raw)
+        except (EdgeError, ValidationError) as exc:
             log.error("signed configuration left out: %s", exc)
 
     def _with_signed(self, cfg: EdgeConfig, layers: list[signedconfig.Verified]) -> EdgeConfig:
@@ -394,6 +408,7 @@ class Daemon:
             "last_update": slots.last_update(self.cfg.unit.data_dir),
             "config_digest": signedconfig.config_digest(self.cfg),
             "config_documents": {s.scope.key: s.version for s in self.signed},
+            "groups": list(self.cfg.unit.groups),
         }
 
     def _signed_status(self) -> SignedConfigStatus | None:

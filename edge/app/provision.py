@@ -43,6 +43,7 @@ class ProvisionRequest:
     site: str | None
     cameras: list[dict[str, Any]]
     replace_identity: str | None
+    groups: list[str]
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> ProvisionRequest:
@@ -60,12 +61,17 @@ class ProvisionRequest:
             raise ProvisionError(f"at most {MAX_CAMERAS} cameras")
         if replace is not None and not isinstance(replace, str):
             raise ProvisionError("replace_identity is the current unit id, as text")
-        return cls(unit_id, site, cameras, replace)
+        groups = params.get("groups") or []
+        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            raise ProvisionError("groups: a list of group names")
+        return cls(unit_id, site, cameras, replace, groups)
 
     def document(self) -> dict[str, Any]:
         unit: dict[str, Any] = {"id": self.unit_id}
         if self.site is not None:
             unit["site"] = self.site
+        if self.groups:
+            unit["groups"] = self.groups
         # No camera given: the baseline's cameras (an image made for one camera model).
         return {"unit": unit, "cameras": self.cameras} if self.cameras else {"unit": unit}
 

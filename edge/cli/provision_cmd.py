@@ -48,6 +48,14 @@ def register(sub: Any) -> None:
     parser.add_argument("--unit-id", required=True, help="the unit id the city assigned")
     parser.add_argument("--site", default=None, help="where the unit stands (free text)")
     parser.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="GROUP",
+        help="a group of units the unit belongs to (signed configuration for the group applies "
+        "to it); repeat for several",
+    )
+    parser.add_argument(
         "--camera",
         action="append",
         default=[],
@@ -104,6 +112,7 @@ def _provision(args: argparse.Namespace) -> int:
         "unit_id": args.unit_id,
         "site": args.site,
         "cameras": cameras_of(args.camera, args.cameras_file),
+        "groups": args.group,
         "replace_identity": args.replace_identity,
     }
     try:

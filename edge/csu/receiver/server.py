@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import os
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -83,6 +84,7 @@ def _fleet_report(header: str | None) -> dict[str, Any] | None:
 
     docs = value.get("config_documents")
     update = value.get("last_update")
+    groups = value.get("groups")
     report = {
         "version": text(value.get("version"), 64),
         "slot": value.get("slot") if value.get("slot") in ("A", "B") else None,
@@ -99,6 +101,11 @@ def _fleet_report(header: str | None) -> dict[str, Any] | None:
         }
         if isinstance(update, dict)
         else None,
+        "groups": [
+            g
+            for g in (groups if isinstance(groups, list) else [])[:16]
+            if isinstance(g, str) and re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", g)
+        ],
     }
     return report if report["version"] is not None else None
 
@@ -366,10 +373,13 @@ class Receiver:
         return web.json_response(await self.run_blocking(cursor))
 
     async def get_config(self, request: web.Request) -> web.Response:
-        """The signed configuration documents for this unit: its own and every group's (the
-        unit knows its groups and checks each document; the CSU only sorts by claimed scope)."""
+        """The signed configuration documents for this unit: its own and those of the groups
+        it reports (``X-Edge-Fleet``). The unit checks each one; the CSU only sorts them by
+        the scope they claim, so that no unit reads another district's masks."""
         unit = request["unit"]
         directory = self.cfg.config_dir
+        fleet = _fleet_report(request.headers.get(FLEET_HEADER)) or {}
+        groups = set(fleet.get("groups", []))
 
         def offered() -> list[str]:
             from edge.signedconfig import MAX_ENVELOPE_BYTES, peek_scope
@@ -378,7 +388,9 @@ class Receiver:
             for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
                 data = path.read_bytes()[: MAX_ENVELOPE_BYTES + 1]
                 scope = peek_scope(data)
-                if scope is not None and (scope.kind == "group" or scope.name == unit):
+                if scope is not None and scope.name in (
+                    groups if scope.kind == "group" else {unit}
+                ):
                     out.append(data.decode("utf-8", "replace"))
             return out
 

@@ -194,6 +194,8 @@ class FleetReport(TypedDict):
     """Signed configuration documents in effect: scope -> version."""
     groups: list[str]
     """The unit's groups (``unit.groups``): the CSU offers it those groups' documents."""
+    config_refused: str | None
+    """Why the latest signed document offered was refused (None: applied, or none offered)."""
 
 
 class SignedDocumentStatus(TypedDict):

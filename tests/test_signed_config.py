@@ -436,3 +436,100 @@ def test_a_document_that_no_longer_verifies_at_start_keeps_its_masks_and_nothing
         assert daemon["vault"]["retention_days"] == 30  # its retention does not apply
         assert daemon["signed_config"]["documents"] == []
         assert "does not chain" in daemon["signed_config"]["last"]["error"]
+
+
+def _unit_toml(path: Path, unit: str, data_dir: Path, csu: Any, port: int) -> Path:
+    path.write_text(
+        f"""
+[unit]
+id = "{unit}"
+groups = ["nord"]
+data_dir = "{data_dir}"
+
+[[cameras]]
+id = "cam1"
+width = 320
+height = 240
+fps = 10
+encoder = {{ segment_seconds = 1.0, preset = "ultrafast" }}
+
+[vault]
+kem = "x25519"
+csu_public_key = "{csu.directory / "keys" / "authority.pub.json"}"
+
+[uplink]
+enabled = true
+csu_url = "https://127.0.0.1:{port}"
+server_name = "csu.test"
+ca_file = "{data_dir / "keys" / "ca.pem"}"
+backoff_initial_s = 0.2
+config_poll_s = 1
+"""
+    )
+    return path
+
+
+def test_edge_csu_fleet_rolls_out_canary_first_and_stops_when_a_wave_goes_silent(
+    tmp_path: Path,
+) -> None:
+    csu = make_csu(tmp_path)
+    port = free_port()
+    csu.write_config(port=port)
+    key, cert = csu.pki.ca.issue("city-config", profile=Profile.CONFIG)
+    (tmp_path / "signer.key").write_bytes(key_pem(key))
+    (tmp_path / "signer.crt").write_bytes(cert_pem(cert) + cert_pem(csu.pki.ca.sub_cert))
+    configs = {}
+    for unit in ("unit-a", "unit-b"):
+        data_dir = tmp_path / unit
+        unit_files(csu, unit, data_dir)
+        csu.enroll(unit, load_or_create_signing_key(keys_dir_of(data_dir)))
+        configs[unit] = _unit_toml(tmp_path / f"{unit}.toml", unit, data_dir, csu, port)
+    settings = tmp_path / "settings.toml"
+    settings.write_text("[vault]\nretention_days = 9\n")
+
+    def edged(unit: str, seconds: float) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "edge.app.daemon", "--config", str(configs[unit]),
+             "--run-for", str(seconds)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        )  # fmt: skip
+
+    csu.start()
+    try:
+        # Both units report to the CSU once (their groups with it); then unit-b goes silent.
+        for unit in ("unit-a", "unit-b"):
+            proc = edged(unit, 4)
+            assert proc.wait(60) == 0, proc.communicate()[1][-2000:]
+        wait_until(
+            lambda: all(
+                (csu.directory / "storage" / u / "status.json").exists()
+                and "nord"
+                in json.loads((csu.directory / "storage" / u / "status.json").read_text())
+                .get("fleet", {})
+                .get("groups", [])
+                for u in ("unit-a", "unit-b")
+            ),
+            20,
+            "both units' reports",
+        )
+        canary = edged("unit-a", 40)
+        try:
+            fleet = cli("edge.csu.main", "fleet", "config", str(settings), "--config",
+                        str(csu.config), "--group", "nord", "--version", "1",
+                        "--key", str(tmp_path / "signer.key"),
+                        "--cert", str(tmp_path / "signer.crt"),
+                        "--waves", "1,100%", "--wait", "15", "--json")  # fmt: skip
+        finally:
+            canary.send_signal(signal.SIGTERM)
+            canary.wait(30)
+    finally:
+        csu.stop()
+    assert fleet.returncode == 1, fleet.stderr
+    outcome = json.loads(fleet.stdout)
+    assert [w["units"] for w in outcome["waves"]] == [["unit-a"], ["unit-b"]]
+    assert outcome["waves"][0]["result"] == "version 1 in effect"
+    assert outcome["stopped"] == "unit-b did not report version 1 within 15 s"
+    applied = [r for r in _audit(tmp_path / "unit-a") if r["action"] == "config-signed-applied"]
+    assert [(r["details"]["scope"], r["details"]["version"]) for r in applied] == [
+        ("unit:unit-a", 1)
+    ]

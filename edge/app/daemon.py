@@ -409,6 +409,9 @@ class Daemon:
             "config_digest": signedconfig.config_digest(self.cfg),
             "config_documents": {s.scope.key: s.version for s in self.signed},
             "groups": list(self.cfg.unit.groups),
+            "config_refused": None
+            if self.signed_last is None or self.signed_last["ok"]
+            else self.signed_last["error"],
         }
 
     def _signed_status(self) -> SignedConfigStatus | None:

@@ -101,6 +101,7 @@ def _sign(args: argparse.Namespace) -> int:
         chain_pem=_read(args.cert),
         now=dt.datetime.now(dt.UTC),
     )
+    out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, envelope, mode=0o644)
     print(f"{out}: {scope.key} version {args.version}, signed")
     return 0

@@ -21,6 +21,7 @@ COMMAND_MODULES: list[str] = [
     "serve_cmd",
     "ca_cmd",
     "config_cmd",
+    "fleet_cmd",
     "token_cmd",
     "bench_cmd",
 ]

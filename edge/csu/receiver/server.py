@@ -89,6 +89,9 @@ def _fleet_report(header: str | None) -> dict[str, Any] | None:
         "version": text(value.get("version"), 64),
         "slot": value.get("slot") if value.get("slot") in ("A", "B") else None,
         "config_digest": text(value.get("config_digest"), 64),
+        "config_refused": str(value["config_refused"])[:300]
+        if isinstance(value.get("config_refused"), str)
+        else None,
         "config_documents": {
             str(k)[:80]: v
             for k, v in (docs.items() if isinstance(docs, dict) else [])

@@ -24,7 +24,9 @@ audit log.
 from __future__ import annotations
 
 import configparser
+import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -32,7 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edge.errors import EdgeError
 from edge.fsutil import write_atomic
@@ -168,6 +170,36 @@ def mark_good(*, conf: Path = SYSTEM_CONF) -> str:
         raise UpdateError(f"rauc status mark-good failed: {result.stderr.strip()[-300:]}")
     said = [ln for ln in (result.stdout + result.stderr).splitlines() if "marked" in ln]
     return said[-1].strip() if said else "marked good"
+
+
+class _Readable(Protocol):
+    def read(self, amt: int) -> bytes: ...
+
+
+def download(source: _Readable, target: Path, *, size: int, sha256: str) -> int:
+    """Copy an offered bundle to ``target`` (``.part`` until whole), refusing one longer than
+    offered or whose SHA-256 differs: a transfer cut short or altered on the way never becomes
+    a bundle file. Returns its size."""
+    part = target.with_name(target.name + ".part")
+    digest = hashlib.sha256()
+    got = 0
+    with part.open("wb") as out:
+        while chunk := source.read(1 << 20):
+            got += len(chunk)
+            if got > size:
+                break
+            digest.update(chunk)
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    if got != size or digest.hexdigest() != sha256:
+        part.unlink(missing_ok=True)
+        raise UpdateError(
+            f"the bundle received ({got} bytes) does not match the CSU's offer ({size} bytes, "
+            "SHA-256 as offered): not kept"
+        )
+    part.replace(target)
+    return got
 
 
 def record(data_dir: Path, outcome: dict[str, Any]) -> dict[str, Any]:

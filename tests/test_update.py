@@ -326,3 +326,54 @@ def test_a_signed_downgrade_installs_only_when_confirmed(
     assert done.returncode == 0, done.stderr
     image = rig.root_img.read_bytes()
     assert rig.slot_b.read_bytes()[: len(image)] == image
+
+
+def test_the_unit_fetches_the_bundle_the_csu_offers_over_mutual_tls_and_installs_it(
+    rig: Rig, rauc_service: dict[str, str], tmp_path: Path
+) -> None:
+    from edge.identity.unitkeys import keys_dir_of, load_or_create_signing_key
+
+    from .test_uplink_e2e import unit_config
+    from .uplink_util import free_port, make_csu, unit_files
+
+    csu = make_csu(tmp_path)
+    port = free_port()
+    csu.write_config(port=port)
+    data_dir = tmp_path / "unit"
+    unit_files(csu, "test-unit", data_dir)
+    csu.enroll("test-unit", load_or_create_signing_key(keys_dir_of(data_dir)))
+    config = unit_config(
+        tmp_path / "edge.toml", data_dir, csu, port,
+        uplink=f'ca_file = "{data_dir / "keys" / "ca.pem"}"',
+    )  # fmt: skip
+    bundle = rig.bundle("99.0.0", fmt="plain")
+    offered = cli("edge.csu.main", "fleet", "offer", str(bundle), "--version", "99.0.0",
+                  "--config", str(csu.config))  # fmt: skip
+    assert offered.returncode == 0, offered.stderr
+    fetch = ["edge.cli.main", "update", "fetch", "--install", "--config", str(config),
+             "--rauc-conf", str(rig.conf)]  # fmt: skip
+    csu.start()
+    try:
+        # Altered at the CSU after it was offered: refused on arrival, nothing kept.
+        copy = csu.directory / "updates" / bundle.name
+        raw = bytearray(copy.read_bytes())
+        raw[50_000] ^= 0x01
+        copy.write_bytes(bytes(raw))
+        altered = cli(*fetch, env=rauc_service)
+        assert altered.returncode != 0 and "does not match the CSU's offer" in altered.stderr
+        assert not list((data_dir / "update" / "download").iterdir())
+        assert rig.slot_b.read_bytes() == bytes(8 << 20)
+        # Offered again, intact: fetched over the unit's mutual TLS, checked, installed.
+        assert cli("edge.csu.main", "fleet", "offer", str(bundle), "--version", "99.0.0",
+                   "--config", str(csu.config)).returncode == 0  # fmt: skip
+        done = cli(*fetch, env=rauc_service)
+    finally:
+        csu.stop()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "fetched edge-99.0.0-plain.raucb (99.0.0" in done.stdout
+    assert "installed 99.0.0 into the inactive slot" in done.stdout
+    image = rig.root_img.read_bytes()
+    assert rig.slot_b.read_bytes()[: len(image)] == image
+    log = (data_dir / "vault" / "audit.log").read_text()
+    actions = [json.loads(line)["action"] for line in log.splitlines()]
+    assert actions[-2:] == ["update-fetched", "update-installed"], actions

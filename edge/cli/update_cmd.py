@@ -75,6 +75,23 @@ def register(sub: Any) -> None:
     )
     good.add_argument("--rauc-conf", type=Path, default=updates.SYSTEM_CONF, help="system.conf")
     good.set_defaults(func=_mark_good)
+    fetch = add_command(
+        usub,
+        "fetch",
+        help="fetch the bundle the CSU offers over the uplink, and install it",
+        description="Ask the CSU, over the uplink's mutual TLS, which bundle it offers; when "
+        "its version is above the running one, download it to the data partition (its "
+        "SHA-256 checked against the offer) and, with --install, install it as `install` "
+        "does (RAUC judges the signature). Needs root (the unit's TLS key).",
+        example=[("edgectl update fetch --install", "then: systemctl reboot")],
+    )
+    add_config_args(fetch)
+    fetch.add_argument("--install", action="store_true", help="install what was fetched")
+    fetch.add_argument(
+        "--downgrade", action="store_true", help="confirm a downgrade the city signed as one"
+    )
+    fetch.add_argument("--rauc-conf", type=Path, default=updates.SYSTEM_CONF, help="system.conf")
+    fetch.set_defaults(func=_fetch)
     stat = add_command(
         usub,
         "status",
@@ -96,20 +113,62 @@ def _audit(data_dir: Path, device: str, action: str, details: dict[str, Any]) ->
 
 
 def _install(args: argparse.Namespace) -> int:
+    return _install_bundle(load_config(args), args.bundle, args.downgrade, args.rauc_conf)
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from edge.uplink import protocol
+    from edge.uplink.tls import connect
+
     cfg = load_config(args)
     data = cfg.unit.data_dir
-    details: dict[str, Any] = {"bundle": args.bundle.name, "running": __version__}
+    conn = connect(cfg)
     try:
-        bundle = updates.check_bundle(
-            args.bundle, conf=args.rauc_conf, work_dir=update_dir_of(data) / "work"
-        )
+        conn.request("GET", protocol.update_path(cfg.unit.id))
+        response = conn.getresponse()
+        body = response.read()
+        if response.status == 404:
+            print("the CSU offers no update")
+            return 0
+        if response.status != 200:
+            raise updates.UpdateError(f"the CSU refused: {response.status} {body[:200]!r}")
+        offer = json.loads(body)
+        name, version = Path(str(offer["bundle"])).name, str(offer["version"])
+        size, sha256 = int(offer["size"]), str(offer["sha256"])
+        if updates.version_key(version) <= updates.version_key(__version__) and not args.downgrade:
+            print(f"the CSU offers {version}; this unit runs {__version__}: nothing newer")
+            return 0
+        target = update_dir_of(data) / "download" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        conn.request("GET", protocol.update_path(cfg.unit.id) + "/bundle")
+        response = conn.getresponse()
+        if response.status != 200:
+            raise updates.UpdateError(f"the CSU did not send the bundle: {response.status}")
+        got = updates.download(response, target, size=size, sha256=sha256)
+    finally:
+        conn.close()
+    print(f"fetched {name} ({version}, {got >> 10} KiB) from the CSU")
+    _audit(
+        data, cfg.unit.id, "update-fetched", {"bundle": name, "version": version, "sha256": sha256}
+    )
+    if not args.install:
+        print(f"install it with: edgectl update install {target}")
+        return 0
+    return _install_bundle(cfg, target, args.downgrade, args.rauc_conf)
+
+
+def _install_bundle(cfg: Any, path: Path, downgrade: bool, conf: Path) -> int:
+    data = cfg.unit.data_dir
+    details: dict[str, Any] = {"bundle": path.name, "running": __version__}
+    try:
+        bundle = updates.check_bundle(path, conf=conf, work_dir=update_dir_of(data) / "work")
         details.update(version=bundle.version, signer=bundle.signer)
-        problem = updates.policy_problem(bundle, __version__, downgrade=args.downgrade)
+        problem = updates.policy_problem(bundle, __version__, downgrade=downgrade)
         if problem is not None:
-            raise updates.UpdateError(f"{args.bundle.name}: refused: {problem}")
-        print(f"{args.bundle.name}: version {bundle.version} signed by {bundle.signer}: installing")
+            raise updates.UpdateError(f"{path.name}: refused: {problem}")
+        print(f"{path.name}: version {bundle.version} signed by {bundle.signer}: installing")
         started = time.monotonic()
-        said = updates.install(bundle, conf=args.rauc_conf)
+        said = updates.install(bundle, conf=conf)
         details["seconds"] = round(time.monotonic() - started, 1)
     except EdgeError as exc:
         updates.record(data, {"result": "refused", "reason": str(exc)[:300], **details})

@@ -72,6 +72,47 @@ def register(sub: Any) -> None:
     cfg.add_argument("--wait", type=float, default=900.0, help="seconds a wave may take")
     cfg.add_argument("--json", action="store_true", help="print the outcome as JSON")
     cfg.set_defaults(func=_config)
+    offer = add_command(
+        fsub,
+        "offer",
+        help="offer an update bundle to the units (edgectl update fetch)",
+        description="Offer BUNDLE to the units over the uplink: it is copied into the "
+        "receiver's update_dir with its version, size and SHA-256 (offer.json); units fetch "
+        "it with edgectl update fetch, and RAUC on each unit judges its signature.",
+        example=[("edge-csu fleet offer edge-rpi-0.2.0.raucb --version 0.2.0 --config csu.toml",
+                  "offer 0.2.0")],
+    )  # fmt: skip
+    offer.add_argument("bundle", type=Path, help="the signed RAUC bundle")
+    offer.add_argument("--version", required=True, help="its version (as in its manifest)")
+    offer.add_argument("--config", type=Path, required=True, help="receiver configuration")
+    offer.set_defaults(func=_offer)
+
+
+def _offer(args: argparse.Namespace) -> int:
+    import hashlib
+    import shutil
+
+    cfg = serve_config.load(args.config)
+    cfg.update_dir.mkdir(parents=True, exist_ok=True)
+    name = args.bundle.name
+    dest = cfg.update_dir / name
+    if dest.resolve() != args.bundle.resolve():
+        tmp = dest.with_name(f".{name}.tmp")
+        shutil.copyfile(args.bundle, tmp)
+        tmp.replace(dest)
+    digest = hashlib.sha256()
+    with dest.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    offer = {
+        "bundle": name,
+        "version": args.version,
+        "size": dest.stat().st_size,
+        "sha256": digest.hexdigest(),
+    }
+    write_atomic(cfg.update_dir / "offer.json", json.dumps(offer).encode() + b"\n", mode=0o644)
+    print(f"offered {name} ({args.version}, {offer['size'] >> 10} KiB) to the units")
+    return 0
 
 
 def plan_waves(units: list[str], spec: str) -> list[list[str]]:

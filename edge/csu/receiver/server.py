@@ -399,6 +399,30 @@ class Receiver:
 
         return web.json_response({"documents": await self.run_blocking(offered)})
 
+    def _offer(self) -> dict[str, Any] | None:
+        try:
+            offer = json.loads((self.cfg.update_dir / "offer.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return offer if isinstance(offer, dict) and isinstance(offer.get("bundle"), str) else None
+
+    async def get_update_offer(self, request: web.Request) -> web.Response:
+        """The update bundle offered (name, version, size, SHA-256), or 404 when none is."""
+        offer = await self.run_blocking(self._offer)
+        if offer is None:
+            return refuse(404, "no update offered")
+        return web.json_response(offer)
+
+    async def get_update_bundle(self, request: web.Request) -> web.StreamResponse:
+        """The offered bundle's bytes (the unit checks its SHA-256, RAUC its signature)."""
+        offer = await self.run_blocking(self._offer)
+        if offer is None:
+            return refuse(404, "no update offered")
+        path = self.cfg.update_dir / Path(offer["bundle"]).name
+        if not path.is_file():
+            return refuse(404, "the offered bundle is missing at the CSU")
+        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+
     # --- application ----------------------------------------------------------------------------
 
     def units_app(self) -> web.Application:
@@ -426,6 +450,8 @@ class Receiver:
         )
         app.router.add_get(f"{base}/cursor", self.get_cursor)
         app.router.add_get(f"{base}/config", self.get_config)
+        app.router.add_get(f"{base}/update", self.get_update_offer)
+        app.router.add_get(f"{base}/update/bundle", self.get_update_bundle)
         return app
 
     def close(self) -> None:

@@ -237,6 +237,8 @@ class DaemonStatus(TypedDict):
     last_reload: ReloadOutcome | None
     provisioned: NotRequired[bool]
     signed_config: NotRequired[SignedConfigStatus | None]
+    last_update: NotRequired[dict[str, Any] | None]
+    """The last update's outcome (``edgectl update``; ``edge.slots.last_update``)."""
     """False on a unit without an identity yet: it records nothing until ``edgectl provision``
     (absent from an edged that predates provisioning: it always had an identity)."""
 

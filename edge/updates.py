@@ -59,15 +59,23 @@ class Bundle:
     signer: str
 
 
-def version_key(version: str) -> tuple[tuple[int, str], ...]:
-    """Orders versions as people read them: 0.10.0 after 0.9.2, 1.0 after 1.0rc1."""
-    parts = [
-        (int(p), "") if p.isdigit() else (-1, p) for p in re.findall(r"\d+|[A-Za-z]+", version)
-    ]
-    while parts and parts[-1] == (0, ""):
-        parts.pop()  # 1.0 is 1.0.0
-    # A pre-release tag ("rc", "dev") sorts before the release it precedes: (-1, tag) < (0, "").
-    return (*parts, (0, ""))
+def version_key(version: str) -> tuple[tuple[int, ...], int, tuple[tuple[int, str], ...]]:
+    """Orders versions as people read them: 0.10.0 after 0.9.2, 1.0 after 1.0rc1, 1.0 = 1.0.0.
+
+    (release numbers without trailing zeros, 1 for a final release or 0 for a pre-release,
+    the pre-release's words); ``post`` releases come after their release (2)."""
+    found = re.match(r"v?(\d+(?:\.\d+)*)(.*)", version.strip())
+    if found is None:
+        return ((), 0, ((-1, version),))
+    numbers = [int(n) for n in found.group(1).split(".")]
+    while len(numbers) > 1 and numbers[-1] == 0:
+        numbers.pop()
+    rest = found.group(2).lstrip(".-+_")
+    words = tuple(
+        (int(w), "") if w.isdigit() else (-1, w.lower()) for w in re.findall(r"\d+|[A-Za-z]+", rest)
+    )
+    stage = 1 if not rest else 2 if rest.lower().startswith("post") else 0
+    return (tuple(numbers), stage, words)
 
 
 def _rauc(conf: Path, *args: str, timeout: float = 3600.0) -> subprocess.CompletedProcess[str]:
@@ -200,6 +208,28 @@ def download(source: _Readable, target: Path, *, size: int, sha256: str) -> int:
         )
     part.replace(target)
     return got
+
+
+def confirmation(
+    last: dict[str, Any] | None, running: str, slot: str | None
+) -> dict[str, Any] | None:
+    """What a passing self-test after boot says of the last update (None: none was pending).
+
+    An update installed (``"result": "installed"``) and this boot running its version: good.
+    Running another version: the new slot did not boot or was not confirmed, and the boot
+    loader went back to the previous one: rolled back, and the status says so."""
+    if not last or last.get("result") != "installed":
+        return None
+    installed = str(last.get("version", "?"))
+    if version_key(installed) == version_key(running):
+        return {"result": "good", "version": running, "slot": slot}
+    return {
+        "result": "rolled-back",
+        "version": installed,
+        "running": running,
+        "slot": slot,
+        "reason": f"the unit booted {running} (slot {slot or '?'}), not the installed {installed}",
+    }
 
 
 def record(data_dir: Path, outcome: dict[str, Any]) -> dict[str, Any]:

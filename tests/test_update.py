@@ -301,15 +301,28 @@ def test_install_writes_the_inactive_slot_and_mark_good_waits_for_the_self_test(
         assert "is kept" in good.stdout
         # RAUC's own word (the noop boot loader keeps no boot state to read back).
         assert "marked slot rootfs.0 as good" in good.stdout, good.stdout
+        # Nothing switched slots (noop boot loader, no reboot): the unit still runs the old
+        # version in slot A, which is exactly a roll-back, and the status says so.
+        assert "update rolled back: the unit booted" in good.stderr, good.stderr
+        report = json.loads(
+            cli("edge.cli.main", "status", "--json", "--config", str(config)).stdout
+        )
+        findings = [f for f in report["findings"] if f["section"] == "update"]
+        assert findings and findings[0]["level"] == "WARN", report["findings"]
+        assert f"update to 99.0.0 rolled back: running {__version__}" in findings[0]["summary"]
     slots = _slot_status(rig, rauc_service)
     assert slots["booted"] == "A" and slots["compatible"] == "edge-qemu-amd64"
     last = json.loads((data_dir / "update" / "last-update.json").read_text())
-    assert last["result"] == "good"
+    assert (last["result"], last["version"], last["running"]) == (
+        "rolled-back",
+        "99.0.0",
+        __version__,
+    )
     actions = [
         json.loads(x)["action"] for x in (data_dir / "vault" / "audit.log").read_text().splitlines()
     ]
-    assert actions.count("update-installed") == 1 and actions.count("update-marked-good") == 1
-    assert actions.index("update-installed") < actions.index("update-marked-good")
+    assert actions.count("update-installed") == 1 and actions.count("update-rolled-back") == 1
+    assert actions.index("update-installed") < actions.index("update-rolled-back")
     print(f"install of a {newer.stat().st_size >> 10} KiB bundle: {took:.1f} s")
 
 
@@ -377,3 +390,38 @@ def test_the_unit_fetches_the_bundle_the_csu_offers_over_mutual_tls_and_installs
     log = (data_dir / "vault" / "audit.log").read_text()
     actions = [json.loads(line)["action"] for line in log.splitlines()]
     assert actions[-2:] == ["update-fetched", "update-installed"], actions
+
+
+@pytest.mark.parametrize(
+    ("last", "running", "expected"),
+    [
+        (None, "0.2.0", None),
+        ({"result": "good", "version": "0.2.0"}, "0.2.0", None),
+        ({"result": "installed", "version": "0.2.0"}, "0.2.0", "good"),
+        ({"result": "installed", "version": "0.2.0"}, "0.1.0", "rolled-back"),
+        ({"result": "refused", "version": "0.3.0"}, "0.1.0", None),
+    ],
+)
+def test_a_passing_self_test_confirms_or_names_the_roll_back(
+    last: dict[str, Any] | None, running: str, expected: str | None
+) -> None:
+    outcome = updates.confirmation(last, running, "B")
+    assert (outcome or {}).get("result") == expected
+    if expected == "rolled-back":
+        assert outcome is not None
+        assert outcome["reason"] == "the unit booted 0.1.0 (slot B), not the installed 0.2.0"
+
+
+@pytest.mark.parametrize(
+    ("newer", "older"),
+    [
+        ("0.10.0", "0.9.2"),
+        ("1.0", "1.0rc1"),
+        ("1.0.1", "1.0"),
+        ("2", "1.99.99"),
+        ("1.0.post1", "1.0"),
+    ],
+)
+def test_versions_order_as_people_read_them(newer: str, older: str) -> None:
+    assert updates.version_key(newer) > updates.version_key(older)
+    assert updates.version_key("1.0") == updates.version_key("1.0.0")

@@ -1001,6 +1001,7 @@ class Daemon:
             "last_reload": self.last_reload,
             "provisioned": not self.unprovisioned,
             "signed_config": self._signed_status(),
+            "last_update": slots.last_update(self.cfg.unit.data_dir),
         }
 
 

@@ -202,15 +202,20 @@ def _mark_good(args: argparse.Namespace) -> int:
         failed = [c for c in checks if c["outcome"] in ("failed", "timeout")]
         if not failed:
             said = updates.mark_good(conf=args.rauc_conf)
-            outcome = {"result": "good", "version": __version__, "slot": slot}
-            updates.record(data, {**(last_update(data) or {}), **outcome})
-            _audit(data, cfg.unit.id, "update-marked-good", outcome)
+            outcome = updates.confirmation(last_update(data), __version__, slot)
+            if outcome is not None:  # an update was pending: its outcome, for the fleet view
+                updates.record(data, {**(last_update(data) or {}), **outcome})
+                action = "update-rolled-back" if outcome["result"] != "good" else None
+                _audit(data, cfg.unit.id, action or "update-marked-good", outcome)
+                if action:
+                    print(f"edgectl: update rolled back: {outcome['reason']}", file=sys.stderr)
             print(f"{said}: version {__version__} in slot {slot or '?'} is kept")
             return 0
         reason = "self-test failed: " + "; ".join(f"{c['name']}: {c['detail']}" for c in failed)
         break
     outcome = {"result": "not-confirmed", "version": __version__, "slot": slot, "reason": reason}
-    updates.record(data, {**(last_update(data) or {}), **outcome})
+    if (last_update(data) or {}).get("result") == "installed":
+        updates.record(data, {**(last_update(data) or {}), **outcome})
     _audit(data, cfg.unit.id, "update-not-confirmed", outcome)
     print(f"edgectl: slot not confirmed: {reason}; the previous slot boots again", file=sys.stderr)
     return 1

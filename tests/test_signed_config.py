@@ -469,6 +469,7 @@ config_poll_s = 1
     return path
 
 
+@pytest.mark.slow  # two units and a receiver, and a wave left to time out: about 40 s
 def test_edge_csu_fleet_rolls_out_canary_first_and_stops_when_a_wave_goes_silent(
     tmp_path: Path,
 ) -> None:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edge.identity.unitkeys import refuse_private_material
 
 from .errors import ConfigError, EdgeError
+from .unitfile import BASELINE_ONLY, from_unit_file, merge, unit_file_of
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge/edge.toml")
 
@@ -56,9 +57,16 @@ class _Section(BaseModel):
 
 class UnitConfig(_Section):
     id: Identifier = "demo-unit"
-    """Unit identity: appears in segment headers, certificates and CSU paths."""
+    """Unit identity: appears in segment headers, certificates and CSU paths. Unset, the unit
+    is unprovisioned: edged records nothing until ``edgectl provision`` sets it."""
+    site: str | None = Field(default=None, min_length=1, max_length=128)
+    """Where the unit stands (street, cabinet number), as the city's installers name it."""
+    groups: list[Identifier] = Field(default_factory=list, max_length=16)
+    """Groups the unit belongs to (a district, a camera model): signed configuration documents
+    for a group apply to its units."""
     data_dir: Path = Path("./edge-data")
-    """Directory for recordings and state (``/var/lib/edge`` on a unit)."""
+    """Directory for recordings and state (``/var/lib/edge`` on a unit); it also holds the
+    per-unit configuration file ``unit.toml`` laid over this one."""
 
 
 class MaskFill(StrEnum):
@@ -216,6 +224,8 @@ class UplinkConfig(_Section):
     csu_receipt_key: Path | None = None
     """The CSU's receipt public key (PEM, ``receipt-key.pub.pem`` from the receiver): receipts
     it signs for delivered segments are checked and kept in the vault; none: not kept."""
+    config_poll_s: float = Field(default=300.0, ge=1.0, le=86_400.0)
+    """How often the CSU is asked for signed configuration documents (also at each connection)."""
 
 
 class RecipientKem(StrEnum):
@@ -1049,24 +1059,63 @@ def _syntax_error(exc: tomllib.TOMLDecodeError, text: str, path: str) -> ConfigE
     return ConfigError(f"not valid TOML: {exc}", path=path, line=line)
 
 
-def parse(text: str, *, path: str = "<config>") -> EdgeConfig:
-    """Validate TOML text; raise :class:`ConfigError` naming file, key and line of a problem."""
+def _toml(text: str, path: str) -> dict[str, Any]:
     try:
-        raw: dict[str, Any] = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _syntax_error(exc, text, path) from None
+
+
+def _refusal(exc: ValidationError, text: str, path: str) -> ConfigError:
+    err = exc.errors(include_url=False)[0]
+    loc = _error_loc(err)
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+    return ConfigError(
+        msg + more, path=path, key=_format_loc(loc) or None, line=locate_line(text, loc)
+    )
+
+
+def parse(text: str, *, path: str = "<config>") -> EdgeConfig:
+    """Validate TOML text; raise :class:`ConfigError` naming file, key and line of a problem."""
+    raw = _toml(text, path)
     try:
         return EdgeConfig.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        loc = _error_loc(err)
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
-        raise ConfigError(
-            msg + more, path=path, key=_format_loc(loc) or None, line=locate_line(text, loc)
-        ) from None
+        raise _refusal(exc, text, path) from None
+
+
+def parse_layered(
+    text: str, *, path: str = "<config>", unit_text: str, unit_path: str = "<unit>"
+) -> EdgeConfig:
+    """The baseline ``text`` with the per-unit file ``unit_text`` laid over it (see
+    :mod:`edge.unitfile`); a problem names the file the offending key came from, its line
+    and key, as :func:`parse` does for one file."""
+    raw = _toml(text, path)
+    unit_raw = _toml(unit_text, unit_path)
+    for loc in BASELINE_ONLY:
+        if from_unit_file(unit_raw, loc):
+            raise ConfigError(
+                f"set in the baseline ({path}) only: the per-unit file lives in the data "
+                "directory and cannot move it",
+                path=unit_path,
+                key=_format_loc(loc),
+                line=locate_line(unit_text, loc),
+            )
+    try:
+        return EdgeConfig.model_validate(merge(raw, unit_raw))
+    except ValidationError as exc:
+        if from_unit_file(unit_raw, tuple(exc.errors(include_url=False)[0]["loc"])):
+            raise _refusal(exc, unit_text, unit_path) from None
+        raise _refusal(exc, text, path) from None
+
+
+def is_provisioned(cfg: EdgeConfig) -> bool:
+    """Whether a unit id was given (in the baseline or the unit file): an unprovisioned unit
+    records nothing, rather than under a made-up identity."""
+    return "id" in cfg.unit.model_fields_set
 
 
 def all_problems(text: str, *, path: str = "<config>") -> list[ConfigError]:
@@ -1094,13 +1143,17 @@ def all_problems(text: str, *, path: str = "<config>") -> list[ConfigError]:
 DEMO_CONFIG = parse(DEMO_CONFIG_TOML, path="<embedded demo config>")
 
 
-def load(path: Path | None, *, demo: bool = False) -> tuple[EdgeConfig, str]:
+def load(
+    path: Path | None, *, demo: bool = False, data_dir: Path | None = None
+) -> tuple[EdgeConfig, str]:
     """Load the configuration; returns it with a description of where it came from.
 
     ``path=None`` means the default location; ``demo`` asks for the embedded demo default
     instead. Without either, a missing default file is an error, never a silent fallback to
     the demo: a real unit must not record under the demo's settings (its own readable key).
-    An explicitly given path that does not exist is an error too.
+    An explicitly given path that does not exist is an error too. The per-unit file of the
+    data directory (``data_dir``, else the file's ``unit.data_dir``) is laid over the file when
+    it exists; the origin then names both.
     """
     if demo:
         if path is not None:
@@ -1113,8 +1166,36 @@ def load(path: Path | None, *, demo: bool = False) -> tuple[EdgeConfig, str]:
                 "the embedded demo)"
             )
         path = DEFAULT_CONFIG_PATH
+    text = read_text(path)
+    unit_path = unit_file_of(data_dir or _data_dir_named(_toml(text, str(path))))
     try:
-        text = path.read_text(encoding="utf-8")
+        unit_path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return _absolute(parse(text, path=str(path))), str(path)
+    except PermissionError as exc:
+        # The data directory itself is closed to this user: edged refuses it (exit 73) with
+        # its own words once loaded; edgectl reads the baseline and says what it left out.
+        origin = f"{path} (not laid over {unit_path}: {exc.strerror})"
+        return _absolute(parse(text, path=str(path))), origin
+    cfg = parse_layered(
+        text, path=str(path), unit_text=read_text(unit_path), unit_path=str(unit_path)
+    )
+    return _absolute(cfg), f"{path} + {unit_path}"
+
+
+def _data_dir_named(raw: dict[str, Any]) -> Path:
+    """The data directory a baseline names, read before validation (the schema's default when
+    it names none or names it wrongly: validation says so afterwards)."""
+    unit = raw.get("unit")
+    named = unit.get("data_dir") if isinstance(unit, dict) else None
+    default = UnitConfig.model_fields["data_dir"].default
+    return Path(os.path.abspath(named if isinstance(named, str) else default))
+
+
+def read_text(path: Path) -> str:
+    """A configuration file's text, or a :class:`ConfigError` saying why it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         step = {
             errno.EACCES: ": run it with sudo, or as a member of the file's group",
@@ -1126,7 +1207,6 @@ def load(path: Path | None, *, demo: bool = False) -> tuple[EdgeConfig, str]:
         raise ConfigError(
             "not UTF-8 text: give the TOML configuration file", path=str(path)
         ) from None
-    return _absolute(parse(text, path=str(path))), str(path)
 
 
 def with_data_dir(cfg: EdgeConfig, data_dir: Path) -> EdgeConfig:

@@ -113,6 +113,10 @@ class KeyExistsError(EdgeError, FileExistsError):
     """A key file is already where a new key would be written: keys are never overwritten."""
 
 
+class ProvisionError(EdgeError, ValueError):
+    """A provisioning request refused; nothing was written (the message says what to do)."""
+
+
 class CaError(EdgeError, ValueError):
     """The small video CA refused an operation (bad request, unknown serial, no CA there)."""
 

@@ -21,11 +21,13 @@ __all__ = [
     "DaemonStatus",
     "DoorStatus",
     "Dot1xStatus",
+    "FleetReport",
     "MemoryStatus",
     "OutputStatus",
     "OutputsStatus",
     "PendingRequestStatus",
     "ReloadOutcome",
+    "SignedConfigStatus",
     "StatusReport",
     "StorageStatus",
     "SystemStatus",
@@ -213,6 +215,43 @@ class OutputsStatus(TypedDict):
     """The guard process that makes every output safe when edged dies (None: not running)."""
 
 
+class FleetReport(TypedDict):
+    """What a unit tells the CSU about itself on every request (``X-Edge-Fleet``), for the
+    fleet view (``edge-csu units``)."""
+
+    version: str
+    slot: str | None
+    """The root slot running ("A" or "B"), None where the kernel names none."""
+    last_update: dict[str, Any] | None
+    """The last update's outcome (``edgectl update``), None before any."""
+    config_digest: str
+    """SHA-256 of the configuration in effect."""
+    config_documents: dict[str, int]
+    """Signed configuration documents in effect: scope -> version."""
+    groups: list[str]
+    """The unit's groups (``unit.groups``): the CSU offers it those groups' documents."""
+    config_refused: str | None
+    """Why the latest signed document offered was refused (None: applied, or none offered)."""
+
+
+class SignedDocumentStatus(TypedDict):
+    """One signed configuration document in effect."""
+
+    scope: str
+    version: int
+    signer: str
+    issued_at: str
+
+
+class SignedConfigStatus(TypedDict):
+    """Signed configuration: the documents in effect, the digest of the configuration they
+    make, and the outcome of the latest document offered (None before any)."""
+
+    documents: list[SignedDocumentStatus]
+    digest: str
+    last: ReloadOutcome | None
+
+
 class DaemonStatus(TypedDict):
     """What edged says about itself (``edgectl status --json`` → ``daemon``)."""
 
@@ -234,6 +273,12 @@ class DaemonStatus(TypedDict):
     last_reload: ReloadOutcome | None
     outputs: NotRequired[OutputsStatus | None]
     """Cabinet outputs and playbooks (absent or None when none is configured)."""
+    provisioned: NotRequired[bool]
+    """False on a unit without an identity yet: it records nothing until ``edgectl provision``
+    (absent from an edged that predates provisioning: it always had an identity)."""
+    signed_config: NotRequired[SignedConfigStatus | None]
+    last_update: NotRequired[dict[str, Any] | None]
+    """The last update's outcome (``edgectl update``; ``edge.slots.last_update``)."""
 
 
 class TimeStatus(TypedDict):

@@ -35,7 +35,7 @@ from pathlib import Path
 
 # Run as a script (make image): make the repository importable for `image.layout`.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from image import layout, models, seal
+from image import bundle, layout, models, seal
 
 log = logging.getLogger("image")
 
@@ -367,6 +367,8 @@ def stage_provision(target: layout.Target, root: Path, house: Path, version: str
                 "edge_daemon_wheelhouse": str(house),
                 "edge_daemon_version": version,
                 "edge_daemon_models_dir": str(OUT / target.name / "models"),
+                # The bundles image/bundle.py makes install only on units of this target.
+                "edge_daemon_update_compatible": bundle.compatible(target.name),
             }
         ),
     ]
@@ -387,6 +389,30 @@ def stage_provision(target: layout.Target, root: Path, house: Path, version: str
         raise SystemExit(f"image: provisioning failed (exit {proc.returncode})")
     recap = [ln for ln in proc.stdout.splitlines() if "ok=" in ln and "changed=" in ln]
     return recap[-1] if recap else ""
+
+
+def stage_bundle(target: layout.Target, signer: tuple[Path, Path] | None, version: str) -> None:
+    """The update bundle from slot A's partition image, signed with the city's update key."""
+    out = OUT / target.name
+    root_img = out / "parts" / f"{layout.ROOT_A_LABEL}.img"
+    if signer is None:
+        log.warning(
+            "no update bundle: give the city's update signer (EDGE_UPDATE_CERT, "
+            "EDGE_UPDATE_KEY; edge-csu ca issue CA NAME --profile update)"
+        )
+        return
+    if not version:
+        version = next((OUT / target.name / "wheelhouse").glob("edge-*.whl")).name.split("-")[1]
+    cert, key = signer
+    bundle.build_bundle(
+        root_img,
+        out / f"edge-{target.name}-{version}.raucb",
+        target_name=target.name,
+        version=version,
+        cert=cert,
+        key=key,
+    )
+    root_img.unlink()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -422,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             recap = stage_provision(target, root, house, version)
             print(f"PROVISION-RECAP {recap}")  # noqa: T201  (read by the idempotence test)
         elif stage == "seal":
+            signer = bundle.signer_from_env()
             seal.seal(
                 target,
                 root,
@@ -429,7 +456,9 @@ def main(argv: list[str] | None = None) -> int:
                 epoch,
                 args.data_size_mib * layout.MIB,
                 packages_listed=packages(target),
+                keep_root=signer is not None,
             )
+            stage_bundle(target, signer, version)
         log.info("stage %s: %.0f s", stage, time.monotonic() - t0)
     log.info("done in %.0f s", time.monotonic() - started)
     return 0

@@ -212,8 +212,11 @@ def seal(
     epoch: int,
     data_size: int,
     packages_listed: list[str],
+    keep_root: bool = False,
 ) -> Path:
-    """Turn ``root`` into ``out/edge-TARGET.img`` (+ .bmap, manifest, kernel and initrd)."""
+    """Turn ``root`` into ``out/edge-TARGET.img`` (+ .bmap, manifest, kernel and initrd).
+
+    ``keep_root``: leave slot A's partition image in ``out/parts/`` for the update bundle."""
     _clean(root)
     debs = _debian_packages(root)
     pys = _python_packages(root)
@@ -275,7 +278,8 @@ def seal(
                 "status=none",
             ]
         )
-        img.unlink()
+        if not (keep_root and img.name == f"{layout.ROOT_A_LABEL}.img"):
+            img.unlink()
     bmap = disk.with_suffix(".bmap")
     _run(["bmaptool", "-q", "create", "-o", str(bmap), str(disk)])
 

@@ -133,7 +133,7 @@ def test_bash_completion_offers_commands_options_choices_and_files(tmp_path: Pat
     install(tmp_path / "man", tmp_path / "completions")
     comp = tmp_path / "completions"
     assert "status" in _complete(comp / "edgectl", "edgectl", "edgectl st")
-    assert _complete(comp / "edgectl", "edgectl", "edgectl config ") == ["check", "show"]
+    assert _complete(comp / "edgectl", "edgectl", "edgectl config ") == ["check", "show", "apply"]
     assert "--watch" in _complete(comp / "edgectl", "edgectl", "edgectl status --w")
     assert "--watch" not in _complete(comp / "edgectl", "edgectl", "edgectl diag --")
     (tmp_path / "edge.toml").write_text("")

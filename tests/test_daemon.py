@@ -157,7 +157,15 @@ def test_new_masks_apply_promptly_after_sighup(tmp_path: Path, data_dir: Path) -
         original = config.read_text()
         reported, seen = [], []
         for i in range(3):
-            config.write_text(original.replace("[0.55, 0.15]", f"[0.{i + 1}5, 0.05]"))
+            # One more mask each time: masks may only grow without a signed document.
+            config.write_text(
+                original
+                + "".join(
+                    f'\n[[cameras.privacy_masks]]\nname = "extra {j}"\n'
+                    f"points = [[0.0{j}, 0.6], [0.1, 0.6], [0.1, 0.7]]\n"
+                    for j in range(i + 1)
+                )
+            )
             before = len(lines)
             sent = time.monotonic()
             proc.send_signal(signal.SIGHUP)

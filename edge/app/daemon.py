@@ -14,6 +14,11 @@ recording thread is alive and making progress, publishes ``STATUS=``, and handle
   camera that cannot start with the new settings leaves every camera on the running ones, and
   the failure shows in the status (``last_reload``) and systemd's status line.
 
+A unit without an identity (a freshly flashed image: no ``unit.id`` in the baseline nor in
+the per-unit file) runs *unprovisioned*: nothing is recorded or sent, the status says so and
+the control socket takes ``edgectl provision`` (``edge/app/provision.py``); once provisioned,
+edged starts again under the new identity, in the same process.
+
 Signal handlers only set flags; the work happens in the main loop.
 """
 
@@ -22,7 +27,9 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import datetime as dt
 import functools
+import hashlib
 import io
 import json
 import logging
@@ -38,11 +45,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edge import __version__, clihelp
+from edge import __version__, clihelp, signedconfig, slots
 from edge import config as config_mod
 from edge.analytics.bridge import AnalyticsBridge
 from edge.analytics.mqtt_publisher import MqttPublisher
-from edge.app import control, datadir, metrics, selftest
+from edge.app import control, datadir, metrics, provision, selftest
 from edge.app.alerts import AlertHub
 from edge.app.pipeline import CameraPipeline
 from edge.app.process import setup_process
@@ -63,7 +70,9 @@ from edge.snapshot import (
     AnalyticsStatus,
     CertificateStatus,
     DaemonStatus,
+    FleetReport,
     ReloadOutcome,
+    SignedConfigStatus,
     StatusReport,
     VaultStatus,
 )
@@ -73,6 +82,8 @@ from edge.uplink.dot1x.port_state import PortState
 from edge.uplink.dot1x.supervisor import Dot1xAlert, Dot1xSupervisor
 from edge.uplink.gate import make_gate
 from edge.uplink.spool import EventSpool
+from edge.vault import layout
+from edge.vault.audit import AuditLog
 from edge.vault.base import Outbox
 from edge.vault.store import Vault
 from edge.vault.verify import self_check
@@ -155,6 +166,21 @@ class Daemon:
         self.last_reload: ReloadOutcome | None = None
         # The outcome of the last vault self-check of this run (None: none ran yet).
         self.vault_check: tuple[bool, str | None] | None = None
+        #: No unit id yet: nothing is recorded until ``edgectl provision`` gives one.
+        self.unprovisioned = not config_mod.is_provisioned(cfg)
+        #: Set once ``edgectl provision`` wrote a new identity: edged starts again under it.
+        self.provisioned_again = threading.Event()
+        #: The city's signed configuration documents in effect (groups first, then the unit's).
+        self.signed: list[signedconfig.Verified] = []
+        self.signed_store = signedconfig.SignedStore(cfg.unit.data_dir)
+        #: Outcome of the latest signed document offered (CSU or edgectl config apply).
+        self.signed_last: ReloadOutcome | None = None
+        # One configuration change at a time: SIGHUP (main thread), a signed document from the
+        # CSU (uplink thread) or from edgectl (control thread). Re-entrant: applying a document
+        # reloads the files under it.
+        self._reload_lock = threading.RLock()
+        #: The root slot this system booted from ("A", "B"; None off a unit).
+        self.slot = slots.read_running_slot()
 
     # --- signals -----------------------------------------------------------------------------
 
@@ -184,6 +210,10 @@ class Daemon:
         # The lock comes first: nothing in the data directory (keys, vault, spool) and not the
         # control socket may be touched by a second instance.
         self.data_lock = datadir.lock_data_dir(data)
+        if self.unprovisioned:
+            self._start_unprovisioned()
+            return
+        self._load_signed()
         try:
             signing_key = unitkeys.load_or_create_signing_key(unitkeys.keys_dir_of(data))
             self.alerts = AlertHub(EventSigner(signing_key, self.cfg.unit.id))
@@ -253,6 +283,248 @@ class Daemon:
         if connected != self._uplink_connected:
             self._uplink_connected = connected
             self.outputs.uplink_state(connected)
+
+    def _start_unprovisioned(self) -> None:
+        """No identity: no camera, vault or uplink; the status and ``provision`` only."""
+        data = self.cfg.unit.data_dir
+        log.warning(
+            "unit not provisioned (no unit.id in %s): recording nothing until an installer "
+            "runs edgectl provision",
+            self.origin,
+        )
+        try:
+            # Made on the unit now (never in the image), so that the provisioning is signed.
+            unitkeys.load_or_create_signing_key(unitkeys.keys_dir_of(data))
+        except OSError as exc:
+            if isinstance(exc, DataDirError):
+                raise
+            raise datadir.unusable(data, exc) from None
+        self._start_control()
+
+    # --- signed configuration (edge/signedconfig.py) ----------------------------------------------
+
+    def _ca_certs(self) -> list[Any]:
+        from cryptography import x509
+
+        path = unitkeys.keys_dir_of(self.cfg.unit.data_dir) / unitkeys.CA_CHAIN_NAME
+        try:
+            return x509.load_pem_x509_certificates(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise signedconfig.SignedConfigError(
+                f"no city CA to check the signer against ({path}: {exc}): enrol the unit first"
+            ) from None
+
+    def _load_signed(self) -> None:
+        """The documents applied before, checked again (at the time they were issued: a signer
+        certificate that expired since must not take the masks it set away), laid over the
+        files. One that no longer verifies is left out, loudly."""
+        envelopes = self.signed_store.envelopes()
+        if not envelopes:
+            return
+        layers = []
+        unverified: list[dict[str, Any]] = []
+        for scope, envelope in envelopes.items():
+            try:
+                issued = json.loads(base64.b64decode(json.loads(envelope)["document"]))["issued_at"]
+                at = dt.datetime.strptime(issued, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+                layers.append(
+                    signedconfig.open_envelope(
+                        envelope,
+                        ca_certs=self._ca_certs(),
+                        unit_id=self.cfg.unit.id,
+                        groups=list(self.cfg.unit.groups),
+                        floors={},
+                        now=at,
+                    )
+                )
+            except (EdgeError, ValueError, KeyError, TypeError) as exc:
+                masks = signedconfig.masks_only(envelope)
+                if masks is not None:
+                    unverified.append(masks)
+                log.error(
+                    "signed configuration for %s no longer verifies (%s): %s",
+                    scope,
+                    "its masks stay on, nothing else of it applies" if masks else "left out",
+                    exc,
+                )
+                self.signed_last = {
+                    "ok": False,
+                    "at": time.time(),
+                    "origin": scope,
+                    "error": str(exc),
+                }
+        try:
+            self.cfg = self._with_signed(self.cfg, signedconfig.ordered(layers))
+            self.signed = signedconfig.ordered(layers)
+            if unverified:
+                raw: dict[str, Any] = self.cfg.model_dump(mode="json", exclude_unset=True)
+                for masks in unverified:
+                    raw = signedconfig.lay_over(raw, masks)
+                self.cfg = EdgeConfig.model_validate(raw)
+        except (EdgeError, ValidationError) as exc:
+            log.error("signed configuration left out: %s", exc)
+
+    def _with_signed(self, cfg: EdgeConfig, layers: list[signedconfig.Verified]) -> EdgeConfig:
+        """``cfg`` (from the files) with the signed documents laid over it."""
+        if not layers:
+            return cfg
+        raw: dict[str, Any] = cfg.model_dump(mode="json", exclude_unset=True)
+        for layer in layers:
+            raw = signedconfig.lay_over(raw, layer.settings)
+        try:
+            return EdgeConfig.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise signedconfig.SignedConfigError(
+                f"the configuration it makes is invalid: {where}: {err['msg']}"
+            ) from None
+
+    def apply_signed(self, envelope: bytes, origin: str) -> dict[str, Any]:
+        """Check a signed document and apply it like a SIGHUP; refused, nothing changes.
+
+        Either way the audit log says so: ``config-signed-applied`` with the old and new
+        digests and the signer, or ``config-signed-refused`` with the reason."""
+        with self._reload_lock:
+            if self.signed_store.is_applied(envelope):
+                return {"applied": False, "reason": "already in effect"}
+            old_digest = signedconfig.config_digest(self.cfg)
+            try:
+                if self.unprovisioned:
+                    raise signedconfig.SignedConfigError(
+                        "the unit is not provisioned: no identity to check the scope against"
+                    )
+                verified = signedconfig.open_envelope(
+                    envelope,
+                    ca_certs=self._ca_certs(),
+                    unit_id=self.cfg.unit.id,
+                    groups=list(self.cfg.unit.groups),
+                    floors=self.signed_store.floors(),
+                    now=dt.datetime.now(dt.UTC),
+                )
+                layers = [s for s in self.signed if s.scope != verified.scope] + [verified]
+                layers = signedconfig.ordered(layers)
+                what = f"{verified.scope.key} version {verified.version} by {verified.signer}"
+                if not self._apply_files(layers, allow_shrink=True, origin=f"signed {what}"):
+                    last = self.last_reload
+                    error = last["error"] if last is not None else None
+                    raise signedconfig.SignedConfigError(error or "not applied")
+            except signedconfig.SignedConfigError as exc:
+                self._signed_refused(envelope, str(exc), origin)
+                raise
+            self.signed_store.save(verified)
+            self.signed = layers
+            details = {
+                "scope": verified.scope.key,
+                "version": verified.version,
+                "issued_at": verified.issued_at,
+                "signer": verified.signer,
+                "old_digest": old_digest,
+                "new_digest": signedconfig.config_digest(self.cfg),
+                "document_sha256": hashlib.sha256(envelope).hexdigest(),
+                "from": origin,
+            }
+            self.audit("config-signed-applied", details, actor=verified.signer)
+            self.signed_last = {"ok": True, "at": time.time(), "origin": what, "error": None}
+            log.info("signed configuration %s applied (from %s)", what, origin)
+            return {"applied": True, **details}
+
+    def _signed_refused(self, envelope: bytes, reason: str, origin: str) -> None:
+        claimed = signedconfig.peek_scope(envelope)
+        details = {
+            "reason": reason,
+            "from": origin,
+            "claimed_scope": claimed.key if claimed else None,
+            "document_sha256": hashlib.sha256(envelope).hexdigest(),
+        }
+        log.error("signed configuration refused (from %s): %s", origin, reason)
+        self.audit("config-signed-refused", details)
+        self.signed_last = {"ok": False, "at": time.time(), "origin": origin, "error": reason}
+
+    def _apply_config(self, caller: control.Caller, params: dict[str, Any]) -> dict[str, Any]:
+        """``edgectl config apply FILE``: a document brought by hand, checked like the CSU's."""
+        envelope = params.get("envelope")
+        if not isinstance(envelope, str):
+            raise signedconfig.SignedConfigError("give the signed document's text")
+        return self.apply_signed(envelope.encode(), f"edgectl ({caller.describe()})")
+
+    def _config_from_csu(self, envelope: bytes) -> None:
+        with contextlib.suppress(EdgeError):  # logged and audited; the uplink goes on
+            self.apply_signed(envelope, "CSU")
+
+    def fleet_report(self) -> FleetReport:
+        """For the CSU's fleet view (uplink thread): version, slot, update, configuration."""
+        return {
+            "version": __version__,
+            "slot": self.slot,
+            "last_update": slots.last_update(self.cfg.unit.data_dir),
+            "config_digest": signedconfig.config_digest(self.cfg),
+            "config_documents": {s.scope.key: s.version for s in self.signed},
+            "groups": list(self.cfg.unit.groups),
+            "config_refused": None
+            if self.signed_last is None or self.signed_last["ok"]
+            else self.signed_last["error"],
+        }
+
+    def _signed_status(self) -> SignedConfigStatus | None:
+        if self.unprovisioned:
+            return None
+        return {
+            "documents": [
+                {
+                    "scope": s.scope.key,
+                    "version": s.version,
+                    "signer": s.signer,
+                    "issued_at": s.issued_at,
+                }
+                for s in self.signed
+            ],
+            "digest": signedconfig.config_digest(self.cfg),
+            "last": self.signed_last,
+        }
+
+    def _provision(self, caller: control.Caller, params: dict[str, Any]) -> dict[str, Any]:
+        """``edgectl provision`` (installer role): see :mod:`edge.app.provision`."""
+        requested = params.get("unit_id")
+        try:
+            request = provision.ProvisionRequest.from_params(params)
+            done = provision.provision(
+                request,
+                running=self.cfg,
+                baseline=self.config_path or config_mod.DEFAULT_CONFIG_PATH,
+            )
+        except EdgeError as exc:
+            self._audit_provisioning(
+                "provision-refused",
+                {"unit_id": str(requested), "reason": str(exc)},
+                caller,
+                self.cfg.unit.id if not self.unprovisioned else "unprovisioned",
+            )
+            raise
+        details = done.as_dict() | {"site": request.site, "cameras": _camera_ids(request)}
+        self._audit_provisioning("provisioned", details, caller, done.unit_id)
+        _notify(f"STATUS=provisioned as {done.unit_id}: starting again under that identity")
+        self.provisioned_again.set()
+        self.request_stop()
+        return details
+
+    def _audit_provisioning(
+        self, action: str, details: dict[str, Any], caller: control.Caller, device: str
+    ) -> None:
+        """Written to the unit's signed audit log whether or not a vault is open yet."""
+        actor = caller.describe()
+        details = details | {"pid": caller.pid}
+        if isinstance(self.sink, Vault):
+            self.audit(action, details, actor)
+            return
+        data = self.cfg.unit.data_dir
+        try:
+            key = unitkeys.load_or_create_signing_key(unitkeys.keys_dir_of(data))
+            AuditLog(layout.vault_dir(data) / "audit.log", device, key).append(
+                action, details, actor=actor
+            )
+        except (EdgeError, OSError) as exc:
+            log.error("audit record %s by %s not written: %s", action, actor, exc)
 
     def _watch_dot1x(self) -> None:
         sup = self.dot1x_supervisor
@@ -348,6 +620,8 @@ class Daemon:
             gate,
             events=self.event_spool,
             commands=inbox.handle if inbox is not None else None,
+            on_config=self._config_from_csu,
+            fleet_report=self.fleet_report,
         )
         self.extra_selftests.append(("csu", selftest.csu_check(self.cfg, gate), 20.0))
         self.uplink.start()
@@ -358,7 +632,12 @@ class Daemon:
             "status": control.Method(control.Role.MAINT, lambda _c, _p: self.snapshot()),
             "preview": control.Method(control.Role.INSTALL, self._preview, audited=True),
             "selftest": control.Method(control.Role.MAINT, self._selftest, audited=True),
+            # Audited by the method itself: done or refused, with what was decided.
+            "provision": control.Method(control.Role.INSTALL, self._provision),
+            "apply-config": control.Method(control.Role.INSTALL, self._apply_config),
         }
+        if self.unprovisioned:
+            methods = {k: v for k, v in methods.items() if k in ("status", "provision")}
         try:
             self.control = control.ControlServer(
                 ctl.socket,
@@ -479,6 +758,8 @@ class Daemon:
                 self.shutdown()
             raise
         _notify("READY=1")
+        if self.unprovisioned:
+            _notify("STATUS=unprovisioned: recording nothing; run edgectl provision")
         log.info(
             "edged %s recording %d camera(s) into %s (config: %s)",
             __version__,
@@ -509,7 +790,7 @@ class Daemon:
                 self._recording_failed(failed)
                 status = EX_SOFTWARE
                 break
-            if all(p.finished() for p in self.pipelines.values()):
+            if not self.unprovisioned and all(p.finished() for p in self.pipelines.values()):
                 log.info("every source has ended: stopping")
                 break
             if watchdog is not None and now >= next_pet:
@@ -575,7 +856,19 @@ class Daemon:
     # --- reload ------------------------------------------------------------------------------
 
     def reload(self) -> bool:
-        """Apply a new configuration (SIGHUP); keep the old one if the new one is invalid.
+        """SIGHUP: the files again, under the signed documents in effect; a change that would
+        uncover any masked pixel is refused (it takes a document signed by the city)."""
+        with self._reload_lock:
+            return self._apply_files(self.signed, allow_shrink=False)
+
+    def _apply_files(
+        self,
+        layers: list[signedconfig.Verified],
+        *,
+        allow_shrink: bool,
+        origin: str | None = None,
+    ) -> bool:
+        """Apply a new configuration; keep the old one if the new one is invalid.
 
         All or nothing: every new or changed camera's pipeline is built before any running
         one is stopped, so a setting refused at that point (a face model that does not load)
@@ -584,13 +877,24 @@ class Daemon:
         audited, shown in the status (``last_reload``) and returned.
         """
         try:
-            new, origin = config_mod.load(self.config_path, demo=self.demo)
+            new, files = config_mod.load(
+                self.config_path, demo=self.demo, data_dir=self.data_dir_override
+            )
+            origin = origin or files
         except ConfigError as exc:
             log.error("configuration not reloaded, keeping the running one: %s", exc)
             self._reload_outcome(False, str(exc), str(self.config_path or self.origin))
             return False
         if self.data_dir_override is not None:
             new = config_mod.with_data_dir(new, self.data_dir_override)
+        if self.unprovisioned:
+            # An identity written by hand: start again under it, as after edgectl provision.
+            if config_mod.is_provisioned(new):
+                log.info("configuration names unit %s now: starting again", new.unit.id)
+                self.provisioned_again.set()
+                self.request_stop()
+            self._reload_outcome(True, None, origin)
+            return True
         if new.unit != self.cfg.unit:
             log.warning(
                 "unit identity or data directory changed in %s: restart edged to apply", origin
@@ -603,6 +907,21 @@ class Daemon:
                 "cabinet outputs or playbooks changed in %s: restart edged to apply", origin
             )
             new = new.model_copy(update={k: getattr(self.cfg, k) for k in fixed})
+        try:
+            new = self._with_signed(new, layers)
+        except EdgeError as exc:
+            log.error("configuration not reloaded, keeping the running one: %s", exc)
+            self._reload_outcome(False, str(exc), origin)
+            return False
+        shrunk = [] if allow_shrink else signedconfig.mask_shrinkage(self.cfg, new)
+        if shrunk:
+            error = (
+                f"removing or shrinking a privacy mask ({', '.join(shrunk)}) needs a "
+                "configuration document signed by the city: the masks stay as they are"
+            )
+            log.error("configuration not reloaded, keeping the running one: %s", error)
+            self._reload_outcome(False, error, origin)
+            return False
         old_cams = {c.id: c for c in self.cfg.cameras}
         new_cams = {c.id: c for c in new.cameras}
         restart = [
@@ -707,6 +1026,8 @@ class Daemon:
             log.warning("cannot write metrics to %s: %s", path, exc)
 
     def status_line(self) -> str:
+        if self.unprovisioned:
+            return "unprovisioned: recording nothing; run edgectl provision"
         parts = []
         for cam_id, p in self.pipelines.items():
             parts.append(
@@ -752,7 +1073,7 @@ class Daemon:
 
     def snapshot(self) -> DaemonStatus:
         return {
-            "unit_id": self.cfg.unit.id,
+            "unit_id": "" if self.unprovisioned else self.cfg.unit.id,
             "version": __version__,
             "uptime_s": round(time.monotonic() - self.started_mono, 1),
             "config_origin": self.origin,
@@ -770,6 +1091,9 @@ class Daemon:
             "door": self.door.snapshot() if self.door is not None else None,
             "last_reload": self.last_reload,
             "outputs": self.outputs.snapshot() if self.outputs is not None else None,
+            "provisioned": not self.unprovisioned,
+            "signed_config": self._signed_status(),
+            "last_update": slots.last_update(self.cfg.unit.data_dir),
         }
 
 
@@ -786,6 +1110,10 @@ def _analytics_summary(stats: list[dict[str, Any]]) -> AnalyticsStatus | None:
         "recent_alerts": [a for s in stats for a in s["recent_alerts"]][-10:],
         "cameras": stats,
     }
+
+
+def _camera_ids(request: provision.ProvisionRequest) -> list[str]:
+    return [str(c.get("id", "cam1")) for c in request.cameras]
 
 
 def _spool_event(spool: EventSpool, event: SignedEvent) -> None:
@@ -849,8 +1177,28 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_process("edged")
+    while True:
+        daemon = _configured_daemon(args)
+        if isinstance(daemon, int):
+            return daemon
+        daemon.install_signal_handlers()
+        try:
+            status = daemon.run(args.run_for)
+        except DataDirError as exc:
+            log.error("cannot start: %s", exc)
+            return EX_CANTCREAT
+        except EdgeError as exc:
+            log.error("fatal: %s", exc)
+            return 1
+        if not daemon.provisioned_again.is_set():
+            return status
+        # Provisioned: the same process starts again with the new identity's configuration.
+
+
+def _configured_daemon(args: argparse.Namespace) -> Daemon | int:
+    """The daemon for the configuration as it is now, or the exit status that refuses it."""
     try:
-        cfg, origin = config_mod.load(args.config, demo=args.demo)
+        cfg, origin = config_mod.load(args.config, demo=args.demo, data_dir=args.data_dir)
     except ConfigError as exc:
         log.error("cannot start: %s", exc)
         return EX_CONFIG
@@ -875,15 +1223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     daemon = Daemon(cfg, origin, args.config)
     daemon.data_dir_override = args.data_dir
     daemon.demo = args.demo
-    daemon.install_signal_handlers()
-    try:
-        return daemon.run(args.run_for)
-    except DataDirError as exc:
-        log.error("cannot start: %s", exc)
-        return EX_CANTCREAT
-    except EdgeError as exc:
-        log.error("fatal: %s", exc)
-        return 1
+    return daemon
 
 
 if __name__ == "__main__":

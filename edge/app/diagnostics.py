@@ -558,6 +558,51 @@ def config_findings(daemon: DaemonStatus) -> list[Finding]:
     ]
 
 
+def update_findings(daemon: DaemonStatus) -> list[Finding]:
+    """An update that did not take: rolled back to the previous slot, or not confirmed."""
+    last = daemon.get("last_update")
+    if not isinstance(last, dict):
+        return []
+    result = last.get("result")
+    version = last.get("version", "?")
+    if result == "rolled-back":
+        return [
+            Finding(
+                "update",
+                Level.DEGRADED,
+                f"update to {version} rolled back: running {last.get('running', '?')}",
+                "the new slot did not boot, or edged was not healthy there, and the previous "
+                "slot booted again",
+                f"{last.get('reason', '')}; `edgectl update status`; tell the CSU before "
+                "installing it again",
+            )
+        ]
+    if result == "not-confirmed":
+        return [
+            Finding(
+                "update",
+                Level.DEGRADED,
+                f"slot not confirmed after the update to {version}",
+                "edged was not ready or its self-test failed after the update: the previous "
+                "slot boots again at the next reboot",
+                f"{last.get('reason', '')}; `edgectl selftest`, `edgectl logs`",
+            )
+        ]
+    return []
+
+
+def provisioning_finding() -> Finding:
+    """A unit without an identity records nothing: the one thing to do is provision it."""
+    return Finding(
+        "unit",
+        Level.FAILING,
+        "UNPROVISIONED: no identity yet, recording nothing",
+        "a freshly flashed unit has no unit id until an installer gives it one",
+        "as installer: edgectl provision --unit-id ID --site SITE --camera cam1=SOURCE, "
+        "then have the certificate requests signed (edgectl enroll --status)",
+    )
+
+
 def evaluate(status: StatusReport) -> list[Finding]:
     """Every finding for a full status dict (``{"daemon": …, "daemon_error": …, "system": …}``)."""
     out: list[Finding] = []
@@ -573,6 +618,10 @@ def evaluate(status: StatusReport) -> list[Finding]:
                 "`systemctl start edged`",
             )
         )
+    elif daemon.get("provisioned") is False:
+        # Nothing runs but the status: every other section would only repeat it.
+        out.append(provisioning_finding())
+        out.extend(config_findings(daemon))
     else:
         for cam in daemon.get("cameras", []):
             out.extend(camera_findings(cam))
@@ -583,6 +632,7 @@ def evaluate(status: StatusReport) -> list[Finding]:
         out.extend(cabinet_findings(daemon))
         out.extend(output_findings(daemon))
         out.extend(config_findings(daemon))
+        out.extend(update_findings(daemon))
     system = status.get("system") or cast(SystemStatus, {})
     out.extend(time_findings(system))
     out.extend(health_findings(system))

@@ -26,8 +26,10 @@ def add_config_args(parser: argparse.ArgumentParser, *, data_dir: bool = True) -
 
 def load_config(args: argparse.Namespace) -> config_mod.EdgeConfig:
     """The configuration named by ``--config`` with ``--data-dir`` applied."""
-    cfg, _origin = config_mod.load(args.config, demo=getattr(args, "demo", False))
     data_dir: Path | None = getattr(args, "data_dir", None)
+    cfg, _origin = config_mod.load(
+        args.config, demo=getattr(args, "demo", False), data_dir=data_dir
+    )
     if data_dir is not None:
         cfg = config_mod.with_data_dir(cfg, data_dir)
     return cfg

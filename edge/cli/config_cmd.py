@@ -10,6 +10,8 @@ from typing import Any
 
 from .. import config as config_mod
 from ..clihelp import add_command
+from ..errors import ConfigError
+from .common import add_config_args, load_config
 from .entry import describe_os_error
 
 
@@ -64,6 +66,22 @@ def register(sub: Any) -> None:
     )
     show.add_argument("--demo", action="store_true", help="show the embedded demo configuration")
     show.set_defaults(func=_show)
+    apply = add_command(
+        csub,
+        "apply",
+        help="apply a configuration document signed by the city",
+        description="Hand edged a configuration document signed by the city (edge-csu config "
+        "sign), as the CSU does over the uplink: it checks the signer against the city's CA, "
+        "the scope (this unit or one of its groups) and the version (above the last one "
+        "applied), then applies it like a reload. Refused, nothing changes and the reason is "
+        "printed; either way it is written to the signed audit log. Needs the installer role.",
+        example=[
+            ("edgectl config apply /media/usb/cam-nord-0042.json", "a document on a USB key"),
+        ],
+    )
+    add_config_args(apply)
+    apply.add_argument("document", type=Path, help="the signed document (JSON)")
+    apply.set_defaults(func=_apply)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -78,9 +96,17 @@ def _check(args: argparse.Namespace) -> int:
         return 2
     problems = config_mod.all_problems(text, path=str(path))
     if not problems:
-        # Beyond the schema, what edged checks at start, by the function edged calls.
-        cfg, _origin = config_mod.load(path)
-        problems = config_mod.startup_problems(cfg, path=str(path), text=text, away=args.away)
+        # Beyond the schema, what edged checks at start, by the function edged calls; with
+        # the unit's own file laid over this one when the data directory has it.
+        try:
+            cfg, origin = config_mod.load(path)
+        except ConfigError as exc:  # the per-unit file's problem, naming that file
+            problems = [exc]
+        else:
+            layered = origin != str(path)  # lines would be looked up in the wrong file
+            problems = config_mod.startup_problems(
+                cfg, path=origin, text=None if layered else text, away=args.away
+            )
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -95,6 +121,31 @@ def _check(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     cfg, origin = config_mod.load(args.config, demo=args.demo)
-    doc = {"origin": origin, "config": cfg.model_dump(mode="json")}
+    doc = {
+        "origin": origin,
+        "provisioned": config_mod.is_provisioned(cfg),
+        "config": cfg.model_dump(mode="json"),
+    }
     print(json.dumps(doc, indent=2, ensure_ascii=False))  # read by people: accents as written
+    return 0
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from edge.app import control
+
+    cfg = load_config(args)
+    try:
+        text = args.document.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"edgectl: cannot read {args.document}: {exc}", file=sys.stderr)
+        return 2
+    result = control.call(cfg.control.socket, "apply-config", {"envelope": text}, timeout=60.0)
+    if not result.get("applied"):
+        print(f"{args.document}: {result.get('reason')}; nothing to do")
+        return 0
+    print(
+        f"{args.document}: {result['scope']} version {result['version']} signed by "
+        f"{result['signer']} applied\n  configuration {result['old_digest'][:16]}… → "
+        f"{result['new_digest'][:16]}…"
+    )
     return 0

@@ -12,6 +12,7 @@ from typing import Any
 
 from edge.identity import enrolment
 
+from .. import config as config_mod
 from ..clihelp import add_command
 from ..errors import EnrolmentError
 from .common import add_config_args, load_config
@@ -116,6 +117,12 @@ def _run(args: argparse.Namespace) -> int:
         else:
             print(format_certificate_status(status))
         return 1 if status.get("warning") or signing.get("warning") else 0
+    if not config_mod.is_provisioned(cfg):
+        # Requests and certificates name the unit: none may be made for an id it does not have.
+        raise EnrolmentError(
+            "this unit is not provisioned (no unit id yet): an installer runs edgectl "
+            "provision --unit-id ID --camera cam1=SOURCE, which writes the requests"
+        )
     if args.install is not None:
         try:
             cert_data = b"".join(path.read_bytes() for path in args.install)

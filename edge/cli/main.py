@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("vault_cmd", "write an evidence bundle of a time range"),
     "audit": ("vault_cmd", "print and check the audit log"),
     "events": ("events_cmd", "counts and alerts kept on the unit (signed; table or JSON)"),
+    "provision": ("provision_cmd", "give a freshly flashed unit its identity and cameras"),
+    "update": ("update_cmd", "install a signed update bundle into the other root slot, confirm it"),
     "enroll": (
         "enroll",
         "create the unit's keys and certificate request, or install the signed certificate",

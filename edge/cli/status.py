@@ -215,7 +215,7 @@ def render(status: StatusReport, findings: list[Finding], *, colour: bool, note:
     overall = worst(findings)
     uptime = daemon.get("uptime_s") if daemon else None
     up = f"up {int(uptime // 3600)}h{int(uptime % 3600 // 60):02d}m" if uptime is not None else ""
-    unit = daemon.get("unit_id", "?") if daemon else "?"
+    unit = (daemon.get("unit_id") or "(unprovisioned)") if daemon else "?"
     version = daemon.get("version", __version__) if daemon else __version__
     left = f"edge unit {unit}  v{version}  {up}"
     right = _OVERALL[overall]

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edge.identity import evidence
+from edge.identity import configsigning, evidence
 from edge.outputs.commands import OPERATOR_COMMANDS
 
 from .. import fsutil
@@ -52,6 +52,8 @@ class Profile(StrEnum):
     SERVER = "server"  # a RADIUS server or the CSU receiver: TLS server
     EVIDENCE = "evidence"  # a unit's Ed25519 evidence-signing key (edge.identity.evidence)
     OPERATOR = "operator"  # a CSU agent's key signing commands to cabinet outputs
+    CONFIG = "config"  # the city's configuration signer (edge.identity.configsigning)
+    UPDATE = "update"  # the city's update-bundle signer (RAUC, codeSigning; edge/updates.py)
 
 
 class RevocationReason(StrEnum):
@@ -353,8 +355,8 @@ class VideoCA:
             )
         if profile is Profile.EVIDENCE and not is_ed:
             raise CaError("the evidence profile is for a unit's Ed25519 signing key only")
-        if profile is Profile.EVIDENCE:
-            sans = []  # nothing to authenticate by name: the CN (unit id) is all it asserts
+        if profile in (Profile.EVIDENCE, Profile.CONFIG, Profile.UPDATE):
+            sans = []  # nothing to authenticate by name: the CN is all it asserts
         if profile is not Profile.SERVER and not _UNIT_CN_RE.match(common_name):
             raise CaError(
                 f"common name {common_name!r} is not a unit identity "
@@ -379,10 +381,13 @@ class VideoCA:
             # Never a TLS purpose: a stolen unit or server key cannot sign commands, an
             # operator key cannot open a TLS session as a unit.
             Profile.OPERATOR: OPERATOR_COMMANDS,
+            Profile.CONFIG: configsigning.CONFIG_SIGNING,
+            Profile.UPDATE: ExtendedKeyUsageOID.CODE_SIGNING,
         }[profile]
-        usage = (
-            evidence.key_usage() if profile is Profile.EVIDENCE else _usage(digital_signature=True)
-        )
+        usage = {
+            Profile.EVIDENCE: evidence.key_usage(),
+            Profile.CONFIG: configsigning.key_usage(),
+        }.get(profile, _usage(digital_signature=True))
         builder = (
             x509.CertificateBuilder()
             .subject_name(subject)

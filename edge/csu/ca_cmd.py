@@ -8,7 +8,7 @@ from typing import Any
 
 from cryptography import x509
 
-from edge.identity import evidence
+from edge.identity import configsigning, evidence
 
 from ..cli.entry import describe_os_error
 from ..clihelp import add_command
@@ -87,12 +87,14 @@ def register(sub: Any) -> None:
     issue = add_command(
         csub,
         "issue",
-        help="make a key and certificate (RADIUS server, CSU, operator)",
+        help="make a key and certificate (RADIUS server, CSU, operator, configuration signer)",
         description="Make a key and a certificate signed by the video sub-CA, for a server "
-        "(the RADIUS server, the CSU receiver), with --profile client a client, or with "
+        "(the RADIUS server, the CSU receiver), with --profile client a client, with "
         "--profile operator a CSU agent who signs commands to cabinet outputs (NAME is the "
-        "agent's identity). --out is a file prefix: OUT.key (never written over an existing "
-        "key) and OUT.crt.",
+        "agent's identity), with --profile config the city's configuration signer (edge-csu "
+        "config sign; units accept no other certificate for configuration), with --profile "
+        "update the signer of update bundles (RAUC; make image). --out is a file prefix: "
+        "OUT.key (never written over an existing key) and OUT.crt.",
         example=[
             (
                 "edge-csu ca issue /srv/video-ca radius.video.city.fr --out /srv/radius/radius",
@@ -104,6 +106,11 @@ def register(sub: Any) -> None:
                 "--out /etc/edge-csu/operators/agent-dupont",
                 "an agent's command-signing key",
             ),
+            (
+                "edge-csu ca issue /srv/video-ca city-config --profile config "
+                "--out /srv/config-signer/signer",
+                "the configuration signer",
+            ),
         ],
     )
     issue.add_argument("dir", type=Path, help="the CA directory (made by `edge-csu ca init`)")
@@ -114,10 +121,11 @@ def register(sub: Any) -> None:
     )
     issue.add_argument(
         "--profile",
-        choices=["server", "client", "operator"],
+        choices=["server", "client", "operator", "config", "update"],
         default="server",
-        help="server (serverAuth, the default), client (clientAuth) or operator (signs "
-        "commands to cabinet outputs; no TLS use)",
+        help="server (serverAuth, the default), client (clientAuth), operator (signs "
+        "commands to cabinet outputs; no TLS use), config (configuration signing) or update "
+        "(update bundles: codeSigning)",
     )
     issue.add_argument(
         "--days", type=int, default=365, help="validity of the certificate (default 365)"
@@ -214,6 +222,8 @@ def _sign(args: argparse.Namespace) -> int:
 
 
 def profile_of(cert: x509.Certificate) -> str:
+    if configsigning.profile_problem(cert) is None:
+        return "config"
     return "evidence" if evidence.profile_problem(cert) is None else "tls"
 
 

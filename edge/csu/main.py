@@ -21,6 +21,8 @@ COMMAND_MODULES: list[str] = [
     "verify_cmd",
     "serve_cmd",
     "ca_cmd",
+    "config_cmd",
+    "fleet_cmd",
     "token_cmd",
     "command_cmd",
     "bench_cmd",

@@ -50,9 +50,11 @@ def register(sub: Any) -> None:
     units = add_command(
         sub,
         "units",
-        help="list units: how the signing key is trusted, last contact, backlog, chain status",
+        help="list units: signing key trust, last contact, backlog, chain, version, config",
         description="List the units this receiver knows: how each unit's signing key is "
-        "trusted, last contact, backlog and chain status.",
+        "trusted, last contact, backlog and chain status, and what each unit last reported "
+        "of itself: running version and root slot, last update result, configuration "
+        "digest and the signed configuration documents in effect (the fleet view).",
         example=[
             ("edge-csu units --config /etc/edge-csu/csu.toml", "one line per unit"),
             ("edge-csu units --config csu.toml --json", "for scripts and monitoring"),
@@ -106,6 +108,7 @@ def unit_rows(cfg: serve_config.ServeConfig) -> list[dict[str, Any]]:
                 "last_contact_ns": status.get("last_contact_ns"),
                 "peer": status.get("peer"),
                 "backlog": status.get("backlog"),
+                "fleet": status.get("fleet"),
                 "cameras": cams,
             }
         )
@@ -172,7 +175,28 @@ def _units(args: argparse.Namespace) -> int:
                 )
         if row["signing_key"]["problem"]:
             print(f"{'':24}   {row['signing_key']['problem']}")
+        if row["fleet"]:
+            print(f"{'':24}   {fleet_line(row['fleet'])}")
     return 0
+
+
+def fleet_line(fleet: dict[str, Any]) -> str:
+    """What the unit last said of itself: version and slot, last update, configuration."""
+    update = fleet.get("last_update") or {}
+    if update:
+        outcome = update.get("result", "?")
+        detail = f" {update.get('version', '')}".rstrip()
+        reason = f" ({update['reason']})" if update.get("reason") else ""
+        updated = f"last update {outcome}{detail}{reason}"
+    else:
+        updated = "no update yet"
+    docs = fleet.get("config_documents") or {}
+    signed = ", ".join(f"{scope} v{version}" for scope, version in sorted(docs.items()))
+    digest = str(fleet.get("config_digest") or "?")[:12]
+    return (
+        f"v{fleet.get('version', '?')} slot {fleet.get('slot') or '?'}, {updated}, "
+        f"config {digest}… ({signed or 'no signed document'})"
+    )
 
 
 def _trust_cell(signing_key: dict[str, Any]) -> str:

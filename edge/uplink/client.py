@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from edge.snapshot import UplinkStatus
+from edge.snapshot import FleetReport, UplinkStatus
 
 from .. import jsonlimits
 from ..backoff import Backoff
@@ -48,6 +48,8 @@ from .tls import CsuConnection, client_context, endpoint
 log = logging.getLogger(__name__)
 
 BACKLOG_HEADER = "X-Edge-Backlog"
+#: The unit's version, slot, last update and configuration (``FleetReport``), every request.
+FLEET_HEADER = "X-Edge-Fleet"
 #: How often an idle client looks at the outbox: bounds the live latency it adds (an indexed
 #: SQLite query of the live edge, cheap at this rate).
 IDLE_POLL_S = 0.25
@@ -105,6 +107,8 @@ class UplinkClient:
         batch: int = 256,
         events: EventSpool | None = None,
         commands: Callable[[bytes], bool] | None = None,
+        on_config: Callable[[bytes], None] | None = None,
+        fleet_report: Callable[[], FleetReport] | None = None,
     ) -> None:
         self.cfg = cfg
         #: Judges each signed command pulled from the CSU (the outputs' CommandInbox).
@@ -113,6 +117,10 @@ class UplinkClient:
         self._csu_has_commands = True
         self.outbox = outbox
         self.events = events
+        #: Given each signed configuration document the CSU offers (it checks and applies).
+        self.on_config = on_config
+        self.fleet_report = fleet_report
+        self._next_config_mono = 0.0
         self.gate = gate
         self.unit_id = cfg.unit.id
         self._wall_ns = wall_ns
@@ -278,6 +286,22 @@ class UplinkClient:
         self._csu_has_commands = True
         self._next_command_poll = 0.0
         self._set_state(UplinkState.STREAMING, f"CSU holds up to {held or 'nothing'}")
+        self._next_config_mono = 0.0  # asked at every connection
+
+    def _fetch_config(self) -> None:
+        """Hand the documents the CSU offers to ``on_config`` (which checks and applies them)."""
+        if self.on_config is None or time.monotonic() < self._next_config_mono:
+            return
+        self._next_config_mono = time.monotonic() + self.cfg.uplink.config_poll_s
+        status, body = self._request("GET", protocol.config_path(self.unit_id), None, None)
+        if status == 404:
+            return  # a CSU that offers no configuration
+        if status != 200:
+            raise UplinkError(f"CSU refused the configuration request: {status} {body[:200]!r}")
+        documents = json.loads(body).get("documents", [])
+        for document in documents if isinstance(documents, list) else []:
+            if isinstance(document, str):
+                self.on_config(document.encode())
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -291,6 +315,8 @@ class UplinkClient:
     ) -> tuple[int, bytes]:
         assert self._conn is not None
         headers = {BACKLOG_HEADER: self._backlog_header()}
+        if self.fleet_report is not None:
+            headers[FLEET_HEADER] = json.dumps(self.fleet_report(), separators=(",", ":"))
         if content_type is not None:
             headers["Content-Type"] = content_type
         self._conn.request(method, path, body=body, headers=headers)
@@ -340,6 +366,7 @@ class UplinkClient:
             if self.commands is not None and time.monotonic() >= self._next_command_poll:
                 self._pull_commands()
                 self._next_command_poll = time.monotonic() + COMMAND_POLL_S
+            self._fetch_config()
             if self.events is not None:
                 queued = self.events.pending(limit=1)
                 if queued:

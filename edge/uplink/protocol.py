@@ -85,6 +85,16 @@ def commands_path(unit_id: str) -> str:
     return f"{API_PREFIX}/units/{unit_id}/commands"
 
 
+def config_path(unit_id: str) -> str:
+    """GET: the signed configuration documents the CSU offers this unit (edge/signedconfig.py)."""
+    return f"{API_PREFIX}/units/{unit_id}/config"
+
+
+def update_path(unit_id: str) -> str:
+    """GET: the update bundle the CSU offers (JSON); ``/bundle``: its bytes."""
+    return f"{API_PREFIX}/units/{unit_id}/update"
+
+
 def is_final_refusal(status: int) -> bool:
     """A 4xx will not change on retry: the item is set aside instead of blocking the queue."""
     return 400 <= status < 500 and status not in (408, 429)

@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import os
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -52,6 +53,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _ID = r"[a-z0-9][a-z0-9-]{0,62}"
 BACKLOG_HEADER = "X-Edge-Backlog"
+FLEET_HEADER = "X-Edge-Fleet"
 #: How often a unit's status file (last contact, backlog) is rewritten while it talks to us:
 #: often enough for ``edge-csu units``, rare enough for thousands of units (no fsync).
 STATUS_FLUSH_S = 2.0
@@ -65,6 +67,52 @@ LINGER_S = 2.0
 
 def refuse(status: int, reason: str) -> web.Response:
     return web.json_response({"error": reason}, status=status)
+
+
+def _fleet_report(header: str | None) -> dict[str, Any] | None:
+    """A unit's ``X-Edge-Fleet`` header (``edge.snapshot.FleetReport``), kept only when every
+    field has its type and a bounded size: the CSU shows it, so nothing else is taken."""
+    if not header or len(header) > 4096:
+        return None
+    try:
+        value = json.loads(header)
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+
+    def text(v: Any, limit: int) -> str | None:
+        return v if isinstance(v, str) and len(v) <= limit else None
+
+    docs = value.get("config_documents")
+    update = value.get("last_update")
+    groups = value.get("groups")
+    report = {
+        "version": text(value.get("version"), 64),
+        "slot": value.get("slot") if value.get("slot") in ("A", "B") else None,
+        "config_digest": text(value.get("config_digest"), 64),
+        "config_refused": str(value["config_refused"])[:300]
+        if isinstance(value.get("config_refused"), str)
+        else None,
+        "config_documents": {
+            str(k)[:80]: v
+            for k, v in (docs.items() if isinstance(docs, dict) else [])
+            if isinstance(v, int) and not isinstance(v, bool)
+        },
+        "last_update": {
+            str(k)[:40]: v if not isinstance(v, str) else v[:300]
+            for k, v in list(update.items())[:12]
+            if isinstance(v, str | int | float | bool) or v is None
+        }
+        if isinstance(update, dict)
+        else None,
+        "groups": [
+            g
+            for g in (groups if isinstance(groups, list) else [])[:16]
+            if isinstance(g, str) and re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", g)
+        ],
+    }
+    return report if report["version"] is not None else None
 
 
 class Receiver:
@@ -160,6 +208,9 @@ class Receiver:
                     }
             except ValueError:
                 pass
+        fleet = _fleet_report(request.headers.get(FLEET_HEADER))
+        if fleet is not None:
+            contact["fleet"] = fleet
         now = time.monotonic()
         last = self._status_flushed.get(unit)
         if last is None or now - last >= STATUS_FLUSH_S:
@@ -349,6 +400,54 @@ class Receiver:
         )
         return web.json_response({"status": "done" if done else "unknown"})
 
+    async def get_config(self, request: web.Request) -> web.Response:
+        """The signed configuration documents for this unit: its own and those of the groups
+        it reports (``X-Edge-Fleet``). The unit checks each one; the CSU only sorts them by
+        the scope they claim, so that no unit reads another district's masks."""
+        unit = request["unit"]
+        directory = self.cfg.config_dir
+        fleet = _fleet_report(request.headers.get(FLEET_HEADER)) or {}
+        groups = set(fleet.get("groups", []))
+
+        def offered() -> list[str]:
+            from edge.signedconfig import MAX_ENVELOPE_BYTES, peek_scope
+
+            out = []
+            for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+                data = path.read_bytes()[: MAX_ENVELOPE_BYTES + 1]
+                scope = peek_scope(data)
+                if scope is not None and scope.name in (
+                    groups if scope.kind == "group" else {unit}
+                ):
+                    out.append(data.decode("utf-8", "replace"))
+            return out
+
+        return web.json_response({"documents": await self.run_blocking(offered)})
+
+    def _offer(self) -> dict[str, Any] | None:
+        try:
+            offer = json.loads((self.cfg.update_dir / "offer.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return offer if isinstance(offer, dict) and isinstance(offer.get("bundle"), str) else None
+
+    async def get_update_offer(self, request: web.Request) -> web.Response:
+        """The update bundle offered (name, version, size, SHA-256), or 404 when none is."""
+        offer = await self.run_blocking(self._offer)
+        if offer is None:
+            return refuse(404, "no update offered")
+        return web.json_response(offer)
+
+    async def get_update_bundle(self, request: web.Request) -> web.StreamResponse:
+        """The offered bundle's bytes (the unit checks its SHA-256, RAUC its signature)."""
+        offer = await self.run_blocking(self._offer)
+        if offer is None:
+            return refuse(404, "no update offered")
+        path = self.cfg.update_dir / Path(offer["bundle"]).name
+        if not path.is_file():
+            return refuse(404, "the offered bundle is missing at the CSU")
+        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+
     # --- application ----------------------------------------------------------------------------
 
     def units_app(self) -> web.Application:
@@ -377,6 +476,9 @@ class Receiver:
         app.router.add_get(f"{base}/cursor", self.get_cursor)
         app.router.add_get(f"{base}/commands", self.get_commands)
         app.router.add_delete(f"{base}/commands/{{nonce:[0-9a-f]{{32}}}}", self.delete_command)
+        app.router.add_get(f"{base}/config", self.get_config)
+        app.router.add_get(f"{base}/update", self.get_update_offer)
+        app.router.add_get(f"{base}/update/bundle", self.get_update_bundle)
         return app
 
     def close(self) -> None:

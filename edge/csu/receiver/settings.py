@@ -145,6 +145,12 @@ class ServeConfig(_Section):
     commands_dir: Path = Path("commands")
     """Signed commands to units' cabinet outputs waiting for their unit to pull them
     (``edge-csu command`` writes them here)."""
+    config_dir: Path = Path("config")
+    """Signed configuration documents offered to the units (``edge-csu config sign --out``
+    writes there): each unit gets those for its id and those for groups (it keeps its own)."""
+    update_dir: Path = Path("updates")
+    """The update bundle offered to the units (``edge-csu fleet offer`` writes ``offer.json``
+    and the bundle there); units fetch it with ``edgectl update fetch``."""
     authority_key_file: Path | None = None
     """Recipient private key that opens sealed segments for viewing (HLS); none disables it."""
     receipt_key_file: Path | None = None
@@ -196,6 +202,8 @@ class ServeConfig(_Section):
                 "registry_dir": fix(self.registry_dir),
                 "audit_log": fix(self.audit_log),
                 "commands_dir": fix(self.commands_dir),
+                "config_dir": fix(self.config_dir),
+                "update_dir": fix(self.update_dir),
                 "authority_key_file": fix(self.authority_key_file),
                 "receipt_key_file": fix(self.receipt_key_file),
                 "tls": tls,

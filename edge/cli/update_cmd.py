@@ -1,0 +1,237 @@
+"""``edgectl update install BUNDLE`` and ``edgectl update mark-good``: signed A/B updates.
+
+What RAUC checks and what the city's policy adds: ``edge/updates.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edge import __version__, updates
+from edge.app import control
+from edge.identity import keys_dir_of, load_signing_key
+from edge.slots import last_update, read_running_slot, update_dir_of
+from edge.vault import AuditLog, layout
+
+from ..clihelp import add_command
+from ..errors import EdgeError, VaultError
+from .common import add_config_args, load_config
+
+
+def register(sub: Any) -> None:
+    parser = add_command(
+        sub,
+        "update",
+        help="install a signed update bundle into the other root slot, confirm it",
+        description="Signed A/B updates with RAUC. install checks a bundle (RAUC judges the "
+        "signature against the city's keyring and every byte of the payload; the version "
+        "must be above the running one) and writes it into the inactive root slot, which "
+        "boots next. mark-good, run after that boot by edge-update-confirm.service, keeps "
+        "the new slot once edged is READY and its self-test passes; otherwise the boot "
+        "loader goes back to the previous slot. Each outcome is written to the signed audit "
+        "log and shown by the CSU's fleet view. Needs root.",
+        example=[
+            ("edgectl update install /media/usb/edge-rpi-0.2.0.raucb", "install, then reboot"),
+            ("edgectl update status", "running version and slot, last update"),
+        ],
+    )
+    usub = parser.add_subparsers(dest="update_command", required=True, metavar="ACTION")
+    inst = add_command(
+        usub,
+        "install",
+        help="check a bundle and install it into the inactive slot",
+        description="Check BUNDLE (signed by the city's update key, intact, for this kind of "
+        "unit, a version above the running one) and install it into the inactive root slot. "
+        "Refused: unsigned bundles, bundles signed by another key, altered bundles, and "
+        "versions below the running one unless the city signed the bundle as a downgrade and "
+        "--downgrade confirms it. Reboot to run the new slot.",
+        example=[("edgectl update install edge-rpi-0.2.0.raucb", "then: systemctl reboot")],
+    )
+    add_config_args(inst)
+    inst.add_argument("bundle", type=Path, help="the RAUC bundle (.raucb)")
+    inst.add_argument(
+        "--downgrade", action="store_true", help="confirm a downgrade the city signed as one"
+    )
+    inst.add_argument("--rauc-conf", type=Path, default=updates.SYSTEM_CONF, help="system.conf")
+    inst.set_defaults(func=_install)
+    good = add_command(
+        usub,
+        "mark-good",
+        help="keep the running slot once edged is READY and its self-test passes",
+        description="Confirm the slot that booted: wait for edged to answer (READY), run its "
+        "self-test, and only when every check passes tell RAUC the slot is good. Otherwise "
+        "exit 1 without confirming: the boot loader falls back to the previous slot after its "
+        "boot attempts run out. Run by edge-update-confirm.service after each boot.",
+        example=[("edgectl update mark-good --wait 300", "what the service runs")],
+    )
+    add_config_args(good)
+    good.add_argument(
+        "--wait", type=float, default=120.0, metavar="SECONDS", help="how long edged may take"
+    )
+    good.add_argument("--rauc-conf", type=Path, default=updates.SYSTEM_CONF, help="system.conf")
+    good.set_defaults(func=_mark_good)
+    fetch = add_command(
+        usub,
+        "fetch",
+        help="fetch the bundle the CSU offers over the uplink, and install it",
+        description="Ask the CSU, over the uplink's mutual TLS, which bundle it offers; when "
+        "its version is above the running one, download it to the data partition (its "
+        "SHA-256 checked against the offer) and, with --install, install it as `install` "
+        "does (RAUC judges the signature). Needs root (the unit's TLS key).",
+        example=[("edgectl update fetch --install", "then: systemctl reboot")],
+    )
+    add_config_args(fetch)
+    fetch.add_argument("--install", action="store_true", help="install what was fetched")
+    fetch.add_argument(
+        "--downgrade", action="store_true", help="confirm a downgrade the city signed as one"
+    )
+    fetch.add_argument("--rauc-conf", type=Path, default=updates.SYSTEM_CONF, help="system.conf")
+    fetch.set_defaults(func=_fetch)
+    stat = add_command(
+        usub,
+        "status",
+        help="running version and slot, last update",
+        description="The running version and root slot, and the last update's outcome.",
+        example=[("edgectl update status --json", "for scripts")],
+    )
+    add_config_args(stat)
+    stat.add_argument("--json", action="store_true", help="print one JSON object")
+    stat.set_defaults(func=_status)
+
+
+def _audit(data_dir: Path, device: str, action: str, details: dict[str, Any]) -> None:
+    try:
+        key = load_signing_key(keys_dir_of(data_dir))
+        AuditLog(layout.vault_dir(data_dir) / "audit.log", device, key).append(action, details)
+    except (VaultError, OSError) as exc:
+        print(f"edgectl: WARNING: {action} not written to the audit log: {exc}", file=sys.stderr)
+
+
+def _install(args: argparse.Namespace) -> int:
+    return _install_bundle(load_config(args), args.bundle, args.downgrade, args.rauc_conf)
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from edge.uplink import protocol
+    from edge.uplink.tls import connect
+
+    cfg = load_config(args)
+    data = cfg.unit.data_dir
+    conn = connect(cfg)
+    try:
+        conn.request("GET", protocol.update_path(cfg.unit.id))
+        response = conn.getresponse()
+        body = response.read()
+        if response.status == 404:
+            print("the CSU offers no update")
+            return 0
+        if response.status != 200:
+            raise updates.UpdateError(f"the CSU refused: {response.status} {body[:200]!r}")
+        offer = json.loads(body)
+        name, version = Path(str(offer["bundle"])).name, str(offer["version"])
+        size, sha256 = int(offer["size"]), str(offer["sha256"])
+        if updates.version_key(version) <= updates.version_key(__version__) and not args.downgrade:
+            print(f"the CSU offers {version}; this unit runs {__version__}: nothing newer")
+            return 0
+        target = update_dir_of(data) / "download" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        conn.request("GET", protocol.update_path(cfg.unit.id) + "/bundle")
+        response = conn.getresponse()
+        if response.status != 200:
+            raise updates.UpdateError(f"the CSU did not send the bundle: {response.status}")
+        got = updates.download(response, target, size=size, sha256=sha256)
+    finally:
+        conn.close()
+    print(f"fetched {name} ({version}, {got >> 10} KiB) from the CSU")
+    _audit(
+        data, cfg.unit.id, "update-fetched", {"bundle": name, "version": version, "sha256": sha256}
+    )
+    if not args.install:
+        print(f"install it with: edgectl update install {target}")
+        return 0
+    return _install_bundle(cfg, target, args.downgrade, args.rauc_conf)
+
+
+def _install_bundle(cfg: Any, path: Path, downgrade: bool, conf: Path) -> int:
+    data = cfg.unit.data_dir
+    details: dict[str, Any] = {"bundle": path.name, "running": __version__}
+    try:
+        bundle = updates.check_bundle(path, conf=conf, work_dir=update_dir_of(data) / "work")
+        details.update(version=bundle.version, signer=bundle.signer)
+        problem = updates.policy_problem(bundle, __version__, downgrade=downgrade)
+        if problem is not None:
+            raise updates.UpdateError(f"{path.name}: refused: {problem}")
+        print(f"{path.name}: version {bundle.version} signed by {bundle.signer}: installing")
+        started = time.monotonic()
+        said = updates.install(bundle, conf=conf)
+        details["seconds"] = round(time.monotonic() - started, 1)
+    except EdgeError as exc:
+        updates.record(data, {"result": "refused", "reason": str(exc)[:300], **details})
+        _audit(data, cfg.unit.id, "update-refused", {**details, "reason": str(exc)})
+        raise
+    updates.record(data, {"result": "installed", "from_version": __version__, **details})
+    _audit(data, cfg.unit.id, "update-installed", details)
+    print(f"{said}\ninstalled {bundle.version} into the inactive slot in {details['seconds']} s")
+    print("next: systemctl reboot; the new slot is kept once edged is READY and its self-test")
+    print("passes (edgectl update mark-good), else the previous slot boots again")
+    return 0
+
+
+def _mark_good(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    data = cfg.unit.data_dir
+    slot = read_running_slot()
+    deadline = time.monotonic() + args.wait
+    reason = "edged did not answer"
+    while time.monotonic() < deadline:
+        try:
+            state = control.call(cfg.control.socket, "status", timeout=10.0)
+        except control.ControlError as exc:
+            reason = f"edged not ready: {exc}"
+            time.sleep(2.0)
+            continue
+        if state.get("provisioned") is False:
+            reason = "edged runs unprovisioned: it records nothing, the self-test proves nothing"
+            break
+        checks = control.call(cfg.control.socket, "selftest", timeout=180.0)["checks"]
+        failed = [c for c in checks if c["outcome"] in ("failed", "timeout")]
+        if not failed:
+            said = updates.mark_good(conf=args.rauc_conf)
+            outcome = updates.confirmation(last_update(data), __version__, slot)
+            if outcome is not None:  # an update was pending: its outcome, for the fleet view
+                updates.record(data, {**(last_update(data) or {}), **outcome})
+                action = "update-rolled-back" if outcome["result"] != "good" else None
+                _audit(data, cfg.unit.id, action or "update-marked-good", outcome)
+                if action:
+                    print(f"edgectl: update rolled back: {outcome['reason']}", file=sys.stderr)
+            print(f"{said}: version {__version__} in slot {slot or '?'} is kept")
+            return 0
+        reason = "self-test failed: " + "; ".join(f"{c['name']}: {c['detail']}" for c in failed)
+        break
+    outcome = {"result": "not-confirmed", "version": __version__, "slot": slot, "reason": reason}
+    if (last_update(data) or {}).get("result") == "installed":
+        updates.record(data, {**(last_update(data) or {}), **outcome})
+    _audit(data, cfg.unit.id, "update-not-confirmed", outcome)
+    print(f"edgectl: slot not confirmed: {reason}; the previous slot boots again", file=sys.stderr)
+    return 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    doc = {
+        "version": __version__,
+        "slot": read_running_slot(),
+        "last_update": last_update(cfg.unit.data_dir),
+    }
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"version {doc['version']}, slot {doc['slot'] or '? (the kernel names none)'}")
+    last = doc["last_update"]
+    print(f"last update: {json.dumps(last) if last else 'none'}")
+    return 0

@@ -1,0 +1,121 @@
+"""The configuration-signing certificate profile and its path check (pure).
+
+The city signs the configuration documents its units apply (``edge/signedconfig.py``) with a
+key of its own, certified by the city's video CA with this profile: an ECDSA P-256 key,
+keyUsage digitalSignature only, and one extended key usage, :data:`CONFIG_SIGNING`, that no
+other certificate of the CA carries. A unit's TLS, server or evidence certificate can
+therefore never pass for the city's configuration signer, nor this one for any of them.
+
+``CONFIG_SIGNING`` is an OID under the ``2.25`` arc (a UUID as an integer, ITU-T X.667): it
+needs no registration and cannot collide with a registered purpose.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import verification
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+
+CONFIG_SIGNING = ObjectIdentifier("2.25.230817512066135911377227003530385046722")
+"""Extended key usage of the city's configuration-signing certificate."""
+
+_FORBIDDEN_EKUS = {
+    ExtendedKeyUsageOID.SERVER_AUTH,
+    ExtendedKeyUsageOID.CLIENT_AUTH,
+    ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
+    ObjectIdentifier("1.3.6.1.5.5.7.3.36"),  # documentSigning: the units' evidence profile
+}
+
+
+def key_usage() -> x509.KeyUsage:
+    """digitalSignature, nothing else."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def signer_name(cert: x509.Certificate) -> str:
+    """The signer as the audit log names it: its common name and serial number."""
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    name = str(cns[0].value) if cns else "?"
+    return f"{name} (serial {cert.serial_number:x})"
+
+
+def profile_problem(cert: x509.Certificate) -> str | None:
+    """Why ``cert`` is not a configuration-signing certificate, or None when it is one."""
+    if not isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
+        return "its key is not ECDSA (an evidence or other certificate)"
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return "it has no keyUsage extension"
+    if not usage.digital_signature or usage.key_cert_sign or usage.crl_sign:
+        return "its keyUsage is not digitalSignature alone"
+    try:
+        ekus = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        return "it has no extendedKeyUsage: it is not the city's configuration signer"
+    if CONFIG_SIGNING not in ekus:
+        return "its extendedKeyUsage is not configuration signing"
+    if ekus & _FORBIDDEN_EKUS:
+        return "it also allows TLS or evidence signing"
+    try:
+        if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return "it is a CA certificate"
+    except x509.ExtensionNotFound:
+        pass
+    return None
+
+
+def _validator(
+    _policy: verification.Policy, cert: x509.Certificate, _ext: x509.KeyUsage | None
+) -> None:
+    problem = profile_problem(cert)
+    if problem is not None:
+        raise ValueError(problem)
+
+
+def chain_problem(
+    chain: Sequence[x509.Certificate], ca_certs: Sequence[x509.Certificate], at: dt.datetime
+) -> str | None:
+    """Why ``chain`` (signer first) is not a configuration signer under a root of
+    ``ca_certs`` at ``at``; None when it is. Only self-signed certificates of ``ca_certs`` are
+    trust anchors; the rest of both lists serve as intermediates."""
+    if not chain:
+        return "no signer certificate"
+    leaf = chain[0]
+    problem = profile_problem(leaf)
+    if problem is not None:
+        return f"the signer's certificate is not a configuration-signing one: {problem}"
+    roots = [c for c in ca_certs if c.issuer == c.subject]
+    if not roots:
+        return "the unit's CA file holds no root (self-signed) certificate"
+    inter = [*chain[1:], *(c for c in ca_certs if c.issuer != c.subject)]
+    ee_policy = verification.ExtensionPolicy.permit_all().require_present(
+        x509.KeyUsage, verification.Criticality.AGNOSTIC, _validator
+    )
+    builder = (
+        verification.PolicyBuilder()
+        .store(verification.Store(roots))
+        .time(at)
+        .extension_policies(
+            ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy
+        )
+    )
+    try:
+        builder.build_client_verifier().verify(leaf, inter)
+    except verification.VerificationError as exc:
+        return f"the signer's certificate does not chain to the city's CA: {exc}"
+    return None

@@ -1,0 +1,242 @@
+"""Signed A/B updates with RAUC: check a bundle, install it into the other slot, confirm it.
+
+The city's update bundles (``image/bundle.py``) are RAUC bundles signed with the city's update
+key, whose certificate (``edge-csu ca issue --profile update``: codeSigning) chains to the CA
+in the unit's keyring (``/etc/rauc/system.conf``, ``[keyring] check-purpose=codesign``).
+``edgectl update install BUNDLE`` decides nothing about signatures itself: ``rauc extract``
+judges the signature, the certificate's purpose and chain, and every byte of the payload (a
+verity bundle's hash tree, checked in user space), with the unit's own ``system.conf``. Then
+this module adds the city's policy, from the signed payload's ``edge-update.json``:
+
+- the bundle is for this kind of unit (RAUC's ``compatible``, checked by ``rauc install`` too);
+- its version is above the running one; a lower one only when the city signed the downgrade
+  (``"downgrade": true`` in ``edge-update.json``) *and* the installer asks for it
+  (``--downgrade``); the same version is refused (nothing to do).
+
+``rauc install`` then writes the inactive slot and makes it the next boot. The new slot is
+marked good only once edged is READY and its self-test passes (``edgectl update mark-good``,
+run by ``edge-update-confirm.service`` after boot); until then the boot loader's counter falls
+back to the previous slot. The outcome of each step is kept in
+``<data_dir>/update/last-update.json`` (the fleet view shows it) and written to the signed
+audit log.
+"""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from edge.errors import EdgeError
+from edge.fsutil import write_atomic
+from edge.slots import LAST_UPDATE_NAME, update_dir_of
+
+SYSTEM_CONF = Path("/etc/rauc/system.conf")
+UPDATE_INFO_NAME = "edge-update.json"
+
+
+class UpdateError(EdgeError, RuntimeError):
+    """An update refused or failed; the running slot is unchanged (the message says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """A bundle ``rauc extract`` accepted: signed by the city, payload intact."""
+
+    path: Path
+    compatible: str
+    version: str
+    downgrade: bool
+    signer: str
+
+
+def version_key(version: str) -> tuple[tuple[int, ...], int, tuple[tuple[int, str], ...]]:
+    """Orders versions as people read them: 0.10.0 after 0.9.2, 1.0 after 1.0rc1, 1.0 = 1.0.0.
+
+    (release numbers without trailing zeros, 1 for a final release or 0 for a pre-release,
+    the pre-release's words); ``post`` releases come after their release (2)."""
+    found = re.match(r"v?(\d+(?:\.\d+)*)(.*)", version.strip())
+    if found is None:
+        return ((), 0, ((-1, version),))
+    numbers = [int(n) for n in found.group(1).split(".")]
+    while len(numbers) > 1 and numbers[-1] == 0:
+        numbers.pop()
+    rest = found.group(2).lstrip(".-+_")
+    words = tuple(
+        (int(w), "") if w.isdigit() else (-1, w.lower()) for w in re.findall(r"\d+|[A-Za-z]+", rest)
+    )
+    stage = 1 if not rest else 2 if rest.lower().startswith("post") else 0
+    return (tuple(numbers), stage, words)
+
+
+def _rauc(conf: Path, *args: str, timeout: float = 3600.0) -> subprocess.CompletedProcess[str]:
+    rauc = shutil.which("rauc")
+    if rauc is None:
+        raise UpdateError("rauc is not installed: this system cannot take updates")
+    return subprocess.run(
+        [rauc, f"--conf={conf}", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _refusal(stderr: str) -> str:
+    """RAUC's reason in the installer's words."""
+    text = " ".join(stderr.split())
+    if "payload is corrupted" in text or "Verification of data area failed" in text:
+        return "the bundle is damaged or was altered after signing (payload does not verify)"
+    if "unsuitable certificate purpose" in text:
+        return "signed by a certificate that is not the city's update signer (wrong purpose)"
+    if "signature verification failed" in text or "Verify error" in text:
+        return "not signed by the city's update key (signature does not verify: " + (
+            text.rsplit("signature verification failed:", 1)[-1].strip()[:200] + ")"
+        )
+    if "signature" in text.lower() or "Invalid bundle" in text or "squashfs" in text:
+        return f"not a signed update bundle ({text[-200:]})"
+    return text[-300:] or "rauc refused the bundle"
+
+
+def check_bundle(path: Path, *, conf: Path = SYSTEM_CONF, work_dir: Path) -> Bundle:
+    """Let RAUC check the bundle (signature, certificate, payload); read what the city signed.
+
+    ``work_dir`` receives the extracted payload for the time of the check (the data partition,
+    not /tmp: a root image does not fit in memory)."""
+    if not path.is_file():
+        raise UpdateError(f"{path}: no such bundle file")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bundle-", dir=work_dir) as tmp:
+        out = Path(tmp) / "payload"
+        result = _rauc(conf, "extract", str(path), str(out))
+        if result.returncode != 0:
+            raise UpdateError(f"{path.name}: refused: {_refusal(result.stderr)}")
+        manifest = configparser.ConfigParser(interpolation=None)
+        manifest.read(out / "manifest.raucm", encoding="utf-8")
+        try:
+            compatible = manifest["update"]["compatible"]
+            version = manifest["update"]["version"]
+        except KeyError:
+            raise UpdateError(f"{path.name}: refused: the manifest names no version") from None
+        try:
+            info: dict[str, Any] = json.loads((out / UPDATE_INFO_NAME).read_text())
+        except (OSError, ValueError):
+            info = {}
+        signer = re.search(r"Verified inline signature by '([^']*)'", result.stderr)
+    return Bundle(
+        path=path,
+        compatible=compatible,
+        version=version,
+        downgrade=info.get("downgrade") is True,
+        signer=signer.group(1) if signer else "?",
+    )
+
+
+def policy_problem(bundle: Bundle, running: str, *, downgrade: bool) -> str | None:
+    """Why the city's policy refuses ``bundle`` on a unit running ``running``; None if not."""
+    new, old = version_key(bundle.version), version_key(running)
+    if new == old:
+        return f"version {bundle.version} is the one running: nothing to install"
+    if new > old:
+        return None
+    if not bundle.downgrade:
+        return (
+            f"version {bundle.version} is older than the running {running}: a downgrade needs a "
+            "bundle the city signed as one (edge-update.json: downgrade)"
+        )
+    if not downgrade:
+        return (
+            f"version {bundle.version} is older than the running {running}: the city allows "
+            "this downgrade; confirm it with --downgrade"
+        )
+    return None
+
+
+def install(bundle: Bundle, *, conf: Path = SYSTEM_CONF) -> str:
+    """``rauc install``: writes the inactive slot and makes it the next boot; its last line."""
+    result = _rauc(conf, "install", str(bundle.path))
+    if result.returncode != 0:
+        lines = [ln for ln in (result.stdout + result.stderr).splitlines() if ln.strip()]
+        raise UpdateError(f"rauc install failed: {' '.join(lines[-3:])[-400:]}")
+    lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
+    return lines[-1] if lines else "installed"
+
+
+def mark_good(*, conf: Path = SYSTEM_CONF) -> str:
+    """``rauc status mark-good``: the booted slot stays the boot loader's choice."""
+    result = _rauc(conf, "status", "mark-good", timeout=60.0)
+    if result.returncode != 0:
+        raise UpdateError(f"rauc status mark-good failed: {result.stderr.strip()[-300:]}")
+    said = [ln for ln in (result.stdout + result.stderr).splitlines() if "marked" in ln]
+    return said[-1].strip() if said else "marked good"
+
+
+class _Readable(Protocol):
+    def read(self, amt: int) -> bytes: ...
+
+
+def download(source: _Readable, target: Path, *, size: int, sha256: str) -> int:
+    """Copy an offered bundle to ``target`` (``.part`` until whole), refusing one longer than
+    offered or whose SHA-256 differs: a transfer cut short or altered on the way never becomes
+    a bundle file. Returns its size."""
+    part = target.with_name(target.name + ".part")
+    digest = hashlib.sha256()
+    got = 0
+    with part.open("wb") as out:
+        while chunk := source.read(1 << 20):
+            got += len(chunk)
+            if got > size:
+                break
+            digest.update(chunk)
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    if got != size or digest.hexdigest() != sha256:
+        part.unlink(missing_ok=True)
+        raise UpdateError(
+            f"the bundle received ({got} bytes) does not match the CSU's offer ({size} bytes, "
+            "SHA-256 as offered): not kept"
+        )
+    part.replace(target)
+    return got
+
+
+def confirmation(
+    last: dict[str, Any] | None, running: str, slot: str | None
+) -> dict[str, Any] | None:
+    """What a passing self-test after boot says of the last update (None: none was pending).
+
+    An update installed (``"result": "installed"``) and this boot running its version: good.
+    Running another version: the new slot did not boot or was not confirmed, and the boot
+    loader went back to the previous one: rolled back, and the status says so."""
+    if not last or last.get("result") != "installed":
+        return None
+    installed = str(last.get("version", "?"))
+    if version_key(installed) == version_key(running):
+        return {"result": "good", "version": running, "slot": slot}
+    return {
+        "result": "rolled-back",
+        "version": installed,
+        "running": running,
+        "slot": slot,
+        "reason": f"the unit booted {running} (slot {slot or '?'}), not the installed {installed}",
+    }
+
+
+def record(data_dir: Path, outcome: dict[str, Any]) -> dict[str, Any]:
+    """Keep the outcome for the fleet view (``slots.last_update``), stamped."""
+    outcome = {**outcome, "at": round(time.time(), 1)}
+    update_dir_of(data_dir).mkdir(parents=True, exist_ok=True)
+    write_atomic(
+        update_dir_of(data_dir) / LAST_UPDATE_NAME, json.dumps(outcome).encode(), mode=0o644
+    )
+    return outcome

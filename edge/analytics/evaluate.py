@@ -5,9 +5,11 @@ The clip goes through the code edged runs, in its order: each frame is masked in
 does, decimated like the frame ring does, and analysed by :class:`AnalyticsEngine` (motion,
 the configured detector, tracker, rules). What comes out is compared with hand-made labels:
 
-- counting: per line, class and direction, the total counted against the true crossings, and
+- counting: per line, class and direction, the total counted against the true crossings;
   per count interval (the engine publishes counts per interval, so the intervals are what a
-  city sees): a count in the wrong interval is an error there even when totals agree;
+  city sees): a count in the wrong interval is an error there even when totals agree; and
+  crossing by crossing (a twin of the line fed the engine's tracks times each count): matched
+  within ``CROSSING_SLACK_S``, false, missed, so that errors that cancel out are seen;
 - rules: an alert is true when a labelled event of its rule and kind spans its time (give or
   take ``EVENT_SLACK_S``); per rule, precision, recall and false alarms per hour of footage;
 - tracking: when the labels name a MOT Challenge ground-truth file, MOTA, IDF1 and identity
@@ -40,9 +42,13 @@ from ..errors import AnalyticsError, ConfigError
 from ..frames import Frame
 from ..privacy.masker import PrivacyMasker
 from .engine import AnalyticsEngine
+from .rules import LineCounter
 from .shm import analysis_geometry
 from .worker import make_detector
 
+CROSSING_SLACK_S = 1.5
+"""A counted crossing matches a true one of its line and direction this close in time (labels
+are good to about 0.3 s; the engine sees 5 frames a second and a track's anchor lags)."""
 EVENT_SLACK_S = 5.0
 """An alert this long before or after a labelled event still matches it (rules have delays)."""
 WALL0_NS = 1_700_000_000 * 10**9
@@ -175,6 +181,8 @@ class Run:
     mode: str = "motion-only"
     counts: list[tuple[float, float, str, str, str, int]] = field(default_factory=list)
     """(interval start s, end s, line, class, direction, count)."""
+    crossings: list[tuple[float, str, str, str]] = field(default_factory=list)
+    """(time s, line, class, direction) of each counted crossing, for matching."""
     alerts: list[tuple[float, str, str]] = field(default_factory=list)
     """(time s, kind, rule)."""
     tracks: list[tuple[int, int, float, float, float, float]] = field(default_factory=list)
@@ -202,6 +210,9 @@ def run_engine(clip: Path, labels: Labels, cfg: AnalyticsConfig) -> Run:
     """Mask, offer, decimate and analyse every frame of ``clip`` as edged would."""
     run = Run(mode="motion-only" if cfg.detector.model_path is None else "detector")
     engine: AnalyticsEngine | None = None
+    # A twin of each line, fed the engine's own tracks, tells when each crossing was counted:
+    # the engine only says how many per interval.
+    twins = [LineCounter(c) for c in labels.camera.lines]
     masker: PrivacyMasker | None = None
     period_ns = 1e9 / cfg.rate_fps
     last_due: int | None = None
@@ -234,6 +245,14 @@ def run_engine(clip: Path, labels: Labels, cfg: AnalyticsConfig) -> Run:
             y, u, v, index=frame.index, mono_ns=mono_ns, wall_ns=WALL0_NS + mono_ns
         )
         run.analysed += 1
+        t = mono_ns / 1e9
+        for twin in twins:
+            before = dict(twin.totals)
+            twin.update(engine.tracker.tracks, t)
+            for (label, way), n in twin.totals.items():
+                run.crossings += [(t, twin.cfg.name, label, way)] * (
+                    n - before.get((label, way), 0)
+                )
         ms.append(engine.stats.process_ms)
         _collect(run, drafts)
         for tr in engine.tracker.tracks:
@@ -306,6 +325,17 @@ def score_counts(run: Run, labels: Labels) -> list[dict[str, Any]]:
                     per_interval += abs(got - sum(1 for t in truth_t if s <= t < e))
                 # Crossings outside every reported interval (none, unless the run stopped early).
                 per_interval += sum(1 for t in truth_t if not any(s <= t < e for s, e in intervals))
+                got_t = [
+                    (t, w)
+                    for t, ln, c, w in run.crossings
+                    if ln == line.name and c == cls and w in ways
+                ]
+                true_tw = [
+                    (x.frame / labels.fps, x.direction)
+                    for x in labels.crossings
+                    if x.line == line.name and x.label in truth_cls and x.direction in ways
+                ]
+                found = match_crossings(true_tw, got_t)
                 out.append(
                     {
                         "line": line.name,
@@ -319,9 +349,32 @@ def score_counts(run: Run, labels: Labels) -> list[dict[str, Any]]:
                         "intervals": len(intervals),
                         "interval_abs_error": per_interval,
                         "interval_error": _ratio(per_interval, len(truth_t)),
+                        "matched": found,
+                        "false": len(got_t) - found,
+                        "missed": len(truth_t) - found,
+                        "precision": _ratio(found, len(got_t)),
+                        "recall": _ratio(found, len(truth_t)),
                     }
                 )
     return out
+
+
+def match_crossings(truth: list[tuple[float, str]], got: list[tuple[float, str]]) -> int:
+    """The most pairs of a true and a counted crossing, same direction, at most
+    CROSSING_SLACK_S apart, each used once: in time order, each true crossing takes the
+    earliest counted one still free within reach (optimal when every window is as wide)."""
+    found = 0
+    for way in {w for _t, w in truth}:
+        ts = sorted(t for t, w in truth if w == way)
+        gs = sorted(g for g, w in got if w == way)
+        j = 0
+        for t in ts:
+            while j < len(gs) and gs[j] < t - CROSSING_SLACK_S:
+                j += 1  # too early for this crossing, so for every later one too
+            if j < len(gs) and gs[j] <= t + CROSSING_SLACK_S:
+                found += 1
+                j += 1
+    return found
 
 
 ALERT_RULES = {

@@ -49,13 +49,14 @@ def summary_text(report: dict[str, Any]) -> str:
         "",
         "Counting (per line, class, direction)",
         f"  {'line':12} {'class':8} {'way':9} {'true':>5} {'counted':>8} {'error':>9} "
-        f"{'misplaced':>10}",
+        f"{'misplaced':>10} {'matched':>8} {'false':>6} {'missed':>6}",
     ]
     for c in report["counting"]:
         out.append(
             f"  {c['line']:12} {c['class']:8} {c['direction']:9} {c['true']:>5} "
             f"{c['counted']:>8} {_pct(c['error']):>9} "
             f"{c['interval_abs_error']:>4} / {c['intervals']} x {c['interval_seconds']:g} s"
+            f" {c['matched']:>6} {c['false']:>6} {c['missed']:>6}"
         )
     if report["engine"]["mode"] == "motion-only":
         out.append("  motion-only: blobs are `object`, compared with the crossings of every class")

@@ -279,3 +279,15 @@ def test_crossings_are_matched_at_most_once_and_as_many_as_can_be() -> None:
     assert match_crossings([(72.6, f), (73.1, f)], [(73.4, f), (74.4, f)]) == 2
     assert match_crossings([(10.0, f), (10.2, f)], [(10.1, f)]) == 1  # one count, one crossing
     assert match_crossings([(10.0, f)], [(10.0, "backward"), (11.6, f)]) == 0  # wrong way, too late
+
+
+def test_without_the_unit_key_nothing_is_analysed_nor_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The key is read first: an evaluation never ends, an hour later, in "cannot sign"."""
+    config = tmp_path / "edge.toml"
+    config.write_text(CONFIG.format(data=tmp_path / "data"), encoding="utf-8")
+    args = ["analytics", "evaluate", "--config", str(config), "--clip", str(_vtest())]
+    rc = main([*args, "--labels", str(LABELS), "--out", str(tmp_path / "r")])
+    assert rc == 2 and "signing key" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -291,3 +291,16 @@ def test_without_the_unit_key_nothing_is_analysed_nor_written(
     rc = main([*args, "--labels", str(LABELS), "--out", str(tmp_path / "r")])
     assert rc == 2 and "signing key" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_missing_or_truncated_clip_is_refused_plainly(
+    evaluated: Evaluated, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["analytics", "evaluate", "--config", str(evaluated.config), "--labels", str(LABELS)]
+    rc = main([*args, "--clip", str(tmp_path / "none.avi"), "--out", str(tmp_path / "r")])
+    assert rc == 2 and "none.avi: cannot read" in capsys.readouterr().err
+    # A short clip of other frames: refused by its digest before any frame is analysed.
+    short = tmp_path / "short.avi"
+    short.write_bytes(_vtest().read_bytes()[:200_000])
+    rc = main([*args, "--clip", str(short), "--out", str(tmp_path / "r")])
+    assert rc == 2 and "describe another clip" in capsys.readouterr().err

@@ -161,9 +161,12 @@ def packaged_file(package: str, name: str) -> Path:
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    try:
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as exc:
+        raise AnalyticsError(f"{path}: cannot read: {exc.strerror}") from None
     return h.hexdigest()
 
 

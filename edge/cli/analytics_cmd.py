@@ -214,7 +214,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"edgectl analytics evaluate: {exc}", file=sys.stderr)
         return 2
     created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    write_report(args.out, body, key, unit=cfg.unit.id, created=created)
+    try:
+        write_report(args.out, body, key, unit=cfg.unit.id, created=created)
+    except OSError as exc:
+        print(f"edgectl analytics evaluate: {args.out}: cannot write: {exc}", file=sys.stderr)
+        return 2
     report = verify_report(args.out, key.public_key())
     if args.json:
         print(json.dumps(report, sort_keys=True))

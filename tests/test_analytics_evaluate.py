@@ -156,6 +156,16 @@ def test_no_false_alarm_on_the_real_clip(evaluated: Evaluated) -> None:
     assert all(x["alerts"] == 0 and x["false_alarms_per_hour"] == 0.0 for x in rules.values())
 
 
+def test_tracking_on_the_real_clip(evaluated: Evaluated) -> None:
+    """Against the hand-drawn boxes of frames 410-450 (tests/footage/README.md): three persons,
+    one of them standing almost still, in the 21 frames the engine analysed."""
+    tr = evaluated.report["tracking"]
+    assert tr["library"].startswith("motmetrics") and tr["frames"] == 21
+    assert tr["num_objects"] == 58 and tr["num_unique_objects"] == 3
+    assert tr["mota"] >= 0.75 and tr["idf1"] >= 0.85 and tr["num_switches"] == 0
+    assert "MOTA" in evaluated.stdout
+
+
 def test_the_report_is_signed_readable_and_verifies(evaluated: Evaluated) -> None:
     out = evaluated.out
     assert sorted(p.name for p in out.iterdir()) == [

@@ -13,8 +13,9 @@ the configured detector, tracker, rules). What comes out is compared with hand-m
 - rules: an alert is true when a labelled event of its rule and kind spans its time (give or
   take ``EVENT_SLACK_S``); per rule, precision, recall and false alarms per hour of footage;
 - tracking: when the labels name a MOT Challenge ground-truth file, MOTA, IDF1 and identity
-  switches through ``motmetrics`` (the reference implementation of the CLEAR-MOT and ID
-  metrics), the engine's confirmed tracks scaled back to the clip's pixels.
+  switches on the annotated frames the engine analysed, through ``motmetrics`` (the reference
+  implementation of the CLEAR-MOT and ID metrics), the engine's confirmed tracks scaled back to
+  the clip's pixels.
 
 The labels file is TOML (``tests/footage/vtest.labels.toml`` is the worked example): the clip's
 SHA-256 (a report never describes a different clip), its masks and the camera's rules in the
@@ -188,6 +189,8 @@ class Run:
     """(time s, line, class, direction) of each counted crossing, for matching."""
     alerts: list[tuple[float, str, str]] = field(default_factory=list)
     """(time s, kind, rule)."""
+    analysed_frames: set[int] = field(default_factory=set)
+    """Indices of the clip's frames the engine analysed (the others were skipped by rate)."""
     tracks: list[tuple[int, int, float, float, float, float]] = field(default_factory=list)
     """(frame, track id, left, top, width, height) in the clip's pixels, confirmed tracks."""
     process_ms: float = 0.0
@@ -248,6 +251,7 @@ def run_engine(clip: Path, labels: Labels, cfg: AnalyticsConfig) -> Run:
             y, u, v, index=frame.index, mono_ns=mono_ns, wall_ns=WALL0_NS + mono_ns
         )
         run.analysed += 1
+        run.analysed_frames.add(frame.index)
         t = mono_ns / 1e9
         for twin in twins:
             before = dict(twin.totals)
@@ -458,18 +462,32 @@ def score_tracks(run: Run, labels: Labels) -> dict[str, Any]:
     for frame, tid, x, y, w, h in run.tracks:
         hyp.setdefault(frame, []).append((tid, [x, y, w, h]))
     acc = mm.MOTAccumulator(auto_id=False)
-    # Only the frames the engine analysed: skipped frames were never seen, by design.
-    for frame in sorted({f for f, *_ in run.tracks} | {f for f in gt if f in _analysed(run)}):
+    # The annotated frames (each lists every person in view) that the engine analysed:
+    # frames skipped by the analysis rate were never seen, by design.
+    frames = sorted(set(gt) & run.analysed_frames)
+    if not frames:
+        return {"annotated": True, "why": "no annotated frame was analysed"}
+    for frame in frames:
         g, hy = gt.get(frame, []), hyp.get(frame, [])
         dist = iou_distances([b for _i, b in g], [b for _i, b in hy])
         acc.update([i for i, _b in g], [i for i, _b in hy], dist, frameid=frame)
     mh = mm.metrics.create()
-    names = ["mota", "motp", "idf1", "num_switches", "num_misses", "num_false_positives"]
+    names = [
+        "mota",
+        "motp",
+        "idf1",
+        "num_switches",
+        "num_misses",
+        "num_false_positives",
+        "num_objects",
+        "num_unique_objects",
+    ]
     summary = mh.compute(acc, metrics=names, name="clip")
     values = {k: float(summary[k].iloc[0]) for k in names}
     return {
         "annotated": True,
         "library": f"motmetrics {mm.__version__}",
+        "frames": len(frames),
         **{k: (None if math.isnan(v) else round(v, 4)) for k, v in values.items()},
     }
 
@@ -488,10 +506,6 @@ def iou_distances(gt: list[list[float]], hyp: list[list[float]]) -> np.ndarray[A
     union = (a[:, None, 2] * a[:, None, 3]) + (b[None, :, 2] * b[None, :, 3]) - inter
     iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
     return np.where(iou >= 0.5, 1.0 - iou, np.nan)
-
-
-def _analysed(run: Run) -> set[int]:
-    return {f for f, *_ in run.tracks}
 
 
 def evaluate(clip: Path, labels: Labels, cfg: AnalyticsConfig) -> dict[str, Any]:

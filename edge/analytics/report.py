@@ -76,7 +76,9 @@ def summary_text(report: dict[str, Any]) -> str:
     if "mota" in tr:
         out.append(
             f"  MOTA {tr['mota']}, MOTP {tr['motp']}, IDF1 {tr['idf1']}, "
-            f"{tr['num_switches']:g} identity switches ({tr['library']})"
+            f"{tr['num_switches']:g} identity switches, {tr['num_misses']:g} misses and "
+            f"{tr['num_false_positives']:g} false positives in {tr['num_objects']:g} boxes of "
+            f"{tr['num_unique_objects']:g} persons over {tr['frames']} frames ({tr['library']})"
         )
     else:
         out.append(f"  not scored: {tr['why']}")

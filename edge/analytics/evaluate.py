@@ -54,8 +54,8 @@ EVENT_SLACK_S = 5.0
 """An alert this long before or after a labelled event still matches it (rules have delays)."""
 WALL0_NS = 1_700_000_000 * 10**9
 """Wall clock of the clip's first frame: fixed, so two evaluations give the same report. It is
-a Tuesday, 23:13 in Paris: inside the rules' default schedule (nights and week-ends), so rules
-left on their default schedule are armed for the whole clip, not silently off."""
+a Tuesday, 23:13 in Paris: a rule the labels give a night-time schedule is armed; rules without
+a schedule always are."""
 DIRECTIONS = ("forward", "backward")
 
 

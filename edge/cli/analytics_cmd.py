@@ -1,11 +1,14 @@
-"""``edgectl analytics check-model``, ``verify-event``, ``preview`` and ``calibrate``.
+"""``edgectl analytics check-model``, ``verify-event``, ``preview``, ``calibrate``,
+``evaluate`` and ``verify-report``.
 
 Maintenance staff are not authorised viewers: ``check-model`` and ``verify-event`` show no
 picture; ``preview`` and ``calibrate --out`` draw the rules on the masked preview picture and
 need the installer role, like ``edgectl mask preview`` (:mod:`edge.cli.analytics_preview`).
 ``check-model`` proves the pinned model is the one on disk and that LiteRT runs it;
 ``verify-event`` checks signed events (one wire-form JSON document per line, as MQTT
-subscribers store them) against the unit's public signing key.
+subscribers store them) against the unit's public signing key. ``evaluate`` runs the engine on
+a labelled clip and writes a signed accuracy report (:mod:`edge.analytics.evaluate`,
+:mod:`edge.analytics.report`), no picture in it; ``verify-report`` checks one.
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ def register(sub: Any) -> None:
     parser = add_command(
         sub,
         "analytics",
-        help="check the model, verify events, draw the rules, calibrate the ground",
+        help="check the model, verify events, draw the rules, calibrate, evaluate on a clip",
         description="On-device analytics: prove the pinned detector model is the one on disk, "
         "check signed events (no picture), and for installers draw the rules on the masked "
-        "preview and calibrate the ground plane.",
+        "preview and calibrate the ground plane; measure accuracy on a labelled clip (signed "
+        "report).",
         example=[("edgectl analytics check-model", "the model is the pinned one and runs")],
     )
     asub = parser.add_subparsers(dest="analytics_command", required=True, metavar="ACTION")
@@ -119,6 +123,54 @@ def register(sub: Any) -> None:
     calibrate.add_argument("--json", action="store_true", help="print one JSON object")
     calibrate.set_defaults(func=_calibrate)
 
+    evaluate = add_command(
+        asub,
+        "evaluate",
+        help="accuracy on a labelled clip: counting error, rule precision/recall, signed report",
+        description="Run the analytics engine edged runs (privacy masks first, the configured "
+        "rate, size and detector) on a clip and compare it with hand-made labels (TOML: the "
+        "clip's SHA-256, its masks, the camera's lines and rules, the true crossings and "
+        "events; a MOT Challenge gt.txt for tracking scores). Writes report.json, summary.txt "
+        "and plot.svg into --out, signed with the unit's key (report.sig). Shows no picture. "
+        "Exit 0 when written, 2 when the clip, the labels or the key are refused.",
+        example=[
+            (
+                "edgectl analytics evaluate --clip street.mp4 --labels street.labels.toml "
+                "--out /tmp/eval",
+                "the report a city attaches to its declaration",
+            ),
+            ("edgectl analytics verify-report /tmp/eval", "check it, here or at the city"),
+        ],
+    )
+    add_config_args(evaluate)
+    evaluate.add_argument("--clip", type=Path, required=True, help="video file to analyse")
+    evaluate.add_argument("--labels", type=Path, required=True, help="labels file (TOML)")
+    evaluate.add_argument("--out", type=Path, required=True, help="directory for the report")
+    evaluate.add_argument("--json", action="store_true", help="print report.json's content")
+    evaluate.set_defaults(func=_evaluate)
+
+    verify_report = add_command(
+        asub,
+        "verify-report",
+        help="check an evaluation report's signature and files",
+        description="Verify the signature of an evaluation report (report.sig over "
+        "report.json, which holds the SHA-256 of summary.txt and plot.svg) with the unit's "
+        "public key or --public-key. Exit 0 when it verifies, 1 when it does not, 2 when the "
+        "key is unreadable.",
+        example=[
+            (
+                "edgectl analytics verify-report --public-key unit-7.pub.pem eval/",
+                "a report from another unit",
+            ),
+        ],
+    )
+    add_config_args(verify_report)
+    verify_report.add_argument("dir", type=Path, help="directory written by evaluate")
+    verify_report.add_argument(
+        "--public-key", type=Path, default=None, help="PEM public key (default: the unit's)"
+    )
+    verify_report.set_defaults(func=_verify_report)
+
 
 def _preview_args(parser: argparse.ArgumentParser, *, out_required: bool = True) -> None:
     add_config_args(parser, data_dir=False)
@@ -143,6 +195,59 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .analytics_preview import calibrate
 
     return calibrate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from edge.analytics.evaluate import evaluate, load_labels
+    from edge.analytics.report import summary_text, verify_report, write_report
+    from edge.identity import load_signing_key
+
+    cfg = load_config(args)
+    try:
+        # The key first: an hour of analysis must not end in "cannot sign".
+        key = load_signing_key(keys_dir_of(cfg.unit.data_dir))
+        labels = load_labels(args.labels)
+        body = evaluate(args.clip, labels, cfg.analytics)
+    except EdgeError as exc:
+        print(f"edgectl analytics evaluate: {exc}", file=sys.stderr)
+        return 2
+    created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    try:
+        write_report(args.out, body, key, unit=cfg.unit.id, created=created)
+    except OSError as exc:
+        print(f"edgectl analytics evaluate: {args.out}: cannot write: {exc}", file=sys.stderr)
+        return 2
+    report = verify_report(args.out, key.public_key())
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+    else:
+        print(summary_text(report), end="")
+        print(f"report written to {args.out} (report.json, summary.txt, plot.svg, report.sig)")
+    return 0
+
+
+def _verify_report(args: argparse.Namespace) -> int:
+    from edge.analytics.report import verify_report
+
+    cfg = load_config(args)
+    key_path = args.public_key or keys_dir_of(cfg.unit.data_dir) / SIGNING_PUB_NAME
+    try:
+        key = load_public_pem(key_path.read_bytes(), origin=str(key_path))
+    except OSError as exc:
+        print(f"{key_path}: cannot read: {exc.strerror}", file=sys.stderr)
+        return 2
+    except EdgeError as exc:
+        print(f"{exc}", file=sys.stderr)
+        return 2
+    try:
+        report = verify_report(args.dir, key)
+    except EdgeError as exc:
+        print(f"FAILED: {exc}")
+        return 1
+    print(f"OK: report of unit {report['unit']} on {report['clip']['name']}, {report['created']}")
+    return 0
 
 
 def _check_model(args: argparse.Namespace) -> int:

@@ -16,7 +16,14 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 #: Sub-command modules, in the order ``edge-csu --help`` lists them.
-COMMAND_MODULES: list[str] = ["vault_cmd", "serve_cmd", "ca_cmd", "token_cmd", "bench_cmd"]
+COMMAND_MODULES: list[str] = [
+    "vault_cmd",
+    "serve_cmd",
+    "ca_cmd",
+    "token_cmd",
+    "console.operator_cmd",
+    "bench_cmd",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,46 @@
+"""The console's words in French (the default) and English; one table, looked up by key."""
+
+from __future__ import annotations
+
+LANGUAGES = ("fr", "en")
+DEFAULT = "fr"
+
+_TEXT: dict[str, dict[str, str]] = {
+    "title": {"fr": "Console opérateur CSU", "en": "CSU operator console"},
+    "login": {"fr": "Connexion", "en": "Log in"},
+    "name": {"fr": "Identifiant", "en": "Operator name"},
+    "password": {"fr": "Mot de passe", "en": "Password"},
+    "code": {
+        "fr": "Code à usage unique (application d'authentification)",
+        "en": "One-time code (authenticator app)",
+    },
+    "refused": {
+        "fr": "Connexion refusée. Vérifiez vos informations ou contactez votre superviseur.",
+        "en": "Log-in refused. Check your details or ask your supervisor.",
+    },
+    "logout": {"fr": "Se déconnecter", "en": "Log out"},
+    "logged_in_as": {"fr": "Connecté en tant que", "en": "Logged in as"},
+    "role": {"fr": "Rôle", "en": "Role"},
+    "scope": {"fr": "Périmètre", "en": "Scope"},
+    "whole_fleet": {"fr": "toutes les caméras", "en": "every camera"},
+    "cameras": {"fr": "Caméras autorisées", "en": "Cameras you may view"},
+    "no_camera": {"fr": "Aucune caméra reçue.", "en": "No camera received yet."},
+    "other_language": {"fr": "English", "en": "Français"},
+    "session_note": {
+        "fr": "La session se ferme après 15 minutes d'inactivité. "
+        "Chaque visionnage est journalisé.",
+        "en": "The session ends after 15 idle minutes. Every viewing is logged.",
+    },
+    "role_viewer": {"fr": "opérateur (visionnage)", "en": "viewer"},
+    "role_investigator": {"fr": "enquêteur (visionnage, export)", "en": "investigator"},
+    "role_supervisor": {"fr": "superviseur", "en": "supervisor"},
+    "role_admin": {"fr": "administrateur", "en": "administrator"},
+}
+
+
+def pick(requested: str | None) -> str:
+    return requested if requested in LANGUAGES else DEFAULT
+
+
+def text(key: str, lang: str) -> str:
+    return _TEXT[key][lang]

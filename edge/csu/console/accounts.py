@@ -97,8 +97,11 @@ class OperatorStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-        with self._db() as db:
-            db.executescript(_SCHEMA)
+        db = sqlite3.connect(path, timeout=10)
+        try:
+            db.executescript(_SCHEMA)  # commits by itself: not inside _db()'s transaction
+        finally:
+            db.close()
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:

@@ -54,7 +54,12 @@ def register(sub: Any) -> None:
             )
         ],
     )
-    add.add_argument("--role", required=True, choices=[r.value for r in Role])
+    add.add_argument(
+        "--role",
+        required=True,
+        choices=[r.value for r in Role],
+        help="viewer (watch), investigator (+ export), supervisor (+ alerts, audit), admin",
+    )
     add.add_argument(
         "--scope", default="", help="comma-separated UNIT or UNIT/CAMERA (default: every camera)"
     )

@@ -232,10 +232,10 @@ def mount(app: web.Application, receiver: Receiver) -> None:
         lang = _lang(request)
         principal, why = await principal_or_none(request)
         if principal is None or principal.session is None:
+            response = _page(lang, _login_form(lang))
             if COOKIE in request.cookies:  # a session that ended: say so once in the log
                 await record("-", "session-refused", request, reason=why)
-            response = _page(lang, _login_form(lang))
-            response.del_cookie(COOKIE, path="/")
+                response.del_cookie(COOKIE, path="/", secure=True, samesite="Strict")
             return response
         cams = await receiver.run_blocking(cameras_in_scope, receiver, principal.scope)
         return _page(lang, _home(lang, principal, cams))
@@ -274,7 +274,7 @@ def mount(app: web.Application, receiver: Receiver) -> None:
         await receiver.run_blocking(store.logout, principal.session.token_sha256)
         await record(principal.name, "logout", request)
         response = web.HTTPSeeOther(f"{PREFIX}/")
-        response.del_cookie(COOKIE, path="/")
+        response.del_cookie(COOKIE, path="/", secure=True, samesite="Strict")
         raise response
 
     async def api_principal(request: web.Request) -> Principal:

@@ -3,12 +3,13 @@ authentication step every operator request goes through (console cookie or beare
 
 Routes (operator listener, beside the HLS routes of :mod:`edge.csu.receiver.hls`)::
 
-    GET  /console/                 log-in form, or the operator's home page
+    GET  /console/                 log-in form, or the live wall (1, 4, 9 tiles; MSE player)
+    GET  /console/units            units in scope: last contact, backlog, certificate, chain
     POST /console/login            name, password, one-time code → session cookie
     POST /console/logout           (CSRF token) → session ended
     GET  /console/api/me           who is logged in, role, scope, CSRF token (JSON)
     GET  /console/api/cameras      the cameras in the operator's scope (JSON)
-    GET  /console/static/{file}    style sheet (package data; no third-party code)
+    GET  /console/static/{file}    style sheet and player script (package data, written here)
 
 The cookie is ``__Host-`` prefixed, Secure, HttpOnly and SameSite=Strict; it carries a random
 token whose SHA-256 alone is stored. Every state-changing request must carry the session's CSRF
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hmac
 import html
 import json
+import time
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -50,14 +52,17 @@ CSP = (
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer Chromium posts forms with "Origin: null",
+    # and the Origin check is the log-in form's CSRF defence.
+    "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
     "Strict-Transport-Security": "max-age=31536000",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
-_STATIC = {"console.css": "text/css"}
+_CURRENT = ' aria-current="page"'
+_STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +157,7 @@ def _page(lang: str, body: str, *, status: int = 200) -> web.Response:
         f'<!doctype html><html lang="{lang}"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{t('title', lang)}</title>"
+        '<link rel="icon" href="data:,">'  # no /favicon.ico request: it would be audited
         f'<link rel="stylesheet" href="{PREFIX}/static/console.css"></head><body>{body}</body>'
         "</html>"
     )
@@ -180,23 +186,94 @@ def _login_form(lang: str, *, refused: bool = False) -> str:
     )
 
 
-def _home(lang: str, principal: Principal, cameras: list[tuple[str, str]]) -> str:
+def _shell(lang: str, principal: Principal, active: str, content: str) -> str:
+    """The page around every view: title, navigation, who is logged in, logout."""
     t = i18n.text
     assert principal.session is not None
     esc = html.escape
     scope = t("whole_fleet", lang) if principal.scope.everything else esc(str(principal.scope))
-    rows = "".join(f"<tr><td>{esc(u)}</td><td>{esc(c)}</td></tr>" for u, c in cameras)
-    listing = f"<table>{rows}</table>" if rows else f"<p>{t('no_camera', lang)}</p>"
+    links = "".join(
+        f'<a href="{PREFIX}/{path}"{_CURRENT if key == active else ""}>{t(key, lang)}</a>'
+        for key, path in (("live", ""), ("units", "units"))
+    )
     return (
         f"<header><h1>{t('title', lang)}</h1>"
+        f'<nav aria-label="{t("nav", lang)}">{links}</nav>'
+        f'<p>{t("logged_in_as", lang)} <strong id="operator">{esc(principal.name)}'
+        f"</strong> — {t('role_' + principal.role.value, lang)} — {t('scope', lang)}: {scope}</p>"
         f'<form method="post" action="{PREFIX}/logout">'
         f'<input type="hidden" name="csrf" value="{esc(principal.session.csrf)}">'
         f'<button type="submit">{t("logout", lang)}</button></form></header>'
-        f'<main><p>{t("logged_in_as", lang)} <strong id="operator">{esc(principal.name)}'
-        f"</strong> — {t('role', lang)}: {t('role_' + principal.role.value, lang)} — "
-        f"{t('scope', lang)}: {scope}</p>"
-        f'<section aria-labelledby="cams"><h2 id="cams">{t("cameras", lang)}</h2>{listing}'
-        f"</section><p>{t('session_note', lang)}</p></main>"
+        f"<main>{content}<p>{t('session_note', lang)}</p></main>"
+    )
+
+
+def _wall(lang: str, cameras: list[tuple[str, str]]) -> str:
+    t = i18n.text
+    esc = html.escape
+    if not cameras:
+        return f"<p>{t('no_camera', lang)}</p>"
+    states = " ".join(
+        f'data-{k}="{esc(t("state_" + k, lang))}"' for k in ("waiting", "live", "refused", "error")
+    )
+    buttons = "".join(
+        f'<button type="button" data-layout-button="{n}" aria-pressed="false">'
+        f"{n} {t('tiles', lang)}</button>"
+        for n in (1, 4, 9)
+    )
+    tiles = "".join(
+        f'<figure class="tile" tabindex="0" data-unit="{esc(u)}" data-camera="{esc(c)}" {states}'
+        f' aria-label="{esc(u)} / {esc(c)}"><video muted playsinline></video>'
+        f'<figcaption class="label">{esc(u)} / {esc(c)}</figcaption>'
+        f'<span class="state" role="status">{t("state_waiting", lang)}</span></figure>'
+        for u, c in cameras[:9]
+    )
+    return (
+        f'<h2 id="live-title">{t("live", lang)}</h2>'
+        f'<div class="toolbar" role="group" aria-label="{t("layout", lang)}">{buttons}</div>'
+        f"<p>{t('wall_help', lang)}</p>"
+        f'<section id="wall" class="wall" data-layout="4" aria-labelledby="live-title">{tiles}'
+        "</section>"
+        f'<script src="{PREFIX}/static/console.js"></script>'
+    )
+
+
+def _units_table(lang: str, rows: list[dict[str, Any]], now_ns: int) -> str:
+    t = i18n.text
+    esc = html.escape
+    body = []
+    for row in rows:
+        last = row["last_contact_ns"]
+        contact = t("ago", lang).format(round((now_ns - last) / 1e9)) if last else t("never", lang)
+        backlog = row["backlog"] or {}
+        key = row["signing_key"]
+        if not key["trusted"]:
+            cert = f'<span class="bad">{t("untrusted", lang)}</span>'
+        elif key["source"] == "certificate":
+            cert = esc(str(key["not_after"])[:10])
+        else:
+            cert = t("pinned", lang)
+        chains = "<br>".join(
+            f"{esc(cam)}: {st['count']} seg. #{st['first']}..#{st['last']}, "
+            + (
+                esc(str(st["chain"]))
+                if st["chain"] == "ok"
+                else f'<span class="bad">{esc(str(st["chain"]))}</span>'
+            )
+            for cam, st in row["cameras"].items()
+        )
+        items = backlog.get("items", "-") if backlog else "-"
+        body.append(
+            f'<tr><th scope="row">{esc(row["unit"])}</th><td>{contact}</td>'
+            f"<td>{esc(str(items))}</td><td>{cert}</td><td>{chains}</td></tr>"
+        )
+    head = "".join(
+        f'<th scope="col">{t(k, lang)}</th>'
+        for k in ("unit", "last_contact", "backlog", "certificate", "chain")
+    )
+    return (
+        f"<h2>{t('units', lang)}</h2><table><thead><tr>{head}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table>"
     )
 
 
@@ -238,7 +315,20 @@ def mount(app: web.Application, receiver: Receiver) -> None:
                 response.del_cookie(COOKIE, path="/", secure=True, samesite="Strict")
             return response
         cams = await receiver.run_blocking(cameras_in_scope, receiver, principal.scope)
-        return _page(lang, _home(lang, principal, cams))
+        return _page(lang, _shell(lang, principal, "live", _wall(lang, cams)))
+
+    async def units(request: web.Request) -> web.Response:
+        lang = _lang(request)
+        principal, _ = await principal_or_none(request)
+        if principal is None or principal.session is None:
+            raise web.HTTPSeeOther(f"{PREFIX}/")
+        from ..serve_cmd import unit_rows
+
+        def rows() -> list[dict[str, Any]]:
+            return [r for r in unit_rows(receiver.cfg) if principal.scope.allows_unit(r["unit"])]
+
+        table = _units_table(lang, await receiver.run_blocking(rows), time.time_ns())
+        return _page(lang, _shell(lang, principal, "units", table))
 
     async def login(request: web.Request) -> web.Response:
         form = await request.post()
@@ -312,6 +402,7 @@ def mount(app: web.Application, receiver: Receiver) -> None:
     app.router.add_get(f"{PREFIX}/", home)
     app.router.add_post(f"{PREFIX}/login", login)
     app.router.add_post(f"{PREFIX}/logout", logout)
+    app.router.add_get(f"{PREFIX}/units", units)
     app.router.add_get(f"{PREFIX}/api/me", me)
     app.router.add_get(f"{PREFIX}/api/cameras", cameras)
     app.router.add_get(f"{PREFIX}/static/{{name}}", static)

@@ -1,0 +1,188 @@
+"""The console in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``, driven
+by Selenium; no browser download): an operator logs in, a live tile fed by a real ``edged``
+plays through the console's own MSE player, and the masked area of a frame drawn from the
+video element equals the solid fill. Each test saves a screenshot under ``test-artifacts/``
+(``EDGE_TEST_ARTIFACTS`` to change it); the live latency and page weight go beside it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.csu.console.credentials import totp_at, totp_step
+from edge.identity.unitkeys import keys_dir_of, load_or_create_signing_key
+
+from .conftest import REPO, require_module, tool
+from .test_uplink_e2e import unit_config
+from .uplink_util import Csu, free_port, make_csu, unit_files, wait_until
+
+PASSWORD = "vigie-du-quai-2026"
+#: The mask drawn on the test camera: the top-left quarter of the picture.
+MASK = "[[0.0, 0.0], [0.5, 0.0], [0.5, 0.5], [0.0, 0.5]]"
+SOLID_RGB = 28  # luma 40, no chroma (docs/PRIVACY.md), in full-range RGB: (40-16)*255/219
+
+
+def artifacts() -> Path:
+    path = Path(os.environ.get("EDGE_TEST_ARTIFACTS", REPO / "test-artifacts"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass
+class Site:
+    csu: Csu
+    secret: str
+    url: str
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    tmp = tmp_path_factory.mktemp("console-browser")
+    csu = make_csu(tmp)
+    port = free_port()
+    csu.write_config(port=port)
+    data_dir = tmp / "unit"
+    unit_files(csu, "test-unit", data_dir)
+    csu.enroll("test-unit", load_or_create_signing_key(keys_dir_of(data_dir)))
+    out = subprocess.run(
+        [sys.executable, "-m", "edge.csu.main", "operator", "add", "--config", str(csu.config),
+         "--name", "v.quai", "--role", "viewer", "--scope", "test-unit/cam1", "--password-stdin"],
+        input=PASSWORD + "\n", capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    secret = re.search(r"secret=([A-Z2-7]+)", out)
+    assert secret, out
+    config = unit_config(
+        tmp / "edge.toml", data_dir, csu, port,
+        uplink=f'ca_file = "{data_dir / "keys" / "ca.pem"}"\n'
+        "backoff_initial_s = 0.2\nbackoff_max_s = 1.0",
+    )  # fmt: skip
+    text = config.read_text().replace(
+        "[vault]", f'[[cameras.privacy_masks]]\nname = "flats"\npoints = {MASK}\n\n[vault]'
+    )
+    config.write_text(text)
+    csu.start()
+    edged = subprocess.Popen(
+        [sys.executable, "-m", "edge.app.daemon", "--config", str(config), "--run-for", "120"],
+        stdout=subprocess.DEVNULL, stderr=(tmp / "edged.log").open("wb"), cwd=REPO,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: len(csu.stored("test-unit", "cam1")) >= 2, 30, "segments at the CSU")
+        yield Site(csu, secret.group(1), f"https://127.0.0.1:{csu.ports['operators']}")
+    finally:
+        edged.send_signal(signal.SIGTERM)
+        try:
+            edged.wait(15)
+        except subprocess.TimeoutExpired:
+            edged.kill()
+            edged.wait()
+        csu.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    webdriver = require_module("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = tool("chromium")
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",  # tests run as root
+        "--ignore-certificate-errors",  # the receiver's TLS is judged by openssl elsewhere
+        "--autoplay-policy=no-user-gesture-required",
+        "--window-size=1280,800",
+        "--disable-gpu",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(tool("chromedriver")))
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def log_in(browser: Any, site: Site, name: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{site.url}/console/")
+    browser.find_element(By.NAME, "name").send_keys(name)
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.NAME, "code").send_keys(totp_at(site.secret, totp_step(time.time())))
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+
+def test_live_tile_plays_and_the_masked_area_is_the_fill(browser: Any, site: Site) -> None:
+    log_in(browser, site, "v.quai")
+    try:
+        wait_until(lambda: 'id="wall"' in browser.page_source, 10, "the live wall")
+    except AssertionError:  # say why: the page shown and the audit log's last words
+        audit = (site.csu.directory / "audit.jsonl").read_text()
+        raise AssertionError(browser.page_source[:1500] + audit[-1500:]) from None
+    assert browser.execute_script(
+        "return MediaSource.isTypeSupported('video/mp4; codecs=\"avc1.42e01e\"')"
+    ), "this Chromium has no H.264 in MSE"
+    video = "document.querySelector('#wall .tile video')"
+
+    def playing() -> float:
+        return float(browser.execute_script(f"return {video}.currentTime"))
+
+    wait_until(lambda: playing() > 0.5, 30, "the live tile to play")
+    first = playing()
+    wait_until(lambda: playing() > first + 1.0, 15, "the live tile's time to advance")
+    # the masked quarter, drawn from the video element into a canvas
+    pixels = browser.execute_script(
+        f"""const v = {video};
+        const c = document.createElement('canvas');
+        c.width = v.videoWidth; c.height = v.videoHeight;
+        const g = c.getContext('2d'); g.drawImage(v, 0, 0);
+        const out = [];
+        for (const [fx, fy] of [[0.05, 0.05], [0.25, 0.25], [0.45, 0.1], [0.1, 0.45]]) {{
+          out.push(Array.from(g.getImageData(Math.floor(fx * c.width),
+                                             Math.floor(fy * c.height), 1, 1).data));
+        }}
+        const outside = Array.from(g.getImageData(0, 0, c.width, c.height).data);
+        return {{masked: out, size: [c.width, c.height], sample: outside.slice(
+          (Math.floor(0.75 * c.height) * c.width + Math.floor(0.75 * c.width)) * 4,
+          (Math.floor(0.75 * c.height) * c.width + Math.floor(0.75 * c.width)) * 4 + 3)}};"""
+    )
+    assert pixels["size"] == [320, 240]
+    for r, g, b, _ in pixels["masked"]:
+        assert max(abs(r - SOLID_RGB), abs(g - SOLID_RGB), abs(b - SOLID_RGB)) <= 6, pixels
+    wait_until(
+        lambda: browser.execute_script(
+            "return document.querySelector('#wall .tile').dataset.latencyMs"
+        ),
+        10,
+        "a latency estimate",
+    )
+    time.sleep(2)  # a few more segments: the estimate settles
+    figures = browser.execute_script(
+        """const nav = performance.getEntriesByType('navigation')[0];
+        const res = performance.getEntriesByType('resource');
+        const page = res.filter(r => r.name.includes('/console/static/'));
+        return {latency_ms: Number(document.querySelector('#wall .tile').dataset.latencyMs),
+                html_bytes: nav.decodedBodySize,
+                static_bytes: page.reduce((n, r) => n + r.decodedBodySize, 0),
+                state: document.querySelector('#wall .tile .state').textContent};"""
+    )
+    assert figures["state"] == "direct"
+    assert 0 < figures["latency_ms"] < 15_000, figures
+    browser.save_screenshot(str(artifacts() / "console-live.png"))
+    (artifacts() / "console-live.json").write_text(json.dumps(figures, indent=1))
+    entries = [
+        json.loads(line) for line in (site.csu.directory / "audit.jsonl").read_text().splitlines()
+    ]
+    views = {(e["who"], e["action"]) for e in entries}
+    assert {("v.quai", "login"), ("v.quai", "view-live"), ("v.quai", "view-media")} <= views

@@ -62,8 +62,9 @@ def test_scrypt_hashes_carry_their_parameters_and_refuse_a_wrong_password() -> N
 
 def test_roles_grow_and_scopes_limit_cameras() -> None:
     assert allows(Role.VIEWER, Permission.VIEW) and not allows(Role.VIEWER, Permission.EXPORT)
+    assert allows(Role.VIEWER, Permission.DECIDE)  # the agents at the wall decide
     assert allows(Role.INVESTIGATOR, Permission.EXPORT)
-    assert not allows(Role.INVESTIGATOR, Permission.DECIDE)
+    assert not allows(Role.INVESTIGATOR, Permission.AUDIT)
     assert allows(Role.SUPERVISOR, Permission.AUDIT)
     assert not allows(Role.SUPERVISOR, Permission.MANAGE)
     assert all(allows(Role.ADMIN, p) for p in Permission)

@@ -10,18 +10,22 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edge.csu.console.credentials import totp_at, totp_step
+from edge.csu.receiver import access_log as csu_audit
+from edge.events import EventSigner
 from edge.identity.unitkeys import keys_dir_of, load_or_create_signing_key
+from edge.uplink.spool import EventSpool
 
 from .conftest import REPO, require_module, tool
 from .test_uplink_e2e import unit_config
@@ -42,8 +46,13 @@ def artifacts() -> Path:
 @dataclass
 class Site:
     csu: Csu
-    secret: str
+    secrets: dict[str, str]
     url: str
+    alarm_id: str
+    logins: list[str] = field(default_factory=list)
+
+    def audit(self) -> list[dict[str, Any]]:
+        return csu_audit.read(self.csu.directory / "audit.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +64,25 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     data_dir = tmp / "unit"
     unit_files(csu, "test-unit", data_dir)
     csu.enroll("test-unit", load_or_create_signing_key(keys_dir_of(data_dir)))
-    out = subprocess.run(
-        [sys.executable, "-m", "edge.csu.main", "operator", "add", "--config", str(csu.config),
-         "--name", "v.quai", "--role", "viewer", "--scope", "test-unit/cam1", "--password-stdin"],
-        input=PASSWORD + "\n", capture_output=True, text=True, timeout=60, check=True,
-    ).stdout  # fmt: skip
-    secret = re.search(r"secret=([A-Z2-7]+)", out)
-    assert secret, out
+    (csu.directory / "storage" / "test-unit" / "cam2").mkdir(parents=True)  # out of scope
+    secrets = {}
+    for name, role, scope in (("v.quai", "viewer", "test-unit/cam1"), ("s.chef", "supervisor", "")):
+        out = subprocess.run(
+            [sys.executable, "-m", "edge.csu.main", "operator", "add", "--config",
+             str(csu.config), "--name", name, "--role", role, "--scope", scope,
+             "--password-stdin"],
+            input=PASSWORD + "\n", capture_output=True, text=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+        secret = re.search(r"secret=([A-Z2-7]+)", out)
+        assert secret, out
+        secrets[name] = secret.group(1)
+    # a cabinet alarm waiting in the unit's spool: edged signs nothing new, it delivers it
+    signing = load_or_create_signing_key(keys_dir_of(data_dir))
+    alarm = EventSigner(signing, "test-unit").sign(
+        camera="unit", category="alert", kind="cabinet-door-open", rule="door",
+        wall_ns=time.time_ns(), frame_index=-1, details={"message": "door opened"},
+    )  # fmt: skip
+    EventSpool(data_dir / "uplink" / "events").put(alarm.wire())
     config = unit_config(
         tmp / "edge.toml", data_dir, csu, port,
         uplink=f'ca_file = "{data_dir / "keys" / "ca.pem"}"\n'
@@ -78,7 +99,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     )  # fmt: skip
     try:
         wait_until(lambda: len(csu.stored("test-unit", "cam1")) >= 2, 30, "segments at the CSU")
-        yield Site(csu, secret.group(1), f"https://127.0.0.1:{csu.ports['operators']}")
+        url = f"https://127.0.0.1:{csu.ports['operators']}"
+        yield Site(csu, secrets, url, str(alarm.body["id"]))
     finally:
         edged.send_signal(signal.SIGTERM)
         try:
@@ -119,8 +141,12 @@ def log_in(browser: Any, site: Site, name: str) -> None:
     browser.get(f"{site.url}/console/")
     browser.find_element(By.NAME, "name").send_keys(name)
     browser.find_element(By.NAME, "password").send_keys(PASSWORD)
-    browser.find_element(By.NAME, "code").send_keys(totp_at(site.secret, totp_step(time.time())))
+    # one code per step and account: a second log-in in the same 30 s uses the next one
+    step = totp_step(time.time()) + site.logins.count(name)
+    site.logins.append(name)
+    browser.find_element(By.NAME, "code").send_keys(totp_at(site.secrets[name], step))
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait_until(lambda: "/console/login" not in browser.current_url, 10, "the log-in answer")
 
 
 def test_live_tile_plays_and_the_masked_area_is_the_fill(browser: Any, site: Site) -> None:
@@ -186,3 +212,76 @@ def test_live_tile_plays_and_the_masked_area_is_the_fill(browser: Any, site: Sit
     ]
     views = {(e["who"], e["action"]) for e in entries}
     assert {("v.quai", "login"), ("v.quai", "view-live"), ("v.quai", "view-media")} <= views
+
+
+def test_an_alert_from_edged_is_dismissed_and_the_decision_is_audited(
+    browser: Any, site: Site
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.delete_all_cookies()
+    log_in(browser, site, "v.quai")
+    browser.get(f"{site.url}/console/alerts")
+    row = f'tr[data-alert="{site.alarm_id}"]'
+    wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, row), 20, "the alarm in the inbox")
+    assert "cabinet-door-open" in browser.find_element(By.CSS_SELECTOR, row).text
+    browser.find_element(By.CSS_SELECTOR, f"{row} input[name=comment]").send_keys(
+        "porte ouverte par la maintenance (ticket 4711)"
+    )
+    browser.find_element(By.CSS_SELECTOR, f"{row} button[value=dismiss]").click()
+    wait_until(
+        lambda: "rejetée par v.quai" in browser.find_element(By.CSS_SELECTOR, row).text,
+        10,
+        "the decision on the page",
+    )
+    browser.save_screenshot(str(artifacts() / "console-alerts.png"))
+    [decision] = [e for e in site.audit() if e["action"] == "alert-decision"]
+    assert decision["who"] == "v.quai" and decision["decision"] == "dismiss"
+    assert decision["event"] == site.alarm_id and decision["rule"] == "door"
+    assert decision["comment"] == "porte ouverte par la maintenance (ticket 4711)"
+    assert 0 <= decision["time_to_decide_s"] < 120
+    # a viewer has no audit view, and nothing of the camera outside the scope
+    browser.get(f"{site.url}/console/audit")
+    assert "supervisors" in browser.page_source
+    assert "cam2" not in browser.execute_script(
+        "return fetch('/console/api/cameras').then(r => r.text())"
+    )
+    status = browser.execute_script(
+        "return fetch('/v1/view/test-unit/cam2/live.m3u8').then(r => r.status)"
+    )
+    assert status == 403
+    # a supervisor sees the decision in the audit log and the rule's false-alarm rate
+    browser.delete_all_cookies()
+    log_in(browser, site, "s.chef")
+    browser.get(f"{site.url}/console/alerts")
+    rates = browser.find_element(By.ID, "rates").text
+    assert "door 1 1 100" in rates.replace("\n", " ").replace("%", ""), rates
+    browser.get(f"{site.url}/console/audit?q=alert-decision")
+    table = browser.find_element(By.ID, "audit").text
+    assert "v.quai" in table and "ticket 4711" in table
+    browser.save_screenshot(str(artifacts() / "console-audit.png"))
+
+
+def test_a_forged_csrf_token_and_an_expired_session_are_refused(browser: Any, site: Site) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.delete_all_cookies()
+    log_in(browser, site, "s.chef")
+    # a forged token in the logout form: refused, still logged in
+    browser.get(f"{site.url}/console/")
+    browser.execute_script(
+        "document.querySelector('header form input[name=csrf]').value = 'forged'"
+    )
+    browser.find_element(By.CSS_SELECTOR, "header form button").click()
+    assert "CSRF" in browser.page_source
+    browser.get(f"{site.url}/console/")
+    assert 'id="operator">s.chef<' in browser.page_source
+    # thirteen hours later (the fault injected in the session table): back to the log-in form
+    with sqlite3.connect(site.csu.directory / "operators.db") as db:
+        db.execute("UPDATE sessions SET created = created - 13 * 3600")
+    browser.get(f"{site.url}/console/")
+    assert browser.find_elements(By.NAME, "password")
+    browser.save_screenshot(str(artifacts() / "console-expired.png"))
+    reasons = [e.get("reason") for e in site.audit()]
+    assert "missing or wrong CSRF token" in reasons
+    assert "session reached its maximum length (s.chef)" in reasons

@@ -1,9 +1,10 @@
 """Who may do what in the console, and on which cameras: pure policy, no I/O.
 
-Four roles, each a superset of the one before (an investigator views like a viewer and may also
-export; a supervisor also decides on alerts and reads the audit log; an admin also manages
-operators). A scope names the units (``unit``) or cameras (``unit/camera``) an operator may see;
-an empty scope is the whole fleet. The same checks judge console sessions and bearer tokens.
+Four roles, each a superset of the one before: a viewer watches and decides on alerts, as the
+agents in front of the wall do; an investigator may also export; a supervisor also reads the
+audit log and the false-alarm rates; an admin also manages operators. A scope names the units
+(``unit``) or cameras (``unit/camera``) an operator may see; an empty scope is the whole fleet.
+The same checks judge console sessions and bearer tokens.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class Permission(enum.StrEnum):
     EXPORT = "export"
     """Evidence exports for a case number."""
     DECIDE = "decide"
-    """Confirm, dismiss or escalate alerts (viewers may see them, not close them)."""
+    """Confirm, dismiss or escalate alerts: the agents watching the wall decide (decree
+    2023-828)."""
     AUDIT = "audit"
     """Read the operator audit log and the per-rule false-alarm rates."""
     MANAGE = "manage"
@@ -39,8 +41,8 @@ class Permission(enum.StrEnum):
 
 
 _GRANTS: dict[Role, frozenset[Permission]] = {
-    Role.VIEWER: frozenset({Permission.VIEW}),
-    Role.INVESTIGATOR: frozenset({Permission.VIEW, Permission.EXPORT}),
+    Role.VIEWER: frozenset({Permission.VIEW, Permission.DECIDE}),
+    Role.INVESTIGATOR: frozenset({Permission.VIEW, Permission.DECIDE, Permission.EXPORT}),
     Role.SUPERVISOR: frozenset(
         {Permission.VIEW, Permission.EXPORT, Permission.DECIDE, Permission.AUDIT}
     ),

@@ -5,6 +5,9 @@ Routes (operator listener, beside the HLS routes of :mod:`edge.csu.receiver.hls`
 
     GET  /console/                 log-in form, or the live wall (1, 4, 9 tiles; MSE player)
     GET  /console/units            units in scope: last contact, backlog, certificate, chain
+    GET  /console/alerts           alerts inbox (false-alarm rates per rule for supervisors)
+    POST /console/alerts/decide    confirm / dismiss / escalate + comment (CSRF) → audit log
+    GET  /console/audit?q=TEXT     the audit log, newest first, searchable (supervisors)
     POST /console/login            name, password, one-time code → session cookie
     POST /console/logout           (CSRF token) → session ended
     GET  /console/api/me           who is logged in, role, scope, CSRF token (JSON)
@@ -23,6 +26,7 @@ from __future__ import annotations
 import hmac
 import html
 import json
+import re
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -30,10 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ...errors import ConfigError
+from ..receiver import access_log
 from ..receiver.trust import utcnow
-from . import i18n
+from . import i18n, pages
 from .accounts import OperatorStore, Session
-from .roles import Permission, Role, Scope, allows
+from .alerts import AlertBook, Decision, DecisionRecord, false_alarm_rates
+from .roles import SCOPE_ITEM, Permission, Role, Scope, allows
 
 if TYPE_CHECKING:
     from ..receiver.server import Handler, Receiver
@@ -194,7 +201,8 @@ def _shell(lang: str, principal: Principal, active: str, content: str) -> str:
     scope = t("whole_fleet", lang) if principal.scope.everything else esc(str(principal.scope))
     links = "".join(
         f'<a href="{PREFIX}/{path}"{_CURRENT if key == active else ""}>{t(key, lang)}</a>'
-        for key, path in (("live", ""), ("units", "units"))
+        for key, path in (("live", ""), ("alerts", "alerts"), ("units", "units"))
+        + ((("audit", "audit"),) if principal.may(Permission.AUDIT) else ())
     )
     return (
         f"<header><h1>{t('title', lang)}</h1>"
@@ -319,9 +327,7 @@ def mount(app: web.Application, receiver: Receiver) -> None:
 
     async def units(request: web.Request) -> web.Response:
         lang = _lang(request)
-        principal, _ = await principal_or_none(request)
-        if principal is None or principal.session is None:
-            raise web.HTTPSeeOther(f"{PREFIX}/")
+        principal = await page_principal(request)
         from ..serve_cmd import unit_rows
 
         def rows() -> list[dict[str, Any]]:
@@ -367,6 +373,91 @@ def mount(app: web.Application, receiver: Receiver) -> None:
         response.del_cookie(COOKIE, path="/", secure=True, samesite="Strict")
         raise response
 
+    book = AlertBook(receiver.cfg.storage_dir, receiver.cfg.operators_db)
+
+    async def page_principal(request: web.Request) -> Principal:
+        """The logged-in operator of a page, or a redirect to the log-in form."""
+        principal, _ = await principal_or_none(request)
+        if principal is None or principal.session is None:
+            raise web.HTTPSeeOther(f"{PREFIX}/")
+        return principal
+
+    async def alerts_view(request: web.Request) -> web.Response:
+        lang = _lang(request)
+        p = await page_principal(request)
+        assert p.session is not None
+        found = await receiver.run_blocking(book.alerts, p.scope)
+        may_decide = p.may(Permission.DECIDE)
+        if request.query.get("fragment") == "rows":  # the page's own refresh (console.js)
+            return web.Response(
+                text=pages.alert_rows(lang, found, p.session.csrf, may_decide),
+                content_type="text/html",
+            )
+        rates = None
+        if p.may(Permission.AUDIT):
+            rates = false_alarm_rates(await receiver.run_blocking(book.settled))
+        body = pages.alerts_page(lang, found, p.session.csrf, may_decide, rates)
+        return _page(lang, _shell(lang, p, "alerts", body))
+
+    async def decide(request: web.Request) -> web.Response:
+        p = await page_principal(request)
+        form = await request.post()
+        bad = check_csrf(request, p, str(form.get("csrf", "")) or None)
+        if bad is not None:
+            await record(p.name, "csrf-refused", request, reason=bad)
+            raise web.HTTPForbidden(text="request refused (CSRF)")
+        if not p.may(Permission.DECIDE):
+            raise web.HTTPForbidden(text="your role may not decide on alerts")
+        try:
+            decision = Decision(str(form.get("decision", "")))
+        except ValueError:
+            raise web.HTTPBadRequest(text="decision: confirm, dismiss or escalate") from None
+        unit, event_id = str(form.get("unit", "")), str(form.get("id", ""))
+        if not SCOPE_ITEM.match(unit) or not re.fullmatch(r"[0-9a-f-]{8,64}", event_id):
+            raise web.HTTPBadRequest(text="unit and alert id required")
+        alert = await receiver.run_blocking(book.find, p.scope, unit, event_id)
+        if alert is None:  # not stored, or outside the scope: the same answer
+            await record(p.name, "refused", request, reason=f"alert {event_id} of {unit}")
+            raise web.HTTPNotFound(text="no such alert in your scope")
+        comment = str(form.get("comment", ""))
+
+        def settle() -> DecisionRecord:
+            done = book.decide(alert, decision, comment, p.name)
+            # The decision is evidence: in the hash-chained audit log with who and how fast.
+            audit.record(
+                p.name, "alert-decision", remote=remote_of(request), event=alert.id,
+                unit=alert.unit, camera=alert.camera, rule=alert.rule, kind=alert.kind,
+                decision=decision.value, comment=done.comment,
+                time_to_decide_s=round(done.time_to_decide_s, 3),
+            )  # fmt: skip
+            return done
+
+        try:
+            await receiver.run_blocking(settle)
+        except ConfigError as exc:
+            raise web.HTTPConflict(text=str(exc)) from None
+        raise web.HTTPSeeOther(f"{PREFIX}/alerts")
+
+    async def audit_view(request: web.Request) -> web.Response:
+        lang = _lang(request)
+        p = await page_principal(request)
+        if not p.may(Permission.AUDIT):
+            await record(p.name, "refused", request, reason=f"role {p.role} may not audit")
+            raise web.HTTPForbidden(text="the audit log is for supervisors")
+        query = request.query.get("q", "")[:200]
+
+        def entries() -> list[dict[str, Any]]:
+            found = [
+                e
+                for e in access_log.read(receiver.cfg.audit_log)
+                if not query or query.lower() in json.dumps(e, ensure_ascii=False).lower()
+            ]
+            return found[-500:][::-1]
+
+        shown = await receiver.run_blocking(entries)
+        await record(p.name, "view-audit", request, query=query)
+        return _page(lang, _shell(lang, p, "audit", pages.audit_page(lang, shown, query)))
+
     async def api_principal(request: web.Request) -> Principal:
         principal, why = await principal_or_none(request)
         if principal is None:
@@ -403,6 +494,9 @@ def mount(app: web.Application, receiver: Receiver) -> None:
     app.router.add_post(f"{PREFIX}/login", login)
     app.router.add_post(f"{PREFIX}/logout", logout)
     app.router.add_get(f"{PREFIX}/units", units)
+    app.router.add_get(f"{PREFIX}/alerts", alerts_view)
+    app.router.add_post(f"{PREFIX}/alerts/decide", decide)
+    app.router.add_get(f"{PREFIX}/audit", audit_view)
     app.router.add_get(f"{PREFIX}/api/me", me)
     app.router.add_get(f"{PREFIX}/api/cameras", cameras)
     app.router.add_get(f"{PREFIX}/static/{{name}}", static)

@@ -185,7 +185,18 @@ function setupWall(wall) {
   layout(Number(wall.dataset.layout) || 4);
 }
 
+function setupAlerts(rows) {
+  // New alerts appear without a reload; never while the agent is typing a comment.
+  setInterval(async () => {
+    if (rows.contains(document.activeElement)) return;
+    const r = await fetch("/console/alerts?fragment=rows", { credentials: "same-origin", cache: "no-store" });
+    if (r.ok) rows.innerHTML = await r.text();
+  }, 3000);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const wall = document.getElementById("wall");
   if (wall) setupWall(wall);
+  const rows = document.getElementById("alert-rows");
+  if (rows) setupAlerts(rows);
 });

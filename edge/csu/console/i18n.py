@@ -83,6 +83,21 @@ _TEXT: dict[str, dict[str, str]] = {
         "fr": "Chaînage du journal vérifié.",
         "en": "The log's hash chain verifies.",
     },
+    "playback": {"fr": "Relecture", "en": "Playback"},
+    "from_utc": {"fr": "Du (UTC)", "en": "From (UTC)"},
+    "to_utc": {"fr": "Au (UTC)", "en": "To (UTC)"},
+    "show": {"fr": "Afficher", "en": "Show"},
+    "nothing": {"fr": "Rien d'enregistré sur cette période.", "en": "Nothing recorded then."},
+    "pb_play": {"fr": "Lecture / pause", "en": "Play / pause"},
+    "pb_back": {"fr": "−10 s", "en": "−10 s"},
+    "pb_forward": {"fr": "+10 s", "en": "+10 s"},
+    "pb_step": {"fr": "Image suivante", "en": "Next frame"},
+    "pb_help": {
+        "fr": "Espace : lecture/pause ; ← → : 10 s ; . : image suivante ; "
+        "clic sur la frise : aller à l'heure. En rouge : trous d'enregistrement.",
+        "en": "Space: play/pause; ← →: 10 s; .: next frame; click the timeline to go there. "
+        "Red: gaps in the recording.",
+    },
     "role_viewer": {"fr": "opérateur (visionnage)", "en": "viewer"},
     "role_investigator": {"fr": "enquêteur (visionnage, export)", "en": "investigator"},
     "role_supervisor": {"fr": "superviseur", "en": "supervisor"},

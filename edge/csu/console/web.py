@@ -5,6 +5,7 @@ Routes (operator listener, beside the HLS routes of :mod:`edge.csu.receiver.hls`
 
     GET  /console/                 log-in form, or the live wall (1, 4, 9 tiles; MSE player)
     GET  /console/units            units in scope: last contact, backlog, certificate, chain
+    GET  /console/playback?cam=UNIT/CAMERA&from=&to=   timeline (spans, gaps, alerts), player
     GET  /console/alerts           alerts inbox (false-alarm rates per rule for supervisors)
     POST /console/alerts/decide    confirm / dismiss / escalate + comment (CSRF) → audit log
     GET  /console/audit?q=TEXT     the audit log, newest first, searchable (supervisors)
@@ -23,6 +24,7 @@ nothing from another origin).
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import html
 import json
@@ -37,7 +39,7 @@ from aiohttp import web
 from ...errors import ConfigError
 from ..receiver import access_log
 from ..receiver.trust import utcnow
-from . import i18n, pages
+from . import i18n, pages, playback
 from .accounts import OperatorStore, Session
 from .alerts import AlertBook, Decision, DecisionRecord, false_alarm_rates
 from .roles import SCOPE_ITEM, Permission, Role, Scope, allows
@@ -201,7 +203,12 @@ def _shell(lang: str, principal: Principal, active: str, content: str) -> str:
     scope = t("whole_fleet", lang) if principal.scope.everything else esc(str(principal.scope))
     links = "".join(
         f'<a href="{PREFIX}/{path}"{_CURRENT if key == active else ""}>{t(key, lang)}</a>'
-        for key, path in (("live", ""), ("alerts", "alerts"), ("units", "units"))
+        for key, path in (
+            ("live", ""),
+            ("playback", "playback"),
+            ("alerts", "alerts"),
+            ("units", "units"),
+        )
         + ((("audit", "audit"),) if principal.may(Permission.AUDIT) else ())
     )
     return (
@@ -382,6 +389,41 @@ def mount(app: web.Application, receiver: Receiver) -> None:
             raise web.HTTPSeeOther(f"{PREFIX}/")
         return principal
 
+    async def playback_view(request: web.Request) -> web.Response:
+        lang = _lang(request)
+        p = await page_principal(request)
+        cams = await receiver.run_blocking(cameras_in_scope, receiver, p.scope)
+        now_ns = time.time_ns()
+        from_ns = _form_time(request.query.get("from"), now_ns - playback.DEFAULT_RANGE_S * 10**9)
+        to_ns = _form_time(request.query.get("to"), now_ns)
+        if not 0 < to_ns - from_ns <= playback.MAX_RANGE_S * 10**9:
+            raise web.HTTPBadRequest(text=f"give a range of at most {playback.MAX_RANGE_S} s")
+        unit, _, camera = request.query.get("cam", "").partition("/")
+        if not unit and cams:
+            unit, camera = cams[0]
+        if unit and (unit, camera) not in cams:
+            why = check_scope(p, unit, camera) or f"{unit}/{camera} not stored"
+            await record(p.name, "refused", request, reason=why)
+            raise web.HTTPForbidden(text="camera outside your scope")
+
+        def timeline() -> tuple[str, bool]:
+            segs = list(receiver.store.camera(unit, camera).segments.values()) if unit else []
+            segs = [s for s in segs if s.end_wall_ns > from_ns and s.start_wall_ns < to_ns]
+            spans = playback.spans_of(segs)
+            marks = [
+                a
+                for a in book.alerts(p.scope)
+                if a.unit == unit and a.camera in (camera, "unit") and from_ns <= a.wall_ns < to_ns
+            ]
+            svg = playback.timeline_svg(
+                spans, playback.gaps_of(spans, from_ns, to_ns), marks, from_ns, to_ns
+            )
+            return svg, bool(spans)
+
+        svg, recorded = await receiver.run_blocking(timeline)
+        body = playback.playback_page(lang, cams, unit, camera, from_ns, to_ns, svg, recorded)
+        return _page(lang, _shell(lang, p, "playback", body))
+
     async def alerts_view(request: web.Request) -> web.Response:
         lang = _lang(request)
         p = await page_principal(request)
@@ -494,12 +536,28 @@ def mount(app: web.Application, receiver: Receiver) -> None:
     app.router.add_post(f"{PREFIX}/login", login)
     app.router.add_post(f"{PREFIX}/logout", logout)
     app.router.add_get(f"{PREFIX}/units", units)
+    app.router.add_get(f"{PREFIX}/playback", playback_view)
     app.router.add_get(f"{PREFIX}/alerts", alerts_view)
     app.router.add_post(f"{PREFIX}/alerts/decide", decide)
     app.router.add_get(f"{PREFIX}/audit", audit_view)
     app.router.add_get(f"{PREFIX}/api/me", me)
     app.router.add_get(f"{PREFIX}/api/cameras", cameras)
     app.router.add_get(f"{PREFIX}/static/{{name}}", static)
+
+
+def _form_time(value: str | None, default_ns: int) -> int:
+    """A ``datetime-local`` field (read as UTC) or Unix seconds, in nanoseconds."""
+    if not value:
+        return default_ns
+    try:
+        return int(float(value) * 1e9)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"not a time: {value[:40]!r}") from None
+    return int(when.timestamp() * 1e9)
 
 
 async def _redirect_home() -> web.Response:

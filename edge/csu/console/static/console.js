@@ -185,6 +185,108 @@ function setupWall(wall) {
   layout(Number(wall.dataset.layout) || 4);
 }
 
+class Playback {
+  // Plays a recorded range: every segment of the recorded playlist appended in order
+  // ("sequence" mode: a gap in the recording does not leave a hole in the video's own time),
+  // with the wall time of each segment kept so that the timeline and the clock show true times.
+  constructor(section) {
+    this.section = section;
+    this.video = section.querySelector("video");
+    this.clock = document.getElementById("playback-time");
+    this.base = "/v1/view/" + section.dataset.unit + "/" + section.dataset.camera + "/";
+    this.spans = []; // [{bufStart, wallMs, duration}]
+  }
+
+  async start() {
+    const ms = new MediaSource();
+    this.video.src = URL.createObjectURL(ms);
+    await new Promise((resolve) => ms.addEventListener("sourceopen", resolve, { once: true }));
+    const q = "recorded.m3u8?from=" + this.section.dataset.from + "&to=" + this.section.dataset.to;
+    const r = await fetch(this.base + q, { credentials: "same-origin", cache: "no-store" });
+    if (!r.ok) throw new Error(r.status + " " + q);
+    let sb = null;
+    let initSeq = null;
+    for (const e of parsePlaylist(await r.text())) {
+      if (e.init !== initSeq) {
+        const init = await fetchBytes(this.base + "init/" + e.init + ".mp4");
+        if (sb === null) {
+          sb = ms.addSourceBuffer('video/mp4; codecs="' + codecOf(init) + '"');
+          sb.mode = "sequence";
+        }
+        await appended(sb, init);
+        initSeq = e.init;
+      }
+      const b = sb.buffered;
+      const bufStart = b.length ? b.end(b.length - 1) : 0;
+      await appended(sb, await fetchBytes(this.base + "media/" + e.seq + ".m4s"));
+      this.spans.push({ bufStart, wallMs: e.wallMs, duration: e.duration });
+    }
+    ms.endOfStream();
+    this.video.addEventListener("timeupdate", () => this.showTime());
+    this.video.addEventListener("seeked", () => this.showTime());
+    this.section.dataset.ready = "1";
+  }
+
+  wallAt(t) {
+    let span = null;
+    for (const s of this.spans) if (s.bufStart <= t + 1e-6) span = s;
+    return span === null ? null : span.wallMs + (t - span.bufStart) * 1000;
+  }
+
+  seekWall(ms) {
+    // The segment holding that instant; in a gap, the first recorded instant after it.
+    for (const s of this.spans) {
+      if (ms < s.wallMs + s.duration * 1000) {
+        this.video.currentTime = s.bufStart + Math.max(0, ms - s.wallMs) / 1000;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  showTime() {
+    const wall = this.wallAt(this.video.currentTime);
+    if (wall === null) return;
+    this.section.dataset.wallMs = String(Math.round(wall));
+    this.clock.textContent = new Date(wall).toISOString().replace("T", " ").slice(0, 23) + " UTC";
+  }
+
+  act(action) {
+    const v = this.video;
+    if (action === "play") v.paused ? v.play() : v.pause();
+    if (action === "back") v.currentTime = Math.max(0, v.currentTime - 10);
+    if (action === "forward") v.currentTime = v.currentTime + 10;
+    if (action === "step") {
+      v.pause();
+      v.currentTime = v.currentTime + 0.1; // one frame at 10 fps; a frame or less otherwise
+    }
+  }
+}
+
+function setupPlayback(section) {
+  const player = new Playback(section);
+  window.edgePlayback = player; // for the browser tests and the keyboard handler
+  player.start().catch(() => (section.dataset.error = "1"));
+  section.querySelectorAll("[data-action]").forEach((b) =>
+    b.addEventListener("click", () => player.act(b.dataset.action))
+  );
+  document.addEventListener("keydown", (ev) => {
+    if (ev.target instanceof HTMLInputElement || ev.target instanceof HTMLSelectElement) return;
+    const keys = { " ": "play", ArrowLeft: "back", ArrowRight: "forward", ".": "step" };
+    if (keys[ev.key]) {
+      ev.preventDefault();
+      player.act(keys[ev.key]);
+    }
+  });
+  const timeline = document.getElementById("timeline");
+  timeline.addEventListener("click", (ev) => {
+    const box = timeline.getBoundingClientRect();
+    const from = Number(timeline.dataset.fromMs);
+    const to = Number(timeline.dataset.toMs);
+    player.seekWall(from + ((ev.clientX - box.left) / box.width) * (to - from));
+  });
+}
+
 function setupAlerts(rows) {
   // New alerts appear without a reload; never while the agent is typing a comment.
   setInterval(async () => {
@@ -199,4 +301,6 @@ document.addEventListener("DOMContentLoaded", () => {
   if (wall) setupWall(wall);
   const rows = document.getElementById("alert-rows");
   if (rows) setupAlerts(rows);
+  const playback = document.getElementById("playback");
+  if (playback) setupPlayback(playback);
 });

@@ -69,6 +69,7 @@ scope = ["unit-a/street"]
     for name, role, scope in (
         ("a.viewer", "viewer", "unit-a/street"),
         ("s.chef", "supervisor", ""),
+        ("i.enquete", "investigator", ""),
     ):
         out = operator_cmd(
             csu, "add", "--name", name, "--role", role, "--scope", scope, "--password-stdin",
@@ -192,6 +193,10 @@ def test_a_viewer_scoped_to_one_camera_gets_neither_page_nor_api_of_another(
     assert browser.request("GET", "/v1/view/unit-b/street/live.m3u8").status == 403
     export = "/v1/export/unit-a/street.mp4?from=0&to=10&case=X"
     assert browser.request("GET", export).status == 403  # a viewer may not export
+    assert browser.request("GET", "/console/evidence").status == 403
+    # the pages: camera B is neither offered nor shown when asked for by hand
+    assert "unit-b" not in browser.request("GET", "/console/playback").body
+    assert browser.request("GET", "/console/playback?cam=unit-b/street").status == 403
     # a bearer token with the same scope, for a display script: the same answers
     bearer = {"Authorization": f"Bearer {SCRIPT_TOKEN}"}
     script = Browser(console)
@@ -282,3 +287,28 @@ def test_repeated_failures_lock_the_account_and_each_refusal_is_audited(
     assert "disabled" in operator_cmd(console.csu, "list")
     admin_actions = {(e["action"], e.get("operator")) for e in console.audit()}
     assert {("operator-unlock", "n.guess"), ("operator-disable", "n.guess")} <= admin_actions
+
+
+def test_an_export_for_a_case_goes_through_the_audited_export_route(console: Console) -> None:
+    browser = Browser(console)
+    assert browser.login("i.enquete").status == 303
+    assert browser.request("GET", "/console/audit").status == 403  # supervisors only
+    page = browser.request("GET", "/console/evidence")
+    assert page.status == 200 and "30 jours" in page.body and "unit-b / street" in page.body
+    bad = browser.request("GET", "/console/evidence/export?cam=unit-a/street&case=%3Cx%3E")
+    assert bad.status == 400
+    done = browser.request(
+        "GET",
+        "/console/evidence/export?cam=unit-a/street&from=2026-11-28T14:00:00"
+        "&to=2026-11-28T14:10:00&case=PV-2026/0042",
+    )
+    assert done.status == 303
+    target = urllib.parse.urlsplit(done.headers["Location"])
+    assert target.path == "/v1/export/unit-a/street.mp4"
+    assert urllib.parse.parse_qs(target.query) == {
+        "from": ["1795874400.000"],
+        "to": ["1795875000.000"],
+        "case": ["PV-2026/0042"],
+    }
+    # the export route itself: in scope and allowed, it reaches the archive (nothing stored)
+    assert browser.request("GET", done.headers["Location"]).status == 404

@@ -98,6 +98,21 @@ _TEXT: dict[str, dict[str, str]] = {
         "en": "Space: play/pause; ← →: 10 s; .: next frame; click the timeline to go there. "
         "Red: gaps in the recording.",
     },
+    "evidence": {"fr": "Réquisition", "en": "Evidence"},
+    "case": {"fr": "Numéro de procédure", "en": "Case number"},
+    "export": {"fr": "Exporter (MP4)", "en": "Export (MP4)"},
+    "retention": {
+        "fr": "Les enregistrements sont détruits au bout de 30 jours au plus (CSI L252-5) ; "
+        "seul un export pour une procédure judiciaire peut être conservé au-delà.",
+        "en": "Recordings are destroyed after 30 days at most (CSI L252-5); only an export "
+        "for judicial proceedings may be kept longer.",
+    },
+    "oldest": {"fr": "Plus ancien enregistrement", "en": "Oldest recording"},
+    "expires": {"fr": "détruit au plus tard le", "en": "destroyed by"},
+    "export_note": {
+        "fr": "L'export (une heure au plus) est journalisé avec le numéro de procédure.",
+        "en": "The export (one hour at most) is audited with the case number.",
+    },
     "role_viewer": {"fr": "opérateur (visionnage)", "en": "viewer"},
     "role_investigator": {"fr": "enquêteur (visionnage, export)", "en": "investigator"},
     "role_supervisor": {"fr": "superviseur", "en": "supervisor"},

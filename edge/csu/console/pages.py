@@ -114,3 +114,41 @@ def audit_page(lang: str, entries: list[dict[str, Any]], query: str) -> str:
 def _details(entry: dict[str, Any]) -> str:
     rest = {k: v for k, v in entry.items() if k not in ("time_ns", "who", "action", "prev")}
     return json.dumps(rest, ensure_ascii=False, sort_keys=True)
+
+
+RETENTION_DAYS = 30
+CASE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9\/_.\-]{2,63}"  # valid as HTML pattern ("v" flag) too
+"""A case number (procès-verbal, réquisition): what the audit log files the export under."""
+
+
+def evidence_page(lang: str, oldest: list[tuple[str, str, int | None]], now_ns: int) -> str:
+    """The export form and, per camera in scope, what is held and when it goes."""
+    t = i18n.text
+    esc = html.escape
+    options = "".join(
+        f'<option value="{esc(u)}/{esc(c)}">{esc(u)} / {esc(c)}</option>' for u, c, _ in oldest
+    )
+    start = _time((now_ns / 1e9) - 600).replace(" UTC", "").replace(" ", "T")
+    end = _time(now_ns / 1e9).replace(" UTC", "").replace(" ", "T")
+    rows = "".join(
+        f'<tr><th scope="row">{esc(u)} / {esc(c)}</th>'
+        f"<td>{_time(first / 1e9) if first else '-'}</td>"
+        f"<td>{_time(first / 1e9 + RETENTION_DAYS * 86400) if first else '-'}</td></tr>"
+        for u, c, first in oldest
+    )
+    return (
+        f"<h2>{t('evidence', lang)}</h2><p>{t('retention', lang)}</p>"
+        f'<form method="get" action="{PREFIX}/evidence/export" class="toolbar">'
+        f'<label>{t("camera", lang)}<select name="cam">{options}</select></label>'
+        f'<label>{t("from_utc", lang)}<input name="from" type="datetime-local" step="1" '
+        f'value="{start}" required></label>'
+        f'<label>{t("to_utc", lang)}<input name="to" type="datetime-local" step="1" '
+        f'value="{end}" required></label>'
+        f'<label>{t("case", lang)}<input name="case" required pattern="{CASE_PATTERN}">'
+        "</label>"
+        f'<button type="submit">{t("export", lang)}</button></form>'
+        f"<p>{t('export_note', lang)}</p>"
+        f'<table id="retention"><thead><tr><th scope="col">{t("camera", lang)}</th>'
+        f'<th scope="col">{t("oldest", lang)}</th><th scope="col">{t("expires", lang)}</th>'
+        f"</tr></thead><tbody>{rows}</tbody></table>"
+    )

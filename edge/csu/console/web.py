@@ -9,6 +9,8 @@ Routes (operator listener, beside the HLS routes of :mod:`edge.csu.receiver.hls`
     GET  /console/alerts           alerts inbox (false-alarm rates per rule for supervisors)
     POST /console/alerts/decide    confirm / dismiss / escalate + comment (CSRF) → audit log
     GET  /console/audit?q=TEXT     the audit log, newest first, searchable (supervisors)
+    GET  /console/evidence         export form with case number, what expires when
+    GET  /console/evidence/export  checks the form → /v1/export/… (MP4, audited with the case)
     POST /console/login            name, password, one-time code → session cookie
     POST /console/logout           (CSRF token) → session ended
     GET  /console/api/me           who is logged in, role, scope, CSRF token (JSON)
@@ -30,6 +32,7 @@ import html
 import json
 import re
 import time
+import urllib.parse
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -209,6 +212,7 @@ def _shell(lang: str, principal: Principal, active: str, content: str) -> str:
             ("alerts", "alerts"),
             ("units", "units"),
         )
+        + ((("evidence", "evidence"),) if principal.may(Permission.EXPORT) else ())
         + ((("audit", "audit"),) if principal.may(Permission.AUDIT) else ())
     )
     return (
@@ -480,6 +484,44 @@ def mount(app: web.Application, receiver: Receiver) -> None:
             raise web.HTTPConflict(text=str(exc)) from None
         raise web.HTTPSeeOther(f"{PREFIX}/alerts")
 
+    async def exporter(request: web.Request) -> Principal:
+        p = await page_principal(request)
+        if not p.may(Permission.EXPORT):
+            await record(p.name, "refused", request, reason=f"role {p.role} may not export")
+            raise web.HTTPForbidden(text="evidence exports are for investigators")
+        return p
+
+    async def evidence_view(request: web.Request) -> web.Response:
+        lang = _lang(request)
+        p = await exporter(request)
+
+        def oldest() -> list[tuple[str, str, int | None]]:
+            out = []
+            for unit, cam in cameras_in_scope(receiver, p.scope):
+                segs = receiver.store.camera(unit, cam).segments
+                first = min((s.start_wall_ns for s in list(segs.values())), default=None)
+                out.append((unit, cam, first))
+            return out
+
+        held = await receiver.run_blocking(oldest)
+        body = pages.evidence_page(lang, held, time.time_ns())
+        return _page(lang, _shell(lang, p, "evidence", body))
+
+    async def evidence_export(request: web.Request) -> web.Response:
+        """Checks the form, then hands over to the export route (which checks the scope and
+        role again, audits the export with its case number and sends the MP4)."""
+        await exporter(request)
+        case = request.query.get("case", "")
+        if not re.fullmatch(pages.CASE_PATTERN, case):
+            raise web.HTTPBadRequest(text="case number: 3-64 letters, digits, / _ . -")
+        unit, _, camera = request.query.get("cam", "").partition("/")
+        if not SCOPE_ITEM.match(f"{unit}/{camera}"):
+            raise web.HTTPBadRequest(text="camera: UNIT/CAMERA")
+        start = _form_time(request.query.get("from"), 0) / 1e9
+        end = _form_time(request.query.get("to"), 0) / 1e9
+        query = urllib.parse.urlencode({"from": f"{start:.3f}", "to": f"{end:.3f}", "case": case})
+        raise web.HTTPSeeOther(f"/v1/export/{unit}/{camera}.mp4?{query}")
+
     async def audit_view(request: web.Request) -> web.Response:
         lang = _lang(request)
         p = await page_principal(request)
@@ -540,6 +582,8 @@ def mount(app: web.Application, receiver: Receiver) -> None:
     app.router.add_get(f"{PREFIX}/alerts", alerts_view)
     app.router.add_post(f"{PREFIX}/alerts/decide", decide)
     app.router.add_get(f"{PREFIX}/audit", audit_view)
+    app.router.add_get(f"{PREFIX}/evidence", evidence_view)
+    app.router.add_get(f"{PREFIX}/evidence/export", evidence_export)
     app.router.add_get(f"{PREFIX}/api/me", me)
     app.router.add_get(f"{PREFIX}/api/cameras", cameras)
     app.router.add_get(f"{PREFIX}/static/{{name}}", static)

@@ -171,7 +171,12 @@ def test_sessions_expire_when_idle_and_after_their_maximum_and_end_at_logout(
     assert s.session(token) == (None, "session idle too long (j.martin)")
     assert s.session(token) == (None, "unknown or ended session")  # deleted, not revived
     clock.now += 60
+    forgotten = s.login("j.martin", PASSWORD, code(secret, clock)).session_token
+    clock.now += 960  # nobody comes back to it; the next log-in sweeps it away
     token = s.login("j.martin", PASSWORD, code(secret, clock)).session_token
+    with sqlite3.connect(s.path) as db:
+        assert db.execute("SELECT count(*) FROM sessions").fetchone() == (1,)
+    assert s.session(forgotten) == (None, "unknown or ended session")
     for _ in range(5):
         clock.now += 720
         last = s.session(token)

@@ -5,7 +5,9 @@ session tokens as SHA-256. The TOTP secrets are in it (the server must compute c
 file is created 0600 and belongs with the CSU's keys in backups.
 
 Thread-safety: one connection per call (sqlite3 in WAL mode serialises writers); the receiver
-calls these from its worker pool, the CLI from its one thread. Time comes from ``clock``
+calls these from its worker pool, the CLI from its one thread. At most ``CONCURRENT_LOGINS``
+password checks run at once (each takes 32 MiB for ≈0.1 s): a flood of log-ins queues up
+instead of taking the receiver's memory and every worker thread. Time comes from ``clock``
 (seconds since the epoch) so expiry and lock-out are unit-tested without waiting.
 """
 
@@ -15,6 +17,7 @@ import hashlib
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,6 +50,8 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 """
 
+CONCURRENT_LOGINS = 4
+_LOGIN_SLOTS = threading.BoundedSemaphore(CONCURRENT_LOGINS)
 DEFAULT_LOCKOUT = LockoutPolicy()
 DEFAULT_SESSIONS = SessionPolicy()
 
@@ -195,6 +200,10 @@ class OperatorStore:
     def login(self, name: str, password: str, code: str) -> LoginResult:
         """Check password and code; a refusal counts towards the lock-out of an existing
         account. A locked or disabled account is refused even with the right credentials."""
+        with _LOGIN_SLOTS:
+            return self._login(name, password, code)
+
+    def _login(self, name: str, password: str, code: str) -> LoginResult:
         now = self.clock()
         with self._db() as db:
             row = db.execute(
@@ -235,6 +244,11 @@ class OperatorStore:
             csrf = secrets.token_urlsafe(32)
             db.execute(
                 "UPDATE operators SET failures=0, totp_last_step=? WHERE name=?", (step, name)
+            )
+            # Sessions nobody came back to are deleted here rather than never.
+            db.execute(
+                "DELETE FROM sessions WHERE created <= ? OR last_seen <= ?",
+                (now - self.session_policy.max_s, now - self.session_policy.idle_s),
             )
             db.execute(
                 "INSERT INTO sessions (token_sha256, name, csrf, created, last_seen)"

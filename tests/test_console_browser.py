@@ -221,6 +221,7 @@ def test_live_tile_plays_and_the_masked_area_is_the_fill(browser: Any, site: Sit
 def test_an_alert_from_edged_is_dismissed_and_the_decision_is_audited(
     browser: Any, site: Site
 ) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     browser.delete_all_cookies()
@@ -228,13 +229,26 @@ def test_an_alert_from_edged_is_dismissed_and_the_decision_is_audited(
     browser.get(f"{site.url}/console/alerts")
     row = f'tr[data-alert="{site.alarm_id}"]'
     wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, row), 20, "the alarm in the inbox")
-    assert "cabinet-door-open" in browser.find_element(By.CSS_SELECTOR, row).text
-    browser.find_element(By.CSS_SELECTOR, f"{row} input[name=comment]").send_keys(
-        "porte ouverte par la maintenance (ticket 4711)"
-    )
-    browser.find_element(By.CSS_SELECTOR, f"{row} button[value=dismiss]").click()
+
+    def row_text() -> str:  # read at once: the inbox refreshes its rows every 3 s
+        return str(browser.execute_script(f"return document.querySelector('{row}').innerText"))
+
+    def act(selector: str, *keys: str) -> None:
+        """Type or click in the row, again if a refresh replaced it under the finger."""
+        for _ in range(5):
+            try:
+                element = browser.find_element(By.CSS_SELECTOR, f"{row} {selector}")
+                element.send_keys(*keys) if keys else element.click()
+                return
+            except StaleElementReferenceException:
+                continue
+        raise AssertionError(f"{selector} kept being replaced")
+
+    assert "cabinet-door-open" in row_text()
+    act("input[name=comment]", "porte ouverte par la maintenance (ticket 4711)")
+    act("button[value=dismiss]")
     wait_until(
-        lambda: "rejetée par v.alertes" in browser.find_element(By.CSS_SELECTOR, row).text,
+        lambda: "rejetée par v.alertes" in row_text(),
         10,
         "the decision on the page",
     )
@@ -260,6 +274,15 @@ def test_an_alert_from_edged_is_dismissed_and_the_decision_is_audited(
     browser.get(f"{site.url}/console/alerts")
     rates = browser.find_element(By.ID, "rates").text
     assert "door 1 1 100" in rates.replace("\n", " ").replace("%", ""), rates
+    # fleet health, and from a unit to its recent alarms
+    browser.get(f"{site.url}/console/units")
+    units = browser.find_element(By.TAG_NAME, "table").text
+    assert "test-unit" in units and "complete" in units, units
+    assert not browser.find_elements(By.CSS_SELECTOR, "table .bad")  # nothing flagged
+    browser.find_element(By.LINK_TEXT, "test-unit").click()
+    wait_until(lambda: "unit=test-unit" in browser.current_url, 10, "the unit's alerts")
+    assert browser.find_elements(By.CSS_SELECTOR, row)
+    browser.save_screenshot(str(artifacts() / "console-unit-alerts.png"))
     browser.get(f"{site.url}/console/audit?q=alert-decision")
     table = browser.find_element(By.ID, "audit").text
     assert "v.alertes" in table and "ticket 4711" in table
@@ -344,7 +367,7 @@ def test_a_forged_csrf_token_and_an_expired_session_are_refused(browser: Any, si
         "document.querySelector('header form input[name=csrf]').value = 'forged'"
     )
     browser.find_element(By.CSS_SELECTOR, "header form button").click()
-    assert "CSRF" in browser.page_source
+    wait_until(lambda: "CSRF" in browser.page_source, 10, "the refusal page")
     browser.get(f"{site.url}/console/")
     assert 'id="operator">s.chef<' in browser.page_source
     # thirteen hours later (the fault injected in the session table): back to the log-in form

@@ -276,14 +276,15 @@ def _units_table(lang: str, rows: list[dict[str, Any]], now_ns: int) -> str:
             f"{esc(cam)}: {st['count']} seg. #{st['first']}..#{st['last']}, "
             + (
                 esc(str(st["chain"]))
-                if st["chain"] == "ok"
+                if st["chain"] in ("complete", "empty")
                 else f'<span class="bad">{esc(str(st["chain"]))}</span>'
             )
             for cam, st in row["cameras"].items()
         )
         items = backlog.get("items", "-") if backlog else "-"
         body.append(
-            f'<tr><th scope="row">{esc(row["unit"])}</th><td>{contact}</td>'
+            f'<tr><th scope="row"><a href="{PREFIX}/alerts?unit={esc(row["unit"])}">'
+            f"{esc(row['unit'])}</a></th><td>{contact}</td>"
             f"<td>{esc(str(items))}</td><td>{cert}</td><td>{chains}</td></tr>"
         )
     head = "".join(
@@ -433,6 +434,9 @@ def mount(app: web.Application, receiver: Receiver) -> None:
         p = await page_principal(request)
         assert p.session is not None
         found = await receiver.run_blocking(book.alerts, p.scope)
+        only = request.query.get("unit")  # drill-down from the units page
+        if only:
+            found = [a for a in found if a.unit == only]
         may_decide = p.may(Permission.DECIDE)
         if request.query.get("fragment") == "rows":  # the page's own refresh (console.js)
             return web.Response(

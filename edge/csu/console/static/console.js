@@ -291,7 +291,8 @@ function setupAlerts(rows) {
   // New alerts appear without a reload; never while the agent is typing a comment.
   setInterval(async () => {
     if (rows.contains(document.activeElement)) return;
-    const r = await fetch("/console/alerts?fragment=rows", { credentials: "same-origin", cache: "no-store" });
+    const url = "/console/alerts" + (location.search ? location.search + "&" : "?") + "fragment=rows";
+    const r = await fetch(url, { credentials: "same-origin", cache: "no-store" });
     if (r.ok) rows.innerHTML = await r.text();
   }, 3000);
 }

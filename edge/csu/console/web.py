@@ -54,7 +54,6 @@ PREFIX = "/console"
 COOKIE = "__Host-edge-console"
 LANG_COOKIE = "edge-console-lang"
 STORE_KEY: web.AppKey[OperatorStore] = web.AppKey("operator_store", OperatorStore)
-RECEIVER_KEY: web.AppKey[Any] = web.AppKey("receiver", object)
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
@@ -313,7 +312,6 @@ def mount(app: web.Application, receiver: Receiver) -> None:
     """Add the console's routes and its store to the operators' application."""
     store = OperatorStore(receiver.cfg.operators_db)
     app[STORE_KEY] = store
-    app[RECEIVER_KEY] = receiver
     audit = receiver.audit
 
     async def record(who: str, action: str, request: web.Request, **what: Any) -> None:

@@ -35,6 +35,7 @@ _TEXT: dict[str, dict[str, str]] = {
     "live": {"fr": "Direct", "en": "Live"},
     "units": {"fr": "Unités", "en": "Units"},
     "layout": {"fr": "Disposition du mur", "en": "Wall layout"},
+    "tile": {"fr": "vignette", "en": "tile"},
     "tiles": {"fr": "vignettes", "en": "tiles"},
     "wall_help": {
         "fr": "Touches 1, 4, 9 : disposition ; Entrée sur une vignette : plein écran.",

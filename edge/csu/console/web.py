@@ -236,7 +236,7 @@ def _wall(lang: str, cameras: list[tuple[str, str]]) -> str:
     )
     buttons = "".join(
         f'<button type="button" data-layout-button="{n}" aria-pressed="false">'
-        f"{n} {t('tiles', lang)}</button>"
+        f"{n} {t('tile' if n == 1 else 'tiles', lang)}</button>"
         for n in (1, 4, 9)
     )
     tiles = "".join(

@@ -70,6 +70,7 @@ scope = ["unit-a/street"]
         ("a.viewer", "viewer", "unit-a/street"),
         ("s.chef", "supervisor", ""),
         ("i.enquete", "investigator", ""),
+        ("s.nuit", "supervisor", ""),
     ):
         out = operator_cmd(
             csu, "add", "--name", name, "--role", role, "--scope", scope, "--password-stdin",
@@ -312,3 +313,21 @@ def test_an_export_for_a_case_goes_through_the_audited_export_route(console: Con
     }
     # the export route itself: in scope and allowed, it reaches the archive (nothing stored)
     assert browser.request("GET", done.headers["Location"]).status == 404
+
+
+def test_a_broken_audit_chain_is_shown_as_such_to_a_supervisor(console: Console) -> None:
+    browser = Browser(console)
+    assert browser.login("s.nuit").status == 303
+    whole = browser.request("GET", "/console/audit?q=login")
+    assert whole.status == 200 and "s.nuit" in whole.body
+    path = console.csu.directory / "audit.jsonl"
+    original = path.read_bytes()
+    lines = original.splitlines(keepends=True)
+    broken = b"".join(lines[:1] + lines[2:])  # the fault: one line removed
+    try:
+        path.write_bytes(broken)
+        page = browser.request("GET", "/console/audit")
+        assert page.status == 409 and "audit chain broken" in page.body
+    finally:  # put the line back, keeping what was appended meanwhile
+        path.write_bytes(original + path.read_bytes()[len(broken) :])
+    assert browser.request("GET", "/console/audit").status == 200

@@ -540,7 +540,15 @@ def mount(app: web.Application, receiver: Receiver) -> None:
             ]
             return found[-500:][::-1]
 
-        shown = await receiver.run_blocking(entries)
+        try:
+            shown = await receiver.run_blocking(entries)
+        except ValueError as exc:  # a line removed or edited: say so, loudly, not a 500
+            await record(p.name, "view-audit", request, query=query, problem=str(exc))
+            body = (
+                f"<h2>{i18n.text('audit', lang)}</h2>"
+                f'<p class="bad" role="alert">{html.escape(str(exc))}</p>'
+            )
+            return _page(lang, _shell(lang, p, "audit", body), status=409)
         await record(p.name, "view-audit", request, query=query)
         return _page(lang, _shell(lang, p, "audit", pages.audit_page(lang, shown, query)))
 

@@ -16,6 +16,7 @@ PACKAGES = [
     "edge.analytics",
     "edge.app",
     "edge.capture",
+    "edge.csu.console",
     "edge.csu.receiver",
     "edge.health",
     "edge.identity",

@@ -157,6 +157,9 @@ def test_csu_distribution_carries_the_receiver_and_its_dependencies(tmp_path: Pa
         text = zf.read(meta).decode()
         entry_points = zf.read(meta.replace("METADATA", "entry_points.txt")).decode()
     assert "edge/csu/receiver/server.py" in names and "edge/csu/ca.py" in names
+    # the console's own style sheet and player script travel as package data
+    static = {"edge/csu/console/static/console.js", "edge/csu/console/static/console.css"}
+    assert static <= set(names)
     assert not [n for n in names if n.startswith("edge/") and not n.startswith("edge/csu/")]
     assert "Requires-Dist: aiohttp" in text and "Requires-Dist: edge==" in text
     assert "edge-csu = edge.csu.main:main" in entry_points

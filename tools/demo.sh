@@ -56,3 +56,13 @@ echo
 echo "demo: $out/demo.mp4: $frames frames, checked by ffprobe. Play it with:"
 echo "  ffplay $out/demo.mp4        (or any player: mpv, VLC)"
 echo "  the audit log recorded the export: edgectl audit --config $out/csu/edge.toml --tail 3"
+
+echo
+echo "demo: the operators' console (live wall, playback, alerts, units, audit log), French by"
+echo "      default; start the receiver again and open it in a browser (the demo's certificate"
+echo "      is its own CA's: accept it, or import $out/csu/ca/root.crt):"
+echo "  .venv/bin/edge-csu serve --config $out/csu/csu.toml"
+echo "  console:  $CSU_CONSOLE"
+echo "  login:    $CSU_LOGIN    password: $CSU_PASSWORD"
+echo "  code:     .venv/bin/python -m edge.csu.demo_setup --code $out/csu   (the authenticator's"
+echo "            6 digits; or add $(sed -n 's/.* //p' "$out/csu/console-login") to an app)"

@@ -5,8 +5,10 @@ that opens sealed segments, an operator token; issues the unit's TLS certificate
 ``D/keys/`` and certifies its signing key (``unit-signing.crt``, evidence profile), which the
 unit presents to the receiver itself (nothing is copied to the CSU by hand); then writes, with
 a free port, ``DIR/csu.toml`` (for ``edge-csu serve``) and ``DIR/edge.toml`` (the embedded
-demo configuration plus the vault's recipient and the uplink). Prints shell assignments
-(``CSU_PORT=…``) for the demo script.
+demo configuration plus the vault's recipient and the uplink), and a console account
+(``DIR/console-login``: name, password, one-time-code secret). Prints shell assignments
+(``CSU_PORT=…``) for the demo script; ``--code DIR`` prints the account's current one-time code
+(what the operator's authenticator app would show).
 Demo material only: a real city uses its own PKI (docs/UPLINK.md).
 """
 
@@ -17,6 +19,7 @@ import datetime as dt
 import secrets
 import socket
 import sys
+import time
 from pathlib import Path
 
 from cryptography import x509
@@ -96,7 +99,9 @@ def setup(data_dir: Path, out: Path) -> dict[str, str]:
         csr = x509.load_pem_x509_csr(enrolment.make_signing_csr(signing, unit_id))
         pem = cert_pem(ca.sign_csr(csr)) + ca.chain_pem
         enrolment.install_certificates(unit_keys, pem, unit_id, ca_data=ca.chain_pem)
+    login = _console_account(out)
     port = _free_port()
+    console_port = _free_port()
     created = dt.datetime.now(dt.UTC).replace(microsecond=0)  # the demo token: 30 days each run
     (out / "csu.toml").write_text(
         f"""# CSU receiver of the demo (edge-csu serve --config {out / "csu.toml"})
@@ -111,7 +116,7 @@ port = {port}
 
 [operators_listen]
 host = "127.0.0.1"
-port = 0
+port = {console_port}
 
 [tls]
 cert_file = "keys/csu.crt"
@@ -140,14 +145,53 @@ csu_url = "https://127.0.0.1:{port}"
 server_name = "{SERVER_NAME}"
 """
     )
-    return {"CSU_PORT": str(port), "CSU_TOKEN": token, "CSU_UNIT": unit_id}
+    return {
+        "CSU_PORT": str(port),
+        "CSU_TOKEN": token,
+        "CSU_UNIT": unit_id,
+        "CSU_CONSOLE": f"https://127.0.0.1:{console_port}/console/",
+        "CSU_LOGIN": login[0],
+        "CSU_PASSWORD": login[1],
+    }
+
+
+def _console_account(out: Path) -> tuple[str, str, str]:
+    """The demo's console account (a supervisor for the whole fleet), made once."""
+    from .console import OperatorStore, Role, Scope
+    from .console.credentials import new_totp_secret
+
+    path = out / "console-login"
+    if path.exists():
+        name, password, secret = path.read_text().split()
+        return name, password, secret
+    name, password, secret = "demo", secrets.token_urlsafe(12), new_totp_secret()
+    store = OperatorStore(out / "operators.db")
+    if store.get(name) is None:
+        store.add(name, Role.SUPERVISOR, Scope(), password, secret)
+    else:  # the login file was lost, not the account: a new password and secret
+        store.reset(name, password, secret)
+    write_new_private(path, f"{name} {password} {secret}\n".encode())
+    return name, password, secret
+
+
+def current_code(out: Path) -> str:
+    from .console.credentials import totp_at, totp_step
+
+    secret = (out / "console-login").read_text().split()[2]
+    return totp_at(secret, totp_step(time.time()))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--code", type=Path, help="print the demo account's one-time code")
     args = parser.parse_args(argv)
+    if args.code is not None:
+        print(current_code(args.code))
+        return 0
+    if args.data_dir is None or args.out is None:
+        parser.error("--data-dir and --out are required")
     for name, value in setup(args.data_dir.resolve(), args.out.resolve()).items():
         print(f"{name}={value}")
     return 0

@@ -24,6 +24,7 @@ COMMAND_MODULES: list[str] = [
     "config_cmd",
     "fleet_cmd",
     "token_cmd",
+    "console.operator_cmd",
     "command_cmd",
     "bench_cmd",
 ]

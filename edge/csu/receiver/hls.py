@@ -1,8 +1,10 @@
 """Operators' video: live and recorded HLS (fMP4) per camera, decrypted in memory.
 
 Operators authenticate with a bearer token (``Authorization: Bearer …``; only its SHA-256 is
-in the configuration); a token fits every HLS player and ``ffprobe -headers``, where client
-certificates would not. Every playlist opened, segment served and export made is written to
+in the configuration; a token fits every HLS player and ``ffprobe -headers``, where client
+certificates would not) or with a console session (:mod:`edge.csu.console.web`); either way
+the role and the scope (units, cameras) are checked before anything is read, and a refusal is
+audited. Every playlist opened, segment served and export made is written to
 the audit log before the bytes leave. Sealed segments are opened with the authority's HPKE key
 (the epoch envelope gives the data key); plaintext never touches the disk.
 
@@ -31,7 +33,8 @@ from edge.vault import recipient_keys as vault_keys
 
 from ...errors import EdgeError
 from ...vault import format as sealed
-from .trust import utcnow
+from ..console import web as console
+from ..console.roles import Permission
 
 if TYPE_CHECKING:
     from .server import Handler, Receiver
@@ -157,13 +160,6 @@ class Viewer:
         return init, media
 
 
-def _token_of(request: web.Request) -> str | None:
-    auth = request.headers.get("Authorization", "")
-    if auth.startswith("Bearer "):
-        return auth[7:].strip()
-    return None
-
-
 def _time_arg(request: web.Request, name: str) -> int:
     try:
         return int(float(request.query[name]) * 1e9)
@@ -177,26 +173,46 @@ def operators_app(receiver: Receiver) -> web.Application:
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        verdict = receiver.cfg.operator_for_token(_token_of(request), utcnow())
-        if verdict.operator is None:
-            # Refused attempts are audited like granted ones: guessing tokens, or an expired
-            # token still in use, must show in the log (never the token itself).
-            peer = request.transport.get_extra_info("peername") if request.transport else None
-            await receiver.run_blocking(
-                lambda: audit.record(
-                    "-",
-                    "refused",
-                    reason=verdict.refusal,
-                    method=request.method,
-                    path=request.path[:512],
-                    remote=str(peer[0]) if peer else None,
+        if request.path.startswith(console.PREFIX):
+            return await handler(request)  # the console checks its own routes
+        principal, why = await receiver.run_blocking(
+            console.authenticate, receiver, request.app[console.STORE_KEY], request
+        )
+        unit, camera = request.match_info.get("unit"), request.match_info.get("camera")
+        if principal is not None:
+            need = Permission.EXPORT if request.path.startswith("/v1/export/") else Permission.VIEW
+            refusal = console.check_scope(principal, unit, camera) or (
+                None if principal.may(need) else f"role {principal.role} may not {need}"
+            )
+            if refusal is not None:
+                await receiver.run_blocking(
+                    lambda: audit.record(
+                        principal.name,
+                        "refused",
+                        reason=refusal,
+                        method=request.method,
+                        path=request.path[:512],
+                        remote=console.remote_of(request),
+                    )
                 )
+                return web.Response(status=403, text="outside your scope or role")
+            request["operator"] = principal.name
+            return await handler(request)
+        # Refused attempts are audited like granted ones: guessing tokens, or an expired
+        # token still in use, must show in the log (never the token itself).
+        await receiver.run_blocking(
+            lambda: audit.record(
+                "-",
+                "refused",
+                reason=why,
+                method=request.method,
+                path=request.path[:512],
+                remote=console.remote_of(request),
             )
-            return web.Response(
-                status=401, text="operator token required", headers={"WWW-Authenticate": "Bearer"}
-            )
-        request["operator"] = verdict.operator
-        return await handler(request)
+        )
+        return web.Response(
+            status=401, text="operator token required", headers={"WWW-Authenticate": "Bearer"}
+        )
 
     def _where(request: web.Request) -> dict[str, Any]:
         peer = request.transport.get_extra_info("peername") if request.transport else None
@@ -284,7 +300,8 @@ def operators_app(receiver: Receiver) -> web.Application:
         body = await receiver.run_blocking(work)
         return web.Response(body=body, content_type="video/mp4")
 
-    app = web.Application(middlewares=[auth])
+    app = web.Application(middlewares=[console.security_headers, auth])
+    console.mount(app, receiver)
     base = f"/v1/view/{{unit:{_ID}}}/{{camera:{_ID}}}"
     app.router.add_get(f"{base}/live.m3u8", live)
     app.router.add_get(f"{base}/recorded.m3u8", recorded)

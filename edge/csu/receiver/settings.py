@@ -14,13 +14,14 @@ import hmac
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ...config import locate_line
 from ...errors import ConfigError
 from ...uplink.protocol import DEFAULT_MAX_SEGMENT_BYTES
+from ..console.roles import OPERATOR_NAME, SCOPE_ITEM
 
 _LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
@@ -48,7 +49,7 @@ class TlsConfig(_Section):
 
 
 class OperatorConfig(_Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9._@-]{1,64}$")
+    name: str = Field(pattern=OPERATOR_NAME.pattern)
     """Who the operator is, as the audit log names them."""
     token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     """SHA-256 (hex) of the operator's bearer token; the token itself is never stored."""
@@ -57,6 +58,20 @@ class OperatorConfig(_Section):
     expires: dt.datetime
     """When the token stops being accepted (refused with 401, audited), with its UTC offset.
     Required: a bearer token that never expires outlives the person it was given to."""
+    role: Literal["viewer", "investigator", "supervisor", "admin"] = "investigator"
+    """What the token may do (roles of the console); the default keeps what tokens could do
+    before roles existed: view and export."""
+    scope: list[str] = Field(default_factory=list, max_length=1000)
+    """Units (``unit``) and cameras (``unit/camera``) the token may see; empty (entries written
+    before scopes existed) means every camera."""
+
+    @field_validator("scope")
+    @classmethod
+    def _scope_items(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not SCOPE_ITEM.match(item):
+                raise ValueError(f"scope item {item!r}: give UNIT or UNIT/CAMERA (lower case)")
+        return value
 
     @field_validator("created", "expires")
     @classmethod
@@ -78,6 +93,8 @@ class TokenVerdict:
 
     operator: str | None
     refusal: str | None = None
+    entry: OperatorConfig | None = None
+    """The configuration entry of the token (role and scope) when it is accepted."""
 
 
 class MqttConfig(_Section):
@@ -167,7 +184,9 @@ class ServeConfig(_Section):
     tls: TlsConfig = TlsConfig()
     """Certificates and trust anchors."""
     operators: list[OperatorConfig] = Field(default_factory=list, max_length=1000)
-    """Operators authorised to view and export video."""
+    """Bearer tokens (scripts, HLS players) authorised to view and export video."""
+    operators_db: Path = Path("operators.db")
+    """Console accounts and sessions (``edge-csu operator``), SQLite, mode 0600."""
     mqtt: MqttConfig = MqttConfig()
     """Event publishing."""
     limits: LimitsConfig = LimitsConfig()
@@ -204,6 +223,7 @@ class ServeConfig(_Section):
                 "commands_dir": fix(self.commands_dir),
                 "config_dir": fix(self.config_dir),
                 "update_dir": fix(self.update_dir),
+                "operators_db": fix(self.operators_db),
                 "authority_key_file": fix(self.authority_key_file),
                 "receipt_key_file": fix(self.receipt_key_file),
                 "tls": tls,
@@ -226,7 +246,7 @@ class ServeConfig(_Section):
             return TokenVerdict(
                 None, f"token of {found.name} expired on {found.expires.isoformat()}"
             )
-        return TokenVerdict(found.name)
+        return TokenVerdict(found.name, entry=found)
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:

@@ -1,0 +1,296 @@
+"""Operator accounts and console sessions, in one SQLite database beside the receiver's files.
+
+The database holds no secret that opens a session by itself: passwords as scrypt hashes,
+session tokens as SHA-256. The TOTP secrets are in it (the server must compute codes), so the
+file is created 0600 and belongs with the CSU's keys in backups.
+
+Thread-safety: one connection per call (sqlite3 in WAL mode serialises writers); the receiver
+calls these from its worker pool, the CLI from its one thread. At most ``CONCURRENT_LOGINS``
+password checks run at once (each takes 32 MiB for ≈0.1 s): a flood of log-ins queues up
+instead of taking the receiver's memory and every worker thread. Time comes from ``clock``
+(seconds since the epoch) so expiry and lock-out are unit-tested without waiting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...errors import ConfigError
+from .credentials import check_password, dummy_hash, hash_password, match_totp, password_problem
+from .roles import LockoutPolicy, Role, Scope, SessionPolicy
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS operators (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    password TEXT NOT NULL,
+    totp_secret TEXT NOT NULL,
+    totp_last_step INTEGER NOT NULL DEFAULT 0,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    last_failure REAL NOT NULL DEFAULT 0,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    token_sha256 TEXT PRIMARY KEY,
+    name TEXT NOT NULL REFERENCES operators(name),
+    csrf TEXT NOT NULL,
+    created REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+"""
+
+CONCURRENT_LOGINS = 4
+_LOGIN_SLOTS = threading.BoundedSemaphore(CONCURRENT_LOGINS)
+DEFAULT_LOCKOUT = LockoutPolicy()
+DEFAULT_SESSIONS = SessionPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class Operator:
+    name: str
+    role: Role
+    scope: Scope
+    disabled: bool
+    failures: int
+    locked_until: float | None
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A logged-in operator, as a request sees it."""
+
+    operator: Operator
+    csrf: str
+    created: float
+    token_sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    session_token: str | None
+    """The cookie value (shown to the browser once, stored only as SHA-256); None if refused."""
+    session: Session | None
+    refusal: str | None = None
+    """Why, for the audit log; the browser only ever sees one generic message."""
+
+
+class OperatorStore:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        lockout: LockoutPolicy = DEFAULT_LOCKOUT,
+        sessions: SessionPolicy = DEFAULT_SESSIONS,
+    ) -> None:
+        self.path = path
+        self.clock = clock
+        self.lockout = lockout
+        self.session_policy = sessions
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        db = sqlite3.connect(path, timeout=10)
+        try:
+            db.executescript(_SCHEMA)  # commits by itself: not inside _db()'s transaction
+        finally:
+            db.close()
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+    # --- accounts (edge-csu operator …) ---------------------------------------------------------
+
+    def add(self, name: str, role: Role, scope: Scope, password: str, totp_secret: str) -> None:
+        problem = password_problem(password, name)
+        if problem is not None:
+            raise ConfigError(problem)
+        with self._db() as db:
+            if db.execute("SELECT 1 FROM operators WHERE name=?", (name,)).fetchone():
+                raise ConfigError(f"operator {name} exists (disable it, or reset its password)")
+            db.execute(
+                "INSERT INTO operators (name, role, scope, password, totp_secret, created)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (name, role.value, str(scope), hash_password(password), totp_secret, self.clock()),
+            )
+
+    def set_disabled(self, name: str, disabled: bool) -> None:
+        with self._db() as db:
+            self._require(db, name)
+            db.execute("UPDATE operators SET disabled=? WHERE name=?", (int(disabled), name))
+            if disabled:  # a disabled operator's open sessions end now, not at expiry
+                db.execute("DELETE FROM sessions WHERE name=?", (name,))
+
+    def unlock(self, name: str) -> None:
+        with self._db() as db:
+            self._require(db, name)
+            db.execute("UPDATE operators SET failures=0 WHERE name=?", (name,))
+
+    def reset(self, name: str, password: str, totp_secret: str) -> None:
+        """New password and TOTP secret (lost phone, forgotten password); sessions end."""
+        problem = password_problem(password, name)
+        if problem is not None:
+            raise ConfigError(problem)
+        with self._db() as db:
+            self._require(db, name)
+            db.execute(
+                "UPDATE operators SET password=?, totp_secret=?, totp_last_step=0, failures=0"
+                " WHERE name=?",
+                (hash_password(password), totp_secret, name),
+            )
+            db.execute("DELETE FROM sessions WHERE name=?", (name,))
+
+    def get(self, name: str) -> Operator | None:
+        with self._db() as db:
+            row = db.execute(_SELECT + " WHERE name=?", (name,)).fetchone()
+        return None if row is None else self._operator(row)
+
+    def list(self) -> list[Operator]:
+        with self._db() as db:
+            rows = db.execute(_SELECT + " ORDER BY name").fetchall()
+        return [self._operator(r) for r in rows]
+
+    def _require(self, db: sqlite3.Connection, name: str) -> None:
+        if not db.execute("SELECT 1 FROM operators WHERE name=?", (name,)).fetchone():
+            raise ConfigError(f"no operator named {name}")
+
+    def _operator(self, row: tuple[str, str, str, int, int, float, float]) -> Operator:
+        name, role, scope, disabled, failures, last_failure, created = row
+        return Operator(
+            name=name,
+            role=Role(role),
+            scope=Scope.parse(scope) if scope != "*" else Scope(),
+            disabled=bool(disabled),
+            failures=failures,
+            locked_until=self._locked_until(failures, last_failure),
+            created=created,
+        )
+
+    def _locked_until(self, failures: int, last_failure: float) -> float | None:
+        until = self.lockout.locked_until(failures, last_failure)
+        return until if until is not None and until > self.clock() else None
+
+    # --- log-in and sessions --------------------------------------------------------------------
+
+    def login(self, name: str, password: str, code: str) -> LoginResult:
+        """Check password and code; a refusal counts towards the lock-out of an existing
+        account. A locked or disabled account is refused even with the right credentials."""
+        with _LOGIN_SLOTS:
+            return self._login(name, password, code)
+
+    def _login(self, name: str, password: str, code: str) -> LoginResult:
+        now = self.clock()
+        with self._db() as db:
+            row = db.execute(
+                "SELECT password, totp_secret, totp_last_step, disabled, failures, last_failure"
+                " FROM operators WHERE name=?",
+                (name,),
+            ).fetchone()
+            if row is None:
+                check_password(password, dummy_hash())  # same time as a wrong password
+                return LoginResult(None, None, f"unknown operator {name[:64]!r}")
+            stored, secret, last_step, disabled, failures, last_failure = row
+            until = self.lockout.locked_until(failures, last_failure)
+            if until is not None and until > now:
+                return LoginResult(None, None, f"account {name} locked until {until:.0f}")
+            if until is not None:  # the lock has run out: a fresh count
+                failures = 0
+            refusal = None
+            step = None
+            if not check_password(password, stored):
+                refusal = "wrong password"
+            else:
+                step = match_totp(secret, code, now, last_step)
+                if step is None:
+                    refusal = "wrong or reused one-time code"
+            if refusal is None and disabled:
+                refusal = "account disabled"
+            if refusal is not None:
+                failures += 1
+                db.execute(
+                    "UPDATE operators SET failures=?, last_failure=? WHERE name=?",
+                    (failures, now, name),
+                )
+                if self.lockout.locked_until(failures, now) is not None:
+                    refusal += f"; account locked for {self.lockout.lock_s} s"
+                return LoginResult(None, None, f"{refusal} ({failures} in a row)")
+            token = secrets.token_urlsafe(32)
+            digest = _sha256(token)
+            csrf = secrets.token_urlsafe(32)
+            db.execute(
+                "UPDATE operators SET failures=0, totp_last_step=? WHERE name=?", (step, name)
+            )
+            # Sessions nobody came back to are deleted here rather than never.
+            db.execute(
+                "DELETE FROM sessions WHERE created <= ? OR last_seen <= ?",
+                (now - self.session_policy.max_s, now - self.session_policy.idle_s),
+            )
+            db.execute(
+                "INSERT INTO sessions (token_sha256, name, csrf, created, last_seen)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (digest, name, csrf, now, now),
+            )
+            op_row = db.execute(_SELECT + " WHERE name=?", (name,)).fetchone()
+        session = Session(self._operator(op_row), csrf, now, digest)
+        return LoginResult(token, session)
+
+    def session(self, token: str | None) -> tuple[Session | None, str | None]:
+        """The session of cookie value ``token`` (its idle time restarts), or why there is none.
+        An expired session is deleted: it cannot come back."""
+        if not token:
+            return None, "no session"
+        digest = _sha256(token)
+        now = self.clock()
+        with self._db() as db:
+            row = db.execute(
+                "SELECT name, csrf, created, last_seen FROM sessions WHERE token_sha256=?",
+                (digest,),
+            ).fetchone()
+            if row is None:
+                return None, "unknown or ended session"
+            name, csrf, created, last_seen = row
+            why = self.session_policy.expired(created, last_seen, now)
+            op_row = db.execute(_SELECT + " WHERE name=?", (name,)).fetchone()
+            if why is None and (op_row is None or op_row[3]):
+                why = "account disabled"
+            if why is not None:
+                db.execute("DELETE FROM sessions WHERE token_sha256=?", (digest,))
+                return None, f"{why} ({name})"
+            db.execute("UPDATE sessions SET last_seen=? WHERE token_sha256=?", (now, digest))
+        return Session(self._operator(op_row), csrf, created, digest), None
+
+    def logout(self, token_sha256: str) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM sessions WHERE token_sha256=?", (token_sha256,))
+
+
+_SELECT = "SELECT name, role, scope, disabled, failures, last_failure, created FROM operators"
+
+
+def _sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()

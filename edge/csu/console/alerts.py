@@ -1,0 +1,232 @@
+"""The alerts inbox: alerts and tamper events the units sent, and the decision a person takes on
+each (decree 2023-828: the algorithm only signals; an agent confirms, dismisses or escalates).
+
+Events are read from the receiver's store (already verified against the unit's key when they
+arrived). Decisions go to the console database (one row per decision, never updated: an
+escalated alert gets a second, final decision later) and, by the caller, to the CSU's
+hash-chained audit log. Time to decide runs from the alert's arrival at the CSU (the file's
+modification time), the moment an agent could first see it.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ...errors import ConfigError
+from .roles import Scope
+
+#: Newest alerts listed; older ones stay in the store and the audit log.
+MAX_LISTED = 300
+COMMENT_MAX = 500
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    event_id TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    camera TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    comment TEXT NOT NULL,
+    who TEXT NOT NULL,
+    decided REAL NOT NULL,
+    time_to_decide_s REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_event ON decisions(event_id);
+"""
+
+
+class Decision(enum.StrEnum):
+    CONFIRM = "confirm"
+    DISMISS = "dismiss"
+    ESCALATE = "escalate"
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    decision: Decision
+    comment: str
+    who: str
+    decided: float
+    time_to_decide_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    id: str
+    unit: str
+    camera: str
+    category: str
+    kind: str
+    rule: str
+    wall_ns: int
+    received: float
+    message: str
+    has_snapshot: bool
+    decisions: tuple[DecisionRecord, ...] = ()
+
+    @property
+    def open(self) -> bool:
+        """Waiting for a person: never decided, or escalated and not yet settled."""
+        return not self.decisions or self.decisions[-1].decision is Decision.ESCALATE
+
+
+@dataclass(frozen=True, slots=True)
+class RuleRate:
+    rule: str
+    decided: int
+    dismissed: int
+
+    @property
+    def false_alarm_rate(self) -> float:
+        return self.dismissed / self.decided if self.decided else 0.0
+
+
+def false_alarm_rates(settled: Iterable[tuple[str, Decision]]) -> list[RuleRate]:
+    """Per rule, the share of settled alerts a person dismissed (escalations are not settled)."""
+    counts: dict[str, list[int]] = {}
+    for rule, decision in settled:
+        if decision is Decision.ESCALATE:
+            continue
+        c = counts.setdefault(rule, [0, 0])
+        c[0] += 1
+        c[1] += decision is Decision.DISMISS
+    return [RuleRate(rule, n, d) for rule, (n, d) in sorted(counts.items())]
+
+
+def in_scope(scope: Scope, unit: str, camera: str) -> bool:
+    """Unit alarms (camera "unit": door, camera lost) go to whoever watches a camera of it."""
+    return scope.allows_unit(unit) if camera == "unit" else scope.allows_camera(unit, camera)
+
+
+class AlertBook:
+    """Thread-safe as :class:`~.accounts.OperatorStore` is: a connection per call."""
+
+    def __init__(self, storage: Path, db: Path, *, clock: Callable[[], float] = time.time):
+        self.storage = storage
+        self.db_path = db
+        self.clock = clock
+        conn = sqlite3.connect(db, timeout=10)
+        try:
+            conn.executescript(_SCHEMA)
+        finally:
+            conn.close()
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.db_path, timeout=10, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.close()
+
+    def _files(self, scope: Scope) -> list[tuple[float, Path]]:
+        if not self.storage.is_dir():
+            return []
+        out: list[tuple[float, Path]] = []
+        for unit_dir in self.storage.iterdir():
+            if not unit_dir.is_dir() or not scope.allows_unit(unit_dir.name):
+                continue
+            events = unit_dir / "events"
+            if events.is_dir():
+                out.extend((p.stat().st_mtime, p) for p in events.glob("*.json"))
+        return sorted(out, reverse=True)
+
+    def alerts(self, scope: Scope) -> list[Alert]:
+        """Alerts and raised tamper conditions in ``scope``, newest first."""
+        found: list[Alert] = []
+        for received, path in self._files(scope):
+            try:
+                body = json.loads(path.read_bytes())["event"]
+            except (OSError, ValueError, KeyError):
+                continue  # verified when it arrived; a file going away is not an alert
+            if body.get("category") not in ("alert", "tamper") or body.get("state") == "cleared":
+                continue
+            if not in_scope(scope, str(body["unit"]), str(body["camera"])):
+                continue
+            found.append(_alert(body, received))
+            if len(found) >= MAX_LISTED:
+                break
+        decided = self._decisions([a.id for a in found])
+        return [replace(a, decisions=tuple(decided.get(a.id, ()))) for a in found]
+
+    def find(self, scope: Scope, unit: str, event_id: str) -> Alert | None:
+        path = self.storage / unit / "events" / f"{event_id}.json"
+        if not scope.allows_unit(unit) or not path.is_file():
+            return None
+        body = json.loads(path.read_bytes())["event"]
+        if not in_scope(scope, unit, str(body["camera"])):
+            return None
+        alert = _alert(body, path.stat().st_mtime)
+        return replace(alert, decisions=tuple(self._decisions([event_id]).get(event_id, ())))
+
+    def decide(self, alert: Alert, decision: Decision, comment: str, who: str) -> DecisionRecord:
+        """Record ``who``'s decision; an alert already settled is refused (two agents on one
+        alert: the second sees the first's decision instead of overwriting it)."""
+        now = self.clock()
+        record = DecisionRecord(
+            decision, comment[:COMMENT_MAX], who, now, max(0.0, now - alert.received)
+        )
+        with self._db() as conn:
+            last = conn.execute(
+                "SELECT decision, who FROM decisions WHERE event_id=? ORDER BY decided DESC",
+                (alert.id,),
+            ).fetchone()
+            if last is not None and last[0] != Decision.ESCALATE:
+                raise ConfigError(f"alert {alert.id} already decided ({last[0]} by {last[1]})")
+            conn.execute(
+                "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (alert.id, alert.unit, alert.camera, alert.rule, decision.value,
+                 record.comment, who, now, record.time_to_decide_s),
+            )  # fmt: skip
+        return record
+
+    def settled(self) -> list[tuple[str, Decision]]:
+        """(rule, decision) of every decision, for :func:`false_alarm_rates`."""
+        with self._db() as conn:
+            rows = conn.execute("SELECT rule, decision FROM decisions").fetchall()
+        return [(rule, Decision(d)) for rule, d in rows]
+
+    def _decisions(self, ids: list[str]) -> dict[str, list[DecisionRecord]]:
+        out: dict[str, list[DecisionRecord]] = {}
+        if not ids:
+            return out
+        with self._db() as conn:
+            rows = conn.execute(
+                "SELECT event_id, decision, comment, who, decided, time_to_decide_s FROM "
+                "decisions WHERE event_id IN (SELECT value FROM json_each(?)) ORDER BY decided",
+                (json.dumps(ids),),
+            ).fetchall()
+            for event_id, d, comment, who, decided, ttd in rows:
+                out.setdefault(event_id, []).append(
+                    DecisionRecord(Decision(d), comment, who, decided, ttd)
+                )
+        return out
+
+
+def _alert(body: dict[str, Any], received: float) -> Alert:
+    details = body.get("details") or {}
+    return Alert(
+        id=str(body["id"]),
+        unit=str(body["unit"]),
+        camera=str(body["camera"]),
+        category=str(body["category"]),
+        kind=str(body["kind"]),
+        rule=str(body.get("rule", "")),
+        wall_ns=int(body["wall_ns"]),
+        received=received,
+        message=str(details.get("message", "")) if isinstance(details, dict) else "",
+        has_snapshot="snapshot" in body,
+    )

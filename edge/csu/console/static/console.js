@@ -1,0 +1,307 @@
+"use strict";
+// Live wall of the CSU console. Each visible tile plays its camera's live HLS playlist (fMP4
+// segments decrypted by the receiver) through Media Source Extensions, written here: no
+// third-party player. Requests carry the session cookie; every segment fetched is audited by
+// the receiver. Nothing here is inline: the page's Content-Security-Policy forbids it.
+
+const POLL_MS = 1000;
+const MAX_BEHIND_S = 3; // further behind the live edge than this: jump forward
+
+function parsePlaylist(text) {
+  // [{seq, init, wallMs, duration}] from an EXT-X-MAP / PROGRAM-DATE-TIME / EXTINF playlist
+  const out = [];
+  let init = null;
+  let wallMs = null;
+  let duration = 0;
+  for (const line of text.split("\n")) {
+    let m = line.match(/^#EXT-X-MAP:URI="init\/(\d+)\.mp4"/);
+    if (m) init = m[1];
+    m = line.match(/^#EXT-X-PROGRAM-DATE-TIME:(.+)$/);
+    if (m) wallMs = Date.parse(m[1]);
+    m = line.match(/^#EXTINF:([0-9.]+),/);
+    if (m) duration = Number(m[1]);
+    m = line.match(/^media\/(\d+)\.m4s$/);
+    if (m) {
+      out.push({ seq: Number(m[1]), init, wallMs, duration });
+      if (wallMs !== null) wallMs += duration * 1000;
+    }
+  }
+  return out;
+}
+
+function codecOf(init) {
+  // "avc1.PPCCLL" from the avcC box of an init segment
+  const b = new Uint8Array(init);
+  const hex = (x) => x.toString(16).padStart(2, "0");
+  for (let i = 4; i + 8 < b.length; i++) {
+    if (b[i] === 0x61 && b[i + 1] === 0x76 && b[i + 2] === 0x63 && b[i + 3] === 0x43) {
+      return "avc1." + hex(b[i + 5]) + hex(b[i + 6]) + hex(b[i + 7]);
+    }
+  }
+  return "avc1.42e01e";
+}
+
+function appended(sb, data) {
+  return new Promise((resolve, reject) => {
+    sb.addEventListener("updateend", resolve, { once: true });
+    sb.addEventListener("error", reject, { once: true });
+    sb.appendBuffer(data);
+  });
+}
+
+async function fetchBytes(url) {
+  const r = await fetch(url, { credentials: "same-origin", cache: "no-store" });
+  if (!r.ok) throw new Error(r.status + " " + url);
+  return r.arrayBuffer();
+}
+
+class LivePlayer {
+  constructor(tile) {
+    this.tile = tile;
+    this.video = tile.querySelector("video");
+    this.state = tile.querySelector(".state");
+    this.base = "/v1/view/" + tile.dataset.unit + "/" + tile.dataset.camera + "/";
+    this.next = null;
+    this.initSeq = null;
+    this.sb = null;
+    this.spans = []; // [{bufStart, wallMs}] for the latency estimate
+    this.stopped = false;
+  }
+
+  start() {
+    this.ms = new MediaSource();
+    this.video.src = URL.createObjectURL(this.ms);
+    this.ms.addEventListener("sourceopen", () => this.poll(), { once: true });
+  }
+
+  stop() {
+    this.stopped = true;
+    this.video.removeAttribute("src");
+    this.video.load();
+  }
+
+  say(key) {
+    this.state.textContent = this.tile.dataset[key] || key;
+  }
+
+  async poll() {
+    if (this.stopped) return;
+    try {
+      const r = await fetch(this.base + "live.m3u8", { credentials: "same-origin", cache: "no-store" });
+      if (r.status === 404) {
+        this.say("waiting");
+      } else if (!r.ok) {
+        this.say("refused");
+        return; // 401/403: the session ended or the camera left the scope
+      } else {
+        await this.feed(parsePlaylist(await r.text()));
+      }
+    } catch (err) {
+      this.say("error");
+    }
+    setTimeout(() => this.poll(), POLL_MS);
+  }
+
+  async feed(entries) {
+    if (entries.length === 0) return;
+    if (this.next === null) this.next = entries[Math.max(0, entries.length - 2)].seq;
+    for (const e of entries) {
+      if (e.seq < this.next) continue;
+      if (e.init !== this.initSeq) {
+        const init = await fetchBytes(this.base + "init/" + e.init + ".mp4");
+        if (this.sb === null) {
+          this.sb = this.ms.addSourceBuffer('video/mp4; codecs="' + codecOf(init) + '"');
+          this.sb.mode = "sequence"; // runs with a discontinuity play one after the other
+        }
+        await appended(this.sb, init);
+        this.initSeq = e.init;
+      }
+      const media = await fetchBytes(this.base + "media/" + e.seq + ".m4s");
+      const b = this.sb.buffered;
+      const bufStart = b.length ? b.end(b.length - 1) : 0;
+      await appended(this.sb, media);
+      if (e.wallMs !== null) this.spans.push({ bufStart, wallMs: e.wallMs });
+      this.spans = this.spans.slice(-20);
+      this.next = e.seq + 1;
+    }
+    const b = this.sb.buffered;
+    if (b.length) {
+      const end = b.end(b.length - 1);
+      if (end - this.video.currentTime > MAX_BEHIND_S || this.video.currentTime < b.start(0)) {
+        this.video.currentTime = Math.max(b.start(b.length - 1), end - 1);
+      }
+    }
+    if (this.video.paused) this.video.play().catch(() => {});
+    this.say("live");
+    this.estimateLatency();
+  }
+
+  estimateLatency() {
+    // Glass-to-glass estimate: the unit stamps each segment with the wall time of its first
+    // frame; the frame on screen is that time plus its offset in the segment.
+    const t = this.video.currentTime;
+    let span = null;
+    for (const s of this.spans) if (s.bufStart <= t) span = s;
+    if (span === null) return;
+    const shownWallMs = span.wallMs + (t - span.bufStart) * 1000;
+    this.tile.dataset.latencyMs = String(Math.round(Date.now() - shownWallMs));
+  }
+}
+
+function setupWall(wall) {
+  const tiles = Array.from(wall.querySelectorAll(".tile"));
+  const players = new Map();
+  const buttons = Array.from(document.querySelectorAll("[data-layout-button]"));
+  function layout(n) {
+    wall.dataset.layout = String(n);
+    tiles.forEach((tile, i) => {
+      const visible = i < n;
+      tile.hidden = !visible;
+      if (visible && !players.has(tile)) {
+        const p = new LivePlayer(tile);
+        players.set(tile, p);
+        p.start();
+      } else if (!visible && players.has(tile)) {
+        players.get(tile).stop();
+        players.delete(tile);
+      }
+    });
+    buttons.forEach((b) => b.setAttribute("aria-pressed", String(Number(b.dataset.layoutButton) === n)));
+  }
+  buttons.forEach((b) => b.addEventListener("click", () => layout(Number(b.dataset.layoutButton))));
+  // Keyboard: 1, 4, 9 choose the layout; Enter on a tile shows it alone.
+  document.addEventListener("keydown", (ev) => {
+    if (ev.target instanceof HTMLInputElement) return;
+    if (["1", "4", "9"].includes(ev.key)) layout(Number(ev.key));
+  });
+  tiles.forEach((tile, i) =>
+    tile.addEventListener("keydown", (ev) => {
+      if (ev.key !== "Enter") return;
+      tiles.unshift(tiles.splice(i, 1)[0]);
+      tiles.forEach((t) => wall.appendChild(t));
+      layout(1);
+    })
+  );
+  layout(Number(wall.dataset.layout) || 4);
+}
+
+class Playback {
+  // Plays a recorded range: every segment of the recorded playlist appended in order
+  // ("sequence" mode: a gap in the recording does not leave a hole in the video's own time),
+  // with the wall time of each segment kept so that the timeline and the clock show true times.
+  constructor(section) {
+    this.section = section;
+    this.video = section.querySelector("video");
+    this.clock = document.getElementById("playback-time");
+    this.base = "/v1/view/" + section.dataset.unit + "/" + section.dataset.camera + "/";
+    this.spans = []; // [{bufStart, wallMs, duration}]
+  }
+
+  async start() {
+    const ms = new MediaSource();
+    this.video.src = URL.createObjectURL(ms);
+    await new Promise((resolve) => ms.addEventListener("sourceopen", resolve, { once: true }));
+    const q = "recorded.m3u8?from=" + this.section.dataset.from + "&to=" + this.section.dataset.to;
+    const r = await fetch(this.base + q, { credentials: "same-origin", cache: "no-store" });
+    if (!r.ok) throw new Error(r.status + " " + q);
+    let sb = null;
+    let initSeq = null;
+    for (const e of parsePlaylist(await r.text())) {
+      if (e.init !== initSeq) {
+        const init = await fetchBytes(this.base + "init/" + e.init + ".mp4");
+        if (sb === null) {
+          sb = ms.addSourceBuffer('video/mp4; codecs="' + codecOf(init) + '"');
+          sb.mode = "sequence";
+        }
+        await appended(sb, init);
+        initSeq = e.init;
+      }
+      const b = sb.buffered;
+      const bufStart = b.length ? b.end(b.length - 1) : 0;
+      await appended(sb, await fetchBytes(this.base + "media/" + e.seq + ".m4s"));
+      this.spans.push({ bufStart, wallMs: e.wallMs, duration: e.duration });
+    }
+    ms.endOfStream();
+    this.video.addEventListener("timeupdate", () => this.showTime());
+    this.video.addEventListener("seeked", () => this.showTime());
+    this.section.dataset.ready = "1";
+  }
+
+  wallAt(t) {
+    let span = null;
+    for (const s of this.spans) if (s.bufStart <= t + 1e-6) span = s;
+    return span === null ? null : span.wallMs + (t - span.bufStart) * 1000;
+  }
+
+  seekWall(ms) {
+    // The segment holding that instant; in a gap, the first recorded instant after it.
+    for (const s of this.spans) {
+      if (ms < s.wallMs + s.duration * 1000) {
+        this.video.currentTime = s.bufStart + Math.max(0, ms - s.wallMs) / 1000;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  showTime() {
+    const wall = this.wallAt(this.video.currentTime);
+    if (wall === null) return;
+    this.section.dataset.wallMs = String(Math.round(wall));
+    this.clock.textContent = new Date(wall).toISOString().replace("T", " ").slice(0, 23) + " UTC";
+  }
+
+  act(action) {
+    const v = this.video;
+    if (action === "play") v.paused ? v.play() : v.pause();
+    if (action === "back") v.currentTime = Math.max(0, v.currentTime - 10);
+    if (action === "forward") v.currentTime = v.currentTime + 10;
+    if (action === "step") {
+      v.pause();
+      v.currentTime = v.currentTime + 0.1; // one frame at 10 fps; a frame or less otherwise
+    }
+  }
+}
+
+function setupPlayback(section) {
+  const player = new Playback(section);
+  window.edgePlayback = player; // for the browser tests and the keyboard handler
+  player.start().catch(() => (section.dataset.error = "1"));
+  section.querySelectorAll("[data-action]").forEach((b) =>
+    b.addEventListener("click", () => player.act(b.dataset.action))
+  );
+  document.addEventListener("keydown", (ev) => {
+    if (ev.target instanceof HTMLInputElement || ev.target instanceof HTMLSelectElement) return;
+    const keys = { " ": "play", ArrowLeft: "back", ArrowRight: "forward", ".": "step" };
+    if (keys[ev.key]) {
+      ev.preventDefault();
+      player.act(keys[ev.key]);
+    }
+  });
+  const timeline = document.getElementById("timeline");
+  timeline.addEventListener("click", (ev) => {
+    const box = timeline.getBoundingClientRect();
+    const from = Number(timeline.dataset.fromMs);
+    const to = Number(timeline.dataset.toMs);
+    player.seekWall(from + ((ev.clientX - box.left) / box.width) * (to - from));
+  });
+}
+
+function setupAlerts(rows) {
+  // New alerts appear without a reload; never while the agent is typing a comment.
+  setInterval(async () => {
+    if (rows.contains(document.activeElement)) return;
+    const url = "/console/alerts" + (location.search ? location.search + "&" : "?") + "fragment=rows";
+    const r = await fetch(url, { credentials: "same-origin", cache: "no-store" });
+    if (r.ok) rows.innerHTML = await r.text();
+  }, 3000);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const wall = document.getElementById("wall");
+  if (wall) setupWall(wall);
+  const rows = document.getElementById("alert-rows");
+  if (rows) setupAlerts(rows);
+  const playback = document.getElementById("playback");
+  if (playback) setupPlayback(playback);
+});

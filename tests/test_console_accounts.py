@@ -1,0 +1,200 @@
+"""Console accounts: pure policies (roles, scopes, lock-out, session expiry), the credentials
+(scrypt, RFC 6238 vectors) and the SQLite store, with an injected clock."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from edge.csu.console import OperatorStore, Permission, Role, Scope
+from edge.csu.console.credentials import (
+    check_password,
+    hash_password,
+    match_totp,
+    new_totp_secret,
+    totp_at,
+    totp_step,
+)
+from edge.csu.console.roles import LockoutPolicy, SessionPolicy, allows
+from edge.errors import ConfigError
+
+RFC6238_SECRET = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"  # b"12345678901234567890" in base32
+PASSWORD = "correct horse battery"
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_totp_matches_the_rfc_6238_vectors() -> None:
+    # RFC 6238 appendix B (SHA-1), last six digits of the eight-digit values
+    for t, code in ((59, "287082"), (1111111109, "081804"), (1234567890, "005924")):
+        assert totp_at(RFC6238_SECRET, totp_step(t)) == code
+
+
+def test_totp_accepts_one_step_of_drift_and_never_the_same_code_twice() -> None:
+    secret = new_totp_secret()
+    now = 1_800_000_015.0
+    step = totp_step(now)
+    assert match_totp(secret, totp_at(secret, step - 1), now, 0) == step - 1
+    assert match_totp(secret, totp_at(secret, step + 1), now, 0) == step + 1
+    assert match_totp(secret, totp_at(secret, step - 2), now, 0) is None
+    assert match_totp(secret, totp_at(secret, step), now, last_step=step) is None
+    assert match_totp(secret, "12345", now, 0) is None
+
+
+def test_scrypt_hashes_carry_their_parameters_and_refuse_a_wrong_password() -> None:
+    stored = hash_password(PASSWORD)
+    assert stored.startswith("scrypt$32768$8$1$")
+    assert check_password(PASSWORD, stored)
+    assert not check_password(PASSWORD + "!", stored)
+    assert hash_password(PASSWORD) != stored  # salted
+    assert not check_password(PASSWORD, "scrypt$garbage")
+
+
+def test_roles_grow_and_scopes_limit_cameras() -> None:
+    assert allows(Role.VIEWER, Permission.VIEW) and not allows(Role.VIEWER, Permission.EXPORT)
+    assert allows(Role.VIEWER, Permission.DECIDE)  # the agents at the wall decide
+    assert allows(Role.INVESTIGATOR, Permission.EXPORT)
+    assert not allows(Role.INVESTIGATOR, Permission.AUDIT)
+    assert allows(Role.SUPERVISOR, Permission.AUDIT)
+    assert not allows(Role.SUPERVISOR, Permission.MANAGE)
+    assert all(allows(Role.ADMIN, p) for p in Permission)
+    scope = Scope.parse("unit-a/street, unit-b")
+    assert scope.allows_camera("unit-a", "street") and not scope.allows_camera("unit-a", "door")
+    assert scope.allows_camera("unit-b", "anything") and scope.allows_unit("unit-a")
+    assert not scope.allows_unit("unit-c") and not scope.allows_camera("unit-ab", "street")
+    assert Scope.parse("").everything and Scope().allows_camera("x", "y")
+    with pytest.raises(ValueError, match="UNIT or UNIT/CAMERA"):
+        Scope.parse("unit-a/street/extra")
+
+
+def test_lockout_and_session_policies() -> None:
+    lock = LockoutPolicy(max_failures=3, lock_s=60)
+    assert lock.locked_until(2, 100.0) is None and lock.locked_until(3, 100.0) == 160.0
+    sessions = SessionPolicy(idle_s=10, max_s=100)
+    assert sessions.expired(0, 95, 99) is None
+    assert sessions.expired(0, 80, 95) == "session idle too long"
+    assert sessions.expired(0, 99, 100) == "session reached its maximum length"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> tuple[OperatorStore, Clock, str]:
+    clock = Clock()
+    s = OperatorStore(
+        tmp_path / "operators.db",
+        clock=clock,
+        lockout=LockoutPolicy(max_failures=3, lock_s=600),
+        sessions=SessionPolicy(idle_s=900, max_s=3600),
+    )
+    secret = new_totp_secret()
+    s.add("j.martin", Role.VIEWER, Scope.parse("unit-a/street"), PASSWORD, secret)
+    return s, clock, secret
+
+
+def code(secret: str, clock: Clock, ahead: int = 0) -> str:
+    return totp_at(secret, totp_step(clock.now) + ahead)
+
+
+def test_database_is_private_and_holds_no_password_or_session_token(
+    store: tuple[OperatorStore, Clock, str],
+) -> None:
+    s, clock, secret = store
+    result = s.login("j.martin", PASSWORD, code(secret, clock))
+    assert result.session_token is not None
+    assert stat.S_IMODE(os.stat(s.path).st_mode) == 0o600
+    with sqlite3.connect(s.path) as db:
+        dump = "\n".join(db.iterdump())
+    assert PASSWORD not in dump and result.session_token not in dump
+
+
+def test_login_needs_password_and_a_fresh_code_and_locks_after_failures(
+    store: tuple[OperatorStore, Clock, str],
+) -> None:
+    s, clock, secret = store
+    ok = s.login("j.martin", PASSWORD, code(secret, clock))
+    assert ok.session is not None and ok.session.operator.role is Role.VIEWER
+    assert ok.session.operator.scope == Scope(("unit-a/street",))
+    # the same code again (replay), a wrong password, a stranger: refused, with the reason
+    assert "reused" in str(s.login("j.martin", PASSWORD, code(secret, clock)).refusal)
+    assert "wrong password" in str(s.login("j.martin", "nope", code(secret, clock, 1)).refusal)
+    assert "unknown operator" in str(s.login("nobody", PASSWORD, "000000").refusal)
+    third = s.login("j.martin", "again wrong", code(secret, clock, 1)).refusal
+    assert third is not None and "locked for 600 s" in third
+    # locked: even the right password and code are refused until the lock runs out
+    locked = s.login("j.martin", PASSWORD, code(secret, clock, 1))
+    assert locked.session is None and "locked until" in str(locked.refusal)
+    assert s.get("j.martin").locked_until is not None  # type: ignore[union-attr]
+    clock.now += 601
+    assert s.login("j.martin", PASSWORD, code(secret, clock)).session is not None
+    assert s.get("j.martin").failures == 0  # type: ignore[union-attr]
+
+
+def test_an_admin_unlocks_and_a_disabled_account_loses_its_sessions(
+    store: tuple[OperatorStore, Clock, str],
+) -> None:
+    s, clock, secret = store
+    token = s.login("j.martin", PASSWORD, code(secret, clock)).session_token
+    for _ in range(3):
+        s.login("j.martin", "wrong", "000000")
+    s.unlock("j.martin")
+    clock.now += 30
+    assert s.login("j.martin", PASSWORD, code(secret, clock)).session is not None
+    s.set_disabled("j.martin", True)
+    assert s.session(token) == (None, "unknown or ended session")
+    clock.now += 30
+    refused = s.login("j.martin", PASSWORD, code(secret, clock))
+    assert refused.session is None and "disabled" in str(refused.refusal)
+    with pytest.raises(ConfigError, match="no operator named"):
+        s.set_disabled("nobody", True)
+
+
+def test_sessions_expire_when_idle_and_after_their_maximum_and_end_at_logout(
+    store: tuple[OperatorStore, Clock, str],
+) -> None:
+    s, clock, secret = store
+    token = s.login("j.martin", PASSWORD, code(secret, clock)).session_token
+    clock.now += 800
+    session, _ = s.session(token)
+    assert session is not None  # activity restarts the idle time
+    clock.now += 800
+    assert s.session(token)[0] is not None
+    clock.now += 901
+    assert s.session(token) == (None, "session idle too long (j.martin)")
+    assert s.session(token) == (None, "unknown or ended session")  # deleted, not revived
+    clock.now += 60
+    forgotten = s.login("j.martin", PASSWORD, code(secret, clock)).session_token
+    clock.now += 960  # nobody comes back to it; the next log-in sweeps it away
+    token = s.login("j.martin", PASSWORD, code(secret, clock)).session_token
+    with sqlite3.connect(s.path) as db:
+        assert db.execute("SELECT count(*) FROM sessions").fetchone() == (1,)
+    assert s.session(forgotten) == (None, "unknown or ended session")
+    for _ in range(5):
+        clock.now += 720
+        last = s.session(token)
+    assert last == (None, "session reached its maximum length (j.martin)")
+    clock.now += 60
+    result = s.login("j.martin", PASSWORD, code(secret, clock))
+    assert result.session is not None
+    s.logout(result.session.token_sha256)
+    assert s.session(result.session_token)[0] is None
+
+
+def test_weak_passwords_and_duplicate_names_are_refused(
+    store: tuple[OperatorStore, Clock, str],
+) -> None:
+    s, _, _ = store
+    with pytest.raises(ConfigError, match="at least 12"):
+        s.add("a.dupont", Role.ADMIN, Scope(), "short", new_totp_secret())
+    with pytest.raises(ConfigError, match="name"):
+        s.add("a.dupont", Role.ADMIN, Scope(), "a.dupont-2026-x", new_totp_secret())
+    with pytest.raises(ConfigError, match="exists"):
+        s.add("j.martin", Role.ADMIN, Scope(), PASSWORD + "x", new_totp_secret())

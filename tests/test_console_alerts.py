@@ -1,0 +1,78 @@
+"""The alerts inbox's policy and book: false-alarm rates, scope of unit alarms, one settled
+decision per alert (escalation then a final one), time to decide from arrival."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from edge.csu.console.alerts import AlertBook, Decision, false_alarm_rates, in_scope
+from edge.csu.console.roles import Scope
+from edge.errors import ConfigError
+from edge.events import EventSigner
+
+
+def test_false_alarm_rate_counts_settled_decisions_per_rule() -> None:
+    rates = false_alarm_rates(
+        [
+            ("line", Decision.DISMISS),
+            ("line", Decision.CONFIRM),
+            ("line", Decision.ESCALATE),  # not settled: not counted
+            ("door", Decision.DISMISS),
+        ]
+    )
+    assert [(r.rule, r.decided, r.dismissed, r.false_alarm_rate) for r in rates] == [
+        ("door", 1, 1, 1.0),
+        ("line", 2, 1, 0.5),
+    ]
+
+
+def test_unit_alarms_go_to_whoever_watches_a_camera_of_the_unit() -> None:
+    scope = Scope.parse("unit-a/street")
+    assert in_scope(scope, "unit-a", "unit") and in_scope(scope, "unit-a", "street")
+    assert not in_scope(scope, "unit-a", "door") and not in_scope(scope, "unit-b", "unit")
+
+
+def _store_event(storage: Path, signer: EventSigner, camera: str, **kw: str) -> str:
+    event = signer.sign(
+        camera=camera, category=kw.get("category", "alert"), kind="line-crossing",
+        rule=kw.get("rule", "line"), wall_ns=1_800_000_000_000_000_000, frame_index=3,
+        details={"message": "someone crossed"},
+    )  # fmt: skip
+    directory = storage / signer.unit_id / "events"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{event.body['id']}.json"
+    path.write_bytes(event.wire())
+    os.utime(path, (1_800_000_000.0, 1_800_000_000.0))  # arrived at the CSU then
+    return str(event.body["id"])
+
+
+def test_decisions_are_scoped_timed_and_settled_once(tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    signer = EventSigner(ed25519.Ed25519PrivateKey.generate(), "unit-a")
+    street = _store_event(storage, signer, "street")
+    door = _store_event(storage, signer, "door")
+    _store_event(storage, signer, "street", category="count")  # counts are not alerts
+    now = [1_800_000_042.0]
+    book = AlertBook(storage, tmp_path / "operators.db", clock=lambda: now[0])
+    scope = Scope.parse("unit-a/street")
+    assert [a.id for a in book.alerts(scope)] == [street]
+    assert book.find(scope, "unit-a", door) is None  # outside the scope: as if absent
+    alert = book.find(scope, "unit-a", street)
+    assert alert is not None and alert.open
+    first = book.decide(alert, Decision.ESCALATE, "à vérifier", "j.martin")
+    assert first.time_to_decide_s == 42.0
+    now[0] += 60
+    alert = book.find(scope, "unit-a", street)
+    assert alert is not None and alert.open  # escalated: still waiting for a final word
+    book.decide(alert, Decision.CONFIRM, "", "s.chef")
+    with pytest.raises(ConfigError, match=r"already decided \(confirm by s\.chef\)"):
+        book.decide(alert, Decision.DISMISS, "", "j.martin")
+    shown = {a.id: a for a in book.alerts(Scope())}
+    assert set(shown) == {street, door}  # the whole fleet sees the door camera too
+    assert [d.decision for d in shown[street].decisions] == [Decision.ESCALATE, Decision.CONFIRM]
+    assert not shown[street].open and shown[door].open
+    assert book.settled() == [("line", Decision.ESCALATE), ("line", Decision.CONFIRM)]

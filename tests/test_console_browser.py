@@ -1,0 +1,381 @@
+"""The console in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``, driven
+by Selenium; no browser download): an operator logs in, a live tile fed by a real ``edged``
+plays through the console's own MSE player, and the masked area of a frame drawn from the
+video element equals the solid fill. Each test saves a screenshot under ``test-artifacts/``
+(``EDGE_TEST_ARTIFACTS`` to change it); the live latency and page weight go beside it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge.csu.console.credentials import totp_at, totp_step
+from edge.csu.receiver import SegmentStore
+from edge.csu.receiver import access_log as csu_audit
+from edge.events import EventSigner
+from edge.identity.unitkeys import keys_dir_of, load_or_create_signing_key
+from edge.uplink.spool import EventSpool
+
+from .conftest import REPO, require_module, tool
+from .test_uplink_e2e import unit_config
+from .uplink_util import Csu, free_port, make_csu, unit_files, wait_until
+
+PASSWORD = "vigie-du-quai-2026"
+#: The mask drawn on the test camera: the top-left quarter of the picture.
+MASK = "[[0.0, 0.0], [0.5, 0.0], [0.5, 0.5], [0.0, 0.5]]"
+SOLID_RGB = 28  # luma 40, no chroma (docs/PRIVACY.md), in full-range RGB: (40-16)*255/219
+
+
+def artifacts() -> Path:
+    path = Path(os.environ.get("EDGE_TEST_ARTIFACTS", REPO / "test-artifacts"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass
+class Site:
+    csu: Csu
+    secrets: dict[str, str]
+    url: str
+    alarm_id: str
+    logins: list[str] = field(default_factory=list)
+
+    def audit(self) -> list[dict[str, Any]]:
+        return csu_audit.read(self.csu.directory / "audit.jsonl")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    tmp = tmp_path_factory.mktemp("console-browser")
+    csu = make_csu(tmp)
+    port = free_port()
+    csu.write_config(port=port)
+    data_dir = tmp / "unit"
+    unit_files(csu, "test-unit", data_dir)
+    csu.enroll("test-unit", load_or_create_signing_key(keys_dir_of(data_dir)))
+    (csu.directory / "storage" / "test-unit" / "cam2").mkdir(parents=True)  # out of scope
+    secrets = {}
+    # one account per test: a one-time code serves once, and one is valid each 30 s (±1)
+    accounts = [(f"v.{n}", "viewer", "test-unit/cam1") for n in ("quai", "alertes", "relecture")]
+    for name, role, scope in [*accounts, ("s.chef", "supervisor", "")]:
+        out = subprocess.run(
+            [sys.executable, "-m", "edge.csu.main", "operator", "add", "--config",
+             str(csu.config), "--name", name, "--role", role, "--scope", scope,
+             "--password-stdin"],
+            input=PASSWORD + "\n", capture_output=True, text=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+        secret = re.search(r"secret=([A-Z2-7]+)", out)
+        assert secret, out
+        secrets[name] = secret.group(1)
+    # a cabinet alarm waiting in the unit's spool: edged signs nothing new, it delivers it
+    signing = load_or_create_signing_key(keys_dir_of(data_dir))
+    alarm = EventSigner(signing, "test-unit").sign(
+        camera="unit", category="alert", kind="cabinet-door-open", rule="door",
+        wall_ns=time.time_ns(), frame_index=-1, details={"message": "door opened"},
+    )  # fmt: skip
+    EventSpool(data_dir / "uplink" / "events").put(alarm.wire())
+    config = unit_config(
+        tmp / "edge.toml", data_dir, csu, port,
+        uplink=f'ca_file = "{data_dir / "keys" / "ca.pem"}"\n'
+        "backoff_initial_s = 0.2\nbackoff_max_s = 1.0",
+    )  # fmt: skip
+    text = config.read_text().replace(
+        "[vault]", f'[[cameras.privacy_masks]]\nname = "flats"\npoints = {MASK}\n\n[vault]'
+    )
+    config.write_text(text)
+    csu.start()
+    edged = subprocess.Popen(
+        [sys.executable, "-m", "edge.app.daemon", "--config", str(config), "--run-for", "120"],
+        stdout=subprocess.DEVNULL, stderr=(tmp / "edged.log").open("wb"), cwd=REPO,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: len(csu.stored("test-unit", "cam1")) >= 2, 30, "segments at the CSU")
+        url = f"https://127.0.0.1:{csu.ports['operators']}"
+        yield Site(csu, secrets, url, str(alarm.body["id"]))
+    finally:
+        edged.send_signal(signal.SIGTERM)
+        try:
+            edged.wait(15)
+        except subprocess.TimeoutExpired:
+            edged.kill()
+            edged.wait()
+        csu.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    webdriver = require_module("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = tool("chromium")
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",  # tests run as root
+        "--ignore-certificate-errors",  # the receiver's TLS is judged by openssl elsewhere
+        "--autoplay-policy=no-user-gesture-required",
+        "--window-size=1280,800",
+        "--disable-gpu",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(tool("chromedriver")))
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def log_in(browser: Any, site: Site, name: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{site.url}/console/")
+    browser.find_element(By.NAME, "name").send_keys(name)
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    # one code per step and account: a second log-in in the same 30 s uses the next one
+    step = totp_step(time.time()) + site.logins.count(name)
+    site.logins.append(name)
+    browser.find_element(By.NAME, "code").send_keys(totp_at(site.secrets[name], step))
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait_until(lambda: "/console/login" not in browser.current_url, 10, "the log-in answer")
+
+
+def test_live_tile_plays_and_the_masked_area_is_the_fill(browser: Any, site: Site) -> None:
+    log_in(browser, site, "v.quai")
+    try:
+        wait_until(lambda: 'id="wall"' in browser.page_source, 10, "the live wall")
+    except AssertionError:  # say why: the page shown and the audit log's last words
+        audit = (site.csu.directory / "audit.jsonl").read_text()
+        raise AssertionError(browser.page_source[:1500] + audit[-1500:]) from None
+    assert browser.execute_script(
+        "return MediaSource.isTypeSupported('video/mp4; codecs=\"avc1.42e01e\"')"
+    ), "this Chromium has no H.264 in MSE"
+    video = "document.querySelector('#wall .tile video')"
+
+    def playing() -> float:
+        return float(browser.execute_script(f"return {video}.currentTime"))
+
+    wait_until(lambda: playing() > 0.5, 30, "the live tile to play")
+    first = playing()
+    wait_until(lambda: playing() > first + 1.0, 15, "the live tile's time to advance")
+    # the masked quarter, drawn from the video element into a canvas
+    pixels = browser.execute_script(
+        f"""const v = {video};
+        const c = document.createElement('canvas');
+        c.width = v.videoWidth; c.height = v.videoHeight;
+        const g = c.getContext('2d'); g.drawImage(v, 0, 0);
+        const out = [];
+        for (const [fx, fy] of [[0.05, 0.05], [0.25, 0.25], [0.45, 0.1], [0.1, 0.45]]) {{
+          out.push(Array.from(g.getImageData(Math.floor(fx * c.width),
+                                             Math.floor(fy * c.height), 1, 1).data));
+        }}
+        const outside = Array.from(g.getImageData(0, 0, c.width, c.height).data);
+        return {{masked: out, size: [c.width, c.height], sample: outside.slice(
+          (Math.floor(0.75 * c.height) * c.width + Math.floor(0.75 * c.width)) * 4,
+          (Math.floor(0.75 * c.height) * c.width + Math.floor(0.75 * c.width)) * 4 + 3)}};"""
+    )
+    assert pixels["size"] == [320, 240]
+    for r, g, b, _ in pixels["masked"]:
+        assert max(abs(r - SOLID_RGB), abs(g - SOLID_RGB), abs(b - SOLID_RGB)) <= 6, pixels
+    wait_until(
+        lambda: browser.execute_script(
+            "return document.querySelector('#wall .tile').dataset.latencyMs"
+        ),
+        10,
+        "a latency estimate",
+    )
+    time.sleep(2)  # a few more segments: the estimate settles
+    figures = browser.execute_script(
+        """const nav = performance.getEntriesByType('navigation')[0];
+        const res = performance.getEntriesByType('resource');
+        const page = res.filter(r => r.name.includes('/console/static/'));
+        return {latency_ms: Number(document.querySelector('#wall .tile').dataset.latencyMs),
+                html_bytes: nav.decodedBodySize,
+                static_bytes: page.reduce((n, r) => n + r.decodedBodySize, 0),
+                state: document.querySelector('#wall .tile .state').textContent};"""
+    )
+    assert figures["state"] == "direct"
+    assert 0 < figures["latency_ms"] < 15_000, figures
+    browser.save_screenshot(str(artifacts() / "console-live.png"))
+    (artifacts() / "console-live.json").write_text(json.dumps(figures, indent=1))
+    entries = [
+        json.loads(line) for line in (site.csu.directory / "audit.jsonl").read_text().splitlines()
+    ]
+    views = {(e["who"], e["action"]) for e in entries}
+    assert {("v.quai", "login"), ("v.quai", "view-live"), ("v.quai", "view-media")} <= views
+
+
+def test_an_alert_from_edged_is_dismissed_and_the_decision_is_audited(
+    browser: Any, site: Site
+) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    browser.delete_all_cookies()
+    log_in(browser, site, "v.alertes")
+    browser.get(f"{site.url}/console/alerts")
+    row = f'tr[data-alert="{site.alarm_id}"]'
+    wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, row), 20, "the alarm in the inbox")
+
+    def row_text() -> str:  # read at once: the inbox refreshes its rows every 3 s
+        return str(browser.execute_script(f"return document.querySelector('{row}').innerText"))
+
+    def act(selector: str, *keys: str) -> None:
+        """Type or click in the row, again if a refresh replaced it under the finger."""
+        for _ in range(5):
+            try:
+                element = browser.find_element(By.CSS_SELECTOR, f"{row} {selector}")
+                element.send_keys(*keys) if keys else element.click()
+                return
+            except StaleElementReferenceException:
+                continue
+        raise AssertionError(f"{selector} kept being replaced")
+
+    assert "cabinet-door-open" in row_text()
+    act("input[name=comment]", "porte ouverte par la maintenance (ticket 4711)")
+    act("button[value=dismiss]")
+    wait_until(
+        lambda: "rejetée par v.alertes" in row_text(),
+        10,
+        "the decision on the page",
+    )
+    browser.save_screenshot(str(artifacts() / "console-alerts.png"))
+    [decision] = [e for e in site.audit() if e["action"] == "alert-decision"]
+    assert decision["who"] == "v.alertes" and decision["decision"] == "dismiss"
+    assert decision["event"] == site.alarm_id and decision["rule"] == "door"
+    assert decision["comment"] == "porte ouverte par la maintenance (ticket 4711)"
+    assert 0 <= decision["time_to_decide_s"] < 120
+    # a viewer has no audit view, and nothing of the camera outside the scope
+    browser.get(f"{site.url}/console/audit")
+    assert "supervisors" in browser.page_source
+    assert "cam2" not in browser.execute_script(
+        "return fetch('/console/api/cameras').then(r => r.text())"
+    )
+    status = browser.execute_script(
+        "return fetch('/v1/view/test-unit/cam2/live.m3u8').then(r => r.status)"
+    )
+    assert status == 403
+    # a supervisor sees the decision in the audit log and the rule's false-alarm rate
+    browser.delete_all_cookies()
+    log_in(browser, site, "s.chef")
+    browser.get(f"{site.url}/console/alerts")
+    rates = browser.find_element(By.ID, "rates").text
+    assert "door 1 1 100" in rates.replace("\n", " ").replace("%", ""), rates
+    # fleet health, and from a unit to its recent alarms
+    browser.get(f"{site.url}/console/units")
+    units = browser.find_element(By.TAG_NAME, "table").text
+    assert "test-unit" in units and "complete" in units, units
+    assert not browser.find_elements(By.CSS_SELECTOR, "table .bad")  # nothing flagged
+    browser.find_element(By.LINK_TEXT, "test-unit").click()
+    wait_until(lambda: "unit=test-unit" in browser.current_url, 10, "the unit's alerts")
+    assert browser.find_elements(By.CSS_SELECTOR, row)
+    browser.save_screenshot(str(artifacts() / "console-unit-alerts.png"))
+    browser.get(f"{site.url}/console/audit?q=alert-decision")
+    table = browser.find_element(By.ID, "audit").text
+    assert "v.alertes" in table and "ticket 4711" in table
+    browser.save_screenshot(str(artifacts() / "console-audit.png"))
+
+
+def test_playback_shows_the_gap_and_seeks_to_the_frame_ffmpeg_finds_there(
+    browser: Any, site: Site
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    segments = sorted(
+        SegmentStore(site.csu.directory / "storage").camera("test-unit", "cam1").segments.values(),
+        key=lambda seg: seg.sequence,
+    )
+    first = segments[0]
+    # from 5 s before the unit started (a gap: nothing recorded) to 4 s after
+    start_s, end_s = first.start_wall_ns / 1e9 - 5, first.start_wall_ns / 1e9 + 4
+    browser.delete_all_cookies()
+    log_in(browser, site, "v.relecture")
+    browser.get(f"{site.url}/console/playback?cam=test-unit/cam1&from={start_s:.3f}&to={end_s:.3f}")
+    assert browser.find_elements(By.CSS_SELECTOR, "#timeline rect.gap")
+    assert browser.find_elements(By.CSS_SELECTOR, "#timeline rect.span")
+    section = "document.getElementById('playback')"
+    wait_until(
+        lambda: browser.execute_script(
+            f"return {section}.dataset.ready || {section}.dataset.error"
+        ),
+        20,
+        "the recorded range to load",
+    )
+    assert browser.execute_script(f"return {section}.dataset.ready") == "1"
+    target_ms = first.start_wall_ns / 1e6 + 2350  # frame 23 of the range, mid-frame
+    assert browser.execute_script(f"return window.edgePlayback.seekWall({target_ms})")
+    video = f"{section}.querySelector('video')"
+    wait_until(
+        lambda: browser.execute_script(f"return !{video}.seeking && {video}.readyState >= 2"),
+        10,
+        "the seek",
+    )
+    shown_ms = float(browser.execute_script(f"return {section}.dataset.wallMs"))
+    assert abs(shown_ms - target_ms) < 1, (shown_ms, target_ms)
+    rgb = browser.execute_script(
+        f"""const v = {video}; const c = document.createElement('canvas');
+        c.width = v.videoWidth; c.height = v.videoHeight;
+        const g = c.getContext('2d'); g.drawImage(v, 0, 0);
+        return Array.from(g.getImageData(0, 0, c.width, c.height).data);"""
+    )
+    shown = np.array(rgb, dtype=np.int16).reshape(240, 320, 4)[:, :, :3]
+    browser.save_screenshot(str(artifacts() / "console-playback.png"))
+    # the judge: ffmpeg decodes the same recorded playlist; the frame shown must be the one at
+    # 2.3 s, not one a second or two away
+    url = f"{site.url}/v1/view/test-unit/cam1/recorded.m3u8?from={start_s:.3f}&to={end_s:.3f}"
+
+    def ffmpeg_frame(n: int) -> Any:
+        raw = subprocess.run(
+            [tool("ffmpeg"), "-v", "error", "-tls_verify", "0",
+             "-headers", f"Authorization: Bearer {site.csu.operator_token}\r\n",
+             "-i", url, "-vf", f"select=eq(n\\,{n})", "-fps_mode", "passthrough",
+             "-frames:v", "1", "-pix_fmt", "rgb24", "-f", "rawvideo", "-"],
+            capture_output=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+        return np.frombuffer(raw, dtype=np.uint8).reshape(240, 320, 3).astype(np.int16)
+
+    distance = {n: float(np.abs(shown - ffmpeg_frame(n)).mean()) for n in (8, 23, 38)}
+    (artifacts() / "console-playback.json").write_text(json.dumps(distance))
+    assert min(distance, key=lambda n: distance[n]) == 23, distance
+    views = [
+        e for e in site.audit() if e["action"] == "view-recorded" and e["who"] == "v.relecture"
+    ]
+    assert views and views[-1]["camera"] == "cam1"
+
+
+def test_a_forged_csrf_token_and_an_expired_session_are_refused(browser: Any, site: Site) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.delete_all_cookies()
+    log_in(browser, site, "s.chef")
+    # a forged token in the logout form: refused, still logged in
+    browser.get(f"{site.url}/console/")
+    browser.execute_script(
+        "document.querySelector('header form input[name=csrf]').value = 'forged'"
+    )
+    browser.find_element(By.CSS_SELECTOR, "header form button").click()
+    wait_until(lambda: "CSRF" in browser.page_source, 10, "the refusal page")
+    browser.get(f"{site.url}/console/")
+    assert 'id="operator">s.chef<' in browser.page_source
+    # thirteen hours later (the fault injected in the session table): back to the log-in form
+    with sqlite3.connect(site.csu.directory / "operators.db") as db:
+        db.execute("UPDATE sessions SET created = created - 13 * 3600")
+    browser.get(f"{site.url}/console/")
+    assert browser.find_elements(By.NAME, "password")
+    browser.save_screenshot(str(artifacts() / "console-expired.png"))
+    reasons = [e.get("reason") for e in site.audit()]
+    assert "missing or wrong CSRF token" in reasons
+    assert "session reached its maximum length (s.chef)" in reasons

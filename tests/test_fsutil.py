@@ -81,6 +81,15 @@ def test_no_other_module_writes_by_temporary_file_and_rename() -> None:
         ("edge/identity/enrolment.py", "replace"),
         ("edge/uplink/spool.py", "replace"),
         ("edge/vault/store.py", "replace"),
+        # streams, not bytes in hand: an update bundle downloaded (fsync'd, digest checked),
+        # FFmpeg muxing a mask-overlay review copy
+        ("edge/updates.py", "replace"),
+        ("edge/csu/fleet_cmd.py", "replace"),  # a bundle of hundreds of MB copied into place
+        ("edge/csu/overlay.py", "replace"),
+        # moves of files already written: a command the unit judged moved to done/, a damaged
+        # nonce record kept aside (never silently replaced)
+        ("edge/csu/receiver/commands.py", "rename"),
+        ("edge/outputs/commands.py", "rename"),
         # edgectl / edge-csu command modules being reworked for issue 12
         ("edge/cli/mask.py", "replace"),
         ("edge/csu/serve_cmd.py", "replace"),

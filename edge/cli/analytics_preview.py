@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 from PIL import Image
 
+from .. import fsutil
 from ..analytics.ground import area_m2, homography, to_ground
 from ..analytics.overlay import draw_rules
 from ..config import CameraAnalyticsConfig, EdgeConfig, GroundCalibration
@@ -43,9 +45,10 @@ def _overlay(out: Path, rules: CameraAnalyticsConfig) -> None:
     with Image.open(out) as png:
         image = png.convert("RGB")
     draw_rules(image, rules)
-    tmp = out.with_name(out.name + ".tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(out)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    # The mask preview's own file mode is kept: the picture stays as private as it was made.
+    fsutil.write_atomic(out, buf.getvalue(), mode=out.stat().st_mode & 0o777)
 
 
 def preview(args: argparse.Namespace) -> int:

@@ -118,6 +118,19 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    repeat = max(3, args.repeat)
+    # Every action is logged at WARNING in edged; here they would bury the figures. The level
+    # is given back afterwards: the bench may run inside a longer-lived process.
+    edge_log = logging.getLogger("edge")
+    level = edge_log.level
+    edge_log.setLevel(logging.ERROR)
+    try:
+        return _run(args, repeat)
+    finally:
+        edge_log.setLevel(level)
+
+
+def _run(args: argparse.Namespace, repeat: int) -> dict[str, Any]:
     from cryptography.hazmat.primitives.asymmetric import ed25519
     from pymodbus.client import ModbusTcpClient
 
@@ -125,9 +138,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from edge.events import EventSigner
     from edge.outputs.engine import OutputEngine
 
-    repeat = max(3, args.repeat)
-    # Every action is logged at WARNING in edged; here they would bury the figures.
-    logging.getLogger("edge").setLevel(logging.ERROR)
     with _controller() as port:
         cfg = _config(port)
         client = ModbusTcpClient("127.0.0.1", port=port, timeout=2.0)

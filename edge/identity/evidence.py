@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
+from edge.identity.unitkeys import CA_CHAIN_NAME, SIGNING_CERT_NAME
+
 DOCUMENT_SIGNING = ObjectIdentifier("1.3.6.1.5.5.7.3.36")
 """id-kp-documentSigning (RFC 9336): the purpose named in an evidence-signing certificate."""
 
@@ -249,7 +251,7 @@ def stream_chain(keys_dir: Path, key: ed25519.Ed25519PublicKey) -> bytes | None:
     """The PEM chain a signed video stream carries (ONVIF Media Signing): the evidence
     certificate of ``key`` and the intermediates of ``ca.pem``, never a root; None when the
     unit holds no certificate of that key (not enrolled)."""
-    leaf_file = keys_dir / "unit-signing.crt"
+    leaf_file = keys_dir / SIGNING_CERT_NAME
     if not certifies(leaf_file, key):
         return None
     try:
@@ -258,7 +260,7 @@ def stream_chain(keys_dir: Path, key: ed25519.Ed25519PublicKey) -> bytes | None:
         return None
     # Without a readable ca.pem, the leaf alone: a validator needs the intermediates elsewhere.
     with contextlib.suppress(OSError, ValueError):
-        certs += x509.load_pem_x509_certificates((keys_dir / "ca.pem").read_bytes())
+        certs += x509.load_pem_x509_certificates((keys_dir / CA_CHAIN_NAME).read_bytes())
     seen: set[bytes] = set()
     out = bytearray()
     for cert in certs:

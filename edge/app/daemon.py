@@ -49,6 +49,7 @@ from edge.app.process import setup_process
 from edge.config import CameraConfig, EdgeConfig, PrivacyMaskConfig
 from edge.errors import ConfigError, DataDirError, EdgeError
 from edge.events import EventSigner, SignedEvent
+from edge.framepool import MIB, FramePool
 from edge.frames import Frame
 from edge.health import system as system_health
 from edge.health.door import DoorMonitor
@@ -117,6 +118,8 @@ class Daemon:
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
         self.pipelines: dict[str, CameraPipeline] = {}
+        #: Every raw frame of every camera, and the analytics shared memory, within one budget.
+        self.frame_pool = FramePool.of_mib(cfg.memory.frame_budget_mib)
         self.sink: SegmentSink | None = None
         self.control: control.ControlServer | None = None
         #: Further checks subsystems (vault, uplink) add to ``edgectl selftest``.
@@ -349,10 +352,9 @@ class Daemon:
         pipeline = self.pipelines.get(str(cam_id))
         if pipeline is None:
             raise EdgeError(f"no camera {cam_id!r}")
-        frame = pipeline.last_frame
+        frame = pipeline.preview_frame()  # a copy: the pool may reuse the buffer at once
         if frame is None:
             raise EdgeError(f"camera {cam_id} has delivered no frame yet")
-        frame = frame.copy()
         masks = list(pipeline.cam.privacy_masks)
         if params.get("masks") is not None:
             try:
@@ -376,14 +378,22 @@ class Daemon:
     def _prepare_camera(self, cam: CameraConfig, cfg: EdgeConfig) -> CameraPipeline:
         """Build (not start) a camera's pipeline: everything that can refuse a setting."""
         assert self.sink is not None
-        return CameraPipeline(cam, self.sink, face_blur=FaceBlurrer.for_camera(cfg, cam.id))
+        return CameraPipeline(
+            cam,
+            self.sink,
+            face_blur=FaceBlurrer.for_camera(cfg, cam.id),
+            pool=self.frame_pool,
+            budget_share=1.0 / len(cfg.cameras),
+        )
 
     def _launch_camera(self, pipeline: CameraPipeline, cfg: EdgeConfig) -> None:
         cam = pipeline.cam
         self.pipelines[cam.id] = pipeline
         if cfg.analytics.enabled and self.alerts is not None:
             # Its own process, fed masked frames from the capture thread; never blocks it.
-            bridge = AnalyticsBridge(cfg, cam, listeners=[self.alerts.publish], mqtt=False)
+            bridge = AnalyticsBridge(
+                cfg, cam, listeners=[self.alerts.publish], mqtt=False, pool=self.frame_pool
+            )
             pipeline.add_observer(bridge.offer)
             bridge.start()
             self.analytics[cam.id] = bridge
@@ -572,6 +582,9 @@ class Daemon:
         logging.getLogger().setLevel(new.logging.level.upper())
         if isinstance(self.sink, Vault) and new.vault != self.cfg.vault:
             self.sink.apply_config(new.vault)  # retention changes apply at once
+        # Frames beyond a smaller budget are refused from now on; queue lengths follow when a
+        # camera's pipeline next starts.
+        self.frame_pool.set_budget(new.memory.frame_budget_mib * MIB)
         changed = sorted(
             k for k in type(new).model_fields if getattr(new, k) != getattr(self.cfg, k)
         )
@@ -699,7 +712,7 @@ def _spool_event(spool: EventSpool, event: SignedEvent) -> None:
 
 
 def _last_frame(pipeline: CameraPipeline) -> Frame | None:
-    return pipeline.last_frame
+    return pipeline.preview_frame()
 
 
 def _face_blur_settings(cfg: EdgeConfig, cam_id: str) -> tuple[object, ...]:

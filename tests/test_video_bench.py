@@ -49,3 +49,8 @@ def test_bench_pipeline_reports_cpu_ratio_against_ffmpeg() -> None:
         assert isinstance(value, float) and value > 0, key
     stages = result["pipeline_stage_wall_s"]
     assert isinstance(stages, dict) and set(stages) == {"capture", "mask", "encode", "sink"}
+    # The whole path on I420 frames against the encoder alone on the same frames.
+    for key in ("encoder_cpu_s", "pipeline_i420_cpu_s", "pipeline_vs_encoder_cpu"):
+        value = result[key]
+        assert isinstance(value, float) and value > 0, key
+    assert result["pipeline_vs_encoder_cpu_goal"] == "<= 1.05"

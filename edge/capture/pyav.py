@@ -565,4 +565,7 @@ def _copy_planes(picture: av.video.frame.VideoFrame, frame: Frame) -> None:
     for plane, dst in zip(picture.planes, (frame.y, frame.u, frame.v), strict=True):
         rows, cols = dst.shape
         src = np.frombuffer(memoryview(plane), dtype=np.uint8)
-        np.copyto(dst, src[: rows * plane.line_size].reshape(rows, plane.line_size)[:, :cols])
+        if plane.line_size == cols:  # unpadded lines: one contiguous copy
+            np.copyto(dst.reshape(-1), src[: rows * cols])
+        else:
+            np.copyto(dst, src[: rows * plane.line_size].reshape(rows, plane.line_size)[:, :cols])

@@ -14,8 +14,10 @@ pipeline drops the frame and counts it exactly as it counts a full recording que
 Buffers are reference-counted: the capture thread acquires one (one reference), the recording
 queue and the preview slot each :meth:`~FramePool.retain` what they keep, and each holder
 :meth:`~FramePool.release` s it when done; at zero the buffer goes back to the free list of its
-size, to be reused without a new allocation. A buffer is never handed out while anyone holds
-it, so a frame kept for the preview is never overwritten by the next, still unmasked, picture.
+size, to be reused without a new allocation, or, beyond :data:`SPARE_BUFFERS`, back to the
+system (each buffer is a mapping of its own), so that a burst leaves no lasting growth. A
+buffer is never handed out while anyone holds it, so a frame kept for the preview is never
+overwritten by the next, still unmasked, picture.
 
 Threads: any thread may call any method; ``_lock`` protects the counters, the reference counts
 and the free lists. The lock is held for a few dictionary operations, never during a copy.
@@ -23,6 +25,7 @@ and the free lists. The lock is held for a few dictionary operations, never duri
 
 from __future__ import annotations
 
+import mmap
 import threading
 from dataclasses import dataclass
 
@@ -36,6 +39,17 @@ MIB = 1024 * 1024
 #: The default budget, sized for a 2 GiB unit: a quarter of what is left once the system,
 #: edged, the analytics processes and the page cache of the vault have theirs.
 DEFAULT_BUDGET_MIB = 384
+#: Free buffers of one size kept for reuse. A camera whose encoder keeps up cycles through a
+#: handful of buffers without allocating; the ones a burst needed (the encoder late for a
+#: moment, the queue filling) are given back when freed, so memory returns to its steady size.
+SPARE_BUFFERS = 1
+
+
+def _allocate(nbytes: int) -> np.ndarray[tuple[int], np.dtype[np.uint8]]:
+    """An anonymous mapping of its own: unmapped, so back to the system, when the last view
+    of it goes, rather than left in the allocator's heap as a freed block often is."""
+    mapping = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(mapping, dtype=np.uint8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +159,8 @@ class FramePool:
         if data is None:
             # Allocated outside the lock: the pages are only touched when the frame is written.
             try:
-                data = np.empty(nbytes, dtype=np.uint8)
-            except MemoryError:  # the system has less than the budget promised: a drop too
+                data = _allocate(nbytes)
+            except (MemoryError, OSError):  # less memory than the budget promised: a drop too
                 with self._lock:
                     self._allocated -= nbytes
                     self._refused += 1
@@ -182,10 +196,11 @@ class FramePool:
             del self._held[id(lease)]
             size = lease.data.size
             self._in_use -= size
-            if self._reserved + self._allocated > self.budget:  # the budget was lowered
-                self._allocated -= size
+            free = self._free.setdefault(size, [])
+            if len(free) >= SPARE_BUFFERS or self._reserved + self._allocated > self.budget:
+                self._allocated -= size  # a burst is over, or the budget was lowered
                 return
-            self._free.setdefault(size, []).append(lease.data)
+            free.append(lease.data)
 
     def owns(self, frame: Frame) -> bool:
         lease = frame.pool_buffer

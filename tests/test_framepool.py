@@ -10,7 +10,7 @@ import pytest
 
 from edge.config import CameraConfig, EdgeConfig, EncoderConfig, PrivacyMaskConfig
 from edge.errors import ConfigError, FrameBudgetError
-from edge.framepool import FramePool, queue_frames
+from edge.framepool import SPARE_BUFFERS, FramePool, queue_frames
 from edge.frames import i420_size
 from edge.video.base import MediaSegment, SegmentSink
 
@@ -44,6 +44,26 @@ def test_a_released_buffer_is_reused_not_reallocated() -> None:
         pool.release(frame)
     stats = pool.stats()
     assert stats.buffers == 1 and stats.allocated == i420_size(*K4) and stats.in_use == 0
+
+
+def test_a_burst_leaves_no_lasting_growth() -> None:
+    """The encoder late for a moment fills the queue; once it catches up, the buffers the
+    burst needed go back to the system, all but a few spares."""
+    size = i420_size(1920, 1080)
+    pool = FramePool(20 * size)
+    burst = [pool.acquire(1920, 1080, index=i) for i in range(12)]
+    assert pool.stats().allocated == 12 * size
+    for frame in burst:
+        pool.release(frame)
+    stats = pool.stats()
+    assert stats.allocated == SPARE_BUFFERS * size and stats.buffers == SPARE_BUFFERS
+    assert stats.peak_allocated == 12 * size  # the burst stays visible in the accounting
+
+
+def test_the_allocator_is_told_to_give_freed_memory_back() -> None:
+    from edge.app.process import bound_malloc
+
+    assert bound_malloc()  # glibc: fewer arenas, large blocks mapped and unmapped
 
 
 def test_a_held_buffer_is_never_handed_out_again() -> None:

@@ -21,6 +21,7 @@ __all__ = [
     "DaemonStatus",
     "DoorStatus",
     "Dot1xStatus",
+    "FrameMemoryStatus",
     "MemoryStatus",
     "ReloadOutcome",
     "StatusReport",
@@ -177,6 +178,19 @@ class ReloadOutcome(TypedDict):
     error: str | None
 
 
+class FrameMemoryStatus(TypedDict):
+    """The frame pool (:mod:`edge.framepool`): every raw frame within ``frame_budget_mib``."""
+
+    budget_bytes: int
+    reserved_bytes: int
+    """Analytics shared memory, counted against the budget."""
+    allocated_bytes: int
+    in_use_bytes: int
+    peak_bytes: int
+    refused: int
+    """Frames dropped because the budget had no buffer for them (also in ``frames_dropped``)."""
+
+
 class DaemonStatus(TypedDict):
     """What edged says about itself (``edgectl status --json`` → ``daemon``)."""
 
@@ -196,6 +210,7 @@ class DaemonStatus(TypedDict):
     tamper: TamperStatus | None
     door: DoorStatus | None
     last_reload: ReloadOutcome | None
+    frame_memory: FrameMemoryStatus
 
 
 class TimeStatus(TypedDict):

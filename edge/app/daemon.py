@@ -60,6 +60,7 @@ from edge.snapshot import (
     AnalyticsStatus,
     CertificateStatus,
     DaemonStatus,
+    FrameMemoryStatus,
     ReloadOutcome,
     StatusReport,
     VaultStatus,
@@ -404,6 +405,7 @@ class Daemon:
         bridge = self.analytics.pop(cam_id, None)
         if bridge is not None:
             bridge.stop()
+        self.frame_pool.trim()  # its buffers back to the system; the others refill lazily
 
     def run(self, run_for: float | None = None) -> int:
         deadline = None if run_for is None else time.monotonic() + run_for
@@ -686,6 +688,18 @@ class Daemon:
             "tamper": {"active": self.alerts.active("tamper")} if self.alerts is not None else None,
             "door": self.door.snapshot() if self.door is not None else None,
             "last_reload": self.last_reload,
+            "frame_memory": self._frame_memory(),
+        }
+
+    def _frame_memory(self) -> FrameMemoryStatus:
+        pool = self.frame_pool.stats()
+        return {
+            "budget_bytes": pool.budget,
+            "reserved_bytes": pool.reserved,
+            "allocated_bytes": pool.allocated,
+            "in_use_bytes": pool.in_use,
+            "peak_bytes": pool.peak_allocated,
+            "refused": pool.refused,
         }
 
 

@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, str] = {
     "capture": "capture",
     "encode": "encode",
     "mask": "mask",
+    "memory": "memory",
     "pipeline": "pipeline",
     "startup": "startup",
     "vault": "vault",

@@ -17,13 +17,16 @@ system time (``RUSAGE_SELF``; ``RUSAGE_CHILDREN`` for ffmpeg):
   alpha → libx264 with the same settings and GOP → HLS fMP4 segments.
 
 ``pipeline_vs_encoder_cpu`` (goal ≤ 1.05) is what the recorder adds around the encoder;
-``pipeline_vs_ffmpeg_cpu`` ≤ 1.0 means the recorder costs no more than FFmpeg itself.
+``pipeline_vs_ffmpeg_cpu`` ≤ 1.0 means the recorder costs no more than FFmpeg itself. With
+``--cameras 1,2,4``, N cameras record the raw clip at once (a thread each, one frame pool):
+``cpu_per_camera_s`` by N and ``per_camera_growth_vs_1`` (goal ≤ 1.05).
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..config import EncoderConfig, PrivacyMaskConfig
+from ..errors import EdgeError
 from ..framepool import DEFAULT_BUDGET_MIB, MIB, FramePool
 from .ffmpeg_cli import (
     add_encoder_arguments,
@@ -67,6 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=1080, help="clip height (default 1080)")
     parser.add_argument("--fps", type=int, default=25, help="clip frame rate (default 25)")
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length (default 10)")
+    parser.add_argument(
+        "--cameras",
+        default="1",
+        help="camera counts to measure CPU per camera for, e.g. 1,2,4 (default 1: no scaling)",
+    )
     add_encoder_arguments(parser)
 
 
@@ -91,8 +100,10 @@ def _write_mask_png(path: Path, luma_mask: np.ndarray[Any, np.dtype[np.bool_]]) 
     Image.fromarray(rgba, mode="RGBA").save(path)
 
 
-#: What the whole path may cost over the encoder alone (issue goal).
+#: What the whole path may cost over the encoder alone.
 GOAL_VS_ENCODER = 1.05
+#: How much a camera's CPU may grow when it shares the unit with others.
+GOAL_PER_CAMERA_GROWTH = 1.05
 
 
 def _make_raw(clip: Path, raw: Path) -> None:
@@ -224,6 +235,42 @@ def encoder_alone_cpu(raw: Path, w: int, h: int, fps: int, cfg: EncoderConfig) -
     return self_cpu_s() - cpu0 - feeding
 
 
+def _camera_counts(text: str) -> list[int]:
+    try:
+        counts = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        counts = []
+    if not counts or counts[0] < 1 or counts[-1] > 16:
+        raise EdgeError(f"--cameras {text!r}: camera counts between 1 and 16, e.g. 1,2,4")
+    return counts
+
+
+def cameras_cpu(
+    raw: Path, out: Path, n: int, w: int, h: int, fps: int, cfg: EncoderConfig, delivery: float
+) -> float:
+    """CPU seconds per camera of ``n`` cameras recording the raw clip at once, one thread each
+    (as edged runs them), their frames from one pool; each camera's file reading left out."""
+    pool = FramePool.of_mib(DEFAULT_BUDGET_MIB)
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            record_clip(raw, out / f"n{n}-cam{i}", w, h, fps, cfg, pool)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    cpu0 = self_cpu_s()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    cpu = self_cpu_s() - cpu0
+    if errors:
+        raise errors[0]
+    return cpu / n - delivery
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from edge.privacy import PrivacyMasker
 
@@ -231,7 +278,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         preset=args.preset, bitrate_kbps=args.bitrate_kbps, segment_seconds=args.segment_seconds
     )
     w, h, fps = args.width, args.height, args.fps
+    counts = _camera_counts(args.cameras)
     pool = FramePool.of_mib(DEFAULT_BUDGET_MIB)
+    scaling: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp_name:
         tmp = Path(tmp_name)
         clip = tmp / "clip.mp4"
@@ -248,6 +297,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raw_run = record_clip(raw, tmp / "raw-segments", w, h, fps, cfg, pool)
         raw_wall = time.perf_counter() - t0
         raw_cpu = self_cpu_s() - cpu0 - delivery
+
+        # --- several cameras at once: CPU per camera against one camera, same run ---
+        if counts != [1]:
+            per_camera = {
+                n: cameras_cpu(raw, tmp / "cameras", n, w, h, fps, cfg, delivery)
+                for n in sorted({1, *counts})
+            }
+            scaling = {
+                "cpu_per_camera_s": {str(n): round(c, 3) for n, c in per_camera.items()},
+                "per_camera_growth_vs_1": {
+                    str(n): round(c / per_camera[1], 3) for n, c in per_camera.items() if n > 1
+                },
+                "per_camera_growth_goal": f"<= {GOAL_PER_CAMERA_GROWTH}",
+            }
 
         # --- the whole path on H.264 (decoding included), against the ffmpeg CLI ---
         cpu0 = self_cpu_s()
@@ -305,6 +368,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ffmpeg_segments": ffmpeg_segments,
         "pipeline_vs_ffmpeg_cpu": round(cpu / baseline.cpu_s, 3),
         "pipeline_vs_ffmpeg_wall": round(wall / baseline.wall_s, 3),
+        **scaling,
         "pool_peak_mib": round(pool.stats().peak_allocated / MIB, 1),
         "ffmpeg_cli": ffmpeg_version(),
     }

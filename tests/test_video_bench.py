@@ -39,7 +39,17 @@ def test_bench_encode_reports_ratio_against_ffmpeg() -> None:
 def test_bench_pipeline_reports_cpu_ratio_against_ffmpeg() -> None:
     tool("ffmpeg")
     result = bench(
-        "pipeline", "--width", "320", "--height", "240", "--seconds", "2", "--cameras", "1,2"
+        "pipeline",
+        "--width",
+        "320",
+        "--height",
+        "240",
+        "--seconds",
+        "2",
+        "--cameras",
+        "1,2",
+        "--repeat",
+        "2",
     )
     assert result["benchmark"] == "pipeline"
     assert result["frames"] == 50
@@ -56,6 +66,10 @@ def test_bench_pipeline_reports_cpu_ratio_against_ffmpeg() -> None:
         value = result[key]
         assert isinstance(value, float) and value > 0, key
     assert result["pipeline_vs_encoder_cpu_goal"] == "<= 1.05"
+    spread = result["pipeline_vs_encoder_cpu_range"]
+    median = result["pipeline_vs_encoder_cpu"]
+    assert isinstance(spread, list) and isinstance(median, float)
+    assert 0 < spread[0] <= median <= spread[1]
     # Two cameras at once against one: CPU per camera and its growth, goal beside it.
     per_camera = result["cpu_per_camera_s"]
     assert isinstance(per_camera, dict) and set(per_camera) == {"1", "2"}

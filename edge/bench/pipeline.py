@@ -16,7 +16,8 @@ system time (``RUSAGE_SELF``; ``RUSAGE_CHILDREN`` for ffmpeg):
   ``ffmpeg`` process doing the equivalent: decode → overlay of the same masks as a PNG with
   alpha → libx264 with the same settings and GOP → HLS fMP4 segments.
 
-``pipeline_vs_encoder_cpu`` (goal ≤ 1.05) is what the recorder adds around the encoder;
+``pipeline_vs_encoder_cpu`` (goal ≤ 1.05) is what the recorder adds around the encoder (the
+median of ``--repeat`` alternated measurements, their range beside it);
 ``pipeline_vs_ffmpeg_cpu`` ≤ 1.0 means the recorder costs no more than FFmpeg itself. With
 ``--cameras 1,2,4``, N cameras record the raw clip at once (a thread each, one frame pool):
 ``cpu_per_camera_s`` by N and ``per_camera_growth_vs_1`` (goal ≤ 1.05).
@@ -71,6 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=1080, help="clip height (default 1080)")
     parser.add_argument("--fps", type=int, default=25, help="clip frame rate (default 25)")
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length (default 10)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="whole path and encoder alone measured this many times, median kept (default 3)",
+    )
     parser.add_argument(
         "--cameras",
         default="1",
@@ -290,13 +297,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         masker = PrivacyMasker(BENCH_MASKS, w, h)
 
         # --- the whole path on I420 at the configured size, against the encoder alone ---
-        encoder_cpu = encoder_alone_cpu(raw, w, h, fps, cfg)
-        delivery = delivery_cpu(raw)
-        cpu0 = self_cpu_s()
-        t0 = time.perf_counter()
-        raw_run = record_clip(raw, tmp / "raw-segments", w, h, fps, cfg, pool)
-        raw_wall = time.perf_counter() - t0
-        raw_cpu = self_cpu_s() - cpu0 - delivery
+        # Alternated ``--repeat`` times, the median kept: on a shared machine, load that comes
+        # and goes then weighs on both sides alike.
+        runs: list[tuple[float, float, float, PathRun]] = []  # encoder, whole path, wall, run
+        for i in range(args.repeat):
+            encoder_cpu = encoder_alone_cpu(raw, w, h, fps, cfg)
+            delivery = delivery_cpu(raw)
+            cpu0 = self_cpu_s()
+            t0 = time.perf_counter()
+            raw_run = record_clip(raw, tmp / f"raw-segments-{i}", w, h, fps, cfg, pool)
+            raw_wall = time.perf_counter() - t0
+            runs.append((encoder_cpu, self_cpu_s() - cpu0 - delivery, raw_wall, raw_run))
+        ratios = sorted(whole / encoder for encoder, whole, _, _ in runs)
+        encoder_cpu, raw_cpu, raw_wall, raw_run = sorted(runs, key=lambda r: r[1] / r[0])[
+            len(runs) // 2
+        ]
 
         # --- several cameras at once: CPU per camera against one camera, same run ---
         if counts != [1]:
@@ -355,6 +370,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pipeline_i420_fps": round(raw_run.frames / raw_wall, 2),
         "pipeline_i420_stage_wall_s": {k: round(v, 3) for k, v in raw_run.stage.items()},
         "pipeline_vs_encoder_cpu": round(raw_cpu / encoder_cpu, 3),
+        "pipeline_vs_encoder_cpu_range": [round(ratios[0], 3), round(ratios[-1], 3)],
         "pipeline_vs_encoder_cpu_goal": f"<= {GOAL_VS_ENCODER}",
         "segments": ours.segments,
         "pipeline_cpu_s": round(cpu, 3),

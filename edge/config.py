@@ -866,6 +866,18 @@ class PlaybookConfig(_Section):
     """Return to the safe state when the link to the CSU is lost."""
 
 
+class MemoryConfig(_Section):
+    frame_budget_mib: int = Field(default=384, ge=32, le=65_536)
+    """Memory for raw frames, all cameras together (recording queues, the preview, analytics
+    shared memory), in MiB. A frame that would exceed it is dropped and counted, never
+    allocated. The default suits a 2 GiB unit; 4K and 8K cameras queue fewer seconds in it."""
+
+
+#: Full-size frames a camera needs at the least: being captured, kept for the preview, being
+#: encoded, and a recording queue of two (edge.framepool.queue_frames).
+MIN_FRAMES_PER_CAMERA = 5
+
+
 class EdgeConfig(_Section):
     unit: UnitConfig = UnitConfig()
     """The unit as a whole."""
@@ -891,6 +903,8 @@ class EdgeConfig(_Section):
     """What an event may do to the outputs, for how long, with or without an agent."""
     outputs_heartbeat_s: float = Field(default=1.0, ge=0.1, le=60.0)
     """Period of the heartbeat written to Modbus controllers that watch one."""
+    memory: MemoryConfig = MemoryConfig()
+    """Memory budget of the recording path."""
 
     @model_validator(mode="after")
     def _unique_camera_ids(self) -> EdgeConfig:
@@ -938,6 +952,25 @@ class EdgeConfig(_Section):
                     ("playbooks", i, "camera"),
                     f"camera {pb.camera!r} is not among the cameras ({', '.join(sorted(cameras))})",
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _frames_fit_in_budget(self) -> EdgeConfig:
+        # Refused here, with the figures, rather than a unit that drops every frame.
+        need = 0
+        for cam in self.cameras:
+            need += MIN_FRAMES_PER_CAMERA * cam.width * cam.height * 3 // 2
+            if self.analytics.enabled:
+                step = max(1, -(-cam.width // self.analytics.width))
+                w, h = (cam.width // step) // 2 * 2, (cam.height // step) // 2 * 2
+                need += self.analytics.slots * (w * h * 3 // 2 + 24)
+        budget = self.memory.frame_budget_mib * 1024 * 1024
+        if need > budget:
+            raise ValueError(
+                f"memory.frame_budget_mib: {self.memory.frame_budget_mib} MiB cannot hold the "
+                f"cameras' frames: they need at least {-(-need // (1024 * 1024))} MiB "
+                f"({MIN_FRAMES_PER_CAMERA} frames each, plus analytics shared memory)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -48,6 +48,18 @@ class CaptureError(EdgeError, RuntimeError):
         self.transient = transient
 
 
+class FrameBudgetError(EdgeError):
+    """A source received frame ``index`` but the frame memory budget had no buffer for it.
+
+    Not a failure of the source: the capture loop counts the frame as dropped, exactly as a
+    full recording queue drops one, and reads on (:mod:`edge.framepool`).
+    """
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"no frame buffer within the memory budget for frame {index}")
+        self.index = index
+
+
 class MaskError(EdgeError, ValueError):
     """A privacy mask cannot be applied (bad geometry, frame of the wrong size)."""
 

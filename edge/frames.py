@@ -44,6 +44,8 @@ class Frame:
     y: Plane = field(init=False, repr=False)
     u: Plane = field(init=False, repr=False)
     v: Plane = field(init=False, repr=False)
+    #: The :class:`edge.framepool.FramePool` buffer behind ``data``, None when not pooled.
+    pool_buffer: object = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_dimensions(self.width, self.height)

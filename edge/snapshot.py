@@ -22,6 +22,7 @@ __all__ = [
     "DoorStatus",
     "Dot1xStatus",
     "FleetReport",
+    "FrameMemoryStatus",
     "MemoryStatus",
     "OutputStatus",
     "OutputsStatus",
@@ -252,6 +253,19 @@ class SignedConfigStatus(TypedDict):
     last: ReloadOutcome | None
 
 
+class FrameMemoryStatus(TypedDict):
+    """The frame pool (:mod:`edge.framepool`): every raw frame within ``frame_budget_mib``."""
+
+    budget_bytes: int
+    reserved_bytes: int
+    """Analytics shared memory, counted against the budget."""
+    allocated_bytes: int
+    in_use_bytes: int
+    peak_bytes: int
+    refused: int
+    """Frames dropped because the budget had no buffer for them (also in ``frames_dropped``)."""
+
+
 class DaemonStatus(TypedDict):
     """What edged says about itself (``edgectl status --json`` → ``daemon``)."""
 
@@ -271,6 +285,7 @@ class DaemonStatus(TypedDict):
     tamper: TamperStatus | None
     door: DoorStatus | None
     last_reload: ReloadOutcome | None
+    frame_memory: FrameMemoryStatus
     outputs: NotRequired[OutputsStatus | None]
     """Cabinet outputs and playbooks (absent or None when none is configured)."""
     provisioned: NotRequired[bool]

@@ -89,7 +89,14 @@ class DyingCamera(FrameSource):
 
 
 def _loop(
-    camera: DyingCamera, time_: FakeTime, frames: list[Frame], rng: random.Random, **kw: float
+    camera: DyingCamera,
+    time_: FakeTime,
+    frames: list[Frame],
+    rng: random.Random,
+    *,
+    backoff_initial: float = 0.5,
+    backoff_max: float = 30.0,
+    backoff_reset_s: float = 60.0,
 ) -> CaptureLoop:
     return CaptureLoop(
         camera,
@@ -98,7 +105,9 @@ def _loop(
         clock=time_.clock,
         sleep=time_.sleep,
         rng=rng,
-        **kw,
+        backoff_initial=backoff_initial,
+        backoff_max=backoff_max,
+        backoff_reset_s=backoff_reset_s,
     )
 
 

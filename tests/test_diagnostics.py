@@ -110,6 +110,26 @@ def test_dropped_frames_degrade() -> None:
     assert "7 frame(s) dropped" in cause
 
 
+def test_a_full_frame_memory_budget_says_so_with_its_figures() -> None:
+    status = healthy()
+    status["daemon"]["cameras"][0]["frames_dropped"] = 9
+    status["daemon"]["frame_memory"] = {
+        "budget_bytes": 384 << 20,
+        "reserved_bytes": 0,
+        "allocated_bytes": 380 << 20,
+        "in_use_bytes": 380 << 20,
+        "peak_bytes": 383 << 20,
+        "refused": 9,
+    }
+    found = {section: (level, cause, action) for section, level, cause, action in problems(status)}
+    level, cause, action = found["record"]
+    assert level is Level.DEGRADED
+    assert "9 frame(s) dropped: the frame memory budget was full" in cause
+    assert "frame_budget_mib" in action
+    status["daemon"]["frame_memory"]["refused"] = 0  # drops from a full queue only: no such line
+    assert "record" not in {section for section, *_ in problems(status)}
+
+
 def test_expired_certificate_names_renewal() -> None:
     status = healthy()
     status["daemon"]["dot1x"] = {

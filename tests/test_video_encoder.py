@@ -225,6 +225,32 @@ def test_decoded_pictures_are_the_frames_fed_in_order(
         assert errors[i] < 3.0
 
 
+def test_one_buffer_reused_for_every_frame_still_records_each_frame(tmp_path: Path) -> None:
+    """The encoder takes the frame's own buffer (no copy of its own), and the frame pool
+    refills that buffer as soon as ``encode`` returns: each frame must still be recorded as
+    it was, not as the next one written over it."""
+    width, height = 320, 240
+    fed = [f.copy() for f in moving_frames(width, height, 30, 25)]
+    encoder = SegmentEncoder("cam1", width, height, 25, EncoderConfig(bitrate_kbps=4000))
+    buffer = Frame.blank(width, height)
+    segments: list[MediaSegment] = []
+    for frame in fed:
+        np.copyto(buffer.data, frame.data)
+        buffer.index, buffer.mono_ns, buffer.wall_ns = frame.index, frame.mono_ns, frame.wall_ns
+        segments += encoder.encode(buffer)
+        buffer.data.fill(0)  # the pool hands the buffer to the next picture at once
+    segments += encoder.flush()
+    whole = tmp_path / "whole.mp4"
+    whole.write_bytes(segments[0].init + b"".join(s.media for s in segments))
+    with av.open(str(whole)) as container:
+        decoded = [p.to_ndarray()[:height] for p in container.decode(video=0)]  # luma rows
+    assert len(decoded) == len(fed)
+    for i, luma in enumerate(decoded):
+        errors = [np.abs(luma.astype(np.int32) - f.y.astype(np.int32)).mean() for f in fed]
+        assert int(np.argmin(errors)) == i, f"decoded picture {i} is not frame {i}"
+        assert errors[i] < 3.0
+
+
 class _IgnoresForcedKeyframes:
     """Fault injection: a stream whose encoder drops the forced-IDR request at some pts."""
 

@@ -51,6 +51,7 @@ from edge.identity.unitkeys import keys_dir_of, load_or_create_signing_key
 from ..backoff import Backoff
 from ..config import CameraConfig, EdgeConfig
 from ..errors import ProtocolError
+from ..framepool import FramePool
 from ..frames import Frame
 from . import channel, decree, worker
 from .fiware import count_entities
@@ -111,8 +112,12 @@ class AnalyticsBridge:
         *,
         listeners: list[EventListener] | None = None,
         mqtt: bool = True,
+        pool: FramePool | None = None,
     ) -> None:
         self.cfg = cfg
+        #: The unit's frame memory budget: the shared memory is reserved against it.
+        self._pool = pool
+        self._reserved = 0
         self.cam = cam
         self.acfg = cfg.analytics
         self.step, self.width, self.height = analysis_geometry(
@@ -179,6 +184,10 @@ class AnalyticsBridge:
         # Computed here, by edged, from the configuration it applies: not the child's say.
         self._provenance = decree.provenance(self.cfg, self.cam.id)
         remove_stale_rings()
+        if self._pool is not None:
+            nbytes = FrameRing.size_of(self.acfg.slots, self.width, self.height)
+            self._pool.reserve(nbytes, f"camera {self.cam.id}'s analytics shared memory")
+            self._reserved = nbytes
         self._ring = FrameRing.create(self.acfg.slots, self.width, self.height)
         if self._publisher is not None:
             self._publisher.start()
@@ -264,6 +273,9 @@ class AnalyticsBridge:
         if self._ring is not None:
             self._ring.close()
             self._ring = None
+        if self._pool is not None and self._reserved:
+            self._pool.unreserve(self._reserved)
+            self._reserved = 0
         self._set_state(ChildState.STOPPED, "stopped")
 
     def _tell_child_to_stop(self) -> None:

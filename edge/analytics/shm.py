@@ -68,9 +68,14 @@ class FrameRing:
             slots, self.frame_bytes
         )
 
+    @staticmethod
+    def size_of(slots: int, width: int, height: int) -> int:
+        """Bytes of the shared block for ``slots`` frames of this size."""
+        return slots * (META_FIELDS * 8 + i420_size(width, height))
+
     @classmethod
     def create(cls, slots: int, width: int, height: int) -> FrameRing:
-        size = slots * (META_FIELDS * 8 + i420_size(width, height))
+        size = cls.size_of(slots, width, height)
         name = f"{RING_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
         shm = shared_memory.SharedMemory(name=name, create=True, size=size)
         return cls(shm, slots, width, height, owner=True)

@@ -56,6 +56,7 @@ from edge.app.process import setup_process
 from edge.config import CameraConfig, EdgeConfig, PrivacyMaskConfig
 from edge.errors import ConfigError, DataDirError, EdgeError
 from edge.events import EventSigner, SignedEvent
+from edge.framepool import MIB, FramePool
 from edge.frames import Frame
 from edge.health import system as system_health
 from edge.health.door import DoorMonitor
@@ -71,6 +72,7 @@ from edge.snapshot import (
     CertificateStatus,
     DaemonStatus,
     FleetReport,
+    FrameMemoryStatus,
     ReloadOutcome,
     SignedConfigStatus,
     StatusReport,
@@ -134,6 +136,8 @@ class Daemon:
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
         self.pipelines: dict[str, CameraPipeline] = {}
+        #: Every raw frame of every camera, and the analytics shared memory, within one budget.
+        self.frame_pool = FramePool.of_mib(cfg.memory.frame_budget_mib)
         self.sink: SegmentSink | None = None
         self.control: control.ControlServer | None = None
         #: Further checks subsystems (vault, uplink) add to ``edgectl selftest``.
@@ -693,10 +697,9 @@ class Daemon:
         pipeline = self.pipelines.get(str(cam_id))
         if pipeline is None:
             raise EdgeError(f"no camera {cam_id!r}")
-        frame = pipeline.last_frame
+        frame = pipeline.preview_frame()  # a copy: the pool may reuse the buffer at once
         if frame is None:
             raise EdgeError(f"camera {cam_id} has delivered no frame yet")
-        frame = frame.copy()
         masks = list(pipeline.cam.privacy_masks)
         if params.get("masks") is not None:
             try:
@@ -726,6 +729,8 @@ class Daemon:
             face_blur=FaceBlurrer.for_camera(cfg, cam.id),
             config_version=config_version(cfg),
             media_signing=self.media_signing,
+            pool=self.frame_pool,
+            budget_share=1.0 / len(cfg.cameras),
         )
 
     def _launch_camera(self, pipeline: CameraPipeline, cfg: EdgeConfig) -> None:
@@ -735,7 +740,9 @@ class Daemon:
         self.pipelines[cam.id] = pipeline
         if cfg.analytics.enabled and self.alerts is not None:
             # Its own process, fed masked frames from the capture thread; never blocks it.
-            bridge = AnalyticsBridge(cfg, cam, listeners=[self.alerts.publish], mqtt=False)
+            bridge = AnalyticsBridge(
+                cfg, cam, listeners=[self.alerts.publish], mqtt=False, pool=self.frame_pool
+            )
             pipeline.add_observer(bridge.offer)
             bridge.start()
             self.analytics[cam.id] = bridge
@@ -746,6 +753,7 @@ class Daemon:
         bridge = self.analytics.pop(cam_id, None)
         if bridge is not None:
             bridge.stop()
+        self.frame_pool.trim()  # its buffers back to the system; the others refill lazily
 
     def run(self, run_for: float | None = None) -> int:
         deadline = None if run_for is None else time.monotonic() + run_for
@@ -984,6 +992,9 @@ class Daemon:
         logging.getLogger().setLevel(new.logging.level.upper())
         if isinstance(self.sink, Vault) and new.vault != self.cfg.vault:
             self.sink.apply_config(new.vault)  # retention changes apply at once
+        # Frames beyond a smaller budget are refused from now on; queue lengths follow when a
+        # camera's pipeline next starts.
+        self.frame_pool.set_budget(new.memory.frame_budget_mib * MIB)
         changed = sorted(
             k for k in type(new).model_fields if getattr(new, k) != getattr(self.cfg, k)
         )
@@ -1094,6 +1105,18 @@ class Daemon:
             "provisioned": not self.unprovisioned,
             "signed_config": self._signed_status(),
             "last_update": slots.last_update(self.cfg.unit.data_dir),
+            "frame_memory": self._frame_memory(),
+        }
+
+    def _frame_memory(self) -> FrameMemoryStatus:
+        pool = self.frame_pool.stats()
+        return {
+            "budget_bytes": pool.budget,
+            "reserved_bytes": pool.reserved,
+            "allocated_bytes": pool.allocated,
+            "in_use_bytes": pool.in_use,
+            "peak_bytes": pool.peak_allocated,
+            "refused": pool.refused,
         }
 
 
@@ -1124,7 +1147,7 @@ def _spool_event(spool: EventSpool, event: SignedEvent) -> None:
 
 
 def _last_frame(pipeline: CameraPipeline) -> Frame | None:
-    return pipeline.last_frame
+    return pipeline.preview_frame()
 
 
 def _face_blur_settings(cfg: EdgeConfig, cam_id: str) -> tuple[object, ...]:

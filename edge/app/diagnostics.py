@@ -172,6 +172,19 @@ def recording_findings(daemon: DaemonStatus) -> list[Finding]:
         )
     else:
         out.append(Finding("record", Level.OK, summary))
+    memory = daemon.get("frame_memory")
+    if isinstance(memory, dict) and memory.get("refused", 0) > 0:
+        budget = memory.get("budget_bytes", 0) // (1024 * 1024)
+        out.append(
+            Finding(
+                "record",
+                Level.DEGRADED,
+                f"frame memory {memory.get('peak_bytes', 0) // (1024 * 1024)} of {budget} MiB",
+                f"{memory['refused']} frame(s) dropped: the frame memory budget was full",
+                "check that the encoder keeps up (load, temperature); if the unit has memory to "
+                "spare, raise [memory] frame_budget_mib, else lower the resolution or frame rate",
+            )
+        )
     if isinstance(vault, dict) and vault.get("chain_ok") is False:
         out.append(
             Finding(

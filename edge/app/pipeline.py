@@ -13,7 +13,16 @@ Threads and what they touch:
   that keeps failing, any unexpected exception), :attr:`CameraPipeline.recorder_failure` says
   why: the daemon raises an alarm and exits non-zero so that systemd restarts it, since
   capture alone only drops frames.
-- any thread may call :meth:`snapshot` (diagnostics) and :meth:`set_masks` (SIGHUP reload).
+- any thread may call :meth:`snapshot` (diagnostics), :meth:`set_masks` (SIGHUP reload) and
+  :meth:`preview_frame` (a copy of the latest masked frame, taken under ``_preview_lock``).
+
+Memory: every frame comes from the unit's :class:`~edge.framepool.FramePool`. The capture
+thread holds a frame's first reference; the recording queue takes it over (or the frame is
+released when the queue is full), the preview slot holds a second one until the next frame
+replaces it, and the recording thread releases the frame once the encoder has copied it. A
+frame the pool has no buffer for is never allocated: the source skips it and it is counted as
+a drop, like a full queue. The queue holds ``queue_seconds`` of frames, or fewer when they do
+not fit in the camera's share of the budget (:func:`edge.framepool.queue_frames`).
 
 ``self._masking`` (the masker and the commitment it stands for: mask-set digest, configuration
 version) is replaced whole on reload; reading an attribute is atomic in CPython, so the capture
@@ -38,7 +47,8 @@ from edge.capture import open_source
 from edge.capture.loop import CaptureLoop
 from edge.config import CameraConfig, PrivacyMaskConfig
 from edge.errors import EdgeError
-from edge.frames import Frame
+from edge.framepool import DEFAULT_BUDGET_MIB, FramePool, queue_frames
+from edge.frames import Frame, i420_size
 from edge.privacy.commitment import Committed, MaskSet, MaskTracker
 from edge.privacy.faceblur import FaceBlurrer
 from edge.privacy.masker import PrivacyMasker
@@ -68,7 +78,11 @@ class CameraPipeline:
         queue_seconds: float = 2.0,
         config_version: bytes = bytes(32),
         media_signing: SigningIdentity | None = None,
+        pool: FramePool | None = None,
+        budget_share: float = 1.0,
     ) -> None:
+        """``pool`` is the unit's (a pool of the default budget when None); ``budget_share``
+        the part of its budget this camera's queue may plan for (1 / the number of cameras)."""
         self.cam = cam
         self._media_signing = media_signing
         self._sink = sink
@@ -77,18 +91,31 @@ class CameraPipeline:
         self._masking = self._masking_for(cam.privacy_masks)
         self._face_blur = face_blur
         self._tracker = MaskTracker()  # recording thread only
+        self.pool = pool if pool is not None else FramePool.of_mib(DEFAULT_BUDGET_MIB)
+        self.queue_frames = queue_frames(
+            int(self.pool.budget * budget_share),
+            i420_size(cam.width, cam.height),
+            cam.fps,
+            queue_seconds,
+        )
         self._queue: queue.Queue[tuple[Frame, Committed] | object] = queue.Queue(
-            maxsize=max(2, int(cam.fps * queue_seconds))
+            maxsize=self.queue_frames
         )
         self._source = open_source(cam)
-        self._capture = CaptureLoop(self._source, self._on_frame, name=cam.id)
+        self._source.pool = self.pool
+        self._capture = CaptureLoop(
+            self._source, self._on_frame, name=cam.id, on_drop=self._on_budget_drop
+        )
         self._recorder = threading.Thread(target=self._record, name=f"record-{cam.id}", daemon=True)
         self.started_mono = time.monotonic()
         # Written by the capture thread:
         self.frames_in = 0
         self.frames_dropped = 0
         self.last_frame_mono: float | None = None
-        self.last_frame: Frame | None = None
+        self.last_frame: Frame | None = None  # holds a pool reference; see _preview_lock
+        #: Held while the preview slot changes hands and while a reader copies it, so the
+        #: buffer is never back in the pool (refilled with an unmasked picture) during a copy.
+        self._preview_lock = threading.Lock()
         # Written by the recording thread:
         self.frames_encoded = 0
         self.time_gaps = 0  # pauses over encoder.TIME_GAP_S, kept as gaps in the recording
@@ -142,6 +169,17 @@ class CameraPipeline:
         self._recorder.join(max(0.0, deadline - time.monotonic()))
         if self._recorder.is_alive():
             log.error("[%s] recording thread did not finish within %.0f s", self.cam.id, timeout)
+            return  # it may still take frames off the queue: leave them to it
+        while True:  # frames left behind by a recorder that died: back to the pool
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, tuple):
+                self.pool.release(item[0])
+        with self._preview_lock:
+            last, self.last_frame = self.last_frame, None
+        self.pool.release(last)
 
     def mask_set(self, masks: Sequence[PrivacyMaskConfig] | None = None) -> MaskSet:
         """The canonical mask set (running, or ``masks`` at this camera's size)."""
@@ -187,6 +225,11 @@ class CameraPipeline:
     def masker(self) -> PrivacyMasker:
         return self._masking[0]
 
+    def preview_frame(self) -> Frame | None:
+        """A copy of the latest masked frame (installer preview, self-test), or None."""
+        with self._preview_lock:
+            return None if self.last_frame is None else self.last_frame.copy()
+
     def alive(self) -> bool:
         """True while the recording thread runs and has looked at its queue recently."""
         return self._recorder.is_alive() and time.monotonic() - self.heartbeat_mono < 10.0
@@ -198,6 +241,13 @@ class CameraPipeline:
     # --- capture thread ----------------------------------------------------------------------
 
     def _on_frame(self, frame: Frame) -> None:
+        try:
+            self._mask_and_hand_over(frame)
+        except BaseException:
+            self.pool.release(frame)  # the capture loop fails loudly; the budget stays right
+            raise
+
+    def _mask_and_hand_over(self, frame: Frame) -> None:
         # Mask first: nothing upstream of this line may keep, send or analyse the frame.
         masker, committed = self._masking  # one read: the commitment of the masker applied
         masker.apply(frame)
@@ -205,22 +255,36 @@ class CameraPipeline:
             self._face_blur.apply(frame)  # metering mode: faces pixelated before anything else
         self.frames_in += 1
         self.last_frame_mono = time.monotonic()
-        self.last_frame = frame  # masked: the only picture the installer preview may show
+        self.pool.retain(frame)
+        with self._preview_lock:
+            previous, self.last_frame = self.last_frame, frame  # masked: what a preview shows
+        self.pool.release(previous)
         for observer in self._observers:
             try:
                 observer(frame)
             except Exception:  # an observer must never stop recording
                 log.exception("[%s] frame observer failed", self.cam.id)
         try:
+            # The queue takes over the capture thread's reference.
             self._queue.put_nowait((frame, committed))
         except queue.Full:
-            self.frames_dropped += 1
-            if self.frames_dropped in (1, 10, 100) or self.frames_dropped % 1000 == 0:
-                log.warning(
-                    "[%s] recording is late: %d frame(s) dropped so far",
-                    self.cam.id,
-                    self.frames_dropped,
-                )
+            self.pool.release(frame)
+            self._count_drop()
+
+    def _on_budget_drop(self, _index: int) -> None:
+        """A frame the source received but the frame memory budget had no buffer for."""
+        self.frames_in += 1
+        self.last_frame_mono = time.monotonic()
+        self._count_drop()
+
+    def _count_drop(self) -> None:
+        self.frames_dropped += 1
+        if self.frames_dropped in (1, 10, 100) or self.frames_dropped % 1000 == 0:
+            log.warning(
+                "[%s] recording is late: %d frame(s) dropped so far",
+                self.cam.id,
+                self.frames_dropped,
+            )
 
     # --- recording thread --------------------------------------------------------------------
 
@@ -297,7 +361,10 @@ class CameraPipeline:
             assert isinstance(item, tuple)
             frame, committed = item
             self._tracker.note(frame.index, frame.wall_ns, committed)
-            segments = encoder.encode(frame)
+            try:
+                segments = encoder.encode(frame)  # the encoder copies the frame: release it
+            finally:
+                self.pool.release(frame)
             self.frames_encoded += 1
             if len(encoder.time_gaps) > gaps_seen:
                 for _wall_ns, seconds in encoder.time_gaps[gaps_seen:]:

@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, str] = {
     "encode": "encode",
     "mask": "mask",
     "outputs": "outputs",
+    "memory": "memory",
     "pipeline": "pipeline",
     "startup": "startup",
     "vault": "vault",

@@ -11,10 +11,14 @@ import abc
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..frames import Frame
+import numpy as np
+
+from ..errors import FrameBudgetError
+from ..frames import Frame, i420_size
 
 if TYPE_CHECKING:
     from ..config import PrivacyMaskConfig
+    from ..framepool import FramePool
 
 
 class FrameSource(abc.ABC):
@@ -27,6 +31,21 @@ class FrameSource(abc.ABC):
         self.width = width
         self.height = height
         self.fps = fps
+        #: Where frames come from in edged (set before :meth:`open`); None: plain allocation.
+        self.pool: FramePool | None = None
+
+    def new_frame(self, index: int) -> Frame:
+        """An empty frame of the source's size to convert or render into: from the pool when
+        there is one, which may raise :class:`edge.errors.FrameBudgetError` (the caller has
+        then written nothing and the frame is counted as dropped)."""
+        pool = self.pool
+        if pool is None:
+            data = np.empty(i420_size(self.width, self.height), dtype=np.uint8)
+            return Frame(data, self.width, self.height, index, 0, 0)
+        frame = pool.acquire(self.width, self.height, index)
+        if frame is None:
+            raise FrameBudgetError(index)
+        return frame
 
     @abc.abstractmethod
     def open(self) -> None:
@@ -37,7 +56,9 @@ class FrameSource(abc.ABC):
         """Return the next frame, or ``None`` at the end of a finite source.
 
         Raises :class:`edge.errors.CaptureError` when the source fails; ``transient=True`` means
-        the caller may :meth:`close` and :meth:`open` again after a back-off.
+        the caller may :meth:`close` and :meth:`open` again after a back-off. Raises
+        :class:`edge.errors.FrameBudgetError` when a :attr:`pool` had no buffer for the frame:
+        the picture is consumed and the next call reads the next one.
         """
 
     @abc.abstractmethod

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from ..backoff import Backoff
-from ..errors import CaptureError
+from ..errors import CaptureError, FrameBudgetError
 from ..frames import Frame
 from .base import FrameSource
 
@@ -87,6 +87,7 @@ class CaptureLoop:
         on_frame: Callable[[Frame], None],
         *,
         name: str,
+        on_drop: Callable[[int], None] | None = None,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         backoff_reset_s: float = 60.0,
@@ -102,6 +103,9 @@ class CaptureLoop:
         self.source = source
         self.name = name
         self._on_frame = on_frame
+        #: Called in the capture thread with the index of a frame the source received but the
+        #: frame memory budget had no buffer for (edge.framepool).
+        self._on_drop = on_drop
         self._backoff_reset_s = backoff_reset_s
         self._probe_interval = probe_interval
         self._clock = clock
@@ -222,6 +226,13 @@ class CaptureLoop:
         while not self._stop_event.is_set():
             try:
                 frame = self.source.read()
+            except FrameBudgetError as spent:
+                # Received, then dropped for want of memory: counted as a frame in (no gap in
+                # the source) and a drop, as a frame a full recording queue refuses.
+                index = self._account_index(spent.index)
+                if self._on_drop is not None:
+                    self._on_drop(index)
+                continue
             except CaptureError as exc:
                 return self._back_off(exc, opened_at=opened_at)
             except Exception as exc:  # noqa: BLE001 - see _run
@@ -240,7 +251,10 @@ class CaptureLoop:
 
     def _account(self, frame: Frame) -> None:
         """Renumber ``frame`` into the loop's increasing index and update the counters."""
-        source_index = frame.index
+        frame.index = self._account_index(frame.index)
+
+    def _account_index(self, source_index: int) -> int:
+        """The loop's index for the source's ``source_index``; updates the counters."""
         jump = 0
         if self._last_source_index is not None:
             jump = source_index - self._last_source_index - 1
@@ -250,7 +264,6 @@ class CaptureLoop:
             jump = 0
         self._last_source_index = source_index
         index = max(self._next_index, source_index + self._index_offset)
-        frame.index = index
         self._next_index = index + 1
         now = self._clock()
         with self._lock:
@@ -260,6 +273,7 @@ class CaptureLoop:
                 self._frames_lost += jump
             self._last_frame_at = now
             self._recent.append(now)
+        return index
 
     def _back_off(self, exc: CaptureError, *, opened_at: float | None) -> bool:
         """Close, wait and let the caller reopen; False when the error is final or stop came."""

@@ -105,12 +105,14 @@ class Picamera2Source(FrameSource):
             metadata = request.get_metadata()
             mono_ns, wall_ns = self._timestamps(metadata)
             index = self._index
+            self._index += 1  # a frame the budget refuses is gone all the same
+            frame = self.new_frame(index)  # first: a refused frame costs no copy
             main = request.make_buffer("main")
             y, u, v = i420_from_buffer(main, self.width, self.height, self._strides["main"])
-            frame = Frame.from_planes(y, u, v, index=index, mono_ns=mono_ns, wall_ns=wall_ns)
+            frame.y[...], frame.u[...], frame.v[...] = y, u, v
+            frame.mono_ns, frame.wall_ns = mono_ns, wall_ns
         finally:
             request.release()  # the buffer goes back to the camera; we copied what we need
-        self._index += 1
         return frame
 
     @staticmethod

@@ -41,7 +41,7 @@ import numpy as np
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ..errors import CaptureError, ConfigError, MaskError, from_av
+from ..errors import CaptureError, ConfigError, FrameBudgetError, MaskError, from_av
 from ..frames import Frame, check_dimensions
 from ..privacy.native import NativeMasker
 from .base import FrameSource
@@ -165,6 +165,7 @@ class PyAVSource(FrameSource):
         self._container: av.container.InputContainer | None = None
         self._stream: av.video.stream.VideoStream | None = None
         self._frames: Iterator[av.video.frame.VideoFrame] | None = None
+        self._converted: Frame | None = None
         self._reset_timeline()
 
     def _tls_options(self, ca_file: Path | None, fingerprint: str | None) -> dict[str, str]:
@@ -192,7 +193,7 @@ class PyAVSource(FrameSource):
         self._first_time: float | None = None
         self._current: tuple[float, av.video.frame.VideoFrame] | None = None
         self._ahead: tuple[float, av.video.frame.VideoFrame] | None = None
-        self._converted: Frame | None = None  # files: untouched copy of a picture to repeat
+        self._forget_converted()  # files: untouched copy of a picture to repeat
         self._last_index = -1
         self._t0_ns: int | None = None
 
@@ -326,7 +327,7 @@ class PyAVSource(FrameSource):
         self._frames = None
         self._stream = None
         self._current = self._ahead = None
-        self._converted = None
+        self._forget_converted()
         pinned, self._pinned_dir = self._pinned_dir, None
         if pinned is not None:
             shutil.rmtree(pinned, ignore_errors=True)
@@ -367,11 +368,7 @@ class PyAVSource(FrameSource):
         with the privacy masks applied in its own geometry and format."""
         masks = self._privacy_masks
         fmt, width, height = picture.format.name, picture.width, picture.height
-        if not masks or (
-            fmt == "yuv420p"
-            and (width, height) == (self.width, self.height)
-            and picture.color_range != _FULL_RANGE
-        ):
+        if not masks or not self._needs_conversion(picture):
             return picture  # the conversion below is a copy: nothing crosses a mask's edge
         native = self._native
         if native is None or native[0] is not masks or native[1:3] != (fmt, (width, height)):
@@ -383,10 +380,22 @@ class PyAVSource(FrameSource):
         return native[3].masked_copy(picture)
 
     def _convert(self, picture: av.video.frame.VideoFrame, index: int) -> Frame:
+        """The picture as a frame of the configured size, in a buffer of the pool.
+
+        The buffer is taken first, so a picture the budget refuses costs no conversion. A
+        picture already I420 at the configured size in limited range (what cameras and files
+        mostly send) is copied once, plane by plane, from the decoder's buffer into it; any
+        other is converted once by FFmpeg's scaler, then copied. The decoder's own buffer is
+        never masked in place: it is the reference the next pictures are decoded from.
+        """
         import av
 
-        picture = self._mask_natively(picture)
+        frame = self.new_frame(index)
         try:
+            if not self._needs_conversion(picture):
+                _copy_planes(picture, frame)
+                return frame
+            picture = self._mask_natively(picture)
             # Frames are limited-range I420: full-range sources (MJPEG webcams, RGB, grey)
             # are converted, not relabelled. Bicubic, as the ffmpeg CLI scales by default.
             scaled = picture.reformat(
@@ -397,10 +406,25 @@ class PyAVSource(FrameSource):
                 src_color_range=picture.color_range or _LIMITED_RANGE,
                 dst_color_range=_LIMITED_RANGE,
             )
-            data = scaled.to_ndarray().reshape(-1).view(np.uint8)
+            _copy_planes(scaled, frame)
         except (av.FFmpegError, ValueError) as exc:
+            self._release(frame)
             raise self._error(exc, "converting a frame of") from None
-        return Frame(data, self.width, self.height, index, 0, 0)
+        except BaseException:
+            self._release(frame)
+            raise
+        return frame
+
+    def _needs_conversion(self, picture: av.video.frame.VideoFrame) -> bool:
+        return not (
+            picture.format.name == "yuv420p"
+            and (picture.width, picture.height) == (self.width, self.height)
+            and picture.color_range != _FULL_RANGE
+        )
+
+    def _release(self, frame: Frame | None) -> None:
+        if self.pool is not None:
+            self.pool.release(frame)
 
     def read(self) -> Frame | None:
         return self._read_live() if self.live else self._read_file()
@@ -479,28 +503,47 @@ class PyAVSource(FrameSource):
                 if self._ahead is None:
                     break
             if self._current is None or self._ahead[0] < due:
-                self._current, self._ahead, self._converted = self._ahead, None, None
+                self._current, self._ahead = self._ahead, None
+                self._forget_converted()
             else:
                 break
         if self._current is None:
             return None
         if self._ahead is None and due > self._pass_end_s:
             return None  # past the end of the last picture of a file that does not loop
-        if self._converted is None:
-            frame = self._convert(self._current[1], self._slot)
-        else:  # the file is slower than the configured rate: show the picture again
-            frame = self._converted.copy()
-            frame.index = self._slot
+        try:
+            if self._converted is None:
+                frame = self._convert(self._current[1], self._slot)
+            else:  # the file is slower than the configured rate: show the picture again
+                frame = self.new_frame(self._slot)
+                np.copyto(frame.data, self._converted.data)
+        except FrameBudgetError:
+            self._pace(slot_time)  # the slot passes as if it had been shown
+            self._slot += 1
+            raise
         # Masking works in place on the frame we return: when the next slot shows the same
         # picture, keep an untouched copy for it (only then: a copy per frame is not free).
+        # With the budget spent, nothing is kept and the picture is converted again.
         next_due = (self._slot + 1.5) / self.fps
         if self._converted is None and (self._ahead is None or self._ahead[0] >= next_due):
-            self._converted = frame.copy()
+            self._converted = self._spare_copy(frame)
         # The slot's time on the paced clock is the capture time the recording follows (read
         # faster than real time, the file still runs at fps).
         frame.mono_ns, frame.wall_ns = self._pace(slot_time), time.time_ns()
         self._slot += 1
         return frame
+
+    def _spare_copy(self, frame: Frame) -> Frame | None:
+        if self.pool is None:
+            return frame.copy()
+        spare = self.pool.acquire(frame.width, frame.height, frame.index)
+        if spare is not None:
+            np.copyto(spare.data, frame.data)
+        return spare
+
+    def _forget_converted(self) -> None:
+        converted, self._converted = self._converted, None
+        self._release(converted)
 
     def _pace(self, slot_time: float) -> int:
         """Wait for the slot (when realtime); return its time on the monotonic clock."""
@@ -514,3 +557,15 @@ class PyAVSource(FrameSource):
         if self.realtime and due > now:
             time.sleep((due - now) / 1e9)
         return due
+
+
+def _copy_planes(picture: av.video.frame.VideoFrame, frame: Frame) -> None:
+    """Copy an I420 picture of the frame's size into the frame: one pass over each plane,
+    reading FFmpeg's buffers in place (their lines may be padded)."""
+    for plane, dst in zip(picture.planes, (frame.y, frame.u, frame.v), strict=True):
+        rows, cols = dst.shape
+        src = np.frombuffer(memoryview(plane), dtype=np.uint8)
+        if plane.line_size == cols:  # unpadded lines: one contiguous copy
+            np.copyto(dst.reshape(-1), src[: rows * cols])
+        else:
+            np.copyto(dst, src[: rows * plane.line_size].reshape(rows, plane.line_size)[:, :cols])

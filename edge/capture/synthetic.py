@@ -253,9 +253,16 @@ class SyntheticSource(FrameSource):
 
     # --- rendering ---------------------------------------------------------------------------
 
-    def render(self, index: int) -> Frame:
-        """Frame ``index`` of the scene (timestamps zero); the same bytes for the same seed."""
-        frame = Frame(self._background.copy(), self.width, self.height, index, 0, 0)
+    def render(self, index: int, into: Frame | None = None) -> Frame:
+        """Frame ``index`` of the scene (timestamps zero); the same bytes for the same seed.
+
+        Rendered into ``into`` (a pooled buffer) when given, else into a new buffer.
+        """
+        if into is None:
+            frame = Frame(self._background.copy(), self.width, self.height, index, 0, 0)
+        else:
+            frame = into
+            np.copyto(frame.data, self._background)
         planes = (frame.y, frame.u, frame.v)
         for track, obj, local in self.scene.placements(index):
             if track is None:
@@ -306,12 +313,12 @@ class SyntheticSource(FrameSource):
                 due = self._t0_ns + index * period_ns
             elif due > now:
                 time.sleep((due - now) / 1e9)
-        frame = self.render(index)
+        self._next = index + 1  # a frame the budget refuses is gone, as from a live camera
+        frame = self.render(index, self.new_frame(index))
         # The capture time is the frame's slot on the scene's clock, which the recording's
         # timestamps follow; read faster than real time, the scene still runs at fps.
         frame.mono_ns = due
         frame.wall_ns = time.time_ns()
-        self._next = index + 1
         return frame
 
     def close(self) -> None:

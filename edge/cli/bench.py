@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import sys
 from typing import Any
 
 from .. import __version__
 from ..bench import BENCHMARKS
+from ..bench.machine import describe
 from ..clihelp import add_command
 
 
@@ -54,7 +56,9 @@ def _run(args: argparse.Namespace) -> int:
         "machine": platform.machine(),
         "python": platform.python_version(),
     }
+    result.update(describe())  # the figures mean little without the machine and its load
     result.update(args.bench_module.run(args))
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")

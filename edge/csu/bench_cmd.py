@@ -305,7 +305,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _main(args: argparse.Namespace) -> int:
-    result = run(args)
+    from edge.bench.machine import describe
+
+    result = {**describe(), **run(args)}  # the figures with the machine and its load
     if args.json:
         json.dump({"benchmark": "csu-receiver", **result}, sys.stdout)
         sys.stdout.write("\n")

@@ -38,11 +38,10 @@ from typing import Any
 
 import av
 import av.video.frame
-import numpy as np
 
 from ..config import EncoderCodec, EncoderConfig
 from ..errors import EncodeError, IntegrityError, from_av
-from ..frames import Frame, Plane, check_dimensions
+from ..frames import Frame, check_dimensions
 from .base import MediaSegment
 from .cmaf import INIT_BOX_TYPES, SegmentPlan, frame_rate, iter_boxes, media_timescale
 from .mediasigning import MediaSigner, iter_units, with_seis
@@ -93,16 +92,6 @@ class _PendingFrame:
     pts: int
     index: int
     wall_ns: int
-
-
-def _input_picture(width: int, height: int) -> tuple[Any, list[Plane]]:
-    """A yuv420p picture and writable numpy views of its planes (rows may be padded)."""
-    video = av.VideoFrame(width, height, "yuv420p")
-    views = []
-    for plane in video.planes:
-        rows = np.frombuffer(memoryview(plane), dtype=np.uint8)[: plane.line_size * plane.height]
-        views.append(rows.reshape(plane.height, plane.line_size)[:, : plane.width])
-    return video, views
 
 
 def _describe_open_failure(codec: EncoderCodec, exc: BaseException) -> EncodeError:
@@ -169,12 +158,10 @@ class SegmentEncoder:
         self._force_next = False
         self._finished = False
         self.frames_encoded = 0
-        # Input pictures are reused round-robin instead of allocated per frame: a fresh 1080p
-        # buffer costs page faults worth ~5 % of the encoder's CPU. Reuse is safe because both
-        # libx264 and h264_v4l2m2m copy the picture during ``encode`` (FFmpeg keeps no
-        # reference once it returns); the spare pictures are a margin, not a requirement.
-        self._pool = [_input_picture(width, height) for _ in range(3)]
-        self._pool_next = 0
+        # The frame's own buffer is handed to the encoder, wrapped, not copied: both libx264 and
+        # h264_v4l2m2m copy the picture during ``encode`` (FFmpeg keeps no reference once it
+        # returns), so the caller may reuse the buffer at once (the frame pool does). A copy
+        # into pictures of our own cost a pass over every frame and three frames of memory.
         try:
             self._container: Any = av.open(
                 self._out,
@@ -231,10 +218,7 @@ class SegmentEncoder:
                 f"with an encoder opened for {self.width}x{self.height}"
             )
         pts = self._pts_of(frame)
-        video, planes = self._pool[self._pool_next]
-        self._pool_next = (self._pool_next + 1) % len(self._pool)
-        for dst, src in zip(planes, (frame.y, frame.u, frame.v), strict=True):
-            np.copyto(dst, src)
+        video = av.VideoFrame.from_numpy_buffer(frame.as_yuv420p(), format="yuv420p")
         video.pts = pts
         video.time_base = self._tick
         video.pict_type = av.video.frame.PictureType.NONE

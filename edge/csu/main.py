@@ -23,6 +23,7 @@ COMMAND_MODULES: list[str] = [
     "ca_cmd",
     "token_cmd",
     "command_cmd",
+    "retention_cmd",
     "bench_cmd",
 ]
 

@@ -173,6 +173,23 @@ class CameraIndex:
     def segment_path(self, sequence: int) -> Path:
         return self.directory / f"{sequence:012d}.seg"
 
+    def delete(self, sequences: list[int]) -> None:
+        """Delete stored segments (retention, :mod:`.purge`; the caller holds ``lock``): the
+        index is rewritten without them first, then the files go, then epoch envelopes no
+        remaining segment needs. A crash in between leaves files the next purge finds again."""
+        gone = {s: self.segments[s] for s in sequences if s in self.segments}
+        kept = [m for s, m in sorted(self.segments.items()) if s not in gone]
+        write_atomic(
+            self.directory / "index.jsonl",
+            "".join(json.dumps(asdict(m)) + "\n" for m in kept).encode(),
+        )
+        for s in gone:
+            self.segments.pop(s)
+            self.segment_path(s).unlink(missing_ok=True)
+        still_needed = {m.epoch_id for m in kept}
+        for epoch in {m.epoch_id for m in gone.values()} - still_needed:
+            (self.directory / "epochs" / f"{epoch}.env").unlink(missing_ok=True)
+
     def status(self) -> dict[str, Any]:
         """First/last sequence, count, gaps (missing ranges) and whether the chain is whole."""
         if not self.segments:

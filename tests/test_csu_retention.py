@@ -310,3 +310,53 @@ def test_the_receiver_purges_at_start_and_on_sigusr1_and_the_command_waits_for_i
     assert done.returncode == 0 and json.loads(done.stdout)["deleted"] == 0
     audit = _cli("retention", "audit", "--config", str(csu.config), "--json")
     assert audit.returncode == 0 and json.loads(audit.stdout)["deleted"] == 3
+
+
+def test_events_past_the_limit_go_too_unless_held(tmp_path: Path) -> None:
+    import os
+
+    from edge.events import EventSigner
+
+    (tmp_path / "csu.toml").write_text('storage_dir = "storage"\n')
+    cfg = serve_config.load(tmp_path / "csu.toml")
+    store = SegmentStore(cfg.storage_dir)
+    signer = EventSigner(ed25519.Ed25519PrivateKey.generate(), UNIT)
+    now = time.time_ns()
+
+    def event(camera: str, wall_ns: int) -> str:
+        signed = signer.sign(
+            camera=camera, category="count", kind="line-crossing", rule="north-gate",
+            wall_ns=wall_ns, frame_index=1, details={"direction": "in", "count": 1},
+        )  # fmt: skip
+        event_id = str(signed.body["id"])
+        store.store_event(UNIT, event_id, signed.wire(), to_publish=True)
+        return event_id
+
+    just_past = now - 30 * DAY_NS - 30 * SEC
+    backfilled = event("cam1", just_past)  # filmed long ago, arrived now
+    ahead = event("cam1", now + 365 * DAY_NS)  # the unit's clock a year ahead ...
+    events_dir = tmp_path / "storage" / UNIT / "events"
+    old_arrival = just_past / 1e9
+    os.utime(events_dir / f"{ahead}.json", (old_arrival, old_arrival))  # ... arrived long ago
+    young = event("cam1", now - DAY_NS)
+    held = event("cam2", just_past)
+    HoldBook(cfg.retention.directory).add(
+        case="PV 9", unit=UNIT, camera="cam2", from_ns=now - 32 * DAY_NS,
+        to_ns=now - 30 * DAY_NS, who="j.martin",
+    )  # fmt: skip
+    ledger = csu_purge.open_ledger(cfg.retention)
+    report = csu_purge.purge_once(store, cfg.retention, ledger, now_ns=now)
+    assert report.events_deleted == 2 and report.held == 1
+    assert {p.name for p in events_dir.iterdir()} == {
+        f"{young}.json",
+        f"{young}.unpublished",
+        f"{held}.json",
+        f"{held}.unpublished",
+    }
+    assert backfilled and report.records[0]["kind"] == "events"
+    assert report.records[0]["count"] == 2
+    ok = _cli("retention", "audit", "--config", str(tmp_path / "csu.toml"))
+    assert ok.returncode == 0, ok.stdout
+    stale = event("cam1", now - 45 * DAY_NS)
+    late = _cli("retention", "audit", "--config", str(tmp_path / "csu.toml"))
+    assert late.returncode == 1 and f"event {stale} is 45" in late.stdout

@@ -242,7 +242,7 @@ def _audit(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_json(), indent=1))
     else:
         print(f"deletion records: {report.records}, head {report.head}")
-        print(f"segments deleted: {report.deleted}")
+        print(f"deleted (segments and events): {report.deleted}")
         for h in report.held:
             print(f"held past the limit: {h['unit']}/{h['camera']}: {h['segments']} segments")
         for p in report.problems:

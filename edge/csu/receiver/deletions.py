@@ -100,22 +100,68 @@ class DeletionLedger:
         retention_days: int,
         released_hold: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        if self._broken is not None:
-            raise IntegrityError(self._broken)
         ages = [age_basis_ns(m) for m in segments]
-        with self._lock:
-            record = {
-                "n": self._head.count,
-                "prev": self._head.hash,
-                "deleted_ns": deleted_ns,
+        return self._append(
+            {
+                "kind": "segments",
                 "unit": unit,
                 "camera": camera,
-                "retention_days": retention_days,
                 "sequences": ranges(m.sequence for m in segments),
                 "count": len(segments),
                 "oldest_ns": min(ages),
                 "newest_ns": max(ages),
                 "segments_sha256": segments_digest(segments),
+            },
+            deleted_ns=deleted_ns,
+            retention_days=retention_days,
+            released_hold=released_hold,
+        )
+
+    def record_events(
+        self,
+        unit: str,
+        events: list[tuple[str, str, int]],
+        *,
+        deleted_ns: int,
+        retention_days: int,
+        released_hold: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A record of deleted events: ``(event id, SHA-256 of the stored document, age)``."""
+        ages = [age for _, _, age in events]
+        lines = "".join(f"{eid}:{digest}\n" for eid, digest, _ in sorted(events))
+        return self._append(
+            {
+                "kind": "events",
+                "unit": unit,
+                "camera": None,
+                "sequences": [],
+                "count": len(events),
+                "oldest_ns": min(ages),
+                "newest_ns": max(ages),
+                "segments_sha256": hashlib.sha256(lines.encode()).hexdigest(),
+            },
+            deleted_ns=deleted_ns,
+            retention_days=retention_days,
+            released_hold=released_hold,
+        )
+
+    def _append(
+        self,
+        what: dict[str, Any],
+        *,
+        deleted_ns: int,
+        retention_days: int,
+        released_hold: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        if self._broken is not None:
+            raise IntegrityError(self._broken)
+        with self._lock:
+            record = {
+                "n": self._head.count,
+                "prev": self._head.hash,
+                "deleted_ns": deleted_ns,
+                "retention_days": retention_days,
+                **what,
                 "key_id": self._key_id,
                 "released_hold": released_hold,
             }

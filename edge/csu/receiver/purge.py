@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
+import json
 import logging
 import signal
 import time
@@ -33,8 +35,10 @@ from .archive import SegmentStore, StoredSegment
 from .holds import HoldBook
 from .retention import (
     DAY_NS,
+    Hold,
     active_holds,
     age_basis_ns,
+    event_expired,
     expired,
     last_release,
     released_holds,
@@ -49,11 +53,17 @@ LEDGER_FILE = "deletions.jsonl"
 @dataclass
 class PurgeReport:
     deleted: int = 0
+    events_deleted: int = 0
     held: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"deleted": self.deleted, "held": self.held, "records": len(self.records)}
+        return {
+            "deleted": self.deleted,
+            "events_deleted": self.events_deleted,
+            "held": self.held,
+            "records": len(self.records),
+        }
 
 
 def ledger_path(cfg: RetentionConfig) -> Path:
@@ -172,7 +182,77 @@ def purge_once(
                         camera,
                         days,
                     )
+            _purge_events(store, unit, holds, released, ledger, report, now_ns=now_ns, days=days)
     return report
+
+
+EventScan = tuple[Path, bytes, str, int, int, bool | Hold]
+
+
+def _scan_events(
+    store: SegmentStore, unit: str, holds: list[Hold], *, now_ns: int, days: int
+) -> Iterator[EventScan]:
+    """Each stored event of ``unit``: path, bytes, camera, time, arrival and its verdict
+    (:func:`.retention.event_expired`). An unreadable document is aged by its arrival."""
+    for path in sorted((store.root / unit / "events").glob("*.json")):
+        try:
+            raw = path.read_bytes()
+            arrival = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            continue  # deleted meanwhile
+        try:
+            body = json.loads(raw)["event"]
+            wall, camera = int(body["wall_ns"]), str(body["camera"])
+        except (ValueError, KeyError, TypeError):
+            wall, camera = arrival, ""
+        verdict = event_expired(unit, camera, wall, arrival, holds, now_ns=now_ns, days=days)
+        yield path, raw, camera, wall, arrival, verdict
+
+
+def _purge_events(
+    store: SegmentStore,
+    unit: str,
+    holds: list[Hold],
+    released: list[tuple[Hold, int]],
+    ledger: deletions.DeletionLedger,
+    report: PurgeReport,
+    *,
+    now_ns: int,
+    days: int,
+) -> None:
+    """Delete the unit's stored events past the limit (one record per release reason, like
+    segments). An unreadable event document is aged by its arrival (the file's time)."""
+    groups: dict[str | None, list[tuple[str, str, int, Path]]] = {}
+    why: dict[str | None, dict[str, Any] | None] = {None: None}
+    for path, raw, camera, wall, arrival, verdict in _scan_events(
+        store, unit, holds, now_ns=now_ns, days=days
+    ):
+        if verdict is False:
+            continue
+        if isinstance(verdict, Hold):
+            report.held += 1
+            continue
+        covering = [(h, t) for h, t in released if h.covers_instant(unit, camera, wall)]
+        key = None
+        if covering:
+            hold, released_ns = max(covering, key=lambda ht: ht[1])
+            key = hold.hold_id
+            why[key] = {"hold_id": key, "case": hold.case, "released_ns": released_ns}
+        item = (path.stem, hashlib.sha256(raw).hexdigest(), min(wall, arrival), path)
+        groups.setdefault(key, []).append(item)
+    for key, items in groups.items():
+        record = ledger.record_events(
+            unit,
+            [(eid, digest, age) for eid, digest, age, _ in items],
+            deleted_ns=now_ns,
+            retention_days=days,
+            released_hold=why[key],
+        )
+        report.records.append(record)
+        for _, _, _, path in items:
+            path.with_suffix(".unpublished").unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+        report.events_deleted += len(items)
 
 
 async def run_periodically(
@@ -255,9 +335,8 @@ def audit(
             due = max(due, int(release["released_ns"]))
         late = int(r["deleted_ns"]) - due
         if late > slack:
-            problems.append(
-                f"record {r['n']}: {r['unit']}/{r['camera']} deleted {late / DAY_NS:.2f} days late"
-            )
+            what = f"{r['unit']}/{r['camera'] or 'events'}"
+            problems.append(f"record {r['n']}: {what} deleted {late / DAY_NS:.2f} days late")
     try:
         holds = list(HoldBook(cfg.directory).active().values())
     except ValueError as exc:
@@ -280,6 +359,11 @@ def audit(
                 )
             if held:
                 held_out.append({"unit": unit, "camera": camera, "segments": len(held)})
+        late_events = _scan_events(store, unit, holds, now_ns=now_ns - slack, days=days)
+        for path, _, _, wall, arrival, verdict in late_events:
+            if verdict is True:
+                age = (now_ns - min(wall, arrival)) / DAY_NS
+                problems.append(f"{unit} event {path.stem} is {age:.2f} days old and under no hold")
     return AuditReport(
         records=head.count,
         head=head.hash,

@@ -42,6 +42,14 @@ class Hold:
             and meta.end_wall_ns >= self.from_ns
         )
 
+    def covers_instant(self, unit: str, camera: str, wall_ns: int) -> bool:
+        """Whether the hold covers an event of ``camera`` at ``wall_ns``."""
+        return (
+            unit == self.unit
+            and (self.camera is None or camera == self.camera)
+            and self.from_ns <= wall_ns <= self.to_ns
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "hold_id": self.hold_id,
@@ -125,6 +133,26 @@ def expired(
         else:
             to_delete.append(meta)
     return to_delete, held
+
+
+def event_expired(
+    unit: str,
+    camera: str,
+    wall_ns: int,
+    arrival_ns: int,
+    holds: Sequence[Hold],
+    *,
+    now_ns: int,
+    days: int,
+) -> bool | Hold:
+    """False: keep (young); True: delete; a :class:`Hold`: past the limit but held by it.
+    Age from the earlier of the event's time and its arrival, as for segments."""
+    if min(wall_ns, arrival_ns) > now_ns - days * DAY_NS:
+        return False
+    for hold in holds:
+        if hold.covers_instant(unit, camera, wall_ns):
+            return hold
+    return True
 
 
 def ranges(sequences: Iterable[int]) -> list[list[int]]:

@@ -94,6 +94,29 @@ def _meta_of(seg: sealed.SealedSegment, received_ns: int) -> StoredSegment:
     )
 
 
+def checked_segment(
+    unit_id: str, camera_id: str, sequence: int, raw: bytes, key: ed25519.Ed25519PublicKey
+) -> StoredSegment:
+    """What every receiver checks alone, before any chain rule: the bytes parse, the header
+    names the URL's unit, camera and sequence, and the unit's signature verifies."""
+    try:
+        seg = sealed.parse_segment(raw)
+    except IntegrityError as exc:
+        raise Refusal(400, f"not a sealed segment: {exc}") from None
+    h = seg.header
+    if (h.device_id, h.camera_id, h.sequence) != (unit_id, camera_id, sequence):
+        raise Refusal(
+            400,
+            f"header names {h.device_id}/{h.camera_id}#{h.sequence}, "
+            f"URL names {unit_id}/{camera_id}#{sequence}",
+        )
+    try:
+        sealed.verify_segment(raw, key)
+    except IntegrityError as exc:
+        raise Refusal(422, str(exc)) from None
+    return _meta_of(seg, time.time_ns())
+
+
 class CameraIndex:
     """The stored segments of one camera; loaded from disk on first use."""
 
@@ -249,22 +272,7 @@ class SegmentStore:
         raw: bytes,
         key: ed25519.Ed25519PublicKey,
     ) -> tuple[Verdict, StoredSegment]:
-        try:
-            seg = sealed.parse_segment(raw)
-        except IntegrityError as exc:
-            raise Refusal(400, f"not a sealed segment: {exc}") from None
-        h = seg.header
-        if (h.device_id, h.camera_id, h.sequence) != (unit_id, camera_id, sequence):
-            raise Refusal(
-                400,
-                f"header names {h.device_id}/{h.camera_id}#{h.sequence}, "
-                f"URL names {unit_id}/{camera_id}#{sequence}",
-            )
-        try:
-            sealed.verify_segment(raw, key)
-        except IntegrityError as exc:
-            raise Refusal(422, str(exc)) from None
-        meta = _meta_of(seg, time.time_ns())
+        meta = checked_segment(unit_id, camera_id, sequence, raw, key)
         index = self.camera(unit_id, camera_id)
         with index.lock:
             held = index.segments.get(sequence)

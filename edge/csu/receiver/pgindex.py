@@ -183,6 +183,16 @@ class PgSegmentIndex:
             )
             return {int(r[0]): StoredSegment(*r) for r in cur.fetchall()}
 
+    def segment(self, unit: str, camera: str, sequence: int) -> StoredSegment | None:
+        with self._conn.transaction(), self._conn.cursor() as cur:
+            cur.execute(
+                f"SELECT {_COLUMNS} FROM segments "  # noqa: S608
+                "WHERE unit = %s AND camera = %s AND sequence = %s",
+                (unit, camera, sequence),
+            )
+            row = cur.fetchone()
+            return None if row is None else StoredSegment(*row)
+
     def cursor(self, unit: str, camera: str) -> int | None:
         """The highest sequence the cluster holds for the camera (where a unit resumes)."""
         with self._conn.transaction(), self._conn.cursor() as cur:

@@ -34,6 +34,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from ...vault import format as sealed
 
 log = logging.getLogger(__name__)
 
+PURGED_FILE = "purged.jsonl"
 _SEG_NAME = re.compile(r"^(\d{12})\.seg\Z")
 _GAP_NAME = re.compile(r"^(\d{1,18})-(\d{1,18})\.gap\Z")
 
@@ -117,6 +119,17 @@ def checked_segment(
     return _meta_of(seg, time.time_ns())
 
 
+def ranges(sequences: Iterable[int]) -> list[list[int]]:
+    """``[1, 2, 3, 7]`` → ``[[1, 3], [7, 7]]``."""
+    out: list[list[int]] = []
+    for s in sorted(sequences):
+        if out and out[-1][1] == s - 1:
+            out[-1][1] = s
+        else:
+            out.append([s, s])
+    return out
+
+
 class CameraIndex:
     """The stored segments of one camera; loaded from disk on first use."""
 
@@ -126,7 +139,10 @@ class CameraIndex:
         self.segments: dict[int, StoredSegment] = {}
         self.gaps: dict[int, sealed.GapRecord] = {}
         """Gap records by *last* lost sequence (the segment after it chains to the record)."""
+        self.purged: list[tuple[int, int]] = []
+        """Sequence ranges deleted by retention (``purged.jsonl``): not gaps in the chain."""
         self._load()
+        self._load_purged()
         for path in sorted((directory / "gaps").glob("*.gap")):
             try:
                 gap = sealed.parse_gap(path.read_bytes())
@@ -183,15 +199,27 @@ class CameraIndex:
         return sorted(s for s in self.segments if first <= s <= last)
 
     def _recorded_lost(self, first: int, last: int) -> bool:
-        """Whether gap records cover every sequence of ``first..last`` (interval walk: the
-        ranges come from the unit and may be huge)."""
+        """Whether gap records or retention deletions cover every sequence of ``first..last``
+        (interval walk: the ranges come from the unit and may be huge)."""
         at = first
-        for g in sorted(self.gaps.values(), key=lambda g: g.first):
-            if g.first <= at <= g.last:
-                at = g.last + 1
+        spans = [(g.first, g.last) for g in self.gaps.values()] + [(a, b) for a, b in self.purged]
+        for lo, hi in sorted(spans):
+            if lo <= at <= hi:
+                at = hi + 1
             if at > last:
                 return True
         return False
+
+    def _load_purged(self) -> None:
+        try:
+            lines = (self.directory / PURGED_FILE).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return
+        for line in lines:
+            try:
+                self.purged += [(int(a), int(b)) for a, b in json.loads(line)]
+            except (ValueError, TypeError):
+                continue  # a torn last line: the signed deletion records are the authority
 
     def segment_path(self, sequence: int) -> Path:
         return self.directory / f"{sequence:012d}.seg"
@@ -202,6 +230,11 @@ class CameraIndex:
         remaining segment needs. A crash in between leaves files the next purge finds again."""
         gone = {s: self.segments[s] for s in sequences if s in self.segments}
         kept = [m for s, m in sorted(self.segments.items()) if s not in gone]
+        spans = ranges(gone)
+        # Only so that `edge-csu units` does not call a deletion a gap: not fsync'd.
+        with (self.directory / PURGED_FILE).open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(spans) + "\n")
+        self.purged += [(a, b) for a, b in spans]
         write_atomic(
             self.directory / "index.jsonl",
             "".join(json.dumps(asdict(m)) + "\n" for m in kept).encode(),
@@ -223,6 +256,7 @@ class CameraIndex:
             if b != a + 1 and not self._recorded_lost(a + 1, b - 1):
                 gaps.append([a + 1, b - 1])
         lost = [[g.first, g.last] for g in sorted(self.gaps.values(), key=lambda g: g.first)]
+        purged = sum(b - a + 1 for a, b in self.purged)
         conflicts = self.conflicts()
         chain = "complete" if not gaps else "gaps"
         if lost:
@@ -235,6 +269,7 @@ class CameraIndex:
             "lost_at_unit": lost[:100],
             "conflicts": conflicts,
             "chain": chain,
+            "purged_by_retention": purged,
             "bytes": sum(m.size for m in self.segments.values()),
             "last_end_wall_ns": self.segments[seqs[-1]].end_wall_ns,
         }

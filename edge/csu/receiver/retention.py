@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .archive import StoredSegment
+from .archive import ranges as ranges  # how deletion records name sequences
 
 DAY_NS = 86_400 * 1_000_000_000
 
@@ -153,14 +154,3 @@ def event_expired(
         if hold.covers_instant(unit, camera, wall_ns):
             return hold
     return True
-
-
-def ranges(sequences: Iterable[int]) -> list[list[int]]:
-    """``[1, 2, 3, 7]`` → ``[[1, 3], [7, 7]]``: how a deletion record names what it deleted."""
-    out: list[list[int]] = []
-    for s in sorted(sequences):
-        if out and out[-1][1] == s - 1:
-            out[-1][1] = s
-        else:
-            out.append([s, s])
-    return out

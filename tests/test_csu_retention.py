@@ -367,3 +367,30 @@ def test_events_past_the_limit_go_too_unless_held(tmp_path: Path) -> None:
     stale = event("cam1", now - 45 * DAY_NS)
     late = _cli("retention", "audit", "--config", str(tmp_path / "csu.toml"))
     assert late.returncode == 1 and f"event {stale} is 45" in late.stdout
+
+
+def test_the_ledger_head_is_found_after_a_record_longer_than_the_tail_read(
+    tmp_path: Path,
+) -> None:
+    """The head is read from the file's end only; a record naming thousands of scattered
+    sequences (holds fragmenting a camera) must not make the next writer break the chain."""
+    from edge.csu.receiver import deletions
+    from edge.csu.receiver.archive import StoredSegment
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    path = tmp_path / "deletions.jsonl"
+    now = time.time_ns()
+    scattered = [
+        StoredSegment(s, f"{s:064x}", "0" * 64, now, now, 1, 0, "e", 1, now)
+        for s in range(0, 20_000, 2)
+    ]
+    deletions.DeletionLedger(path, key).record(
+        UNIT, "cam1", scattered, deleted_ns=now, retention_days=30
+    )
+    assert path.stat().st_size > 1 << 16
+    for _ in range(2):  # each time a new process: the head comes from the file
+        deletions.DeletionLedger(path, key).record(
+            UNIT, "cam1", scattered[:1], deleted_ns=now, retention_days=30
+        )
+    records, head = deletions.verify(path, key.public_key())
+    assert [r["n"] for r in records] == [0, 1, 2] and head.count == 3

@@ -62,6 +62,23 @@ def segments_digest(segments: list[StoredSegment]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _last_lines(path: Path, tail: int = 1 << 16) -> list[bytes]:
+    """The file's last lines (only its end is read: the file grows by a line per camera and
+    cycle, gigabytes over years, and the head is read at every cycle)."""
+    try:
+        with path.open("rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            while True:
+                start = max(0, size - tail)
+                fh.seek(start)
+                chunk = fh.read().rstrip(b"\n")
+                if start == 0 or b"\n" in chunk:  # the last line is whole
+                    return chunk.rsplit(b"\n", 1)[-1:] if chunk else []
+                tail *= 4
+    except FileNotFoundError:
+        return []
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerHead:
     count: int
@@ -78,9 +95,15 @@ class DeletionLedger:
         self._key_id = key_id(key.public_key())
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the head from the file again (the purge does, under its lock: another process
+        may have appended since this one started)."""
+        path = self.path
         self._head = LedgerHead(0, ZERO)
         self._broken: str | None = None
-        lines = path.read_bytes().splitlines() if path.exists() else []
+        lines = _last_lines(path)
         if lines:
             try:
                 n = int(json.loads(lines[-1])["record"]["n"])

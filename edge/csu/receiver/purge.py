@@ -133,6 +133,7 @@ def purge_once(
     days = min(cfg.days, MAX_RETENTION_DAYS)
     report = PurgeReport()
     with _flock(cfg.directory / "purge.lock", fcntl.LOCK_EX):
+        ledger.reload()
         book = HoldBook(cfg.directory)
         log_entries = book.entries()
         holds = list(active_holds(log_entries).values())

@@ -7,11 +7,14 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from edge.csu.receiver import SegmentStore
 from edge.csu.receiver.archive import Refusal, Verdict
+from edge.csu.receiver.base import SegmentArchive
 from edge.csu.receiver.cluster import ClusterArchive
 from edge.csu.receiver.objstore import ObjectStore, ObjectStoreError, segment_key
 from edge.csu.receiver.pgindex import PgSegmentIndex
@@ -134,3 +137,35 @@ def test_an_unreachable_object_store_records_nothing(lab: Lab) -> None:
     verdict, _ = healthy.accept_segment(UNIT, "cam-down", 0, raw, sealer.signing_key.public_key())
     assert verdict is Verdict.STORED
     index.close()
+
+
+def test_both_sides_of_the_storage_seam_give_the_same_answers(lab: Lab, tmp_path: Path) -> None:
+    """One script of arrivals (in order, out of order, retries, a fork, a bad signature)
+    against the embedded store and the cluster archive: same verdicts, same bytes back."""
+    sealer = Forking(UNIT, "cam-seam", _authority())
+    key = sealer.signing_key.public_key()
+    main = [_seal(sealer, b"m%d" % i * 300) for i in range(5)]
+    sealer.fork(2, sealed.sha256(main[1]))
+    fork = _seal(sealer, b"f" * 300)
+    stranger = ed25519.Ed25519PrivateKey.generate().public_key()
+    script = [(main[0], key), (main[2], key), (main[1], key), (main[1], key), (fork, key)]
+    script += [(main[4], key), (main[3], key), (main[3], stranger)]
+    cluster = lab.receiver("receiver-seam")
+    archives: list[SegmentArchive] = [SegmentStore(tmp_path / "storage"), cluster]
+    answers: list[list[object]] = []
+    for archive in archives:
+        got: list[object] = []
+        for raw, signer in script:
+            seq = sealed.parse_segment(raw).header.sequence
+            try:
+                got.append(archive.accept_segment(UNIT, "cam-seam", seq, raw, signer)[0])
+            except Refusal as exc:
+                got.append((exc.status, exc.reason))
+        answers.append(got)
+        assert [archive.read_segment(UNIT, "cam-seam", s) for s in range(5)] == main
+        with pytest.raises(FileNotFoundError):
+            archive.read_segment(UNIT, "cam-seam", 9)
+    assert answers[0] == answers[1]
+    assert answers[0][3] is Verdict.DUPLICATE and answers[0][4][0] == 409  # type: ignore[index]
+    assert answers[0][7][0] == 422  # type: ignore[index]
+    cluster.index.close()

@@ -27,34 +27,59 @@ def _bin(name: str) -> str:
     return found[-1]
 
 
+class Postgres:
+    """A running test server: ``conninfo``, and ``stop``/``start`` to inject an outage."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.conninfo = f"host={base} dbname=postgres user=edge"
+        self._as_nobody = [tool("runuser"), "-u", "nobody", "--"]
+        self._pg_ctl = _bin("pg_ctl")
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(
+            [*self._as_nobody, self._pg_ctl, "-D", str(self.base / "data"), *args],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def start(self) -> None:
+        options = f"-c listen_addresses='' -c unix_socket_directories={self.base} -c fsync=off"
+        self._ctl("-o", options, "-w", "-t", "60", "-l", str(self.base / "log"), "start")
+
+    def stop(self) -> None:
+        self._ctl("-m", "immediate", "stop")
+
+
 @contextmanager
-def postgres() -> Iterator[str]:
-    """Start a server; yields its conninfo (database ``postgres``, user ``edge``)."""
+def postgres_server() -> Iterator[Postgres]:
+    """Create and start a server in a new directory; stopped and removed afterwards."""
     require_root()
-    runuser = tool("runuser")
-    initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
     base = Path(tempfile.mkdtemp(prefix="edge-pg-"))
     try:
         shutil.chown(base, "nobody")
-        as_nobody = [runuser, "-u", "nobody", "--"]
+        server = Postgres(base)
         subprocess.run(
-            [*as_nobody, initdb, "-D", str(base / "data"), "-U", "edge", "--auth=trust",
-             "-E", "UTF8", "--no-sync"],
+            [*server._as_nobody, _bin("initdb"), "-D", str(base / "data"), "-U", "edge",
+             "--auth=trust", "-E", "UTF8", "--no-sync"],
             check=True, capture_output=True, timeout=120,
         )  # fmt: skip
-        options = f"-c listen_addresses='' -c unix_socket_directories={base} -c fsync=off"
-        subprocess.run(
-            [*as_nobody, pg_ctl, "-D", str(base / "data"), "-o", options, "-w", "-t", "60",
-             "-l", str(base / "log"), "start"],
-            check=True, capture_output=True, timeout=120,
-        )  # fmt: skip
+        server.start()
         try:
-            yield f"host={base} dbname=postgres user=edge"
+            yield server
         finally:
             subprocess.run(
-                [*as_nobody, pg_ctl, "-D", str(base / "data"), "-m", "immediate", "stop"],
-                capture_output=True,
-                timeout=60,
-            )
+                [*server._as_nobody, server._pg_ctl, "-D", str(base / "data"), "-m",
+                 "immediate", "stop"],
+                capture_output=True, timeout=60,
+            )  # fmt: skip
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def postgres() -> Iterator[str]:
+    """Start a server; yields its conninfo (database ``postgres``, user ``edge``)."""
+    with postgres_server() as server:
+        yield server.conninfo

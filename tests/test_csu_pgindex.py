@@ -12,9 +12,10 @@ import pytest
 from edge.csu.receiver import SegmentStore
 from edge.csu.receiver.archive import Refusal, StoredSegment, Verdict, _meta_of
 from edge.csu.receiver.pgindex import PgSegmentIndex
+from edge.errors import StorageUnavailableError
 from edge.vault import format as sealed
 
-from .pg_util import postgres
+from .pg_util import postgres, postgres_server
 from .test_csu_retention import _authority
 from .uplink_util import Sealer
 
@@ -177,3 +178,24 @@ def test_two_receivers_racing_never_both_accept_diverging_segments(conninfo: str
         for s in held:
             if s - 1 in held:
                 assert held[s].prev_hash == held[s - 1].hash, f"round {n}: a fork was stored"
+
+
+def test_a_database_outage_is_unavailable_then_the_same_receiver_goes_on() -> None:
+    """PostgreSQL stopped under a receiver: each call says the store is unavailable (the
+    receiver answers 503, the unit retries); once the server is back, the receiver's next call
+    reconnects and the unit's retry is stored, once."""
+    with postgres_server() as server:
+        index = PgSegmentIndex(server.conninfo, "receiver-a", connect_timeout_s=2)
+        index.migrate()
+        sealer = Sealer(UNIT, "cam-outage", _authority())
+        first, second = _seal(sealer, b"1" * 100), _seal(sealer, b"2" * 100)
+        assert index.accept(UNIT, "cam-outage", _meta(first)) is Verdict.STORED
+        server.stop()
+        for _ in range(2):
+            with pytest.raises(StorageUnavailableError):
+                index.accept(UNIT, "cam-outage", _meta(second))
+        server.start()
+        assert index.accept(UNIT, "cam-outage", _meta(second)) is Verdict.STORED
+        assert index.accept(UNIT, "cam-outage", _meta(second)) is Verdict.DUPLICATE
+        assert sorted(index.segments(UNIT, "cam-outage")) == [0, 1]
+        index.close()

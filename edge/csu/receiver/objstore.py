@@ -19,11 +19,10 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from ...errors import EdgeError
+from ...errors import StorageUnavailableError
 
-
-class ObjectStoreError(EdgeError, ConnectionError):
-    """The object store is unreachable or refused a request (the receiver answers 503)."""
+#: The object store is unreachable or refused a request (the receiver answers 503).
+ObjectStoreError = StorageUnavailableError
 
 
 def segment_key(unit: str, camera: str, sequence: int, sha256_hex: str) -> str:

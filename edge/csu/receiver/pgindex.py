@@ -21,17 +21,21 @@ the winner's bytes, and an object without a row is garbage a sweep may delete, n
 Schema changes are numbered migrations applied in one transaction by :meth:`PgSegmentIndex.
 migrate`, idempotent, safe for several receivers starting at once (advisory lock).
 Thread-safety: one connection per instance, used by one thread at a time (the caller's lock
-or one instance per worker).
+or one instance per worker). A lost connection (the database restarted, the network cut) is
+:class:`StorageUnavailableError` for the call that meets it; the next call connects again.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import astuple, fields
 from typing import Any
 
 import psycopg
 
+from ...errors import StorageUnavailableError
 from .archive import Refusal, StoredSegment, Verdict
 
 #: Numbered schema migrations; a deployed database records the last one applied.
@@ -77,16 +81,35 @@ _COLUMNS = ", ".join(f.name for f in fields(StoredSegment))
 
 
 class PgSegmentIndex:
-    def __init__(self, conninfo: str, receiver: str) -> None:
+    def __init__(self, conninfo: str, receiver: str, *, connect_timeout_s: int = 5) -> None:
         self.receiver = receiver
-        self._conn = psycopg.connect(conninfo, autocommit=False)
+        self._conninfo = conninfo
+        self._timeout = connect_timeout_s
+        self._conn: psycopg.Connection[Any] | None = None
 
     def close(self) -> None:
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Cursor[Any]]:
+        """One transaction on a live connection; the one place psycopg's errors are
+        translated (a refusal raised inside rolls back and passes through)."""
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(
+                    self._conninfo, autocommit=False, connect_timeout=self._timeout
+                )
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                yield cur
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise StorageUnavailableError(f"segment index: {exc}".strip()) from None
 
     def migrate(self) -> int:
         """Apply the migrations not yet applied; returns the schema version now in force."""
-        with self._conn.transaction(), self._conn.cursor() as cur:
+        with self._transaction() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             cur.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
@@ -112,7 +135,7 @@ class PgSegmentIndex:
     def accept(self, unit: str, camera: str, meta: StoredSegment) -> Verdict:
         """Record a verified segment under the chain rules, or raise :class:`Refusal` (409)."""
         s = meta.sequence
-        with self._conn.transaction(), self._conn.cursor() as cur:
+        with self._transaction() as cur:
             self._lock_camera(cur, unit, camera)
             cur.execute(
                 "SELECT sequence, hash, prev_hash FROM segments "
@@ -149,7 +172,7 @@ class PgSegmentIndex:
     ) -> Verdict:
         """Record a unit's verified gap record (same rules as :meth:`.archive.SegmentStore.
         accept_gap`: once per last sequence, continuing the segment before it)."""
-        with self._conn.transaction(), self._conn.cursor() as cur:
+        with self._transaction() as cur:
             self._lock_camera(cur, unit, camera)
             cur.execute(
                 "SELECT prev_hash, chain_hash, first_sequence FROM gaps "
@@ -175,7 +198,7 @@ class PgSegmentIndex:
         return Verdict.STORED
 
     def segments(self, unit: str, camera: str) -> dict[int, StoredSegment]:
-        with self._conn.transaction(), self._conn.cursor() as cur:
+        with self._transaction() as cur:
             cur.execute(
                 f"SELECT {_COLUMNS} FROM segments "  # noqa: S608
                 "WHERE unit = %s AND camera = %s ORDER BY sequence",
@@ -184,7 +207,7 @@ class PgSegmentIndex:
             return {int(r[0]): StoredSegment(*r) for r in cur.fetchall()}
 
     def segment(self, unit: str, camera: str, sequence: int) -> StoredSegment | None:
-        with self._conn.transaction(), self._conn.cursor() as cur:
+        with self._transaction() as cur:
             cur.execute(
                 f"SELECT {_COLUMNS} FROM segments "  # noqa: S608
                 "WHERE unit = %s AND camera = %s AND sequence = %s",
@@ -195,7 +218,7 @@ class PgSegmentIndex:
 
     def cursor(self, unit: str, camera: str) -> int | None:
         """The highest sequence the cluster holds for the camera (where a unit resumes)."""
-        with self._conn.transaction(), self._conn.cursor() as cur:
+        with self._transaction() as cur:
             cur.execute(
                 "SELECT max(sequence) FROM segments WHERE unit = %s AND camera = %s",
                 (unit, camera),

@@ -22,7 +22,7 @@ from edge.csu.receiver import purge as csu_purge
 from edge.csu.receiver import settings as serve_config
 from edge.csu.receiver.holds import HoldBook
 from edge.csu.receiver.retention import DAY_NS, Hold, expired, ranges
-from edge.errors import ConfigError
+from edge.errors import ConfigError, IntegrityError
 from edge.vault import recipient_keys as vault_keys
 
 from .conftest import REPO
@@ -273,9 +273,16 @@ def test_a_held_item_survives_the_cap_until_its_audited_release(tmp_path: Path) 
     rec2.record(now - 40 * DAY_NS)
     holds = HoldBook(cfg.retention.directory).path
     holds.write_bytes(holds.read_bytes().splitlines(keepends=True)[1])
-    with pytest.raises(ValueError, match="chain broken"):
+    with pytest.raises(IntegrityError, match="chain broken"):
         csu_purge.purge_once(store, cfg.retention, ledger, now_ns=now + 2 * SEC)
     assert _on_disk(tmp_path, "cam2") == {0}
+    # the commands say so in one line, no traceback (exit 2), and the audit lists it
+    for args in (["hold", "list"], ["retention", "purge"]):
+        told = _cli(*args, "--config", str(tmp_path / "csu.toml"))
+        assert told.returncode == 2 and "Traceback" not in told.stderr, told.stderr
+        assert "audit chain broken" in told.stderr and "purges are stopped" in told.stderr
+    audit = _cli("retention", "audit", "--config", str(tmp_path / "csu.toml"))
+    assert audit.returncode == 1 and "PROBLEM: hold log:" in audit.stdout
 
 
 def test_the_receiver_purges_at_start_and_on_sigusr1_and_the_command_waits_for_it(

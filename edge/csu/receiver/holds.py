@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ...errors import ConfigError
+from ...errors import ConfigError, IntegrityError
 from . import access_log
 from .retention import Hold, active_holds
 
@@ -38,20 +38,26 @@ class HoldBook:
             yield
 
     def active(self) -> dict[str, Hold]:
-        """The holds in force; :class:`ValueError` if the log's chain is broken (then nothing
-        may be purged: a removed hold would let evidence be deleted)."""
+        """The holds in force; :class:`IntegrityError` if the log's chain is broken (then
+        nothing may be purged: a removed hold would let evidence be deleted)."""
         with self._locked(fcntl.LOCK_SH):
             return self._active()
 
     def _active(self) -> dict[str, Hold]:
+        return active_holds(self._read())
+
+    def _read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
-            return {}
-        return active_holds(access_log.read(self.path))
+            return []
+        try:
+            return access_log.read(self.path)
+        except (ValueError, KeyError, TypeError) as exc:  # a broken chain, a torn line
+            raise IntegrityError(f"hold log: {exc}; purges are stopped") from None
 
     def entries(self) -> list[dict[str, Any]]:
         """The whole log (placed and released holds), chain checked."""
         with self._locked(fcntl.LOCK_SH):
-            return access_log.read(self.path) if self.path.exists() else []
+            return self._read()
 
     def add(
         self,

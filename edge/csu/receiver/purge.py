@@ -274,7 +274,7 @@ async def run_periodically(
     while not stop.is_set():
         try:
             await run_blocking(lambda: purge_once(store, cfg, ledger, now_ns=clock()))
-        except (OSError, ValueError, IntegrityError) as exc:
+        except (OSError, IntegrityError) as exc:
             log.error("retention purge failed, retried in %.0f s: %s", cfg.purge_interval_s, exc)
         waits = [asyncio.ensure_future(e.wait()) for e in (stop, wake)]
         await asyncio.wait(waits, timeout=cfg.purge_interval_s, return_when="FIRST_COMPLETED")
@@ -320,7 +320,7 @@ def audit(
         problems.append(str(exc))
     try:
         releases = {h.hold_id: t for h, t in released_holds(HoldBook(cfg.directory).entries())}
-    except ValueError:
+    except IntegrityError:
         releases = {}  # reported below with the hold log
     for r in records:
         days = int(r["retention_days"])
@@ -340,9 +340,9 @@ def audit(
             problems.append(f"record {r['n']}: {what} deleted {late / DAY_NS:.2f} days late")
     try:
         holds = list(HoldBook(cfg.directory).active().values())
-    except ValueError as exc:
+    except IntegrityError as exc:
         holds = []
-        problems.append(f"hold log: {exc}")
+        problems.append(str(exc))
     days = min(cfg.days, MAX_RETENTION_DAYS)
     held_out: list[dict[str, Any]] = []
     for unit in sorted(p.name for p in store.root.iterdir() if p.is_dir()):

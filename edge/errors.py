@@ -141,6 +141,11 @@ class CommandError(EdgeError, ValueError):
     """A command from the CSU was refused: unsigned, forged, expired, replayed, out of scope."""
 
 
+class StorageUnavailableError(EdgeError, ConnectionError):
+    """The CSU cluster's database or object store cannot be reached or refused a request: the
+    receiver answers 503 and the unit retries later."""
+
+
 def from_av(exc: BaseException, context: str) -> EdgeError:
     """Translate an error raised by PyAV/FFmpeg into the firmware's hierarchy.
 

@@ -53,6 +53,10 @@ def register(sub: Any) -> None:
         example=[
             ("edge-csu bench --units 100 --rate-mbps 2", "a city's fleet at 2 Mbit/s per unit"),
             ("edge-csu bench --units 20 --seconds 5 --json", "a quick run, for scripts"),
+            (
+                "edge-csu bench --index-database 'host=/run/postgresql dbname=edge_bench' --json",
+                "the cluster mode's PostgreSQL index: decisions per second, 1 and 2 receivers",
+            ),
         ],
     )
     parser.add_argument("--units", type=int, default=100, help="simulated units (default 100)")
@@ -63,6 +67,17 @@ def register(sub: Any) -> None:
     parser.add_argument("--flat-seconds", type=float, default=8.0, help="flat-out phase length")
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default temp)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--index-database",
+        metavar="CONNINFO",
+        default=None,
+        help="instead: chain decisions per second of the cluster mode's PostgreSQL index, "
+        "1 and 2 receivers, against the embedded store (e.g. 'host=/run/postgresql "
+        "dbname=edge_bench')",
+    )
+    parser.add_argument(
+        "--index-segments", type=int, default=4000, help="segments decided per run (default 4000)"
+    )
     parser.set_defaults(func=_main)
 
 
@@ -307,9 +322,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _main(args: argparse.Namespace) -> int:
     from edge.bench.machine import describe
 
-    result = {**describe(), **run(args)}  # the figures with the machine and its load
+    if args.index_database is not None:
+        from . import bench_cluster
+
+        name = "csu-cluster-index"
+        figures = bench_cluster.run(args.index_database, segments=args.index_segments)
+    else:
+        name, figures = "csu-receiver", run(args)
+    result = {**describe(), **figures}  # the figures with the machine and its load
     if args.json:
-        json.dump({"benchmark": "csu-receiver", **result}, sys.stdout)
+        json.dump({"benchmark": name, **result}, sys.stdout)
         sys.stdout.write("\n")
     else:
         for key, value in result.items():

@@ -26,6 +26,7 @@ COMMAND_MODULES: list[str] = [
     "token_cmd",
     "console.operator_cmd",
     "command_cmd",
+    "retention_cmd",
     "bench_cmd",
 ]
 

@@ -85,6 +85,9 @@ def _serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # SIGUSR1 asks for a purge (edge.csu.receiver.purge installs that); until then it
+        # must not kill the receiver, as its default action would.
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         await serve(cfg, stop, ready)
 
     asyncio.run(main())

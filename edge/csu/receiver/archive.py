@@ -34,6 +34,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from ...vault import format as sealed
 
 log = logging.getLogger(__name__)
 
+PURGED_FILE = "purged.jsonl"
 _SEG_NAME = re.compile(r"^(\d{12})\.seg\Z")
 _GAP_NAME = re.compile(r"^(\d{1,18})-(\d{1,18})\.gap\Z")
 
@@ -94,6 +96,40 @@ def _meta_of(seg: sealed.SealedSegment, received_ns: int) -> StoredSegment:
     )
 
 
+def checked_segment(
+    unit_id: str, camera_id: str, sequence: int, raw: bytes, key: ed25519.Ed25519PublicKey
+) -> StoredSegment:
+    """What every receiver checks alone, before any chain rule: the bytes parse, the header
+    names the URL's unit, camera and sequence, and the unit's signature verifies."""
+    try:
+        seg = sealed.parse_segment(raw)
+    except IntegrityError as exc:
+        raise Refusal(400, f"not a sealed segment: {exc}") from None
+    h = seg.header
+    if (h.device_id, h.camera_id, h.sequence) != (unit_id, camera_id, sequence):
+        raise Refusal(
+            400,
+            f"header names {h.device_id}/{h.camera_id}#{h.sequence}, "
+            f"URL names {unit_id}/{camera_id}#{sequence}",
+        )
+    try:
+        sealed.verify_segment(raw, key)
+    except IntegrityError as exc:
+        raise Refusal(422, str(exc)) from None
+    return _meta_of(seg, time.time_ns())
+
+
+def ranges(sequences: Iterable[int]) -> list[list[int]]:
+    """``[1, 2, 3, 7]`` → ``[[1, 3], [7, 7]]``."""
+    out: list[list[int]] = []
+    for s in sorted(sequences):
+        if out and out[-1][1] == s - 1:
+            out[-1][1] = s
+        else:
+            out.append([s, s])
+    return out
+
+
 class CameraIndex:
     """The stored segments of one camera; loaded from disk on first use."""
 
@@ -103,7 +139,10 @@ class CameraIndex:
         self.segments: dict[int, StoredSegment] = {}
         self.gaps: dict[int, sealed.GapRecord] = {}
         """Gap records by *last* lost sequence (the segment after it chains to the record)."""
+        self.purged: list[tuple[int, int]] = []
+        """Sequence ranges deleted by retention (``purged.jsonl``): not gaps in the chain."""
         self._load()
+        self._load_purged()
         for path in sorted((directory / "gaps").glob("*.gap")):
             try:
                 gap = sealed.parse_gap(path.read_bytes())
@@ -160,18 +199,52 @@ class CameraIndex:
         return sorted(s for s in self.segments if first <= s <= last)
 
     def _recorded_lost(self, first: int, last: int) -> bool:
-        """Whether gap records cover every sequence of ``first..last`` (interval walk: the
-        ranges come from the unit and may be huge)."""
+        """Whether gap records or retention deletions cover every sequence of ``first..last``
+        (interval walk: the ranges come from the unit and may be huge)."""
         at = first
-        for g in sorted(self.gaps.values(), key=lambda g: g.first):
-            if g.first <= at <= g.last:
-                at = g.last + 1
+        spans = [(g.first, g.last) for g in self.gaps.values()] + [(a, b) for a, b in self.purged]
+        for lo, hi in sorted(spans):
+            if lo <= at <= hi:
+                at = hi + 1
             if at > last:
                 return True
         return False
 
+    def _load_purged(self) -> None:
+        try:
+            lines = (self.directory / PURGED_FILE).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return
+        for line in lines:
+            try:
+                self.purged += [(int(a), int(b)) for a, b in json.loads(line)]
+            except (ValueError, TypeError):
+                continue  # a torn last line: the signed deletion records are the authority
+
     def segment_path(self, sequence: int) -> Path:
         return self.directory / f"{sequence:012d}.seg"
+
+    def delete(self, sequences: list[int]) -> None:
+        """Delete stored segments (retention, :mod:`.purge`; the caller holds ``lock``): the
+        index is rewritten without them first, then the files go, then epoch envelopes no
+        remaining segment needs. A crash in between leaves files the next purge finds again."""
+        gone = {s: self.segments[s] for s in sequences if s in self.segments}
+        kept = [m for s, m in sorted(self.segments.items()) if s not in gone]
+        spans = ranges(gone)
+        # Only so that `edge-csu units` does not call a deletion a gap: not fsync'd.
+        with (self.directory / PURGED_FILE).open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(spans) + "\n")
+        self.purged += [(a, b) for a, b in spans]
+        write_atomic(
+            self.directory / "index.jsonl",
+            "".join(json.dumps(asdict(m)) + "\n" for m in kept).encode(),
+        )
+        for s in gone:
+            self.segments.pop(s)
+            self.segment_path(s).unlink(missing_ok=True)
+        still_needed = {m.epoch_id for m in kept}
+        for epoch in {m.epoch_id for m in gone.values()} - still_needed:
+            (self.directory / "epochs" / f"{epoch}.env").unlink(missing_ok=True)
 
     def status(self) -> dict[str, Any]:
         """First/last sequence, count, gaps (missing ranges) and whether the chain is whole."""
@@ -183,6 +256,7 @@ class CameraIndex:
             if b != a + 1 and not self._recorded_lost(a + 1, b - 1):
                 gaps.append([a + 1, b - 1])
         lost = [[g.first, g.last] for g in sorted(self.gaps.values(), key=lambda g: g.first)]
+        purged = sum(b - a + 1 for a, b in self.purged)
         conflicts = self.conflicts()
         chain = "complete" if not gaps else "gaps"
         if lost:
@@ -195,6 +269,7 @@ class CameraIndex:
             "lost_at_unit": lost[:100],
             "conflicts": conflicts,
             "chain": chain,
+            "purged_by_retention": purged,
             "bytes": sum(m.size for m in self.segments.values()),
             "last_end_wall_ns": self.segments[seqs[-1]].end_wall_ns,
         }
@@ -232,22 +307,7 @@ class SegmentStore:
         raw: bytes,
         key: ed25519.Ed25519PublicKey,
     ) -> tuple[Verdict, StoredSegment]:
-        try:
-            seg = sealed.parse_segment(raw)
-        except IntegrityError as exc:
-            raise Refusal(400, f"not a sealed segment: {exc}") from None
-        h = seg.header
-        if (h.device_id, h.camera_id, h.sequence) != (unit_id, camera_id, sequence):
-            raise Refusal(
-                400,
-                f"header names {h.device_id}/{h.camera_id}#{h.sequence}, "
-                f"URL names {unit_id}/{camera_id}#{sequence}",
-            )
-        try:
-            sealed.verify_segment(raw, key)
-        except IntegrityError as exc:
-            raise Refusal(422, str(exc)) from None
-        meta = _meta_of(seg, time.time_ns())
+        meta = checked_segment(unit_id, camera_id, sequence, raw, key)
         index = self.camera(unit_id, camera_id)
         with index.lock:
             held = index.segments.get(sequence)

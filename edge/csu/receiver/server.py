@@ -491,10 +491,12 @@ class Receiver:
 
 async def serve(cfg: ServeConfig, stop: asyncio.Event, ready: Callable[[int, int], None]) -> None:
     """Run both listeners until ``stop`` is set; ``ready(units_port, operators_port)``."""
+    from . import purge
     from .hls import operators_app  # local: viewing is optional (authority key)
     from .registry import operator_context
 
     receiver = Receiver(cfg)
+    ledger = purge.open_ledger(cfg.retention)  # a key problem stops the start, not the purge
     if receiver.publisher is not None:
         receiver.publisher.start()
     runners: list[web.AppRunner] = []
@@ -517,7 +519,14 @@ async def serve(cfg: ServeConfig, stop: asyncio.Event, ready: Callable[[int, int
             ports[1],
         )
         ready(ports[0], ports[1])
-        await stop.wait()
+        with purge.receiver_lock(cfg.retention):
+            purging = asyncio.create_task(
+                purge.run_periodically(
+                    receiver.store, cfg.retention, ledger, stop, receiver.run_blocking
+                )
+            )
+            await stop.wait()
+            await purging
     finally:
         for server in servers:
             server.close()

@@ -151,6 +151,24 @@ class LimitsConfig(_Section):
     """A request body must arrive whole within this, or the request gets 408."""
 
 
+#: The legal limit (CSI L252-3: one month): a configuration may shorten it, never lengthen it.
+MAX_RETENTION_DAYS = 30
+
+
+class RetentionConfig(_Section):
+    """How long the CSU keeps recordings; docs/OPERATIONS.md, *Retention at the CSU*."""
+
+    days: int = Field(default=MAX_RETENTION_DAYS, ge=1, le=MAX_RETENTION_DAYS)
+    """Segments older than this are deleted, unless a legal hold covers them (at most 30)."""
+    purge_interval_s: float = Field(default=3600.0, ge=1, le=86400)
+    """How often the running receiver purges (and at start); SIGUSR1 purges at once."""
+    directory: Path = Path("retention")
+    """Legal holds (``holds.jsonl``) and signed deletion records (``deletions.jsonl``)."""
+    key_file: Path = Path("keys/csu-retention.pem")
+    """Ed25519 key signing the deletion records (created at first use, public half beside it
+    as ``.pub.pem`` for auditors)."""
+
+
 class ServeConfig(_Section):
     storage_dir: Path = Path("storage")
     """Where received sealed segments and events are stored (per unit / camera / sequence)."""
@@ -191,6 +209,8 @@ class ServeConfig(_Section):
     """Event publishing."""
     limits: LimitsConfig = LimitsConfig()
     """Connection, handshake, idle and body-time limits of both listeners."""
+    retention: RetentionConfig = RetentionConfig()
+    """Age limit of recordings, legal holds and deletion records."""
 
     def resolved(self, base: Path) -> ServeConfig:
         """A copy with every relative path made relative to ``base``."""
@@ -214,9 +234,16 @@ class ServeConfig(_Section):
                 "password_file": fix(self.mqtt.password_file),
             }
         )
+        retention = self.retention.model_copy(
+            update={
+                "directory": fix(self.retention.directory),
+                "key_file": fix(self.retention.key_file),
+            }
+        )
         return self.model_copy(
             update={
                 "mqtt": mqtt,
+                "retention": retention,
                 "storage_dir": fix(self.storage_dir),
                 "registry_dir": fix(self.registry_dir),
                 "audit_log": fix(self.audit_log),

@@ -1,0 +1,227 @@
+"""The cluster mode's segment index in PostgreSQL: where several receivers decide, together,
+which segment a camera's chain holds under each sequence.
+
+Each receiver of a cluster verifies a segment's signature on its own (no shared state is
+needed for that), then asks the database to record it. The database is the one judge of the
+chain rules the embedded store applies under its per-camera lock (:mod:`.archive`): a retry of
+the same bytes is a duplicate; other bytes under a held sequence are refused; a segment must
+continue the one before it (or the unit's gap record) and be continued by the one after it.
+
+Two receivers racing on one camera must not both accept diverging segments: with a check
+followed by an insert, receiver A could store #7 while receiver B stores an #8 that continues
+a *different* #7, each having checked before the other wrote. So every decision for a camera
+runs in one transaction that first takes that camera's row in ``cameras`` ``FOR UPDATE``: the
+decisions for one camera are serialised across every receiver and process, those for different
+cameras run in parallel. The primary key ``(unit, camera, sequence)`` is the last guard.
+
+The sealed bytes go to the object store *before* the row commits, under a key that includes
+their hash (``<unit>/<camera>/<sequence>-<sha256>.seg``): a loser's upload can never replace
+the winner's bytes, and an object without a row is garbage a sweep may delete, never evidence.
+
+Schema changes are numbered migrations applied in one transaction by :meth:`PgSegmentIndex.
+migrate`, idempotent, safe for several receivers starting at once (advisory lock).
+Thread-safety: one connection per instance, used by one thread at a time (the caller's lock
+or one instance per worker). A lost connection (the database restarted, the network cut) is
+:class:`StorageUnavailableError` for the call that meets it; the next call connects again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import astuple, fields
+from typing import Any
+
+import psycopg
+
+from ...errors import StorageUnavailableError
+from .archive import Refusal, StoredSegment, Verdict
+
+#: Numbered schema migrations; a deployed database records the last one applied.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE cameras (
+        unit text NOT NULL,
+        camera text NOT NULL,
+        PRIMARY KEY (unit, camera)
+    );
+    CREATE TABLE segments (
+        unit text NOT NULL,
+        camera text NOT NULL,
+        sequence bigint NOT NULL,
+        hash text NOT NULL,
+        prev_hash text NOT NULL,
+        start_wall_ns bigint NOT NULL,
+        end_wall_ns bigint NOT NULL,
+        frame_count integer NOT NULL,
+        first_frame_index bigint NOT NULL,
+        epoch_id text NOT NULL,
+        size bigint NOT NULL,
+        received_ns bigint NOT NULL,
+        receiver text NOT NULL,
+        PRIMARY KEY (unit, camera, sequence),
+        FOREIGN KEY (unit, camera) REFERENCES cameras
+    );
+    CREATE TABLE gaps (
+        unit text NOT NULL,
+        camera text NOT NULL,
+        first_sequence bigint NOT NULL,
+        last_sequence bigint NOT NULL,
+        prev_hash text NOT NULL,
+        chain_hash text NOT NULL,
+        PRIMARY KEY (unit, camera, last_sequence),
+        FOREIGN KEY (unit, camera) REFERENCES cameras
+    );
+    """,
+)
+
+_MIGRATION_LOCK = 0x65646765  # "edge": one receiver migrates, the others wait for it
+_COLUMNS = ", ".join(f.name for f in fields(StoredSegment))
+
+
+class PgSegmentIndex:
+    def __init__(self, conninfo: str, receiver: str, *, connect_timeout_s: int = 5) -> None:
+        self.receiver = receiver
+        self._conninfo = conninfo
+        self._timeout = connect_timeout_s
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Cursor[Any]]:
+        """One transaction on a live connection; the one place psycopg's errors are
+        translated (a refusal raised inside rolls back and passes through)."""
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(
+                    self._conninfo, autocommit=False, connect_timeout=self._timeout
+                )
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                yield cur
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise StorageUnavailableError(f"segment index: {exc}".strip()) from None
+
+    def migrate(self) -> int:
+        """Apply the migrations not yet applied; returns the schema version now in force."""
+        with self._transaction() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version integer PRIMARY KEY, applied_ns bigint NOT NULL)"
+            )
+            cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+            row = cur.fetchone()
+            current = int(row[0]) if row else 0
+            for version, sql in enumerate(MIGRATIONS, start=1):
+                if version > current:
+                    cur.execute(sql)
+                    cur.execute(
+                        "INSERT INTO schema_migrations VALUES (%s, %s)", (version, time.time_ns())
+                    )
+        return len(MIGRATIONS)
+
+    def _lock_camera(self, cur: psycopg.Cursor[Any], unit: str, camera: str) -> None:
+        cur.execute("INSERT INTO cameras VALUES (%s, %s) ON CONFLICT DO NOTHING", (unit, camera))
+        cur.execute(
+            "SELECT 1 FROM cameras WHERE unit = %s AND camera = %s FOR UPDATE", (unit, camera)
+        )
+
+    def accept(self, unit: str, camera: str, meta: StoredSegment) -> Verdict:
+        """Record a verified segment under the chain rules, or raise :class:`Refusal` (409)."""
+        s = meta.sequence
+        with self._transaction() as cur:
+            self._lock_camera(cur, unit, camera)
+            cur.execute(
+                "SELECT sequence, hash, prev_hash FROM segments "
+                "WHERE unit = %s AND camera = %s AND sequence BETWEEN %s AND %s",
+                (unit, camera, s - 1, s + 1),
+            )
+            near = {int(r[0]): (str(r[1]), str(r[2])) for r in cur.fetchall()}
+            if s in near:
+                if near[s][0] == meta.hash:
+                    return Verdict.DUPLICATE
+                raise Refusal(409, f"{camera}#{s} is already stored with other bytes")
+            cur.execute(
+                "SELECT chain_hash FROM gaps "
+                "WHERE unit = %s AND camera = %s AND last_sequence = %s",
+                (unit, camera, s - 1),
+            )
+            gap = cur.fetchone()
+            if gap is not None:
+                if gap[0] != meta.prev_hash:
+                    raise Refusal(409, f"{camera}#{s} does not continue the unit's gap record")
+            elif s - 1 in near and near[s - 1][0] != meta.prev_hash:
+                raise Refusal(409, f"{camera}#{s} does not continue #{s - 1}")
+            if s + 1 in near and near[s + 1][1] != meta.hash:
+                raise Refusal(409, f"#{s + 1} does not continue {camera}#{s}")
+            cur.execute(
+                f"INSERT INTO segments ({_COLUMNS}, unit, camera, receiver) "  # noqa: S608
+                f"VALUES ({', '.join(['%s'] * (len(fields(StoredSegment)) + 3))})",
+                (*astuple(meta), unit, camera, self.receiver),
+            )
+        return Verdict.STORED
+
+    def accept_gap(
+        self, unit: str, camera: str, first: int, last: int, prev_hash: str, chain_hash: str
+    ) -> Verdict:
+        """Record a unit's verified gap record (same rules as :meth:`.archive.SegmentStore.
+        accept_gap`: once per last sequence, continuing the segment before it)."""
+        with self._transaction() as cur:
+            self._lock_camera(cur, unit, camera)
+            cur.execute(
+                "SELECT prev_hash, chain_hash, first_sequence FROM gaps "
+                "WHERE unit = %s AND camera = %s AND last_sequence = %s",
+                (unit, camera, last),
+            )
+            held = cur.fetchone()
+            if held is not None:
+                if (held[0], held[1], held[2]) == (prev_hash, chain_hash, first):
+                    return Verdict.DUPLICATE
+                raise Refusal(409, f"{camera}: another gap record ends at #{last}")
+            cur.execute(
+                "SELECT hash FROM segments WHERE unit = %s AND camera = %s AND sequence = %s",
+                (unit, camera, first - 1),
+            )
+            before = cur.fetchone()
+            if before is not None and before[0] != prev_hash:
+                raise Refusal(409, f"{camera}: gap record does not continue #{first - 1}")
+            cur.execute(
+                "INSERT INTO gaps VALUES (%s, %s, %s, %s, %s, %s)",
+                (unit, camera, first, last, prev_hash, chain_hash),
+            )
+        return Verdict.STORED
+
+    def segments(self, unit: str, camera: str) -> dict[int, StoredSegment]:
+        with self._transaction() as cur:
+            cur.execute(
+                f"SELECT {_COLUMNS} FROM segments "  # noqa: S608
+                "WHERE unit = %s AND camera = %s ORDER BY sequence",
+                (unit, camera),
+            )
+            return {int(r[0]): StoredSegment(*r) for r in cur.fetchall()}
+
+    def segment(self, unit: str, camera: str, sequence: int) -> StoredSegment | None:
+        with self._transaction() as cur:
+            cur.execute(
+                f"SELECT {_COLUMNS} FROM segments "  # noqa: S608
+                "WHERE unit = %s AND camera = %s AND sequence = %s",
+                (unit, camera, sequence),
+            )
+            row = cur.fetchone()
+            return None if row is None else StoredSegment(*row)
+
+    def cursor(self, unit: str, camera: str) -> int | None:
+        """The highest sequence the cluster holds for the camera (where a unit resumes)."""
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT max(sequence) FROM segments WHERE unit = %s AND camera = %s",
+                (unit, camera),
+            )
+            row = cur.fetchone()
+            return None if row is None or row[0] is None else int(row[0])

@@ -46,7 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "uplink": ("uplink_cmd", "check the link to the CSU"),
     "analytics": (
         "analytics_cmd",
-        "check the model, verify events, draw the rules, calibrate the ground",
+        "check the model, verify events, draw the rules, calibrate, evaluate on a clip",
     ),
     "bench": ("bench", "measure throughput and ratios against baselines (JSON with --json)"),
 }

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+
+from edge.identity import pki
 
 CONFIG_SIGNING = ObjectIdentifier("2.25.230817512066135911377227003530385046722")
 """Extended key usage of the city's configuration-signing certificate."""
@@ -79,14 +80,6 @@ def profile_problem(cert: x509.Certificate) -> str | None:
     return None
 
 
-def _validator(
-    _policy: verification.Policy, cert: x509.Certificate, _ext: x509.KeyUsage | None
-) -> None:
-    problem = profile_problem(cert)
-    if problem is not None:
-        raise ValueError(problem)
-
-
 def chain_problem(
     chain: Sequence[x509.Certificate], ca_certs: Sequence[x509.Certificate], at: dt.datetime
 ) -> str | None:
@@ -99,23 +92,10 @@ def chain_problem(
     problem = profile_problem(leaf)
     if problem is not None:
         return f"the signer's certificate is not a configuration-signing one: {problem}"
-    roots = [c for c in ca_certs if c.issuer == c.subject]
+    roots, ca_inter = pki.anchors(ca_certs)
     if not roots:
         return "the unit's CA file holds no root (self-signed) certificate"
-    inter = [*chain[1:], *(c for c in ca_certs if c.issuer != c.subject)]
-    ee_policy = verification.ExtensionPolicy.permit_all().require_present(
-        x509.KeyUsage, verification.Criticality.AGNOSTIC, _validator
-    )
-    builder = (
-        verification.PolicyBuilder()
-        .store(verification.Store(roots))
-        .time(at)
-        .extension_policies(
-            ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy
-        )
-    )
-    try:
-        builder.build_client_verifier().verify(leaf, inter)
-    except verification.VerificationError as exc:
-        return f"the signer's certificate does not chain to the city's CA: {exc}"
+    problem = pki.verify_path(leaf, [*chain[1:], *ca_inter], roots, at, profile_problem)
+    if problem is not None:
+        return f"the signer's certificate does not chain to the city's CA: {problem}"
     return None

@@ -35,7 +35,7 @@ from cryptography.x509.oid import NameOID
 
 from edge import fsutil
 from edge.errors import EdgeError, EnrolmentError, VaultError
-from edge.identity import evidence
+from edge.identity import evidence, pki
 
 # Re-exported for edgectl enroll (names live in unitkeys).
 from edge.identity.unitkeys import CA_CHAIN_NAME as CA_CHAIN_NAME
@@ -175,8 +175,8 @@ def verify_chain(
     Intermediate CAs in the CA file are used as intermediates, and only self-signed ones as
     trust anchors: a city installs its sub-CA + root chain as one file.
     """
-    roots = [c for c in ca_certs if c.issuer == c.subject]
-    inter = intermediates + [c for c in ca_certs if c.issuer != c.subject]
+    roots, ca_inter = pki.anchors(ca_certs)
+    inter = intermediates + ca_inter
     if not roots:
         raise EnrolmentError("the CA file holds no root (self-signed) certificate")
     builder = verification.PolicyBuilder().store(verification.Store(roots))

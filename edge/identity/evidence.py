@@ -27,9 +27,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
+from edge.identity import pki
 from edge.identity.unitkeys import CA_CHAIN_NAME, SIGNING_CERT_NAME
 
 DOCUMENT_SIGNING = ObjectIdentifier("1.3.6.1.5.5.7.3.36")
@@ -93,41 +93,6 @@ def profile_problem(cert: x509.Certificate) -> str | None:
     return None
 
 
-def _validator(
-    _policy: verification.Policy, cert: x509.Certificate, _ext: x509.KeyUsage | None
-) -> None:
-    # Called by the path builder on the leaf: the profile is part of the path's validity.
-    problem = profile_problem(cert)
-    if problem is not None:
-        raise ValueError(problem)
-
-
-def _verify_path(
-    leaf: x509.Certificate,
-    intermediates: Sequence[x509.Certificate],
-    roots: Sequence[x509.Certificate],
-    at: dt.datetime,
-) -> str | None:
-    ee_policy = verification.ExtensionPolicy.permit_all().require_present(
-        x509.KeyUsage, verification.Criticality.AGNOSTIC, _validator
-    )
-    builder = (
-        verification.PolicyBuilder()
-        .store(verification.Store(list(roots)))
-        .time(at)
-        .extension_policies(
-            ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy
-        )
-    )
-    try:
-        # The "client" verifier checks no name or TLS purpose once given our own EE policy: it is
-        # the generic RFC 5280 path validation of the library.
-        builder.build_client_verifier().verify(leaf, list(intermediates))
-    except verification.VerificationError as exc:
-        return str(exc)
-    return None
-
-
 def _fmt(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -174,12 +139,12 @@ def chain_problem(
             f"the certificate was not valid when the evidence was recorded: valid "
             f"{_fmt(start)} .. {_fmt(end)}, recording {_fmt(first)} .. {_fmt(last)}"
         )
-    roots = [c for c in ca_certs if c.issuer == c.subject]
+    roots, ca_inter = pki.anchors(ca_certs)
     if not roots:
         return "the CA file holds no root (self-signed) certificate"
-    inter = [*chain[1:], *(c for c in ca_certs if c.issuer != c.subject)]
+    inter = [*chain[1:], *ca_inter]
     for at in (first, last):
-        problem = _verify_path(leaf, inter, roots, at)
+        problem = pki.verify_path(leaf, inter, roots, at, profile_problem)
         if problem is not None:
             return f"the certificate does not chain to the given CA at {_fmt(at)}: {problem}"
     return _revocation_problem(leaf, [*inter, *roots], crls, last)

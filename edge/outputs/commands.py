@@ -47,13 +47,13 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 from edge import jsonlimits
 from edge.config import EdgeConfig
 from edge.errors import CommandError, EdgeError
 from edge.fsutil import write_atomic
+from edge.identity import pki
 
 log = logging.getLogger(__name__)
 
@@ -167,12 +167,6 @@ def operator_problem(cert: x509.Certificate) -> str | None:
     return None
 
 
-def _check_leaf(_policy: verification.Policy, cert: x509.Certificate, _ext: Any) -> None:
-    problem = operator_problem(cert)
-    if problem is not None:
-        raise ValueError(problem)
-
-
 def _agent(cert: x509.Certificate) -> str:
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     name = str(cns[0].value) if len(cns) == 1 else "?"
@@ -201,25 +195,13 @@ def verify(
         raise CommandError(
             f"the signature does not verify (forged or altered); claims {_agent(cert)}"
         ) from None
-    roots = [c for c in ca_certs if c.issuer == c.subject]
-    inter = [c for c in ca_certs if c.issuer != c.subject]
+    roots, inter = pki.anchors(ca_certs)
     if not roots:
         raise CommandError("no city root CA on the unit to check operator certificates with")
-    policy = verification.ExtensionPolicy.permit_all().require_present(
-        x509.KeyUsage, verification.Criticality.AGNOSTIC, _check_leaf
-    )
-    builder = (
-        verification.PolicyBuilder()
-        .store(verification.Store(roots))
-        .time(dt.datetime.fromtimestamp(now_ns / 1e9, dt.UTC))
-        .extension_policies(
-            ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(), ee_policy=policy
-        )
-    )
-    try:
-        builder.build_client_verifier().verify(cert, inter)
-    except verification.VerificationError as exc:
-        raise CommandError(f"{_agent(cert)}: certificate refused: {exc}") from None
+    at = dt.datetime.fromtimestamp(now_ns / 1e9, dt.UTC)
+    problem = pki.verify_path(cert, inter, roots, at, operator_problem)
+    if problem is not None:
+        raise CommandError(f"{_agent(cert)}: certificate refused: {problem}")
     agent = _agent(cert)
     try:
         body = json.loads(raw)

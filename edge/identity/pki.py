@@ -1,0 +1,70 @@
+"""Certification-path validation under the city's CA, shared by every signer profile (pure).
+
+The configuration signer (:mod:`edge.identity.configsigning`), the unit's evidence certificate
+(:mod:`edge.identity.evidence`) and the operators who sign output commands
+(:mod:`edge.outputs.commands`) each have their own leaf profile, but their certificates are
+checked against the city's CA the same way: the self-signed certificates of the CA file are the
+only trust anchors, the RFC 5280 path is built by cryptography's verifier, and the leaf's
+profile is part of the path's validity. Each caller words its own refusal around the reason
+returned here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+
+from cryptography import x509
+from cryptography.x509 import verification
+
+LeafProblem = Callable[[x509.Certificate], str | None]
+"""Why a leaf does not have the caller's profile, or None when it does."""
+
+
+def anchors(
+    ca_certs: Sequence[x509.Certificate],
+) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
+    """The trust anchors of ``ca_certs`` (its self-signed certificates) and the rest, which can
+    only serve as intermediates: a CA file naming an intermediate does not make it a root."""
+    roots = [c for c in ca_certs if c.issuer == c.subject]
+    intermediates = [c for c in ca_certs if c.issuer != c.subject]
+    return roots, intermediates
+
+
+def verify_path(
+    leaf: x509.Certificate,
+    intermediates: Sequence[x509.Certificate],
+    roots: Sequence[x509.Certificate],
+    at: dt.datetime,
+    leaf_problem: LeafProblem,
+) -> str | None:
+    """Why ``leaf`` has no valid path to one of ``roots`` at ``at`` through ``intermediates``,
+    or None when it has one. ``leaf_problem`` is checked on the leaf as part of the path.
+    ``roots`` must not be empty (callers say in their own words that the CA file has none)."""
+
+    def check_leaf(
+        _policy: verification.Policy, cert: x509.Certificate, _ext: x509.KeyUsage | None
+    ) -> None:
+        # Called by the path builder on the leaf: the profile is part of the path's validity.
+        problem = leaf_problem(cert)
+        if problem is not None:
+            raise ValueError(problem)
+
+    ee_policy = verification.ExtensionPolicy.permit_all().require_present(
+        x509.KeyUsage, verification.Criticality.AGNOSTIC, check_leaf
+    )
+    builder = (
+        verification.PolicyBuilder()
+        .store(verification.Store(list(roots)))
+        .time(at)
+        .extension_policies(
+            ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy
+        )
+    )
+    try:
+        # The "client" verifier checks no name or TLS purpose once given our own EE policy: it is
+        # the generic RFC 5280 path validation of the library.
+        builder.build_client_verifier().verify(leaf, list(intermediates))
+    except verification.VerificationError as exc:
+        return str(exc)
+    return None

@@ -127,6 +127,16 @@ def test_an_old_unsigned_log_stays_readable_and_is_reported_unsigned(tmp_path: P
     assert [("sig" in e) for e in access_log.read(path)] == [False, True]
     out = _audit_verify("--log", str(path), "--public-key", str(tmp_path / "audit-key.pub.pem"))
     assert out.returncode == 0 and "1 unsigned records (lines 1)" in out.stdout
+    assert "WARNING" not in out.stdout  # written before signing began
+
+    # an unsigned record appended after signed ones: anyone could have written it
+    access_log.AuditLog(path).record("intruder", "view-live")
+    pub = str(tmp_path / "audit-key.pub.pem")
+    out = _audit_verify("--log", str(path), "--public-key", pub)
+    assert out.returncode == 0 and "WARNING: 1 unsigned records after signing began" in out.stdout
+    out = _audit_verify("--log", str(path), "--public-key", pub, "--require-signed")
+    assert out.returncode == 1
+    assert "line 3: unsigned record after signing began (--require-signed)" in out.stdout
 
 
 def test_a_process_that_cannot_read_the_key_says_so_and_writes_unsigned() -> None:

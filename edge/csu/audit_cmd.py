@@ -48,6 +48,11 @@ def register(sub: Any) -> None:
     ver.add_argument("--config", type=Path, help="receiver configuration (TOML)")
     ver.add_argument("--log", type=Path, help="the audit log (instead of --config)")
     ver.add_argument("--public-key", type=Path, help="the audit key's public PEM")
+    ver.add_argument(
+        "--require-signed",
+        action="store_true",
+        help="exit 1 if an unsigned record follows a signed one (every writer had the key)",
+    )
     ver.add_argument("--json", action="store_true", help="machine-readable output")
     ver.set_defaults(func=_verify)
 
@@ -66,11 +71,14 @@ def _verify(args: argparse.Namespace) -> int:
         report = access_log.verify(log, public)
     except FileNotFoundError as exc:
         raise ConfigError(f"{exc.filename}: no such file") from None
+    late = report.unsigned_after_signed
+    if args.require_signed and late and report.problem is None:
+        report.problem = f"line {late[0]}: unsigned record after signing began (--require-signed)"
     if args.json:
         print(json.dumps({
             "ok": report.problem is None, "problem": report.problem, "count": report.count,
             "head": report.head, "signed": report.signed,
-            "unsigned_lines": report.unsigned_lines,
+            "unsigned_lines": report.unsigned_lines, "unsigned_after_signed": late,
             "torn": [{"line": n, "offset": o} for n, o in report.torn],
             "torn_pending": report.torn_pending,
         }, indent=2))  # fmt: skip
@@ -80,6 +88,12 @@ def _verify(args: argparse.Namespace) -> int:
         if report.unsigned_lines:
             lines = ", ".join(str(n) for n in report.unsigned_lines[:20])
             print(f"{len(report.unsigned_lines)} unsigned records (lines {lines})")
+        if late:
+            print(
+                f"WARNING: {len(late)} unsigned records after signing began (first: line "
+                f"{late[0]}): written by a command that could not read the audit key, or by "
+                "anyone able to write the file"
+            )
         if report.problem is not None:
             print(f"audit log: {report.problem}")
         else:

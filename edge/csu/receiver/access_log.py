@@ -35,7 +35,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from ...errors import ConfigError
+from ...errors import ConfigError, KeyExistsError
 from . import receipts
 from .deletions import key_id
 
@@ -54,7 +54,10 @@ def open_signing_key(key_file: Path) -> tuple[ed25519.Ed25519PrivateKey | None, 
     """The audit key (created with its public half if missing), or ``None`` and why not: a
     process that cannot read it still audits, unsigned, rather than lose the record."""
     try:
-        return receipts.load_or_create(key_file, "audit key"), ""
+        try:
+            return receipts.load_or_create(key_file, "audit key"), ""
+        except KeyExistsError:  # another process made it just now: use theirs
+            return receipts.load_or_create(key_file, "audit key"), ""
     except OSError as exc:  # no right to create it here
         return None, f"{key_file}: cannot create the audit key ({exc.strerror})"
     except ConfigError as exc:  # exists, unreadable or damaged
@@ -169,6 +172,13 @@ class AuditReport:
     problem: str | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     signed_lines: set[int] = field(default_factory=set)
+
+    @property
+    def unsigned_after_signed(self) -> list[int]:
+        """Unsigned records after the first signed one: a command without the key wrote them,
+        or anyone did (the chain alone can be extended by anyone who can write the file)."""
+        first = min(self.signed_lines, default=None)
+        return [] if first is None else [n for n in self.unsigned_lines if n > first]
 
 
 def verify(path: Path, public: ed25519.Ed25519PublicKey | None) -> AuditReport:

@@ -163,3 +163,33 @@ def test_a_process_that_cannot_read_the_key_says_so_and_writes_unsigned() -> Non
         assert "records are written unsigned" in run.stderr
         [entry] = access_log.read(where / "audit.jsonl")
         assert entry["action"] == "hold-add" and "sig" not in entry
+
+
+def test_holds_are_signed_and_a_damaged_audit_key_stops_the_receiver(tmp_path: Path) -> None:
+    from edge.csu.receiver.holds import HoldBook
+
+    from .uplink_util import make_csu
+
+    csu = make_csu(tmp_path)
+    retention = csu.directory / "retention"
+    run = subprocess.run(
+        [sys.executable, "-m", "edge.csu.main", "hold", "add", "--config", str(csu.config),
+         "--case", "PV-2026-042", "--unit", "unit-a", "--from", "2026-11-29T08:00:00Z",
+         "--to", "2026-11-29T09:00:00Z", "--by", "dupont"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    [entry] = HoldBook(retention).entries()
+    assert entry["action"] == "hold-add" and "sig" in entry
+    pub = csu.directory / "audit-key.pub.pem"
+    out = _audit_verify("--log", str(retention / "holds.jsonl"), "--public-key", str(pub))
+    assert out.returncode == 0 and "audit log OK: 1 records, 1 signed" in out.stdout
+
+    # the receiver signs every record or does not start
+    (csu.directory / "audit-key.pem").write_text("not a key\n")
+    serve = subprocess.run(
+        [sys.executable, "-m", "edge.csu.main", "serve", "--config", str(csu.config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert serve.returncode == 2, serve.stderr
+    assert "audit-key.pem: cannot load the audit key" in serve.stderr

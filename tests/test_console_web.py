@@ -331,3 +331,40 @@ def test_a_broken_audit_chain_is_shown_as_such_to_a_supervisor(console: Console)
     finally:  # put the line back, keeping what was appended meanwhile
         path.write_bytes(original + path.read_bytes()[len(broken) :])
     assert browser.request("GET", "/console/audit").status == 200
+
+
+def test_a_console_decision_is_signed_and_edge_csu_audit_verify_checks_it(
+    console: Console,
+) -> None:
+    event_id = "5f1e2d3c-0000-4000-8000-00000000a1e7"
+    events = console.csu.directory / "storage" / "unit-a" / "events"
+    events.mkdir(parents=True, exist_ok=True)
+    body = {
+        "id": event_id, "unit": "unit-a", "camera": "street", "category": "alarm",
+        "kind": "intrusion", "rule": "quai", "wall_ns": time.time_ns(),
+        "details": {"message": "personne sur le quai"},
+    }  # fmt: skip
+    (events / f"{event_id}.json").write_text(json.dumps({"event": body}))
+    browser = Browser(console)  # codes one step ahead: earlier tests used this step's
+    assert browser.login("i.enquete", code_ahead=1).status == 303
+    form = {"decision": "confirm", "unit": "unit-a", "id": event_id, "comment": "vu",
+            "csrf": browser.csrf()}  # fmt: skip
+    assert browser.request("POST", "/console/alerts/decide", form).status == 303
+
+    [decision] = [e for e in console.audit() if e["action"] == "alert-decision"]
+    assert decision["who"] == "i.enquete" and decision["event"] == event_id
+    assert "time_to_decide_s" in decision and "sig" in decision
+    # the operators were added before the first start: their records are signed too
+    assert all("sig" in e for e in console.audit())
+    run = subprocess.run(
+        [sys.executable, "-m", "edge.csu.main", "audit", "verify", "--json",
+         "--config", str(console.csu.config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    result = json.loads(run.stdout)
+    assert run.returncode == 0 and result["ok"], run.stdout + run.stderr
+    assert result["signed"] == result["count"] >= 6 and not result["unsigned_lines"]
+    browser = Browser(console)
+    assert browser.login("s.nuit", code_ahead=1).status == 303
+    page = browser.request("GET", "/console/audit?q=alert-decision")
+    assert page.status == 200 and "signé" in page.body and "NON SIGNÉ" not in page.body

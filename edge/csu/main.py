@@ -27,6 +27,7 @@ COMMAND_MODULES: list[str] = [
     "console.operator_cmd",
     "command_cmd",
     "retention_cmd",
+    "audit_cmd",
     "bench_cmd",
 ]
 

@@ -152,7 +152,7 @@ def _hold_add(args: argparse.Namespace) -> int:
 
     cfg = serve_config.load(args.config)
     now = time.time_ns()
-    hold = HoldBook(cfg.retention.directory).add(
+    hold = HoldBook(cfg.retention.directory, cfg.audit_key_file).add(
         case=_checked(_CASE, args.case, "case number"),
         unit=_checked(_NAME, args.unit, "unit id"),
         camera=None if args.camera is None else _checked(_NAME, args.camera, "camera id"),
@@ -170,7 +170,7 @@ def _hold_release(args: argparse.Namespace) -> int:
     from edge.csu.receiver.holds import HoldBook
 
     cfg = serve_config.load(args.config)
-    hold = HoldBook(cfg.retention.directory).release(
+    hold = HoldBook(cfg.retention.directory, cfg.audit_key_file).release(
         args.hold_id, who=_checked(_NAME, args.by, "name"), reason=args.reason
     )
     print(f"released {hold.hold_id} (case {hold.case}); the next purge applies the limit")

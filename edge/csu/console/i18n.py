@@ -80,6 +80,9 @@ _TEXT: dict[str, dict[str, str]] = {
     "who": {"fr": "Qui", "en": "Who"},
     "action": {"fr": "Action", "en": "Action"},
     "details": {"fr": "Détails", "en": "Details"},
+    "signature": {"fr": "Signature", "en": "Signature"},
+    "signed": {"fr": "signé", "en": "signed"},
+    "unsigned": {"fr": "NON SIGNÉ", "en": "UNSIGNED"},
     "chain_ok": {
         "fr": "Chaînage du journal vérifié.",
         "en": "The log's hash chain verifies.",

@@ -108,7 +108,9 @@ def _common(p: argparse.ArgumentParser, *, name: bool, password: bool) -> None:
 
 def _open(args: argparse.Namespace) -> tuple[OperatorStore, AuditLog]:
     cfg = serve_config.load(args.config)
-    return OperatorStore(cfg.operators_db), AuditLog(cfg.audit_log)
+    return OperatorStore(cfg.operators_db), AuditLog.with_key_file(
+        cfg.audit_log, cfg.audit_key_file
+    )
 
 
 def _check_name(name: str) -> None:

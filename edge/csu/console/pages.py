@@ -90,16 +90,20 @@ def alerts_page(
     return out + f'<script src="{PREFIX}/static/console.js"></script>'
 
 
-def audit_page(lang: str, entries: list[dict[str, Any]], query: str) -> str:
+def audit_page(lang: str, entries: list[tuple[dict[str, Any], bool]], query: str) -> str:
+    """``entries``: each record with whether its signature was verified."""
     t = i18n.text
     esc = html.escape
     rows = "".join(
         f"<tr><td>{_time(int(e.get('time_ns', 0)) / 1e9)}</td><td>{esc(str(e.get('who')))}</td>"
-        f"<td>{esc(str(e.get('action')))}</td><td>{esc(_details(e))}</td></tr>"
-        for e in entries
+        f"<td>{esc(str(e.get('action')))}</td><td>{esc(_details(e))}</td>"
+        f'<td class="{"ok" if signed else "bad"}">{t("signed" if signed else "unsigned", lang)}'
+        "</td></tr>"
+        for e, signed in entries
     )
     head = "".join(
-        f'<th scope="col">{t(k, lang)}</th>' for k in ("when", "who", "action", "details")
+        f'<th scope="col">{t(k, lang)}</th>'
+        for k in ("when", "who", "action", "details", "signature")
     )
     return (
         f"<h2>{t('audit', lang)}</h2>"
@@ -112,7 +116,8 @@ def audit_page(lang: str, entries: list[dict[str, Any]], query: str) -> str:
 
 
 def _details(entry: dict[str, Any]) -> str:
-    rest = {k: v for k, v in entry.items() if k not in ("time_ns", "who", "action", "prev")}
+    hidden = ("time_ns", "who", "action", "prev", "sig", "key_id")
+    rest = {k: v for k, v in entry.items() if k not in hidden}
     return json.dumps(rest, ensure_ascii=False, sort_keys=True)
 
 

@@ -532,10 +532,14 @@ def mount(app: web.Application, receiver: Receiver) -> None:
             raise web.HTTPForbidden(text="the audit log is for supervisors")
         query = request.query.get("q", "")[:200]
 
-        def entries() -> list[dict[str, Any]]:
+        def entries() -> list[tuple[dict[str, Any], bool]]:
+            # Signatures checked with the receiver's own audit key, so "signed" means verified.
+            report = access_log.verify(receiver.cfg.audit_log, receiver.audit.public_key)
+            if report.problem is not None:
+                raise ValueError(f"{receiver.cfg.audit_log}:{report.problem.removeprefix('line ')}")
             found = [
-                e
-                for e in access_log.read(receiver.cfg.audit_log)
+                (e, "sig" in e and receiver.audit.public_key is not None)
+                for e in report.records
                 if not query or query.lower() in json.dumps(e, ensure_ascii=False).lower()
             ]
             return found[-500:][::-1]

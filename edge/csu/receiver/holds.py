@@ -26,8 +26,11 @@ HOLDS_FILE = "holds.jsonl"
 
 
 class HoldBook:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, audit_key_file: Path | None = None) -> None:
+        """``audit_key_file``: the CSU audit key that signs what this book appends (readers
+        need none; without it, appends are unsigned)."""
         self.path = directory / HOLDS_FILE
+        self._audit_key_file = audit_key_file
         self._lock_path = directory / "holds.lock"
         directory.mkdir(parents=True, exist_ok=True)
 
@@ -42,6 +45,11 @@ class HoldBook:
         nothing may be purged: a removed hold would let evidence be deleted)."""
         with self._locked(fcntl.LOCK_SH):
             return self._active()
+
+    def _log(self) -> access_log.AuditLog:
+        if self._audit_key_file is None:
+            return access_log.AuditLog(self.path)
+        return access_log.AuditLog.with_key_file(self.path, self._audit_key_file)
 
     def _active(self) -> dict[str, Hold]:
         return active_holds(self._read())
@@ -83,7 +91,7 @@ class HoldBook:
         }
         with self._locked(fcntl.LOCK_EX):
             self._active()  # refuses to append to a broken log
-            entry = access_log.AuditLog(self.path).record(who, "hold-add", **what)
+            entry = self._log().record(who, "hold-add", **what)
         return active_holds([entry])[str(what["hold_id"])]
 
     def release(self, hold_id: str, *, who: str, reason: str = "") -> Hold:
@@ -92,5 +100,5 @@ class HoldBook:
             if hold is None:
                 raise ConfigError(f"{hold_id}: no such hold in force (edge-csu hold list)")
             what = {"hold_id": hold_id, "case": hold.case, "unit": hold.unit, "reason": reason}
-            access_log.AuditLog(self.path).record(who, "hold-release", **what)
+            self._log().record(who, "hold-release", **what)
         return hold

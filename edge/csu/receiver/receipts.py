@@ -26,8 +26,9 @@ def public_path(key_file: Path) -> Path:
     return key_file.with_name(key_file.name.removesuffix(".pem") + ".pub.pem")
 
 
-def load_or_create(key_file: Path) -> ed25519.Ed25519PrivateKey:
-    """The receipt key, created (0600) with its public PEM if there is none yet."""
+def load_or_create(key_file: Path, what: str = "receipt key") -> ed25519.Ed25519PrivateKey:
+    """The receipt key (or another CSU signing key, named by ``what``), created (0600) with its
+    public PEM if there is none yet; an existing one is never overwritten."""
     if not key_file.exists():
         key = ed25519.Ed25519PrivateKey.generate()
         key_file.parent.mkdir(parents=True, exist_ok=True)
@@ -42,9 +43,9 @@ def load_or_create(key_file: Path) -> ed25519.Ed25519PrivateKey:
     try:
         loaded = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{key_file}: cannot load the receipt key ({exc})") from None
+        raise ConfigError(f"{key_file}: cannot load the {what} ({exc})") from None
     if not isinstance(loaded, ed25519.Ed25519PrivateKey):
-        raise ConfigError(f"{key_file}: the receipt key must be an Ed25519 private key")
+        raise ConfigError(f"{key_file}: the {what} must be an Ed25519 private key")
     pub = public_path(key_file)
     if not pub.exists():
         write_new(

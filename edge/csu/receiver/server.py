@@ -127,7 +127,10 @@ class Receiver:
         self.store = SegmentStore(cfg.storage_dir)
         self.crl = RevocationList(cfg.tls.crl_file, cfg.tls.client_ca_file)
         self.registry = UnitRegistry(cfg.registry_dir, ca_file=cfg.tls.client_ca_file, crl=self.crl)
-        self.audit = AuditLog(cfg.audit_log)
+        # The receiver signs every record or does not start (ConfigError names the key file).
+        self.audit = AuditLog(
+            cfg.audit_log, receipts.load_or_create(cfg.audit_key_file, "audit key")
+        )
         self.commands = CommandQueue(cfg.commands_dir)
         self.publisher = EventPublisher(cfg.mqtt) if cfg.mqtt.enabled else None
         # Workers mostly wait on fsync (the GIL is released): more of them overlap the flushes.

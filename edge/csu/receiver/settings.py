@@ -177,6 +177,9 @@ class ServeConfig(_Section):
     ``<unit-id>.pem`` (a pinned Ed25519 signing public key, copied by hand)."""
     audit_log: Path = Path("audit.jsonl")
     """Append-only log of every viewing and export (who, what, when)."""
+    audit_key_file: Path = Path("audit-key.pem")
+    """Ed25519 key signing every audit record (created at the first start, 0600, public half
+    beside it as ``.pub.pem`` for ``edge-csu audit verify``); never overwritten."""
     commands_dir: Path = Path("commands")
     """Signed commands to units' cabinet outputs waiting for their unit to pull them
     (``edge-csu command`` writes them here)."""
@@ -247,6 +250,7 @@ class ServeConfig(_Section):
                 "storage_dir": fix(self.storage_dir),
                 "registry_dir": fix(self.registry_dir),
                 "audit_log": fix(self.audit_log),
+                "audit_key_file": fix(self.audit_key_file),
                 "commands_dir": fix(self.commands_dir),
                 "config_dir": fix(self.config_dir),
                 "update_dir": fix(self.update_dir),

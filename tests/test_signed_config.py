@@ -31,8 +31,6 @@ from .test_provision import status
 from .test_uplink_e2e import unit_config
 from .uplink_util import free_port, make_csu, unit_files, wait_until
 
-NOW = dt.datetime.now(dt.UTC)
-
 
 def cli(module: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -78,6 +76,8 @@ def _certs(ca: VideoCA) -> list[x509.Certificate]:
 
 
 def test_the_config_profile_is_its_own(city: VideoCA) -> None:
+    # Taken here, not at import: the city CA's certificates are issued as the test runs.
+    now = dt.datetime.now(dt.UTC)
     _key, chain = _signer(city)
     cert = x509.load_pem_x509_certificates(chain)[0]
     assert configsigning.profile_problem(cert) is None
@@ -88,7 +88,7 @@ def test_the_config_profile_is_its_own(city: VideoCA) -> None:
     assert "not configuration signing" in str(configsigning.profile_problem(tls))
     _srv_key, srv = city.issue("csu.test", profile=Profile.SERVER, dns_names=("csu.test",))
     assert configsigning.profile_problem(srv) is not None
-    assert configsigning.chain_problem([tls], _certs(city), NOW) is not None
+    assert configsigning.chain_problem([tls], _certs(city), now) is not None
 
 
 @pytest.mark.parametrize(
@@ -109,6 +109,8 @@ def test_the_config_profile_is_its_own(city: VideoCA) -> None:
 def test_the_unit_checks_signer_signature_scope_and_version(
     city: VideoCA, tmp_path: Path, case: str, words: str | None
 ) -> None:
+    # Taken here, not at import: the city CA's certificates are issued as the test runs.
+    now = dt.datetime.now(dt.UTC)
     key, chain = _signer(city)
     settings: dict[str, Any] = {"vault": {"retention_days": 10}}
     scope, version = Scope("unit", "unit-1"), 6
@@ -129,14 +131,14 @@ def test_the_unit_checks_signer_signature_scope_and_version(
         chain = cert_pem(cert)
     if case == "expired signer":
         key, cert = city.issue(
-            "city-config", profile=Profile.CONFIG, days=1, not_before=NOW - dt.timedelta(days=3)
+            "city-config", profile=Profile.CONFIG, days=1, not_before=now - dt.timedelta(days=3)
         )
         chain = cert_pem(cert)
     if case in ("other key", "TLS certificate as signer", "expired signer"):
         # sign() checks its own inputs; a forger builds the envelope by hand
         envelope = _forge(settings, scope, version, key, chain)
     else:
-        envelope = sign(settings, scope=scope, version=version, key=key, chain_pem=chain, now=NOW)
+        envelope = sign(settings, scope=scope, version=version, key=key, chain_pem=chain, now=now)
     if case == "flipped byte":
         outer = json.loads(envelope)
         doc = bytearray(base64.b64decode(outer["document"]))
@@ -151,7 +153,7 @@ def test_the_unit_checks_signer_signature_scope_and_version(
             unit_id="unit-1",
             groups=["nord"],
             floors={"unit:unit-1": 5},
-            now=NOW,
+            now=now,
         )
 
     if words is None:
@@ -191,9 +193,11 @@ def _forge(settings: dict[str, Any], scope: Scope, version: int, key: Any, chain
 def test_a_document_may_not_set_identity_keys_files_or_where_video_goes(
     city: VideoCA, settings: dict[str, Any]
 ) -> None:
+    # Taken here, not at import: the city CA's certificates are issued as the test runs.
+    now = dt.datetime.now(dt.UTC)
     key, chain = _signer(city)
     with pytest.raises(SignedConfigError, match="may"):
-        sign(settings, scope=Scope("unit", "u"), version=1, key=key, chain_pem=chain, now=NOW)
+        sign(settings, scope=Scope("unit", "u"), version=1, key=key, chain_pem=chain, now=now)
 
 
 # --- a real edged ------------------------------------------------------------------------------

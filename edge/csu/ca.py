@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edge.identity import configsigning, evidence
+from edge.identity import configsigning, evidence, pki
 from edge.outputs.commands import OPERATOR_COMMANDS
 
 from .. import fsutil
@@ -95,15 +95,6 @@ def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _usage(**flags: bool) -> x509.KeyUsage:
-    """A keyUsage with only ``flags`` set."""
-    names = (
-        *("digital_signature", "content_commitment", "key_encipherment", "data_encipherment"),
-        *("key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"),
-    )
-    return x509.KeyUsage(**{name: flags.get(name, False) for name in names})
 
 
 def _serial() -> int:
@@ -182,7 +173,7 @@ class VideoCA:
         org = x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation)
         root_name = x509.Name([org, x509.NameAttribute(NameOID.COMMON_NAME, "Video root CA")])
         sub_name = x509.Name([org, x509.NameAttribute(NameOID.COMMON_NAME, "Video sub-CA")])
-        ca_usage = _usage(key_cert_sign=True, crl_sign=True)
+        ca_usage = pki.key_usage(key_cert_sign=True, crl_sign=True)
         root_cert = (
             x509.CertificateBuilder()
             .subject_name(root_name)
@@ -387,7 +378,7 @@ class VideoCA:
         usage = {
             Profile.EVIDENCE: evidence.key_usage(),
             Profile.CONFIG: configsigning.key_usage(),
-        }.get(profile, _usage(digital_signature=True))
+        }.get(profile, pki.key_usage(digital_signature=True))
         builder = (
             x509.CertificateBuilder()
             .subject_name(subject)

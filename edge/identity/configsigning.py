@@ -34,17 +34,7 @@ _FORBIDDEN_EKUS = {
 
 def key_usage() -> x509.KeyUsage:
     """digitalSignature, nothing else."""
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    return pki.key_usage(digital_signature=True)
 
 
 def signer_name(cert: x509.Certificate) -> str:

@@ -45,17 +45,7 @@ _FORBIDDEN_EKUS = {
 
 def key_usage() -> x509.KeyUsage:
     """The keyUsage of an evidence-signing certificate (and of its request)."""
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=True,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    return pki.key_usage(digital_signature=True, content_commitment=True)
 
 
 def raw_key(key: ed25519.Ed25519PublicKey) -> bytes:

@@ -20,6 +20,19 @@ from cryptography.x509 import verification
 LeafProblem = Callable[[x509.Certificate], str | None]
 """Why a leaf does not have the caller's profile, or None when it does."""
 
+_KEY_USAGE_FLAGS = (
+    *("digital_signature", "content_commitment", "key_encipherment", "data_encipherment"),
+    *("key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"),
+)
+
+
+def key_usage(**flags: bool) -> x509.KeyUsage:
+    """A keyUsage with only ``flags`` set (every profile of the city's CA spells its own)."""
+    unknown = set(flags) - set(_KEY_USAGE_FLAGS)
+    if unknown:
+        raise TypeError(f"not keyUsage flags: {sorted(unknown)}")
+    return x509.KeyUsage(**{name: flags.get(name, False) for name in _KEY_USAGE_FLAGS})
+
 
 def anchors(
     ca_certs: Sequence[x509.Certificate],

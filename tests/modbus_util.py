@@ -13,21 +13,8 @@ from pathlib import Path
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
+from edge.bench.outputs import MODBUS_TCP_SERVER
 from tests.conftest import tool
-
-_SERVER = """
-import logging, sys, warnings
-# The 3.x data store API announces its 4.0 successor at every start.
-warnings.simplefilter("ignore")
-logging.getLogger("pymodbus").setLevel(logging.ERROR)
-from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext
-from pymodbus.server import StartTcpServer
-# The block starts at 1: the server adds one to each address on the wire (protocol address 0).
-device = ModbusDeviceContext(hr=ModbusSequentialDataBlock(1, [0] * 256))
-StartTcpServer(context=ModbusServerContext(devices={1: device}, single=False),
-               address=("127.0.0.1", int(sys.argv[1])))
-"""
-
 
 _RTU_SERVER = """
 import logging, sys, warnings
@@ -82,7 +69,7 @@ class SignController:
 @contextmanager
 def modbus_server(port: int | None = None) -> Iterator[SignController]:
     port = port or free_port()
-    proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(port)])
+    proc = subprocess.Popen([sys.executable, "-c", MODBUS_TCP_SERVER, str(port)])
     try:
         deadline = time.monotonic() + 15
         while True:

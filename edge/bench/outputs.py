@@ -25,13 +25,17 @@ from typing import Any
 
 from ..errors import EdgeError
 
-_SERVER = """
+#: pymodbus's own Modbus TCP server on loopback (``python -c MODBUS_TCP_SERVER PORT``), standing
+#: in for a sign controller: 256 holding registers of device 1. The tests use it too.
+MODBUS_TCP_SERVER = """
 import logging, sys, warnings
+# The 3.x data store API announces its 4.0 successor at every start.
 warnings.simplefilter("ignore")
 logging.getLogger("pymodbus").setLevel(logging.ERROR)
 from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext
 from pymodbus.server import StartTcpServer
-device = ModbusDeviceContext(hr=ModbusSequentialDataBlock(1, [0] * 64))
+# The block starts at 1: the server adds one to each address on the wire (protocol address 0).
+device = ModbusDeviceContext(hr=ModbusSequentialDataBlock(1, [0] * 256))
 StartTcpServer(context=ModbusServerContext(devices={1: device}, single=False),
                address=("127.0.0.1", int(sys.argv[1])))
 """
@@ -60,7 +64,7 @@ def _controller() -> Iterator[int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(port)])
+    proc = subprocess.Popen([sys.executable, "-c", MODBUS_TCP_SERVER, str(port)])
     try:
         deadline = time.monotonic() + 15
         while True:

@@ -150,7 +150,18 @@ def log_in(browser: Any, site: Site, name: str) -> None:
     site.logins.append(name)
     browser.find_element(By.NAME, "code").send_keys(totp_at(site.secrets[name], step))
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    wait_until(lambda: "/console/login" not in browser.current_url, 10, "the log-in answer")
+    # The form is shown at /console/ itself: wait for the page that names the operator, or a
+    # navigation started now would race the log-in's own redirect (and lose to it).
+    wait_until(
+        lambda: (
+            browser.execute_script(
+                "const o = document.getElementById('operator'); return o && o.textContent"
+            )
+            == name
+        ),
+        10,
+        f"the console page of {name} after log-in",
+    )
 
 
 def test_live_tile_plays_and_the_masked_area_is_the_fill(browser: Any, site: Site) -> None:

@@ -47,6 +47,18 @@ def _level(out: OutputConfig) -> int:
         return int(request.get_value(out.gpio.line).value)
 
 
+def test_edged_may_open_the_relay_chip() -> None:
+    """edged runs as user and group edge (edged.service): the image's udev rule gives the GPIO
+    chips to that group; as root, the tests below would pass without it."""
+    import grp
+
+    out = _relay()
+    assert out.gpio is not None
+    st = Path(out.gpio.chip).stat()
+    assert st.st_gid == grp.getgrnam("edge").gr_gid, f"{out.gpio.chip} is not group edge"
+    assert st.st_mode & 0o060 == 0o060, f"{out.gpio.chip} is not read-write for its group"
+
+
 def test_relay_toggles_and_returns_to_safe() -> None:
     out = _relay()
     state = next(iter(out.states))

@@ -223,6 +223,23 @@ def test_units_verify(built: Built) -> None:
     assert "edged" not in proc.stderr, proc.stderr
 
 
+def test_gpio_chips_go_to_the_group_edged_runs_as(built: Built) -> None:
+    """Debian leaves /dev/gpiochip* to root: without the role's udev rule, edged (user and
+    group edge) could not open the chip of a relay or a door switch on a real unit."""
+    unit = (built.root / "etc/systemd/system/edged.service").read_text()
+    group = re.search(r"^Group=(\S+)$", unit, re.M)
+    assert group, "edged.service names no group"
+    groups = {line.split(":")[0] for line in (built.root / "etc/group").read_text().splitlines()}
+    assert group[1] in groups
+    rule = built.root / "etc/udev/rules.d/60-edge-gpio.rules"
+    assert rule.stat().st_mode & 0o777 == 0o644
+    [line] = [x for x in rule.read_text().splitlines() if x and not x.startswith("#")]
+    keys = dict(re.findall(r'(\w+)=?="([^"]*)"', line))
+    assert keys == {
+        "SUBSYSTEM": "gpio", "KERNEL": "gpiochip[0-9]*", "GROUP": group[1], "MODE": "0660"
+    }, line  # fmt: skip
+
+
 def test_edged_exposure_with_drop_ins_is_at_most_2(built: Built) -> None:
     analyze = tool("systemd-analyze")
     proc = subprocess.run(

@@ -239,8 +239,9 @@ def test_receipts_that_do_not_check_are_refused(case: str, match: str) -> None:
         rcpt.verify_receipt(raw, csu.public_key(), device_id=UNIT, **expect)  # type: ignore[arg-type]
 
 
-def test_the_receipt_bytes(tmp_path: Path) -> None:
-    """FORMATS.md, CSU receipt: fixed part, ids, signature; and a torn log record is dropped."""
+def test_the_receipt_bytes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """FORMATS.md, CSU receipt: fixed part, ids, signature; and a torn log record is left out by
+    readers, then quarantined (never just cut) by the next run's first append."""
     csu = ed25519.Ed25519PrivateKey.generate()
     raw = _receipt(csu)
     assert raw[:6] == b"ERCT\x01\x00"
@@ -251,10 +252,16 @@ def test_the_receipt_bytes(tmp_path: Path) -> None:
     log_ = rcpt.ReceiptLog(tmp_path)
     log_.append("cam1", WALL0, raw)
     path = log_.path("cam1", WALL0)
-    path.write_bytes(path.read_bytes() + rcpt.frame_record(raw)[:40])  # torn by a power cut
+    torn = rcpt.frame_record(raw)[:40]
+    path.write_bytes(path.read_bytes() + torn)  # torn by a power cut
     assert log_.read("cam1", _day()) == [raw]
-    rcpt.ReceiptLog(tmp_path).append("cam1", WALL0, raw)  # a new run cuts the torn record off
+    with caplog.at_level(logging.WARNING, logger="edge.vault.receipt"):
+        rcpt.ReceiptLog(tmp_path).append("cam1", WALL0, raw)  # a new run cuts the torn record off
     assert log_.read("cam1", _day()) == [raw, raw]
+    assert path.read_bytes() == rcpt.frame_record(raw) * 2
+    [kept] = (tmp_path / "quarantine").glob("*-cam1-*.rcl.tail")
+    assert kept.read_bytes() == torn
+    assert "torn last record (40 bytes" in caplog.text and str(kept) in caplog.text
 
 
 def test_a_later_receipt_anchors_the_segments_its_chain_goes_through(tmp_path: Path) -> None:

@@ -15,15 +15,21 @@ was made when its own header says (only that it was not made after the receipt),
 segments after the last receipt, or that the CSU's clock was right.
 
 Receipt logs are append-only: each record is a 2-byte big-endian length then the receipt. A torn
-last record (power cut) is ignored by readers; the next append starts after it.
+last record (power cut) is ignored by readers. The next append does not repair it in silence: the
+torn bytes are copied to the vault's ``quarantine/`` first (``<time>-<camera>-<day>.rcl.tail``),
+a warning names them, and only then are they cut off and the new record written after the
+intact ones.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import logging
 import os
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +38,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ..errors import IntegrityError, VaultError
-from ..fsutil import fsync_dir
+from ..fsutil import fsync_dir, write_atomic
 from . import format as fmt
+
+log = logging.getLogger(__name__)
 
 RECEIPT_MAGIC = b"ERCT"
 _DOMAIN = b"edge-receipt-v1\0"
@@ -182,10 +190,11 @@ class ReceiptLog:
                     size = os.fstat(fd).st_size
                     if path not in self._checked:
                         # Once per file and run: a record torn by a power cut is cut off, or
-                        # every record after it would be read out of step.
-                        kept = sum(len(r) + _LEN.size for r in split_records(path.read_bytes()))
+                        # every record after it would be read out of step; its bytes are kept.
+                        data = path.read_bytes()
+                        kept = sum(len(r) + _LEN.size for r in split_records(data))
                         if kept != size:
-                            os.ftruncate(fd, kept)
+                            self._quarantine_tail(fd, path, camera_id, kept, data[kept:])
                         self._checked.add(path)
                     os.write(fd, frame_record(raw))
                     os.fsync(fd)
@@ -195,6 +204,22 @@ class ReceiptLog:
                     fsync_dir(path.parent)
             except OSError as exc:
                 raise VaultError(f"{path}: receipt not stored: {exc.strerror}") from None
+
+    def _quarantine_tail(self, fd: int, path: Path, camera_id: str, kept: int, data: bytes) -> None:
+        """Copy the torn bytes aside (durably), say so, then cut them off the log."""
+        dest = self.root / "quarantine" / f"{time.time_ns()}-{camera_id}-{path.stem}.rcl.tail"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(dest, data, mode=0o640)
+        log.warning(
+            "receipts of %s on %s: a torn last record (%d bytes, sha256 %s) was moved to %s",
+            camera_id,
+            path.stem,
+            len(data),
+            hashlib.sha256(data).hexdigest()[:16],
+            dest,
+        )
+        os.ftruncate(fd, kept)
+        os.fsync(fd)
 
     def purge_before(self, camera_id: str, day: str) -> int:
         """Retention: remove the camera's receipt files of days before ``day`` (YYYY-MM-DD)."""

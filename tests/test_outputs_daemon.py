@@ -6,6 +6,7 @@ audited; ``edgectl status`` shows the outputs."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -118,6 +119,33 @@ def test_kill_9_during_an_action_returns_the_sign_to_safe_within_the_bound(
     driven = [r for r in audit_records(data_dir) if r["action"] == "output-driven"]
     assert driven and driven[0]["playbook"] == "camera-fault" and driven[0]["state"] == "fault"
     assert driven[0]["actor"] == "edged" and driven[0]["event"]
+
+
+def test_edged_killed_under_systemd_the_guard_answers_sigterm_within_the_bound(
+    tmp_path: Path, data_dir: Path, sockdir: Path
+) -> None:
+    """What systemd does when edged dies (``KillMode=control-group``, edged.service): SIGTERM
+    to what is left of the control group at once, the guard included."""
+    with modbus_server() as sign:
+        config = unit_config(tmp_path, data_dir, sockdir, sign.port)
+        with running_edged(config, tmp_path) as (proc, notify):
+            notify.wait_for("READY=1", timeout=30)
+            wait_driven(sign)
+            status = subprocess.run(
+                [sys.executable, "-m", "edge.cli.main", "status", "--json", "--config",
+                 str(config)], capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            guard_pid = json.loads(status.stdout)["daemon"]["outputs"]["guard_pid"]
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGKILL)
+            os.kill(guard_pid, signal.SIGTERM)
+            t_safe = sign.wait_register(REGISTER, 0, 10.0)
+            proc.wait()
+        assert t_safe - t0 < SAFE_AFTER_CRASH_S
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{guard_pid}").exists():
+            assert time.monotonic() < deadline, "the guard did not exit after SIGTERM"
+            time.sleep(0.05)
 
 
 def test_a_stopped_edged_leaves_the_sign_safe_and_says_so_in_the_audit_log(

@@ -59,3 +59,17 @@ def test_reload_checks_the_file_before_signalling(tmp_path: Path) -> None:
         '[[cameras]]\nid = "cam1"\n'
     )
     assert subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+
+
+def test_the_output_guard_outlives_edged_under_systemd() -> None:
+    """The guard is edged's child, in its control group. Under ``KillMode=mixed`` systemd would
+    SIGKILL it as soon as edged's main process is gone (crash or stop), before it has put the
+    outputs back to safe; under ``control-group`` it gets SIGTERM (which it answers by driving
+    safe, tests/test_outputs_daemon.py) and is killed only ``TimeoutStopSec`` later, so its
+    retries must end before that."""
+    from edge.outputs import guard
+
+    text = UNIT.read_text()
+    assert re.findall(r"^KillMode=(\S+)$", text, re.M) == ["control-group"]
+    [stop] = re.findall(r"^TimeoutStopSec=(\d+)$", text, re.M)
+    assert int(stop) >= guard._PERSIST_S + 2

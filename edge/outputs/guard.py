@@ -30,7 +30,10 @@ from edge.outputs.base import OutputDriver, make_driver
 
 log = logging.getLogger("edge-output-guard")
 
-_PERSIST_S = 30.0
+#: How long an unanswered controller is tried again. Under systemd, the guard gets SIGTERM with
+#: the rest of edged's control group (``KillMode=control-group``) and is killed
+#: ``TimeoutStopSec=`` (20 s) later: this must end first (tests/test_systemd_unit.py).
+_PERSIST_S = 15.0
 
 
 def make_safe(drivers: list[OutputDriver], persist_s: float = _PERSIST_S) -> list[str]:

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from edge.csu.console.alerts import AlertBook, Decision, false_alarm_rates, in_scope
+from edge.csu.console.alerts import (
+    DOOR_KIND,
+    AlertBook,
+    Decision,
+    UnitConditions,
+    false_alarm_rates,
+    in_scope,
+    unit_conditions,
+)
 from edge.csu.console.roles import Scope
 from edge.errors import ConfigError
 from edge.events import EventSigner
@@ -76,3 +84,34 @@ def test_decisions_are_scoped_timed_and_settled_once(tmp_path: Path) -> None:
     assert [d.decision for d in shown[street].decisions] == [Decision.ESCALATE, Decision.CONFIRM]
     assert not shown[street].open and shown[door].open
     assert book.settled() == [("line", Decision.ESCALATE), ("line", Decision.CONFIRM)]
+
+
+def test_the_units_page_reads_door_and_tamper_from_the_latest_events(tmp_path: Path) -> None:
+    """Replayed in the unit's order (wall_ns), not by file time: a door opened then closed is
+    closed, a tamper condition cleared is gone, one raised again is back."""
+    storage = tmp_path / "storage"
+    signer = EventSigner(ed25519.Ed25519PrivateKey.generate(), "unit-a")
+    assert unit_conditions(storage, "unit-a") == UnitConditions(None, ())
+
+    def put(kind: str, camera: str, category: str, state: str, at: int) -> None:
+        event = signer.sign(
+            camera=camera, category=category, kind=kind, rule=kind, wall_ns=at,
+            frame_index=-1, details={"message": kind}, state=state,
+        )  # fmt: skip
+        directory = storage / "unit-a" / "events"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"{event.body['id']}.json").write_bytes(event.wire())
+
+    t0 = 1_800_000_000_000_000_000
+    put(DOOR_KIND, "unit", "alert", "cleared", t0 + 20)  # arrived first, happened last
+    put(DOOR_KIND, "unit", "alert", "raised", t0 + 10)
+    put("camera-covered", "street", "tamper", "raised", t0)
+    put("camera-moved", "street", "tamper", "raised", t0 + 1)
+    put("camera-moved", "street", "tamper", "cleared", t0 + 2)
+    (storage / "unit-a" / "events" / "torn.json").write_bytes(b'{"event": {')  # skipped
+    assert unit_conditions(storage, "unit-a") == UnitConditions(
+        "closed", ("camera-covered (street)",)
+    )
+    put(DOOR_KIND, "unit", "alert", "raised", t0 + 30)
+    assert unit_conditions(storage, "unit-a").door == "open"
+    assert unit_conditions(storage, "unit-b") == UnitConditions(None, ())

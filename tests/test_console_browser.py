@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import edge
 from edge.csu.console.credentials import totp_at, totp_step
 from edge.csu.receiver import SegmentStore
 from edge.csu.receiver import access_log as csu_audit
@@ -289,6 +290,7 @@ def test_an_alert_from_edged_is_dismissed_and_the_decision_is_audited(
     browser.get(f"{site.url}/console/units")
     units = browser.find_element(By.TAG_NAME, "table").text
     assert "test-unit" in units and "complete" in units, units
+    assert f"{edge.__version__} (" in units, units  # the version the unit reports, and its slot
     assert not browser.find_elements(By.CSS_SELECTOR, "table .bad")  # nothing flagged
     browser.find_element(By.LINK_TEXT, "test-unit").click()
     wait_until(lambda: "unit=test-unit" in browser.current_url, 10, "the unit's alerts")

@@ -216,6 +216,45 @@ class AlertBook:
         return out
 
 
+#: The unit alarm a cabinet door switch raises (edge/app/daemon.py) and clears.
+DOOR_KIND = "cabinet-door-open"
+
+
+@dataclass(frozen=True, slots=True)
+class UnitConditions:
+    """What a unit's latest events say of it now, for the units page."""
+
+    door: str | None
+    """"open" or "closed" by the door switch's latest event; None: no door event stored."""
+    tamper: tuple[str, ...]
+    """Tamper conditions raised and not cleared since, as "kind (camera)"."""
+
+
+def unit_conditions(storage: Path, unit: str) -> UnitConditions:
+    """Replay the unit's stored door and tamper events in the unit's own order (``wall_ns``)."""
+    events = storage / unit / "events"
+    latest: dict[tuple[str, str], tuple[int, str]] = {}
+    for path in events.glob("*.json") if events.is_dir() else ():
+        try:
+            body = json.loads(path.read_bytes())["event"]
+            kind, camera = str(body["kind"]), str(body["camera"])
+            wall_ns, state = int(body["wall_ns"]), str(body.get("state") or "")
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # verified when it arrived; one going away is not a condition
+        if kind != DOOR_KIND and body.get("category") != "tamper":
+            continue
+        if state in ("raised", "cleared") and wall_ns >= latest.get((kind, camera), (-1, ""))[0]:
+            latest[(kind, camera)] = (wall_ns, state)
+    door_state = latest.get((DOOR_KIND, "unit"))
+    door = None if door_state is None else ("open" if door_state[1] == "raised" else "closed")
+    tamper = tuple(
+        f"{kind} ({camera})"
+        for (kind, camera), (_, state) in sorted(latest.items())
+        if kind != DOOR_KIND and state == "raised"
+    )
+    return UnitConditions(door, tamper)
+
+
 def _alert(body: dict[str, Any], received: float) -> Alert:
     details = body.get("details") or {}
     return Alert(

@@ -44,7 +44,14 @@ from ..receiver import access_log
 from ..receiver.trust import utcnow
 from . import i18n, pages, playback
 from .accounts import OperatorStore, Session
-from .alerts import AlertBook, Decision, DecisionRecord, false_alarm_rates
+from .alerts import (
+    AlertBook,
+    Decision,
+    DecisionRecord,
+    UnitConditions,
+    false_alarm_rates,
+    unit_conditions,
+)
 from .roles import SCOPE_ITEM, Permission, Role, Scope, allows
 
 if TYPE_CHECKING:
@@ -281,15 +288,36 @@ def _units_table(lang: str, rows: list[dict[str, Any]], now_ns: int) -> str:
             for cam, st in row["cameras"].items()
         )
         items = backlog.get("items", "-") if backlog else "-"
+        fleet = row.get("fleet") or {}
+        software = "-"
+        if fleet:
+            software = esc(f"{fleet.get('version', '?')} ({fleet.get('slot') or '?'})")
+            update = fleet.get("last_update") or {}
+            if update.get("result") == "rolled-back":
+                why = esc(str(update.get("reason") or ""))
+                software += f'<br><span class="bad">{t("rolled_back", lang)}: {why}</span>'
+        conditions: UnitConditions = row["conditions"]
+        door = "-"
+        if conditions.door == "open":
+            door = f'<span class="bad">{t("door_open", lang)}</span>'
+        elif conditions.door == "closed":
+            door = t("door_closed", lang)
+        tamper = "<br>".join(f'<span class="bad">{esc(c)}</span>' for c in conditions.tamper) or t(
+            "none_raised", lang
+        )
         body.append(
             f'<tr><th scope="row"><a href="{PREFIX}/alerts?unit={esc(row["unit"])}">'
             f"{esc(row['unit'])}</a></th><td>{contact}</td>"
-            f"<td>{esc(str(items))}</td><td>{cert}</td><td>{chains}</td></tr>"
+            f"<td>{esc(str(items))}</td><td>{software}</td><td>{door}</td><td>{tamper}</td>"
+            f"<td>{cert}</td><td>{chains}</td></tr>"
         )
     head = "".join(
         f'<th scope="col">{t(k, lang)}</th>'
-        for k in ("unit", "last_contact", "backlog", "certificate", "chain")
-    )
+        for k in (
+            "unit", "last_contact", "backlog", "software", "door", "tamper", "certificate",
+            "chain",
+        )
+    )  # fmt: skip
     return (
         f"<h2>{t('units', lang)}</h2><table><thead><tr>{head}</tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table>"
@@ -341,7 +369,12 @@ def mount(app: web.Application, receiver: Receiver) -> None:
         from ..serve_cmd import unit_rows
 
         def rows() -> list[dict[str, Any]]:
-            return [r for r in unit_rows(receiver.cfg) if principal.scope.allows_unit(r["unit"])]
+            storage = receiver.cfg.storage_dir
+            return [
+                {**r, "conditions": unit_conditions(storage, r["unit"])}
+                for r in unit_rows(receiver.cfg)
+                if principal.scope.allows_unit(r["unit"])
+            ]
 
         table = _units_table(lang, await receiver.run_blocking(rows), time.time_ns())
         return _page(lang, _shell(lang, principal, "units", table))

@@ -255,10 +255,11 @@ def test_the_receipt_bytes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> 
     torn = rcpt.frame_record(raw)[:40]
     path.write_bytes(path.read_bytes() + torn)  # torn by a power cut
     assert log_.read("cam1", _day()) == [raw]
+    later = _receipt(csu, sequence=8)
     with caplog.at_level(logging.WARNING, logger="edge.vault.receipt"):
-        rcpt.ReceiptLog(tmp_path).append("cam1", WALL0, raw)  # a new run cuts the torn record off
-    assert log_.read("cam1", _day()) == [raw, raw]
-    assert path.read_bytes() == rcpt.frame_record(raw) * 2
+        rcpt.ReceiptLog(tmp_path).append("cam1", WALL0, later)  # a new run cuts the torn one off
+    assert log_.read("cam1", _day()) == [raw, later]
+    assert path.read_bytes() == rcpt.frame_record(raw) + rcpt.frame_record(later)
     [kept] = (tmp_path / "quarantine").glob("*-cam1-*.rcl.tail")
     assert kept.read_bytes() == torn
     assert "torn last record (40 bytes" in caplog.text and str(kept) in caplog.text
@@ -334,3 +335,18 @@ def test_edged_keeps_the_receipts_of_what_it_delivered(tmp_path: Path) -> None:
     receipts = [rcpt.verify_receipt(raw, csu_key, device_id="test-unit") for raw in kept]
     assert len(stored) >= 2 and {r.sequence for r in receipts} == set(stored)
     assert all(r.chain_hash == fmt.sha256(stored[r.sequence]) for r in receipts)
+
+
+def test_a_segment_delivered_again_keeps_its_first_receipt_only(tmp_path: Path) -> None:
+    """A delivery whose answer was lost is sent again and receipted again (a later CSU time):
+    the log keeps the first, earlier receipt, in this run and the next."""
+    csu = ed25519.Ed25519PrivateKey.generate()
+    first, again = _receipt(csu), _receipt(csu, csu_time_ns=WALL0 + 5 * 10**9)
+    other = _receipt(csu, sequence=8)
+    rewritten = _receipt(csu, chain_hash=b"x" * 32)  # other bytes under #7: kept, and seen
+    log_ = rcpt.ReceiptLog(tmp_path)
+    for raw in (first, again, other, first):
+        log_.append("cam1", WALL0, raw)
+    rcpt.ReceiptLog(tmp_path).append("cam1", WALL0, again)  # next run: read back, not added
+    rcpt.ReceiptLog(tmp_path).append("cam1", WALL0, rewritten)
+    assert log_.read("cam1", _day()) == [first, other, rewritten]

@@ -170,15 +170,21 @@ class ReceiptLog:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._lock = threading.Lock()
-        self._checked: set[Path] = set()  # files whose tail was checked since the start
+        # Per file checked since the start (its tail, once): the (sequence, chain hash) pairs
+        # it holds. A delivery sent again (its answer lost) gets a second receipt of the same
+        # segment; the first, earlier one is the one worth keeping.
+        self._held: dict[Path, set[tuple[int, bytes]]] = {}
 
     def path(self, camera_id: str, start_wall_ns: int) -> Path:
         day = day_of(start_wall_ns)
         return self.root / "receipts" / camera_id / f"{day}.rcl"
 
     def append(self, camera_id: str, start_wall_ns: int, raw: bytes) -> None:
-        """Durable before it returns: one record appended and fsynced."""
+        """Durable before it returns: one record appended and fsynced, unless the log already
+        holds a receipt of the same segment (sequence and chain hash)."""
         path = self.path(camera_id, start_wall_ns)
+        receipt = parse_receipt(raw)
+        segment = (receipt.sequence, receipt.chain_hash)
         with self._lock:
             try:
                 fresh = not path.parent.is_dir()
@@ -188,16 +194,27 @@ class ReceiptLog:
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
                 try:
                     size = os.fstat(fd).st_size
-                    if path not in self._checked:
+                    held = self._held.get(path)
+                    if held is None:
                         # Once per file and run: a record torn by a power cut is cut off, or
                         # every record after it would be read out of step; its bytes are kept.
                         data = path.read_bytes()
-                        kept = sum(len(r) + _LEN.size for r in split_records(data))
+                        records = split_records(data)
+                        kept = sum(len(r) + _LEN.size for r in records)
                         if kept != size:
                             self._quarantine_tail(fd, path, camera_id, kept, data[kept:])
-                        self._checked.add(path)
+                        held = self._held[path] = set()
+                        for record in records:
+                            try:
+                                r = parse_receipt(record)
+                            except IntegrityError:
+                                continue  # readers judge it; it is not this segment's
+                            held.add((r.sequence, r.chain_hash))
+                    if segment in held:
+                        return
                     os.write(fd, frame_record(raw))
                     os.fsync(fd)
+                    held.add(segment)
                 finally:
                     os.close(fd)
                 if size == 0:
@@ -227,7 +244,7 @@ class ReceiptLog:
         for path in sorted((self.root / "receipts" / camera_id).glob("*.rcl")):
             if path.stem < day:
                 path.unlink(missing_ok=True)
-                self._checked.discard(path)
+                self._held.pop(path, None)
                 count += 1
         return count
 

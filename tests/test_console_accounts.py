@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,8 @@ from edge.csu.console.credentials import (
 )
 from edge.csu.console.roles import LockoutPolicy, SessionPolicy, allows
 from edge.errors import ConfigError
+
+from .uplink_util import free_port, make_csu
 
 RFC6238_SECRET = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"  # b"12345678901234567890" in base32
 PASSWORD = "correct horse battery"
@@ -198,3 +202,23 @@ def test_weak_passwords_and_duplicate_names_are_refused(
         s.add("a.dupont", Role.ADMIN, Scope(), "a.dupont-2026-x", new_totp_secret())
     with pytest.raises(ConfigError, match="exists"):
         s.add("j.martin", Role.ADMIN, Scope(), PASSWORD + "x", new_totp_secret())
+
+
+def test_a_damaged_operators_database_is_named_not_a_traceback(tmp_path: Path) -> None:
+    """The tired technician's case: operators.db overwritten (a bad restore, a full disk's
+    half-written copy). Both edge-csu serve and edge-csu operator say which file and what to
+    do, exit 2, and change nothing."""
+    csu = make_csu(tmp_path)
+    csu.write_config(port=free_port())
+    damaged = b"SQLite format 3\x00" + b"\xff" * 4000  # a header, then garbage
+    db = csu.directory / "operators.db"
+    db.write_bytes(damaged)
+    for args in (["operator", "list"], ["serve"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "edge.csu.main", *args, "--config", str(csu.config)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert out.returncode == 2, (args, out.stderr[-2000:])
+        assert f"{db}: the operators' database is damaged" in out.stderr, out.stderr[-2000:]
+        assert "Traceback" not in out.stderr
+    assert db.read_bytes() == damaged

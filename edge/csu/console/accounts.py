@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...errors import ConfigError
+from ...errors import ConfigError, StorageUnavailableError
 from .credentials import check_password, dummy_hash, hash_password, match_totp, password_problem
 from .roles import LockoutPolicy, Role, Scope, SessionPolicy
 
@@ -105,6 +105,8 @@ class OperatorStore:
         db = sqlite3.connect(path, timeout=10)
         try:
             db.executescript(_SCHEMA)  # commits by itself: not inside _db()'s transaction
+        except sqlite3.DatabaseError as exc:
+            raise _damaged(path, exc) from None
         finally:
             db.close()
 
@@ -117,9 +119,11 @@ class OperatorStore:
             db.execute("BEGIN IMMEDIATE")
             yield db
             db.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            if type(exc) is sqlite3.DatabaseError:  # not "locked" (OperationalError): damage
+                raise _damaged(self.path, exc) from None
             raise
         finally:
             db.close()
@@ -294,3 +298,12 @@ _SELECT = "SELECT name, role, scope, disabled, failures, last_failure, created F
 
 def _sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _damaged(path: Path, exc: sqlite3.DatabaseError) -> StorageUnavailableError:
+    """A damaged accounts database: said with its path and the way out, never a traceback."""
+    return StorageUnavailableError(
+        f"{path}: the operators' database is damaged ({exc}); nobody can log in to the console "
+        "until it is restored from its backup (or moved aside, and the accounts added again "
+        "with edge-csu operator add)"
+    )

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from edge.cli.main import main as edgectl
 from edge.config import EdgeConfig, UnitConfig, UplinkConfig
 from edge.csu.main import main as edge_csu
 from edge.errors import IntegrityError
@@ -29,6 +30,7 @@ from edge.vault import layout
 from edge.vault import receipt as rcpt
 from edge.vault.bundle import export_bundle, verify_bundle
 from edge.vault.store import Vault
+from edge.vault.verify import FindingKind, verify_vault
 
 from . import vault_support
 from .uplink_util import CSU_NAME, Csu, free_port, make_csu, unit_files, wait_until
@@ -178,6 +180,41 @@ def test_a_chain_rewritten_after_a_receipt_is_refused(rig: Rig, tmp_path: Path) 
     verify_bundle(out, unit_public_key=unit_key)  # the unit's own signatures all hold
     with pytest.raises(IntegrityError, match="rewritten after the receipt"):
         verify_bundle(out, unit_public_key=unit_key, receipt_key=csu_key)
+    # On the unit itself (edgectl verify): the chain holds, the receipts it kept do not.
+    forged_root = layout.vault_dir(forged)
+    assert verify_vault(forged_root, unit_key, device_id=UNIT).ok
+    report = verify_vault(forged_root, unit_key, device_id=UNIT, receipt_key=csu_key)
+    assert [(f.kind, f.sequence) for f in report.findings] == [
+        (FindingKind.RECEIPT, n) for n in range(3)
+    ]
+    assert "rewritten after the receipt" in report.findings[0].detail
+    # and the real past, with the same receipts, matches them all
+    honest = verify_vault(layout.vault_dir(rig.data), unit_key, device_id=UNIT, receipt_key=csu_key)
+    assert honest.ok and honest.cameras["cam1"].receipts_ok == 3
+    assert honest.cameras["cam1"].receipted_through == 2
+
+
+def test_edgectl_verify_checks_the_receipts_with_the_uplink_key(
+    rig: Rig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    vault = rig.vault()
+    for n in range(2):
+        vault.write(vault_support.fake_segment("cam1", n))
+    rig.deliver(vault, rig.receipt_pub)
+    vault.close()
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(
+        f'[unit]\nid = "{UNIT}"\ndata_dir = "{rig.data}"\n\n[vault]\n'
+        f'csu_public_key = "{rig.recipient.pub}"\n\n[uplink]\n'
+        f'csu_receipt_key = "{rig.receipt_pub}"\n'
+    )
+    assert edgectl(["verify", "--config", str(cfg)]) == 0
+    assert "2 CSU receipt(s) match, through #1" in capsys.readouterr().out
+    other = tmp_path / "other.pub.pem"  # the uplink trusts another key: every receipt fails
+    other.write_bytes(public_pem(ed25519.Ed25519PrivateKey.generate().public_key()))
+    cfg.write_text(cfg.read_text().replace(str(rig.receipt_pub), str(other)))
+    assert edgectl(["verify", "--config", str(cfg)]) == 1
+    assert capsys.readouterr().out.count("receipt: cam1: receipt cam1#") == 2
 
 
 def test_the_unit_refuses_receipts_signed_by_another_key(

@@ -186,3 +186,27 @@ def test_relative_data_dir_with_a_lost_index_starts_again(
         assert vault.root == tmp_path / "edge-data" / "vault"
     finally:
         vault.close()
+
+
+def test_verifying_a_whole_vault_holds_one_segment_at_a_time(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """edgectl verify walks a month of video on a 2 GiB unit: it may keep each segment's header
+    and hash, never its bytes (held, 40 segments of 256 KiB would be 10 MiB here)."""
+    import tracemalloc
+
+    csu = make_csu(tmp_path / "csu")
+    vault = open_vault(data_dir, csu)
+    for n in range(40):
+        vault.write(fake_segment("cam1", n, size=256 * 1024))
+    vault.close()
+    root = layout.vault_dir(data_dir)
+    public = load_signing_public_key(keys_dir_of(data_dir))
+    tracemalloc.start()
+    try:
+        report = verify_vault(root, public, device_id="unit-1", audit=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert report.ok and report.cameras["cam1"].segments_ok == 40
+    assert peak < 3 * 1024 * 1024, f"verify held {peak / 2**20:.1f} MiB"

@@ -13,11 +13,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from edge.identity import keys_dir_of, load_signing_key, load_signing_public_key
+from edge.identity import (
+    keys_dir_of,
+    load_public_pem,
+    load_signing_key,
+    load_signing_public_key,
+)
 from edge.vault import AuditLog, check_audit, export_bundle, resolve_range
 
 from ..clihelp import add_command
-from ..errors import VaultError
+from ..errors import ConfigError, VaultError
 from ..vault import layout
 from ..vault.verify import CANNOT_SEE, VerifyReport, verify_vault
 from .common import add_config_args, load_config
@@ -32,7 +37,9 @@ def register(sub: Any) -> None:
         "verify",
         help="check signatures and the hash chain of the recordings (no key needed)",
         description="Check every segment, epoch envelope and retention checkpoint (signatures, "
-        "hash chain, gaps) and the audit log (signatures, chain, its head anchor). Exit 0: "
+        "hash chain, gaps), the CSU's receipts when uplink.csu_receipt_key is set (each the "
+        "CSU's, naming the bytes held) and the audit log (signatures, chain, its head anchor). "
+        "Exit 0: "
         "intact; 1: integrity problem(s), listed; 2: could not verify. Cannot see: "
         + " ".join(CANNOT_SEE)
         + ".",
@@ -129,6 +136,13 @@ def _verify(args: argparse.Namespace) -> int:
         )
     lo, hi = resolve_range(args.start, args.end, args.last, time.time_ns())
     public = load_signing_public_key(keys_dir_of(data))
+    receipt_key = None
+    if cfg.uplink.csu_receipt_key is not None:  # the key the uplink checks receipts with
+        path = cfg.uplink.csu_receipt_key
+        try:
+            receipt_key = load_public_pem(path.read_bytes(), origin=str(path))
+        except OSError as exc:
+            raise ConfigError(f"uplink.csu_receipt_key: {path}: {exc.strerror}") from None
     tty = sys.stderr.isatty()
 
     def progress(checked: int) -> None:
@@ -142,6 +156,7 @@ def _verify(args: argparse.Namespace) -> int:
         start_ns=lo,
         end_ns=hi,
         progress=progress if tty else None,
+        receipt_key=receipt_key,
     )
     if tty:
         sys.stderr.write("\r\033[K")
@@ -177,6 +192,8 @@ def _print_report(report: VerifyReport) -> int:
                 f"(signed checkpoint, {s.purged_count} segment(s))"
             )
         print(line)
+        if s.receipts_ok:
+            print(f"  {s.receipts_ok} CSU receipt(s) match, through #{s.receipted_through}")
         for at, seconds in s.time_gaps:  # true times: what was not recorded is named
             print(f"  time gap: nothing recorded for {seconds:.1f} s after {_fmt_ns(at)}")
     print(f"{report.envelopes_ok} epoch envelope(s) verified")

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from ..errors import IntegrityError, VaultError
 from . import chain, layout
 from . import format as fmt
+from . import receipt as rcpt
 from .audit import AuditRecord, check_audit
 from .eventlog import read_events
 
@@ -48,6 +49,9 @@ class FindingKind(StrEnum):
     GAP = "gap"
     """Sequences the unit issued and lost, recorded at start-up by a signed gap record: the
     chain goes on through the record, the loss is reported (never a silent pass)."""
+    RECEIPT = "receipt"
+    """A kept CSU receipt that is not the CSU's, or that names other bytes than the segment
+    held under its sequence (the past was rewritten after the CSU receipted it)."""
 
 
 CANNOT_SEE = (
@@ -57,6 +61,15 @@ CANNOT_SEE = (
     "recordings and its receipts show it",
 )
 """What a verification on the unit alone cannot see (printed by ``edgectl verify``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """What the chain check needs of a segment once its signature holds: its header and the
+    hash of its bytes, never the bytes (a month of video does not fit in memory)."""
+
+    header: fmt.SegmentHeader
+    chain_hash: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +98,10 @@ class CameraSummary:
     times, not integrity problems (a camera outage, edged stopped, an evicted segment)."""
     lost: list[tuple[int, int]] = field(default_factory=list)
     """Ranges of sequences lost and recorded by signed gap records."""
+    receipts_ok: int = 0
+    """CSU receipts kept for the segments checked that are the CSU's and match (with a key)."""
+    receipted_through: int | None = None
+    """The highest sequence a matching CSU receipt names."""
 
 
 @dataclass
@@ -126,6 +143,8 @@ class VerifyReport:
                         {"after_wall_ns": at, "seconds": round(sec, 3)} for at, sec in s.time_gaps
                     ],
                     "lost_sequences": [list(r) for r in s.lost],
+                    "receipts_ok": s.receipts_ok,
+                    "receipted_through": s.receipted_through,
                 }
                 for cam, s in self.cameras.items()
             },
@@ -182,9 +201,11 @@ def verify_vault(
     end_ns: int | None = None,
     progress: Callable[[int], None] | None = None,
     audit: bool = True,
+    receipt_key: ed25519.Ed25519PublicKey | None = None,
 ) -> VerifyReport:
     """Every segment, envelope and checkpoint (in the range, if given), and with ``audit`` the
-    whole audit log and its head anchor."""
+    whole audit log and its head anchor. With ``receipt_key`` (the CSU's, as the uplink
+    trusts it), the receipts kept for the segments checked too."""
     report = VerifyReport()
     ranged = start_ns is not None or end_ns is not None
     lo = start_ns if start_ns is not None else -(2**63)
@@ -205,7 +226,7 @@ def verify_vault(
                 )
         envelopes = _verify_envelopes(root, camera, public_key, report)
         gaps = _load_gaps(root, camera, public_key, device_id, report)
-        by_seq: dict[int, list[tuple[fmt.SealedSegment, Path]]] = {}
+        by_seq: dict[int, list[tuple[_Verified, Path]]] = {}
         misplaced: list[tuple[int, Path]] = []
         lo_hour = layout.hour_of(max(lo - 3_600_000_000_000, 0)) if ranged else ("", "")
         hi_hour = layout.hour_of(min(hi, 2**62)) if ranged else ("9", "9")
@@ -232,7 +253,7 @@ def verify_vault(
                     continue
                 if h.end_wall_ns <= lo or h.start_wall_ns >= hi:
                     continue
-                by_seq.setdefault(h.sequence, []).append((seg, entry))
+                by_seq.setdefault(h.sequence, []).append((_Verified(h, seg.chain_hash), entry))
         for seq, entry in misplaced:
             if seq in by_seq:
                 kind, what = FindingKind.DUPLICATE, f"copy of #{seq} under another name"
@@ -245,6 +266,8 @@ def verify_vault(
             camera, by_seq, ckp, envelopes, ranged, tails.get(camera), summary, report, gaps
         )
         summary.time_gaps = time_gaps([copies[0][0].header for _, copies in sorted(by_seq.items())])
+        if receipt_key is not None:
+            _check_receipts(root, camera, by_seq, receipt_key, device_id, summary, report)
     for ev in read_events(root, public_key, start_ns=start_ns, end_ns=end_ns, device_id=device_id):
         problem = ev.problem or ev.snapshot_problem
         if problem is None:
@@ -352,9 +375,48 @@ def _verify_envelopes(
     return good
 
 
+def _check_receipts(
+    root: Path,
+    camera: str,
+    by_seq: dict[int, list[tuple[_Verified, Path]]],
+    key: ed25519.Ed25519PublicKey,
+    device_id: str | None,
+    summary: CameraSummary,
+    report: VerifyReport,
+) -> None:
+    """The receipts of the days the checked segments start on: each must be the CSU's, for
+    this unit and camera, and name the very bytes held under its sequence. A rewrite by
+    someone holding the unit's key (which the chain alone cannot show) contradicts them."""
+    days = {rcpt.day_of(copies[0][0].header.start_wall_ns) for copies in by_seq.values()}
+    for raw in rcpt.ReceiptLog(root).read(camera, days):
+        try:
+            unit = device_id if device_id is not None else rcpt.parse_receipt(raw).device_id
+            receipt = rcpt.verify_receipt(raw, key, device_id=unit, camera_id=camera)
+        except IntegrityError as exc:
+            report.findings.append(Finding(FindingKind.RECEIPT, camera, str(exc)))
+            continue
+        held = by_seq.get(receipt.sequence)
+        if held is not None and held[0][0].chain_hash != receipt.chain_hash:
+            when = datetime.fromtimestamp(receipt.csu_time_ns / 1e9, UTC)
+            report.findings.append(
+                Finding(
+                    FindingKind.RECEIPT,
+                    camera,
+                    f"the CSU receipted other bytes under this sequence at "
+                    f"{when:%Y-%m-%d %H:%M:%S} UTC: the recording was rewritten after the receipt",
+                    receipt.sequence,
+                    str(held[0][1]),
+                )
+            )
+            continue
+        summary.receipts_ok += 1
+        if summary.receipted_through is None or receipt.sequence > summary.receipted_through:
+            summary.receipted_through = receipt.sequence
+
+
 def _check_chain(
     camera: str,
-    by_seq: dict[int, list[tuple[fmt.SealedSegment, Path]]],
+    by_seq: dict[int, list[tuple[_Verified, Path]]],
     ckp: fmt.Checkpoint | None,
     envelopes: set[bytes],
     ranged: bool,
@@ -376,7 +438,7 @@ def _check_chain(
         return nxt.sequence, nxt.prev_hash
 
     purged_through = ckp.purged_through if ckp else -1
-    prev: fmt.SealedSegment | None = None
+    prev: _Verified | None = None
     expected = purged_through + 1
     start_hash = ckp.last_hash if ckp else fmt.ZERO_HASH
     if not ranged:

@@ -50,6 +50,7 @@ from edge.config import EdgeConfig, PrivacyMaskConfig
 from edge.errors import EdgeError
 from edge.fsutil import write_atomic
 from edge.identity import configsigning
+from edge.identity.revocation import CityCrl
 
 ENVELOPE_FORMAT = "edge-signed-config-v1"
 DOCUMENT_FORMAT = "edge-config-v1"
@@ -225,9 +226,10 @@ def open_envelope(
     groups: list[str],
     floors: dict[str, int],
     now: dt.datetime,
+    crl: CityCrl | None = None,
 ) -> Verified:
     """Every check of the module docstring, in order; :class:`SignedConfigError` says which
-    one failed."""
+    one failed. With ``crl`` (the city's, as the unit holds it), a revoked signer is refused."""
     if len(data) > MAX_ENVELOPE_BYTES:
         raise SignedConfigError(f"larger than {MAX_ENVELOPE_BYTES} bytes")
     try:
@@ -240,6 +242,9 @@ def open_envelope(
     except (ValueError, KeyError, TypeError) as exc:
         raise SignedConfigError(f"not a signed configuration document: {exc}") from None
     problem = configsigning.chain_problem(chain, ca_certs, now)
+    if problem is None and crl is not None:
+        revoked = crl.problem(chain[0], now, before="the document was signed")
+        problem = None if revoked is None else f"the signer's certificate: {revoked}"
     if problem is not None:
         raise SignedConfigError(problem)
     signer = configsigning.signer_name(chain[0])

@@ -292,6 +292,9 @@ class DaemonStatus(TypedDict):
     """False on a unit without an identity yet: it records nothing until ``edgectl provision``
     (absent from an edged that predates provisioning: it always had an identity)."""
     signed_config: NotRequired[SignedConfigStatus | None]
+    city_crl: NotRequired[dict[str, Any] | None]
+    """The city's CRL the unit checks operators and the configuration signer against
+    (``edge.identity.revocation.CrlStatus``); None when it holds none."""
     last_update: NotRequired[dict[str, Any] | None]
     """The last update's outcome (``edgectl update``; ``edge.slots.last_update``)."""
 

@@ -249,9 +249,37 @@ def test_csu_refusing_the_evidence_certificate_is_failing() -> None:
         "backlog_s": 0,
         "signing_certificate": "signing certificate refused: revoked for key compromise",
     }
+    status["daemon"]["city_crl"] = FRESH_CRL
     [(section, level, cause, action)] = problems(status)
     assert (section, level) == ("uplink", Level.FAILING)
     assert "revoked for key compromise" in cause and "edgectl enroll --status" in action
+
+
+FRESH_CRL = {
+    "this_update": "2026-11-30T08:00:00+00:00",
+    "next_update": "2026-12-07T08:00:00+00:00",
+    "revoked": 2,
+    "stale": False,
+}
+
+
+def test_the_city_crl_is_shown_and_missing_or_stale_is_said() -> None:
+    """Without the city's CRL the unit cannot refuse a revoked operator's command: said once
+    the uplink streams (before, the uplink's own finding says why nothing came)."""
+    status = healthy()
+    status["daemon"]["uplink"] = {"state": "backoff", "reason": "refused", "backlog_s": 5}
+    assert [p[0] for p in problems(status)] == ["uplink"]
+    status["daemon"]["uplink"] = {"state": "streaming", "backlog_s": 0}
+    [(section, level, cause, action)] = problems(status)
+    assert (section, level) == ("crl", Level.DEGRADED)
+    assert "serves no CRL" in cause and "tls.crl_file" in action
+    status["daemon"]["city_crl"] = FRESH_CRL
+    assert problems(status) == []
+    [shown] = [f for f in evaluate(status) if f.section == "crl"]
+    assert shown.summary == "city CRL: 2 revoked, until 2026-12-07T08:00"
+    status["daemon"]["city_crl"] = {**FRESH_CRL, "stale": True}
+    [(section, level, cause, _)] = problems(status)
+    assert (section, level) == ("crl", Level.DEGRADED) and "still applies" in cause
 
 
 def test_failed_reload_degrades_with_the_error_and_next_step() -> None:

@@ -395,6 +395,12 @@ def test_the_unit_fetches_its_document_from_the_csu_over_mutual_tls(tmp_path: Pa
     assert json.loads((data_dir / "config" / "signed-versions.json").read_text()) == {
         "unit:test-unit": 4
     }
+    # The city's CRL came with it, checked and kept (edge/identity/revocation.py), once.
+    [crl] = [r for r in _audit(data_dir) if r["action"].startswith("crl-")]
+    assert crl["action"] == "crl-updated" and "0 revoked certificate(s)" in crl["details"]["crl"]
+    kept = x509.load_pem_x509_crl((data_dir / "uplink" / "city-crl.pem").read_bytes())
+    served = x509.load_pem_x509_crl((csu.pki.ca.directory / "crl.pem").read_bytes())
+    assert kept == served
 
     # The fleet view: what the unit reported of itself on its requests.
     units = cli("edge.csu.main", "units", "--config", str(csu.config), "--json")

@@ -61,7 +61,7 @@ from edge.frames import Frame
 from edge.health import system as system_health
 from edge.health.door import DoorMonitor
 from edge.health.hotplug import HotplugEvent, HotplugMonitor
-from edge.identity import enrolment, evidence, unitkeys
+from edge.identity import enrolment, evidence, revocation, unitkeys
 from edge.outputs import commands
 from edge.outputs.commands import CommandInbox
 from edge.outputs.engine import OutputEngine
@@ -144,6 +144,9 @@ class Daemon:
         self.extra_selftests: list[selftest.Check] = []
         #: The CSU client (``uplink.enabled``); reads the vault's outbox in its own thread.
         self.uplink: UplinkClient | None = None
+        #: The city's CRL as the CSU last served it (uplink), checked against every operator
+        #: command and configuration signer; None before the uplink starts.
+        self.city_crl: revocation.CityCrl | None = None
         #: The 802.1X supervisor, when 802.1X is enabled (its gate guards the uplink).
         self.dot1x_supervisor: Dot1xSupervisor | None = None
         #: Alarms of the unit itself and analytics events, signed, for status and listeners.
@@ -339,6 +342,7 @@ class Daemon:
                         groups=list(self.cfg.unit.groups),
                         floors={},
                         now=at,
+                        crl=self.city_crl,
                     )
                 )
             except (EdgeError, ValueError, KeyError, TypeError) as exc:
@@ -405,6 +409,7 @@ class Daemon:
                     groups=list(self.cfg.unit.groups),
                     floors=self.signed_store.floors(),
                     now=dt.datetime.now(dt.UTC),
+                    crl=self.city_crl,
                 )
                 layers = [s for s in self.signed if s.scope != verified.scope] + [verified]
                 layers = signedconfig.ordered(layers)
@@ -451,6 +456,22 @@ class Daemon:
         if not isinstance(envelope, str):
             raise signedconfig.SignedConfigError("give the signed document's text")
         return self.apply_signed(envelope.encode(), f"edgectl ({caller.describe()})")
+
+    def _crl_from_csu(self, data: bytes) -> None:
+        """Keep the CRL the CSU serves when the city's CA signed it and it is newer (uplink
+        thread); a refusal is logged and audited, the CRL in force stays."""
+        assert self.city_crl is not None
+        try:
+            taken = self.city_crl.offer(data, dt.datetime.now(dt.UTC))
+        except (EdgeError, OSError) as exc:  # OSError: not written (full disk): not in force
+            log.warning("city CRL from the CSU refused: %s", exc)
+            self.audit(
+                "crl-refused", {"reason": str(exc), "sha256": hashlib.sha256(data).hexdigest()}
+            )
+            return
+        if taken is not None:
+            log.info("city CRL updated: %s", taken)
+            self.audit("crl-updated", {"crl": taken, "sha256": hashlib.sha256(data).hexdigest()})
 
     def _config_from_csu(self, envelope: bytes) -> None:
         with contextlib.suppress(EdgeError):  # logged and audited; the uplink goes on
@@ -611,13 +632,16 @@ class Daemon:
             log.error("uplink not started: %s", exc)
             return
         assert self.event_spool is not None
+        ca_file, _, _ = uplink_tls.key_paths(self.cfg)
+        ca_certs = commands.load_ca_certs(ca_file)
+        self.city_crl = revocation.CityCrl(revocation.path_in(self.cfg.unit.data_dir), ca_certs)
+        if self.city_crl.damaged is not None:
+            self.audit("crl-damaged", {"reason": self.city_crl.damaged})
+            log.error("city CRL kept on disk not loaded: %s", self.city_crl.damaged)
         inbox = None
         if self.outputs is not None:
             # Commands from the CSU come back over this same connection: no listener here.
-            ca_file, _, _ = uplink_tls.key_paths(self.cfg)
-            inbox = CommandInbox(
-                self.cfg, self.outputs, self.audit, commands.load_ca_certs(ca_file)
-            )
+            inbox = CommandInbox(self.cfg, self.outputs, self.audit, ca_certs, crl=self.city_crl)
         self.uplink = UplinkClient(
             self.cfg,
             outbox,
@@ -625,6 +649,7 @@ class Daemon:
             events=self.event_spool,
             commands=inbox.handle if inbox is not None else None,
             on_config=self._config_from_csu,
+            on_crl=self._crl_from_csu,
             fleet_report=self.fleet_report,
         )
         self.extra_selftests.append(("csu", selftest.csu_check(self.cfg, gate), 20.0))
@@ -1104,6 +1129,12 @@ class Daemon:
             "outputs": self.outputs.snapshot() if self.outputs is not None else None,
             "provisioned": not self.unprovisioned,
             "signed_config": self._signed_status(),
+            "city_crl": (
+                status.as_dict()
+                if self.city_crl is not None
+                and (status := self.city_crl.status(dt.datetime.now(dt.UTC))) is not None
+                else None
+            ),
             "last_update": slots.last_update(self.cfg.unit.data_dir),
             "frame_memory": self._frame_memory(),
         }

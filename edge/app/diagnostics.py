@@ -604,6 +604,40 @@ def update_findings(daemon: DaemonStatus) -> list[Finding]:
     return []
 
 
+def crl_findings(daemon: DaemonStatus) -> list[Finding]:
+    """The city's CRL the unit checks operators' commands and configuration signers against."""
+    uplink = daemon.get("uplink")
+    if uplink is None:
+        return []  # no uplink, nothing gives orders and no CRL comes
+    crl = daemon.get("city_crl")
+    if not isinstance(crl, dict):
+        if uplink.get("state") != "streaming":
+            return []  # the uplink's own finding says why; the CRL comes with the connection
+        return [
+            Finding(
+                "crl",
+                Level.DEGRADED,
+                "no city CRL: revoked operators not known",
+                "the CSU this unit streams to serves no CRL, so a revoked operator's command or "
+                "signer's configuration cannot be refused here",
+                "at the CSU, set tls.crl_file to the city CA's CRL (edge-csu ca crl)",
+            )
+        ]
+    nxt = str(crl.get("next_update") or "?")[:16]
+    if crl.get("stale"):
+        return [
+            Finding(
+                "crl",
+                Level.DEGRADED,
+                f"city CRL past its next update ({nxt})",
+                "the CSU has served no newer CRL: revocations made since are unknown to this "
+                "unit (the list it holds still applies)",
+                "check the uplink line; at the CSU, publish a fresh CRL (edge-csu ca crl)",
+            )
+        ]
+    return [Finding("crl", Level.OK, f"city CRL: {crl.get('revoked', 0)} revoked, until {nxt}")]
+
+
 def provisioning_finding() -> Finding:
     """A unit without an identity records nothing: the one thing to do is provision it."""
     return Finding(
@@ -646,6 +680,7 @@ def evaluate(status: StatusReport) -> list[Finding]:
         out.extend(output_findings(daemon))
         out.extend(config_findings(daemon))
         out.extend(update_findings(daemon))
+        out.extend(crl_findings(daemon))
     system = status.get("system") or cast(SystemStatus, {})
     out.extend(time_findings(system))
     out.extend(health_findings(system))

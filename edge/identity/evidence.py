@@ -137,37 +137,9 @@ def chain_problem(
         problem = pki.verify_path(leaf, inter, roots, at, profile_problem)
         if problem is not None:
             return f"the certificate does not chain to the given CA at {_fmt(at)}: {problem}"
-    return _revocation_problem(leaf, [*inter, *roots], crls, last)
-
-
-def _revocation_problem(
-    leaf: x509.Certificate,
-    issuers: Sequence[x509.Certificate],
-    crls: Sequence[x509.CertificateRevocationList],
-    last: dt.datetime,
-) -> str | None:
-    for crl in crls:
-        if crl.issuer != leaf.issuer:
-            continue
-        issuer = next((c for c in issuers if c.subject == crl.issuer), None)
-        if issuer is None or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
-            return "the CRL of the certificate's issuer does not verify"
-        entry = crl.get_revoked_certificate_by_serial_number(leaf.serial_number)
-        if entry is None:
-            continue
-        when = entry.revocation_date_utc
-        try:
-            reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
-        except x509.ExtensionNotFound:
-            reason = x509.ReasonFlags.unspecified
-        if reason is x509.ReasonFlags.key_compromise:
-            return f"the certificate was revoked for key compromise on {_fmt(when)}"
-        if when <= last:
-            return (
-                f"the certificate was revoked ({reason.value}) on {_fmt(when)}, "
-                "before the end of the recording"
-            )
-    return None
+    return pki.revocation_problem(
+        leaf, [*inter, *roots], crls, last, before="the end of the recording"
+    )
 
 
 def ns_time(ns: int) -> dt.datetime:

@@ -81,3 +81,40 @@ def verify_path(
     except verification.VerificationError as exc:
         return str(exc)
     return None
+
+
+def revocation_problem(
+    leaf: x509.Certificate,
+    issuers: Sequence[x509.Certificate],
+    crls: Sequence[x509.CertificateRevocationList],
+    at: dt.datetime,
+    *,
+    before: str,
+) -> str | None:
+    """Why ``leaf`` must not be trusted for an act at ``at`` by the CRLs of its issuer, or None.
+    A key compromise refuses it whenever it was revoked (whatever it signed may be forged);
+    another reason only from the revocation on. A CRL of the issuer that does not verify is a
+    refusal, never a pass. ``before`` words ``at`` in the message ("the end of the recording")."""
+    for crl in crls:
+        if crl.issuer != leaf.issuer:
+            continue
+        issuer = next((c for c in issuers if c.subject == crl.issuer), None)
+        if issuer is None or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+            return "the CRL of the certificate's issuer does not verify"
+        entry = crl.get_revoked_certificate_by_serial_number(leaf.serial_number)
+        if entry is None:
+            continue
+        when = entry.revocation_date_utc
+        try:
+            reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        except x509.ExtensionNotFound:
+            reason = x509.ReasonFlags.unspecified
+        if reason is x509.ReasonFlags.key_compromise:
+            return f"the certificate was revoked for key compromise on {_utc(when)}"
+        if when <= at:
+            return f"the certificate was revoked ({reason.value}) on {_utc(when)}, before {before}"
+    return None
+
+
+def _utc(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

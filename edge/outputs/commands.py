@@ -54,6 +54,7 @@ from edge.config import EdgeConfig
 from edge.errors import CommandError, EdgeError
 from edge.fsutil import write_atomic
 from edge.identity import pki
+from edge.identity.revocation import CityCrl
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +175,15 @@ def _agent(cert: x509.Certificate) -> str:
 
 
 def verify(
-    envelope: bytes, *, unit_id: str, ca_certs: Sequence[x509.Certificate], now_ns: int
+    envelope: bytes,
+    *,
+    unit_id: str,
+    ca_certs: Sequence[x509.Certificate],
+    now_ns: int,
+    crl: CityCrl | None = None,
 ) -> Command:
-    """The command in ``envelope`` once every check passed; CommandError says which failed."""
+    """The command in ``envelope`` once every check passed; CommandError says which failed.
+    With ``crl`` (the city's, as the unit holds it), a revoked operator is refused too."""
     try:
         doc = jsonlimits.loads(envelope, max_bytes=MAX_BYTES)
         raw = base64.b64decode(doc["body"], validate=True)
@@ -200,6 +207,8 @@ def verify(
         raise CommandError("no city root CA on the unit to check operator certificates with")
     at = dt.datetime.fromtimestamp(now_ns / 1e9, dt.UTC)
     problem = pki.verify_path(cert, inter, roots, at, operator_problem)
+    if problem is None and crl is not None:
+        problem = crl.problem(cert, at, before="this command")
     if problem is not None:
         raise CommandError(f"{_agent(cert)}: certificate refused: {problem}")
     agent = _agent(cert)
@@ -289,11 +298,13 @@ class CommandInbox:
         ca_certs: Sequence[x509.Certificate],
         *,
         wall_ns: Callable[[], int] = time.time_ns,
+        crl: CityCrl | None = None,
     ) -> None:
         self.cfg = cfg
         self.engine = engine
         self.audit = audit
         self.ca_certs = list(ca_certs)
+        self.crl = crl
         self._wall_ns = wall_ns
         self.nonces = NonceStore(cfg.unit.data_dir / "outputs" / "command-nonces.json")
         if self.nonces.damaged is not None:
@@ -308,7 +319,13 @@ class CommandInbox:
         agent = "unknown sender"
         with self._lock:
             try:
-                cmd = verify(envelope, unit_id=self.cfg.unit.id, ca_certs=self.ca_certs, now_ns=now)
+                cmd = verify(
+                    envelope,
+                    unit_id=self.cfg.unit.id,
+                    ca_certs=self.ca_certs,
+                    now_ns=now,
+                    crl=self.crl,
+                )
                 agent = cmd.agent
                 self._check_scope(cmd)
                 if self.nonces.seen(cmd.nonce):

@@ -108,6 +108,7 @@ class UplinkClient:
         events: EventSpool | None = None,
         commands: Callable[[bytes], bool] | None = None,
         on_config: Callable[[bytes], None] | None = None,
+        on_crl: Callable[[bytes], None] | None = None,
         fleet_report: Callable[[], FleetReport] | None = None,
     ) -> None:
         self.cfg = cfg
@@ -119,6 +120,7 @@ class UplinkClient:
         self.events = events
         #: Given each signed configuration document the CSU offers (it checks and applies).
         self.on_config = on_config
+        self.on_crl = on_crl
         self.fleet_report = fleet_report
         self._next_config_mono = 0.0
         self.gate = gate
@@ -289,10 +291,14 @@ class UplinkClient:
         self._next_config_mono = 0.0  # asked at every connection
 
     def _fetch_config(self) -> None:
-        """Hand the documents the CSU offers to ``on_config`` (which checks and applies them)."""
-        if self.on_config is None or time.monotonic() < self._next_config_mono:
+        """Hand the documents the CSU offers to ``on_config`` (which checks and applies them),
+        and its CRL to ``on_crl``: at each connection and every ``uplink.config_poll_s``."""
+        if time.monotonic() < self._next_config_mono:
             return
         self._next_config_mono = time.monotonic() + self.cfg.uplink.config_poll_s
+        self._fetch_crl()  # first: a document signed by a revoked signer is then refused
+        if self.on_config is None:
+            return
         status, body = self._request("GET", protocol.config_path(self.unit_id), None, None)
         if status == 404:
             return  # a CSU that offers no configuration
@@ -302,6 +308,18 @@ class UplinkClient:
         for document in documents if isinstance(documents, list) else []:
             if isinstance(document, str):
                 self.on_config(document.encode())
+
+    def _fetch_crl(self) -> None:
+        """Hand the city's CRL the CSU serves to ``on_crl`` (which keeps it only when the
+        city's CA signed it and it is newer); asked with the configuration."""
+        if self.on_crl is None:
+            return
+        status, body = self._request("GET", protocol.crl_path(self.unit_id), None, None)
+        if status == 404:
+            return  # a CSU that checks no CRL
+        if status != 200:
+            raise UplinkError(f"CSU refused the CRL request: {status} {body[:200]!r}")
+        self.on_crl(body)
 
     def _close(self) -> None:
         if self._conn is not None:

@@ -85,6 +85,12 @@ def commands_path(unit_id: str) -> str:
     return f"{API_PREFIX}/units/{unit_id}/commands"
 
 
+def crl_path(unit_id: str) -> str:
+    """GET: the CRL the CSU checks units against, signed by the city's CA
+    (edge/identity/revocation.py keeps it on the unit)."""
+    return f"{API_PREFIX}/units/{unit_id}/crl"
+
+
 def config_path(unit_id: str) -> str:
     """GET: the signed configuration documents the CSU offers this unit (edge/signedconfig.py)."""
     return f"{API_PREFIX}/units/{unit_id}/config"

@@ -427,6 +427,14 @@ class Receiver:
 
         return web.json_response({"documents": await self.run_blocking(offered)})
 
+    async def get_crl(self, request: web.Request) -> web.Response:
+        """The CRL this receiver checks units against, as it verified it: units keep it to
+        refuse orders from revoked operators and configuration signers. 404 without one."""
+        _version, pem = await self.run_blocking(self.crl.verified_pem)
+        if pem is None:
+            raise web.HTTPNotFound(text="this CSU checks no CRL")
+        return web.Response(body=pem, content_type="application/x-pem-file")
+
     def _offer(self) -> dict[str, Any] | None:
         try:
             offer = json.loads((self.cfg.update_dir / "offer.json").read_text())
@@ -480,6 +488,7 @@ class Receiver:
         app.router.add_get(f"{base}/commands", self.get_commands)
         app.router.add_delete(f"{base}/commands/{{nonce:[0-9a-f]{{32}}}}", self.delete_command)
         app.router.add_get(f"{base}/config", self.get_config)
+        app.router.add_get(f"{base}/crl", self.get_crl)
         app.router.add_get(f"{base}/update", self.get_update_offer)
         app.router.add_get(f"{base}/update/bundle", self.get_update_bundle)
         return app

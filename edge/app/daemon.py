@@ -45,7 +45,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edge import __version__, clihelp, signedconfig, slots
+from edge import __version__, clihelp, configschema, signedconfig, slots, updates
 from edge import config as config_mod
 from edge.analytics.bridge import AnalyticsBridge
 from edge.analytics.mqtt_publisher import MqttPublisher
@@ -78,6 +78,7 @@ from edge.snapshot import (
     StatusReport,
     VaultStatus,
 )
+from edge.unitfile import unit_file_of
 from edge.uplink import tls as uplink_tls
 from edge.uplink.client import UplinkClient
 from edge.uplink.dot1x.port_state import PortState
@@ -214,6 +215,7 @@ class Daemon:
         # The lock comes first: nothing in the data directory (keys, vault, spool) and not the
         # control socket may be touched by a second instance.
         self.data_lock = datadir.lock_data_dir(data)
+        self._migrate_unit_file()
         if self.unprovisioned:
             self._start_unprovisioned()
             return
@@ -287,6 +289,43 @@ class Daemon:
         if connected != self._uplink_connected:
             self._uplink_connected = connected
             self.outputs.uplink_state(connected)
+
+    def _migrate_unit_file(self) -> None:
+        """The per-unit file of an older schema rewritten in this release's, under the data
+        directory's lock (:mod:`edge.configschema`); it was read migrated in memory already.
+
+        Not while the update that brought this release waits for confirmation: should the
+        boot loader roll back, the previous release must find its file as it left it."""
+        data = self.cfg.unit.data_dir
+        last = slots.last_update(data) or {}
+        if last.get("result") == "installed" and updates.version_key(
+            str(last.get("version", ""))
+        ) == updates.version_key(__version__):
+            log.info("per-unit file left in its schema until this release is confirmed")
+            return
+        try:
+            done = configschema.migrate_unit_file(unit_file_of(data), version=__version__)
+        except (EdgeError, OSError) as exc:
+            # Read migrated in memory, the unit runs; the file is migrated at a later start.
+            log.error("per-unit file not migrated (read migrated in memory): %s", exc)
+            return
+        if done is None:
+            return
+        log.warning(
+            "per-unit file %s migrated from schema %d to %d; the previous one is kept as %s",
+            done.unit_file,
+            done.from_schema,
+            done.to_schema,
+            done.kept_as,
+        )
+        device = self.cfg.unit.id if not self.unprovisioned else "unprovisioned"
+        try:
+            key = unitkeys.load_or_create_signing_key(unitkeys.keys_dir_of(data))
+            AuditLog(layout.vault_dir(data) / "audit.log", device, key).append(
+                "config-schema-migrated", done.as_dict(), actor=f"edged {__version__}"
+            )
+        except (EdgeError, OSError) as exc:
+            log.error("audit record config-schema-migrated not written: %s", exc)
 
     def _start_unprovisioned(self) -> None:
         """No identity: no camera, vault or uplink; the status and ``provision`` only."""

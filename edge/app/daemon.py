@@ -552,9 +552,18 @@ class Daemon:
         return details
 
     def _audit_provisioning(
-        self, action: str, details: dict[str, Any], caller: control.Caller, device: str
+        self,
+        action: str,
+        details: dict[str, Any],
+        caller: control.Caller,
+        device: str,
+        *,
+        create_key: bool = True,
     ) -> None:
-        """Written to the unit's signed audit log whether or not a vault is open yet."""
+        """Written to the unit's signed audit log whether or not a vault is open yet.
+
+        ``create_key``: make the signing key when missing (provisioning signs with it); not
+        for other calls, whose record must not hide a key that disappeared."""
         actor = caller.describe()
         details = details | {"pid": caller.pid}
         if isinstance(self.sink, Vault):
@@ -562,7 +571,11 @@ class Daemon:
             return
         data = self.cfg.unit.data_dir
         try:
-            key = unitkeys.load_or_create_signing_key(unitkeys.keys_dir_of(data))
+            keys = unitkeys.keys_dir_of(data)
+            if create_key:
+                key = unitkeys.load_or_create_signing_key(keys)
+            else:
+                key = unitkeys.load_signing_key(keys)
             AuditLog(layout.vault_dir(data) / "audit.log", device, key).append(
                 action, details, actor=actor
             )
@@ -680,7 +693,9 @@ class Daemon:
             "apply-config": control.Method(control.Role.INSTALL, self._apply_config),
         }
         if self.unprovisioned:
-            methods = {k: v for k, v in methods.items() if k in ("status", "provision")}
+            # The self-test too: an update installed before provisioning is confirmed by it.
+            kept = ("status", "provision", "selftest")
+            methods = {k: v for k, v in methods.items() if k in kept}
         try:
             self.control = control.ControlServer(
                 ctl.socket,
@@ -698,6 +713,10 @@ class Daemon:
 
     def _audit(self, caller: control.Caller, method: str, params: dict[str, Any]) -> None:
         """Privileged control calls go to the vault's signed audit log (who, what, when)."""
+        if self.unprovisioned:  # no vault open: the log is written as provisioning writes it
+            action, details = f"control:{method}", {"params": params}
+            self._audit_provisioning(action, details, caller, "unprovisioned", create_key=False)
+            return
         self.audit(f"control:{method}", {"params": params, "pid": caller.pid}, caller.describe())
 
     def audit(self, action: str, details: dict[str, Any], actor: str = "edged") -> None:
@@ -711,9 +730,12 @@ class Daemon:
             log.error("audit record %s by %s not written: %s", action, actor, exc)
 
     def _selftest(self, _caller: control.Caller, _params: dict[str, Any]) -> dict[str, Any]:
-        checks: list[selftest.Check] = [
-            ("storage", selftest.storage_check(self.cfg.unit.data_dir), 10.0)
-        ]
+        data = self.cfg.unit.data_dir
+        checks: list[selftest.Check] = [("storage", selftest.storage_check(data), 10.0)]
+        if self.unprovisioned:
+            # What an unprovisioned unit has: its data partition and the key it signs with.
+            keys = unitkeys.keys_dir_of(data)
+            checks.append(("signing key", selftest.signing_key_check(keys), 10.0))
         for cam_id, pipeline in self.pipelines.items():
             latest = functools.partial(_last_frame, pipeline)
             frame_check = selftest.frame_check(latest, pipeline.cam.width, pipeline.cam.height)

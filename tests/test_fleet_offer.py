@@ -165,8 +165,10 @@ def test_a_bundle_rolls_out_canary_first_and_stops_at_the_first_roll_back(tmp_pa
     assert (tmp_path / "unit-a" / "update" / "download" / bundle.name).read_bytes() == (
         bundle.read_bytes()
     )
+    # Stopped, the offer is withdrawn: unit-b would fetch it again and roll back again.
+    assert outcome["withdrawn"] is True
     offered = json.loads((csu.directory / "updates" / "offer.json").read_text())
-    assert offered["units"] == ["unit-a", "unit-b"]
+    assert offered["units"] == []
     assert not [e for u in units for e in u.errors if "Connection refused" not in e], [
         u.errors for u in units
     ]

@@ -116,7 +116,7 @@ def _offer(args: argparse.Namespace) -> int:
     cfg = serve_config.load(args.config)
     if args.group is None:
         offer = _place_bundle(cfg.update_dir, args.bundle, args.version)
-        write_atomic(cfg.update_dir / "offer.json", json.dumps(offer).encode() + b"\n", mode=0o644)
+        _write_offer(cfg.update_dir, offer)
         print(f"offered {offer['bundle']} ({args.version}, {offer['size'] >> 10} KiB) to the units")
         return 0
     reports = _reports(cfg)
@@ -138,7 +138,7 @@ def _offer(args: argparse.Namespace) -> int:
         # Cumulative: the units of this wave and of the waves before it.
         offered.append(unit)
         doc = {**offer, "units": offered}
-        write_atomic(cfg.update_dir / "offer.json", json.dumps(doc).encode() + b"\n", mode=0o644)
+        _write_offer(cfg.update_dir, doc)
 
     outcome = roll_out(
         plan_waves(members, args.waves),
@@ -147,7 +147,18 @@ def _offer(args: argparse.Namespace) -> int:
         goal=UpdateGoal(args.version),
         wait_s=args.wait,
     )
+    if outcome["stopped"]:
+        # Withdrawn from every unit: one that rolled back would otherwise fetch and install
+        # it again at its next ask, and roll back again.
+        offered.clear()
+        _write_offer(cfg.update_dir, {**offer, "units": []})
+        outcome["withdrawn"] = True
     return _report(outcome, args.json)
+
+
+def _write_offer(update_dir: Path, offer: dict[str, Any]) -> None:
+    """``offer.json``, what the receiver offers (to the units it names, when it names some)."""
+    write_atomic(update_dir / "offer.json", json.dumps(offer).encode() + b"\n", mode=0o644)
 
 
 def _place_bundle(update_dir: Path, bundle: Path, version: str) -> dict[str, Any]:
@@ -202,6 +213,10 @@ def _report(outcome: dict[str, Any], as_json: bool) -> int:
             print(f"wave {i}: {', '.join(wave['units'])}: {wave['result']}")
         if outcome["stopped"]:
             print(f"edge-csu: roll-out stopped: {outcome['stopped']}", file=sys.stderr)
+        if outcome.get("withdrawn"):
+            print(
+                "edge-csu: the offer is withdrawn: no unit is offered the bundle", file=sys.stderr
+            )
     return 1 if outcome["stopped"] else 0
 
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edge.identity.unitkeys import refuse_private_material
 
+from .configschema import file_for_this_release, migrate, renamed_hint
 from .errors import ConfigError, EdgeError
 from .unitfile import BASELINE_ONLY, from_unit_file, merge, unit_file_of
 
@@ -131,8 +132,9 @@ class CameraConfig(_Section):
     """Frame height in pixels (even)."""
     fps: float = Field(default=25.0, gt=0, le=120)
     """Frames per second requested from the source and written to the recording."""
-    loop: bool = False
-    """For file sources: start again at the end instead of reporting end of stream."""
+    loop_file: bool = False
+    """For file sources: start again at the end instead of reporting end of stream (``loop``
+    before schema 2)."""
     privacy_masks: list[PrivacyMaskConfig] = Field(default_factory=list, max_length=64)
     """Areas hidden before any pixel is stored, sent or analysed."""
     encoder: EncoderConfig = EncoderConfig()
@@ -1099,12 +1101,18 @@ def _toml(text: str, path: str) -> dict[str, Any]:
         raise _syntax_error(exc, text, path) from None
 
 
+def _current(text: str, path: str) -> dict[str, Any]:
+    """The file's document in this release's schema (:mod:`edge.configschema`)."""
+    doc, _schema = migrate(_toml(text, path), path=path, locate=lambda loc: locate_line(text, loc))
+    return doc
+
+
 def _refusal(exc: ValidationError, text: str, path: str) -> ConfigError:
     err = exc.errors(include_url=False)[0]
     loc = _error_loc(err)
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
-        msg = "unknown key"
+        msg = renamed_hint(loc) or "unknown key"
     more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
     return ConfigError(
         msg + more, path=path, key=_format_loc(loc) or None, line=locate_line(text, loc)
@@ -1113,7 +1121,7 @@ def _refusal(exc: ValidationError, text: str, path: str) -> ConfigError:
 
 def parse(text: str, *, path: str = "<config>") -> EdgeConfig:
     """Validate TOML text; raise :class:`ConfigError` naming file, key and line of a problem."""
-    raw = _toml(text, path)
+    raw = _current(text, path)
     try:
         return EdgeConfig.model_validate(raw)
     except ValidationError as exc:
@@ -1126,8 +1134,8 @@ def parse_layered(
     """The baseline ``text`` with the per-unit file ``unit_text`` laid over it (see
     :mod:`edge.unitfile`); a problem names the file the offending key came from, its line
     and key, as :func:`parse` does for one file."""
-    raw = _toml(text, path)
-    unit_raw = _toml(unit_text, unit_path)
+    raw = _current(text, path)
+    unit_raw = _current(unit_text, unit_path)
     for loc in BASELINE_ONLY:
         if from_unit_file(unit_raw, loc):
             raise ConfigError(
@@ -1154,16 +1162,18 @@ def is_provisioned(cfg: EdgeConfig) -> bool:
 def all_problems(text: str, *, path: str = "<config>") -> list[ConfigError]:
     """Every problem in a config text as :class:`ConfigError` (for ``edgectl config check``)."""
     try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        return [_syntax_error(exc, text, path)]
+        raw = _current(text, path)
+    except ConfigError as exc:
+        return [exc]
     try:
         EdgeConfig.model_validate(raw)
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_url=False):
             loc = _error_loc(err)
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = renamed_hint(loc) or "unknown key"
             problems.append(
                 ConfigError(
                     msg, path=path, key=_format_loc(loc) or None, line=locate_line(text, loc)
@@ -1210,10 +1220,12 @@ def load(
         # its own words once loaded; edgectl reads the baseline and says what it left out.
         origin = f"{path} (not laid over {unit_path}: {exc.strerror})"
         return _absolute(parse(text, path=str(path))), origin
+    # A file of a newer schema (a rolled-back slot): the one of this release's, kept beside it.
+    readable, note = file_for_this_release(unit_path)
     cfg = parse_layered(
-        text, path=str(path), unit_text=read_text(unit_path), unit_path=str(unit_path)
+        text, path=str(path), unit_text=read_text(readable), unit_path=str(readable)
     )
-    return _absolute(cfg), f"{path} + {unit_path}"
+    return _absolute(cfg), f"{path} + {readable}" + (f" ({note})" if note else "")
 
 
 def _data_dir_named(raw: dict[str, Any]) -> Path:

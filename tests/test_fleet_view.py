@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from edge.csu.fleet_cmd import plan_waves, roll_out
+from edge.csu.fleet_cmd import UpdateGoal, plan_waves, roll_out
 from edge.csu.receiver.server import _fleet_report
 from edge.csu.serve_cmd import fleet_line
 from edge.errors import ConfigError
@@ -137,3 +137,72 @@ def test_a_roll_out_goes_wave_by_wave_and_stops_at_the_first_refusal_or_silence(
     # A refusal the unit reported before this roll-out is about an earlier document.
     stale = FleetSim({"a": "apply", "b": "apply"}, stale={"a": "an older refusal"})
     assert _roll(stale, "1,100%")["stopped"] is None
+
+
+class UpdateSim:
+    """Units offered a bundle: they run it confirmed, roll back, or say nothing, as reports
+    show (``version``, ``last_update``)."""
+
+    def __init__(self, behaviour: dict[str, str], earlier: dict[str, Any] | None = None) -> None:
+        self.behaviour = behaviour
+        self.offered: list[str] = []
+        self.reports: dict[str, dict[str, Any]] = {
+            u: {"version": "0.1.0", "last_update": earlier} for u in behaviour
+        }
+        self.now = 0.0
+
+    def write(self, unit: str) -> None:
+        self.offered.append(unit)
+        report = self.reports[unit]
+        what = self.behaviour[unit]
+        if what == "good":
+            report.update(version="0.2.0", last_update={"result": "good", "version": "0.2.0"})
+        elif what == "pending":  # installed, rebooted, not confirmed yet: not done
+            report.update(version="0.2.0", last_update={"result": "installed", "version": "0.2.0"})
+        elif what == "rolls-back":
+            report["last_update"] = {
+                "result": "rolled-back",
+                "version": "0.2.0",
+                "reason": "the unit booted 0.1.0 (slot A), not the installed 0.2.0",
+            }
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _offer(sim: UpdateSim, spec: str = "1,50%,100%") -> dict[str, Any]:
+    return roll_out(
+        plan_waves(sorted(sim.behaviour), spec),
+        write=sim.write,
+        reports=lambda: sim.reports,
+        goal=UpdateGoal("0.2.0"),
+        wait_s=30,
+        clock=lambda: sim.now,
+        sleep=sim.sleep,
+    )
+
+
+def test_a_bundle_goes_wave_by_wave_and_stops_at_the_first_roll_back_or_silence() -> None:
+    everyone = UpdateSim({u: "good" for u in ("a", "b", "c", "d")})
+    done = _offer(everyone)
+    assert done["stopped"] is None and everyone.offered == ["a", "b", "c", "d"]
+    assert [w["result"] for w in done["waves"]] == ["version 0.2.0 in effect"] * 3
+
+    canary_rolls_back = UpdateSim({"a": "rolls-back", "b": "good", "c": "good"})
+    stopped = _offer(canary_rolls_back)
+    assert canary_rolls_back.offered == ["a"], "later waves must get nothing"
+    assert stopped["stopped"] == (
+        "a rolled-back the update to 0.2.0: the unit booted 0.1.0 (slot A), not the installed 0.2.0"
+    )
+
+    # Running the new version but not confirmed (mark-good) is not done: it times out.
+    unconfirmed = UpdateSim({"a": "good", "b": "pending", "c": "good"})
+    stopped = _offer(unconfirmed)
+    assert unconfirmed.offered == ["a", "b"] and unconfirmed.now >= 30
+    assert stopped["stopped"] == "b did not report version 0.2.0 within 30 s"
+
+    # A roll-back reported before this roll-out is about an earlier update.
+    stale = UpdateSim(
+        {"a": "good", "b": "good"}, earlier={"result": "rolled-back", "version": "0.1.5"}
+    )
+    assert _offer(stale, "1,100%")["stopped"] is None

@@ -28,6 +28,7 @@ from image import bundle as image_bundle
 
 from .conftest import REPO, tool
 from .daemon_util import running_edged, write_config
+from .test_provision import audit_records, baseline
 from .test_provision import sockdir as sockdir
 
 TARGET = "qemu-amd64"
@@ -425,3 +426,34 @@ def test_a_passing_self_test_confirms_or_names_the_roll_back(
 def test_versions_order_as_people_read_them(newer: str, older: str) -> None:
     assert updates.version_key(newer) > updates.version_key(older)
     assert updates.version_key("1.0") == updates.version_key("1.0.0")
+
+
+def test_mark_good_keeps_an_update_installed_before_provisioning(
+    rig: Rig, rauc_service: dict[str, str], tmp_path: Path, data_dir: Path, sockdir: Path
+) -> None:
+    """A unit updated before an installer gave it an identity: its healthy unprovisioned
+    edged (READY, answering, its self-test of what it has passing) confirms the slot."""
+    config = baseline(tmp_path, data_dir, sockdir)
+    mark_good = ("edge.cli.main", "update", "mark-good", "--config", str(config), "--wait", "60",
+                 "--rauc-conf", str(rig.conf))  # fmt: skip
+    with running_edged(config, tmp_path) as (_proc, notify):
+        notify.wait_for("STATUS=unprovisioned", 30)
+        done = cli("edge.cli.main", "update", "install", "--config", str(config),
+                   "--rauc-conf", str(rig.conf), str(rig.bundle("99.0.0", fmt="plain")),
+                   env=rauc_service)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        good = cli(*mark_good, env=rauc_service)
+        assert good.returncode == 0, good.stdout + good.stderr
+        assert "marked slot rootfs.0 as good" in good.stdout, good.stdout
+        assert "unprovisioned: checked what it has, storage passed, signing key passed" in (
+            good.stdout
+        )
+        # Its signing key gone (a damaged data partition): the self-test fails, no confirmation.
+        (data_dir / "keys" / "unit-signing.pem").unlink()
+        bad = cli(*mark_good, env=rauc_service)
+        assert bad.returncode == 1, bad.stdout + bad.stderr
+        assert "slot not confirmed: self-test failed: signing key:" in bad.stderr
+    actions = [(r["action"], r["device"]) for r in audit_records(data_dir)]
+    assert ("update-installed", "unprovisioned") in actions, actions
+    assert ("update-rolled-back", "unprovisioned") in actions, actions  # noop boot loader
+    assert ("control:selftest", "unprovisioned") in actions, actions

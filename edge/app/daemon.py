@@ -45,7 +45,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edge import __version__, clihelp, signedconfig, slots
+from edge import __version__, clihelp, configschema, signedconfig, slots, updates
 from edge import config as config_mod
 from edge.analytics.bridge import AnalyticsBridge
 from edge.analytics.mqtt_publisher import MqttPublisher
@@ -78,6 +78,7 @@ from edge.snapshot import (
     StatusReport,
     VaultStatus,
 )
+from edge.unitfile import unit_file_of
 from edge.uplink import tls as uplink_tls
 from edge.uplink.client import UplinkClient
 from edge.uplink.dot1x.port_state import PortState
@@ -217,6 +218,7 @@ class Daemon:
         # The lock comes first: nothing in the data directory (keys, vault, spool) and not the
         # control socket may be touched by a second instance.
         self.data_lock = datadir.lock_data_dir(data)
+        self._migrate_unit_file()
         if self.unprovisioned:
             self._start_unprovisioned()
             return
@@ -290,6 +292,43 @@ class Daemon:
         if connected != self._uplink_connected:
             self._uplink_connected = connected
             self.outputs.uplink_state(connected)
+
+    def _migrate_unit_file(self) -> None:
+        """The per-unit file of an older schema rewritten in this release's, under the data
+        directory's lock (:mod:`edge.configschema`); it was read migrated in memory already.
+
+        Not while the update that brought this release waits for confirmation: should the
+        boot loader roll back, the previous release must find its file as it left it."""
+        data = self.cfg.unit.data_dir
+        last = slots.last_update(data) or {}
+        if last.get("result") == "installed" and updates.version_key(
+            str(last.get("version", ""))
+        ) == updates.version_key(__version__):
+            log.info("per-unit file left in its schema until this release is confirmed")
+            return
+        try:
+            done = configschema.migrate_unit_file(unit_file_of(data), version=__version__)
+        except (EdgeError, OSError) as exc:
+            # Read migrated in memory, the unit runs; the file is migrated at a later start.
+            log.error("per-unit file not migrated (read migrated in memory): %s", exc)
+            return
+        if done is None:
+            return
+        log.warning(
+            "per-unit file %s migrated from schema %d to %d; the previous one is kept as %s",
+            done.unit_file,
+            done.from_schema,
+            done.to_schema,
+            done.kept_as,
+        )
+        device = self.cfg.unit.id if not self.unprovisioned else "unprovisioned"
+        try:
+            key = unitkeys.load_or_create_signing_key(unitkeys.keys_dir_of(data))
+            AuditLog(layout.vault_dir(data) / "audit.log", device, key).append(
+                "config-schema-migrated", done.as_dict(), actor=f"edged {__version__}"
+            )
+        except (EdgeError, OSError) as exc:
+            log.error("audit record config-schema-migrated not written: %s", exc)
 
     def _start_unprovisioned(self) -> None:
         """No identity: no camera, vault or uplink; the status and ``provision`` only."""
@@ -534,9 +573,18 @@ class Daemon:
         return details
 
     def _audit_provisioning(
-        self, action: str, details: dict[str, Any], caller: control.Caller, device: str
+        self,
+        action: str,
+        details: dict[str, Any],
+        caller: control.Caller,
+        device: str,
+        *,
+        create_key: bool = True,
     ) -> None:
-        """Written to the unit's signed audit log whether or not a vault is open yet."""
+        """Written to the unit's signed audit log whether or not a vault is open yet.
+
+        ``create_key``: make the signing key when missing (provisioning signs with it); not
+        for other calls, whose record must not hide a key that disappeared."""
         actor = caller.describe()
         details = details | {"pid": caller.pid}
         if isinstance(self.sink, Vault):
@@ -544,7 +592,11 @@ class Daemon:
             return
         data = self.cfg.unit.data_dir
         try:
-            key = unitkeys.load_or_create_signing_key(unitkeys.keys_dir_of(data))
+            keys = unitkeys.keys_dir_of(data)
+            if create_key:
+                key = unitkeys.load_or_create_signing_key(keys)
+            else:
+                key = unitkeys.load_signing_key(keys)
             AuditLog(layout.vault_dir(data) / "audit.log", device, key).append(
                 action, details, actor=actor
             )
@@ -666,7 +718,9 @@ class Daemon:
             "apply-config": control.Method(control.Role.INSTALL, self._apply_config),
         }
         if self.unprovisioned:
-            methods = {k: v for k, v in methods.items() if k in ("status", "provision")}
+            # The self-test too: an update installed before provisioning is confirmed by it.
+            kept = ("status", "provision", "selftest")
+            methods = {k: v for k, v in methods.items() if k in kept}
         try:
             self.control = control.ControlServer(
                 ctl.socket,
@@ -684,6 +738,10 @@ class Daemon:
 
     def _audit(self, caller: control.Caller, method: str, params: dict[str, Any]) -> None:
         """Privileged control calls go to the vault's signed audit log (who, what, when)."""
+        if self.unprovisioned:  # no vault open: the log is written as provisioning writes it
+            action, details = f"control:{method}", {"params": params}
+            self._audit_provisioning(action, details, caller, "unprovisioned", create_key=False)
+            return
         self.audit(f"control:{method}", {"params": params, "pid": caller.pid}, caller.describe())
 
     def audit(self, action: str, details: dict[str, Any], actor: str = "edged") -> None:
@@ -697,9 +755,12 @@ class Daemon:
             log.error("audit record %s by %s not written: %s", action, actor, exc)
 
     def _selftest(self, _caller: control.Caller, _params: dict[str, Any]) -> dict[str, Any]:
-        checks: list[selftest.Check] = [
-            ("storage", selftest.storage_check(self.cfg.unit.data_dir), 10.0)
-        ]
+        data = self.cfg.unit.data_dir
+        checks: list[selftest.Check] = [("storage", selftest.storage_check(data), 10.0)]
+        if self.unprovisioned:
+            # What an unprovisioned unit has: its data partition and the key it signs with.
+            keys = unitkeys.keys_dir_of(data)
+            checks.append(("signing key", selftest.signing_key_check(keys), 10.0))
         for cam_id, pipeline in self.pipelines.items():
             latest = functools.partial(_last_frame, pipeline)
             frame_check = selftest.frame_check(latest, pipeline.cam.width, pipeline.cam.height)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edge import config as config_mod
+from edge import configschema
 from edge.config import EdgeConfig
 from edge.errors import ConfigError, ProvisionError
 from edge.fsutil import write_atomic
@@ -125,7 +126,7 @@ def provision(
     if current is None and request.replace_identity is not None:
         raise ProvisionError("the unit has no identity to replace: leave out --replace-identity")
     text = to_toml(
-        request.document(),
+        {configschema.SCHEMA_KEY: configschema.SCHEMA, **request.document()},
         header=f"Per-unit configuration written by edgectl provision at "
         f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now))}.\n"
         "Laid over the city's baseline (/etc/edge/edge.toml); check it with "

@@ -101,6 +101,21 @@ def storage_check(data_dir: Path) -> Callable[[], str]:
     return check
 
 
+def signing_key_check(keys_dir: Path) -> Callable[[], str]:
+    """The unit's signing key reads and signs (what its audit records and, once provisioned,
+    its recordings rest on)."""
+
+    def check() -> str:
+        from edge.identity import unitkeys  # the one place naming the key files
+
+        key = unitkeys.load_signing_key(keys_dir)
+        nonce = secrets.token_bytes(32)
+        key.public_key().verify(key.sign(nonce), nonce)
+        return f"key {unitkeys.key_id(unitkeys.public_raw(key.public_key()))} signs"
+
+    return check
+
+
 def frame_check(get_frame: Callable[[], Any], width: int, height: int) -> Callable[[], str]:
     """A fresh frame of the configured size arrives; report luma statistics only."""
 

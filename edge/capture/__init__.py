@@ -53,7 +53,7 @@ def open_source(cam: CameraConfig, *, realtime: bool = True) -> FrameSource:
         cam.width,
         cam.height,
         cam.fps,
-        loop=cam.loop,
+        loop=cam.loop_file,
         realtime=realtime,
         privacy_masks=cam.privacy_masks,
         tls_ca_file=cam.tls_ca_file,

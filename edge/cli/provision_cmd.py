@@ -12,6 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from edge import configschema
 from edge.app import control
 
 from ..clihelp import add_command
@@ -96,6 +97,8 @@ def cameras_of(specs: list[str], file: Path | None) -> list[dict[str, Any]]:
             raise ConfigError(f"cannot read: {exc.strerror}", path=str(file)) from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"not valid TOML: {exc}", path=str(file)) from None
+        # A cameras file of an older schema says it in its own words: read in this one's.
+        doc, _schema = configschema.migrate(doc, path=str(file))
         unknown = sorted(set(doc) - {"cameras"})
         if unknown:
             raise ConfigError(f"only [[cameras]] tables belong here, not {unknown}", path=str(file))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edge import __version__, updates
+from edge import config as config_mod
 from edge.app import control
 from edge.identity import keys_dir_of, load_signing_key
 from edge.slots import last_update, read_running_slot, update_dir_of
@@ -149,7 +150,7 @@ def _fetch(args: argparse.Namespace) -> int:
         conn.close()
     print(f"fetched {name} ({version}, {got >> 10} KiB) from the CSU")
     _audit(
-        data, cfg.unit.id, "update-fetched", {"bundle": name, "version": version, "sha256": sha256}
+        data, _device(cfg), "update-fetched", {"bundle": name, "version": version, "sha256": sha256}
     )
     if not args.install:
         print(f"install it with: edgectl update install {target}")
@@ -172,10 +173,10 @@ def _install_bundle(cfg: Any, path: Path, downgrade: bool, conf: Path) -> int:
         details["seconds"] = round(time.monotonic() - started, 1)
     except EdgeError as exc:
         updates.record(data, {"result": "refused", "reason": str(exc)[:300], **details})
-        _audit(data, cfg.unit.id, "update-refused", {**details, "reason": str(exc)})
+        _audit(data, _device(cfg), "update-refused", {**details, "reason": str(exc)})
         raise
     updates.record(data, {"result": "installed", "from_version": __version__, **details})
-    _audit(data, cfg.unit.id, "update-installed", details)
+    _audit(data, _device(cfg), "update-installed", details)
     print(f"{said}\ninstalled {bundle.version} into the inactive slot in {details['seconds']} s")
     print("next: systemctl reboot; the new slot is kept once edged is READY and its self-test")
     print("passes (edgectl update mark-good), else the previous slot boots again")
@@ -195,9 +196,9 @@ def _mark_good(args: argparse.Namespace) -> int:
             reason = f"edged not ready: {exc}"
             time.sleep(2.0)
             continue
-        if state.get("provisioned") is False:
-            reason = "edged runs unprovisioned: it records nothing, the self-test proves nothing"
-            break
+        # Unprovisioned, edged records nothing: its self-test checks what it has (the data
+        # partition, the signing key), and an update installed before provisioning is kept.
+        unprovisioned = state.get("provisioned") is False
         checks = control.call(cfg.control.socket, "selftest", timeout=180.0)["checks"]
         failed = [c for c in checks if c["outcome"] in ("failed", "timeout")]
         if not failed:
@@ -206,19 +207,30 @@ def _mark_good(args: argparse.Namespace) -> int:
             if outcome is not None:  # an update was pending: its outcome, for the fleet view
                 updates.record(data, {**(last_update(data) or {}), **outcome})
                 action = "update-rolled-back" if outcome["result"] != "good" else None
-                _audit(data, cfg.unit.id, action or "update-marked-good", outcome)
+                _audit(data, _device(cfg), action or "update-marked-good", outcome)
                 if action:
                     print(f"edgectl: update rolled back: {outcome['reason']}", file=sys.stderr)
             print(f"{said}: version {__version__} in slot {slot or '?'} is kept")
+            if unprovisioned:
+                print("(edged runs unprovisioned: checked what it has, " + _passed(checks) + ")")
             return 0
         reason = "self-test failed: " + "; ".join(f"{c['name']}: {c['detail']}" for c in failed)
         break
     outcome = {"result": "not-confirmed", "version": __version__, "slot": slot, "reason": reason}
     if (last_update(data) or {}).get("result") == "installed":
         updates.record(data, {**(last_update(data) or {}), **outcome})
-    _audit(data, cfg.unit.id, "update-not-confirmed", outcome)
+    _audit(data, _device(cfg), "update-not-confirmed", outcome)
     print(f"edgectl: slot not confirmed: {reason}; the previous slot boots again", file=sys.stderr)
     return 1
+
+
+def _passed(checks: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{c['name']} {c['outcome']}" for c in checks)
+
+
+def _device(cfg: Any) -> str:
+    """The unit id audit records carry; an unprovisioned unit's schema default is no id."""
+    return str(cfg.unit.id) if config_mod.is_provisioned(cfg) else "unprovisioned"
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -1,11 +1,20 @@
-"""``edge-csu fleet config``: a configuration rolled out to a group in waves, canary first.
+"""``edge-csu fleet``: a configuration or an update bundle rolled out to a group in waves.
 
-Each unit of the group (as the units report their groups to this receiver) gets its own
-signed document (``unit:ID`` scope, the same settings, the given version), one wave after the
-other: a wave's documents are written to the receiver's ``config_dir``, then the command waits
-until every unit of the wave reports that version in effect (``X-Edge-Fleet``). A unit that
-refuses it (the reason it reports) or does not report it within ``--wait`` stops the roll-out:
-later waves get nothing, and the command says which unit stopped it and why (exit 1).
+``fleet config``: each unit of the group (as the units report their groups to this receiver)
+gets its own signed document (``unit:ID`` scope, the same settings, the given version), one
+wave after the other: a wave's documents are written to the receiver's ``config_dir``, then
+the command waits until every unit of the wave reports that version in effect
+(``X-Edge-Fleet``).
+
+``fleet offer --group``: the bundle is offered to the units of one wave after the other (the
+offer names them; other units are offered nothing), and the next wave waits until every unit
+of the current one runs the new version and its update was confirmed (``last_update``
+``good``).
+
+Both: the first wave is the canary; a unit that refuses (the reason it reports), rolls back,
+or does not report the goal within ``--wait`` stops the roll-out: later waves get nothing, and
+the command says which unit stopped it and why (exit 1). One planner (:func:`plan_waves`) and
+one loop (:func:`roll_out`) for both; what each waits for is its :class:`Goal`.
 """
 
 from __future__ import annotations
@@ -18,8 +27,9 @@ import sys
 import time
 import tomllib
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -28,6 +38,7 @@ from ..clihelp import add_command
 from ..errors import ConfigError
 from ..fsutil import write_atomic
 from ..signedconfig import Scope, SignedConfigError, sign
+from ..updates import version_key
 from .receiver import settings as serve_config
 from .receiver.archive import SegmentStore
 
@@ -75,44 +86,138 @@ def register(sub: Any) -> None:
     offer = add_command(
         fsub,
         "offer",
-        help="offer an update bundle to the units (edgectl update fetch)",
+        help="offer an update bundle to the units (edgectl update fetch), or to a group in waves",
         description="Offer BUNDLE to the units over the uplink: it is copied into the "
         "receiver's update_dir with its version, size and SHA-256 (offer.json); units fetch "
-        "it with edgectl update fetch, and RAUC on each unit judges its signature.",
+        "it with edgectl update fetch, and RAUC on each unit judges its signature. With "
+        "--group, the offer goes to the group's units wave by wave (--waves, cumulative), "
+        "the next wave only once every unit of the previous one runs the version, confirmed; "
+        "a unit that rolls back, refuses it or stays silent for --wait seconds stops it.",
         example=[("edge-csu fleet offer edge-rpi-0.2.0.raucb --version 0.2.0 --config csu.toml",
-                  "offer 0.2.0")],
+                  "offer 0.2.0"),
+                 ("edge-csu fleet offer edge-rpi-0.2.0.raucb --version 0.2.0 --config csu.toml "
+                  "--group nord --waves 1,25%,100% --wait 3600", "canary first, in waves")],
     )  # fmt: skip
     offer.add_argument("bundle", type=Path, help="the signed RAUC bundle")
     offer.add_argument("--version", required=True, help="its version (as in its manifest)")
     offer.add_argument("--config", type=Path, required=True, help="receiver configuration")
+    offer.add_argument("--group", help="roll it out to this group's units in waves")
+    offer.add_argument(
+        "--waves", default="1,50%,100%", help="cumulative sizes (default 1,50%%,100%%)"
+    )
+    offer.add_argument(
+        "--wait", type=float, default=3600.0, help="seconds a wave may take (install, reboot)"
+    )
+    offer.add_argument("--json", action="store_true", help="print the outcome as JSON")
     offer.set_defaults(func=_offer)
 
 
 def _offer(args: argparse.Namespace) -> int:
+    cfg = serve_config.load(args.config)
+    if args.group is None:
+        offer = _place_bundle(cfg.update_dir, args.bundle, args.version)
+        _write_offer(cfg.update_dir, offer)
+        print(f"offered {offer['bundle']} ({args.version}, {offer['size'] >> 10} KiB) to the units")
+        return 0
+    reports = _reports(cfg)
+    members = _members(reports(), args.group)
+    ahead = {
+        u: str(f.get("version"))
+        for u, f in reports().items()
+        if u in members and version_key(str(f.get("version") or "0")) > version_key(args.version)
+    }
+    if ahead:
+        raise ConfigError(
+            f"version {args.version} is below what these units run: "
+            + ", ".join(f"{u} ({v})" for u, v in sorted(ahead.items()))
+        )
+    offer = _place_bundle(cfg.update_dir, args.bundle, args.version)
+    offered: list[str] = []
+
+    def write(unit: str) -> None:
+        # Cumulative: the units of this wave and of the waves before it.
+        offered.append(unit)
+        doc = {**offer, "units": offered}
+        _write_offer(cfg.update_dir, doc)
+
+    outcome = roll_out(
+        plan_waves(members, args.waves),
+        write=write,
+        reports=reports,
+        goal=UpdateGoal(args.version),
+        wait_s=args.wait,
+    )
+    if outcome["stopped"]:
+        # Withdrawn from every unit: one that rolled back would otherwise fetch and install
+        # it again at its next ask, and roll back again.
+        offered.clear()
+        _write_offer(cfg.update_dir, {**offer, "units": []})
+        outcome["withdrawn"] = True
+    return _report(outcome, args.json)
+
+
+def _write_offer(update_dir: Path, offer: dict[str, Any]) -> None:
+    """``offer.json``, what the receiver offers (to the units it names, when it names some)."""
+    write_atomic(update_dir / "offer.json", json.dumps(offer).encode() + b"\n", mode=0o644)
+
+
+def _place_bundle(update_dir: Path, bundle: Path, version: str) -> dict[str, Any]:
+    """The bundle copied into the receiver's ``update_dir``; its offer (name, version, size,
+    SHA-256)."""
     import hashlib
     import shutil
 
-    cfg = serve_config.load(args.config)
-    cfg.update_dir.mkdir(parents=True, exist_ok=True)
-    name = args.bundle.name
-    dest = cfg.update_dir / name
-    if dest.resolve() != args.bundle.resolve():
+    update_dir.mkdir(parents=True, exist_ok=True)
+    name = bundle.name
+    dest = update_dir / name
+    if dest.resolve() != bundle.resolve():
         tmp = dest.with_name(f".{name}.tmp")
-        shutil.copyfile(args.bundle, tmp)
+        shutil.copyfile(bundle, tmp)
         tmp.replace(dest)
     digest = hashlib.sha256()
     with dest.open("rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
-    offer = {
+    return {
         "bundle": name,
-        "version": args.version,
+        "version": version,
         "size": dest.stat().st_size,
         "sha256": digest.hexdigest(),
     }
-    write_atomic(cfg.update_dir / "offer.json", json.dumps(offer).encode() + b"\n", mode=0o644)
-    print(f"offered {name} ({args.version}, {offer['size'] >> 10} KiB) to the units")
-    return 0
+
+
+def _reports(cfg: Any) -> Callable[[], dict[str, dict[str, Any]]]:
+    """What every unit last reported of itself to this receiver (``X-Edge-Fleet``)."""
+    store = SegmentStore(cfg.storage_dir)
+
+    def reports() -> dict[str, dict[str, Any]]:
+        root = cfg.storage_dir
+        units = [p.name for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+        return {u: store.read_status(u).get("fleet") or {} for u in units}
+
+    return reports
+
+
+def _members(reports: dict[str, dict[str, Any]], group: str) -> list[str]:
+    members = sorted(u for u, f in reports.items() if group in (f.get("groups") or []))
+    if not members:
+        raise ConfigError(f"no unit reports group {group!r} to this receiver")
+    return members
+
+
+def _report(outcome: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(outcome, indent=1))
+    else:
+        for i, wave in enumerate(outcome["waves"], start=1):
+            print(f"wave {i}: {', '.join(wave['units'])}: {wave['result']}")
+        if outcome["stopped"]:
+            print(f"edge-csu: roll-out stopped: {outcome['stopped']}", file=sys.stderr)
+        if outcome.get("withdrawn"):
+            print(
+                "edge-csu: the offer is withdrawn: no unit is offered the bundle", file=sys.stderr
+            )
+    return 1 if outcome["stopped"] else 0
 
 
 def plan_waves(units: list[str], spec: str) -> list[list[str]]:
@@ -137,39 +242,98 @@ def plan_waves(units: list[str], spec: str) -> list[list[str]]:
     return waves
 
 
+class Goal(Protocol):
+    """What a roll-out waits for from each unit of a wave, judged on the units' reports."""
+
+    @property
+    def what(self) -> str:
+        """The goal in the messages: "version 8"."""
+        ...
+
+    def reached(self, unit: str, report: dict[str, Any]) -> bool: ...
+
+    def failure(self, unit: str, report: dict[str, Any], before: dict[str, Any]) -> str | None:
+        """Why ``unit`` stops the roll-out (None: it does not). ``before`` is its report as it
+        stood before its wave was written: what it said then is about something earlier."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigGoal:
+    """``fleet config``: the unit's own document of ``version`` in effect."""
+
+    version: int
+
+    @property
+    def what(self) -> str:
+        return f"version {self.version}"
+
+    def reached(self, unit: str, report: dict[str, Any]) -> bool:
+        return bool((report.get("config_documents") or {}).get(f"unit:{unit}", 0) >= self.version)
+
+    def failure(self, unit: str, report: dict[str, Any], before: dict[str, Any]) -> str | None:
+        reason = report.get("config_refused")
+        if reason and reason != before.get("config_refused"):
+            return f"refused {self.what}: {reason}"
+        return None
+
+
+#: Outcomes of ``edgectl update`` that end an update without it: a roll-back (the boot loader
+#: went back), a slot the self-test did not confirm, a bundle the unit refused.
+UPDATE_FAILURES = ("rolled-back", "not-confirmed", "refused")
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateGoal:
+    """``fleet offer --group``: the unit runs ``version`` and its update was confirmed."""
+
+    version: str
+    _key: tuple[Any, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_key", version_key(self.version))
+
+    @property
+    def what(self) -> str:
+        return f"version {self.version}"
+
+    def reached(self, unit: str, report: dict[str, Any]) -> bool:
+        if version_key(str(report.get("version") or "")) != self._key:
+            return False
+        last = report.get("last_update") or {}
+        if version_key(str(last.get("version") or "")) != self._key:
+            return True  # running it without an update of this roll-out: flashed with it
+        return last.get("result") == "good"
+
+    def failure(self, unit: str, report: dict[str, Any], before: dict[str, Any]) -> str | None:
+        last = report.get("last_update") or {}
+        if last == (before.get("last_update") or {}) or last.get("result") not in UPDATE_FAILURES:
+            return None
+        reason = last.get("reason") or last.get("result")
+        return f"{last.get('result')} the update to {last.get('version', '?')}: {reason}"
+
+
 def wave_verdict(
     wave: list[str],
     reports: dict[str, dict[str, Any]],
-    version: int,
-    refused_before: dict[str, str | None],
+    goal: Goal,
+    before: dict[str, dict[str, Any]],
 ) -> tuple[list[str], dict[str, str]]:
-    """(units that report ``version`` in effect, units that refused it with their reason).
-
-    A refusal counts only when it is new since the wave's documents were written: one a unit
-    reported before is about an earlier document."""
-    done, refused = [], {}
+    """(units of ``wave`` that reached the goal, units that stop the roll-out with why)."""
+    done, stopped = [], {}
     for unit in wave:
-        fleet = reports.get(unit) or {}
-        reason = fleet.get("config_refused")
-        if (fleet.get("config_documents") or {}).get(f"unit:{unit}", 0) >= version:
+        report = reports.get(unit) or {}
+        if goal.reached(unit, report):
             done.append(unit)
-        elif reason and reason != refused_before.get(unit):
-            refused[unit] = str(reason)
-    return done, refused
+        elif (why := goal.failure(unit, report, before.get(unit) or {})) is not None:
+            stopped[unit] = why
+    return done, stopped
 
 
 def _config(args: argparse.Namespace) -> int:
     cfg = serve_config.load(args.config)
-    store = SegmentStore(cfg.storage_dir)
-
-    def reports() -> dict[str, dict[str, Any]]:
-        root = cfg.storage_dir
-        units = [p.name for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
-        return {u: store.read_status(u).get("fleet") or {} for u in units}
-
-    members = sorted(u for u, f in reports().items() if args.group in (f.get("groups") or []))
-    if not members:
-        raise ConfigError(f"no unit reports group {args.group!r} to this receiver")
+    reports = _reports(cfg)
+    members = _members(reports(), args.group)
     behind = {
         u: v
         for u, f in reports().items()
@@ -196,17 +360,10 @@ def _config(args: argparse.Namespace) -> int:
             mode=0o644,
         ),
         reports=reports,
-        version=args.version,
+        goal=ConfigGoal(args.version),
         wait_s=args.wait,
     )  # fmt: skip
-    if args.json:
-        print(json.dumps(outcome, indent=1))
-    else:
-        for i, wave in enumerate(outcome["waves"], start=1):
-            print(f"wave {i}: {', '.join(wave['units'])}: {wave['result']}")
-        if outcome["stopped"]:
-            print(f"edge-csu: roll-out stopped: {outcome['stopped']}", file=sys.stderr)
-    return 1 if outcome["stopped"] else 0
+    return _report(outcome, args.json)
 
 
 def roll_out(
@@ -214,38 +371,42 @@ def roll_out(
     *,
     write: Callable[[str], None],
     reports: Callable[[], dict[str, dict[str, Any]]],
-    version: int,
     wait_s: float,
+    goal: Goal | None = None,
+    version: int | None = None,
     poll_s: float = 1.0,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
-    """Each wave written, then awaited; the first refusal or time-out stops the rest."""
+    """Each wave written, then awaited; the first failure or time-out stops the rest.
+
+    ``goal``: what each unit must reach (``version``: short for :class:`ConfigGoal`)."""
+    if goal is None:
+        if version is None:
+            raise TypeError("roll_out needs a goal")
+        goal = ConfigGoal(version)
     done_waves: list[dict[str, Any]] = []
     for wave in waves:
         now = reports()
-        before = {u: (now.get(u) or {}).get("config_refused") for u in wave}
+        before = {u: dict(now.get(u) or {}) for u in wave}
         for unit in wave:
             write(unit)
         deadline = clock() + wait_s
         while True:
-            done, refused = wave_verdict(wave, reports(), version, before)
-            if refused:
-                unit, reason = sorted(refused.items())[0]
-                done_waves.append({"units": wave, "result": f"refused by {unit}"})
-                return {
-                    "waves": done_waves,
-                    "stopped": f"{unit} refused version {version}: {reason}",
-                }
+            done, stopped = wave_verdict(wave, reports(), goal, before)
+            if stopped:
+                unit, why = sorted(stopped.items())[0]
+                done_waves.append({"units": wave, "result": f"stopped by {unit}"})
+                return {"waves": done_waves, "stopped": f"{unit} {why}"}
             if len(done) == len(wave):
-                done_waves.append({"units": wave, "result": f"version {version} in effect"})
+                done_waves.append({"units": wave, "result": f"{goal.what} in effect"})
                 break
             if clock() >= deadline:
                 late = [u for u in wave if u not in done]
                 done_waves.append({"units": wave, "result": "timed out"})
                 return {
                     "waves": done_waves,
-                    "stopped": f"{', '.join(late)} did not report version {version} within "
+                    "stopped": f"{', '.join(late)} did not report {goal.what} within "
                     f"{wait_s:.0f} s",
                 }
             sleep(poll_s)

@@ -435,23 +435,30 @@ class Receiver:
             raise web.HTTPNotFound(text="this CSU checks no CRL")
         return web.Response(body=pem, content_type="application/x-pem-file")
 
-    def _offer(self) -> dict[str, Any] | None:
+    def _offer(self, unit: str) -> dict[str, Any] | None:
+        """The offer for ``unit``: an offer naming its units (a roll-out in waves, ``edge-csu
+        fleet offer --group``) is for those only; one naming none is for every unit."""
         try:
             offer = json.loads((self.cfg.update_dir / "offer.json").read_text())
         except (OSError, ValueError):
             return None
-        return offer if isinstance(offer, dict) and isinstance(offer.get("bundle"), str) else None
+        if not isinstance(offer, dict) or not isinstance(offer.get("bundle"), str):
+            return None
+        units = offer.get("units")
+        if units is not None and (not isinstance(units, list) or unit not in units):
+            return None
+        return {k: v for k, v in offer.items() if k != "units"}  # no unit learns the others
 
     async def get_update_offer(self, request: web.Request) -> web.Response:
         """The update bundle offered (name, version, size, SHA-256), or 404 when none is."""
-        offer = await self.run_blocking(self._offer)
+        offer = await self.run_blocking(self._offer, request["unit"])
         if offer is None:
             return refuse(404, "no update offered")
         return web.json_response(offer)
 
     async def get_update_bundle(self, request: web.Request) -> web.StreamResponse:
         """The offered bundle's bytes (the unit checks its SHA-256, RAUC its signature)."""
-        offer = await self.run_blocking(self._offer)
+        offer = await self.run_blocking(self._offer, request["unit"])
         if offer is None:
             return refuse(404, "no update offered")
         path = self.cfg.update_dir / Path(offer["bundle"]).name

@@ -275,7 +275,7 @@ def test_the_city_crl_is_shown_and_missing_or_stale_is_said() -> None:
     assert "serves no CRL" in cause and "tls.crl_file" in action
     status["daemon"]["city_crl"] = FRESH_CRL
     assert problems(status) == []
-    [shown] = [f for f in evaluate(status) if f.section == "crl"]
+    [shown] = [f for f in evaluate(report(status)) if f.section == "crl"]
     assert shown.summary == "city CRL: 2 revoked, until 2026-12-07T08:00"
     status["daemon"]["city_crl"] = {**FRESH_CRL, "stale": True}
     [(section, level, cause, _)] = problems(status)

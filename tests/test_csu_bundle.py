@@ -30,7 +30,8 @@ from edge.csu import bundlefile
 from edge.csu.ca import cert_pem
 from edge.csu.main import main as edge_csu
 from edge.csu.receiver import access_log as csu_audit
-from edge.csu.receiver.archive import SegmentStore
+from edge.csu.receiver import evidence
+from edge.csu.receiver.archive import Refusal, SegmentStore
 from edge.csu.receiver.deletions import DeletionLedger
 from edge.csu.receiver.evidence import BundleRequest, UnitTrust, build
 from edge.csu.receiver.trust import parse_chain
@@ -427,3 +428,52 @@ def test_a_retention_deletion_in_the_range_travels_signed_and_is_checked(
     (unpacked / "manifest.sig").write_bytes(bundlefile.seal(body, csu_key))
     with pytest.raises(IntegrityError, match=r"deletions\.jsonl:1: signature does not verify"):
         bundlefile.verify_csu_bundle(unpacked, fleet_ca=roots, csu_key=csu_key.public_key())
+
+
+def test_a_bad_case_or_an_overlong_range_is_refused_and_audited(
+    lab: Lab, investigator: Browser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    status, _, body = _download(
+        investigator, f"/v1/export/{UNIT}/{CAMERA}.tar?from=0&to=10&case=%3Cx%3E"
+    )
+    assert status == 400 and b"case=REF required" in body
+    [refusal] = [
+        e for e in csu_audit.read(lab.csu.directory / "audit.jsonl")
+        if e["action"] == "export-refused"
+    ]  # fmt: skip
+    assert refusal["who"] == "i.enquete" and refusal["case"] == "<x>"
+    # over the bound, the range is refused whole, never cut short
+    monkeypatch.setattr(evidence, "MAX_BUNDLE_SEGMENTS", 2)
+    chain = (lab.csu.directory / "units" / f"{UNIT}.crt").read_bytes()
+    unit_key = parse_chain(chain, "crt")[0].public_key()
+    assert isinstance(unit_key, ed25519.Ed25519PublicKey)
+    request = BundleRequest(UNIT, CAMERA, lab.t0, lab.t0 + 3 * SEC, CASE, "i.enquete")
+    with (tmp_path / "b.tar").open("w+b") as fh, pytest.raises(Refusal) as refused:
+        build(
+            SegmentStore(lab.csu.directory / "storage"),
+            request,
+            UnitTrust(unit_key, "certificate", chain),
+            ed25519.Ed25519PrivateKey.generate(),
+            fh,
+        )
+    assert refused.value.status == 413 and "export it in parts" in refused.value.reason
+
+
+def test_an_archive_with_links_or_a_name_twice_is_not_unpacked(tmp_path: Path) -> None:
+    for what in ("link", "twice"):
+        archive = tmp_path / f"{what}.tar"
+        with tarfile.open(archive, "w") as tar:
+            info = tarfile.TarInfo("manifest.json")
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"{}"))
+            if what == "link":
+                link = tarfile.TarInfo("segments/street/0000000000.seg")
+                link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                tar.addfile(link)
+            else:
+                tar.addfile(info, io.BytesIO(b"{}"))
+        dest = tmp_path / what
+        dest.mkdir()
+        with pytest.raises(IntegrityError, match=r"not a plain file|in the archive twice"):
+            bundlefile.unpack(archive, dest)
+        assert not any(dest.iterdir())

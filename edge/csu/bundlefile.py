@@ -187,6 +187,9 @@ def verify_csu_bundle(
         raise IntegrityError(f"{SIGNATURE}: bad signature (manifest altered)") from None
     if unit_public_key is not None and public_raw(unit_key) != public_raw(unit_public_key):
         raise IntegrityError("the bundle's segments are of another unit key than the one given")
+    camera = manifest.get("camera")
+    if not isinstance(camera, str) or set(manifest["cameras"]) != {camera}:
+        raise IntegrityError(f"{MANIFEST}: a CSU bundle holds the one camera it names")
     deletions, listed = _deletions(bundle, manifest)
     verified = verify_contents(
         bundle,

@@ -149,27 +149,36 @@ def _deletion_lines(
     ledger: Path, unit: str, camera: str, start_ns: int, end_ns: int, holes: list[DamagedPart]
 ) -> list[bytes]:
     """The ledger's lines of this camera that touch the range: by the age of what they deleted,
-    or by a declared hole they explain. Their signatures travel with them."""
+    or by a declared hole they explain. Their signatures travel with them.
+
+    The ledger grows by a line per camera and purge cycle: it is read line by line, and only
+    lines naming the unit are parsed."""
+    out: list[bytes] = []
+    marker = json.dumps(unit).encode()
     try:
-        lines = ledger.read_bytes().splitlines()
+        with ledger.open("rb") as fh:
+            for raw in fh:
+                line = raw.rstrip(b"\n")
+                if marker in line and _touches(line, unit, camera, start_ns, end_ns, holes):
+                    out.append(line)
     except FileNotFoundError:
         return []
-    out = []
-    for line in lines:
-        try:
-            record = json.loads(line)["record"]
-            if (record["unit"], record["camera"], record["kind"]) != (unit, camera, "segments"):
-                continue
-            spans = [(int(a), int(b)) for a, b in record["sequences"]]
-            by_time = int(record["oldest_ns"]) < end_ns and int(record["newest_ns"]) >= start_ns
-        except (ValueError, KeyError, TypeError):
-            continue  # a damaged line is `edge-csu retention audit`'s to report
-        by_hole = any(
-            a <= p.last_sequence and p.first_sequence <= b for a, b in spans for p in holes
-        )
-        if by_time or by_hole:
-            out.append(line)
     return out
+
+
+def _touches(
+    line: bytes, unit: str, camera: str, start_ns: int, end_ns: int, holes: list[DamagedPart]
+) -> bool:
+    try:
+        record = json.loads(line)["record"]
+        if (record["unit"], record["camera"], record["kind"]) != (unit, camera, "segments"):
+            return False
+        spans = [(int(a), int(b)) for a, b in record["sequences"]]
+        by_time = int(record["oldest_ns"]) < end_ns and int(record["newest_ns"]) >= start_ns
+    except (ValueError, KeyError, TypeError):
+        return False  # a damaged line is `edge-csu retention audit`'s to report
+    by_hole = any(a <= p.last_sequence and p.first_sequence <= b for a, b in spans for p in holes)
+    return by_time or by_hole
 
 
 def build(
@@ -425,10 +434,11 @@ def add_routes(app: web.Application, receiver: Receiver) -> None:
         if end <= start:
             return await receiver.run_blocking(refuse, 400, "the range ends before it starts")
         req = BundleRequest(unit, camera, start, end, case, operator)
-        csu_key = receipts.load_or_create(receiver.cfg.audit_key_file, "audit key")
-        deletion_pub = receipts.public_path(receiver.cfg.retention.key_file)
 
         def work() -> tuple[IO[bytes], BuiltBundle]:
+            # The audit key seals the manifest (see bundlefile); the receiver made it at start.
+            csu_key = receipts.load_or_create(receiver.cfg.audit_key_file, "audit key")
+            deletion_pub = receipts.public_path(receiver.cfg.retention.key_file)
             # Anonymous (O_TMPFILE): a crash leaves nothing; closed once sent.
             out = tempfile.TemporaryFile(dir=receiver.cfg.storage_dir, prefix=".bundle-")  # noqa: SIM115
             try:

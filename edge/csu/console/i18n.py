@@ -128,8 +128,8 @@ _TEXT: dict[str, dict[str, str]] = {
         "« edge-csu open ».",
         "en": "The signed bundle holds the encrypted segments as the unit signed them, their "
         "epoch keys, the losses the unit declared and the retention deletions, sealed by the "
-        "CSU; check it offline with \"edge-csu verify BUNDLE.tar --ca ROOT --csu-key KEY\" and "
-        "open it with \"edge-csu open\".",
+        'CSU; check it offline with "edge-csu verify BUNDLE.tar --ca ROOT --csu-key KEY" and '
+        'open it with "edge-csu open".',
     },
     "retention": {
         "fr": "Les enregistrements sont détruits au bout de 30 jours au plus (CSI L252-5) ; "

@@ -159,4 +159,5 @@ def evidence_page(lang: str, oldest: list[tuple[str, str, int | None]], now_ns: 
         f'<table id="retention"><thead><tr><th scope="col">{t("camera", lang)}</th>'
         f'<th scope="col">{t("oldest", lang)}</th><th scope="col">{t("expires", lang)}</th>'
         f"</tr></thead><tbody>{rows}</tbody></table>"
+        f'<script src="{PREFIX}/static/console.js"></script>'
     )

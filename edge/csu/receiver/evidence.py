@@ -463,6 +463,9 @@ def add_routes(app: web.Application, receiver: Receiver) -> None:
                 out, built = await receiver.run_blocking(work)
             except Refusal as exc:
                 return await receiver.run_blocking(refuse, exc.status, exc.reason)
+            except OSError as exc:  # a full or read-only storage disk: said, and audited
+                reason = f"cannot build the bundle in {receiver.cfg.storage_dir}: {exc.strerror}"
+                return await receiver.run_blocking(refuse, 507, reason)
         try:
             resp = web.StreamResponse(
                 headers={

@@ -48,6 +48,7 @@ from edge.vault.bundle import DamagedPart, DamageKind
 
 from ...errors import IntegrityError
 from .. import bundlefile
+from ..console.pages import CASE_PATTERN
 from . import receipts
 from .archive import Refusal, SegmentStore
 from .purge import ledger_path
@@ -58,7 +59,6 @@ if TYPE_CHECKING:
 MAX_BUNDLE_SEGMENTS = 1800  # one hour of 2 s segments, as the MP4 export
 MAX_BUNDLE_BYTES = 4 * 1024**3
 CONCURRENT_BUILDS = 2  # each reads up to MAX_BUNDLE_BYTES: more would starve the uploads
-CASE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9/_.\-]{2,63}"  # the console's (pages.CASE_PATTERN)
 _ID = r"[a-z0-9][a-z0-9-]{0,62}"
 
 NOT_RECEIVED = "not received from the unit (still in its backlog, or lost without a record)"

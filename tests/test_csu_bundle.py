@@ -269,6 +269,16 @@ def test_what_the_range_lacks_is_declared_with_its_reason(
     reasons = "\n".join(report["reasons"])  # type: ignore[arg-type]
     assert "loss recorded by the unit: street: sequences 3..4 lost" in reasons
     assert "street #7: missing (not in the bundle): not received from the unit" in reasons
+    clip = lab.tmp / "partial.mp4"
+    key = lab.csu.directory / "keys" / "authority.key.json"
+    code = edge_csu([
+        "open", str(bundle), "--key", str(key), "--ca", str(lab.csu.pki.chain),
+        "--csu-key", str(lab.csu_key), "--out", str(clip),
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 3 and "PARTIAL: the CSU could not export 1 part(s)" in out, out
+    assert "LOSS RECORDED by the unit (signed gap record): street: sequences 3..4" in out
+    assert f"{clip}: {sum(lab.frames[s] for s in SENT)} frame(s)" in out
     with tarfile.open(bundle) as tar:
         manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
     assert manifest["operator"] == "i.enquete" and manifest["case"] == CASE

@@ -344,8 +344,9 @@ def _report_opened(
     if verified.partial:
         for part in verified.damaged:
             print(f"  damaged: {part}")
+        who = "the CSU" if verified.seal else "the unit"  # a CSU bundle says who sealed it
         print(
-            f"PARTIAL: the unit could not export {len(verified.damaged)} part(s) of the range "
+            f"PARTIAL: {who} could not export {len(verified.damaged)} part(s) of the range "
             "intact (declared in the signed manifest, listed above)"
         )
         return EXIT_PARTIAL

@@ -6,6 +6,7 @@ video element equals the solid fill. Each test saves a screenshot under ``test-a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -71,6 +72,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     secrets = {}
     # one account per test: a one-time code serves once, and one is valid each 30 s (±1)
     accounts = [(f"v.{n}", "viewer", "test-unit/cam1") for n in ("quai", "alertes", "relecture")]
+    accounts.append(("i.requisition", "investigator", "test-unit/cam1"))
     for name, role, scope in [*accounts, ("s.chef", "supervisor", "")]:
         out = subprocess.run(
             [sys.executable, "-m", "edge.csu.main", "operator", "add", "--config",
@@ -392,3 +394,56 @@ def test_a_forged_csrf_token_and_an_expired_session_are_refused(browser: Any, si
     reasons = [e.get("reason") for e in site.audit()]
     assert "missing or wrong CSRF token" in reasons
     assert "session reached its maximum length (s.chef)" in reasons
+
+
+def test_an_investigator_downloads_the_signed_bundle_of_edged_recordings(
+    browser: Any, site: Site, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    browser.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+    )
+    browser.delete_all_cookies()
+    log_in(browser, site, "i.requisition")
+    browser.get(f"{site.url}/console/evidence")
+    # the form's range is the last ten minutes: everything edged recorded in this run
+    browser.find_element(By.NAME, "case").send_keys("PV-2026/0042")
+    browser.find_element(By.CSS_SELECTOR, "button[value=bundle]").click()
+    try:
+        wait_until(
+            lambda: "Préparation" in browser.find_element(By.ID, "export-status").text,
+            5,
+            "the building notice",
+        )
+    except AssertionError:
+        raise AssertionError(
+            browser.current_url
+            + browser.page_source[-3000:]
+            + str(list(downloads.iterdir()))
+            + str(site.audit()[-3:])
+        ) from None
+    browser.save_screenshot(str(artifacts() / "console-evidence.png"))
+    wanted = downloads / "PV-2026_0042-test-unit-cam1.tar"
+    wait_until(wanted.exists, 30, "the downloaded bundle")
+    bundle = wanted.read_bytes()
+    [entry] = [e for e in site.audit() if e["action"] == "export" and e.get("kind") == "bundle"]
+    assert (entry["who"], entry["case"], entry["camera"]) == (
+        "i.requisition",
+        "PV-2026/0042",
+        "cam1",
+    )
+    assert entry["bundle_sha256"] == hashlib.sha256(bundle).hexdigest()
+    # the unit is enrolled with a pinned key here (no evidence certificate): --unit-key
+    run = subprocess.run(
+        [sys.executable, "-m", "edge.csu.main", "verify", str(wanted), "--json",
+         "--unit-key", str(site.csu.directory / "units" / "test-unit.pem"),
+         "--csu-key", str(site.csu.directory / "audit-key.pub.pem")],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    report = json.loads(run.stdout)
+    assert run.returncode in (0, 3) and report["verdict"] in ("authentic", "partial"), report
+    authentic = [s for s in report["seconds"] if s["state"] == "authentic"]
+    assert len(authentic) >= entry["segments"] >= 2

@@ -4,23 +4,33 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge.identity import load_public_pem
 from edge.vault import maskhistory, open_bundle
-from edge.vault.bundle import VerifiedBundle
+from edge.vault.bundle import VerifiedBundle, open_verified
 from edge.vault.bundle_events import open_events
-from edge.vault.recipient_keys import keypair_paths, load_private, rotate_keypair, write_keypair
+from edge.vault.recipient_keys import (
+    RecipientPrivate,
+    keypair_paths,
+    load_private,
+    rotate_keypair,
+    write_keypair,
+)
 
 from ..cli.entry import describe_os_error
 from ..clihelp import add_command
 from ..config import RecipientKem
 from ..errors import IntegrityError, VaultError
 from ..vault.remux import TimeGap
+from . import bundlefile
+from .bundlefile import is_bundle_file
 
 EXIT_PARTIAL = 3
 """``edge-csu open``: the bundle verified, but its export was partial."""
@@ -81,7 +91,10 @@ def register(sub: Any) -> None:
         ],
     )
     opener.add_argument(
-        "bundle", type=Path, help="evidence bundle directory written by `edgectl export`"
+        "bundle",
+        type=Path,
+        help="evidence bundle directory written by `edgectl export`, or a bundle file (.tar) "
+        "downloaded from the CSU console",
     )
     opener.add_argument("--key", type=Path, required=True, help="recipient private key file")
     opener.add_argument("--out", type=Path, required=True, help="MP4 file to write")
@@ -116,6 +129,12 @@ def register(sub: Any) -> None:
         type=Path,
         default=None,
         help="the CSU's receipt public key (PEM): every receipt in the bundle must check",
+    )
+    opener.add_argument(
+        "--csu-key",
+        type=Path,
+        default=None,
+        help="a CSU bundle file: the CSU's audit public key (PEM); the bundle must be sealed by it",
     )
     opener.set_defaults(func=_open)
 
@@ -208,10 +227,13 @@ def _open(args: argparse.Namespace) -> int:
             f"no bundle at {args.bundle}: check the path (the directory edgectl export wrote; "
             "is the stick mounted?)"
         )
-    if not args.bundle.is_dir():
+    if not args.bundle.is_dir() and not is_bundle_file(args.bundle):
         raise VaultError(
-            f"{args.bundle} is a file, not a bundle: give the directory edgectl export wrote"
+            f"{args.bundle} is a file, not a bundle: give the directory edgectl export wrote "
+            "or the bundle file (.tar) downloaded from the CSU console"
         )
+    if args.csu_key is not None and args.bundle.is_dir():
+        raise VaultError("--csu-key goes with a CSU bundle file (.tar)")
     private = load_private(args.key)
     pinned = None
     if args.unit_key is not None:
@@ -223,6 +245,10 @@ def _open(args: argparse.Namespace) -> int:
     if args.trust_bundle_key:
         print("edge-csu: WARNING: trusting the unit key inside the bundle: this proves the bundle")
         print("  is intact, not which unit made it; verify with --ca FLEET_CA for evidence")
+    if args.bundle.is_file():
+        if args.trust_bundle_key or receipt_key is not None:
+            raise VaultError("a CSU bundle file takes --ca (or --unit-key) and --csu-key")
+        return _open_csu_bundle(args, private, fleet_ca, crls, pinned)
     gaps: list[TimeGap] = []
     try:
         verified, packets = open_bundle(
@@ -240,6 +266,49 @@ def _open(args: argparse.Namespace) -> int:
     except IntegrityError as exc:
         print(f"edge-csu: REFUSED: {args.bundle}: {exc}")
         return 1
+    return _report_opened(args, verified, packets, gaps, private)
+
+
+def _open_csu_bundle(
+    args: argparse.Namespace,
+    private: RecipientPrivate,
+    fleet_ca: list[x509.Certificate] | None,
+    crls: list[x509.CertificateRevocationList],
+    pinned: ed25519.Ed25519PublicKey | None,
+) -> int:
+    """A bundle downloaded from the CSU: unpacked into a private temporary directory (removed
+    after), verified (CSU seal, then as a unit's bundle), then one camera remuxed."""
+    csu_key = None
+    if args.csu_key is not None:
+        csu_key = load_public_pem(args.csu_key.read_bytes(), origin=str(args.csu_key))
+    gaps: list[TimeGap] = []
+    with tempfile.TemporaryDirectory(prefix="edge-csu-open-") as tmp:
+        try:
+            bundlefile.unpack(args.bundle, Path(tmp))
+            found = bundlefile.verify_csu_bundle(
+                Path(tmp), fleet_ca=fleet_ca, crls=crls, unit_public_key=pinned, csu_key=csu_key
+            )
+            packets = open_verified(
+                found.verified, private, args.out, camera=args.camera, gaps=gaps
+            )
+        except IntegrityError as exc:
+            print(f"edge-csu: REFUSED: {args.bundle}: {exc}")
+            return 1
+        m = found.verified.manifest
+        print(f"CSU bundle sealed by CSU key {found.csu_key_id}, exported by {m.get('operator')!r}")
+        for line in found.facts():
+            print(f"  {line}")
+        return _report_opened(args, found.verified, packets, gaps, private)
+
+
+def _report_opened(
+    args: argparse.Namespace,
+    verified: VerifiedBundle,
+    packets: int,
+    gaps: list[TimeGap],
+    private: RecipientPrivate,
+) -> int:
+    """What was opened, what it holds and what it lacks, for the person who opened it."""
     m = verified.manifest
     print(f"bundle {args.bundle}: verified (case {m['case']!r}, unit {m['device']!r})")
     print(f"  signing key {m.get('unit_key_id', '?')} vouched for by: {verified.trust}")
@@ -275,8 +344,9 @@ def _open(args: argparse.Namespace) -> int:
     if verified.partial:
         for part in verified.damaged:
             print(f"  damaged: {part}")
+        who = "the CSU" if verified.seal else "the unit"  # a CSU bundle says who sealed it
         print(
-            f"PARTIAL: the unit could not export {len(verified.damaged)} part(s) of the range "
+            f"PARTIAL: {who} could not export {len(verified.damaged)} part(s) of the range "
             "intact (declared in the signed manifest, listed above)"
         )
         return EXIT_PARTIAL

@@ -1,5 +1,9 @@
 """``edge-csu verify``: what an evidence bundle proves, second by second, without opening it.
 
+A bundle is a unit's (``edgectl export``, a directory) or the CSU's (downloaded from the
+console, one ``.tar`` file: :mod:`edge.csu.bundlefile`); both go through the same checks of the
+unit's signatures, chain, losses and certificate.
+
 Checks the bundle's seal (signed manifest, every file listed and intact), the evidence
 certificate against the city's CA at the recording dates, each camera's segment chain and its
 recorded losses, the mask commitments and, with the CSU's receipt key, the receipts; then prints
@@ -16,10 +20,12 @@ from typing import Any
 
 from edge.identity import load_public_pem
 from edge.vault import coverage
-from edge.vault.bundle import sealing_key, verify_bundle
+from edge.vault.bundle import VerifiedBundle, sealing_key, verify_bundle
 
 from ..clihelp import add_command
 from ..errors import IntegrityError, VaultError
+from . import bundlefile
+from .bundlefile import is_bundle_file
 from .vault_cmd import _load_trust
 
 
@@ -41,6 +47,11 @@ def register(sub: Any) -> None:
                 "checked against the city's CA",
             ),
             (
+                "edge-csu verify PV-2026_0042-unit-a-street.tar --ca city-root.pem "
+                "--csu-key audit-key.pub.pem",
+                "a bundle downloaded from the CSU console, its seal pinned to the CSU's key",
+            ),
+            (
                 "edge-csu verify pv42 --ca city-root.pem --crl crl.pem "
                 "--receipt-key receipt-key.pub.pem --json",
                 "with revocations and receipts, as JSON",
@@ -54,7 +65,8 @@ def register(sub: Any) -> None:
     verify.add_argument(
         "target",
         type=Path,
-        help="evidence bundle directory written by `edgectl export`, or an H.264 MP4 file",
+        help="evidence bundle directory written by `edgectl export`, a bundle file (.tar) "
+        "downloaded from the CSU console, or an H.264 MP4 file",
     )
     verify.add_argument(
         "--ca",
@@ -93,6 +105,13 @@ def register(sub: Any) -> None:
         help="a file whose signed times are not UTC: check its certificates at this date "
         "(ISO 8601)",
     )
+    verify.add_argument(
+        "--csu-key",
+        type=Path,
+        default=None,
+        help="a CSU bundle file: the CSU's audit public key (PEM, audit-key.pub.pem); the "
+        "bundle must be sealed by it",
+    )
     verify.add_argument("--json", action="store_true", help="the whole report as JSON")
     verify.set_defaults(func=_verify)
 
@@ -108,6 +127,14 @@ def _verify(args: argparse.Namespace) -> int:
     pinned = None
     if args.unit_key is not None:
         pinned = load_public_pem(args.unit_key.read_bytes(), origin=str(args.unit_key))
+    if args.csu_key is not None and not is_bundle_file(args.target):
+        raise VaultError("--csu-key goes with a CSU bundle file (.tar)")
+    if is_bundle_file(args.target):
+        if args.receipt_key is not None:
+            raise VaultError("--receipt-key goes with a unit's bundle (a CSU bundle has none)")
+        report = _verify_csu_bundle(args, fleet_ca, crls, pinned)
+        _show(report, as_json=args.json)
+        return report.exit_status
     if not args.target.is_dir():
         report = _verify_file(args.target, fleet_ca, pinned, args.recorded_at)
         _show(report, as_json=args.json)
@@ -129,9 +156,40 @@ def _verify(args: argparse.Namespace) -> int:
     else:
         report = coverage.from_verified(verified)
         if args.key is not None:
-            _check_media(args.target, verified, report, args.key, fleet_ca, crls, pinned)
+            _check_media(verified, report, args.key)
     _show(report, as_json=args.json)
     return report.exit_status
+
+
+def _verify_csu_bundle(
+    args: argparse.Namespace, fleet_ca: Any, crls: Any, pinned: Any
+) -> coverage.Report:
+    """A bundle downloaded from the CSU: unpacked into a private temporary directory (removed
+    after), its CSU seal checked, then everything else as for a unit's bundle."""
+    import tempfile
+
+    csu_key = None
+    if args.csu_key is not None:
+        csu_key = load_public_pem(args.csu_key.read_bytes(), origin=str(args.csu_key))
+    with tempfile.TemporaryDirectory(prefix="edge-csu-verify-") as tmp:
+        where = Path(tmp)
+        try:
+            bundlefile.unpack(args.target, where)
+            found = bundlefile.verify_csu_bundle(
+                where, fleet_ca=fleet_ca, crls=crls, unit_public_key=pinned, csu_key=csu_key
+            )
+        except IntegrityError as exc:
+            key = pinned or bundlefile.sealed_unit_key(
+                where, fleet_ca=fleet_ca, crls=crls, csu_key=csu_key
+            )
+            report = coverage.from_refused(where, str(exc), key)
+        else:
+            report = coverage.from_verified(found.verified)
+            report.facts += found.facts()
+            if args.key is not None:
+                _check_media(found.verified, report, args.key)
+    report.source = str(args.target)
+    return report
 
 
 def _show(report: coverage.Report, *, as_json: bool) -> None:
@@ -141,20 +199,12 @@ def _show(report: coverage.Report, *, as_json: bool) -> None:
         _print(report)
 
 
-def _check_media(
-    bundle: Path,
-    verified: Any,
-    report: coverage.Report,
-    key_file: Path,
-    fleet_ca: Any,
-    crls: Any,
-    pinned: Any,
-) -> None:
+def _check_media(verified: VerifiedBundle, report: coverage.Report, key_file: Path) -> None:
     """Each camera decrypted (into a private temporary directory, removed after) and its
     Media Signing checked with the same trust as the bundle."""
     import tempfile
 
-    from edge.vault import open_bundle
+    from edge.vault.bundle import open_verified
     from edge.vault.recipient_keys import load_private
     from edge.video import msvalidate
 
@@ -163,15 +213,7 @@ def _check_media(
     with tempfile.TemporaryDirectory(prefix="edge-csu-verify-") as tmp:
         for camera in cameras:
             clip = Path(tmp) / f"{camera}.mp4"
-            open_bundle(
-                bundle,
-                private,
-                clip,
-                camera=camera,
-                unit_public_key=pinned,
-                fleet_ca=fleet_ca,
-                crls=crls,
-            )
+            open_verified(verified, private, clip, camera=camera)
             # The very key that signed the bundle (already vouched for by the CA or pinned):
             # video signed by any other key, even one the CA certified, does not count.
             media = msvalidate.validate(

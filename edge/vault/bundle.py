@@ -665,6 +665,8 @@ class VerifiedBundle:
 
     events: tuple[BundleEvent, ...] = ()
     """The signed events of the range (and their sealed snapshots), verified."""
+    seal: str = ""
+    """Who sealed the manifest, for people; empty: the unit (an ``edgectl export`` bundle)."""
 
     @property
     def partial(self) -> bool:
@@ -678,6 +680,11 @@ def _field(obj: Any, name: str, kind: type, where: str) -> Any:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise IntegrityError(f"manifest: {where}{name} has the wrong type")
     return value
+
+
+def read_listed(bundle: Path, entry: Any, where: str) -> bytes:
+    """A file the manifest lists (``entry``: file, sha256), inside the bundle, digest checked."""
+    return _read_listed(bundle, entry, where)
 
 
 def _read_listed(bundle: Path, entry: Any, where: str) -> bytes:
@@ -696,15 +703,15 @@ def _read_listed(bundle: Path, entry: Any, where: str) -> bytes:
     return data
 
 
-def parse_manifest(body: bytes) -> dict[str, Any]:
+def parse_manifest(body: bytes, format_name: str = BUNDLE_FORMAT) -> dict[str, Any]:
     try:
         manifest = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise IntegrityError("manifest.json: not JSON") from None
     if not isinstance(manifest, dict):
         raise IntegrityError("manifest.json: not an object")
-    if manifest.get("format") != BUNDLE_FORMAT or manifest.get("version") != 1:
-        raise IntegrityError(f"manifest.json: not an {BUNDLE_FORMAT} version 1")
+    if manifest.get("format") != format_name or manifest.get("version") != 1:
+        raise IntegrityError(f"manifest.json: not an {format_name} version 1")
     for name, kind in (
         ("case", str),
         ("device", str),
@@ -803,6 +810,31 @@ def verify_bundle(
         key.verify(sig, _DOMAIN + hashlib.sha256(body).digest())
     except InvalidSignature:
         raise IntegrityError("manifest.sig: bad signature (manifest altered)") from None
+    if fleet_ca is not None:
+        trust = ""  # said by verify_contents, once the certificate checks
+    else:
+        trust = "pinned unit key" if unit_public_key else "key inside the bundle (not verified)"
+    return verify_contents(
+        bundle, manifest, key, trust=trust, fleet_ca=fleet_ca, crls=crls, receipt_key=receipt_key
+    )
+
+
+def verify_contents(
+    bundle: Path,
+    manifest: dict[str, Any],
+    key: ed25519.Ed25519PublicKey,
+    *,
+    trust: str,
+    fleet_ca: Sequence[x509.Certificate] | None = None,
+    crls: Sequence[x509.CertificateRevocationList] = (),
+    receipt_key: ed25519.Ed25519PublicKey | None = None,
+    listed_elsewhere: Sequence[str] = (),
+) -> VerifiedBundle:
+    """Everything of a bundle under a manifest whose seal the caller checked (the unit's
+    signature here, the CSU's for :mod:`edge.csu.bundlefile`): every listed file's digest,
+    every envelope, gap record, segment (signature with ``key``, chain, declared holes), event,
+    certificate (at the recording times, with ``fleet_ca``) and receipt; no file unlisted
+    except ``listed_elsewhere`` (what the caller checked itself)."""
     try:
         pem_file = (bundle / SIGNING_PUB_NAME).read_bytes()
     except OSError:
@@ -811,7 +843,7 @@ def verify_bundle(
         raise IntegrityError(f"{SIGNING_PUB_NAME} differs from the key in the signed manifest")
     device = manifest["device"]
     damaged = _damaged_parts(manifest)
-    listed = {"manifest.json", "manifest.sig", SIGNING_PUB_NAME}
+    listed = {"manifest.json", "manifest.sig", SIGNING_PUB_NAME, *listed_elsewhere}
     envelopes: dict[tuple[str, bytes], fmt.EpochEnvelope] = {}
     for i, entry in enumerate(manifest["envelopes"]):
         where = f"envelopes[{i}]."
@@ -913,7 +945,6 @@ def verify_bundle(
             checked,
             events,
         )
-    trust = "pinned unit key" if unit_public_key else "key inside the bundle (not verified)"
     return VerifiedBundle(
         bundle,
         manifest,
@@ -997,6 +1028,23 @@ def _verify_listed_gaps(
     return out
 
 
+def certified_key(
+    bundle: Path,
+    manifest: dict[str, Any],
+    key: ed25519.Ed25519PublicKey,
+    fleet_ca: Sequence[x509.Certificate],
+    crls: Sequence[x509.CertificateRevocationList] = (),
+) -> ed25519.Ed25519PublicKey | None:
+    """``key`` when the bundle's evidence certificate certifies it over the times the manifest
+    gives (for a per-segment report of a refused bundle whose seal held); None otherwise."""
+    try:
+        times = [int(e[name]) for e in manifest["segments"] for name in ("start_ns", "end_ns")]
+        _check_certificate(bundle, manifest, key, (min(times), max(times)), fleet_ca, crls)
+    except (IntegrityError, KeyError, TypeError, ValueError):
+        return None
+    return key
+
+
 def _check_certificate(
     bundle: Path,
     manifest: dict[str, Any],
@@ -1064,6 +1112,19 @@ def open_bundle(
         trust_bundle_key=trust_bundle_key,
         receipt_key=receipt_key,
     )
+    return verified, open_verified(verified, private, out_path, camera=camera, gaps=gaps)
+
+
+def open_verified(
+    verified: VerifiedBundle,
+    private: RecipientPrivate,
+    out_path: Path,
+    *,
+    camera: str | None = None,
+    gaps: list[TimeGap] | None = None,
+) -> int:
+    """Decrypt and remux one camera of a bundle already verified (the unit's or the CSU's
+    kind) into ``out_path``; returns the number of packets."""
     cams = sorted({s.header.camera_id for s in verified.segments})
     chosen = camera or cams[0]
     if chosen not in cams:
@@ -1090,4 +1151,4 @@ def open_bundle(
         tmp.replace(out_path)
     finally:
         tmp.unlink(missing_ok=True)
-    return verified, count
+    return count

@@ -165,8 +165,9 @@ def from_verified(verified: VerifiedBundle) -> Report:
         trust=verified.trust,
     )
     report.facts.append(
-        f"seal: manifest signed by unit key {m.get('unit_key_id', '?')} of unit {m['device']!r} "
-        f"(case {m['case']!r}); every file listed and intact"
+        verified.seal
+        or f"seal: manifest signed by unit key {m.get('unit_key_id', '?')} of unit "
+        f"{m['device']!r} (case {m['case']!r}); every file listed and intact"
     )
     if verified.certificate is not None:
         cert = verified.certificate

@@ -112,6 +112,25 @@ _TEXT: dict[str, dict[str, str]] = {
     "evidence": {"fr": "Réquisition", "en": "Evidence"},
     "case": {"fr": "Numéro de procédure", "en": "Case number"},
     "export": {"fr": "Exporter (MP4)", "en": "Export (MP4)"},
+    "export_bundle": {
+        "fr": "Exporter le dossier de preuve signé (.tar)",
+        "en": "Export the signed evidence bundle (.tar)",
+    },
+    "bundle_building": {
+        "fr": "Préparation du dossier signé… le téléchargement démarre dès qu'il est scellé.",
+        "en": "Building the signed bundle… the download starts once it is sealed.",
+    },
+    "bundle_note": {
+        "fr": "Le dossier signé contient les segments chiffrés tels que la borne les a signés, "
+        "leurs clés d'époque, les pertes déclarées par la borne et les destructions au titre "
+        "de la durée de conservation, scellés par le CSU ; il se vérifie hors ligne avec "
+        "« edge-csu verify DOSSIER.tar --ca RACINE --csu-key CLÉ » et s'ouvre avec "
+        "« edge-csu open ».",
+        "en": "The signed bundle holds the encrypted segments as the unit signed them, their "
+        "epoch keys, the losses the unit declared and the retention deletions, sealed by the "
+        'CSU; check it offline with "edge-csu verify BUNDLE.tar --ca ROOT --csu-key KEY" and '
+        'open it with "edge-csu open".',
+    },
     "retention": {
         "fr": "Les enregistrements sont détruits au bout de 30 jours au plus (CSI L252-5) ; "
         "seul un export pour une procédure judiciaire peut être conservé au-delà.",

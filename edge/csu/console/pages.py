@@ -143,7 +143,8 @@ def evidence_page(lang: str, oldest: list[tuple[str, str, int | None]], now_ns: 
     )
     return (
         f"<h2>{t('evidence', lang)}</h2><p>{t('retention', lang)}</p>"
-        f'<form method="get" action="{PREFIX}/evidence/export" class="toolbar">'
+        f'<form method="get" action="{PREFIX}/evidence/export" class="toolbar" '
+        f'id="evidence-form" data-building="{esc(t("bundle_building", lang))}">'
         f'<label>{t("camera", lang)}<select name="cam">{options}</select></label>'
         f'<label>{t("from_utc", lang)}<input name="from" type="datetime-local" step="1" '
         f'value="{start}" required></label>'
@@ -151,9 +152,12 @@ def evidence_page(lang: str, oldest: list[tuple[str, str, int | None]], now_ns: 
         f'value="{end}" required></label>'
         f'<label>{t("case", lang)}<input name="case" required pattern="{CASE_PATTERN}">'
         "</label>"
-        f'<button type="submit">{t("export", lang)}</button></form>'
-        f"<p>{t('export_note', lang)}</p>"
+        f'<button type="submit" name="format" value="bundle">{t("export_bundle", lang)}</button>'
+        f'<button type="submit" name="format" value="mp4">{t("export", lang)}</button></form>'
+        '<p id="export-status" role="status" aria-live="polite"></p>'
+        f"<p>{t('bundle_note', lang)}</p><p>{t('export_note', lang)}</p>"
         f'<table id="retention"><thead><tr><th scope="col">{t("camera", lang)}</th>'
         f'<th scope="col">{t("oldest", lang)}</th><th scope="col">{t("expires", lang)}</th>'
         f"</tr></thead><tbody>{rows}</tbody></table>"
+        f'<script src="{PREFIX}/static/console.js"></script>'
     )

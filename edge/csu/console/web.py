@@ -10,7 +10,8 @@ Routes (operator listener, beside the HLS routes of :mod:`edge.csu.receiver.hls`
     POST /console/alerts/decide    confirm / dismiss / escalate + comment (CSRF) → audit log
     GET  /console/audit?q=TEXT     the audit log, newest first, searchable (supervisors)
     GET  /console/evidence         export form with case number, what expires when
-    GET  /console/evidence/export  checks the form → /v1/export/… (MP4, audited with the case)
+    GET  /console/evidence/export  checks the form → /v1/export/….tar (format=bundle: the
+                                   signed bundle) or ….mp4, audited with the case there
     POST /console/login            name, password, one-time code → session cookie
     POST /console/logout           (CSRF token) → session ended
     GET  /console/api/me           who is logged in, role, scope, CSRF token (JSON)
@@ -544,7 +545,8 @@ def mount(app: web.Application, receiver: Receiver) -> None:
 
     async def evidence_export(request: web.Request) -> web.Response:
         """Checks the form, then hands over to the export route (which checks the scope and
-        role again, audits the export with its case number and sends the MP4)."""
+        role again, audits the export with its case number and sends the signed bundle with
+        ``format=bundle``, or the MP4)."""
         await exporter(request)
         case = request.query.get("case", "")
         if not re.fullmatch(pages.CASE_PATTERN, case):
@@ -555,7 +557,8 @@ def mount(app: web.Application, receiver: Receiver) -> None:
         start = _form_time(request.query.get("from"), 0) / 1e9
         end = _form_time(request.query.get("to"), 0) / 1e9
         query = urllib.parse.urlencode({"from": f"{start:.3f}", "to": f"{end:.3f}", "case": case})
-        raise web.HTTPSeeOther(f"/v1/export/{unit}/{camera}.mp4?{query}")
+        kind = "tar" if request.query.get("format") == "bundle" else "mp4"
+        raise web.HTTPSeeOther(f"/v1/export/{unit}/{camera}.{kind}?{query}")
 
     async def audit_view(request: web.Request) -> web.Response:
         lang = _lang(request)

@@ -200,6 +200,24 @@ class DeletionLedger:
             return record
 
 
+def check_line(line: bytes, public: ed25519.Ed25519PublicKey, where: str) -> dict[str, Any]:
+    """One line's record after checking its signature (not its place in the chain: an evidence
+    bundle carries only the records that touch its range)."""
+    try:
+        outer = json.loads(line)
+        record = outer["record"]
+        signature = base64.b64decode(outer["signature"], validate=True)
+        if not isinstance(record, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise IntegrityError(f"{where}: not a deletion record") from None
+    try:
+        public.verify(signature, _signed_bytes(record))
+    except InvalidSignature:
+        raise IntegrityError(f"{where}: signature does not verify (forged or edited)") from None
+    return record
+
+
 def verify(path: Path, public: ed25519.Ed25519PublicKey) -> tuple[list[dict[str, Any]], LedgerHead]:
     """Every record after checking signatures, numbering and chain; :class:`IntegrityError`
     names the first line that fails (removed, edited, forged or signed by another key)."""
@@ -210,16 +228,7 @@ def verify(path: Path, public: ed25519.Ed25519PublicKey) -> tuple[list[dict[str,
         return [], LedgerHead(0, ZERO)
     for n, line in enumerate(lines):
         where = f"{path}:{n + 1}"
-        try:
-            outer = json.loads(line)
-            record = outer["record"]
-            signature = base64.b64decode(outer["signature"], validate=True)
-        except (ValueError, KeyError, TypeError):
-            raise IntegrityError(f"{where}: not a deletion record") from None
-        try:
-            public.verify(signature, _signed_bytes(record))
-        except InvalidSignature:
-            raise IntegrityError(f"{where}: signature does not verify (forged or edited)") from None
+        record = check_line(line, public, where)
         if record.get("prev") != prev or record.get("n") != n:
             raise IntegrityError(f"{where}: chain broken (a record was removed or reordered)")
         prev = hashlib.sha256(line).hexdigest()

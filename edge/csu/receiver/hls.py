@@ -15,6 +15,7 @@ Routes (operator listener)::
     GET /v1/view/{unit}/{camera}/init/{sequence}.mp4
     GET /v1/view/{unit}/{camera}/media/{sequence}.m4s
     GET /v1/export/{unit}/{camera}.mp4?from=UNIX_S&to=UNIX_S&case=REF
+    GET /v1/export/{unit}/{camera}.tar?from=UNIX_S&to=UNIX_S&case=REF   (:mod:`.evidence`)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ...errors import EdgeError
 from ...vault import format as sealed
 from ..console import web as console
 from ..console.roles import Permission
+from . import evidence
 
 if TYPE_CHECKING:
     from .server import Handler, Receiver
@@ -309,4 +311,5 @@ def operators_app(receiver: Receiver) -> web.Application:
         f"{base}/{{kind:init|media}}/{{sequence:[0-9]{{1,18}}}}.{{ext:mp4|m4s}}", part
     )
     app.router.add_get(f"/v1/export/{{unit:{_ID}}}/{{camera:{_ID}}}.mp4", export)
+    evidence.add_routes(app, receiver)  # the signed bundle, under the same checks
     return app

@@ -297,6 +297,17 @@ function setupAlerts(rows) {
   }, 3000);
 }
 
+function setupEvidence(form) {
+  // A bundle is sealed before its first byte is sent (an hour of video takes a while):
+  // say so, rather than leave the agent wondering whether the click was taken.
+  const status = document.getElementById("export-status");
+  form.addEventListener("submit", (e) => {
+    if (status && e.submitter && e.submitter.value === "bundle") {
+      status.textContent = form.dataset.building;
+    }
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const wall = document.getElementById("wall");
   if (wall) setupWall(wall);
@@ -304,4 +315,6 @@ document.addEventListener("DOMContentLoaded", () => {
   if (rows) setupAlerts(rows);
   const playback = document.getElementById("playback");
   if (playback) setupPlayback(playback);
+  const evidence = document.getElementById("evidence-form");
+  if (evidence) setupEvidence(evidence);
 });

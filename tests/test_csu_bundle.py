@@ -1,0 +1,489 @@
+"""The CSU's signed evidence bundle, end to end: a real ``edge-csu serve`` receives real H.264
+segments from a unit certified by the city's CA (with a loss the unit recorded and a segment
+still in its backlog), an investigator downloads the bundle through the console, and the real
+``edge-csu verify`` / ``edge-csu open`` judge it, then judge it again after each way of
+tampering with it. The retention path (a deletion record in the bundle) is built in-process."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import io
+import json
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import tarfile
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from edge.csu import bundlefile
+from edge.csu.ca import cert_pem
+from edge.csu.main import main as edge_csu
+from edge.csu.receiver import access_log as csu_audit
+from edge.csu.receiver import evidence
+from edge.csu.receiver.archive import Refusal, SegmentStore
+from edge.csu.receiver.deletions import DeletionLedger
+from edge.csu.receiver.evidence import BundleRequest, UnitTrust, build
+from edge.csu.receiver.trust import parse_chain
+from edge.errors import IntegrityError
+from edge.identity.unitkeys import public_pem
+from edge.uplink.protocol import (
+    CERTIFICATE_CONTENT_TYPE,
+    ENVELOPE_CONTENT_TYPE,
+    GAP_CONTENT_TYPE,
+    envelope_path,
+    gap_path,
+    segment_path,
+    signing_certificate_path,
+)
+from edge.vault import format as fmt
+
+from .conftest import tool
+from .test_console_web import PASSWORD, Browser, Console, operator_cmd
+from .uplink_util import CSU_NAME, Csu, Sealer, encoded_segments, make_csu
+
+SEC = 1_000_000_000
+UNIT, CAMERA, CASE = "unit-a", "street", "PV-2026/0042"
+#: What the unit does, sequence by sequence: sent, lost (its signed gap record sent), kept back.
+SENT = (0, 1, 2, 5, 6, 8, 9)
+LOST = (3, 4)
+BACKLOG = (7,)
+
+
+@dataclass
+class Lab:
+    console: Console
+    t0: int
+    """Start of segment 0, whole seconds (each segment lasts one second)."""
+    frames: dict[int, int]
+    tmp: Path
+
+    @property
+    def csu(self) -> Csu:
+        return self.console.csu
+
+    @property
+    def csu_key(self) -> Path:
+        return self.csu.directory / "audit-key.pub.pem"
+
+
+def _unit_conn(csu: Csu, crt: Path, key: Path) -> http.client.HTTPSConnection:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(csu.pki.chain)
+    ctx.load_cert_chain(crt, key)
+    conn = http.client.HTTPSConnection(CSU_NAME, csu.ports["units"], timeout=10)
+    conn.sock = ctx.wrap_socket(
+        socket.create_connection(("127.0.0.1", csu.ports["units"]), timeout=10),
+        server_hostname=CSU_NAME,
+    )
+    return conn
+
+
+def _put(conn: http.client.HTTPSConnection, path: str, body: bytes, ctype: str) -> int:
+    conn.request("PUT", path, body=body, headers={"Content-Type": ctype})
+    resp = conn.getresponse()
+    resp.read()
+    return resp.status
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    tmp = tmp_path_factory.mktemp("csu-bundle")
+    csu = make_csu(tmp)
+    secrets = {}
+    for name, role in (("i.enquete", "investigator"), ("a.viewer", "viewer")):
+        out = operator_cmd(
+            csu, "add", "--name", name, "--role", role, "--password-stdin",
+            stdin=PASSWORD + "\n",
+        )  # fmt: skip
+        match = re.search(r"secret=([A-Z2-7]+)", out)
+        assert match, out
+        secrets[name] = match.group(1)
+    csu.start()
+    ctx = ssl.create_default_context(cafile=str(csu.pki.chain))
+    ctx.check_hostname = False  # the certificate names csu.test, we dial 127.0.0.1
+    try:
+        signing = ed25519.Ed25519PrivateKey.generate()
+        crt, key, _ = csu.pki.issue(UNIT, tmp / "unit")
+        conn = _unit_conn(csu, crt, key)
+        # The unit presents its evidence certificate itself: no key copied by hand.
+        evidence = csu.pki.ca.certify(UNIT, signing.public_key())
+        status = _put(
+            conn, signing_certificate_path(UNIT), cert_pem(evidence) + csu.pki.ca.chain_pem,
+            CERTIFICATE_CONTENT_TYPE,
+        )  # fmt: skip
+        assert status == 201, status
+        sealer = Sealer(UNIT, CAMERA, csu.authority.public, signing)
+        epoch = envelope_path(UNIT, CAMERA, sealer.epoch.epoch_id.hex())
+        assert _put(conn, epoch, sealer.envelope, ENVELOPE_CONTENT_TYPE) == 201
+        t0 = (time.time_ns() // SEC - 40) * SEC
+        frames = {}
+        media = encoded_segments(10)
+        for seq in range(10):
+            if seq in LOST:
+                if seq == LOST[0]:  # the unit's recovery: a signed record takes their place
+                    gap = fmt.GapRecord(
+                        UNIT, CAMERA, t0 + 6 * SEC, LOST[0], LOST[-1],
+                        after_wall_ns=t0 + 3 * SEC, prev_hash=sealer.prev_hash,
+                        reason="power cut: segments lost at start-up",
+                    )  # fmt: skip
+                    raw_gap = fmt.sign_gap(gap, signing)
+                    status = _put(
+                        conn, gap_path(UNIT, CAMERA, LOST[0], LOST[-1]), raw_gap, GAP_CONTENT_TYPE
+                    )
+                    assert status == 201, status
+                    sealer.prev_hash = fmt.parse_gap(raw_gap).chain_hash
+                sealer.sequence += 1
+                continue
+            seg = media[seq]
+            raw = sealer.seal(
+                seg.init, seg.media, start_ns=t0 + seq * SEC, end_ns=t0 + (seq + 1) * SEC,
+                frames=seg.frame_count,
+            )  # fmt: skip
+            frames[seq] = seg.frame_count
+            if seq in SENT:
+                status = _put(
+                    conn,
+                    segment_path(UNIT, CAMERA, seq),
+                    raw,
+                    "application/vnd.edge.sealed-segment",
+                )
+                assert status == 201, (seq, status)
+        conn.close()
+        yield Lab(Console(csu, secrets, ctx), t0, frames, tmp)
+    finally:
+        csu.stop()
+
+
+def _download(browser: Browser, path: str) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", browser.console.port, context=browser.console.ctx, timeout=60
+    )
+    cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.items())
+    conn.request("GET", path, headers={"Cookie": cookie})
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return resp.status, dict(resp.getheaders()), body
+
+
+def _export(lab: Lab, browser: Browser, first: int, end: int, name: str) -> Path:
+    """The investigator's path: the Evidence form, then the bundle it leads to."""
+    query = urllib.parse.urlencode({
+        "cam": f"{UNIT}/{CAMERA}", "case": CASE, "format": "bundle",
+        "from": str(lab.t0 / SEC + first), "to": str(lab.t0 / SEC + end),
+    })  # fmt: skip
+    form = browser.request("GET", f"/console/evidence/export?{query}")
+    assert form.status == 303, form.body
+    target = form.headers["Location"]
+    assert urllib.parse.urlsplit(target).path == f"/v1/export/{UNIT}/{CAMERA}.tar"
+    status, headers, body = _download(browser, target)
+    assert status == 200, body[:300]
+    assert headers["Content-Type"] == "application/x-tar"
+    assert 'filename="PV-2026_0042-unit-a-street.tar"' in headers["Content-Disposition"]
+    assert headers["X-Bundle-SHA256"] == hashlib.sha256(body).hexdigest()
+    path = lab.tmp / name
+    path.write_bytes(body)
+    return path
+
+
+def _verify(
+    capsys: pytest.CaptureFixture[str], lab: Lab, bundle: Path, *extra: str
+) -> tuple[int, dict[str, object]]:
+    code = edge_csu(["verify", str(bundle), "--ca", str(lab.csu.pki.chain), *extra, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def _states(lab: Lab, report: dict[str, object]) -> dict[int, str]:
+    seconds = report["seconds"]
+    assert isinstance(seconds, list)
+    return {s["t"] - lab.t0 // SEC: s["state"] for s in seconds}
+
+
+@pytest.fixture(scope="module")
+def investigator(lab: Lab) -> Browser:
+    browser = Browser(lab.console)
+    assert browser.login("i.enquete").status == 303
+    return browser
+
+
+def test_an_investigator_downloads_a_signed_bundle_that_verifies_and_opens(
+    lab: Lab, investigator: Browser, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page = investigator.request("GET", "/console/evidence")
+    assert page.status == 200 and 'value="bundle"' in page.body and "dossier" in page.body
+    bundle = _export(lab, investigator, 0, 3, "complete.tar")
+    code, report = _verify(capsys, lab, bundle, "--csu-key", str(lab.csu_key))
+    assert code == 0 and report["verdict"] == "authentic", report["reasons"]
+    assert _states(lab, report) == {0: "authentic", 1: "authentic", 2: "authentic"}
+    assert "fleet CA (evidence certificate" in str(report["trust"])
+    facts = "\n".join(report["facts"])  # type: ignore[arg-type]
+    assert "signed by CSU key" in facts and "i.enquete" in facts and CASE in facts
+    # the video comes out with the authority key, every frame the unit signed
+    clip = lab.tmp / "complete.mp4"
+    key = lab.csu.directory / "keys" / "authority.key.json"
+    code = edge_csu([
+        "open", str(bundle), "--key", str(key), "--ca", str(lab.csu.pki.chain),
+        "--csu-key", str(lab.csu_key), "--out", str(clip),
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr().out
+    probe = subprocess.run(
+        [tool("ffprobe"), "-v", "error", "-count_frames", "-select_streams", "v:0",
+         "-show_entries", "stream=codec_name,nb_read_frames", "-of", "json", str(clip)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    stream = json.loads(probe.stdout)["streams"][0]
+    assert stream["codec_name"] == "h264"
+    assert int(stream["nb_read_frames"]) == sum(lab.frames[s] for s in (0, 1, 2))
+    # the export is in the audit log, with the case and the digest of the very file
+    [entry] = [
+        e for e in csu_audit.read(lab.csu.directory / "audit.jsonl")
+        if e["action"] == "export" and e.get("kind") == "bundle"
+    ]  # fmt: skip
+    assert (entry["who"], entry["case"], entry["unit"], entry["camera"]) == (
+        "i.enquete", CASE, UNIT, CAMERA,
+    )  # fmt: skip
+    assert entry["bundle_sha256"] == hashlib.sha256(bundle.read_bytes()).hexdigest()
+    assert (entry["first"], entry["last"], entry["partial"]) == (0, 2, False)
+
+
+def test_what_the_range_lacks_is_declared_with_its_reason(
+    lab: Lab, investigator: Browser, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = _export(lab, investigator, 0, 10, "partial.tar")
+    code, report = _verify(capsys, lab, bundle, "--csu-key", str(lab.csu_key))
+    assert code == 3 and report["verdict"] == "partial", report["reasons"]
+    states = _states(lab, report)
+    assert {s for s, v in states.items() if v == "authentic"} == set(SENT)
+    assert {s for s, v in states.items() if v == "missing"} == {*LOST, *BACKLOG}
+    reasons = "\n".join(report["reasons"])  # type: ignore[arg-type]
+    assert "loss recorded by the unit: street: sequences 3..4 lost" in reasons
+    assert "street #7: missing (not in the bundle): not received from the unit" in reasons
+    clip = lab.tmp / "partial.mp4"
+    key = lab.csu.directory / "keys" / "authority.key.json"
+    code = edge_csu([
+        "open", str(bundle), "--key", str(key), "--ca", str(lab.csu.pki.chain),
+        "--csu-key", str(lab.csu_key), "--out", str(clip),
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 3 and "PARTIAL: the CSU could not export 1 part(s)" in out, out
+    assert "LOSS RECORDED by the unit (signed gap record): street: sequences 3..4" in out
+    assert f"{clip}: {sum(lab.frames[s] for s in SENT)} frame(s)" in out
+    with tarfile.open(bundle) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+    assert manifest["operator"] == "i.enquete" and manifest["case"] == CASE
+    assert [(g["first_sequence"], g["last_sequence"]) for g in manifest["gaps"]] == [LOST]
+
+
+def test_a_viewer_gets_no_bundle_and_the_refusal_is_audited(lab: Lab) -> None:
+    browser = Browser(lab.console)
+    assert browser.login("a.viewer").status == 303
+    status, _, _ = _download(browser, f"/v1/export/{UNIT}/{CAMERA}.tar?from=0&to=10&case=PV-1")
+    assert status == 403
+    refused = [
+        e for e in csu_audit.read(lab.csu.directory / "audit.jsonl")
+        if e["action"] == "refused" and e["who"] == "a.viewer"
+    ]  # fmt: skip
+    assert any(
+        e["path"] == f"/v1/export/{UNIT}/{CAMERA}.tar"
+        and e["reason"] == "role viewer may not export"
+        for e in refused
+    )
+
+
+def _repack(src: Path, dest: Path, change: dict[str, bytes | None]) -> Path:
+    """A copy of the bundle with members replaced (bytes) or removed (None)."""
+    with tarfile.open(src) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    for name, data in change.items():
+        if data is None:
+            members.pop(name)
+        else:
+            members[name] = data
+    with tarfile.open(dest, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return dest
+
+
+def _member(bundle: Path, name: str) -> bytes:
+    with tarfile.open(bundle) as tar:
+        return tar.extractfile(name).read()  # type: ignore[union-attr]
+
+
+def test_every_kind_of_tampering_is_refused_with_a_clear_message(
+    lab: Lab, investigator: Browser, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = lab.tmp / "complete.tar"
+    if not good.exists():
+        good = _export(lab, investigator, 0, 3, "complete.tar")
+    seg1 = f"segments/{CAMERA}/{1:010d}.seg"
+    flipped = bytearray(_member(good, seg1))
+    flipped[len(flipped) // 2] ^= 0x01
+    manifest = json.loads(_member(good, "manifest.json"))
+    edited = dict(manifest, case="PV-2026/9999")
+    forger = ed25519.Ed25519PrivateKey.generate()
+
+    def forged(body: dict[str, object]) -> dict[str, bytes | None]:
+        text = bundlefile.dumps(body)
+        return {"manifest.json": text, "manifest.sig": bundlefile.seal(text, forger)}
+
+    # a forger who re-lists the flipped segment's digest and seals with their own key
+    relisted = json.loads(json.dumps(manifest))
+    relisted["csu_public_key"] = public_pem(forger.public_key()).decode()
+    for entry in relisted["segments"]:
+        if entry["file"] == seg1:
+            entry["sha256"] = hashlib.sha256(bytes(flipped)).hexdigest()
+    cases: dict[str, tuple[dict[str, bytes | None], tuple[str, ...], str]] = {
+        "flipped": (
+            {seg1: bytes(flipped)}, (),
+            f"{seg1}: digest differs from the manifest (altered or swapped)",
+        ),
+        "removed": ({seg1: None}, (), f"{seg1}: listed in the manifest but missing (deleted)"),
+        "edited manifest": (
+            {"manifest.json": bundlefile.dumps(edited)}, (),
+            "manifest.sig: bad signature (manifest altered)",
+        ),
+        "sealed by another key": (
+            forged(dict(manifest, csu_public_key=public_pem(forger.public_key()).decode())),
+            ("--csu-key", str(lab.csu_key)),
+            "not by the key given",
+        ),
+        "re-sealed over a flipped segment": (
+            {seg1: bytes(flipped), **forged(relisted)}, (), "signature",
+        ),
+    }  # fmt: skip
+    for what, (change, extra, message) in cases.items():
+        bad = _repack(good, lab.tmp / f"{what.replace(' ', '-')}.tar", change)
+        code, report = _verify(capsys, lab, bad, *extra)
+        assert code == 1 and report["verdict"] == "not-authentic", (what, report)
+        assert message in report["reasons"][0], (what, report["reasons"])  # type: ignore[index]
+        assert report["source"] == str(bad)
+        # and the authority key gets no video out of it
+        key = lab.csu.directory / "keys" / "authority.key.json"
+        clip = lab.tmp / f"{what.replace(' ', '-')}.mp4"
+        code = edge_csu([
+            "open", str(bad), "--key", str(key), "--ca", str(lab.csu.pki.chain), *extra,
+            "--out", str(clip),
+        ])  # fmt: skip
+        out = capsys.readouterr().out
+        assert code == 1 and "REFUSED" in out and message in out, (what, out)
+        assert not clip.exists()
+    # the flipped segment alone fails in the per-second map: the seal held, the CA vouches
+    code, report = _verify(capsys, lab, lab.tmp / "flipped.tar")
+    assert _states(lab, report) == {0: "authentic", 1: "not-authentic", 2: "authentic"}
+
+
+def test_a_retention_deletion_in_the_range_travels_signed_and_is_checked(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """In-process, on a copy of the receiver's storage: retention deletes #0 (with its signed
+    record) before the bundle is built."""
+    storage = tmp_path / "storage"
+    shutil.copytree(lab.csu.directory / "storage", storage)
+    store = SegmentStore(storage)
+    index = store.camera(UNIT, CAMERA)
+    ledger_key = ed25519.Ed25519PrivateKey.generate()
+    ledger = DeletionLedger(tmp_path / "deletions.jsonl", ledger_key)
+    ledger.record(UNIT, CAMERA, [index.segments[0]], deleted_ns=time.time_ns(), retention_days=30)
+    index.delete([0])
+    chain = (lab.csu.directory / "units" / f"{UNIT}.crt").read_bytes()  # as the unit sent it
+    unit_key = parse_chain(chain, "crt")[0].public_key()
+    assert isinstance(unit_key, ed25519.Ed25519PublicKey)
+    csu_key = ed25519.Ed25519PrivateKey.generate()
+    out = tmp_path / "bundle.tar"
+    with out.open("w+b") as fh:
+        built = build(
+            store,
+            BundleRequest(UNIT, CAMERA, lab.t0 - 5 * SEC, lab.t0 + 3 * SEC, CASE, "i.enquete"),
+            UnitTrust(unit_key, "certificate", chain),
+            csu_key,
+            fh,
+            ledger=ledger.path,
+            deletion_public_pem=public_pem(ledger_key.public_key()),
+        )
+    assert (built.segments, built.first, built.deletions) == (2, 1, 1)
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    bundlefile.unpack(out, unpacked)
+    roots = x509.load_pem_x509_certificates(lab.csu.pki.chain.read_bytes())
+    found = bundlefile.verify_csu_bundle(unpacked, fleet_ca=roots, csu_key=csu_key.public_key())
+    [record] = found.deletions
+    assert record["sequences"] == [[0, 0]]
+    assert any("deleted by the CSU on" in line for line in found.facts())
+    # a deletion record edited in the bundle (and re-listed by a forger) does not pass
+    manifest = json.loads((unpacked / "manifest.json").read_bytes())
+    line = (
+        (unpacked / "deletions.jsonl")
+        .read_bytes()
+        .replace(b'"retention_days": 30', b'"retention_days": 3')
+    )
+    (unpacked / "deletions.jsonl").write_bytes(line)
+    manifest["deletions"]["sha256"] = hashlib.sha256(line).hexdigest()
+    manifest["deletions"]["size"] = len(line)
+    body = bundlefile.dumps(manifest)
+    (unpacked / "manifest.json").write_bytes(body)
+    (unpacked / "manifest.sig").write_bytes(bundlefile.seal(body, csu_key))
+    with pytest.raises(IntegrityError, match=r"deletions\.jsonl:1: signature does not verify"):
+        bundlefile.verify_csu_bundle(unpacked, fleet_ca=roots, csu_key=csu_key.public_key())
+
+
+def test_a_bad_case_or_an_overlong_range_is_refused_and_audited(
+    lab: Lab, investigator: Browser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    status, _, body = _download(
+        investigator, f"/v1/export/{UNIT}/{CAMERA}.tar?from=0&to=10&case=%3Cx%3E"
+    )
+    assert status == 400 and b"case=REF required" in body
+    [refusal] = [
+        e for e in csu_audit.read(lab.csu.directory / "audit.jsonl")
+        if e["action"] == "export-refused"
+    ]  # fmt: skip
+    assert refusal["who"] == "i.enquete" and refusal["case"] == "<x>"
+    # over the bound, the range is refused whole, never cut short
+    monkeypatch.setattr(evidence, "MAX_BUNDLE_SEGMENTS", 2)
+    chain = (lab.csu.directory / "units" / f"{UNIT}.crt").read_bytes()
+    unit_key = parse_chain(chain, "crt")[0].public_key()
+    assert isinstance(unit_key, ed25519.Ed25519PublicKey)
+    request = BundleRequest(UNIT, CAMERA, lab.t0, lab.t0 + 3 * SEC, CASE, "i.enquete")
+    with (tmp_path / "b.tar").open("w+b") as fh, pytest.raises(Refusal) as refused:
+        build(
+            SegmentStore(lab.csu.directory / "storage"),
+            request,
+            UnitTrust(unit_key, "certificate", chain),
+            ed25519.Ed25519PrivateKey.generate(),
+            fh,
+        )
+    assert refused.value.status == 413 and "export it in parts" in refused.value.reason
+
+
+def test_an_archive_with_links_or_a_name_twice_is_not_unpacked(tmp_path: Path) -> None:
+    for what in ("link", "twice"):
+        archive = tmp_path / f"{what}.tar"
+        with tarfile.open(archive, "w") as tar:
+            info = tarfile.TarInfo("manifest.json")
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"{}"))
+            if what == "link":
+                link = tarfile.TarInfo("segments/street/0000000000.seg")
+                link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                tar.addfile(link)
+            else:
+                tar.addfile(info, io.BytesIO(b"{}"))
+        dest = tmp_path / what
+        dest.mkdir()
+        with pytest.raises(IntegrityError, match=r"not a plain file|in the archive twice"):
+            bundlefile.unpack(archive, dest)
+        assert not any(dest.iterdir())

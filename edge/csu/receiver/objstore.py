@@ -31,7 +31,14 @@ def segment_key(unit: str, camera: str, sequence: int, sha256_hex: str) -> str:
 
 class ObjectStore:
     def __init__(
-        self, endpoint: str, bucket: str, access_key: str, secret_file: Path, *, timeout_s: float
+        self,
+        endpoint: str,
+        bucket: str,
+        access_key: str,
+        secret_file: Path,
+        *,
+        timeout_s: float,
+        ca_file: Path | None = None,
     ) -> None:
         self.bucket = bucket
         try:
@@ -44,6 +51,7 @@ class ObjectStore:
             aws_access_key_id=access_key,
             aws_secret_access_key=secret,
             region_name="us-east-1",
+            verify=str(ca_file) if ca_file is not None else True,
             config=botocore.config.Config(
                 s3={"addressing_style": "path"},
                 connect_timeout=timeout_s,
@@ -65,6 +73,10 @@ class ObjectStore:
             self._call("create bucket", "create_bucket")
         except botocore.exceptions.BotoCoreError as exc:
             raise ObjectStoreError(f"object store: {exc}") from None
+
+    def check_bucket(self) -> None:
+        """The bucket exists and these credentials reach it (the receiver's start)."""
+        self._call("head bucket", "head_bucket")
 
     def put(self, key: str, data: bytes) -> None:
         answer = self._call(f"put {key}", "put_object", Key=key, Body=data)

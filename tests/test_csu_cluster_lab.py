@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,24 +44,22 @@ def test_fifty_units_through_a_receiver_kill_a_database_outage_and_a_store_outag
         with lab.cluster_front(tmp_path / "lab", shared, 2) as front:
             victim = front.receivers[0]
 
-            def outage(stop: object, start: object) -> None:
-                stop()  # type: ignore[operator]
+            def outage(stop: Callable[[], None], start: Callable[[], None]) -> None:
+                stop()
                 time.sleep(10)
-                start()  # type: ignore[operator]
+                start()
+
+            actions: list[tuple[float, str, Callable[[], object]]] = [
+                (12, "kill r1", victim.kill),
+                (22, "database down 10 s", lambda: outage(pg.stop, pg.start)),
+                (40, "object store down 10 s", lambda: outage(s3.stop_proxy, s3.start_proxy)),
+            ]
 
             fleet = SimFleet(units, front.port, segment_s=SEGMENT_S)
             report = asyncio.run(
                 fleet.run(
                     SECONDS,
-                    actions=[
-                        (12, "kill r1", victim.kill),
-                        (22, "database down 10 s", lambda: outage(pg.stop, pg.start)),
-                        (
-                            40,
-                            "object store down 10 s",
-                            lambda: outage(s3.stop_proxy, s3.start_proxy),
-                        ),
-                    ],  # fmt: skip
+                    actions=actions,
                     drain_s=90,
                 )
             )

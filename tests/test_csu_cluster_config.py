@@ -118,3 +118,24 @@ def test_the_operations_guide_example_is_a_valid_cluster_configuration(tmp_path:
     cfg = settings.parse(block.group(1), path="OPERATIONS.md", base=tmp_path)
     assert cfg.cluster is not None and cfg.cluster.receiver_id == "r1"
     assert cfg.limits.max_connections_per_source == 10000
+
+
+def test_the_shipped_receiver_unit_is_hardened_and_runs_the_instance_configuration(
+    tmp_path: Path,
+) -> None:
+    import re
+    import shutil
+
+    shipped = REPO / "edge" / "csu" / "deploy" / "edge-csu@.service"
+    text = shipped.read_text()
+    assert "ExecStart=/opt/edge-csu/venv/bin/edge-csu serve --config /etc/edge-csu/%i.toml" in text
+    assert "Restart=always" in text and "User=edge-csu" in text
+    unit = tmp_path / "edge-csu@r1.service"
+    shutil.copy(shipped, unit)
+    out = subprocess.run(
+        [tool("systemd-analyze"), "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    match = re.search(r"Overall exposure level for edge-csu@r1\.service: (\d+\.\d+)", out.stdout)
+    assert match, out.stdout + out.stderr
+    assert float(match.group(1)) <= 2.0, out.stdout

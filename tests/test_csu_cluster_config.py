@@ -139,3 +139,19 @@ def test_the_shipped_receiver_unit_is_hardened_and_runs_the_instance_configurati
     match = re.search(r"Overall exposure level for edge-csu@r1\.service: (\d+\.\d+)", out.stdout)
     assert match, out.stdout + out.stderr
     assert float(match.group(1)) <= 2.0, out.stdout
+
+
+@pytest.mark.parametrize("action", ["purge", "audit"])
+def test_retention_commands_of_the_embedded_store_refuse_cluster_mode(
+    tmp_path: Path, action: str
+) -> None:
+    """Not a silent purge or audit of an empty local directory while the recordings are in
+    the cluster's stores."""
+    config = tmp_path / "csu.toml"
+    config.write_text(CLUSTER)
+    run = subprocess.run(
+        [sys.executable, "-m", "edge.csu.main", "retention", action, "--config", str(config)],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert "does not run on the cluster stores" in run.stderr, run.stderr

@@ -41,7 +41,7 @@ from .archive import (
     checked_gap,
     checked_segment,
 )
-from .objstore import ObjectStore, segment_key
+from .objstore import ObjectStore, parse_key, segment_key
 from .pgindex import PgSegmentIndex
 from .settings import ClusterConfig
 
@@ -216,3 +216,23 @@ class ClusterStore:
         rows: ``edge-csu units`` in cluster mode."""
         segments = self.index().segments(unit_id, camera_id)
         return CameraIndex.of(segments, self._gaps(unit_id, camera_id)).status()
+
+    def sweep(self, *, older_than_s: float, now: float) -> dict[str, int]:
+        """Delete the objects no row names (a receiver killed between its upload and the
+        database's decision, a loser's bytes whose deletion failed) once older than
+        ``older_than_s``: younger ones may belong to an upload whose decision is coming."""
+        counts = {"objects": 0, "orphans_deleted": 0, "orphans_too_young": 0, "other_keys": 0}
+        for page in self.objects.listing():
+            parsed = [(key, parse_key(key), modified) for key, modified in page]
+            counts["objects"] += len(page)
+            counts["other_keys"] += sum(1 for _, p, _ in parsed if p is None)
+            held = self.index().held([p for _, p, _ in parsed if p is not None])
+            for key, p, modified in parsed:
+                if p is None or p in held:
+                    continue
+                if now - modified < older_than_s:
+                    counts["orphans_too_young"] += 1
+                    continue
+                self.objects.delete(key)
+                counts["orphans_deleted"] += 1
+        return counts

@@ -12,6 +12,7 @@ Thread-safe: boto3 clients may be shared between threads.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +100,24 @@ class ObjectStore:
             if not page.get("IsTruncated"):
                 return out
             token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    def listing(self, prefix: str = "") -> Iterator[list[tuple[str, float]]]:
+        """Pages of ``(key, last modified as a Unix time)`` under ``prefix``."""
+        token: dict[str, str] = {}
+        while True:
+            page = self._call(f"list {prefix}", "list_objects_v2", Prefix=prefix, **token)
+            yield [(o["Key"], o["LastModified"].timestamp()) for o in page.get("Contents", [])]
+            if not page.get("IsTruncated"):
+                return
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
+
+def parse_key(key: str) -> tuple[str, str, int, str] | None:
+    """``(unit, camera, sequence, sha256)`` of a segment's key; None for any other key."""
+    parts = key.split("/")
+    if len(parts) != 3 or not parts[2].endswith(".seg"):
+        return None
+    seq, _, digest = parts[2][: -len(".seg")].partition("-")
+    if not seq.isdigit() or len(digest) != 64:
+        return None
+    return parts[0], parts[1], int(seq), digest

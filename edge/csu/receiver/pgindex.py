@@ -420,3 +420,16 @@ class PgSegmentIndex:
             "count": int(count),
             "gaps": holes,
         }
+
+    def held(self, keys: list[tuple[str, str, int, str]]) -> set[tuple[str, str, int, str]]:
+        """Which of these ``(unit, camera, sequence, hash)`` the index holds (one query)."""
+        if not keys:
+            return set()
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT s.unit, s.camera, s.sequence, s.hash FROM segments s JOIN "
+                "unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) AS k(u, c, q, h) "
+                "ON s.unit = k.u AND s.camera = k.c AND s.sequence = k.q AND s.hash = k.h",
+                [list(col) for col in zip(*keys, strict=True)],
+            )
+            return {(str(u), str(c), int(q), str(h)) for u, c, q, h in cur.fetchall()}

@@ -61,6 +61,8 @@ def test_cluster_mode_is_chosen_in_csu_toml_and_paths_resolve(tmp_path: Path) ->
         (CLUSTER + "region = 'x'\n", "cluster.object_store.region", 15, "unknown key"),
         (CLUSTER.replace('receiver_id = "r1"\n', ""), "cluster.receiver_id", 3, "required"),
         ('storage = "sqlite"\n', "storage", 1, "embedded"),
+        ('[limits]\nproxy_protocol_from = ["haproxy-1"]\n', "limits.proxy_protocol_from", 2,
+         "not an IP address"),
     ],
 )  # fmt: skip
 def test_mistakes_are_named_by_file_line_and_key(
@@ -117,7 +119,7 @@ def test_the_operations_guide_example_is_a_valid_cluster_configuration(tmp_path:
     assert block is not None
     cfg = settings.parse(block.group(1), path="OPERATIONS.md", base=tmp_path)
     assert cfg.cluster is not None and cfg.cluster.receiver_id == "r1"
-    assert cfg.limits.max_connections_per_source == 10000
+    assert cfg.limits.proxy_protocol_from == ["10.20.0.5", "10.20.0.6"]
 
 
 def test_the_shipped_receiver_unit_is_hardened_and_runs_the_instance_configuration(

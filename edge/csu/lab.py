@@ -345,7 +345,8 @@ key_file = "{shared.key_file}"
 client_ca_file = "{shared.client_ca_file}"
 
 [limits]
-# Behind HAProxy every unit comes from the proxy's address (docs/OPERATIONS.md).
+# HAProxy (send-proxy-v2) names each unit's address; all the lab's units dial from 127.0.0.1.
+proxy_protocol_from = ["127.0.0.1"]
 max_connections_per_source = 10000
 max_connections = 10000
 

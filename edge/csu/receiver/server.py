@@ -43,7 +43,7 @@ from ...uplink.protocol import (
     SEGMENT_CONTENT_TYPE,
 )
 from . import receipts
-from .limits import AdmissionGate, read_body, start_gated_server
+from .limits import AdmissionGate, peer_of, read_body, start_gated_server
 from .registry import RevocationList, UnitRegistry, server_context, unit_id_of
 from .trust import MAX_CERTIFICATE_BYTES
 
@@ -230,9 +230,9 @@ class Receiver:
     def _touch(self, unit: str, request: web.Request) -> None:
         contact = self.contacts.setdefault(unit, {})
         contact["last_contact_ns"] = time.time_ns()
-        peer = request.transport.get_extra_info("peername") if request.transport else None
+        peer = peer_of(request.transport)
         if peer:
-            contact["peer"] = str(peer[0])
+            contact["peer"] = peer[0]
         backlog = request.headers.get(BACKLOG_HEADER)
         if backlog:
             try:
@@ -625,6 +625,7 @@ async def _listen(
             gate=gate,
             handshake_timeout_s=limits.handshake_timeout_s,
             name=name,
+            proxy_from=frozenset(limits.proxy_protocol_from if name == "units" else ()),
         )
     except OSError as exc:
         await runner.cleanup()

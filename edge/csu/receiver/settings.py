@@ -158,6 +158,23 @@ class LimitsConfig(_Section):
     """A connection that sends no request for this long (including none at all) is closed."""
     body_timeout_s: float = Field(default=120.0, gt=0, le=3600)
     """A request body must arrive whole within this, or the request gets 408."""
+    proxy_protocol_from: list[str] = Field(default_factory=list, max_length=64)
+    """Addresses of the proxies in front of the units' listener (HAProxy with
+    ``send-proxy-v2``): their connections must begin with a PROXY protocol v2 header, whose
+    source address is then the unit's for ``max_connections_per_source`` and the logs.
+    Connections from other addresses are taken as they are."""
+
+    @field_validator("proxy_protocol_from")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_address(item)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address") from None
+        return value
 
 
 #: The legal limit (CSI L252-3: one month): a configuration may shorten it, never lengthen it.

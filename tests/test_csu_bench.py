@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import REPO
 
 
@@ -37,3 +39,26 @@ def test_bench_of_the_cluster_index_reports_both_modes_and_the_scaling() -> None
     for key in ("embedded_1_per_s", "embedded_2_per_s", "cluster_1_per_s", "cluster_2_per_s"):
         assert result[key] > 0, key
     assert result["cluster_scaling_1_to_2"] > 0 and result["cluster_to_embedded"] > 0
+
+
+@pytest.mark.slow  # Swift, PostgreSQL, HAProxy and three receiver starts: about 90 s
+def test_bench_of_the_cluster_reports_its_figures_and_loses_nothing_to_the_kill() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "edge.csu.main", "bench", "--cluster", "--units", "4",
+         "--seconds", "6", "--segment-s", "1", "--rate-mbps", "0.5", "--flat-seconds", "2",
+         "--flat-connections", "4", "--json"],
+        capture_output=True, text=True, timeout=400, cwd=REPO,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert result["benchmark"] == "csu-cluster" and result["receivers"] == 2
+    for phase in ("cluster_1", "cluster_2", "embedded"):
+        assert result[phase]["segments_acknowledged"] == result[phase]["segments_produced"] > 0
+    assert result["cluster_1"]["units_per_receiver_core"] > 0
+    assert result["embedded"]["units_per_receiver_core"] > 0
+    assert result["scaling_1_to_2_receivers"] > 0
+    # the kill -9 broke some units' connections, and each was served again by the survivor
+    assert result["cluster_2"]["failover_units"] >= 1
+    assert 0 < result["failover_p50_s"] <= result["failover_max_s"] < 30
+    audit = result["cluster_2"]["audit_after_all_cluster_phases"]
+    assert audit["lost"] == 0 and audit["stored_twice"] == 0 and audit["chain_breaks"] == 0

@@ -169,3 +169,67 @@ def test_both_sides_of_the_storage_seam_give_the_same_answers(lab: Lab, tmp_path
     assert answers[0][3] is Verdict.DUPLICATE and answers[0][4][0] == 409  # type: ignore[index]
     assert answers[0][7][0] == 422  # type: ignore[index]
     cluster.index.close()
+
+
+def test_the_sweep_deletes_old_objects_no_row_names_and_nothing_else(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """A receiver killed between its upload and the database's decision leaves bytes no row
+    names: the sweep deletes them once older than its threshold, never a stored segment's,
+    never a young one (its decision may be coming); the command refuses a short threshold."""
+    import json
+    import subprocess
+    import sys
+
+    from edge.csu.receiver.cluster import ClusterStore
+    from edge.csu.receiver.settings import ClusterConfig
+
+    from .conftest import REPO
+
+    sealer = Forking("unit-sweep", "cam1", _authority())
+    key = sealer.signing_key.public_key()
+    kept, orphan = _seal(sealer, b"kept" * 50), _seal(sealer, b"orphan" * 50)
+    assert lab.receiver("r-sweep").accept_segment("unit-sweep", "cam1", 0, kept, key)[0] is (
+        Verdict.STORED
+    )
+    objects = lab.objects()
+    orphan_key = segment_key("unit-sweep", "cam1", 1, sealed.sha256(orphan).hex())
+    objects.put(orphan_key, orphan)  # the upload; the receiver died before the decision
+    config = tmp_path / "csu.toml"
+    config.write_text(
+        f'storage = "cluster"\n[cluster]\nreceiver_id = "r1"\n[cluster.database]\n'
+        f'conninfo = "{lab.conninfo}"\n[cluster.object_store]\nendpoint = "{lab.s3.endpoint}"\n'
+        f'bucket = "segments"\naccess_key = "{lab.s3.access_key}"\n'
+        f'secret_file = "{lab.s3.secret_file}"\n'
+    )
+
+    def sweep(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "edge.csu.main", "retention", "sweep", "--config",
+             str(config), *extra],
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+        )  # fmt: skip
+
+    young = sweep()
+    assert young.returncode == 0, young.stderr
+    counts = json.loads(young.stdout)
+    assert counts["orphans_deleted"] == 0 and counts["orphans_too_young"] >= 1, counts
+    assert orphan_key in objects.keys("unit-sweep/")
+    refused = sweep("--older-than-s", "5")
+    assert refused.returncode != 0 and "at least 600" in refused.stderr
+    # two hours later (the clock is the sweep's argument): the orphan goes, the segment stays
+    cfg = ClusterConfig.model_validate(
+        {"receiver_id": "r1", "database": {"conninfo": lab.conninfo},
+         "object_store": {"endpoint": lab.s3.endpoint, "bucket": "segments",
+                          "access_key": lab.s3.access_key, "secret_file": lab.s3.secret_file}}
+    )  # fmt: skip
+    store = ClusterStore(cfg)
+    counts = store.sweep(older_than_s=3600, now=time.time() + 7200)
+    assert counts["orphans_deleted"] >= 1, counts
+    assert objects.keys("unit-sweep/") == [
+        segment_key("unit-sweep", "cam1", 0, sealed.sha256(kept).hex())
+    ]
+    assert store.read_segment("unit-sweep", "cam1", 0) == kept
+    # run twice: nothing more to do
+    assert store.sweep(older_than_s=3600, now=time.time() + 7200)["orphans_deleted"] == 0
+    store.close()

@@ -6,13 +6,19 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import psycopg
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge.csu.receiver import SegmentStore
 from edge.csu.receiver.archive import Refusal, StoredSegment, Verdict, _meta_of
-from edge.csu.receiver.pgindex import PgSegmentIndex
+from edge.csu.receiver.cluster import ClusterStore
+from edge.csu.receiver.pgindex import MIGRATIONS, PgSegmentIndex
+from edge.csu.receiver.settings import ClusterConfig
 from edge.errors import StorageUnavailableError
+from edge.events import EventSigner
 from edge.vault import format as sealed
 
 from .pg_util import postgres, postgres_server
@@ -62,7 +68,10 @@ def test_migrations_apply_once_even_when_receivers_start_together(conninfo: str)
         t.start()
     for t in threads:
         t.join()
-    assert versions == [1, 1, 1, 1]
+    assert versions == [len(MIGRATIONS)] * 4
+    with psycopg.connect(conninfo) as conn:
+        applied = conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()
+    assert [v for (v,) in applied] == list(range(1, len(MIGRATIONS) + 1))
 
 
 def test_same_verdicts_as_the_embedded_store(conninfo: str, tmp_path: object) -> None:
@@ -199,3 +208,112 @@ def test_a_database_outage_is_unavailable_then_the_same_receiver_goes_on() -> No
         assert index.accept(UNIT, "cam-outage", _meta(second)) is Verdict.DUPLICATE
         assert sorted(index.segments(UNIT, "cam-outage")) == [0, 1]
         index.close()
+
+
+def _cluster_store(conninfo: str, receiver: str, secret: Path) -> ClusterStore:
+    """A cluster receiver's store; its object store is never reached by these tests (events,
+    envelopes, status live in the database)."""
+    secret.write_text("unused\n")
+    return ClusterStore(
+        ClusterConfig.model_validate(
+            {
+                "receiver_id": receiver,
+                "database": {"conninfo": conninfo},
+                "object_store": {
+                    "endpoint": "http://127.0.0.1:9",
+                    "bucket": "segments",
+                    "access_key": "k",
+                    "secret_file": secret,
+                },
+            }
+        )
+    )
+
+
+def _event(unit: str, signing: ed25519.Ed25519PrivateKey, n: int) -> tuple[str, bytes]:
+    event = EventSigner(signing, unit).sign(
+        camera="cam1", category="alert", kind="intrusion", rule="r", wall_ns=time.time_ns(),
+        frame_index=n, details={"n": n},
+    )  # fmt: skip
+    return str(event.body["id"]), event.wire()
+
+
+def test_each_event_is_stored_once_and_published_by_one_receiver(
+    conninfo: str, tmp_path: Path
+) -> None:
+    """Two receivers get the same event at once (a unit's retry after a failover): one row,
+    one receiver to publish it; once published, a retry anywhere is acknowledged and not
+    published again; the same id with other content is refused."""
+    a = _cluster_store(conninfo, "r1", tmp_path / "s1")
+    b = _cluster_store(conninfo, "r2", tmp_path / "s2")
+    signing = ed25519.Ed25519PrivateKey.generate()
+    event_id, body = _event("unit-ev", signing, 1)
+    barrier = threading.Barrier(2)
+    verdicts: dict[str, Verdict] = {}
+
+    def store(name: str, where: ClusterStore) -> None:
+        barrier.wait()
+        verdicts[name] = where.store_event("unit-ev", event_id, body, to_publish=True)
+
+    threads = [threading.Thread(target=store, args=p) for p in (("a", a), ("b", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(v.name for v in verdicts.values()) == ["DUPLICATE", "STORED"], verdicts
+    winner, loser = (a, b) if verdicts["a"] is Verdict.STORED else (b, a)
+    # the winner publishes; meanwhile the other may not (the unit is told to retry)
+    with pytest.raises(StorageUnavailableError):
+        loser.is_unpublished("unit-ev", event_id)
+    winner.mark_published("unit-ev", event_id)
+    for where in (a, b):
+        assert where.store_event("unit-ev", event_id, body, to_publish=True) is Verdict.DUPLICATE
+        assert where.is_unpublished("unit-ev", event_id) is False
+    _, other = _event("unit-ev", signing, 2)
+    with pytest.raises(Refusal) as refused:
+        b.store_event("unit-ev", event_id, other, to_publish=True)
+    assert refused.value.status == 409
+    # a receiver that claimed an event and died: past the lease another one publishes it
+    lost_id, lost = _event("unit-ev", signing, 3)
+    assert a.store_event("unit-ev", lost_id, lost, to_publish=True) is Verdict.STORED
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE events SET claimed_ns = claimed_ns - %s WHERE event_id = %s",
+            (int(11e9), lost_id),
+        )
+    assert b.is_unpublished("unit-ev", lost_id) is True
+    a.close()
+    b.close()
+
+
+def test_envelopes_gaps_status_and_cursor_are_shared_by_the_receivers(
+    conninfo: str, tmp_path: Path
+) -> None:
+    """What one receiver stored, any other serves: the unit's cursor (first, last, count,
+    holes not covered by its gap records), envelopes, its status, the chain status."""
+    a = _cluster_store(conninfo, "r1", tmp_path / "s1")
+    b = _cluster_store(conninfo, "r2", tmp_path / "s2")
+    sealer = Sealer("unit-cur", "cam1", _authority())
+    key = sealer.signing_key.public_key()
+    raws = [_seal(sealer, bytes([n]) * 64) for n in range(6)]
+    epoch = sealer.epoch.epoch_id.hex()
+    assert a.accept_envelope("unit-cur", "cam1", epoch, sealer.envelope, key) is Verdict.STORED
+    assert b.accept_envelope("unit-cur", "cam1", epoch, sealer.envelope, key) is (Verdict.DUPLICATE)
+    assert b.read_envelope("unit-cur", "cam1", epoch) == sealer.envelope
+    for n in (0, 1, 4, 5):  # 2..3 lost at the unit, recorded below; written straight to the index
+        assert a.index().accept("unit-cur", "cam1", _meta(raws[n])) is Verdict.STORED
+    cursor = b.cursor("unit-cur")["cameras"]["cam1"]
+    assert cursor == {"first": 0, "last": 5, "count": 4, "gaps": [[2, 3]]}
+    assert b.camera_status("unit-cur", "cam1")["chain"] == "gaps"
+    gap = sealed.sign_gap(
+        sealed.GapRecord("unit-cur", "cam1", time.time_ns(), 2, 3, 0, sealed.sha256(raws[1]), "t"),
+        sealer.signing_key,
+    )
+    assert b.accept_gap("unit-cur", "cam1", 2, 3, gap, key) == (Verdict.STORED, [])
+    assert a.cursor("unit-cur")["cameras"]["cam1"]["gaps"] == []
+    assert "losses recorded" in a.camera_status("unit-cur", "cam1")["chain"]
+    a.write_status("unit-cur", {"last_contact_ns": 5, "peer": "10.0.0.1"})
+    assert b.read_status("unit-cur") == {"last_contact_ns": 5, "peer": "10.0.0.1", "receiver": "r1"}
+    assert "unit-cur" in b.units() and b.cameras_of("unit-cur") == ["cam1"]
+    a.close()
+    b.close()

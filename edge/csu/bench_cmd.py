@@ -54,6 +54,10 @@ def register(sub: Any) -> None:
             ("edge-csu bench --units 100 --rate-mbps 2", "a city's fleet at 2 Mbit/s per unit"),
             ("edge-csu bench --units 20 --seconds 5 --json", "a quick run, for scripts"),
             (
+                "edge-csu bench --cluster --units 20 --seconds 20 --json",
+                "cluster mode on this machine: HAProxy, 2 receivers, PostgreSQL, Swift",
+            ),
+            (
                 "edge-csu bench --index-database 'host=/run/postgresql dbname=edge_bench' --json",
                 "the cluster mode's PostgreSQL index: decisions per second, 1 and 2 receivers",
             ),
@@ -77,6 +81,16 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--index-segments", type=int, default=4000, help="segments decided per run (default 4000)"
+    )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="instead: the cluster mode on this machine (HAProxy, --receivers receivers, "
+        "PostgreSQL, Swift; Debian packages haproxy, postgresql, swift-*; as root): units per "
+        "receiver core against embedded, scaling 1 to K receivers, fail-over time",
+    )
+    parser.add_argument(
+        "--receivers", type=int, default=2, help="receivers of --cluster (default 2)"
     )
     parser.set_defaults(func=_main)
 
@@ -322,7 +336,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _main(args: argparse.Namespace) -> int:
     from edge.bench.machine import describe
 
-    if args.index_database is not None:
+    if args.cluster:
+        from . import bench_cluster
+
+        name, figures = "csu-cluster", bench_cluster.run_lab(args)
+    elif args.index_database is not None:
         from . import bench_cluster
 
         name = "csu-cluster-index"

@@ -137,6 +137,25 @@ def register(sub: Any) -> None:
     )
     aud.add_argument("--json", action="store_true", help="print JSON")
     aud.set_defaults(func=_audit)
+    sweep = add_command(
+        rsub,
+        "sweep",
+        help="cluster mode: delete objects no database row names (older than an hour)",
+        description="In cluster mode, delete from the object store the sealed bytes that no "
+        "row of the database names: an upload whose receiver died before the database "
+        "decided, or refused bytes whose deletion failed. Only objects older than "
+        "--older-than-s (default one hour) are deleted, so that an upload still being decided "
+        "is never touched. Safe to run while the receivers run, and twice.",
+        example=[("edge-csu retention sweep --config /etc/edge-csu/r1.toml", "prints the counts")],
+    )
+    sweep.add_argument("--config", type=Path, required=True, help="receiver configuration")
+    sweep.add_argument(
+        "--older-than-s",
+        type=float,
+        default=3600.0,
+        help="only objects older than this many seconds (default 3600, at least 600)",
+    )
+    sweep.set_defaults(func=_sweep)
 
 
 def _checked(pattern: re.Pattern[str], value: str, what: str) -> str:
@@ -211,11 +230,39 @@ def _hold_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embedded_only(cfg: Any, what: str) -> None:
+    if cfg.storage != "embedded":
+        raise ConfigError(
+            f"{what} runs on the embedded storage only; it does not run on the cluster stores "
+            "yet (docs/UPLINK.md, Known limits)",
+            key="storage",
+        )
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from edge.csu.receiver import settings as serve_config
+    from edge.csu.receiver.cluster import ClusterStore
+
+    cfg = serve_config.load(args.config)
+    if cfg.cluster is None or cfg.storage != "cluster":
+        raise ConfigError('sweep is for cluster mode (storage = "cluster")', key="storage")
+    if args.older_than_s < 600:
+        raise ConfigError("--older-than-s: at least 600 (an upload may still be decided)")
+    store = ClusterStore(cfg.cluster)
+    try:
+        counts = store.sweep(older_than_s=args.older_than_s, now=time.time())
+    finally:
+        store.close()
+    print(json.dumps(counts))
+    return 0
+
+
 def _purge(args: argparse.Namespace) -> int:
     from edge.csu.receiver import SegmentStore, purge
     from edge.csu.receiver import settings as serve_config
 
     cfg = serve_config.load(args.config)
+    _embedded_only(cfg, "retention purge")
     with purge.no_receiver_running(cfg.retention):
         report = purge.purge_once(
             SegmentStore(cfg.storage_dir),
@@ -232,6 +279,7 @@ def _audit(args: argparse.Namespace) -> int:
     from edge.csu.receiver import settings as serve_config
 
     cfg = serve_config.load(args.config)
+    _embedded_only(cfg, "retention audit")
     report = purge.audit(
         SegmentStore(cfg.storage_dir),
         cfg.retention,

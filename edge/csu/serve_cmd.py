@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,11 +98,37 @@ def _serve(args: argparse.Namespace) -> int:
 def unit_rows(cfg: serve_config.ServeConfig) -> list[dict[str, Any]]:
     crl = RevocationList(cfg.tls.crl_file, cfg.tls.client_ca_file)
     registry = UnitRegistry(cfg.registry_dir, ca_file=cfg.tls.client_ca_file, crl=crl)
+    if cfg.storage == "cluster":
+        assert cfg.cluster is not None
+        from edge.csu.receiver.cluster import ClusterStore
+
+        cluster = ClusterStore(cfg.cluster)
+        try:
+            return _rows(registry, cluster.units(), cluster.read_status, cluster.camera_status,
+                         cluster.cameras_of)  # fmt: skip
+        finally:
+            cluster.close()
     store = SegmentStore(cfg.storage_dir)
+    return _rows(
+        registry,
+        _stored_units(cfg.storage_dir),
+        store.read_status,
+        lambda unit, cam: store.camera(unit, cam).status(),
+        store.cameras_of,
+    )
+
+
+def _rows(
+    registry: UnitRegistry,
+    stored: list[str],
+    read_status: Callable[[str], dict[str, Any]],
+    camera_status: Callable[[str, str], dict[str, Any]],
+    cameras_of: Callable[[str], list[str]],
+) -> list[dict[str, Any]]:
     rows = []
-    for unit in sorted(set(registry.unit_ids()) | set(_stored_units(cfg.storage_dir))):
-        status = store.read_status(unit)
-        cams = {cam: store.camera(unit, cam).status() for cam in store.cameras_of(unit)}
+    for unit in sorted(set(registry.unit_ids()) | set(stored)):
+        status = read_status(unit)
+        cams = {cam: camera_status(unit, cam) for cam in cameras_of(unit)}
         trusted = registry.trust(unit)
         rows.append(
             {
@@ -110,6 +137,7 @@ def unit_rows(cfg: serve_config.ServeConfig) -> list[dict[str, Any]]:
                 "signing_key": trusted.to_json(),
                 "last_contact_ns": status.get("last_contact_ns"),
                 "peer": status.get("peer"),
+                "receiver": status.get("receiver"),
                 "backlog": status.get("backlog"),
                 "fleet": status.get("fleet"),
                 "cameras": cams,

@@ -119,6 +119,36 @@ def checked_segment(
     return _meta_of(seg, time.time_ns())
 
 
+def checked_gap(
+    unit_id: str, camera_id: str, first: int, last: int, raw: bytes, key: ed25519.Ed25519PublicKey
+) -> sealed.GapRecord:
+    """A unit's gap record checked alone: signature, and the URL's unit, camera and range."""
+    try:
+        gap = sealed.verify_gap(raw, key)
+    except IntegrityError as exc:
+        status = 400 if "signature" not in str(exc) else 422
+        raise Refusal(status, str(exc)) from None
+    if (gap.device_id, gap.camera_id, gap.first, gap.last) != (unit_id, camera_id, first, last):
+        raise Refusal(400, "gap record does not match the URL")
+    return gap
+
+
+def checked_envelope(
+    unit_id: str, camera_id: str, epoch_hex: str, raw: bytes, key: ed25519.Ed25519PublicKey
+) -> None:
+    """An epoch envelope checked alone: it parses, names the URL's epoch, and is signed."""
+    try:
+        env = sealed.parse_envelope(raw)
+    except IntegrityError as exc:
+        raise Refusal(400, f"not an epoch envelope: {exc}") from None
+    if (env.device_id, env.camera_id, env.epoch_id.hex()) != (unit_id, camera_id, epoch_hex):
+        raise Refusal(400, "envelope header disagrees with the URL")
+    try:
+        sealed.verify_envelope(raw, key)
+    except IntegrityError as exc:
+        raise Refusal(422, str(exc)) from None
+
+
 def ranges(sequences: Iterable[int]) -> list[list[int]]:
     """``[1, 2, 3, 7]`` → ``[[1, 3], [7, 7]]``."""
     out: list[list[int]] = []
@@ -150,6 +180,19 @@ class CameraIndex:
                 log.error("%s: unreadable gap record, ignored: %s", path, exc)
                 continue
             self.gaps[gap.last] = gap
+
+    @classmethod
+    def of(
+        cls, segments: dict[int, StoredSegment], gaps: Iterable[sealed.GapRecord]
+    ) -> CameraIndex:
+        """An index over rows read elsewhere (cluster mode's database), for :meth:`status`."""
+        index = cls.__new__(cls)
+        index.directory = Path("/nonexistent")
+        index.lock = threading.Lock()
+        index.segments = dict(segments)
+        index.gaps = {g.last: g for g in gaps}
+        index.purged = []
+        return index
 
     def gap_path(self, first: int, last: int) -> Path:
         return self.directory / "gaps" / f"{first}-{last}.gap"
@@ -291,6 +334,14 @@ class SegmentStore:
                 self._cameras[key] = index
             return index
 
+    def cursor(self, unit_id: str) -> dict[str, Any]:
+        """What a unit resumes from (``GET .../cursor``): per camera, first, last, count, gaps."""
+        cams = {}
+        for cam in self.cameras_of(unit_id):
+            status = self.camera(unit_id, cam).status()
+            cams[cam] = {k: status[k] for k in ("first", "last", "count", "gaps")}
+        return {"unit": unit_id, "cameras": cams}
+
     def cameras_of(self, unit_id: str) -> list[str]:
         base = self.root / unit_id
         if not base.is_dir():
@@ -346,18 +397,7 @@ class SegmentStore:
     ) -> tuple[Verdict, list[int]]:
         """Store a unit's signed gap record; returns the verdict and the lost sequences this
         CSU holds (a conflict the caller must report: the originals exist here)."""
-        try:
-            gap = sealed.verify_gap(raw, key)
-        except IntegrityError as exc:
-            status = 400 if "signature" not in str(exc) else 422
-            raise Refusal(status, str(exc)) from None
-        if (gap.device_id, gap.camera_id, gap.first, gap.last) != (
-            unit_id,
-            camera_id,
-            first,
-            last,
-        ):
-            raise Refusal(400, "gap record does not match the URL")
+        gap = checked_gap(unit_id, camera_id, first, last, raw, key)
         index = self.camera(unit_id, camera_id)
         with index.lock:
             held = index.held_in(first, last)
@@ -388,16 +428,7 @@ class SegmentStore:
         raw: bytes,
         key: ed25519.Ed25519PublicKey,
     ) -> Verdict:
-        try:
-            env = sealed.parse_envelope(raw)
-        except IntegrityError as exc:
-            raise Refusal(400, f"not an epoch envelope: {exc}") from None
-        if (env.device_id, env.camera_id, env.epoch_id.hex()) != (unit_id, camera_id, epoch_hex):
-            raise Refusal(400, "envelope header disagrees with the URL")
-        try:
-            sealed.verify_envelope(raw, key)
-        except IntegrityError as exc:
-            raise Refusal(422, str(exc)) from None
+        checked_envelope(unit_id, camera_id, epoch_hex, raw, key)
         directory = self.root / unit_id / camera_id / "epochs"
         path = directory / f"{epoch_hex}.env"
         index = self.camera(unit_id, camera_id)

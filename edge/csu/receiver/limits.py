@@ -3,6 +3,10 @@
 Both listeners accept plain TCP and start TLS themselves (:func:`start_gated_server`), so the
 receiver sees a connection *before* any TLS state exists for it:
 
+- a connection from a trusted proxy (``proxy_protocol_from``: HAProxy with ``send-proxy-v2``
+  in cluster mode) must begin with a PROXY protocol v2 header, read from the socket byte for
+  byte before TLS starts; the address it carries is the connection's source from then on
+  (the gate's count, the logs, :func:`peer_of`);
 - an :class:`AdmissionGate` refuses a connection beyond ``max_connections_per_source`` from one
   address or ``max_connections`` in all, by closing it at once (no TLS object is ever made);
 - the TLS handshake must finish within ``handshake_timeout_s``;
@@ -25,10 +29,14 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import ipaddress
 import logging
+import os
+import socket
 import ssl
 import time
 import traceback
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -47,6 +55,65 @@ TRIM_DELAY_S = 1.0
 #: A burst of at least this many connections that has ended lets the allocator give its
 #: memory back to the system (see :func:`release_freed_memory`).
 BURST_CONNECTIONS = 64
+
+
+#: The PROXY protocol v2 signature (HAProxy's ``send-proxy-v2``), then version and command,
+#: address family, and the length of what follows.
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+_CLOSED_FIRST = "closed without a byte"
+_CLOSED_IN = "closed within the PROXY header"
+#: The unit's own address behind a proxy, by the TLS transport aiohttp's requests carry.
+REAL_PEER: weakref.WeakKeyDictionary[asyncio.BaseTransport, tuple[str, int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def peer_of(transport: asyncio.BaseTransport | None) -> tuple[str, int] | None:
+    """The client's address: the unit's behind a trusted proxy, else the socket's peer."""
+    if transport is None:
+        return None
+    real = REAL_PEER.get(transport)
+    if real is not None:
+        return real
+    peer = transport.get_extra_info("peername")
+    return (str(peer[0]), int(peer[1])) if peer else None
+
+
+async def read_proxy_header(transport: asyncio.Transport) -> tuple[str, int] | None:
+    """Read exactly one PROXY protocol v2 header from the connection's socket (not a byte
+    more: the TLS handshake follows); the source address it carries, None for a LOCAL
+    connection (the proxy's own health check). :class:`ValueError` if it is not one."""
+    sock = transport.get_extra_info("socket")
+    loop = asyncio.get_running_loop()
+    with socket.socket(fileno=os.dup(sock.fileno())) as raw:
+        raw.setblocking(False)
+
+        async def exactly(n: int, first: bool = False) -> bytes:
+            data = b""
+            while len(data) < n:
+                chunk = await loop.sock_recv(raw, n - len(data))
+                if not chunk:
+                    raise ValueError(_CLOSED_FIRST if first and not data else _CLOSED_IN)
+                data += chunk
+            return data
+
+        head = await exactly(16, first=True)
+        if head[:12] != PROXY_V2_SIGNATURE or head[12] >> 4 != 2:
+            raise ValueError("no PROXY protocol v2 header")
+        length = int.from_bytes(head[14:16], "big")
+        if length > 1024:
+            raise ValueError("PROXY header too long")
+        body = await exactly(length)
+    command, family = head[12] & 0x0F, head[13]
+    if command == 0:  # LOCAL
+        return None
+    if command != 1:
+        raise ValueError(f"PROXY command {command}")
+    if family == 0x11 and length >= 12:  # TCP over IPv4
+        return str(ipaddress.IPv4Address(body[:4])), int.from_bytes(body[8:10], "big")
+    if family == 0x21 and length >= 36:  # TCP over IPv6
+        return str(ipaddress.IPv6Address(body[:16])), int.from_bytes(body[32:34], "big")
+    raise ValueError(f"PROXY address family {family:#x}")
 
 
 @dataclass
@@ -109,21 +176,51 @@ class _Gate(asyncio.Protocol):
         # What TLS delivers between the end of the handshake and the hand-over to aiohttp
         # (a client may send its request with its last handshake message): replayed in order.
         self._early: list[bytes | None] = []
+        self._peer: tuple[str, int] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         peer = transport.get_extra_info("peername")
         source = str(peer[0]) if peer else "?"
+        # Not one byte of the ClientHello (or PROXY header) may reach this protocol: the
+        # header is read from the socket itself, then start_tls takes over reading.
+        transport.pause_reading()
+        if source in self._listener.proxy_from:
+            task = asyncio.ensure_future(self._proxied(transport, source))
+        else:
+            if not self._admit(transport, source):
+                return
+            task = asyncio.ensure_future(self._handshake(transport))
+        self._listener.handshakes.add(task)
+        task.add_done_callback(self._listener.handshakes.discard)
+
+    def _admit(self, transport: asyncio.Transport, source: str) -> bool:
         if not self._listener.gate.admit(source):
             self._listener.log_refusal(source)
             transport.abort()
-            return
+            return False
         self._source = source
-        # Not one byte of the ClientHello may reach this protocol: start_tls takes over reading.
-        transport.pause_reading()
-        task = asyncio.ensure_future(self._handshake(transport))
-        self._listener.handshakes.add(task)
-        task.add_done_callback(self._listener.handshakes.discard)
+        return True
+
+    async def _proxied(self, transport: asyncio.Transport, proxy: str) -> None:
+        """A connection from a trusted proxy: its PROXY protocol v2 header names the unit's
+        address, which the gate counts (and the logs show) instead of the proxy's."""
+        try:
+            async with asyncio.timeout(self._listener.handshake_timeout_s):
+                peer = await read_proxy_header(transport)
+        except (TimeoutError, OSError, ValueError) as exc:
+            # A connection closed before sending anything is a proxy's plain TCP check.
+            quiet = isinstance(exc, ValueError) and str(exc) == _CLOSED_FIRST
+            (log.debug if quiet else log.warning)(
+                "closed a connection from proxy %s: %s", proxy, exc or "no header in time"
+            )
+            transport.abort()
+            return
+        source = peer[0] if peer is not None else proxy  # LOCAL: the proxy's own check
+        if not self._admit(transport, source):
+            return
+        self._peer = peer
+        await self._handshake(transport)
 
     async def _handshake(self, transport: asyncio.Transport) -> None:
         listener = self._listener
@@ -151,6 +248,8 @@ class _Gate(asyncio.Protocol):
             return
         if tls is None or self._source is None:  # already gone
             return
+        if self._peer is not None:
+            REAL_PEER[tls] = self._peer
         handler = listener.handler_factory()
         self._handler = handler
         handler.connection_made(tls)
@@ -200,6 +299,7 @@ class _Listener:
     handshake_timeout_s: float
     handler_factory: Callable[[], asyncio.Protocol]
     name: str
+    proxy_from: frozenset[str] = frozenset()
     handshakes: set[asyncio.Future[None]] = field(default_factory=set)
     _last_refusal_log: float = -REFUSAL_LOG_INTERVAL_S
     _trim: asyncio.TimerHandle | None = None
@@ -239,9 +339,11 @@ async def start_gated_server(
     gate: AdmissionGate,
     handshake_timeout_s: float,
     name: str,
+    proxy_from: frozenset[str] = frozenset(),
 ) -> asyncio.Server:
-    """A TLS listener whose connections pass ``gate`` before any TLS work is done for them."""
-    listener = _Listener(gate, ssl_context, handshake_timeout_s, handler_factory, name)
+    """A TLS listener whose connections pass ``gate`` before any TLS work is done for them;
+    those from ``proxy_from`` addresses must begin with a PROXY protocol v2 header."""
+    listener = _Listener(gate, ssl_context, handshake_timeout_s, handler_factory, name, proxy_from)
     return await asyncio.get_running_loop().create_server(
         lambda: _Gate(listener), host, port, reuse_address=True
     )

@@ -12,6 +12,7 @@ Thread-safe: boto3 clients may be shared between threads.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,14 @@ def segment_key(unit: str, camera: str, sequence: int, sha256_hex: str) -> str:
 
 class ObjectStore:
     def __init__(
-        self, endpoint: str, bucket: str, access_key: str, secret_file: Path, *, timeout_s: float
+        self,
+        endpoint: str,
+        bucket: str,
+        access_key: str,
+        secret_file: Path,
+        *,
+        timeout_s: float,
+        ca_file: Path | None = None,
     ) -> None:
         self.bucket = bucket
         try:
@@ -44,6 +52,7 @@ class ObjectStore:
             aws_access_key_id=access_key,
             aws_secret_access_key=secret,
             region_name="us-east-1",
+            verify=str(ca_file) if ca_file is not None else True,
             config=botocore.config.Config(
                 s3={"addressing_style": "path"},
                 connect_timeout=timeout_s,
@@ -66,6 +75,10 @@ class ObjectStore:
         except botocore.exceptions.BotoCoreError as exc:
             raise ObjectStoreError(f"object store: {exc}") from None
 
+    def check_bucket(self) -> None:
+        """The bucket exists and these credentials reach it (the receiver's start)."""
+        self._call("head bucket", "head_bucket")
+
     def put(self, key: str, data: bytes) -> None:
         answer = self._call(f"put {key}", "put_object", Key=key, Body=data)
         if answer.get("ETag", "").strip('"') != hashlib.md5(data).hexdigest():  # noqa: S324
@@ -87,3 +100,24 @@ class ObjectStore:
             if not page.get("IsTruncated"):
                 return out
             token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    def listing(self, prefix: str = "") -> Iterator[list[tuple[str, float]]]:
+        """Pages of ``(key, last modified as a Unix time)`` under ``prefix``."""
+        token: dict[str, str] = {}
+        while True:
+            page = self._call(f"list {prefix}", "list_objects_v2", Prefix=prefix, **token)
+            yield [(o["Key"], o["LastModified"].timestamp()) for o in page.get("Contents", [])]
+            if not page.get("IsTruncated"):
+                return
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
+
+def parse_key(key: str) -> tuple[str, str, int, str] | None:
+    """``(unit, camera, sequence, sha256)`` of a segment's key; None for any other key."""
+    parts = key.split("/")
+    if len(parts) != 3 or not parts[2].endswith(".seg"):
+        return None
+    seq, _, digest = parts[2][: -len(".seg")].partition("-")
+    if not seq.isdigit() or len(digest) != 64:
+        return None
+    return parts[0], parts[1], int(seq), digest

@@ -34,6 +34,7 @@ from dataclasses import astuple, fields
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from ...errors import StorageUnavailableError
 from .archive import Refusal, StoredSegment, Verdict
@@ -74,8 +75,40 @@ MIGRATIONS: tuple[str, ...] = (
         FOREIGN KEY (unit, camera) REFERENCES cameras
     );
     """,
+    # 2: what else a unit sends, so that any receiver can serve any unit (cluster serve).
+    """
+    ALTER TABLE gaps ADD COLUMN raw bytea;
+    CREATE TABLE envelopes (
+        unit text NOT NULL,
+        camera text NOT NULL,
+        epoch text NOT NULL,
+        raw bytea NOT NULL,
+        receiver text NOT NULL,
+        PRIMARY KEY (unit, camera, epoch)
+    );
+    CREATE TABLE events (
+        unit text NOT NULL,
+        event_id text NOT NULL,
+        body bytea NOT NULL,
+        published boolean NOT NULL,
+        received_ns bigint NOT NULL,
+        receiver text NOT NULL,
+        publisher text,
+        claimed_ns bigint,
+        PRIMARY KEY (unit, event_id)
+    );
+    CREATE TABLE unit_status (
+        unit text PRIMARY KEY,
+        status jsonb NOT NULL,
+        updated_ns bigint NOT NULL,
+        receiver text NOT NULL
+    );
+    """,
 )
 
+#: A receiver that claimed an event's publication and said nothing for this long (killed,
+#: cut off) loses the claim: another publishes the event when the unit sends it again.
+PUBLISH_LEASE_S = 10.0
 _MIGRATION_LOCK = 0x65646765  # "edge": one receiver migrates, the others wait for it
 _COLUMNS = ", ".join(f.name for f in fields(StoredSegment))
 
@@ -168,7 +201,14 @@ class PgSegmentIndex:
         return Verdict.STORED
 
     def accept_gap(
-        self, unit: str, camera: str, first: int, last: int, prev_hash: str, chain_hash: str
+        self,
+        unit: str,
+        camera: str,
+        first: int,
+        last: int,
+        prev_hash: str,
+        chain_hash: str,
+        raw: bytes | None = None,
     ) -> Verdict:
         """Record a unit's verified gap record (same rules as :meth:`.archive.SegmentStore.
         accept_gap`: once per last sequence, continuing the segment before it)."""
@@ -192,8 +232,8 @@ class PgSegmentIndex:
             if before is not None and before[0] != prev_hash:
                 raise Refusal(409, f"{camera}: gap record does not continue #{first - 1}")
             cur.execute(
-                "INSERT INTO gaps VALUES (%s, %s, %s, %s, %s, %s)",
-                (unit, camera, first, last, prev_hash, chain_hash),
+                "INSERT INTO gaps VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (unit, camera, first, last, prev_hash, chain_hash, raw),
             )
         return Verdict.STORED
 
@@ -225,3 +265,171 @@ class PgSegmentIndex:
             )
             row = cur.fetchone()
             return None if row is None or row[0] is None else int(row[0])
+
+    def held_in(self, unit: str, camera: str, first: int, last: int) -> list[int]:
+        """Stored sequences within ``first..last`` (at most 100: for a conflict report)."""
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT sequence FROM segments WHERE unit = %s AND camera = %s "
+                "AND sequence BETWEEN %s AND %s ORDER BY sequence LIMIT 100",
+                (unit, camera, first, last),
+            )
+            return [int(r[0]) for r in cur.fetchall()]
+
+    def gap_records(self, unit: str, camera: str) -> list[bytes]:
+        """The unit's signed gap records for the camera, as it sent them."""
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT raw FROM gaps WHERE unit = %s AND camera = %s AND raw IS NOT NULL "
+                "ORDER BY first_sequence",
+                (unit, camera),
+            )
+            return [bytes(r[0]) for r in cur.fetchall()]
+
+    # --- envelopes, events, status: what any receiver needs to serve any unit -------------------
+
+    def accept_envelope(self, unit: str, camera: str, epoch: str, raw: bytes) -> Verdict:
+        """Store a verified epoch envelope once; other bytes under the epoch are refused."""
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO envelopes VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (unit, camera, epoch, raw, self.receiver),
+            )
+            if cur.rowcount == 1:
+                return Verdict.STORED
+            cur.execute(
+                "SELECT raw FROM envelopes WHERE unit = %s AND camera = %s AND epoch = %s",
+                (unit, camera, epoch),
+            )
+            row = cur.fetchone()
+        if row is not None and bytes(row[0]) == raw:
+            return Verdict.DUPLICATE
+        raise Refusal(409, f"epoch {epoch} is already stored with other bytes")
+
+    def envelope(self, unit: str, camera: str, epoch: str) -> bytes | None:
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT raw FROM envelopes WHERE unit = %s AND camera = %s AND epoch = %s",
+                (unit, camera, epoch),
+            )
+            row = cur.fetchone()
+        return None if row is None else bytes(row[0])
+
+    def store_event(self, unit: str, event_id: str, body: bytes, *, to_publish: bool) -> Verdict:
+        """Store a verified event once across the cluster: the insert that creates the row is
+        the one receiver that publishes it (``published`` false until it has)."""
+        with self._transaction() as cur:
+            now = time.time_ns()
+            cur.execute(
+                "INSERT INTO events VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (unit, event_id, body, not to_publish, now, self.receiver, self.receiver, now),
+            )
+            if cur.rowcount == 1:
+                return Verdict.STORED
+            cur.execute(
+                "SELECT body FROM events WHERE unit = %s AND event_id = %s", (unit, event_id)
+            )
+            row = cur.fetchone()
+        if row is not None and bytes(row[0]) == body:
+            return Verdict.DUPLICATE
+        raise Refusal(409, f"event {event_id} is already stored with other content")
+
+    def claim_publication(self, unit: str, event_id: str) -> bool | None:
+        """Whether this receiver is now the one to publish a stored event: True (claimed:
+        not yet published, and unclaimed, claimed by this receiver, or by one silent for
+        :data:`PUBLISH_LEASE_S`), False (already published), None (another receiver is
+        publishing it right now)."""
+        now = time.time_ns()
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE events SET publisher = %s, claimed_ns = %s "
+                "WHERE unit = %s AND event_id = %s AND NOT published AND (publisher IS NULL "
+                "OR publisher = %s OR claimed_ns < %s) RETURNING 1",
+                (self.receiver, now, unit, event_id, self.receiver,
+                 now - int(PUBLISH_LEASE_S * 1e9)),
+            )  # fmt: skip
+            if cur.fetchone() is not None:
+                return True
+            cur.execute(
+                "SELECT published FROM events WHERE unit = %s AND event_id = %s",
+                (unit, event_id),
+            )
+            row = cur.fetchone()
+        return False if row is None or row[0] else None
+
+    def mark_published(self, unit: str, event_id: str) -> None:
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE events SET published = true WHERE unit = %s AND event_id = %s",
+                (unit, event_id),
+            )
+
+    def event_ids(self, unit: str) -> list[str]:
+        with self._transaction() as cur:
+            cur.execute("SELECT event_id FROM events WHERE unit = %s ORDER BY event_id", (unit,))
+            return [str(r[0]) for r in cur.fetchall()]
+
+    def write_status(self, unit: str, status: dict[str, Any]) -> None:
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO unit_status VALUES (%s, %s, %s, %s) ON CONFLICT (unit) DO UPDATE "
+                "SET status = excluded.status, updated_ns = excluded.updated_ns, "
+                "receiver = excluded.receiver WHERE unit_status.updated_ns < excluded.updated_ns",
+                (unit, Jsonb(status), time.time_ns(), self.receiver),
+            )
+
+    def read_status(self, unit: str) -> dict[str, Any]:
+        with self._transaction() as cur:
+            cur.execute("SELECT status, receiver FROM unit_status WHERE unit = %s", (unit,))
+            row = cur.fetchone()
+        if row is None or not isinstance(row[0], dict):
+            return {}
+        return {**row[0], "receiver": str(row[1])}
+
+    def units(self) -> list[str]:
+        with self._transaction() as cur:
+            cur.execute("SELECT unit FROM cameras UNION SELECT unit FROM unit_status ORDER BY 1")
+            return [str(r[0]) for r in cur.fetchall()]
+
+    def cameras_of(self, unit: str) -> list[str]:
+        with self._transaction() as cur:
+            cur.execute("SELECT camera FROM cameras WHERE unit = %s ORDER BY camera", (unit,))
+            return [str(r[0]) for r in cur.fetchall()]
+
+    def summary(self, unit: str, camera: str) -> dict[str, Any]:
+        """First, last and count of a camera's stored sequences, and the missing ranges
+        between them (before gap records are taken into account): the unit's cursor."""
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT min(sequence), max(sequence), count(*) FROM segments "
+                "WHERE unit = %s AND camera = %s",
+                (unit, camera),
+            )
+            row = cur.fetchone()
+            cur.execute(
+                "SELECT prev + 1, sequence - 1 FROM (SELECT sequence, lag(sequence) OVER "
+                "(ORDER BY sequence) AS prev FROM segments WHERE unit = %s AND camera = %s) s "
+                "WHERE sequence > prev + 1 ORDER BY 1 LIMIT 100",
+                (unit, camera),
+            )
+            holes = [[int(a), int(b)] for a, b in cur.fetchall()]
+        first, last, count = row if row is not None else (None, None, 0)
+        return {
+            "first": None if first is None else int(first),
+            "last": None if last is None else int(last),
+            "count": int(count),
+            "gaps": holes,
+        }
+
+    def held(self, keys: list[tuple[str, str, int, str]]) -> set[tuple[str, str, int, str]]:
+        """Which of these ``(unit, camera, sequence, hash)`` the index holds (one query)."""
+        if not keys:
+            return set()
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT s.unit, s.camera, s.sequence, s.hash FROM segments s JOIN "
+                "unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) AS k(u, c, q, h) "
+                "ON s.unit = k.u AND s.camera = k.c AND s.sequence = k.q AND s.hash = k.h",
+                [list(col) for col in zip(*keys, strict=True)],
+            )
+            return {(str(u), str(c), int(q), str(h)) for u, c, q, h in cur.fetchall()}

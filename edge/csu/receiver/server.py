@@ -26,12 +26,13 @@ from aiohttp import web
 
 from edge.csu.receiver.access_log import AuditLog
 from edge.csu.receiver.archive import Refusal, SegmentStore
+from edge.csu.receiver.cluster import ClusterStore
 from edge.csu.receiver.commands import CommandQueue
 from edge.csu.receiver.mqtt_relay import EventPublisher
 from edge.csu.receiver.settings import ServeConfig
 from edge.uplink import event_checks as wire_events
 
-from ...errors import ConfigError, EdgeError, IntegrityError
+from ...errors import ConfigError, EdgeError, IntegrityError, StorageUnavailableError
 from ...uplink.protocol import (
     API_PREFIX,
     CERTIFICATE_CONTENT_TYPE,
@@ -42,7 +43,7 @@ from ...uplink.protocol import (
     SEGMENT_CONTENT_TYPE,
 )
 from . import receipts
-from .limits import AdmissionGate, read_body, start_gated_server
+from .limits import AdmissionGate, peer_of, read_body, start_gated_server
 from .registry import RevocationList, UnitRegistry, server_context, unit_id_of
 from .trust import MAX_CERTIFICATE_BYTES
 
@@ -63,6 +64,8 @@ SIGNING_CERTIFICATE_ROUTE = "signing-certificate"
 #: After a refused body, what the client still sends is read and discarded this long (so it
 #: sees the answer rather than a reset), then the connection is closed.
 LINGER_S = 2.0
+#: What a 503 (cluster storage out of reach) asks the unit to wait before retrying.
+RETRY_AFTER_S = 2
 
 
 def refuse(status: int, reason: str) -> web.Response:
@@ -124,7 +127,13 @@ class Receiver:
 
     def __init__(self, cfg: ServeConfig, *, workers: int = 16) -> None:
         self.cfg = cfg
-        self.store = SegmentStore(cfg.storage_dir)
+        # What the units' routes store into: the embedded directory or the cluster's stores.
+        self.intake: SegmentStore | ClusterStore
+        if cfg.storage == "cluster":
+            assert cfg.cluster is not None  # the configuration's schema requires it
+            self.intake = ClusterStore(cfg.cluster)
+        else:
+            self.intake = SegmentStore(cfg.storage_dir)
         self.crl = RevocationList(cfg.tls.crl_file, cfg.tls.client_ca_file)
         self.registry = UnitRegistry(cfg.registry_dir, ca_file=cfg.tls.client_ca_file, crl=self.crl)
         # The receiver signs every record or does not start (ConfigError names the key file).
@@ -138,12 +147,26 @@ class Receiver:
         self.contacts: dict[str, dict[str, Any]] = {}
         self._status_flushed: dict[str, float] = {}
         self._unit_of_cert: dict[bytes, str] = {}
-        self.counters = {"stored": 0, "duplicates": 0, "refused": 0, "events": 0}
+        self.counters = {
+            "stored": 0,
+            "duplicates": 0,
+            "refused": 0,
+            "events": 0,
+            "unavailable": 0,
+        }
         self.receipter = (
             None
             if cfg.receipt_key_file is None
             else receipts.Receipter(receipts.load_or_create(cfg.receipt_key_file))
         )
+
+    @property
+    def store(self) -> SegmentStore:
+        """The embedded store, which the operators' side (viewing, console, export, purge)
+        reads; cluster mode does not start that side (:func:`serve`)."""
+        if not isinstance(self.intake, SegmentStore):
+            raise ConfigError("viewing and purge do not run on the cluster stores yet")
+        return self.intake
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -193,14 +216,23 @@ class Receiver:
         request["unit"] = unit
         request["key"] = key
         self._touch(unit, request)
-        return await handler(request)
+        try:
+            return await handler(request)
+        except StorageUnavailableError as exc:
+            # Cluster mode: the database or the object store is out of reach. Nothing was
+            # half-stored (the database decides last); the unit keeps the item and retries.
+            self.counters["unavailable"] += 1
+            log.warning("503 for %s %s: %s", request.method, request.path, exc)
+            response = refuse(503, "storage unavailable, retry later")
+            response.headers["Retry-After"] = str(RETRY_AFTER_S)
+            return response
 
     def _touch(self, unit: str, request: web.Request) -> None:
         contact = self.contacts.setdefault(unit, {})
         contact["last_contact_ns"] = time.time_ns()
-        peer = request.transport.get_extra_info("peername") if request.transport else None
+        peer = peer_of(request.transport)
         if peer:
-            contact["peer"] = str(peer[0])
+            contact["peer"] = peer[0]
         backlog = request.headers.get(BACKLOG_HEADER)
         if backlog:
             try:
@@ -218,7 +250,13 @@ class Receiver:
         last = self._status_flushed.get(unit)
         if last is None or now - last >= STATUS_FLUSH_S:
             self._status_flushed[unit] = now
-            self.pool.submit(self.store.write_status, unit, dict(contact))
+            self.pool.submit(self._write_status, unit, dict(contact))
+
+    def _write_status(self, unit: str, contact: dict[str, Any]) -> None:
+        try:
+            self.intake.write_status(unit, contact)
+        except StorageUnavailableError as exc:  # diagnostics: the next contact writes it
+            log.debug("status of %s not written: %s", unit, exc)
 
     # --- request bodies ---------------------------------------------------------------------------
 
@@ -250,7 +288,7 @@ class Receiver:
             return self.refuse_body(request, exc)
         try:
             verdict, meta = await self.run_blocking(
-                self.store.accept_segment, unit, camera, sequence, body, request["key"]
+                self.intake.accept_segment, unit, camera, sequence, body, request["key"]
             )
         except Refusal as exc:
             self.counters["refused"] += 1
@@ -275,7 +313,7 @@ class Receiver:
             return self.refuse_body(request, exc)
         try:
             verdict = await self.run_blocking(
-                self.store.accept_envelope,
+                self.intake.accept_envelope,
                 unit,
                 camera,
                 request.match_info["epoch"],
@@ -297,7 +335,7 @@ class Receiver:
         body = await request.read()
         try:
             verdict, held = await self.run_blocking(
-                self.store.accept_gap, unit, camera, first, last, body, request["key"]
+                self.intake.accept_gap, unit, camera, first, last, body, request["key"]
             )
         except Refusal as exc:
             self.counters["refused"] += 1
@@ -337,7 +375,7 @@ class Receiver:
             wire_events.verify_event(body, request["key"])
             verdict = await self.run_blocking(
                 partial(
-                    self.store.store_event,
+                    self.intake.store_event,
                     unit,
                     event_id,
                     body,
@@ -352,13 +390,13 @@ class Receiver:
             self.counters["events"] += 1
         if self.publisher is not None and (
             verdict.value == 201
-            or await self.run_blocking(self.store.is_unpublished, unit, event_id)
+            or await self.run_blocking(self.intake.is_unpublished, unit, event_id)
         ):
             if not self.publisher.publish(unit, str(event["camera"]), body):
                 # Stored but not published: the unit keeps it and sends it again; the retry
                 # (a duplicate for the store) publishes it.
                 return refuse(503, f"event {event_id} stored but not yet published; send again")
-            await self.run_blocking(self.store.mark_published, unit, event_id)
+            await self.run_blocking(self.intake.mark_published, unit, event_id)
         return web.json_response({"status": verdict.name.lower()}, status=verdict.value)
 
     async def put_signing_certificate(self, request: web.Request) -> web.Response:
@@ -381,14 +419,7 @@ class Receiver:
     async def get_cursor(self, request: web.Request) -> web.Response:
         unit = request["unit"]
 
-        def cursor() -> dict[str, Any]:
-            cams = {}
-            for cam in self.store.cameras_of(unit):
-                status = self.store.camera(unit, cam).status()
-                cams[cam] = {k: status[k] for k in ("first", "last", "count", "gaps")}
-            return {"unit": unit, "cameras": cams}
-
-        return web.json_response(await self.run_blocking(cursor))
+        return web.json_response(await self.run_blocking(self.intake.cursor, unit))
 
     async def get_commands(self, request: web.Request) -> web.Response:
         """Signed commands waiting for this unit (the unit judges them, not the receiver)."""
@@ -502,7 +533,9 @@ class Receiver:
 
     def close(self) -> None:
         for unit, contact in self.contacts.items():
-            self.store.write_status(unit, dict(contact))
+            self._write_status(unit, dict(contact))
+        if isinstance(self.intake, ClusterStore):
+            self.intake.close()
         if self.publisher is not None:
             self.publisher.stop()
         self.pool.shutdown(wait=True)
@@ -515,21 +548,48 @@ async def serve(cfg: ServeConfig, stop: asyncio.Event, ready: Callable[[int, int
     from .registry import operator_context
 
     receiver = Receiver(cfg)
-    ledger = purge.open_ledger(cfg.retention)  # a key problem stops the start, not the purge
+    cluster = receiver.intake if isinstance(receiver.intake, ClusterStore) else None
+    if cluster is not None:
+        # Migrations run under the database's advisory lock: receivers may start together.
+        try:
+            version = await receiver.run_blocking(cluster.prepare)
+        except BaseException:
+            receiver.close()
+            raise
+        log.info(
+            "cluster mode: receiver %s, schema version %d, bucket %s",
+            cluster.receiver_id,
+            version,
+            cluster.objects.bucket,
+        )
+        log.warning(
+            "cluster mode: the operators' listener (viewing, console, export) and the purge "
+            "do not run on the cluster stores yet; not started (docs/UPLINK.md, Known limits)"
+        )
+    ledger = None if cluster is not None else purge.open_ledger(cfg.retention)
     if receiver.publisher is not None:
         receiver.publisher.start()
     runners: list[web.AppRunner] = []
     servers: list[asyncio.Server] = []
     try:
-        ports = []
-        for app, listen, ctx, name in (
-            (receiver.units_app(), cfg.units, server_context(cfg.tls, receiver.crl), "units"),
-            (operators_app(receiver), cfg.operators_listen, operator_context(cfg.tls), "operators"),
-        ):
+        ports = [0, 0]
+        listeners = [
+            (receiver.units_app(), cfg.units, server_context(cfg.tls, receiver.crl), "units")
+        ]
+        if cluster is None:
+            listeners.append(
+                (
+                    operators_app(receiver),
+                    cfg.operators_listen,
+                    operator_context(cfg.tls),
+                    "operators",
+                )
+            )
+        for slot, (app, listen, ctx, name) in enumerate(listeners):
             server, runner = await _listen(app, listen.host, listen.port, ctx, cfg, name)
             runners.append(runner)
             servers.append(server)
-            ports.append(server.sockets[0].getsockname()[1])
+            ports[slot] = server.sockets[0].getsockname()[1]
         log.info(
             "receiving units on %s:%d, operators on %s:%d",
             cfg.units.host,
@@ -538,6 +598,9 @@ async def serve(cfg: ServeConfig, stop: asyncio.Event, ready: Callable[[int, int
             ports[1],
         )
         ready(ports[0], ports[1])
+        if ledger is None:
+            await stop.wait()
+            return
         with purge.receiver_lock(cfg.retention):
             purging = asyncio.create_task(
                 purge.run_periodically(
@@ -578,6 +641,7 @@ async def _listen(
             gate=gate,
             handshake_timeout_s=limits.handshake_timeout_s,
             name=name,
+            proxy_from=frozenset(limits.proxy_protocol_from if name == "units" else ()),
         )
     except OSError as exc:
         await runner.cleanup()

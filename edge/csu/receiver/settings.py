@@ -11,12 +11,21 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ...config import locate_line
 from ...errors import ConfigError
@@ -149,6 +158,23 @@ class LimitsConfig(_Section):
     """A connection that sends no request for this long (including none at all) is closed."""
     body_timeout_s: float = Field(default=120.0, gt=0, le=3600)
     """A request body must arrive whole within this, or the request gets 408."""
+    proxy_protocol_from: list[str] = Field(default_factory=list, max_length=64)
+    """Addresses of the proxies in front of the units' listener (HAProxy with
+    ``send-proxy-v2``): their connections must begin with a PROXY protocol v2 header, whose
+    source address is then the unit's for ``max_connections_per_source`` and the logs.
+    Connections from other addresses are taken as they are."""
+
+    @field_validator("proxy_protocol_from")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_address(item)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address") from None
+        return value
 
 
 #: The legal limit (CSI L252-3: one month): a configuration may shorten it, never lengthen it.
@@ -169,7 +195,55 @@ class RetentionConfig(_Section):
     as ``.pub.pem`` for auditors)."""
 
 
+class ClusterDatabaseConfig(_Section):
+    conninfo: str = Field(min_length=1, max_length=1000)
+    """libpq connection string of the shared PostgreSQL database (``host=db.csu.city
+    dbname=edge user=edge_csu sslmode=verify-full``); never a password."""
+    password_file: Path | None = None
+    """File holding the database password (first line), readable by the receiver only."""
+    connect_timeout_s: int = Field(default=5, ge=1, le=120)
+    """A connection not made within this is a lost database (the unit is answered 503)."""
+
+    @field_validator("conninfo")
+    @classmethod
+    def _no_password(cls, value: str) -> str:
+        if re.search(r"(^|\s)password\s*=", value) or re.search(r"://[^/@]*:[^/@]*@", value):
+            raise ValueError("no password in conninfo: give password_file")
+        return value
+
+
+class ClusterObjectStoreConfig(_Section):
+    endpoint: str = Field(pattern=r"^https?://[^\s/]+(/\S*)?$", max_length=500)
+    """URL of the S3-compatible service (``https://s3.csu.city``)."""
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    """Bucket holding the sealed bytes (made by the storage administrator)."""
+    access_key: str = Field(min_length=1, max_length=200)
+    """Access key id of the receivers' credentials."""
+    secret_file: Path
+    """File holding the secret key (first line), readable by the receiver only."""
+    ca_file: Path | None = None
+    """CA chain of the service's certificate (none: the system's trust store)."""
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """Connect and read timeout of one request; beyond it the unit is answered 503."""
+
+
+class ClusterConfig(_Section):
+    """Cluster mode (``storage = "cluster"``): docs/OPERATIONS.md, *Cluster mode*."""
+
+    receiver_id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    """This receiver's name among the cluster's (recorded with what it stores; unique)."""
+    database: ClusterDatabaseConfig
+    """The shared PostgreSQL: segment index, chain decisions, envelopes, events, cursors."""
+    object_store: ClusterObjectStoreConfig
+    """The shared S3-compatible store: the sealed bytes."""
+
+
 class ServeConfig(_Section):
+    cluster: ClusterConfig | None = None
+    """Shared database and object store of cluster mode (required by ``storage = "cluster"``)."""
+    storage: Literal["embedded", "cluster"] = "embedded"
+    """Where received data lives: ``embedded`` (``storage_dir``, one receiver) or ``cluster``
+    (PostgreSQL and an S3-compatible store shared by several receivers, ``[cluster]``)."""
     storage_dir: Path = Path("storage")
     """Where received sealed segments and events are stored (per unit / camera / sequence)."""
     registry_dir: Path = Path("units")
@@ -215,6 +289,15 @@ class ServeConfig(_Section):
     retention: RetentionConfig = RetentionConfig()
     """Age limit of recordings, legal holds and deletion records."""
 
+    @field_validator("storage")
+    @classmethod
+    def _cluster_table(cls, value: str, info: ValidationInfo) -> str:
+        # On `storage` (its line is what to fix); `cluster` is validated first, so a broken
+        # [cluster] table is reported as itself, not as a missing one.
+        if value == "cluster" and info.data.get("cluster") is None and "cluster" in info.data:
+            raise ValueError('storage = "cluster" needs a [cluster] table')
+        return value
+
     def resolved(self, base: Path) -> ServeConfig:
         """A copy with every relative path made relative to ``base``."""
 
@@ -243,8 +326,24 @@ class ServeConfig(_Section):
                 "key_file": fix(self.retention.key_file),
             }
         )
+        cluster = self.cluster
+        if cluster is not None:
+            cluster = cluster.model_copy(
+                update={
+                    "database": cluster.database.model_copy(
+                        update={"password_file": fix(cluster.database.password_file)}
+                    ),
+                    "object_store": cluster.object_store.model_copy(
+                        update={
+                            "secret_file": fix(cluster.object_store.secret_file),
+                            "ca_file": fix(cluster.object_store.ca_file),
+                        }
+                    ),
+                }
+            )
         return self.model_copy(
             update={
+                "cluster": cluster,
                 "mqtt": mqtt,
                 "retention": retention,
                 "storage_dir": fix(self.storage_dir),

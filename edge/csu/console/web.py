@@ -623,7 +623,7 @@ def mount(app: web.Application, receiver: Receiver) -> None:
         data = resources.files(__package__).joinpath("static", name).read_bytes()
         return web.Response(body=data, content_type=_STATIC[name])
 
-    app.router.add_get(f"{PREFIX}", lambda r: _redirect_home())
+    app.router.add_get(f"{PREFIX}", _redirect_home)
     app.router.add_get(f"{PREFIX}/", home)
     app.router.add_post(f"{PREFIX}/login", login)
     app.router.add_post(f"{PREFIX}/logout", logout)
@@ -654,5 +654,5 @@ def _form_time(value: str | None, default_ns: int) -> int:
     return int(when.timestamp() * 1e9)
 
 
-async def _redirect_home() -> web.Response:
+async def _redirect_home(_request: web.Request) -> web.Response:
     raise web.HTTPFound(f"{PREFIX}/")

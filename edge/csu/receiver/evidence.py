@@ -56,6 +56,10 @@ from .purge import ledger_path
 if TYPE_CHECKING:
     from .server import Receiver
 
+#: The operator the operators' listener authorised a request for (set by the bearer-token and
+#: session check of :mod:`.hls`, read by the routes that audit in their name).
+OPERATOR: web.RequestKey[str] = web.RequestKey("operator", str)
+
 MAX_BUNDLE_SEGMENTS = 1800  # one hour of 2 s segments, as the MP4 export
 MAX_BUNDLE_BYTES = 4 * 1024**3
 CONCURRENT_BUILDS = 2  # each reads up to MAX_BUNDLE_BYTES: more would starve the uploads
@@ -418,7 +422,7 @@ def add_routes(app: web.Application, receiver: Receiver) -> None:
         start, end = _time_arg(request, "from"), _time_arg(request, "to")
         case = request.query.get("case", "")
         where = {"unit": unit, "camera": camera, "remote": _remote(request)}
-        operator = str(request["operator"])
+        operator = request[OPERATOR]
 
         def refuse(status: int, reason: str) -> web.Response:
             audit.record(

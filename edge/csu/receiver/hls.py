@@ -198,7 +198,7 @@ def operators_app(receiver: Receiver) -> web.Application:
                     )
                 )
                 return web.Response(status=403, text="outside your scope or role")
-            request["operator"] = principal.name
+            request[evidence.OPERATOR] = principal.name
             return await handler(request)
         # Refused attempts are audited like granted ones: guessing tokens, or an expired
         # token still in use, must show in the log (never the token itself).
@@ -230,7 +230,8 @@ def operators_app(receiver: Receiver) -> web.Application:
         segs = select_live(index.segments, receiver.cfg.live_segments)
         if not segs:
             raise web.HTTPNotFound(text="no segment received for this camera yet")
-        await receiver.run_blocking(lambda: audit.record(request["operator"], "view-live", **where))
+        who = request[evidence.OPERATOR]
+        await receiver.run_blocking(lambda: audit.record(who, "view-live", **where))
         return web.Response(
             text=playlist(segs, live=True), content_type="application/vnd.apple.mpegurl"
         )
@@ -244,7 +245,7 @@ def operators_app(receiver: Receiver) -> web.Application:
             raise web.HTTPNotFound(text="nothing recorded in that range")
         await receiver.run_blocking(
             lambda: audit.record(
-                request["operator"], "view-recorded", from_ns=start, to_ns=end, **where
+                request[evidence.OPERATOR], "view-recorded", from_ns=start, to_ns=end, **where
             )
         )
         return web.Response(
@@ -258,7 +259,7 @@ def operators_app(receiver: Receiver) -> web.Application:
 
         def work() -> bytes:
             init, media = viewer.open(where["unit"], where["camera"], sequence)
-            audit.record(request["operator"], f"view-{kind}", sequence=sequence, **where)
+            audit.record(request[evidence.OPERATOR], f"view-{kind}", sequence=sequence, **where)
             return init if kind == "init" else media
 
         body = await receiver.run_blocking(work)
@@ -288,7 +289,7 @@ def operators_app(receiver: Receiver) -> web.Application:
                 out += media
                 last, count = seg, count + 1
             audit.record(
-                request["operator"],
+                request[evidence.OPERATOR],
                 "export",
                 case=case,
                 first=segs[0].sequence,

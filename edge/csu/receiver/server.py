@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge.csu.receiver.access_log import AuditLog
 from edge.csu.receiver.archive import Refusal, SegmentStore
@@ -59,6 +60,10 @@ FLEET_HEADER = "X-Edge-Fleet"
 #: often enough for ``edge-csu units``, rare enough for thousands of units (no fsync).
 STATUS_FLUSH_S = 2.0
 UNIT_KEY = web.AppKey("receiver", object)
+#: The unit a request comes from (its certificate, checked by the middleware) and the signing
+#: key the registry trusts for it (None on the one route that presents a certificate).
+UNIT_ID: web.RequestKey[str] = web.RequestKey("unit", str)
+UNIT_SIGNING_KEY: web.RequestKey[ed25519.Ed25519PublicKey | None] = web.RequestKey("key")
 #: The one route a unit may use before its signing key is trusted: presenting its certificate.
 SIGNING_CERTIFICATE_ROUTE = "signing-certificate"
 #: After a refused body, what the client still sends is read and discarded this long (so it
@@ -66,6 +71,13 @@ SIGNING_CERTIFICATE_ROUTE = "signing-certificate"
 LINGER_S = 2.0
 #: What a 503 (cluster storage out of reach) asks the unit to wait before retrying.
 RETRY_AFTER_S = 2
+
+
+def _trusted_key(request: web.Request) -> ed25519.Ed25519PublicKey:
+    key = request[UNIT_SIGNING_KEY]
+    # None only on the signing-certificate route, which runs before the key is trusted.
+    assert key is not None, request.path
+    return key
 
 
 def refuse(status: int, reason: str) -> web.Response:
@@ -213,8 +225,8 @@ class Receiver:
             self.counters["refused"] += 1
             log.warning("refused %s %s: %s", request.method, request.path, exc.reason)
             return refuse(exc.status, exc.reason)
-        request["unit"] = unit
-        request["key"] = key
+        request[UNIT_ID] = unit
+        request[UNIT_SIGNING_KEY] = key
         self._touch(unit, request)
         try:
             return await handler(request)
@@ -276,7 +288,7 @@ class Receiver:
     # --- handlers -------------------------------------------------------------------------------
 
     async def put_segment(self, request: web.Request) -> web.Response:
-        unit, camera = request["unit"], request.match_info["camera"]
+        unit, camera = request[UNIT_ID], request.match_info["camera"]
         sequence = int(request.match_info["sequence"])
         if request.content_type != SEGMENT_CONTENT_TYPE:
             return refuse(415, f"content type must be {SEGMENT_CONTENT_TYPE}")
@@ -288,7 +300,7 @@ class Receiver:
             return self.refuse_body(request, exc)
         try:
             verdict, meta = await self.run_blocking(
-                self.intake.accept_segment, unit, camera, sequence, body, request["key"]
+                self.intake.accept_segment, unit, camera, sequence, body, _trusted_key(request)
             )
         except Refusal as exc:
             self.counters["refused"] += 1
@@ -306,7 +318,7 @@ class Receiver:
         )
 
     async def put_envelope(self, request: web.Request) -> web.Response:
-        unit, camera = request["unit"], request.match_info["camera"]
+        unit, camera = request[UNIT_ID], request.match_info["camera"]
         try:
             body = await self.read_body(request, MAX_EVENT_BYTES)
         except Refusal as exc:
@@ -318,7 +330,7 @@ class Receiver:
                 camera,
                 request.match_info["epoch"],
                 body,
-                request["key"],
+                _trusted_key(request),
             )
         except Refusal as exc:
             self.counters["refused"] += 1
@@ -326,7 +338,7 @@ class Receiver:
         return web.json_response({"status": verdict.name.lower()}, status=verdict.value)
 
     async def put_gap(self, request: web.Request) -> web.Response:
-        unit, camera = request["unit"], request.match_info["camera"]
+        unit, camera = request[UNIT_ID], request.match_info["camera"]
         first, last = int(request.match_info["first"]), int(request.match_info["last"])
         if request.content_type != GAP_CONTENT_TYPE:
             return refuse(415, f"content type must be {GAP_CONTENT_TYPE}")
@@ -335,7 +347,7 @@ class Receiver:
         body = await request.read()
         try:
             verdict, held = await self.run_blocking(
-                self.intake.accept_gap, unit, camera, first, last, body, request["key"]
+                self.intake.accept_gap, unit, camera, first, last, body, _trusted_key(request)
             )
         except Refusal as exc:
             self.counters["refused"] += 1
@@ -357,7 +369,7 @@ class Receiver:
         )
 
     async def post_event(self, request: web.Request) -> web.Response:
-        unit = request["unit"]
+        unit = request[UNIT_ID]
         if request.content_type != EVENT_CONTENT_TYPE:
             return refuse(415, f"content type must be {EVENT_CONTENT_TYPE}")
         try:
@@ -372,7 +384,7 @@ class Receiver:
             return refuse(400, f"event names unit {event['unit']!r}")
         event_id = str(event["id"])
         try:
-            wire_events.verify_event(body, request["key"])
+            wire_events.verify_event(body, _trusted_key(request))
             verdict = await self.run_blocking(
                 partial(
                     self.intake.store_event,
@@ -400,7 +412,7 @@ class Receiver:
         return web.json_response({"status": verdict.name.lower()}, status=verdict.value)
 
     async def put_signing_certificate(self, request: web.Request) -> web.Response:
-        unit = request["unit"]
+        unit = request[UNIT_ID]
         if request.content_type != CERTIFICATE_CONTENT_TYPE:
             return refuse(415, f"content type must be {CERTIFICATE_CONTENT_TYPE}")
         try:
@@ -417,20 +429,20 @@ class Receiver:
         )
 
     async def get_cursor(self, request: web.Request) -> web.Response:
-        unit = request["unit"]
+        unit = request[UNIT_ID]
 
         return web.json_response(await self.run_blocking(self.intake.cursor, unit))
 
     async def get_commands(self, request: web.Request) -> web.Response:
         """Signed commands waiting for this unit (the unit judges them, not the receiver)."""
-        pending = await self.run_blocking(self.commands.pending, request["unit"])
+        pending = await self.run_blocking(self.commands.pending, request[UNIT_ID])
         return web.json_response(
             {"commands": [{"nonce": n, "command": json.loads(data)} for n, data in pending]}
         )
 
     async def delete_command(self, request: web.Request) -> web.Response:
         done = await self.run_blocking(
-            self.commands.done, request["unit"], request.match_info["nonce"]
+            self.commands.done, request[UNIT_ID], request.match_info["nonce"]
         )
         return web.json_response({"status": "done" if done else "unknown"})
 
@@ -438,7 +450,7 @@ class Receiver:
         """The signed configuration documents for this unit: its own and those of the groups
         it reports (``X-Edge-Fleet``). The unit checks each one; the CSU only sorts them by
         the scope they claim, so that no unit reads another district's masks."""
-        unit = request["unit"]
+        unit = request[UNIT_ID]
         directory = self.cfg.config_dir
         fleet = _fleet_report(request.headers.get(FLEET_HEADER)) or {}
         groups = set(fleet.get("groups", []))
@@ -482,14 +494,14 @@ class Receiver:
 
     async def get_update_offer(self, request: web.Request) -> web.Response:
         """The update bundle offered (name, version, size, SHA-256), or 404 when none is."""
-        offer = await self.run_blocking(self._offer, request["unit"])
+        offer = await self.run_blocking(self._offer, request[UNIT_ID])
         if offer is None:
             return refuse(404, "no update offered")
         return web.json_response(offer)
 
     async def get_update_bundle(self, request: web.Request) -> web.StreamResponse:
         """The offered bundle's bytes (the unit checks its SHA-256, RAUC its signature)."""
-        offer = await self.run_blocking(self._offer, request["unit"])
+        offer = await self.run_blocking(self._offer, request[UNIT_ID])
         if offer is None:
             return refuse(404, "no update offered")
         path = self.cfg.update_dir / Path(offer["bundle"]).name

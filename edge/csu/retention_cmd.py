@@ -230,15 +230,6 @@ def _hold_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _embedded_only(cfg: Any, what: str) -> None:
-    if cfg.storage != "embedded":
-        raise ConfigError(
-            f"{what} runs on the embedded storage only; it does not run on the cluster stores "
-            "yet (docs/UPLINK.md, Known limits)",
-            key="storage",
-        )
-
-
 def _sweep(args: argparse.Namespace) -> int:
     from edge.csu.receiver import settings as serve_config
     from edge.csu.receiver.cluster import ClusterStore
@@ -262,7 +253,24 @@ def _purge(args: argparse.Namespace) -> int:
     from edge.csu.receiver import settings as serve_config
 
     cfg = serve_config.load(args.config)
-    _embedded_only(cfg, "retention purge")
+    if cfg.storage == "cluster":
+        assert cfg.cluster is not None  # the configuration's schema requires it
+        from edge.csu.receiver import cluster_purge
+        from edge.csu.receiver.cluster import ClusterStore
+
+        # beside running receivers: the database's purge lock keeps the cycles apart
+        store = ClusterStore(cfg.cluster)
+        try:
+            report = cluster_purge.purge_once(
+                store, cfg.retention, purge.open_ledger(cfg.retention), now_ns=time.time_ns()
+            )
+        finally:
+            store.close()
+        if report is None:
+            print(json.dumps({"skipped": "another receiver is purging"}))
+            return 0
+        print(json.dumps(report.to_json()))
+        return 0
     with purge.no_receiver_running(cfg.retention):
         report = purge.purge_once(
             SegmentStore(cfg.storage_dir),
@@ -279,13 +287,21 @@ def _audit(args: argparse.Namespace) -> int:
     from edge.csu.receiver import settings as serve_config
 
     cfg = serve_config.load(args.config)
-    _embedded_only(cfg, "retention audit")
-    report = purge.audit(
-        SegmentStore(cfg.storage_dir),
-        cfg.retention,
-        purge.public_key(cfg.retention, args.key),
-        now_ns=time.time_ns(),
-    )
+    public = purge.public_key(cfg.retention, args.key)
+    if cfg.storage == "cluster":
+        assert cfg.cluster is not None
+        from edge.csu.receiver import cluster_purge
+        from edge.csu.receiver.cluster import ClusterStore
+
+        store = ClusterStore(cfg.cluster)
+        try:
+            report = cluster_purge.audit(store, cfg.retention, public, now_ns=time.time_ns())
+        finally:
+            store.close()
+    else:
+        report = purge.audit(
+            SegmentStore(cfg.storage_dir), cfg.retention, public, now_ns=time.time_ns()
+        )
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
     else:

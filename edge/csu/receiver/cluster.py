@@ -204,7 +204,9 @@ class ClusterStore:
         cams = {}
         for cam in self.cameras_of(unit_id):
             summary = self.index().summary(unit_id, cam)
+            # gap records and the purge's deletions are not holes to backfill
             lost = [(g.first, g.last) for g in self._gaps(unit_id, cam)]
+            lost += self.index().purged(unit_id, cam)
             summary["gaps"] = [
                 h for h in summary["gaps"] if not any(a <= h[0] and h[1] <= b for a, b in lost)
             ]

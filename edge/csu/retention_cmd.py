@@ -287,7 +287,6 @@ def _audit(args: argparse.Namespace) -> int:
     from edge.csu.receiver import settings as serve_config
 
     cfg = serve_config.load(args.config)
-    public = purge.public_key(cfg.retention, args.key)
     if cfg.storage == "cluster":
         assert cfg.cluster is not None
         from edge.csu.receiver import cluster_purge
@@ -295,10 +294,12 @@ def _audit(args: argparse.Namespace) -> int:
 
         store = ClusterStore(cfg.cluster)
         try:
+            public = purge.public_key(cfg.retention, args.key)
             report = cluster_purge.audit(store, cfg.retention, public, now_ns=time.time_ns())
         finally:
             store.close()
     else:
+        public = purge.public_key(cfg.retention, args.key)
         report = purge.audit(
             SegmentStore(cfg.storage_dir), cfg.retention, public, now_ns=time.time_ns()
         )

@@ -217,7 +217,9 @@ class ClusterStore:
         """The embedded store's camera status (chain, gaps, conflicts) over the database's
         rows: ``edge-csu units`` in cluster mode."""
         segments = self.index().segments(unit_id, camera_id)
-        return CameraIndex.of(segments, self._gaps(unit_id, camera_id)).status()
+        index = CameraIndex.of(segments, self._gaps(unit_id, camera_id))
+        index.purged = self.index().purged(unit_id, camera_id)
+        return index.status()
 
     def sweep(self, *, older_than_s: float, now: float) -> dict[str, int]:
         """Delete the objects no row names (a receiver killed between its upload and the

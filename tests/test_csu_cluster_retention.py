@@ -6,6 +6,7 @@ item once, and ``edge-csu retention purge``/``audit`` work on a cluster configur
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -34,7 +35,7 @@ from .conftest import REPO
 from .pg_util import Postgres, postgres_server
 from .s3_util import S3Lab, swift_s3
 from .test_csu_retention import _authority
-from .uplink_util import Sealer
+from .uplink_util import CSU_NAME, Sealer, make_csu, wait_until
 
 # Starting Swift's four servers takes 10-30 s on a loaded build machine: slow tier.
 pytestmark = pytest.mark.slow
@@ -56,6 +57,8 @@ class Cluster:
     cfg: settings.ServeConfig
     conninfo: str
     objects: ObjectStore
+    s3: S3Lab
+    bucket: str
 
     def store(self, receiver: str = "r1") -> ClusterStore:
         assert self.cfg.cluster is not None
@@ -100,7 +103,7 @@ secret_file = "{s3.secret_file}"
 """
     )
     objects = ObjectStore(s3.endpoint, name, s3.access_key, s3.secret_file, timeout_s=10)
-    return Cluster(config, settings.load(config), conninfo, objects)
+    return Cluster(config, settings.load(config), conninfo, objects, s3, name)
 
 
 class Recorder:
@@ -314,4 +317,49 @@ def test_retention_commands_on_the_cluster_configuration(cluster: Cluster) -> No
     with pytest.raises(IntegrityError, match="shared retention directory"):
         cluster_purge.purge_once(store, other, csu_purge.open_ledger(other), now_ns=now)
     assert len(_rows(cluster)) == 2
+    store.close()
+
+
+def test_serve_in_cluster_mode_purges_at_start_and_on_sigusr1_one_receiver_at_a_time(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Two ``edge-csu serve`` in cluster mode sharing the retention directory (records, hold
+    log, key): old segments go at start, then on SIGUSR1 sent to both at once, each once."""
+    store = cluster.store("seed")
+    now = time.time_ns()
+    cam = Recorder(store)
+    first = [cam.record(now - 30 * DAY_NS - 100 * SEC + i * SEC) for i in range(3)]
+    young = cam.record(now - DAY_NS)
+    csu = make_csu(tmp_path)
+    keys = csu.directory / "keys"
+    shared = lab.ClusterShared(
+        cert_file=keys / f"{CSU_NAME}.crt", key_file=keys / f"{CSU_NAME}.key",
+        client_ca_file=csu.pki.chain, registry_dir=csu.directory / "units",
+        conninfo=cluster.conninfo, s3=cluster.s3, bucket=cluster.bucket,
+    )  # fmt: skip
+    retention = cluster.cfg.retention
+    extra = (
+        f'[retention]\ndirectory = "{retention.directory}"\nkey_file = "{retention.key_file}"\n'
+        "purge_interval_s = 3600\n"
+    )
+    with lab.cluster_front(tmp_path / "lab", shared, 2, extra) as front:
+        wait_until(lambda: _rows(cluster) == {young}, 30, "the purge at start")
+        assert _objects(cluster) == {young}
+        later = [cam.record(now - 30 * DAY_NS - 50 * SEC + i * SEC) for i in range(2)]
+        assert _rows(cluster) == {young, *later}
+        for r in front.receivers:
+            assert r.proc is not None
+            r.proc.send_signal(signal.SIGUSR1)
+        wait_until(lambda: _rows(cluster) == {young}, 30, "the purge on SIGUSR1")
+        wait_until(lambda: _objects(cluster) == {young}, 10, "the objects deleted")
+        time.sleep(1)  # the other receiver's cycle: skipped, or nothing left to delete
+    named = [
+        s
+        for r in _records(cluster)
+        for a, b in r["sequences"]  # type: ignore[attr-defined]
+        for s in range(a, b + 1)
+    ]
+    assert sorted(named) == sorted([*first, *later])
+    audit = _cli("retention", "audit", "--config", str(cluster.config))
+    assert audit.returncode == 0, audit.stdout + audit.stderr
     store.close()

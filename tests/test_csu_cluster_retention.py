@@ -25,7 +25,7 @@ from edge.csu.receiver import cluster_purge, deletions, settings
 from edge.csu.receiver import purge as csu_purge
 from edge.csu.receiver.cluster import ClusterStore
 from edge.csu.receiver.holds import HoldBook
-from edge.csu.receiver.objstore import ObjectStore
+from edge.csu.receiver.objstore import ObjectStore, ObjectStoreError
 from edge.csu.receiver.pgindex import PgSegmentIndex
 from edge.csu.receiver.retention import DAY_NS
 from edge.errors import IntegrityError
@@ -316,6 +316,12 @@ def test_retention_commands_on_the_cluster_configuration(cluster: Cluster) -> No
     )
     with pytest.raises(IntegrityError, match="shared retention directory"):
         cluster_purge.purge_once(store, other, csu_purge.open_ledger(other), now_ns=now)
+    # the shared directory but a retention key of its own: refused too
+    own_key = cluster.cfg.retention.model_copy(
+        update={"key_file": cluster.config.parent / "elsewhere" / "own.pem"}
+    )
+    with pytest.raises(IntegrityError, match="shared key_file"):
+        cluster_purge.purge_once(store, own_key, csu_purge.open_ledger(own_key), now_ns=now)
     assert len(_rows(cluster)) == 2
     store.close()
 
@@ -362,4 +368,31 @@ def test_serve_in_cluster_mode_purges_at_start_and_on_sigusr1_one_receiver_at_a_
     assert sorted(named) == sorted([*first, *later])
     audit = _cli("retention", "audit", "--config", str(cluster.config))
     assert audit.returncode == 0, audit.stdout + audit.stderr
+    store.close()
+
+
+def test_objects_whose_deletion_failed_are_orphans_the_sweep_deletes(cluster: Cluster) -> None:
+    """The object store failing after the rows went: the purge completes (the records and the
+    rows say what was deleted), the bytes left behind are named by no row, and the orphan
+    sweep deletes them. Never the reverse (a row naming bytes that are gone)."""
+    store = cluster.store()
+    now = time.time_ns()
+    cam = Recorder(store)
+    old = [cam.record(now - 30 * DAY_NS - 100 * SEC + i * SEC) for i in range(2)]
+    young = cam.record(now - DAY_NS)
+
+    def refuse(key: str) -> None:
+        raise ObjectStoreError(f"object store: delete {key}: injected outage")
+
+    real_delete = store.objects.delete
+    store.objects.delete = refuse  # type: ignore[method-assign]
+    ledger = csu_purge.open_ledger(cluster.cfg.retention)
+    report = cluster_purge.purge_once(store, cluster.cfg.retention, ledger, now_ns=now)
+    store.objects.delete = real_delete  # type: ignore[method-assign]
+    assert report is not None and report.deleted == 2
+    assert _rows(cluster) == {young} and _objects(cluster) == {*old, young}
+    counts = store.sweep(older_than_s=0, now=time.time() + 1)
+    assert counts["orphans_deleted"] == 2
+    assert _objects(cluster) == {young}
+    assert store.read_segment(UNIT, "cam1", young)
     store.close()

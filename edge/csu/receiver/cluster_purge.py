@@ -91,6 +91,13 @@ def _check_shared(store: ClusterStore, ledger: deletions.DeletionLedger, hold_en
             f"left {count} ending {head[:12]}: not the cluster's shared retention directory, "
             "or records removed; purges are stopped"
         )
+    last_key = ledger.last_key_id()
+    if last_key is not None and last_key != ledger.key_id:
+        raise IntegrityError(
+            f"{ledger.path}: the records are signed with key {last_key}, this receiver's "
+            f"retention key is {ledger.key_id}: every purging receiver needs the shared "
+            "key_file; purges are stopped"
+        )
     if hold_entries < holds_seen:
         raise IntegrityError(
             f"hold log: {hold_entries} entries here, the last purge saw {holds_seen}: not the "

@@ -118,6 +118,19 @@ class DeletionLedger:
         """Count and hash of the last record (as of the last append or :meth:`reload`)."""
         return self._head
 
+    @property
+    def key_id(self) -> str:
+        """The id of the key this ledger signs with."""
+        return self._key_id
+
+    def last_key_id(self) -> str | None:
+        """The key id of the last record in the file (None: no readable record)."""
+        lines = _last_lines(self.path)
+        try:
+            return str(json.loads(lines[-1])["record"]["key_id"]) if lines else None
+        except (ValueError, KeyError, TypeError):
+            return None
+
     def line_hash(self, n: int) -> str:
         """The hash of record ``n`` as the file holds it (:data:`ZERO` before the first);
         reads the whole file: for the rare check after an interrupted cycle."""

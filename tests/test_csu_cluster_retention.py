@@ -304,6 +304,11 @@ def test_retention_commands_on_the_cluster_configuration(cluster: Cluster) -> No
     path.write_text(text.replace('"count": 3', '"count": 2'))
     audit = _cli("retention", "audit", "--config", str(cluster.config))
     assert audit.returncode == 1 and "signature does not verify" in audit.stdout, audit.stdout
+    # the last record removed (the one edit the chain alone cannot show): the database's
+    # head says so
+    path.write_text("".join(text.splitlines(keepends=True)[:-1]))
+    audit = _cli("retention", "audit", "--config", str(cluster.config))
+    assert audit.returncode == 1 and "records removed" in audit.stdout, audit.stdout
     path.write_text(text)
     # a segment past the limit that no purge deleted (none ran since): the audit says so
     cam.record(now - 31 * DAY_NS)
@@ -395,4 +400,35 @@ def test_objects_whose_deletion_failed_are_orphans_the_sweep_deletes(cluster: Cl
     assert counts["orphans_deleted"] == 2
     assert _objects(cluster) == {young}
     assert store.read_segment(UNIT, "cam1", young)
+    store.close()
+
+
+def test_a_hold_placed_in_the_shared_log_is_never_missed_by_a_receiver_without_it(
+    cluster: Cluster,
+) -> None:
+    """``edge-csu hold add`` on a cluster configuration tells the database how long the
+    shared hold log is: a receiver purging from another directory (no hold in it) refuses,
+    even before any purge ran; from the shared one the held segment stays."""
+    store = cluster.store()
+    now = time.time_ns()
+    cam = Recorder(store)
+    seqs = [cam.record(now - 30 * DAY_NS - 100 * SEC + i * 10 * SEC) for i in range(2)]
+    meta = store.index().segment(UNIT, "cam1", seqs[0])
+    assert meta is not None
+    placed = _cli(
+        "hold", "add", "--config", str(cluster.config), "--case", "PV 2026/9", "--unit", UNIT,
+        "--camera", "cam1", "--from", f"@{meta.start_wall_ns / 1e9:.3f}",
+        "--to", f"@{meta.end_wall_ns / 1e9:.3f}", "--by", "j.martin",
+    )  # fmt: skip
+    assert placed.returncode == 0, placed.stderr
+    other = cluster.cfg.retention.model_copy(
+        update={"directory": cluster.config.parent / "elsewhere"}
+    )
+    with pytest.raises(IntegrityError, match="hold log: 0 entries here"):
+        cluster_purge.purge_once(store, other, csu_purge.open_ledger(other), now_ns=now)
+    assert _rows(cluster) == set(seqs)
+    ledger = csu_purge.open_ledger(cluster.cfg.retention)
+    report = cluster_purge.purge_once(store, cluster.cfg.retention, ledger, now_ns=now)
+    assert report is not None and (report.deleted, report.held) == (1, 1)
+    assert _rows(cluster) == _objects(cluster) == {seqs[0]}
     store.close()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -171,15 +173,17 @@ def _hold_add(args: argparse.Namespace) -> int:
 
     cfg = serve_config.load(args.config)
     now = time.time_ns()
-    hold = HoldBook(cfg.retention.directory, cfg.audit_key_file).add(
-        case=_checked(_CASE, args.case, "case number"),
-        unit=_checked(_NAME, args.unit, "unit id"),
-        camera=None if args.camera is None else _checked(_NAME, args.camera, "camera id"),
-        from_ns=parse_time(args.from_, now),
-        to_ns=parse_time(args.to, now),
-        who=_checked(_NAME, args.by, "name"),
-        reason=args.reason,
-    )
+    book = HoldBook(cfg.retention.directory, cfg.audit_key_file)
+    with _cluster_told(cfg, book):
+        hold = book.add(
+            case=_checked(_CASE, args.case, "case number"),
+            unit=_checked(_NAME, args.unit, "unit id"),
+            camera=None if args.camera is None else _checked(_NAME, args.camera, "camera id"),
+            from_ns=parse_time(args.from_, now),
+            to_ns=parse_time(args.to, now),
+            who=_checked(_NAME, args.by, "name"),
+            reason=args.reason,
+        )
     print(hold.hold_id)
     return 0
 
@@ -189,11 +193,33 @@ def _hold_release(args: argparse.Namespace) -> int:
     from edge.csu.receiver.holds import HoldBook
 
     cfg = serve_config.load(args.config)
-    hold = HoldBook(cfg.retention.directory, cfg.audit_key_file).release(
-        args.hold_id, who=_checked(_NAME, args.by, "name"), reason=args.reason
-    )
+    book = HoldBook(cfg.retention.directory, cfg.audit_key_file)
+    with _cluster_told(cfg, book):
+        hold = book.release(args.hold_id, who=_checked(_NAME, args.by, "name"), reason=args.reason)
     print(f"released {hold.hold_id} (case {hold.case}); the next purge applies the limit")
     return 0
+
+
+@contextlib.contextmanager
+def _cluster_told(cfg: Any, book: Any) -> Iterator[None]:
+    """In cluster mode, the database learns how many entries the shared hold log has once the
+    change is in it: a receiver purging from a directory without them then refuses
+    (:mod:`edge.csu.receiver.cluster_purge`). The database is reached first, so that an
+    unreachable one stops the command before the log changes."""
+    if cfg.storage != "cluster":
+        yield
+        return
+    from edge.csu.receiver.cluster import ClusterStore
+    from edge.csu.receiver.deletions import ZERO
+
+    store = ClusterStore(cfg.cluster)
+    try:
+        index = store.index()
+        index.retention_state()  # reachable, schema in place
+        yield
+        index.note_hold_entries(len(book.entries()), ZERO)
+    finally:
+        store.close()
 
 
 def _when(ns: int) -> str:

@@ -548,11 +548,24 @@ class PgSegmentIndex:
         return None if row is None else (int(row[0]), str(row[1]), int(row[2]))
 
     def set_retention_state(self, count: int, head: str, hold_entries: int) -> None:
+        """After a purge. The hold count only grows (a hold placed meanwhile counts)."""
         with self._transaction() as cur:
             cur.execute(
                 "INSERT INTO retention_state VALUES (1, %s, %s, %s, %s, %s) ON CONFLICT (id) "
                 "DO UPDATE SET ledger_count = excluded.ledger_count, ledger_head = "
-                "excluded.ledger_head, hold_entries = excluded.hold_entries, updated_ns = "
-                "excluded.updated_ns, receiver = excluded.receiver",
+                "excluded.ledger_head, hold_entries = greatest(retention_state.hold_entries, "
+                "excluded.hold_entries), updated_ns = excluded.updated_ns, "
+                "receiver = excluded.receiver",
                 (count, head, hold_entries, time.time_ns(), self.receiver),
+            )
+
+    def note_hold_entries(self, hold_entries: int, zero_head: str) -> None:
+        """``edge-csu hold`` in cluster mode, after appending to the shared hold log: a purge
+        from a directory whose log has fewer entries then refuses (even before any purge)."""
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO retention_state VALUES (1, 0, %s, %s, %s, %s) ON CONFLICT (id) "
+                "DO UPDATE SET hold_entries = greatest(retention_state.hold_entries, "
+                "excluded.hold_entries)",
+                (zero_head, hold_entries, time.time_ns(), self.receiver),
             )

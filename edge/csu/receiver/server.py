@@ -163,10 +163,11 @@ class Receiver:
 
     @property
     def store(self) -> SegmentStore:
-        """The embedded store, which the operators' side (viewing, console, export, purge)
-        reads; cluster mode does not start that side (:func:`serve`)."""
+        """The embedded store, which the operators' side (viewing, console, export) and the
+        embedded purge read; cluster mode does not start that side and purges with
+        :mod:`.cluster_purge` (:func:`serve`)."""
         if not isinstance(self.intake, SegmentStore):
-            raise ConfigError("viewing and purge do not run on the cluster stores yet")
+            raise ConfigError("viewing does not run on the cluster stores yet")
         return self.intake
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:

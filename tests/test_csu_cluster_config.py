@@ -144,11 +144,12 @@ def test_the_shipped_receiver_unit_is_hardened_and_runs_the_instance_configurati
 
 
 @pytest.mark.parametrize("action", ["purge", "audit"])
-def test_retention_commands_of_the_embedded_store_refuse_cluster_mode(
+def test_retention_commands_on_a_cluster_configuration_work_on_the_cluster_stores(
     tmp_path: Path, action: str
 ) -> None:
-    """Not a silent purge or audit of an empty local directory while the recordings are in
-    the cluster's stores."""
+    """Never a silent purge or audit of an empty local directory while the recordings are in
+    the cluster's stores: the command needs the cluster's database (here, its password file
+    is missing) and says so. The commands at work on a real cluster: test_csu_cluster_retention."""
     config = tmp_path / "csu.toml"
     config.write_text(CLUSTER)
     run = subprocess.run(
@@ -156,4 +157,5 @@ def test_retention_commands_of_the_embedded_store_refuse_cluster_mode(
         capture_output=True, text=True, timeout=60, cwd=REPO,
     )  # fmt: skip
     assert run.returncode != 0
-    assert "does not run on the cluster stores" in run.stderr, run.stderr
+    assert "db-password" in run.stderr and "database password" in run.stderr, run.stderr
+    assert not (tmp_path / "storage").exists()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -171,15 +173,17 @@ def _hold_add(args: argparse.Namespace) -> int:
 
     cfg = serve_config.load(args.config)
     now = time.time_ns()
-    hold = HoldBook(cfg.retention.directory, cfg.audit_key_file).add(
-        case=_checked(_CASE, args.case, "case number"),
-        unit=_checked(_NAME, args.unit, "unit id"),
-        camera=None if args.camera is None else _checked(_NAME, args.camera, "camera id"),
-        from_ns=parse_time(args.from_, now),
-        to_ns=parse_time(args.to, now),
-        who=_checked(_NAME, args.by, "name"),
-        reason=args.reason,
-    )
+    book = HoldBook(cfg.retention.directory, cfg.audit_key_file)
+    with _cluster_told(cfg, book):
+        hold = book.add(
+            case=_checked(_CASE, args.case, "case number"),
+            unit=_checked(_NAME, args.unit, "unit id"),
+            camera=None if args.camera is None else _checked(_NAME, args.camera, "camera id"),
+            from_ns=parse_time(args.from_, now),
+            to_ns=parse_time(args.to, now),
+            who=_checked(_NAME, args.by, "name"),
+            reason=args.reason,
+        )
     print(hold.hold_id)
     return 0
 
@@ -189,11 +193,33 @@ def _hold_release(args: argparse.Namespace) -> int:
     from edge.csu.receiver.holds import HoldBook
 
     cfg = serve_config.load(args.config)
-    hold = HoldBook(cfg.retention.directory, cfg.audit_key_file).release(
-        args.hold_id, who=_checked(_NAME, args.by, "name"), reason=args.reason
-    )
+    book = HoldBook(cfg.retention.directory, cfg.audit_key_file)
+    with _cluster_told(cfg, book):
+        hold = book.release(args.hold_id, who=_checked(_NAME, args.by, "name"), reason=args.reason)
     print(f"released {hold.hold_id} (case {hold.case}); the next purge applies the limit")
     return 0
+
+
+@contextlib.contextmanager
+def _cluster_told(cfg: Any, book: Any) -> Iterator[None]:
+    """In cluster mode, the database learns how many entries the shared hold log has once the
+    change is in it: a receiver purging from a directory without them then refuses
+    (:mod:`edge.csu.receiver.cluster_purge`). The database is reached first, so that an
+    unreachable one stops the command before the log changes."""
+    if cfg.storage != "cluster":
+        yield
+        return
+    from edge.csu.receiver.cluster import ClusterStore
+    from edge.csu.receiver.deletions import ZERO
+
+    store = ClusterStore(cfg.cluster)
+    try:
+        index = store.index()
+        index.retention_state()  # reachable, schema in place
+        yield
+        index.note_hold_entries(len(book.entries()), ZERO)
+    finally:
+        store.close()
 
 
 def _when(ns: int) -> str:
@@ -230,15 +256,6 @@ def _hold_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _embedded_only(cfg: Any, what: str) -> None:
-    if cfg.storage != "embedded":
-        raise ConfigError(
-            f"{what} runs on the embedded storage only; it does not run on the cluster stores "
-            "yet (docs/UPLINK.md, Known limits)",
-            key="storage",
-        )
-
-
 def _sweep(args: argparse.Namespace) -> int:
     from edge.csu.receiver import settings as serve_config
     from edge.csu.receiver.cluster import ClusterStore
@@ -262,7 +279,24 @@ def _purge(args: argparse.Namespace) -> int:
     from edge.csu.receiver import settings as serve_config
 
     cfg = serve_config.load(args.config)
-    _embedded_only(cfg, "retention purge")
+    if cfg.storage == "cluster":
+        assert cfg.cluster is not None  # the configuration's schema requires it
+        from edge.csu.receiver import cluster_purge
+        from edge.csu.receiver.cluster import ClusterStore
+
+        # beside running receivers: the database's purge lock keeps the cycles apart
+        store = ClusterStore(cfg.cluster)
+        try:
+            report = cluster_purge.purge_once(
+                store, cfg.retention, purge.open_ledger(cfg.retention), now_ns=time.time_ns()
+            )
+        finally:
+            store.close()
+        if report is None:
+            print(json.dumps({"skipped": "another receiver is purging"}))
+            return 0
+        print(json.dumps(report.to_json()))
+        return 0
     with purge.no_receiver_running(cfg.retention):
         report = purge.purge_once(
             SegmentStore(cfg.storage_dir),
@@ -279,13 +313,22 @@ def _audit(args: argparse.Namespace) -> int:
     from edge.csu.receiver import settings as serve_config
 
     cfg = serve_config.load(args.config)
-    _embedded_only(cfg, "retention audit")
-    report = purge.audit(
-        SegmentStore(cfg.storage_dir),
-        cfg.retention,
-        purge.public_key(cfg.retention, args.key),
-        now_ns=time.time_ns(),
-    )
+    if cfg.storage == "cluster":
+        assert cfg.cluster is not None
+        from edge.csu.receiver import cluster_purge
+        from edge.csu.receiver.cluster import ClusterStore
+
+        store = ClusterStore(cfg.cluster)
+        try:
+            public = purge.public_key(cfg.retention, args.key)
+            report = cluster_purge.audit(store, cfg.retention, public, now_ns=time.time_ns())
+        finally:
+            store.close()
+    else:
+        public = purge.public_key(cfg.retention, args.key)
+        report = purge.audit(
+            SegmentStore(cfg.storage_dir), cfg.retention, public, now_ns=time.time_ns()
+        )
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
     else:

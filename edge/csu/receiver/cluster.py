@@ -204,7 +204,9 @@ class ClusterStore:
         cams = {}
         for cam in self.cameras_of(unit_id):
             summary = self.index().summary(unit_id, cam)
+            # gap records and the purge's deletions are not holes to backfill
             lost = [(g.first, g.last) for g in self._gaps(unit_id, cam)]
+            lost += self.index().purged(unit_id, cam)
             summary["gaps"] = [
                 h for h in summary["gaps"] if not any(a <= h[0] and h[1] <= b for a, b in lost)
             ]
@@ -215,7 +217,9 @@ class ClusterStore:
         """The embedded store's camera status (chain, gaps, conflicts) over the database's
         rows: ``edge-csu units`` in cluster mode."""
         segments = self.index().segments(unit_id, camera_id)
-        return CameraIndex.of(segments, self._gaps(unit_id, camera_id)).status()
+        index = CameraIndex.of(segments, self._gaps(unit_id, camera_id))
+        index.purged = self.index().purged(unit_id, camera_id)
+        return index.status()
 
     def sweep(self, *, older_than_s: float, now: float) -> dict[str, int]:
         """Delete the objects no row names (a receiver killed between its upload and the

@@ -113,6 +113,35 @@ class DeletionLedger:
             else:
                 self._head = LedgerHead(n + 1, hashlib.sha256(lines[-1]).hexdigest())
 
+    @property
+    def head(self) -> LedgerHead:
+        """Count and hash of the last record (as of the last append or :meth:`reload`)."""
+        return self._head
+
+    @property
+    def key_id(self) -> str:
+        """The id of the key this ledger signs with."""
+        return self._key_id
+
+    def last_key_id(self) -> str | None:
+        """The key id of the last record in the file (None: no readable record)."""
+        lines = _last_lines(self.path)
+        try:
+            return str(json.loads(lines[-1])["record"]["key_id"]) if lines else None
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def line_hash(self, n: int) -> str:
+        """The hash of record ``n`` as the file holds it (:data:`ZERO` before the first);
+        reads the whole file: for the rare check after an interrupted cycle."""
+        if n < 0:
+            return ZERO
+        try:
+            lines = self.path.read_bytes().splitlines()
+        except FileNotFoundError:
+            lines = []
+        return hashlib.sha256(lines[n]).hexdigest() if n < len(lines) else ""
+
     def record(
         self,
         unit: str,

@@ -104,12 +104,33 @@ MIGRATIONS: tuple[str, ...] = (
         receiver text NOT NULL
     );
     """,
+    # 3: retention (cluster_purge): ranges deleted by the purge (not gaps in the chain), and
+    # the head of the deletion records and of the hold log as the last purge left them.
+    """
+    CREATE TABLE purged (
+        unit text NOT NULL,
+        camera text NOT NULL,
+        first_sequence bigint NOT NULL,
+        last_sequence bigint NOT NULL,
+        deleted_ns bigint NOT NULL
+    );
+    CREATE INDEX purged_camera ON purged (unit, camera);
+    CREATE TABLE retention_state (
+        id integer PRIMARY KEY CHECK (id = 1),
+        ledger_count bigint NOT NULL,
+        ledger_head text NOT NULL,
+        hold_entries bigint NOT NULL,
+        updated_ns bigint NOT NULL,
+        receiver text NOT NULL
+    );
+    """,
 )
 
 #: A receiver that claimed an event's publication and said nothing for this long (killed,
 #: cut off) loses the claim: another publishes the event when the unit sends it again.
 PUBLISH_LEASE_S = 10.0
 _MIGRATION_LOCK = 0x65646765  # "edge": one receiver migrates, the others wait for it
+_PURGE_LOCK = 0x65646770  # one receiver purges at a time; the others skip the cycle
 _COLUMNS = ", ".join(f.name for f in fields(StoredSegment))
 
 
@@ -433,3 +454,118 @@ class PgSegmentIndex:
                 [list(col) for col in zip(*keys, strict=True)],
             )
             return {(str(u), str(c), int(q), str(h)) for u, c, q, h in cur.fetchall()}
+
+    # --- retention (:mod:`.cluster_purge`) ------------------------------------------------------
+
+    @contextmanager
+    def purge_lock(self) -> Iterator[bool]:
+        """The cluster's purge lock, tried (a session advisory lock on this connection): True
+        while held, False when another receiver holds it. Released on exit, or by the server
+        when this connection dies (a receiver killed mid-purge does not block the others)."""
+        with self._transaction() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (_PURGE_LOCK,))
+            row = cur.fetchone()
+        got = bool(row and row[0])
+        try:
+            yield got
+        finally:
+            if got and self._conn is not None and not self._conn.closed:
+                with self._transaction() as cur:
+                    cur.execute("SELECT pg_advisory_unlock(%s)", (_PURGE_LOCK,))
+
+    def aged(self, unit: str, camera: str, limit_ns: int) -> list[StoredSegment]:
+        """The camera's segments whose age basis is at or before ``limit_ns`` (the purge's
+        candidates; the policy, :func:`.retention.expired`, decides)."""
+        with self._transaction() as cur:
+            cur.execute(
+                f"SELECT {_COLUMNS} FROM segments "  # noqa: S608
+                "WHERE unit = %s AND camera = %s AND least(end_wall_ns, received_ns) <= %s "
+                "ORDER BY sequence",
+                (unit, camera, limit_ns),
+            )
+            return [StoredSegment(*r) for r in cur.fetchall()]
+
+    def delete_segments(
+        self, unit: str, camera: str, spans: list[list[int]], sequences: list[int], now_ns: int
+    ) -> tuple[list[tuple[int, str]], list[str]]:
+        """Delete these segments' rows, record their ranges as purged and delete the epoch
+        envelopes no remaining segment needs, in one transaction under the camera's lock
+        (an upload to the camera waits). Returns ``(sequence, hash)`` of the rows deleted
+        (their objects go next) and the epochs whose envelope went."""
+        with self._transaction() as cur:
+            self._lock_camera(cur, unit, camera)
+            cur.execute(
+                "DELETE FROM segments WHERE unit = %s AND camera = %s AND sequence = ANY(%s) "
+                "RETURNING sequence, hash, epoch_id",
+                (unit, camera, sequences),
+            )
+            rows = [(int(r[0]), str(r[1]), str(r[2])) for r in cur.fetchall()]
+            for first, last in spans:
+                cur.execute(
+                    "INSERT INTO purged VALUES (%s, %s, %s, %s, %s)",
+                    (unit, camera, first, last, now_ns),
+                )
+            cur.execute(
+                "DELETE FROM envelopes e WHERE unit = %s AND camera = %s AND epoch = ANY(%s) "
+                "AND NOT EXISTS (SELECT 1 FROM segments s WHERE s.unit = e.unit "
+                "AND s.camera = e.camera AND s.epoch_id = e.epoch) RETURNING epoch",
+                (unit, camera, sorted({e for _, _, e in rows})),
+            )
+            epochs = [str(r[0]) for r in cur.fetchall()]
+        return [(q, h) for q, h, _ in rows], epochs
+
+    def purged(self, unit: str, camera: str) -> list[tuple[int, int]]:
+        """Ranges the purge deleted (not gaps in the chain)."""
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT first_sequence, last_sequence FROM purged "
+                "WHERE unit = %s AND camera = %s ORDER BY first_sequence",
+                (unit, camera),
+            )
+            return [(int(a), int(b)) for a, b in cur.fetchall()]
+
+    def events(self, unit: str) -> list[tuple[str, bytes, int]]:
+        """The unit's stored events: ``(event id, document, arrival)``."""
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT event_id, body, received_ns FROM events WHERE unit = %s ORDER BY event_id",
+                (unit,),
+            )
+            return [(str(i), bytes(b), int(t)) for i, b, t in cur.fetchall()]
+
+    def delete_events(self, unit: str, event_ids: list[str]) -> int:
+        with self._transaction() as cur:
+            cur.execute(
+                "DELETE FROM events WHERE unit = %s AND event_id = ANY(%s)", (unit, event_ids)
+            )
+            return int(cur.rowcount)
+
+    def retention_state(self) -> tuple[int, str, int] | None:
+        """``(deletion records, head hash, hold-log entries)`` as the last purge left them."""
+        with self._transaction() as cur:
+            cur.execute("SELECT ledger_count, ledger_head, hold_entries FROM retention_state")
+            row = cur.fetchone()
+        return None if row is None else (int(row[0]), str(row[1]), int(row[2]))
+
+    def set_retention_state(self, count: int, head: str, hold_entries: int) -> None:
+        """After a purge. The hold count only grows (a hold placed meanwhile counts)."""
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO retention_state VALUES (1, %s, %s, %s, %s, %s) ON CONFLICT (id) "
+                "DO UPDATE SET ledger_count = excluded.ledger_count, ledger_head = "
+                "excluded.ledger_head, hold_entries = greatest(retention_state.hold_entries, "
+                "excluded.hold_entries), updated_ns = excluded.updated_ns, "
+                "receiver = excluded.receiver",
+                (count, head, hold_entries, time.time_ns(), self.receiver),
+            )
+
+    def note_hold_entries(self, hold_entries: int, zero_head: str) -> None:
+        """``edge-csu hold`` in cluster mode, after appending to the shared hold log: a purge
+        from a directory whose log has fewer entries then refuses (even before any purge)."""
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO retention_state VALUES (1, 0, %s, %s, %s, %s) ON CONFLICT (id) "
+                "DO UPDATE SET hold_entries = greatest(retention_state.hold_entries, "
+                "excluded.hold_entries)",
+                (zero_head, hold_entries, time.time_ns(), self.receiver),
+            )

@@ -38,9 +38,10 @@ from .retention import (
     Hold,
     active_holds,
     age_basis_ns,
+    by_release,
     event_expired,
+    event_release,
     expired,
-    last_release,
     released_holds,
 )
 from .settings import MAX_RETENTION_DAYS, RetentionConfig
@@ -149,27 +150,14 @@ def purge_once(
                     report.held += len(held)
                     # one record per reason the deletion comes when it does: the age alone,
                     # or the release of a hold that kept the segments until then
-                    groups: dict[str | None, list[StoredSegment]] = {}
-                    why: dict[str | None, dict[str, Any] | None] = {None: None}
-                    for meta in gone:
-                        last = last_release(unit, camera, meta, released)
-                        key = None if last is None else last[0].hold_id
-                        if last is not None:
-                            hold, released_ns = last
-                            why[key] = {
-                                "hold_id": hold.hold_id,
-                                "case": hold.case,
-                                "released_ns": released_ns,
-                            }
-                        groups.setdefault(key, []).append(meta)
-                    for key, segments in groups.items():
+                    for why, segments in by_release(unit, camera, gone, released):
                         record = ledger.record(
                             unit,
                             camera,
                             segments,
                             deleted_ns=now_ns,
                             retention_days=days,
-                            released_hold=why[key],
+                            released_hold=why,
                         )
                         report.records.append(record)
                     if gone:
@@ -187,6 +175,15 @@ def purge_once(
     return report
 
 
+def event_facts(raw: bytes, arrival_ns: int) -> tuple[int, str]:
+    """A stored event document's time and camera; an unreadable one is aged by its arrival."""
+    try:
+        body = json.loads(raw)["event"]
+        return int(body["wall_ns"]), str(body["camera"])
+    except (ValueError, KeyError, TypeError):
+        return arrival_ns, ""
+
+
 EventScan = tuple[Path, bytes, str, int, int, bool | Hold]
 
 
@@ -201,11 +198,7 @@ def _scan_events(
             arrival = path.stat().st_mtime_ns
         except FileNotFoundError:
             continue  # deleted meanwhile
-        try:
-            body = json.loads(raw)["event"]
-            wall, camera = int(body["wall_ns"]), str(body["camera"])
-        except (ValueError, KeyError, TypeError):
-            wall, camera = arrival, ""
+        wall, camera = event_facts(raw, arrival)
         verdict = event_expired(unit, camera, wall, arrival, holds, now_ns=now_ns, days=days)
         yield path, raw, camera, wall, arrival, verdict
 
@@ -223,8 +216,7 @@ def _purge_events(
 ) -> None:
     """Delete the unit's stored events past the limit (one record per release reason, like
     segments). An unreadable event document is aged by its arrival (the file's time)."""
-    groups: dict[str | None, list[tuple[str, str, int, Path]]] = {}
-    why: dict[str | None, dict[str, Any] | None] = {None: None}
+    groups: dict[str | None, tuple[dict[str, Any] | None, list[tuple[str, str, int, Path]]]] = {}
     for path, raw, camera, wall, arrival, verdict in _scan_events(
         store, unit, holds, now_ns=now_ns, days=days
     ):
@@ -233,21 +225,17 @@ def _purge_events(
         if isinstance(verdict, Hold):
             report.held += 1
             continue
-        covering = [(h, t) for h, t in released if h.covers_instant(unit, camera, wall)]
-        key = None
-        if covering:
-            hold, released_ns = max(covering, key=lambda ht: ht[1])
-            key = hold.hold_id
-            why[key] = {"hold_id": key, "case": hold.case, "released_ns": released_ns}
+        why = event_release(unit, camera, wall, released)
         item = (path.stem, hashlib.sha256(raw).hexdigest(), min(wall, arrival), path)
-        groups.setdefault(key, []).append(item)
-    for key, items in groups.items():
+        key = None if why is None else str(why["hold_id"])
+        groups.setdefault(key, (why, []))[1].append(item)
+    for why, items in groups.values():
         record = ledger.record_events(
             unit,
             [(eid, digest, age) for eid, digest, age, _ in items],
             deleted_ns=now_ns,
             retention_days=days,
-            released_hold=why[key],
+            released_hold=why,
         )
         report.records.append(record)
         for _, _, _, path in items:
@@ -257,15 +245,16 @@ def _purge_events(
 
 
 async def run_periodically(
-    store: SegmentStore,
+    cycle: Callable[[int], object],
     cfg: RetentionConfig,
-    ledger: deletions.DeletionLedger,
     stop: asyncio.Event,
     run_blocking: Callable[..., Awaitable[Any]],
     clock: Callable[[], int] = time.time_ns,
 ) -> None:
-    """The receiver's purge task: a cycle at start, every interval, and on SIGUSR1. A failed
-    cycle (a broken hold log, a full disk) is logged and retried at the next one."""
+    """The receiver's purge task: ``cycle(now_ns)`` (the embedded :func:`purge_once` or the
+    cluster's :func:`.cluster_purge.purge_once`) at start, every interval, and on SIGUSR1. A
+    failed cycle (a broken hold log, a full disk, the database out of reach) is logged and
+    retried at the next one."""
     wake = asyncio.Event()
     loop = asyncio.get_running_loop()
     # Not in the main thread (a receiver embedded in a test): periodic purges only.
@@ -273,7 +262,7 @@ async def run_periodically(
         loop.add_signal_handler(signal.SIGUSR1, wake.set)
     while not stop.is_set():
         try:
-            await run_blocking(lambda: purge_once(store, cfg, ledger, now_ns=clock()))
+            await run_blocking(lambda: cycle(clock()))
         except (OSError, IntegrityError) as exc:
             log.error("retention purge failed, retried in %.0f s: %s", cfg.purge_interval_s, exc)
         waits = [asyncio.ensure_future(e.wait()) for e in (stop, wake)]
@@ -302,17 +291,19 @@ class AuditReport:
         }
 
 
-def audit(
-    store: SegmentStore,
-    cfg: RetentionConfig,
-    public: ed25519.Ed25519PublicKey,
-    *,
-    now_ns: int,
-) -> AuditReport:
-    """Check the deletion records (signatures, chain, each deletion on time) and the storage
-    (nothing older than the limit without a hold in force)."""
+def slack_ns(cfg: RetentionConfig) -> int:
+    """How late a deletion may come: one purge interval and a minute."""
+    return int(cfg.purge_interval_s * 1e9) + 60 * 1_000_000_000
+
+
+def audit_records(
+    cfg: RetentionConfig, public: ed25519.Ed25519PublicKey
+) -> tuple[list[dict[str, Any]], deletions.LedgerHead, list[str], list[Hold]]:
+    """The deletion records checked (signatures, chain, each deletion on time, each release
+    it names in the hold log): ``(records, head, problems, holds in force)``. The part of the
+    audit that both storages share."""
     problems: list[str] = []
-    slack = int(cfg.purge_interval_s * 1e9) + 60 * 1_000_000_000
+    slack = slack_ns(cfg)
     try:
         records, head = deletions.verify(ledger_path(cfg), public)
     except IntegrityError as exc:
@@ -343,6 +334,42 @@ def audit(
     except IntegrityError as exc:
         holds = []
         problems.append(str(exc))
+    return records, head, problems, holds
+
+
+def audit_camera(
+    unit: str,
+    camera: str,
+    segments: list[StoredSegment],
+    holds: list[Hold],
+    *,
+    now_ns: int,
+    days: int,
+    slack: int,
+) -> tuple[list[str], int]:
+    """A camera's stored segments against the limit: ``(problems, how many a hold keeps
+    past it)``; a problem is a segment past the limit by more than ``slack`` and not held."""
+    _, held = expired(unit, camera, segments, holds, now_ns=now_ns, days=days)
+    overdue, _ = expired(unit, camera, segments, holds, now_ns=now_ns - slack, days=days)
+    problems = [
+        f"{unit}/{camera}#{m.sequence} is {(now_ns - age_basis_ns(m)) / DAY_NS:.2f} days old "
+        "and under no hold"
+        for m in overdue
+    ]
+    return problems, len(held)
+
+
+def audit(
+    store: SegmentStore,
+    cfg: RetentionConfig,
+    public: ed25519.Ed25519PublicKey,
+    *,
+    now_ns: int,
+) -> AuditReport:
+    """Check the deletion records (signatures, chain, each deletion on time) and the storage
+    (nothing older than the limit without a hold in force)."""
+    slack = slack_ns(cfg)
+    records, head, problems, holds = audit_records(cfg, public)
     days = min(cfg.days, MAX_RETENTION_DAYS)
     held_out: list[dict[str, Any]] = []
     for unit in sorted(p.name for p in store.root.iterdir() if p.is_dir()):
@@ -351,15 +378,12 @@ def audit(
             with index.lock:
                 segments = list(index.segments.values())
             # held: past the limit now; overdue: past it by more than a purge interval
-            _, held = expired(unit, camera, segments, holds, now_ns=now_ns, days=days)
-            overdue, _ = expired(unit, camera, segments, holds, now_ns=now_ns - slack, days=days)
-            for m in overdue:
-                age = (now_ns - age_basis_ns(m)) / DAY_NS
-                problems.append(
-                    f"{unit}/{camera}#{m.sequence} is {age:.2f} days old and under no hold"
-                )
+            late, held = audit_camera(
+                unit, camera, segments, holds, now_ns=now_ns, days=days, slack=slack
+            )
+            problems += late
             if held:
-                held_out.append({"unit": unit, "camera": camera, "segments": len(held)})
+                held_out.append({"unit": unit, "camera": camera, "segments": held})
         late_events = _scan_events(store, unit, holds, now_ns=now_ns - slack, days=days)
         for path, _, _, wall, arrival, verdict in late_events:
             if verdict is True:

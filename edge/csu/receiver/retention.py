@@ -154,3 +154,31 @@ def event_expired(
         if hold.covers_instant(unit, camera, wall_ns):
             return hold
     return True
+
+
+def release_reason(hold: Hold, released_ns: int) -> dict[str, Any]:
+    """What a deletion record says of the release that let its items go."""
+    return {"hold_id": hold.hold_id, "case": hold.case, "released_ns": released_ns}
+
+
+def by_release(
+    unit: str, camera: str, gone: Iterable[StoredSegment], released: Sequence[tuple[Hold, int]]
+) -> list[tuple[dict[str, Any] | None, list[StoredSegment]]]:
+    """Segments to delete grouped by why their deletion comes now: the age alone (None), or
+    the release of a hold that kept them until then (one group, one deletion record, per
+    release). The embedded and the cluster purge both write one record per group."""
+    groups: dict[str | None, tuple[dict[str, Any] | None, list[StoredSegment]]] = {}
+    for meta in gone:
+        last = last_release(unit, camera, meta, released)
+        why = None if last is None else release_reason(*last)
+        key = None if last is None else last[0].hold_id
+        groups.setdefault(key, (why, []))[1].append(meta)
+    return list(groups.values())
+
+
+def event_release(
+    unit: str, camera: str, wall_ns: int, released: Sequence[tuple[Hold, int]]
+) -> dict[str, Any] | None:
+    """The latest release of a hold that covered an event (None: it was never held)."""
+    covering = [(h, t) for h, t in released if h.covers_instant(unit, camera, wall_ns)]
+    return release_reason(*max(covering, key=lambda ht: ht[1])) if covering else None

@@ -9,6 +9,7 @@ so one slow disk does not stall other units' connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -174,10 +175,11 @@ class Receiver:
 
     @property
     def store(self) -> SegmentStore:
-        """The embedded store, which the operators' side (viewing, console, export, purge)
-        reads; cluster mode does not start that side (:func:`serve`)."""
+        """The embedded store, which the operators' side (viewing, console, export) and the
+        embedded purge read; cluster mode does not start that side and purges with
+        :mod:`.cluster_purge` (:func:`serve`)."""
         if not isinstance(self.intake, SegmentStore):
-            raise ConfigError("viewing and purge do not run on the cluster stores yet")
+            raise ConfigError("viewing does not run on the cluster stores yet")
         return self.intake
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
@@ -575,10 +577,10 @@ async def serve(cfg: ServeConfig, stop: asyncio.Event, ready: Callable[[int, int
             cluster.objects.bucket,
         )
         log.warning(
-            "cluster mode: the operators' listener (viewing, console, export) and the purge "
-            "do not run on the cluster stores yet; not started (docs/UPLINK.md, Known limits)"
+            "cluster mode: the operators' listener (viewing, console, export) does not run "
+            "on the cluster stores yet; not started (docs/UPLINK.md, Known limits)"
         )
-    ledger = None if cluster is not None else purge.open_ledger(cfg.retention)
+    ledger = purge.open_ledger(cfg.retention)
     if receiver.publisher is not None:
         receiver.publisher.start()
     runners: list[web.AppRunner] = []
@@ -610,14 +612,25 @@ async def serve(cfg: ServeConfig, stop: asyncio.Event, ready: Callable[[int, int
             ports[1],
         )
         ready(ports[0], ports[1])
-        if ledger is None:
-            await stop.wait()
-            return
-        with purge.receiver_lock(cfg.retention):
+        cycle: Callable[[int], object]
+        if cluster is not None:
+            from . import cluster_purge
+
+            # no receiver.lock: the database's purge lock keeps the cycles apart
+            def cycle(now_ns: int) -> object:
+                return cluster_purge.purge_once(cluster, cfg.retention, ledger, now_ns=now_ns)
+
+            lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        else:
+            store = receiver.store
+
+            def cycle(now_ns: int) -> object:
+                return purge.purge_once(store, cfg.retention, ledger, now_ns=now_ns)
+
+            lock = purge.receiver_lock(cfg.retention)
+        with lock:
             purging = asyncio.create_task(
-                purge.run_periodically(
-                    receiver.store, cfg.retention, ledger, stop, receiver.run_blocking
-                )
+                purge.run_periodically(cycle, cfg.retention, stop, receiver.run_blocking)
             )
             await stop.wait()
             await purging

@@ -312,6 +312,11 @@ def test_the_receiver_purges_at_start_and_on_sigusr1_and_the_command_waits_for_i
         wait_until(lambda: stored() == {seqs[1], fresh}, 20, "the purge at start")
         refused = _cli("retention", "purge", "--config", str(csu.config))
         assert refused.returncode != 0 and "SIGUSR1" in refused.stderr
+        # A second receiver on the same storage (started by hand beside the service) would
+        # keep its own index in memory: refused at start, naming the first one.
+        second = _cli("serve", "--config", str(csu.config))
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert f"(edge-csu serve, pid {csu.proc.pid})" in second.stderr  # type: ignore[union-attr]
         released = _cli("hold", "release", "--config", str(csu.config), hold_id, "--by", "j.m")
         assert released.returncode == 0, released.stderr
         assert csu.proc is not None

@@ -20,6 +20,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -100,11 +101,27 @@ def _flock(path: Path, mode: int) -> Iterator[IO[str]]:
         yield fh
 
 
-@contextlib.contextmanager
-def receiver_lock(cfg: RetentionConfig) -> Iterator[None]:
-    """Held (shared) by a running receiver for its whole life."""
-    with _flock(cfg.directory / "receiver.lock", fcntl.LOCK_SH):
-        yield
+def receiver_lock(cfg: RetentionConfig) -> contextlib.AbstractContextManager[IO[str]]:
+    """Held (exclusive) by an embedded receiver for its whole life: a second ``edge-csu serve``
+    on the same storage (a unit started by hand beside the service) would keep its own index
+    in memory and overwrite the first one's; it is refused at start, naming the first."""
+    path = cfg.directory / "receiver.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = path.open("a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip()[:200]
+        fh.close()
+        raise ConfigError(
+            f"another receiver (edge-csu serve{', ' + holder if holder else ''}) runs on this "
+            f"storage ({path} is held): stop it first (systemctl stop edge-csu)"
+        ) from None
+    fh.truncate(0)
+    fh.write(f"pid {os.getpid()}\n")
+    fh.flush()
+    return contextlib.closing(fh)
 
 
 def no_receiver_running(cfg: RetentionConfig) -> contextlib.AbstractContextManager[IO[str]]:

@@ -558,6 +558,18 @@ class Receiver:
 async def serve(cfg: ServeConfig, stop: asyncio.Event, ready: Callable[[int, int], None]) -> None:
     """Run both listeners until ``stop`` is set; ``ready(units_port, operators_port)``."""
     from . import purge
+
+    # Embedded: one receiver per storage, taken before anything is read (cluster mode: the
+    # database decides, receivers are meant to run side by side).
+    exclusive: contextlib.AbstractContextManager[object] = (
+        purge.receiver_lock(cfg.retention) if cfg.storage != "cluster" else contextlib.nullcontext()
+    )
+    with exclusive:
+        await _serve(cfg, stop, ready)
+
+
+async def _serve(cfg: ServeConfig, stop: asyncio.Event, ready: Callable[[int, int], None]) -> None:
+    from . import purge
     from .hls import operators_app  # local: viewing is optional (authority key)
     from .registry import operator_context
 
@@ -620,20 +632,17 @@ async def serve(cfg: ServeConfig, stop: asyncio.Event, ready: Callable[[int, int
             def cycle(now_ns: int) -> object:
                 return cluster_purge.purge_once(cluster, cfg.retention, ledger, now_ns=now_ns)
 
-            lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
         else:
             store = receiver.store
 
             def cycle(now_ns: int) -> object:
                 return purge.purge_once(store, cfg.retention, ledger, now_ns=now_ns)
 
-            lock = purge.receiver_lock(cfg.retention)
-        with lock:
-            purging = asyncio.create_task(
-                purge.run_periodically(cycle, cfg.retention, stop, receiver.run_blocking)
-            )
-            await stop.wait()
-            await purging
+        purging = asyncio.create_task(
+            purge.run_periodically(cycle, cfg.retention, stop, receiver.run_blocking)
+        )
+        await stop.wait()
+        await purging
     finally:
         for server in servers:
             server.close()

@@ -57,12 +57,13 @@ def test_a_fresh_crl_is_picked_up_without_restart_and_an_expired_one_fails_close
     csu = make_csu(tmp_path)
     crt, key, serial = csu.pki.issue(UNIT, tmp_path / "unit")
     csu.enroll(UNIT, ed25519.Ed25519PrivateKey.generate())
-    next_update = _crl_expiring_in(csu, 3.0)
     csu.start()
     try:
         assert _cursor(csu, crt, key) == "200"
-        # The CRL loaded at start passes its nextUpdate: refused, and the log says why and
-        # what to do (fail closed: an expired CRL is never treated as "nothing revoked").
+        # The CRL in force passes its nextUpdate: refused, and the log says why and what to
+        # do (fail closed: an expired CRL is never treated as "nothing revoked"). Published
+        # once the receiver is up, so that a slow start cannot eat the time before it expires.
+        next_update = _crl_expiring_in(csu, 2.0)
         time.sleep(max(0.0, (next_update - dt.datetime.now(dt.UTC)).total_seconds()) + 1.0)
         assert _cursor(csu, crt, key).startswith("tls:")
         wait_until(lambda: "CRL has expired" in csu.log(), 5, "the handshake refusal logged")

@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,6 +83,15 @@ def wait_driven(sign: SignController, timeout: float = 30.0) -> None:
     sign.wait_register(REGISTER, 3, timeout)
 
 
+def outputs_status(config: Path) -> dict[str, Any]:
+    """The outputs section of ``edgectl status --json``, as a technician would read it."""
+    status = subprocess.run(
+        [sys.executable, "-m", "edge.cli.main", "status", "--json", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    return dict(json.loads(status.stdout)["daemon"]["outputs"])
+
+
 def test_kill_9_during_an_action_returns_the_sign_to_safe_within_the_bound(
     tmp_path: Path, data_dir: Path, sockdir: Path
 ) -> None:
@@ -90,11 +100,7 @@ def test_kill_9_during_an_action_returns_the_sign_to_safe_within_the_bound(
         with running_edged(config, tmp_path) as (proc, notify):
             notify.wait_for("READY=1", timeout=30)
             wait_driven(sign)
-            status = subprocess.run(
-                [sys.executable, "-m", "edge.cli.main", "status", "--json", "--config",
-                 str(config)], capture_output=True, text=True, timeout=60, check=False,
-            )  # fmt: skip
-            outputs = json.loads(status.stdout)["daemon"]["outputs"]
+            outputs = outputs_status(config)
             assert outputs["outputs"]["sign-up"]["state"] == "fault"
             assert outputs["outputs"]["sign-up"]["playbook"] == "camera-fault"
             guard_pid = outputs["guard_pid"]
@@ -131,11 +137,7 @@ def test_edged_killed_under_systemd_the_guard_answers_sigterm_within_the_bound(
         with running_edged(config, tmp_path) as (proc, notify):
             notify.wait_for("READY=1", timeout=30)
             wait_driven(sign)
-            status = subprocess.run(
-                [sys.executable, "-m", "edge.cli.main", "status", "--json", "--config",
-                 str(config)], capture_output=True, text=True, timeout=60, check=False,
-            )  # fmt: skip
-            guard_pid = json.loads(status.stdout)["daemon"]["outputs"]["guard_pid"]
+            guard_pid = outputs_status(config)["guard_pid"]
             t0 = time.monotonic()
             proc.send_signal(signal.SIGKILL)
             os.kill(guard_pid, signal.SIGTERM)

@@ -4,6 +4,7 @@ receipt, a receipt for another unit, and a past rewritten after the CSU receipte
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from collections.abc import Iterator
@@ -83,6 +84,13 @@ class Rig:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
+    with running_rig(tmp_path) as made:
+        yield made
+
+
+@contextlib.contextmanager
+def running_rig(tmp_path: Path) -> Iterator[Rig]:
+    """A receiver that signs receipts, and a unit enrolled there with its vault's keys."""
     csu = make_csu(tmp_path)
     port = free_port()
     csu.write_config(port=port)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,14 +19,11 @@ from edge.config import EdgeConfig, UnitConfig, UplinkConfig
 from edge.csu.ca import Profile, RevocationReason, VideoCA, cert_pem
 from edge.errors import CommandError, EnrolmentError
 from edge.identity.revocation import CityCrl, path_in
-from edge.identity.unitkeys import keys_dir_of, load_signing_key
 from edge.outputs import commands
 from edge.uplink.client import UplinkClient
 
-from . import vault_support
-from .uplink_util import CSU_NAME, Csu, free_port, make_csu, unit_files, wait_until
-
-UNIT = "unit-1"  # vault_support's device id
+from .test_receipts import UNIT, Gate, Rig, running_rig
+from .uplink_util import CSU_NAME, wait_until
 
 
 def now() -> dt.datetime:
@@ -83,42 +78,14 @@ def test_only_the_city_cas_newer_list_is_kept(tmp_path: Path) -> None:
     assert damaged.problem(agent, later, before="now") is not None
 
 
-class Gate:
-    def is_open(self) -> bool:
-        return True
-
-    def reason(self) -> str:
-        return "port authorised"
-
-
-@dataclass
-class Rig:
-    csu: Csu
-    port: int
-    data: Path
-
-
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    csu = make_csu(tmp_path)
-    port = free_port()
-    csu.write_config(port=port)
-    data = tmp_path / "unit"
-    keys = csu.directory / "keys"
-    recipient = vault_support.Csu(keys / "authority.pub.json", keys / "authority.key.json")
-    vault_support.open_vault(data, recipient).close()  # makes the unit's signing key
-    csu.enroll(UNIT, load_signing_key(keys_dir_of(data)))
-    unit_files(csu, UNIT, data)
-    csu.start()
-    try:
-        yield Rig(csu, port, data)
-    finally:
-        csu.stop()
-
-
 def test_the_unit_takes_the_csus_crl_and_refuses_a_revoked_operator_and_signer(
-    rig: Rig, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
+    with running_rig(tmp_path) as rig:
+        _takes_the_crl_and_refuses(rig)
+
+
+def _takes_the_crl_and_refuses(rig: Rig) -> None:
     ca = rig.csu.pki.ca
     op_key, op_cert = ca.issue("agent-martin", profile=Profile.OPERATOR)
     ok_key, ok_cert = ca.issue("agent-petit", profile=Profile.OPERATOR)
@@ -136,9 +103,7 @@ def test_the_unit_takes_the_csus_crl_and_refuses_a_revoked_operator_and_signer(
             backoff_max_s=1.0,
         ),
     )
-    keys = rig.csu.directory / "keys"
-    recipient = vault_support.Csu(keys / "authority.pub.json", keys / "authority.key.json")
-    vault = vault_support.open_vault(rig.data, recipient)
+    vault = rig.vault()
 
     def take(data: bytes) -> None:
         city.offer(data, now())

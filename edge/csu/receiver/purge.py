@@ -101,10 +101,9 @@ def _flock(path: Path, mode: int) -> Iterator[IO[str]]:
         yield fh
 
 
-def receiver_lock(cfg: RetentionConfig) -> contextlib.AbstractContextManager[IO[str]]:
-    """Held (exclusive) by an embedded receiver for its whole life: a second ``edge-csu serve``
-    on the same storage (a unit started by hand beside the service) would keep its own index
-    in memory and overwrite the first one's; it is refused at start, naming the first."""
+def _exclusive(cfg: RetentionConfig) -> tuple[IO[str] | None, str]:
+    """``receiver.lock`` held exclusively (None when another process holds it), and what its
+    holder wrote there ("pid N")."""
     path = cfg.directory / "receiver.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     fh = path.open("a+")
@@ -114,10 +113,21 @@ def receiver_lock(cfg: RetentionConfig) -> contextlib.AbstractContextManager[IO[
         fh.seek(0)
         holder = fh.read().strip()[:200]
         fh.close()
+        return None, holder
+    return fh, ""
+
+
+def receiver_lock(cfg: RetentionConfig) -> contextlib.AbstractContextManager[IO[str]]:
+    """Held by an embedded receiver for its whole life: a second ``edge-csu serve`` on the
+    same storage (one started by hand beside the service) would keep its own index in memory
+    and overwrite the first one's; it is refused at start, naming the first."""
+    fh, holder = _exclusive(cfg)
+    if fh is None:
         raise ConfigError(
             f"another receiver (edge-csu serve{', ' + holder if holder else ''}) runs on this "
-            f"storage ({path} is held): stop it first (systemctl stop edge-csu)"
-        ) from None
+            f"storage ({cfg.directory / 'receiver.lock'} is held): stop it first "
+            "(systemctl stop edge-csu)"
+        )
     fh.truncate(0)
     fh.write(f"pid {os.getpid()}\n")
     fh.flush()
@@ -126,17 +136,12 @@ def receiver_lock(cfg: RetentionConfig) -> contextlib.AbstractContextManager[IO[
 
 def no_receiver_running(cfg: RetentionConfig) -> contextlib.AbstractContextManager[IO[str]]:
     """Exclusive ``receiver.lock``, or :class:`ConfigError` when a receiver is running."""
-    path = cfg.directory / "receiver.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fh = path.open("a")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
+    fh, _holder = _exclusive(cfg)
+    if fh is None:
         raise ConfigError(
             "a receiver (edge-csu serve) is running on this storage: it purges by itself; "
             "send it SIGUSR1 (systemctl kill -s USR1 edge-csu) to purge now"
-        ) from None
+        )
     return contextlib.closing(fh)
 
 

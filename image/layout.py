@@ -34,6 +34,10 @@ class Target:
     partition_table: str  # "gpt" or "dos"
     qemu: tuple[str, ...]  # QEMU command without the disk, kernel and command line
     firmware: bool = False  # FAT firmware partition (Raspberry Pi)
+    # RAUC's boot loader backend: "grub" (image/bootloader.py: slot choice and boot counter),
+    # or "noop" where this project has no backend for the target yet (the kernel is booted
+    # directly: an installed slot never boots).
+    bootloader: str = "noop"
 
     @property
     def root_type(self) -> str:
@@ -57,6 +61,7 @@ TARGETS: dict[str, Target] = {
             "-smp",
             "2",
         ),
+        bootloader="grub",
     ),
     "qemu-arm64": Target(
         name="qemu-arm64",
@@ -189,6 +194,14 @@ def kernel_cmdline(target: Target, root: str = f"LABEL={ROOT_A_LABEL}", extra: s
         extra,
     ]
     return " ".join(a for a in args if a)
+
+
+def slot_cmdline(target: Target, slot: str) -> str:
+    """Kernel command line of root slot ``slot`` ("A" or "B") as the boot loader starts it:
+    its root by label, the slot's name for RAUC, and a reboot 10 s after a panic, so that a
+    slot whose kernel cannot start uses up its boot attempts instead of hanging."""
+    label = {"A": ROOT_A_LABEL, "B": ROOT_B_LABEL}[slot]
+    return kernel_cmdline(target, f"LABEL={label}", extra=f"rauc.slot={slot} panic=10")
 
 
 def rpi_root(p: Plan) -> str:

@@ -381,6 +381,13 @@ def stage_provision(target: layout.Target, root: Path, house: Path, version: str
                 "edge_daemon_update_compatible": bundle.compatible(target.name),
                 # The target's boot loader backend (image/layout.py, image/bootloader.py).
                 "edge_daemon_update_bootloader": target.bootloader,
+                # RAUC mounts a bundle (squashfs) to install it: allowed when updates are.
+                "edge_hardening_modules_squashfs": bool(
+                    role_vars(target).get("edge_daemon_update_keyring")
+                ),
+                "edge_daemon_update_slot_link": (
+                    "by-partlabel" if target.partition_table == "gpt" else "by-label"
+                ),
             }
         ),
     ]

@@ -385,8 +385,8 @@ def stage_provision(target: layout.Target, root: Path, house: Path, version: str
                 "edge_hardening_modules_squashfs": bool(
                     role_vars(target).get("edge_daemon_update_keyring")
                 ),
-                "edge_daemon_update_slot_link": (
-                    "by-partlabel" if target.partition_table == "gpt" else "by-label"
+                "edge_daemon_update_slot_devices": layout.slot_devices(
+                    target, layout.image_seed(target, source_date_epoch())
                 ),
             }
         ),

@@ -199,9 +199,9 @@ def _firmware_partition(img: Path, size: int, root: Path, p: layout.Plan, epoch:
     )
     fw = root / "boot" / "firmware"
     (fw / "config.txt").write_text(layout.rpi_config_txt())
-    (fw / "cmdline.txt").write_text(
-        layout.kernel_cmdline(layout.TARGETS["rpi"], layout.rpi_root(p)) + "\n"
-    )
+    (fw / "slot.txt").write_text(f"cmdline={layout.RPI_CMDLINE_FILES['A']}\n")
+    for name, text in layout.rpi_cmdlines(p).items():
+        (fw / name).write_text(text)
     files = sorted(str(f) for f in fw.iterdir())
     _run(["mcopy", "-s", "-p", "-m", "-i", str(img), *files, "::/"])
 
@@ -252,7 +252,7 @@ def seal(
 
     _clamp_mtimes(root, epoch)
     _clamp_mtimes(data_tree, epoch)
-    seed = f"{target.name}:{epoch}"
+    seed = layout.image_seed(target, epoch)
     fw_size = 256 * layout.MIB
     p = layout.plan(target, _tree_bytes(root), data_size, fw_size, seed)
     parts_dir = out / "parts"

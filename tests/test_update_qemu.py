@@ -284,6 +284,15 @@ def test_install_reboot_confirm_then_a_broken_update_rolls_back_on_its_own(rig: 
     # 4. Back on slot B: the roll-back and its reason, the vault of before intact.
     t_back, _ = console.first("boot", r"^slot=B version=99\.1\.0 last=rolled-back")
     assert t_back > t_bad
+    figures = {
+        "bundle_bytes": rig.sizes["good"],
+        "install_s_in_unit": float(took.group(1)),
+        "install_s_console": round(t_installed - t_install, 1),
+        "reboot_into_new_slot_confirmed_s": round(t_new - t_reboot, 1),
+        "rollback_s_from_bad_install_to_old_slot_running": round(t_back - t_bad, 1),
+        "round_trip_total_s": round(console.lines[-1][0], 1),
+    }
+    print("update round trip (TCG): " + json.dumps(figures))
     status = console.first("status-update")[1]
     level, summary, action = (s.strip() for s in status.split("|", 2))
     assert level == "WARN", status
@@ -300,13 +309,4 @@ def test_install_reboot_confirm_then_a_broken_update_rolls_back_on_its_own(rig: 
     for action_name in ("update-installed", "update-marked-good", "update-not-confirmed",
                         "update-rolled-back"):  # fmt: skip
         assert action_name in audit, audit
-    figures = {
-        "bundle_bytes": rig.sizes["good"],
-        "install_s_in_unit": float(took.group(1)),
-        "install_s_console": round(t_installed - t_install, 1),
-        "reboot_into_new_slot_confirmed_s": round(t_new - t_reboot, 1),
-        "rollback_s_from_bad_install_to_old_slot_running": round(t_back - t_bad, 1),
-        "round_trip_total_s": round(console.lines[-1][0], 1),
-    }
-    print("update round trip (TCG): " + json.dumps(figures))
     assert console.first("END")

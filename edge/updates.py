@@ -300,8 +300,13 @@ def mark_other_bad(*, conf: Path = SYSTEM_CONF) -> str | None:
 def record(data_dir: Path, outcome: dict[str, Any]) -> dict[str, Any]:
     """Keep the outcome for the fleet view (``slots.last_update``), stamped."""
     outcome = {**outcome, "at": round(time.time(), 1)}
-    update_dir_of(data_dir).mkdir(parents=True, exist_ok=True)
-    write_atomic(
-        update_dir_of(data_dir) / LAST_UPDATE_NAME, json.dumps(outcome).encode(), mode=0o644
-    )
+    folder = update_dir_of(data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / LAST_UPDATE_NAME, json.dumps(outcome).encode(), mode=0o644)
+    if os.geteuid() == 0:
+        # Written by root (edgectl update, edge-update-confirm.service): edged reads it for the
+        # status and the fleet view, and its AppArmor profile reads only what edged owns.
+        owner = data_dir.stat()
+        for path in (folder, folder / LAST_UPDATE_NAME):
+            os.chown(path, owner.st_uid, owner.st_gid)
     return outcome

@@ -27,7 +27,7 @@ from edge import __version__, updates
 from edge.csu.ca import VideoCA
 from image import bundle as image_bundle
 
-from .conftest import REPO, tool
+from .conftest import REPO, require_root, tool
 from .daemon_util import running_edged, write_config
 from .test_provision import sockdir as sockdir
 
@@ -480,3 +480,15 @@ def test_an_unhealthy_slot_on_probation_exits_3_for_the_reboot(
     settled = cli("edge.cli.main", "update", "mark-good", "--config", str(config),
                   "--wait", "2", "--rauc-conf", str(rig.conf))  # fmt: skip
     assert settled.returncode == 1 and "no update waits on it" in settled.stderr
+
+
+def test_an_outcome_written_by_root_belongs_to_edged(tmp_path: Path) -> None:
+    """edged reads last-update.json for its status under an AppArmor profile that reads only
+    what edged owns: root's record is handed to the data directory's owner."""
+    require_root()
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chown(data, 4242, 4243)
+    updates.record(data, {"result": "rolled-back", "version": "0.2.0"})
+    for path in (data / "update", data / "update" / "last-update.json"):
+        assert (path.stat().st_uid, path.stat().st_gid) == (4242, 4243), path

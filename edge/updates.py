@@ -210,6 +210,48 @@ def download(source: _Readable, target: Path, *, size: int, sha256: str) -> int:
     return got
 
 
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+PENDING = ("installed", "not-confirmed")  # an installed version not yet confirmed
+
+
+def boot_id(path: Path = BOOT_ID) -> str | None:
+    """This boot's id (a new one at each boot): tells "installed, not rebooted yet" apart."""
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def bootloader(conf: Path = SYSTEM_CONF) -> str:
+    """RAUC's boot loader backend in ``conf`` ("noop" when it names none or cannot be read)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(conf, encoding="utf-8")
+        return parser.get("system", "bootloader", fallback="noop").strip() or "noop"
+    except (OSError, configparser.Error):
+        return "noop"
+
+
+def awaiting_reboot(last: dict[str, Any] | None, this_boot: str | None, backend: str) -> bool:
+    """Installed during this very boot, with a boot loader that will switch at the next one:
+    nothing has booted the new slot yet, so nothing is confirmed or rolled back."""
+    return (
+        bool(last)
+        and (last or {}).get("result") == "installed"
+        and backend != "noop"
+        and this_boot is not None
+        and (last or {}).get("boot_id") == this_boot
+    )
+
+
+def on_probation(last: dict[str, Any] | None, running: str) -> bool:
+    """The running version is an installed one the unit has not confirmed yet: if it does not
+    become healthy, the boot loader must get the chance to go back (reboot, attempt counted)."""
+    if not last or last.get("result") not in PENDING:
+        return False
+    return version_key(str(last.get("version", "?"))) == version_key(running)
+
+
 def confirmation(
     last: dict[str, Any] | None, running: str, slot: str | None
 ) -> dict[str, Any] | None:
@@ -218,25 +260,53 @@ def confirmation(
     An update installed (``"result": "installed"``) and this boot running its version: good.
     Running another version: the new slot did not boot or was not confirmed, and the boot
     loader went back to the previous one: rolled back, and the status says so."""
-    if not last or last.get("result") != "installed":
+    if on_probation(last, running):
+        return {"result": "good", "version": running, "slot": slot}
+    return rolled_back(last, running, slot)
+
+
+def rolled_back(
+    last: dict[str, Any] | None, running: str, slot: str | None
+) -> dict[str, Any] | None:
+    """The outcome when the boot loader went back: an update pending (installed, or not
+    confirmed on its slot) and the unit running another version. None otherwise."""
+    if not last or last.get("result") not in PENDING:
         return None
     installed = str(last.get("version", "?"))
     if version_key(installed) == version_key(running):
-        return {"result": "good", "version": running, "slot": slot}
+        return None
+    reason = f"the unit booted {running} (slot {slot or '?'}), not the installed {installed}"
+    if last.get("result") == "not-confirmed" and last.get("reason"):
+        reason += f"; on its slot: {last['reason']}"
     return {
         "result": "rolled-back",
         "version": installed,
         "running": running,
         "slot": slot,
-        "reason": f"the unit booted {running} (slot {slot or '?'}), not the installed {installed}",
+        "reason": reason,
     }
+
+
+def mark_other_bad(*, conf: Path = SYSTEM_CONF) -> str | None:
+    """``rauc status mark-bad other``: the slot the boot loader left is not tried again.
+    None when RAUC could not (the roll-back itself already happened)."""
+    result = _rauc(conf, "status", "mark-bad", "other", timeout=60.0)
+    if result.returncode != 0:
+        return None
+    said = [ln for ln in (result.stdout + result.stderr).splitlines() if "marked" in ln]
+    return said[-1].strip() if said else "marked the other slot bad"
 
 
 def record(data_dir: Path, outcome: dict[str, Any]) -> dict[str, Any]:
     """Keep the outcome for the fleet view (``slots.last_update``), stamped."""
     outcome = {**outcome, "at": round(time.time(), 1)}
-    update_dir_of(data_dir).mkdir(parents=True, exist_ok=True)
-    write_atomic(
-        update_dir_of(data_dir) / LAST_UPDATE_NAME, json.dumps(outcome).encode(), mode=0o644
-    )
+    folder = update_dir_of(data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / LAST_UPDATE_NAME, json.dumps(outcome).encode(), mode=0o644)
+    if os.geteuid() == 0:
+        # Written by root (edgectl update, edge-update-confirm.service): edged reads it for the
+        # status and the fleet view, and its AppArmor profile reads only what edged owns.
+        owner = data_dir.stat()
+        for path in (folder, folder / LAST_UPDATE_NAME):
+            os.chown(path, owner.st_uid, owner.st_gid)
     return outcome

@@ -35,7 +35,7 @@ from pathlib import Path
 
 # Run as a script (make image): make the repository importable for `image.layout`.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from image import bundle, layout, models, seal
+from image import bootloader, bundle, layout, models, seal
 
 log = logging.getLogger("image")
 
@@ -330,6 +330,16 @@ def stage_wheels(target: layout.Target) -> tuple[Path, str]:
     return house, version
 
 
+def _boot_tries(target: layout.Target) -> int:
+    """Boots an unconfirmed slot gets (edge_daemon_update_boot_tries), for the boot loader."""
+    raw = role_vars(target).get("edge_daemon_update_boot_tries", bootloader.DEFAULT_TRIES)
+    if not isinstance(raw, int) or not 1 <= raw <= bootloader.MAX_TRIES:
+        raise SystemExit(
+            f"image: edge_daemon_update_boot_tries must be 1..{bootloader.MAX_TRIES}, not {raw!r}"
+        )
+    return raw
+
+
 def _profile_vars(target: layout.Target) -> Path:
     return IMAGE_DIR / "profiles" / ("rpi.yml" if target.firmware else "qemu.yml")
 
@@ -369,6 +379,15 @@ def stage_provision(target: layout.Target, root: Path, house: Path, version: str
                 "edge_daemon_models_dir": str(OUT / target.name / "models"),
                 # The bundles image/bundle.py makes install only on units of this target.
                 "edge_daemon_update_compatible": bundle.compatible(target.name),
+                # The target's boot loader backend (image/layout.py, image/bootloader.py).
+                "edge_daemon_update_bootloader": target.bootloader,
+                # RAUC mounts a bundle (squashfs) to install it: allowed when updates are.
+                "edge_hardening_modules_squashfs": bool(
+                    role_vars(target).get("edge_daemon_update_keyring")
+                ),
+                "edge_daemon_update_slot_devices": layout.slot_devices(
+                    target, layout.image_seed(target, source_date_epoch())
+                ),
             }
         ),
     ]
@@ -457,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.data_size_mib * layout.MIB,
                 packages_listed=packages(target),
                 keep_root=signer is not None,
+                boot_tries=_boot_tries(target),
             )
             stage_bundle(target, signer, version)
         log.info("stage %s: %.0f s", stage, time.monotonic() - t0)

@@ -34,6 +34,11 @@ class Target:
     partition_table: str  # "gpt" or "dos"
     qemu: tuple[str, ...]  # QEMU command without the disk, kernel and command line
     firmware: bool = False  # FAT firmware partition (Raspberry Pi)
+    # RAUC's boot loader backend: "grub" (image/bootloader.py: slot choice and boot counter),
+    # "custom" (the Raspberry Pi firmware's tryboot, edge-rauc-tryboot), or "noop" where this
+    # project has no backend for the target yet (the kernel is booted directly: an installed
+    # slot never boots).
+    bootloader: str = "noop"
 
     @property
     def root_type(self) -> str:
@@ -57,6 +62,7 @@ TARGETS: dict[str, Target] = {
             "-smp",
             "2",
         ),
+        bootloader="grub",
     ),
     "qemu-arm64": Target(
         name="qemu-arm64",
@@ -81,6 +87,7 @@ TARGETS: dict[str, Target] = {
         partition_table="dos",
         qemu=(),
         firmware=True,
+        bootloader="custom",  # the firmware's tryboot (edge-rauc-tryboot)
     ),
 }
 
@@ -191,9 +198,48 @@ def kernel_cmdline(target: Target, root: str = f"LABEL={ROOT_A_LABEL}", extra: s
     return " ".join(a for a in args if a)
 
 
-def rpi_root(p: Plan) -> str:
-    """Root A of a Raspberry Pi disk by PARTUUID (the Pi kernel boots without an initramfs)."""
-    return f"PARTUUID={p.disk_id.removeprefix('0x')}-02"
+def slot_cmdline(target: Target, slot: str) -> str:
+    """Kernel command line of root slot ``slot`` ("A" or "B") as the boot loader starts it:
+    its root by label, the slot's name for RAUC, and a reboot 10 s after a panic, so that a
+    slot whose kernel cannot start uses up its boot attempts instead of hanging."""
+    label = {"A": ROOT_A_LABEL, "B": ROOT_B_LABEL}[slot]
+    return kernel_cmdline(target, f"LABEL={label}", extra=f"rauc.slot={slot} panic=10")
+
+
+def rpi_root(p: Plan, slot: str = "A") -> str:
+    """Root slot ``slot`` of a Raspberry Pi disk by PARTUUID (the Pi kernel boots without an
+    initramfs)."""
+    return f"PARTUUID={p.disk_id.removeprefix('0x')}-0{2 if slot == 'A' else 3}"
+
+
+# Kernel command line files of the firmware partition, one per slot; slot.txt (included by
+# config.txt) names the confirmed one, tryboot.txt the one a tryboot tries (edge-rauc-tryboot).
+RPI_CMDLINE_FILES = {"A": "cmdline.txt", "B": "cmdline-b.txt"}
+
+
+def rpi_cmdlines(p: Plan) -> dict[str, str]:
+    """File name -> content: each slot's command line (its root, its name for RAUC, a reboot
+    10 s after a panic so that a tried slot that cannot start goes back to the confirmed one)."""
+    target = TARGETS["rpi"]
+    return {
+        name: kernel_cmdline(target, rpi_root(p, slot), extra=f"rauc.slot={slot} panic=10") + "\n"
+        for slot, name in RPI_CMDLINE_FILES.items()
+    }
+
+
+def image_seed(target: Target, epoch: int) -> str:
+    """What the disk's identifiers derive from (stable_uuid): the target and the build time."""
+    return f"{target.name}:{epoch}"
+
+
+def slot_devices(target: Target, seed: str) -> list[str]:
+    """Root slots A and B as RAUC names them: never by file system label, since a slot just
+    written carries the label of the bundle's image until its post-install handler restores it.
+    GPT: the partition names; MBR (Raspberry Pi): the partition UUIDs of the disk's id."""
+    if target.partition_table == "gpt":
+        return [f"/dev/disk/by-partlabel/{label}" for label in (ROOT_A_LABEL, ROOT_B_LABEL)]
+    disk = plan(target, 0, MIB, MIB, seed).disk_id.removeprefix("0x")
+    return [f"/dev/disk/by-partuuid/{disk}-02", f"/dev/disk/by-partuuid/{disk}-03"]
 
 
 def rpi_config_txt() -> str:
@@ -213,4 +259,6 @@ def rpi_config_txt() -> str:
         "[pi5]\n"
         "kernel=kernel_2712.img\n"
         "[all]\n"
+        "# The confirmed root slot's command line (cmdline=...), written by edge-rauc-tryboot.\n"
+        "include slot.txt\n"
     )

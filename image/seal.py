@@ -19,9 +19,10 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from image import layout
+from image import bootloader, layout
 
 log = logging.getLogger("image")
+BOOT_LOADER = "edge-boot.lnx"  # QEMU: -kernel edge-boot.lnx (image/bootloader.py)
 
 
 def _run(cmd: list[str], **kwargs: object) -> None:
@@ -198,9 +199,9 @@ def _firmware_partition(img: Path, size: int, root: Path, p: layout.Plan, epoch:
     )
     fw = root / "boot" / "firmware"
     (fw / "config.txt").write_text(layout.rpi_config_txt())
-    (fw / "cmdline.txt").write_text(
-        layout.kernel_cmdline(layout.TARGETS["rpi"], layout.rpi_root(p)) + "\n"
-    )
+    (fw / "slot.txt").write_text(f"cmdline={layout.RPI_CMDLINE_FILES['A']}\n")
+    for name, text in layout.rpi_cmdlines(p).items():
+        (fw / name).write_text(text)
     files = sorted(str(f) for f in fw.iterdir())
     _run(["mcopy", "-s", "-p", "-m", "-i", str(img), *files, "::/"])
 
@@ -213,10 +214,13 @@ def seal(
     data_size: int,
     packages_listed: list[str],
     keep_root: bool = False,
+    boot_tries: int = bootloader.DEFAULT_TRIES,
 ) -> Path:
-    """Turn ``root`` into ``out/edge-TARGET.img`` (+ .bmap, manifest, kernel and initrd).
+    """Turn ``root`` into ``out/edge-TARGET.img`` (+ .bmap, manifest, kernel and initrd, and
+    for a GRUB target the boot loader ``edge-boot.lnx``).
 
-    ``keep_root``: leave slot A's partition image in ``out/parts/`` for the update bundle."""
+    ``keep_root``: leave slot A's partition image in ``out/parts/`` for the update bundle;
+    ``boot_tries``: boots an unconfirmed slot gets before the boot loader goes back."""
     _clean(root)
     debs = _debian_packages(root)
     pys = _python_packages(root)
@@ -237,10 +241,18 @@ def seal(
         shutil.copy(kernels[-1], out / "vmlinuz")
         shutil.copy(initrds[-1], out / "initrd.img")
         (out / "cmdline.txt").write_text(layout.kernel_cmdline(target) + "\n")
+    if target.bootloader == "grub":
+        # The boot state lives on the data partition, which every slot sees and updates keep.
+        env = data_tree / bootloader.GRUBENV_DATA_PATH.lstrip("/")
+        env.parent.mkdir(parents=True, exist_ok=True)
+        env.write_bytes(bootloader.grubenv())
+        env.chmod(0o644)
+        cmdlines = {slot: layout.slot_cmdline(target, slot) for slot in bootloader.SLOTS}
+        bootloader.build(out / BOOT_LOADER, bootloader.grub_cfg(cmdlines, boot_tries))
 
     _clamp_mtimes(root, epoch)
     _clamp_mtimes(data_tree, epoch)
-    seed = f"{target.name}:{epoch}"
+    seed = layout.image_seed(target, epoch)
     fw_size = 256 * layout.MIB
     p = layout.plan(target, _tree_bytes(root), data_size, fw_size, seed)
     parts_dir = out / "parts"
@@ -300,6 +312,8 @@ def seal(
         "kernel_cmdline": layout.kernel_cmdline(
             target, layout.rpi_root(p) if target.firmware else f"LABEL={layout.ROOT_A_LABEL}"
         ),
+        "boot_loader": target.bootloader,
+        "boot_tries": boot_tries if target.bootloader == "grub" else None,
         "packages_listed": packages_listed,
         "debian_packages": debs,
         "python_packages": pys,

@@ -119,3 +119,26 @@ def test_rpi_build_stops_clearly_without_the_raspberry_pi_archive() -> None:
     )
     assert proc.returncode != 0
     assert "EDGE_RPI_SOURCES" in proc.stderr
+
+
+def test_raspberry_pi_slots_have_their_own_command_lines_and_devices() -> None:
+    target = layout.TARGETS["rpi"]
+    plan = layout.plan(target, GIB, GIB, 256 * layout.MIB, "rpi:1")
+    disk = plan.disk_id.removeprefix("0x")
+    files = layout.rpi_cmdlines(plan)
+    assert set(files) == {"cmdline.txt", "cmdline-b.txt"}
+    a, b = files["cmdline.txt"].split(), files["cmdline-b.txt"].split()
+    assert f"root=PARTUUID={disk}-02" in a and "rauc.slot=A" in a and "panic=10" in a
+    assert f"root=PARTUUID={disk}-03" in b and "rauc.slot=B" in b
+    # config.txt takes the confirmed slot's command line from slot.txt (edge-rauc-tryboot).
+    assert layout.rpi_config_txt().rstrip().endswith("include slot.txt")
+    # RAUC finds the slots by what writing a slot does not change: the seed gives the disk id.
+    assert layout.slot_devices(target, "rpi:1") == [
+        f"/dev/disk/by-partuuid/{disk}-02",
+        f"/dev/disk/by-partuuid/{disk}-03",
+    ]
+    assert layout.slot_devices(layout.TARGETS["qemu-amd64"], "x") == [
+        "/dev/disk/by-partlabel/edge-root-a",
+        "/dev/disk/by-partlabel/edge-root-b",
+    ]
+    assert target.bootloader == "custom"

@@ -10,6 +10,7 @@ this machine's kernel lacks, so the install test uses the same bundle in RAUC's 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from edge import __version__, updates
 from edge.csu.ca import VideoCA
 from image import bundle as image_bundle
 
-from .conftest import REPO, tool
+from .conftest import REPO, require_root, tool
 from .daemon_util import running_edged, write_config
 from .test_provision import audit_records, baseline
 from .test_provision import sockdir as sockdir
@@ -213,15 +214,26 @@ BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configur
 @pytest.fixture
 def rauc_service(rig: Rig) -> Iterator[dict[str, str]]:
     """A RAUC service for ``rig`` on a private system bus; yields the environment to reach it."""
-    bus = rig.tmp / "bus.sock"
-    (rig.tmp / "bus.conf").write_text(BUS_CONF.format(socket=bus))
-    (rig.tmp / "cmdline").write_text("rauc.slot=A quiet\n")
+    with running_rauc_service(rig.tmp, rig.conf) as env:
+        yield env
+
+
+@contextlib.contextmanager
+def running_rauc_service(
+    tmp: Path, conf: Path, cmdline: str = "rauc.slot=A quiet"
+) -> Iterator[dict[str, str]]:
+    """A RAUC service for ``conf`` on a private system bus, seeing ``cmdline`` as the kernel's
+    command line (the slot that booted); yields the environment to reach it."""
+    bus = tmp / "bus.sock"
+    bus.unlink(missing_ok=True)
+    (tmp / "bus.conf").write_text(BUS_CONF.format(socket=bus))
+    (tmp / "cmdline").write_text(cmdline + "\n")
     daemon = subprocess.Popen(
-        [tool("dbus-daemon"), f"--config-file={rig.tmp / 'bus.conf'}", "--nofork"],
+        [tool("dbus-daemon"), f"--config-file={tmp / 'bus.conf'}", "--nofork"],
         stdout=subprocess.DEVNULL,
     )
     env = {"DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={bus}"}
-    log = (rig.tmp / "rauc-service.log").open("wb")
+    log = (tmp / "rauc-service.log").open("wb")
     service = None
     try:
         deadline = time.monotonic() + 10
@@ -229,8 +241,8 @@ def rauc_service(rig: Rig) -> Iterator[dict[str, str]]:
             time.sleep(0.05)
         service = subprocess.Popen(
             [tool("unshare"), "--mount", "sh", "-c",
-             f'mount --bind "{rig.tmp / "cmdline"}" /proc/cmdline && '
-             f'exec rauc --conf="{rig.conf}" service'],
+             f'mount --bind "{tmp / "cmdline"}" /proc/cmdline && '
+             f'exec rauc --conf="{conf}" service'],
             env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + 20
@@ -242,7 +254,7 @@ def rauc_service(rig: Rig) -> Iterator[dict[str, str]]:
             )  # fmt: skip
             if up.returncode == 0:
                 break
-            assert service.poll() is None, (rig.tmp / "rauc-service.log").read_text()
+            assert service.poll() is None, (tmp / "rauc-service.log").read_text()
             assert time.monotonic() < deadline, "the RAUC service did not come up"
             time.sleep(0.1)
         yield env
@@ -457,3 +469,58 @@ def test_mark_good_keeps_an_update_installed_before_provisioning(
     assert ("update-installed", "unprovisioned") in actions, actions
     assert ("update-rolled-back", "unprovisioned") in actions, actions  # noop boot loader
     assert ("control:selftest", "unprovisioned") in actions, actions
+
+
+def test_a_roll_back_is_named_with_the_reason_the_new_slot_gave() -> None:
+    failed = {
+        "result": "not-confirmed",
+        "version": "0.2.0",
+        "reason": "edged not ready: it failed to start 4 times",
+    }
+    back = updates.rolled_back(failed, "0.1.0", "A")
+    assert back is not None and back["result"] == "rolled-back"
+    assert back["reason"] == (
+        "the unit booted 0.1.0 (slot A), not the installed 0.2.0; "
+        "on its slot: edged not ready: it failed to start 4 times"
+    )
+    assert updates.on_probation(failed, "0.2.0") and not updates.on_probation(failed, "0.1.0")
+    assert updates.rolled_back({"result": "good", "version": "0.2.0"}, "0.1.0", "A") is None
+    # Installed during this boot, with a boot loader that switches at the next: nothing to say.
+    installed = {"result": "installed", "version": "0.2.0", "boot_id": "this-boot"}
+    assert updates.awaiting_reboot(installed, "this-boot", "grub")
+    assert not updates.awaiting_reboot(installed, "another-boot", "grub")
+    assert not updates.awaiting_reboot(installed, "this-boot", "noop")
+
+
+def test_an_unhealthy_slot_on_probation_exits_3_for_the_reboot(
+    rig: Rig, tmp_path: Path, data_dir: Path
+) -> None:
+    """The version running is the one installed and not confirmed yet: edged not answering
+    makes mark-good exit 3 (edge-update-confirm.service fails: systemd reboots, the boot loader
+    counts the attempt); the same failure on a slot with nothing pending exits 1."""
+    config = write_config(tmp_path / "edge.toml", data_dir)
+    (data_dir / "update").mkdir()
+    pending = {"result": "installed", "version": __version__, "from_version": "0.0.1"}
+    (data_dir / "update" / "last-update.json").write_text(json.dumps(pending))
+    on_probation = cli("edge.cli.main", "update", "mark-good", "--config", str(config),
+                       "--wait", "2", "--rauc-conf", str(rig.conf))  # fmt: skip
+    assert on_probation.returncode == 3, on_probation.stderr
+    assert "slot not confirmed: edged not ready" in on_probation.stderr
+    last = json.loads((data_dir / "update" / "last-update.json").read_text())
+    assert (last["result"], last["version"]) == ("not-confirmed", __version__)
+    (data_dir / "update" / "last-update.json").unlink()
+    settled = cli("edge.cli.main", "update", "mark-good", "--config", str(config),
+                  "--wait", "2", "--rauc-conf", str(rig.conf))  # fmt: skip
+    assert settled.returncode == 1 and "no update waits on it" in settled.stderr
+
+
+def test_an_outcome_written_by_root_belongs_to_edged(tmp_path: Path) -> None:
+    """edged reads last-update.json for its status under an AppArmor profile that reads only
+    what edged owns: root's record is handed to the data directory's owner."""
+    require_root()
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chown(data, 4242, 4243)
+    updates.record(data, {"result": "rolled-back", "version": "0.2.0"})
+    for path in (data / "update", data / "update" / "last-update.json"):
+        assert (path.stat().st_uid, path.stat().st_gid) == (4242, 4243), path

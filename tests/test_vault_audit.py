@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,16 @@ import pytest
 from edge import config
 from edge.cli.main import main as edgectl
 from edge.config import RecipientKem
-from edge.identity.unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
+from edge.identity.unitkeys import (
+    keys_dir_of,
+    load_or_create_signing_key,
+    load_signing_key,
+    load_signing_public_key,
+)
 from edge.vault.audit import DAMAGE_ACTION, AuditLog, check_audit, head_path, read_audit
 from edge.vault.store import Vault
 
+from .conftest import require_root
 from .vault_support import fake_segment, make_csu
 
 
@@ -204,3 +211,21 @@ def test_edged_start_records_a_damaged_tail_and_keeps_recording(unit: tuple[Path
     check = check_audit(log, load_signing_public_key(log.parent.parent / "keys"))
     assert check.problems == []
     assert [r.action for r in check.records][-3:] == [DAMAGE_ACTION, "vault-open", "purge"]
+
+
+def test_root_writing_first_leaves_the_vault_to_its_owner(tmp_path: Path) -> None:
+    """edgectl run by root (edge-update-confirm.service at the first boot of a fresh unit)
+    writes the audit log before edged ever made its vault: the folders it makes belong to the
+    data directory's owner, or edged (User=edge) could not create its vault there."""
+    require_root()
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    os.chown(data, 4242, 4243)
+    key = load_or_create_signing_key(keys_dir_of(tmp_path / "keys-home"))
+    log = AuditLog(data / "vault" / "audit.log", "unit-1", key)
+    log.append("update-not-confirmed", {"reason": "edged runs unprovisioned"})
+    vault = (data / "vault").stat()
+    assert (vault.st_uid, vault.st_gid, vault.st_mode & 0o777) == (4242, 4243, 0o700)
+    assert (data / "vault" / "audit.log").stat().st_uid == 4242
+    records, problems = read_audit(data / "vault" / "audit.log", key.public_key())
+    assert [r.action for r in records] == ["update-not-confirmed"] and not problems

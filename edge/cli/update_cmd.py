@@ -6,7 +6,9 @@ What RAUC checks and what the city's policy adds: ``edge/updates.py``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -65,9 +67,11 @@ def register(sub: Any) -> None:
         "mark-good",
         help="keep the running slot once edged is READY and its self-test passes",
         description="Confirm the slot that booted: wait for edged to answer (READY), run its "
-        "self-test, and only when every check passes tell RAUC the slot is good. Otherwise "
-        "exit 1 without confirming: the boot loader falls back to the previous slot after its "
-        "boot attempts run out. Run by edge-update-confirm.service after each boot.",
+        "self-test, and only when every check passes tell RAUC the slot is good. A slot an "
+        "update put on probation that fails: exit 3 without confirming, and "
+        "edge-update-confirm.service reboots, so that the boot loader counts the attempt and, "
+        "the attempts used, falls back to the previous slot. A slot confirmed before that "
+        "fails: exit 1, it stays. Run by edge-update-confirm.service after each boot.",
         example=[("edgectl update mark-good --wait 300", "what the service runs")],
     )
     add_config_args(good)
@@ -175,7 +179,15 @@ def _install_bundle(cfg: Any, path: Path, downgrade: bool, conf: Path) -> int:
         updates.record(data, {"result": "refused", "reason": str(exc)[:300], **details})
         _audit(data, _device(cfg), "update-refused", {**details, "reason": str(exc)})
         raise
-    updates.record(data, {"result": "installed", "from_version": __version__, **details})
+    updates.record(
+        data,
+        {
+            "result": "installed",
+            "from_version": __version__,
+            "boot_id": updates.boot_id(),
+            **details,
+        },
+    )
     _audit(data, _device(cfg), "update-installed", details)
     print(f"{said}\ninstalled {bundle.version} into the inactive slot in {details['seconds']} s")
     print("next: systemctl reboot; the new slot is kept once edged is READY and its self-test")
@@ -183,44 +195,97 @@ def _install_bundle(cfg: Any, path: Path, downgrade: bool, conf: Path) -> int:
     return 0
 
 
-def _mark_good(args: argparse.Namespace) -> int:
-    cfg = load_config(args)
-    data = cfg.unit.data_dir
-    slot = read_running_slot()
-    deadline = time.monotonic() + args.wait
+EDGED_UNIT = "edged.service"
+EXIT_PROBATION_FAILED = 3  # edge-update-confirm.service: the unit fails, systemd reboots
+
+
+def _edged_restarts() -> int | None:
+    """How many times systemd restarted edged this boot (None: not under systemd)."""
+    try:
+        out = subprocess.run(
+            ["systemctl", "show", "-P", "NRestarts", EDGED_UNIT],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = out.stdout.strip()
+    return int(text) if out.returncode == 0 and text.isdigit() else None
+
+
+def _health(cfg: Any, wait: float) -> str | None:
+    """None when edged is READY and its self-test passes; otherwise why not."""
+    deadline = time.monotonic() + wait
     reason = "edged did not answer"
     while time.monotonic() < deadline:
         try:
             state = control.call(cfg.control.socket, "status", timeout=10.0)
         except control.ControlError as exc:
             reason = f"edged not ready: {exc}"
+            restarts = _edged_restarts()
+            if restarts is not None and restarts >= 3:
+                # Restart=always: a daemon that cannot start never answers; no use waiting.
+                return f"edged not ready: it failed to start {restarts} times ({exc})"
             time.sleep(2.0)
             continue
         # Unprovisioned, edged records nothing: its self-test checks what it has (the data
         # partition, the signing key), and an update installed before provisioning is kept.
-        unprovisioned = state.get("provisioned") is False
         checks = control.call(cfg.control.socket, "selftest", timeout=180.0)["checks"]
         failed = [c for c in checks if c["outcome"] in ("failed", "timeout")]
         if not failed:
-            said = updates.mark_good(conf=args.rauc_conf)
-            outcome = updates.confirmation(last_update(data), __version__, slot)
-            if outcome is not None:  # an update was pending: its outcome, for the fleet view
-                updates.record(data, {**(last_update(data) or {}), **outcome})
-                action = "update-rolled-back" if outcome["result"] != "good" else None
-                _audit(data, _device(cfg), action or "update-marked-good", outcome)
-                if action:
-                    print(f"edgectl: update rolled back: {outcome['reason']}", file=sys.stderr)
-            print(f"{said}: version {__version__} in slot {slot or '?'} is kept")
-            if unprovisioned:
+            if state.get("provisioned") is False:
                 print("(edged runs unprovisioned: checked what it has, " + _passed(checks) + ")")
-            return 0
-        reason = "self-test failed: " + "; ".join(f"{c['name']}: {c['detail']}" for c in failed)
-        break
+            return None
+        return "self-test failed: " + "; ".join(f"{c['name']}: {c['detail']}" for c in failed)
+    return reason
+
+
+def _mark_good(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    data = cfg.unit.data_dir
+    slot = read_running_slot()
+    last = last_update(data)
+    if updates.awaiting_reboot(last, updates.boot_id(), updates.bootloader(args.rauc_conf)):
+        print("an update was installed during this boot: reboot to run it; nothing confirmed")
+        return 0
+    # The boot loader went back (the installed version is not the one running): said at once,
+    # whatever edged's health, and the slot it left is not tried again.
+    back = updates.rolled_back(last, __version__, slot)
+    if back is not None:
+        updates.record(data, {**(last or {}), **back})
+        _audit(data, _device(cfg), "update-rolled-back", back)
+        print(f"edgectl: update rolled back: {back['reason']}", file=sys.stderr)
+        updates.mark_other_bad(conf=args.rauc_conf)
+    probation = updates.on_probation(last_update(data), __version__)
+    reason = _health(cfg, args.wait)
+    if reason is None:
+        said = updates.mark_good(conf=args.rauc_conf)
+        if probation:  # the update that was pending: its outcome, for the fleet view
+            outcome = {"result": "good", "version": __version__, "slot": slot}
+            updates.record(data, {**(last_update(data) or {}), **outcome})
+            _audit(data, _device(cfg), "update-marked-good", outcome)
+        print(f"{said}: version {__version__} in slot {slot or '?'} is kept")
+        return 0
     outcome = {"result": "not-confirmed", "version": __version__, "slot": slot, "reason": reason}
-    if (last_update(data) or {}).get("result") == "installed":
-        updates.record(data, {**(last_update(data) or {}), **outcome})
     _audit(data, _device(cfg), "update-not-confirmed", outcome)
-    print(f"edgectl: slot not confirmed: {reason}; the previous slot boots again", file=sys.stderr)
+    if probation:
+        updates.record(data, {**(last_update(data) or {}), **outcome})
+        print(
+            f"edgectl: slot not confirmed: {reason}; restart to try it again or, its boot "
+            "attempts used, go back to the previous slot",
+            file=sys.stderr,
+        )
+        return EXIT_PROBATION_FAILED
+    # A slot confirmed before (or the flashed one): an unplugged camera is no reason to boot
+    # an older version. Its boot count is reset; the status shows what is wrong.
+    with contextlib.suppress(updates.UpdateError):
+        updates.mark_good(conf=args.rauc_conf)
+    print(
+        f"edgectl: slot not confirmed: {reason}; no update waits on it: this slot stays",
+        file=sys.stderr,
+    )
     return 1
 
 

@@ -121,6 +121,24 @@ class AuditCheck:
         return self.records[-1].seq if self.records else None
 
 
+def _make_dirs(folder: Path) -> None:
+    """``folder`` and its missing parents (0700). Made by root (edgectl, or the update
+    confirmation service, before edged ever wrote there), each is handed to the owner of the
+    directory above it, the data directory's: edged (User=edge) must create files there later."""
+    missing: list[Path] = []
+    above = folder
+    while not above.exists():
+        missing.append(above)
+        above = above.parent
+    if not missing:
+        return
+    owner = above.stat()
+    for made in reversed(missing):
+        made.mkdir(mode=0o700, exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(made, owner.st_uid, owner.st_gid)
+
+
 class AuditLog:
     def __init__(
         self, path: Path, device_id: str, signing_key: ed25519.Ed25519PrivateKey | None = None
@@ -140,7 +158,7 @@ class AuditLog:
         if self._key is None:
             raise VaultError("audit log opened read-only")
         key = self._key
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _make_dirs(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

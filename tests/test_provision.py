@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from edge import config as config_mod
 from edge.app.diagnostics import Level, evaluate
 from edge.app.provision import ProvisionRequest, provision
 from edge.errors import ConfigError, ProvisionError
+from edge.identity import unitkeys
 from edge.unitfile import merge, to_toml
 from edge.vault.audit import check_audit
 
@@ -300,6 +302,47 @@ def test_fresh_unit_records_nothing_until_provisioned_then_records_under_its_ide
         assert provisioned[0]["actor"].startswith("uid=0")
     check = edgectl("audit", "--config", str(config))
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_two_units_flashed_from_one_image_get_two_identities(tmp_path: Path, sockdir: Path) -> None:
+    """The city flashes one image onto many cards: each unit reads the same baseline (here it
+    differs only by where this test mounts each card's data partition and its control socket)
+    and becomes itself only through its installer. Two identities, two signing keys, two
+    certificate requests each naming its own unit; the baseline is never written."""
+    openssl = tool("openssl")
+    image = baseline(tmp_path / "image", tmp_path / "card", sockdir).read_text()
+    keys: dict[str, bytes] = {}
+    for name in ("cab-nord-0001", "cab-sud-0002"):
+        card = tmp_path / name / "data"
+        card.mkdir(parents=True)
+        sock = Path(tempfile.mkdtemp(prefix="edge-pv-"))
+        config = tmp_path / name / "edge.toml"
+        text = image.replace(str(tmp_path / "card"), str(card)).replace(str(sockdir), str(sock))
+        config.write_text(text)
+        try:
+            with running_edged(config, tmp_path / name) as (proc, notify):
+                notify.wait_for("STATUS=unprovisioned", 30)
+                done = edgectl(
+                    "provision", "--config", str(config), "--unit-id", name,
+                    "--camera", "cam1=synthetic",
+                )  # fmt: skip
+                assert done.returncode == 0, done.stderr
+                wait_until(lambda: unit_id_reported(config) == name, 30, f"unit {name}")  # noqa: B023
+                assert proc.poll() is None
+        finally:
+            shutil.rmtree(sock, ignore_errors=True)
+        assert config.read_text() == text  # the image's file: read, never written
+        assert tomllib.loads((card / "unit.toml").read_text())["unit"]["id"] == name
+        public = unitkeys.load_signing_public_key(unitkeys.keys_dir_of(card))
+        keys[name] = public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+        for csr in ("unit-tls.csr", "unit-signing.csr"):
+            subject = subprocess.run(
+                [openssl, "req", "-noout", "-subject", "-verify", "-in",
+                 str(unitkeys.keys_dir_of(card) / csr)],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            assert f"CN={name}" in subject.replace(" ", ""), subject
+    assert len(set(keys.values())) == 2, "two units from one image share a signing key"
 
 
 def test_a_provisioned_unit_keeps_its_identity_unless_typed_again_and_keys_are_never_replaced(

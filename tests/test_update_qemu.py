@@ -309,4 +309,4 @@ def test_install_reboot_confirm_then_a_broken_update_rolls_back_on_its_own(rig: 
     for action_name in ("update-installed", "update-marked-good", "update-not-confirmed",
                         "update-rolled-back"):  # fmt: skip
         assert action_name in audit, audit
-    assert console.first("END")
+    assert console.first("end")[1] == "done"

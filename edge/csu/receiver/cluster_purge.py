@@ -26,8 +26,8 @@ database, the object store and fsync) or in ``edge-csu retention purge``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -51,8 +51,8 @@ from .retention import (
     active_holds,
     by_release,
     event_expired,
-    event_release,
     expired,
+    group_released_events,
     ranges,
     released_holds,
 )
@@ -170,20 +170,16 @@ def _purge_events(
 ) -> None:
     """The unit's stored events past the limit: one record per release reason, then the
     rows (events live in the database only)."""
-    groups: dict[str | None, tuple[dict[str, Any] | None, list[tuple[str, str, int]]]] = {}
-    for event_id, raw, arrival in store.index().events(unit):
-        wall, camera = event_facts(raw, arrival)
-        verdict = event_expired(unit, camera, wall, arrival, holds, now_ns=now_ns, days=days)
-        if verdict is False:
-            continue
-        if isinstance(verdict, Hold):
-            report.held += 1
-            continue
-        why = event_release(unit, camera, wall, released)
-        key = None if why is None else str(why["hold_id"])
-        item = (event_id, hashlib.sha256(raw).hexdigest(), min(wall, arrival))
-        groups.setdefault(key, (why, []))[1].append(item)
-    for why, items in groups.values():
+
+    def scanned() -> Iterator[tuple[str, bytes, str, int, int, bool | Hold]]:
+        for event_id, raw, arrival in store.index().events(unit):
+            wall, camera = event_facts(raw, arrival)
+            verdict = event_expired(unit, camera, wall, arrival, holds, now_ns=now_ns, days=days)
+            yield event_id, raw, camera, wall, arrival, verdict
+
+    held, groups = group_released_events(unit, scanned(), released)
+    report.held += held
+    for why, items in groups:
         report.records.append(
             ledger.record_events(
                 unit, items, deleted_ns=now_ns, retention_days=days, released_hold=why

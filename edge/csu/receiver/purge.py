@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -41,8 +40,8 @@ from .retention import (
     age_basis_ns,
     by_release,
     event_expired,
-    event_release,
     expired,
+    group_released_events,
     released_holds,
 )
 from .settings import MAX_RETENTION_DAYS, RetentionConfig
@@ -238,29 +237,20 @@ def _purge_events(
 ) -> None:
     """Delete the unit's stored events past the limit (one record per release reason, like
     segments). An unreadable event document is aged by its arrival (the file's time)."""
-    groups: dict[str | None, tuple[dict[str, Any] | None, list[tuple[str, str, int, Path]]]] = {}
-    for path, raw, camera, wall, arrival, verdict in _scan_events(
-        store, unit, holds, now_ns=now_ns, days=days
-    ):
-        if verdict is False:
-            continue
-        if isinstance(verdict, Hold):
-            report.held += 1
-            continue
-        why = event_release(unit, camera, wall, released)
-        item = (path.stem, hashlib.sha256(raw).hexdigest(), min(wall, arrival), path)
-        key = None if why is None else str(why["hold_id"])
-        groups.setdefault(key, (why, []))[1].append(item)
-    for why, items in groups.values():
+    held, groups = group_released_events(
+        unit, _scan_events(store, unit, holds, now_ns=now_ns, days=days), released
+    )
+    report.held += held
+    for why, items in groups:
         record = ledger.record_events(
             unit,
-            [(eid, digest, age) for eid, digest, age, _ in items],
+            [(path.stem, digest, age) for path, digest, age in items],
             deleted_ns=now_ns,
             retention_days=days,
             released_hold=why,
         )
         report.records.append(record)
-        for _, _, _, path in items:
+        for path, _, _ in items:
             path.with_suffix(".unpublished").unlink(missing_ok=True)
             path.unlink(missing_ok=True)
         report.events_deleted += len(items)

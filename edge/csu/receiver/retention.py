@@ -10,12 +10,15 @@ time. Nothing here touches files: :mod:`.purge` is the I/O around it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .archive import StoredSegment
 from .archive import ranges as ranges  # how deletion records name sequences
+
+T = TypeVar("T")
 
 DAY_NS = 86_400 * 1_000_000_000
 
@@ -182,3 +185,27 @@ def event_release(
     """The latest release of a hold that covered an event (None: it was never held)."""
     covering = [(h, t) for h, t in released if h.covers_instant(unit, camera, wall_ns)]
     return release_reason(*max(covering, key=lambda ht: ht[1])) if covering else None
+
+
+def group_released_events(
+    unit: str,
+    scanned: Iterable[tuple[T, bytes, str, int, int, bool | Hold]],
+    released: Sequence[tuple[Hold, int]],
+) -> tuple[int, list[tuple[dict[str, Any] | None, list[tuple[T, str, int]]]]]:
+    """Of a unit's events, each ``(ref, bytes, camera, time, arrival, verdict of
+    event_expired)``, those past the limit grouped by the hold release that let them go (one
+    deletion record per group: ``(why, [(ref, SHA-256, age basis), …])``), and how many a hold
+    keeps. Both storage modes purge events through this one policy."""
+    held = 0
+    groups: dict[str | None, tuple[dict[str, Any] | None, list[tuple[T, str, int]]]] = {}
+    for ref, raw, camera, wall, arrival, verdict in scanned:
+        if verdict is False:
+            continue
+        if isinstance(verdict, Hold):
+            held += 1
+            continue
+        why = event_release(unit, camera, wall, released)
+        key = None if why is None else str(why["hold_id"])
+        item = (ref, hashlib.sha256(raw).hexdigest(), min(wall, arrival))
+        groups.setdefault(key, (why, []))[1].append(item)
+    return held, list(groups.values())

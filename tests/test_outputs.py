@@ -100,7 +100,7 @@ def test_a_wrong_way_event_drives_the_sign_at_once_and_clears_it_after_its_durat
             t_on = sign.wait_register(REGISTER, 1, 2.0)
             t_off = sign.wait_register(REGISTER, 0, 5.0)
             assert sign.register(HEARTBEAT) > beat  # the controller sees the unit alive
-            snap = engine.snapshot()["outputs"]["sign-up"]
+            snap = settled(engine, "sign-up", "safe")
         finally:
             engine.stop()
     delay = t_on - t0
@@ -113,6 +113,15 @@ def test_a_wrong_way_event_drives_the_sign_at_once_and_clears_it_after_its_durat
     assert driven and driven[0]["event"] == event_id
     assert driven[0]["playbook"] == "wrong-way-warning" and driven[0]["state"] == "wrong-way"
     assert audit.actions()[-1] == "output-safe"
+
+
+def settled(engine: OutputEngine, output: str, state: str, timeout: float = 5.0) -> Any:
+    """The output's status once the engine recorded ``state`` (it drives, then records)."""
+    deadline = time.monotonic() + timeout
+    while (st := engine.snapshot()["outputs"][output])["state"] != state:
+        assert time.monotonic() < deadline, f"{output} never recorded {state}: {st}"
+        time.sleep(0.01)
+    return st
 
 
 def test_a_playbook_that_needs_an_agent_changes_nothing_until_confirmed() -> None:
@@ -135,7 +144,9 @@ def test_a_playbook_that_needs_an_agent_changes_nothing_until_confirmed() -> Non
             engine.confirm("no-such-event", "lane-closure", "agent martin")
             engine.confirm(event_id, "lane-closure", "agent dupont")
             sign.wait_register(REGISTER, 2, 2.0)
-            assert engine.snapshot()["outputs"]["sign-up"]["agent"] == "agent dupont"
+            # The register is written before the engine records the change: wait for the record.
+            st = settled(engine, "sign-up", "closed")
+            assert st["agent"] == "agent dupont"
         finally:
             engine.stop()
         assert sign.register(REGISTER) == 0  # edged stopping: safe

@@ -20,3 +20,13 @@ def test_bench_memory_reports_rss_and_frame_memory_with_goals() -> None:
     assert 0 < figures["frame_peak_mib"] <= figures["frame_budget_mib"] == 384
     assert figures["frames_encoded"] > 0
     assert isinstance(result["idle_python_rss_mib"], float)
+
+
+def test_bench_memory_reports_the_analytics_process_on_its_own() -> None:
+    result = bench("memory", "--seconds", "3", "--scale", "0.1", "--scenarios", "1080p25-analytics")
+    figures = result["1080p25-analytics"]
+    assert isinstance(figures, dict)
+    assert figures["analytics"] is True and figures["analytics_processes"] == 1
+    # A Python process with numpy and the detector loaded: tens of MiB, counted apart from edged.
+    assert 10 < figures["analytics_rss_mib"] < 2000
+    assert figures["unit_processes"] >= 2

@@ -3,11 +3,12 @@
 Each scenario starts a real ``edged`` (a child process, synthetic cameras, the vault sealing to
 a demo recipient) and samples once a second, from ``/proc``: edged's resident set (``VmRSS``)
 and the proportional set (``Pss``, shared pages counted once) of edged and every process under
-it (the analytics processes). The first quarter of the run is warm-up; over the rest, the
-median is the steady state and ``growth`` compares the mean of its last third to that of its
+it (the analytics processes), and apart, the resident set of the analytics processes edged names
+in its status (``analytics_rss_mib``). The first quarter of the run is warm-up; over the rest,
+the median is the steady state and ``growth`` compares the mean of its last third to that of its
 first third. edged's frame pool (``edgectl status``: ``frame_memory``) gives the frame memory
-held against ``[memory] frame_budget_mib``. The baseline is the same interpreter doing
-nothing (``python -c`` with edged's imports), so figures compare across machines.
+held against ``[memory] frame_budget_mib``. The baseline is the same interpreter doing nothing
+(``python -c`` with edged's imports), so figures compare across machines.
 
 edged's CPU (user + system, all threads, over the same window) is given as a percentage of one
 core. ``--source`` and ``--codec`` run the unit's own camera and encoder (the hardware
@@ -134,6 +135,16 @@ def _sample(pid: int) -> tuple[float, float, int]:
     return rss, pss, len(pids)
 
 
+def _rss_mib(pids: list[int]) -> float:
+    return sum(_proc_kib(f"/proc/{p}/status", "VmRSS:") for p in pids) / 1024
+
+
+def _analytics_pids(status: dict[str, Any] | None) -> list[int]:
+    """The analytics processes edged reports running (one per analysed camera)."""
+    analytics = (status or {}).get("analytics") or {}
+    return [int(c["pid"]) for c in analytics.get("cameras", []) if c.get("running") and c["pid"]]
+
+
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` (all its threads) so far."""
     try:
@@ -250,13 +261,19 @@ def _measure(
     deadline = time.monotonic() + 120
     while True:  # recording has begun: every camera has encoded frames
         status = _status(sock)
-        if status is not None and all(c["frames_encoded"] > 0 for c in status["cameras"]):
+        if (
+            status is not None
+            and all(c["frames_encoded"] > 0 for c in status["cameras"])
+            and (not scenario.analytics or _analytics_pids(status))
+        ):
             break
         if proc.poll() is not None or time.monotonic() > deadline:
             tail = log_path.read_text(errors="replace")[-2000:]
             raise EdgeError(f"{name}: edged did not start recording: {tail}")
         time.sleep(0.5)
     samples: list[tuple[float, float, int]] = []
+    analytics_pids = _analytics_pids(status)
+    analytics_rss: list[float] = []
     start = time.monotonic()
     end = start + args.seconds
     cpu_mark: tuple[float, float] | None = None  # (time, edged's CPU s) when warm-up ended
@@ -264,6 +281,10 @@ def _measure(
         if proc.poll() is not None:
             raise EdgeError(f"{name}: edged exited ({proc.returncode}) during the run")
         samples.append(_sample(proc.pid))
+        if analytics_pids:
+            if not all(os.path.exists(f"/proc/{p}") for p in analytics_pids):
+                analytics_pids = _analytics_pids(_status(sock))  # restarted: its new pid
+            analytics_rss.append(_rss_mib(analytics_pids))
         if cpu_mark is None and time.monotonic() - start >= args.seconds / 4:
             cpu_mark = (time.monotonic(), _cpu_s(proc.pid))
         time.sleep(1.0)
@@ -288,6 +309,12 @@ def _measure(
         "edged_rss_max_mib": round(max(rss), 1),
         "unit_pss_mib": round(statistics.median(pss), 1),
         "unit_processes": samples[-1][2] if samples else 0,
+        "analytics_rss_mib": (
+            round(statistics.median(analytics_rss[len(analytics_rss) // 4 :]), 1)
+            if analytics_rss
+            else None
+        ),
+        "analytics_processes": len(analytics_pids),
         "edged_cpu_percent": round(cpu_percent, 1),
         "growth_mib": round(growth, 1),
         "frame_budget_mib": args.budget_mib,

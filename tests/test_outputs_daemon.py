@@ -110,6 +110,13 @@ def test_kill_9_during_an_action_returns_the_sign_to_safe_within_the_bound(
                 capture_output=True, text=True, timeout=60, check=False,
             ).stdout  # fmt: skip
             assert "OUTPUTS" in screen and "sign-up FAULT" in screen, screen
+            # Nothing in the cabinet can be driven from the network: neither edged nor its
+            # guard listens on any port (the controller is reached outward only).
+            listeners = subprocess.run(
+                ["ss", "-H", "-tulpn"], capture_output=True, text=True, check=True
+            ).stdout
+            for pid in (proc.pid, guard_pid):
+                assert f"pid={pid}," not in listeners, listeners
             t0 = time.monotonic()
             proc.send_signal(signal.SIGKILL)
             t_safe = sign.wait_register(REGISTER, 0, 10.0)

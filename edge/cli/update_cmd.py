@@ -53,7 +53,8 @@ def register(sub: Any) -> None:
         help="check a bundle and install it into the inactive slot",
         description="Check BUNDLE (signed by the city's update key, intact, for this kind of "
         "unit, a version above the running one) and install it into the inactive root slot. "
-        "Refused: unsigned bundles, bundles signed by another key, altered bundles, and "
+        "Refused: unsigned bundles, bundles signed by another key or by a certificate revoked "
+        "on the city CRL the unit holds (its state is printed), altered bundles, and "
         "versions below the running one unless the city signed the bundle as a downgrade and "
         "--downgrade confirms it. Reboot to run the new slot.",
         example=[("edgectl update install edge-rpi-0.2.0.raucb", "then: systemctl reboot")],

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from edge import __version__, updates
 from edge.csu.ca import VideoCA
@@ -126,6 +127,9 @@ def test_the_image_bundle_is_a_signed_verity_bundle_rauc_accepts(rig: Rig) -> No
         False,
     )
     assert "CN = update-signer" in checked.signer
+    # The signer's certificate, as the CMS signature carries it (checked against the CRL).
+    signer = x509.load_pem_x509_certificate(rig.signer[0].read_bytes())
+    assert [c.serial_number for c in checked.certificates] == [signer.serial_number]
     assert not list((rig.tmp / "work").iterdir()), "the extracted payload is left behind"
     # The verity format, as RAUC reads it from the signed manifest.
     manifest = subprocess.run(
@@ -413,7 +417,6 @@ def test_a_bundle_whose_signer_the_city_revoked_is_refused_once_the_crl_arrives(
     signed by a revoked certificate: accepted before the list arrives, refused by a stale list
     (it stays in force) and by a current one, naming the serial and the CRL; another signer
     of the same city passes the same list. A damaged list is said, and checks nothing."""
-    from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from edge.csu.ca import RevocationReason
@@ -491,7 +494,6 @@ def test_a_bundle_the_csu_offers_is_refused_when_its_signer_is_revoked_on_the_un
     rig: Rig, rauc_service: dict[str, str], tmp_path: Path
 ) -> None:
     """The CSU-offered path (``update fetch --install``) checks the same list as ``install``."""
-    from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from edge.csu.ca import RevocationReason

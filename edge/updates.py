@@ -11,7 +11,15 @@ this module adds the city's policy, from the signed payload's ``edge-update.json
 - the bundle is for this kind of unit (RAUC's ``compatible``, checked by ``rauc install`` too);
 - its version is above the running one; a lower one only when the city signed the downgrade
   (``"downgrade": true`` in ``edge-update.json``) *and* the installer asks for it
-  (``--downgrade``); the same version is refused (nothing to do).
+  (``--downgrade``); the same version is refused (nothing to do);
+- no certificate of the signer's chain is revoked on the city CRL the unit holds
+  (:mod:`edge.identity.revocation`, on the data partition, the list that also refuses revoked
+  operators and configuration signers). RAUC's own ``check-crl`` reads CRLs only from its
+  keyring on the read-only root, and refuses every bundle once a CRL is past its nextUpdate or
+  missing for one level of the chain; the unit's policy is the CRL users' one: a stale list
+  stays in force, a unit that holds none checks nothing and says so. So the signer's
+  certificates are read from the bundle's CMS signature (after RAUC verified it) and checked
+  with the unit's CRL code.
 
 ``rauc install`` then writes the inactive slot and makes it the next boot. The new slot is
 marked good only once edged is READY and its self-test passes (``edgectl update mark-good``,
@@ -24,6 +32,7 @@ audit log.
 from __future__ import annotations
 
 import configparser
+import datetime as dt
 import hashlib
 import json
 import os
@@ -36,12 +45,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import NameOID
+
 from edge.errors import EdgeError
 from edge.fsutil import write_atomic
+from edge.identity.revocation import CityCrl
 from edge.slots import LAST_UPDATE_NAME, update_dir_of
 
 SYSTEM_CONF = Path("/etc/rauc/system.conf")
 UPDATE_INFO_NAME = "edge-update.json"
+#: RAUC's limit on a bundle's CMS signature (``MAX_BUNDLE_SIGNATURE_SIZE``).
+MAX_SIGNATURE_BYTES = 64 << 10
 
 
 class UpdateError(EdgeError, RuntimeError):
@@ -57,6 +73,8 @@ class Bundle:
     version: str
     downgrade: bool
     signer: str
+    certificates: tuple[x509.Certificate, ...] = ()
+    """The certificates in the bundle's CMS signature (the signer's, and any intermediate)."""
 
 
 def version_key(version: str) -> tuple[tuple[int, ...], int, tuple[tuple[int, str], ...]]:
@@ -132,13 +150,130 @@ def check_bundle(path: Path, *, conf: Path = SYSTEM_CONF, work_dir: Path) -> Bun
         except (OSError, ValueError):
             info = {}
         signer = re.search(r"Verified inline signature by '([^']*)'", result.stderr)
+        certificates = signature_certificates(path)
     return Bundle(
         path=path,
         compatible=compatible,
         version=version,
         downgrade=info.get("downgrade") is True,
         signer=signer.group(1) if signer else "?",
+        certificates=tuple(certificates),
     )
+
+
+def signature_certificates(path: Path) -> list[x509.Certificate]:
+    """The certificates RAUC's CMS signature carries. A bundle is the squashfs image, then the
+    DER signature, then the signature's size (8 bytes, big-endian); the signer's certificate
+    is always in it (``rauc bundle --cert``), intermediates when ``--intermediate`` added them."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size < 8:
+                raise ValueError("shorter than a signature's size")
+            f.seek(size - 8)
+            length = int.from_bytes(f.read(8), "big")
+            if not 0 < length <= min(MAX_SIGNATURE_BYTES, size - 8):
+                raise ValueError(f"a signature of {length} bytes")
+            f.seek(size - 8 - length)
+            certs = pkcs7.load_der_pkcs7_certificates(f.read(length))
+    except (OSError, ValueError) as exc:
+        raise UpdateError(f"{path.name}: refused: its signature cannot be read ({exc})") from None
+    if not certs:
+        raise UpdateError(f"{path.name}: refused: its signature carries no certificate")
+    return certs
+
+
+def keyring_certificates(conf: Path = SYSTEM_CONF) -> list[x509.Certificate]:
+    """The CA certificates of RAUC's keyring (``[keyring] path=`` in ``conf``); [] if none."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(conf, encoding="utf-8")
+        named = parser.get("keyring", "path", fallback="").strip()
+        if not named:
+            return []
+        return x509.load_pem_x509_certificates((conf.parent / named).read_bytes())
+    except (OSError, ValueError, configparser.Error):
+        return []
+
+
+def signer_chain(bundle: Bundle, anchors: list[x509.Certificate]) -> list[x509.Certificate]:
+    """The signer's chain: the signature's certificates, then their issuers from ``anchors``
+    (the keyring, the city CA) up to a self-signed root."""
+    chain = list(bundle.certificates)
+    while True:
+        held = {c.subject for c in chain}
+        wanted = {c.issuer for c in chain if c.issuer != c.subject} - held
+        more = [c for c in anchors if c.subject in wanted and c not in chain]
+        if not more:
+            return chain
+        chain.extend(more)
+
+
+def _name(cert: x509.Certificate) -> str:
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(cns[0].value) if cns else cert.subject.rfc4514_string()
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def crl_state(crl: CityCrl | None, now: dt.datetime) -> dict[str, Any]:
+    """The city CRL an installation is checked against, for its output and the audit log:
+    ``state`` is current, stale (past its next update: in force all the same), none (the unit
+    holds none: nothing is checked) or damaged (the copy kept is not loaded: nothing checked)."""
+    if crl is None:
+        return {"state": "none", "path": None}
+    status = crl.status(now)
+    if status is None:
+        if crl.damaged is not None:
+            return {"state": "damaged", "path": str(crl.path), "reason": crl.damaged}
+        return {"state": "none", "path": str(crl.path)}
+    state = "stale" if status.stale else "current"
+    return {"state": state, "path": str(crl.path), **status.as_dict()}
+
+
+def crl_line(state: dict[str, Any]) -> str:
+    """``crl_state`` in the installer's words."""
+    where = state.get("path") or "the data partition"
+    kind = state["state"]
+    if kind == "none":
+        return f"city CRL: none on this unit ({where}): revoked update signers are not known"
+    if kind == "damaged":
+        return f"city CRL: {state['reason']}: not loaded, revoked update signers are not known"
+    said = (
+        f"city CRL {where}: issued {str(state['this_update'])[:16]}, {state['revoked']} "
+        f"revoked, next update {str(state['next_update'] or '?')[:16]}"
+    )
+    if kind == "stale":
+        said += " (past it: still in force, later revocations unknown)"
+    return said
+
+
+def revocation_problem(
+    bundle: Bundle, crl: CityCrl | None, anchors: list[x509.Certificate], now: dt.datetime
+) -> str | None:
+    """Why the city CRL the unit holds refuses ``bundle``'s signer, or None: a revoked
+    certificate anywhere in the signer's chain, named by serial with the CRL that lists it."""
+    if crl is None:
+        return None
+    for cert in signer_chain(bundle, anchors):
+        problem = crl.problem(cert, now, before="this installation")
+        if problem is None:
+            continue
+        status = crl.status(now)
+        issued = f", issued {status.this_update[:16]}" if status and status.this_update else ""
+        whose = "the signer's certificate"
+        if _is_ca(cert):
+            whose = "a CA certificate of the signer's chain"
+        return (
+            f"{whose} {_name(cert)} (serial {cert.serial_number:x}) is revoked on the city CRL "
+            f"{crl.path}{issued}: {problem}"
+        )
+    return None
 
 
 def policy_problem(bundle: Bundle, running: str, *, downgrade: bool) -> str | None:

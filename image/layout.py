@@ -254,6 +254,8 @@ def rpi_config_txt() -> str:
         "dtoverlay=disable-wifi\n"
         "dtoverlay=disable-bt\n"
         "enable_uart=1\n"
+        "# The SoC's watchdog (bcm2835-wdt), which systemd arms (system.conf.d/50-edge-watchdog).\n"
+        "dtparam=watchdog=on\n"
         "[pi4]\n"
         "kernel=kernel8.img\n"
         "[pi5]\n"

@@ -143,6 +143,9 @@ def boot(target_name: str, out: Path, timeout: float, grow: int = 1024 * layout.
         "virtio-net-pci,netdev=n0,romfile=",
         "-serial",
         f"file:{serial}",
+        # A hardware watchdog (Intel 6300ESB, driver i6300esb) for systemd to arm: with
+        # -no-reboot, a unit it resets ends the run instead of booting again.
+        *(["-device", "i6300esb"] if target_name == "qemu-amd64" else []),
     ]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, tool
 
 ANSIBLE = REPO / "ansible"
 ROLES = sorted(p for p in (ANSIBLE / "roles").iterdir() if p.is_dir())
@@ -151,3 +151,57 @@ def test_modules_are_fully_qualified() -> None:
             modules = [k for k in task if k not in KEYWORDS and k != "role"]
             for module in modules:
                 assert module.count(".") >= 2, f"{path.name}: {module} is not fully qualified"
+
+
+def test_the_watchdog_drop_in_renders_to_what_systemd_reads(tmp_path: Path) -> None:
+    """edge_base's system.conf.d drop-in, rendered by Ansible with the role's defaults, read
+    back by systemd's own tools: the manager's configuration (cat-config: system.conf and its
+    drop-ins in their order) and its time-span parser. The built image is checked the same way
+    (tests/test_image_amd64.py), and its QEMU boot reads the armed watchdog."""
+    role = ANSIBLE / "roles" / "edge_base"
+    drop_in = tmp_path / "root" / "etc" / "systemd" / "system.conf.d" / "50-edge-watchdog.conf"
+    drop_in.parent.mkdir(parents=True)
+    rendered = subprocess.run(
+        [
+            str(BIN / "ansible"),
+            "localhost",
+            "-c",
+            "local",
+            "-i",
+            "localhost,",
+            "-e",
+            f"@{role / 'defaults' / 'main.yml'}",
+            "-m",
+            "ansible.builtin.template",
+            "-a",
+            f"src={role / 'templates' / 'watchdog.conf.j2'} dest={drop_in} mode=0644",
+        ],
+        cwd=ANSIBLE,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert rendered.returncode == 0, rendered.stdout + rendered.stderr
+    analyze = tool("systemd-analyze")
+    shown = subprocess.run(
+        [analyze, "cat-config", "systemd/system.conf", f"--root={tmp_path / 'root'}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert str(drop_in) in shown.stdout
+    section, settings = "", {}
+    for line in (ln.strip() for ln in shown.stdout.splitlines()):
+        if line.startswith("["):
+            section = line
+        elif section == "[Manager]" and "=" in line and not line.startswith(("#", ";")):
+            key, _, value = line.partition("=")
+            settings[key] = value
+    for key, micros in {"RuntimeWatchdogSec": 30_000_000, "RebootWatchdogSec": 600_000_000}.items():
+        span = subprocess.run(
+            [analyze, "timespan", settings[key]], capture_output=True, text=True, timeout=60
+        )
+        assert span.returncode == 0, span.stderr
+        assert f"μs: {micros}\n" in span.stdout, (key, span.stdout)

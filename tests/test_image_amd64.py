@@ -223,6 +223,37 @@ def test_units_verify(built: Built) -> None:
     assert "edged" not in proc.stderr, proc.stderr
 
 
+def test_systemd_arms_the_hardware_watchdog(built: Built) -> None:
+    """systemd's own reading of the manager configuration (system.conf and its drop-ins, in
+    their order: the last assignment wins) arms the hardware watchdog, and its own time-span
+    parser reads the values as 30 s and 10 min."""
+    analyze = tool("systemd-analyze")
+    proc = subprocess.run(
+        [analyze, "cat-config", "systemd/system.conf", f"--root={built.root}", "--no-pager"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "/etc/systemd/system.conf.d/50-edge-watchdog.conf" in proc.stdout, proc.stdout
+    settings: dict[str, str] = {}
+    section = ""
+    for line in proc.stdout.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Manager]" and "=" in line and not line.startswith(("#", ";")):
+            key, _, value = line.partition("=")
+            settings[key.strip()] = value.strip()
+    for key, micros in {"RuntimeWatchdogSec": 30_000_000, "RebootWatchdogSec": 600_000_000}.items():
+        assert key in settings, f"{key} is not set: {settings}"
+        span = subprocess.run(
+            [analyze, "timespan", settings[key]], capture_output=True, text=True, timeout=60
+        )
+        assert span.returncode == 0, span.stderr
+        assert re.search(rf"μs: {micros}$", span.stdout, re.M), (key, span.stdout)
+
+
 def test_gpio_chips_go_to_the_group_edged_runs_as(built: Built) -> None:
     """Debian leaves /dev/gpiochip* to root: without the role's udev rule, edged (user and
     group edge) could not open the chip of a relay or a door switch on a real unit."""
@@ -403,6 +434,14 @@ def test_image_boots_into_edged_behind_the_firewall(sealed: Built) -> None:
     firstboot = [ln for ln in report.console.splitlines() if "edge-firstboot" in ln]
     assert int(report.one("var-size-mib")) > 1200, "\n".join(firstboot)
     assert report.one("getty") == "0"
+    # systemd armed QEMU's i6300ESB and pets it (with -no-reboot, a reset would end the run).
+    device, state, timeout = report.one("watchdog").split(" / ")
+    assert (device, state, timeout) == ("i6300ESB timer", "active", "timeout 30"), report.facts.get(
+        "watchdog"
+    )
+    runtime, reboot, pinged = report.one("watchdog-systemd").split(" / ")
+    assert (runtime, reboot) == ("30s", "10min")
+    assert int(pinged.removeprefix("pinged ")) > 0, pinged
     assert report.one("passwords") == ""
     assert report.one("cfg80211").startswith("install /bin/false")
     keys = set(report.one("keys").split())

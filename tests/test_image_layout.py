@@ -105,6 +105,8 @@ def test_raspberry_pi_boot_files() -> None:
     assert "dtoverlay=disable-bt" in config
     assert "arm_64bit=1" in config
     assert "camera_auto_detect=1" in config
+    # The SoC's watchdog for systemd to arm, in the [all] section (before any [pi4] filter).
+    assert "dtparam=watchdog=on" in config.split("[pi4]", 1)[0].splitlines()
 
 
 def test_rpi_build_stops_clearly_without_the_raspberry_pi_archive() -> None:

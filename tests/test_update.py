@@ -11,6 +11,7 @@ this machine's kernel lacks, so the install test uses the same bundle in RAUC's 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from edge import __version__, updates
 from edge.csu.ca import VideoCA
@@ -125,6 +127,9 @@ def test_the_image_bundle_is_a_signed_verity_bundle_rauc_accepts(rig: Rig) -> No
         False,
     )
     assert "CN = update-signer" in checked.signer
+    # The signer's certificate, as the CMS signature carries it (checked against the CRL).
+    signer = x509.load_pem_x509_certificate(rig.signer[0].read_bytes())
+    assert [c.serial_number for c in checked.certificates] == [signer.serial_number]
     assert not list((rig.tmp / "work").iterdir()), "the extracted payload is left behind"
     # The verity format, as RAUC reads it from the signed manifest.
     manifest = subprocess.run(
@@ -403,6 +408,137 @@ def test_the_unit_fetches_the_bundle_the_csu_offers_over_mutual_tls_and_installs
     log = (data_dir / "vault" / "audit.log").read_text()
     actions = [json.loads(line)["action"] for line in log.splitlines()]
     assert actions[-2:] == ["update-fetched", "update-installed"], actions
+
+
+def test_a_bundle_whose_signer_the_city_revoked_is_refused_once_the_crl_arrives(
+    rig: Rig, rauc_service: dict[str, str], tmp_path: Path, data_dir: Path
+) -> None:
+    """The city CRL the unit holds (offered to it as edged's uplink does) refuses a bundle
+    signed by a revoked certificate: accepted before the list arrives, refused by a stale list
+    (it stays in force) and by a current one, naming the serial and the CRL; another signer
+    of the same city passes the same list. A damaged list is said, and checks nothing."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from edge.csu.ca import RevocationReason
+    from edge.identity.revocation import CityCrl, path_in
+    from edge.identity.unitkeys import keys_dir_of, load_or_create_signing_key
+
+    config = write_config(tmp_path / "edge.toml", data_dir)
+    load_or_create_signing_key(keys_dir_of(data_dir))
+    (data_dir / "keys" / "ca.pem").write_bytes(rig.ca.chain_pem)  # the city CA, as enrolled
+    city = CityCrl(path_in(data_dir), x509.load_pem_x509_certificates(rig.ca.chain_pem))
+    serial = x509.load_pem_x509_certificate(rig.signer[0].read_bytes()).serial_number
+
+    def install(version: str, signer: tuple[Path, Path] | None = None) -> Any:
+        bundle = rig.bundle(version, fmt="plain", signer=signer)
+        return cli("edge.cli.main", "update", "install", "--config", str(config),
+                   "--rauc-conf", str(rig.conf), str(bundle), env=rauc_service)  # fmt: skip
+
+    def last_audit() -> dict[str, Any]:
+        records = (data_dir / "vault" / "audit.log").read_text().splitlines()
+        record: dict[str, Any] = json.loads(records[-1])
+        return record
+
+    before = install("99.0.0")
+    assert before.returncode == 0, before.stdout + before.stderr
+    assert "city CRL: none on this unit" in before.stdout
+    assert last_audit()["details"]["crl"]["state"] == "none"
+    empty = bytes(8 << 20)
+    rig.slot_b.write_bytes(empty)
+
+    # Revoked eight days ago; the list, issued then, is past its next update (stale).
+    now = dt.datetime.now(dt.UTC)
+    stale = rig.ca.revoke(serial, RevocationReason.SUPERSEDED, now=now - dt.timedelta(days=8))
+    assert city.offer(stale.public_bytes(Encoding.PEM), now) is not None
+    refused = install("99.0.1")
+    assert refused.returncode != 0, refused.stdout
+    assert "Traceback" not in refused.stderr
+    assert (
+        f"refused: the signer's certificate update-signer (serial {serial:x}) is revoked on the "
+        f"city CRL {path_in(data_dir)}"
+    ) in refused.stderr, refused.stderr
+    assert "revoked (superseded)" in refused.stderr and "before this installation" in (
+        refused.stderr
+    )
+    assert "past it: still in force" in refused.stdout, refused.stdout
+    assert rig.slot_b.read_bytes() == empty, "the inactive slot was written"
+    record = last_audit()
+    assert (
+        record["action"] == "update-refused"
+        and f"serial {serial:x}" in (record["details"]["reason"])
+    )
+    assert (record["details"]["crl"]["state"], record["details"]["crl"]["revoked"]) == ("stale", 1)
+    last = json.loads((data_dir / "update" / "last-update.json").read_text())
+    assert last["result"] == "refused" and f"serial {serial:x}" in last["reason"]
+
+    # A current list: still refused; another update signer of the city passes it.
+    assert city.offer(rig.ca.publish_crl(now=now).public_bytes(Encoding.PEM), now) is not None
+    again = install("99.0.2")
+    assert again.returncode != 0 and f"(serial {serial:x}) is revoked" in again.stderr
+    assert last_audit()["details"]["crl"]["state"] == "current"
+    other = install("99.0.3", signer=rig.issue(rig.tmp / "ca", "update-signer-2", "update"))
+    assert other.returncode == 0, other.stdout + other.stderr
+    assert "city CRL " in other.stdout and "1 revoked" in other.stdout
+    image = rig.root_img.read_bytes()
+    assert rig.slot_b.read_bytes()[: len(image)] == image
+    assert last_audit()["action"] == "update-installed"
+
+    # A damaged copy is not loaded (as edged does): said, nothing checked.
+    path_in(data_dir).write_bytes(path_in(data_dir).read_bytes()[:100])
+    status = cli("edge.cli.main", "update", "status", "--json", "--config", str(config))
+    crl = json.loads(status.stdout)["crl"]
+    assert crl["state"] == "damaged" and "not a CRL" in crl["reason"], crl
+
+
+def test_a_bundle_the_csu_offers_is_refused_when_its_signer_is_revoked_on_the_units_crl(
+    rig: Rig, rauc_service: dict[str, str], tmp_path: Path
+) -> None:
+    """The CSU-offered path (``update fetch --install``) checks the same list as ``install``."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from edge.csu.ca import RevocationReason
+    from edge.identity.revocation import CityCrl, path_in
+    from edge.identity.unitkeys import keys_dir_of, load_or_create_signing_key
+
+    from .test_uplink_e2e import unit_config
+    from .uplink_util import free_port, make_csu, unit_files
+
+    csu = make_csu(tmp_path)
+    port = free_port()
+    csu.write_config(port=port)
+    data_dir = tmp_path / "unit"
+    unit_files(csu, "test-unit", data_dir)
+    csu.enroll("test-unit", load_or_create_signing_key(keys_dir_of(data_dir)))
+    config = unit_config(
+        tmp_path / "edge.toml", data_dir, csu, port,
+        uplink=f'ca_file = "{data_dir / "keys" / "ca.pem"}"',
+    )  # fmt: skip
+    # The city CA that issued the unit's certificate also issues the update signer.
+    city = csu.pki.ca
+    rig.keyring.write_bytes(city.chain_pem)
+    signer = rig.issue(city.directory, "city-update", "update")
+    bundle = rig.bundle("99.0.0", fmt="plain", signer=signer)
+    serial = x509.load_pem_x509_certificate(signer[0].read_bytes()).serial_number
+    crl = city.revoke(serial, RevocationReason.KEY_COMPROMISE)
+    held = CityCrl(path_in(data_dir), x509.load_pem_x509_certificates(city.chain_pem))
+    assert held.offer(crl.public_bytes(Encoding.PEM), dt.datetime.now(dt.UTC)) is not None
+    offered = cli("edge.csu.main", "fleet", "offer", str(bundle), "--version", "99.0.0",
+                  "--config", str(csu.config))  # fmt: skip
+    assert offered.returncode == 0, offered.stderr
+    csu.start()
+    try:
+        done = cli("edge.cli.main", "update", "fetch", "--install", "--config", str(config),
+                   "--rauc-conf", str(rig.conf), env=rauc_service)  # fmt: skip
+    finally:
+        csu.stop()
+    assert "fetched edge-99.0.0-plain.raucb" in done.stdout, done.stdout + done.stderr
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert f"city-update (serial {serial:x}) is revoked on the city CRL" in done.stderr
+    assert "revoked for key compromise" in done.stderr, done.stderr
+    assert rig.slot_b.read_bytes() == bytes(8 << 20), "the inactive slot was written"
+    log = (data_dir / "vault" / "audit.log").read_text()
+    actions = [json.loads(line)["action"] for line in log.splitlines()]
+    assert actions[-2:] == ["update-fetched", "update-refused"], actions
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -14,10 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from edge import __version__, updates
 from edge import config as config_mod
 from edge.app import control
-from edge.identity import keys_dir_of, load_signing_key
+from edge.identity import keys_dir_of, load_signing_key, revocation
 from edge.slots import last_update, read_running_slot, update_dir_of
 from edge.vault import AuditLog, layout
 
@@ -50,7 +53,8 @@ def register(sub: Any) -> None:
         help="check a bundle and install it into the inactive slot",
         description="Check BUNDLE (signed by the city's update key, intact, for this kind of "
         "unit, a version above the running one) and install it into the inactive root slot. "
-        "Refused: unsigned bundles, bundles signed by another key, altered bundles, and "
+        "Refused: unsigned bundles, bundles signed by another key or by a certificate revoked "
+        "on the city CRL the unit holds (its state is printed), altered bundles, and "
         "versions below the running one unless the city signed the bundle as a downgrade and "
         "--downgrade confirms it. Reboot to run the new slot.",
         example=[("edgectl update install edge-rpi-0.2.0.raucb", "then: systemctl reboot")],
@@ -162,13 +166,35 @@ def _fetch(args: argparse.Namespace) -> int:
     return _install_bundle(cfg, target, args.downgrade, args.rauc_conf)
 
 
+def _city_crl(cfg: Any) -> revocation.CityCrl | None:
+    """The city CRL the unit holds (kept by edged's uplink on the data partition), checked
+    against the city CA it enrolled with; None on a unit with no city CA (never enrolled)."""
+    from edge.uplink.tls import key_paths
+
+    ca_file, _, _ = key_paths(cfg)
+    try:
+        ca_certs = x509.load_pem_x509_certificates(Path(ca_file).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return revocation.CityCrl(revocation.path_in(cfg.unit.data_dir), ca_certs)
+
+
 def _install_bundle(cfg: Any, path: Path, downgrade: bool, conf: Path) -> int:
     data = cfg.unit.data_dir
     details: dict[str, Any] = {"bundle": path.name, "running": __version__}
     try:
         bundle = updates.check_bundle(path, conf=conf, work_dir=update_dir_of(data) / "work")
         details.update(version=bundle.version, signer=bundle.signer)
-        problem = updates.policy_problem(bundle, __version__, downgrade=downgrade)
+        # The signer's chain against the city CRL the unit holds, as commands and signed
+        # configuration documents are: a stale list stays in force, none checks nothing.
+        now = dt.datetime.now(dt.UTC)
+        crl = _city_crl(cfg)
+        details["crl"] = updates.crl_state(crl, now)
+        print(updates.crl_line(details["crl"]))
+        anchors = updates.keyring_certificates(conf) + (crl.ca_certs if crl else [])
+        problem = updates.revocation_problem(bundle, crl, anchors, now)
+        if problem is None:
+            problem = updates.policy_problem(bundle, __version__, downgrade=downgrade)
         if problem is not None:
             raise updates.UpdateError(f"{path.name}: refused: {problem}")
         print(f"{path.name}: version {bundle.version} signed by {bundle.signer}: installing")
@@ -300,10 +326,12 @@ def _device(cfg: Any) -> str:
 
 def _status(args: argparse.Namespace) -> int:
     cfg = load_config(args)
+    crl = updates.crl_state(_city_crl(cfg), dt.datetime.now(dt.UTC))
     doc = {
         "version": __version__,
         "slot": read_running_slot(),
         "last_update": last_update(cfg.unit.data_dir),
+        "crl": crl,
     }
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -311,4 +339,5 @@ def _status(args: argparse.Namespace) -> int:
     print(f"version {doc['version']}, slot {doc['slot'] or '? (the kernel names none)'}")
     last = doc["last_update"]
     print(f"last update: {json.dumps(last) if last else 'none'}")
+    print(updates.crl_line(crl))
     return 0

@@ -73,6 +73,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     # one account per test: a one-time code serves once, and one is valid each 30 s (±1)
     accounts = [(f"v.{n}", "viewer", "test-unit/cam1") for n in ("quai", "alertes", "relecture")]
     accounts.append(("i.requisition", "investigator", "test-unit/cam1"))
+    accounts.append(("v.mur", "viewer", "test-unit/cam1,test-unit/cam2"))
     for name, role, scope in [*accounts, ("s.chef", "supervisor", "")]:
         out = subprocess.run(
             [sys.executable, "-m", "edge.csu.main", "operator", "add", "--config",
@@ -230,6 +231,70 @@ def test_live_tile_plays_and_the_masked_area_is_the_fill(browser: Any, site: Sit
     ]
     views = {(e["who"], e["action"]) for e in entries}
     assert {("v.quai", "login"), ("v.quai", "view-live"), ("v.quai", "view-media")} <= views
+
+
+def test_the_wall_picker_puts_a_chosen_camera_in_a_tile_and_restores_it(
+    browser: Any, site: Site
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.delete_all_cookies()
+    log_in(browser, site, "v.mur")
+    restored = "return document.getElementById('wall').dataset.restored"
+    wait_until(lambda: browser.execute_script(restored), 10, "the wall set up")
+    names = (
+        "return Array.from(document.querySelectorAll('#wall .tile'),"
+        " t => t.dataset.unit + '/' + t.dataset.camera)"
+    )
+    saved = "return JSON.parse(localStorage.getItem('edge-console-wall/v.mur')).tiles"
+    assert browser.execute_script(names) == ["test-unit/cam1", "test-unit/cam2"]
+    # only the cameras of the scope are offered
+    options = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#wall .tile [data-pick] option'),"
+        " o => o.value)"
+    )
+    assert sorted(set(options)) == ["test-unit/cam1", "test-unit/cam2"], options
+    # by keyboard: Tab from the first tile to its picker, the next camera; the two swap
+    first = browser.find_element(By.CSS_SELECTOR, "#wall .tile")
+    first.send_keys(Keys.TAB)
+    assert browser.switch_to.active_element.get_attribute("data-pick") is not None
+    browser.switch_to.active_element.send_keys(Keys.ARROW_DOWN)
+    wait_until(
+        lambda: browser.execute_script(names) == ["test-unit/cam2", "test-unit/cam1"],
+        10,
+        "the tiles to swap",
+    )
+    assert browser.execute_script(saved) == ["test-unit/cam2", "test-unit/cam1"]
+    # the camera that moved plays again in its new tile
+    cam1_state = "return document.querySelector('#wall .tile[data-camera=cam1] .state').textContent"
+    wait_until(lambda: browser.execute_script(cam1_state) == "direct", 30, "cam1 live again")
+    # remembered: a new page shows the same wall
+    browser.get(f"{site.url}/console/")
+    wait_until(lambda: browser.execute_script(restored), 10, "the wall restored")
+    assert browser.execute_script(names) == ["test-unit/cam2", "test-unit/cam1"]
+    wait_until(lambda: browser.execute_script(cam1_state) == "direct", 30, "cam1 restored live")
+    browser.save_screenshot(str(artifacts() / "console-wall-picker.png"))
+    # a remembered camera no longer in the scope is dropped, and forgotten
+    browser.execute_script(
+        "localStorage.setItem('edge-console-wall/v.mur', JSON.stringify("
+        "{layout: 4, tiles: ['test-unit/cam9', 'test-unit/cam1']}))"
+    )
+    browser.get(f"{site.url}/console/")
+    wait_until(lambda: browser.execute_script(restored), 10, "the wall restored")
+    assert browser.execute_script(names) == ["test-unit/cam2", "test-unit/cam1"]
+    assert browser.execute_script(saved) == ["test-unit/cam2", "test-unit/cam1"]
+    # a picker altered in the page cannot reach beyond the scope: the video routes refuse it
+    browser.execute_script(
+        """const pick = document.querySelector('#wall .tile [data-pick]');
+        pick.add(new Option('test-unit / cam9', 'test-unit/cam9'));
+        pick.value = 'test-unit/cam9';
+        pick.dispatchEvent(new Event('change'));"""
+    )
+    cam9_state = "return document.querySelector('#wall .tile[data-camera=cam9] .state').textContent"
+    wait_until(lambda: browser.execute_script(cam9_state) == "refusé", 10, "the refusal")
+    refused = [e for e in site.audit() if e["action"] == "refused" and e["who"] == "v.mur"]
+    assert any(e["path"] == "/v1/view/test-unit/cam9/live.m3u8" for e in refused), refused
 
 
 def test_an_alert_from_edged_is_dismissed_and_the_decision_is_audited(

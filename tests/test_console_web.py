@@ -171,6 +171,17 @@ def test_log_in_gives_a_locked_down_session_cookie_and_a_french_page(console: Co
     assert not any(a.startswith("domain") for a in attributes)
     home = browser.request("GET", "/console/")  # the language chosen last is kept
     assert 'id="operator">s.chef<' in home.body and "supervisor" in home.body
+    # every camera of the fleet on the wall, each tile with a picker of all of them
+    picks = re.findall(
+        r'<select data-pick aria-label="Camera of tile (\d)">(.*?)</select>', home.body
+    )
+    assert [n for n, _ in picks] == ["1", "2"], picks
+    for n, options in picks:
+        values = re.findall(r'<option value="([^"]+)"( selected)?>', options)
+        chosen = ["unit-a/street", "unit-b/street"][int(n) - 1]
+        assert values == [
+            (v, " selected" if v == chosen else "") for v in ("unit-a/street", "unit-b/street")
+        ], values
     assert "superviseur" in browser.request("GET", "/console/?lang=fr").body
     me = json.loads(browser.request("GET", "/console/api/me").body)
     assert me["role"] == "supervisor" and "audit" in me["permissions"] and me["via"] == "session"
@@ -188,6 +199,14 @@ def test_a_viewer_scoped_to_one_camera_gets_neither_page_nor_api_of_another(
     assert cams == [{"unit": "unit-a", "camera": "street"}]
     home = browser.request("GET", "/console/").body
     assert "unit-a" in home and "unit-b" not in home
+    # the wall's camera picker offers the scope and nothing else (one tile, one camera)
+    picks = re.findall(r'<select data-pick aria-label="([^"]+)">(.*?)</select>', home)
+    assert picks == [
+        (
+            "Caméra de la vignette 1",
+            '<option value="unit-a/street" selected>unit-a / street</option>',
+        )
+    ], picks
     # the video API: in scope it gets as far as the archive (nothing stored: 404), out of
     # scope it is refused before anything is read, and the refusal is audited
     assert browser.request("GET", "/v1/view/unit-a/street/live.m3u8").status == 404

@@ -38,9 +38,13 @@ _TEXT: dict[str, dict[str, str]] = {
     "tile": {"fr": "vignette", "en": "tile"},
     "tiles": {"fr": "vignettes", "en": "tiles"},
     "wall_help": {
-        "fr": "Touches 1, 4, 9 : disposition ; Entrée sur une vignette : plein écran.",
-        "en": "Keys 1, 4, 9: layout; Enter on a tile: show it alone.",
+        "fr": "Touches 1, 4, 9 : disposition ; Entrée sur une vignette : plein écran ; "
+        "liste en haut de chaque vignette : la caméra qu'elle montre (mémorisé dans ce "
+        "navigateur).",
+        "en": "Keys 1, 4, 9: layout; Enter on a tile: show it alone; list at the top of each "
+        "tile: the camera it shows (remembered in this browser).",
     },
+    "tile_camera": {"fr": "Caméra de la vignette {}", "en": "Camera of tile {}"},
     "state_waiting": {"fr": "en attente", "en": "waiting"},
     "state_live": {"fr": "direct", "en": "live"},
     "state_refused": {"fr": "refusé", "en": "refused"},

@@ -247,12 +247,15 @@ def _wall(lang: str, cameras: list[tuple[str, str]]) -> str:
         f"{n} {t('tile' if n == 1 else 'tiles', lang)}</button>"
         for n in (1, 4, 9)
     )
+    names = [f"{u}/{c}" for u, c in cameras]
     tiles = "".join(
         f'<figure class="tile" tabindex="0" data-unit="{esc(u)}" data-camera="{esc(c)}" {states}'
         f' aria-label="{esc(u)} / {esc(c)}"><video muted playsinline></video>'
-        f'<figcaption class="label">{esc(u)} / {esc(c)}</figcaption>'
+        f'<figcaption class="label"><select data-pick aria-label="'
+        f'{esc(t("tile_camera", lang).format(i + 1))}">{_camera_options(names, f"{u}/{c}")}'
+        "</select></figcaption>"
         f'<span class="state" role="status">{t("state_waiting", lang)}</span></figure>'
-        for u, c in cameras[:9]
+        for i, (u, c) in enumerate(cameras[:9])
     )
     return (
         f'<h2 id="live-title">{t("live", lang)}</h2>'
@@ -261,6 +264,17 @@ def _wall(lang: str, cameras: list[tuple[str, str]]) -> str:
         f'<section id="wall" class="wall" data-layout="4" aria-labelledby="live-title">{tiles}'
         "</section>"
         f'<script src="{PREFIX}/static/console.js"></script>'
+    )
+
+
+def _camera_options(names: list[str], chosen: str) -> str:
+    """The picker of a wall tile: every camera in the operator's scope (and only those; the
+    video routes refuse any other all the same), the tile's own selected."""
+    esc = html.escape
+    return "".join(
+        f'<option value="{esc(n)}"{" selected" if n == chosen else ""}>'
+        f"{esc(n.replace('/', ' / ', 1))}</option>"
+        for n in names
     )
 
 

@@ -377,6 +377,48 @@ function setupAlerts(rows) {
   }, 3000);
 }
 
+function setupRequests(rows) {
+  // Time left and new requests without a reload; not while the agent selects a command by
+  // hand (the new rows would drop the selection), and the copy button keeps the focus.
+  setInterval(async () => {
+    const sel = document.getSelection();
+    if (sel && !sel.isCollapsed && rows.contains(sel.anchorNode)) return;
+    const focused = rows.contains(document.activeElement) ? document.activeElement.closest("tr") : null;
+    const key = focused ? focused.dataset.request : null;
+    const url = "/console/alerts" + (location.search ? location.search + "&" : "?") + "fragment=requests";
+    const r = await fetch(url, { credentials: "same-origin", cache: "no-store" });
+    if (!r.ok) return;
+    rows.innerHTML = await r.text();
+    if (key) {
+      const row = Array.from(rows.querySelectorAll("tr[data-request]")).find((tr) => tr.dataset.request === key);
+      const button = row ? row.querySelector("[data-copy]") : null;
+      if (button) button.focus();
+    }
+  }, 3000);
+}
+
+function setupCopy() {
+  // The confirmation command to the clipboard; where the clipboard is refused, the command is
+  // selected for Ctrl+C. The agent completes it with their own key: the console signs nothing.
+  document.addEventListener("click", async (ev) => {
+    const button = ev.target.closest("[data-copy]");
+    if (!button) return;
+    const code = button.parentElement.querySelector("code");
+    if (!code) return;
+    try {
+      await navigator.clipboard.writeText(code.textContent);
+      button.textContent = button.dataset.copied;
+    } catch (e) {
+      const range = document.createRange();
+      range.selectNodeContents(code);
+      const sel = document.getSelection();
+      sel.removeAllRanges();
+      sel.addRange(range);
+      button.textContent = button.dataset.selected;
+    }
+  });
+}
+
 function setupEvidence(form) {
   // A bundle is sealed before its first byte is sent (an hour of video takes a while):
   // say so, rather than leave the agent wondering whether the click was taken.
@@ -393,6 +435,9 @@ document.addEventListener("DOMContentLoaded", () => {
   if (wall) setupWall(wall);
   const rows = document.getElementById("alert-rows");
   if (rows) setupAlerts(rows);
+  const requests = document.getElementById("request-rows");
+  if (requests) setupRequests(requests);
+  setupCopy();
   const playback = document.getElementById("playback");
   if (playback) setupPlayback(playback);
   const evidence = document.getElementById("evidence-form");

@@ -512,3 +512,75 @@ def test_an_investigator_downloads_the_signed_bundle_of_edged_recordings(
     assert run.returncode in (0, 3) and report["verdict"] in ("authentic", "partial"), report
     authentic = [s for s in report["seconds"] if s["state"] == "authentic"]
     assert len(authentic) >= entry["segments"] >= 2
+
+
+def test_a_waiting_output_request_shows_the_command_to_sign_and_copies_it(
+    browser: Any, site: Site
+) -> None:
+    """A playbook waiting for an agent (its event as the unit's outputs engine sends it): the
+    inbox shows the time left, refreshed, and the ``edge-csu command confirm`` line, which the
+    copy button puts on the clipboard (or selects, where the clipboard is refused)."""
+    from selenium.webdriver.common.by import By
+
+    out = subprocess.run(
+        [sys.executable, "-m", "edge.csu.main", "operator", "add", "--config",
+         str(site.csu.config), "--name", "v.sorties", "--role", "viewer",
+         "--scope", "test-unit/cam1", "--password-stdin"],
+        input=PASSWORD + "\n", capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    secret = re.search(r"secret=([A-Z2-7]+)", out)
+    assert secret, out
+    site.secrets["v.sorties"] = secret.group(1)
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    signer = EventSigner(ed25519.Ed25519PrivateKey.generate(), "test-unit")
+    events = site.csu.directory / "storage" / "test-unit" / "events"
+    now = time.time_ns()
+
+    def put(camera: str, category: str, kind: str, **details: Any) -> str:
+        event = signer.sign(
+            camera=camera, category=category, kind=kind, rule="outputs", wall_ns=now,
+            frame_index=-1, details=details,
+        )  # fmt: skip
+        (events / f"{event.body['id']}.json").write_bytes(event.wire())
+        return str(event.body["id"])
+
+    trigger = put("cam1", "count", "gathering", message="12 people")
+    put("unit", "output", "output-confirmation-requested", output="relay-barrier",
+        playbook="lane-closure", event=trigger, confirm_within_s=600.0, agent="edged",
+        reason="gathering on cam1: waits for an agent's confirmation")  # fmt: skip
+
+    browser.delete_all_cookies()
+    log_in(browser, site, "v.sorties")
+    browser.get(f"{site.url}/console/alerts")
+    row = "#request-rows tr.waiting"
+    wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, row), 10, "the request")
+    code = browser.execute_script(f"return document.querySelector('{row} code').textContent")
+    assert code.startswith("edge-csu command confirm --config ") and code.endswith(
+        f"--unit test-unit --output relay-barrier --playbook lane-closure --event {trigger} "
+        "--key AGENT.key --cert AGENT.crt"
+    ), code
+    left = f"return document.querySelector('{row} td:nth-child(4) strong').textContent"
+    first = browser.execute_script(left)
+    assert re.fullmatch(r"reste (9|10) min \d\d s", first), first
+    wait_until(lambda: browser.execute_script(left) != first, 15, "the time left refreshed")
+    browser.execute_cdp_cmd(
+        "Browser.grantPermissions",
+        {"origin": site.url, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]},
+    )
+    button = f"return document.querySelector('{row} [data-copy]')"
+    browser.execute_script(button + ".click()")
+    label = button + ".textContent"
+    wait_until(lambda: browser.execute_script(label) != "Copier", 10, "the copy")
+    if browser.execute_script(label) == "Copiée":
+        copied = browser.execute_async_script(
+            "navigator.clipboard.readText().then(arguments[0], e => arguments[0](String(e)))"
+        )
+    else:
+        assert browser.execute_script(label) == "Sélectionnée : Ctrl+C"
+        copied = browser.execute_script("return document.getSelection().toString()")
+    assert copied == code
+    browser.save_screenshot(str(artifacts() / "console-output-request.png"))
+    # the unit's page points at it
+    browser.get(f"{site.url}/console/units")
+    assert "1 demande(s) en attente" in browser.find_element(By.TAG_NAME, "table").text

@@ -326,7 +326,7 @@ def _units_table(lang: str, rows: list[dict[str, Any]], now_ns: int) -> str:
         cabinet = _outputs_cell(lang, row["outputs"], now_ns)
         if row["waiting"]:
             cabinet += (
-                f'<br><a class="bad" href="{PREFIX}/alerts?unit={esc(row["unit"])}#requests">'
+                f'<br><a class="notice" href="{PREFIX}/alerts?unit={esc(row["unit"])}#requests">'
                 f"{t('waiting_n', lang).format(row['waiting'])}</a>"
             )
         body.append(

@@ -73,6 +73,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     # one account per test: a one-time code serves once, and one is valid each 30 s (±1)
     accounts = [(f"v.{n}", "viewer", "test-unit/cam1") for n in ("quai", "alertes", "relecture")]
     accounts.append(("i.requisition", "investigator", "test-unit/cam1"))
+    accounts.append(("v.mur", "viewer", "test-unit/cam1,test-unit/cam2"))
     for name, role, scope in [*accounts, ("s.chef", "supervisor", "")]:
         out = subprocess.run(
             [sys.executable, "-m", "edge.csu.main", "operator", "add", "--config",
@@ -230,6 +231,70 @@ def test_live_tile_plays_and_the_masked_area_is_the_fill(browser: Any, site: Sit
     ]
     views = {(e["who"], e["action"]) for e in entries}
     assert {("v.quai", "login"), ("v.quai", "view-live"), ("v.quai", "view-media")} <= views
+
+
+def test_the_wall_picker_puts_a_chosen_camera_in_a_tile_and_restores_it(
+    browser: Any, site: Site
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.delete_all_cookies()
+    log_in(browser, site, "v.mur")
+    restored = "return document.getElementById('wall').dataset.restored"
+    wait_until(lambda: browser.execute_script(restored), 10, "the wall set up")
+    names = (
+        "return Array.from(document.querySelectorAll('#wall .tile'),"
+        " t => t.dataset.unit + '/' + t.dataset.camera)"
+    )
+    saved = "return JSON.parse(localStorage.getItem('edge-console-wall/v.mur')).tiles"
+    assert browser.execute_script(names) == ["test-unit/cam1", "test-unit/cam2"]
+    # only the cameras of the scope are offered
+    options = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#wall .tile [data-pick] option'),"
+        " o => o.value)"
+    )
+    assert sorted(set(options)) == ["test-unit/cam1", "test-unit/cam2"], options
+    # by keyboard: Tab from the first tile to its picker, the next camera; the two swap
+    first = browser.find_element(By.CSS_SELECTOR, "#wall .tile")
+    first.send_keys(Keys.TAB)
+    assert browser.switch_to.active_element.get_attribute("data-pick") is not None
+    browser.switch_to.active_element.send_keys(Keys.ARROW_DOWN)
+    wait_until(
+        lambda: browser.execute_script(names) == ["test-unit/cam2", "test-unit/cam1"],
+        10,
+        "the tiles to swap",
+    )
+    assert browser.execute_script(saved) == ["test-unit/cam2", "test-unit/cam1"]
+    # the camera that moved plays again in its new tile
+    cam1_state = "return document.querySelector('#wall .tile[data-camera=cam1] .state').textContent"
+    wait_until(lambda: browser.execute_script(cam1_state) == "direct", 30, "cam1 live again")
+    # remembered: a new page shows the same wall
+    browser.get(f"{site.url}/console/")
+    wait_until(lambda: browser.execute_script(restored), 10, "the wall restored")
+    assert browser.execute_script(names) == ["test-unit/cam2", "test-unit/cam1"]
+    wait_until(lambda: browser.execute_script(cam1_state) == "direct", 30, "cam1 restored live")
+    browser.save_screenshot(str(artifacts() / "console-wall-picker.png"))
+    # a remembered camera no longer in the scope is dropped, and forgotten
+    browser.execute_script(
+        "localStorage.setItem('edge-console-wall/v.mur', JSON.stringify("
+        "{layout: 4, tiles: ['test-unit/cam9', 'test-unit/cam1']}))"
+    )
+    browser.get(f"{site.url}/console/")
+    wait_until(lambda: browser.execute_script(restored), 10, "the wall restored")
+    assert browser.execute_script(names) == ["test-unit/cam2", "test-unit/cam1"]
+    assert browser.execute_script(saved) == ["test-unit/cam2", "test-unit/cam1"]
+    # a picker altered in the page cannot reach beyond the scope: the video routes refuse it
+    browser.execute_script(
+        """const pick = document.querySelector('#wall .tile [data-pick]');
+        pick.add(new Option('test-unit / cam9', 'test-unit/cam9'));
+        pick.value = 'test-unit/cam9';
+        pick.dispatchEvent(new Event('change'));"""
+    )
+    cam9_state = "return document.querySelector('#wall .tile[data-camera=cam9] .state').textContent"
+    wait_until(lambda: browser.execute_script(cam9_state) == "refusé", 10, "the refusal")
+    refused = [e for e in site.audit() if e["action"] == "refused" and e["who"] == "v.mur"]
+    assert any(e["path"] == "/v1/view/test-unit/cam9/live.m3u8" for e in refused), refused
 
 
 def test_an_alert_from_edged_is_dismissed_and_the_decision_is_audited(
@@ -447,3 +512,75 @@ def test_an_investigator_downloads_the_signed_bundle_of_edged_recordings(
     assert run.returncode in (0, 3) and report["verdict"] in ("authentic", "partial"), report
     authentic = [s for s in report["seconds"] if s["state"] == "authentic"]
     assert len(authentic) >= entry["segments"] >= 2
+
+
+def test_a_waiting_output_request_shows_the_command_to_sign_and_copies_it(
+    browser: Any, site: Site
+) -> None:
+    """A playbook waiting for an agent (its event as the unit's outputs engine sends it): the
+    inbox shows the time left, refreshed, and the ``edge-csu command confirm`` line, which the
+    copy button puts on the clipboard (or selects, where the clipboard is refused)."""
+    from selenium.webdriver.common.by import By
+
+    out = subprocess.run(
+        [sys.executable, "-m", "edge.csu.main", "operator", "add", "--config",
+         str(site.csu.config), "--name", "v.sorties", "--role", "viewer",
+         "--scope", "test-unit/cam1", "--password-stdin"],
+        input=PASSWORD + "\n", capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    secret = re.search(r"secret=([A-Z2-7]+)", out)
+    assert secret, out
+    site.secrets["v.sorties"] = secret.group(1)
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    signer = EventSigner(ed25519.Ed25519PrivateKey.generate(), "test-unit")
+    events = site.csu.directory / "storage" / "test-unit" / "events"
+    now = time.time_ns()
+
+    def put(camera: str, category: str, kind: str, **details: Any) -> str:
+        event = signer.sign(
+            camera=camera, category=category, kind=kind, rule="outputs", wall_ns=now,
+            frame_index=-1, details=details,
+        )  # fmt: skip
+        (events / f"{event.body['id']}.json").write_bytes(event.wire())
+        return str(event.body["id"])
+
+    trigger = put("cam1", "count", "gathering", message="12 people")
+    put("unit", "output", "output-confirmation-requested", output="relay-barrier",
+        playbook="lane-closure", event=trigger, confirm_within_s=600.0, agent="edged",
+        reason="gathering on cam1: waits for an agent's confirmation")  # fmt: skip
+
+    browser.delete_all_cookies()
+    log_in(browser, site, "v.sorties")
+    browser.get(f"{site.url}/console/alerts")
+    row = "#request-rows tr.waiting"
+    wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, row), 10, "the request")
+    code = browser.execute_script(f"return document.querySelector('{row} code').textContent")
+    assert code.startswith("edge-csu command confirm --config ") and code.endswith(
+        f"--unit test-unit --output relay-barrier --playbook lane-closure --event {trigger} "
+        "--key AGENT.key --cert AGENT.crt"
+    ), code
+    left = f"return document.querySelector('{row} td:nth-child(4) strong').textContent"
+    first = browser.execute_script(left)
+    assert re.fullmatch(r"reste (9|10) min \d\d s", first), first
+    wait_until(lambda: browser.execute_script(left) != first, 15, "the time left refreshed")
+    browser.execute_cdp_cmd(
+        "Browser.grantPermissions",
+        {"origin": site.url, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]},
+    )
+    button = f"return document.querySelector('{row} [data-copy]')"
+    browser.execute_script(button + ".click()")
+    label = button + ".textContent"
+    wait_until(lambda: browser.execute_script(label) != "Copier", 10, "the copy")
+    if browser.execute_script(label) == "Copiée":
+        copied = browser.execute_async_script(
+            "navigator.clipboard.readText().then(arguments[0], e => arguments[0](String(e)))"
+        )
+    else:
+        assert browser.execute_script(label) == "Sélectionnée : Ctrl+C"
+        copied = browser.execute_script("return document.getSelection().toString()")
+    assert copied == code
+    browser.save_screenshot(str(artifacts() / "console-output-request.png"))
+    # the unit's page points at it
+    browser.get(f"{site.url}/console/units")
+    assert "1 demande(s) en attente" in browser.find_element(By.TAG_NAME, "table").text

@@ -4,10 +4,13 @@ checked in the receiver's hash-chained audit log."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import html
 import http.client
 import json
 import re
+import shlex
 import sqlite3
 import ssl
 import subprocess
@@ -20,9 +23,12 @@ from http.cookies import SimpleCookie
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from edge.csu.ca import Profile
 from edge.csu.console.credentials import totp_at, totp_step
 from edge.csu.receiver import access_log as csu_audit
+from edge.events import EventSigner
 
 from .uplink_util import Csu, make_csu
 
@@ -171,6 +177,17 @@ def test_log_in_gives_a_locked_down_session_cookie_and_a_french_page(console: Co
     assert not any(a.startswith("domain") for a in attributes)
     home = browser.request("GET", "/console/")  # the language chosen last is kept
     assert 'id="operator">s.chef<' in home.body and "supervisor" in home.body
+    # every camera of the fleet on the wall, each tile with a picker of all of them
+    picks = re.findall(
+        r'<select data-pick aria-label="Camera of tile (\d)">(.*?)</select>', home.body
+    )
+    assert [n for n, _ in picks] == ["1", "2"], picks
+    for n, options in picks:
+        values = re.findall(r'<option value="([^"]+)"( selected)?>', options)
+        chosen = ["unit-a/street", "unit-b/street"][int(n) - 1]
+        assert values == [
+            (v, " selected" if v == chosen else "") for v in ("unit-a/street", "unit-b/street")
+        ], values
     assert "superviseur" in browser.request("GET", "/console/?lang=fr").body
     me = json.loads(browser.request("GET", "/console/api/me").body)
     assert me["role"] == "supervisor" and "audit" in me["permissions"] and me["via"] == "session"
@@ -188,6 +205,14 @@ def test_a_viewer_scoped_to_one_camera_gets_neither_page_nor_api_of_another(
     assert cams == [{"unit": "unit-a", "camera": "street"}]
     home = browser.request("GET", "/console/").body
     assert "unit-a" in home and "unit-b" not in home
+    # the wall's camera picker offers the scope and nothing else (one tile, one camera)
+    picks = re.findall(r'<select data-pick aria-label="([^"]+)">(.*?)</select>', home)
+    assert picks == [
+        (
+            "Caméra de la vignette 1",
+            '<option value="unit-a/street" selected>unit-a / street</option>',
+        )
+    ], picks
     # the video API: in scope it gets as far as the archive (nothing stored: 404), out of
     # scope it is refused before anything is read, and the refusal is audited
     assert browser.request("GET", "/v1/view/unit-a/street/live.m3u8").status == 404
@@ -368,3 +393,106 @@ def test_a_console_decision_is_signed_and_edge_csu_audit_verify_checks_it(
     assert browser.login("s.nuit", code_ahead=1).status == 303
     page = browser.request("GET", "/console/audit?q=alert-decision")
     assert page.status == 200 and "signé" in page.body and "NON SIGNÉ" not in page.body
+
+
+def test_cabinet_outputs_and_waiting_requests_are_shown_in_scope_with_the_command_to_sign(
+    console: Console,
+) -> None:
+    """Events as units with cabinet outputs send them (signed, category ``output``) in the
+    receiver's store; the pages show each output's state and each waiting request with the
+    exact ``edge-csu command confirm`` line, which queues a command once the agent puts their
+    own operator key in it. A viewer of one camera sees neither another unit nor a request
+    about another camera."""
+    now = time.time_ns()
+    signers = {
+        u: EventSigner(ed25519.Ed25519PrivateKey.generate(), u) for u in ("unit-a", "unit-b")
+    }
+
+    def put(unit: str, camera: str, category: str, kind: str, at: int, **details: Any) -> str:
+        event = signers[unit].sign(
+            camera=camera, category=category, kind=kind, rule="outputs", wall_ns=at,
+            frame_index=-1, details={"agent": "edged", "reason": kind, **details},
+        )  # fmt: skip
+        directory = console.csu.directory / "storage" / unit / "events"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"{event.body['id']}.json").write_bytes(event.wire())
+        return str(event.body["id"])
+
+    s = 10**9
+    street = put("unit-a", "street", "alert", "gathering", now - 5 * s)
+    park = put("unit-a", "park", "alert", "gathering", now - 5 * s)
+    put("unit-a", "unit", "output", "output-safe", now - 60 * s, output="relay-barrier")
+    put("unit-a", "unit", "output", "output-confirmation-requested", now - 4 * s,
+        output="relay-barrier", playbook="lane-closure", event=street, confirm_within_s=300.0,
+        reason="gathering on street: waits for an agent's confirmation")  # fmt: skip
+    put("unit-a", "unit", "output", "output-confirmation-requested", now - 4 * s,
+        output="speaker", playbook="disperse-park", event=park, confirm_within_s=300.0)  # fmt: skip
+    old = put("unit-a", "street", "alert", "gathering", now - 900 * s)
+    put("unit-a", "unit", "output", "output-confirmation-requested", now - 899 * s,
+        output="relay-barrier", playbook="lane-closure", event=old,
+        confirm_within_s=300.0)  # fmt: skip
+    put("unit-a", "unit", "output", "output-driven", now - 3 * s, output="sign-north",
+        state="wrong-way", playbook="wrong-way-warning", event=street, duration_s=60.0)  # fmt: skip
+    put("unit-a", "unit", "output", "output-safe", now - 2 * s, output="speaker",
+        error="speaker: aplay exited 1")  # fmt: skip
+    b_event = put("unit-b", "street", "alert", "gathering", now - 5 * s)
+    put("unit-b", "unit", "output", "output-confirmation-requested", now - 4 * s,
+        output="sign-b", playbook="closure-b", event=b_event, confirm_within_s=300.0)  # fmt: skip
+
+    for name, role, scope in (("o.salle", "supervisor", ""), ("o.rue", "viewer", "unit-a/street")):
+        out = operator_cmd(console.csu, "add", "--name", name, "--role", role, "--scope", scope,
+                           "--password-stdin", stdin=PASSWORD + "\n")  # fmt: skip
+        match = re.search(r"secret=([A-Z2-7]+)", out)
+        assert match, out
+        console.secrets[name] = match.group(1)
+
+    chef = Browser(console)
+    assert chef.login("o.salle").status == 303
+    units = chef.request("GET", "/console/units?lang=en")
+    assert units.status == 200 and "Cabinet outputs" in units.body
+    outputs_of = dict(re.findall(r'<span data-output="([^"]+)">(.*?)</span>(?:<br>|</td>)',
+                                 units.body))  # fmt: skip
+    assert "<strong>WRONG-WAY</strong> since" in outputs_of["sign-north"]
+    assert "wrong-way-warning, edged" in outputs_of["sign-north"]
+    assert outputs_of["relay-barrier"].startswith("relay-barrier: safe since")
+    assert 'class="bad">STATE UNKNOWN: speaker: aplay exited 1' in outputs_of["speaker"]
+    assert "2 request(s) waiting" in units.body and "1 request(s) waiting" in units.body
+    assert "sign-b" in units.body
+
+    page = chef.request("GET", "/console/alerts?lang=fr")
+    assert page.status == 200 and "Demandes de confirmation" in page.body
+    assert "<script" in page.body and "onclick" not in page.body and " style=" not in page.body
+    commands = [html.unescape(c) for c in re.findall(r'<code class="command">(.*?)</code>',
+                                                     page.body)]  # fmt: skip
+    assert len(commands) == 3 and "EXPIRÉE" in page.body  # the one of 15 minutes ago: lapsed
+    [line] = [c for c in commands if "lane-closure" in c]
+    argv = shlex.split(line)
+    assert argv[:3] == ["edge-csu", "command", "confirm"]
+    assert argv[argv.index("--config") + 1] == str(console.csu.config.resolve())
+    assert argv[argv.index("--event") + 1] == street
+    # the agent's own key and certificate in place of the placeholders: it queues the command
+    crt, key, _ = console.csu.pki.issue("agent-salle", console.csu.directory / "agent",
+                                        profile=Profile.OPERATOR)  # fmt: skip
+    argv = [str(key) if a == "AGENT.key" else str(crt) if a == "AGENT.crt" else a for a in argv]
+    run = subprocess.run([sys.executable, "-m", "edge.csu.main", *argv[1:]],
+                         capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    [queued] = (console.csu.directory / "commands" / "unit-a").glob("*.json")
+    envelope = json.loads(queued.read_bytes())
+    body = json.loads(base64.b64decode(envelope["body"]))
+    assert (body["type"], body["unit"], body["outputs"], body["playbook"], body["event"]) == (
+        "confirm", "unit-a", ["relay-barrier"], "lane-closure", street
+    )  # fmt: skip
+    # the drill-down from the units page: that unit's requests only; the refresh fragment too
+    drill = chef.request("GET", "/console/alerts?unit=unit-b&fragment=requests")
+    assert drill.status == 200 and "closure-b" in drill.body and "lane-closure" not in drill.body
+
+    viewer = Browser(console)
+    assert viewer.login("o.rue").status == 303
+    mine = viewer.request("GET", "/console/alerts?lang=en")
+    assert "Confirmation requests" in mine.body and "lane-closure" in mine.body
+    assert "disperse-park" not in mine.body  # about the park camera: out of the scope
+    assert "closure-b" not in mine.body and "unit-b" not in mine.body
+    units = viewer.request("GET", "/console/units?lang=fr")
+    assert "sign-north" in units.body and "unit-b" not in units.body
+    assert "1 demande(s) en attente" in units.body

@@ -89,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
         # SIGUSR1 asks for a purge (edge.csu.receiver.purge installs that); until then it
         # must not kill the receiver, as its default action would.
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-        await serve(cfg, stop, ready)
+        await serve(cfg, stop, ready, config_path=args.config.resolve())
 
     asyncio.run(main())
     return 0

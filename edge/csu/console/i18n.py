@@ -38,9 +38,13 @@ _TEXT: dict[str, dict[str, str]] = {
     "tile": {"fr": "vignette", "en": "tile"},
     "tiles": {"fr": "vignettes", "en": "tiles"},
     "wall_help": {
-        "fr": "Touches 1, 4, 9 : disposition ; Entrée sur une vignette : plein écran.",
-        "en": "Keys 1, 4, 9: layout; Enter on a tile: show it alone.",
+        "fr": "Touches 1, 4, 9 : disposition ; Entrée sur une vignette : plein écran ; "
+        "liste en haut de chaque vignette : la caméra qu'elle montre (mémorisé dans ce "
+        "navigateur).",
+        "en": "Keys 1, 4, 9: layout; Enter on a tile: show it alone; list at the top of each "
+        "tile: the camera it shows (remembered in this browser).",
     },
+    "tile_camera": {"fr": "Caméra de la vignette {}", "en": "Camera of tile {}"},
     "state_waiting": {"fr": "en attente", "en": "waiting"},
     "state_live": {"fr": "direct", "en": "live"},
     "state_refused": {"fr": "refusé", "en": "refused"},
@@ -143,6 +147,47 @@ _TEXT: dict[str, dict[str, str]] = {
         "fr": "L'export (une heure au plus) est journalisé avec le numéro de procédure.",
         "en": "The export (one hour at most) is audited with the case number.",
     },
+    "requests": {
+        "fr": "Demandes de confirmation (sorties de l'armoire)",
+        "en": "Confirmation requests (cabinet outputs)",
+    },
+    "requests_help": {
+        "fr": "Rien ne bouge dans la rue tant qu'un agent ne confirme pas, avec sa propre clé "
+        "d'opérateur : copiez la commande, remplacez AGENT.key et AGENT.crt par votre clé et "
+        "votre certificat, et lancez-la sur le poste de commande. La console ne signe rien à "
+        "votre place.",
+        "en": "Nothing moves in the street until an agent confirms, with their own operator "
+        "key: copy the command, replace AGENT.key and AGENT.crt with your key and certificate "
+        "and run it on the command workstation. The console signs nothing on your behalf.",
+    },
+    "unit_output": {"fr": "Unité / sortie (caméra)", "en": "Unit / output (camera)"},
+    "playbook_col": {"fr": "Scénario, motif, événement", "en": "Playbook, reason, event"},
+    "time_left": {"fr": "Délai", "en": "Time left"},
+    "confirm_command": {"fr": "Commande de confirmation", "en": "Confirmation command"},
+    "no_request": {"fr": "Aucune demande en attente.", "en": "No request waiting."},
+    "event": {"fr": "événement", "en": "event"},
+    "left": {"fr": "reste {}", "en": "{} left"},
+    "before": {"fr": "avant", "en": "before"},
+    "lapsed": {"fr": "EXPIRÉE", "en": "LAPSED"},
+    "lapsed_note": {
+        "fr": "Non confirmée à temps : la borne l'a abandonnée le",
+        "en": "Not confirmed in time: the unit dropped it at",
+    },
+    "copy": {"fr": "Copier", "en": "Copy"},
+    "copied": {"fr": "Copiée", "en": "Copied"},
+    "selected": {"fr": "Sélectionnée : Ctrl+C", "en": "Selected: Ctrl+C"},
+    "outputs": {"fr": "Sorties de l'armoire", "en": "Cabinet outputs"},
+    "no_output": {"fr": "aucune", "en": "none"},
+    "output_safe": {"fr": "au repos", "en": "safe"},
+    "output_unknown": {"fr": "ÉTAT INCONNU", "en": "STATE UNKNOWN"},
+    "output_never": {"fr": "pas encore d'état reçu", "en": "no state received yet"},
+    "since": {"fr": "depuis", "en": "since"},
+    "until": {"fr": "jusqu'à", "en": "until"},
+    "overdue": {
+        "fr": "retour au repos non reçu",
+        "en": "return to safe not received",
+    },
+    "waiting_n": {"fr": "{} demande(s) en attente", "en": "{} request(s) waiting"},
     "role_viewer": {"fr": "opérateur (visionnage)", "en": "viewer"},
     "role_investigator": {"fr": "enquêteur (visionnage, export)", "en": "investigator"},
     "role_supervisor": {"fr": "superviseur", "en": "supervisor"},

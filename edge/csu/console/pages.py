@@ -13,12 +13,17 @@ from typing import Any
 
 from . import i18n
 from .alerts import Alert, Decision, RuleRate
+from .outputs import WaitingRequest, confirm_command
 
 PREFIX = "/console"
 
 
 def _time(seconds: float) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+clock = _time
+"""Unix seconds as the console writes times (UTC, to the second)."""
 
 
 def alert_rows(lang: str, alerts: list[Alert], csrf: str, may_decide: bool) -> str:
@@ -60,15 +65,68 @@ def alert_rows(lang: str, alerts: list[Alert], csrf: str, may_decide: bool) -> s
     return "".join(rows)
 
 
+def _left(seconds: float, lang: str) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return i18n.text("left", lang).format(f"{minutes} min {secs:02d} s" if minutes else f"{secs} s")
+
+
+def request_rows(lang: str, requests: list[WaitingRequest], config: str, now_ns: int) -> str:
+    """Playbooks waiting for an agent: the time left by the unit's signed clock and the exact
+    command that confirms each (the agent signs it with their own key; the console cannot)."""
+    t = i18n.text
+    esc = html.escape
+    if not requests:
+        return f'<tr><td colspan="5">{t("no_request", lang)}</td></tr>'
+    rows = []
+    for r in requests:
+        where = f"{esc(r.unit)} / {esc(r.output)}"
+        if r.camera is not None:
+            where += f" ({esc(r.camera)})"
+        what = f"{esc(r.playbook)}<br>{esc(r.reason)}<br>{t('event', lang)} {esc(r.event)}"
+        if r.lapsed:
+            left = f'<strong class="bad">{t("lapsed", lang)}</strong>'
+            command = f"{t('lapsed_note', lang)} {_time(r.deadline_ns / 1e9)}"
+        else:
+            left = (
+                f"<strong>{_left(r.left_s(now_ns), lang)}</strong><br>"
+                f"{t('before', lang)} {_time(r.deadline_ns / 1e9)}"
+            )
+            command = (
+                f'<code class="command">{esc(confirm_command(r, config))}</code>'
+                f'<button type="button" data-copy data-copied="{esc(t("copied", lang))}" '
+                f'data-selected="{esc(t("selected", lang))}">{t("copy", lang)}</button>'
+            )
+        rows.append(
+            f'<tr data-request="{esc(r.unit)}/{esc(r.playbook)}/{esc(r.event)}" '
+            f'class="{"lapsed" if r.lapsed else "waiting"}">'
+            f"<td>{_time(r.requested_ns / 1e9)}</td><td>{where}</td><td>{what}</td>"
+            f"<td>{left}</td><td>{command}</td></tr>"
+        )
+    return "".join(rows)
+
+
 def alerts_page(
-    lang: str, alerts: list[Alert], csrf: str, may_decide: bool, rates: list[RuleRate] | None
+    lang: str,
+    alerts: list[Alert],
+    csrf: str,
+    may_decide: bool,
+    rates: list[RuleRate] | None,
+    requests: str,
 ) -> str:
+    """``requests``: the rows of :func:`request_rows`."""
     t = i18n.text
     esc = html.escape
     head = "".join(
         f'<th scope="col">{t(k, lang)}</th>' for k in ("when", "camera", "what", "decision")
     )
+    cols = "".join(
+        f'<th scope="col">{t(k, lang)}</th>'
+        for k in ("when", "unit_output", "playbook_col", "time_left", "confirm_command")
+    )
     out = (
+        f'<h2 id="requests-title">{t("requests", lang)}</h2><p>{t("requests_help", lang)}</p>'
+        f'<table id="requests" aria-labelledby="requests-title"><thead><tr>{cols}</tr></thead>'
+        f'<tbody id="request-rows">{requests}</tbody></table>'
         f'<h2>{t("alerts", lang)}</h2><table id="alerts"><thead><tr>{head}</tr></thead>'
         f'<tbody id="alert-rows">{alert_rows(lang, alerts, csrf, may_decide)}</tbody></table>'
     )

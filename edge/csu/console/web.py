@@ -4,9 +4,11 @@ authentication step every operator request goes through (console cookie or beare
 Routes (operator listener, beside the HLS routes of :mod:`edge.csu.receiver.hls`)::
 
     GET  /console/                 log-in form, or the live wall (1, 4, 9 tiles; MSE player)
-    GET  /console/units            units in scope: last contact, backlog, certificate, chain
+    GET  /console/units            units in scope: last contact, backlog, door, tamper, cabinet
+                                   outputs, certificate, chain
     GET  /console/playback?cam=UNIT/CAMERA&from=&to=   timeline (spans, gaps, alerts), player
-    GET  /console/alerts           alerts inbox (false-alarm rates per rule for supervisors)
+    GET  /console/alerts           outputs' confirmation requests (with the command to sign),
+                                   alerts inbox (false-alarm rates per rule for supervisors)
     POST /console/alerts/decide    confirm / dismiss / escalate + comment (CSRF) → audit log
     GET  /console/audit?q=TEXT     the audit log, newest first, searchable (supervisors)
     GET  /console/evidence         export form with case number, what expires when
@@ -43,7 +45,7 @@ from aiohttp import web
 from ...errors import ConfigError
 from ..receiver import access_log
 from ..receiver.trust import utcnow
-from . import i18n, pages, playback
+from . import i18n, outputs, pages, playback
 from .accounts import OperatorStore, Session
 from .alerts import (
     AlertBook,
@@ -51,6 +53,7 @@ from .alerts import (
     DecisionRecord,
     UnitConditions,
     false_alarm_rates,
+    in_scope,
     unit_conditions,
 )
 from .roles import SCOPE_ITEM, Permission, Role, Scope, allows
@@ -247,12 +250,15 @@ def _wall(lang: str, cameras: list[tuple[str, str]]) -> str:
         f"{n} {t('tile' if n == 1 else 'tiles', lang)}</button>"
         for n in (1, 4, 9)
     )
+    names = [f"{u}/{c}" for u, c in cameras]
     tiles = "".join(
         f'<figure class="tile" tabindex="0" data-unit="{esc(u)}" data-camera="{esc(c)}" {states}'
         f' aria-label="{esc(u)} / {esc(c)}"><video muted playsinline></video>'
-        f'<figcaption class="label">{esc(u)} / {esc(c)}</figcaption>'
+        f'<figcaption class="label"><select data-pick aria-label="'
+        f'{esc(t("tile_camera", lang).format(i + 1))}">{_camera_options(names, f"{u}/{c}")}'
+        "</select></figcaption>"
         f'<span class="state" role="status">{t("state_waiting", lang)}</span></figure>'
-        for u, c in cameras[:9]
+        for i, (u, c) in enumerate(cameras[:9])
     )
     return (
         f'<h2 id="live-title">{t("live", lang)}</h2>'
@@ -261,6 +267,17 @@ def _wall(lang: str, cameras: list[tuple[str, str]]) -> str:
         f'<section id="wall" class="wall" data-layout="4" aria-labelledby="live-title">{tiles}'
         "</section>"
         f'<script src="{PREFIX}/static/console.js"></script>'
+    )
+
+
+def _camera_options(names: list[str], chosen: str) -> str:
+    """The picker of a wall tile: every camera in the operator's scope (and only those; the
+    video routes refuse any other all the same), the tile's own selected."""
+    esc = html.escape
+    return "".join(
+        f'<option value="{esc(n)}"{" selected" if n == chosen else ""}>'
+        f"{esc(n.replace('/', ' / ', 1))}</option>"
+        for n in names
     )
 
 
@@ -306,23 +323,61 @@ def _units_table(lang: str, rows: list[dict[str, Any]], now_ns: int) -> str:
         tamper = "<br>".join(f'<span class="bad">{esc(c)}</span>' for c in conditions.tamper) or t(
             "none_raised", lang
         )
+        cabinet = _outputs_cell(lang, row["outputs"], now_ns)
+        if row["waiting"]:
+            cabinet += (
+                f'<br><a class="notice" href="{PREFIX}/alerts?unit={esc(row["unit"])}#requests">'
+                f"{t('waiting_n', lang).format(row['waiting'])}</a>"
+            )
         body.append(
             f'<tr><th scope="row"><a href="{PREFIX}/alerts?unit={esc(row["unit"])}">'
             f"{esc(row['unit'])}</a></th><td>{contact}</td>"
             f"<td>{esc(str(items))}</td><td>{software}</td><td>{door}</td><td>{tamper}</td>"
-            f"<td>{cert}</td><td>{chains}</td></tr>"
+            f"<td>{cabinet}</td><td>{cert}</td><td>{chains}</td></tr>"
         )
     head = "".join(
         f'<th scope="col">{t(k, lang)}</th>'
         for k in (
-            "unit", "last_contact", "backlog", "software", "door", "tamper", "certificate",
-            "chain",
+            "unit", "last_contact", "backlog", "software", "door", "tamper", "outputs",
+            "certificate", "chain",
         )
     )  # fmt: skip
     return (
         f"<h2>{t('units', lang)}</h2><table><thead><tr>{head}</tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table>"
     )
+
+
+def _outputs_cell(lang: str, states: list[outputs.OutputState], now_ns: int) -> str:
+    """Each cabinet output of a unit in its last known state: since when, until when, the
+    playbook and the agent behind it; a failed write or an overdue end in red."""
+    t = i18n.text
+    esc = html.escape
+    if not states:
+        return t("no_output", lang)
+    lines = []
+    for st in states:
+        if st.state is None or st.since_ns is None:
+            lines.append(f"{esc(st.output)}: {t('output_never', lang)}")
+            continue
+        when = f"{t('since', lang)} {pages.clock(st.since_ns / 1e9)}"
+        if st.error is not None:
+            state = f'<span class="bad">{t("output_unknown", lang)}: {esc(st.error)}</span>'
+        elif st.state == "safe":
+            state = t("output_safe", lang)
+        else:
+            state = f"<strong>{esc(st.state.upper())}</strong>"
+            if st.until_ns is not None:
+                when += f", {t('until', lang)} {pages.clock(st.until_ns / 1e9)}"
+            if st.overdue(now_ns):
+                when += f' <span class="bad">({t("overdue", lang)})</span>'
+        who = ", ".join(esc(x) for x in (st.playbook, st.agent) if x)
+        lines.append(
+            f'<span data-output="{esc(st.output)}">{esc(st.output)}: {state} {when}'
+            + (f" — {who}" if who else "")
+            + "</span>"
+        )
+    return "<br>".join(lines)
 
 
 def cameras_in_scope(receiver: Receiver, scope: Scope) -> list[tuple[str, str]]:
@@ -369,15 +424,31 @@ def mount(app: web.Application, receiver: Receiver) -> None:
         principal = await page_principal(request)
         from ..serve_cmd import unit_rows
 
+        now_ns = time.time_ns()
+
         def rows() -> list[dict[str, Any]]:
             storage = receiver.cfg.storage_dir
-            return [
-                {**r, "conditions": unit_conditions(storage, r["unit"])}
-                for r in unit_rows(receiver.cfg)
-                if principal.scope.allows_unit(r["unit"])
-            ]
+            out = []
+            for r in unit_rows(receiver.cfg):
+                if not principal.scope.allows_unit(r["unit"]):
+                    continue
+                events, cams = outputs.read_unit(storage, r["unit"])
+                waiting = [
+                    q
+                    for q in outputs.waiting_requests(events, cams, now_ns)
+                    if not q.lapsed and in_scope(principal.scope, q.unit, q.camera or "unit")
+                ]
+                out.append(
+                    {
+                        **r,
+                        "conditions": unit_conditions(storage, r["unit"]),
+                        "outputs": outputs.output_states(events),
+                        "waiting": len(waiting),
+                    }
+                )
+            return out
 
-        table = _units_table(lang, await receiver.run_blocking(rows), time.time_ns())
+        table = _units_table(lang, await receiver.run_blocking(rows), now_ns)
         return _page(lang, _shell(lang, principal, "units", table))
 
     async def login(request: web.Request) -> web.Response:
@@ -470,15 +541,26 @@ def mount(app: web.Application, receiver: Receiver) -> None:
         if only:
             found = [a for a in found if a.unit == only]
         may_decide = p.may(Permission.DECIDE)
-        if request.query.get("fragment") == "rows":  # the page's own refresh (console.js)
+        fragment = request.query.get("fragment")
+        if fragment == "rows":  # the page's own refresh (console.js)
             return web.Response(
                 text=pages.alert_rows(lang, found, p.session.csrf, may_decide),
                 content_type="text/html",
             )
+        now_ns = time.time_ns()
+        waiting = await receiver.run_blocking(
+            outputs.requests_in_scope, receiver.cfg.storage_dir, p.scope, now_ns
+        )
+        if only:
+            waiting = [r for r in waiting if r.unit == only]
+        config = str(receiver.config_path or "csu.toml")
+        requests = pages.request_rows(lang, waiting, config, now_ns)
+        if fragment == "requests":
+            return web.Response(text=requests, content_type="text/html")
         rates = None
         if p.may(Permission.AUDIT):
             rates = false_alarm_rates(await receiver.run_blocking(book.settled))
-        body = pages.alerts_page(lang, found, p.session.csrf, may_decide, rates)
+        body = pages.alerts_page(lang, found, p.session.csrf, may_decide, rates, requests)
         return _page(lang, _shell(lang, p, "alerts", body))
 
     async def decide(request: web.Request) -> web.Response:

@@ -138,8 +138,12 @@ class Receiver:
     are thread-safe and used from the pool.
     """
 
-    def __init__(self, cfg: ServeConfig, *, workers: int = 16) -> None:
+    def __init__(
+        self, cfg: ServeConfig, *, workers: int = 16, config_path: Path | None = None
+    ) -> None:
         self.cfg = cfg
+        self.config_path = config_path
+        """The configuration file, when known (the console's command lines name it)."""
         # What the units' routes store into: the embedded directory or the cluster's stores.
         self.intake: SegmentStore | ClusterStore
         if cfg.storage == "cluster":
@@ -555,8 +559,15 @@ class Receiver:
         self.pool.shutdown(wait=True)
 
 
-async def serve(cfg: ServeConfig, stop: asyncio.Event, ready: Callable[[int, int], None]) -> None:
-    """Run both listeners until ``stop`` is set; ``ready(units_port, operators_port)``."""
+async def serve(
+    cfg: ServeConfig,
+    stop: asyncio.Event,
+    ready: Callable[[int, int], None],
+    *,
+    config_path: Path | None = None,
+) -> None:
+    """Run both listeners until ``stop`` is set; ``ready(units_port, operators_port)``.
+    ``config_path``: the file ``cfg`` came from (the console names it in commands)."""
     from . import purge
 
     # Embedded: one receiver per storage, taken before anything is read (cluster mode: the
@@ -565,15 +576,20 @@ async def serve(cfg: ServeConfig, stop: asyncio.Event, ready: Callable[[int, int
         purge.receiver_lock(cfg.retention) if cfg.storage != "cluster" else contextlib.nullcontext()
     )
     with exclusive:
-        await _serve(cfg, stop, ready)
+        await _serve(cfg, stop, ready, config_path)
 
 
-async def _serve(cfg: ServeConfig, stop: asyncio.Event, ready: Callable[[int, int], None]) -> None:
+async def _serve(
+    cfg: ServeConfig,
+    stop: asyncio.Event,
+    ready: Callable[[int, int], None],
+    config_path: Path | None,
+) -> None:
     from . import purge
     from .hls import operators_app  # local: viewing is optional (authority key)
     from .registry import operator_context
 
-    receiver = Receiver(cfg)
+    receiver = Receiver(cfg, config_path=config_path)
     cluster = receiver.intake if isinstance(receiver.intake, ClusterStore) else None
     if cluster is not None:
         # Migrations run under the database's advisory lock: receivers may start together.

@@ -81,6 +81,7 @@ class LivePlayer {
   }
 
   say(key) {
+    if (this.stopped) return; // the tile shows another camera now
     this.state.textContent = this.tile.dataset[key] || key;
   }
 
@@ -94,11 +95,14 @@ class LivePlayer {
         this.say("refused");
         return; // 401/403: the session ended or the camera left the scope
       } else {
-        await this.feed(parsePlaylist(await r.text()));
+        const entries = parsePlaylist(await r.text());
+        if (this.stopped) return;
+        await this.feed(entries);
       }
     } catch (err) {
       this.say("error");
     }
+    if (this.stopped) return;
     setTimeout(() => this.poll(), POLL_MS);
   }
 
@@ -106,6 +110,7 @@ class LivePlayer {
     if (entries.length === 0) return;
     if (this.next === null) this.next = entries[Math.max(0, entries.length - 2)].seq;
     for (const e of entries) {
+      if (this.stopped) return; // the tile's video belongs to another player now
       if (e.seq < this.next) continue;
       if (e.init !== this.initSeq) {
         const init = await fetchBytes(this.base + "init/" + e.init + ".mp4");
@@ -124,6 +129,7 @@ class LivePlayer {
       this.spans = this.spans.slice(-20);
       this.next = e.seq + 1;
     }
+    if (this.stopped) return;
     const b = this.sb.buffered;
     if (b.length) {
       const end = b.end(b.length - 1);
@@ -148,19 +154,57 @@ class LivePlayer {
   }
 }
 
+const WALL_KEY = "edge-console-wall/"; // + operator name: one wall per agent and browser
+
 function setupWall(wall) {
   const tiles = Array.from(wall.querySelectorAll(".tile"));
   const players = new Map();
   const buttons = Array.from(document.querySelectorAll("[data-layout-button]"));
+  const operator = document.getElementById("operator");
+  const key = WALL_KEY + (operator ? operator.textContent : "");
+  const nameOf = (tile) => tile.dataset.unit + "/" + tile.dataset.camera;
+
+  function play(tile) {
+    const p = new LivePlayer(tile);
+    players.set(tile, p);
+    p.start();
+  }
+
+  function save() {
+    const state = { layout: Number(wall.dataset.layout), tiles: tiles.map(nameOf) };
+    try {
+      localStorage.setItem(key, JSON.stringify(state));
+    } catch (err) {
+      // storage full or disabled: the wall still works, it is only not remembered
+    }
+  }
+
+  function show(tile, name) {
+    // The camera ``name`` (UNIT/CAMERA, one of the picker's options) on ``tile``; the tile that
+    // showed it gets this tile's camera instead, so no camera is on the wall twice.
+    const before = nameOf(tile);
+    if (before === name) return;
+    const other = tiles.find((t) => t !== tile && nameOf(t) === name);
+    for (const [t, n] of other ? [[tile, name], [other, before]] : [[tile, name]]) {
+      const cut = n.indexOf("/");
+      t.dataset.unit = n.slice(0, cut);
+      t.dataset.camera = n.slice(cut + 1);
+      t.setAttribute("aria-label", n.replace("/", " / "));
+      t.querySelector("[data-pick]").value = n;
+      if (players.has(t)) {
+        players.get(t).stop();
+        play(t);
+      }
+    }
+  }
+
   function layout(n) {
     wall.dataset.layout = String(n);
     tiles.forEach((tile, i) => {
       const visible = i < n;
       tile.hidden = !visible;
       if (visible && !players.has(tile)) {
-        const p = new LivePlayer(tile);
-        players.set(tile, p);
-        p.start();
+        play(tile);
       } else if (!visible && players.has(tile)) {
         players.get(tile).stop();
         players.delete(tile);
@@ -168,21 +212,57 @@ function setupWall(wall) {
     });
     buttons.forEach((b) => b.setAttribute("aria-pressed", String(Number(b.dataset.layoutButton) === n)));
   }
-  buttons.forEach((b) => b.addEventListener("click", () => layout(Number(b.dataset.layoutButton))));
-  // Keyboard: 1, 4, 9 choose the layout; Enter on a tile shows it alone.
-  document.addEventListener("keydown", (ev) => {
-    if (ev.target instanceof HTMLInputElement) return;
-    if (["1", "4", "9"].includes(ev.key)) layout(Number(ev.key));
-  });
-  tiles.forEach((tile, i) =>
-    tile.addEventListener("keydown", (ev) => {
-      if (ev.key !== "Enter") return;
-      tiles.unshift(tiles.splice(i, 1)[0]);
-      tiles.forEach((t) => wall.appendChild(t));
-      layout(1);
+
+  function restore() {
+    // The wall this agent left in this browser; a camera no longer offered (out of the scope
+    // now, or gone) is dropped and its tile keeps the camera the page gave it.
+    let saved = null;
+    try {
+      saved = JSON.parse(localStorage.getItem(key) || "null");
+    } catch (err) {
+      saved = null;
+    }
+    if (saved === null || typeof saved !== "object") return;
+    const offered = new Set(Array.from(tiles[0].querySelectorAll("[data-pick] option"), (o) => o.value));
+    const names = Array.isArray(saved.tiles) ? saved.tiles : [];
+    names.slice(0, tiles.length).forEach((name, i) => {
+      if (typeof name === "string" && offered.has(name)) show(tiles[i], name);
+    });
+    if ([1, 4, 9].includes(saved.layout)) wall.dataset.layout = String(saved.layout);
+  }
+
+  buttons.forEach((b) =>
+    b.addEventListener("click", () => {
+      layout(Number(b.dataset.layoutButton));
+      save();
     })
   );
+  // Keyboard: 1, 4, 9 choose the layout; Enter on a tile shows it alone; the picker is a
+  // plain list box (Tab to it, arrows or the first letters to choose).
+  document.addEventListener("keydown", (ev) => {
+    if (ev.target instanceof HTMLInputElement || ev.target instanceof HTMLSelectElement) return;
+    if (["1", "4", "9"].includes(ev.key)) {
+      layout(Number(ev.key));
+      save();
+    }
+  });
+  tiles.forEach((tile) => {
+    tile.addEventListener("keydown", (ev) => {
+      if (ev.key !== "Enter" || ev.target !== tile) return;
+      tiles.unshift(tiles.splice(tiles.indexOf(tile), 1)[0]);
+      tiles.forEach((t) => wall.appendChild(t));
+      layout(1);
+      save();
+    });
+    tile.querySelector("[data-pick]").addEventListener("change", (ev) => {
+      show(tile, ev.target.value);
+      save();
+    });
+  });
+  restore();
   layout(Number(wall.dataset.layout) || 4);
+  save(); // what was dropped on restore stays dropped
+  wall.dataset.restored = "1"; // for the browser tests
 }
 
 class Playback {
@@ -297,6 +377,48 @@ function setupAlerts(rows) {
   }, 3000);
 }
 
+function setupRequests(rows) {
+  // Time left and new requests without a reload; not while the agent selects a command by
+  // hand (the new rows would drop the selection), and the copy button keeps the focus.
+  setInterval(async () => {
+    const sel = document.getSelection();
+    if (sel && !sel.isCollapsed && rows.contains(sel.anchorNode)) return;
+    const focused = rows.contains(document.activeElement) ? document.activeElement.closest("tr") : null;
+    const key = focused ? focused.dataset.request : null;
+    const url = "/console/alerts" + (location.search ? location.search + "&" : "?") + "fragment=requests";
+    const r = await fetch(url, { credentials: "same-origin", cache: "no-store" });
+    if (!r.ok) return;
+    rows.innerHTML = await r.text();
+    if (key) {
+      const row = Array.from(rows.querySelectorAll("tr[data-request]")).find((tr) => tr.dataset.request === key);
+      const button = row ? row.querySelector("[data-copy]") : null;
+      if (button) button.focus();
+    }
+  }, 3000);
+}
+
+function setupCopy() {
+  // The confirmation command to the clipboard; where the clipboard is refused, the command is
+  // selected for Ctrl+C. The agent completes it with their own key: the console signs nothing.
+  document.addEventListener("click", async (ev) => {
+    const button = ev.target.closest("[data-copy]");
+    if (!button) return;
+    const code = button.parentElement.querySelector("code");
+    if (!code) return;
+    try {
+      await navigator.clipboard.writeText(code.textContent);
+      button.textContent = button.dataset.copied;
+    } catch (e) {
+      const range = document.createRange();
+      range.selectNodeContents(code);
+      const sel = document.getSelection();
+      sel.removeAllRanges();
+      sel.addRange(range);
+      button.textContent = button.dataset.selected;
+    }
+  });
+}
+
 function setupEvidence(form) {
   // A bundle is sealed before its first byte is sent (an hour of video takes a while):
   // say so, rather than leave the agent wondering whether the click was taken.
@@ -313,6 +435,9 @@ document.addEventListener("DOMContentLoaded", () => {
   if (wall) setupWall(wall);
   const rows = document.getElementById("alert-rows");
   if (rows) setupAlerts(rows);
+  const requests = document.getElementById("request-rows");
+  if (requests) setupRequests(requests);
+  setupCopy();
   const playback = document.getElementById("playback");
   if (playback) setupPlayback(playback);
   const evidence = document.getElementById("evidence-form");

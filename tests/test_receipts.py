@@ -17,7 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge.cli.main import main as edgectl
 from edge.config import EdgeConfig, PrivacyMaskConfig, UnitConfig, UplinkConfig
+from edge.csu import bundlefile
 from edge.csu.main import main as edge_csu
+from edge.csu.receiver.archive import SegmentStore
+from edge.csu.receiver.evidence import BundleRequest, UnitTrust, build
 from edge.errors import IntegrityError
 from edge.identity.unitkeys import (
     keys_dir_of,
@@ -173,7 +176,8 @@ def test_the_uplink_hands_the_csu_the_mask_sets_its_segments_commit_to(
     rig: Rig, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The real uplink sends the signed record of each committed mask set before the first
-    segment that needs it, and says which set it has no record of."""
+    segment that needs it; the CSU's bundle then carries the polygons, and declares the one
+    set the unit had no record of."""
     window = PrivacyMaskConfig(name="window", points=[(0.1, 0.1), (0.4, 0.1), (0.4, 0.4)])
     door = PrivacyMaskConfig(name="door", points=[(0.6, 0.5), (0.9, 0.5), (0.9, 0.95)])
     before = MaskSet.of("cam1", [window], 160, 120)
@@ -204,6 +208,24 @@ def test_the_uplink_hands_the_csu_the_mask_sets_its_segments_commit_to(
         f"{m.digest.hex()}.json": records[("cam1", m.digest)] for m in (before, after)
     }
     assert f"no signed record of mask set {unlogged.digest.hex()[:16]} of cam1" in caplog.text
+    # the CSU's bundle of the range: the polygons it holds, the set it lacks declared
+    unit_key = load_signing_public_key(keys_dir_of(rig.data))
+    request = BundleRequest(UNIT, "cam1", WALL0, WALL0 + 60 * 10**9, "PV-9", "i.enquete")
+    csu_key = ed25519.Ed25519PrivateKey.generate()
+    with (tmp_path / "b.tar").open("w+b") as fh:
+        built = build(
+            SegmentStore(rig.csu.directory / "storage"), request,
+            UnitTrust(unit_key, "pinned", None), csu_key, fh,
+        )  # fmt: skip
+    assert (built.segments, built.mask_sets) == (4, 2)
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    bundlefile.unpack(tmp_path / "b.tar", unpacked)
+    found = bundlefile.verify_csu_bundle(
+        unpacked, unit_public_key=unit_key, csu_key=csu_key.public_key()
+    )
+    assert set(found.verified.mask_sets) == {("cam1", before.digest), ("cam1", after.digest)}
+    assert [i.get("digest") for i in found.not_held] == [unlogged.digest.hex(), None]
 
 
 def test_a_chain_rewritten_after_a_receipt_is_refused(rig: Rig, tmp_path: Path) -> None:

@@ -562,6 +562,33 @@ def test_the_bundle_carries_the_mask_history_and_the_events_and_says_what_it_lac
     assert code == 2 and "the CSU keeps no copy of its receipts" in capsys.readouterr().err
 
 
+def test_the_reviewing_officer_sees_the_masks_in_force_drawn_from_a_csu_bundle(
+    lab: Lab, investigator: Browser, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = _export(lab, investigator, 5, 10, "overlay.tar")
+    clip = lab.tmp / "overlay.mp4"
+    key = lab.csu.directory / "keys" / "authority.key.json"
+    code = edge_csu([
+        "open", str(bundle), "--key", str(key), "--ca", str(lab.csu.pki.chain),
+        "--csu-key", str(lab.csu_key), "--out", str(clip), "--overlay-masks",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 3, out  # #7 is still in the unit's backlog
+    before, after = BEFORE.digest.hex()[:16], AFTER.digest.hex()[:16]
+    assert (
+        f"mask set {before}… (1: window 2nd floor) then mask set {after}… "
+        "(2: window 2nd floor, door no. 7)"
+    ) in out
+    review = lab.tmp / "overlay.masks.mp4"
+    probe = subprocess.run(
+        [tool("ffprobe"), "-v", "error", "-count_frames", "-select_streams", "v:0",
+         "-show_entries", "stream=nb_read_frames", "-of", "json", str(review)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    frames = int(json.loads(probe.stdout)["streams"][0]["nb_read_frames"])
+    assert frames == sum(lab.frames[s] for s in (5, 6, 8, 9))
+
+
 def test_a_tampered_mask_set_in_the_bundle_is_refused_naming_it(
     lab: Lab, investigator: Browser, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -639,6 +639,12 @@ def test_a_mask_set_the_csu_does_not_hold_is_declared_and_never_left_out_in_sile
     storage = tmp_path / "storage"
     shutil.copytree(lab.csu.directory / "storage", storage)
     (storage / UNIT / CAMERA / "masks" / f"{AFTER.digest.hex()}.json").unlink()
+    # and an event in the range signed by another key (stored directly: the route refuses it)
+    stranger = EventSigner(ed25519.Ed25519PrivateKey.generate(), UNIT).sign(
+        camera=CAMERA, category="alert", kind="line-crossing", rule="stranger",
+        wall_ns=lab.t0 + 6 * SEC, frame_index=0, details={},
+    )  # fmt: skip
+    SegmentStore(storage).store_event(UNIT, str(stranger.body["id"]), stranger.wire())
     csu_key = ed25519.Ed25519PrivateKey.generate()
     _build(lab, storage, tmp_path / "b.tar", csu_key)
     unpacked = tmp_path / "unpacked"
@@ -655,6 +661,11 @@ def test_a_mask_set_the_csu_does_not_hold_is_declared_and_never_left_out_in_sile
         f"not held at the CSU: the signed record (polygons) of mask set "
         f"{AFTER.digest.hex()[:16]}… of {CAMERA}: {evidence.MASK_SET_NOT_HELD}"
     ) in facts
+    assert (
+        f"event left out: events/{stranger.body['id']}.json (held at the CSU, but event signed "
+        "by key"
+    ) in facts
+    assert manifest["events"] == []  # the unit's own events are before this range
     spans = [s for s in found.verified.mask_timeline() if s.from_ns >= lab.t0 + 8 * SEC]
     assert spans and all(s.state == "polygons unknown" for s in spans)
     # a CSU that drops the declaration too is caught, though its seal holds

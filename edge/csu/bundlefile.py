@@ -156,6 +156,10 @@ class CsuVerified:
                 f"events: {len(events)} signed event(s) of the range, each checked with the unit "
                 f"key{lacking}"
             )
+        for bad in self.verified.manifest.get("events_damaged") or []:
+            out.append(
+                f"event left out: {bad.get('file')} (held at the CSU, but {bad.get('detail')})"
+            )
         for item in self.not_held:
             if item["what"] == "mask-set":
                 out.append(

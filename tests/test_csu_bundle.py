@@ -26,6 +26,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from edge.config import PrivacyMaskConfig
 from edge.csu import bundlefile
 from edge.csu.ca import cert_pem
 from edge.csu.main import main as edge_csu
@@ -36,17 +37,24 @@ from edge.csu.receiver.deletions import DeletionLedger
 from edge.csu.receiver.evidence import BundleRequest, UnitTrust, build
 from edge.csu.receiver.trust import parse_chain
 from edge.errors import IntegrityError
+from edge.events import EventSigner
 from edge.identity.unitkeys import public_pem
+from edge.privacy.commitment import MASK_SET_ACTION, Committed, MaskCommitment, MaskSet
 from edge.uplink.protocol import (
     CERTIFICATE_CONTENT_TYPE,
     ENVELOPE_CONTENT_TYPE,
+    EVENT_CONTENT_TYPE,
     GAP_CONTENT_TYPE,
+    MASK_SET_CONTENT_TYPE,
     envelope_path,
+    events_path,
     gap_path,
+    mask_set_path,
     segment_path,
     signing_certificate_path,
 )
 from edge.vault import format as fmt
+from edge.vault.audit import AuditLog
 
 from .conftest import tool
 from .test_console_web import PASSWORD, Browser, Console, operator_cmd
@@ -58,6 +66,13 @@ UNIT, CAMERA, CASE = "unit-a", "street", "PV-2026/0042"
 SENT = (0, 1, 2, 5, 6, 8, 9)
 LOST = (3, 4)
 BACKLOG = (7,)
+#: The masks: the window alone, then (from 6.5 s, in segment 6) the window and the door.
+WINDOW = PrivacyMaskConfig(name="window 2nd floor", points=[(0.1, 0.1), (0.4, 0.1), (0.4, 0.4)])
+DOOR = PrivacyMaskConfig(name="door no. 7", points=[(0.6, 0.5), (0.9, 0.5), (0.9, 0.95)])
+BEFORE = MaskSet.of(CAMERA, [WINDOW], 320, 240)
+AFTER = MaskSet.of(CAMERA, [WINDOW, DOOR], 320, 240)
+VERSION = bytes([0x5E]) * 32
+CHANGE_AT = 6.5  # seconds after t0
 
 
 @dataclass
@@ -67,6 +82,11 @@ class Lab:
     """Start of segment 0, whole seconds (each segment lasts one second)."""
     frames: dict[int, int]
     tmp: Path
+    mask_records: dict[bytes, bytes]
+    """The unit's signed ``mask-set`` audit lines, by digest (as it sent them)."""
+    events: dict[str, str]
+    """Ids of the events the unit sent: street, street-snapshot, side, unit, street-late."""
+    signing: ed25519.Ed25519PrivateKey
 
     @property
     def csu(self) -> Csu:
@@ -127,6 +147,19 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         epoch = envelope_path(UNIT, CAMERA, sealer.epoch.epoch_id.hex())
         assert _put(conn, epoch, sealer.envelope, ENVELOPE_CONTENT_TYPE) == 201
         t0 = (time.time_ns() // SEC - 40) * SEC
+        # The unit's signed log announces each mask set with its polygons; it sends the CSU
+        # each record before the first segment that commits to it.
+        log = AuditLog(tmp / "unit-audit.log", UNIT, signing)
+        mask_records = {}
+        for masks in (BEFORE, AFTER):
+            log.append(MASK_SET_ACTION, masks.record(VERSION))
+            mask_records[masks.digest] = log.path.read_bytes().splitlines(keepends=True)[-1]
+            status = _put(
+                conn, mask_set_path(UNIT, CAMERA, masks.digest.hex()),
+                mask_records[masks.digest], MASK_SET_CONTENT_TYPE,
+            )  # fmt: skip
+            assert status == 201, status
+        events = _send_events(conn, signing, t0)
         frames = {}
         media = encoded_segments(10)
         for seq in range(10):
@@ -148,7 +181,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             seg = media[seq]
             raw = sealer.seal(
                 seg.init, seg.media, start_ns=t0 + seq * SEC, end_ns=t0 + (seq + 1) * SEC,
-                frames=seg.frame_count,
+                frames=seg.frame_count, masks=_commitments(t0, seq),
             )  # fmt: skip
             frames[seq] = seg.frame_count
             if seq in SENT:
@@ -160,9 +193,52 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                 )
                 assert status == 201, (seq, status)
         conn.close()
-        yield Lab(Console(csu, secrets, ctx), t0, frames, tmp)
+        yield Lab(Console(csu, secrets, ctx), t0, frames, tmp, mask_records, events, signing)
     finally:
         csu.stop()
+
+
+def _commitments(t0: int, seq: int) -> tuple[MaskCommitment, ...]:
+    """What segment ``seq`` commits to: the mask set before, after, or both (in segment 6)."""
+    start, change = t0 + seq * SEC, t0 + int(CHANGE_AT * SEC)
+    if start + SEC <= change:
+        return (MaskCommitment(start, Committed(BEFORE.digest, VERSION)),)
+    if start >= change:
+        return (MaskCommitment(start, Committed(AFTER.digest, VERSION)),)
+    return (
+        MaskCommitment(start, Committed(BEFORE.digest, VERSION)),
+        MaskCommitment(change, Committed(AFTER.digest, VERSION)),
+    )
+
+
+def _send_events(
+    conn: http.client.HTTPSConnection, signing: ed25519.Ed25519PrivateKey, t0: int
+) -> dict[str, str]:
+    """The unit's signed events, as its uplink posts them: two of the street camera (one with
+    a snapshot, which units do not send), one of another camera, a cabinet alarm, and one of
+    the street long after the recording."""
+    signer = EventSigner(signing, UNIT)
+    sent = {}
+    for name, camera, at, snapshot in (
+        ("street", CAMERA, 1.5, None),
+        ("street-snapshot", CAMERA, 2.5, b"\xff\xd8 a masked frame \xff\xd9"),
+        ("side", "side", 1.2, None),
+        ("unit", "unit", 0.5, None),
+        ("street-late", CAMERA, 30.0, None),
+    ):
+        event = signer.sign(
+            camera=camera, category="alert", kind="line-crossing", rule=name,
+            wall_ns=t0 + int(at * SEC), frame_index=0, details={}, snapshot=snapshot,
+        )  # fmt: skip
+        conn.request(
+            "POST", events_path(UNIT), body=event.wire(),
+            headers={"Content-Type": EVENT_CONTENT_TYPE},
+        )  # fmt: skip
+        resp = conn.getresponse()
+        assert resp.status == 201, resp.read()
+        resp.read()
+        sent[name] = str(event.body["id"])
+    return sent
 
 
 def _download(browser: Browser, path: str) -> tuple[int, dict[str, str], bytes]:
@@ -438,6 +514,197 @@ def test_a_retention_deletion_in_the_range_travels_signed_and_is_checked(
     (unpacked / "manifest.sig").write_bytes(bundlefile.seal(body, csu_key))
     with pytest.raises(IntegrityError, match=r"deletions\.jsonl:1: signature does not verify"):
         bundlefile.verify_csu_bundle(unpacked, fleet_ca=roots, csu_key=csu_key.public_key())
+
+
+def test_the_bundle_carries_the_mask_history_and_the_events_and_says_what_it_lacks(
+    lab: Lab, investigator: Browser, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = lab.tmp / "partial.tar"
+    if not bundle.exists():
+        bundle = _export(lab, investigator, 0, 10, "partial.tar")
+    code, report = _verify(capsys, lab, bundle, "--csu-key", str(lab.csu_key))
+    assert code == 3 and report["verdict"] == "partial", report["reasons"]
+    # which masks were in force, second by second: the change at 6.5 s shows in second 6 only
+    before, after = BEFORE.digest.hex(), AFTER.digest.hex()
+    seconds = report["seconds"]
+    assert isinstance(seconds, list)
+    masks = {s["t"] - lab.t0 // SEC: s["masks"] for s in seconds}
+    assert masks == {
+        0: [before], 1: [before], 2: [before], 3: [], 4: [], 5: [before],
+        6: [before, after], 7: [], 8: [after], 9: [after],
+    }  # fmt: skip
+    mask_sets = report["mask_sets"]
+    assert isinstance(mask_sets, dict) and set(mask_sets) == {before, after}
+    assert [m["name"] for m in mask_sets[after]["masks"]] == ["window 2nd floor", "door no. 7"]
+    facts = "\n".join(report["facts"])  # type: ignore[arg-type]
+    assert "masks street" in facts and "door no. 7" in facts
+    # the unit's events of the camera and the cabinet, each checked; the snapshot is declared
+    assert (
+        "events: 3 signed event(s) of the range, each checked with the unit key; 1 without "
+        "their snapshot (not held at the CSU)"
+    ) in facts
+    assert "not held at the CSU: receipts: the CSU signs a receipt" in facts
+    manifest = json.loads(_member(bundle, "manifest.json"))
+    assert {e["id"] for e in manifest["events"]} == {
+        lab.events[n] for n in ("street", "street-snapshot", "unit")
+    }
+    [with_snapshot] = [e for e in manifest["events"] if "snapshot_not_held" in e]
+    assert with_snapshot["id"] == lab.events["street-snapshot"]
+    assert [i["what"] for i in manifest["not_held"]] == ["receipts"]
+    # the records travel exactly as the unit signed them
+    for digest, line in lab.mask_records.items():
+        assert _member(bundle, f"masks/{CAMERA}/{digest.hex()}.json") == line
+    # the CSU keeps no receipts: asking to check them says so
+    code = edge_csu([
+        "verify", str(bundle), "--ca", str(lab.csu.pki.chain),
+        "--receipt-key", str(lab.csu_key),
+    ])  # fmt: skip
+    assert code == 2 and "the CSU keeps no copy of its receipts" in capsys.readouterr().err
+
+
+def test_the_reviewing_officer_sees_the_masks_in_force_drawn_from_a_csu_bundle(
+    lab: Lab, investigator: Browser, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = _export(lab, investigator, 5, 10, "overlay.tar")
+    clip = lab.tmp / "overlay.mp4"
+    key = lab.csu.directory / "keys" / "authority.key.json"
+    code = edge_csu([
+        "open", str(bundle), "--key", str(key), "--ca", str(lab.csu.pki.chain),
+        "--csu-key", str(lab.csu_key), "--out", str(clip), "--overlay-masks",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 3, out  # #7 is still in the unit's backlog
+    before, after = BEFORE.digest.hex()[:16], AFTER.digest.hex()[:16]
+    assert (
+        f"mask set {before}… (1: window 2nd floor) then mask set {after}… "
+        "(2: window 2nd floor, door no. 7)"
+    ) in out
+    review = lab.tmp / "overlay.masks.mp4"
+    probe = subprocess.run(
+        [tool("ffprobe"), "-v", "error", "-count_frames", "-select_streams", "v:0",
+         "-show_entries", "stream=nb_read_frames", "-of", "json", str(review)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    frames = int(json.loads(probe.stdout)["streams"][0]["nb_read_frames"])
+    assert frames == sum(lab.frames[s] for s in (5, 6, 8, 9))
+
+
+def test_a_tampered_mask_set_in_the_bundle_is_refused_naming_it(
+    lab: Lab, investigator: Browser, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = lab.tmp / "complete.tar"
+    if not good.exists():
+        good = _export(lab, investigator, 0, 3, "complete.tar")
+    name = f"masks/{CAMERA}/{BEFORE.digest.hex()}.json"
+    # the window mask made smaller: what a CSU hiding a visible dwelling would need
+    smaller = _member(good, name).replace(b"[0.4,0.4]", b"[0.2,0.2]")
+    assert smaller != _member(good, name)
+    bad = _repack(good, tmp_path / "mask-edited.tar", {name: smaller})
+    code, report = _verify(capsys, lab, bad, "--csu-key", str(lab.csu_key))
+    assert code == 1 and report["verdict"] == "not-authentic", report
+    assert report["reasons"] == [f"{name}: digest differs from the manifest (altered or swapped)"]
+    # even re-listed under a seal that holds, the unit's signature gives it away
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    bundlefile.unpack(good, unpacked)
+    csu_key = ed25519.Ed25519PrivateKey.generate()
+    manifest = json.loads((unpacked / "manifest.json").read_bytes())
+    manifest["csu_public_key"] = public_pem(csu_key.public_key()).decode()
+    [entry] = [e for e in manifest["mask_sets"] if e["file"] == name]
+    entry.update(sha256=hashlib.sha256(smaller).hexdigest(), size=len(smaller))
+    (unpacked / name).write_bytes(smaller)
+    body = bundlefile.dumps(manifest)
+    (unpacked / "manifest.json").write_bytes(body)
+    (unpacked / "manifest.sig").write_bytes(bundlefile.seal(body, csu_key))
+    roots = x509.load_pem_x509_certificates(lab.csu.pki.chain.read_bytes())
+    with pytest.raises(IntegrityError, match=rf"{re.escape(name)}: bad signature \(altered\)"):
+        bundlefile.verify_csu_bundle(unpacked, fleet_ca=roots, csu_key=csu_key.public_key())
+
+
+def _build(lab: Lab, storage: Path, out: Path, csu_key: ed25519.Ed25519PrivateKey) -> None:
+    chain = (lab.csu.directory / "units" / f"{UNIT}.crt").read_bytes()
+    unit_key = parse_chain(chain, "crt")[0].public_key()
+    assert isinstance(unit_key, ed25519.Ed25519PublicKey)
+    request = BundleRequest(UNIT, CAMERA, lab.t0 + 5 * SEC, lab.t0 + 10 * SEC, CASE, "i.enquete")
+    with out.open("w+b") as fh:
+        build(
+            SegmentStore(storage), request, UnitTrust(unit_key, "certificate", chain), csu_key, fh
+        )
+
+
+def test_a_mask_set_the_csu_does_not_hold_is_declared_and_never_left_out_in_silence(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """In-process, on a copy of the receiver's storage without the record of the second set."""
+    storage = tmp_path / "storage"
+    shutil.copytree(lab.csu.directory / "storage", storage)
+    (storage / UNIT / CAMERA / "masks" / f"{AFTER.digest.hex()}.json").unlink()
+    # and an event in the range signed by another key (stored directly: the route refuses it)
+    stranger = EventSigner(ed25519.Ed25519PrivateKey.generate(), UNIT).sign(
+        camera=CAMERA, category="alert", kind="line-crossing", rule="stranger",
+        wall_ns=lab.t0 + 6 * SEC, frame_index=0, details={},
+    )  # fmt: skip
+    SegmentStore(storage).store_event(UNIT, str(stranger.body["id"]), stranger.wire())
+    csu_key = ed25519.Ed25519PrivateKey.generate()
+    _build(lab, storage, tmp_path / "b.tar", csu_key)
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    bundlefile.unpack(tmp_path / "b.tar", unpacked)
+    manifest = json.loads((unpacked / "manifest.json").read_bytes())
+    assert [e["digest"] for e in manifest["mask_sets"]] == [BEFORE.digest.hex()]
+    assert {"what": "mask-set", "camera": CAMERA, "digest": AFTER.digest.hex(),
+            "reason": evidence.MASK_SET_NOT_HELD} in manifest["not_held"]  # fmt: skip
+    roots = x509.load_pem_x509_certificates(lab.csu.pki.chain.read_bytes())
+    found = bundlefile.verify_csu_bundle(unpacked, fleet_ca=roots, csu_key=csu_key.public_key())
+    facts = "\n".join(found.facts())
+    assert (
+        f"not held at the CSU: the signed record (polygons) of mask set "
+        f"{AFTER.digest.hex()[:16]}… of {CAMERA}: {evidence.MASK_SET_NOT_HELD}"
+    ) in facts
+    assert (
+        f"event left out: events/{stranger.body['id']}.json (held at the CSU, but event signed "
+        "by key"
+    ) in facts
+    assert manifest["events"] == []  # the unit's own events are before this range
+    spans = [s for s in found.verified.mask_timeline() if s.from_ns >= lab.t0 + 8 * SEC]
+    assert spans and all(s.state == "polygons unknown" for s in spans)
+    # a CSU that drops the declaration too is caught, though its seal holds
+    manifest["not_held"] = [i for i in manifest["not_held"] if i["what"] != "mask-set"]
+    body = bundlefile.dumps(manifest)
+    (unpacked / "manifest.json").write_bytes(body)
+    (unpacked / "manifest.sig").write_bytes(bundlefile.seal(body, csu_key))
+    with pytest.raises(IntegrityError, match="neither in the bundle nor declared not held"):
+        bundlefile.verify_csu_bundle(unpacked, fleet_ca=roots, csu_key=csu_key.public_key())
+
+
+def test_the_receiver_keeps_the_units_signed_mask_set_and_refuses_any_other(lab: Lab) -> None:
+    crt, key = lab.tmp / "unit" / f"{UNIT}.crt", lab.tmp / "unit" / f"{UNIT}.key"
+    conn = _unit_conn(lab.csu, crt, key)
+    before, after = BEFORE.digest.hex(), AFTER.digest.hex()
+    stored = lab.csu.directory / "storage" / UNIT / CAMERA / "masks" / f"{before}.json"
+    assert stored.read_bytes() == lab.mask_records[BEFORE.digest]
+    forger = AuditLog(lab.tmp / "forged-audit.log", UNIT, ed25519.Ed25519PrivateKey.generate())
+    forger.append(MASK_SET_ACTION, BEFORE.record(VERSION))
+    forged = forger.path.read_bytes()
+    other = AuditLog(lab.tmp / "other-audit.log", UNIT, lab.signing)
+    other.append("purge", {"camera": CAMERA, "digest": before})
+    cases = {
+        "again": (before, lab.mask_records[BEFORE.digest], MASK_SET_CONTENT_TYPE, 200),
+        "signed by another key": (before, forged, MASK_SET_CONTENT_TYPE, 422),
+        "under another digest": (after, lab.mask_records[BEFORE.digest], MASK_SET_CONTENT_TYPE,
+                                 400),
+        "not a mask-set record": (before, other.path.read_bytes(), MASK_SET_CONTENT_TYPE, 400),
+        "wrong content type": (before, lab.mask_records[BEFORE.digest], "text/plain", 415),
+    }  # fmt: skip
+    try:
+        for what, (digest, body, ctype, want) in cases.items():
+            status = _put(conn, mask_set_path(UNIT, CAMERA, digest), body, ctype)
+            assert status == want, (what, status)
+    finally:
+        conn.close()
+    # what it holds is still the unit's own record, each under its digest
+    assert stored.read_bytes() == lab.mask_records[BEFORE.digest]
+    assert stored.with_name(f"{after}.json").read_bytes() == lab.mask_records[AFTER.digest]
 
 
 def test_a_bad_case_or_an_overlong_range_is_refused_and_audited(

@@ -5,6 +5,7 @@ receipt, a receipt for another unit, and a past rewritten after the CSU receipte
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 from collections.abc import Iterator
@@ -15,8 +16,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge.cli.main import main as edgectl
-from edge.config import EdgeConfig, UnitConfig, UplinkConfig
+from edge.config import EdgeConfig, PrivacyMaskConfig, UnitConfig, UplinkConfig
+from edge.csu import bundlefile
 from edge.csu.main import main as edge_csu
+from edge.csu.receiver.archive import SegmentStore
+from edge.csu.receiver.evidence import BundleRequest, UnitTrust, build
 from edge.errors import IntegrityError
 from edge.identity.unitkeys import (
     keys_dir_of,
@@ -25,9 +29,10 @@ from edge.identity.unitkeys import (
     load_signing_public_key,
     public_pem,
 )
+from edge.privacy.commitment import MASK_SET_ACTION, Committed, MaskCommitment, MaskSet
 from edge.uplink.client import UplinkClient
 from edge.vault import format as fmt
-from edge.vault import layout
+from edge.vault import layout, maskhistory
 from edge.vault import receipt as rcpt
 from edge.vault.bundle import export_bundle, verify_bundle
 from edge.vault.store import Vault
@@ -165,6 +170,62 @@ def test_receipts_travel_from_the_csu_to_the_vault_and_the_bundle(
     wrong.write_bytes(public_pem(ed25519.Ed25519PrivateKey.generate().public_key()))
     assert edge_csu([*args, "--receipt-key", str(wrong)]) == 1
     assert "REFUSED" in capsys.readouterr().out
+
+
+def test_the_uplink_hands_the_csu_the_mask_sets_its_segments_commit_to(
+    rig: Rig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The real uplink sends the signed record of each committed mask set before the first
+    segment that needs it; the CSU's bundle then carries the polygons, and declares the one
+    set the unit had no record of."""
+    window = PrivacyMaskConfig(name="window", points=[(0.1, 0.1), (0.4, 0.1), (0.4, 0.4)])
+    door = PrivacyMaskConfig(name="door", points=[(0.6, 0.5), (0.9, 0.5), (0.9, 0.95)])
+    before = MaskSet.of("cam1", [window], 160, 120)
+    after = MaskSet.of("cam1", [window, door], 160, 120)
+    unlogged = MaskSet.of("cam1", [door], 160, 120)  # committed to, never announced
+    version = b"v" * 32
+    vault = rig.vault()
+    vault.audit.append(MASK_SET_ACTION, before.record(version))
+    vault.audit.append(MASK_SET_ACTION, after.record(version))
+    change = WALL0 + 2 * vault_support.SEG_NS + 500_000_000
+    plan = {0: [before], 1: [before], 2: [before, after], 3: [unlogged]}
+    for n, sets in plan.items():
+        seg = vault_support.fake_segment("cam1", n)
+        starts = [seg.start_wall_ns, change][: len(sets)]
+        entries = tuple(
+            MaskCommitment(at, Committed(m.digest, version))
+            for at, m in zip(starts, sets, strict=True)
+        )
+        vault.write(dataclasses.replace(seg, masks=entries))
+    records = maskhistory.records_for(
+        vault.audit.path, vault.public_key, {("cam1", before.digest), ("cam1", after.digest)}
+    )
+    with caplog.at_level(logging.WARNING, logger="edge.uplink.client"):
+        rig.deliver(vault, rig.receipt_pub)
+    vault.close()
+    held = rig.csu.directory / "storage" / UNIT / "cam1" / "masks"
+    assert {p.name: p.read_bytes() for p in held.iterdir()} == {
+        f"{m.digest.hex()}.json": records[("cam1", m.digest)] for m in (before, after)
+    }
+    assert f"no signed record of mask set {unlogged.digest.hex()[:16]} of cam1" in caplog.text
+    # the CSU's bundle of the range: the polygons it holds, the set it lacks declared
+    unit_key = load_signing_public_key(keys_dir_of(rig.data))
+    request = BundleRequest(UNIT, "cam1", WALL0, WALL0 + 60 * 10**9, "PV-9", "i.enquete")
+    csu_key = ed25519.Ed25519PrivateKey.generate()
+    with (tmp_path / "b.tar").open("w+b") as fh:
+        built = build(
+            SegmentStore(rig.csu.directory / "storage"), request,
+            UnitTrust(unit_key, "pinned", None), csu_key, fh,
+        )  # fmt: skip
+    assert (built.segments, built.mask_sets) == (4, 2)
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    bundlefile.unpack(tmp_path / "b.tar", unpacked)
+    found = bundlefile.verify_csu_bundle(
+        unpacked, unit_public_key=unit_key, csu_key=csu_key.public_key()
+    )
+    assert set(found.verified.mask_sets) == {("cam1", before.digest), ("cam1", after.digest)}
+    assert [i.get("digest") for i in found.not_held] == [unlogged.digest.hex(), None]
 
 
 def test_a_chain_rewritten_after_a_receipt_is_refused(rig: Rig, tmp_path: Path) -> None:

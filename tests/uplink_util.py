@@ -26,6 +26,7 @@ from edge.config import RecipientKem
 from edge.csu.ca import Profile, VideoCA, cert_pem, key_pem
 from edge.csu.receiver.registry import UnitRegistry
 from edge.identity.unitkeys import public_pem
+from edge.privacy.commitment import MaskCommitment
 from edge.vault import format as fmt
 from edge.vault import recipient_keys as vault_keys
 from edge.vault.base import Backlog, Outbox, OutboxItem, OutboxKind
@@ -225,8 +226,16 @@ class Sealer:
         self.envelope = fmt.sign_envelope(env, self.signing_key)
 
     def seal(
-        self, init: bytes, media: bytes, *, start_ns: int, end_ns: int, frames: int = 50
+        self,
+        init: bytes,
+        media: bytes,
+        *,
+        start_ns: int,
+        end_ns: int,
+        frames: int = 50,
+        masks: tuple[MaskCommitment, ...] = (),
     ) -> bytes:
+        """``masks``: the mask commitments of the segment (none: a version-1 header)."""
         nonce = self.epoch.next_nonce()
         header = fmt.SegmentHeader(
             device_id=self.unit_id,
@@ -241,6 +250,7 @@ class Sealer:
             prev_hash=self.prev_hash,
             init_len=len(init),
             ciphertext_len=len(init) + len(media) + fmt.TAG_LEN,
+            masks=masks,
         )
         ciphertext = self.epoch.encrypt(nonce, init + media, header.pack())
         raw = fmt.sign_segment(header, ciphertext, self.signing_key)

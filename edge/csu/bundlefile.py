@@ -13,7 +13,15 @@ Members (flat, plain files only; format in docs/FORMATS.md, *CSU evidence bundle
     segments/<camera>/<sequence>.seg   the unit's sealed segments, the exact bytes it sent
     epochs/<camera>/<epoch>.env        the epoch envelopes they need
     gaps/<camera>/<first>-<last>.gap   the unit's signed records of sequences it lost
+    masks/<camera>/<digest>.json       the unit's signed ``mask-set`` records (polygons) of
+                                       the mask sets the segments commit to, as the CSU holds
+    events/<camera>/<time>-<id>.evt    the unit's signed events of the range (its unit alarms
+                                       under camera ``unit``), exactly as received
     deletions.jsonl      the CSU's signed retention deletion records touching the range
+
+What a unit's own export carries and the CSU does not hold is declared, with why, in the
+manifest's ``not_held``: the CSU's receipts (returned to the unit, no copy kept), the record of
+a committed mask set the unit never sent, and (per event, ``snapshot_not_held``) snapshots.
 
 The CSU seals (lists and signs) but vouches for nothing it could have made: each segment,
 envelope and gap record still carries the unit's signature, checked against the city's CA at
@@ -126,6 +134,8 @@ class CsuVerified:
     csu_key_pinned: bool
     deletions: tuple[dict[str, Any], ...]
     """The CSU's signed retention deletion records of the camera that touch the range."""
+    not_held: tuple[dict[str, Any], ...] = ()
+    """What a unit's export would carry and the CSU declared it does not hold, with why."""
 
     def facts(self) -> list[str]:
         """Lines for people about what the CSU declared (the rest is the coverage report's)."""
@@ -138,6 +148,26 @@ class CsuVerified:
                 f"{when.isoformat(timespec='seconds')} (limit {r.get('retention_days')} days; "
                 "signed deletion record)"
             )
+        events = self.verified.events
+        if events:
+            without = sum(1 for e in events if e.snapshot is None and "snapshot" in e.body)
+            lacking = f"; {without} without their snapshot (not held at the CSU)" if without else ""
+            out.append(
+                f"events: {len(events)} signed event(s) of the range, each checked with the unit "
+                f"key{lacking}"
+            )
+        for bad in self.verified.manifest.get("events_damaged") or []:
+            out.append(
+                f"event left out: {bad.get('file')} (held at the CSU, but {bad.get('detail')})"
+            )
+        for item in self.not_held:
+            if item["what"] == "mask-set":
+                out.append(
+                    f"not held at the CSU: the signed record (polygons) of mask set "
+                    f"{str(item['digest'])[:16]}… of {item['camera']}: {item['reason']}"
+                )
+            else:
+                out.append(f"not held at the CSU: {item['what']}: {item['reason']}")
         if not self.csu_key_pinned:
             out.append(
                 "NOTE: the CSU seal was checked with the key inside the bundle; give the CSU's "
@@ -191,6 +221,7 @@ def verify_csu_bundle(
     if not isinstance(camera, str) or set(manifest["cameras"]) != {camera}:
         raise IntegrityError(f"{MANIFEST}: a CSU bundle holds the one camera it names")
     deletions, listed = _deletions(bundle, manifest)
+    not_held = _not_held(manifest)
     verified = verify_contents(
         bundle,
         manifest,
@@ -200,6 +231,7 @@ def verify_csu_bundle(
         crls=crls,
         listed_elsewhere=listed,
     )
+    _masks_accounted(verified, not_held)
     pinned = csu_key is not None
     csu_id = key_id(public_raw(sealer))
     when = dt.datetime.fromtimestamp(int(manifest.get("created_ns", 0)) / 1e9, dt.UTC)
@@ -211,7 +243,9 @@ def verify_csu_bundle(
         f"segments are signed by unit key {manifest.get('unit_key_id', '?')} of unit "
         f"{manifest['device']!r}"
     )
-    return CsuVerified(dataclasses.replace(verified, seal=text), csu_id, pinned, deletions)
+    return CsuVerified(
+        dataclasses.replace(verified, seal=text), csu_id, pinned, deletions, not_held
+    )
 
 
 def sealed_unit_key(
@@ -264,6 +298,39 @@ def _deletions(
     if len(records) != entry.get("count"):
         raise IntegrityError(f"{entry['file']}: holds another number of records")
     return tuple(records), [str(entry["file"])]
+
+
+def _not_held(manifest: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    """The manifest's declarations of what the CSU does not hold (bundles made before it
+    declared them have none)."""
+    items = manifest.get("not_held", [])
+    if not isinstance(items, list) or not all(
+        isinstance(i, dict) and isinstance(i.get("what"), str) and isinstance(i.get("reason"), str)
+        for i in items
+    ):
+        raise IntegrityError(f"{MANIFEST}: not_held has the wrong type")
+    for i in items:
+        if i["what"] == "mask-set" and not (
+            isinstance(i.get("camera"), str) and isinstance(i.get("digest"), str)
+        ):
+            raise IntegrityError(f"{MANIFEST}: not_held: a mask set without camera and digest")
+    return tuple(items)
+
+
+def _masks_accounted(verified: VerifiedBundle, not_held: Sequence[dict[str, Any]]) -> None:
+    """Every mask set a segment commits to is in the bundle or declared not held: a CSU that
+    left one out in silence would hide which masks were in force."""
+    declared = {(i["camera"], i["digest"]) for i in not_held if i["what"] == "mask-set"}
+    for seg in verified.segments:
+        h = seg.header
+        for m in h.masks:
+            key = (h.camera_id, m.committed.mask_set)
+            if key not in verified.mask_sets and (key[0], key[1].hex()) not in declared:
+                raise IntegrityError(
+                    f"{h.camera_id}#{h.sequence}: commits to mask set "
+                    f"{m.committed.mask_set.hex()[:16]}…, neither in the bundle nor declared "
+                    "not held"
+                )
 
 
 def manifest_digest(body: bytes) -> str:

@@ -131,7 +131,10 @@ def _verify(args: argparse.Namespace) -> int:
         raise VaultError("--csu-key goes with a CSU bundle file (.tar)")
     if is_bundle_file(args.target):
         if args.receipt_key is not None:
-            raise VaultError("--receipt-key goes with a unit's bundle (a CSU bundle has none)")
+            raise VaultError(
+                "--receipt-key goes with a unit's bundle (a CSU bundle has none: the CSU keeps "
+                "no copy of its receipts)"
+            )
         report = _verify_csu_bundle(args, fleet_ca, crls, pinned)
         _show(report, as_json=args.json)
         return report.exit_status

@@ -38,6 +38,7 @@ from ..backoff import Backoff
 from ..config import EdgeConfig
 from ..errors import ConfigError, EdgeError, IntegrityError, UplinkError
 from ..identity.unitkeys import load_public_pem
+from ..vault import format as fmt
 from ..vault.base import Outbox, OutboxItem, OutboxKind
 from ..vault.layout import GAP_RE
 from ..vault.receipt import verify_receipt
@@ -147,6 +148,8 @@ class UplinkClient:
         self._latencies: deque[float] = deque(maxlen=200)
         self._last_ack_mono: float | None = None
         self._set_aside: set[tuple[str, str, int, bytes]] = set()
+        #: Mask sets (camera, digest) whose signed record the CSU has, or never will get.
+        self._mask_sets_sent: set[tuple[str, bytes]] = set()
         self._backlog = policy.Backlog(0, 0, 0.0, 0.0)
         self._certificate = signing_cert.Presenter(self.unit_id, cfg.unit.data_dir)
         up = cfg.uplink
@@ -483,6 +486,7 @@ class UplinkClient:
             path = protocol.gap_path(self.unit_id, item.camera_id, item.sequence, int(m.group(2)))
             content_type = protocol.GAP_CONTENT_TYPE
         else:
+            self._send_mask_sets(item.camera_id, data)
             path = protocol.segment_path(self.unit_id, item.camera_id, item.sequence)
             content_type = protocol.SEGMENT_CONTENT_TYPE
         status, body = self._request("PUT", path, data, content_type)
@@ -514,6 +518,44 @@ class UplinkClient:
                 self._counters["refused"] += 1
             return
         raise UplinkError(f"CSU answered {status} to {path}")
+
+    def _send_mask_sets(self, camera_id: str, data: bytes) -> None:
+        """Before a segment, the signed record of each mask set it commits to that this
+        client has not yet handed over, so that the CSU's bundles can show the polygons in
+        force. A set without a record, or one the CSU refuses, is said and not asked again
+        (the segment itself still goes: its video is the evidence)."""
+        try:
+            header, _ = fmt.parse_segment_header(data)
+        except IntegrityError:
+            return  # the CSU refuses the segment and says why
+        for entry in header.masks:
+            digest = entry.committed.mask_set
+            if (camera_id, digest) in self._mask_sets_sent:
+                continue
+            raw = self.outbox.mask_set_record(camera_id, digest)
+            if raw is None:
+                log.warning(
+                    "uplink[%s] no signed record of mask set %s of %s to send: the CSU's "
+                    "bundles will say its polygons are unknown",
+                    self.unit_id,
+                    digest.hex()[:16],
+                    camera_id,
+                )
+                self._mask_sets_sent.add((camera_id, digest))
+                continue
+            path = protocol.mask_set_path(self.unit_id, camera_id, digest.hex())
+            status, body = self._request("PUT", path, raw, protocol.MASK_SET_CONTENT_TYPE)
+            if status not in (200, 201) and not protocol.is_final_refusal(status):
+                raise UplinkError(f"CSU answered {status} to {path}")
+            if status not in (200, 201):
+                log.error(
+                    "uplink[%s] CSU refused mask set %s: %d %s",
+                    self.unit_id,
+                    path,
+                    status,
+                    body[:300],
+                )
+            self._mask_sets_sent.add((camera_id, digest))
 
     def _keep_receipt(self, item: OutboxItem, data: bytes, body: bytes) -> None:
         """Check the CSU's receipt of a delivered segment and keep it in the vault.

@@ -9,6 +9,10 @@ A sealed segment travels byte-identical to what the vault holds; TLS is the seco
   :data:`REFUSALS`); a 4xx is final for that item, a 5xx or a broken connection is retried.
 * ``PUT  /v1/units/{unit}/cameras/{camera}/epochs/{epoch}`` body: one epoch envelope (the
   HPKE-sealed data key the segments of that epoch need to be opened); same answers.
+* ``PUT  /v1/units/{unit}/cameras/{camera}/mask-sets/{digest}`` body: the unit's signed
+  ``mask-set`` audit record (one line of its log: the polygons the camera's segments commit
+  to by ``digest``), so that the CSU's evidence bundles can say which masks were in force.
+  201 stored, 200 already held, 4xx refused.
 * ``POST /v1/units/{unit}/events`` body: one signed event (JSON, see
   :mod:`edge.uplink.event_checks`).
 * ``PUT  /v1/units/{unit}/signing-certificate`` body: the unit's evidence certificate and its
@@ -29,6 +33,7 @@ SEGMENT_CONTENT_TYPE = "application/vnd.edge.sealed-segment"
 EVENT_CONTENT_TYPE = "application/json"
 ENVELOPE_CONTENT_TYPE = "application/vnd.edge.epoch-envelope"
 GAP_CONTENT_TYPE = "application/vnd.edge.gap-record"
+MASK_SET_CONTENT_TYPE = "application/vnd.edge.mask-set+json"
 #: RFC 8555's media type for a PEM leaf certificate followed by its chain.
 CERTIFICATE_CONTENT_TYPE = "application/pem-certificate-chain"
 
@@ -66,6 +71,10 @@ def envelope_path(unit_id: str, camera_id: str, epoch_hex: str) -> str:
 
 def gap_path(unit_id: str, camera_id: str, first: int, last: int) -> str:
     return f"{API_PREFIX}/units/{unit_id}/cameras/{camera_id}/gaps/{first}-{last}"
+
+
+def mask_set_path(unit_id: str, camera_id: str, digest_hex: str) -> str:
+    return f"{API_PREFIX}/units/{unit_id}/cameras/{camera_id}/mask-sets/{digest_hex}"
 
 
 def events_path(unit_id: str) -> str:

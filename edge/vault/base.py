@@ -72,6 +72,11 @@ class Outbox(abc.ABC):
         """Keep the CSU's receipt (already checked) of a delivered segment; the vault keeps it
         with its evidence, other outboxes may drop it."""
 
+    def mask_set_record(self, camera_id: str, digest: bytes) -> bytes | None:
+        """The signed ``mask-set`` record (one audit line) of the set ``digest`` of
+        ``camera_id``, for the CSU; None when this outbox has none (the default)."""
+        return None
+
     def mark_gap_delivered(self, camera_id: str, first: int) -> None:  # noqa: B027 - optional
         """The CSU acknowledged the gap record that starts at ``first`` (vaults that write
         gap records override this)."""

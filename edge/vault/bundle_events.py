@@ -10,7 +10,9 @@ and in the signed manifest, ``events``: one entry per event (camera, id, time_ns
 kind, file, sha256, size, and ``snapshot`` {file, sha256, size} when it has one). An event
 that does not verify on the unit is not exported; it is named in ``events_damaged`` (file,
 detail), so the bundle says what it leaves out. Unit alarms (camera ``unit``: cabinet door,
-802.1X) go with any camera selection: they are the context of every camera's recording.
+802.1X) go with any camera selection: they are the context of every camera's recording. A CSU
+bundle carries the events the CSU received but no snapshot (units do not send them): its
+entries say so, with why, in ``snapshot_not_held``.
 """
 
 from __future__ import annotations
@@ -130,7 +132,10 @@ def verify_events(
             if snapshot.event_id != body["id"] or snapshot.device_id != device:
                 raise IntegrityError(f"{ref.get('file')}: snapshot of another event")
             listed.add(ref["file"])
-        elif isinstance(body.get("snapshot"), dict):
+        elif isinstance(body.get("snapshot"), dict) and not isinstance(
+            entry.get("snapshot_not_held"), str
+        ):
+            # Only a CSU bundle may say so (the CSU receives no snapshots), and says why.
             raise IntegrityError(f"{entry['file']}: its snapshot is not in the bundle")
         out.append(BundleEvent(body, wire, snapshot))
     return tuple(out)

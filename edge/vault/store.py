@@ -598,6 +598,13 @@ class Vault(SegmentSink, Outbox):
     def store_receipt(self, item: OutboxItem, raw: bytes) -> None:
         self.receipts.append(item.camera_id, item.start_wall_ns, raw)
 
+    def mask_set_record(self, camera_id: str, digest: bytes) -> bytes | None:
+        # Read from the audit log each time: the uplink asks once per set and connection.
+        from . import maskhistory
+
+        found = maskhistory.records_for(self.audit.path, self.public_key, {(camera_id, digest)})
+        return found.get((camera_id, digest))
+
     def backlog(self) -> Backlog:
         count, ns, size = self._indexed(self.index.backlog)
         return Backlog(count, ns / 1e9, size)

@@ -7,6 +7,7 @@ Layout under ``storage_dir`` (readable with ``ls``)::
     <unit>/<camera>/index.jsonl            one line per stored segment (hash, prev, times, size)
     <unit>/<camera>/epochs/<epoch>.env     epoch key envelopes (HPKE-sealed data keys)
     <unit>/<camera>/gaps/<first>-<last>.gap  signed records of sequences the unit lost
+    <unit>/<camera>/masks/<digest>.json    the unit's signed ``mask-set`` records (polygons)
     <unit>/events/<event-id>.json          verified events
     <unit>/events/<event-id>.unpublished   marker: not yet handed to the MQTT broker
     <unit>/status.json                     last contact, the backlog the unit reported
@@ -34,7 +35,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ...errors import IntegrityError
 from ...fsutil import write_atomic
+from ...privacy.commitment import MASK_SET_ACTION, MaskSet
 from ...vault import format as sealed
+from ...vault.audit import parse_record
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +150,25 @@ def checked_envelope(
         sealed.verify_envelope(raw, key)
     except IntegrityError as exc:
         raise Refusal(422, str(exc)) from None
+
+
+def checked_mask_set(
+    unit_id: str, camera_id: str, digest_hex: str, raw: bytes, key: ed25519.Ed25519PublicKey
+) -> None:
+    """A unit's ``mask-set`` audit record checked alone: one signed line of the unit's log
+    announcing the URL's camera and digest, its polygons hashing to that digest."""
+    try:
+        rec = parse_record(raw.rstrip(b"\n"), key)
+    except IntegrityError as exc:
+        raise Refusal(422 if "signature" in str(exc) else 400, f"mask-set record: {exc}") from None
+    if rec.action != MASK_SET_ACTION or rec.device != unit_id:
+        raise Refusal(400, f"not a mask-set record of {unit_id}")
+    try:
+        found = MaskSet.from_record(rec.details)
+    except IntegrityError as exc:
+        raise Refusal(400, str(exc)) from None
+    if (found.camera_id, found.digest.hex()) != (camera_id, digest_hex):
+        raise Refusal(400, "mask-set record does not match the URL")
 
 
 def ranges(sequences: Iterable[int]) -> list[list[int]]:
@@ -448,6 +470,37 @@ class SegmentStore:
         except FileNotFoundError:
             return None
 
+    # --- mask sets ----------------------------------------------------------------------------
+
+    def accept_mask_set(
+        self,
+        unit_id: str,
+        camera_id: str,
+        digest_hex: str,
+        raw: bytes,
+        key: ed25519.Ed25519PublicKey,
+    ) -> Verdict:
+        """Keep the unit's signed record of a mask set, once: the digest names the polygons,
+        so any intact record of it proves the same set (a later one is a duplicate)."""
+        checked_mask_set(unit_id, camera_id, digest_hex, raw, key)
+        line = raw.rstrip(b"\n") + b"\n"
+        directory = self.root / unit_id / camera_id / "masks"
+        path = directory / f"{digest_hex}.json"
+        index = self.camera(unit_id, camera_id)
+        with index.lock:
+            if path.exists():
+                return Verdict.DUPLICATE
+            directory.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, line)
+        return Verdict.STORED
+
+    def read_mask_set(self, unit_id: str, camera_id: str, digest_hex: str) -> bytes | None:
+        path = self.root / unit_id / camera_id / "masks" / f"{digest_hex}.json"
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
     # --- events ---------------------------------------------------------------------------------
 
     def store_event(
@@ -468,6 +521,15 @@ class SegmentStore:
                 write_atomic(self._unpublished(unit_id, event_id), b"")
             write_atomic(path, body)
         return Verdict.STORED
+
+    def stored_events(self, unit_id: str) -> Iterator[bytes]:
+        """Every event stored for the unit (the signed wire forms, as received), in no order."""
+        directory = self.root / unit_id / "events"
+        for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+            try:
+                yield path.read_bytes()
+            except FileNotFoundError:
+                continue  # deleted meanwhile
 
     def _unpublished(self, unit_id: str, event_id: str) -> Path:
         return self.root / unit_id / "events" / f"{event_id}.unpublished"

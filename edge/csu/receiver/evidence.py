@@ -8,15 +8,21 @@ before this handler runs, and refusals are audited there)::
 
 The bundle (:mod:`edge.csu.bundlefile`) holds the unit's exact sealed bytes, so the CSU can
 drop but never alter or add video: what it cannot carry intact is declared, with its reason,
-in the signed manifest. It is built in an anonymous temporary file in the storage directory
-(nothing is left behind by a crash, and memory stays flat for an hour of video), audited
-(``export``, ``kind: bundle``, with the case and the SHA-256 of the file) and only then sent.
+in the signed manifest. Beside the video it carries what else the CSU holds of the range, each
+item still signed by the unit: the records (polygons) of the mask sets the segments commit to,
+and the unit's events of the camera and its cabinet alarms. What a unit's own export would carry
+and the CSU does not hold (its receipts, event snapshots, a mask set the unit never sent) is
+declared in the manifest's ``not_held``. It is built in an anonymous temporary file in the
+storage directory (nothing is left behind by a crash, and memory stays flat for an hour of
+video), audited (``export``, ``kind: bundle``, with the case and the SHA-256 of the file) and
+only then sent.
 A range is bounded like the MP4 export: at most :data:`MAX_BUNDLE_SEGMENTS` segments and
 :data:`MAX_BUNDLE_BYTES`; a longer range is refused, never cut short in silence.
 
 Threads: :func:`build` runs in the receiver's worker pool (reads and hashes files); it copies
 the camera's index under the camera lock and reads files after, so uploads are not held up. A
-file retention deletes meanwhile is declared missing, with that reason.
+file retention deletes meanwhile is declared missing, with that reason. The events are found
+by reading every event the CSU stores for the unit (their names carry no time).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from edge.identity.unitkeys import (
     public_pem,
     public_raw,
 )
-from edge.vault import chain
+from edge.vault import chain, maskhistory
 from edge.vault import format as sealed
 from edge.vault.bundle import DamagedPart, DamageKind
 
@@ -50,7 +56,7 @@ from ...errors import IntegrityError
 from .. import bundlefile
 from ..console.pages import CASE_PATTERN
 from . import receipts
-from .archive import Refusal, SegmentStore
+from .archive import Refusal, SegmentStore, checked_mask_set
 from .purge import ledger_path
 
 if TYPE_CHECKING:
@@ -68,6 +74,15 @@ _ID = r"[a-z0-9][a-z0-9-]{0,62}"
 NOT_RECEIVED = "not received from the unit (still in its backlog, or lost without a record)"
 LOST_AT_UNIT = "lost at the unit (its signed gap record is in the bundle)"
 DELETED = "deleted by the CSU's retention (its signed deletion record is in the bundle)"
+#: What a unit's own export carries and a CSU bundle cannot, each with why (manifest
+#: ``not_held``; ``edge-csu verify`` prints them).
+RECEIPTS_NOT_HELD = (
+    "the CSU signs a receipt for each segment it accepts and returns it to the unit without "
+    "keeping a copy: the unit's own export carries them (the time the CSU received each "
+    "segment is in this manifest, under the CSU's seal)"
+)
+MASK_SET_NOT_HELD = "the unit has not sent the CSU its signed record of this mask set"
+SNAPSHOT_NOT_HELD = "snapshots are not sent to the CSU (the unit's own export carries them)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +116,8 @@ class BuiltBundle:
     damaged: tuple[DamagedPart, ...]
     gaps: int
     deletions: int
+    mask_sets: int
+    events: int
 
     def audit_fields(self) -> dict[str, Any]:
         return {
@@ -115,6 +132,8 @@ class BuiltBundle:
             "damaged": [[p.first_sequence, p.last_sequence, p.kind.value] for p in self.damaged],
             "gaps": self.gaps,
             "deletions": self.deletions,
+            "mask_sets": self.mask_sets,
+            "events": self.events,
         }
 
 
@@ -225,6 +244,7 @@ def build(
     envelopes: dict[bytes, dict[str, Any]] = {}
     refused_epochs: dict[bytes, str] = {}
     segments: list[dict[str, Any]] = []
+    committed: set[bytes] = set()  # digests of the mask sets the segments commit to
     first_prev: str | None = None
     expect: tuple[int, bytes | None] | None = None  # next sequence, and its prev hash if known
     for meta in metas:
@@ -276,6 +296,7 @@ def build(
         expect = (seq + 1, seg.chain_hash)
         if first_prev is None:
             first_prev = h.prev_hash.hex()
+        committed.update(m.committed.mask_set for m in h.masks)
         entry = tar.add(f"segments/{req.camera}/{seq:010d}.seg", raw)
         segments.append(
             {
@@ -316,6 +337,9 @@ def build(
                 **tar.add(name, gap.raw),
             }
         )
+    mask_entries, not_held = _mask_sets(store, req, trust.key, committed, tar)
+    event_entries, events_damaged = _events(store, req, trust.key, tar)
+    not_held.append({"what": "receipts", "reason": RECEIPTS_NOT_HELD})
     certs = []
     if trust.certificate is not None:
         certs.append(tar.add(f"certs/{SIGNING_CERT_NAME}", trust.certificate))
@@ -361,6 +385,13 @@ def build(
         "partial": bool(damage.parts),
         "damaged": [p.as_dict() for p in damage.parts],
         "deletions": deletions,
+        # The unit's signed records (polygons) of the mask sets the segments commit to.
+        "mask_sets": mask_entries,
+        # The unit's signed events of the range (and its unit alarms), as received.
+        "events": event_entries,
+        "events_damaged": events_damaged,
+        # What a unit's own export would carry and this CSU does not hold, with why.
+        "not_held": not_held,
     }
     body = bundlefile.dumps(manifest)
     tar.add(bundlefile.MANIFEST, body)
@@ -383,7 +414,83 @@ def build(
         tuple(damage.parts),
         len(gap_entries),
         len(lines),
+        len(mask_entries),
+        len(event_entries),
     )
+
+
+def _mask_sets(
+    store: SegmentStore,
+    req: BundleRequest,
+    key: ed25519.Ed25519PublicKey,
+    committed: set[bytes],
+    tar: bundlefile.TarWriter,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The unit's signed record of each committed mask set the CSU holds, into the bundle;
+    each one it does not hold (or that no longer checks with the unit key) declared."""
+    entries: list[dict[str, Any]] = []
+    not_held: list[dict[str, Any]] = []
+    for digest in sorted(committed):
+        raw = store.read_mask_set(req.unit, req.camera, digest.hex())
+        reason = MASK_SET_NOT_HELD
+        if raw is not None:
+            try:
+                checked_mask_set(req.unit, req.camera, digest.hex(), raw, key)
+            except Refusal as exc:
+                reason = f"the record the CSU holds fails its check: {exc.reason}"
+            else:
+                name = maskhistory.mask_file(req.camera, digest)
+                entries.append({"camera": req.camera, "digest": digest.hex(), **tar.add(name, raw)})
+                continue
+        not_held.append(
+            {"what": "mask-set", "camera": req.camera, "digest": digest.hex(), "reason": reason}
+        )
+    return entries, not_held
+
+
+def _events(
+    store: SegmentStore,
+    req: BundleRequest,
+    key: ed25519.Ed25519PublicKey,
+    tar: bundlefile.TarWriter,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """The unit's signed events of the camera (and its unit alarms, camera ``unit``) within
+    the range, exactly as received; one that no longer checks with the unit key is named in
+    ``events_damaged`` rather than carried."""
+    from edge.events import verify_wire  # local: edge.events pulls in numpy and PIL
+
+    found: list[tuple[int, str, dict[str, Any], bytes]] = []
+    damaged: list[dict[str, str]] = []
+    for wire in store.stored_events(req.unit):
+        try:
+            body = json.loads(wire)["event"]
+            camera, event_id, wall_ns = str(body["camera"]), str(body["id"]), int(body["wall_ns"])
+        except (ValueError, KeyError, TypeError):
+            continue  # not an event the receiver would have stored
+        if camera not in (req.camera, "unit") or not req.start_ns <= wall_ns < req.end_ns:
+            continue
+        try:
+            verify_wire(wire, key)
+        except IntegrityError as exc:
+            damaged.append({"file": f"events/{event_id}.json", "detail": str(exc)})
+            continue
+        found.append((wall_ns, event_id, body, wire))
+    entries: list[dict[str, Any]] = []
+    for wall_ns, event_id, body, wire in sorted(found, key=lambda f: (f[0], f[1])):
+        camera = str(body["camera"])
+        name = f"events/{camera}/{wall_ns}-{event_id}.evt"
+        entry: dict[str, Any] = {
+            "camera": camera,
+            "id": event_id,
+            "time_ns": wall_ns,
+            "category": body.get("category"),
+            "kind": body.get("kind"),
+            **tar.add(name, wire),
+        }
+        if isinstance(body.get("snapshot"), dict):
+            entry["snapshot_not_held"] = SNAPSHOT_NOT_HELD
+        entries.append(entry)
+    return entries, damaged
 
 
 def unit_trust(receiver: Receiver, unit: str) -> UnitTrust:

@@ -41,6 +41,7 @@ from ...uplink.protocol import (
     DIGEST_HEADER,
     EVENT_CONTENT_TYPE,
     GAP_CONTENT_TYPE,
+    MASK_SET_CONTENT_TYPE,
     MAX_EVENT_BYTES,
     SEGMENT_CONTENT_TYPE,
 )
@@ -374,6 +375,30 @@ class Receiver:
             {"status": verdict.name.lower(), "held_here": held[:100]}, status=verdict.value
         )
 
+    async def put_mask_set(self, request: web.Request) -> web.Response:
+        unit, camera = request[UNIT_ID], request.match_info["camera"]
+        if request.content_type != MASK_SET_CONTENT_TYPE:
+            return refuse(415, f"content type must be {MASK_SET_CONTENT_TYPE}")
+        if not isinstance(self.intake, SegmentStore):
+            return refuse(404, "this CSU keeps mask sets in embedded storage only")
+        try:
+            body = await self.read_body(request, MAX_EVENT_BYTES)
+        except Refusal as exc:
+            return self.refuse_body(request, exc)
+        try:
+            verdict = await self.run_blocking(
+                self.intake.accept_mask_set,
+                unit,
+                camera,
+                request.match_info["digest"],
+                body,
+                _trusted_key(request),
+            )
+        except Refusal as exc:
+            self.counters["refused"] += 1
+            return refuse(exc.status, exc.reason)
+        return web.json_response({"status": verdict.name.lower()}, status=verdict.value)
+
     async def post_event(self, request: web.Request) -> web.Response:
         unit = request[UNIT_ID]
         if request.content_type != EVENT_CONTENT_TYPE:
@@ -533,6 +558,10 @@ class Receiver:
         app.router.add_put(
             f"{base}/cameras/{{camera:{_ID}}}/gaps/{{first:[0-9]{{1,18}}}}-{{last:[0-9]{{1,18}}}}",
             self.put_gap,
+        )
+        app.router.add_put(
+            f"{base}/cameras/{{camera:{_ID}}}/mask-sets/{{digest:[0-9a-f]{{64}}}}",
+            self.put_mask_set,
         )
         app.router.add_post(f"{base}/events", self.post_event)
         app.router.add_put(

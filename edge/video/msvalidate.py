@@ -10,7 +10,9 @@ changed, GOPs reordered, a signature or certificate that does not check).
 
 Which SEI covers which GOP: the SEI sits in an access unit after its GOP, either in front of the
 next GOP's IDR (how this firmware writes it) or in the access unit after it (the reference
-implementation's sample files); a SEI whose GOP hash equals a GOP's is matched to it first.
+implementation's sample files), or in front of the GOP's own last picture (a clip's last GOP:
+``edge-csu open`` moves it there from the segment after the clip); a SEI whose GOP hash
+equals a GOP's is matched to it first.
 The signing key comes from the certificate chain in the stream, checked against the given
 trust anchors at the signed recording times, or is pinned by the caller.
 

@@ -405,7 +405,9 @@ def _frames_decoded(clip: Path) -> int:
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert decoded.stderr == "", decoded.stderr
-    return int(probe.stdout)
+    counts = {int(n) for n in probe.stdout.split()}  # MPEG-TS lists the stream per program too
+    assert len(counts) == 1, probe.stdout
+    return counts.pop()
 
 
 def _verify_json(clip: Path, pin: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, Any]:
@@ -431,11 +433,17 @@ def test_a_clip_opened_from_the_middle_of_a_recording_verifies_authentic(
     assert code == 0 and report["verdict"] == "authentic", report["reasons"]
     assert [s["state"] for s in report["seconds"]] == ["authentic"] * 3
     assert report["seconds"][0]["t"] == WALL0 // 10**9 + 1
-    # The reference validator's reading order holds: the moved SEI precedes the picture it
-    # closes, in the last access unit, after that access unit's own NAL units before it.
+    # H.264 order: the moved SEI precedes the picture in the last access unit, so the stream
+    # stays valid out of MP4 too (an SEI after the picture would begin an access unit without
+    # one, which FFmpeg rejects once the clip is remuxed to MPEG-TS).
     last = mv.read_access_units(clip)[-1]
     kinds = [ms.nal_type(u) for u in last.units]
     assert kinds.index(ms.NAL_SEI) < kinds.index(ms.NAL_SLICE), kinds
+    as_ts = tmp_path / "clip.ts"
+    subprocess.run(
+        [tool("ffmpeg"), "-v", "error", "-i", str(clip), "-c", "copy", str(as_ts)], check=True
+    )
+    assert _frames_decoded(as_ts) == 3 * GOP
     # Cut on GOP boundaries with FFmpeg (no re-encoding): the first two GOPs, then the last two.
     head, tail = tmp_path / "head.mp4", tmp_path / "tail.mp4"
     subprocess.run(

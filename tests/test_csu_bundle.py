@@ -361,6 +361,38 @@ def test_what_the_range_lacks_is_declared_with_its_reason(
     assert [(g["first_sequence"], g["last_sequence"]) for g in manifest["gaps"]] == [LOST]
 
 
+def test_the_segment_after_the_range_travels_as_the_tail(
+    lab: Lab, investigator: Browser, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CSU's bundle carries, beside the range, the next segment the CSU holds chained to
+    its last (its first access unit signs the range's last GOP: ONVIF Media Signing), checked
+    like every segment; none after the newest segment. The clip still holds only the range."""
+    bundle = _export(lab, investigator, 8, 9, "with-tail.tar")
+    manifest = json.loads(_member(bundle, bundlefile.MANIFEST))
+    assert [e["sequence"] for e in manifest["segments"]] == [8]
+    assert [(e["sequence"], e["file"]) for e in manifest["tail"]] == [
+        (9, f"tail/{CAMERA}/{9:010d}.seg")
+    ]
+    code, report = _verify(capsys, lab, bundle, "--csu-key", str(lab.csu_key))
+    assert code == 0 and _states(lab, report) == {8: "authentic"}, report["reasons"]
+    clip = lab.tmp / "with-tail.mp4"
+    key = lab.csu.directory / "keys" / "authority.key.json"
+    code = edge_csu([
+        "open", str(bundle), "--key", str(key), "--ca", str(lab.csu.pki.chain),
+        "--csu-key", str(lab.csu_key), "--out", str(clip),
+    ])  # fmt: skip
+    assert code == 0 and "taken from the next segment (#9)" in capsys.readouterr().out
+    # Its tail swapped for another segment of the unit: refused, the CSU seal covers it.
+    swapped = _repack(
+        bundle, lab.tmp / "tail-swapped.tar",
+        {f"tail/{CAMERA}/{9:010d}.seg": _member(bundle, f"segments/{CAMERA}/{8:010d}.seg")},
+    )  # fmt: skip
+    code, report = _verify(capsys, lab, swapped, "--csu-key", str(lab.csu_key))
+    assert code == 1 and "digest differs" in str(report["reasons"])
+    newest = _export(lab, investigator, 9, 10, "newest.tar")
+    assert json.loads(_member(newest, bundlefile.MANIFEST))["tail"] == []
+
+
 def test_a_viewer_gets_no_bundle_and_the_refusal_is_audited(lab: Lab) -> None:
     browser = Browser(lab.console)
     assert browser.login("a.viewer").status == 303

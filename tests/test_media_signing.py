@@ -3,7 +3,8 @@
 A real libx264 stream of six one-second GOPs (``IPPPPPPPPP`` each) is signed by the encoder as
 edged records it, written to MP4 by FFmpeg and read back by PyAV; then it is altered the way
 the Axis/ONVIF test suites describe cases, and the validator must say, per GOP, what was done:
-``A`` authentic, ``M`` missing, ``U`` unsigned, ``N`` not authentic. The reference
+``A`` authentic, ``M`` missing, ``U`` unsigned, ``N`` not authentic, ``P`` pending (the
+dangling end: the last GOP, whose signature is after the end of the file). The reference
 implementation's own sample files (tests/data/onvif-media-signing, MIT) must verify too.
 """
 
@@ -13,8 +14,10 @@ import contextlib
 import datetime as dt
 import json
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -42,6 +45,7 @@ LETTER = {
     mv.GopState.MISSING: "M",
     mv.GopState.UNSIGNED: "U",
     mv.GopState.NOT_AUTHENTIC: "N",
+    mv.GopState.PENDING: "P",
 }
 
 
@@ -119,15 +123,25 @@ def _swap_gops(aus: list[mv.AccessUnit]) -> list[mv.AccessUnit]:
 
 CASES: list[tuple[str, Callable[[list[mv.AccessUnit]], list[mv.AccessUnit]], str]] = [
     # name, what is done to "IPPPPPPPPP" x 6, verdict per GOP (the last one is the dangling
-    # end: its SEI would open the next GOP, which was never recorded)
-    ("intact", lambda a: a, "AAAAAU"),
-    ("flip a byte in a P frame of GOP 2", _flip_p_frame, "AANAAU"),
-    ("drop GOP 2", _drop_gop, "AAAAU"),
-    ("swap GOPs 2 and 3", _swap_gops, "AANNAU"),
-    ("cut mid-GOP: start at frame 5 of GOP 0", lambda a: a[5:], "MAAAAU"),
-    ("cut mid-GOP: end at frame 5 of GOP 4", lambda a: a[: 4 * GOP + 5], "AAAAU"),
+    # end, pending: its SEI would open the next GOP, which was never recorded)
+    ("intact", lambda a: a, "AAAAAP"),
+    ("flip a byte in a P frame of GOP 2", _flip_p_frame, "AANAAP"),
+    ("drop GOP 2", _drop_gop, "AAAAP"),
+    ("swap GOPs 2 and 3", _swap_gops, "AANNAP"),
+    ("cut mid-GOP: start at frame 5 of GOP 0", lambda a: a[5:], "MAAAAP"),
+    ("cut mid-GOP: end at frame 5 of GOP 4", lambda a: a[: 4 * GOP + 5], "AAAAP"),
     ("strip every SEI", lambda a: [_without_seis(au) for au in a], "UUUUUU"),
-    ("keep only GOPs 1-3 (a clip cut on GOP boundaries)", lambda a: a[GOP : 4 * GOP], "AAU"),
+    (
+        "strip the SEIs of GOPs 3-5",
+        lambda a: [*a[: 3 * GOP], *map(_without_seis, a[3 * GOP :])],
+        "AAUUUP",
+    ),
+    ("keep only GOPs 1-3 (a clip cut on GOP boundaries)", lambda a: a[GOP : 4 * GOP], "AAP"),
+    (
+        "GOPs 1-3 and the first access unit of GOP 4 (its SEI signs GOP 3)",
+        lambda a: a[GOP : 4 * GOP + 1],
+        "AAAP",
+    ),
 ]
 
 
@@ -150,7 +164,7 @@ def test_a_dropped_gop_is_reported_missing_at_its_signed_time(signed: Path) -> N
 
 def test_another_key_makes_every_signed_gop_not_authentic(signed: Path) -> None:
     other = ed25519.Ed25519PrivateKey.generate().public_key()
-    assert _verdicts(mv.read_access_units(signed), other) == "NNNNNU"
+    assert _verdicts(mv.read_access_units(signed), other) == "NNNNNP"
 
 
 def test_the_sei_bytes(signed: Path) -> None:
@@ -220,7 +234,8 @@ def test_a_flipped_byte_in_the_file_is_not_authentic_at_its_seconds(
     report = json.loads(capsys.readouterr().out)
     assert report["verdict"] == "partial"  # the dangling last second
     states = [s["state"] for s in report["seconds"]]
-    assert states == ["authentic"] * 5 + ["unsigned"]
+    assert states == ["authentic"] * 5 + ["pending"]
+    assert "dangling end" in str(report["reasons"])
     assert report["seconds"][0]["t"] == WALL0 // 10**9
     # A byte of GOP 3's data changed in the file (the middle of its IDR's slice data).
     aus = mv.read_access_units(signed)
@@ -233,7 +248,7 @@ def test_a_flipped_byte_in_the_file_is_not_authentic_at_its_seconds(
     assert edge_csu(["verify", str(altered), "--unit-key", str(pub), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     states = [s["state"] for s in report["seconds"]]
-    assert states == ["authentic"] * 3 + ["not-authentic"] + ["authentic"] + ["unsigned"]
+    assert states == ["authentic"] * 3 + ["not-authentic"] + ["authentic"] + ["pending"]
     # FFmpeg still plays it: a signature does not change what a player sees.
     probe = subprocess.run(
         [tool("ffprobe"), "-v", "error", "-count_frames", "-show_entries",
@@ -248,7 +263,7 @@ def test_edged_signs_what_it_records_and_the_opened_clip_verifies(
 ) -> None:
     """End to end: a real edged records (1 s segments), the bundle is exported and opened with
     the CSU key, and the MP4 verifies GOP by GOP outside the bundle; all but the last GOP,
-    whose SEI would open a segment never recorded, are authentic."""
+    whose SEI would open a segment never recorded, are authentic, and that one is pending."""
     from .daemon_util import export_and_open, running_edged, write_config
 
     data = tmp_path / "data"
@@ -260,8 +275,8 @@ def test_edged_signs_what_it_records_and_the_opened_clip_verifies(
     assert edge_csu(["verify", str(clip), "--unit-key", pub, "--json"]) == 3
     report = json.loads(capsys.readouterr().out)
     states = [s["state"] for s in report["seconds"]]
-    assert states.count("authentic") >= 2 and states[-1] == "unsigned", states
-    assert "not-authentic" not in states and "missing" not in states
+    assert states.count("authentic") >= 2 and states[-1] == "pending", states
+    assert set(states) == {"authentic", "pending"}, states
     # The signed seconds are the recording's wall-clock seconds, not the clip's own timeline.
     assert abs(report["seconds"][0]["t"] - (clip.stat().st_mtime - len(states))) < 120
 
@@ -313,11 +328,187 @@ def test_verify_with_the_key_checks_the_video_inside_a_bundle(
     media = [s["media_signing"] for s in report["seconds"]]
     if media_key == "unit":
         assert code == 0 and report["verdict"] == "authentic", report["reasons"]
-        assert media == ["authentic"] * 3 + ["unsigned"]  # the last GOP's SEI never came
+        assert media == ["authentic"] * 3 + ["pending"]  # the last GOP's SEI never came
     else:
         assert code == 1 and report["verdict"] == "not-authentic"
-        assert media == ["not-authentic"] * 3 + ["unsigned"]
+        assert media == ["not-authentic"] * 3 + ["pending"]
         assert "video's own signatures" in str(report["reasons"])
+
+
+@pytest.fixture(scope="module")
+def six_segments(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """A vault holding six one-second segments (one GOP each) signed by the unit's key: the
+    data directory, the CSU's private key, the unit's public key (PEM) to pin."""
+    from edge.identity.unitkeys import keys_dir_of, load_signing_key
+
+    from .vault_support import make_csu, open_vault
+
+    where = tmp_path_factory.mktemp("six")
+    csu = make_csu(where / "csu")
+    data = where / "data"
+    vault = open_vault(data, csu)
+    enc = SegmentEncoder(
+        "cam1",
+        160,
+        120,
+        FPS,
+        EncoderConfig(segment_seconds=1.0, preset="ultrafast"),
+        signer=ms.MediaSigner(_identity(load_signing_key(keys_dir_of(data)))),
+    )
+    for frame in moving_frames(160, 120, 6 * GOP, FPS):
+        for seg in enc.encode(frame):
+            vault.write(seg)
+    for seg in enc.flush():
+        vault.write(seg)
+    vault.close()
+    return data, csu.key, str(keys_dir_of(data) / "unit-signing.pub.pem")
+
+
+def _export_open(
+    vault: tuple[Path, Path, str], out: Path, first_s: float, last_s: float
+) -> tuple[Path, dict[str, Any], str]:
+    """``edgectl export`` of [first_s, last_s) seconds into the recording, then ``edge-csu
+    open``: the clip, the bundle's manifest, what open printed."""
+    from edge.identity.unitkeys import keys_dir_of, load_signing_key
+    from edge.vault.bundle import export_bundle
+
+    data, csu_key, pin = vault
+    bundle = out / "bundle"
+    export_bundle(
+        data,
+        start_ns=WALL0 + int(first_s * 10**9),
+        end_ns=WALL0 + int(last_s * 10**9),
+        case="PV-17",
+        out_dir=bundle,
+        device_id="unit-1",
+        signing_key=load_signing_key(keys_dir_of(data)),
+    )
+    clip = out / "clip.mp4"
+    opened = subprocess.run(
+        [sys.executable, "-m", "edge.csu.main", "open", str(bundle), "--key", str(csu_key),
+         "--unit-key", pin, "--out", str(clip)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return clip, json.loads((bundle / "manifest.json").read_bytes()), opened.stdout
+
+
+def _frames_decoded(clip: Path) -> int:
+    """Frames FFmpeg decodes from ``clip``; any decoder complaint fails the test."""
+    probe = subprocess.run(
+        [tool("ffprobe"), "-v", "error", "-count_frames", "-show_entries",
+         "stream=nb_read_frames", "-of", "csv=p=0", str(clip)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert probe.stderr == "", probe.stderr
+    decoded = subprocess.run(
+        [tool("ffmpeg"), "-v", "error", "-i", str(clip), "-f", "null", "-"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert decoded.stderr == "", decoded.stderr
+    counts = {int(n) for n in probe.stdout.split()}  # MPEG-TS lists the stream per program too
+    assert len(counts) == 1, probe.stdout
+    return counts.pop()
+
+
+def _verify_json(clip: Path, pin: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, Any]:
+    code = edge_csu(["verify", str(clip), "--unit-key", pin, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_a_clip_opened_from_the_middle_of_a_recording_verifies_authentic(
+    six_segments: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Seconds 1.5-3.5 of six: the bundle carries segments 1-3 and, as its tail, segment 4,
+    whose first access unit holds the SEI signing GOP 3; open moves that SEI into the clip's
+    last frame. Every second verifies, exit 0; FFmpeg decodes exactly the 30 recorded frames.
+    A copy cut with ``ffmpeg -c copy`` on a GOP boundary keeps what it holds verifiable: its
+    last GOP, whose SEI was cut off, is pending."""
+    clip, manifest, printed = _export_open(six_segments, tmp_path, 1.5, 3.5)
+    assert [e["sequence"] for e in manifest["segments"]] == [1, 2, 3]
+    assert [(e["camera"], e["sequence"]) for e in manifest["tail"]] == [("cam1", 4)]
+    assert "taken from the next segment (#4)" in printed
+    assert _frames_decoded(clip) == 3 * GOP  # the SEI is moved in, no picture is added
+    pin = six_segments[2]
+    code, report = _verify_json(clip, pin, capsys)
+    assert code == 0 and report["verdict"] == "authentic", report["reasons"]
+    assert [s["state"] for s in report["seconds"]] == ["authentic"] * 3
+    assert report["seconds"][0]["t"] == WALL0 // 10**9 + 1
+    # H.264 order: the moved SEI precedes the picture in the last access unit, so the stream
+    # stays valid out of MP4 too (an SEI after the picture would begin an access unit without
+    # one, which FFmpeg rejects once the clip is remuxed to MPEG-TS).
+    last = mv.read_access_units(clip)[-1]
+    kinds = [ms.nal_type(u) for u in last.units]
+    assert kinds.index(ms.NAL_SEI) < kinds.index(ms.NAL_SLICE), kinds
+    as_ts = tmp_path / "clip.ts"
+    subprocess.run(
+        [tool("ffmpeg"), "-v", "error", "-i", str(clip), "-c", "copy", str(as_ts)], check=True
+    )
+    assert _frames_decoded(as_ts) == 3 * GOP
+    # Cut on GOP boundaries with FFmpeg (no re-encoding): the first two GOPs, then the last two.
+    head, tail = tmp_path / "head.mp4", tmp_path / "tail.mp4"
+    subprocess.run(
+        [tool("ffmpeg"), "-v", "error", "-i", str(clip), "-t", "2", "-c", "copy", str(head)],
+        check=True,
+    )  # fmt: skip
+    subprocess.run(
+        [tool("ffmpeg"), "-v", "error", "-ss", "1", "-i", str(clip), "-c", "copy", str(tail)],
+        check=True,
+    )  # fmt: skip
+    code, report = _verify_json(head, pin, capsys)
+    assert code == 3 and report["verdict"] == "partial"
+    assert [s["state"] for s in report["seconds"]] == ["authentic", "pending"]
+    assert "dangling end" in str(report["reasons"])
+    code, report = _verify_json(tail, pin, capsys)
+    assert code == 0 and [s["state"] for s in report["seconds"]] == ["authentic"] * 2
+    assert report["seconds"][0]["t"] == WALL0 // 10**9 + 2
+
+
+def test_a_clip_ending_at_the_newest_segment_shows_its_dangling_end(
+    six_segments: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Seconds 3.5 to the end: nothing was recorded after segment 5, so no tail; the last GOP
+    is pending (distinct from unsigned and not authentic), the verdict partial, exit 3."""
+    clip, manifest, printed = _export_open(six_segments, tmp_path, 3.5, 60)
+    assert [e["sequence"] for e in manifest["segments"]] == [3, 4, 5]
+    assert manifest["tail"] == []
+    assert "stays pending" in printed
+    assert _frames_decoded(clip) == 3 * GOP
+    code, report = _verify_json(clip, six_segments[2], capsys)
+    assert code == 3 and report["verdict"] == "partial"
+    assert [s["state"] for s in report["seconds"]] == ["authentic", "authentic", "pending"]
+    assert [r for r in report["reasons"] if r.startswith("dangling end")], report["reasons"]
+
+
+def test_a_tail_that_does_not_continue_the_range_is_refused(
+    six_segments: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    """The tail must be the very next segment, chained to the range's last one: a bundle
+    whose tail is replaced by another of the unit's segments (manifest re-signed by the unit
+    key, as a stolen unit could) is refused."""
+    import hashlib
+    import shutil
+
+    from edge.identity.unitkeys import keys_dir_of, load_signing_key
+    from edge.vault.bundle import _DOMAIN, verify_bundle
+
+    _clip, manifest, _ = _export_open(six_segments, tmp_path, 1.5, 2.5)
+    bundle = tmp_path / "bundle"
+    assert [e["sequence"] for e in manifest["tail"]] == [3]
+    # Segment 4 of the same recording, in the place of segment 3.
+    other = tmp_path / "other"
+    other.mkdir()
+    _export_open(six_segments, other, 4.5, 5.0)
+    src = other / "bundle" / "segments" / "cam1" / f"{4:010d}.seg"
+    entry = manifest["tail"][0]
+    shutil.copy(src, bundle / entry["file"])
+    raw = src.read_bytes()
+    entry.update(sequence=4, sha256=hashlib.sha256(raw).hexdigest(), size=len(raw))
+    body = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    (bundle / "manifest.json").write_bytes(body)
+    key = load_signing_key(keys_dir_of(six_segments[0]))
+    (bundle / "manifest.sig").write_bytes(key.sign(_DOMAIN + hashlib.sha256(body).digest()))
+    with pytest.raises(IntegrityError, match="does not continue cam1#2"):
+        verify_bundle(bundle, unit_public_key=key.public_key())
 
 
 def test_an_ecdsa_signer_with_its_chain_verifies_against_its_ca(tmp_path: Path) -> None:
@@ -371,12 +562,12 @@ def test_an_ecdsa_signer_with_its_chain_verifies_against_its_ca(tmp_path: Path) 
     clip.write_bytes(segments[0].init + b"".join(s.media for s in segments))
     report = mv.validate(mv.read_access_units(clip), anchors=[root])
     assert "CN=unit-1" in report.signer and not report.problems
-    assert [g.state for g in report.gops] == [mv.GopState.AUTHENTIC] * 2 + [mv.GopState.UNSIGNED]
+    assert [g.state for g in report.gops] == [mv.GopState.AUTHENTIC] * 2 + [mv.GopState.PENDING]
     # Under another CA (the reference's test root) nothing is trusted.
     other = x509.load_pem_x509_certificates((DATA / "ca.pem").read_bytes())
     refused = mv.validate(mv.read_access_units(clip), anchors=other)
     assert refused.problems
-    assert {g.state for g in refused.gops} == {mv.GopState.NOT_AUTHENTIC, mv.GopState.UNSIGNED}
+    assert {g.state for g in refused.gops} == {mv.GopState.NOT_AUTHENTIC, mv.GopState.PENDING}
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -317,6 +317,19 @@ def _report_opened(
             f"  LOSS RECORDED by the unit (signed gap record): {lost.camera_id}: {lost.describe()}"
         )
     print(f"{args.out}: {packets} frame(s), remuxed without re-encoding")
+    chosen = args.camera or sorted({s.header.camera_id for s in verified.segments})[0]
+    if chosen in verified.tails:
+        print(
+            f"  Media Signing: the signature of the clip's last GOP was taken from the next "
+            f"segment (#{verified.tails[chosen].header.sequence}) into its last frame: every "
+            "second of the clip verifies on its own (edge-csu verify)"
+        )
+    else:
+        print(
+            "  Media Signing: the bundle holds no segment after the range (the recording "
+            "ended there, or it was exported before this was carried): the clip's last GOP "
+            "stays pending in edge-csu verify (its signature is after the end of the clip)"
+        )
     if verified.events:
         # The alerts and counts of the range, and their snapshots, opened beside the clip.
         events_dir = args.out.with_name(args.out.stem + "-events")
@@ -336,7 +349,6 @@ def _report_opened(
     if args.overlay_masks:
         from .overlay import write_overlay
 
-        chosen = args.camera or sorted({s.header.camera_id for s in verified.segments})[0]
         mine = [s for s in verified.segments if s.header.camera_id == chosen]
         spans = [s for s in verified.mask_timeline() if s.camera == chosen]
         review, frames = write_overlay(args.out, spans, mine[0].header.start_wall_ns)

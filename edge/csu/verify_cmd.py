@@ -38,9 +38,9 @@ def register(sub: Any) -> None:
         "every file), the evidence certificate at the recording dates, each camera's chain and "
         "losses, the privacy-mask commitments and, with --receipt-key, the CSU's receipts. Or "
         "check an H.264 MP4 (from edge-csu open, or any ONVIF Media Signing camera) GOP by GOP. "
-        "Then a per-second coverage map (authentic, missing, unsigned, not authentic). Exit 0: "
-        "authentic and complete; 3: authentic but partial; 1: something is not authentic or "
-        "nothing is signed; 2: error.",
+        "Then a per-second coverage map (authentic, missing, unsigned, pending, not authentic). "
+        "Exit 0: authentic and complete; 3: authentic but partial (or a pending last GOP); "
+        "1: something is not authentic or nothing is signed; 2: error.",
         example=[
             (
                 "edge-csu verify /media/usb/pv42 --ca city-root.pem",

@@ -69,7 +69,7 @@ from . import format as fmt
 from .audit import AuditLog, current_actor
 from .bundle_events import BundleEvent, export_events, verify_events
 from .index import Index
-from .remux import TimeGap, remux
+from .remux import TimeGap, closing_seis, remux
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +402,8 @@ def _export(
             + "; ".join(str(p) for p in damage.parts[:3])
             + " (run edgectl verify)"
         )
-    needed = {(e["camera"], bytes.fromhex(e["epoch"])) for e in seg_entries}
+    tail_entries = _export_tails(root, prev, env_files, public_key, device_id, partial)
+    needed = {(e["camera"], bytes.fromhex(e["epoch"])) for e in [*seg_entries, *tail_entries]}
     env_entries: list[dict[str, Any]] = []
     for (camera, epoch_id), src in sorted(env_files.items()):
         if (camera, epoch_id) not in needed:
@@ -456,6 +457,9 @@ def _export(
         "unit_key_id": key_id(public_raw(public_key)),
         "cameras": cam_info,
         "segments": seg_entries,
+        # Per camera, the segment after the last exported one, when the vault holds it: its
+        # first access unit carries the Media Signing SEI of the range's last GOP.
+        "tail": tail_entries,
         "envelopes": env_entries,
         "gaps": gap_entries,
         # The signed record (polygons) of each mask set the segments commit to.
@@ -520,6 +524,58 @@ def _export(
         snapshots=sum(1 for e in event_entries if "snapshot" in e),
         events_damaged=tuple(f"{d['file']}: {d['detail']}" for d in events_damaged),
     )
+
+
+def _export_tails(
+    root: Path,
+    last: dict[str, fmt.SealedSegment],
+    env_files: dict[tuple[str, bytes], Path],
+    public_key: ed25519.Ed25519PublicKey,
+    device_id: str,
+    partial: Path,
+) -> list[dict[str, Any]]:
+    """Per camera, the segment that continues the last exported one (next sequence, linked to
+    it, intact, its envelope at hand), copied under ``tail/``; none where the recording ended
+    there or the next segment is not intact (the clip then keeps its dangling end).
+
+    Carried for one reason: the ONVIF Media Signing SEI that signs the last GOP of the range
+    sits in that segment's first access unit (``edge-csu open`` moves it into the clip)."""
+    index = Index(root / "index.sqlite", readonly=True)
+    try:
+        rows = {cam: index.get(cam, seg.header.sequence + 1) for cam, seg in last.items()}
+    finally:
+        index.close()
+    entries: list[dict[str, Any]] = []
+    for cam, row in sorted(rows.items()):
+        if row is None or (cam, row.epoch_id) not in env_files:
+            continue
+        src = layout.segment_path(root, cam, row.start_wall_ns, row.sequence)
+        try:
+            seg = fmt.verify_segment(src.read_bytes(), public_key, device_id=device_id)
+        except (OSError, IntegrityError) as exc:
+            log.warning("%s#%d: next segment not carried: %s", cam, row.sequence, exc)
+            continue
+        h = seg.header
+        if (h.camera_id, h.sequence) != (cam, row.sequence) or (
+            h.prev_hash != last[cam].chain_hash
+        ):
+            continue
+        name = f"tail/{cam}/{h.sequence:010d}.seg"
+        digest, size = _copy(src, partial / name)
+        entries.append(
+            {
+                "camera": cam,
+                "sequence": h.sequence,
+                "start_ns": h.start_wall_ns,
+                "end_ns": h.end_wall_ns,
+                "frames": h.frame_count,
+                "epoch": h.epoch_id.hex(),
+                "file": name,
+                "sha256": digest,
+                "size": size,
+            }
+        )
+    return entries
 
 
 def _export_mask_sets(
@@ -667,10 +723,51 @@ class VerifiedBundle:
     """The signed events of the range (and their sealed snapshots), verified."""
     seal: str = ""
     """Who sealed the manifest, for people; empty: the unit (an ``edgectl export`` bundle)."""
+    tails: Mapping[str, fmt.SealedSegment] = dataclasses.field(default_factory=dict)
+    """Per camera, the segment after the last one of the range (only its first access unit is
+    used: the Media Signing SEI of the range's last GOP); absent where the recording ended."""
 
     @property
     def partial(self) -> bool:
         return bool(self.damaged)
+
+
+def _verify_tails(
+    bundle: Path,
+    manifest: dict[str, Any],
+    key: ed25519.Ed25519PublicKey,
+    device: str,
+    last: Mapping[str, fmt.SealedSegment],
+    envelopes: Mapping[tuple[str, bytes], fmt.EpochEnvelope],
+    listed: set[str],
+) -> dict[str, fmt.SealedSegment]:
+    """The manifest's ``tail`` segments (absent from bundles made before it): each signed,
+    the very next segment of its camera's last one in the bundle, chained to it."""
+    raw_list = manifest.get("tail", [])
+    if not isinstance(raw_list, list):
+        raise IntegrityError("manifest: tail has the wrong type")
+    tails: dict[str, fmt.SealedSegment] = {}
+    for i, entry in enumerate(raw_list):
+        where = f"tail[{i}]."
+        seg = fmt.verify_segment(_read_listed(bundle, entry, where), key, device_id=device)
+        h = seg.header
+        before = last.get(h.camera_id)
+        if (
+            h.camera_id != _field(entry, "camera", str, where)
+            or h.sequence != _field(entry, "sequence", int, where)
+            or before is None
+            or h.camera_id in tails
+        ):
+            raise IntegrityError(f"{entry['file']}: header does not match the manifest")
+        if h.sequence != before.header.sequence + 1 or h.prev_hash != before.chain_hash:
+            raise IntegrityError(
+                f"{entry['file']}: does not continue {h.camera_id}#{before.header.sequence}"
+            )
+        if (h.camera_id, h.epoch_id) not in envelopes:
+            raise IntegrityError(f"{entry['file']}: its epoch envelope is missing")
+        tails[h.camera_id] = seg
+        listed.add(entry["file"])
+    return tails
 
 
 def _field(obj: Any, name: str, kind: type, where: str) -> Any:
@@ -906,6 +1003,7 @@ def verify_contents(
         last[h.camera_id] = seg
         segments.append(seg)
         listed.add(entry["file"])
+    tails = _verify_tails(bundle, manifest, key, device, last, envelopes, listed)
     events = verify_events(bundle, manifest, key, device, listed, _read_listed)
     for cert in manifest.get("certificates", []):
         _read_listed(bundle, cert, "certificates[].")
@@ -944,6 +1042,7 @@ def verify_contents(
             tuple(found),
             checked,
             events,
+            tails=tails,
         )
     return VerifiedBundle(
         bundle,
@@ -959,6 +1058,7 @@ def verify_contents(
         tuple(found),
         checked,
         events,
+        tails=tails,
     )
 
 
@@ -1141,9 +1241,18 @@ def open_verified(
             yield (*decrypt_segment(seg, keys[epoch]), seg.header.start_wall_ns)
 
     declared = sum(s.header.frame_count for s in verified.segments if s.header.camera_id == chosen)
+    closing: list[bytes] = []
+    tail = verified.tails.get(chosen)
+    if tail is not None:
+        # The signature of the clip's last GOP: in the next segment's first access unit.
+        if tail.header.epoch_id not in keys:
+            keys[tail.header.epoch_id] = open_envelope(
+                verified.envelopes[(chosen, tail.header.epoch_id)], private
+            )
+        closing = closing_seis(*decrypt_segment(tail, keys[tail.header.epoch_id]))
     tmp = out_path.with_name(f".{out_path.name}.partial.mp4")
     try:
-        count = remux(plain(), tmp, gaps)
+        count = remux(plain(), tmp, gaps, closing)
         if count != declared:
             raise IntegrityError(
                 f"the video holds {count} frame(s) but the signed headers declare {declared}"

@@ -8,6 +8,8 @@ does. States of a second:
 ``authentic``      an authentic segment covers (part of) it
 ``missing``        nothing in the bundle covers it (not recorded, lost, left out of the export)
 ``unsigned``       video without any signature (a plain file: nothing proves it)
+``pending``        a signed file's last GOP whose signature is after the end of the file (the
+                   ONVIF Media Signing *dangling end*): not proven, not disproven
 ``not-authentic``  the bundle holds something for it that fails its check
 
 Pure apart from reading the bundle's files in the fallback.
@@ -39,6 +41,7 @@ class SecondState(StrEnum):
     MISSING = "missing"
     UNSIGNED = "unsigned"
     NOT_AUTHENTIC = "not-authentic"
+    PENDING = "pending"
 
 
 class Verdict(StrEnum):
@@ -335,7 +338,13 @@ def from_media(source: str, media: MediaReport) -> Report:
         verdict = Verdict.NOT_AUTHENTIC
     elif not media.signed:
         verdict = Verdict.UNSIGNED
-    elif GopState.UNSIGNED in states or GopState.MISSING in states or media.missing:
+    elif (
+        GopState.UNSIGNED in states
+        or GopState.MISSING in states
+        or GopState.PENDING in states
+        or media.missing
+    ):
+        # A pending end is not proven: partial (exit 3), never authentic, said explicitly.
         verdict = Verdict.PARTIAL
     else:
         verdict = Verdict.AUTHENTIC
@@ -349,6 +358,7 @@ def from_media(source: str, media: MediaReport) -> Report:
         GopState.MISSING: SecondState.MISSING,
         GopState.UNSIGNED: SecondState.UNSIGNED,
         GopState.NOT_AUTHENTIC: SecondState.NOT_AUTHENTIC,
+        GopState.PENDING: SecondState.PENDING,
     }
     spans: list[tuple[str, int, int, SecondState]] = []
     for g in media.gops:
@@ -364,7 +374,15 @@ def from_media(source: str, media: MediaReport) -> Report:
         else:
             runs.append((g.index, g.index, g.state, g.reason))
     for first, last, verdict_of_run, reason in runs:
-        if verdict_of_run is not GopState.AUTHENTIC:
+        if verdict_of_run is GopState.PENDING:
+            g = media.gops[first]
+            at = f" from {iso(g.start_ns // 10**9)}" if g.start_ns is not None else ""
+            report.reasons.append(
+                f"dangling end: the last GOP (GOP {first}{at}) is pending: its signature is "
+                "after the end of the file (the clip was cut there, or the recording ended); "
+                "not proven, not disproven"
+            )
+        elif verdict_of_run is not GopState.AUTHENTIC:
             which = f"GOP {first}" if first == last else f"GOPs {first}-{last}"
             report.reasons.append(f"{which} ({verdict_of_run.value}): {reason}")
     for start, end, count in media.missing:
@@ -379,8 +397,8 @@ def from_media(source: str, media: MediaReport) -> Report:
     )
     if spans:
         bounds = (min(s[1] for s in spans), max(s[2] for s in spans))
-        order = [SecondState.AUTHENTIC, SecondState.MISSING, SecondState.UNSIGNED,
-                 SecondState.NOT_AUTHENTIC]  # fmt: skip
+        order = [SecondState.AUTHENTIC, SecondState.PENDING, SecondState.MISSING,
+                 SecondState.UNSIGNED, SecondState.NOT_AUTHENTIC]  # fmt: skip
         seconds: dict[int, SecondState] = {}
         for _track, start, end, state in spans:
             for s in _span_seconds(start, end):
@@ -397,7 +415,8 @@ def merge_media(report: Report, camera: str, media: MediaReport) -> None:
 
     The vault's signatures already prove each authentic second; the video's own signatures
     must agree: a second they find not authentic makes the bundle not authentic. Unsigned
-    video (recorded before Media Signing, or a clip's dangling last GOP) is only reported.
+    video (recorded before Media Signing) and a pending last GOP (the dangling end, where the
+    bundle does not hold the segment after its range) are only reported.
     """
     found = {s.second: s.state for s in from_media(camera, media).seconds}
     merged = []

@@ -13,15 +13,17 @@ run backwards). Gaps longer than :data:`GAP_REPORT_S` are reported.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import av.container
 
 from ..errors import EdgeError, VaultError, from_av
+from ..video import mediasigning as ms
 
 #: A pause between two frames of the clip longer than this is reported as a time gap.
 GAP_REPORT_S = Fraction(1)
@@ -35,15 +37,66 @@ class TimeGap:
     seconds: float
 
 
+def closing_seis(init: bytes, media: bytes) -> list[bytes]:
+    """The signed ONVIF Media Signing SEIs (not certificate SEIs) in the first access unit of a
+    segment (``init || media``): what signs the GOP before it."""
+    try:
+        with av.open(io.BytesIO(init + media), mode="r", format="mp4") as src:
+            stream = src.streams.video[0]
+            first = next((p for p in src.demux(stream) if p.size > 0), None)
+            size = _length_size(stream.codec_context.extradata)
+            if first is None:
+                return []
+            units = ms.length_prefixed_units(bytes(first), size)
+    except (IndexError, av.error.FFmpegError) as exc:
+        raise VaultError(f"the segment after the range is unreadable: {exc}") from None
+    out = []
+    for unit in units:
+        sei = ms.parse_sei(unit)
+        if sei is not None and sei.signed and not sei.certificate_sei:
+            out.append(unit)
+    return out
+
+
+def _length_size(extradata: bytes | None) -> int:
+    """NAL length field size of an MP4 H.264 track (from its avcC record)."""
+    if extradata and len(extradata) > 4 and extradata[0] == 1:
+        return (extradata[4] & 0x03) + 1
+    return 4
+
+
+def _before_picture(packet: av.Packet[Any], units: Sequence[bytes], size: int) -> av.Packet[Any]:
+    """``packet`` (a length-prefixed access unit) with ``units`` put in front of its first
+    slice: an SEI precedes the picture in an H.264 access unit."""
+    own = ms.length_prefixed_units(bytes(packet), size)
+    at = next(
+        (n for n, u in enumerate(own) if ms.nal_type(u) in (ms.NAL_SLICE, ms.NAL_IDR)), len(own)
+    )
+    ordered = [*own[:at], *units, *own[at:]]
+    out = av.Packet(b"".join(len(u).to_bytes(size, "big") + u for u in ordered))
+    out.dts, out.pts, out.duration = packet.dts, packet.pts, packet.duration
+    out.time_base = packet.time_base
+    out.is_keyframe = packet.is_keyframe
+    out.stream = packet.stream
+    return out
+
+
 def remux(
     segments: Iterable[tuple[bytes, bytes, int]],
     out_path: Path,
     gaps: list[TimeGap] | None = None,
+    closing: Sequence[bytes] = (),
 ) -> int:
     """Write ``out_path`` (MP4) from (init, media, start_wall_ns) triples, in recording order;
-    returns the number of video packets and appends the time gaps found to ``gaps``."""
+    returns the number of video packets and appends the time gaps found to ``gaps``.
+
+    ``closing``: NAL units (the Media Signing SEI that signs the clip's last GOP, taken from
+    the segment after it) put into the last access unit, in front of its picture, so that the
+    clip carries the signature of everything it shows; no picture is added."""
     out: av.container.OutputContainer | None = None
     out_stream = None
+    size = 4
+    held: av.Packet[Any] | None = None  # the last packet, muxed once the next one comes
     origin_wall_ns: int | None = None
     session_base = Fraction(0)  # clip time (s) of timestamp 0 of the current session
     session_end: Fraction | None = None  # end of the previous segment in its own timeline (s)
@@ -58,6 +111,7 @@ def remux(
                 if out is None:
                     out = av.open(str(out_path), mode="w", format="mp4")
                     out_stream = out.add_stream_from_template(in_stream)
+                    size = _length_size(in_stream.codec_context.extradata)
                 assert out_stream is not None
                 tb = in_stream.time_base
                 if tb is None:
@@ -93,8 +147,12 @@ def remux(
                     p.pts = round((session_base + pts) / tb)
                     p.time_base = tb
                     p.stream = out_stream
-                    out.mux(p)
+                    if held is not None:
+                        out.mux(held)
+                    held = p
                     count += 1
+        if out is not None and held is not None:
+            out.mux(_before_picture(held, closing, size) if closing else held)
     except av.error.FFmpegError as exc:
         raise VaultError(str(from_av(exc, f"remuxing into {out_path}"))) from None
     finally:

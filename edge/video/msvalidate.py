@@ -3,13 +3,16 @@
 Verdicts, as the specification names them: ``authentic`` (signature, GOP hash and link to the
 GOP before all hold), ``missing`` (authentic, but NAL units the signature lists are not in the
 file, or whole GOPs between two signed ones are gone), ``unsigned`` (no signing SEI covers it:
-never signed, SEIs stripped, or the last GOP of a clip whose successor was cut off, the
-specification's *dangling end*), ``not-authentic`` (anything else: a byte changed, GOPs
-reordered, a signature or certificate that does not check).
+never signed, SEIs stripped), ``pending`` (the last GOP of a signed file when no SEI covers
+it: its signature comes after the end of the file, the specification's *dangling end*, which
+the reference validator counts as pending frames), ``not-authentic`` (anything else: a byte
+changed, GOPs reordered, a signature or certificate that does not check).
 
 Which SEI covers which GOP: the SEI sits in an access unit after its GOP, either in front of the
 next GOP's IDR (how this firmware writes it) or in the access unit after it (the reference
-implementation's sample files); a SEI whose GOP hash equals a GOP's is matched to it first.
+implementation's sample files), or in front of the GOP's own last picture (a clip's last GOP:
+``edge-csu open`` moves it there from the segment after the clip); a SEI whose GOP hash
+equals a GOP's is matched to it first.
 The signing key comes from the certificate chain in the stream, checked against the given
 trust anchors at the signed recording times, or is pinned by the caller.
 
@@ -18,6 +21,7 @@ Pure apart from :func:`read_access_units` (PyAV demuxes the file).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +61,9 @@ class GopState(StrEnum):
     MISSING = "missing"
     UNSIGNED = "unsigned"
     NOT_AUTHENTIC = "not-authentic"
+    PENDING = "pending"
+    """The dangling end: the file's last GOP, whose signing SEI is after the end of the file
+    (not proven, not disproven)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +117,7 @@ class MediaReport:
 
     @property
     def signed(self) -> bool:
-        return any(g.state is not GopState.UNSIGNED for g in self.gops)
+        return any(g.state not in (GopState.UNSIGNED, GopState.PENDING) for g in self.gops)
 
 
 def read_access_units(path: Path) -> list[AccessUnit]:
@@ -210,8 +217,10 @@ def _collect(
     return gops, seis, cert_seis
 
 
-def _match(gops: list[_Gop], seis: list[_Sei]) -> tuple[dict[int, OmsSei], list[OmsSei]]:
-    """Which SEI covers which GOP, and the SEIs whose GOP is not in the file at all.
+def _match(gops: list[_Gop], seis: list[_Sei]) -> tuple[dict[int, OmsSei], list[OmsSei], int]:
+    """Which SEI covers which GOP, the SEIs whose GOP is not in the file at all, and how many
+    SEIs sign the GOP before the file (in front of its first picture: a clip that starts on a
+    GOP boundary of a longer recording, not a loss).
 
     A SEI covers the GOP whose hash it signs (wherever that GOP now is: reordering is judged
     later, from the counters); else the GOP its position points to, if some of that GOP's NAL
@@ -219,6 +228,7 @@ def _match(gops: list[_Gop], seis: list[_Sei]) -> tuple[dict[int, OmsSei], list[
     missing from the file)."""
     covered: dict[int, OmsSei] = {}
     orphans: list[OmsSei] = []
+    before = 0
     by_hash: dict[bytes, list[int]] = {}
     for gop in gops:
         by_hash.setdefault(sha256(b"".join(gop.hashes(gop.anchor))), []).append(gop.index)
@@ -236,11 +246,13 @@ def _match(gops: list[_Gop], seis: list[_Sei]) -> tuple[dict[int, OmsSei], list[
             anchors = {gop.anchor, listed[0] if listed else None}
             if any(set(gop.hashes(a)) & set(listed) for a in anchors):
                 chosen = item.hint
-        if chosen is None:
+        if chosen is None and item.hint < 0:
+            before += 1
+        elif chosen is None:
             orphans.append(item.sei)
         else:
             covered[chosen] = item.sei
-    return covered, orphans
+    return covered, orphans, before
 
 
 def verify_signature(key: PublicKey, signature: bytes, digest: bytes) -> bool:
@@ -333,7 +345,12 @@ def validate(
     ``recorded_at`` (default: now) for a stream whose clock is not UTC."""
     report = MediaReport()
     gops, seis, cert_seis = _collect(aus, report.problems)
-    covered, orphans = _match(gops, seis)
+    covered, orphans, earlier_gop = _match(gops, seis)
+    if earlier_gop:
+        report.notes.append(
+            "the first access unit also carries the signature of the GOP before the file "
+            "(the file starts where a longer recording was cut): not a loss"
+        )
     key = _signing_key(report, covered, cert_seis, anchors, pinned, recorded_at)
     times = _times(gops, covered)
     counters = {i: _counter(sei) for i, sei in covered.items()}
@@ -365,6 +382,7 @@ def validate(
                 gop.index, state, reason, start, end, gop.first_pts_s, gop.last_pts_s, signed_times
             )
         )
+    _mark_dangling_end(report)
     for sei in orphans:
         if key is None or not verify_signature(key, sei.signature(), sei.document_hash):
             report.problems.append("a signing SEI whose signature does not verify")
@@ -374,6 +392,22 @@ def validate(
         end = unix_ns(info.end_filetime) if info.end_filetime else start
         report.missing.append((start, end, 1))
     return report
+
+
+def _mark_dangling_end(report: MediaReport) -> None:
+    """The last GOP, unsigned after a signed one, is the dangling end: its SEI would be in
+    the first access unit after the file (a clip cut there, or the recording ended)."""
+    gops = report.gops
+    if len(gops) < 2 or gops[-1].state is not GopState.UNSIGNED:
+        return
+    if not any(g.state is not GopState.UNSIGNED for g in gops[:-1]):
+        return  # nothing signed: an unsigned file, not a dangling end
+    gops[-1] = dataclasses.replace(
+        gops[-1],
+        state=GopState.PENDING,
+        reason="its signature is after the end of the file (the GOP after it is not here): "
+        "the dangling end, neither proven nor disproven",
+    )
 
 
 def _counter(sei: OmsSei) -> int:

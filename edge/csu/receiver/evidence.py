@@ -316,6 +316,7 @@ def build(
             "nothing intact to export in that range: "
             + "; ".join(str(p) for p in damage.parts[:3]),
         )
+    tail = _tail(store, req, trust, tar, envelopes, expect)
     for gap in gap_records.values():  # losses the unit recorded within the range are named too
         if gap.after_wall_ns < req.end_ns and gap.created_wall_ns > req.start_ns:
             gaps_used.setdefault(gap.first, gap)
@@ -378,6 +379,7 @@ def build(
             }
         },
         "segments": segments,
+        "tail": tail,
         "envelopes": sorted(envelopes.values(), key=lambda e: str(e["epoch"])),
         "gaps": gap_entries,
         "certificates": certs,
@@ -491,6 +493,57 @@ def _events(
             entry["snapshot_not_held"] = SNAPSHOT_NOT_HELD
         entries.append(entry)
     return entries, damaged
+
+
+def _tail(
+    store: SegmentStore,
+    req: BundleRequest,
+    trust: UnitTrust,
+    tar: bundlefile.TarWriter,
+    envelopes: dict[bytes, dict[str, Any]],
+    expect: tuple[int, bytes | None] | None,
+) -> list[dict[str, Any]]:
+    """The segment after the range's last exported one, when the CSU holds it intact and
+    chained to it (``expect``: its sequence and previous hash): its first access unit carries
+    the ONVIF Media Signing SEI of the range's last GOP (``edge-csu open`` moves it into the
+    clip). None where the unit has not sent it yet or the recording ended there."""
+    if expect is None or expect[1] is None:
+        return []  # the range's last segment was left out: nothing to close
+    seq, want = expect
+    try:
+        raw = store.read_segment(req.unit, req.camera, seq)
+        seg = sealed.verify_segment(raw, trust.key, device_id=req.unit)
+    except (FileNotFoundError, IntegrityError):
+        return []
+    h = seg.header
+    if (h.camera_id, h.sequence) != (req.camera, seq) or h.prev_hash != want:
+        return []
+    if h.epoch_id not in envelopes:
+        env_raw = store.read_envelope(req.unit, req.camera, h.epoch_id.hex())
+        try:
+            if env_raw is None:
+                return []
+            env = sealed.verify_envelope(env_raw, trust.key)
+        except IntegrityError:
+            return []
+        if (env.device_id, env.camera_id) != (req.unit, req.camera):
+            return []
+        name = f"epochs/{req.camera}/{h.epoch_id.hex()}.env"
+        envelopes[h.epoch_id] = {
+            "camera": req.camera, "epoch": h.epoch_id.hex(), **tar.add(name, env_raw)
+        }  # fmt: skip
+    entry = tar.add(f"tail/{req.camera}/{seq:010d}.seg", raw)
+    return [
+        {
+            "camera": req.camera,
+            "sequence": seq,
+            "start_ns": h.start_wall_ns,
+            "end_ns": h.end_wall_ns,
+            "frames": h.frame_count,
+            "epoch": h.epoch_id.hex(),
+            **entry,
+        }
+    ]
 
 
 def unit_trust(receiver: Receiver, unit: str) -> UnitTrust:

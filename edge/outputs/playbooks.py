@@ -24,13 +24,13 @@ from typing import Any, Literal
 
 from edge.config import Confirmation, OutputConfig, PlaybookConfig
 
-DecisionKind = Literal["drive", "safe", "request", "lapsed", "ignored"]
+DecisionKind = Literal["drive", "safe", "request", "restored", "lapsed", "ignored"]
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What the engine must do (``drive``, ``safe``) or record (``request``, ``lapsed``,
-    ``ignored``), with who and what is behind it for the audit log."""
+    """What the engine must do (``drive``, ``safe``) or record (``request``, ``restored``,
+    ``lapsed``, ``ignored``), with who and what is behind it for the audit log."""
 
     kind: DecisionKind
     output: str
@@ -124,6 +124,23 @@ class PlaybookPolicy:
         del self.requests[event_id]
         pb = self.playbooks[playbook]
         return [self._drive(pb, now, event_id, agent, f"confirmed by {agent}")]
+
+    def restore(
+        self, playbook: str, event_id: str, camera: str, now: float, left_s: float
+    ) -> Decision:
+        """A request kept over a restart of edged waits again, ``left_s`` more seconds
+        (:mod:`edge.outputs.pending` decides which and for how long)."""
+        pb = self.playbooks[playbook]
+        until = now + min(left_s, pb.confirm_within_s)
+        self.requests[event_id] = Request(playbook, event_id, camera, now, until)
+        return Decision(
+            "restored",
+            pb.output,
+            f"{pb.event} on {camera}: still waits for an agent's confirmation after a restart",
+            playbook=playbook,
+            event_id=event_id,
+            until=until,
+        )
 
     def manual(
         self, output: str, state: str, duration_s: float, agent: str, now: float

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.config import PlaybookConfig
-from edge.fsutil import makedirs_durably, write_atomic
+from edge.fsutil import fsync_dir, makedirs_durably, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ class PendingStore:
             log.error("pending output requests %s", self.damaged)
             try:
                 self.path.rename(aside)
+                fsync_dir(self.path.parent)
             except OSError as err:
                 self.damaged += f" (not moved aside: {err})"
             return []

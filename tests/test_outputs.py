@@ -308,6 +308,35 @@ def test_a_damaged_file_of_requests_is_kept_aside_audited_and_edged_runs(
             engine.stop()
 
 
+def test_a_full_disk_stops_neither_requests_nor_confirmations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(self: PendingStore, requests: object) -> None:  # the fault: no space left
+        raise OSError(28, "No space left on device")
+
+    with modbus_server() as sign:
+        audit = Audit()
+        engine = OutputEngine(unit_config(sign.port, tmp_path), audit, guard=False)
+        alerts = hub()
+        alerts.add_listener(engine.on_event)
+        engine.start()
+        try:
+            monkeypatch.setattr(PendingStore, "save", full)
+            first = analytics_event(alerts, "gathering")
+            wait_for("a pending request", lambda: engine.snapshot()["pending"])
+            assert not (tmp_path / "outputs" / "pending-requests.json").exists()
+            engine.confirm(first, "lane-closure", "agent dupont")
+            sign.wait_register(REGISTER, 2, 2.0)
+            monkeypatch.undo()  # space again: the next change is written
+            second = analytics_event(alerts, "gathering")
+            store = tmp_path / "outputs" / "pending-requests.json"
+            wait_for("the request on disk", lambda: store.exists()
+                     and [r["event"] for r in kept_requests(tmp_path)] == [second])  # fmt: skip
+        finally:
+            engine.stop()
+    assert [d["event"] for a, d, _ in audit.records if a == "output-driven"] == [first]
+
+
 def test_the_file_of_requests_is_bounded_and_forgets_removed_playbooks(tmp_path: Path) -> None:
     cfg = sign_config(1502)
     now = time.time_ns()

@@ -363,10 +363,12 @@ class OutputEngine:
 
     def _carry_out(self, decisions: list[Decision]) -> None:
         # The policy has already changed. A new request is on disk before it is audited and
-        # shown to the CSU; one confirmed leaves the disk only once its output was driven (a
-        # crash in between leaves it waiting again for a new confirmation, never lost).
-        self._save_pending(only_new=True)
+        # shown to the CSU (written then, so that a drive of the same event is not kept
+        # waiting on the disk); one confirmed leaves the disk only once its output was driven
+        # (a crash in between leaves it waiting again for a new confirmation, never lost).
         for d in decisions:
+            if d.kind == "request":
+                self._save_pending(only_new=True)
             details: dict[str, Any] = {"output": d.output, "reason": d.reason}
             for key in ("state", "playbook", "event_id"):
                 if getattr(d, key) is not None:

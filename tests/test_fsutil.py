@@ -87,9 +87,10 @@ def test_no_other_module_writes_by_temporary_file_and_rename() -> None:
         ("edge/csu/fleet_cmd.py", "replace"),  # a bundle of hundreds of MB copied into place
         ("edge/csu/overlay.py", "replace"),
         # moves of files already written: a command the unit judged moved to done/, a damaged
-        # nonce record kept aside (never silently replaced)
+        # nonce record or record of waiting requests kept aside (never silently replaced)
         ("edge/csu/receiver/commands.py", "rename"),
         ("edge/outputs/commands.py", "rename"),
+        ("edge/outputs/pending.py", "rename"),
         # edgectl / edge-csu command modules being reworked for issue 12
         ("edge/cli/mask.py", "replace"),
         ("edge/csu/serve_cmd.py", "replace"),

@@ -3,11 +3,13 @@ aplay for the audio channel, the guard as a real process."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
 import wave
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,11 @@ from edge.app.alerts import AlertHub
 from edge.config import EdgeConfig
 from edge.errors import ConfigError, OutputError
 from edge.events import EventSigner
+from edge.outputs import pending
 from edge.outputs.audio import AudioDriver, wav_duration
 from edge.outputs.engine import OutputEngine
 from edge.outputs.modbus import ModbusDriver
+from edge.outputs.pending import KeptRequest, PendingStore, pending_path
 from tests.conftest import tool
 from tests.modbus_util import modbus_server, rtu_line
 
@@ -84,10 +88,12 @@ def analytics_event(hub: AlertHub, kind: str) -> str:
     return str(ev.body["id"])
 
 
-def test_a_wrong_way_event_drives_the_sign_at_once_and_clears_it_after_its_duration() -> None:
+def test_a_wrong_way_event_drives_the_sign_at_once_and_clears_it_after_its_duration(
+    tmp_path: Path,
+) -> None:
     with modbus_server() as sign:
         audit = Audit()
-        engine = OutputEngine(sign_config(sign.port), audit, guard=False)
+        engine = OutputEngine(unit_config(sign.port, tmp_path), audit, guard=False)
         alerts = hub()
         alerts.add_listener(engine.on_event)
         beat = sign.register(HEARTBEAT)
@@ -115,6 +121,11 @@ def test_a_wrong_way_event_drives_the_sign_at_once_and_clears_it_after_its_durat
     assert audit.actions()[-1] == "output-safe"
 
 
+def unit_config(port: int, data_dir: Path) -> EdgeConfig:
+    """:func:`sign_config` on a data directory of the test's own (requests are kept there)."""
+    return config.with_data_dir(sign_config(port), data_dir)
+
+
 def settled(engine: OutputEngine, output: str, state: str, timeout: float = 5.0) -> Any:
     """The output's status once the engine recorded ``state`` (it drives, then records)."""
     deadline = time.monotonic() + timeout
@@ -124,10 +135,10 @@ def settled(engine: OutputEngine, output: str, state: str, timeout: float = 5.0)
     return st
 
 
-def test_a_playbook_that_needs_an_agent_changes_nothing_until_confirmed() -> None:
+def test_a_playbook_that_needs_an_agent_changes_nothing_until_confirmed(tmp_path: Path) -> None:
     with modbus_server() as sign:
         audit = Audit()
-        engine = OutputEngine(sign_config(sign.port), audit, guard=False)
+        engine = OutputEngine(unit_config(sign.port, tmp_path), audit, guard=False)
         alerts = hub()
         alerts.add_listener(engine.on_event)
         engine.start()
@@ -157,11 +168,205 @@ def test_a_playbook_that_needs_an_agent_changes_nothing_until_confirmed() -> Non
     assert "output-confirmation-requested" in audit.actions()
 
 
-def test_an_unreachable_controller_shows_and_is_made_safe_when_it_answers_again() -> None:
+def wait_for(what: str, cond: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """``cond()`` once it is true, polled until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not (value := cond()):
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.01)
+    return value
+
+
+def kept_requests(data_dir: Path) -> list[dict[str, Any]]:
+    data = json.loads((data_dir / "outputs" / "pending-requests.json").read_bytes())
+    return list(data["requests"])
+
+
+def request_left_by_a_stopped_engine(port: int, data_dir: Path) -> str:
+    """A lane-closure request waiting when edged stops; its event id."""
+    engine = OutputEngine(unit_config(port, data_dir), Audit(), guard=False)
+    alerts = hub()
+    alerts.add_listener(engine.on_event)
+    engine.start()
+    try:
+        event_id = analytics_event(alerts, "gathering")
+        wait_for("a pending request", lambda: engine.snapshot()["pending"])
+    finally:
+        engine.stop()
+    return event_id
+
+
+def test_a_request_waiting_when_edged_stops_waits_again_after_a_restart(tmp_path: Path) -> None:
+    with modbus_server() as sign:
+        event_id = request_left_by_a_stopped_engine(sign.port, tmp_path)
+        assert sign.register(REGISTER) == 0  # edged stopped: safe, the request kept on disk
+        store = tmp_path / "outputs" / "pending-requests.json"
+        assert store.stat().st_mode & 0o777 == 0o600
+        [kept] = kept_requests(tmp_path)
+        assert (kept["event"], kept["playbook"], kept["output"]) == (
+            event_id, "lane-closure", "sign-up")  # fmt: skip
+        assert abs(kept["expires_ns"] - kept["made_ns"] - 300 * 10**9) < 1000  # the window
+
+        audit = Audit()
+        engine = OutputEngine(unit_config(sign.port, tmp_path), audit, guard=False)
+        engine.start()
+        try:
+            [pending] = engine.snapshot()["pending"]
+            assert (pending["playbook"], pending["event"]) == ("lane-closure", event_id)
+            assert 0 < pending["expires_in_s"] <= 300
+            assert sign.register(REGISTER) == 0  # a restart drives nothing by itself
+            assert "output-driven" not in audit.actions()
+            [restored] = [d for a, d, _ in audit.records if a == "output-confirmation-restored"]
+            assert restored["event"] == event_id and 0 < restored["confirm_within_s"] <= 300
+            engine.confirm(event_id, "lane-closure", "agent dupont")
+            sign.wait_register(REGISTER, 2, 2.0)
+            st = settled(engine, "sign-up", "closed")
+            assert st["agent"] == "agent dupont"
+            wait_for("no request shown", lambda: engine.snapshot()["pending"] == [])
+            wait_for("the request off the disk", lambda: kept_requests(tmp_path) == [])
+        finally:
+            engine.stop()
+        assert sign.register(REGISTER) == 0
+    driven = [(d["event"], who) for a, d, who in audit.records if a == "output-driven"]
+    assert driven == [(event_id, "agent dupont")]
+
+
+def test_a_request_whose_window_closed_while_edged_was_stopped_lapses(tmp_path: Path) -> None:
+    with modbus_server() as sign:
+        event_id = request_left_by_a_stopped_engine(sign.port, tmp_path)
+        audit = Audit()
+        later = 301 * 10**9  # edged came back after the 300 s window
+        engine = OutputEngine(unit_config(sign.port, tmp_path), audit, guard=False,
+                              wall_ns=lambda: time.time_ns() + later)  # fmt: skip
+        engine.start()
+        try:
+            assert engine.snapshot()["pending"] == []
+            [lapsed] = [(d, who) for a, d, who in audit.records
+                        if a == "output-confirmation-lapsed"]  # fmt: skip
+            assert lapsed == (
+                {"output": "sign-up", "reason": "expired while edged was stopped",
+                 "playbook": "lane-closure", "event": event_id},
+                "edged",
+            )  # fmt: skip
+            assert kept_requests(tmp_path) == []
+            engine.confirm(event_id, "lane-closure", "agent dupont")
+            refused = wait_for(
+                "the confirmation refused",
+                lambda: [(d, who) for a, d, who in audit.records if a == "output-command-refused"],
+            )
+            assert refused[0][1] == "agent dupont" and refused[0][0]["event"] == event_id
+            assert sign.register(REGISTER) == 0
+        finally:
+            engine.stop()
+    assert "output-driven" not in audit.actions()
+
+
+def test_a_clock_stepped_back_while_stopped_gives_at_most_one_window(tmp_path: Path) -> None:
+    with modbus_server() as sign:
+        event_id = request_left_by_a_stopped_engine(sign.port, tmp_path)
+        audit = Audit()
+        back = 3600 * 10**9  # the clock went back an hour while edged was stopped
+        engine = OutputEngine(unit_config(sign.port, tmp_path), audit, guard=False,
+                              wall_ns=lambda: time.time_ns() - back)  # fmt: skip
+        engine.start()
+        try:
+            [pending] = engine.snapshot()["pending"]
+            assert pending["event"] == event_id
+            assert pending["expires_in_s"] <= 300  # not 3900: capped at confirm_within_s
+        finally:
+            engine.stop()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b"\x00torn", b'{"format": 1, "requests": [{"playbook": 3}]}', b"[]"],
+    ids=["torn", "wrong-field", "wrong-shape"],
+)
+def test_a_damaged_file_of_requests_is_kept_aside_audited_and_edged_runs(
+    tmp_path: Path, damage: bytes
+) -> None:
+    store = tmp_path / "outputs" / "pending-requests.json"
+    store.parent.mkdir(parents=True)
+    store.write_bytes(damage)
+    with modbus_server() as sign:
+        audit = Audit()
+        engine = OutputEngine(unit_config(sign.port, tmp_path), audit, guard=False)
+        alerts = hub()
+        alerts.add_listener(engine.on_event)
+        engine.start()
+        try:
+            [(action, details, actor)] = [r for r in audit.records if "damaged" in r[0]]
+            assert (action, actor) == ("output-pending-damaged", "edged")
+            assert "kept as pending-requests.json.damaged-" in details["reason"]
+            [aside] = store.parent.glob("pending-requests.json.damaged-*")
+            assert aside.read_bytes() == damage  # kept as it was, for the maintenance
+            assert engine.snapshot()["pending"] == []
+            event_id = analytics_event(alerts, "gathering")  # the engine works on
+            wait_for("a pending request", lambda: engine.snapshot()["pending"])
+            assert [r["event"] for r in kept_requests(tmp_path)] == [event_id]
+        finally:
+            engine.stop()
+
+
+def test_a_full_disk_stops_neither_requests_nor_confirmations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(self: PendingStore, requests: object) -> None:  # the fault: no space left
+        raise OSError(28, "No space left on device")
+
+    with modbus_server() as sign:
+        audit = Audit()
+        engine = OutputEngine(unit_config(sign.port, tmp_path), audit, guard=False)
+        alerts = hub()
+        alerts.add_listener(engine.on_event)
+        engine.start()
+        try:
+            monkeypatch.setattr(PendingStore, "save", full)
+            first = analytics_event(alerts, "gathering")
+            wait_for("a pending request", lambda: engine.snapshot()["pending"])
+            assert not (tmp_path / "outputs" / "pending-requests.json").exists()
+            engine.confirm(first, "lane-closure", "agent dupont")
+            sign.wait_register(REGISTER, 2, 2.0)
+            monkeypatch.undo()  # space again: the next change is written
+            second = analytics_event(alerts, "gathering")
+            store = tmp_path / "outputs" / "pending-requests.json"
+            wait_for("the request on disk", lambda: store.exists()
+                     and [r["event"] for r in kept_requests(tmp_path)] == [second])  # fmt: skip
+        finally:
+            engine.stop()
+    assert [d["event"] for a, d, _ in audit.records if a == "output-driven"] == [first]
+
+
+def test_the_file_of_requests_is_bounded_and_forgets_removed_playbooks(tmp_path: Path) -> None:
+    cfg = sign_config(1502)
+    now = time.time_ns()
+    store = PendingStore(pending_path(tmp_path))
+    reqs = [KeptRequest("lane-closure", f"ev{i}", "cam1", "sign-up", now + i, now + 10**11)
+            for i in range(pending.MAX_KEPT + 5)]  # fmt: skip
+    store.save(reqs)
+    assert store.path.stat().st_size <= pending.MAX_BYTES
+    loaded = store.load()
+    assert loaded == reqs[5:] and store.damaged is None  # the newest kept
+    gone = KeptRequest("removed-playbook", "ev-x", "cam1", "sign-up", now, now + 10**11)
+    moved = KeptRequest("lane-closure", "ev-y", "cam1", "elsewhere", now, now + 10**11)
+    playbooks = {p.name: p for p in cfg.playbooks}
+    restored, lapsed = pending.restore([gone, moved, *loaded[:1]], playbooks, now)
+    assert [r.request.event for r in restored] == ["ev5"]
+    assert [(x.request.event, x.reason) for x in lapsed] == [
+        ("ev-x", "playbook no longer configured for this output"),
+        ("ev-y", "playbook no longer configured for this output"),
+    ]
+    store.path.write_bytes(b" " * (pending.MAX_BYTES + 1))
+    assert store.load() == [] and "over" in (store.damaged or "")
+
+
+def test_an_unreachable_controller_shows_and_is_made_safe_when_it_answers_again(
+    tmp_path: Path,
+) -> None:
     with modbus_server() as sign:
         port = sign.port
     audit = Audit()
-    engine = OutputEngine(sign_config(port), audit, guard=False)
+    engine = OutputEngine(unit_config(port, tmp_path), audit, guard=False)
     engine.start()
     try:
         snap = engine.snapshot()["outputs"]["sign-up"]
@@ -274,10 +479,10 @@ def test_a_missing_or_damaged_message_is_an_error_not_silence(tmp_path: Path) ->
         driver.drive("disperse", 5.0)
 
 
-def test_losing_the_uplink_ends_only_the_playbooks_that_say_so() -> None:
+def test_losing_the_uplink_ends_only_the_playbooks_that_say_so(tmp_path: Path) -> None:
     with modbus_server() as sign:
         audit = Audit()
-        cfg = sign_config(sign.port, duration_s=60.0).model_copy()
+        cfg = config.with_data_dir(sign_config(sign.port, duration_s=60.0), tmp_path)
         ww = cfg.playbooks[0].model_copy(update={"safe_on_uplink_loss": True})
         cfg = cfg.model_copy(update={"playbooks": [ww, cfg.playbooks[1]]})
         engine = OutputEngine(cfg, audit, guard=False)
@@ -297,10 +502,10 @@ def test_losing_the_uplink_ends_only_the_playbooks_that_say_so() -> None:
 
 
 def test_a_guard_that_cannot_start_leaves_the_outputs_working_and_shows(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     with modbus_server() as sign:
-        engine = OutputEngine(sign_config(sign.port), Audit())
+        engine = OutputEngine(unit_config(sign.port, tmp_path), Audit())
         monkeypatch.setattr(sys, "executable", "/bin/false")  # the fault: no guard process
         engine.start()
         monkeypatch.undo()
@@ -319,7 +524,7 @@ def test_a_density_event_plays_the_message_through_the_engine_and_a_missing_one_
     tool("aplay")
     _wav(tmp_path / "disperse.wav", 0.5)  # "long.wav" is missing: an installer's slip
     played = tmp_path / "played.raw"
-    text = audio_config(tmp_path, played).model_dump_json()
+    text = config.with_data_dir(audio_config(tmp_path, played), tmp_path).model_dump_json()
     cfg = EdgeConfig.model_validate_json(text).model_copy(
         update={
             "playbooks": [

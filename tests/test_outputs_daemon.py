@@ -1,7 +1,8 @@
 """Cabinet outputs in a real edged, driving pymodbus's own server as the sign controller:
 a unit alarm drives the sign through a playbook; ``kill -9`` of edged during the action
 returns the sign to its safe state within the bound (the guard process); a SIGTERM does too,
-audited; ``edgectl status`` shows the outputs."""
+audited; ``edgectl status`` shows the outputs, and a request waiting for an agent again after
+edged was killed and started again."""
 
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ def sockdir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def unit_config(tmp_path: Path, data_dir: Path, sockdir: Path, port: int) -> Path:
+def unit_config(
+    tmp_path: Path, data_dir: Path, sockdir: Path, port: int, confirmation: str = "immediate"
+) -> Path:
     # cam2 is a network camera that never answers: after 5 s without a frame edged raises
     # "camera-lost", the event the playbook acts on (a real event of the unit, signed).
     return write_config(
@@ -67,7 +70,7 @@ camera = "cam2"
 output = "sign-up"
 state = "fault"
 duration_s = 120
-confirmation = "immediate"
+confirmation = "{confirmation}"
 """,
     )
 
@@ -171,3 +174,37 @@ def test_a_stopped_edged_leaves_the_sign_safe_and_says_so_in_the_audit_log(
     records = audit_records(data_dir)
     safe = [r for r in records if r["action"] == "output-safe"]
     assert [r["reason"] for r in safe] == ["edged started", "edged stopping"]
+
+
+def test_a_request_waiting_when_edged_is_killed_is_in_the_status_of_the_next_edged(
+    tmp_path: Path, data_dir: Path, sockdir: Path
+) -> None:
+    with modbus_server() as sign:
+        config = unit_config(tmp_path, data_dir, sockdir, sign.port, confirmation="required")
+        with running_edged(config, tmp_path) as (proc, notify):
+            notify.wait_for("READY=1", timeout=30)
+            deadline = time.monotonic() + 30
+            while not (pending := outputs_status(config)["pending"]):
+                assert time.monotonic() < deadline, "no request for camera-lost"
+                time.sleep(0.2)
+            event_id = pending[0]["event"]
+            proc.send_signal(signal.SIGKILL)  # a crash: nothing is written on the way out
+            proc.wait()
+        assert sign.register(REGISTER) == 0
+        second = tmp_path / "second"  # its own notification socket
+        second.mkdir()
+        with running_edged(config, second) as (proc, notify):
+            notify.wait_for("READY=1", timeout=30)
+            pending = outputs_status(config)["pending"]
+            assert event_id in [p["event"] for p in pending], pending
+            screen = subprocess.run(
+                [sys.executable, "-m", "edge.cli.main", "status", "--config", str(config)],
+                capture_output=True, text=True, timeout=60, check=False,
+            ).stdout  # fmt: skip
+            assert "camera-fault waits for an agent" in screen, screen
+            assert sign.register(REGISTER) == 0  # waiting again, never driven by the restart
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+    restored = [r for r in audit_records(data_dir) if r["action"] == "output-confirmation-restored"]
+    assert [r["event"] for r in restored] == [event_id]
+    assert not [r for r in audit_records(data_dir) if r["action"] == "output-driven"]

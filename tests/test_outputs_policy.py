@@ -85,6 +85,34 @@ def test_a_playbook_that_needs_an_agent_waits_for_the_confirmation_and_lapses_wi
         p.confirm("e2", "lane-closure", "agent late", 231.0)
 
 
+def test_one_event_waits_for_each_of_its_playbooks_confirmations_apart() -> None:
+    """Excessive density may ask for an audio message and a lane closure, each confirmed (or
+    not) by an agent: confirming one leaves the other waiting, and each lapses on its own."""
+    cfg = config.parse(
+        BASE
+        + """
+[[playbooks]]
+name = "lane-sign"
+event = "gathering"
+output = "sign-up"
+state = "wrong-way"
+duration_s = 30
+confirm_within_s = 60
+"""
+    )
+    p = PlaybookPolicy(cfg.outputs, cfg.playbooks)
+    requests = p.on_event(event("gathering"), 10.0, T0_NS)
+    assert sorted((r.kind, r.playbook) for r in requests) == [
+        ("request", "lane-closure"), ("request", "lane-sign")
+    ]  # fmt: skip
+    [d] = p.confirm("e1", "lane-sign", "agent dupont", 20.0)
+    assert (d.kind, d.state, d.playbook) == ("drive", "wrong-way", "lane-sign")
+    [lapsed] = [x for x in p.tick(40.0) if x.kind == "lapsed"]  # lane-closure: 30 s window
+    assert (lapsed.playbook, lapsed.event_id) == ("lane-closure", "e1")
+    with pytest.raises(KeyError):
+        p.confirm("e1", "lane-closure", "agent late", 41.0)
+
+
 def test_events_that_must_start_nothing() -> None:
     p = policy()
     assert p.on_event(event("wrong_way", state="cleared"), 0.0, T0_NS) == []

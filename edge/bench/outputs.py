@@ -154,7 +154,7 @@ def _run(args: argparse.Namespace, repeat: int) -> dict[str, Any]:
             roundtrip.append((time.monotonic() - t0) * 1000)
 
         events = []
-        engine = OutputEngine(cfg, lambda *_: None, guard=False)
+        engine = OutputEngine(cfg, lambda *_: None, guard=False, keep_pending=False)
         hub = AlertHub(EventSigner(ed25519.Ed25519PrivateKey.generate(), "bench-unit"))
         hub.add_listener(engine.on_event)
         engine.start()

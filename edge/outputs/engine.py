@@ -15,6 +15,11 @@ Fail-safe, in three layers:
    kernel closes it and the guard drives every output safe;
 3. controllers that watch a heartbeat register fall back on their own (power cut, board hung).
 
+Requests waiting for an agent outlive a restart (:mod:`edge.outputs.pending`): written to the
+data directory whenever they change, read back at start, after the outputs were made safe.
+Those still in their window wait again (``output-confirmation-restored``), the others lapse
+(``output-confirmation-lapsed``); a restart never drives an output by itself.
+
 Threads: the engine thread alone touches the drivers and the policy. ``_lock`` protects the
 published status (read by the control thread and the metrics writer).
 """
@@ -37,6 +42,7 @@ from edge.config import EdgeConfig
 from edge.errors import OutputError
 from edge.events import SignedEvent
 from edge.outputs.base import OutputDriver, make_driver
+from edge.outputs.pending import KeptRequest, PendingStore, pending_path, restore
 from edge.outputs.playbooks import Decision, PlaybookPolicy
 from edge.snapshot import OutputsStatus, OutputStatus, PendingRequestStatus
 
@@ -97,6 +103,7 @@ class OutputEngine:
         drivers: dict[str, OutputDriver] | None = None,
         guard: bool = True,
         notify: Notify | None = None,
+        keep_pending: bool = True,
     ) -> None:
         self.cfg = cfg
         self._audit = audit
@@ -133,6 +140,14 @@ class OutputEngine:
             for o in cfg.outputs
         }
         self._pending: list[PendingRequestStatus] = []
+        # Requests kept over a restart (None: not kept, the benchmark's engine): what was
+        # written, by event id, with wall-clock times; written only between the reload at start
+        # and stop (the safe states of start and stop end requests only in memory).
+        self._store = PendingStore(pending_path(cfg.unit.data_dir)) if keep_pending else None
+        self._kept: dict[str, KeptRequest] = {}
+        self._saved: frozenset[tuple[str, str]] | None = None
+        self._keeping = False
+        self._save_failing = False
 
     # --- what other threads call (never blocks) ---------------------------------------------
 
@@ -169,7 +184,11 @@ class OutputEngine:
                 log.error("output guard not started: outputs are not made safe if edged dies: %s",
                           exc)  # fmt: skip
                 self.guard = None
+        kept = self._store.load() if self._store is not None else []
+        if self._store is not None and self._store.damaged is not None:
+            self._audit("output-pending-damaged", {"reason": self._store.damaged}, "edged")
         self._carry_out(self.policy.end_all("edged started"))
+        self._reload(kept)
         self._thread = threading.Thread(target=self._run, name="outputs", daemon=True)
         self._thread.start()
 
@@ -182,6 +201,8 @@ class OutputEngine:
             self._queue.put(None)
             self._thread.join(10.0)
             self._thread = None
+        # The requests stay on disk: the next start offers them again (or lapses them).
+        self._keeping = False
         self._carry_out(self.policy.end_all("edged stopping"))
         for driver in self.drivers.values():
             driver.close()
@@ -196,6 +217,62 @@ class OutputEngine:
                 self.guard.kill()
                 self.guard.wait()
             self.guard = None
+
+    def _reload(self, kept: list[KeptRequest]) -> None:
+        """The requests the previous life of edged kept: waiting again or lapsed, audited."""
+        restored, lapsed = restore(kept, self.policy.playbooks, self._wall_ns())
+        now = self._clock()
+        decisions = []
+        for gone in lapsed:
+            r = gone.request
+            decisions.append(Decision("lapsed", r.output, gone.reason, playbook=r.playbook,
+                                      event_id=r.event))  # fmt: skip
+        for back in restored:
+            r = back.request
+            decisions.append(self.policy.restore(r.playbook, r.event, r.camera, now, back.left_s))
+            self._kept[r.event] = r
+        self._saved = frozenset((r.event, r.playbook) for r in kept)
+        self._keeping = self._store is not None
+        self._carry_out(decisions)  # rewrites the file: the lapsed ones leave it
+
+    def _save_pending(self, *, only_new: bool = False) -> None:
+        """Write the waiting requests when they changed since the last write (``only_new``:
+        only when a request is not on disk yet)."""
+        if not self._keeping or self._store is None:
+            return
+        now, wall = self._clock(), self._wall_ns()
+        current = {}
+        for r in self.policy.requests.values():
+            k = self._kept.get(r.event_id)
+            if k is None or k.playbook != r.playbook:
+                # Wall-clock times taken once, when first written: later clock steps do not
+                # move a deadline already on disk.
+                made_ns = wall - round((now - r.made) * 1e9)
+                k = KeptRequest(
+                    playbook=r.playbook,
+                    event=r.event_id,
+                    camera=r.camera,
+                    output=self.policy.playbooks[r.playbook].output,
+                    made_ns=made_ns,
+                    expires_ns=made_ns + round((r.expires - r.made) * 1e9),
+                )
+            current[r.event_id] = k
+        self._kept = current
+        keys = frozenset((k.event, k.playbook) for k in current.values())
+        if keys == self._saved or (only_new and self._saved is not None and keys <= self._saved):
+            return
+        try:
+            self._store.save(current.values())
+        except OSError as exc:
+            if not self._save_failing:  # once per outage; tried again on each change or tick
+                log.error("pending output requests not written (a restart would lose them): "
+                          "%s", exc)  # fmt: skip
+            self._save_failing = True
+            return
+        if self._save_failing:
+            log.warning("pending output requests written again")
+        self._save_failing = False
+        self._saved = keys
 
     def _start_guard(self) -> None:
         # Its own session: Ctrl-C on edged's terminal must not take the guard first.
@@ -285,13 +362,19 @@ class OutputEngine:
             self._carry_out(self.policy.on_uplink(False))
 
     def _carry_out(self, decisions: list[Decision]) -> None:
+        # The policy has already changed. A new request is on disk before it is audited and
+        # shown to the CSU (written then, so that a drive of the same event is not kept
+        # waiting on the disk); one confirmed leaves the disk only once its output was driven
+        # (a crash in between leaves it waiting again for a new confirmation, never lost).
         for d in decisions:
+            if d.kind == "request":
+                self._save_pending(only_new=True)
             details: dict[str, Any] = {"output": d.output, "reason": d.reason}
             for key in ("state", "playbook", "event_id"):
                 if getattr(d, key) is not None:
                     details[key if key != "event_id" else "event"] = getattr(d, key)
             if d.until is not None:
-                left = "confirm_within_s" if d.kind == "request" else "duration_s"
+                left = "confirm_within_s" if d.kind in ("request", "restored") else "duration_s"
                 details[left] = round(d.until - self._clock(), 3)
             actor = d.agent or "edged"
             if d.kind == "drive":
@@ -304,11 +387,14 @@ class OutputEngine:
                 "drive": "output-driven",
                 "safe": "output-safe",
                 "request": "output-confirmation-requested",
+                "restored": "output-confirmation-restored",
                 "lapsed": "output-confirmation-lapsed",
                 "ignored": "output-event-ignored",
             }[d.kind]
             with self._lock:
-                error = self._status[d.output]["error"]
+                # A lapsed request's output may have left the configuration since.
+                st = self._status.get(d.output)
+                error = st["error"] if st is not None else None
             if error is not None and d.kind in ("drive", "safe"):
                 details["error"] = error
             self._audit(action, details, actor)
@@ -318,6 +404,7 @@ class OutputEngine:
                     self._notify(action, {**details, "agent": actor, "message": message})
                 except Exception:  # the CSU's view must not stop an output's return to safe
                     log.exception("output event not published")
+        self._save_pending()
         self._publish()
 
     def _do(self, d: Decision, act: Callable[[], None]) -> None:

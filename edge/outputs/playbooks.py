@@ -24,13 +24,13 @@ from typing import Any, Literal
 
 from edge.config import Confirmation, OutputConfig, PlaybookConfig
 
-DecisionKind = Literal["drive", "safe", "request", "lapsed", "ignored"]
+DecisionKind = Literal["drive", "safe", "request", "restored", "lapsed", "ignored"]
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What the engine must do (``drive``, ``safe``) or record (``request``, ``lapsed``,
-    ``ignored``), with who and what is behind it for the audit log."""
+    """What the engine must do (``drive``, ``safe``) or record (``request``, ``restored``,
+    ``lapsed``, ``ignored``), with who and what is behind it for the audit log."""
 
     kind: DecisionKind
     output: str
@@ -71,7 +71,8 @@ class PlaybookPolicy:
         self.outputs: Mapping[str, OutputConfig] = {o.name: o for o in outputs}
         self.playbooks: Mapping[str, PlaybookConfig] = {p.name: p for p in playbooks}
         self.active: dict[str, Active] = {}
-        self.requests: dict[str, Request] = {}  # by event id
+        # By (event id, playbook): one event may wait for several playbooks' confirmations.
+        self.requests: dict[tuple[str, str], Request] = {}
 
     # --- inputs ----------------------------------------------------------------------------
 
@@ -99,7 +100,7 @@ class PlaybookPolicy:
             if pb.confirmation is Confirmation.IMMEDIATE:
                 out.append(self._drive(pb, now, event_id, None, f"{pb.event} on {camera}"))
             else:
-                self.requests[event_id] = Request(
+                self.requests[(event_id, pb.name)] = Request(
                     pb.name, event_id, camera, now, now + pb.confirm_within_s
                 )
                 reason = f"{pb.event} on {camera}: waits for an agent's confirmation"
@@ -118,12 +119,27 @@ class PlaybookPolicy:
     def confirm(self, event_id: str, playbook: str, agent: str, now: float) -> list[Decision]:
         """An agent confirmed a request (the command's signature was checked already).
         Raises KeyError when no such request is waiting (lapsed, never made, done)."""
-        req = self.requests.get(event_id)
-        if req is None or req.playbook != playbook:
+        if self.requests.pop((event_id, playbook), None) is None:
             raise KeyError(f"no request of playbook {playbook!r} for event {event_id!r} waits")
-        del self.requests[event_id]
         pb = self.playbooks[playbook]
         return [self._drive(pb, now, event_id, agent, f"confirmed by {agent}")]
+
+    def restore(
+        self, playbook: str, event_id: str, camera: str, now: float, left_s: float
+    ) -> Decision:
+        """A request kept over a restart of edged waits again, ``left_s`` more seconds
+        (:mod:`edge.outputs.pending` decides which and for how long)."""
+        pb = self.playbooks[playbook]
+        until = now + min(left_s, pb.confirm_within_s)
+        self.requests[(event_id, playbook)] = Request(playbook, event_id, camera, now, until)
+        return Decision(
+            "restored",
+            pb.output,
+            f"{pb.event} on {camera}: still waits for an agent's confirmation after a restart",
+            playbook=playbook,
+            event_id=event_id,
+            until=until,
+        )
 
     def manual(
         self, output: str, state: str, duration_s: float, agent: str, now: float
@@ -158,9 +174,10 @@ class PlaybookPolicy:
         for act in list(self.active.values()):
             if now >= act.until:
                 out += self._end(act.output, f"duration over ({act.until - act.started:g} s)")
-        for event_id, req in list(self.requests.items()):
+        for key, req in list(self.requests.items()):
             if now >= req.expires:
-                del self.requests[event_id]
+                del self.requests[key]
+                event_id = req.event_id
                 pb = self.playbooks[req.playbook]
                 out.append(
                     Decision(

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -36,6 +37,7 @@ class Lab:
     ca: VideoCA
     key: ec.EllipticCurvePrivateKey
     cert: x509.Certificate
+    told: list[tuple[str, dict[str, Any]]]
 
     def command(self, **overrides: object) -> bytes:
         fields: dict[str, object] = {
@@ -59,11 +61,14 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     with modbus_server() as sign:
         cfg = config.with_data_dir(sign_config(sign.port), tmp_path / "unit")
         audit = Audit()
-        engine = OutputEngine(cfg, audit, guard=False)
+        told: list[tuple[str, dict[str, Any]]] = []  # the signed events the CSU would get
+        engine = OutputEngine(
+            cfg, audit, guard=False, notify=lambda kind, details: told.append((kind, details))
+        )
         engine.start()
         inbox = CommandInbox(cfg, engine, audit, [ca.sub_cert, ca.root_cert])
         try:
-            yield Lab(cfg, sign, engine, inbox, audit, ca, key, cert)
+            yield Lab(cfg, sign, engine, inbox, audit, ca, key, cert, told)
         finally:
             engine.stop()
 
@@ -184,3 +189,27 @@ def test_a_damaged_nonce_store_is_kept_aside_and_audited(lab: Lab) -> None:
     assert [p.name for p in store.parent.glob("command-nonces.json.damaged-*")]
     assert inbox.handle(lab.command())  # commands still work, on a new store
     assert store.exists()
+
+
+def test_the_csu_hears_of_every_refused_command(lab: Lab) -> None:
+    """A forged or replayed command, or a confirmation nothing waits for, is refused on the unit
+    and also told to the CSU as a signed output event, so agents see it, not only the unit's log."""
+    forger, forged_cert = VideoCA.init(lab.cfg.unit.data_dir.parent / "other-ca").issue(
+        "agent-x", profile=Profile.OPERATOR
+    )
+    assert not lab.inbox.handle(lab.command(key=forger, cert=forged_cert))
+    genuine = lab.command()
+    assert lab.inbox.handle(genuine) and not lab.inbox.handle(genuine)  # replayed
+    assert lab.inbox.handle(
+        lab.command(kind="confirm", playbook="lane-closure", event="no-such-event",
+                    output=None, state=None, duration_s=None)
+    )  # fmt: skip
+    deadline = time.monotonic() + 5
+    while len(refused := [d for k, d in lab.told if k == "output-command-refused"]) < 3:
+        assert time.monotonic() < deadline, lab.told
+        time.sleep(0.02)
+    assert [d["agent"] for d in refused][1:] == [refused[1]["agent"]] * 2
+    assert refused[1]["agent"].startswith("operator agent-dupont")
+    assert "replayed" in refused[1]["reason"] and refused[2]["event"] == "no-such-event"
+    assert all(d["message"].startswith("command of ") for d in refused)
+    assert len(refused) == len(lab.refusals()) == 3

@@ -335,12 +335,14 @@ class CommandInbox:
                 self.refused += 1
                 log.warning("command refused: %s", exc)
                 self.audit("output-command-refused", {"reason": str(exc)}, agent)
+                self.engine.command_refused({"reason": str(exc)}, agent)
                 return False
             except OSError as exc:
                 self.refused += 1
                 log.error("command refused: its nonce could not be recorded: %s", exc)
-                self.audit("output-command-refused", {"reason": f"nonce not recorded: {exc}"},
-                           agent)  # fmt: skip
+                details = {"reason": f"nonce not recorded: {exc}"}
+                self.audit("output-command-refused", details, agent)
+                self.engine.command_refused(details, agent)
                 return False
         self.accepted += 1
         self.audit(

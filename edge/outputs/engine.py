@@ -89,7 +89,15 @@ class _Tick:
     """Nothing arrived before the next deadline: only time has passed."""
 
 
-_Item = _Event | _Confirm | _Manual | _Uplink | _Tick | None
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A command the unit refused before it reached the engine (already audited)."""
+
+    details: dict[str, Any]
+    agent: str
+
+
+_Item = _Event | _Confirm | _Manual | _Uplink | _Tick | _Refused | None
 
 
 class OutputEngine:
@@ -337,12 +345,10 @@ class OutputEngine:
             try:
                 decisions = self.policy.confirm(item.event_id, item.playbook, item.agent, now)
             except KeyError as exc:
-                self._audit(
-                    "output-command-refused",
-                    {"reason": str(exc.args[0]), "playbook": item.playbook,
-                     "event": item.event_id},
-                    item.agent,
-                )  # fmt: skip
+                details = {"reason": str(exc.args[0]), "playbook": item.playbook,
+                           "event": item.event_id}  # fmt: skip
+                self._audit("output-command-refused", details, item.agent)
+                self._tell_refused(details, item.agent)
                 return
             self._carry_out(decisions)
         elif isinstance(item, _Manual):
@@ -351,15 +357,29 @@ class OutputEngine:
                     item.output, item.state, item.duration_s, item.agent, now
                 )
             except KeyError as exc:
-                self._audit(
-                    "output-command-refused",
-                    {"reason": str(exc.args[0]), "output": item.output, "state": item.state},
-                    item.agent,
-                )
+                details = {"reason": str(exc.args[0]), "output": item.output, "state": item.state}
+                self._audit("output-command-refused", details, item.agent)
+                self._tell_refused(details, item.agent)
                 return
             self._carry_out(decisions)
+        elif isinstance(item, _Refused):
+            self._tell_refused(item.details, item.agent)
         elif isinstance(item, _Uplink) and not item.connected:
             self._carry_out(self.policy.on_uplink(False))
+
+    def command_refused(self, details: dict[str, Any], agent: str) -> None:
+        """Tell the CSU about a command refused before it reached the engine (a forged,
+        replayed, expired or out-of-scope one: the caller has audited it)."""
+        self._queue.put(_Refused(dict(details), agent))
+
+    def _tell_refused(self, details: dict[str, Any], agent: str) -> None:
+        if self._notify is None:
+            return
+        try:
+            message = f"command of {agent} refused: {details['reason']}"
+            self._notify("output-command-refused", {**details, "agent": agent, "message": message})
+        except Exception:
+            log.exception("output event not published")
 
     def _carry_out(self, decisions: list[Decision]) -> None:
         # The policy has already changed. A new request is on disk before it is audited and

@@ -326,8 +326,7 @@ def _units_table(lang: str, rows: list[dict[str, Any]], now_ns: int) -> str:
 
 
 def cameras_in_scope(receiver: Receiver, scope: Scope) -> list[tuple[str, str]]:
-    root = receiver.cfg.storage_dir
-    units = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    units = receiver.store.units()
     return [
         (unit, cam)
         for unit in units
@@ -370,7 +369,7 @@ def mount(app: web.Application, receiver: Receiver) -> None:
         from ..serve_cmd import unit_rows
 
         def rows() -> list[dict[str, Any]]:
-            storage = receiver.cfg.storage_dir
+            storage = receiver.store
             return [
                 {**r, "conditions": unit_conditions(storage, r["unit"])}
                 for r in unit_rows(receiver.cfg)
@@ -417,7 +416,7 @@ def mount(app: web.Application, receiver: Receiver) -> None:
         response.del_cookie(COOKIE, path="/", secure=True, samesite="Strict")
         raise response
 
-    book = AlertBook(receiver.cfg.storage_dir, receiver.cfg.operators_db)
+    book = AlertBook(receiver.store, receiver.cfg.operators_db)
 
     async def page_principal(request: web.Request) -> Principal:
         """The logged-in operator of a page, or a redirect to the log-in form."""
@@ -444,8 +443,7 @@ def mount(app: web.Application, receiver: Receiver) -> None:
             raise web.HTTPForbidden(text="camera outside your scope")
 
         def timeline() -> tuple[str, bool]:
-            segs = list(receiver.store.camera(unit, camera).segments.values()) if unit else []
-            segs = [s for s in segs if s.end_wall_ns > from_ns and s.start_wall_ns < to_ns]
+            segs = receiver.store.in_range(unit, camera, from_ns, to_ns) if unit else []
             spans = playback.spans_of(segs)
             marks = [
                 a
@@ -534,9 +532,8 @@ def mount(app: web.Application, receiver: Receiver) -> None:
         def oldest() -> list[tuple[str, str, int | None]]:
             out = []
             for unit, cam in cameras_in_scope(receiver, p.scope):
-                segs = receiver.store.camera(unit, cam).segments
-                first = min((s.start_wall_ns for s in list(segs.values())), default=None)
-                out.append((unit, cam, first))
+                span = receiver.store.span(unit, cam)
+                out.append((unit, cam, None if span is None else span[0]))
             return out
 
         held = await receiver.run_blocking(oldest)

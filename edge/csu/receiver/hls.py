@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 _ID = r"[a-z0-9][a-z0-9-]{0,62}"
 MAX_EXPORT_SEGMENTS = 1800  # one hour of 2 s segments per request
 MAX_CACHED_KEYS = 4096  # epoch data keys kept open (6 an hour per camera by default)
+PLAIN_CACHED = 32  # decrypted segments kept (embedded mode: live viewers share them)
 
 
 #: A pause longer than this between two segments is a time gap: a new run in the playlist.
@@ -99,7 +100,10 @@ class Viewer:
     """Opens stored sealed segments with the authority key. Thread-safe (pool threads).
 
     The lock protects the caches: data keys per epoch and the last decrypted segments (live
-    viewers fetch the same few segments).
+    viewers fetch the same few segments). In cluster mode only the data keys are kept: every
+    segment is read from the shared stores and checked each time it is served, so that what
+    one receiver serves is what any other would (a segment retention deleted, or an object
+    altered in the store, is refused by all of them at once).
     """
 
     def __init__(self, receiver: Receiver) -> None:
@@ -109,6 +113,7 @@ class Viewer:
         self._lock = threading.Lock()
         self._data_keys: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
         self._plain: OrderedDict[tuple[str, str, int], tuple[bytes, bytes]] = OrderedDict()
+        self._plain_max = 0 if receiver.cfg.storage == "cluster" else PLAIN_CACHED
 
     def open(self, unit: str, camera: str, sequence: int) -> tuple[bytes, bytes]:
         """(init, media) of a stored segment, after verifying it again."""
@@ -148,7 +153,7 @@ class Viewer:
             raise web.HTTPUnprocessableEntity(text=f"cannot open segment: {exc}") from None
         with self._lock:
             self._plain[cache_key] = (init, media)
-            while len(self._plain) > 32:
+            while len(self._plain) > self._plain_max:
                 self._plain.popitem(last=False)
         return init, media
 

@@ -311,8 +311,12 @@ class ClusterShared:
     mqtt_port: int | None = None
 
 
-def receiver_config(shared: ClusterShared, receiver_id: str, port: int, extra: str = "") -> str:
-    """``csu.toml`` of one cluster receiver listening on ``port`` (the lab's own paths)."""
+def receiver_config(
+    shared: ClusterShared, receiver_id: str, port: int, extra: str = "", top: str = ""
+) -> str:
+    """``csu.toml`` of one cluster receiver listening on ``port`` (the lab's own paths; the
+    operators' listener on a free port). ``top``: top-level keys (``authority_key_file``),
+    ``extra``: tables, appended."""
     mqtt = (
         f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {shared.mqtt_port}\ntls = false\n'
         'topic_prefix = "city"\n'
@@ -322,6 +326,7 @@ def receiver_config(shared: ClusterShared, receiver_id: str, port: int, extra: s
     return f"""storage = "cluster"
 registry_dir = "{shared.registry_dir}"
 audit_log = "audit.jsonl"
+{top}
 
 [cluster]
 receiver_id = "{receiver_id}"
@@ -338,6 +343,10 @@ secret_file = "{shared.s3.secret_file}"
 [units]
 host = "127.0.0.1"
 port = {port}
+
+[operators_listen]
+host = "127.0.0.1"
+port = 0
 
 [tls]
 cert_file = "{shared.cert_file}"
@@ -361,6 +370,8 @@ class ReceiverProcess:
     directory: Path
     port: int
     proc: subprocess.Popen[bytes] | None = None
+    operators_port: int | None = None
+    """Where its operators' listener is (known once started)."""
 
     @property
     def config(self) -> Path:
@@ -380,8 +391,10 @@ class ReceiverProcess:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise LabError(f"receiver {self.name} did not start: {self.log()[-2000:]}")
             time.sleep(0.05)
-        if json.loads(ports.read_text())["units"] != self.port:
+        bound = json.loads(ports.read_text())
+        if bound["units"] != self.port:
             raise LabError(f"receiver {self.name} is not on port {self.port}")
+        self.operators_port = int(bound["operators"])
 
     def kill(self) -> None:
         """``kill -9``: no clean-up of any kind (the failover the cluster must survive)."""
@@ -428,14 +441,14 @@ class ClusterFront:
 
 @contextmanager
 def cluster_front(
-    directory: Path, shared: ClusterShared, count: int, extra: str = ""
+    directory: Path, shared: ClusterShared, count: int, extra: str = "", top: str = ""
 ) -> Iterator[ClusterFront]:
     """``count`` receivers in cluster mode on ``shared`` stores, behind HAProxy."""
     receivers = []
     for i in range(1, count + 1):
         r = ReceiverProcess(f"r{i}", directory / f"r{i}", free_port())
         r.directory.mkdir(parents=True, exist_ok=True)
-        r.config.write_text(receiver_config(shared, r.name, r.port, extra))
+        r.config.write_text(receiver_config(shared, r.name, r.port, extra, top))
         receivers.append(r)
     front = ClusterFront(
         HAProxy(directory / "haproxy", free_port(), [r.port for r in receivers]), receivers

@@ -5,7 +5,8 @@ Events are read from the receiver's store (already verified against the unit's k
 arrived). Decisions go to the console database (one row per decision, never updated: an
 escalated alert gets a second, final decision later) and, by the caller, to the CSU's
 hash-chained audit log. Time to decide runs from the alert's arrival at the CSU (the file's
-modification time), the moment an agent could first see it.
+modification time; in cluster mode the arrival the database recorded), the moment an agent
+could first see it.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ...errors import ConfigError
+from ..receiver.archive import EventFiles, StoredEvent
 from .roles import Scope
 
 #: Newest alerts listed; older ones stay in the store and the audit log.
@@ -105,11 +107,29 @@ def in_scope(scope: Scope, unit: str, camera: str) -> bool:
     return scope.allows_unit(unit) if camera == "unit" else scope.allows_camera(unit, camera)
 
 
-class AlertBook:
-    """Thread-safe as :class:`~.accounts.OperatorStore` is: a connection per call."""
+class EventSource(Protocol):
+    """Where the units' events are read (:class:`edge.csu.receiver.base.SegmentReader`)."""
 
-    def __init__(self, storage: Path, db: Path, *, clock: Callable[[], float] = time.time):
-        self.storage = storage
+    def units(self) -> list[str]: ...
+
+    def events(self, unit_id: str) -> list[StoredEvent]: ...
+
+    def event(self, unit_id: str, event_id: str) -> StoredEvent | None: ...
+
+
+def _source(storage: Path | EventSource) -> EventSource:
+    return EventFiles(storage) if isinstance(storage, Path) else storage
+
+
+class AlertBook:
+    """Thread-safe as :class:`~.accounts.OperatorStore` is: a connection per call.
+
+    ``storage``: the receiver's store, or a storage directory (read only)."""
+
+    def __init__(
+        self, storage: Path | EventSource, db: Path, *, clock: Callable[[], float] = time.time
+    ):
+        self.storage = _source(storage)
         self.db_path = db
         self.clock = clock
         conn = sqlite3.connect(db, timeout=10)
@@ -132,26 +152,23 @@ class AlertBook:
         finally:
             conn.close()
 
-    def _files(self, scope: Scope) -> list[tuple[float, Path]]:
-        if not self.storage.is_dir():
-            return []
-        out: list[tuple[float, Path]] = []
-        for unit_dir in self.storage.iterdir():
-            if not unit_dir.is_dir() or not scope.allows_unit(unit_dir.name):
-                continue
-            events = unit_dir / "events"
-            if events.is_dir():
-                out.extend((p.stat().st_mtime, p) for p in events.glob("*.json"))
+    def _stored(self, scope: Scope) -> list[tuple[float, str, str, bytes]]:
+        out = [
+            (e.received, unit, e.event_id, e.body)
+            for unit in self.storage.units()
+            if scope.allows_unit(unit)
+            for e in self.storage.events(unit)
+        ]
         return sorted(out, reverse=True)
 
     def alerts(self, scope: Scope) -> list[Alert]:
         """Alerts and raised tamper conditions in ``scope``, newest first."""
         found: list[Alert] = []
-        for received, path in self._files(scope):
+        for received, _unit, _id, document in self._stored(scope):
             try:
-                body = json.loads(path.read_bytes())["event"]
-            except (OSError, ValueError, KeyError):
-                continue  # verified when it arrived; a file going away is not an alert
+                body = json.loads(document)["event"]
+            except (ValueError, KeyError):
+                continue  # verified when it arrived
             if body.get("category") not in ("alert", "tamper") or body.get("state") == "cleared":
                 continue
             if not in_scope(scope, str(body["unit"]), str(body["camera"])):
@@ -163,13 +180,13 @@ class AlertBook:
         return [replace(a, decisions=tuple(decided.get(a.id, ()))) for a in found]
 
     def find(self, scope: Scope, unit: str, event_id: str) -> Alert | None:
-        path = self.storage / unit / "events" / f"{event_id}.json"
-        if not scope.allows_unit(unit) or not path.is_file():
+        stored = self.storage.event(unit, event_id) if scope.allows_unit(unit) else None
+        if stored is None:
             return None
-        body = json.loads(path.read_bytes())["event"]
+        body = json.loads(stored.body)["event"]
         if not in_scope(scope, unit, str(body["camera"])):
             return None
-        alert = _alert(body, path.stat().st_mtime)
+        alert = _alert(body, stored.received)
         return replace(alert, decisions=tuple(self._decisions([event_id]).get(event_id, ())))
 
     def decide(self, alert: Alert, decision: Decision, comment: str, who: str) -> DecisionRecord:
@@ -230,13 +247,12 @@ class UnitConditions:
     """Tamper conditions raised and not cleared since, as "kind (camera)"."""
 
 
-def unit_conditions(storage: Path, unit: str) -> UnitConditions:
+def unit_conditions(storage: Path | EventSource, unit: str) -> UnitConditions:
     """Replay the unit's stored door and tamper events in the unit's own order (``wall_ns``)."""
-    events = storage / unit / "events"
     latest: dict[tuple[str, str], tuple[int, str]] = {}
-    for path in events.glob("*.json") if events.is_dir() else ():
+    for stored in _source(storage).events(unit):
         try:
-            body = json.loads(path.read_bytes())["event"]
+            body = json.loads(stored.body)["event"]
             kind, camera = str(body["kind"]), str(body["camera"])
             wall_ns, state = int(body["wall_ns"]), str(body.get("state") or "")
         except (OSError, ValueError, KeyError, TypeError):

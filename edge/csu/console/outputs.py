@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .alerts import in_scope
+from .alerts import EventSource, _source, in_scope
 from .roles import Scope
 
 CATEGORY = "output"
@@ -218,14 +218,14 @@ def confirm_command(request: WaitingRequest, config: str) -> str:
 # --- the receiver's store ------------------------------------------------------------------
 
 
-def read_unit(storage: Path, unit: str) -> tuple[list[OutputEvent], dict[str, str]]:
-    """The unit's stored output events, and the camera of every stored event by id."""
-    directory = storage / unit / "events"
+def read_unit(storage: Path | EventSource, unit: str) -> tuple[list[OutputEvent], dict[str, str]]:
+    """The unit's stored output events, and the camera of every stored event by id
+    (``storage``: the receiver's store, or a storage directory)."""
     found: list[OutputEvent] = []
     cameras: dict[str, str] = {}
-    for path in directory.glob("*.json") if directory.is_dir() else ():
+    for stored in _source(storage).events(unit):
         try:
-            body = json.loads(path.read_bytes())["event"]
+            body = json.loads(stored.body)["event"]
             cameras[str(body["id"])] = str(body["camera"])
         except (OSError, ValueError, KeyError, TypeError):
             continue  # verified when it arrived; one going away is not an event
@@ -235,10 +235,12 @@ def read_unit(storage: Path, unit: str) -> tuple[list[OutputEvent], dict[str, st
     return found, cameras
 
 
-def requests_in_scope(storage: Path, scope: Scope, now_ns: int) -> list[WaitingRequest]:
+def requests_in_scope(
+    storage: Path | EventSource, scope: Scope, now_ns: int
+) -> list[WaitingRequest]:
     """Requests of every unit in ``scope``, those whose event's camera is out of it left out
     (the agent could not see what the request is about); waiting ones first."""
-    units = sorted(p.name for p in storage.iterdir() if p.is_dir()) if storage.is_dir() else []
+    units = sorted(_source(storage).units())
     out: list[WaitingRequest] = []
     for unit in units:
         if not scope.allows_unit(unit):

@@ -381,8 +381,7 @@ def _outputs_cell(lang: str, states: list[outputs.OutputState], now_ns: int) -> 
 
 
 def cameras_in_scope(receiver: Receiver, scope: Scope) -> list[tuple[str, str]]:
-    root = receiver.cfg.storage_dir
-    units = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    units = receiver.store.units()
     return [
         (unit, cam)
         for unit in units
@@ -427,7 +426,7 @@ def mount(app: web.Application, receiver: Receiver) -> None:
         now_ns = time.time_ns()
 
         def rows() -> list[dict[str, Any]]:
-            storage = receiver.cfg.storage_dir
+            storage = receiver.store
             out = []
             for r in unit_rows(receiver.cfg):
                 if not principal.scope.allows_unit(r["unit"]):
@@ -488,7 +487,7 @@ def mount(app: web.Application, receiver: Receiver) -> None:
         response.del_cookie(COOKIE, path="/", secure=True, samesite="Strict")
         raise response
 
-    book = AlertBook(receiver.cfg.storage_dir, receiver.cfg.operators_db)
+    book = AlertBook(receiver.store, receiver.cfg.operators_db)
 
     async def page_principal(request: web.Request) -> Principal:
         """The logged-in operator of a page, or a redirect to the log-in form."""
@@ -515,8 +514,7 @@ def mount(app: web.Application, receiver: Receiver) -> None:
             raise web.HTTPForbidden(text="camera outside your scope")
 
         def timeline() -> tuple[str, bool]:
-            segs = list(receiver.store.camera(unit, camera).segments.values()) if unit else []
-            segs = [s for s in segs if s.end_wall_ns > from_ns and s.start_wall_ns < to_ns]
+            segs = receiver.store.in_range(unit, camera, from_ns, to_ns) if unit else []
             spans = playback.spans_of(segs)
             marks = [
                 a
@@ -549,7 +547,7 @@ def mount(app: web.Application, receiver: Receiver) -> None:
             )
         now_ns = time.time_ns()
         waiting = await receiver.run_blocking(
-            outputs.requests_in_scope, receiver.cfg.storage_dir, p.scope, now_ns
+            outputs.requests_in_scope, receiver.store, p.scope, now_ns
         )
         if only:
             waiting = [r for r in waiting if r.unit == only]
@@ -616,9 +614,8 @@ def mount(app: web.Application, receiver: Receiver) -> None:
         def oldest() -> list[tuple[str, str, int | None]]:
             out = []
             for unit, cam in cameras_in_scope(receiver, p.scope):
-                segs = receiver.store.camera(unit, cam).segments
-                first = min((s.start_wall_ns for s in list(segs.values())), default=None)
-                out.append((unit, cam, first))
+                span = receiver.store.span(unit, cam)
+                out.append((unit, cam, None if span is None else span[0]))
             return out
 
         held = await receiver.run_blocking(oldest)

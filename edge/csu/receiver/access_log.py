@@ -75,8 +75,12 @@ class AuditLog:
         *,
         unsigned_reason: str = "",
         clock: Callable[[], int] = time.time_ns,
+        stamp: dict[str, str] | None = None,
     ) -> None:
+        """``stamp``: fields written into every record (cluster mode: ``receiver``, the
+        receiver that served the view; each receiver keeps its own log)."""
         self.path = path
+        self._stamp = dict(stamp or {})
         self._key = key
         self._key_id = key_id(key.public_key()) if key is not None else ""
         self._unsigned_reason = unsigned_reason
@@ -108,7 +112,7 @@ class AuditLog:
                 print(f"audit: {self._unsigned_reason}: records are written unsigned",
                       file=sys.stderr)  # fmt: skip
                 self._unsigned_reason = ""
-            entry = {"time_ns": self._clock(), "who": who, "action": action, **what}
+            entry = {"time_ns": self._clock(), "who": who, "action": action, **self._stamp, **what}
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # released by close

@@ -83,6 +83,27 @@ class StoredSegment:
     received_ns: int
 
 
+@dataclass(frozen=True, slots=True)
+class CameraRecords:
+    """One camera's records over a time range, read at one moment (the evidence bundle)."""
+
+    segments: list[StoredSegment]
+    """Stored segments overlapping the range, by sequence."""
+    gaps: list[sealed.GapRecord]
+    """Every gap record the unit sent for the camera (they explain holes)."""
+    purged: list[tuple[int, int]]
+    """Sequence ranges retention deleted (holes that are not losses)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """A verified event as stored: its document and when it arrived (Unix seconds)."""
+
+    event_id: str
+    body: bytes
+    received: float
+
+
 def _meta_of(seg: sealed.SealedSegment, received_ns: int) -> StoredSegment:
     h = seg.header
     return StoredSegment(
@@ -555,3 +576,82 @@ class SegmentStore:
         except (OSError, ValueError):
             return {}
         return data
+
+    # --- the read side (:class:`.base.SegmentReader`): what the operators' listener reads -------
+
+    def units(self) -> list[str]:
+        return (
+            sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+        )
+
+    def latest(self, unit_id: str, camera_id: str, count: int) -> list[StoredSegment]:
+        segments = dict(self.camera(unit_id, camera_id).segments)
+        return [segments[s] for s in sorted(segments)[-count:]]
+
+    def in_range(
+        self, unit_id: str, camera_id: str, from_ns: int, to_ns: int
+    ) -> list[StoredSegment]:
+        segments = dict(self.camera(unit_id, camera_id).segments)
+        return _overlapping(segments, from_ns, to_ns)
+
+    def span(self, unit_id: str, camera_id: str) -> tuple[int, int] | None:
+        segments = list(self.camera(unit_id, camera_id).segments.values())
+        if not segments:
+            return None
+        return min(s.start_wall_ns for s in segments), max(s.end_wall_ns for s in segments)
+
+    def records(self, unit_id: str, camera_id: str, from_ns: int, to_ns: int) -> CameraRecords:
+        index = self.camera(unit_id, camera_id)
+        with index.lock:  # one moment: no upload or purge of the camera in between
+            return CameraRecords(
+                _overlapping(index.segments, from_ns, to_ns),
+                sorted(index.gaps.values(), key=lambda g: g.first),
+                list(index.purged),
+            )
+
+    def events(self, unit_id: str) -> list[StoredEvent]:
+        return EventFiles(self.root).events(unit_id)
+
+    def event(self, unit_id: str, event_id: str) -> StoredEvent | None:
+        return EventFiles(self.root).event(unit_id, event_id)
+
+
+def _overlapping(
+    segments: dict[int, StoredSegment], from_ns: int, to_ns: int
+) -> list[StoredSegment]:
+    return [
+        segments[s]
+        for s in sorted(segments)
+        if segments[s].end_wall_ns > from_ns and segments[s].start_wall_ns < to_ns
+    ]
+
+
+class EventFiles:
+    """The events of a storage directory, read only (``<unit>/events/<id>.json``; arrival:
+    the file's modification time). What :class:`SegmentStore` answers, without creating
+    the directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def units(self) -> list[str]:
+        return (
+            sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+        )
+
+    def events(self, unit_id: str) -> list[StoredEvent]:
+        directory = self.root / unit_id / "events"
+        out = []
+        for path in directory.glob("*.json") if directory.is_dir() else ():
+            try:
+                out.append(StoredEvent(path.stem, path.read_bytes(), path.stat().st_mtime))
+            except OSError:
+                continue  # deleted by retention meanwhile
+        return out
+
+    def event(self, unit_id: str, event_id: str) -> StoredEvent | None:
+        path = self.root / unit_id / "events" / f"{event_id}.json"
+        try:
+            return StoredEvent(event_id, path.read_bytes(), path.stat().st_mtime)
+        except OSError:
+            return None

@@ -1,20 +1,24 @@
 """The storage seam of the receiver: what a place that keeps sealed segments must offer.
 
 Two implementations: :class:`.archive.SegmentStore` (embedded: a directory, one receiver; what
-``edge-csu serve`` runs) and :class:`.cluster.ClusterArchive` (PostgreSQL decides, an
-S3-compatible store keeps the bytes; several receivers). Both apply the same chain rules and
-answer with the same verdicts and refusals (``tests/test_csu_cluster.py`` runs one script of
-arrivals against both). Envelopes, gap records, events and unit status are still embedded
-only (docs/UPLINK.md, *Known limits*).
+``edge-csu serve`` runs) and :class:`.cluster.ClusterArchive` / :class:`.cluster.ClusterStore`
+(PostgreSQL decides, an S3-compatible store keeps the bytes; several receivers). Both apply
+the same chain rules and answer with the same verdicts and refusals
+(``tests/test_csu_cluster.py`` runs one script of arrivals against both).
+
+The read side, :class:`SegmentReader`, is what the operators' listener reads (HLS viewing, the
+console, the MP4 export and the evidence bundle): the same answers from both implementations
+(``tests/test_csu_seam_read.py``), so that in cluster mode any receiver serves any camera from
+the shared stores alone.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from .archive import StoredSegment, Verdict
+from .archive import CameraRecords, StoredEvent, StoredSegment, Verdict
 
 
 class SegmentArchive(Protocol):
@@ -32,4 +36,63 @@ class SegmentArchive(Protocol):
 
     def read_segment(self, unit_id: str, camera_id: str, sequence: int) -> bytes:
         """The exact bytes the unit sent; :class:`FileNotFoundError` if not stored."""
+        ...
+
+
+__all__ = ["CameraRecords", "SegmentArchive", "SegmentReader", "StoredEvent"]
+
+
+class SegmentReader(Protocol):
+    """What the operators' listener reads from a store. Thread-safe (the receiver's pool)."""
+
+    def units(self) -> list[str]:
+        """Units the store holds anything of."""
+        ...
+
+    def cameras_of(self, unit_id: str) -> list[str]:
+        """The unit's cameras, sorted."""
+        ...
+
+    def latest(self, unit_id: str, camera_id: str, count: int) -> list[StoredSegment]:
+        """The ``count`` highest stored sequences, by sequence (a live playlist)."""
+        ...
+
+    def in_range(
+        self, unit_id: str, camera_id: str, from_ns: int, to_ns: int
+    ) -> list[StoredSegment]:
+        """Stored segments that end after ``from_ns`` and start before ``to_ns``, by
+        sequence (a recorded playlist, an export, the console's timeline)."""
+        ...
+
+    def span(self, unit_id: str, camera_id: str) -> tuple[int, int] | None:
+        """(earliest start, latest end) of the camera's stored segments; None if none."""
+        ...
+
+    def records(self, unit_id: str, camera_id: str, from_ns: int, to_ns: int) -> CameraRecords:
+        """The segments of :meth:`in_range` with the camera's gap records and purged ranges,
+        read together (what an evidence bundle declares)."""
+        ...
+
+    def read_segment(self, unit_id: str, camera_id: str, sequence: int) -> bytes:
+        """The exact bytes the unit sent; :class:`FileNotFoundError` if not stored."""
+        ...
+
+    def read_envelope(self, unit_id: str, camera_id: str, epoch_hex: str) -> bytes | None:
+        """The unit's signed epoch envelope as it sent it; None if not received."""
+        ...
+
+    def read_status(self, unit_id: str) -> dict[str, Any]:
+        """What the unit last reported of itself (contact, backlog, fleet); {} if nothing."""
+        ...
+
+    def events(self, unit_id: str) -> list[StoredEvent]:
+        """The unit's stored events (any order)."""
+        ...
+
+    def read_mask_set(self, unit_id: str, camera_id: str, digest_hex: str) -> bytes | None:
+        """The unit's signed record of a mask set, as it sent it; None if not held."""
+        ...
+
+    def event(self, unit_id: str, event_id: str) -> StoredEvent | None:
+        """One stored event; None if not stored."""
         ...

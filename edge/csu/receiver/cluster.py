@@ -15,7 +15,9 @@ Thread-safety: the object store client is shared; each thread needs its own inde
 
 :class:`ClusterStore` is what ``edge-csu serve`` runs on with ``storage = "cluster"``: the
 embedded store's interface (segments, gap records, envelopes, events, unit status, cursor)
-over the shared database and object store, with one database connection per worker thread.
+over the shared database and object store, with one database connection per worker thread,
+and the read side the operators' listener needs (:class:`.base.SegmentReader`): any receiver
+serves any camera from the shared stores alone, nothing read is kept on the receiver.
 Events are stored by id: the receiver whose insert creates the row publishes the event; a
 retry (to the same or another receiver) of an event already published is acknowledged and
 not published again.
@@ -23,6 +25,7 @@ not published again.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 from typing import Any
@@ -30,11 +33,13 @@ from typing import Any
 import psycopg.conninfo
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from ...errors import ConfigError, StorageUnavailableError
+from ...errors import ConfigError, IntegrityError, StorageUnavailableError
 from ...vault import format as sealed
 from .archive import (
     CameraIndex,
+    CameraRecords,
     Refusal,
+    StoredEvent,
     StoredSegment,
     Verdict,
     checked_envelope,
@@ -70,10 +75,16 @@ class ClusterArchive:
         return verdict, meta
 
     def read_segment(self, unit_id: str, camera_id: str, sequence: int) -> bytes:
+        """The bytes under the key the database names for the sequence, checked against the
+        hash in that key (:class:`IntegrityError` otherwise: altered in the object store)."""
         meta = self.index.segment(unit_id, camera_id, sequence)
         if meta is None:
             raise FileNotFoundError(f"{unit_id}/{camera_id}#{sequence} is not stored")
-        return self.objects.get(segment_key(unit_id, camera_id, sequence, meta.hash))
+        key = segment_key(unit_id, camera_id, sequence, meta.hash)
+        raw = self.objects.get(key)
+        if hashlib.sha256(raw).hexdigest() != meta.hash:
+            raise IntegrityError(f"object store: {key}: the bytes do not match their digest")
+        return raw
 
 
 def _secret(path: Path, what: str) -> str:
@@ -198,6 +209,35 @@ class ClusterStore:
 
     def _gaps(self, unit_id: str, camera_id: str) -> list[sealed.GapRecord]:
         return [sealed.parse_gap(raw) for raw in self.index().gap_records(unit_id, camera_id)]
+
+    # --- the read side of viewing (:class:`.base.SegmentReader`): the shared stores only -------
+
+    def latest(self, unit_id: str, camera_id: str, count: int) -> list[StoredSegment]:
+        return self.index().latest(unit_id, camera_id, count)
+
+    def in_range(
+        self, unit_id: str, camera_id: str, from_ns: int, to_ns: int
+    ) -> list[StoredSegment]:
+        return self.index().in_range(unit_id, camera_id, from_ns, to_ns)
+
+    def span(self, unit_id: str, camera_id: str) -> tuple[int, int] | None:
+        return self.index().span(unit_id, camera_id)
+
+    def records(self, unit_id: str, camera_id: str, from_ns: int, to_ns: int) -> CameraRecords:
+        segments, gaps, purged = self.index().records(unit_id, camera_id, from_ns, to_ns)
+        return CameraRecords(segments, [sealed.parse_gap(raw) for raw in gaps], purged)
+
+    def events(self, unit_id: str) -> list[StoredEvent]:
+        return [StoredEvent(i, body, t / 1e9) for i, body, t in self.index().events(unit_id)]
+
+    def read_mask_set(self, unit_id: str, camera_id: str, digest_hex: str) -> bytes | None:
+        """Mask-set records are kept in embedded mode only (the route answers 404 here):
+        a bundle built in cluster mode declares them not held."""
+        return None
+
+    def event(self, unit_id: str, event_id: str) -> StoredEvent | None:
+        found = self.index().event(unit_id, event_id)
+        return None if found is None else StoredEvent(event_id, found[0], found[1] / 1e9)
 
     def cursor(self, unit_id: str) -> dict[str, Any]:
         """Where the unit resumes, from the database alone (aggregates, not every row)."""

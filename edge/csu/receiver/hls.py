@@ -20,6 +20,7 @@ Routes (operator listener)::
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections import OrderedDict
@@ -32,7 +33,7 @@ from aiohttp import web
 from edge.csu.receiver.archive import StoredSegment
 from edge.vault import recipient_keys as vault_keys
 
-from ...errors import EdgeError
+from ...errors import EdgeError, IntegrityError, StorageUnavailableError
 from ...vault import format as sealed
 from ..console import web as console
 from ..console.roles import Permission
@@ -41,9 +42,12 @@ from . import evidence
 if TYPE_CHECKING:
     from .server import Handler, Receiver
 
+log = logging.getLogger(__name__)
+
 _ID = r"[a-z0-9][a-z0-9-]{0,62}"
 MAX_EXPORT_SEGMENTS = 1800  # one hour of 2 s segments per request
 MAX_CACHED_KEYS = 4096  # epoch data keys kept open (6 an hour per camera by default)
+PLAIN_CACHED = 32  # decrypted segments kept (embedded mode: live viewers share them)
 
 
 #: A pause longer than this between two segments is a time gap: a new run in the playlist.
@@ -92,25 +96,14 @@ def playlist(segments: Sequence[StoredSegment], *, live: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def select_live(segments: dict[int, StoredSegment], count: int) -> list[StoredSegment]:
-    return [segments[s] for s in sorted(segments)[-count:]]
-
-
-def select_range(
-    segments: dict[int, StoredSegment], from_ns: int, to_ns: int
-) -> list[StoredSegment]:
-    return [
-        segments[s]
-        for s in sorted(segments)
-        if segments[s].end_wall_ns > from_ns and segments[s].start_wall_ns < to_ns
-    ]
-
-
 class Viewer:
     """Opens stored sealed segments with the authority key. Thread-safe (pool threads).
 
     The lock protects the caches: data keys per epoch and the last decrypted segments (live
-    viewers fetch the same few segments).
+    viewers fetch the same few segments). In cluster mode only the data keys are kept: every
+    segment is read from the shared stores and checked each time it is served, so that what
+    one receiver serves is what any other would (a segment retention deleted, or an object
+    altered in the store, is refused by all of them at once).
     """
 
     def __init__(self, receiver: Receiver) -> None:
@@ -120,6 +113,7 @@ class Viewer:
         self._lock = threading.Lock()
         self._data_keys: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
         self._plain: OrderedDict[tuple[str, str, int], tuple[bytes, bytes]] = OrderedDict()
+        self._plain_max = 0 if receiver.cfg.storage == "cluster" else PLAIN_CACHED
 
     def open(self, unit: str, camera: str, sequence: int) -> tuple[bytes, bytes]:
         """(init, media) of a stored segment, after verifying it again."""
@@ -137,6 +131,8 @@ class Viewer:
             raw = self.receiver.store.read_segment(unit, camera, sequence)
         except FileNotFoundError:
             raise web.HTTPNotFound(text=f"{unit}/{camera}#{sequence} not stored") from None
+        except IntegrityError as exc:  # cluster mode: altered in the object store
+            raise web.HTTPUnprocessableEntity(text=f"cannot open segment: {exc}") from None
         try:
             seg = sealed.verify_segment(raw, unit_key, device_id=unit)
             epoch = seg.header.epoch_id.hex()
@@ -157,7 +153,7 @@ class Viewer:
             raise web.HTTPUnprocessableEntity(text=f"cannot open segment: {exc}") from None
         with self._lock:
             self._plain[cache_key] = (init, media)
-            while len(self._plain) > 32:
+            while len(self._plain) > self._plain_max:
                 self._plain.popitem(last=False)
         return init, media
 
@@ -172,6 +168,16 @@ def _time_arg(request: web.Request, name: str) -> int:
 def operators_app(receiver: Receiver) -> web.Application:
     viewer = Viewer(receiver)
     audit = receiver.audit
+
+    @web.middleware
+    async def unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except StorageUnavailableError as exc:  # cluster mode: the shared stores out of reach
+            log.warning("503 for %s %s: %s", request.method, request.path[:512], exc)
+            return web.Response(
+                status=503, text="storage unavailable, retry later", headers={"Retry-After": "2"}
+            )
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -226,8 +232,9 @@ def operators_app(receiver: Receiver) -> web.Application:
 
     async def live(request: web.Request) -> web.Response:
         where = _where(request)
-        index = receiver.store.camera(where["unit"], where["camera"])
-        segs = select_live(index.segments, receiver.cfg.live_segments)
+        segs = await receiver.run_blocking(
+            receiver.store.latest, where["unit"], where["camera"], receiver.cfg.live_segments
+        )
         if not segs:
             raise web.HTTPNotFound(text="no segment received for this camera yet")
         who = request[evidence.OPERATOR]
@@ -239,8 +246,9 @@ def operators_app(receiver: Receiver) -> web.Application:
     async def recorded(request: web.Request) -> web.Response:
         where = _where(request)
         start, end = _time_arg(request, "from"), _time_arg(request, "to")
-        index = receiver.store.camera(where["unit"], where["camera"])
-        segs = select_range(index.segments, start, end)
+        segs = await receiver.run_blocking(
+            receiver.store.in_range, where["unit"], where["camera"], start, end
+        )
         if not segs:
             raise web.HTTPNotFound(text="nothing recorded in that range")
         await receiver.run_blocking(
@@ -269,8 +277,10 @@ def operators_app(receiver: Receiver) -> web.Application:
         where = _where(request)
         start, end = _time_arg(request, "from"), _time_arg(request, "to")
         case = request.query.get("case", "")
-        index = receiver.store.camera(where["unit"], where["camera"])
-        segs = select_range(index.segments, start, end)[:MAX_EXPORT_SEGMENTS]
+        segs = await receiver.run_blocking(
+            receiver.store.in_range, where["unit"], where["camera"], start, end
+        )
+        segs = segs[:MAX_EXPORT_SEGMENTS]
         if not segs:
             raise web.HTTPNotFound(text="nothing recorded in that range")
 
@@ -303,7 +313,7 @@ def operators_app(receiver: Receiver) -> web.Application:
         body = await receiver.run_blocking(work)
         return web.Response(body=body, content_type="video/mp4")
 
-    app = web.Application(middlewares=[console.security_headers, auth])
+    app = web.Application(middlewares=[console.security_headers, unavailable, auth])
     console.mount(app, receiver)
     base = f"/v1/view/{{unit:{_ID}}}/{{camera:{_ID}}}"
     app.router.add_get(f"{base}/live.m3u8", live)

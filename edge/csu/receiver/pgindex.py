@@ -124,6 +124,10 @@ MIGRATIONS: tuple[str, ...] = (
         receiver text NOT NULL
     );
     """,
+    # 4: viewing in cluster mode: a camera's segments by time (recorded playlists, exports).
+    """
+    CREATE INDEX segments_by_end ON segments (unit, camera, end_wall_ns);
+    """,
 )
 
 #: A receiver that claimed an event's publication and said nothing for this long (killed,
@@ -307,6 +311,79 @@ class PgSegmentIndex:
             )
             return [bytes(r[0]) for r in cur.fetchall()]
 
+    # --- the read side of viewing (:class:`.base.SegmentReader`) ---------------------------------
+
+    def latest(self, unit: str, camera: str, count: int) -> list[StoredSegment]:
+        """The ``count`` highest sequences of the camera, by sequence."""
+        with self._transaction() as cur:
+            cur.execute(
+                f"SELECT {_COLUMNS} FROM segments "  # noqa: S608
+                "WHERE unit = %s AND camera = %s ORDER BY sequence DESC LIMIT %s",
+                (unit, camera, count),
+            )
+            return [StoredSegment(*r) for r in reversed(cur.fetchall())]
+
+    def _in_range(
+        self, cur: psycopg.Cursor[Any], unit: str, camera: str, from_ns: int, to_ns: int
+    ) -> list[StoredSegment]:
+        cur.execute(
+            f"SELECT {_COLUMNS} FROM segments "  # noqa: S608
+            "WHERE unit = %s AND camera = %s AND end_wall_ns > %s AND start_wall_ns < %s "
+            "ORDER BY sequence",
+            (unit, camera, from_ns, to_ns),
+        )
+        return [StoredSegment(*r) for r in cur.fetchall()]
+
+    def in_range(self, unit: str, camera: str, from_ns: int, to_ns: int) -> list[StoredSegment]:
+        """Segments ending after ``from_ns`` and starting before ``to_ns``, by sequence."""
+        with self._transaction() as cur:
+            return self._in_range(cur, unit, camera, from_ns, to_ns)
+
+    def span(self, unit: str, camera: str) -> tuple[int, int] | None:
+        """(earliest start, latest end) of the camera's segments; None without any."""
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT min(start_wall_ns), max(end_wall_ns) FROM segments "
+                "WHERE unit = %s AND camera = %s",
+                (unit, camera),
+            )
+            row = cur.fetchone()
+        return None if row is None or row[0] is None else (int(row[0]), int(row[1]))
+
+    def records(
+        self, unit: str, camera: str, from_ns: int, to_ns: int
+    ) -> tuple[list[StoredSegment], list[bytes], list[tuple[int, int]]]:
+        """:meth:`in_range`, the camera's gap records and purged ranges, in one transaction
+        under the camera's lock (as the embedded store reads them for an evidence bundle)."""
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT 1 FROM cameras WHERE unit = %s AND camera = %s FOR SHARE", (unit, camera)
+            )
+            segments = self._in_range(cur, unit, camera, from_ns, to_ns)
+            cur.execute(
+                "SELECT raw FROM gaps WHERE unit = %s AND camera = %s AND raw IS NOT NULL "
+                "ORDER BY first_sequence",
+                (unit, camera),
+            )
+            gaps = [bytes(r[0]) for r in cur.fetchall()]
+            cur.execute(
+                "SELECT first_sequence, last_sequence FROM purged "
+                "WHERE unit = %s AND camera = %s ORDER BY first_sequence",
+                (unit, camera),
+            )
+            purged = [(int(a), int(b)) for a, b in cur.fetchall()]
+        return segments, gaps, purged
+
+    def event(self, unit: str, event_id: str) -> tuple[bytes, int] | None:
+        """One stored event: ``(document, arrival)``; None if not stored."""
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT body, received_ns FROM events WHERE unit = %s AND event_id = %s",
+                (unit, event_id),
+            )
+            row = cur.fetchone()
+        return None if row is None else (bytes(row[0]), int(row[1]))
+
     # --- envelopes, events, status: what any receiver needs to serve any unit -------------------
 
     def accept_envelope(self, unit: str, camera: str, epoch: str, raw: bytes) -> Verdict:
@@ -409,7 +486,10 @@ class PgSegmentIndex:
 
     def units(self) -> list[str]:
         with self._transaction() as cur:
-            cur.execute("SELECT unit FROM cameras UNION SELECT unit FROM unit_status ORDER BY 1")
+            cur.execute(
+                "SELECT unit FROM cameras UNION SELECT unit FROM unit_status "
+                "UNION SELECT unit FROM events ORDER BY 1"
+            )
             return [str(r[0]) for r in cur.fetchall()]
 
     def cameras_of(self, unit: str) -> list[str]:

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge.csu.receiver.access_log import AuditLog
 from edge.csu.receiver.archive import Refusal, SegmentStore
+from edge.csu.receiver.base import SegmentReader
 from edge.csu.receiver.cluster import ClusterStore
 from edge.csu.receiver.commands import CommandQueue
 from edge.csu.receiver.mqtt_relay import EventPublisher
@@ -155,8 +156,13 @@ class Receiver:
         self.crl = RevocationList(cfg.tls.crl_file, cfg.tls.client_ca_file)
         self.registry = UnitRegistry(cfg.registry_dir, ca_file=cfg.tls.client_ca_file, crl=self.crl)
         # The receiver signs every record or does not start (ConfigError names the key file).
+        # Per receiver in cluster mode too, each record naming the receiver that served it.
         self.audit = AuditLog(
-            cfg.audit_log, receipts.load_or_create(cfg.audit_key_file, "audit key")
+            cfg.audit_log,
+            receipts.load_or_create(cfg.audit_key_file, "audit key"),
+            stamp={"receiver": cfg.cluster.receiver_id}
+            if cfg.storage == "cluster" and cfg.cluster is not None
+            else None,
         )
         self.commands = CommandQueue(cfg.commands_dir)
         self.publisher = EventPublisher(cfg.mqtt) if cfg.mqtt.enabled else None
@@ -179,12 +185,10 @@ class Receiver:
         )
 
     @property
-    def store(self) -> SegmentStore:
-        """The embedded store, which the operators' side (viewing, console, export) and the
-        embedded purge read; cluster mode does not start that side and purges with
-        :mod:`.cluster_purge` (:func:`serve`)."""
-        if not isinstance(self.intake, SegmentStore):
-            raise ConfigError("viewing does not run on the cluster stores yet")
+    def store(self) -> SegmentReader:
+        """What the operators' side (viewing, console, export) reads: the embedded directory
+        or, in cluster mode, the shared database and object store (any receiver serves any
+        camera)."""
         return self.intake
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
@@ -633,10 +637,9 @@ async def _serve(
             version,
             cluster.objects.bucket,
         )
-        log.warning(
-            "cluster mode: the operators' listener (viewing, console, export) does not run "
-            "on the cluster stores yet; not started (docs/UPLINK.md, Known limits)"
-        )
+        # The bundles being built (anonymous temporary files) are the only files viewing
+        # writes: in cluster mode too, in storage_dir.
+        cfg.storage_dir.mkdir(parents=True, exist_ok=True)
     ledger = purge.open_ledger(cfg.retention)
     if receiver.publisher is not None:
         receiver.publisher.start()
@@ -645,17 +648,9 @@ async def _serve(
     try:
         ports = [0, 0]
         listeners = [
-            (receiver.units_app(), cfg.units, server_context(cfg.tls, receiver.crl), "units")
+            (receiver.units_app(), cfg.units, server_context(cfg.tls, receiver.crl), "units"),
+            (operators_app(receiver), cfg.operators_listen, operator_context(cfg.tls), "operators"),
         ]
-        if cluster is None:
-            listeners.append(
-                (
-                    operators_app(receiver),
-                    cfg.operators_listen,
-                    operator_context(cfg.tls),
-                    "operators",
-                )
-            )
         for slot, (app, listen, ctx, name) in enumerate(listeners):
             server, runner = await _listen(app, listen.host, listen.port, ctx, cfg, name)
             runners.append(runner)
@@ -678,7 +673,8 @@ async def _serve(
                 return cluster_purge.purge_once(cluster, cfg.retention, ledger, now_ns=now_ns)
 
         else:
-            store = receiver.store
+            store = receiver.intake
+            assert isinstance(store, SegmentStore)
 
             def cycle(now_ns: int) -> object:
                 return purge.purge_once(store, cfg.retention, ledger, now_ns=now_ns)

@@ -61,12 +61,18 @@ def register(sub: Any) -> None:
         help="sign a unit's certificate request (edgectl enroll)",
         description="Sign a certificate request written by `edgectl enroll`. The profile "
         "follows the request's key: evidence signing for an Ed25519 key (unit-signing.csr), "
-        "TLS/802.1X client for another (unit-tls.csr); a forced mismatch is refused.",
+        "TLS/802.1X client for another (unit-tls.csr); a forced mismatch is refused. "
+        "--profile console signs an operator's console log-in request instead (a key made on "
+        "a smart card or token; its CN is the account name).",
         example=[
             ("edge-csu ca sign /srv/video-ca unit-tls.csr --out unit.crt", "client profile"),
             (
                 "edge-csu ca sign /srv/video-ca unit-signing.csr --out signing.crt",
                 "evidence profile",
+            ),
+            (
+                "edge-csu ca sign /srv/video-ca a.dupont.csr --profile console --out a.dupont.crt",
+                "an operator's smart-card key, for the console",
             ),
         ],
     )

@@ -107,7 +107,8 @@ def register(sub: Any) -> None:
         ("unlock", "lift a lock-out after failed log-ins before it runs out", "checked by phone"),
         (
             "reset",
-            "new password and one-time-code secret (lost phone); ends its sessions",
+            "new password and one-time-code secret (lost phone; a certificate account: the "
+            "password only); ends its sessions",
             "a lost phone",
         ),
     ):

@@ -32,10 +32,11 @@ from cryptography.hazmat.primitives import serialization
 
 from edge.csu.ca import Profile, VideoCA, cert_pem, key_pem
 from edge.csu.console.accounts import AuthMethod, OperatorStore
-from edge.csu.console.certlogin import CONSOLE_LOGIN, profile_problem
+from edge.csu.console.certlogin import CONSOLE_LOGIN, judge, profile_problem
 from edge.csu.console.credentials import totp_at, totp_step
 from edge.csu.console.roles import Role, Scope
 from edge.csu.receiver import access_log as csu_audit
+from edge.errors import CaError
 
 from .uplink_util import Csu, make_csu, wait_until
 
@@ -439,3 +440,33 @@ def test_an_accounts_database_of_the_previous_release_is_brought_up_to_date(
     assert op.auth is AuthMethod.TOTP
     done = store.login("old.hand", PASSWORD, totp_at("A" * 32, totp_step(time.time())))
     assert done.session is not None and done.session.cert_sha256 is None
+
+
+def test_the_log_in_judgement_refuses_what_the_handshake_would_let_pass_later(
+    tmp_path: Path,
+) -> None:
+    """The checks log-in repeats after the handshake: a certificate that expired while its
+    connection stayed open, a unit's TLS certificate of the same CA, one the CRL revokes."""
+    ca = VideoCA.init(tmp_path / "ca")
+    chain = x509.load_pem_x509_certificates(ca.chain_pem)
+    now = dt.datetime.now(dt.UTC)
+    _, console = ca.issue("dupont", profile=Profile.CONSOLE, days=30)
+    _, unit = ca.issue("dupont", profile=Profile.CLIENT)
+    der = console.public_bytes(serialization.Encoding.DER)
+    ok = judge(der, chain, [], now)
+    assert ok.problem is None and ok.name == "dupont"
+    assert ok.sha256 == hashlib.sha256(der).hexdigest()
+    later = judge(der, chain, [], now + dt.timedelta(days=31))
+    assert f"{console.serial_number:x} of dupont refused: the certificate expired on" in str(
+        later.problem
+    )
+    as_unit = judge(unit.public_bytes(serialization.Encoding.DER), chain, [], now)
+    assert str(as_unit.problem).endswith(
+        "refused: validation failed: not a console certificate (its extendedKeyUsage has no "
+        "console log-in purpose)"
+    ), as_unit.problem
+    crl = ca.revoke(console.serial_number)
+    revoked = judge(der, chain, [crl], now + dt.timedelta(seconds=1))
+    assert "revoked" in str(revoked.problem)
+    with pytest.raises(CaError, match="not an operator account name"):
+        ca.issue("Jean Dupont", profile=Profile.CONSOLE)

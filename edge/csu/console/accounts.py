@@ -394,7 +394,11 @@ def _add_columns(db: sqlite3.Connection) -> None:
     for table, column, definition in _ADDED_COLUMNS:
         have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
         if column not in have:
-            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            try:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            except sqlite3.OperationalError as exc:  # another process added it meanwhile
+                if "duplicate column" not in str(exc):
+                    raise
     db.commit()
 
 

@@ -111,10 +111,14 @@ def judge(
     name = common_name(cert)
     roots, intermediates = pki.anchors(ca_certs)
     problem: str | None
-    if not roots:
+    if cert.not_valid_after_utc < at:
+        problem = f"the certificate expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
+    elif cert.not_valid_before_utc > at:
+        problem = f"the certificate is valid from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+    elif not roots:
         problem = "the receiver's client CA file holds no root certificate"
     else:
-        problem = pki.verify_path(cert, intermediates, roots, at, profile_problem)
+        problem = _plain(pki.verify_path(cert, intermediates, roots, at, profile_problem))
     if problem is None:
         problem = pki.revocation_problem(cert, ca_certs, crls, at, before="the log-in")
     if problem is None and name is None:
@@ -122,6 +126,15 @@ def judge(
     if problem is not None:
         problem = f"certificate {cert.serial_number:x} of {name or '?'} refused: {problem}"
     return PresentedCertificate(fingerprint(der), name, problem)
+
+
+def _plain(reason: str | None) -> str | None:
+    """The path validator's reason without its wrapping (the repr of the certificate, the
+    name of the hook that raised): the audit log reads it."""
+    if reason is None:
+        return None
+    reason = reason.split(" (encountered processing ", 1)[0]
+    return reason.replace("Python extension validator failed: ValueError: ", "")
 
 
 def peer_der(request: web.Request) -> bytes | None:

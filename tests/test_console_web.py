@@ -302,7 +302,7 @@ def test_repeated_failures_lock_the_account_and_each_refusal_is_audited(
     )
     assert "__Host-edge-console" not in browser.cookies
     listing = operator_cmd(console.csu, "list")
-    assert re.search(r"n\.guess\s+viewer\s+\*\s+LOCKED until", listing), listing
+    assert re.search(r"n\.guess\s+viewer\s+totp\s+\*\s+LOCKED until", listing), listing
     entries = [e for e in console.audit() if e["action"] == "login-refused"]
     mine = [str(e["reason"]) for e in entries if e["who"] == "n.guess"]
     assert len(mine) == 6 and "account locked for 900 s" in mine[4]

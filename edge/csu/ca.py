@@ -40,6 +40,8 @@ from edge.outputs.commands import OPERATOR_COMMANDS
 
 from .. import fsutil
 from ..errors import CaError
+from .console.certlogin import CONSOLE_LOGIN
+from .console.roles import OPERATOR_NAME
 
 _UNIT_CN_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 _DNS_RE = re.compile(r"^(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+\Z")
@@ -54,6 +56,7 @@ class Profile(StrEnum):
     OPERATOR = "operator"  # a CSU agent's key signing commands to cabinet outputs
     CONFIG = "config"  # the city's configuration signer (edge.identity.configsigning)
     UPDATE = "update"  # the city's update-bundle signer (RAUC, codeSigning; edge/updates.py)
+    CONSOLE = "console"  # a CSU agent's TLS client certificate for the console log-in
 
 
 class RevocationReason(StrEnum):
@@ -348,7 +351,14 @@ class VideoCA:
             raise CaError("the evidence profile is for a unit's Ed25519 signing key only")
         if profile in (Profile.EVIDENCE, Profile.CONFIG, Profile.UPDATE):
             sans = []  # nothing to authenticate by name: the CN is all it asserts
-        if profile is not Profile.SERVER and not _UNIT_CN_RE.match(common_name):
+        if profile is Profile.CONSOLE:
+            sans = []  # the CN is the operator's account name, all it asserts
+            if not OPERATOR_NAME.match(common_name):
+                raise CaError(
+                    f"common name {common_name!r} is not an operator account name "
+                    "(1-64 letters, digits, . _ @ -)"
+                )
+        elif profile is not Profile.SERVER and not _UNIT_CN_RE.match(common_name):
             raise CaError(
                 f"common name {common_name!r} is not a unit identity "
                 "(lower-case letters, digits and dashes, at most 63 characters)"
@@ -365,15 +375,18 @@ class VideoCA:
         end = min(start + dt.timedelta(days=days), self.sub_cert.not_valid_after_utc)
         org = self.sub_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
         subject = x509.Name([*org, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        eku = {
-            Profile.CLIENT: ExtendedKeyUsageOID.CLIENT_AUTH,
-            Profile.SERVER: ExtendedKeyUsageOID.SERVER_AUTH,
-            Profile.EVIDENCE: evidence.DOCUMENT_SIGNING,
+        ekus = {
+            Profile.CLIENT: [ExtendedKeyUsageOID.CLIENT_AUTH],
+            Profile.SERVER: [ExtendedKeyUsageOID.SERVER_AUTH],
+            Profile.EVIDENCE: [evidence.DOCUMENT_SIGNING],
             # Never a TLS purpose: a stolen unit or server key cannot sign commands, an
             # operator key cannot open a TLS session as a unit.
-            Profile.OPERATOR: OPERATOR_COMMANDS,
-            Profile.CONFIG: configsigning.CONFIG_SIGNING,
-            Profile.UPDATE: ExtendedKeyUsageOID.CODE_SIGNING,
+            Profile.OPERATOR: [OPERATOR_COMMANDS],
+            Profile.CONFIG: [configsigning.CONFIG_SIGNING],
+            Profile.UPDATE: [ExtendedKeyUsageOID.CODE_SIGNING],
+            # TLS client (what browsers and smart-card middleware look for) plus the console
+            # purpose: a unit's TLS certificate lacks the latter, so it never logs in.
+            Profile.CONSOLE: [ExtendedKeyUsageOID.CLIENT_AUTH, CONSOLE_LOGIN],
         }[profile]
         usage = {
             Profile.EVIDENCE: evidence.key_usage(),
@@ -389,7 +402,7 @@ class VideoCA:
             .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(usage, critical=True)
-            .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self._sub_key.public_key()),

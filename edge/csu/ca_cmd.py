@@ -61,12 +61,18 @@ def register(sub: Any) -> None:
         help="sign a unit's certificate request (edgectl enroll)",
         description="Sign a certificate request written by `edgectl enroll`. The profile "
         "follows the request's key: evidence signing for an Ed25519 key (unit-signing.csr), "
-        "TLS/802.1X client for another (unit-tls.csr); a forced mismatch is refused.",
+        "TLS/802.1X client for another (unit-tls.csr); a forced mismatch is refused. "
+        "--profile console signs an operator's console log-in request instead (a key made on "
+        "a smart card or token; its CN is the account name).",
         example=[
             ("edge-csu ca sign /srv/video-ca unit-tls.csr --out unit.crt", "client profile"),
             (
                 "edge-csu ca sign /srv/video-ca unit-signing.csr --out signing.crt",
                 "evidence profile",
+            ),
+            (
+                "edge-csu ca sign /srv/video-ca a.dupont.csr --profile console --out a.dupont.crt",
+                "an operator's smart-card key, for the console",
             ),
         ],
     )
@@ -87,14 +93,19 @@ def register(sub: Any) -> None:
     issue = add_command(
         csub,
         "issue",
-        help="make a key and certificate (RADIUS server, CSU, operator, configuration signer)",
+        help="make a key and certificate (RADIUS server, CSU, operator, console log-in, "
+        "configuration signer)",
         description="Make a key and a certificate signed by the video sub-CA, for a server "
         "(the RADIUS server, the CSU receiver), with --profile client a client, with "
         "--profile operator a CSU agent who signs commands to cabinet outputs (NAME is the "
-        "agent's identity), with --profile config the city's configuration signer (edge-csu "
-        "config sign; units accept no other certificate for configuration), with --profile "
-        "update the signer of update bundles (RAUC; make image). --out is a file prefix: "
-        "OUT.key (never written over an existing key) and OUT.crt.",
+        "agent's identity; no TLS use, it cannot log in to the console), with --profile "
+        "console an operator's TLS client certificate for the console log-in (NAME is the "
+        "account name of edge-csu operator; the account must be marked --auth certificate, "
+        "and logs in with this certificate plus its password), with --profile config the "
+        "city's configuration signer (edge-csu config sign; units accept no other certificate "
+        "for configuration), with --profile update the signer of update bundles (RAUC; make "
+        "image). --out is a file prefix: OUT.key (mode 0600, never written over an existing "
+        "key) and OUT.crt (the certificate then the sub-CA).",
         example=[
             (
                 "edge-csu ca issue /srv/video-ca radius.video.city.fr --out /srv/radius/radius",
@@ -107,6 +118,11 @@ def register(sub: Any) -> None:
                 "an agent's command-signing key",
             ),
             (
+                "edge-csu ca issue /srv/video-ca a.dupont --profile console --days 365 "
+                "--out /root/a.dupont-console",
+                "an operator's console log-in certificate (openssl pkcs12 -export for the browser)",
+            ),
+            (
                 "edge-csu ca issue /srv/video-ca city-config --profile config "
                 "--out /srv/config-signer/signer",
                 "the configuration signer",
@@ -117,14 +133,15 @@ def register(sub: Any) -> None:
     issue.add_argument(
         "name",
         help="DNS name of the server (a unit id with --profile client, an agent's identity "
-        "with --profile operator)",
+        "with --profile operator, the operator's account name with --profile console)",
     )
     issue.add_argument(
         "--profile",
-        choices=["server", "client", "operator", "config", "update"],
+        choices=["server", "client", "operator", "console", "config", "update"],
         default="server",
         help="server (serverAuth, the default), client (clientAuth), operator (signs "
-        "commands to cabinet outputs; no TLS use), config (configuration signing) or update "
+        "commands to cabinet outputs; no TLS use), console (clientAuth + console log-in: an "
+        "operator's certificate for the console), config (configuration signing) or update "
         "(update bundles: codeSigning)",
     )
     issue.add_argument(

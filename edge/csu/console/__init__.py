@@ -2,6 +2,7 @@
 
 ``roles`` (roles, permissions, scopes, lock-out and session policy: pure), ``credentials``
 (scrypt password hashes, TOTP), ``accounts`` (operator accounts and sessions in SQLite),
+``certlogin`` (log-in with a console client certificate of the city CA, session binding),
 ``web`` (log-in, sessions, CSRF, security headers, the authentication every operator request
 goes through), ``i18n`` (French by default, English), ``operator_cmd`` (``edge-csu operator``).
 docs/OPERATIONS.md, *CSU operators*.

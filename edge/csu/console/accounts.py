@@ -1,7 +1,10 @@
 """Operator accounts and console sessions, in one SQLite database beside the receiver's files.
 
 The database holds no secret that opens a session by itself: passwords as scrypt hashes,
-session tokens as SHA-256. The TOTP secrets are in it (the server must compute codes), so the
+session tokens as SHA-256. An account logs in with password and TOTP code (``totp``) or with
+password and its console client certificate (``certificate``, :mod:`.certlogin`); a session
+opened with a certificate keeps that certificate's fingerprint and is refused over a connection
+presenting another. The TOTP secrets are in it (the server must compute codes), so the
 file is created 0600 and belongs with the CSU's keys in backups.
 
 Thread-safety: one connection per call (sqlite3 in WAL mode serialises writers); the receiver
@@ -22,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from ...errors import ConfigError, StorageUnavailableError
@@ -39,21 +43,49 @@ CREATE TABLE IF NOT EXISTS operators (
     disabled INTEGER NOT NULL DEFAULT 0,
     failures INTEGER NOT NULL DEFAULT 0,
     last_failure REAL NOT NULL DEFAULT 0,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    auth TEXT NOT NULL DEFAULT 'totp'
 );
 CREATE TABLE IF NOT EXISTS sessions (
     token_sha256 TEXT PRIMARY KEY,
     name TEXT NOT NULL REFERENCES operators(name),
     csrf TEXT NOT NULL,
     created REAL NOT NULL,
-    last_seen REAL NOT NULL
+    last_seen REAL NOT NULL,
+    cert_sha256 TEXT
 );
 """
+# Columns added after the first release: (table, column, definition) for older databases.
+_ADDED_COLUMNS = (
+    ("operators", "auth", "TEXT NOT NULL DEFAULT 'totp'"),
+    ("sessions", "cert_sha256", "TEXT"),
+)
 
 CONCURRENT_LOGINS = 4
 _LOGIN_SLOTS = threading.BoundedSemaphore(CONCURRENT_LOGINS)
 DEFAULT_LOCKOUT = LockoutPolicy()
 DEFAULT_SESSIONS = SessionPolicy()
+
+
+class AuthMethod(StrEnum):
+    """How an account proves itself at log-in, on top of its password."""
+
+    TOTP = "totp"
+    """A one-time code from the operator's authenticator app."""
+    CERTIFICATE = "certificate"
+    """The operator's console client certificate, presented in the TLS handshake."""
+
+
+@dataclass(frozen=True, slots=True)
+class PresentedCertificate:
+    """A client certificate presented at log-in, as :mod:`.certlogin` judged it."""
+
+    sha256: str
+    """Fingerprint (hex SHA-256 of the DER): what the session is bound to."""
+    name: str | None
+    """Its subject common name: the account it is for."""
+    problem: str | None = None
+    """Why it may not log anyone in (revoked, expired, not the console profile); None: valid."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +97,7 @@ class Operator:
     failures: int
     locked_until: float | None
     created: float
+    auth: AuthMethod = AuthMethod.TOTP
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +108,8 @@ class Session:
     csrf: str
     created: float
     token_sha256: str
+    cert_sha256: str | None = None
+    """The certificate the session was opened with (certificate accounts), else None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +140,7 @@ class OperatorStore:
         db = sqlite3.connect(path, timeout=10)
         try:
             db.executescript(_SCHEMA)  # commits by itself: not inside _db()'s transaction
+            _add_columns(db)
         except sqlite3.DatabaseError as exc:
             raise _damaged(path, exc) from None
         finally:
@@ -130,18 +166,47 @@ class OperatorStore:
 
     # --- accounts (edge-csu operator …) ---------------------------------------------------------
 
-    def add(self, name: str, role: Role, scope: Scope, password: str, totp_secret: str) -> None:
+    def add(
+        self,
+        name: str,
+        role: Role,
+        scope: Scope,
+        password: str,
+        totp_secret: str,
+        *,
+        auth: AuthMethod = AuthMethod.TOTP,
+    ) -> None:
+        """A new account; ``totp_secret`` is ignored (none kept) for a certificate account."""
         problem = password_problem(password, name)
         if problem is not None:
             raise ConfigError(problem)
+        if auth is AuthMethod.CERTIFICATE:
+            totp_secret = ""
         with self._db() as db:
             if db.execute("SELECT 1 FROM operators WHERE name=?", (name,)).fetchone():
                 raise ConfigError(f"operator {name} exists (disable it, or reset its password)")
             db.execute(
-                "INSERT INTO operators (name, role, scope, password, totp_secret, created)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (name, role.value, str(scope), hash_password(password), totp_secret, self.clock()),
+                "INSERT INTO operators (name, role, scope, password, totp_secret, created, auth)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    *(name, role.value, str(scope), hash_password(password), totp_secret),
+                    *(self.clock(), auth.value),
+                ),
             )
+
+    def set_auth(self, name: str, auth: AuthMethod, totp_secret: str = "") -> None:
+        """Switch an account to ``auth``; its open sessions end (they were opened the other
+        way). ``totp_secret`` is the new secret when switching to TOTP (an account switched
+        to certificates keeps none)."""
+        if auth is AuthMethod.TOTP and not totp_secret:
+            raise ConfigError("switching to one-time codes needs a new TOTP secret")
+        with self._db() as db:
+            self._require(db, name)
+            db.execute(
+                "UPDATE operators SET auth=?, totp_secret=?, totp_last_step=0 WHERE name=?",
+                (auth.value, totp_secret if auth is AuthMethod.TOTP else "", name),
+            )
+            db.execute("DELETE FROM sessions WHERE name=?", (name,))
 
     def set_disabled(self, name: str, disabled: bool) -> None:
         with self._db() as db:
@@ -156,15 +221,16 @@ class OperatorStore:
             db.execute("UPDATE operators SET failures=0 WHERE name=?", (name,))
 
     def reset(self, name: str, password: str, totp_secret: str) -> None:
-        """New password and TOTP secret (lost phone, forgotten password); sessions end."""
+        """New password and TOTP secret (lost phone, forgotten password); sessions end. A
+        certificate account gets a new password only (``totp_secret`` is ignored)."""
         problem = password_problem(password, name)
         if problem is not None:
             raise ConfigError(problem)
         with self._db() as db:
             self._require(db, name)
             db.execute(
-                "UPDATE operators SET password=?, totp_secret=?, totp_last_step=0, failures=0"
-                " WHERE name=?",
+                "UPDATE operators SET password=?, totp_secret=CASE auth WHEN 'totp' THEN ?"
+                " ELSE '' END, totp_last_step=0, failures=0 WHERE name=?",
                 (hash_password(password), totp_secret, name),
             )
             db.execute("DELETE FROM sessions WHERE name=?", (name,))
@@ -183,8 +249,8 @@ class OperatorStore:
         if not db.execute("SELECT 1 FROM operators WHERE name=?", (name,)).fetchone():
             raise ConfigError(f"no operator named {name}")
 
-    def _operator(self, row: tuple[str, str, str, int, int, float, float]) -> Operator:
-        name, role, scope, disabled, failures, last_failure, created = row
+    def _operator(self, row: tuple[str, str, str, int, int, float, float, str]) -> Operator:
+        name, role, scope, disabled, failures, last_failure, created, auth = row
         return Operator(
             name=name,
             role=Role(role),
@@ -193,6 +259,7 @@ class OperatorStore:
             failures=failures,
             locked_until=self._locked_until(failures, last_failure),
             created=created,
+            auth=AuthMethod(auth),
         )
 
     def _locked_until(self, failures: int, last_failure: float) -> float | None:
@@ -201,35 +268,49 @@ class OperatorStore:
 
     # --- log-in and sessions --------------------------------------------------------------------
 
-    def login(self, name: str, password: str, code: str) -> LoginResult:
-        """Check password and code; a refusal counts towards the lock-out of an existing
-        account. A locked or disabled account is refused even with the right credentials."""
+    def login(
+        self,
+        name: str,
+        password: str,
+        code: str,
+        certificate: PresentedCertificate | None = None,
+    ) -> LoginResult:
+        """Check password and code (TOTP account) or password and ``certificate`` (the client
+        certificate of the connection, certificate account); a refusal counts towards the
+        lock-out of an existing account. A locked or disabled account is refused even with the
+        right credentials. A TOTP account ignores any certificate."""
         with _LOGIN_SLOTS:
-            return self._login(name, password, code)
+            return self._login(name, password, code, certificate)
 
-    def _login(self, name: str, password: str, code: str) -> LoginResult:
+    def _login(
+        self, name: str, password: str, code: str, certificate: PresentedCertificate | None
+    ) -> LoginResult:
         now = self.clock()
         with self._db() as db:
             row = db.execute(
-                "SELECT password, totp_secret, totp_last_step, disabled, failures, last_failure"
-                " FROM operators WHERE name=?",
+                "SELECT password, totp_secret, totp_last_step, disabled, failures, last_failure,"
+                " auth FROM operators WHERE name=?",
                 (name,),
             ).fetchone()
             if row is None:
                 check_password(password, dummy_hash())  # same time as a wrong password
                 return LoginResult(None, None, f"unknown operator {name[:64]!r}")
-            stored, secret, last_step, disabled, failures, last_failure = row
+            stored, secret, last_step, disabled, failures, last_failure, auth = row
             until = self.lockout.locked_until(failures, last_failure)
             if until is not None and until > now:
                 return LoginResult(None, None, f"account {name} locked until {until:.0f}")
             if until is not None:  # the lock has run out: a fresh count
                 failures = 0
             refusal = None
-            step = None
+            step = last_step
+            bound = None
             if not check_password(password, stored):
                 refusal = "wrong password"
+            elif auth == AuthMethod.CERTIFICATE:
+                refusal = _certificate_refusal(name, certificate)
+                bound = certificate.sha256 if certificate is not None else None
             else:
-                step = match_totp(secret, code, now, last_step)
+                step = match_totp(secret, code, now, last_step) if secret else None
                 if step is None:
                     refusal = "wrong or reused one-time code"
             if refusal is None and disabled:
@@ -255,12 +336,12 @@ class OperatorStore:
                 (now - self.session_policy.max_s, now - self.session_policy.idle_s),
             )
             db.execute(
-                "INSERT INTO sessions (token_sha256, name, csrf, created, last_seen)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (digest, name, csrf, now, now),
+                "INSERT INTO sessions (token_sha256, name, csrf, created, last_seen, cert_sha256)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (digest, name, csrf, now, now, bound),
             )
             op_row = db.execute(_SELECT + " WHERE name=?", (name,)).fetchone()
-        session = Session(self._operator(op_row), csrf, now, digest)
+        session = Session(self._operator(op_row), csrf, now, digest, bound)
         return LoginResult(token, session)
 
     def session(self, token: str | None) -> tuple[Session | None, str | None]:
@@ -272,12 +353,13 @@ class OperatorStore:
         now = self.clock()
         with self._db() as db:
             row = db.execute(
-                "SELECT name, csrf, created, last_seen FROM sessions WHERE token_sha256=?",
+                "SELECT name, csrf, created, last_seen, cert_sha256 FROM sessions"
+                " WHERE token_sha256=?",
                 (digest,),
             ).fetchone()
             if row is None:
                 return None, "unknown or ended session"
-            name, csrf, created, last_seen = row
+            name, csrf, created, last_seen, bound = row
             why = self.session_policy.expired(created, last_seen, now)
             op_row = db.execute(_SELECT + " WHERE name=?", (name,)).fetchone()
             if why is None and (op_row is None or op_row[3]):
@@ -286,14 +368,38 @@ class OperatorStore:
                 db.execute("DELETE FROM sessions WHERE token_sha256=?", (digest,))
                 return None, f"{why} ({name})"
             db.execute("UPDATE sessions SET last_seen=? WHERE token_sha256=?", (now, digest))
-        return Session(self._operator(op_row), csrf, created, digest), None
+        return Session(self._operator(op_row), csrf, created, digest, bound), None
 
     def logout(self, token_sha256: str) -> None:
         with self._db() as db:
             db.execute("DELETE FROM sessions WHERE token_sha256=?", (token_sha256,))
 
 
-_SELECT = "SELECT name, role, scope, disabled, failures, last_failure, created FROM operators"
+_SELECT = "SELECT name, role, scope, disabled, failures, last_failure, created, auth FROM operators"
+
+
+def _certificate_refusal(name: str, certificate: PresentedCertificate | None) -> str | None:
+    """Why a certificate account's log-in is refused by the certificate (None: it passes)."""
+    if certificate is None:
+        return "no client certificate (the account logs in with its console certificate)"
+    if certificate.problem is not None:
+        return certificate.problem
+    if certificate.name != name:
+        return f"the certificate is {str(certificate.name)[:64]!r}'s, not {name}'s"
+    return None
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    """Bring a database made by an older release up to the schema (new columns only)."""
+    for table, column, definition in _ADDED_COLUMNS:
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            try:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            except sqlite3.OperationalError as exc:  # another process added it meanwhile
+                if "duplicate column" not in str(exc):
+                    raise
+    db.commit()
 
 
 def _sha256(token: str) -> str:

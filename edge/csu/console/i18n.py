@@ -14,6 +14,14 @@ _TEXT: dict[str, dict[str, str]] = {
         "fr": "Code à usage unique (application d'authentification)",
         "en": "One-time code (authenticator app)",
     },
+    "cert_presented": {
+        "fr": "Certificat de connexion présenté :",
+        "en": "Log-in certificate presented:",
+    },
+    "cert_code": {
+        "fr": "Code à usage unique (seulement si votre compte en utilise un)",
+        "en": "One-time code (only if your account uses one)",
+    },
     "refused": {
         "fr": "Connexion refusée. Vérifiez vos informations ou contactez votre superviseur.",
         "en": "Log-in refused. Check your details or ask your supervisor.",

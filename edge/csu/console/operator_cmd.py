@@ -1,4 +1,4 @@
-"""``edge-csu operator``: console accounts (add, list, disable, enable, unlock, reset).
+"""``edge-csu operator``: console accounts (add, list, disable, enable, unlock, reset, set-auth).
 
 Run on the CSU host by its administrators (the database is the receiver's, mode 0600). Every
 change is written to the CSU audit log under the system user who made it.
@@ -17,7 +17,7 @@ from ...clihelp import add_command
 from ...errors import ConfigError
 from ..receiver import settings as serve_config
 from ..receiver.access_log import AuditLog
-from .accounts import OperatorStore
+from .accounts import AuthMethod, OperatorStore
 from .credentials import new_totp_secret, totp_uri
 from .roles import OPERATOR_NAME, Role, Scope
 
@@ -26,10 +26,11 @@ def register(sub: Any) -> None:
     parser = add_command(
         sub,
         "operator",
-        help="console accounts: add, list, disable, enable, unlock, reset",
+        help="console accounts: add, list, disable, enable, unlock, reset, set-auth",
         description="Accounts of the operators who log in to the console (password and "
-        "one-time code), with a role (viewer, investigator, supervisor, admin) and a scope "
-        "(units or unit/camera; none is the whole fleet).",
+        "one-time code, or password and a console client certificate of the city's CA), with "
+        "a role (viewer, investigator, supervisor, admin) and a scope (units or unit/camera; "
+        "none is the whole fleet).",
         example=[
             (
                 "edge-csu operator add --config csu.toml --name j.martin --role viewer "
@@ -46,12 +47,19 @@ def register(sub: Any) -> None:
         help="make an account; prints its one-time-code secret once",
         description="Make an account. The password is asked twice (or read from standard "
         "input with --password-stdin); the one-time-code secret is printed once, as text and "
-        "as an otpauth:// URI for the operator's authenticator app.",
+        "as an otpauth:// URI for the operator's authenticator app. With --auth certificate "
+        "the account logs in with its password and its console client certificate instead "
+        "(edge-csu ca issue CA-DIR NAME --profile console); no one-time code then.",
         example=[
             (
                 "edge-csu operator add --config csu.toml --name a.dupont --role supervisor",
                 "a supervisor for the whole fleet",
-            )
+            ),
+            (
+                "edge-csu operator add --config csu.toml --name j.martin --role viewer "
+                "--auth certificate",
+                "password + console certificate",
+            ),
         ],
     )
     add.add_argument(
@@ -63,8 +71,26 @@ def register(sub: Any) -> None:
     add.add_argument(
         "--scope", default="", help="comma-separated UNIT or UNIT/CAMERA (default: every camera)"
     )
+    _auth_option(add, default="totp")
     _common(add, name=True, password=True)
     add.set_defaults(func=_add)
+    set_auth = add_command(
+        osub,
+        "set-auth",
+        help="switch an account between one-time codes and a console certificate",
+        description="Switch how an account logs in, beside its password: --auth certificate "
+        "(its console client certificate; the one-time-code secret is dropped) or --auth totp "
+        "(a new one-time-code secret, printed once). Its open sessions end.",
+        example=[
+            (
+                "edge-csu operator set-auth --config csu.toml --name j.martin --auth certificate",
+                "after issuing j.martin a console certificate",
+            )
+        ],
+    )
+    _auth_option(set_auth, default=None)
+    _common(set_auth, name=True, password=False)
+    set_auth.set_defaults(func=_set_auth)
     lst = add_command(
         osub,
         "list",
@@ -81,7 +107,8 @@ def register(sub: Any) -> None:
         ("unlock", "lift a lock-out after failed log-ins before it runs out", "checked by phone"),
         (
             "reset",
-            "new password and one-time-code secret (lost phone); ends its sessions",
+            "new password and one-time-code secret (lost phone; a certificate account: the "
+            "password only); ends its sessions",
             "a lost phone",
         ),
     ):
@@ -94,6 +121,17 @@ def register(sub: Any) -> None:
         )
         _common(p, name=True, password=action == "reset")
         p.set_defaults(func=_change, action=action)
+
+
+def _auth_option(p: argparse.ArgumentParser, *, default: str | None) -> None:
+    p.add_argument(
+        "--auth",
+        choices=[m.value for m in AuthMethod],
+        default=default,
+        required=default is None,
+        help="what the operator gives beside the password: totp (one-time code, "
+        "the default for a new account) or certificate (console client certificate)",
+    )
 
 
 def _common(p: argparse.ArgumentParser, *, name: bool, password: bool) -> None:
@@ -141,18 +179,44 @@ def _add(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from None
     store, audit = _open(args)
     secret = new_totp_secret()
-    store.add(args.name, Role(args.role), scope, _password(args), secret)
+    auth = AuthMethod(args.auth)
+    store.add(args.name, Role(args.role), scope, _password(args), secret, auth=auth)
     audit.record(
-        getpass.getuser(), "operator-add", operator=args.name, role=args.role, scope=str(scope)
-    )
+        getpass.getuser(), "operator-add", operator=args.name, role=args.role, scope=str(scope),
+        auth=auth.value,
+    )  # fmt: skip
     print(f"operator {args.name} added: {args.role}, scope {scope}")
-    _print_secret(args.name, secret)
+    if auth is AuthMethod.CERTIFICATE:
+        _print_certificate_note(args.name)
+    else:
+        _print_secret(args.name, secret)
+    return 0
+
+
+def _print_certificate_note(name: str) -> None:
+    print(
+        f"{name} logs in with the password and a console certificate whose common name is "
+        f"{name}: edge-csu ca issue CA-DIR {name} --profile console --out PREFIX"
+    )
+
+
+def _set_auth(args: argparse.Namespace) -> int:
+    store, audit = _open(args)
+    auth = AuthMethod(args.auth)
+    secret = new_totp_secret() if auth is AuthMethod.TOTP else ""
+    store.set_auth(args.name, auth, secret)
+    audit.record(getpass.getuser(), "operator-set-auth", operator=args.name, auth=auth.value)
+    print(f"operator {args.name}: logs in with password and {auth.value}; sessions ended")
+    if auth is AuthMethod.CERTIFICATE:
+        _print_certificate_note(args.name)
+    else:
+        _print_secret(args.name, secret)
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
     store, _ = _open(args)
-    print(f"{'OPERATOR':24} {'ROLE':13} {'SCOPE':30} STATE")
+    print(f"{'OPERATOR':24} {'ROLE':13} {'AUTH':12} {'SCOPE':30} STATE")
     for op in store.list():
         if op.disabled:
             state = "disabled"
@@ -161,21 +225,24 @@ def _list(args: argparse.Namespace) -> int:
             state = f"LOCKED until {until:%Y-%m-%d %H:%M:%S} UTC ({op.failures} failures)"
         else:
             state = "active" + (f" ({op.failures} failed log-ins)" if op.failures else "")
-        print(f"{op.name:24} {op.role.value:13} {op.scope!s:30} {state}")
+        print(f"{op.name:24} {op.role.value:13} {op.auth.value:12} {op.scope!s:30} {state}")
     return 0
 
 
 def _change(args: argparse.Namespace) -> int:
     store, audit = _open(args)
+    certificate = False
     if args.action == "reset":
         secret = new_totp_secret()
         store.reset(args.name, _password(args), secret)
+        op = store.get(args.name)
+        certificate = op is not None and op.auth is AuthMethod.CERTIFICATE
     elif args.action == "unlock":
         store.unlock(args.name)
     else:
         store.set_disabled(args.name, args.action == "disable")
     audit.record(getpass.getuser(), f"operator-{args.action}", operator=args.name)
     print(f"operator {args.name}: {args.action} done")
-    if args.action == "reset":
+    if args.action == "reset" and not certificate:
         _print_secret(args.name, secret)
     return 0

@@ -14,7 +14,8 @@ Routes (operator listener, beside the HLS routes of :mod:`edge.csu.receiver.hls`
     GET  /console/evidence         export form with case number, what expires when
     GET  /console/evidence/export  checks the form → /v1/export/….tar (format=bundle: the
                                    signed bundle) or ….mp4, audited with the case there
-    POST /console/login            name, password, one-time code → session cookie
+    POST /console/login            name, password, one-time code (or the connection's console
+                                   client certificate: :mod:`.certlogin`) → session cookie
     POST /console/logout           (CSRF token) → session ended
     GET  /console/api/me           who is logged in, role, scope, CSRF token (JSON)
     GET  /console/api/cameras      the cameras in the operator's scope (JSON)
@@ -45,8 +46,8 @@ from aiohttp import web
 from ...errors import ConfigError
 from ..receiver import access_log
 from ..receiver.trust import utcnow
-from . import i18n, outputs, pages, playback
-from .accounts import OperatorStore, Session
+from . import certlogin, i18n, outputs, pages, playback
+from .accounts import OperatorStore, PresentedCertificate, Session
 from .alerts import (
     AlertBook,
     Decision,
@@ -128,7 +129,35 @@ def authenticate(
     if session is None:
         return None, why or "no session"
     op = session.operator
+    if session.cert_sha256 is not None:
+        unbound = _certificate_binding_refusal(receiver, request, session)
+        if unbound is not None:
+            return None, unbound
     return Principal(op.name, op.role, op.scope, "session", session), ""
+
+
+def _certificate_binding_refusal(
+    receiver: Receiver, request: web.Request, session: Session
+) -> str | None:
+    """Why a session opened with a certificate may not serve ``request`` (audited here as
+    ``session-refused``: a cookie replayed without its certificate), or None."""
+    assert session.cert_sha256 is not None
+    problem = certlogin.binding_problem(receiver, request, session.cert_sha256)
+    if problem is None:
+        return None
+    name = session.operator.name
+    receiver.audit.record(
+        name, "session-refused", remote=remote_of(request), path=request.path[:512], reason=problem
+    )
+    return f"{problem} ({name})"
+
+
+def _login_body(lang: str, presented: PresentedCertificate | None, *, refused: bool = False) -> str:
+    """The log-in form: the certificate one when the connection presents a console
+    certificate that passes, else the password and one-time code one."""
+    if presented is not None and presented.problem is None:
+        return certlogin.login_form(lang, presented, refused=refused)
+    return _login_form(lang, refused=refused)
 
 
 def check_scope(principal: Principal, unit: str | None, camera: str | None) -> str | None:
@@ -410,7 +439,8 @@ def mount(app: web.Application, receiver: Receiver) -> None:
         lang = _lang(request)
         principal, why = await principal_or_none(request)
         if principal is None or principal.session is None:
-            response = _page(lang, _login_form(lang))
+            presented = await receiver.run_blocking(certlogin.presented, receiver, request)
+            response = _page(lang, _login_body(lang, presented))
             if COOKIE in request.cookies:  # a session that ended: say so once in the log
                 await record("-", "session-refused", request, reason=why)
                 response.del_cookie(COOKIE, path="/", secure=True, samesite="Strict")
@@ -458,13 +488,15 @@ def mount(app: web.Application, receiver: Receiver) -> None:
         if origin is not None and origin != f"https://{request.host}":
             await record(name or "-", "login-refused", request, reason=f"origin {origin[:200]}")
             return _page(lang, _login_form(lang, refused=True), status=403)
+        presented = await receiver.run_blocking(certlogin.presented, receiver, request)
         result = await receiver.run_blocking(
-            store.login, name, str(form.get("password", "")), str(form.get("code", ""))
+            store.login, name, str(form.get("password", "")), str(form.get("code", "")), presented
         )
         if result.session_token is None:
             await record(name or "-", "login-refused", request, reason=result.refusal)
-            return _page(lang, _login_form(lang, refused=True), status=401)
-        await record(name, "login", request)
+            return _page(lang, _login_body(lang, presented, refused=True), status=401)
+        bound = result.session.cert_sha256 if result.session is not None else None
+        await record(name, "login", request, **({"certificate": bound} if bound else {}))
         response = web.HTTPSeeOther(f"{PREFIX}/?lang={lang}")
         response.set_cookie(
             COOKIE, result.session_token, secure=True, httponly=True, samesite="Strict", path="/"

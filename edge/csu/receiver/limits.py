@@ -9,7 +9,9 @@ receiver sees a connection *before* any TLS state exists for it:
   (the gate's count, the logs, :func:`peer_of`);
 - an :class:`AdmissionGate` refuses a connection beyond ``max_connections_per_source`` from one
   address or ``max_connections`` in all, by closing it at once (no TLS object is ever made);
-- the TLS handshake must finish within ``handshake_timeout_s``;
+- the TLS handshake must finish within ``handshake_timeout_s``; a client certificate refused
+  there (expired, revoked, wrong purpose, unknown CA) is reported to ``on_certificate_refused``
+  with the source address (the operators' listener audits it);
 - after a failed handshake the frames of the failure are cleared. CPython 3.11 up to 3.11.7
   (gh-109534, fixed in later 3.11/3.12 releases) leaves every failed server-side handshake in a
   reference cycle (the exception's traceback holds the ``SSLProtocol`` and its OpenSSL object),
@@ -244,7 +246,12 @@ class _Gate(asyncio.Protocol):
             # Break the failure's reference cycle now (gh-109534, see the module docstring).
             traceback.clear_frames(exc.__traceback__)
             transport.abort()
+            source = self._source
             self._give_back()
+            report = listener.on_certificate_refused
+            if report is not None and isinstance(exc, ssl.SSLCertVerificationError):
+                reason = exc.verify_message or exc.reason or str(exc)
+                report(source or "?", str(reason))
             return
         if tls is None or self._source is None:  # already gone
             return
@@ -300,6 +307,8 @@ class _Listener:
     handler_factory: Callable[[], asyncio.Protocol]
     name: str
     proxy_from: frozenset[str] = frozenset()
+    on_certificate_refused: Callable[[str, str], None] | None = None
+    """Called with (source address, OpenSSL's reason) when a client certificate is refused."""
     handshakes: set[asyncio.Future[None]] = field(default_factory=set)
     _last_refusal_log: float = -REFUSAL_LOG_INTERVAL_S
     _trim: asyncio.TimerHandle | None = None
@@ -340,10 +349,16 @@ async def start_gated_server(
     handshake_timeout_s: float,
     name: str,
     proxy_from: frozenset[str] = frozenset(),
+    on_certificate_refused: Callable[[str, str], None] | None = None,
 ) -> asyncio.Server:
     """A TLS listener whose connections pass ``gate`` before any TLS work is done for them;
-    those from ``proxy_from`` addresses must begin with a PROXY protocol v2 header."""
-    listener = _Listener(gate, ssl_context, handshake_timeout_s, handler_factory, name, proxy_from)
+    those from ``proxy_from`` addresses must begin with a PROXY protocol v2 header.
+    ``on_certificate_refused`` (loop thread, must not block) hears of client certificates the
+    handshake refused."""
+    listener = _Listener(
+        gate, ssl_context, handshake_timeout_s, handler_factory, name, proxy_from,
+        on_certificate_refused,
+    )  # fmt: skip
     return await asyncio.get_running_loop().create_server(
         lambda: _Gate(listener), host, port, reuse_address=True
     )

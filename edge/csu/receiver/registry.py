@@ -64,12 +64,15 @@ class _LoggedHandshake(ssl.SSLObject):
             raise
 
 
-def _units_context(tls: TlsConfig, crl_pem: Path | None) -> ssl.SSLContext:
+def _units_context(
+    tls: TlsConfig, crl_pem: Path | None, verify_mode: ssl.VerifyMode = ssl.CERT_REQUIRED
+) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.sslobject_class = _LoggedHandshake
+    if verify_mode is ssl.CERT_REQUIRED:
+        ctx.sslobject_class = _LoggedHandshake
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
-    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.verify_mode = verify_mode
     try:
         ctx.load_cert_chain(tls.cert_file, tls.key_file)
         ctx.load_verify_locations(cafile=tls.client_ca_file)
@@ -106,9 +109,17 @@ class _CrlFollower:
     closed), and the reason is logged once per CRL, with the next step.
     """
 
-    def __init__(self, tls: TlsConfig, crl: RevocationList) -> None:
+    def __init__(
+        self,
+        tls: TlsConfig,
+        crl: RevocationList,
+        verify_mode: ssl.VerifyMode = ssl.CERT_REQUIRED,
+        name: str = "units",
+    ) -> None:
         self._tls = tls
         self._crl = crl
+        self._verify_mode = verify_mode
+        self._name = name
         self._version, pem = crl.verified_pem()
         self._current = self._build(pem)
         self.listener = self._build(pem)
@@ -117,12 +128,12 @@ class _CrlFollower:
 
     def _build(self, pem: bytes | None) -> ssl.SSLContext:
         if pem is None:
-            return _units_context(self._tls, None)
+            return _units_context(self._tls, None, self._verify_mode)
         # OpenSSL loads CRLs from files only; the bytes are the ones RevocationList verified.
         with tempfile.NamedTemporaryFile(prefix="edge-csu-crl-", suffix=".pem") as tmp:
             tmp.write(pem)
             tmp.flush()
-            return _units_context(self._tls, Path(tmp.name))
+            return _units_context(self._tls, Path(tmp.name), self._verify_mode)
 
     def _on_client_hello(
         self, ssl_obj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _ctx: ssl.SSLContext
@@ -132,9 +143,13 @@ class _CrlFollower:
             try:
                 self._current = self._build(pem)
                 self._version = version
-                log.info("units listener: handshakes now check the new CRL")
+                log.info("%s listener: handshakes now check the new CRL", self._name)
             except ConfigError as exc:
-                log.error("units listener: cannot use the new CRL, keeping the previous: %s", exc)
+                log.error(
+                    "%s listener: cannot use the new CRL, keeping the previous: %s",
+                    self._name,
+                    exc,
+                )
         problem = self._crl.expiry_problem()
         if problem is not None and self._expiry_logged != self._version:
             self._expiry_logged = self._version
@@ -142,15 +157,15 @@ class _CrlFollower:
         ssl_obj.context = self._current
 
 
-def operator_context(tls: TlsConfig) -> ssl.SSLContext:
-    """TLS 1.3 only for operators; they authenticate with a bearer token instead of a cert."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    try:
-        ctx.load_cert_chain(tls.cert_file, tls.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"TLS material: {exc}") from None
-    return ctx
+def operator_context(tls: TlsConfig, crl: RevocationList | None = None) -> ssl.SSLContext:
+    """TLS 1.3 only for operators, a client certificate asked for but optional: console
+    accounts marked for certificate log-in present theirs (:mod:`edge.csu.console.certlogin`),
+    others and bearer-token scripts none. A certificate presented is checked as the units'
+    are: chaining to the configured CA, valid now, not on the current CRL (``crl``, followed
+    without restart); any other is refused at the handshake."""
+    if crl is None or tls.crl_file is None:
+        return _units_context(tls, tls.crl_file, ssl.CERT_OPTIONAL)
+    return _CrlFollower(tls, crl, ssl.CERT_OPTIONAL, "operators").listener
 
 
 def unit_id_of(cert_der: bytes) -> str:

@@ -649,10 +649,18 @@ async def _serve(
         ports = [0, 0]
         listeners = [
             (receiver.units_app(), cfg.units, server_context(cfg.tls, receiver.crl), "units"),
-            (operators_app(receiver), cfg.operators_listen, operator_context(cfg.tls), "operators"),
+            (
+                operators_app(receiver),
+                cfg.operators_listen,
+                operator_context(cfg.tls, receiver.crl),
+                "operators",
+            ),
         ]
         for slot, (app, listen, ctx, name) in enumerate(listeners):
-            server, runner = await _listen(app, listen.host, listen.port, ctx, cfg, name)
+            refused = _audit_refused_certificate(receiver) if name == "operators" else None
+            server, runner = await _listen(
+                app, listen.host, listen.port, ctx, cfg, name, on_certificate_refused=refused
+            )
             runners.append(runner)
             servers.append(server)
             ports[slot] = server.sockets[0].getsockname()[1]
@@ -692,8 +700,34 @@ async def _serve(
         receiver.close()
 
 
+def _audit_refused_certificate(receiver: Receiver) -> Callable[[str, str], None]:
+    """What the operators' listener does with a client certificate its handshake refused: a
+    ``login-refused`` record in the audit log (written from the pool, not the loop)."""
+
+    def refused(source: str, reason: str) -> None:
+        log.warning("refused an operator's client certificate from %s: %s", source, reason)
+        # RuntimeError: the receiver is stopping (pool shut down); the log line above stays.
+        with contextlib.suppress(RuntimeError):
+            receiver.pool.submit(
+                receiver.audit.record,
+                "-",
+                "login-refused",
+                remote=source,
+                reason=f"client certificate refused at the TLS handshake: {reason}",
+            )
+
+    return refused
+
+
 async def _listen(
-    app: web.Application, host: str, port: int, ctx: ssl.SSLContext, cfg: ServeConfig, name: str
+    app: web.Application,
+    host: str,
+    port: int,
+    ctx: ssl.SSLContext,
+    cfg: ServeConfig,
+    name: str,
+    *,
+    on_certificate_refused: Callable[[str, str], None] | None = None,
 ) -> tuple[asyncio.Server, web.AppRunner]:
     """One listener: connections counted and TLS-handshaken by :mod:`.limits`, then served by
     aiohttp, which closes a connection idle (no request, not even a first one) for too long."""
@@ -717,6 +751,7 @@ async def _listen(
             handshake_timeout_s=limits.handshake_timeout_s,
             name=name,
             proxy_from=frozenset(limits.proxy_protocol_from if name == "units" else ()),
+            on_certificate_refused=on_certificate_refused,
         )
     except OSError as exc:
         await runner.cleanup()

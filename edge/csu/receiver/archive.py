@@ -10,6 +10,7 @@ Layout under ``storage_dir`` (readable with ``ls``)::
     <unit>/<camera>/masks/<digest>.json    the unit's signed ``mask-set`` records (polygons)
     <unit>/events/<event-id>.json          verified events
     <unit>/events/<event-id>.unpublished   marker: not yet handed to the MQTT broker
+    <unit>/events/<event-id>.snp           the sealed snapshot the event names, as sent
     <unit>/status.json                     last contact, the backlog the unit reported
 
 A segment is accepted only if it parses, its header names the URL's unit, camera and sequence,
@@ -46,7 +47,9 @@ from ...errors import IntegrityError
 from ...fsutil import write_atomic
 from ...privacy.commitment import MASK_SET_ACTION, MaskSet
 from ...vault import format as sealed
+from ...vault import snapshots
 from ...vault.audit import parse_record
+from ...vault.recipient_keys import RecipientPrivate
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +172,36 @@ def checked_mask_set(
         raise Refusal(400, str(exc)) from None
     if (found.camera_id, found.digest.hex()) != (camera_id, digest_hex):
         raise Refusal(400, "mask-set record does not match the URL")
+
+
+def checked_snapshot(
+    unit_id: str,
+    event_id: str,
+    raw: bytes,
+    event: dict[str, Any],
+    key: ed25519.Ed25519PublicKey,
+    private: RecipientPrivate,
+) -> None:
+    """A sealed snapshot checked against the stored, verified ``event`` body it claims to
+    belong to: signed by the unit, its header (which the AEAD and the HPKE ``info`` bind)
+    naming the unit, the event's camera and the event, and the JPEG inside, opened with the
+    CSU's key, of the SHA-256 and size the signed event names."""
+    ref = event.get("snapshot")
+    if not isinstance(ref, dict):
+        raise Refusal(400, f"event {event_id} names no snapshot")
+    try:
+        snp = snapshots.verify_snapshot_file(raw, key)
+    except IntegrityError as exc:
+        raise Refusal(422 if "signature" in str(exc) else 400, f"snapshot: {exc}") from None
+    bound = (snp.device_id, snp.camera_id, snp.event_id)
+    if bound != (unit_id, event.get("camera"), event_id):
+        raise Refusal(400, f"snapshot is sealed for {'/'.join(bound)}, not this event")
+    try:
+        jpeg = snapshots.open_snapshot(snp, private)
+    except IntegrityError as exc:
+        raise Refusal(422, str(exc)) from None
+    if hashlib.sha256(jpeg).hexdigest() != ref.get("sha256") or len(jpeg) != ref.get("size"):
+        raise Refusal(422, f"snapshot is not the picture event {event_id} names (SHA-256, size)")
 
 
 def ranges(sequences: Iterable[int]) -> list[list[int]]:
@@ -530,6 +563,51 @@ class SegmentStore:
                 yield path.read_bytes()
             except FileNotFoundError:
                 continue  # deleted meanwhile
+
+    def read_event(self, unit_id: str, event_id: str) -> bytes | None:
+        try:
+            return (self.root / unit_id / "events" / f"{event_id}.json").read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def accept_snapshot(
+        self,
+        unit_id: str,
+        event_id: str,
+        raw: bytes,
+        key: ed25519.Ed25519PublicKey,
+        private: RecipientPrivate,
+    ) -> Verdict:
+        """Keep the sealed snapshot of a stored event, once, after
+        :func:`checked_snapshot`; the same bytes again are a duplicate, other bytes a 409."""
+        from edge.events import verify_wire  # local: edge.events pulls in numpy and PIL
+
+        stored = self.read_event(unit_id, event_id)
+        if stored is None:
+            raise Refusal(404, f"event {event_id} of {unit_id} is not stored here")
+        try:
+            event = verify_wire(stored, key)
+        except IntegrityError as exc:
+            raise Refusal(409, f"stored event {event_id} no longer verifies: {exc}") from None
+        checked_snapshot(unit_id, event_id, raw, event, key, private)
+        path = self.snapshot_path(unit_id, event_id)
+        with self._lock:
+            if path.exists():
+                if path.read_bytes() == raw:
+                    return Verdict.DUPLICATE
+                raise Refusal(409, f"a snapshot of event {event_id} is already stored")
+            write_atomic(path, raw)
+        return Verdict.STORED
+
+    def snapshot_path(self, unit_id: str, event_id: str) -> Path:
+        """Where the sealed snapshot of a stored event is (or would be) kept."""
+        return self.root / unit_id / "events" / f"{event_id}.snp"
+
+    def read_snapshot(self, unit_id: str, event_id: str) -> bytes | None:
+        try:
+            return self.snapshot_path(unit_id, event_id).read_bytes()
+        except FileNotFoundError:
+            return None
 
     def _unpublished(self, unit_id: str, event_id: str) -> Path:
         return self.root / unit_id / "events" / f"{event_id}.unpublished"

@@ -70,6 +70,8 @@ class Alert:
     message: str
     has_snapshot: bool
     decisions: tuple[DecisionRecord, ...] = ()
+    snapshot_held: bool = False
+    """The CSU holds the sealed snapshot the event names (the unit sent it)."""
 
     @property
     def open(self) -> bool:
@@ -156,7 +158,7 @@ class AlertBook:
                 continue
             if not in_scope(scope, str(body["unit"]), str(body["camera"])):
                 continue
-            found.append(_alert(body, received))
+            found.append(_with_snapshot(_alert(body, received), path))
             if len(found) >= MAX_LISTED:
                 break
         decided = self._decisions([a.id for a in found])
@@ -169,7 +171,7 @@ class AlertBook:
         body = json.loads(path.read_bytes())["event"]
         if not in_scope(scope, unit, str(body["camera"])):
             return None
-        alert = _alert(body, path.stat().st_mtime)
+        alert = _with_snapshot(_alert(body, path.stat().st_mtime), path)
         return replace(alert, decisions=tuple(self._decisions([event_id]).get(event_id, ())))
 
     def decide(self, alert: Alert, decision: Decision, comment: str, who: str) -> DecisionRecord:
@@ -253,6 +255,11 @@ def unit_conditions(storage: Path, unit: str) -> UnitConditions:
         if kind != DOOR_KIND and state == "raised"
     )
     return UnitConditions(door, tamper)
+
+
+def _with_snapshot(alert: Alert, path: Path) -> Alert:
+    held = alert.has_snapshot and path.with_suffix(".snp").is_file()
+    return replace(alert, snapshot_held=held) if held else alert
 
 
 def _alert(body: dict[str, Any], received: float) -> Alert:

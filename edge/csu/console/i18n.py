@@ -83,6 +83,8 @@ _TEXT: dict[str, dict[str, str]] = {
     "in_s": {"fr": "en {} s", "en": "in {} s"},
     "no_alert": {"fr": "Aucune alerte.", "en": "No alert."},
     "snapshot": {"fr": "image jointe", "en": "snapshot attached"},
+    "view_snapshot": {"fr": "voir l'image", "en": "view snapshot"},
+    "snapshot_of": {"fr": "Image de l'alerte {}", "en": "Snapshot of alert {}"},
     "rates": {"fr": "Taux de fausses alertes par règle", "en": "False-alarm rate per rule"},
     "decided_n": {"fr": "décidées", "en": "decided"},
     "dismissed_n": {"fr": "rejetées", "en": "dismissed"},

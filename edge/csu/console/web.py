@@ -10,6 +10,8 @@ Routes (operator listener, beside the HLS routes of :mod:`edge.csu.receiver.hls`
     GET  /console/alerts           outputs' confirmation requests (with the command to sign),
                                    alerts inbox (false-alarm rates per rule for supervisors)
     POST /console/alerts/decide    confirm / dismiss / escalate + comment (CSRF) → audit log
+    GET  /console/snapshots/UNIT/EVENT.jpg   an alert's snapshot, checked and opened (scoped,
+                                   audited ``view-snapshot``, never cached)
     GET  /console/audit?q=TEXT     the audit log, newest first, searchable (supervisors)
     GET  /console/evidence         export form with case number, what expires when
     GET  /console/evidence/export  checks the form → /v1/export/….tar (format=bundle: the
@@ -44,6 +46,7 @@ from aiohttp import web
 
 from ...errors import ConfigError
 from ..receiver import access_log
+from ..receiver.archive import Refusal
 from ..receiver.trust import utcnow
 from . import i18n, outputs, pages, playback
 from .accounts import OperatorStore, Session
@@ -602,6 +605,37 @@ def mount(app: web.Application, receiver: Receiver) -> None:
             raise web.HTTPConflict(text=str(exc)) from None
         raise web.HTTPSeeOther(f"{PREFIX}/alerts")
 
+    async def snapshot_view(request: web.Request) -> web.Response:
+        p = await api_principal(request)
+        unit, event_id = request.match_info["unit"], request.match_info["event"]
+        if not p.may(Permission.VIEW):
+            await record(p.name, "refused", request, reason=f"role {p.role} may not view")
+            raise web.HTTPForbidden(text="your role may not view")
+        alert = await receiver.run_blocking(book.find, p.scope, unit, event_id)
+        if alert is None or not alert.snapshot_held:  # outside the scope or not held: alike
+            await record(p.name, "refused", request, reason=f"snapshot of {event_id} of {unit}")
+            raise web.HTTPNotFound(text="no such snapshot in your scope")
+        private, key = receiver.authority, receiver.registry.signing_key(unit)
+        if private is None or key is None:
+            raise web.HTTPServiceUnavailable(text="no authority key or unit key to open it")
+
+        def work() -> bytes:
+            _, jpeg = receiver.store.open_snapshot(unit, event_id, key, private)
+            audit.record(
+                p.name, "view-snapshot", remote=remote_of(request), unit=unit,
+                camera=alert.camera, event=event_id, rule=alert.rule,
+            )  # fmt: skip
+            return jpeg
+
+        try:
+            jpeg = await receiver.run_blocking(work)
+        except Refusal as exc:  # altered since it arrived: said, never shown
+            await record(p.name, "refused", request, reason=exc.reason[:300])
+            raise web.HTTPUnprocessableEntity(text=exc.reason) from None
+        return web.Response(
+            body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "no-store"}
+        )
+
     async def exporter(request: web.Request) -> Principal:
         p = await page_principal(request)
         if not p.may(Permission.EXPORT):
@@ -713,6 +747,10 @@ def mount(app: web.Application, receiver: Receiver) -> None:
     app.router.add_get(f"{PREFIX}/playback", playback_view)
     app.router.add_get(f"{PREFIX}/alerts", alerts_view)
     app.router.add_post(f"{PREFIX}/alerts/decide", decide)
+    app.router.add_get(
+        f"{PREFIX}/snapshots/{{unit:[a-z0-9][a-z0-9-]{{0,62}}}}/{{event:[0-9A-Za-z-]{{1,64}}}}.jpg",
+        snapshot_view,
+    )
     app.router.add_get(f"{PREFIX}/audit", audit_view)
     app.router.add_get(f"{PREFIX}/evidence", evidence_view)
     app.router.add_get(f"{PREFIX}/evidence/export", evidence_export)

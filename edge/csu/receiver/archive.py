@@ -181,9 +181,9 @@ def checked_snapshot(
     event: dict[str, Any],
     key: ed25519.Ed25519PublicKey,
     private: RecipientPrivate,
-) -> None:
-    """A sealed snapshot checked against the stored, verified ``event`` body it claims to
-    belong to: signed by the unit, its header (which the AEAD and the HPKE ``info`` bind)
+) -> bytes:
+    """The JPEG of a sealed snapshot checked against the stored, verified ``event`` body it
+    claims to belong to: signed by the unit, its header (which the AEAD and the HPKE ``info`` bind)
     naming the unit, the event's camera and the event, and the JPEG inside, opened with the
     CSU's key, of the SHA-256 and size the signed event names."""
     ref = event.get("snapshot")
@@ -202,6 +202,7 @@ def checked_snapshot(
         raise Refusal(422, str(exc)) from None
     if hashlib.sha256(jpeg).hexdigest() != ref.get("sha256") or len(jpeg) != ref.get("size"):
         raise Refusal(422, f"snapshot is not the picture event {event_id} names (SHA-256, size)")
+    return jpeg
 
 
 def ranges(sequences: Iterable[int]) -> list[list[int]]:
@@ -580,15 +581,7 @@ class SegmentStore:
     ) -> Verdict:
         """Keep the sealed snapshot of a stored event, once, after
         :func:`checked_snapshot`; the same bytes again are a duplicate, other bytes a 409."""
-        from edge.events import verify_wire  # local: edge.events pulls in numpy and PIL
-
-        stored = self.read_event(unit_id, event_id)
-        if stored is None:
-            raise Refusal(404, f"event {event_id} of {unit_id} is not stored here")
-        try:
-            event = verify_wire(stored, key)
-        except IntegrityError as exc:
-            raise Refusal(409, f"stored event {event_id} no longer verifies: {exc}") from None
+        event = self._verified_event(unit_id, event_id, key)
         checked_snapshot(unit_id, event_id, raw, event, key, private)
         path = self.snapshot_path(unit_id, event_id)
         with self._lock:
@@ -598,6 +591,34 @@ class SegmentStore:
                 raise Refusal(409, f"a snapshot of event {event_id} is already stored")
             write_atomic(path, raw)
         return Verdict.STORED
+
+    def _verified_event(
+        self, unit_id: str, event_id: str, key: ed25519.Ed25519PublicKey
+    ) -> dict[str, Any]:
+        from edge.events import verify_wire  # local: edge.events pulls in numpy and PIL
+
+        stored = self.read_event(unit_id, event_id)
+        if stored is None:
+            raise Refusal(404, f"event {event_id} of {unit_id} is not stored here")
+        try:
+            return verify_wire(stored, key)
+        except IntegrityError as exc:
+            raise Refusal(409, f"stored event {event_id} no longer verifies: {exc}") from None
+
+    def open_snapshot(
+        self,
+        unit_id: str,
+        event_id: str,
+        key: ed25519.Ed25519PublicKey,
+        private: RecipientPrivate,
+    ) -> tuple[dict[str, Any], bytes]:
+        """(event body, JPEG) of a held snapshot, every check of :meth:`accept_snapshot` made
+        again (the file may have been altered since): :class:`Refusal` 404 when not held."""
+        event = self._verified_event(unit_id, event_id, key)
+        raw = self.read_snapshot(unit_id, event_id)
+        if raw is None:
+            raise Refusal(404, f"no snapshot of event {event_id} of {unit_id} is held")
+        return event, checked_snapshot(unit_id, event_id, raw, event, key, private)
 
     def snapshot_path(self, unit_id: str, event_id: str) -> Path:
         """Where the sealed snapshot of a stored event is (or would be) kept."""

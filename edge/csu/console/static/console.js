@@ -368,12 +368,42 @@ function setupPlayback(section) {
 }
 
 function setupAlerts(rows) {
-  // New alerts appear without a reload; never while the agent is typing a comment.
+  // A snapshot loads only when asked for (each viewing is audited), as an <img> of the
+  // console's own route; a second click hides it again.
+  rows.addEventListener("click", (ev) => {
+    const button = ev.target.closest("[data-snapshot]");
+    if (!button) return;
+    const slot = button.nextElementSibling;
+    const shown = slot.querySelector("img");
+    if (shown) {
+      shown.remove();
+      button.setAttribute("aria-expanded", "false");
+      return;
+    }
+    const img = document.createElement("img");
+    img.className = "snapshot";
+    img.alt = button.dataset.alt;
+    img.src = button.dataset.snapshot;
+    slot.appendChild(img);
+    button.setAttribute("aria-expanded", "true");
+  });
+  // New alerts appear without a reload; never while the agent is typing a comment. Pictures
+  // already opened move into the new rows (not fetched, nor audited, again).
   setInterval(async () => {
     if (rows.contains(document.activeElement)) return;
     const url = "/console/alerts" + (location.search ? location.search + "&" : "?") + "fragment=rows";
     const r = await fetch(url, { credentials: "same-origin", cache: "no-store" });
-    if (r.ok) rows.innerHTML = await r.text();
+    if (!r.ok) return;
+    const open = Array.from(rows.querySelectorAll("img.snapshot"));
+    rows.innerHTML = await r.text();
+    for (const img of open) {
+      const button = Array.from(rows.querySelectorAll("[data-snapshot]")).find(
+        (b) => b.dataset.snapshot === img.getAttribute("src")
+      );
+      if (!button) continue;
+      button.nextElementSibling.appendChild(img);
+      button.setAttribute("aria-expanded", "true");
+    }
   }, 3000);
 }
 

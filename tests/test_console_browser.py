@@ -226,6 +226,21 @@ def test_live_tile_plays_and_the_masked_area_is_the_fill(browser: Any, site: Sit
     assert pixels["size"] == [320, 240]
     for r, g, b, _ in pixels["masked"]:
         assert max(abs(r - SOLID_RGB), abs(g - SOLID_RGB), abs(b - SOLID_RGB)) <= 6, pixels
+    # the mask outlines on demand (the set edged's newest segment commits to, as edged sent
+    # its record): the polygon lies on the masked quarter of the picture as shown, letterbox
+    # and all
+    browser.execute_script("document.querySelector('#wall .tile [data-masks]').click()")
+    outline = f"""const v = {video}; const r = v.getBoundingClientRect();
+        const p = document.querySelector('#wall .tile svg.masks polygon');
+        if (!p || !v.videoWidth) return null;
+        const k = Math.min(r.width / v.videoWidth, r.height / v.videoHeight);
+        const w = v.videoWidth * k, h = v.videoHeight * k;
+        const x0 = r.left + (r.width - w) / 2, y0 = r.top + (r.height - h) / 2;
+        const b = p.getBoundingClientRect();
+        return [(b.left - x0) / w, (b.top - y0) / h, (b.right - x0) / w, (b.bottom - y0) / h];"""
+    wait_until(lambda: browser.execute_script(outline), 20, "the mask outline on the tile")
+    box = browser.execute_script(outline)
+    assert all(abs(a - b) < 0.02 for a, b in zip(box, [0, 0, 0.5, 0.5], strict=True)), box
     wait_until(
         lambda: browser.execute_script(
             "return document.querySelector('#wall .tile').dataset.latencyMs"

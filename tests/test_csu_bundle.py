@@ -134,6 +134,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         ("a.viewer", "viewer", ""),
         ("c.agent", "viewer", f"{UNIT}/{CAMERA}"),
         ("v.side", "viewer", f"{UNIT}/side"),
+        ("m.street", "viewer", f"{UNIT}/{CAMERA}"),
+        ("m.side", "viewer", f"{UNIT}/side"),
     ):
         out = operator_cmd(
             csu, "add", "--name", name, "--role", role, "--scope", scope, "--password-stdin",
@@ -424,6 +426,36 @@ def test_an_agent_opens_an_alerts_snapshot_from_the_inbox_scoped_and_audited(lab
     assert any(e["who"] == "v.side" and eid in e["reason"] for e in refused)
     assert any(e["who"] == "-" and e["path"] == src for e in refused)
     assert [e["who"] for e in lab.console.audit() if e["action"] == "view-snapshot"] == ["c.agent"]
+
+
+def test_the_live_tiles_get_the_outlines_of_the_masks_the_newest_segment_commits_to(
+    lab: Lab,
+) -> None:
+    """The console's overlay route: the polygons of the set the camera's newest stored
+    segment (#9, after the change) commits to, from the unit's signed record; scoped."""
+    agent = Browser(lab.console)
+    assert agent.login("m.street").status == 303
+    page = agent.request("GET", "/console/")
+    assert 'data-masks aria-pressed="false"' in page.body and ">Masques</button>" in page.body
+    answer = agent.request("GET", f"/console/api/masks/{UNIT}/{CAMERA}")
+    assert answer.status == 200, answer.body
+    assert answer.headers["Cache-Control"] == "no-store"
+    found = json.loads(answer.body)
+    assert (found["sequence"], found["digest"], found["held"]) == (9, AFTER.digest.hex(), True)
+    assert (found["width"], found["height"]) == (320, 240)
+    assert found["masks"] == [
+        {"name": m.name, "points": [[x, y] for x, y in m.points]} for m in (WINDOW, DOOR)
+    ]
+    # another camera's agent gets nothing of it, and the attempt is audited
+    other = Browser(lab.console)
+    assert other.login("m.side").status == 303
+    assert other.request("GET", f"/console/api/masks/{UNIT}/{CAMERA}").status == 403
+    assert Browser(lab.console).request("GET", f"/console/api/masks/{UNIT}/{CAMERA}").status == 401
+    assert any(
+        e["action"] == "refused" and e["who"] == "m.side"
+        and e["path"] == f"/console/api/masks/{UNIT}/{CAMERA}"
+        for e in lab.console.audit()
+    )  # fmt: skip
 
 
 def test_a_viewer_gets_no_bundle_and_the_refusal_is_audited(lab: Lab) -> None:

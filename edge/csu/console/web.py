@@ -12,6 +12,8 @@ Routes (operator listener, beside the HLS routes of :mod:`edge.csu.receiver.hls`
     POST /console/alerts/decide    confirm / dismiss / escalate + comment (CSRF) → audit log
     GET  /console/snapshots/UNIT/EVENT.jpg   an alert's snapshot, checked and opened (scoped,
                                    audited ``view-snapshot``, never cached)
+    GET  /console/api/masks/UNIT/CAMERA   the polygons of the mask set the camera's newest
+                                   segment commits to (scoped), for the live tiles' overlay
     GET  /console/audit?q=TEXT     the audit log, newest first, searchable (supervisors)
     GET  /console/evidence         export form with case number, what expires when
     GET  /console/evidence/export  checks the form → /v1/export/….tar (format=bundle: the
@@ -44,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ...errors import ConfigError
+from ...errors import ConfigError, IntegrityError
 from ..receiver import access_log
 from ..receiver.archive import Refusal
 from ..receiver.trust import utcnow
@@ -259,7 +261,9 @@ def _wall(lang: str, cameras: list[tuple[str, str]]) -> str:
         f' aria-label="{esc(u)} / {esc(c)}"><video muted playsinline></video>'
         f'<figcaption class="label"><select data-pick aria-label="'
         f'{esc(t("tile_camera", lang).format(i + 1))}">{_camera_options(names, f"{u}/{c}")}'
-        "</select></figcaption>"
+        f'</select><button type="button" data-masks aria-pressed="false" '
+        f'data-none="{esc(t("masks_none", lang))}">{t("masks_overlay", lang)}</button>'
+        "</figcaption>"
         f'<span class="state" role="status">{t("state_waiting", lang)}</span></figure>'
         for i, (u, c) in enumerate(cameras[:9])
     )
@@ -732,6 +736,26 @@ def mount(app: web.Application, receiver: Receiver) -> None:
         cams = await receiver.run_blocking(cameras_in_scope, receiver, p.scope)
         return web.json_response([{"unit": u, "camera": c} for u, c in cams])
 
+    async def masks(request: web.Request) -> web.Response:
+        p = await api_principal(request)
+        unit, camera = request.match_info["unit"], request.match_info["camera"]
+        refusal = check_scope(p, unit, camera) or (
+            None if p.may(Permission.VIEW) else f"role {p.role} may not view"
+        )
+        if refusal is not None:
+            await record(p.name, "refused", request, reason=refusal)
+            raise web.HTTPForbidden(text="outside your scope or role")
+        key = receiver.registry.signing_key(unit)
+        if key is None:
+            raise web.HTTPNotFound(text="unit not enrolled")
+        try:
+            found = await receiver.run_blocking(receiver.store.masks_in_force, unit, camera, key)
+        except IntegrityError as exc:
+            raise web.HTTPUnprocessableEntity(text=str(exc)) from None
+        if found is None:
+            raise web.HTTPNotFound(text="no segment of this camera stored yet")
+        return web.json_response({"unit": unit, "camera": camera, **found})
+
     async def static(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         if name not in _STATIC:
@@ -756,6 +780,10 @@ def mount(app: web.Application, receiver: Receiver) -> None:
     app.router.add_get(f"{PREFIX}/evidence/export", evidence_export)
     app.router.add_get(f"{PREFIX}/api/me", me)
     app.router.add_get(f"{PREFIX}/api/cameras", cameras)
+    app.router.add_get(
+        f"{PREFIX}/api/masks/{{unit:[a-z0-9][a-z0-9-]{{0,62}}}}/{{camera:[a-z0-9][a-z0-9-]{{0,62}}}}",
+        masks,
+    )
     app.router.add_get(f"{PREFIX}/static/{{name}}", static)
 
 

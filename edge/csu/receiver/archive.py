@@ -535,6 +535,44 @@ class SegmentStore:
         except FileNotFoundError:
             return None
 
+    def masks_in_force(
+        self, unit_id: str, camera_id: str, key: ed25519.Ed25519PublicKey
+    ) -> dict[str, Any] | None:
+        """The mask set the camera's newest stored segment commits to (the last one in force
+        in it), for the console's outline overlay: ``{"sequence", "digest", "held", "width",
+        "height", "masks": [{"name", "points"}]}`` (points as fractions of the frame); digest
+        None for a segment that commits to none, held False when the CSU has no record of
+        that set. None when nothing is stored. The segment's signature is checked (the
+        commitment is signed); :class:`IntegrityError` when it fails."""
+        if not (self.root / unit_id / camera_id).is_dir():
+            return None
+        index = self.camera(unit_id, camera_id)
+        with index.lock:
+            newest = max(index.segments, default=None)
+        if newest is None:
+            return None
+        seg = sealed.verify_segment(
+            self.read_segment(unit_id, camera_id, newest), key, device_id=unit_id
+        )
+        out: dict[str, Any] = {"sequence": newest, "digest": None, "held": False, "masks": []}
+        if not seg.header.masks:
+            return out
+        digest = seg.header.masks[-1].committed.mask_set
+        out["digest"] = digest.hex()
+        record = self.read_mask_set(unit_id, camera_id, digest.hex())
+        if record is None:
+            return out
+        found = MaskSet.from_record(parse_record(record.rstrip(b"\n"), key).details)
+        if found.digest != digest or found.camera_id != camera_id:
+            raise IntegrityError(f"mask-set record {digest.hex()[:16]}… is of another set")
+        out.update(
+            held=True,
+            width=found.width,
+            height=found.height,
+            masks=[{"name": m["name"], "points": m["points"]} for m in found.masks],
+        )
+        return out
+
     # --- events ---------------------------------------------------------------------------------
 
     def store_event(

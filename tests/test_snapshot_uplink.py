@@ -26,6 +26,7 @@ from edge.vault.recipient_keys import load_private, write_keypair
 from edge.vault.snapshots import seal_snapshot
 from edge.vault.store import Vault
 
+from . import vault_support
 from .test_receipts import UNIT, Gate, Rig, running_rig
 from .uplink_util import CSU_NAME, wait_until
 from .video_support import WALL0
@@ -80,13 +81,18 @@ def test_the_uplink_sends_an_alerts_snapshot_after_its_event_and_again_after_a_r
         # here the unit stops before the vault wrote it.
         spool.put(shot.wire())
         spool.put(plain.wire())
+        vault.write(vault_support.fake_segment("cam1", 0))  # video waits on no snapshot
         client = _client(rig, vault, spool)
         client.start()
         try:
             wait_until(
-                lambda: _held(rig, plain.body["id"], "json").exists() and len(spool) == 0,
+                lambda: (
+                    _held(rig, plain.body["id"], "json").exists()
+                    and len(spool) == 0
+                    and vault.backlog().segments == 0
+                ),
                 30,
-                "the CSU to accept both events",
+                "the CSU to accept both events and the segment",
             )
             # only the alert that names a picture waits for it
             owed = [p.name.split("-", 1)[1] for p in spool.snapshots_pending()]

@@ -27,9 +27,10 @@ import edge
 from edge.csu.console.credentials import totp_at, totp_step
 from edge.csu.receiver import SegmentStore
 from edge.csu.receiver import access_log as csu_audit
-from edge.events import EventSigner
+from edge.events import EventSigner, jpeg_snapshot
 from edge.identity.unitkeys import keys_dir_of, load_or_create_signing_key
 from edge.uplink.spool import EventSpool
+from edge.vault import eventlog, layout
 
 from .conftest import REPO, require_module, tool
 from .test_uplink_e2e import unit_config
@@ -39,6 +40,8 @@ PASSWORD = "vigie-du-quai-2026"
 #: The mask drawn on the test camera: the top-left quarter of the picture.
 MASK = "[[0.0, 0.0], [0.5, 0.0], [0.5, 0.5], [0.0, 0.5]]"
 SOLID_RGB = 28  # luma 40, no chroma (docs/PRIVACY.md), in full-range RGB: (40-16)*255/219
+#: The masked frame of the snapshot alert: 64 x 48.
+SNAPSHOT = jpeg_snapshot(np.tile(np.arange(64, dtype=np.uint8)[None, :, None] * 4, (48, 1, 3)))
 
 
 def artifacts() -> Path:
@@ -53,6 +56,8 @@ class Site:
     secrets: dict[str, str]
     url: str
     alarm_id: str
+    shot_id: str
+    """An alert of cam1 whose sealed snapshot edged's uplink delivers after the event."""
     logins: list[str] = field(default_factory=list)
 
     def audit(self) -> list[dict[str, Any]]:
@@ -71,7 +76,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     (csu.directory / "storage" / "test-unit" / "cam2").mkdir(parents=True)  # out of scope
     secrets = {}
     # one account per test: a one-time code serves once, and one is valid each 30 s (±1)
-    accounts = [(f"v.{n}", "viewer", "test-unit/cam1") for n in ("quai", "alertes", "relecture")]
+    accounts = [
+        (f"v.{n}", "viewer", "test-unit/cam1") for n in ("quai", "alertes", "relecture", "image")
+    ]
     accounts.append(("i.requisition", "investigator", "test-unit/cam1"))
     accounts.append(("v.mur", "viewer", "test-unit/cam1,test-unit/cam2"))
     for name, role, scope in [*accounts, ("s.chef", "supervisor", "")]:
@@ -107,8 +114,22 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     )  # fmt: skip
     try:
         wait_until(lambda: len(csu.stored("test-unit", "cam1")) >= 2, 30, "segments at the CSU")
+        # an alert with its masked snapshot, kept in the running unit's vault as edged keeps
+        # one (sealed to the CSU), then queued: the uplink sends the event, then the snapshot
+        shot = EventSigner(signing, "test-unit").sign(
+            camera="cam1", category="alert", kind="intrusion", rule="cour",
+            wall_ns=time.time_ns(), frame_index=0, details={"message": "zone interdite"},
+            snapshot=SNAPSHOT,
+        )  # fmt: skip
+        for path, data in eventlog.files_of(
+            layout.vault_dir(data_dir), shot, device_id="test-unit",
+            recipients=[csu.authority.public], signing_key=signing,
+        ):  # fmt: skip
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        EventSpool(data_dir / "uplink" / "events").put(shot.wire())
         url = f"https://127.0.0.1:{csu.ports['operators']}"
-        yield Site(csu, secrets, url, str(alarm.body["id"]))
+        yield Site(csu, secrets, url, str(alarm.body["id"]), str(shot.body["id"]))
     finally:
         edged.send_signal(signal.SIGTERM)
         try:
@@ -205,6 +226,21 @@ def test_live_tile_plays_and_the_masked_area_is_the_fill(browser: Any, site: Sit
     assert pixels["size"] == [320, 240]
     for r, g, b, _ in pixels["masked"]:
         assert max(abs(r - SOLID_RGB), abs(g - SOLID_RGB), abs(b - SOLID_RGB)) <= 6, pixels
+    # the mask outlines on demand (the set edged's newest segment commits to, as edged sent
+    # its record): the polygon lies on the masked quarter of the picture as shown, letterbox
+    # and all
+    browser.execute_script("document.querySelector('#wall .tile [data-masks]').click()")
+    outline = f"""const v = {video}; const r = v.getBoundingClientRect();
+        const p = document.querySelector('#wall .tile svg.masks polygon');
+        if (!p || !v.videoWidth) return null;
+        const k = Math.min(r.width / v.videoWidth, r.height / v.videoHeight);
+        const w = v.videoWidth * k, h = v.videoHeight * k;
+        const x0 = r.left + (r.width - w) / 2, y0 = r.top + (r.height - h) / 2;
+        const b = p.getBoundingClientRect();
+        return [(b.left - x0) / w, (b.top - y0) / h, (b.right - x0) / w, (b.bottom - y0) / h];"""
+    wait_until(lambda: browser.execute_script(outline), 20, "the mask outline on the tile")
+    box = browser.execute_script(outline)
+    assert all(abs(a - b) < 0.02 for a, b in zip(box, [0, 0, 0.5, 0.5], strict=True)), box
     wait_until(
         lambda: browser.execute_script(
             "return document.querySelector('#wall .tile').dataset.latencyMs"
@@ -367,6 +403,44 @@ def test_an_alert_from_edged_is_dismissed_and_the_decision_is_audited(
     table = browser.find_element(By.ID, "audit").text
     assert "v.alertes" in table and "ticket 4711" in table
     browser.save_screenshot(str(artifacts() / "console-audit.png"))
+
+
+def test_an_alerts_snapshot_opens_on_click_under_the_csp_and_is_audited(
+    browser: Any, site: Site
+) -> None:
+    """The snapshot edged's uplink delivered after its alert: a button in the inbox, the
+    picture loaded on click as an <img> of the console's own route, no CSP violation."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    browser.delete_all_cookies()
+    log_in(browser, site, "v.image")
+    browser.get(f"{site.url}/console/alerts")
+    browser.execute_script(
+        "window.cspViolations = [];"
+        "document.addEventListener('securitypolicyviolation',"
+        " (e) => window.cspViolations.push(e.violatedDirective));"
+    )
+    button = f'tr[data-alert="{site.shot_id}"] [data-snapshot]'
+    # the inbox refreshes its rows every 3 s: the button comes once the CSU holds the picture
+    wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, button), 60, "the snapshot button")
+    assert not [e for e in site.audit() if e["action"] == "view-snapshot"]  # not before a click
+    for _ in range(5):
+        try:
+            browser.find_element(By.CSS_SELECTOR, button).click()
+            break
+        except StaleElementReferenceException:
+            continue
+    size = (
+        f"const i = document.querySelector('tr[data-alert=\"{site.shot_id}\"] img.snapshot');"
+        "return i && i.complete && i.naturalWidth ? [i.naturalWidth, i.naturalHeight] : null"
+    )
+    wait_until(lambda: browser.execute_script(size), 10, "the picture drawn")
+    assert browser.execute_script(size) == [64, 48]
+    assert browser.execute_script("return window.cspViolations") == []
+    browser.save_screenshot(str(artifacts() / "console-snapshot.png"))
+    [seen] = [e for e in site.audit() if e["action"] == "view-snapshot"]
+    assert (seen["who"], seen["event"], seen["camera"]) == ("v.image", site.shot_id, "cam1")
 
 
 def test_playback_shows_the_gap_and_seeks_to_the_frame_ffmpeg_finds_there(

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -37,7 +38,7 @@ from edge.csu.receiver.deletions import DeletionLedger
 from edge.csu.receiver.evidence import BundleRequest, UnitTrust, build
 from edge.csu.receiver.trust import parse_chain
 from edge.errors import IntegrityError
-from edge.events import EventSigner
+from edge.events import EventSigner, jpeg_snapshot
 from edge.identity.unitkeys import public_pem
 from edge.privacy.commitment import MASK_SET_ACTION, Committed, MaskCommitment, MaskSet
 from edge.uplink.protocol import (
@@ -46,15 +47,19 @@ from edge.uplink.protocol import (
     EVENT_CONTENT_TYPE,
     GAP_CONTENT_TYPE,
     MASK_SET_CONTENT_TYPE,
+    SNAPSHOT_CONTENT_TYPE,
     envelope_path,
     events_path,
     gap_path,
     mask_set_path,
     segment_path,
     signing_certificate_path,
+    snapshot_path,
 )
 from edge.vault import format as fmt
 from edge.vault.audit import AuditLog
+from edge.vault.recipient_keys import RecipientPublic
+from edge.vault.snapshots import seal_snapshot
 
 from .conftest import tool
 from .test_console_web import PASSWORD, Browser, Console, operator_cmd
@@ -73,6 +78,8 @@ BEFORE = MaskSet.of(CAMERA, [WINDOW], 320, 240)
 AFTER = MaskSet.of(CAMERA, [WINDOW, DOOR], 320, 240)
 VERSION = bytes([0x5E]) * 32
 CHANGE_AT = 6.5  # seconds after t0
+#: The masked frame of the street's alert (a real JPEG: the console shows it).
+SNAPSHOT = jpeg_snapshot(np.tile(np.arange(64, dtype=np.uint8)[None, :, None] * 4, (48, 1, 3)))
 
 
 @dataclass
@@ -85,7 +92,8 @@ class Lab:
     mask_records: dict[bytes, bytes]
     """The unit's signed ``mask-set`` audit lines, by digest (as it sent them)."""
     events: dict[str, str]
-    """Ids of the events the unit sent: street, street-snapshot, side, unit, street-late."""
+    """Ids of the events the unit sent: street, street-snapshot, street-unsent, side, unit,
+    street-late."""
     signing: ed25519.Ed25519PrivateKey
 
     @property
@@ -121,9 +129,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     tmp = tmp_path_factory.mktemp("csu-bundle")
     csu = make_csu(tmp)
     secrets = {}
-    for name, role in (("i.enquete", "investigator"), ("a.viewer", "viewer")):
+    for name, role, scope in (
+        ("i.enquete", "investigator", ""),
+        ("a.viewer", "viewer", ""),
+        ("c.agent", "viewer", f"{UNIT}/{CAMERA}"),
+        ("v.side", "viewer", f"{UNIT}/side"),
+        ("m.street", "viewer", f"{UNIT}/{CAMERA}"),
+        ("m.side", "viewer", f"{UNIT}/side"),
+    ):
         out = operator_cmd(
-            csu, "add", "--name", name, "--role", role, "--password-stdin",
+            csu, "add", "--name", name, "--role", role, "--scope", scope, "--password-stdin",
             stdin=PASSWORD + "\n",
         )  # fmt: skip
         match = re.search(r"secret=([A-Z2-7]+)", out)
@@ -159,7 +174,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                 mask_records[masks.digest], MASK_SET_CONTENT_TYPE,
             )  # fmt: skip
             assert status == 201, status
-        events = _send_events(conn, signing, t0)
+        events = _send_events(conn, signing, t0, csu.authority.public)
         frames = {}
         media = encoded_segments(10)
         for seq in range(10):
@@ -212,16 +227,21 @@ def _commitments(t0: int, seq: int) -> tuple[MaskCommitment, ...]:
 
 
 def _send_events(
-    conn: http.client.HTTPSConnection, signing: ed25519.Ed25519PrivateKey, t0: int
+    conn: http.client.HTTPSConnection,
+    signing: ed25519.Ed25519PrivateKey,
+    t0: int,
+    authority: RecipientPublic,
 ) -> dict[str, str]:
-    """The unit's signed events, as its uplink posts them: two of the street camera (one with
-    a snapshot, which units do not send), one of another camera, a cabinet alarm, and one of
-    the street long after the recording."""
+    """The unit's signed events, as its uplink posts them: four of the street camera (one
+    with a snapshot the unit then sends, sealed as its vault seals it, one with a snapshot it
+    has not sent), one of another camera, a cabinet alarm, and one of the street long after
+    the recording."""
     signer = EventSigner(signing, UNIT)
     sent = {}
     for name, camera, at, snapshot in (
         ("street", CAMERA, 1.5, None),
-        ("street-snapshot", CAMERA, 2.5, b"\xff\xd8 a masked frame \xff\xd9"),
+        ("street-snapshot", CAMERA, 2.5, SNAPSHOT),
+        ("street-unsent", CAMERA, 3.5, SNAPSHOT[:-2] + b"\x00\xff\xd9"),
         ("side", "side", 1.2, None),
         ("unit", "unit", 0.5, None),
         ("street-late", CAMERA, 30.0, None),
@@ -238,6 +258,14 @@ def _send_events(
         assert resp.status == 201, resp.read()
         resp.read()
         sent[name] = str(event.body["id"])
+        if name == "street-snapshot":
+            assert snapshot is not None
+            sealed = seal_snapshot(
+                snapshot, device_id=UNIT, camera_id=camera, event_id=sent[name],
+                wall_ns=event.body["wall_ns"], recipients=[authority], signing_key=signing,
+            )  # fmt: skip
+            status = _put(conn, snapshot_path(UNIT, sent[name]), sealed, SNAPSHOT_CONTENT_TYPE)
+            assert status == 201, status
     return sent
 
 
@@ -312,7 +340,13 @@ def test_an_investigator_downloads_a_signed_bundle_that_verifies_and_opens(
         "open", str(bundle), "--key", str(key), "--ca", str(lab.csu.pki.chain),
         "--csu-key", str(lab.csu_key), "--out", str(clip),
     ])  # fmt: skip
-    assert code == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert code == 0, out
+    # the alert's snapshot the unit sent comes out beside the clip, checked against its event
+    assert "1 with their sealed snapshot" in facts
+    assert "1 snapshot(s) as <event id>.jpg" in out
+    shot = lab.tmp / "complete-events" / f"{lab.events['street-snapshot']}.jpg"
+    assert shot.read_bytes() == SNAPSHOT
     probe = subprocess.run(
         [tool("ffprobe"), "-v", "error", "-count_frames", "-select_streams", "v:0",
          "-show_entries", "stream=codec_name,nb_read_frames", "-of", "json", str(clip)],
@@ -391,6 +425,69 @@ def test_the_segment_after_the_range_travels_as_the_tail(
     assert code == 1 and "digest differs" in str(report["reasons"])
     newest = _export(lab, investigator, 9, 10, "newest.tar")
     assert json.loads(_member(newest, bundlefile.MANIFEST))["tail"] == []
+
+
+def test_an_agent_opens_an_alerts_snapshot_from_the_inbox_scoped_and_audited(lab: Lab) -> None:
+    """The unit sent the street alert's sealed snapshot: the inbox offers it behind a button,
+    the console's route opens it (checked again) for an agent whose scope covers the camera,
+    never cached, each viewing in the audit log; anyone else gets nothing, audited too."""
+    eid = lab.events["street-snapshot"]
+    src = f"/console/snapshots/{UNIT}/{eid}.jpg"
+    agent = Browser(lab.console)
+    assert agent.login("c.agent").status == 303
+    page = agent.request("GET", "/console/alerts")
+    assert page.status == 200
+    assert f'data-snapshot="{src}"' in page.body and "voir l'image" in page.body
+    # only the alert whose snapshot is held has the button
+    assert page.body.count("data-snapshot=") == 1
+    status, headers, body = _download(agent, src)
+    assert status == 200 and body == SNAPSHOT
+    assert headers["Content-Type"] == "image/jpeg" and headers["Cache-Control"] == "no-store"
+    assert "img-src 'self'" in headers["Content-Security-Policy"]
+    [seen] = [e for e in lab.console.audit() if e["action"] == "view-snapshot"]
+    assert (seen["who"], seen["unit"], seen["camera"], seen["event"]) == (
+        "c.agent", UNIT, CAMERA, eid,
+    )  # fmt: skip
+    # an agent who watches the side camera only: no button, no picture, the attempt audited
+    other = Browser(lab.console)
+    assert other.login("v.side").status == 303
+    assert "data-snapshot=" not in other.request("GET", "/console/alerts").body
+    assert _download(other, src)[0] == 404
+    assert _download(Browser(lab.console), src)[0] == 401  # no session at all
+    refused = [e for e in lab.console.audit() if e["action"] == "refused"]
+    assert any(e["who"] == "v.side" and eid in e["reason"] for e in refused)
+    assert any(e["who"] == "-" and e["path"] == src for e in refused)
+    assert [e["who"] for e in lab.console.audit() if e["action"] == "view-snapshot"] == ["c.agent"]
+
+
+def test_the_live_tiles_get_the_outlines_of_the_masks_the_newest_segment_commits_to(
+    lab: Lab,
+) -> None:
+    """The console's overlay route: the polygons of the set the camera's newest stored
+    segment (#9, after the change) commits to, from the unit's signed record; scoped."""
+    agent = Browser(lab.console)
+    assert agent.login("m.street").status == 303
+    page = agent.request("GET", "/console/")
+    assert 'data-masks aria-pressed="false"' in page.body and ">Masques</button>" in page.body
+    answer = agent.request("GET", f"/console/api/masks/{UNIT}/{CAMERA}")
+    assert answer.status == 200, answer.body
+    assert answer.headers["Cache-Control"] == "no-store"
+    found = json.loads(answer.body)
+    assert (found["sequence"], found["digest"], found["held"]) == (9, AFTER.digest.hex(), True)
+    assert (found["width"], found["height"]) == (320, 240)
+    assert found["masks"] == [
+        {"name": m.name, "points": [[x, y] for x, y in m.points]} for m in (WINDOW, DOOR)
+    ]
+    # another camera's agent gets nothing of it, and the attempt is audited
+    other = Browser(lab.console)
+    assert other.login("m.side").status == 303
+    assert other.request("GET", f"/console/api/masks/{UNIT}/{CAMERA}").status == 403
+    assert Browser(lab.console).request("GET", f"/console/api/masks/{UNIT}/{CAMERA}").status == 401
+    assert any(
+        e["action"] == "refused" and e["who"] == "m.side"
+        and e["path"] == f"/console/api/masks/{UNIT}/{CAMERA}"
+        for e in lab.console.audit()
+    )  # fmt: skip
 
 
 def test_a_viewer_gets_no_bundle_and_the_refusal_is_audited(lab: Lab) -> None:
@@ -570,18 +667,24 @@ def test_the_bundle_carries_the_mask_history_and_the_events_and_says_what_it_lac
     assert [m["name"] for m in mask_sets[after]["masks"]] == ["window 2nd floor", "door no. 7"]
     facts = "\n".join(report["facts"])  # type: ignore[arg-type]
     assert "masks street" in facts and "door no. 7" in facts
-    # the unit's events of the camera and the cabinet, each checked; the snapshot is declared
+    # the unit's events of the camera and the cabinet, each checked; the snapshot the unit
+    # sent is carried, the one it did not is declared
     assert (
-        "events: 3 signed event(s) of the range, each checked with the unit key; 1 without "
-        "their snapshot (not held at the CSU)"
+        "events: 4 signed event(s) of the range, each checked with the unit key; 1 with their "
+        "sealed snapshot; 1 without their snapshot (not held at the CSU)"
     ) in facts
     assert "not held at the CSU: receipts: the CSU signs a receipt" in facts
     manifest = json.loads(_member(bundle, "manifest.json"))
     assert {e["id"] for e in manifest["events"]} == {
-        lab.events[n] for n in ("street", "street-snapshot", "unit")
+        lab.events[n] for n in ("street", "street-snapshot", "street-unsent", "unit")
     }
-    [with_snapshot] = [e for e in manifest["events"] if "snapshot_not_held" in e]
-    assert with_snapshot["id"] == lab.events["street-snapshot"]
+    [lacking] = [e for e in manifest["events"] if "snapshot_not_held" in e]
+    assert lacking["id"] == lab.events["street-unsent"]
+    assert lacking["snapshot_not_held"] == evidence.SNAPSHOT_NOT_HELD
+    [carried] = [e for e in manifest["events"] if "snapshot" in e]
+    assert carried["id"] == lab.events["street-snapshot"]
+    held = lab.csu.directory / "storage" / UNIT / "events" / f"{carried['id']}.snp"
+    assert _member(bundle, carried["snapshot"]["file"]) == held.read_bytes()
     assert [i["what"] for i in manifest["not_held"]] == ["receipts"]
     # the records travel exactly as the unit signed them
     for digest, line in lab.mask_records.items():
@@ -650,6 +753,42 @@ def test_a_tampered_mask_set_in_the_bundle_is_refused_naming_it(
     (unpacked / "manifest.sig").write_bytes(bundlefile.seal(body, csu_key))
     roots = x509.load_pem_x509_certificates(lab.csu.pki.chain.read_bytes())
     with pytest.raises(IntegrityError, match=rf"{re.escape(name)}: bad signature \(altered\)"):
+        bundlefile.verify_csu_bundle(unpacked, fleet_ca=roots, csu_key=csu_key.public_key())
+
+
+def test_a_tampered_snapshot_in_the_bundle_is_refused_naming_it(
+    lab: Lab, investigator: Browser, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = lab.tmp / "complete.tar"
+    if not good.exists():
+        good = _export(lab, investigator, 0, 3, "complete.tar")
+    manifest = json.loads(_member(good, "manifest.json"))
+    [entry] = [e for e in manifest["events"] if "snapshot" in e]
+    name = entry["snapshot"]["file"]
+    sealed = _member(good, name)
+    altered = sealed[:-100] + bytes([sealed[-100] ^ 1]) + sealed[-99:]
+    bad = _repack(good, tmp_path / "snapshot-edited.tar", {name: altered})
+    code, report = _verify(capsys, lab, bad, "--csu-key", str(lab.csu_key))
+    assert code == 1 and report["verdict"] == "not-authentic", report
+    assert report["reasons"] == [f"{name}: digest differs from the manifest (altered or swapped)"]
+    # left out, yet still listed: refused as missing, never passed over
+    gone = _repack(good, tmp_path / "snapshot-gone.tar", {name: None})
+    code, report = _verify(capsys, lab, gone, "--csu-key", str(lab.csu_key))
+    assert code == 1 and name in str(report["reasons"]), report
+    # even re-listed under a seal that holds, the unit's signature gives it away
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    bundlefile.unpack(good, unpacked)
+    csu_key = ed25519.Ed25519PrivateKey.generate()
+    manifest["csu_public_key"] = public_pem(csu_key.public_key()).decode()
+    [entry] = [e for e in manifest["events"] if "snapshot" in e]
+    entry["snapshot"].update(sha256=hashlib.sha256(altered).hexdigest(), size=len(altered))
+    (unpacked / name).write_bytes(altered)
+    body = bundlefile.dumps(manifest)
+    (unpacked / "manifest.json").write_bytes(body)
+    (unpacked / "manifest.sig").write_bytes(bundlefile.seal(body, csu_key))
+    roots = x509.load_pem_x509_certificates(lab.csu.pki.chain.read_bytes())
+    with pytest.raises(IntegrityError, match=rf"snapshot of event {entry['id']}: bad signature"):
         bundlefile.verify_csu_bundle(unpacked, fleet_ca=roots, csu_key=csu_key.public_key())
 
 

@@ -359,6 +359,8 @@ def test_events_past_the_limit_go_too_unless_held(tmp_path: Path) -> None:
     os.utime(events_dir / f"{ahead}.json", (old_arrival, old_arrival))  # ... arrived long ago
     young = event("cam1", now - DAY_NS)
     held = event("cam2", just_past)
+    for with_snapshot in (backfilled, held):  # each event's sealed snapshot goes, or stays, with it
+        store.snapshot_path(UNIT, with_snapshot).write_bytes(b"sealed snapshot")
     HoldBook(cfg.retention.directory).add(
         case="PV 9", unit=UNIT, camera="cam2", from_ns=now - 32 * DAY_NS,
         to_ns=now - 30 * DAY_NS, who="j.martin",
@@ -371,6 +373,7 @@ def test_events_past_the_limit_go_too_unless_held(tmp_path: Path) -> None:
         f"{young}.unpublished",
         f"{held}.json",
         f"{held}.unpublished",
+        f"{held}.snp",
     }
     assert backfilled and report.records[0]["kind"] == "events"
     assert report.records[0]["count"] == 2

@@ -17,11 +17,14 @@ Members (flat, plain files only; format in docs/FORMATS.md, *CSU evidence bundle
                                        the mask sets the segments commit to, as the CSU holds
     events/<camera>/<time>-<id>.evt    the unit's signed events of the range (its unit alarms
                                        under camera ``unit``), exactly as received
+    events/<camera>/<time>-<id>.snp    the sealed snapshots of those events the unit sent
     deletions.jsonl      the CSU's signed retention deletion records touching the range
 
 What a unit's own export carries and the CSU does not hold is declared, with why, in the
 manifest's ``not_held``: the CSU's receipts (returned to the unit, no copy kept), the record of
-a committed mask set the unit never sent, and (per event, ``snapshot_not_held``) snapshots.
+a committed mask set the unit never sent, and (per event, ``snapshot_not_held``) a snapshot
+the unit has not sent. A snapshot carried is checked as in a unit's export (the unit's
+signature, its event; ``edge-csu open`` opens it and checks the picture against the event).
 
 The CSU seals (lists and signs) but vouches for nothing it could have made: each segment,
 envelope and gap record still carries the unit's signature, checked against the city's CA at
@@ -151,7 +154,10 @@ class CsuVerified:
         events = self.verified.events
         if events:
             without = sum(1 for e in events if e.snapshot is None and "snapshot" in e.body)
-            lacking = f"; {without} without their snapshot (not held at the CSU)" if without else ""
+            held = sum(1 for e in events if e.snapshot is not None)
+            lacking = f"; {held} with their sealed snapshot" if held else ""
+            if without:
+                lacking += f"; {without} without their snapshot (not held at the CSU)"
             out.append(
                 f"events: {len(events)} signed event(s) of the range, each checked with the unit "
                 f"key{lacking}"

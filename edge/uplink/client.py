@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from edge.snapshot import FleetReport, UplinkStatus
 
@@ -59,6 +59,11 @@ IDLE_POLL_S = 0.25
 COMMAND_POLL_S = 1.0
 #: Largest command list accepted in one answer (16 commands of at most 16 KiB, with room).
 COMMANDS_MAX_BYTES = 512 * 1024
+#: An event's snapshot the vault does not hold this long after the event was queued is given
+#: up (the vault writes it just after queueing the event; later, it was never written or purged).
+SNAPSHOT_GRACE_S = 60.0
+#: A snapshot the CSU could not take now (5xx) is offered again after this long.
+SNAPSHOT_RETRY_S = 30.0
 
 
 class Gate(Protocol):
@@ -150,6 +155,10 @@ class UplinkClient:
         self._set_aside: set[tuple[str, str, int, bytes]] = set()
         #: Mask sets (camera, digest) whose signed record the CSU has, or never will get.
         self._mask_sets_sent: set[tuple[str, bytes]] = set()
+        #: Snapshots waiting for a later turn: spool file name -> monotonic time to try again.
+        self._snapshots_later: dict[str, float] = {}
+        #: Snapshots and segments take turns, so that a backlog of snapshots never holds up video.
+        self._snapshot_turn = True
         self._backlog = policy.Backlog(0, 0, 0.0, 0.0)
         self._certificate = signing_cert.Presenter(self.unit_id, cfg.unit.data_dir)
         up = cfg.uplink
@@ -388,12 +397,18 @@ class UplinkClient:
                 self._pull_commands()
                 self._next_command_poll = time.monotonic() + COMMAND_POLL_S
             self._fetch_config()
+            after_snapshot = False
             if self.events is not None:
                 queued = self.events.pending(limit=1)
                 if queued:
                     # Events are small and time-critical (alerts): before any video.
                     self._send_event(queued[0])
                     continue
+                if self._snapshot_turn and self._send_snapshot():
+                    self._snapshot_turn = False  # the video's turn next, if any waits
+                    continue
+                after_snapshot = not self._snapshot_turn
+                self._snapshot_turn = True
             items = self._pending()
             self._refresh_backlog(items)
             envelopes = [i for i in items if i.kind is not OutboxKind.SEGMENT]
@@ -407,6 +422,8 @@ class UplinkClient:
                 [_pending_item(i) for i in segments.values()], time.monotonic(), self._wall_ns()
             )
             if decision.item is None:
+                if after_snapshot:
+                    continue  # no video waits: the next snapshot without a pause
                 self._sleep(
                     min(decision.wait_s, IDLE_POLL_S) if decision.wait_s > 0 else IDLE_POLL_S
                 )
@@ -452,7 +469,8 @@ class UplinkClient:
             "POST", protocol.events_path(self.unit_id), body, protocol.EVENT_CONTENT_TYPE
         )
         if status in (200, 201):
-            self.events.done(path)
+            # Its snapshot, if it names one, follows (the spool keeps the event until then).
+            self.events.done_with_snapshot(path, _event_body(body))
             with self._lock:
                 self._counters["events"] += 1
         elif protocol.is_final_refusal(status):
@@ -468,6 +486,70 @@ class UplinkClient:
                 self._counters["refused"] += 1
         else:
             raise UplinkError(f"CSU answered {status} to an event")
+
+    def _send_snapshot(self) -> bool:
+        """Send the sealed snapshot of the oldest acknowledged event still waiting for it
+        (its turn come); False when none is to be sent now. A snapshot the vault does not
+        hold (yet) waits up to :data:`SNAPSHOT_GRACE_S`; one the CSU refuses for good is
+        given up, one it cannot take now waits :data:`SNAPSHOT_RETRY_S`: neither stops
+        the segments."""
+        assert self.events is not None
+        now = time.monotonic()
+        for path in self.events.snapshots_pending(limit=64):
+            if self._snapshots_later.get(path.name, 0.0) > now:
+                continue
+            self._snapshots_later.pop(path.name, None)
+            try:
+                body = _event_body(path.read_bytes())
+                camera, wall_ns, event_id = body["camera"], int(body["wall_ns"]), body["id"]
+            except FileNotFoundError:
+                continue
+            except (KeyError, TypeError, ValueError):
+                log.error("uplink[%s] %s: no snapshot to send for it", self.unit_id, path.name)
+                self.events.snapshot_done(path, refused=True)
+                continue
+            sealed = self.outbox.event_snapshot(str(camera), wall_ns, str(event_id))
+            if sealed is None:
+                age_s = (time.time_ns() - self.events.queued_ns(path)) / 1e9
+                if age_s < SNAPSHOT_GRACE_S:
+                    self._snapshots_later[path.name] = now + 1.0
+                    continue
+                log.warning(
+                    "uplink[%s] the vault holds no snapshot of event %s: the CSU will not get it",
+                    self.unit_id,
+                    event_id,
+                )
+                self.events.snapshot_done(path)
+                continue
+            url = protocol.snapshot_path(self.unit_id, str(event_id))
+            status, answer = self._request("PUT", url, sealed, protocol.SNAPSHOT_CONTENT_TYPE)
+            if status in (200, 201):
+                self.events.snapshot_done(path)
+                with self._lock:
+                    self._counters["bytes"] += len(sealed)
+            elif protocol.is_final_refusal(status):
+                log.error(
+                    "uplink[%s] CSU refused the snapshot of event %s: %d %s",
+                    self.unit_id,
+                    event_id,
+                    status,
+                    answer[:300],
+                )
+                self.events.snapshot_done(path, refused=True)
+                with self._lock:
+                    self._counters["refused"] += 1
+            else:
+                log.warning(
+                    "uplink[%s] CSU answered %d to the snapshot of event %s; offered again "
+                    "in %.0f s",
+                    self.unit_id,
+                    status,
+                    event_id,
+                    SNAPSHOT_RETRY_S,
+                )
+                self._snapshots_later[path.name] = now + SNAPSHOT_RETRY_S
+            return True
+        return False
 
     def _send(self, item: OutboxItem, *, live: bool) -> None:
         try:
@@ -603,6 +685,15 @@ def _json_field(body: bytes, name: str) -> object:
     except ValueError:
         return None
     return doc.get(name) if isinstance(doc, dict) else None
+
+
+def _event_body(wire: bytes) -> dict[str, Any]:
+    """The body of a wire event this unit signed (already checked when it was queued)."""
+    try:
+        body = json.loads(wire)["event"]
+    except (ValueError, KeyError, TypeError):
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _describe(exc: BaseException) -> str:

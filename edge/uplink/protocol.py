@@ -15,6 +15,10 @@ A sealed segment travels byte-identical to what the vault holds; TLS is the seco
   201 stored, 200 already held, 4xx refused.
 * ``POST /v1/units/{unit}/events`` body: one signed event (JSON, see
   :mod:`edge.uplink.event_checks`).
+* ``PUT  /v1/units/{unit}/events/{event}/snapshot`` body: the sealed snapshot (``.snp``,
+  :mod:`edge.vault.snapshots`) the signed event names, sent once the event is accepted. 201
+  stored, 200 already held with the same bytes, 404 no such event held (or a CSU that keeps
+  none), 409 other bytes held, 4xx refused.
 * ``PUT  /v1/units/{unit}/signing-certificate`` body: the unit's evidence certificate and its
   chain (PEM, ``application/pem-certificate-chain``), presented once per connection before
   anything else, so that the receiver learns the signing key from the CA alone. 201 stored,
@@ -34,6 +38,7 @@ EVENT_CONTENT_TYPE = "application/json"
 ENVELOPE_CONTENT_TYPE = "application/vnd.edge.epoch-envelope"
 GAP_CONTENT_TYPE = "application/vnd.edge.gap-record"
 MASK_SET_CONTENT_TYPE = "application/vnd.edge.mask-set+json"
+SNAPSHOT_CONTENT_TYPE = "application/vnd.edge.sealed-snapshot"
 #: RFC 8555's media type for a PEM leaf certificate followed by its chain.
 CERTIFICATE_CONTENT_TYPE = "application/pem-certificate-chain"
 
@@ -41,6 +46,9 @@ CERTIFICATE_CONTENT_TYPE = "application/pem-certificate-chain"
 DEFAULT_MAX_SEGMENT_BYTES = 64 * 1024 * 1024
 #: The largest event body.
 MAX_EVENT_BYTES = 64 * 1024
+#: The largest sealed snapshot: the JPEG bound of :mod:`edge.vault.snapshots` (8 MiB) and room
+#: for its header (recipients) and signature.
+MAX_SNAPSHOT_BYTES = (8 << 20) + 64 * 1024
 
 #: Response header carrying the SHA-256 (hex) of the stored bytes, so a client can check that
 #: what the CSU holds is exactly what it sent.
@@ -79,6 +87,10 @@ def mask_set_path(unit_id: str, camera_id: str, digest_hex: str) -> str:
 
 def events_path(unit_id: str) -> str:
     return f"{API_PREFIX}/units/{unit_id}/events"
+
+
+def snapshot_path(unit_id: str, event_id: str) -> str:
+    return f"{API_PREFIX}/units/{unit_id}/events/{event_id}/snapshot"
 
 
 def signing_certificate_path(unit_id: str) -> str:

@@ -77,6 +77,11 @@ class Outbox(abc.ABC):
         ``camera_id``, for the CSU; None when this outbox has none (the default)."""
         return None
 
+    def event_snapshot(self, camera_id: str, wall_ns: int, event_id: str) -> bytes | None:
+        """The sealed snapshot (``.snp``) of an event, for the CSU; None when this outbox
+        keeps none (the default) or has none of that event."""
+        return None
+
     def mark_gap_delivered(self, camera_id: str, first: int) -> None:  # noqa: B027 - optional
         """The CSU acknowledged the gap record that starts at ``first`` (vaults that write
         gap records override this)."""

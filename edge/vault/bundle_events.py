@@ -11,8 +11,9 @@ kind, file, sha256, size, and ``snapshot`` {file, sha256, size} when it has one)
 that does not verify on the unit is not exported; it is named in ``events_damaged`` (file,
 detail), so the bundle says what it leaves out. Unit alarms (camera ``unit``: cabinet door,
 802.1X) go with any camera selection: they are the context of every camera's recording. A CSU
-bundle carries the events the CSU received but no snapshot (units do not send them): its
-entries say so, with why, in ``snapshot_not_held``.
+bundle carries the events the CSU received and the snapshots the unit sent it, in the same
+manifest form; an event whose snapshot the CSU lacks says so, with why, in
+``snapshot_not_held``.
 """
 
 from __future__ import annotations
@@ -129,13 +130,17 @@ def verify_events(
         ref = entry.get("snapshot")
         if ref is not None:
             snapshot = verify_snapshot_file(read_listed(bundle, ref, where + "snapshot."), key)
-            if snapshot.event_id != body["id"] or snapshot.device_id != device:
+            if (snapshot.event_id, snapshot.device_id, snapshot.camera_id) != (
+                body["id"],
+                device,
+                body["camera"],
+            ):
                 raise IntegrityError(f"{ref.get('file')}: snapshot of another event")
             listed.add(ref["file"])
         elif isinstance(body.get("snapshot"), dict) and not isinstance(
             entry.get("snapshot_not_held"), str
         ):
-            # Only a CSU bundle may say so (the CSU receives no snapshots), and says why.
+            # Only a CSU bundle may say so (a snapshot the unit has not sent it), and says why.
             raise IntegrityError(f"{entry['file']}: its snapshot is not in the bundle")
         out.append(BundleEvent(body, wire, snapshot))
     return tuple(out)

@@ -39,7 +39,7 @@ from edge.identity.unitkeys import keys_dir_of, load_or_create_signing_key
 from edge.vault.recipient_keys import EpochKey, RecipientPublic, resolve_recipients
 
 from ..config import EdgeConfig, VaultConfig
-from ..errors import EdgeError, IndexCorruptError, VaultError
+from ..errors import EdgeError, IndexCorruptError, IntegrityError, VaultError
 from ..video.base import MediaSegment, SegmentSink
 from . import eventlog, files, layout
 from . import format as fmt
@@ -604,6 +604,12 @@ class Vault(SegmentSink, Outbox):
 
         found = maskhistory.records_for(self.audit.path, self.public_key, {(camera_id, digest)})
         return found.get((camera_id, digest))
+
+    def event_snapshot(self, camera_id: str, wall_ns: int, event_id: str) -> bytes | None:
+        try:
+            return eventlog.event_path(self.root, camera_id, wall_ns, event_id, "snp").read_bytes()
+        except (FileNotFoundError, IntegrityError):
+            return None
 
     def backlog(self) -> Backlog:
         count, ns, size = self._indexed(self.index.backlog)

@@ -72,6 +72,8 @@ class Alert:
     message: str
     has_snapshot: bool
     decisions: tuple[DecisionRecord, ...] = ()
+    snapshot_held: bool = False
+    """The CSU holds the sealed snapshot the event names (the unit sent it)."""
 
     @property
     def open(self) -> bool:
@@ -115,6 +117,8 @@ class EventSource(Protocol):
     def events(self, unit_id: str) -> list[StoredEvent]: ...
 
     def event(self, unit_id: str, event_id: str) -> StoredEvent | None: ...
+
+    def has_snapshot(self, unit_id: str, event_id: str) -> bool: ...
 
 
 def _source(storage: Path | EventSource) -> EventSource:
@@ -173,7 +177,7 @@ class AlertBook:
                 continue
             if not in_scope(scope, str(body["unit"]), str(body["camera"])):
                 continue
-            found.append(_alert(body, received))
+            found.append(_with_snapshot(_alert(body, received), self.storage))
             if len(found) >= MAX_LISTED:
                 break
         decided = self._decisions([a.id for a in found])
@@ -186,7 +190,7 @@ class AlertBook:
         body = json.loads(stored.body)["event"]
         if not in_scope(scope, unit, str(body["camera"])):
             return None
-        alert = _alert(body, stored.received)
+        alert = _with_snapshot(_alert(body, stored.received), self.storage)
         return replace(alert, decisions=tuple(self._decisions([event_id]).get(event_id, ())))
 
     def decide(self, alert: Alert, decision: Decision, comment: str, who: str) -> DecisionRecord:
@@ -269,6 +273,11 @@ def unit_conditions(storage: Path | EventSource, unit: str) -> UnitConditions:
         if kind != DOOR_KIND and state == "raised"
     )
     return UnitConditions(door, tamper)
+
+
+def _with_snapshot(alert: Alert, source: EventSource) -> Alert:
+    held = alert.has_snapshot and source.has_snapshot(alert.unit, alert.id)
+    return replace(alert, snapshot_held=held) if held else alert
 
 
 def _alert(body: dict[str, Any], received: float) -> Alert:

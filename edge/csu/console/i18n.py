@@ -91,6 +91,13 @@ _TEXT: dict[str, dict[str, str]] = {
     "in_s": {"fr": "en {} s", "en": "in {} s"},
     "no_alert": {"fr": "Aucune alerte.", "en": "No alert."},
     "snapshot": {"fr": "image jointe", "en": "snapshot attached"},
+    "masks_overlay": {"fr": "Masques", "en": "Masks"},
+    "masks_none": {
+        "fr": "aucun contour de masque connu pour cette caméra",
+        "en": "no mask outline known for this camera",
+    },
+    "view_snapshot": {"fr": "voir l'image", "en": "view snapshot"},
+    "snapshot_of": {"fr": "Image de l'alerte {}", "en": "Snapshot of alert {}"},
     "rates": {"fr": "Taux de fausses alertes par règle", "en": "False-alarm rate per rule"},
     "decided_n": {"fr": "décidées", "en": "decided"},
     "dismissed_n": {"fr": "rejetées", "en": "dismissed"},

@@ -34,7 +34,15 @@ def alert_rows(lang: str, alerts: list[Alert], csrf: str, may_decide: bool) -> s
     rows = []
     for a in alerts:
         what = esc(a.kind) + (f"<br>{esc(a.message)}" if a.message else "")
-        if a.has_snapshot:
+        if a.snapshot_held:
+            # Loaded on click only (each viewing is audited), from the console's own origin.
+            src = f"{PREFIX}/snapshots/{esc(a.unit)}/{esc(a.id)}.jpg"
+            what += (
+                f'<br><button type="button" data-snapshot="{src}" '
+                f'data-alt="{esc(t("snapshot_of", lang).format(a.rule))}" aria-expanded="false">'
+                f'{t("view_snapshot", lang)}</button><span class="snapshot-slot"></span>'
+            )
+        elif a.has_snapshot:
             what += f" ({t('snapshot', lang)})"
         done = "<br>".join(
             f"{t('decided_' + d.decision.value, lang)} {t('by', lang)} {esc(d.who)} "

@@ -10,6 +10,10 @@ Routes (operator listener, beside the HLS routes of :mod:`edge.csu.receiver.hls`
     GET  /console/alerts           outputs' confirmation requests (with the command to sign),
                                    alerts inbox (false-alarm rates per rule for supervisors)
     POST /console/alerts/decide    confirm / dismiss / escalate + comment (CSRF) → audit log
+    GET  /console/snapshots/UNIT/EVENT.jpg   an alert's snapshot, checked and opened (scoped,
+                                   audited ``view-snapshot``, never cached)
+    GET  /console/api/masks/UNIT/CAMERA   the polygons of the mask set the camera's newest
+                                   segment commits to (scoped), for the live tiles' overlay
     GET  /console/audit?q=TEXT     the audit log, newest first, searchable (supervisors)
     GET  /console/evidence         export form with case number, what expires when
     GET  /console/evidence/export  checks the form → /v1/export/….tar (format=bundle: the
@@ -43,8 +47,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ...errors import ConfigError
+from ...errors import ConfigError, IntegrityError
 from ..receiver import access_log
+from ..receiver.archive import Refusal
 from ..receiver.trust import utcnow
 from . import certlogin, i18n, outputs, pages, playback
 from .accounts import OperatorStore, PresentedCertificate, Session
@@ -285,7 +290,9 @@ def _wall(lang: str, cameras: list[tuple[str, str]]) -> str:
         f' aria-label="{esc(u)} / {esc(c)}"><video muted playsinline></video>'
         f'<figcaption class="label"><select data-pick aria-label="'
         f'{esc(t("tile_camera", lang).format(i + 1))}">{_camera_options(names, f"{u}/{c}")}'
-        "</select></figcaption>"
+        f'</select><button type="button" data-masks aria-pressed="false" '
+        f'data-none="{esc(t("masks_none", lang))}">{t("masks_overlay", lang)}</button>'
+        "</figcaption>"
         f'<span class="state" role="status">{t("state_waiting", lang)}</span></figure>'
         for i, (u, c) in enumerate(cameras[:9])
     )
@@ -632,6 +639,37 @@ def mount(app: web.Application, receiver: Receiver) -> None:
             raise web.HTTPConflict(text=str(exc)) from None
         raise web.HTTPSeeOther(f"{PREFIX}/alerts")
 
+    async def snapshot_view(request: web.Request) -> web.Response:
+        p = await api_principal(request)
+        unit, event_id = request.match_info["unit"], request.match_info["event"]
+        if not p.may(Permission.VIEW):
+            await record(p.name, "refused", request, reason=f"role {p.role} may not view")
+            raise web.HTTPForbidden(text="your role may not view")
+        alert = await receiver.run_blocking(book.find, p.scope, unit, event_id)
+        if alert is None or not alert.snapshot_held:  # outside the scope or not held: alike
+            await record(p.name, "refused", request, reason=f"snapshot of {event_id} of {unit}")
+            raise web.HTTPNotFound(text="no such snapshot in your scope")
+        private, key = receiver.authority, receiver.registry.signing_key(unit)
+        if private is None or key is None:
+            raise web.HTTPServiceUnavailable(text="no authority key or unit key to open it")
+
+        def work() -> bytes:
+            _, jpeg = receiver.store.open_snapshot(unit, event_id, key, private)
+            audit.record(
+                p.name, "view-snapshot", remote=remote_of(request), unit=unit,
+                camera=alert.camera, event=event_id, rule=alert.rule,
+            )  # fmt: skip
+            return jpeg
+
+        try:
+            jpeg = await receiver.run_blocking(work)
+        except Refusal as exc:  # altered since it arrived: said, never shown
+            await record(p.name, "refused", request, reason=exc.reason[:300])
+            raise web.HTTPUnprocessableEntity(text=exc.reason) from None
+        return web.Response(
+            body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "no-store"}
+        )
+
     async def exporter(request: web.Request) -> Principal:
         p = await page_principal(request)
         if not p.may(Permission.EXPORT):
@@ -727,6 +765,26 @@ def mount(app: web.Application, receiver: Receiver) -> None:
         cams = await receiver.run_blocking(cameras_in_scope, receiver, p.scope)
         return web.json_response([{"unit": u, "camera": c} for u, c in cams])
 
+    async def masks(request: web.Request) -> web.Response:
+        p = await api_principal(request)
+        unit, camera = request.match_info["unit"], request.match_info["camera"]
+        refusal = check_scope(p, unit, camera) or (
+            None if p.may(Permission.VIEW) else f"role {p.role} may not view"
+        )
+        if refusal is not None:
+            await record(p.name, "refused", request, reason=refusal)
+            raise web.HTTPForbidden(text="outside your scope or role")
+        key = receiver.registry.signing_key(unit)
+        if key is None:
+            raise web.HTTPNotFound(text="unit not enrolled")
+        try:
+            found = await receiver.run_blocking(receiver.store.masks_in_force, unit, camera, key)
+        except IntegrityError as exc:
+            raise web.HTTPUnprocessableEntity(text=str(exc)) from None
+        if found is None:
+            raise web.HTTPNotFound(text="no segment of this camera stored yet")
+        return web.json_response({"unit": unit, "camera": camera, **found})
+
     async def static(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         if name not in _STATIC:
@@ -742,11 +800,19 @@ def mount(app: web.Application, receiver: Receiver) -> None:
     app.router.add_get(f"{PREFIX}/playback", playback_view)
     app.router.add_get(f"{PREFIX}/alerts", alerts_view)
     app.router.add_post(f"{PREFIX}/alerts/decide", decide)
+    app.router.add_get(
+        f"{PREFIX}/snapshots/{{unit:[a-z0-9][a-z0-9-]{{0,62}}}}/{{event:[0-9A-Za-z-]{{1,64}}}}.jpg",
+        snapshot_view,
+    )
     app.router.add_get(f"{PREFIX}/audit", audit_view)
     app.router.add_get(f"{PREFIX}/evidence", evidence_view)
     app.router.add_get(f"{PREFIX}/evidence/export", evidence_export)
     app.router.add_get(f"{PREFIX}/api/me", me)
     app.router.add_get(f"{PREFIX}/api/cameras", cameras)
+    app.router.add_get(
+        f"{PREFIX}/api/masks/{{unit:[a-z0-9][a-z0-9-]{{0,62}}}}/{{camera:[a-z0-9][a-z0-9-]{{0,62}}}}",
+        masks,
+    )
     app.router.add_get(f"{PREFIX}/static/{{name}}", static)
 
 

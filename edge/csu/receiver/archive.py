@@ -10,6 +10,7 @@ Layout under ``storage_dir`` (readable with ``ls``)::
     <unit>/<camera>/masks/<digest>.json    the unit's signed ``mask-set`` records (polygons)
     <unit>/events/<event-id>.json          verified events
     <unit>/events/<event-id>.unpublished   marker: not yet handed to the MQTT broker
+    <unit>/events/<event-id>.snp           the sealed snapshot the event names, as sent
     <unit>/status.json                     last contact, the backlog the unit reported
 
 A segment is accepted only if it parses, its header names the URL's unit, camera and sequence,
@@ -38,7 +39,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -46,7 +47,9 @@ from ...errors import IntegrityError
 from ...fsutil import write_atomic
 from ...privacy.commitment import MASK_SET_ACTION, MaskSet
 from ...vault import format as sealed
+from ...vault import snapshots
 from ...vault.audit import parse_record
+from ...vault.recipient_keys import RecipientPrivate
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +193,37 @@ def checked_mask_set(
         raise Refusal(400, str(exc)) from None
     if (found.camera_id, found.digest.hex()) != (camera_id, digest_hex):
         raise Refusal(400, "mask-set record does not match the URL")
+
+
+def checked_snapshot(
+    unit_id: str,
+    event_id: str,
+    raw: bytes,
+    event: dict[str, Any],
+    key: ed25519.Ed25519PublicKey,
+    private: RecipientPrivate,
+) -> bytes:
+    """The JPEG of a sealed snapshot checked against the stored, verified ``event`` body it
+    claims to belong to: signed by the unit, its header (which the AEAD and the HPKE ``info`` bind)
+    naming the unit, the event's camera and the event, and the JPEG inside, opened with the
+    CSU's key, of the SHA-256 and size the signed event names."""
+    ref = event.get("snapshot")
+    if not isinstance(ref, dict):
+        raise Refusal(400, f"event {event_id} names no snapshot")
+    try:
+        snp = snapshots.verify_snapshot_file(raw, key)
+    except IntegrityError as exc:
+        raise Refusal(422 if "signature" in str(exc) else 400, f"snapshot: {exc}") from None
+    bound = (snp.device_id, snp.camera_id, snp.event_id)
+    if bound != (unit_id, event.get("camera"), event_id):
+        raise Refusal(400, f"snapshot is sealed for {'/'.join(bound)}, not this event")
+    try:
+        jpeg = snapshots.open_snapshot(snp, private)
+    except IntegrityError as exc:
+        raise Refusal(422, str(exc)) from None
+    if hashlib.sha256(jpeg).hexdigest() != ref.get("sha256") or len(jpeg) != ref.get("size"):
+        raise Refusal(422, f"snapshot is not the picture event {event_id} names (SHA-256, size)")
+    return jpeg
 
 
 def ranges(sequences: Iterable[int]) -> list[list[int]]:
@@ -522,6 +556,13 @@ class SegmentStore:
         except FileNotFoundError:
             return None
 
+    def masks_in_force(
+        self, unit_id: str, camera_id: str, key: ed25519.Ed25519PublicKey
+    ) -> dict[str, Any] | None:
+        if not (self.root / unit_id / camera_id).is_dir():
+            return None
+        return masks_in_force(self, unit_id, camera_id, key)
+
     # --- events ---------------------------------------------------------------------------------
 
     def store_event(
@@ -551,6 +592,71 @@ class SegmentStore:
                 yield path.read_bytes()
             except FileNotFoundError:
                 continue  # deleted meanwhile
+
+    def read_event(self, unit_id: str, event_id: str) -> bytes | None:
+        try:
+            return (self.root / unit_id / "events" / f"{event_id}.json").read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def accept_snapshot(
+        self,
+        unit_id: str,
+        event_id: str,
+        raw: bytes,
+        key: ed25519.Ed25519PublicKey,
+        private: RecipientPrivate,
+    ) -> Verdict:
+        """Keep the sealed snapshot of a stored event, once, after
+        :func:`checked_snapshot`; the same bytes again are a duplicate, other bytes a 409."""
+        event = self._verified_event(unit_id, event_id, key)
+        checked_snapshot(unit_id, event_id, raw, event, key, private)
+        path = self.snapshot_path(unit_id, event_id)
+        with self._lock:
+            if path.exists():
+                if path.read_bytes() == raw:
+                    return Verdict.DUPLICATE
+                raise Refusal(409, f"a snapshot of event {event_id} is already stored")
+            write_atomic(path, raw)
+        return Verdict.STORED
+
+    def _verified_event(
+        self, unit_id: str, event_id: str, key: ed25519.Ed25519PublicKey
+    ) -> dict[str, Any]:
+        from edge.events import verify_wire  # local: edge.events pulls in numpy and PIL
+
+        stored = self.read_event(unit_id, event_id)
+        if stored is None:
+            raise Refusal(404, f"event {event_id} of {unit_id} is not stored here")
+        try:
+            return verify_wire(stored, key)
+        except IntegrityError as exc:
+            raise Refusal(409, f"stored event {event_id} no longer verifies: {exc}") from None
+
+    def open_snapshot(
+        self,
+        unit_id: str,
+        event_id: str,
+        key: ed25519.Ed25519PublicKey,
+        private: RecipientPrivate,
+    ) -> tuple[dict[str, Any], bytes]:
+        """(event body, JPEG) of a held snapshot, every check of :meth:`accept_snapshot` made
+        again (the file may have been altered since): :class:`Refusal` 404 when not held."""
+        event = self._verified_event(unit_id, event_id, key)
+        raw = self.read_snapshot(unit_id, event_id)
+        if raw is None:
+            raise Refusal(404, f"no snapshot of event {event_id} of {unit_id} is held")
+        return event, checked_snapshot(unit_id, event_id, raw, event, key, private)
+
+    def snapshot_path(self, unit_id: str, event_id: str) -> Path:
+        """Where the sealed snapshot of a stored event is (or would be) kept."""
+        return self.root / unit_id / "events" / f"{event_id}.snp"
+
+    def read_snapshot(self, unit_id: str, event_id: str) -> bytes | None:
+        try:
+            return self.snapshot_path(unit_id, event_id).read_bytes()
+        except FileNotFoundError:
+            return None
 
     def _unpublished(self, unit_id: str, event_id: str) -> Path:
         return self.root / unit_id / "events" / f"{event_id}.unpublished"
@@ -615,6 +721,9 @@ class SegmentStore:
     def event(self, unit_id: str, event_id: str) -> StoredEvent | None:
         return EventFiles(self.root).event(unit_id, event_id)
 
+    def has_snapshot(self, unit_id: str, event_id: str) -> bool:
+        return self.snapshot_path(unit_id, event_id).is_file()
+
 
 def _overlapping(
     segments: dict[int, StoredSegment], from_ns: int, to_ns: int
@@ -655,3 +764,50 @@ class EventFiles:
             return StoredEvent(event_id, path.read_bytes(), path.stat().st_mtime)
         except OSError:
             return None
+
+    def has_snapshot(self, unit_id: str, event_id: str) -> bool:
+        return (self.root / unit_id / "events" / f"{event_id}.snp").is_file()
+
+
+class _MaskReader(Protocol):
+    def latest(self, unit_id: str, camera_id: str, count: int) -> list[StoredSegment]: ...
+
+    def read_segment(self, unit_id: str, camera_id: str, sequence: int) -> bytes: ...
+
+    def read_mask_set(self, unit_id: str, camera_id: str, digest_hex: str) -> bytes | None: ...
+
+
+def masks_in_force(
+    store: _MaskReader, unit_id: str, camera_id: str, key: ed25519.Ed25519PublicKey
+) -> dict[str, Any] | None:
+    """The mask set the camera's newest stored segment commits to (the last one in force
+    in it), for the console's outline overlay: ``{"sequence", "digest", "held", "width",
+    "height", "masks": [{"name", "points"}]}`` (points as fractions of the frame); digest
+    None for a segment that commits to none, held False when the CSU has no record of
+    that set. None when nothing is stored. The segment's signature is checked (the
+    commitment is signed); :class:`IntegrityError` when it fails."""
+    newest_segments = store.latest(unit_id, camera_id, 1)
+    if not newest_segments:
+        return None
+    newest = newest_segments[-1].sequence
+    seg = sealed.verify_segment(
+        store.read_segment(unit_id, camera_id, newest), key, device_id=unit_id
+    )
+    out: dict[str, Any] = {"sequence": newest, "digest": None, "held": False, "masks": []}
+    if not seg.header.masks:
+        return out
+    digest = seg.header.masks[-1].committed.mask_set
+    out["digest"] = digest.hex()
+    record = store.read_mask_set(unit_id, camera_id, digest.hex())
+    if record is None:
+        return out
+    found = MaskSet.from_record(parse_record(record.rstrip(b"\n"), key).details)
+    if found.digest != digest or found.camera_id != camera_id:
+        raise IntegrityError(f"mask-set record {digest.hex()[:16]}… is of another set")
+    out.update(
+        held=True,
+        width=found.width,
+        height=found.height,
+        masks=[{"name": m["name"], "points": m["points"]} for m in found.masks],
+    )
+    return out

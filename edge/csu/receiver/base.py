@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from ...vault.recipient_keys import RecipientPrivate
 from .archive import CameraRecords, StoredEvent, StoredSegment, Verdict
 
 
@@ -91,6 +92,32 @@ class SegmentReader(Protocol):
 
     def read_mask_set(self, unit_id: str, camera_id: str, digest_hex: str) -> bytes | None:
         """The unit's signed record of a mask set, as it sent it; None if not held."""
+        ...
+
+    def has_snapshot(self, unit_id: str, event_id: str) -> bool:
+        """Whether the sealed snapshot a stored event names is held."""
+        ...
+
+    def read_snapshot(self, unit_id: str, event_id: str) -> bytes | None:
+        """The sealed snapshot of a stored event, as the unit sent it; None if not held."""
+        ...
+
+    def open_snapshot(
+        self,
+        unit_id: str,
+        event_id: str,
+        key: ed25519.Ed25519PublicKey,
+        private: RecipientPrivate,
+    ) -> tuple[dict[str, Any], bytes]:
+        """(event body, JPEG) of a held snapshot, checked again; :class:`.archive.Refusal`
+        404 when not held."""
+        ...
+
+    def masks_in_force(
+        self, unit_id: str, camera_id: str, key: ed25519.Ed25519PublicKey
+    ) -> dict[str, Any] | None:
+        """The masks the camera's newest stored segment commits to, for the console's
+        overlay (:func:`.archive.masks_in_force`); None when nothing is stored."""
         ...
 
     def event(self, unit_id: str, event_id: str) -> StoredEvent | None:

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ...errors import ConfigError, IntegrityError, StorageUnavailableError
 from ...vault import format as sealed
+from ...vault.recipient_keys import RecipientPrivate
 from .archive import (
     CameraIndex,
     CameraRecords,
@@ -45,6 +46,7 @@ from .archive import (
     checked_envelope,
     checked_gap,
     checked_segment,
+    masks_in_force,
 )
 from .objstore import ObjectStore, parse_key, segment_key
 from .pgindex import PgSegmentIndex
@@ -234,6 +236,26 @@ class ClusterStore:
         """Mask-set records are kept in embedded mode only (the route answers 404 here):
         a bundle built in cluster mode declares them not held."""
         return None
+
+    def has_snapshot(self, unit_id: str, event_id: str) -> bool:
+        return False  # snapshots are kept in embedded mode only (the route answers 404 here)
+
+    def read_snapshot(self, unit_id: str, event_id: str) -> bytes | None:
+        return None
+
+    def open_snapshot(
+        self,
+        unit_id: str,
+        event_id: str,
+        key: ed25519.Ed25519PublicKey,
+        private: RecipientPrivate,
+    ) -> tuple[dict[str, Any], bytes]:
+        raise Refusal(404, "alert snapshots are kept in embedded mode only")
+
+    def masks_in_force(
+        self, unit_id: str, camera_id: str, key: ed25519.Ed25519PublicKey
+    ) -> dict[str, Any] | None:
+        return masks_in_force(self, unit_id, camera_id, key)
 
     def event(self, unit_id: str, event_id: str) -> StoredEvent | None:
         found = self.index().event(unit_id, event_id)

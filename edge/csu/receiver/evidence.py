@@ -10,12 +10,13 @@ The bundle (:mod:`edge.csu.bundlefile`) holds the unit's exact sealed bytes, so 
 drop but never alter or add video: what it cannot carry intact is declared, with its reason,
 in the signed manifest. Beside the video it carries what else the CSU holds of the range, each
 item still signed by the unit: the records (polygons) of the mask sets the segments commit to,
-and the unit's events of the camera and its cabinet alarms. What a unit's own export would carry
-and the CSU does not hold (its receipts, event snapshots, a mask set the unit never sent) is
-declared in the manifest's ``not_held``. It is built in an anonymous temporary file in the
-storage directory (nothing is left behind by a crash, and memory stays flat for an hour of
-video), audited (``export``, ``kind: bundle``, with the case and the SHA-256 of the file) and
-only then sent.
+the unit's events of the camera and its cabinet alarms, and the sealed snapshots of those events
+the unit sent. What a unit's own export would carry and the CSU does not hold (its receipts, a
+mask set the unit never sent; per event, a snapshot it never sent) is declared in the
+manifest's ``not_held`` (per event ``snapshot_not_held``). It is built in an anonymous
+temporary file in the storage directory (nothing is left behind by a crash, and memory stays
+flat for an hour of video), audited (``export``, ``kind: bundle``, with the case and the
+SHA-256 of the file) and only then sent.
 A range is bounded like the MP4 export: at most :data:`MAX_BUNDLE_SEGMENTS` segments and
 :data:`MAX_BUNDLE_BYTES`; a longer range is refused, never cut short in silence.
 
@@ -48,7 +49,7 @@ from edge.identity.unitkeys import (
     public_pem,
     public_raw,
 )
-from edge.vault import chain, maskhistory
+from edge.vault import chain, maskhistory, snapshots
 from edge.vault import format as sealed
 from edge.vault.bundle import DamagedPart, DamageKind
 
@@ -83,7 +84,10 @@ RECEIPTS_NOT_HELD = (
     "segment is in this manifest, under the CSU's seal)"
 )
 MASK_SET_NOT_HELD = "the unit has not sent the CSU its signed record of this mask set"
-SNAPSHOT_NOT_HELD = "snapshots are not sent to the CSU (the unit's own export carries them)"
+SNAPSHOT_NOT_HELD = (
+    "the unit has not sent the CSU this snapshot (yet, or it never will: the unit's own export "
+    "carries it)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,7 +493,12 @@ def _events(
             **tar.add(name, wire),
         }
         if isinstance(body.get("snapshot"), dict):
-            entry["snapshot_not_held"] = SNAPSHOT_NOT_HELD
+            held, why = _snapshot(store, req.unit, camera, event_id, key)
+            if held is not None:
+                snp = f"events/{camera}/{wall_ns}-{event_id}.snp"
+                entry["snapshot"] = tar.add(snp, held)
+            else:
+                entry["snapshot_not_held"] = why
         entries.append(entry)
     return entries, damaged
 
@@ -543,6 +552,25 @@ def _tail(
             **entry,
         }
     ]
+
+
+def _snapshot(
+    store: SegmentReader, unit: str, camera: str, event_id: str, key: ed25519.Ed25519PublicKey
+) -> tuple[bytes | None, str]:
+    """(the sealed snapshot the CSU holds of an event, or None and why not). Checked as the
+    verifier will (the unit's signature, sealed for this unit, camera and event); whether the
+    picture inside is the event's was checked when it arrived, and ``edge-csu open`` checks
+    it again."""
+    raw = store.read_snapshot(unit, event_id)
+    if raw is None:
+        return None, SNAPSHOT_NOT_HELD
+    try:
+        snp = snapshots.verify_snapshot_file(raw, key)
+    except IntegrityError as exc:
+        return None, f"the snapshot the CSU holds fails its check: {exc}"
+    if (snp.device_id, snp.camera_id, snp.event_id) != (unit, camera, event_id):
+        return None, "the snapshot the CSU holds is sealed for another event"
+    return raw, ""
 
 
 def unit_trust(receiver: Receiver, unit: str) -> UnitTrust:

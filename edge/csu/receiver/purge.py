@@ -252,6 +252,7 @@ def _purge_events(
         report.records.append(record)
         for path, _, _ in items:
             path.with_suffix(".unpublished").unlink(missing_ok=True)
+            path.with_suffix(".snp").unlink(missing_ok=True)  # its sealed snapshot goes with it
             path.unlink(missing_ok=True)
         report.events_deleted += len(items)
 

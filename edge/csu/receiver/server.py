@@ -44,8 +44,11 @@ from ...uplink.protocol import (
     GAP_CONTENT_TYPE,
     MASK_SET_CONTENT_TYPE,
     MAX_EVENT_BYTES,
+    MAX_SNAPSHOT_BYTES,
     SEGMENT_CONTENT_TYPE,
+    SNAPSHOT_CONTENT_TYPE,
 )
+from ...vault import recipient_keys as vault_keys
 from . import receipts
 from .limits import AdmissionGate, peer_of, read_body, start_gated_server
 from .registry import RevocationList, UnitRegistry, server_context, unit_id_of
@@ -166,6 +169,13 @@ class Receiver:
         )
         self.commands = CommandQueue(cfg.commands_dir)
         self.publisher = EventPublisher(cfg.mqtt) if cfg.mqtt.enabled else None
+        #: The authority's HPKE key (the one viewing opens segments with): the snapshot route
+        #: opens each sealed snapshot to check it is the picture its event names.
+        self.authority: vault_keys.RecipientPrivate | None = (
+            vault_keys.load_private(cfg.authority_key_file)
+            if cfg.authority_key_file is not None and cfg.storage != "cluster"
+            else None
+        )
         # Workers mostly wait on fsync (the GIL is released): more of them overlap the flushes.
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="csu-store")
         self.contacts: dict[str, dict[str, Any]] = {}
@@ -403,6 +413,33 @@ class Receiver:
             return refuse(exc.status, exc.reason)
         return web.json_response({"status": verdict.name.lower()}, status=verdict.value)
 
+    async def put_snapshot(self, request: web.Request) -> web.Response:
+        unit, event_id = request[UNIT_ID], request.match_info["event"]
+        if request.content_type != SNAPSHOT_CONTENT_TYPE:
+            return refuse(415, f"content type must be {SNAPSHOT_CONTENT_TYPE}")
+        if not isinstance(self.intake, SegmentStore):
+            return refuse(404, "this CSU keeps snapshots in embedded storage only")
+        if self.authority is None:
+            return refuse(404, "this CSU keeps no snapshots: no authority key to check them")
+        try:
+            body = await self.read_body(request, MAX_SNAPSHOT_BYTES)
+        except Refusal as exc:
+            return self.refuse_body(request, exc)
+        try:
+            verdict = await self.run_blocking(
+                self.intake.accept_snapshot,
+                unit,
+                event_id,
+                body,
+                _trusted_key(request),
+                self.authority,
+            )
+        except Refusal as exc:
+            self.counters["refused"] += 1
+            log.warning("refused snapshot of %s/%s: %s", unit, event_id, exc.reason)
+            return refuse(exc.status, exc.reason)
+        return web.json_response({"status": verdict.name.lower()}, status=verdict.value)
+
     async def post_event(self, request: web.Request) -> web.Response:
         unit = request[UNIT_ID]
         if request.content_type != EVENT_CONTENT_TYPE:
@@ -568,6 +605,10 @@ class Receiver:
             self.put_mask_set,
         )
         app.router.add_post(f"{base}/events", self.post_event)
+        app.router.add_put(
+            f"{base}/events/{{event:[A-Za-z0-9][A-Za-z0-9._-]{{0,127}}}}/snapshot",
+            self.put_snapshot,
+        )
         app.router.add_put(
             f"{base}/signing-certificate",
             self.put_signing_certificate,

@@ -155,6 +155,55 @@ class LivePlayer {
 }
 
 const WALL_KEY = "edge-console-wall/"; // + operator name: one wall per agent and browser
+const SVG_NS = "http://www.w3.org/2000/svg";
+const MASKS_POLL_MS = 10000;
+
+async function drawMasks(tile) {
+  // The outlines of the mask set the camera's newest segment commits to (signed by the unit),
+  // as an SVG over the video: the viewBox is the masked frame and "meet" letterboxes it as
+  // the video's object-fit: contain does, so the outlines scale with the picture.
+  const name = tile.dataset.unit + "/" + tile.dataset.camera;
+  const old = tile.querySelector("svg.masks");
+  if (tile.dataset.masks !== "on") {
+    if (old) old.remove();
+    delete tile.dataset.masksDigest;
+    return;
+  }
+  let m = null;
+  try {
+    const r = await fetch("/console/api/masks/" + name, { credentials: "same-origin", cache: "no-store" });
+    if (r.ok) m = await r.json();
+  } catch (err) {
+    m = null;
+  }
+  // toggled off, or another camera on the tile, while the answer was on its way
+  if (tile.dataset.masks !== "on" || tile.dataset.unit + "/" + tile.dataset.camera !== name) return;
+  const button = tile.querySelector("[data-masks]");
+  if (m === null || !m.held) {
+    if (old) old.remove();
+    tile.dataset.masksDigest = "";
+    button.title = button.dataset.none;
+    return;
+  }
+  button.title = "";
+  if (old && tile.dataset.masksDigest === m.digest) return; // unchanged: no redraw
+  const svg = document.createElementNS(SVG_NS, "svg");
+  svg.setAttribute("class", "masks");
+  svg.setAttribute("viewBox", "0 0 " + m.width + " " + m.height);
+  svg.setAttribute("preserveAspectRatio", "xMidYMid meet");
+  svg.setAttribute("aria-hidden", "true");
+  for (const mask of m.masks) {
+    const poly = document.createElementNS(SVG_NS, "polygon");
+    poly.setAttribute("points", mask.points.map(([x, y]) => x * m.width + "," + y * m.height).join(" "));
+    const title = document.createElementNS(SVG_NS, "title");
+    title.textContent = mask.name;
+    poly.appendChild(title);
+    svg.appendChild(poly);
+  }
+  if (old) old.remove();
+  tile.insertBefore(svg, tile.querySelector(".label"));
+  tile.dataset.masksDigest = m.digest;
+}
 
 function setupWall(wall) {
   const tiles = Array.from(wall.querySelectorAll(".tile"));
@@ -191,6 +240,10 @@ function setupWall(wall) {
       t.dataset.camera = n.slice(cut + 1);
       t.setAttribute("aria-label", n.replace("/", " / "));
       t.querySelector("[data-pick]").value = n;
+      if (t.dataset.masks === "on") {
+        delete t.dataset.masksDigest;
+        drawMasks(t);
+      }
       if (players.has(t)) {
         players.get(t).stop();
         play(t);
@@ -258,7 +311,19 @@ function setupWall(wall) {
       show(tile, ev.target.value);
       save();
     });
+    // The mask outlines, per tile, on demand.
+    const masks = tile.querySelector("[data-masks]");
+    masks.addEventListener("click", () => {
+      const on = tile.dataset.masks !== "on";
+      tile.dataset.masks = on ? "on" : "off";
+      masks.setAttribute("aria-pressed", String(on));
+      drawMasks(tile);
+    });
   });
+  // A new mask set shows within MASKS_POLL_MS (redrawn only when its digest changes).
+  setInterval(() => {
+    tiles.filter((t) => t.dataset.masks === "on" && !t.hidden).forEach((t) => drawMasks(t));
+  }, MASKS_POLL_MS);
   restore();
   layout(Number(wall.dataset.layout) || 4);
   save(); // what was dropped on restore stays dropped
@@ -368,12 +433,42 @@ function setupPlayback(section) {
 }
 
 function setupAlerts(rows) {
-  // New alerts appear without a reload; never while the agent is typing a comment.
+  // A snapshot loads only when asked for (each viewing is audited), as an <img> of the
+  // console's own route; a second click hides it again.
+  rows.addEventListener("click", (ev) => {
+    const button = ev.target.closest("[data-snapshot]");
+    if (!button) return;
+    const slot = button.nextElementSibling;
+    const shown = slot.querySelector("img");
+    if (shown) {
+      shown.remove();
+      button.setAttribute("aria-expanded", "false");
+      return;
+    }
+    const img = document.createElement("img");
+    img.className = "snapshot";
+    img.alt = button.dataset.alt;
+    img.src = button.dataset.snapshot;
+    slot.appendChild(img);
+    button.setAttribute("aria-expanded", "true");
+  });
+  // New alerts appear without a reload; never while the agent is typing a comment. Pictures
+  // already opened move into the new rows (not fetched, nor audited, again).
   setInterval(async () => {
     if (rows.contains(document.activeElement)) return;
     const url = "/console/alerts" + (location.search ? location.search + "&" : "?") + "fragment=rows";
     const r = await fetch(url, { credentials: "same-origin", cache: "no-store" });
-    if (r.ok) rows.innerHTML = await r.text();
+    if (!r.ok) return;
+    const open = Array.from(rows.querySelectorAll("img.snapshot"));
+    rows.innerHTML = await r.text();
+    for (const img of open) {
+      const button = Array.from(rows.querySelectorAll("[data-snapshot]")).find(
+        (b) => b.dataset.snapshot === img.getAttribute("src")
+      );
+      if (!button) continue;
+      button.nextElementSibling.appendChild(img);
+      button.setAttribute("aria-expanded", "true");
+    }
   }, 3000);
 }
 

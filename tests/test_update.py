@@ -629,12 +629,15 @@ def test_a_roll_back_is_named_with_the_reason_the_new_slot_gave() -> None:
 
 
 def test_an_unhealthy_slot_on_probation_exits_3_for_the_reboot(
-    rig: Rig, tmp_path: Path, data_dir: Path
+    rig: Rig, tmp_path: Path, data_dir: Path, sockdir: Path
 ) -> None:
     """The version running is the one installed and not confirmed yet: edged not answering
     makes mark-good exit 3 (edge-update-confirm.service fails: systemd reboots, the boot loader
     counts the attempt); the same failure on a slot with nothing pending exits 1."""
-    config = write_config(tmp_path / "edge.toml", data_dir)
+    # A control socket of its own: an edged of anything else on this machine must not answer.
+    config = write_config(
+        tmp_path / "edge.toml", data_dir, extra=f'\n[control]\nsocket = "{sockdir}/control.sock"\n'
+    )
     (data_dir / "update").mkdir()
     pending = {"result": "installed", "version": __version__, "from_version": "0.0.1"}
     (data_dir / "update" / "last-update.json").write_text(json.dumps(pending))

@@ -197,7 +197,9 @@ class DensityRule:
     ) -> None:
         self.cfg = cfg
         self.schedule = Schedule(cfg.schedule, timezone)
-        self.area_m2 = area_m2(homography(image, world), cfg.zone)
+        # To the square millimetre: a solved homography is exact only to rounding (60 m² came
+        # out as 59.999999999999986), and "more than" the limit must not hang on that last bit.
+        self.area_m2 = round(area_m2(homography(image, world), cfg.zone), 6)
         self.limit = cfg.max_per_m2 * (1.5 - cfg.sensitivity)
         self._since: float | None = None
         self._cooldown = Cooldown(cfg.cooldown_seconds)

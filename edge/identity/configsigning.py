@@ -48,25 +48,15 @@ def profile_problem(cert: x509.Certificate) -> str | None:
     """Why ``cert`` is not a configuration-signing certificate, or None when it is one."""
     if not isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
         return "its key is not ECDSA (an evidence or other certificate)"
-    try:
-        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return "it has no keyUsage extension"
-    if not usage.digital_signature or usage.key_cert_sign or usage.crl_sign:
-        return "its keyUsage is not digitalSignature alone"
-    try:
-        ekus = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
-    except x509.ExtensionNotFound:
-        return "it has no extendedKeyUsage: it is not the city's configuration signer"
+    problem, ekus = pki.signing_leaf_problem(
+        cert, no_eku=": it is not the city's configuration signer"
+    )
+    if problem is not None:
+        return problem
     if CONFIG_SIGNING not in ekus:
         return "its extendedKeyUsage is not configuration signing"
     if ekus & _FORBIDDEN_EKUS:
         return "it also allows TLS or evidence signing"
-    try:
-        if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-            return "it is a CA certificate"
-    except x509.ExtensionNotFound:
-        pass
     return None
 
 

@@ -34,6 +34,32 @@ def key_usage(**flags: bool) -> x509.KeyUsage:
     return x509.KeyUsage(**{name: flags.get(name, False) for name in _KEY_USAGE_FLAGS})
 
 
+def signing_leaf_problem(
+    cert: x509.Certificate, *, no_eku: str
+) -> tuple[str | None, frozenset[x509.ObjectIdentifier]]:
+    """What every signing leaf of the city's profiles shares: keyUsage digitalSignature only
+    (no certificate or CRL signing), an extendedKeyUsage (``no_eku`` says why one is needed)
+    and no CA flag. (problem or None, the extendedKeyUsage purposes); each profile then
+    requires and forbids its own purposes."""
+    none: frozenset[x509.ObjectIdentifier] = frozenset()
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return "it has no keyUsage extension", none
+    if not usage.digital_signature or usage.key_cert_sign or usage.crl_sign:
+        return "its keyUsage is not digitalSignature only", none
+    try:
+        if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return "it is a CA certificate", none
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        ekus = frozenset(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        return f"it has no extendedKeyUsage{no_eku}", none
+    return None, ekus
+
+
 def anchors(
     ca_certs: Sequence[x509.Certificate],
 ) -> tuple[list[x509.Certificate], list[x509.Certificate]]:

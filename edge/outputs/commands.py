@@ -151,16 +151,9 @@ def operator_problem(cert: x509.Certificate) -> str | None:
     """Why ``cert`` is not an operator certificate, or None when it is one."""
     if isinstance(cert.public_key(), ed25519.Ed25519PublicKey):
         return "its key is a unit's evidence-signing key type (Ed25519), not an operator's"
-    try:
-        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return "it has no keyUsage extension"
-    if not usage.digital_signature or usage.key_cert_sign or usage.crl_sign:
-        return "its keyUsage is not digitalSignature only"
-    try:
-        ekus = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
-    except x509.ExtensionNotFound:
-        return "it has no extendedKeyUsage (the operator one is required)"
+    problem, ekus = pki.signing_leaf_problem(cert, no_eku=" (the operator one is required)")
+    if problem is not None:
+        return problem
     if OPERATOR_COMMANDS not in ekus:
         return "it is not an operator certificate (no command-signing extendedKeyUsage)"
     if ekus & _TLS_EKUS:

@@ -59,27 +59,15 @@ def profile_problem(cert: x509.Certificate) -> str | None:
     """Why ``cert`` is not a console log-in certificate, or None when it is one."""
     if not isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
         return "its key is not ECDSA (not a console certificate)"
-    try:
-        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return "it has no keyUsage extension"
-    if not usage.digital_signature or usage.key_cert_sign or usage.crl_sign:
-        return "its keyUsage is not digitalSignature only"
-    try:
-        ekus = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
-    except x509.ExtensionNotFound:
-        return "it has no extendedKeyUsage (console profile required)"
+    problem, ekus = pki.signing_leaf_problem(cert, no_eku=" (console profile required)")
+    if problem is not None:
+        return problem
     if CONSOLE_LOGIN not in ekus:
         return "not a console certificate (its extendedKeyUsage has no console log-in purpose)"
     if ExtendedKeyUsageOID.CLIENT_AUTH not in ekus:
         return "its extendedKeyUsage has no TLS client authentication"
     if ekus & _OTHER_PURPOSES:
         return "it also allows another purpose (server, code signing or any)"
-    try:
-        if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-            return "it is a CA certificate"
-    except x509.ExtensionNotFound:
-        pass
     return None
 
 

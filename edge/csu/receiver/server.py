@@ -27,7 +27,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge.csu.receiver.access_log import AuditLog
-from edge.csu.receiver.archive import Refusal, SegmentStore
+from edge.csu.receiver.archive import Refusal, SegmentStore, Verdict
 from edge.csu.receiver.base import SegmentReader
 from edge.csu.receiver.cluster import ClusterStore
 from edge.csu.receiver.commands import CommandQueue
@@ -390,53 +390,49 @@ class Receiver:
         )
 
     async def put_mask_set(self, request: web.Request) -> web.Response:
-        unit, camera = request[UNIT_ID], request.match_info["camera"]
-        if request.content_type != MASK_SET_CONTENT_TYPE:
-            return refuse(415, f"content type must be {MASK_SET_CONTENT_TYPE}")
         if not isinstance(self.intake, SegmentStore):
             return refuse(404, "this CSU keeps mask sets in embedded storage only")
-        try:
-            body = await self.read_body(request, MAX_EVENT_BYTES)
-        except Refusal as exc:
-            return self.refuse_body(request, exc)
-        try:
-            verdict = await self.run_blocking(
-                self.intake.accept_mask_set,
-                unit,
-                camera,
-                request.match_info["digest"],
-                body,
-                _trusted_key(request),
-            )
-        except Refusal as exc:
-            self.counters["refused"] += 1
-            return refuse(exc.status, exc.reason)
-        return web.json_response({"status": verdict.name.lower()}, status=verdict.value)
+        return await self._keep_once(
+            request, MASK_SET_CONTENT_TYPE, MAX_EVENT_BYTES, self.intake.accept_mask_set,
+            request.match_info["camera"], request.match_info["digest"],
+        )  # fmt: skip
 
     async def put_snapshot(self, request: web.Request) -> web.Response:
-        unit, event_id = request[UNIT_ID], request.match_info["event"]
-        if request.content_type != SNAPSHOT_CONTENT_TYPE:
-            return refuse(415, f"content type must be {SNAPSHOT_CONTENT_TYPE}")
         if not isinstance(self.intake, SegmentStore):
             return refuse(404, "this CSU keeps snapshots in embedded storage only")
         if self.authority is None:
             return refuse(404, "this CSU keeps no snapshots: no authority key to check them")
+        return await self._keep_once(
+            request, SNAPSHOT_CONTENT_TYPE, MAX_SNAPSHOT_BYTES, self.intake.accept_snapshot,
+            request.match_info["event"], extra=(self.authority,),
+        )  # fmt: skip
+
+    async def _keep_once(
+        self,
+        request: web.Request,
+        content_type: str,
+        max_bytes: int,
+        accept: Callable[..., Verdict],
+        *names: str,
+        extra: tuple[Any, ...] = (),
+    ) -> web.Response:
+        """A signed record the unit sends beside its segments (a mask set, an alert's
+        snapshot), checked and kept once by ``accept(unit, *names, body, key, *extra)``."""
+        unit = request[UNIT_ID]
+        if request.content_type != content_type:
+            return refuse(415, f"content type must be {content_type}")
         try:
-            body = await self.read_body(request, MAX_SNAPSHOT_BYTES)
+            body = await self.read_body(request, max_bytes)
         except Refusal as exc:
             return self.refuse_body(request, exc)
         try:
             verdict = await self.run_blocking(
-                self.intake.accept_snapshot,
-                unit,
-                event_id,
-                body,
-                _trusted_key(request),
-                self.authority,
+                accept, unit, *names, body, _trusted_key(request), *extra
             )
         except Refusal as exc:
             self.counters["refused"] += 1
-            log.warning("refused snapshot of %s/%s: %s", unit, event_id, exc.reason)
+            log.warning("refused %s of %s (%s): %s", content_type, unit, "/".join(names),
+                        exc.reason)  # fmt: skip
             return refuse(exc.status, exc.reason)
         return web.json_response({"status": verdict.name.lower()}, status=verdict.value)
 

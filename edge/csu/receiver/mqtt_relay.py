@@ -103,6 +103,7 @@ class EventPublisher:
         # a retry meanwhile waits for the same message instead of queueing a second one.
         self._pending: dict[tuple[str, str], asyncio.Future[bool]] = {}
         self._by_mid: dict[int, tuple[str, str]] = {}
+        self._recording: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=30)
@@ -137,20 +138,23 @@ class EventPublisher:
             future.set_result(False)
             return
         assert self._loop is not None
-        self._loop.create_task(self._record(key, future))
+        task = self._loop.create_task(self._record(key, future))
+        self._recording.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._recording.discard)
 
     async def _record(self, key: tuple[str, str], future: asyncio.Future[bool]) -> None:
+        marked = False
         try:
             if self._on_acked is not None:
                 await self._on_acked(*key)
+            marked = True
         except (StorageUnavailableError, OSError) as exc:  # not marked: published again later
             log.warning("event %s of %s acknowledged but not marked: %s", key[1], key[0], exc)
-            future.set_exception(exc)
-        else:
-            future.set_result(True)
-        finally:
             if not future.done():
-                future.set_result(False)
+                future.set_exception(exc)
+        finally:
+            if not future.done():  # (cancelled by stop() meanwhile: nothing to settle)
+                future.set_result(marked)
             if self._pending.get(key) is future:
                 del self._pending[key]
 
@@ -187,10 +191,6 @@ class EventPublisher:
             return await asyncio.wait_for(asyncio.shield(future), self.cfg.ack_timeout_s)
         except TimeoutError:
             return False
-
-    def waiting(self) -> int:
-        """Events handed to paho and not yet acknowledged."""
-        return len(self._pending)
 
     def stop(self) -> None:
         self._client.disconnect()

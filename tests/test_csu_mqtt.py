@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import shutil
 import socket
@@ -242,11 +243,18 @@ def test_receiver_publishes_over_tls_with_a_password_and_subscribers_only_read(
 def test_publisher_with_a_client_certificate_and_one_outside_the_acl(
     setup: tuple[Csu, Broker],
 ) -> None:
+    """The receiver's message is acknowledged and delivered; one the ACL refuses is not
+    taken for published (MQTT 5: the broker says so in its acknowledgement)."""
     csu, broker = setup
     issued = csu.directory.parent / "mqtt-clients"
     crt, key, _ = csu.pki.issue("edge-csu", issued)
     other_crt, other_key, _ = csu.pki.issue("intruder", issued)
     console = Subscriber(broker, username="city-console", password=CONSOLE_PASSWORD)
+    acked: list[tuple[str, str]] = []
+
+    async def record(unit: str, event_id: str) -> None:
+        acked.append((unit, event_id))
+
     publishers = [
         EventPublisher(
             MqttConfig(
@@ -256,18 +264,25 @@ def test_publisher_with_a_client_certificate_and_one_outside_the_acl(
                 ca_file=broker.ca,
                 cert_file=c,
                 key_file=k,
+                ack_timeout_s=8,  # paho queues until connected: the wait includes the TLS
             ),
             client_id=f"test-{c.stem}",
+            on_acked=record,
         )
         for c, k in ((crt, key), (other_crt, other_key))
     ]
-    try:
-        assert console.subscribed.wait(10), console.connack
+
+    async def publish() -> tuple[bool, bool]:
         for publisher in publishers:
             publisher.start()
-        time.sleep(1.0)  # both connected (paho queues until then anyway)
-        publishers[1].publish("unit-x", "cam1", b"from the intruder")
-        publishers[0].publish("unit-b", "cam2", b"from the receiver")
+        intruder = await publishers[1].publish("unit-x", "cam1", "evt-x", b"from the intruder")
+        receiver = await publishers[0].publish("unit-b", "cam2", "evt-b", b"from the receiver")
+        return intruder, receiver
+
+    try:
+        assert console.subscribed.wait(10), console.connack
+        assert asyncio.run(publish()) == (False, True)
+        assert acked == [("unit-b", "evt-b")]
         wait_until(lambda: console.received, 10, "the receiver's message")
         time.sleep(0.5)
         assert console.received == [("edge/unit-b/cam2/events", b"from the receiver")]

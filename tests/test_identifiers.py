@@ -149,12 +149,17 @@ def test_an_event_the_broker_did_not_take_is_published_on_the_retry(
     published: list[bytes] = []
     refuse_next = [True]
 
-    def flaky(self: EventPublisher, unit_id: str, camera_id: str, payload: bytes) -> bool:
-        # Fault injection: paho refuses the first message (a full queue, a broken socket).
+    async def flaky(
+        self: EventPublisher, unit_id: str, camera_id: str, event_id: str, payload: bytes
+    ) -> bool:
+        # Fault injection: the first message is not acknowledged (paho's queue full, the
+        # broker away past ack_timeout_s); the others are, and recorded as the real one does.
         if refuse_next[0]:
             refuse_next[0] = False
             return False
         published.append(payload)
+        assert self._on_acked is not None
+        await self._on_acked(unit_id, event_id)
         return True
 
     monkeypatch.setattr(EventPublisher, "publish", flaky)

@@ -667,6 +667,39 @@ class SegmentStore:
     def mark_published(self, unit_id: str, event_id: str) -> None:
         self._unpublished(unit_id, event_id).unlink(missing_ok=True)
 
+    def claim_unpublished(self, limit: int, min_age_s: float) -> list[tuple[str, str, bytes]]:
+        """Up to ``limit`` stored events still marked unpublished, their marker at least
+        ``min_age_s`` old, the oldest first: (unit, event id, body). One receiver serves an
+        embedded store, so nothing else claims them. A marker without its event (a crash
+        between the two writes: the unit was never answered, it sends the event again) is
+        removed."""
+        cutoff = time.time() - min_age_s
+        found: list[tuple[float, str, str]] = []
+        for unit_dir in sorted(self.root.iterdir()) if self.root.is_dir() else []:
+            directory = unit_dir / "events"
+            if not directory.is_dir():
+                continue
+            for marker in directory.glob("*.unpublished"):
+                try:
+                    mtime = marker.stat().st_mtime
+                except FileNotFoundError:
+                    continue  # published meanwhile
+                if mtime <= cutoff:
+                    found.append((mtime, unit_dir.name, marker.stem))
+        out: list[tuple[str, str, bytes]] = []
+        for _, unit_id, event_id in sorted(found):
+            if len(out) >= limit:
+                break
+            path = self.root / unit_id / "events" / f"{event_id}.json"
+            with self._lock:  # store_event writes the marker, then the event, under it
+                try:
+                    body = path.read_bytes()
+                except FileNotFoundError:
+                    self._unpublished(unit_id, event_id).unlink(missing_ok=True)
+                    continue
+            out.append((unit_id, event_id, body))
+        return out
+
     # --- unit status ----------------------------------------------------------------------------
 
     def write_status(self, unit_id: str, status: dict[str, Any]) -> None:

@@ -18,9 +18,11 @@ embedded store's interface (segments, gap records, envelopes, events, unit statu
 over the shared database and object store, with one database connection per worker thread,
 and the read side the operators' listener needs (:class:`.base.SegmentReader`): any receiver
 serves any camera from the shared stores alone, nothing read is kept on the receiver.
-Events are stored by id: the receiver whose insert creates the row publishes the event; a
-retry (to the same or another receiver) of an event already published is acknowledged and
-not published again.
+Events are stored by id: the receiver whose insert creates the row publishes the event and
+marks it published once the broker acknowledges it; a retry (to the same or another receiver)
+of an event already marked is acknowledged and not published again. An event left unmarked
+(its receiver died, the broker was away) is claimed after the publication lease and
+published again (at least once, deduplicated by id: :mod:`.mqtt_relay`).
 """
 
 from __future__ import annotations
@@ -194,6 +196,11 @@ class ClusterStore:
 
     def mark_published(self, unit_id: str, event_id: str) -> None:
         self.index().mark_published(unit_id, event_id)
+
+    def claim_unpublished(self, limit: int, min_age_s: float) -> list[tuple[str, str, bytes]]:
+        """Events stored and not yet published that this receiver now holds the claim of
+        (:meth:`.pgindex.PgSegmentIndex.claim_unpublished`)."""
+        return self.index().claim_unpublished(limit, min_age_s)
 
     # --- what the units and the CSU's agents read -----------------------------------------------
 

@@ -128,6 +128,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX segments_by_end ON segments (unit, camera, end_wall_ns);
     """,
+    # 5: events not yet acknowledged by the MQTT broker, the oldest first (republished).
+    """
+    CREATE INDEX events_unpublished ON events (received_ns) WHERE NOT published;
+    """,
 )
 
 #: A receiver that claimed an event's publication and said nothing for this long (killed,
@@ -454,6 +458,25 @@ class PgSegmentIndex:
             )
             row = cur.fetchone()
         return False if row is None or row[0] else None
+
+    def claim_unpublished(self, limit: int, min_age_s: float) -> list[tuple[str, str, bytes]]:
+        """Claim up to ``limit`` stored events not yet published, received at least
+        ``min_age_s`` ago, the oldest first, whose claim is free (this receiver's, or older
+        than :data:`PUBLISH_LEASE_S`): (unit, event id, body). Receivers claiming at once get
+        disjoint batches (rows another is claiming are skipped)."""
+        now = time.time_ns()
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE events SET publisher = %s, claimed_ns = %s WHERE (unit, event_id) IN ("
+                "SELECT unit, event_id FROM events WHERE NOT published AND received_ns <= %s "
+                "AND (publisher IS NULL OR publisher = %s OR claimed_ns < %s) "
+                "ORDER BY received_ns LIMIT %s FOR UPDATE SKIP LOCKED) "
+                "RETURNING unit, event_id, body, received_ns",
+                (self.receiver, now, now - int(min_age_s * 1e9), self.receiver,
+                 now - int(PUBLISH_LEASE_S * 1e9), limit),
+            )  # fmt: skip
+            rows = sorted(cur.fetchall(), key=lambda r: int(r[3]))
+        return [(str(u), str(e), bytes(b)) for u, e, b, _ in rows]
 
     def mark_published(self, unit: str, event_id: str) -> None:
         with self._transaction() as cur:

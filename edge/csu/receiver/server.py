@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from edge.csu.receiver import mqtt_relay
 from edge.csu.receiver.access_log import AuditLog
 from edge.csu.receiver.archive import Refusal, SegmentStore, Verdict
 from edge.csu.receiver.base import SegmentReader
@@ -168,7 +169,10 @@ class Receiver:
             else None,
         )
         self.commands = CommandQueue(cfg.commands_dir)
-        self.publisher = EventPublisher(cfg.mqtt) if cfg.mqtt.enabled else None
+        # An event is marked published once the broker has acknowledged it (at least once).
+        self.publisher = (
+            EventPublisher(cfg.mqtt, on_acked=self._mark_published) if cfg.mqtt.enabled else None
+        )
         #: The authority's HPKE key (the one viewing opens segments with): the snapshot route
         #: opens each sealed snapshot to check it is the picture its event names.
         self.authority: vault_keys.RecipientPrivate | None = (
@@ -203,6 +207,9 @@ class Receiver:
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def _mark_published(self, unit: str, event_id: str) -> None:
+        await self.run_blocking(self.intake.mark_published, unit, event_id)
 
     # --- authentication -------------------------------------------------------------------------
 
@@ -468,15 +475,19 @@ class Receiver:
             return refuse(exc.status, exc.reason)
         if verdict.value == 201:
             self.counters["events"] += 1
-        if self.publisher is not None and (
-            verdict.value == 201
-            or await self.run_blocking(self.intake.is_unpublished, unit, event_id)
+        # Marked published (by the publisher's on_acked) once the broker acknowledged it.
+        if (
+            self.publisher is not None
+            and (
+                verdict.value == 201
+                or await self.run_blocking(self.intake.is_unpublished, unit, event_id)
+            )
+            and not await self.publisher.publish(unit, str(event["camera"]), event_id, body)
         ):
-            if not self.publisher.publish(unit, str(event["camera"]), body):
-                # Stored but not published: the unit keeps it and sends it again; the retry
-                # (a duplicate for the store) publishes it.
-                return refuse(503, f"event {event_id} stored but not yet published; send again")
-            await self.run_blocking(self.intake.mark_published, unit, event_id)
+            # Stored, not acknowledged in time: the unit keeps it and sends it again (the
+            # retry waits for the same message while paho still holds it); if the unit goes
+            # silent, the periodic republication publishes it.
+            return refuse(503, f"event {event_id} stored but not yet published; send again")
         return web.json_response({"status": verdict.name.lower()}, status=verdict.value)
 
     async def put_signing_certificate(self, request: web.Request) -> web.Response:
@@ -727,8 +738,19 @@ async def _serve(
         purging = asyncio.create_task(
             purge.run_periodically(cycle, cfg.retention, stop, receiver.run_blocking)
         )
+        republishing = (
+            None
+            if receiver.publisher is None
+            else asyncio.create_task(
+                mqtt_relay.republish_periodically(
+                    receiver.publisher, receiver.intake, receiver.run_blocking, stop
+                )
+            )
+        )
         await stop.wait()
         await purging
+        if republishing is not None:
+            await republishing
     finally:
         for server in servers:
             server.close()

@@ -130,7 +130,28 @@ class MqttConfig(_Section):
     topic_prefix: str = Field(default="edge", pattern=r"^[A-Za-z0-9/_-]{1,64}$")
     """Events go to ``<prefix>/<unit>/<camera>/events``."""
     qos: int = Field(default=1, ge=0, le=2)
-    """MQTT quality of service of event messages."""
+    """MQTT quality of service of event messages: 1 (PUBACK) or 2 (PUBCOMP). An event is
+    marked published only once the broker acknowledges it, so 0 (no acknowledgement, at most
+    once) is refused."""
+    ack_timeout_s: float = Field(default=5.0, gt=0, le=8)
+    """How long the unit's request waits for the broker's acknowledgement of its event; past
+    it the unit is answered 503 (stored, not yet published: send again). Below cluster mode's
+    10 s publication lease, so a receiver still waiting keeps its claim."""
+    republish_interval_s: float = Field(default=30.0, ge=1, le=3600)
+    """How often the receiver publishes stored events still unacknowledged (their unit has
+    gone silent, or a receiver died before the broker's acknowledgement); also at start."""
+    republish_batch: int = Field(default=100, ge=1, le=10_000)
+    """Most such events published per pass (the oldest first)."""
+
+    @field_validator("qos")
+    @classmethod
+    def _acknowledged(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError(
+                "qos 0 is never acknowledged by the broker (at most once: an event could be "
+                "lost); use 1 or 2"
+            )
+        return value
 
     @model_validator(mode="after")
     def _credentials(self) -> MqttConfig:

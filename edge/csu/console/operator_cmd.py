@@ -20,6 +20,7 @@ from ..receiver.access_log import AuditLog
 from .accounts import AuthMethod, OperatorStore
 from .credentials import new_totp_secret, totp_uri
 from .roles import OPERATOR_NAME, Role, Scope
+from .stores import operator_store
 
 
 def register(sub: Any) -> None:
@@ -146,9 +147,7 @@ def _common(p: argparse.ArgumentParser, *, name: bool, password: bool) -> None:
 
 def _open(args: argparse.Namespace) -> tuple[OperatorStore, AuditLog]:
     cfg = serve_config.load(args.config)
-    return OperatorStore(cfg.operators_db), AuditLog.with_key_file(
-        cfg.audit_log, cfg.audit_key_file
-    )
+    return operator_store(cfg), AuditLog.with_key_file(cfg.audit_log, cfg.audit_key_file)
 
 
 def _check_name(name: str) -> None:

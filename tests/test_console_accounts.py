@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from edge.csu.console import OperatorStore, Permission, Role, Scope
+from edge.csu.console.alerts import SqliteDecisions
 from edge.csu.console.credentials import (
     check_password,
     hash_password,
@@ -25,10 +26,14 @@ from edge.csu.console.credentials import (
     totp_at,
     totp_step,
 )
+from edge.csu.console.pgconsole import PgDecisions, PgOperatorStore
 from edge.csu.console.roles import LockoutPolicy, SessionPolicy, allows
+from edge.csu.console.stores import decision_log, operator_store
+from edge.csu.receiver.settings import ServeConfig
 from edge.errors import ConfigError
 
 from .pg_util import ConsoleDb, postgres
+from .test_csu_pgindex import _cluster_store
 from .uplink_util import free_port, make_csu
 
 RFC6238_SECRET = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"  # b"12345678901234567890" in base32
@@ -398,3 +403,44 @@ secret_file = "unused"
     operator("disable", "--name", "a.dupont")
     assert r2.session(result.session_token)[0] is None
     assert "disabled" in operator("list")
+
+
+def test_the_storage_mode_chooses_where_the_console_state_lives(
+    cluster: ConsoleDb, tmp_path: Path
+) -> None:
+    """What web.py and edge-csu operator construct: the operators' SQLite file in embedded
+    mode; in cluster mode the shared database, through the receiver's own connections."""
+    embedded = ServeConfig.model_validate({"operators_db": tmp_path / "operators.db"})
+    assert type(operator_store(embedded)) is OperatorStore
+    assert isinstance(decision_log(embedded), SqliteDecisions)
+    assert (tmp_path / "operators.db").exists()
+    assert cluster.conninfo is not None
+    intake = _cluster_store(cluster.conninfo, "r1", tmp_path / "secret")
+    try:
+        cfg = ServeConfig.model_validate(
+            {
+                "storage": "cluster",
+                "operators_db": tmp_path / "never.db",
+                "cluster": {
+                    "receiver_id": "r1",
+                    "database": {"conninfo": cluster.conninfo},
+                    "object_store": {
+                        "endpoint": "http://127.0.0.1:9", "bucket": "segments",
+                        "access_key": "k", "secret_file": tmp_path / "secret",
+                    },
+                },
+            }
+        )  # fmt: skip
+        store = operator_store(cfg, intake)
+        assert isinstance(store, PgOperatorStore) and isinstance(
+            decision_log(cfg, intake), PgDecisions
+        )
+        secret = new_totp_secret()
+        store.add("j.martin", Role.VIEWER, Scope(), PASSWORD, secret)
+        clock = Clock(time.time())
+        other = cluster.store(clock, "r2", lockout=LOCKOUT, sessions=SESSIONS)
+        token = other.login("j.martin", PASSWORD, code(secret, clock)).session_token
+        assert store.session(token)[0] is not None
+        assert not (tmp_path / "never.db").exists()
+    finally:
+        intake.close()

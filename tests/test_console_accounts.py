@@ -5,6 +5,7 @@ one-time codes."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -403,6 +404,10 @@ secret_file = "unused"
     operator("disable", "--name", "a.dupont")
     assert r2.session(result.session_token)[0] is None
     assert "disabled" in operator("list")
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [(r["action"], r["receiver"]) for r in records] == [
+        ("operator-add", "r1"), ("operator-unlock", "r1"), ("operator-disable", "r1"),
+    ]  # fmt: skip
 
 
 def test_the_storage_mode_chooses_where_the_console_state_lives(

@@ -452,3 +452,31 @@ def test_the_storage_mode_chooses_where_the_console_state_lives(
         assert not (tmp_path / "never.db").exists()
     finally:
         intake.close()
+
+
+def test_operator_commands_say_when_the_cluster_database_is_out_of_reach(tmp_path: Path) -> None:
+    config = tmp_path / "csu.toml"
+    config.write_text(
+        f"""storage = "cluster"
+
+[cluster]
+receiver_id = "r1"
+
+[cluster.database]
+conninfo = "host={tmp_path / "no-server"} dbname=edge"
+connect_timeout_s = 2
+
+[cluster.object_store]
+endpoint = "http://127.0.0.1:9"
+bucket = "unused"
+access_key = "unused"
+secret_file = "unused"
+"""
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "edge.csu.main", "operator", "list", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "the console's accounts are in the cluster's database, out of reach" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "operators.db").exists()

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from ...errors import ConfigError
+from ...errors import ConfigError, StorageUnavailableError
 from ..receiver.pgindex import PgSegmentIndex
 from .accounts import DEFAULT_LOCKOUT, DEFAULT_SESSIONS, OperatorStore, Transaction
 from .alerts import Alert, Decision, DecisionRecord
@@ -164,5 +164,11 @@ def database(cfg: ServeConfig, intake: object = None) -> PgConsoleDatabase:
         return PgConsoleDatabase(intake.index, receiver)
     db = cfg.cluster.database
     index = PgSegmentIndex(conninfo_of(db), receiver, connect_timeout_s=db.connect_timeout_s)
-    index.migrate()
+    try:
+        index.migrate()
+    except StorageUnavailableError as exc:
+        detail = str(exc).removeprefix("segment index: ")
+        raise StorageUnavailableError(
+            f"the console's accounts are in the cluster's database, out of reach: {detail}"
+        ) from None
     return PgConsoleDatabase(lambda: index, receiver)

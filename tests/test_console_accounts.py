@@ -404,12 +404,22 @@ secret_file = "unused"
     operator("unlock", "--name", "a.dupont")
     result = r2.login("a.dupont", PASSWORD, code(secret, clock))
     assert result.session is not None and result.session.operator.role is Role.SUPERVISOR
-    operator("disable", "--name", "a.dupont")
+    # a lost phone: new password and secret, the session ends on every receiver
+    reset = operator("reset", "--name", "a.dupont", "--password-stdin", stdin=PASSWORD + "!\n")
+    new_secret = reset.split("shown only now):\n", 1)[1].split()[0]
+    assert new_secret != secret and r2.session(result.session_token)[0] is None
+    clock.now += 30
+    result = r2.login("a.dupont", PASSWORD + "!", code(new_secret, clock))
+    assert result.session is not None
+    operator("set-auth", "--name", "a.dupont", "--auth", "certificate")
     assert r2.session(result.session_token)[0] is None
+    assert r2.get("a.dupont").auth.value == "certificate"  # type: ignore[union-attr]
+    operator("disable", "--name", "a.dupont")
     assert "disabled" in operator("list")
     records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert [(r["action"], r["receiver"]) for r in records] == [
-        ("operator-add", "r1"), ("operator-unlock", "r1"), ("operator-disable", "r1"),
+        ("operator-add", "r1"), ("operator-unlock", "r1"), ("operator-reset", "r1"),
+        ("operator-set-auth", "r1"), ("operator-disable", "r1"),
     ]  # fmt: skip
 
 

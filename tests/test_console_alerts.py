@@ -1,9 +1,12 @@
 """The alerts inbox's policy and book: false-alarm rates, scope of unit alarms, one settled
-decision per alert (escalation then a final one), time to decide from arrival."""
+decision per alert (escalation then a final one), time to decide from arrival; decisions on
+SQLite (embedded) and on PostgreSQL (cluster: settled once across receivers)."""
 
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,8 @@ from edge.csu.console.alerts import (
 from edge.csu.console.roles import Scope
 from edge.errors import ConfigError
 from edge.events import EventSigner
+
+from .pg_util import ConsoleDb, postgres
 
 
 def test_false_alarm_rate_counts_settled_decisions_per_rule() -> None:
@@ -58,14 +63,32 @@ def _store_event(storage: Path, signer: EventSigner, camera: str, **kw: str) -> 
     return str(event.body["id"])
 
 
-def test_decisions_are_scoped_timed_and_settled_once(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[str]:
+    with postgres() as info:
+        yield info
+
+
+@pytest.fixture(params=["embedded", "cluster"])
+def console(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ConsoleDb]:
+    server = request.getfixturevalue("pg_server") if request.param == "cluster" else None
+    db = ConsoleDb(request.param, tmp_path / "operators.db", server)
+    yield db
+    db.close()
+
+
+def test_decisions_are_scoped_timed_and_settled_once(tmp_path: Path, console: ConsoleDb) -> None:
     storage = tmp_path / "storage"
     signer = EventSigner(ed25519.Ed25519PrivateKey.generate(), "unit-a")
     street = _store_event(storage, signer, "street")
     door = _store_event(storage, signer, "door")
     _store_event(storage, signer, "street", category="count")  # counts are not alerts
     now = [1_800_000_042.0]
-    book = AlertBook(storage, tmp_path / "operators.db", clock=lambda: now[0])
+    book = AlertBook(
+        storage,
+        tmp_path / "operators.db" if console.kind == "embedded" else console.decisions(),
+        clock=lambda: now[0],
+    )
     scope = Scope.parse("unit-a/street")
     assert [a.id for a in book.alerts(scope)] == [street]
     assert book.find(scope, "unit-a", door) is None  # outside the scope: as if absent
@@ -115,3 +138,54 @@ def test_the_units_page_reads_door_and_tamper_from_the_latest_events(tmp_path: P
     put(DOOR_KIND, "unit", "alert", "raised", t0 + 30)
     assert unit_conditions(storage, "unit-a").door == "open"
     assert unit_conditions(storage, "unit-b") == UnitConditions(None, ())
+
+
+def test_two_receivers_racing_to_decide_one_alert_settle_it_once(
+    tmp_path: Path, pg_server: str
+) -> None:
+    """Cluster mode: two agents on two receivers decide the same alerts at the same moment;
+    for each alert exactly one decision is kept, the other agent is told whose it is (the
+    console's 409). An escalation then two final decisions at once: one final decision."""
+    storage = tmp_path / "storage"
+    signer = EventSigner(ed25519.Ed25519PrivateKey.generate(), "unit-a")
+    ids = [_store_event(storage, signer, "street") for _ in range(8)]
+    cluster = ConsoleDb("cluster", tmp_path / "unused.db", pg_server)
+    try:
+        books = [AlertBook(storage, cluster.decisions(r)) for r in ("r1", "r2")]
+        escalated = books[0].find(Scope(), "unit-a", ids[-1])
+        assert escalated is not None
+        books[0].decide(escalated, Decision.ESCALATE, "", "j.martin")
+        outcomes: dict[tuple[str, str], str] = {}
+        start = threading.Barrier(len(books))
+
+        def decide(book: AlertBook, who: str, decision: Decision) -> None:
+            start.wait()
+            for event_id in ids:
+                alert = book.find(Scope(), "unit-a", event_id)
+                assert alert is not None
+                try:
+                    book.decide(alert, decision, "", who)
+                    outcomes[(event_id, who)] = "kept"
+                except ConfigError as exc:
+                    outcomes[(event_id, who)] = str(exc)
+
+        threads = [
+            threading.Thread(target=decide, args=(books[0], "a.agent", Decision.CONFIRM)),
+            threading.Thread(target=decide, args=(books[1], "b.agent", Decision.DISMISS)),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for event_id in ids:
+            mine = [outcomes[(event_id, who)] for who in ("a.agent", "b.agent")]
+            assert mine.count("kept") == 1, mine
+            assert "already decided" in next(o for o in mine if o != "kept")
+            for book in books:  # both receivers see the one settling decision
+                alert = book.find(Scope(), "unit-a", event_id)
+                assert alert is not None and not alert.open
+                final = [d for d in alert.decisions if d.decision is not Decision.ESCALATE]
+                assert len(final) == 1
+        assert len([d for _, d in books[1].settled() if d is not Decision.ESCALATE]) == len(ids)
+    finally:
+        cluster.close()

@@ -4,7 +4,8 @@ to the first receiver; an operator watches and exports through the second, which
 unit: the HLS playlist and its segments decrypt and ffprobe cleanly over TLS, the MP4 export
 decodes, the evidence bundle verifies with ``edge-csu verify``, and the second receiver's own
 audit log records each view, naming itself. An object altered in the store is refused, never
-served."""
+served. An account made with ``edge-csu operator`` on the cluster's database logs in to the
+console through the first receiver; its session cookie is valid through the second."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import json
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.parse
 from pathlib import Path
@@ -24,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from edge.csu import lab
 from edge.csu.ca import cert_pem
+from edge.csu.console.credentials import totp_at, totp_step
 from edge.csu.main import main as edge_csu
 from edge.csu.receiver import access_log as csu_audit
 from edge.csu.receiver.objstore import ObjectStore, segment_key
@@ -83,6 +86,22 @@ def _get(port: int, path: str, token: str, ctx: ssl.SSLContext) -> tuple[int, by
         conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
         resp = conn.getresponse()
         return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def _console(
+    port: int, ctx: ssl.SSLContext, method: str, path: str, *, cookie: str = "", form: str = ""
+) -> tuple[int, http.client.HTTPMessage, str]:
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=30)
+    headers = {"Cookie": cookie} if cookie else {}
+    if form:
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+        headers["Origin"] = f"https://127.0.0.1:{port}"
+    try:
+        conn.request(method, path, body=form or None, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.headers, resp.read().decode(errors="replace")
     finally:
         conn.close()
 
@@ -213,6 +232,29 @@ def test_any_receiver_serves_any_camera_from_the_shared_stores(
             assert status == 422 and b"do not match their digest" in body, body
             status, _ = _get(first.operators_port or 0, f"{view}/media/3.m4s", token, ctx)
             assert status == 200  # the first receiver serves the camera as well
+
+            # --- the console: one account, one session, whichever receiver
+            added = subprocess.run(
+                [sys.executable, "-m", "edge.csu.main", "operator", "add", "--config",
+                 str(first.config), "--name", "v.agent", "--role", "viewer", "--password-stdin"],
+                input="correct horse battery\n", capture_output=True, text=True, timeout=60,
+                check=False,
+            )  # fmt: skip
+            assert added.returncode == 0, added.stderr[-2000:]
+            secret = added.stdout.split("shown only now):\n", 1)[1].split()[0]
+            form = urllib.parse.urlencode(
+                {"name": "v.agent", "password": "correct horse battery",
+                 "code": totp_at(secret, totp_step(time.time()))}
+            )  # fmt: skip
+            assert first.operators_port is not None
+            status, answer, page = _console(
+                first.operators_port, ctx, "POST", "/console/login", form=form
+            )
+            assert status == 303, page[:500]
+            cookie = (answer.get("Set-Cookie") or "").split(";", 1)[0]
+            assert cookie.startswith("__Host-edge-console="), answer
+            status, _, me = _console(port, ctx, "GET", "/console/api/me", cookie=cookie)
+            assert status == 200 and json.loads(me)["name"] == "v.agent", me[:500]
 
         # --- each receiver's own audit log, each record naming the receiver that served it
         served = csu_audit.read(second.directory / "audit.jsonl")

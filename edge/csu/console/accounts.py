@@ -1,4 +1,5 @@
-"""Operator accounts and console sessions, in one SQLite database beside the receiver's files.
+"""Operator accounts and console sessions, in one SQLite database beside the receiver's files
+(embedded mode) or in the cluster's PostgreSQL database (:mod:`.pgconsole`, cluster mode).
 
 The database holds no secret that opens a session by itself: passwords as scrypt hashes,
 session tokens as SHA-256. An account logs in with password and TOTP code (``totp``) or with
@@ -6,6 +7,14 @@ password and its console client certificate (``certificate``, :mod:`.certlogin`)
 opened with a certificate keeps that certificate's fingerprint and is refused over a connection
 presenting another. The TOTP secrets are in it (the server must compute codes), so the
 file is created 0600 and belongs with the CSU's keys in backups.
+
+:class:`OperatorStore` holds every rule and runs them on SQLite;
+:class:`.pgconsole.PgOperatorStore` is the same class on PostgreSQL, overriding only where the
+transaction comes from and the lock a log-in takes on its account's row (``FOR UPDATE``: two
+receivers checking one account's log-ins at once are serialised, so the failure count, the
+lock-out and the last used one-time code are each read and written by one of them at a time;
+SQLite's ``BEGIN IMMEDIATE`` already serialises every writer). The SQL is written once, with
+``?`` parameters.
 
 Thread-safety: one connection per call (sqlite3 in WAL mode serialises writers); the receiver
 calls these from its worker pool, the CLI from its one thread. At most ``CONCURRENT_LOGINS``
@@ -27,6 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any, Protocol
 
 from ...errors import ConfigError, StorageUnavailableError
 from .credentials import check_password, dummy_hash, hash_password, match_totp, password_problem
@@ -121,7 +131,17 @@ class LoginResult:
     """Why, for the audit log; the browser only ever sees one generic message."""
 
 
+class Transaction(Protocol):
+    """One open transaction of an accounts database: ``execute(sql, params)`` with ``?``
+    parameters, returning a cursor (``fetchone``, ``fetchall``, ``rowcount``)."""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any: ...
+
+
 class OperatorStore:
+    #: Appended to the log-in's read of its account: the row lock a shared database needs.
+    _FOR_UPDATE = ""
+
     def __init__(
         self,
         path: Path,
@@ -147,7 +167,7 @@ class OperatorStore:
             db.close()
 
     @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
+    def _db(self) -> Iterator[Transaction]:
         db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -211,7 +231,7 @@ class OperatorStore:
     def set_disabled(self, name: str, disabled: bool) -> None:
         with self._db() as db:
             self._require(db, name)
-            db.execute("UPDATE operators SET disabled=? WHERE name=?", (int(disabled), name))
+            db.execute("UPDATE operators SET disabled=? WHERE name=?", (disabled, name))
             if disabled:  # a disabled operator's open sessions end now, not at expiry
                 db.execute("DELETE FROM sessions WHERE name=?", (name,))
 
@@ -245,7 +265,7 @@ class OperatorStore:
             rows = db.execute(_SELECT + " ORDER BY name").fetchall()
         return [self._operator(r) for r in rows]
 
-    def _require(self, db: sqlite3.Connection, name: str) -> None:
+    def _require(self, db: Transaction, name: str) -> None:
         if not db.execute("SELECT 1 FROM operators WHERE name=?", (name,)).fetchone():
             raise ConfigError(f"no operator named {name}")
 
@@ -287,11 +307,7 @@ class OperatorStore:
     ) -> LoginResult:
         now = self.clock()
         with self._db() as db:
-            row = db.execute(
-                "SELECT password, totp_secret, totp_last_step, disabled, failures, last_failure,"
-                " auth FROM operators WHERE name=?",
-                (name,),
-            ).fetchone()
+            row = db.execute(_SELECT_LOGIN + self._FOR_UPDATE, (name,)).fetchone()
             if row is None:
                 check_password(password, dummy_hash())  # same time as a wrong password
                 return LoginResult(None, None, f"unknown operator {name[:64]!r}")
@@ -375,6 +391,10 @@ class OperatorStore:
             db.execute("DELETE FROM sessions WHERE token_sha256=?", (token_sha256,))
 
 
+_SELECT_LOGIN = (
+    "SELECT password, totp_secret, totp_last_step, disabled, failures, last_failure, auth"
+    " FROM operators WHERE name=?"
+)
 _SELECT = "SELECT name, role, scope, disabled, failures, last_failure, created, auth FROM operators"
 
 

@@ -4,9 +4,11 @@ each (decree 2023-828: the algorithm only signals; an agent confirms, dismisses 
 Events are read from the receiver's store (already verified against the unit's key when they
 arrived). Decisions go to the console database (one row per decision, never updated: an
 escalated alert gets a second, final decision later) and, by the caller, to the CSU's
-hash-chained audit log. Time to decide runs from the alert's arrival at the CSU (the file's
-modification time; in cluster mode the arrival the database recorded), the moment an agent
-could first see it.
+hash-chained audit log. That database is a :class:`DecisionLog`: the operators' SQLite file
+(:class:`SqliteDecisions`, embedded mode) or the cluster's PostgreSQL database
+(:class:`.pgconsole.PgDecisions`), where an alert is settled once across every receiver.
+Time to decide runs from the alert's arrival at the CSU (the file's modification time; in
+cluster mode the arrival the database recorded), the moment an agent could first see it.
 """
 
 from __future__ import annotations
@@ -125,17 +127,30 @@ def _source(storage: Path | EventSource) -> EventSource:
     return EventFiles(storage) if isinstance(storage, Path) else storage
 
 
-class AlertBook:
-    """Thread-safe as :class:`~.accounts.OperatorStore` is: a connection per call.
+class DecisionLog(Protocol):
+    """Where decisions are kept (one row per decision, never updated)."""
 
-    ``storage``: the receiver's store, or a storage directory (read only)."""
+    def record(self, alert: Alert, record: DecisionRecord) -> None:
+        """Add ``record`` to ``alert``'s decisions, unless the alert is settled (its last
+        decision is not an escalation): then :class:`ConfigError` naming that decision. Two
+        agents deciding at once are serialised: the second sees the first's decision."""
+        ...
 
-    def __init__(
-        self, storage: Path | EventSource, db: Path, *, clock: Callable[[], float] = time.time
-    ):
-        self.storage = _source(storage)
+    def of(self, ids: list[str]) -> dict[str, list[DecisionRecord]]:
+        """The decisions on these alerts, in the order they were taken."""
+        ...
+
+    def settled(self) -> list[tuple[str, Decision]]:
+        """(rule, decision) of every decision, for :func:`false_alarm_rates`."""
+        ...
+
+
+class SqliteDecisions:
+    """The decisions in the operators' SQLite database: a connection per call (thread-safe),
+    writers serialised by ``BEGIN IMMEDIATE``."""
+
+    def __init__(self, db: Path) -> None:
         self.db_path = db
-        self.clock = clock
         conn = sqlite3.connect(db, timeout=10)
         try:
             conn.executescript(_SCHEMA)
@@ -155,6 +170,59 @@ class AlertBook:
             raise
         finally:
             conn.close()
+
+    def record(self, alert: Alert, record: DecisionRecord) -> None:
+        with self._db() as conn:
+            last = conn.execute(
+                "SELECT decision, who FROM decisions WHERE event_id=? ORDER BY decided DESC",
+                (alert.id,),
+            ).fetchone()
+            if last is not None and last[0] != Decision.ESCALATE:
+                raise ConfigError(f"alert {alert.id} already decided ({last[0]} by {last[1]})")
+            conn.execute(
+                "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (alert.id, alert.unit, alert.camera, alert.rule, record.decision.value,
+                 record.comment, record.who, record.decided, record.time_to_decide_s),
+            )  # fmt: skip
+
+    def settled(self) -> list[tuple[str, Decision]]:
+        with self._db() as conn:
+            rows = conn.execute("SELECT rule, decision FROM decisions").fetchall()
+        return [(rule, Decision(d)) for rule, d in rows]
+
+    def of(self, ids: list[str]) -> dict[str, list[DecisionRecord]]:
+        out: dict[str, list[DecisionRecord]] = {}
+        if not ids:
+            return out
+        with self._db() as conn:
+            rows = conn.execute(
+                "SELECT event_id, decision, comment, who, decided, time_to_decide_s FROM "
+                "decisions WHERE event_id IN (SELECT value FROM json_each(?)) ORDER BY decided",
+                (json.dumps(ids),),
+            ).fetchall()
+            for event_id, d, comment, who, decided, ttd in rows:
+                out.setdefault(event_id, []).append(
+                    DecisionRecord(Decision(d), comment, who, decided, ttd)
+                )
+        return out
+
+
+class AlertBook:
+    """Thread-safe as its :class:`DecisionLog` is (both kinds are).
+
+    ``storage``: the receiver's store, or a storage directory (read only). ``db``: the
+    operators' SQLite database (embedded mode), or a :class:`DecisionLog`."""
+
+    def __init__(
+        self,
+        storage: Path | EventSource,
+        db: Path | DecisionLog,
+        *,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.storage = _source(storage)
+        self.decisions: DecisionLog = SqliteDecisions(db) if isinstance(db, Path) else db
+        self.clock = clock
 
     def _stored(self, scope: Scope) -> list[tuple[float, str, str, bytes]]:
         out = [
@@ -180,7 +248,7 @@ class AlertBook:
             found.append(_with_snapshot(_alert(body, received), self.storage))
             if len(found) >= MAX_LISTED:
                 break
-        decided = self._decisions([a.id for a in found])
+        decided = self.decisions.of([a.id for a in found])
         return [replace(a, decisions=tuple(decided.get(a.id, ()))) for a in found]
 
     def find(self, scope: Scope, unit: str, event_id: str) -> Alert | None:
@@ -191,7 +259,7 @@ class AlertBook:
         if not in_scope(scope, unit, str(body["camera"])):
             return None
         alert = _with_snapshot(_alert(body, stored.received), self.storage)
-        return replace(alert, decisions=tuple(self._decisions([event_id]).get(event_id, ())))
+        return replace(alert, decisions=tuple(self.decisions.of([event_id]).get(event_id, ())))
 
     def decide(self, alert: Alert, decision: Decision, comment: str, who: str) -> DecisionRecord:
         """Record ``who``'s decision; an alert already settled is refused (two agents on one
@@ -200,41 +268,12 @@ class AlertBook:
         record = DecisionRecord(
             decision, comment[:COMMENT_MAX], who, now, max(0.0, now - alert.received)
         )
-        with self._db() as conn:
-            last = conn.execute(
-                "SELECT decision, who FROM decisions WHERE event_id=? ORDER BY decided DESC",
-                (alert.id,),
-            ).fetchone()
-            if last is not None and last[0] != Decision.ESCALATE:
-                raise ConfigError(f"alert {alert.id} already decided ({last[0]} by {last[1]})")
-            conn.execute(
-                "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (alert.id, alert.unit, alert.camera, alert.rule, decision.value,
-                 record.comment, who, now, record.time_to_decide_s),
-            )  # fmt: skip
+        self.decisions.record(alert, record)
         return record
 
     def settled(self) -> list[tuple[str, Decision]]:
         """(rule, decision) of every decision, for :func:`false_alarm_rates`."""
-        with self._db() as conn:
-            rows = conn.execute("SELECT rule, decision FROM decisions").fetchall()
-        return [(rule, Decision(d)) for rule, d in rows]
-
-    def _decisions(self, ids: list[str]) -> dict[str, list[DecisionRecord]]:
-        out: dict[str, list[DecisionRecord]] = {}
-        if not ids:
-            return out
-        with self._db() as conn:
-            rows = conn.execute(
-                "SELECT event_id, decision, comment, who, decided, time_to_decide_s FROM "
-                "decisions WHERE event_id IN (SELECT value FROM json_each(?)) ORDER BY decided",
-                (json.dumps(ids),),
-            ).fetchall()
-            for event_id, d, comment, who, decided, ttd in rows:
-                out.setdefault(event_id, []).append(
-                    DecisionRecord(Decision(d), comment, who, decided, ttd)
-                )
-        return out
+        return self.decisions.settled()
 
 
 #: The unit alarm a cabinet door switch raises (edge/app/daemon.py) and clears.

@@ -20,6 +20,7 @@ from ..receiver.access_log import AuditLog
 from .accounts import AuthMethod, OperatorStore
 from .credentials import new_totp_secret, totp_uri
 from .roles import OPERATOR_NAME, Role, Scope
+from .stores import operator_store
 
 
 def register(sub: Any) -> None:
@@ -146,9 +147,12 @@ def _common(p: argparse.ArgumentParser, *, name: bool, password: bool) -> None:
 
 def _open(args: argparse.Namespace) -> tuple[OperatorStore, AuditLog]:
     cfg = serve_config.load(args.config)
-    return OperatorStore(cfg.operators_db), AuditLog.with_key_file(
-        cfg.audit_log, cfg.audit_key_file
-    )
+    # Cluster mode: the accounts are the cluster's, the record goes to this receiver's own
+    # log and names it, as the receiver's records do.
+    cluster = cfg.cluster if cfg.storage == "cluster" else None
+    stamp = {"receiver": cluster.receiver_id} if cluster is not None else None
+    audit = AuditLog.with_key_file(cfg.audit_log, cfg.audit_key_file, stamp=stamp)
+    return operator_store(cfg), audit
 
 
 def _check_name(name: str) -> None:

@@ -429,7 +429,9 @@ def cameras_in_scope(receiver: Receiver, scope: Scope) -> list[tuple[str, str]]:
 
 def mount(app: web.Application, receiver: Receiver) -> None:
     """Add the console's routes and its store to the operators' application."""
-    store = OperatorStore(receiver.cfg.operators_db)
+    from .stores import decision_log, operator_store
+
+    store = operator_store(receiver.cfg, receiver.intake)
     app[STORE_KEY] = store
     audit = receiver.audit
 
@@ -526,7 +528,7 @@ def mount(app: web.Application, receiver: Receiver) -> None:
         response.del_cookie(COOKIE, path="/", secure=True, samesite="Strict")
         raise response
 
-    book = AlertBook(receiver.store, receiver.cfg.operators_db)
+    book = AlertBook(receiver.store, decision_log(receiver.cfg, receiver.intake))
 
     async def page_principal(request: web.Request) -> Principal:
         """The logged-in operator of a page, or a redirect to the log-in form."""

@@ -94,11 +94,13 @@ class AuditLog:
         return None if self._key is None else self._key.public_key()
 
     @classmethod
-    def with_key_file(cls, path: Path, key_file: Path) -> AuditLog:
+    def with_key_file(
+        cls, path: Path, key_file: Path, *, stamp: dict[str, str] | None = None
+    ) -> AuditLog:
         """For the commands other than the receiver (which refuses to start without its key):
         they sign when they can read the key and otherwise write unsigned, saying why."""
         key, reason = open_signing_key(key_file)
-        return cls(path, key, unsigned_reason=reason)
+        return cls(path, key, unsigned_reason=reason, stamp=stamp)
 
     def _line(self, entry: dict[str, Any]) -> bytes:
         if self._key is not None:

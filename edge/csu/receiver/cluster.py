@@ -52,7 +52,7 @@ from .archive import (
 )
 from .objstore import ObjectStore, parse_key, segment_key
 from .pgindex import PgSegmentIndex
-from .settings import ClusterConfig
+from .settings import ClusterConfig, ClusterDatabaseConfig
 
 
 class ClusterArchive:
@@ -98,19 +98,23 @@ def _secret(path: Path, what: str) -> str:
         raise ConfigError(f"{path}: cannot read the {what} ({exc})") from None
 
 
+def conninfo_of(db: ClusterDatabaseConfig) -> str:
+    """The libpq connection string of ``[cluster.database]``, its password file's included."""
+    extra = (
+        {}
+        if db.password_file is None
+        else {"password": _secret(db.password_file, "database password")}
+    )
+    return psycopg.conninfo.make_conninfo(db.conninfo, **extra)
+
+
 class ClusterStore:
     """The receiver's store in cluster mode (see the module docstring). Thread-safe."""
 
     def __init__(self, cfg: ClusterConfig) -> None:
         self.receiver_id = cfg.receiver_id
-        db = cfg.database
-        extra = (
-            {}
-            if db.password_file is None
-            else {"password": _secret(db.password_file, "database password")}
-        )
-        self._conninfo = psycopg.conninfo.make_conninfo(db.conninfo, **extra)
-        self._timeout = db.connect_timeout_s
+        self._conninfo = conninfo_of(cfg.database)
+        self._timeout = cfg.database.connect_timeout_s
         o = cfg.object_store
         self.objects = ObjectStore(
             o.endpoint, o.bucket, o.access_key, o.secret_file, timeout_s=o.timeout_s,

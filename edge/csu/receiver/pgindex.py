@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import astuple, fields
 from typing import Any
 
@@ -132,6 +132,49 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX events_unpublished ON events (received_ns) WHERE NOT published;
     """,
+    # 6: the console's state, shared by every receiver (:mod:`edge.csu.console.pgconsole`):
+    # accounts, sessions (SHA-256 of the tokens), alert decisions. The columns of
+    # ``operators`` and ``sessions`` are those of the embedded operators' database.
+    """
+    CREATE TABLE operators (
+        name text PRIMARY KEY,
+        role text NOT NULL,
+        scope text NOT NULL,
+        password text NOT NULL,
+        totp_secret text NOT NULL,
+        totp_last_step bigint NOT NULL DEFAULT 0,
+        disabled boolean NOT NULL DEFAULT false,
+        failures integer NOT NULL DEFAULT 0,
+        last_failure double precision NOT NULL DEFAULT 0,
+        created double precision NOT NULL,
+        auth text NOT NULL DEFAULT 'totp'
+    );
+    CREATE TABLE sessions (
+        token_sha256 text PRIMARY KEY,
+        name text NOT NULL REFERENCES operators (name),
+        csrf text NOT NULL,
+        created double precision NOT NULL,
+        last_seen double precision NOT NULL,
+        cert_sha256 text
+    );
+    CREATE INDEX sessions_by_name ON sessions (name);
+    CREATE TABLE alert_decisions (
+        id bigserial PRIMARY KEY,
+        event_id text NOT NULL,
+        unit text NOT NULL,
+        camera text NOT NULL,
+        rule text NOT NULL,
+        decision text NOT NULL,
+        comment text NOT NULL,
+        who text NOT NULL,
+        decided double precision NOT NULL,
+        time_to_decide_s double precision NOT NULL,
+        receiver text NOT NULL
+    );
+    CREATE INDEX alert_decisions_event ON alert_decisions (event_id);
+    CREATE UNIQUE INDEX alert_decisions_settled ON alert_decisions (event_id)
+        WHERE decision <> 'escalate';
+    """,
 )
 
 #: A receiver that claimed an event's publication and said nothing for this long (killed,
@@ -168,6 +211,11 @@ class PgSegmentIndex:
         except psycopg.OperationalError as exc:
             self.close()
             raise StorageUnavailableError(f"segment index: {exc}".strip()) from None
+
+    def transaction(self) -> AbstractContextManager[psycopg.Cursor[Any]]:
+        """One transaction on this connection, for the console's tables (:mod:`edge.csu.
+        console.pgconsole`): a lost connection is :class:`StorageUnavailableError`."""
+        return self._transaction()
 
     def migrate(self) -> int:
         """Apply the migrations not yet applied; returns the schema version now in force."""

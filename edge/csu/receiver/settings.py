@@ -302,7 +302,8 @@ class ServeConfig(_Section):
     operators: list[OperatorConfig] = Field(default_factory=list, max_length=1000)
     """Bearer tokens (scripts, HLS players) authorised to view and export video."""
     operators_db: Path = Path("operators.db")
-    """Console accounts and sessions (``edge-csu operator``), SQLite, mode 0600."""
+    """Console accounts, sessions and alert decisions (``edge-csu operator``), SQLite, mode
+    0600; embedded mode only (cluster mode keeps them in the cluster's database)."""
     mqtt: MqttConfig = MqttConfig()
     """Event publishing."""
     limits: LimitsConfig = LimitsConfig()

@@ -13,13 +13,16 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 from pluggy import Result
+
+if TYPE_CHECKING:
+    from tests.pg_util import ConsoleDb
 
 REPO = Path(__file__).resolve().parent.parent
 IS_ROOT = os.geteuid() == 0
@@ -86,3 +89,23 @@ def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "edge-data"
     path.mkdir()
     return path
+
+
+# The console's stores on both backends (tests/test_console_accounts.py, test_console_alerts.py):
+# the embedded SQLite file, and the cluster's PostgreSQL (one server per test module).
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[str]:
+    from tests.pg_util import postgres
+
+    with postgres() as info:
+        yield info
+
+
+@pytest.fixture(params=["embedded", "cluster"])
+def console(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ConsoleDb]:
+    from tests.pg_util import ConsoleDb
+
+    server = request.getfixturevalue("pg_server") if request.param == "cluster" else None
+    db = ConsoleDb(request.param, tmp_path / "operators.db", server)
+    yield db
+    db.close()

@@ -34,7 +34,7 @@ from edge.csu.console.stores import decision_log, operator_store
 from edge.csu.receiver.settings import ServeConfig
 from edge.errors import ConfigError
 
-from .pg_util import ConsoleDb, postgres
+from .pg_util import ConsoleDb
 from .test_csu_pgindex import _cluster_store
 from .uplink_util import free_port, make_csu
 
@@ -104,20 +104,6 @@ def test_lockout_and_session_policies() -> None:
 
 LOCKOUT = LockoutPolicy(max_failures=3, lock_s=600)
 SESSIONS = SessionPolicy(idle_s=900, max_s=3600)
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[str]:
-    with postgres() as info:
-        yield info
-
-
-@pytest.fixture(params=["embedded", "cluster"])
-def console(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ConsoleDb]:
-    server = request.getfixturevalue("pg_server") if request.param == "cluster" else None
-    db = ConsoleDb(request.param, tmp_path / "operators.db", server)
-    yield db
-    db.close()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from edge.csu.console.roles import Scope
 from edge.errors import ConfigError
 from edge.events import EventSigner
 
-from .pg_util import ConsoleDb, postgres
+from .pg_util import ConsoleDb
 
 
 def test_false_alarm_rate_counts_settled_decisions_per_rule() -> None:
@@ -61,20 +60,6 @@ def _store_event(storage: Path, signer: EventSigner, camera: str, **kw: str) -> 
     path.write_bytes(event.wire())
     os.utime(path, (1_800_000_000.0, 1_800_000_000.0))  # arrived at the CSU then
     return str(event.body["id"])
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[str]:
-    with postgres() as info:
-        yield info
-
-
-@pytest.fixture(params=["embedded", "cluster"])
-def console(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ConsoleDb]:
-    server = request.getfixturevalue("pg_server") if request.param == "cluster" else None
-    db = ConsoleDb(request.param, tmp_path / "operators.db", server)
-    yield db
-    db.close()
 
 
 def test_decisions_are_scoped_timed_and_settled_once(tmp_path: Path, console: ConsoleDb) -> None:

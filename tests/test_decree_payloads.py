@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from edge.config import (
     AnalyticsConfig,
     CameraAnalyticsConfig,
     CameraConfig,
+    EdgeConfig,
     FallenPersonRuleConfig,
     FireRuleConfig,
     IntrusionRuleConfig,
@@ -152,13 +154,16 @@ def test_the_provenance_identifies_model_and_configuration() -> None:
     assert decree.model_digest(with_model) == sha256_file(face_model())
 
 
-def test_alerts_through_the_real_analytics_process_carry_their_provenance(
-    data_dir: Path,
-) -> None:
-    cfg = motion_only_config(data_dir)
-    tamper = TamperConfig(signal_lost_seconds=1.0, learn_seconds=0.5)
-    cams = [CameraAnalyticsConfig(camera="cam1", tamper=tamper)]
-    cfg = cfg.model_copy(update={"analytics": cfg.analytics.model_copy(update={"cameras": cams})})
+def _with_camera(cfg: EdgeConfig, cam: CameraAnalyticsConfig) -> EdgeConfig:
+    return cfg.model_copy(update={"analytics": cfg.analytics.model_copy(update={"cameras": [cam]})})
+
+
+def _run_analytics(
+    cfg: EdgeConfig, done: Callable[[list[SignedEvent]], bool], *, quiet_after: bool = False
+) -> list[SignedEvent]:
+    """Feed the street scene to a real analytics process of cam1 until ``done`` holds of the
+    events it sent (``quiet_after``: then stop feeding and wait for ``done`` again, so that a
+    signal loss can be raised); its signed events."""
     events: list[SignedEvent] = []
     cam: CameraConfig = cfg.cameras[0]
     bridge = AnalyticsBridge(cfg, cam, listeners=[events.append], mqtt=False)
@@ -167,19 +172,79 @@ def test_alerts_through_the_real_analytics_process_carry_their_provenance(
     src.open()
     try:
         assert wait_for(lambda: bridge.stats()["state"] == "running")
-        end = time.monotonic() + 1.5
-        while time.monotonic() < end:
+        deadline = time.monotonic() + 20
+        while not (quiet_after or done(list(events))) and time.monotonic() < deadline:
             frame = src.read()
             assert frame is not None
             frame.mono_ns = time.monotonic_ns()
             bridge.offer(frame)
             time.sleep(1 / 25)
-        assert wait_for(lambda: any(e.kind == "signal_lost" for e in events), 5)
+        if quiet_after:  # frames for a while, then none
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:
+                frame = src.read()
+                assert frame is not None
+                frame.mono_ns = time.monotonic_ns()
+                bridge.offer(frame)
+                time.sleep(1 / 25)
+        assert wait_for(lambda: done(list(events)), 10)
     finally:
         src.close()
         bridge.stop()
+    return events
+
+
+def _counts(events: list[SignedEvent]) -> list[SignedEvent]:
+    return [e for e in events if e.body["category"] == "count"]
+
+
+def test_alerts_through_the_real_analytics_process_carry_their_provenance(
+    data_dir: Path,
+) -> None:
+    tamper = TamperConfig(signal_lost_seconds=1.0, learn_seconds=0.5)
+    kerb = LineRuleConfig(name="kerb", points=((0.5, 0.0), (0.5, 1.0)), interval_seconds=1.0)
+    cfg = _with_camera(
+        motion_only_config(data_dir),
+        CameraAnalyticsConfig(camera="cam1", tamper=tamper, lines=[kerb]),
+    )
+    events = _run_analytics(
+        cfg,
+        lambda evs: bool(_counts(evs)) and any(e.kind == "signal_lost" for e in evs),
+        quiet_after=True,
+    )
     public = load_signing_public_key(keys_dir_of(data_dir))
+    expected = decree.provenance(cfg, "cam1")
+    assert expected["model_sha256"] == "motion-only"
     alert = next(e for e in events if e.kind == "signal_lost")
     body = verify_wire(alert.wire(), public)  # signed with the rest of the body
-    assert body["provenance"] == decree.provenance(cfg, "cam1")
-    assert body["provenance"]["model_sha256"] == "motion-only"
+    assert body["provenance"] == expected
+    # counts too: the same provenance, signed with the count and its FIWARE entities
+    for count in _counts(events):
+        body = verify_wire(count.wire(), public)
+        assert body["provenance"] == expected
+        assert "fiware" in body
+
+
+def test_counts_of_a_changed_configuration_carry_its_version(data_dir: Path) -> None:
+    """A line set otherwise (its hysteresis) is another configuration: the counts made after
+    the change say so, and the model is the same."""
+    versions = []
+    for hysteresis in (0.01, 0.03):
+        kerb = LineRuleConfig(
+            name="kerb",
+            points=((0.5, 0.0), (0.5, 1.0)),
+            interval_seconds=1.0,
+            hysteresis=hysteresis,
+        )
+        cfg = _with_camera(
+            motion_only_config(data_dir), CameraAnalyticsConfig(camera="cam1", lines=[kerb])
+        )
+        counts = _counts(_run_analytics(cfg, lambda evs: bool(_counts(evs))))
+        public = load_signing_public_key(keys_dir_of(data_dir))  # made at the first start
+        bodies = [verify_wire(c.wire(), public) for c in counts]
+        assert {b["provenance"]["config_sha256"] for b in bodies} == {
+            decree.config_version(cfg, "cam1")
+        }
+        assert {b["provenance"]["model_sha256"] for b in bodies} == {"motion-only"}
+        versions.append(bodies[0]["provenance"]["config_sha256"])
+    assert versions[0] != versions[1]

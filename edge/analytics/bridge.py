@@ -73,22 +73,21 @@ def seal_draft(
 ) -> SignedEvent:
     """Sign a checked draft of ``camera``'s analytics process; count events get their FIWARE
     entities here, from the counts, so that the child has no say in the unit or camera named;
-    alerts and tamper events get ``provenance`` (model digest, configuration version)."""
-    extra: dict[str, Any] | None = None
-    if draft.category != "count" and provenance is not None:
-        extra = {"provenance": dict(provenance)}
+    every event (counts, alerts, tamper) gets ``provenance`` (model digest, configuration
+    version), signed with the rest."""
+    extra: dict[str, Any] = {}
+    if provenance is not None:
+        extra["provenance"] = dict(provenance)
     if draft.category == "count" and draft.interval_start_ns is not None:
-        extra = {
-            "fiware": count_entities(
-                unit=signer.unit_id,
-                camera=camera,
-                line=draft.rule,
-                start_wall_ns=draft.interval_start_ns,
-                end_wall_ns=draft.wall_ns,
-                counts=channel.parse_counts(draft.details),
-            )
-        }
-    return signer.seal(draft, camera=camera, extra=extra)
+        extra["fiware"] = count_entities(
+            unit=signer.unit_id,
+            camera=camera,
+            line=draft.rule,
+            start_wall_ns=draft.interval_start_ns,
+            end_wall_ns=draft.wall_ns,
+            counts=channel.parse_counts(draft.details),
+        )
+    return signer.seal(draft, camera=camera, extra=extra or None)
 
 
 class ChildState(enum.Enum):

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 from edge import config
+from edge.analytics import decree
+from edge.analytics.bridge import seal_draft
 from edge.cli.main import main as edgectl
-from edge.config import RecipientKem
+from edge.config import CameraAnalyticsConfig, LineRuleConfig, RecipientKem
 from edge.csu.main import main as edge_csu
-from edge.events import EventSigner, SignedEvent, jpeg_snapshot
+from edge.events import EventDraft, EventSigner, SignedEvent, jpeg_snapshot
 from edge.identity.unitkeys import keys_dir_of, load_signing_key, load_signing_public_key
 from edge.vault import layout
 from edge.vault.bundle import verify_bundle
@@ -181,6 +183,68 @@ def test_edgectl_events_lists_filters_and_sums_counts(
     assert edgectl(["events", "--config", str(cfg), *early, "--counts"]) == 0
     out = capsys.readouterr().out
     assert "kerb" in out and out.split()[-1] == "3" and "gate" not in out
+
+
+def test_edgectl_events_counts_say_which_model_and_configuration_made_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Counts sealed by edged with the provenance of two configurations (a line changed in
+    between) are kept with it and summed apart: each total says what produced it."""
+    csu = make_csu(tmp_path / "csu")
+    data = tmp_path / "data"
+    cfg_path = _config(tmp_path, data, csu)
+    edge_cfg = config.load(cfg_path)[0]
+    kerb = LineRuleConfig(name="kerb", points=((0.5, 0.0), (0.5, 1.0)), interval_seconds=60)
+    before = edge_cfg.model_copy(
+        update={
+            "analytics": edge_cfg.analytics.model_copy(
+                update={"cameras": [CameraAnalyticsConfig(camera="cam1", lines=[kerb])]}
+            )
+        }
+    )
+    moved = kerb.model_copy(update={"points": ((0.4, 0.0), (0.4, 1.0))})
+    after = before.model_copy(
+        update={
+            "analytics": before.analytics.model_copy(
+                update={"cameras": [CameraAnalyticsConfig(camera="cam1", lines=[moved])]}
+            )
+        }
+    )
+    vault = Vault.from_config(edge_cfg, background=False)
+    signer = _signer(data, "unit-7")
+    for n, cfg in ((1, before), (2, before), (3, after)):
+        draft = EventDraft(
+            category="count",
+            kind="line_crossing",
+            rule="kerb",
+            wall_ns=WALL0 + n * 60 * SEC,
+            frame_index=40 * n,
+            details={"counts": {"person/forward": n}, "interval_seconds": 60.0},
+            interval_start_ns=WALL0 + (n - 1) * 60 * SEC,
+        )
+        vault.record_event(seal_draft(signer, "cam1", draft, decree.provenance(cfg, "cam1")))
+    vault.close()
+    span = ["--config", str(cfg_path), "--from", f"@{WALL0 // SEC}"]
+    span += ["--to", f"@{WALL0 // SEC + 600}"]
+
+    capsys.readouterr()
+    assert edgectl(["events", *span, "--json", "--category", "count"]) == 0
+    kept = [json.loads(x)["event"] for x in capsys.readouterr().out.splitlines()]
+    assert [e["provenance"] for e in kept] == [
+        decree.provenance(before, "cam1"),
+        decree.provenance(before, "cam1"),
+        decree.provenance(after, "cam1"),
+    ]
+    assert edgectl(["events", *span, "--counts", "--json"]) == 0
+    totals = json.loads(capsys.readouterr().out)["counts"]
+    assert sorted((r["count"], r["provenance"]["config_sha256"]) for r in totals) == [
+        (3, decree.config_version(before, "cam1")),
+        (3, decree.config_version(after, "cam1")),
+    ]
+    assert {r["provenance"]["model_sha256"] for r in totals} == {"motion-only"}
+    assert edgectl(["events", *span, "--counts"]) == 0
+    table = capsys.readouterr().out
+    assert decree.config_version(after, "cam1")[:12] in table and "MODEL" in table
 
 
 def test_retention_removes_events_with_the_recordings_of_their_time(tmp_path: Path) -> None:

@@ -87,20 +87,40 @@ def summary(body: dict[str, Any]) -> str:
     return " ".join(items)
 
 
+def _provenance_of(body: dict[str, Any]) -> tuple[str, str]:
+    """The (model, configuration) digests a count was signed with; empty for a count kept
+    before counts carried them."""
+    prov = body.get("provenance")
+    if not isinstance(prov, dict):
+        return "", ""
+    return str(prov.get("model_sha256", "")), str(prov.get("config_sha256", ""))
+
+
 def count_totals(events: list[StoredEvent]) -> list[dict[str, Any]]:
-    """Line counts summed per camera, line, class and direction (verified events only)."""
-    totals: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
+    """Line counts summed per camera, line, class and direction (verified events only), and
+    per provenance: counts made by another model or configuration are another row."""
+    totals: collections.Counter[tuple[str, str, str, str, str, str]] = collections.Counter()
     for ev in events:
         body = ev.body
         if body is None or body.get("category") != "count":
             continue
+        model, conf = _provenance_of(body)
         for key, n in (body.get("details", {}).get("counts") or {}).items():
             label, _, way = str(key).partition("/")
             if isinstance(n, int) and not isinstance(n, bool):
-                totals[(ev.camera, str(body.get("rule")), label, way)] += n
+                totals[(ev.camera, str(body.get("rule")), label, way, model, conf)] += n
     return [
-        {"camera": c, "line": line, "class": label, "direction": way, "count": n}
-        for (c, line, label, way), n in sorted(totals.items())
+        {
+            "camera": c,
+            "line": line,
+            "class": label,
+            "direction": way,
+            "count": n,
+            "provenance": (
+                {"model_sha256": model, "config_sha256": conf} if model or conf else None
+            ),
+        }
+        for (c, line, label, way, model, conf), n in sorted(totals.items())
     ]
 
 
@@ -180,9 +200,15 @@ def _print_counts(
         print(f"no line count in {span}")
         return
     print(f"line counts, {span}")
-    print(f"{'CAMERA':<10} {'LINE':<14} {'CLASS':<12} {'DIRECTION':<10} {'COUNT':>7}")
+    print(
+        f"{'CAMERA':<10} {'LINE':<14} {'CLASS':<12} {'DIRECTION':<10} {'MODEL':<12} "
+        f"{'CONFIG':<12} {'COUNT':>7}"
+    )
     for row in totals:
+        prov = row["provenance"] or {}
+        model = str(prov.get("model_sha256") or "-")[:12]
+        conf = str(prov.get("config_sha256") or "-")[:12]
         print(
             f"{row['camera']:<10} {row['line']:<14} {row['class']:<12} {row['direction']:<10} "
-            f"{row['count']:>7}"
+            f"{model:<12} {conf:<12} {row['count']:>7}"
         )

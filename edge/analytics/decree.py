@@ -1,6 +1,6 @@
 """What an analytics event may say: decree n° 2023-828 allows signalling events, never
 identifying anyone. Pure checks, applied by edged to every draft of the analytics process
-(:mod:`edge.analytics.channel`) before it signs it, and the provenance every alert carries.
+(:mod:`edge.analytics.channel`) before it signs it, and the provenance every event carries.
 
 * **No identity, no biometrics, no face output.** An event's ``details`` hold only the fields
   of :data:`DETAIL_FIELDS`, each of its type: counts, durations, ratios, an anonymous track
@@ -9,9 +9,10 @@ identifying anyone. Pure checks, applied by edged to every draft of the analytic
   ``object`` without a model). No nesting beyond the counts, no free text, no field that could
   hold a face crop, landmarks, an embedding, a plate or a name. A key that names such a thing
   is refused with its reason; any other unknown key is refused too.
-* **Provenance.** Every alert carries, signed, the SHA-256 of the model that produced it
-  (``motion-only`` without one) and the version of the analytics configuration in force (the
-  SHA-256 of its canonical JSON): what was deployed when the alert was raised can be proven.
+* **Provenance.** Every event of the analytics process (counts, alerts, tamper) carries,
+  signed, the SHA-256 of the model that produced it (``motion-only`` without one) and the
+  version of the analytics configuration in force (the SHA-256 of its canonical JSON): what
+  was deployed when an alert was raised or a count made can be proven.
 """
 
 from __future__ import annotations
@@ -164,5 +165,6 @@ def model_digest(cfg: EdgeConfig) -> str:
 
 
 def provenance(cfg: EdgeConfig, camera: str) -> dict[str, str]:
-    """What every alert of ``camera`` carries (signed, under ``provenance``)."""
+    """What every event of ``camera``'s analytics (counts, alerts, tamper) carries, signed,
+    under ``provenance``."""
     return {"model_sha256": model_digest(cfg), "config_sha256": config_version(cfg, camera)}

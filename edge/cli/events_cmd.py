@@ -33,7 +33,8 @@ def register(sub: Any) -> None:
         help="counts and alerts kept on the unit (signed; table or JSON)",
         description="List the signed events the vault keeps (line counts, rule alerts, tamper, "
         "unit alarms), oldest first, each verified with the unit's key; --counts sums the line "
-        "counts per camera, line, class and direction instead. Default range: the last 24 h. "
+        "counts per camera, line, class, direction and provenance (model and configuration "
+        "digests) instead. Default range: the last 24 h. "
         "Snapshots are sealed to the CSU and never shown here. Exit 0: every event verifies; "
         "1: some do not (listed as DAMAGED); 2: could not read.",
         example=[

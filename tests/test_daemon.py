@@ -240,3 +240,75 @@ def test_failed_reload_keeps_the_running_pipeline_and_says_so(
     assert "missing-face.tflite" in log
     assert "[cam1] camera settings changed: restarting its pipeline" in log
     assert "configuration reloaded from" in log
+
+
+def test_new_analytics_rules_reach_the_running_analytics_on_sighup(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """A line moved by the installer (or by a signed configuration document) restarts that
+    camera's analytics process with the new rules, without stopping its recording; a reload
+    that changes nothing of the analytics leaves the process alone."""
+    import shutil
+    import tempfile
+
+    from edge.app import control
+
+    sockdir = Path(tempfile.mkdtemp(prefix="edge-an-"))
+    analytics = """
+[analytics]
+enabled = true
+rate_fps = 5
+width = 160
+slots = 2
+[[analytics.cameras]]
+camera = "cam1"
+[[analytics.cameras.lines]]
+name = "crossing"
+points = [[0.5, 0.0], [0.5, 1.0]]
+"""
+    extra = f'\n[control]\nsocket = "{sockdir}/control.sock"\n{analytics}'
+    config = write_config(tmp_path / "edge.toml", data_dir, extra=extra)
+
+    def analytics_pid() -> int | None:
+        status = control.call(sockdir / "control.sock", "status", timeout=10.0)
+        [cam] = (status.get("analytics") or {}).get("cameras", [{"pid": None, "running": 0}])
+        return int(cam["pid"]) if cam["running"] else None
+
+    def wait_pid(other_than: int | None) -> int:
+        deadline = time.monotonic() + 30
+        while (pid := analytics_pid()) is None or pid == other_than:
+            assert time.monotonic() < deadline, "no analytics process running"
+            time.sleep(0.1)
+        return pid
+
+    try:
+        with running_edged(config, tmp_path) as (proc, notify):
+            notify.wait_for("READY=1", timeout=30)
+            daemon_log = DaemonLog(proc)
+            first = wait_pid(None)
+            # Nothing of the analytics changes: the same process goes on.
+            config.write_text(
+                config.read_text().replace('preset = "ultrafast"', 'preset = "ultrafast"\n')
+            )
+            proc.send_signal(signal.SIGHUP)
+            daemon_log.wait_for("configuration reloaded from", timeout=30)
+            assert analytics_pid() == first
+            before = len(_segments(data_dir))
+            config.write_text(
+                config.read_text().replace("[[0.5, 0.0], [0.5, 1.0]]", "[[0.3, 0.0], [0.3, 1.0]]")
+            )
+            proc.send_signal(signal.SIGHUP)
+            daemon_log.wait_for("analytics settings changed: its analytics process restarted", 30)
+            daemon_log.wait_for("configuration reloaded from", timeout=30)
+            second = wait_pid(first)
+            assert second != first and not Path(f"/proc/{first}/cmdline").exists()
+            deadline = time.monotonic() + 30
+            while len(_segments(data_dir)) < before + 2:  # recording went on throughout
+                assert time.monotonic() < deadline, "recording stopped"
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+            log = daemon_log.read_all()
+    finally:
+        shutil.rmtree(sockdir, ignore_errors=True)
+    assert "camera settings changed: restarting its pipeline" not in log

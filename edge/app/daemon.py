@@ -824,15 +824,29 @@ class Daemon:
         # Signed, polygons included, before any segment commits to it (docs/PRIVACY.md).
         self.audit(MASK_SET_ACTION, pipeline.mask_set().record(config_version(cfg)))
         self.pipelines[cam.id] = pipeline
+        self._start_analytics(pipeline, cfg)
+        pipeline.start()
+
+    def _start_analytics(self, pipeline: CameraPipeline, cfg: EdgeConfig) -> None:
         if cfg.analytics.enabled and self.alerts is not None:
             # Its own process, fed masked frames from the capture thread; never blocks it.
             bridge = AnalyticsBridge(
-                cfg, cam, listeners=[self.alerts.publish], mqtt=False, pool=self.frame_pool
+                cfg, pipeline.cam, listeners=[self.alerts.publish], mqtt=False, pool=self.frame_pool
             )
             pipeline.add_observer(bridge.offer)
             bridge.start()
-            self.analytics[cam.id] = bridge
-        pipeline.start()
+            self.analytics[pipeline.cam.id] = bridge
+
+    def _restart_analytics(self, cam_id: str, cfg: EdgeConfig) -> None:
+        """New analytics settings for a camera whose pipeline goes on: its analytics process
+        is replaced (a few seconds without analysis; recording never stops)."""
+        pipeline = self.pipelines[cam_id]
+        old = self.analytics.pop(cam_id, None)
+        if old is not None:
+            pipeline.remove_observer(old.offer)
+            old.stop()
+        self._start_analytics(pipeline, cfg)
+        log.info("[%s] analytics settings changed: its analytics process restarted", cam_id)
 
     def _stop_camera(self, cam_id: str) -> None:
         self.pipelines.pop(cam_id).stop()
@@ -1052,6 +1066,12 @@ class Daemon:
             self._reload_outcome(False, f"{type(exc).__name__}: {exc}", origin)
             return False
         version = config_version(new)
+        for cam_id in new_cams.keys() - set(touched):
+            if _analytics_settings(self.cfg, cam_id) != _analytics_settings(new, cam_id):
+                try:
+                    self._restart_analytics(cam_id, new)
+                except Exception:  # recording goes on; the status shows analytics is down
+                    log.exception("[%s] analytics could not restart with its new settings", cam_id)
         for cam_id, cam in new_cams.items():
             old = old_cams.get(cam_id)
             if old is None or cam_id in touched:
@@ -1248,6 +1268,13 @@ def _face_blur_settings(cfg: EdgeConfig, cam_id: str) -> tuple[object, ...]:
     if not an.for_camera(cam_id).face_blur:
         return ()
     return (an.face_model_path, an.face_model_sha256)
+
+
+def _analytics_settings(cfg: EdgeConfig, cam_id: str) -> tuple[object, ...]:
+    """What a camera's analytics process is built from: the analytics section less the other
+    cameras' rules, and this camera's rules. A change restarts that process only."""
+    an = cfg.analytics
+    return (an.model_copy(update={"cameras": []}), an.for_camera(cam_id))
 
 
 def _without_masks(cam: CameraConfig) -> CameraConfig:

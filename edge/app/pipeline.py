@@ -219,7 +219,11 @@ class CameraPipeline:
         )
 
     def add_observer(self, observer: FrameObserver) -> None:
-        self._observers.append(observer)
+        # A new list, not a change of the one the capture thread may be walking.
+        self._observers = [*self._observers, observer]
+
+    def remove_observer(self, observer: FrameObserver) -> None:
+        self._observers = [o for o in self._observers if o != observer]
 
     @property
     def masker(self) -> PrivacyMasker:

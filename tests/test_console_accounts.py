@@ -402,7 +402,10 @@ secret_file = "unused"
     assert r2.get("a.dupont").auth.value == "certificate"  # type: ignore[union-attr]
     operator("disable", "--name", "a.dupont")
     assert "disabled" in operator("list")
-    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    # the records go to the cluster's shared audit chain (no local audit.jsonl)
+    assert not (tmp_path / "audit.jsonl").exists()
+    rows = cluster.rows("SELECT line FROM audit_chain ORDER BY seq")
+    records = [json.loads(str(line)) for (line,) in rows]
     assert [(r["action"], r["receiver"]) for r in records] == [
         ("operator-add", "r1"), ("operator-unlock", "r1"), ("operator-reset", "r1"),
         ("operator-set-auth", "r1"), ("operator-disable", "r1"),

@@ -2,14 +2,16 @@
 store (Swift). A unit's real H.264 segments, its epoch envelope and its evidence certificate go
 to the first receiver; an operator watches and exports through the second, which never saw the
 unit: the HLS playlist and its segments decrypt and ffprobe cleanly over TLS, the MP4 export
-decodes, the evidence bundle verifies with ``edge-csu verify``, and the second receiver's own
-audit log records each view, naming itself. An object altered in the store is refused, never
-served. An account made with ``edge-csu operator`` on the cluster's database logs in to the
-console through the first receiver; its session cookie is valid through the second."""
+decodes, the evidence bundle verifies with ``edge-csu verify``, and the cluster's one audit
+chain records each view, naming the receiver that served it. An object altered in the store is
+refused, never served. An account made with ``edge-csu operator`` on the cluster's database
+logs in to the console through the first receiver; its session cookie is valid through the
+second."""
 
 from __future__ import annotations
 
 import hashlib
+import html
 import http.client
 import json
 import socket
@@ -28,7 +30,6 @@ from edge.csu import lab
 from edge.csu.ca import cert_pem
 from edge.csu.console.credentials import totp_at, totp_step
 from edge.csu.main import main as edge_csu
-from edge.csu.receiver import access_log as csu_audit
 from edge.csu.receiver.objstore import ObjectStore, segment_key
 from edge.csu.receiver.pgindex import PgSegmentIndex
 from edge.uplink.protocol import (
@@ -236,7 +237,8 @@ def test_any_receiver_serves_any_camera_from_the_shared_stores(
             # --- the console: one account, one session, whichever receiver
             added = subprocess.run(
                 [sys.executable, "-m", "edge.csu.main", "operator", "add", "--config",
-                 str(first.config), "--name", "v.agent", "--role", "viewer", "--password-stdin"],
+                 str(first.config), "--name", "v.agent", "--role", "supervisor",
+                 "--password-stdin"],
                 input="correct horse battery\n", capture_output=True, text=True, timeout=60,
                 check=False,
             )  # fmt: skip
@@ -255,17 +257,28 @@ def test_any_receiver_serves_any_camera_from_the_shared_stores(
             assert cookie.startswith("__Host-edge-console="), answer
             status, _, me = _console(port, ctx, "GET", "/console/api/me", cookie=cookie)
             assert status == 200 and json.loads(me)["name"] == "v.agent", me[:500]
+            # the Journal, through the second receiver, is the cluster's one chain: the log-in
+            # through the first is there, next to the views served by the second
+            status, _, journal = _console(port, ctx, "GET", "/console/audit", cookie=cookie)
+            assert status == 200, journal[:500]
+            shown = html.unescape(journal)
+            assert f'"receiver": "{first.name}"' in shown, shown[-3000:]
+            assert f'"receiver": "{second.name}"' in shown and "view-media" in shown
 
-        # --- each receiver's own audit log, each record naming the receiver that served it
-        served = csu_audit.read(second.directory / "audit.jsonl")
+        # --- one audit chain in the database, shared by both receivers, each record naming
+        # the receiver that served it and signed with that one's key
+        assert not (second.directory / "audit.jsonl").exists()
+        with psycopg.connect(pg.conninfo) as db:
+            chain = db.execute("SELECT receiver, line FROM audit_chain ORDER BY seq").fetchall()
+        records = [json.loads(str(line)) for _, line in chain]
+        assert [e["receiver"] for e in records] == [str(r) for r, _ in chain]
+        served = [e for e in records if e["receiver"] == second.name]
         actions = {e["action"] for e in served if e["who"] == "alice"}
         assert {"view-recorded", "view-init", "view-media", "view-live", "export"} <= actions
-        assert all(e["receiver"] == second.name for e in served)
-        assert all(
-            e["receiver"] == first.name for e in csu_audit.read(first.directory / "audit.jsonl")
-        )
-        audit_key, _ = csu_audit.open_signing_key(second.directory / "audit-key.pem")
-        assert audit_key is not None
-        checked = csu_audit.verify(second.directory / "audit.jsonl", audit_key.public_key())
-        assert checked.problem is None and checked.signed == checked.count == len(served)
+        assert {e["receiver"] for e in records} == {first.name, second.name}
+        capsys.readouterr()
+        code = edge_csu(["audit", "verify", "--config", str(second.config), "--json"])
+        checked = json.loads(capsys.readouterr().out)
+        assert code == 0 and checked["ok"], checked
+        assert checked["signed"] == checked["count"] == len(records)
     print(f"cluster view end to end: {time.monotonic() - started:.1f} s")

@@ -16,7 +16,8 @@ from typing import Any
 from ...clihelp import add_command
 from ...errors import ConfigError
 from ..receiver import settings as serve_config
-from ..receiver.access_log import AuditLog
+from ..receiver.access_log import AuditLog, open_signing_key
+from ..receiver.pgaudit import PgAuditLog
 from .accounts import AuthMethod, OperatorStore
 from .credentials import new_totp_secret, totp_uri
 from .roles import OPERATOR_NAME, Role, Scope
@@ -147,12 +148,16 @@ def _common(p: argparse.ArgumentParser, *, name: bool, password: bool) -> None:
 
 def _open(args: argparse.Namespace) -> tuple[OperatorStore, AuditLog]:
     cfg = serve_config.load(args.config)
-    # Cluster mode: the accounts are the cluster's, the record goes to this receiver's own
-    # log and names it, as the receiver's records do.
-    cluster = cfg.cluster if cfg.storage == "cluster" else None
-    stamp = {"receiver": cluster.receiver_id} if cluster is not None else None
-    audit = AuditLog.with_key_file(cfg.audit_log, cfg.audit_key_file, stamp=stamp)
-    return operator_store(cfg), audit
+    if cfg.storage != "cluster":
+        return operator_store(cfg), AuditLog.with_key_file(cfg.audit_log, cfg.audit_key_file)
+    # Cluster mode: the accounts and the audit chain are the cluster's; the record names
+    # this receiver and is signed with its key, as the receiver's records are.
+    from . import pgconsole
+
+    database = pgconsole.database(cfg)
+    key, reason = open_signing_key(cfg.audit_key_file)
+    audit = PgAuditLog(database.connection, database.receiver, key, unsigned_reason=reason)
+    return pgconsole.PgOperatorStore(database), audit
 
 
 def _check_name(name: str) -> None:

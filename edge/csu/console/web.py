@@ -50,6 +50,7 @@ from aiohttp import web
 from ...errors import ConfigError, IntegrityError
 from ..receiver import access_log
 from ..receiver.archive import Refusal
+from ..receiver.pgaudit import PgAuditLog
 from ..receiver.trust import utcnow
 from . import certlogin, i18n, outputs, pages, playback
 from .accounts import OperatorStore, PresentedCertificate, Session
@@ -720,12 +721,23 @@ def mount(app: web.Application, receiver: Receiver) -> None:
         query = request.query.get("q", "")[:200]
 
         def entries() -> list[tuple[dict[str, Any], bool]]:
-            # Signatures checked with the receiver's own audit key, so "signed" means verified.
-            report = access_log.verify(receiver.cfg.audit_log, receiver.audit.public_key)
-            if report.problem is not None:
-                raise ValueError(f"{receiver.cfg.audit_log}:{report.problem.removeprefix('line ')}")
+            # Signatures checked with the receiver's own audit key (cluster mode: the shared
+            # chain, each record with the key its receiver registered), so "signed" means
+            # verified.
+            audit = receiver.audit
+            if isinstance(audit, PgAuditLog):
+                report, _ = audit.verify()
+                if report.problem is not None:
+                    raise ValueError(f"shared audit chain: {report.problem}")
+                checked = True
+            else:
+                report = access_log.verify(receiver.cfg.audit_log, audit.public_key)
+                if report.problem is not None:
+                    where = report.problem.removeprefix("line ")
+                    raise ValueError(f"{receiver.cfg.audit_log}:{where}")
+                checked = audit.public_key is not None
             found = [
-                (e, "sig" in e and receiver.audit.public_key is not None)
+                (e, "sig" in e and checked)
                 for e in report.records
                 if not query or query.lower() in json.dumps(e, ensure_ascii=False).lower()
             ]

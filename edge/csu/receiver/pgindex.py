@@ -175,6 +175,23 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX alert_decisions_settled ON alert_decisions (event_id)
         WHERE decision <> 'escalate';
     """,
+    # 7 (shared audit chain): the operator audit log of every receiver, one hash chain
+    # (:mod:`.pgaudit`): each row is the record's exact JSON line; ``audit_keys`` holds the
+    # public audit key of each receiver, registered by its first append.
+    """
+    CREATE TABLE audit_chain (
+        seq bigint PRIMARY KEY,
+        receiver text NOT NULL,
+        line text NOT NULL
+    );
+    CREATE TABLE audit_keys (
+        key_id text NOT NULL,
+        receiver text NOT NULL,
+        public_pem text NOT NULL,
+        registered_ns bigint NOT NULL,
+        PRIMARY KEY (key_id, receiver)
+    );
+    """,
 )
 
 #: A receiver that claimed an event's publication and said nothing for this long (killed,

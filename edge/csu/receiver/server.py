@@ -33,6 +33,7 @@ from edge.csu.receiver.base import SegmentReader
 from edge.csu.receiver.cluster import ClusterStore
 from edge.csu.receiver.commands import CommandQueue
 from edge.csu.receiver.mqtt_relay import EventPublisher
+from edge.csu.receiver.pgaudit import PgAuditLog
 from edge.csu.receiver.settings import ServeConfig
 from edge.uplink import event_checks as wire_events
 
@@ -160,14 +161,14 @@ class Receiver:
         self.crl = RevocationList(cfg.tls.crl_file, cfg.tls.client_ca_file)
         self.registry = UnitRegistry(cfg.registry_dir, ca_file=cfg.tls.client_ca_file, crl=self.crl)
         # The receiver signs every record or does not start (ConfigError names the key file).
-        # Per receiver in cluster mode too, each record naming the receiver that served it.
-        self.audit = AuditLog(
-            cfg.audit_log,
-            receipts.load_or_create(cfg.audit_key_file, "audit key"),
-            stamp={"receiver": cfg.cluster.receiver_id}
-            if cfg.storage == "cluster" and cfg.cluster is not None
-            else None,
-        )
+        # In cluster mode the chain is the cluster's, shared by every receiver (:mod:`.pgaudit`),
+        # each record naming the receiver that served it and signed with that one's key.
+        audit_key = receipts.load_or_create(cfg.audit_key_file, "audit key")
+        self.audit: AuditLog
+        if isinstance(self.intake, ClusterStore):
+            self.audit = PgAuditLog(self.intake.index, self.intake.receiver_id, audit_key)
+        else:
+            self.audit = AuditLog(cfg.audit_log, audit_key)
         self.commands = CommandQueue(cfg.commands_dir)
         # An event is marked published once the broker has acknowledged it (at least once).
         self.publisher = (

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +248,16 @@ class ClusterStore:
         """Mask-set records are kept in embedded mode only (the route answers 404 here):
         a bundle built in cluster mode declares them not held."""
         return None
+
+    def keep_receipt(self, unit_id: str, camera_id: str, sequence: int, raw: bytes) -> bytes:
+        """Receipts are kept in embedded mode only: in cluster mode the unit holds the only
+        copy (a bundle built here declares them not held)."""
+        return raw
+
+    def read_receipts(
+        self, unit_id: str, camera_id: str, sequences: Iterable[int]
+    ) -> dict[int, bytes] | None:
+        return None  # not kept in cluster mode (see keep_receipt)
 
     def has_snapshot(self, unit_id: str, event_id: str) -> bool:
         return False  # snapshots are kept in embedded mode only (the route answers 404 here)

@@ -760,11 +760,30 @@ def test_the_receipts_the_csu_kept_travel_in_its_bundle_and_are_checked(
             f"receipt {CAMERA}#1: bad signature (forged or altered)",
         ),
     }  # fmt: skip
+    key = lab.csu.directory / "keys" / "authority.key.json"
     for what, (change, message) in cases.items():
         bad = _repack(good, lab.tmp / f"{what.replace(' ', '-')}.tar", change)
         code, report = _verify(capsys, lab, bad, "--csu-key", str(lab.csu_key), *receipts)
         assert code == 1 and report["verdict"] == "not-authentic", (what, report)
         assert message in report["reasons"][0], (what, report["reasons"])  # type: ignore[index]
+        # edge-csu open refuses it too, and writes no clip
+        clip = lab.tmp / f"{what.replace(' ', '-')}.mp4"
+        code = edge_csu([
+            "open", str(bad), "--key", str(key), "--ca", str(lab.csu.pki.chain), *receipts,
+            "--out", str(clip),
+        ])  # fmt: skip
+        out = capsys.readouterr().out
+        assert code == 1 and "REFUSED" in out and message in out, (what, out)
+        assert not clip.exists()
+    # the intact bundle opens, with its receipts checked
+    clip = lab.tmp / "receipted.mp4"
+    code = edge_csu([
+        "open", str(good), "--key", str(key), "--ca", str(lab.csu.pki.chain), *receipts,
+        "--out", str(clip),
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and clip.is_file(), out
+    assert f"receipts {CAMERA}: 3 of 3 segment(s) held by the CSU (3 receipted" in out
 
 
 def test_a_segment_delivered_again_is_answered_with_the_first_receipt_kept(lab: Lab) -> None:

@@ -11,12 +11,14 @@ drop but never alter or add video: what it cannot carry intact is declared, with
 in the signed manifest. Beside the video it carries what else the CSU holds of the range, each
 item still signed by the unit: the records (polygons) of the mask sets the segments commit to,
 the unit's events of the camera and its cabinet alarms, and the sealed snapshots of those events
-the unit sent. What a unit's own export would carry and the CSU does not hold (its receipts, a
-mask set the unit never sent; per event, a snapshot it never sent) is declared in the
-manifest's ``not_held`` (per event ``snapshot_not_held``). It is built in an anonymous
-temporary file in the storage directory (nothing is left behind by a crash, and memory stays
-flat for an hour of video), audited (``export``, ``kind: bundle``, with the case and the
-SHA-256 of the file) and only then sent.
+the unit sent; and the receipts the receiver signed of the segments and kept (embedded mode,
+:meth:`.archive.SegmentStore.keep_receipt`), in a unit export's layout. What a unit's own export
+would carry and the CSU does not hold (receipts of segments received before the receiver kept
+them, all of them in cluster mode; a mask set the unit never sent; per event, a snapshot it never
+sent) is declared in the manifest's ``not_held`` (per event ``snapshot_not_held``). It is built
+in an anonymous temporary file in the storage directory (nothing is left behind by a crash,
+and memory stays flat for an hour of video), audited (``export``, ``kind: bundle``, with the
+case and the SHA-256 of the file) and only then sent.
 A range is bounded like the MP4 export: at most :data:`MAX_BUNDLE_SEGMENTS` segments and
 :data:`MAX_BUNDLE_BYTES`; a longer range is refused, never cut short in silence.
 

@@ -18,13 +18,13 @@ Members (flat, plain files only; format in docs/FORMATS.md, *CSU evidence bundle
     events/<camera>/<time>-<id>.evt    the unit's signed events of the range (its unit alarms
                                        under camera ``unit``), exactly as received
     events/<camera>/<time>-<id>.snp    the sealed snapshots of those events the unit sent
-    receipts/<camera>.rcl  the receipts the CSU signed of the segments and kept (embedded
-                         mode), in the unit's export layout (2-byte length, then each receipt)
+    receipts/<camera>.rcl  the receipts the CSU signed of the segments and kept, in the unit's
+                         export layout (2-byte length, then each receipt)
     deletions.jsonl      the CSU's signed retention deletion records touching the range
 
 What a unit's own export carries and the CSU does not hold is declared, with why, in the
-manifest's ``not_held``: the receipts of segments the CSU kept none of (all of them in cluster
-mode, where the unit holds the only copy), the record of a committed mask set the unit never
+manifest's ``not_held``: the receipts of segments the CSU kept none of (received before the
+receivers kept them), the record of a committed mask set the unit never
 sent, and (per event, ``snapshot_not_held``) a snapshot the unit has not sent. A snapshot
 carried is checked as in a unit's export (the unit's signature, its event; ``edge-csu open``
 opens it and checks the picture against the event). The receipts carried are checked as in a

@@ -485,7 +485,7 @@ class SegmentStore:
 
     def read_receipts(
         self, unit_id: str, camera_id: str, sequences: Iterable[int]
-    ) -> dict[int, bytes] | None:
+    ) -> dict[int, bytes]:
         """The receipts this CSU kept of those segments, by sequence (one signed before the CSU
         kept its receipts is absent)."""
         index = self.camera(unit_id, camera_id)

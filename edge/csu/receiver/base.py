@@ -97,9 +97,9 @@ class SegmentReader(Protocol):
 
     def read_receipts(
         self, unit_id: str, camera_id: str, sequences: Iterable[int]
-    ) -> dict[int, bytes] | None:
-        """The receipts the receiver signed and kept of those segments, by sequence (absent:
-        none kept); None where this store keeps no receipts (cluster mode)."""
+    ) -> dict[int, bytes]:
+        """The receipts the receivers signed and kept of those segments, by sequence (absent:
+        none kept, e.g. received before the receivers kept them)."""
         ...
 
     def has_snapshot(self, unit_id: str, event_id: str) -> bool:

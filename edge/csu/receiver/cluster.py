@@ -250,14 +250,14 @@ class ClusterStore:
         return None
 
     def keep_receipt(self, unit_id: str, camera_id: str, sequence: int, raw: bytes) -> bytes:
-        """Receipts are kept in embedded mode only: in cluster mode the unit holds the only
-        copy (a bundle built here declares them not held)."""
-        return raw
+        """Keep the receipt just signed unless one is kept already (by any receiver); the one
+        kept, as :meth:`.archive.SegmentStore.keep_receipt`."""
+        return self.index().keep_receipt(unit_id, camera_id, sequence, raw)
 
     def read_receipts(
         self, unit_id: str, camera_id: str, sequences: Iterable[int]
-    ) -> dict[int, bytes] | None:
-        return None  # not kept in cluster mode (see keep_receipt)
+    ) -> dict[int, bytes]:
+        return self.index().receipts(unit_id, camera_id, list(sequences))
 
     def has_snapshot(self, unit_id: str, event_id: str) -> bool:
         return False  # snapshots are kept in embedded mode only (the route answers 404 here)

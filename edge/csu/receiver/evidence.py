@@ -11,10 +11,10 @@ drop but never alter or add video: what it cannot carry intact is declared, with
 in the signed manifest. Beside the video it carries what else the CSU holds of the range, each
 item still signed by the unit: the records (polygons) of the mask sets the segments commit to,
 the unit's events of the camera and its cabinet alarms, and the sealed snapshots of those events
-the unit sent; and the receipts the receiver signed of the segments and kept (embedded mode,
-:meth:`.archive.SegmentStore.keep_receipt`), in a unit export's layout. What a unit's own export
-would carry and the CSU does not hold (receipts of segments received before the receiver kept
-them, all of them in cluster mode; a mask set the unit never sent; per event, a snapshot it never
+the unit sent; and the receipts the receivers signed of the segments and kept
+(:meth:`.archive.SegmentStore.keep_receipt`), in a unit export's layout. What a unit's own export
+would carry and the CSU does not hold (receipts of segments received before the receivers kept
+them; a mask set the unit never sent; per event, a snapshot it never
 sent) is declared in the manifest's ``not_held`` (per event ``snapshot_not_held``). It is built
 in an anonymous temporary file in the storage directory (nothing is left behind by a crash,
 and memory stays flat for an hour of video), audited (``export``, ``kind: bundle``, with the
@@ -85,11 +85,6 @@ RECEIPTS_NOT_HELD = (
     "the CSU holds no receipt of {missing} of the {of} segment(s): received before this CSU "
     "kept the receipts it signs, or while it had no receipt key (the unit's own export carries "
     "the receipts it was given)"
-)
-RECEIPTS_NOT_HELD_CLUSTER = (
-    "in cluster mode the CSU signs a receipt for each segment it accepts and returns it to the "
-    "unit without keeping a copy: the unit's own export carries them (the time the CSU received "
-    "each segment is in this manifest, under the CSU's seal)"
 )
 MASK_SET_NOT_HELD = "the unit has not sent the CSU its signed record of this mask set"
 SNAPSHOT_NOT_HELD = (
@@ -450,8 +445,6 @@ def _receipts(
     ``not_held``; empty when every segment's receipt is carried)."""
     sequences = [int(e["sequence"]) for e in segments]
     kept = store.read_receipts(req.unit, req.camera, sequences)
-    if kept is None:
-        return [], RECEIPTS_NOT_HELD_CLUSTER
     raws: list[bytes] = []
     for seq in sequences:
         raw = kept.get(seq)

@@ -6,6 +6,7 @@ tampering with it. The retention path (a deletion record in the bundle) is built
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import io
@@ -33,6 +34,7 @@ from edge.csu.ca import cert_pem
 from edge.csu.main import main as edge_csu
 from edge.csu.receiver import access_log as csu_audit
 from edge.csu.receiver import evidence
+from edge.csu.receiver import receipts as csu_receipts
 from edge.csu.receiver.archive import Refusal, SegmentStore
 from edge.csu.receiver.deletions import DeletionLedger
 from edge.csu.receiver.evidence import BundleRequest, UnitTrust, build
@@ -57,6 +59,7 @@ from edge.uplink.protocol import (
     snapshot_path,
 )
 from edge.vault import format as fmt
+from edge.vault import receipt as rcpt
 from edge.vault.audit import AuditLog
 from edge.vault.recipient_keys import RecipientPublic
 from edge.vault.snapshots import seal_snapshot
@@ -104,6 +107,13 @@ class Lab:
     def csu_key(self) -> Path:
         return self.csu.directory / "audit-key.pub.pem"
 
+    @property
+    def receipt_key(self) -> Path:
+        return self.csu.directory / "keys" / "receipt-key.pub.pem"
+
+    def receipt_file(self, seq: int) -> Path:
+        return self.csu.directory / "storage" / UNIT / CAMERA / "receipts" / f"{seq:012d}.rct"
+
 
 def _unit_conn(csu: Csu, crt: Path, key: Path) -> http.client.HTTPSConnection:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -128,6 +138,9 @@ def _put(conn: http.client.HTTPSConnection, path: str, body: bytes, ctype: str) 
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     tmp = tmp_path_factory.mktemp("csu-bundle")
     csu = make_csu(tmp)
+    # The receiver signs a receipt of every segment it accepts, and keeps it (a top-level
+    # setting: before the first table of the file).
+    csu.config.write_text('receipt_key_file = "keys/receipt-key.pem"\n' + csu.config.read_text())
     secrets = {}
     for name, role, scope in (
         ("i.enquete", "investigator", ""),
@@ -603,7 +616,9 @@ def test_a_retention_deletion_in_the_range_travels_signed_and_is_checked(
     ledger_key = ed25519.Ed25519PrivateKey.generate()
     ledger = DeletionLedger(tmp_path / "deletions.jsonl", ledger_key)
     ledger.record(UNIT, CAMERA, [index.segments[0]], deleted_ns=time.time_ns(), retention_days=30)
+    assert index.receipt_path(0).is_file()
     index.delete([0])
+    assert not index.receipt_path(0).exists()  # the receipt goes with its segment
     chain = (lab.csu.directory / "units" / f"{UNIT}.crt").read_bytes()  # as the unit sent it
     unit_key = parse_chain(chain, "crt")[0].public_key()
     assert isinstance(unit_key, ed25519.Ed25519PublicKey)
@@ -673,7 +688,7 @@ def test_the_bundle_carries_the_mask_history_and_the_events_and_says_what_it_lac
         "events: 4 signed event(s) of the range, each checked with the unit key; 1 with their "
         "sealed snapshot; 1 without their snapshot (not held at the CSU)"
     ) in facts
-    assert "not held at the CSU: receipts: the CSU signs a receipt" in facts
+    assert "not held at the CSU: receipts" not in facts  # the CSU kept each one it signed
     manifest = json.loads(_member(bundle, "manifest.json"))
     assert {e["id"] for e in manifest["events"]} == {
         lab.events[n] for n in ("street", "street-snapshot", "street-unsent", "unit")
@@ -685,16 +700,147 @@ def test_the_bundle_carries_the_mask_history_and_the_events_and_says_what_it_lac
     assert carried["id"] == lab.events["street-snapshot"]
     held = lab.csu.directory / "storage" / UNIT / "events" / f"{carried['id']}.snp"
     assert _member(bundle, carried["snapshot"]["file"]) == held.read_bytes()
-    assert [i["what"] for i in manifest["not_held"]] == ["receipts"]
+    assert [i["what"] for i in manifest["not_held"]] == []
     # the records travel exactly as the unit signed them
     for digest, line in lab.mask_records.items():
         assert _member(bundle, f"masks/{CAMERA}/{digest.hex()}.json") == line
-    # the CSU keeps no receipts: asking to check them says so
+    # the receipts the CSU kept of the segments, one file in the unit's export layout
+    [entry] = manifest["receipts"]
+    assert (entry["file"], entry["count"]) == (f"receipts/{CAMERA}.rcl", len(SENT))
+    assert rcpt.split_records(_member(bundle, entry["file"])) == [
+        lab.receipt_file(seq).read_bytes() for seq in SENT
+    ]
+
+
+def test_the_receipts_the_csu_kept_travel_in_its_bundle_and_are_checked(
+    lab: Lab, investigator: Browser, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CSU's bundle carries the receipts the receiver signed and kept; ``edge-csu verify
+    --receipt-key`` checks them with the unit export's code, and refuses one altered, removed
+    or re-sealed over."""
+    good = lab.tmp / "complete.tar"
+    if not good.exists():
+        good = _export(lab, investigator, 0, 3, "complete.tar")
+    receipts = ("--receipt-key", str(lab.receipt_key))
+    code, report = _verify(capsys, lab, good, "--csu-key", str(lab.csu_key), *receipts)
+    assert code == 0 and report["verdict"] == "authentic", report["reasons"]
+    facts = "\n".join(report["facts"])  # type: ignore[arg-type]
+    assert f"receipts {CAMERA}: 3 of 3 segment(s) held by the CSU (3 receipted" in facts
+    seconds = report["seconds"]
+    assert isinstance(seconds, list) and all(s["receipt_ns"] for s in seconds)
+    # another key than the CSU's receipt key: refused
+    other = lab.tmp / "other-receipt.pub.pem"
+    other.write_bytes(public_pem(ed25519.Ed25519PrivateKey.generate().public_key()))
+    code, report = _verify(capsys, lab, good, "--receipt-key", str(other))
+    assert code == 1, report
+    assert "signed by another key than the CSU's receipt key" in report["reasons"][0]  # type: ignore[index]
+    name = f"receipts/{CAMERA}.rcl"
+    kept = rcpt.split_records(_member(good, name))
+    altered = bytearray(kept[1])
+    altered[8] ^= 0x01  # the CSU time
+    altered_file = b"".join(rcpt.frame_record(bytes(r)) for r in (kept[0], altered, kept[2]))
+    # whoever holds the CSU's audit key re-lists the altered file and seals again: the seal
+    # holds, the receipt does not
+    audit_key = csu_receipts.load_or_create(lab.csu.directory / "audit-key.pem", "audit key")
+    manifest = json.loads(_member(good, "manifest.json"))
+    for entry in manifest["receipts"]:
+        entry["sha256"] = hashlib.sha256(altered_file).hexdigest()
+    resealed = bundlefile.dumps(manifest)
+    cases: dict[str, tuple[dict[str, bytes | None], str]] = {
+        "receipt removed": ({name: None}, f"{name}: listed in the manifest but missing (deleted)"),
+        "receipt altered": (
+            {name: altered_file}, f"{name}: digest differs from the manifest (altered or swapped)"
+        ),
+        "receipt altered and re-sealed": (
+            {
+                name: altered_file,
+                "manifest.json": resealed,
+                "manifest.sig": bundlefile.seal(resealed, audit_key),
+            },
+            f"receipt {CAMERA}#1: bad signature (forged or altered)",
+        ),
+    }  # fmt: skip
+    key = lab.csu.directory / "keys" / "authority.key.json"
+    for what, (change, message) in cases.items():
+        bad = _repack(good, lab.tmp / f"{what.replace(' ', '-')}.tar", change)
+        code, report = _verify(capsys, lab, bad, "--csu-key", str(lab.csu_key), *receipts)
+        assert code == 1 and report["verdict"] == "not-authentic", (what, report)
+        assert message in report["reasons"][0], (what, report["reasons"])  # type: ignore[index]
+        # edge-csu open refuses it too, and writes no clip
+        clip = lab.tmp / f"{what.replace(' ', '-')}.mp4"
+        code = edge_csu([
+            "open", str(bad), "--key", str(key), "--ca", str(lab.csu.pki.chain), *receipts,
+            "--out", str(clip),
+        ])  # fmt: skip
+        out = capsys.readouterr().out
+        assert code == 1 and "REFUSED" in out and message in out, (what, out)
+        assert not clip.exists()
+    # the intact bundle opens, with its receipts checked
+    clip = lab.tmp / "receipted.mp4"
     code = edge_csu([
-        "verify", str(bundle), "--ca", str(lab.csu.pki.chain),
-        "--receipt-key", str(lab.csu_key),
+        "open", str(good), "--key", str(key), "--ca", str(lab.csu.pki.chain), *receipts,
+        "--out", str(clip),
     ])  # fmt: skip
-    assert code == 2 and "the CSU keeps no copy of its receipts" in capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert code == 0 and clip.is_file(), out
+    assert f"receipts {CAMERA}: 3 of 3 segment(s) held by the CSU (3 receipted" in out
+
+
+def test_a_segment_delivered_again_is_answered_with_the_first_receipt_kept(lab: Lab) -> None:
+    """A unit that sends a segment again (its answer lost) gets the receipt the CSU kept the
+    first time, and the CSU keeps that one, not a second."""
+    first = lab.receipt_file(0).read_bytes()
+    raw = (lab.csu.directory / "storage" / UNIT / CAMERA / f"{0:012d}.seg").read_bytes()
+    crt, key = lab.tmp / "unit" / f"{UNIT}.crt", lab.tmp / "unit" / f"{UNIT}.key"
+    conn = _unit_conn(lab.csu, crt, key)
+    try:
+        conn.request(
+            "PUT", segment_path(UNIT, CAMERA, 0), body=raw,
+            headers={"Content-Type": "application/vnd.edge.sealed-segment"},
+        )  # fmt: skip
+        resp = conn.getresponse()
+        answer = json.loads(resp.read())
+    finally:
+        conn.close()
+    assert resp.status == 200 and answer["status"] == "duplicate", answer
+    assert base64.b64decode(answer["receipt"]) == first
+    assert lab.receipt_file(0).read_bytes() == first
+    assert sorted(p.name for p in lab.receipt_file(0).parent.iterdir()) == [
+        f"{seq:012d}.rct" for seq in SENT
+    ]
+
+
+def test_the_first_receipt_kept_stays_across_a_restart_and_a_missing_one_is_declared(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """In-process, on a copy of the receiver's storage: a receipt kept is never replaced (a
+    new store, as after a restart); a segment whose receipt the CSU does not hold is declared
+    in ``not_held``, the others still carried and checked."""
+    storage = tmp_path / "storage"
+    shutil.copytree(lab.csu.directory / "storage", storage)
+    kept = (storage / UNIT / CAMERA / "receipts" / f"{5:012d}.rct").read_bytes()
+    receipt_key = csu_receipts.load_or_create(lab.csu.directory / "keys" / "receipt-key.pem")
+    later = csu_receipts.Receipter(receipt_key).sign(UNIT, CAMERA, 5, "00" * 32)
+    assert SegmentStore(storage).keep_receipt(UNIT, CAMERA, 5, later) == kept
+    (storage / UNIT / CAMERA / "receipts" / f"{6:012d}.rct").unlink()
+    out = tmp_path / "bundle.tar"
+    csu_key = ed25519.Ed25519PrivateKey.generate()
+    _build(lab, storage, out, csu_key)
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    bundlefile.unpack(out, unpacked)
+    roots = x509.load_pem_x509_certificates(lab.csu.pki.chain.read_bytes())
+    found = bundlefile.verify_csu_bundle(
+        unpacked, fleet_ca=roots, csu_key=csu_key.public_key(),
+        receipt_key=receipt_key.public_key(),
+    )  # fmt: skip
+    verified = found.verified
+    assert verified.receipts_checked
+    assert sorted(r.sequence for r in verified.receipts) == [5, 8, 9]
+    assert verified.receipts[0].raw == kept
+    [lacking] = [i for i in found.not_held if i["what"] == "receipts"]
+    assert lacking["reason"].startswith("the CSU holds no receipt of 1 of the 4 segment(s)")
+    assert any(line.startswith("not held at the CSU: receipts: ") for line in found.facts())
 
 
 def test_the_reviewing_officer_sees_the_masks_in_force_drawn_from_a_csu_bundle(

@@ -10,6 +10,7 @@ second."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import html
 import http.client
@@ -18,6 +19,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.parse
 from pathlib import Path
@@ -30,6 +32,7 @@ from edge.csu import lab
 from edge.csu.ca import cert_pem
 from edge.csu.console.credentials import totp_at, totp_step
 from edge.csu.main import main as edge_csu
+from edge.csu.receiver import receipts as csu_receipts
 from edge.csu.receiver.objstore import ObjectStore, segment_key
 from edge.csu.receiver.pgindex import PgSegmentIndex
 from edge.uplink.protocol import (
@@ -41,6 +44,7 @@ from edge.uplink.protocol import (
     signing_certificate_path,
 )
 from edge.vault import format as fmt
+from edge.vault import receipt as rcpt
 
 from .conftest import tool
 from .pg_util import postgres_server
@@ -127,7 +131,13 @@ def test_any_receiver_serves_any_camera_from_the_shared_stores(
     signing = ed25519.Ed25519PrivateKey.generate()
     crt, key, _ = csu.pki.issue(UNIT, tmp_path / "unit")
     token_hash = hashlib.sha256(csu.operator_token.encode()).hexdigest()
-    top = f'authority_key_file = "{keys / "authority.key.json"}"\n'
+    # One receipt key for the cluster, made before the receivers start (they share it).
+    receipt_key = keys / "receipt-key.pem"
+    csu_receipts.load_or_create(receipt_key)
+    top = (
+        f'authority_key_file = "{keys / "authority.key.json"}"\n'
+        f'receipt_key_file = "{receipt_key}"\n'
+    )
     extra = (
         f'[[operators]]\nname = "alice"\ntoken_sha256 = "{token_hash}"\n'
         "expires = 2100-01-01T00:00:00Z\n"
@@ -155,14 +165,21 @@ def test_any_receiver_serves_any_camera_from_the_shared_stores(
             assert _put(conn, epoch, sealer.envelope, ENVELOPE_CONTENT_TYPE) == 201
             t0 = (time.time_ns() // SEC - 60) * SEC
             frames = []
+            answered = []
             for seq, seg in enumerate(encoded_segments(COUNT)):
                 raw = sealer.seal(
                     seg.init, seg.media, start_ns=t0 + seq * SEC, end_ns=t0 + (seq + 1) * SEC,
                     frames=seg.frame_count,
                 )  # fmt: skip
                 frames.append(seg.frame_count)
-                status = _put(conn, segment_path(UNIT, CAMERA, seq), raw, SEGMENT_CONTENT_TYPE)
-                assert status == 201, (seq, status)
+                conn.request(
+                    "PUT", segment_path(UNIT, CAMERA, seq), body=raw,
+                    headers={"Content-Type": SEGMENT_CONTENT_TYPE},
+                )  # fmt: skip
+                resp = conn.getresponse()
+                answer = json.loads(resp.read())
+                assert resp.status == 201, (seq, resp.status, answer)
+                answered.append(base64.b64decode(answer["receipt"]))
             conn.close()
             index = PgSegmentIndex(pg.conninfo, "check")
             rows = index.segments(UNIT, CAMERA)
@@ -215,11 +232,20 @@ def test_any_receiver_serves_any_camera_from_the_shared_stores(
             capsys.readouterr()
             code = edge_csu([
                 "verify", str(tmp_path / "bundle.tar"), "--ca", str(csu.pki.chain),
-                "--csu-key", str(second.directory / "audit-key.pub.pem"), "--json",
+                "--csu-key", str(second.directory / "audit-key.pub.pem"),
+                "--receipt-key", str(csu_receipts.public_path(receipt_key)), "--json",
             ])  # fmt: skip
             report = json.loads(capsys.readouterr().out)
             assert code == 0 and report["verdict"] == "authentic", report["reasons"]
             assert {s["state"] for s in report["seconds"]} == {"authentic"}, report["seconds"]
+            # the receipts the first receiver signed and kept in the database travel in the
+            # second one's bundle, each the very one the unit was answered with
+            facts = "\n".join(report["facts"])
+            assert f"receipts {CAMERA}: {COUNT} of {COUNT} segment(s) held by the CSU" in facts
+            with tarfile.open(tmp_path / "bundle.tar") as tar:
+                member = tar.extractfile(f"receipts/{CAMERA}.rcl")
+                assert member is not None
+                assert rcpt.split_records(member.read()) == answered
 
             # --- an object altered in the store: refused by any receiver, never served
             objects = ObjectStore(

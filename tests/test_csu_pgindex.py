@@ -189,6 +189,39 @@ def test_two_receivers_racing_never_both_accept_diverging_segments(conninfo: str
                 assert held[s].prev_hash == held[s - 1].hash, f"round {n}: a fork was stored"
 
 
+def test_each_receipt_is_kept_once_the_first_whichever_receiver_signed_it(conninfo: str) -> None:
+    """Cluster mode keeps the receipts too (migration 8): receivers racing to keep a receipt
+    of the same segment (a delivery sent again, to another receiver) all answer with the one
+    kept first; it is read back for the bundle and deleted with its segment."""
+    camera = "cam-receipts"
+    sealer = Sealer(UNIT, camera, _authority())
+    raws = [_seal(sealer, bytes([n]) * 100) for n in range(2)]
+    setup = PgSegmentIndex(conninfo, "setup")
+    for raw in raws:
+        assert setup.accept(UNIT, camera, _meta(raw)) is Verdict.STORED
+    signed = [b"receipt-from-receiver-%d" % n for n in range(4)]
+    kept: list[bytes] = [b""] * len(signed)
+    start = threading.Barrier(len(signed))
+
+    def keep(slot: int) -> None:
+        index = PgSegmentIndex(conninfo, f"r{slot}")
+        start.wait()
+        kept[slot] = index.keep_receipt(UNIT, camera, 0, signed[slot])
+        index.close()
+
+    threads = [threading.Thread(target=keep, args=(n,)) for n in range(len(signed))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(kept)) == 1 and kept[0] in signed, kept
+    assert setup.keep_receipt(UNIT, camera, 1, b"of #1") == b"of #1"
+    assert setup.receipts(UNIT, camera, [0, 1, 2]) == {0: kept[0], 1: b"of #1"}
+    setup.delete_segments(UNIT, camera, [[0, 0]], [0], time.time_ns())
+    assert setup.receipts(UNIT, camera, [0, 1]) == {1: b"of #1"}
+    setup.close()
+
+
 def test_a_database_outage_is_unavailable_then_the_same_receiver_goes_on() -> None:
     """PostgreSQL stopped under a receiver: each call says the store is unavailable (the
     receiver answers 503, the unit retries); once the server is back, the receiver's next call

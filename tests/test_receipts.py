@@ -225,7 +225,9 @@ def test_the_uplink_hands_the_csu_the_mask_sets_its_segments_commit_to(
         unpacked, unit_public_key=unit_key, csu_key=csu_key.public_key()
     )
     assert set(found.verified.mask_sets) == {("cam1", before.digest), ("cam1", after.digest)}
-    assert [i.get("digest") for i in found.not_held] == [unlogged.digest.hex(), None]
+    # the receipts the receiver signed and kept travel too: none declared not held
+    assert [i.get("digest") for i in found.not_held] == [unlogged.digest.hex()]
+    assert len(found.verified.receipts) == 4
 
 
 def test_a_chain_rewritten_after_a_receipt_is_refused(rig: Rig, tmp_path: Path) -> None:

@@ -18,13 +18,17 @@ Members (flat, plain files only; format in docs/FORMATS.md, *CSU evidence bundle
     events/<camera>/<time>-<id>.evt    the unit's signed events of the range (its unit alarms
                                        under camera ``unit``), exactly as received
     events/<camera>/<time>-<id>.snp    the sealed snapshots of those events the unit sent
+    receipts/<camera>.rcl  the receipts the CSU signed of the segments and kept, in the unit's
+                         export layout (2-byte length, then each receipt)
     deletions.jsonl      the CSU's signed retention deletion records touching the range
 
 What a unit's own export carries and the CSU does not hold is declared, with why, in the
-manifest's ``not_held``: the CSU's receipts (returned to the unit, no copy kept), the record of
-a committed mask set the unit never sent, and (per event, ``snapshot_not_held``) a snapshot
-the unit has not sent. A snapshot carried is checked as in a unit's export (the unit's
-signature, its event; ``edge-csu open`` opens it and checks the picture against the event).
+manifest's ``not_held``: the receipts of segments the CSU kept none of (received before the
+receivers kept them), the record of a committed mask set the unit never
+sent, and (per event, ``snapshot_not_held``) a snapshot the unit has not sent. A snapshot
+carried is checked as in a unit's export (the unit's signature, its event; ``edge-csu open``
+opens it and checks the picture against the event). The receipts carried are checked as in a
+unit's export: against the CSU's receipt key when the verifier is given it (``--receipt-key``).
 
 The CSU seals (lists and signs) but vouches for nothing it could have made: each segment,
 envelope and gap record still carries the unit's signature, checked against the city's CA at
@@ -189,10 +193,12 @@ def verify_csu_bundle(
     crls: Sequence[x509.CertificateRevocationList] = (),
     unit_public_key: ed25519.Ed25519PublicKey | None = None,
     csu_key: ed25519.Ed25519PublicKey | None = None,
+    receipt_key: ed25519.Ed25519PublicKey | None = None,
 ) -> CsuVerified:
     """Check an unpacked CSU bundle completely; :class:`IntegrityError` names the first
     problem. The video's trust anchor is ``fleet_ca`` (or a pinned ``unit_public_key``);
-    ``csu_key``, when given, must be the key that sealed the manifest."""
+    ``csu_key``, when given, must be the key that sealed the manifest; with ``receipt_key``
+    (the CSU's receipt key) every receipt carried must check, as in a unit's export."""
     if fleet_ca is None and unit_public_key is None:
         raise IntegrityError(
             "no trust anchor: give the fleet CA (--ca) or the unit's public key (--unit-key)"
@@ -235,6 +241,7 @@ def verify_csu_bundle(
         trust="" if fleet_ca is not None else "pinned unit key",
         fleet_ca=fleet_ca,
         crls=crls,
+        receipt_key=receipt_key,
         listed_elsewhere=listed,
     )
     _masks_accounted(verified, not_held)

@@ -246,9 +246,11 @@ def _open(args: argparse.Namespace) -> int:
         print("edge-csu: WARNING: trusting the unit key inside the bundle: this proves the bundle")
         print("  is intact, not which unit made it; verify with --ca FLEET_CA for evidence")
     if args.bundle.is_file():
-        if args.trust_bundle_key or receipt_key is not None:
-            raise VaultError("a CSU bundle file takes --ca (or --unit-key) and --csu-key")
-        return _open_csu_bundle(args, private, fleet_ca, crls, pinned)
+        if args.trust_bundle_key:
+            raise VaultError(
+                "a CSU bundle file takes --ca (or --unit-key), --csu-key and --receipt-key"
+            )
+        return _open_csu_bundle(args, private, fleet_ca, crls, pinned, receipt_key)
     gaps: list[TimeGap] = []
     try:
         verified, packets = open_bundle(
@@ -275,9 +277,11 @@ def _open_csu_bundle(
     fleet_ca: list[x509.Certificate] | None,
     crls: list[x509.CertificateRevocationList],
     pinned: ed25519.Ed25519PublicKey | None,
+    receipt_key: ed25519.Ed25519PublicKey | None,
 ) -> int:
     """A bundle downloaded from the CSU: unpacked into a private temporary directory (removed
-    after), verified (CSU seal, then as a unit's bundle), then one camera remuxed."""
+    after), verified (CSU seal, then as a unit's bundle, with its receipts when given the
+    CSU's receipt key), then one camera remuxed."""
     csu_key = None
     if args.csu_key is not None:
         csu_key = load_public_pem(args.csu_key.read_bytes(), origin=str(args.csu_key))
@@ -286,7 +290,12 @@ def _open_csu_bundle(
         try:
             bundlefile.unpack(args.bundle, Path(tmp))
             found = bundlefile.verify_csu_bundle(
-                Path(tmp), fleet_ca=fleet_ca, crls=crls, unit_public_key=pinned, csu_key=csu_key
+                Path(tmp),
+                fleet_ca=fleet_ca,
+                crls=crls,
+                unit_public_key=pinned,
+                csu_key=csu_key,
+                receipt_key=receipt_key,
             )
             packets = open_verified(
                 found.verified, private, args.out, camera=args.camera, gaps=gaps

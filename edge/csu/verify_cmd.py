@@ -130,11 +130,6 @@ def _verify(args: argparse.Namespace) -> int:
     if args.csu_key is not None and not is_bundle_file(args.target):
         raise VaultError("--csu-key goes with a CSU bundle file (.tar)")
     if is_bundle_file(args.target):
-        if args.receipt_key is not None:
-            raise VaultError(
-                "--receipt-key goes with a unit's bundle (a CSU bundle has none: the CSU keeps "
-                "no copy of its receipts)"
-            )
         report = _verify_csu_bundle(args, fleet_ca, crls, pinned)
         _show(report, as_json=args.json)
         return report.exit_status
@@ -174,12 +169,20 @@ def _verify_csu_bundle(
     csu_key = None
     if args.csu_key is not None:
         csu_key = load_public_pem(args.csu_key.read_bytes(), origin=str(args.csu_key))
+    receipt_key = None
+    if args.receipt_key is not None:
+        receipt_key = load_public_pem(args.receipt_key.read_bytes(), origin=str(args.receipt_key))
     with tempfile.TemporaryDirectory(prefix="edge-csu-verify-") as tmp:
         where = Path(tmp)
         try:
             bundlefile.unpack(args.target, where)
             found = bundlefile.verify_csu_bundle(
-                where, fleet_ca=fleet_ca, crls=crls, unit_public_key=pinned, csu_key=csu_key
+                where,
+                fleet_ca=fleet_ca,
+                crls=crls,
+                unit_public_key=pinned,
+                csu_key=csu_key,
+                receipt_key=receipt_key,
             )
         except IntegrityError as exc:
             key = pinned or bundlefile.sealed_unit_key(

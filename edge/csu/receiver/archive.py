@@ -8,6 +8,7 @@ Layout under ``storage_dir`` (readable with ``ls``)::
     <unit>/<camera>/epochs/<epoch>.env     epoch key envelopes (HPKE-sealed data keys)
     <unit>/<camera>/gaps/<first>-<last>.gap  signed records of sequences the unit lost
     <unit>/<camera>/masks/<digest>.json    the unit's signed ``mask-set`` records (polygons)
+    <unit>/<camera>/receipts/<sequence:012d>.rct  the receipt this CSU signed of that segment
     <unit>/events/<event-id>.json          verified events
     <unit>/events/<event-id>.unpublished   marker: not yet handed to the MQTT broker
     <unit>/events/<event-id>.snp           the sealed snapshot the event names, as sent
@@ -43,8 +44,8 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from ...errors import IntegrityError
-from ...fsutil import write_atomic
+from ...errors import IntegrityError, KeyExistsError
+from ...fsutil import fsync_dir, write_atomic, write_new
 from ...privacy.commitment import MASK_SET_ACTION, MaskSet
 from ...vault import format as sealed
 from ...vault import snapshots
@@ -344,6 +345,9 @@ class CameraIndex:
     def segment_path(self, sequence: int) -> Path:
         return self.directory / f"{sequence:012d}.seg"
 
+    def receipt_path(self, sequence: int) -> Path:
+        return self.directory / "receipts" / f"{sequence:012d}.rct"
+
     def delete(self, sequences: list[int]) -> None:
         """Delete stored segments (retention, :mod:`.purge`; the caller holds ``lock``): the
         index is rewritten without them first, then the files go, then epoch envelopes no
@@ -362,6 +366,7 @@ class CameraIndex:
         for s in gone:
             self.segments.pop(s)
             self.segment_path(s).unlink(missing_ok=True)
+            self.receipt_path(s).unlink(missing_ok=True)
         still_needed = {m.epoch_id for m in kept}
         for epoch in {m.epoch_id for m in gone.values()} - still_needed:
             (self.directory / "epochs" / f"{epoch}.env").unlink(missing_ok=True)
@@ -462,6 +467,35 @@ class SegmentStore:
             index._append_index(meta)
             index.segments[sequence] = meta
         return Verdict.STORED, meta
+
+    def keep_receipt(self, unit_id: str, camera_id: str, sequence: int, raw: bytes) -> bytes:
+        """Keep the receipt just signed of a stored segment, unless one is kept already (a
+        delivery sent again, racing or after a restart): the first is kept, never replaced,
+        and returned, so the unit and the CSU hold the same receipt. Durable before it returns
+        (written under a temporary name, fsynced, linked exclusively)."""
+        path = self.camera(unit_id, camera_id).receipt_path(sequence)
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fsync_dir(path.parent.parent)
+        try:
+            write_new(path, raw, mode=0o640)
+        except KeyExistsError:
+            return path.read_bytes()
+        return raw
+
+    def read_receipts(
+        self, unit_id: str, camera_id: str, sequences: Iterable[int]
+    ) -> dict[int, bytes]:
+        """The receipts this CSU kept of those segments, by sequence (one signed before the CSU
+        kept its receipts is absent)."""
+        index = self.camera(unit_id, camera_id)
+        out = {}
+        for s in sequences:
+            try:
+                out[s] = index.receipt_path(s).read_bytes()
+            except FileNotFoundError:
+                continue
+        return out
 
     def accept_gap(
         self,

@@ -14,6 +14,7 @@ the shared stores alone.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -92,6 +93,13 @@ class SegmentReader(Protocol):
 
     def read_mask_set(self, unit_id: str, camera_id: str, digest_hex: str) -> bytes | None:
         """The unit's signed record of a mask set, as it sent it; None if not held."""
+        ...
+
+    def read_receipts(
+        self, unit_id: str, camera_id: str, sequences: Iterable[int]
+    ) -> dict[int, bytes]:
+        """The receipts the receivers signed and kept of those segments, by sequence (absent:
+        none kept, e.g. received before the receivers kept them)."""
         ...
 
     def has_snapshot(self, unit_id: str, event_id: str) -> bool:

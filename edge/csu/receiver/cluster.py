@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +248,16 @@ class ClusterStore:
         """Mask-set records are kept in embedded mode only (the route answers 404 here):
         a bundle built in cluster mode declares them not held."""
         return None
+
+    def keep_receipt(self, unit_id: str, camera_id: str, sequence: int, raw: bytes) -> bytes:
+        """Keep the receipt just signed unless one is kept already (by any receiver); the one
+        kept, as :meth:`.archive.SegmentStore.keep_receipt`."""
+        return self.index().keep_receipt(unit_id, camera_id, sequence, raw)
+
+    def read_receipts(
+        self, unit_id: str, camera_id: str, sequences: Iterable[int]
+    ) -> dict[int, bytes]:
+        return self.index().receipts(unit_id, camera_id, list(sequences))
 
     def has_snapshot(self, unit_id: str, event_id: str) -> bool:
         return False  # snapshots are kept in embedded mode only (the route answers 404 here)

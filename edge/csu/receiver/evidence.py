@@ -11,12 +11,14 @@ drop but never alter or add video: what it cannot carry intact is declared, with
 in the signed manifest. Beside the video it carries what else the CSU holds of the range, each
 item still signed by the unit: the records (polygons) of the mask sets the segments commit to,
 the unit's events of the camera and its cabinet alarms, and the sealed snapshots of those events
-the unit sent. What a unit's own export would carry and the CSU does not hold (its receipts, a
-mask set the unit never sent; per event, a snapshot it never sent) is declared in the
-manifest's ``not_held`` (per event ``snapshot_not_held``). It is built in an anonymous
-temporary file in the storage directory (nothing is left behind by a crash, and memory stays
-flat for an hour of video), audited (``export``, ``kind: bundle``, with the case and the
-SHA-256 of the file) and only then sent.
+the unit sent; and the receipts the receivers signed of the segments and kept
+(:meth:`.archive.SegmentStore.keep_receipt`), in a unit export's layout. What a unit's own export
+would carry and the CSU does not hold (receipts of segments received before the receivers kept
+them; a mask set the unit never sent; per event, a snapshot it never
+sent) is declared in the manifest's ``not_held`` (per event ``snapshot_not_held``). It is built
+in an anonymous temporary file in the storage directory (nothing is left behind by a crash,
+and memory stays flat for an hour of video), audited (``export``, ``kind: bundle``, with the
+case and the SHA-256 of the file) and only then sent.
 A range is bounded like the MP4 export: at most :data:`MAX_BUNDLE_SEGMENTS` segments and
 :data:`MAX_BUNDLE_BYTES`; a longer range is refused, never cut short in silence.
 
@@ -52,6 +54,7 @@ from edge.identity.unitkeys import (
 from edge.vault import chain, maskhistory, snapshots
 from edge.vault import format as sealed
 from edge.vault.bundle import DamagedPart, DamageKind
+from edge.vault.receipt import frame_record, parse_receipt
 
 from ...errors import IntegrityError
 from .. import bundlefile
@@ -79,9 +82,9 @@ DELETED = "deleted by the CSU's retention (its signed deletion record is in the 
 #: What a unit's own export carries and a CSU bundle cannot, each with why (manifest
 #: ``not_held``; ``edge-csu verify`` prints them).
 RECEIPTS_NOT_HELD = (
-    "the CSU signs a receipt for each segment it accepts and returns it to the unit without "
-    "keeping a copy: the unit's own export carries them (the time the CSU received each "
-    "segment is in this manifest, under the CSU's seal)"
+    "the CSU holds no receipt of {missing} of the {of} segment(s): received before this CSU "
+    "kept the receipts it signs, or while it had no receipt key (the unit's own export carries "
+    "the receipts it was given)"
 )
 MASK_SET_NOT_HELD = "the unit has not sent the CSU its signed record of this mask set"
 SNAPSHOT_NOT_HELD = (
@@ -245,6 +248,7 @@ def build(
     refused_epochs: dict[bytes, str] = {}
     segments: list[dict[str, Any]] = []
     committed: set[bytes] = set()  # digests of the mask sets the segments commit to
+    chain_hashes: dict[int, bytes] = {}  # of the segments carried, for their receipts
     first_prev: str | None = None
     expect: tuple[int, bytes | None] | None = None  # next sequence, and its prev hash if known
     for meta in metas:
@@ -300,6 +304,7 @@ def build(
         if first_prev is None:
             first_prev = h.prev_hash.hex()
         committed.update(m.committed.mask_set for m in h.masks)
+        chain_hashes[seq] = seg.chain_hash
         entry = tar.add(f"segments/{req.camera}/{seq:010d}.seg", raw)
         segments.append(
             {
@@ -343,7 +348,9 @@ def build(
         )
     mask_entries, not_held = _mask_sets(store, req, trust.key, committed, tar)
     event_entries, events_damaged = _events(store, req, trust.key, tar)
-    not_held.append({"what": "receipts", "reason": RECEIPTS_NOT_HELD})
+    receipt_entries, lacking = _receipts(store, req, segments, chain_hashes, tar)
+    if lacking:
+        not_held.append({"what": "receipts", "reason": lacking})
     certs = []
     if trust.certificate is not None:
         certs.append(tar.add(f"certs/{SIGNING_CERT_NAME}", trust.certificate))
@@ -395,6 +402,8 @@ def build(
         # The unit's signed events of the range (and its unit alarms), as received.
         "events": event_entries,
         "events_damaged": events_damaged,
+        # The receipts this CSU signed of the segments and kept, as a unit's export carries them.
+        "receipts": receipt_entries,
         # What a unit's own export would carry and this CSU does not hold, with why.
         "not_held": not_held,
     }
@@ -422,6 +431,41 @@ def build(
         len(mask_entries),
         len(event_entries),
     )
+
+
+def _receipts(
+    store: SegmentReader,
+    req: BundleRequest,
+    segments: list[dict[str, Any]],
+    chain_hashes: dict[int, bytes],
+    tar: bundlefile.TarWriter,
+) -> tuple[list[dict[str, Any]], str]:
+    """The receipts the CSU kept of the bundle's segments, in one file as a unit's export
+    carries them (``receipts/<camera>.rcl``); and, when some segment has none, why (for
+    ``not_held``; empty when every segment's receipt is carried)."""
+    sequences = [int(e["sequence"]) for e in segments]
+    kept = store.read_receipts(req.unit, req.camera, sequences)
+    raws: list[bytes] = []
+    for seq in sequences:
+        raw = kept.get(seq)
+        if raw is None:
+            continue
+        try:
+            r = parse_receipt(raw)
+        except IntegrityError:
+            continue  # not a receipt (the verifier would refuse it): declared below
+        if (r.device_id, r.camera_id, r.sequence, r.chain_hash) == (
+            req.unit, req.camera, seq, chain_hashes[seq]
+        ):  # fmt: skip
+            raws.append(raw)
+    lacking = ""
+    if len(raws) < len(sequences):
+        lacking = RECEIPTS_NOT_HELD.format(missing=len(sequences) - len(raws), of=len(sequences))
+    if not raws:
+        return [], lacking
+    name = f"receipts/{req.camera}.rcl"
+    entry = tar.add(name, b"".join(frame_record(raw) for raw in raws))
+    return [{"camera": req.camera, "count": len(raws), **entry}], lacking
 
 
 def _mask_sets(

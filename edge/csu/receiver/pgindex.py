@@ -175,7 +175,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX alert_decisions_settled ON alert_decisions (event_id)
         WHERE decision <> 'escalate';
     """,
-    # 7 (shared audit chain): the operator audit log of every receiver, one hash chain
+    # 7: the shared audit chain, the operator audit log of every receiver, one hash chain
     # (:mod:`.pgaudit`): each row is the record's exact JSON line; ``audit_keys`` holds the
     # public audit key of each receiver, registered by its first append.
     """
@@ -190,6 +190,17 @@ MIGRATIONS: tuple[str, ...] = (
         public_pem text NOT NULL,
         registered_ns bigint NOT NULL,
         PRIMARY KEY (key_id, receiver)
+    );
+    """,
+    # 8: the receipt the receivers signed of each segment, kept once (the first), so that the
+    # CSU's evidence bundle carries it; deleted with its segment.
+    """
+    CREATE TABLE receipts (
+        unit text NOT NULL,
+        camera text NOT NULL,
+        sequence bigint NOT NULL,
+        receipt bytea NOT NULL,
+        PRIMARY KEY (unit, camera, sequence)
     );
     """,
 )
@@ -453,6 +464,31 @@ class PgSegmentIndex:
             row = cur.fetchone()
         return None if row is None else (bytes(row[0]), int(row[1]))
 
+    def keep_receipt(self, unit: str, camera: str, sequence: int, raw: bytes) -> bytes:
+        """Keep a receipt of a segment unless one is kept already; returns the one kept (the
+        first: a delivery sent again, to any receiver, is answered with it)."""
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO receipts VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (unit, camera, sequence, raw),
+            )
+            cur.execute(
+                "SELECT receipt FROM receipts WHERE unit = %s AND camera = %s AND sequence = %s",
+                (unit, camera, sequence),
+            )
+            row = cur.fetchone()
+        return raw if row is None else bytes(row[0])
+
+    def receipts(self, unit: str, camera: str, sequences: list[int]) -> dict[int, bytes]:
+        """The receipts kept of those segments, by sequence."""
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT sequence, receipt FROM receipts "
+                "WHERE unit = %s AND camera = %s AND sequence = ANY(%s)",
+                (unit, camera, sequences),
+            )
+            return {int(q): bytes(r) for q, r in cur.fetchall()}
+
     # --- envelopes, events, status: what any receiver needs to serve any unit -------------------
 
     def accept_envelope(self, unit: str, camera: str, epoch: str, raw: bytes) -> Verdict:
@@ -668,6 +704,10 @@ class PgSegmentIndex:
                 (unit, camera, sequences),
             )
             rows = [(int(r[0]), str(r[1]), str(r[2])) for r in cur.fetchall()]
+            cur.execute(
+                "DELETE FROM receipts WHERE unit = %s AND camera = %s AND sequence = ANY(%s)",
+                (unit, camera, [q for q, _, _ in rows]),
+            )
             for first, last in spans:
                 cur.execute(
                     "INSERT INTO purged VALUES (%s, %s, %s, %s, %s)",

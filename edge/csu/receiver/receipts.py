@@ -9,7 +9,6 @@ every receipt a unit or a bundle holds is checked against it. Format and meaning
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,9 +66,9 @@ class Receipter:
         self._key = key
         self._clock = clock
 
-    def receipt(self, unit: str, camera: str, sequence: int, chain_hash_hex: str) -> str:
-        """Base64 of the signed receipt of the segment the CSU holds under that sequence."""
-        raw = sign_receipt(
+    def sign(self, unit: str, camera: str, sequence: int, chain_hash_hex: str) -> bytes:
+        """The signed receipt (raw bytes) of the segment the CSU holds under that sequence."""
+        return sign_receipt(
             self._key,
             device_id=unit,
             camera_id=camera,
@@ -77,4 +76,3 @@ class Receipter:
             chain_hash=bytes.fromhex(chain_hash_hex),
             csu_time_ns=self._clock(),
         )
-        return base64.b64encode(raw).decode()

@@ -9,6 +9,7 @@ so one slow disk does not stall other units' connections.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import errno
 import json
@@ -338,13 +339,23 @@ class Receiver:
         self.counters["stored" if verdict.value == 201 else "duplicates"] += 1
         answer = {"status": verdict.name.lower(), "sha256": meta.hash}
         if self.receipter is not None:
-            # Of what this CSU holds under that sequence (a duplicate: the first bytes stored).
-            answer["receipt"] = self.receipter.receipt(unit, camera, sequence, meta.hash)
+            # Of what this CSU holds under that sequence (a duplicate: the first bytes stored),
+            # kept before it is answered; a duplicate is answered with the first one kept.
+            answer["receipt"] = await self.run_blocking(
+                self._keep_receipt, self.receipter, unit, camera, sequence, meta.hash
+            )
         return web.json_response(
             answer,
             status=verdict.value,
             headers={DIGEST_HEADER: meta.hash},
         )
+
+    def _keep_receipt(
+        self, receipter: receipts.Receipter, unit: str, camera: str, sequence: int, chain: str
+    ) -> str:
+        """Sign the receipt and keep it (embedded mode); base64 of the one kept."""
+        signed = receipter.sign(unit, camera, sequence, chain)
+        return base64.b64encode(self.intake.keep_receipt(unit, camera, sequence, signed)).decode()
 
     async def put_envelope(self, request: web.Request) -> web.Response:
         unit, camera = request[UNIT_ID], request.match_info["camera"]
